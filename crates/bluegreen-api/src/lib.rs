@@ -1,1 +1,11 @@
-//! placeholder
+//! The admin API: JSON over HTTP, bearer-token auth, on a loopback listener by
+//! default. Also the small client the CLI uses to call it.
+#![forbid(unsafe_code)]
+
+pub mod client;
+mod error;
+mod routes;
+
+pub use client::{AdminClient, ClientError};
+pub use error::ApiError;
+pub use routes::app;

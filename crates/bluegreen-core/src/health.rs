@@ -5,10 +5,10 @@
 //! upstream whose health is still unknown, so a fresh router does not wait
 //! `rise` intervals before it can route or switch.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// What the router believes about one upstream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Health {
     /// No check has finished yet.

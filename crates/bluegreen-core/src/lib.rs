@@ -8,3 +8,16 @@ pub mod side;
 pub mod state;
 
 pub use side::{Side, Sides};
+
+/// An error and its sources on one line (`outer: inner: root`), for messages
+/// that must say where a failure came from.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}

@@ -1,1 +1,29 @@
-fn main() {}
+//! `bluegreen`: zero-downtime blue-green releases for HTTP services.
+//!
+//! Dependency direction: `bluegreen-core` (pure) ← `bluegreen-store` ←
+//! `bluegreen-router` ← `bluegreen-api` ← this binary (CLI, serve, demo).
+#![forbid(unsafe_code)]
+
+mod app;
+mod cli;
+mod commands;
+mod demo;
+mod logging;
+mod serve;
+
+use clap::Parser;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    // The demo prints its own story; routine router logs would drown it.
+    let quiet = matches!(cli.command, cli::Command::Demo(_));
+    logging::init(cli.log_format, cli.verbose, quiet);
+    match cli::run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(cli::EXIT_ERROR)
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! A small admin API client for the CLI (and tests): JSON in, JSON out,
+//! API errors turned into readable messages.
+
+use bytes::Bytes;
+use http::{header, Method, Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use serde::de::DeserializeOwned;
+use bluegreen_core::error_chain;
+use std::time::Duration;
+
+/// Talks to one router's admin API.
+pub struct AdminClient {
+    base: String,
+    token: Option<String>,
+    actor: String,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the admin API at {url}: {reason} (is `bluegreen serve` running? set --admin or BLUEGREEN_ADMIN)")]
+    Unreachable { url: String, reason: String },
+    #[error("{message} (HTTP {status}, {code})")]
+    Api {
+        status: StatusCode,
+        code: String,
+        message: String,
+    },
+    #[error("unexpected answer from {url}: {reason}")]
+    Protocol { url: String, reason: String },
+}
+
+impl AdminClient {
+    /// `base` is like `http://127.0.0.1:9901`.
+    pub fn new(base: &str, token: Option<String>, actor: String) -> AdminClient {
+        AdminClient {
+            base: base.trim_end_matches('/').to_string(),
+            token,
+            actor,
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+
+    /// GET a JSON document.
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        self.call(Method::GET, path, None).await
+    }
+
+    /// POST a JSON document and read the JSON answer.
+    pub async fn post<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: serde_json::Value,
+    ) -> Result<T, ClientError> {
+        self.call(Method::POST, path, Some(body)).await
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<T, ClientError> {
+        let url = format!("{}{}", self.base, path);
+        let uri: Uri = url.parse().map_err(|e| ClientError::Unreachable {
+            url: url.clone(),
+            reason: format!("invalid URL: {e}"),
+        })?;
+        let mut req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("x-bluegreen-actor", &self.actor);
+        if let Some(t) = &self.token {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let bytes = match body {
+            Some(v) => {
+                req = req.header(header::CONTENT_TYPE, "application/json");
+                Bytes::from(serde_json::to_vec(&v).expect("JSON serialises"))
+            }
+            None => Bytes::new(),
+        };
+        let req = req.body(Full::new(bytes)).map_err(|e| ClientError::Protocol {
+            url: url.clone(),
+            reason: e.to_string(),
+        })?;
+        let resp = tokio::time::timeout(Duration::from_secs(60), self.client.request(req))
+            .await
+            .map_err(|_| ClientError::Unreachable {
+                url: url.clone(),
+                reason: "timed out after 60s".into(),
+            })?
+            .map_err(|e| ClientError::Unreachable {
+                url: url.clone(),
+                reason: error_chain(&e),
+            })?;
+        let status = resp.status();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| ClientError::Protocol {
+                url: url.clone(),
+                reason: e.to_string(),
+            })?
+            .to_bytes();
+        if !status.is_success() {
+            let parsed: Option<serde_json::Value> = serde_json::from_slice(&body).ok();
+            let err = parsed.as_ref().and_then(|v| v.get("error"));
+            return Err(ClientError::Api {
+                status,
+                code: err
+                    .and_then(|e| e.get("code"))
+                    .and_then(|c| c.as_str())
+                    .unwrap_or("unknown")
+                    .to_string(),
+                message: err
+                    .and_then(|e| e.get("message"))
+                    .and_then(|c| c.as_str())
+                    .map(str::to_string)
+                    .unwrap_or_else(|| String::from_utf8_lossy(&body).trim().to_string()),
+            });
+        }
+        serde_json::from_slice(&body).map_err(|e| ClientError::Protocol {
+            url,
+            reason: format!("invalid JSON: {e}"),
+        })
+    }
+}

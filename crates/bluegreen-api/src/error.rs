@@ -1,0 +1,70 @@
+//! API errors: one JSON shape, `{"error": {"code", "message"}}`, with the
+//! status chosen in one place.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bluegreen_router::SwitchError;
+
+/// An error answer from the admin API.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    /// 400 with a message that says what was wrong with the request.
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            code: "bad_request",
+            message: message.into(),
+        }
+    }
+
+    /// 401 for a missing or wrong token.
+    pub fn unauthorized() -> ApiError {
+        ApiError {
+            status: StatusCode::UNAUTHORIZED,
+            code: "unauthorized",
+            message: "missing or invalid bearer token (Authorization: Bearer <token>)".into(),
+        }
+    }
+
+    /// 404 for an unknown route.
+    pub fn not_found(path: &str) -> ApiError {
+        ApiError {
+            status: StatusCode::NOT_FOUND,
+            code: "not_found",
+            message: format!("no such endpoint: {path}"),
+        }
+    }
+}
+
+impl From<SwitchError> for ApiError {
+    fn from(e: SwitchError) -> ApiError {
+        let (status, code) = match &e {
+            SwitchError::Unhealthy { .. } => (StatusCode::CONFLICT, "target_unhealthy"),
+            SwitchError::NoHistory => (StatusCode::CONFLICT, "no_history"),
+            SwitchError::Persist(_) => (StatusCode::INTERNAL_SERVER_ERROR, "persist_failed"),
+        };
+        ApiError {
+            status,
+            code,
+            message: e.to_string(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
+        let mut resp = (self.status, axum::Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        resp
+    }
+}

@@ -1,0 +1,183 @@
+//! Response bodies: streamed from the upstream frame by frame (never
+//! buffered), holding the request's in-flight registration until the last
+//! frame, and cut when the old side's drain deadline passes.
+
+use crate::snapshot::Epoch;
+use crate::pool::Upstream;
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio_util::sync::WaitForCancellationFutureOwned;
+
+/// Error type of every body the router sends.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A request's claim on an upstream and (for live traffic) on its side's
+/// drain epoch. Dropping it ends the claim.
+pub struct InFlight {
+    upstream: Arc<Upstream>,
+    epoch: Option<Arc<Epoch>>,
+}
+
+impl InFlight {
+    /// Registers a request on `upstream` (and `epoch`, for live traffic).
+    pub fn begin(upstream: Arc<Upstream>, epoch: Option<Arc<Epoch>>) -> InFlight {
+        upstream.begin();
+        if let Some(e) = &epoch {
+            e.enter();
+        }
+        InFlight { upstream, epoch }
+    }
+
+    /// The drain epoch this request belongs to, if it is live traffic.
+    pub fn epoch(&self) -> Option<&Arc<Epoch>> {
+        self.epoch.as_ref()
+    }
+
+    /// The upstream serving this request.
+    pub fn upstream(&self) -> &Arc<Upstream> {
+        &self.upstream
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.upstream.end();
+        if let Some(e) = &self.epoch {
+            e.leave();
+        }
+    }
+}
+
+/// The drain deadline passed while this response was still streaming.
+#[derive(Debug, thiserror::Error)]
+#[error("response cut: the drain timeout of the old side passed")]
+pub struct DrainCut;
+
+/// An upstream response body on its way to the client.
+pub struct TrackedBody {
+    inner: Incoming,
+    guard: Option<InFlight>,
+    /// Armed the first time the body waits, so quick responses never pay for it.
+    cut: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+}
+
+impl TrackedBody {
+    /// Wraps an upstream body; `guard` is released when it ends.
+    pub fn new(inner: Incoming, guard: InFlight) -> TrackedBody {
+        TrackedBody {
+            inner,
+            guard: Some(guard),
+            cut: None,
+        }
+    }
+}
+
+impl Body for TrackedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if let Some(cut) = &mut this.cut {
+            if cut.as_mut().poll(cx).is_ready() {
+                this.guard = None;
+                return Poll::Ready(Some(Err(Box::new(DrainCut))));
+            }
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
+            Poll::Ready(Some(Err(e))) => {
+                this.guard = None;
+                Poll::Ready(Some(Err(Box::new(e))))
+            }
+            Poll::Ready(None) => {
+                this.guard = None;
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                if this.cut.is_none() {
+                    let token = this
+                        .guard
+                        .as_ref()
+                        .and_then(|g| g.epoch())
+                        .map(|e| e.cut_token().clone());
+                    if let Some(token) = token {
+                        let mut cut = Box::pin(token.cancelled_owned());
+                        if cut.as_mut().poll(cx).is_ready() {
+                            this.guard = None;
+                            return Poll::Ready(Some(Err(Box::new(DrainCut))));
+                        }
+                        this.cut = Some(cut);
+                    }
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Every body the router answers with.
+pub enum ResponseBody {
+    /// Streamed from an upstream.
+    Proxied(TrackedBody),
+    /// Made by the router itself (errors, upgrades).
+    Local(Full<Bytes>),
+}
+
+impl ResponseBody {
+    /// A body from a static or owned string.
+    pub fn text(s: impl Into<Bytes>) -> ResponseBody {
+        ResponseBody::Local(Full::new(s.into()))
+    }
+
+    /// An empty body.
+    pub fn empty() -> ResponseBody {
+        ResponseBody::Local(Full::new(Bytes::new()))
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ResponseBody::Proxied(b) => Pin::new(b).poll_frame(cx),
+            ResponseBody::Local(b) => Pin::new(b).poll_frame(cx).map_err(|e| match e {}),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ResponseBody::Proxied(b) => b.is_end_stream(),
+            ResponseBody::Local(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ResponseBody::Proxied(b) => b.size_hint(),
+            ResponseBody::Local(b) => b.size_hint(),
+        }
+    }
+}

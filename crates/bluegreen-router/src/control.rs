@@ -1,0 +1,408 @@
+//! The control side of the router: switch, rollback and status. Switches are
+//! serialised by one lock around the persisted state; each one persists
+//! first, then swaps the routing snapshot in one atomic store, then drains
+//! the old side in the background.
+
+use crate::headers::RequestIds;
+use crate::pool::Pool;
+use crate::proxy::HttpClient;
+use crate::snapshot::{Epoch, Snapshot};
+use crate::status::{DrainStatus, SideStatus, Status, UpstreamStatus};
+use arc_swap::ArcSwap;
+use bluegreen_core::config::Config;
+use bluegreen_core::health::Health;
+use bluegreen_core::state::{RouterState, SwitchKind, SwitchRecord, SwitchRequest};
+use bluegreen_core::{Side, Sides};
+use bluegreen_store::{StateStore, StoreError};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::Mutex as AsyncMutex;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// The router: routing snapshot, upstream client and the persisted state.
+pub struct Router {
+    pub(crate) snapshot: ArcSwap<Snapshot>,
+    pub(crate) client: HttpClient,
+    pub(crate) ids: RequestIds,
+    pub(crate) upstream_timeout: Duration,
+    pub(crate) retries: u32,
+    /// Upgraded connections, which hyper no longer tracks.
+    pub(crate) tunnels: TaskTracker,
+    /// Cancelled when the router stops; cuts what is still open.
+    pub(crate) shutdown: CancellationToken,
+    config: Arc<Config>,
+    store: Arc<dyn StateStore>,
+    /// The persisted state; holding this lock is what serialises switches.
+    state: AsyncMutex<RouterState>,
+    drain_deadlines: Mutex<Sides<Option<Instant>>>,
+    listeners: Mutex<BTreeMap<String, SocketAddr>>,
+}
+
+/// Startup failures.
+#[derive(Debug, thiserror::Error)]
+pub enum RouterError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("config: {0}")]
+    Config(String),
+}
+
+/// Why a switch was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SwitchError {
+    #[error("refusing to switch to {side}: no healthy upstream ({detail}); fix it or pass force to override")]
+    Unhealthy { side: Side, detail: String },
+    #[error("nothing to roll back to: no switch has been recorded yet")]
+    NoHistory,
+    #[error("could not persist the switch, live side unchanged: {0}")]
+    Persist(String),
+}
+
+/// Result of a switch request.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct SwitchOutcome {
+    /// False when the requested side was already live.
+    pub changed: bool,
+    pub live: Side,
+    pub generation: u64,
+    /// The record written, when something changed.
+    pub record: Option<SwitchRecord>,
+    pub message: String,
+}
+
+impl Router {
+    /// Loads (or initialises) the persisted state and builds the first
+    /// snapshot. Nothing is listening yet.
+    pub fn new(config: Config, store: Arc<dyn StateStore>) -> Result<Arc<Router>, RouterError> {
+        // 1. The state decides which side is live; a fresh store starts with
+        //    the configured side and writes it down at once.
+        let state = match store.load()? {
+            Some(s) => s,
+            None => {
+                let s = RouterState::initial(config.switch.initial_live);
+                store.save(&s)?;
+                s
+            }
+        };
+
+        // 2. Pools and epochs, then the first snapshot.
+        let h = &config.health;
+        let pools = Sides {
+            blue: pool(&config, Side::Blue, h.healthy_threshold, h.unhealthy_threshold)?,
+            green: pool(&config, Side::Green, h.healthy_threshold, h.unhealthy_threshold)?,
+        };
+        let snapshot = Snapshot {
+            generation: state.generation,
+            live: state.live,
+            pools,
+            epochs: Sides::from_fn(|_| Epoch::new()),
+        };
+
+        // 3. One pooled client for every upstream.
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(config.proxy.connect_timeout));
+        connector.enforce_http(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build(connector);
+
+        Ok(Arc::new(Router {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            client,
+            ids: RequestIds::new(),
+            upstream_timeout: config.proxy.upstream_timeout,
+            retries: config.proxy.retries,
+            tunnels: TaskTracker::new(),
+            shutdown: CancellationToken::new(),
+            config: Arc::new(config),
+            store,
+            state: AsyncMutex::new(state),
+            drain_deadlines: Mutex::new(Sides::default()),
+            listeners: Mutex::new(BTreeMap::new()),
+        }))
+    }
+
+    /// The validated config the router runs with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The current snapshot (for health checks and status).
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// Side currently live.
+    pub fn live(&self) -> Side {
+        self.snapshot.load().live
+    }
+
+    /// Records a bound listener address for status.
+    pub fn set_listener(&self, name: &str, addr: SocketAddr) {
+        self.listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_string(), addr);
+    }
+
+    /// Token cancelled when the router shuts down.
+    pub fn shutdown_token(&self) -> &CancellationToken {
+        &self.shutdown
+    }
+
+    /// Waits for upgraded connections to finish, up to `grace`; then cuts them.
+    pub async fn close_tunnels(&self, grace: Duration) -> usize {
+        self.tunnels.close();
+        let open = self.tunnels.len();
+        if tokio::time::timeout(grace, self.tunnels.wait()).await.is_err() {
+            self.shutdown.cancel();
+            self.tunnels.wait().await;
+        }
+        self.shutdown.cancel();
+        open
+    }
+
+    /// Switches live traffic to `req.to`. Persists, swaps, then drains.
+    pub async fn switch(self: &Arc<Self>, req: SwitchRequest) -> Result<SwitchOutcome, SwitchError> {
+        let mut state = self.state.lock().await;
+        self.switch_locked(&mut state, req).await
+    }
+
+    /// Switches back to the side that was live before the last switch.
+    pub async fn rollback(
+        self: &Arc<Self>,
+        forced: bool,
+        actor: String,
+        reason: String,
+    ) -> Result<SwitchOutcome, SwitchError> {
+        let mut state = self.state.lock().await;
+        let to = state.rollback_target().map_err(|_| SwitchError::NoHistory)?;
+        let req = SwitchRequest {
+            to,
+            kind: SwitchKind::Rollback,
+            forced,
+            actor,
+            reason,
+        };
+        self.switch_locked(&mut state, req).await
+    }
+
+    async fn switch_locked(
+        self: &Arc<Self>,
+        state: &mut RouterState,
+        req: SwitchRequest,
+    ) -> Result<SwitchOutcome, SwitchError> {
+        let current = self.snapshot.load_full();
+        if req.to == state.live {
+            return Ok(SwitchOutcome {
+                changed: false,
+                live: state.live,
+                generation: state.generation,
+                record: None,
+                message: format!("{} is already live; nothing changed", req.to),
+            });
+        }
+        // 1. Refuse a side that cannot serve, unless forced.
+        let target = &current.pools[req.to];
+        if !req.forced && target.healthy_count() == 0 {
+            return Err(SwitchError::Unhealthy {
+                side: req.to,
+                detail: describe_health(target),
+            });
+        }
+        // 2. Persist before anything changes, so a crash never loses a switch
+        //    that was reported done.
+        let (at, at_unix_ms) = now();
+        let next = state
+            .switched(&req, at, at_unix_ms)
+            .map_err(|e| SwitchError::Persist(e.to_string()))?;
+        let store = self.store.clone();
+        let to_save = next.clone();
+        tokio::task::spawn_blocking(move || store.save(&to_save))
+            .await
+            .map_err(|e| SwitchError::Persist(e.to_string()))?
+            .map_err(|e| SwitchError::Persist(e.to_string()))?;
+
+        // 3. One atomic store: every request that loads after this goes to the new side.
+        let from = state.live;
+        let old_epoch = current.epochs[from].clone();
+        current.epochs[req.to].revive();
+        old_epoch.retire(next.generation);
+        self.snapshot.store(Arc::new(Snapshot {
+            generation: next.generation,
+            live: req.to,
+            pools: current.pools.clone(),
+            epochs: current.epochs.clone(),
+        }));
+        *state = next;
+        let record = state.history.last().cloned();
+        tracing::info!(from = %from, to = %req.to, generation = state.generation, kind = ?req.kind, forced = req.forced, actor = %req.actor, reason = %req.reason, "switched");
+
+        // 4. Let the old side's live traffic finish, up to the drain timeout.
+        self.spawn_drain(from, state.generation, old_epoch);
+        Ok(SwitchOutcome {
+            changed: true,
+            live: req.to,
+            generation: state.generation,
+            record,
+            message: format!("{} is now live (was {from})", req.to),
+        })
+    }
+
+    fn spawn_drain(self: &Arc<Self>, side: Side, generation: u64, epoch: Arc<Epoch>) {
+        let router = self.clone();
+        let timeout = self.config.switch.drain_timeout;
+        let deadline = Instant::now() + timeout;
+        self.drain_deadlines.lock().unwrap_or_else(|p| p.into_inner())[side] = Some(deadline);
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let deadline = tokio::time::Instant::from_std(deadline);
+            tokio::select! {
+                _ = epoch.wait_idle() => {
+                    tracing::info!(%side, elapsed_ms = started.elapsed().as_millis() as u64, "old side drained");
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(deadline) => {}
+                        _ = router.shutdown.cancelled() => return,
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => {}
+                _ = router.shutdown.cancelled() => return,
+            }
+            router.finish_drain(side, generation, &epoch).await;
+        });
+    }
+
+    /// At the drain deadline: cut what still holds the epoch and give the side
+    /// a fresh one, unless the side went live again or a later switch owns the drain.
+    async fn finish_drain(&self, side: Side, generation: u64, epoch: &Arc<Epoch>) {
+        let _state = self.state.lock().await;
+        let current = self.snapshot.load_full();
+        if current.live == side
+            || epoch.retired_by() != generation
+            || !Arc::ptr_eq(&current.epochs[side], epoch)
+        {
+            return;
+        }
+        let left = epoch.inflight();
+        epoch.cut_token().cancel();
+        let mut epochs = current.epochs.clone();
+        epochs[side] = Epoch::new();
+        self.snapshot.store(Arc::new(Snapshot {
+            epochs,
+            ..(*current).clone()
+        }));
+        self.drain_deadlines.lock().unwrap_or_else(|p| p.into_inner())[side] = None;
+        if left > 0 {
+            tracing::warn!(%side, cut = left, "drain timeout passed; cut the old side's remaining requests and connections");
+        } else {
+            tracing::debug!(%side, "drain complete");
+        }
+    }
+
+    /// A consistent view of the router for the API and CLI.
+    pub async fn status(&self) -> Status {
+        let state = self.state.lock().await.clone();
+        let snap = self.snapshot.load_full();
+        let deadlines = self.drain_deadlines.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let now = Instant::now();
+        Status {
+            live: snap.live,
+            previous: state.rollback_target().ok(),
+            generation: state.generation,
+            last_switch: state.history.last().cloned(),
+            listeners: self
+                .listeners
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .map(|(k, v)| (k.clone(), v.to_string()))
+                .collect(),
+            drain_timeout_ms: self.config.switch.drain_timeout.as_millis() as u64,
+            sides: Sides::from_fn(|side| {
+                let pool = &snap.pools[side];
+                let epoch = &snap.epochs[side];
+                SideStatus {
+                    role: if side == snap.live { "live" } else { "idle" }.to_string(),
+                    healthy: pool.healthy_count(),
+                    upstreams: pool
+                        .upstreams
+                        .iter()
+                        .map(|u| UpstreamStatus {
+                            address: u.address.clone(),
+                            health: u.health(),
+                            outstanding: u.outstanding(),
+                            last_error: u.last_error(),
+                        })
+                        .collect(),
+                    in_flight: pool.upstreams.iter().map(|u| u.outstanding()).sum(),
+                    upgraded: pool.upgraded(),
+                    draining: match (epoch.is_draining() && side != snap.live, deadlines[side]) {
+                        (true, Some(d)) => Some(DrainStatus {
+                            remaining: epoch.inflight(),
+                            deadline_in_ms: d.saturating_duration_since(now).as_millis() as u64,
+                        }),
+                        _ => None,
+                    },
+                }
+            }),
+        }
+    }
+
+    /// Switch history, oldest first.
+    pub async fn history(&self) -> Vec<SwitchRecord> {
+        self.state.lock().await.history.clone()
+    }
+
+    /// True when the live side has an upstream that is not known to be down.
+    pub fn ready(&self) -> bool {
+        let snap = self.snapshot.load();
+        snap.pools[snap.live]
+            .upstreams
+            .iter()
+            .any(|u| u.health() != Health::Unhealthy)
+    }
+}
+
+fn pool(config: &Config, side: Side, rise: u32, fall: u32) -> Result<Arc<Pool>, RouterError> {
+    Pool::new(
+        side,
+        &config.environments[side].upstreams,
+        config.proxy.balance,
+        rise,
+        fall,
+    )
+    .map(Arc::new)
+    .map_err(RouterError::Config)
+}
+
+fn describe_health(pool: &Pool) -> String {
+    pool.upstreams
+        .iter()
+        .map(|u| {
+            let health = match u.health() {
+                Health::Unknown => "not checked yet",
+                Health::Healthy => "healthy",
+                Health::Unhealthy => "unhealthy",
+            };
+            match u.last_error() {
+                Some(e) if u.health() != Health::Healthy => format!("{} {health}: {e}", u.address),
+                _ => format!("{} {health}", u.address),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn now() -> (String, u64) {
+    let t = SystemTime::now();
+    let ms = t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    (humantime::format_rfc3339_millis(t).to_string(), ms)
+}

@@ -1,0 +1,138 @@
+//! The one place where a failure on the request path becomes an HTTP status:
+//! upstream trouble is 502/504, no usable upstream is 503, a request we cannot
+//! forward is 400, our own bugs are 500.
+
+use crate::body::ResponseBody;
+use bluegreen_core::Side;
+use http::{header, HeaderValue, Response, StatusCode};
+use std::time::Duration;
+
+/// Why a request could not be proxied.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("no healthy upstream in the {side} side ({role})")]
+    NoUpstream { side: Side, role: &'static str },
+    #[error("could not connect to upstream {upstream} ({side}): {reason}")]
+    Connect {
+        upstream: String,
+        side: Side,
+        reason: String,
+    },
+    #[error("upstream {upstream} ({side}) sent no response within {after:?}")]
+    Timeout {
+        upstream: String,
+        side: Side,
+        after: Duration,
+    },
+    #[error("upstream {upstream} ({side}) failed: {reason}")]
+    Upstream {
+        upstream: String,
+        side: Side,
+        reason: String,
+    },
+    #[error("request cannot be forwarded: {0}")]
+    BadRequest(&'static str),
+}
+
+impl ProxyError {
+    /// Status code for this failure.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::NoUpstream { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Connect { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// Short machine-readable code, sent as `X-Bluegreen-Error`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ProxyError::NoUpstream { .. } => "no_healthy_upstream",
+            ProxyError::Connect { .. } => "upstream_connect",
+            ProxyError::Timeout { .. } => "upstream_timeout",
+            ProxyError::Upstream { .. } => "upstream_error",
+            ProxyError::BadRequest(_) => "bad_request",
+        }
+    }
+
+    /// The response the client gets. The body names the side but not upstream
+    /// addresses, which stay in the router's log.
+    pub fn into_response(self) -> Response<ResponseBody> {
+        let status = self.status();
+        let text = match &self {
+            ProxyError::NoUpstream { side, role } => {
+                format!("{status}: no healthy upstream in the {side} side ({role})\n")
+            }
+            ProxyError::Connect { side, .. } => {
+                format!("{status}: could not connect to an upstream of the {side} side\n")
+            }
+            ProxyError::Timeout { side, after, .. } => format!(
+                "{status}: the {side} side sent no response within {}\n",
+                humantime::format_duration(*after)
+            ),
+            ProxyError::Upstream { side, .. } => {
+                format!("{status}: the {side} side failed to answer\n")
+            }
+            ProxyError::BadRequest(why) => format!("{status}: {why}\n"),
+        };
+        let mut resp = Response::new(ResponseBody::text(text));
+        *resp.status_mut() = status;
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        h.insert("x-bluegreen-error", HeaderValue::from_static(self.code()));
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_failure_maps_to_its_status() {
+        let cases = [
+            (
+                ProxyError::NoUpstream {
+                    side: Side::Green,
+                    role: "preview",
+                },
+                503,
+            ),
+            (
+                ProxyError::Connect {
+                    upstream: "a".into(),
+                    side: Side::Blue,
+                    reason: "refused".into(),
+                },
+                502,
+            ),
+            (
+                ProxyError::Timeout {
+                    upstream: "a".into(),
+                    side: Side::Blue,
+                    after: Duration::from_secs(1),
+                },
+                504,
+            ),
+            (ProxyError::BadRequest("no path"), 400),
+        ];
+        for (err, status) in cases {
+            assert_eq!(err.into_response().status().as_u16(), status);
+        }
+    }
+
+    #[test]
+    fn preview_503_body_says_why() {
+        let resp = ProxyError::NoUpstream {
+            side: Side::Green,
+            role: "preview",
+        }
+        .into_response();
+        assert_eq!(resp.headers()["x-bluegreen-error"], "no_healthy_upstream");
+    }
+}

@@ -1,0 +1,97 @@
+//! Active health checks: one loop per upstream, each on its own interval,
+//! opening a fresh connection every time (as HAProxy does) so a dead
+//! listener is never hidden behind a pooled connection.
+
+use crate::control::Router;
+use crate::pool::Upstream;
+use bluegreen_core::config::HealthConfig;
+use bluegreen_core::health::Health;
+use bytes::Bytes;
+use http::{Request, Uri};
+use http_body_util::Empty;
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use bluegreen_core::error_chain;
+use std::sync::Arc;
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+type CheckClient = Client<HttpConnector, Empty<Bytes>>;
+
+/// Starts a check loop for every upstream of both sides. The loops stop when
+/// `stop` is cancelled; wait on the returned tracker to see them finish.
+pub fn spawn(router: &Arc<Router>, stop: CancellationToken) -> TaskTracker {
+    let config = router.config().health.clone();
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(config.timeout));
+    connector.set_nodelay(true);
+    let client: CheckClient = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(0)
+        .build(connector);
+    let tracker = TaskTracker::new();
+    let snap = router.snapshot();
+    for pool in [&snap.pools.blue, &snap.pools.green] {
+        for upstream in &pool.upstreams {
+            tracker.spawn(check_loop(
+                upstream.clone(),
+                client.clone(),
+                config.clone(),
+                stop.clone(),
+            ));
+        }
+    }
+    tracker.close();
+    tracker
+}
+
+async fn check_loop(
+    upstream: Arc<Upstream>,
+    client: CheckClient,
+    config: HealthConfig,
+    stop: CancellationToken,
+) {
+    let uri: Uri = match format!("http://{}{}", upstream.address, config.path).parse() {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::error!(upstream = %upstream.address, error = %e, "cannot build health check URI");
+            return;
+        }
+    };
+    let mut tick = tokio::time::interval(config.interval);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        let result = tokio::select! {
+            r = check_once(&client, &uri, &config) => r,
+            _ = stop.cancelled() => return,
+        };
+        if let Some(flipped) = upstream.record_check(result) {
+            match flipped {
+                Health::Healthy => {
+                    tracing::info!(side = %upstream.side, upstream = %upstream.address, "upstream is healthy")
+                }
+                _ => tracing::warn!(side = %upstream.side, upstream = %upstream.address, error = upstream.last_error().unwrap_or_default(), "upstream is unhealthy"),
+            }
+        }
+    }
+}
+
+async fn check_once(client: &CheckClient, uri: &Uri, config: &HealthConfig) -> Result<(), String> {
+    let req = Request::get(uri.clone())
+        .header("user-agent", "bluegreen-health")
+        .body(Empty::new())
+        .map_err(|e| e.to_string())?;
+    match tokio::time::timeout(config.timeout, client.request(req)).await {
+        Err(_) => Err(format!(
+            "health check timed out after {}",
+            humantime::format_duration(config.timeout)
+        )),
+        Ok(Err(e)) => Err(format!("health check failed: {}", error_chain(&e))),
+        Ok(Ok(resp)) if resp.status().is_success() || resp.status().is_redirection() => Ok(()),
+        Ok(Ok(resp)) => Err(format!("health check answered {}", resp.status())),
+    }
+}

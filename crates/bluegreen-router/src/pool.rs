@@ -1,0 +1,218 @@
+//! Upstream pools: the instances of one side, their health and load, and how
+//! a request picks one.
+
+use bluegreen_core::config::Balance;
+use bluegreen_core::health::{Health, HealthCounter};
+use bluegreen_core::Side;
+use http::uri::Authority;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// One upstream instance.
+pub struct Upstream {
+    /// `host:port` as configured.
+    pub address: String,
+    /// Parsed once, reused for every request URI.
+    pub authority: Authority,
+    /// Side this upstream belongs to.
+    pub side: Side,
+    health: AtomicU8,
+    counter: Mutex<HealthCounter>,
+    outstanding: AtomicUsize,
+    last_error: Mutex<Option<String>>,
+}
+
+impl Upstream {
+    /// Health as the request path sees it.
+    pub fn health(&self) -> Health {
+        Health::from_u8(self.health.load(Ordering::Relaxed))
+    }
+
+    /// Requests (and upgraded connections) currently using this upstream.
+    pub fn outstanding(&self) -> usize {
+        self.outstanding.load(Ordering::Relaxed)
+    }
+
+    /// The last check or connect error, for status.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn routable(&self) -> bool {
+        self.health() != Health::Unhealthy
+    }
+
+    pub(crate) fn begin(&self) {
+        self.outstanding.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn end(&self) {
+        self.outstanding.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Records an active check. Returns the new health if it flipped.
+    pub fn record_check(&self, result: Result<(), String>) -> Option<Health> {
+        let ok = result.is_ok();
+        if let Err(e) = result {
+            *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+        }
+        let mut counter = self.counter.lock().unwrap_or_else(|p| p.into_inner());
+        let flipped = counter.record(ok);
+        self.health.store(counter.state().to_u8(), Ordering::Relaxed);
+        flipped
+    }
+
+    /// Passive marking after a failed connect. Returns the new health if it flipped.
+    pub fn mark_down(&self, error: String) -> Option<Health> {
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(error);
+        let mut counter = self.counter.lock().unwrap_or_else(|p| p.into_inner());
+        let flipped = counter.mark_down();
+        self.health.store(counter.state().to_u8(), Ordering::Relaxed);
+        flipped
+    }
+}
+
+/// The upstreams of one side.
+pub struct Pool {
+    pub side: Side,
+    pub upstreams: Vec<Arc<Upstream>>,
+    balance: Balance,
+    next: AtomicUsize,
+    upgraded: AtomicUsize,
+}
+
+/// Bit set of upstream indexes already tried by one request.
+pub type Tried = u64;
+
+impl Pool {
+    /// Builds a pool from validated addresses.
+    pub fn new(
+        side: Side,
+        addresses: &[String],
+        balance: Balance,
+        rise: u32,
+        fall: u32,
+    ) -> Result<Pool, String> {
+        let upstreams = addresses
+            .iter()
+            .map(|a| {
+                let authority: Authority = a
+                    .parse()
+                    .map_err(|e| format!("upstream {a:?} of {side}: {e}"))?;
+                Ok(Arc::new(Upstream {
+                    address: a.clone(),
+                    authority,
+                    side,
+                    health: AtomicU8::new(Health::Unknown.to_u8()),
+                    counter: Mutex::new(HealthCounter::new(rise, fall)),
+                    outstanding: AtomicUsize::new(0),
+                    last_error: Mutex::new(None),
+                }))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        if upstreams.len() > 64 {
+            return Err(format!("{side} has {} upstreams; at most 64 are supported", upstreams.len()));
+        }
+        Ok(Pool {
+            side,
+            upstreams,
+            balance,
+            next: AtomicUsize::new(0),
+            upgraded: AtomicUsize::new(0),
+        })
+    }
+
+    /// Upstreams whose last check passed.
+    pub fn healthy_count(&self) -> usize {
+        self.upstreams
+            .iter()
+            .filter(|u| u.health() == Health::Healthy)
+            .count()
+    }
+
+    /// Open upgraded (WebSocket) connections on this side.
+    pub fn upgraded(&self) -> usize {
+        self.upgraded.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn upgraded_counter(&self) -> &AtomicUsize {
+        &self.upgraded
+    }
+
+    /// Picks an upstream not in `tried`. Unknown health counts as routable.
+    /// With `panic` set and nothing routable left, falls back to any untried
+    /// upstream rather than failing every request (Envoy's panic routing).
+    pub fn pick(&self, tried: Tried, panic: bool) -> Option<usize> {
+        let n = self.upstreams.len();
+        if n == 1 {
+            let ok = tried & 1 == 0 && (panic || self.upstreams[0].routable());
+            return ok.then_some(0);
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        let candidates = (0..n).map(|i| (start + i) % n).filter(|i| tried & (1 << i) == 0);
+        let pick = match self.balance {
+            Balance::RoundRobin => candidates.clone().find(|&i| self.upstreams[i].routable()),
+            Balance::LeastOutstanding => candidates
+                .clone()
+                .filter(|&i| self.upstreams[i].routable())
+                .min_by_key(|&i| self.upstreams[i].outstanding()),
+        };
+        match pick {
+            Some(i) => Some(i),
+            None if panic => candidates.min_by_key(|&i| self.upstreams[i].outstanding()),
+            None => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(n: usize, balance: Balance) -> Pool {
+        let addrs: Vec<String> = (0..n).map(|i| format!("127.0.0.1:{}", 9000 + i)).collect();
+        Pool::new(Side::Blue, &addrs, balance, 1, 1).unwrap()
+    }
+
+    #[test]
+    fn round_robin_skips_unhealthy() {
+        let p = pool(3, Balance::RoundRobin);
+        p.upstreams[1].record_check(Err("down".into()));
+        let picks: Vec<_> = (0..6).map(|_| p.pick(0, false).unwrap()).collect();
+        assert!(!picks.contains(&1), "{picks:?}");
+        assert!(picks.contains(&0) && picks.contains(&2));
+    }
+
+    #[test]
+    fn least_outstanding_prefers_idle_upstream() {
+        let p = pool(3, Balance::LeastOutstanding);
+        p.upstreams[0].begin();
+        p.upstreams[2].begin();
+        for _ in 0..5 {
+            assert_eq!(p.pick(0, false), Some(1));
+        }
+    }
+
+    #[test]
+    fn tried_upstreams_are_excluded_and_panic_falls_back() {
+        let p = pool(2, Balance::RoundRobin);
+        assert_eq!(p.pick(0b01, false), Some(1));
+        assert_eq!(p.pick(0b11, false), None);
+        for u in &p.upstreams {
+            u.record_check(Err("down".into()));
+        }
+        assert_eq!(p.pick(0, false), None);
+        assert!(p.pick(0, true).is_some());
+        assert_eq!(p.upstreams[0].last_error().as_deref(), Some("down"));
+    }
+
+    #[test]
+    fn passive_mark_down_removes_upstream_from_rotation() {
+        let p = pool(2, Balance::RoundRobin);
+        p.upstreams[0].record_check(Ok(()));
+        assert_eq!(p.upstreams[0].mark_down("refused".into()), Some(Health::Unhealthy));
+        for _ in 0..4 {
+            assert_eq!(p.pick(0, false), Some(1));
+        }
+    }
+}

@@ -1,0 +1,228 @@
+//! The request path. One snapshot load decides the side, pool and drain epoch;
+//! the request is then forwarded to one upstream of that side and the response
+//! streamed back. Nothing here takes a lock.
+
+use crate::body::{InFlight, ResponseBody, TrackedBody};
+use crate::control::Router;
+use crate::error::ProxyError;
+use crate::headers::{self, strip_hop_by_hop, wants_upgrade};
+use crate::listener::ListenerKind;
+use crate::pool::{Pool, Tried};
+use crate::tunnel;
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::uri::{PathAndQuery, Scheme};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
+use http_body_util::{Either, Empty};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use bluegreen_core::error_chain;
+use std::sync::Arc;
+
+/// Body type sent upstream: the client's body, or nothing (retryable).
+pub type UpstreamBody = Either<Incoming, Empty<Bytes>>;
+/// Pooled HTTP/1.1 client to upstreams.
+pub type HttpClient = Client<HttpConnector, UpstreamBody>;
+
+/// What a connection knows about itself, shared by its requests.
+pub struct ConnCtx {
+    pub router: Arc<Router>,
+    pub kind: ListenerKind,
+    /// Client IP, formatted once per connection for `X-Forwarded-For`.
+    pub peer_ip: HeaderValue,
+}
+
+/// Proxies one request; every failure becomes a response here.
+pub async fn handle(req: Request<Incoming>, conn: &ConnCtx) -> Response<ResponseBody> {
+    match forward(req, conn).await {
+        Ok(resp) => resp,
+        Err(err) => {
+            tracing::warn!(listener = conn.kind.as_str(), error = %err, "request failed");
+            err.into_response()
+        }
+    }
+}
+
+async fn forward(
+    mut req: Request<Incoming>,
+    conn: &ConnCtx,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let router = &conn.router;
+    let preview = conn.kind == ListenerKind::Preview;
+
+    // 1. Load one snapshot; it alone decides where this request goes.
+    let (pool, epoch) = {
+        let snap = router.snapshot.load();
+        let side = snap.target(preview);
+        let epoch = (!preview).then(|| snap.epochs[side].clone());
+        (snap.pools[side].clone(), epoch)
+    };
+
+    // 2. Turn the client's request into the upstream's request head.
+    let upgrade = req.version() == Version::HTTP_11 && wants_upgrade(req.headers());
+    let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    let host = parts.headers.get(header::HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+    let path = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    if parts.version == Version::HTTP_2 {
+        join_cookies(&mut parts.headers);
+    }
+    strip_hop_by_hop(&mut parts.headers, upgrade);
+    headers::set_forwarded(&mut parts.headers, &conn.peer_ip, host);
+    router.ids.ensure(&mut parts.headers);
+    parts.version = Version::HTTP_11;
+
+    // 3. Only idempotent requests without a body can be sent twice.
+    let empty = body.is_end_stream();
+    let retryable = router.retries > 0
+        && pool.upstreams.len() > 1
+        && empty
+        && !upgrade
+        && is_idempotent(&parts.method);
+    let saved = retryable.then(|| (parts.method.clone(), parts.headers.clone()));
+    let mut body = Some(if empty {
+        Either::Right(Empty::new())
+    } else {
+        Either::Left(body)
+    });
+    let mut parts = Some(parts);
+
+    // 4. Pick an upstream and send; on a connect failure, try another.
+    let mut tried: Tried = 0;
+    let mut attempt = 0;
+    loop {
+        let idx = pool.pick(tried, !preview).ok_or(ProxyError::NoUpstream {
+            side: pool.side,
+            role: if preview { "preview" } else { "live" },
+        })?;
+        tried |= 1 << idx;
+        let upstream = pool.upstreams[idx].clone();
+        let mut head = match parts.take() {
+            Some(p) => p,
+            None => {
+                let (method, headers) = saved.as_ref().expect("retries save the head");
+                rebuild_parts(method, headers)
+            }
+        };
+        head.uri = upstream_uri(&upstream.authority, &path)?;
+        let outbound = Request::from_parts(
+            head,
+            body.take().unwrap_or_else(|| Either::Right(Empty::new())),
+        );
+        let guard = InFlight::begin(upstream.clone(), epoch.clone());
+        let sent = tokio::time::timeout(router.upstream_timeout, router.client.request(outbound));
+        match sent.await {
+            Ok(Ok(resp)) => return respond(resp, guard, on_upgrade, pool, router),
+            Ok(Err(e)) if e.is_connect() => {
+                let reason = error_chain(&e);
+                if upstream.mark_down(reason.clone()).is_some() {
+                    tracing::warn!(side = %pool.side, upstream = %upstream.address, %reason, "upstream marked unhealthy after a failed connect");
+                }
+                if retryable && attempt < router.retries {
+                    attempt += 1;
+                    continue;
+                }
+                return Err(ProxyError::Connect {
+                    upstream: upstream.address.clone(),
+                    side: pool.side,
+                    reason,
+                });
+            }
+            Ok(Err(e)) => {
+                return Err(ProxyError::Upstream {
+                    upstream: upstream.address.clone(),
+                    side: pool.side,
+                    reason: error_chain(&e),
+                })
+            }
+            Err(_) => {
+                return Err(ProxyError::Timeout {
+                    upstream: upstream.address.clone(),
+                    side: pool.side,
+                    after: router.upstream_timeout,
+                })
+            }
+        }
+    }
+}
+
+/// Turns the upstream's response into the client's, streaming the body.
+fn respond(
+    mut resp: Response<Incoming>,
+    guard: InFlight,
+    on_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    pool: Arc<Pool>,
+    router: &Arc<Router>,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let Some(client_side) = on_upgrade else {
+            return Err(ProxyError::Upstream {
+                upstream: guard.upstream().address.clone(),
+                side: pool.side,
+                reason: "switched protocols without being asked to".into(),
+            });
+        };
+        let upstream_side = hyper::upgrade::on(&mut resp);
+        strip_hop_by_hop(resp.headers_mut(), true);
+        let shutdown = router.shutdown.clone();
+        router
+            .tunnels
+            .spawn(tunnel::run(client_side, upstream_side, guard, pool, shutdown));
+        return Ok(resp.map(|_| ResponseBody::empty()));
+    }
+    strip_hop_by_hop(resp.headers_mut(), false);
+    Ok(resp.map(|b| ResponseBody::Proxied(TrackedBody::new(b, guard))))
+}
+
+fn upstream_uri(
+    authority: &http::uri::Authority,
+    path: &PathAndQuery,
+) -> Result<Uri, ProxyError> {
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(Scheme::HTTP);
+    parts.authority = Some(authority.clone());
+    parts.path_and_query = Some(path.clone());
+    Uri::from_parts(parts).map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))
+}
+
+/// A fresh request head for a retry (the first attempt consumed the original).
+fn rebuild_parts(method: &Method, headers: &HeaderMap) -> http::request::Parts {
+    let (mut parts, ()) = Request::new(()).into_parts();
+    parts.method = method.clone();
+    parts.headers = headers.clone();
+    parts.version = Version::HTTP_11;
+    parts
+}
+
+fn is_idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// HTTP/2 may split `Cookie` into several fields; HTTP/1.1 wants one (RFC 9113 §8.2.3).
+fn join_cookies(headers: &mut HeaderMap) {
+    if headers.get_all(header::COOKIE).iter().nth(1).is_none() {
+        return;
+    }
+    let joined: Vec<u8> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .map(|v| v.as_bytes())
+        .collect::<Vec<_>>()
+        .join(&b"; "[..]);
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, v);
+    }
+}

@@ -1,0 +1,55 @@
+//! The router as the API and CLI show it. Serialisable both ways so the CLI
+//! can read what the API wrote.
+
+use bluegreen_core::health::Health;
+use bluegreen_core::state::SwitchRecord;
+use bluegreen_core::{Side, Sides};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Whole-router status.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    pub live: Side,
+    /// Side live before the last switch (the rollback target).
+    pub previous: Option<Side>,
+    pub generation: u64,
+    pub last_switch: Option<SwitchRecord>,
+    /// Listener name to bound address.
+    pub listeners: BTreeMap<String, String>,
+    pub drain_timeout_ms: u64,
+    pub sides: Sides<SideStatus>,
+}
+
+/// One environment.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SideStatus {
+    /// "live" or "idle".
+    pub role: String,
+    pub healthy: usize,
+    pub upstreams: Vec<UpstreamStatus>,
+    /// Requests in flight on this side, live and preview.
+    pub in_flight: usize,
+    /// Open upgraded (WebSocket) connections.
+    pub upgraded: usize,
+    /// Present while live traffic of this side drains after a switch away.
+    pub draining: Option<DrainStatus>,
+}
+
+/// One upstream instance.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UpstreamStatus {
+    pub address: String,
+    pub health: Health,
+    pub outstanding: usize,
+    pub last_error: Option<String>,
+}
+
+/// Progress of a drain.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DrainStatus {
+    /// Live-traffic requests and connections still running on this side.
+    pub remaining: usize,
+    /// Milliseconds until whatever remains is cut.
+    pub deadline_in_ms: u64,
+}

@@ -1,0 +1,124 @@
+//! Command-line interface: what each subcommand takes, and dispatch.
+
+use crate::logging::LogFormat;
+use crate::{app, commands, demo, serve};
+use bluegreen_core::Side;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Exit code for a refused or failed operation.
+pub const EXIT_ERROR: u8 = 1;
+/// Exit code for invalid configuration or usage.
+pub const EXIT_CONFIG: u8 = 2;
+
+#[derive(Debug, Parser)]
+#[command(name = "bluegreen", version, about = "Zero-downtime blue-green releases for HTTP services")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value = "text", env = "BLUEGREEN_LOG_FORMAT")]
+    pub log_format: LogFormat,
+    /// More log detail (-v debug, -vv trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+/// Where the CLI finds the admin API.
+#[derive(Debug, clap::Args)]
+pub struct AdminArgs {
+    /// Admin API base URL.
+    #[arg(long, env = "BLUEGREEN_ADMIN", default_value = "http://127.0.0.1:9901")]
+    pub admin: String,
+    /// Bearer token for the admin API.
+    #[arg(long, env = "BLUEGREEN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the router and its admin API.
+    Serve {
+        #[arg(short, long, default_value = "bluegreen.toml")]
+        config: PathBuf,
+    },
+    /// Validate a config file; exits non-zero with every problem listed.
+    Check {
+        #[arg(short, long, default_value = "bluegreen.toml")]
+        config: PathBuf,
+    },
+    /// Show which side is live and the health of every upstream.
+    Status {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Print the raw JSON status.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Switch live traffic atomically to the other (or the named) side.
+    Switch {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Side to make live; defaults to the idle side.
+        #[arg(long, value_parser = parse_side)]
+        to: Option<Side>,
+        /// Switch even if the target side has no healthy upstream.
+        #[arg(long)]
+        force: bool,
+        /// Why, recorded in the history.
+        #[arg(long)]
+        reason: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Switch back to the side that was live before the last switch.
+    Rollback {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Roll back even if that side has no healthy upstream.
+        #[arg(long)]
+        force: bool,
+        #[arg(long)]
+        reason: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a self-contained demo: two demo apps, the router, live traffic and
+    /// a switch and rollback under load.
+    Demo(demo::DemoArgs),
+    /// A tiny demo upstream app (what `demo` runs as blue and green).
+    App(app::AppArgs),
+}
+
+fn parse_side(s: &str) -> Result<Side, String> {
+    s.parse::<Side>().map_err(|e| e.to_string())
+}
+
+/// Runs a parsed command.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve { config } => serve::main(&config),
+        Command::Check { config } => Ok(commands::check(&config)),
+        Command::Status { admin, json } => client_runtime()?.block_on(commands::status(&admin, json)),
+        Command::Switch {
+            admin,
+            to,
+            force,
+            reason,
+            json,
+        } => client_runtime()?.block_on(commands::switch(&admin, to, force, reason, json)),
+        Command::Rollback {
+            admin,
+            force,
+            reason,
+            json,
+        } => client_runtime()?.block_on(commands::rollback(&admin, force, reason, json)),
+        Command::Demo(args) => demo::main(args),
+        Command::App(args) => app::main(args),
+    }
+}
+
+fn client_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build()
+}

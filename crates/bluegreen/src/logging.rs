@@ -1,0 +1,29 @@
+//! Structured logs to stderr via `tracing`, as text or JSON lines.
+
+use tracing_subscriber::EnvFilter;
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Installs the global subscriber. `RUST_LOG` overrides the level.
+pub fn init(format: LogFormat, verbose: u8, quiet: bool) {
+    let default = match verbose {
+        0 if quiet => "warn",
+        0 => "info,hyper=warn",
+        1 => "debug,hyper=info",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -1,0 +1,182 @@
+//! `bluegreen serve`: load config, restore state, listen, route, shut down
+//! gracefully on SIGTERM/SIGINT.
+
+use crate::cli::EXIT_CONFIG;
+use anyhow::Context;
+use bluegreen_core::config::Config;
+use bluegreen_router::{health, listener, ListenerKind, Router};
+use bluegreen_store::FileStore;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// A started router with its listeners.
+pub struct Running {
+    pub router: Arc<Router>,
+    pub proxy: SocketAddr,
+    pub preview: Option<SocketAddr>,
+    pub admin: SocketAddr,
+    stop: CancellationToken,
+    listeners: Vec<JoinHandle<()>>,
+    admin_task: JoinHandle<()>,
+    health: TaskTracker,
+}
+
+/// Entry point of `bluegreen serve`.
+pub fn main(path: &Path) -> anyhow::Result<ExitCode> {
+    // 1. Config: refuse to start on any problem, listing them all.
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    };
+    // 2. The admin token must exist before anything listens.
+    let token = match std::env::var(&config.admin.token_env) {
+        Ok(t) if !t.trim().is_empty() => t,
+        _ => {
+            eprintln!(
+                "error: the admin token is not set: export {}=<secret> (the variable named by admin.token_env in {})",
+                config.admin.token_env,
+                path.display()
+            );
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    };
+    // 3. Runtime sized by the config.
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = config.proxy.workers {
+        rt.worker_threads(n);
+    }
+    let rt = rt.enable_all().build().context("cannot start the async runtime")?;
+    rt.block_on(async move {
+        let running = start(config, &token).await?;
+        println!(
+            "bluegreen ready proxy={} preview={} admin={} live={}",
+            running.proxy,
+            running
+                .preview
+                .map(|a| a.to_string())
+                .unwrap_or_else(|| "off".into()),
+            running.admin,
+            running.router.live()
+        );
+        let _ = std::io::stdout().flush();
+        wait_for_signal().await;
+        running.shutdown().await;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Opens the store, restores state, binds every listener and starts serving.
+pub async fn start(config: Config, token: &str) -> anyhow::Result<Running> {
+    // 1. State: a corrupt or locked store stops us here, before any socket opens.
+    let store = FileStore::open(&config.state.dir)?;
+    let proxy_addr = config.proxy.listen;
+    let preview_addr = config.proxy.preview_listen;
+    let admin_addr = config.admin.listen;
+    let grace = config.switch.drain_timeout;
+    let router = Router::new(config, Arc::new(store))?;
+
+    // 2. Bind everything before serving anything, so a busy port fails cleanly.
+    let proxy = bind(proxy_addr, "proxy.listen").await?;
+    let preview = match preview_addr {
+        Some(a) => Some(bind(a, "proxy.preview_listen").await?),
+        None => None,
+    };
+    let admin = bind(admin_addr, "admin.listen").await?;
+    let proxy_local = proxy.local_addr()?;
+    let preview_local = preview.as_ref().map(|l| l.local_addr()).transpose()?;
+    let admin_local = admin.local_addr()?;
+    router.set_listener("proxy", proxy_local);
+    if let Some(a) = preview_local {
+        router.set_listener("preview", a);
+    }
+    router.set_listener("admin", admin_local);
+
+    // 3. Health checks start before traffic so the first results come quickly.
+    let stop = CancellationToken::new();
+    let health = health::spawn(&router, stop.clone());
+
+    // 4. Serve.
+    let mut listeners = vec![tokio::spawn(listener::serve(
+        router.clone(),
+        proxy,
+        ListenerKind::Main,
+        stop.clone(),
+        grace,
+    ))];
+    if let Some(p) = preview {
+        listeners.push(tokio::spawn(listener::serve(
+            router.clone(),
+            p,
+            ListenerKind::Preview,
+            stop.clone(),
+            grace,
+        )));
+    }
+    let app = bluegreen_api::app(router.clone(), token);
+    let admin_stop = stop.clone();
+    let admin_task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(admin, app)
+            .with_graceful_shutdown(admin_stop.cancelled_owned())
+            .await
+        {
+            tracing::error!(error = %e, "admin API stopped");
+        }
+    });
+    tracing::info!(proxy = %proxy_local, preview = ?preview_local, admin = %admin_local, live = %router.live(), "router started");
+    Ok(Running {
+        router,
+        proxy: proxy_local,
+        preview: preview_local,
+        admin: admin_local,
+        stop,
+        listeners,
+        admin_task,
+        health,
+    })
+}
+
+impl Running {
+    /// Stops accepting, drains in-flight requests and upgraded connections
+    /// up to the drain timeout, then stops.
+    pub async fn shutdown(self) {
+        let started = Instant::now();
+        let grace = self.router.config().switch.drain_timeout;
+        self.stop.cancel();
+        for l in self.listeners {
+            let _ = l.await;
+        }
+        let open = self
+            .router
+            .close_tunnels(grace.saturating_sub(started.elapsed()))
+            .await;
+        self.health.wait().await;
+        let _ = self.admin_task.await;
+        tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, upgraded_at_stop = open, "router stopped");
+    }
+}
+
+async fn bind(addr: SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} ({key})"))
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+    }
+}
