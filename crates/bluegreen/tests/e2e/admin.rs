@@ -1,0 +1,127 @@
+//! Admin API: auth, bad requests, refusals, and the CLI on top of it.
+
+use crate::support::*;
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_api_requires_the_token_but_probes_do_not() {
+    let blue = Backend::start("blue").await;
+    let green = Backend::start("green").await;
+    let router = RouterBuilder::new(&[&blue], &[&green]).start();
+    for token in [None, Some("wrong"), Some("")] {
+        for (method, path) in [("GET", "/api/v1/status"), ("POST", "/api/v1/switch"), ("POST", "/api/v1/rollback")] {
+            let (status, body) = router.api(method, path, None, token).await;
+            assert_eq!(status, 401, "{method} {path} with {token:?}");
+            assert_eq!(body["error"]["code"], "unauthorized");
+        }
+    }
+    let (code, out) = curl(&["-i", &format!("{}/api/v1/status", router.admin_url())]);
+    assert_eq!(code, 0);
+    assert!(out.to_ascii_lowercase().contains("www-authenticate: bearer"), "{out}");
+    assert_eq!(router.api("GET", "/livez", None, None).await.0, 200);
+    router.wait_all_healthy().await;
+    assert_eq!(router.api("GET", "/readyz", None, None).await.0, 200);
+    assert_eq!(router.status().await["generation"], 0, "nothing changed");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_admin_requests_get_json_4xx_and_change_nothing() {
+    let blue = Backend::start("blue").await;
+    let green = Backend::start("green").await;
+    let router = RouterBuilder::new(&[&blue], &[&green]).start();
+    router.wait_all_healthy().await;
+    let cases = [
+        ("POST", "/api/v1/switch", "{not json", 400, "bad_request"),
+        ("POST", "/api/v1/switch", "{\"to\":\"purple\"}", 400, "bad_request"),
+        ("POST", "/api/v1/switch", "{\"too\":\"green\"}", 400, "bad_request"),
+        ("POST", "/api/v1/rollback", "{\"to\":\"green\"}", 400, "bad_request"),
+        ("GET", "/api/v1/switch", "", 405, "method_not_allowed"),
+        ("GET", "/api/v1/nope", "", 404, "not_found"),
+    ];
+    for (method, path, body, status, code) in cases {
+        let (got, json) = router.api(method, path, Some(body), Some(TOKEN)).await;
+        assert_eq!(got, status, "{method} {path} {body}: {json}");
+        assert_eq!(json["error"]["code"], code, "{json}");
+        assert!(json["error"]["message"].as_str().unwrap().len() > 5);
+    }
+    let (_, json) = router.api("POST", "/api/v1/switch", Some("{\"to\":\"purple\"}"), Some(TOKEN)).await;
+    assert!(json["error"]["message"].as_str().unwrap().contains("purple"), "{json}");
+    let st = router.status().await;
+    assert_eq!(st["live"], "blue");
+    assert_eq!(st["generation"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn switch_refuses_an_unhealthy_side_unless_forced() {
+    let blue = Backend::start("blue").await;
+    let green = Backend::start("green").await;
+    let router = RouterBuilder::new(&[&blue], &[&green]).start();
+    router.wait_all_healthy().await;
+    green.set_healthy(false);
+    wait_until(Duration::from_secs(10), "green unhealthy", || async {
+        router.status().await["sides"]["green"]["healthy"] == 0
+    })
+    .await;
+    let (status, body) = router.api("POST", "/api/v1/switch", Some("{\"to\":\"green\"}"), Some(TOKEN)).await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"]["code"], "target_unhealthy");
+    let msg = body["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("green") && msg.contains("503"), "says why: {msg}");
+    assert_eq!(router.status().await["live"], "blue");
+
+    let (code, _, err) = router.cli(&["switch", "--to", "green"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("refusing to switch to green"), "{err}");
+
+    let (status, body) = router.api("POST", "/api/v1/switch", Some("{\"to\":\"green\",\"force\":true}"), Some(TOKEN)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["record"]["forced"], true);
+    assert_eq!(router.status().await["live"], "green");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cli_status_switch_and_rollback() {
+    let blue = Backend::start("blue").await;
+    let green = Backend::start("green").await;
+    let router = RouterBuilder::new(&[&blue], &[&green]).start();
+    router.wait_all_healthy().await;
+
+    let (code, out, err) = router.cli(&["status"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("live: blue"), "{out}");
+    assert!(out.contains(&blue.addr.to_string()) && out.contains("healthy"), "{out}");
+
+    let (code, out, _) = router.cli(&["switch", "--to", "green", "--reason", "release 2"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("green is now live"), "{out}");
+    let (code, out, _) = router.cli(&["switch", "--to", "green"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("already live"), "{out}");
+
+    let (code, out, _) = router.cli(&["status", "--json"]);
+    assert_eq!(code, 0);
+    let st: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(st["live"], "green");
+    assert_eq!(st["last_switch"]["reason"], "release 2");
+    assert!(st["last_switch"]["actor"].as_str().unwrap().starts_with("cli:"));
+
+    let (code, out, _) = router.cli(&["rollback"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("blue is now live"), "{out}");
+
+    let out = std::process::Command::new(bin())
+        .args(["status"])
+        .env("BLUEGREEN_ADMIN", router.admin_url())
+        .env_remove("BLUEGREEN_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bearer token"));
+
+    let out = std::process::Command::new(bin())
+        .args(["status", "--admin", &format!("http://{}", closed_port())])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the admin API"));
+}

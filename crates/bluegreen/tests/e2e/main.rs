@@ -1,0 +1,14 @@
+//! End-to-end tests: the real `bluegreen` binary in front of real upstream
+//! servers, driven by real clients (hyper HTTP/1.1 and HTTP/2, curl,
+//! tokio-tungstenite). One test binary so the suite links once.
+
+mod admin;
+mod config;
+mod health;
+mod manners;
+mod preview;
+mod shutdown;
+mod state;
+mod streaming;
+mod support;
+mod switching;

@@ -1,0 +1,533 @@
+//! Test harness: real upstream servers and the real `bluegreen` binary, all on
+//! port 0, state in temp dirs. Builders make tests read like the behaviour:
+//! `Backend::new("blue").start()`, `RouterBuilder::new(&blue, &green).start()`.
+
+#![allow(dead_code)]
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::{header, Request, Response, StatusCode};
+use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::WebSocketStream;
+use tokio_util::sync::CancellationToken;
+
+pub const TOKEN: &str = "test-token-0123456789";
+type TestBody = BoxBody<Bytes, Infallible>;
+
+/// Waits until `cond` holds, polling, or panics with `what` after `limit`.
+pub async fn wait_until<F, Fut>(limit: Duration, what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if cond().await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+// ---- upstream backends --------------------------------------------------------
+
+/// Controls shared by a backend and the test that drives it.
+pub struct BackendState {
+    pub name: String,
+    pub healthy: AtomicBool,
+    pub requests: AtomicU64,
+    /// Released by the test to let `/hold` and the second SSE event proceed.
+    pub release: Semaphore,
+    /// Request headers of the last `/headers` call.
+    pub last_headers: Mutex<BTreeMap<String, String>>,
+}
+
+/// A real HTTP server on 127.0.0.1:0 that answers with its name.
+pub struct Backend {
+    pub addr: SocketAddr,
+    pub state: Arc<BackendState>,
+    stop: CancellationToken,
+}
+
+impl Backend {
+    /// Starts a backend named `name` (its body on `/`).
+    pub async fn start(name: &str) -> Backend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(BackendState {
+            name: name.to_string(),
+            healthy: AtomicBool::new(true),
+            requests: AtomicU64::new(0),
+            release: Semaphore::new(0),
+            last_headers: Mutex::new(BTreeMap::new()),
+        });
+        let stop = CancellationToken::new();
+        let (st, stop2) = (state.clone(), stop.clone());
+        tokio::spawn(async move {
+            let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+            loop {
+                let (stream, _) = tokio::select! {
+                    r = listener.accept() => match r { Ok(p) => p, Err(_) => continue },
+                    _ = stop2.cancelled() => return,
+                };
+                let (st, builder, stop3) = (st.clone(), builder.clone(), stop2.clone());
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| {
+                        let st = st.clone();
+                        async move { Ok::<_, Infallible>(route(req, st).await) }
+                    });
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+                    tokio::select! { _ = conn => {}, _ = stop3.cancelled() => {} }
+                });
+            }
+        });
+        Backend { addr, state, stop }
+    }
+
+    /// Stops listening and drops every open connection (the upstream "dies").
+    pub fn kill(&self) {
+        self.stop.cancel();
+    }
+
+    /// Lets `n` held requests (`/hold`, the second SSE event) proceed; a
+    /// release that comes before the request waits for it.
+    pub fn release(&self, n: usize) {
+        self.state.release.add_permits(n);
+    }
+
+    pub fn set_healthy(&self, ok: bool) {
+        self.state.healthy.store(ok, Ordering::SeqCst);
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.state.requests.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+fn full(s: impl Into<Bytes>) -> TestBody {
+    Full::new(s.into()).boxed()
+}
+
+async fn route(mut req: Request<Incoming>, st: Arc<BackendState>) -> Response<TestBody> {
+    let path = req.uri().path().to_string();
+    if path != "/healthz" {
+        st.requests.fetch_add(1, Ordering::SeqCst);
+    }
+    match path.as_str() {
+        "/healthz" if st.healthy.load(Ordering::SeqCst) => Response::new(full("ok")),
+        "/healthz" => Response::builder().status(503).body(full("down")).unwrap(),
+        // Several chunks, each naming the side: a mixed body would show.
+        "/chunked" => {
+            let name = st.name.clone();
+            let chunks = futures_util::stream::iter(0..4).then(move |i| {
+                let name = name.clone();
+                async move {
+                    tokio::task::yield_now().await;
+                    Ok::<_, Infallible>(Frame::data(Bytes::from(format!("{name}:{i};"))))
+                }
+            });
+            Response::new(BodyExt::boxed(StreamBody::new(chunks)))
+        }
+        "/headers" => {
+            let map: BTreeMap<String, String> = req
+                .headers()
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("?").to_string()))
+                .collect();
+            *st.last_headers.lock().unwrap() = map.clone();
+            Response::builder()
+                .header("connection", "x-internal")
+                .header("x-internal", "secret")
+                .header("keep-alive", "timeout=5")
+                .body(full(serde_json::to_vec(&map).unwrap()))
+                .unwrap()
+        }
+        // Answers only when the test releases it.
+        "/hold" => {
+            st.release.acquire().await.unwrap().forget();
+            Response::new(full(st.name.clone()))
+        }
+        "/slow" => {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            Response::new(full(st.name.clone()))
+        }
+        // First event now, the second only when the test releases it.
+        "/sse" => {
+            let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
+            let st2 = st.clone();
+            tokio::spawn(async move {
+                let _ = tx.send(Ok(Frame::data(Bytes::from(format!("data: {} first\n\n", st2.name))))).await;
+                st2.release.acquire().await.unwrap().forget();
+                let _ = tx.send(Ok(Frame::data(Bytes::from(format!("data: {} second\n\n", st2.name))))).await;
+            });
+            let stream = tokio_stream_from(rx);
+            Response::builder()
+                .header(header::CONTENT_TYPE, "text/event-stream")
+                .body(BodyExt::boxed(StreamBody::new(stream)))
+                .unwrap()
+        }
+        "/ws" => {
+            let key = req.headers().get("sec-websocket-key").cloned().unwrap();
+            let on_upgrade = hyper::upgrade::on(&mut req);
+            let name = st.name.clone();
+            tokio::spawn(async move {
+                let upgraded = on_upgrade.await.unwrap();
+                let mut ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+                while let Some(Ok(msg)) = ws.next().await {
+                    if msg.is_text() {
+                        let reply = format!("{name}:{}", msg.into_text().unwrap());
+                        if ws.send(reply.into()).await.is_err() {
+                            break;
+                        }
+                    } else if msg.is_close() {
+                        break;
+                    }
+                }
+            });
+            Response::builder()
+                .status(StatusCode::SWITCHING_PROTOCOLS)
+                .header("connection", "upgrade")
+                .header("upgrade", "websocket")
+                .header("sec-websocket-accept", derive_accept_key(key.as_bytes()))
+                .body(full(""))
+                .unwrap()
+        }
+        _ => Response::new(full(st.name.clone())),
+    }
+}
+
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures_util::Stream<Item = T> {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+// ---- the router process ---------------------------------------------------------
+
+/// Builds a config and starts the real `bluegreen serve` process.
+pub struct RouterBuilder {
+    blue: Vec<SocketAddr>,
+    green: Vec<SocketAddr>,
+    extra_proxy: String,
+    health: String,
+    drain: String,
+    upstream_timeout: String,
+    state_dir: Option<PathBuf>,
+}
+
+impl RouterBuilder {
+    pub fn new(blue: &[&Backend], green: &[&Backend]) -> RouterBuilder {
+        RouterBuilder {
+            blue: blue.iter().map(|b| b.addr).collect(),
+            green: green.iter().map(|b| b.addr).collect(),
+            extra_proxy: String::new(),
+            health: "interval = \"100ms\"\ntimeout = \"500ms\"\nhealthy_threshold = 1\nunhealthy_threshold = 1".into(),
+            drain: "5s".into(),
+            upstream_timeout: "2s".into(),
+            state_dir: None,
+        }
+    }
+
+    /// Upstreams by address (for addresses where nothing listens).
+    pub fn addrs(blue: Vec<SocketAddr>, green: Vec<SocketAddr>) -> RouterBuilder {
+        RouterBuilder {
+            blue,
+            green,
+            ..RouterBuilder::new(&[], &[])
+        }
+    }
+
+    /// Extra lines for the `[proxy]` table.
+    pub fn proxy(mut self, lines: &str) -> Self {
+        self.extra_proxy.push_str(lines);
+        self.extra_proxy.push('\n');
+        self
+    }
+
+    pub fn drain(mut self, d: &str) -> Self {
+        self.drain = d.into();
+        self
+    }
+
+    pub fn upstream_timeout(mut self, d: &str) -> Self {
+        self.upstream_timeout = d.into();
+        self
+    }
+
+    pub fn health(mut self, lines: &str) -> Self {
+        self.health = lines.into();
+        self
+    }
+
+    /// Reuse a state dir (for restart tests).
+    pub fn state_dir(mut self, dir: &Path) -> Self {
+        self.state_dir = Some(dir.to_path_buf());
+        self
+    }
+
+    pub fn config_text(&self, state_dir: &Path) -> String {
+        let list = |v: &[SocketAddr]| {
+            v.iter().map(|a| format!("\"{a}\"")).collect::<Vec<_>>().join(", ")
+        };
+        format!(
+            "[proxy]\nlisten = \"127.0.0.1:0\"\npreview_listen = \"127.0.0.1:0\"\nupstream_timeout = \"{timeout}\"\n{extra}\n\
+             [admin]\nlisten = \"127.0.0.1:0\"\ntoken_env = \"BG_TEST_TOKEN\"\n\n\
+             [state]\ndir = \"{state}\"\n\n[health]\npath = \"/healthz\"\n{health}\n\n\
+             [environments.blue]\nupstreams = [{blue}]\n\n[environments.green]\nupstreams = [{green}]\n\n\
+             [switch]\ndrain_timeout = \"{drain}\"\n",
+            extra = self.extra_proxy,
+            timeout = self.upstream_timeout,
+            state = state_dir.display(),
+            health = self.health,
+            blue = list(&self.blue),
+            green = list(&self.green),
+            drain = self.drain,
+        )
+    }
+
+    /// Starts the router and waits for its ready line.
+    pub fn start(self) -> RouterProc {
+        let tmp = tempfile::tempdir().unwrap();
+        let state_dir = self.state_dir.clone().unwrap_or_else(|| tmp.path().join("state"));
+        let config = tmp.path().join("bluegreen.toml");
+        std::fs::write(&config, self.config_text(&state_dir)).unwrap();
+        RouterProc::spawn(config, state_dir, tmp)
+    }
+}
+
+/// A running `bluegreen serve` child process.
+pub struct RouterProc {
+    pub child: Child,
+    pub proxy: SocketAddr,
+    pub preview: SocketAddr,
+    pub admin: SocketAddr,
+    pub config: PathBuf,
+    pub state_dir: PathBuf,
+    pub stderr: Arc<Mutex<String>>,
+    _tmp: tempfile::TempDir,
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_bluegreen")
+}
+
+impl RouterProc {
+    pub fn spawn(config: PathBuf, state_dir: PathBuf, tmp: tempfile::TempDir) -> RouterProc {
+        let mut child = Command::new(bin())
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("BG_TEST_TOKEN", TOKEN)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let err_pipe = child.stderr.take().unwrap();
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err_pipe).lines().map_while(Result::ok) {
+                let mut s = sink.lock().unwrap();
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(out).lines();
+            let first = lines.next().and_then(Result::ok);
+            let _ = tx.send(first);
+            for _ in lines {}
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| panic!("router did not become ready; stderr:\n{}", stderr.lock().unwrap()));
+        let field = |name: &str| -> String {
+            line.split_whitespace()
+                .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+                .unwrap_or_else(|| panic!("no {name}= in ready line {line:?}"))
+                .to_string()
+        };
+        RouterProc {
+            proxy: field("proxy").parse().unwrap(),
+            preview: field("preview").parse().unwrap(),
+            admin: field("admin").parse().unwrap(),
+            child,
+            config,
+            state_dir,
+            stderr,
+            _tmp: tmp,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.proxy)
+    }
+
+    pub fn preview_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.preview)
+    }
+
+    pub fn admin_url(&self) -> String {
+        format!("http://{}", self.admin)
+    }
+
+    /// Runs the CLI against this router; returns (exit code, stdout, stderr).
+    pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(bin())
+            .args(args)
+            .env("BLUEGREEN_ADMIN", self.admin_url())
+            .env("BLUEGREEN_TOKEN", TOKEN)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Calls the admin API; returns status and JSON body.
+    pub async fn api(&self, method: &str, path: &str, body: Option<&str>, token: Option<&str>) -> (u16, serde_json::Value) {
+        let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+        let mut req = Request::builder().method(method).uri(format!("{}{path}", self.admin_url()));
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let req = req.body(Full::new(Bytes::from(body.unwrap_or("").to_string()))).unwrap();
+        let resp = client.request(req).await.unwrap();
+        let status = resp.status().as_u16();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        (status, json)
+    }
+
+    /// Switch through the API with the right token; panics on failure.
+    pub async fn switch_to(&self, side: &str) -> serde_json::Value {
+        let (status, body) = self
+            .api("POST", "/api/v1/switch", Some(&format!("{{\"to\":\"{side}\"}}")), Some(TOKEN))
+            .await;
+        assert_eq!(status, 200, "switch to {side} failed: {body}");
+        body
+    }
+
+    pub async fn status(&self) -> serde_json::Value {
+        let (status, body) = self.api("GET", "/api/v1/status", None, Some(TOKEN)).await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    /// Waits until every upstream of both sides is healthy.
+    pub async fn wait_all_healthy(&self) {
+        wait_until(Duration::from_secs(10), "all upstreams healthy", || async {
+            let s = self.status().await;
+            ["blue", "green"].iter().all(|side| {
+                s["sides"][side]["upstreams"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|u| u["health"] == "healthy")
+            })
+        })
+        .await;
+    }
+
+    /// Sends a signal by name through `kill(1)`.
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Waits for the process to exit, up to `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            assert!(Instant::now() < deadline, "router did not exit within {limit:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+}
+
+impl Drop for RouterProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A keep-alive HTTP/1.1 client.
+pub fn h1_client() -> Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// An HTTP/2 (prior knowledge, cleartext) client.
+pub fn h2_client() -> Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>> {
+    Client::builder(TokioExecutor::new()).http2_only(true).build_http()
+}
+
+/// GET and return (status, body as text).
+pub async fn get(
+    client: &Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>,
+    url: &str,
+) -> Result<(u16, String), String> {
+    let resp = client.get(url.parse().unwrap()).await.map_err(|e| format!("{e:?}"))?;
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.map_err(|e| format!("{e:?}"))?.to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// An address where nothing listens (bound, then closed).
+pub fn closed_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// Runs curl with args; returns (exit code, stdout).
+pub fn curl(args: &[&str]) -> (i32, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "20"])
+        .args(args)
+        .output()
+        .expect("curl is installed (scripts/test installs it)");
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())
+}
