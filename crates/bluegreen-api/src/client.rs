@@ -1,13 +1,13 @@
 //! A small admin API client for the CLI (and tests): JSON in, JSON out,
 //! API errors turned into readable messages.
 
+use bluegreen_core::error_chain;
 use bytes::Bytes;
 use http::{header, Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use serde::de::DeserializeOwned;
-use bluegreen_core::error_chain;
 use std::time::Duration;
 
 /// Talks to one router's admin API.
@@ -83,10 +83,12 @@ impl AdminClient {
             }
             None => Bytes::new(),
         };
-        let req = req.body(Full::new(bytes)).map_err(|e| ClientError::Protocol {
-            url: url.clone(),
-            reason: e.to_string(),
-        })?;
+        let req = req
+            .body(Full::new(bytes))
+            .map_err(|e| ClientError::Protocol {
+                url: url.clone(),
+                reason: e.to_string(),
+            })?;
         let resp = tokio::time::timeout(Duration::from_secs(60), self.client.request(req))
             .await
             .map_err(|_| ClientError::Unreachable {

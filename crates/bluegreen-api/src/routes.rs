@@ -70,7 +70,10 @@ async fn readyz(State(state): State<AppState>) -> Response {
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: no usable upstream on the live side ({})\n", state.router.live()),
+            format!(
+                "not ready: no usable upstream on the live side ({})\n",
+                state.router.live()
+            ),
         )
             .into_response()
     }
@@ -99,7 +102,8 @@ fn parse_body(body: &Bytes) -> Result<SwitchBody, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(SwitchBody::default());
     }
-    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
 }
 
 fn actor(headers: &HeaderMap, body: &SwitchBody) -> String {
@@ -131,7 +135,10 @@ async fn switch(
         kind: SwitchKind::Switch,
         forced: body.force,
         actor: actor(&headers, &body),
-        reason: body.reason.clone().unwrap_or_else(|| "manual switch".into()),
+        reason: body
+            .reason
+            .clone()
+            .unwrap_or_else(|| "manual switch".into()),
     };
     let outcome = state.router.switch(req).await?;
     Ok(Json(outcome).into_response())

@@ -340,7 +340,10 @@ fn validate(raw: RawConfig, base: &Path, c: &mut Checker) -> Config {
     }
     if let Some(p) = proxy.preview_listen {
         if p.port() != 0 && p == admin.listen {
-            c.issue("admin.listen", format!("{p} is already used by proxy.preview_listen"));
+            c.issue(
+                "admin.listen",
+                format!("{p} is already used by proxy.preview_listen"),
+            );
         }
     }
 
@@ -349,7 +352,11 @@ fn validate(raw: RawConfig, base: &Path, c: &mut Checker) -> Config {
         c.issue("state.dir", "must not be empty");
     }
     let dir = PathBuf::from(dir);
-    let dir = if dir.is_absolute() { dir } else { base.join(dir) };
+    let dir = if dir.is_absolute() {
+        dir
+    } else {
+        base.join(dir)
+    };
 
     let drain_timeout = c.duration(
         "switch.drain_timeout",
@@ -391,7 +398,9 @@ fn validate_proxy(raw: &RawProxy, c: &mut Checker) -> ProxyConfig {
         Some(other) => {
             c.issue(
                 "proxy.balance",
-                format!("unknown balance {other:?}: expected \"round_robin\" or \"least_outstanding\""),
+                format!(
+                    "unknown balance {other:?}: expected \"round_robin\" or \"least_outstanding\""
+                ),
             );
             Balance::RoundRobin
         }
@@ -449,9 +458,15 @@ fn validate_admin(raw: &RawAdmin, c: &mut Checker) -> AdminConfig {
             format!("{listen} is not a loopback address; set admin.allow_remote = true to expose the admin API beyond this host"),
         );
     }
-    let token_env = raw.token_env.clone().unwrap_or_else(|| "BLUEGREEN_TOKEN".into());
+    let token_env = raw
+        .token_env
+        .clone()
+        .unwrap_or_else(|| "BLUEGREEN_TOKEN".into());
     if token_env.is_empty() || token_env.contains('=') || token_env.contains('\0') {
-        c.issue("admin.token_env", format!("{token_env:?} is not a valid environment variable name"));
+        c.issue(
+            "admin.token_env",
+            format!("{token_env:?} is not a valid environment variable name"),
+        );
     }
     AdminConfig { listen, token_env }
 }
@@ -459,13 +474,25 @@ fn validate_admin(raw: &RawAdmin, c: &mut Checker) -> AdminConfig {
 fn validate_health(raw: &RawHealth, c: &mut Checker) -> HealthConfig {
     let path = raw.path.clone().unwrap_or_else(|| "/healthz".into());
     if !path.starts_with('/') || path.parse::<http_path::PathCheck>().is_err() {
-        c.issue("health.path", format!("{path:?} must be an absolute path starting with '/'"));
+        c.issue(
+            "health.path",
+            format!("{path:?} must be an absolute path starting with '/'"),
+        );
     }
     HealthConfig {
         path,
-        interval: c.duration("health.interval", raw.interval.as_deref(), Duration::from_secs(1)),
-        timeout: c.duration("health.timeout", raw.timeout.as_deref(), Duration::from_secs(2)),
-        healthy_threshold: c.int("health.healthy_threshold", raw.healthy_threshold, 2, 1, 100) as u32,
+        interval: c.duration(
+            "health.interval",
+            raw.interval.as_deref(),
+            Duration::from_secs(1),
+        ),
+        timeout: c.duration(
+            "health.timeout",
+            raw.timeout.as_deref(),
+            Duration::from_secs(2),
+        ),
+        healthy_threshold: c.int("health.healthy_threshold", raw.healthy_threshold, 2, 1, 100)
+            as u32,
         unhealthy_threshold: c.int(
             "health.unhealthy_threshold",
             raw.unhealthy_threshold,
@@ -492,11 +519,19 @@ fn validate_environments(
     Sides::from_fn(|side| {
         let key = format!("environments.{side}");
         let Some(env) = raw.get(side.as_str()) else {
-            c.issue(&key, format!("missing: add a [{key}] table with upstreams = [\"HOST:PORT\", ...]"));
-            return EnvironmentConfig { upstreams: Vec::new() };
+            c.issue(
+                &key,
+                format!("missing: add a [{key}] table with upstreams = [\"HOST:PORT\", ...]"),
+            );
+            return EnvironmentConfig {
+                upstreams: Vec::new(),
+            };
         };
         if env.upstreams.is_empty() {
-            c.issue(format!("{key}.upstreams"), "must list at least one upstream");
+            c.issue(
+                format!("{key}.upstreams"),
+                "must list at least one upstream",
+            );
         }
         let mut upstreams = Vec::new();
         for (i, u) in env.upstreams.iter().enumerate() {
@@ -574,7 +609,10 @@ drain_timeout = "30s"
     fn example_config_is_valid() {
         let cfg = parse(GOOD).unwrap();
         assert_eq!(cfg.environments.blue.upstreams.len(), 2);
-        assert_eq!(cfg.environments[Side::Green].upstreams, vec!["127.0.0.1:9002"]);
+        assert_eq!(
+            cfg.environments[Side::Green].upstreams,
+            vec!["127.0.0.1:9002"]
+        );
         assert_eq!(cfg.health.interval, Duration::from_secs(1));
         assert_eq!(cfg.switch.drain_timeout, Duration::from_secs(30));
         assert_eq!(cfg.state.dir, PathBuf::from("/etc/bg/.bluegreen"));
@@ -610,7 +648,10 @@ drain_timeout = "30s"
     fn missing_and_unknown_sides_are_rejected() {
         let text = GOOD.replace("[environments.green]", "[environments.purple]");
         let msg = problems(&text);
-        assert!(msg.contains("environments.purple: unknown environment"), "{msg}");
+        assert!(
+            msg.contains("environments.purple: unknown environment"),
+            "{msg}"
+        );
         assert!(msg.contains("environments.green: missing"), "{msg}");
     }
 
@@ -619,7 +660,10 @@ drain_timeout = "30s"
         let text = GOOD.replace("[\"127.0.0.1:9002\"]", "[\"127.0.0.1:9001\"]");
         let msg = problems(&text);
         assert!(msg.contains("environments.green.upstreams[0]"), "{msg}");
-        assert!(msg.contains("already listed at environments.blue.upstreams[0]"), "{msg}");
+        assert!(
+            msg.contains("already listed at environments.blue.upstreams[0]"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -628,8 +672,14 @@ drain_timeout = "30s"
             .replace("drain_timeout = \"30s\"", "drain_timeout = \"0s\"")
             .replace("\"127.0.0.1:9003\"", "\"no port here\"");
         let msg = problems(&text);
-        assert!(msg.contains("switch.drain_timeout: duration \"0s\" must be greater than zero"), "{msg}");
-        assert!(msg.contains("environments.blue.upstreams[1]: invalid upstream"), "{msg}");
+        assert!(
+            msg.contains("switch.drain_timeout: duration \"0s\" must be greater than zero"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("environments.blue.upstreams[1]: invalid upstream"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -2,8 +2,8 @@
 //! buffered), holding the request's in-flight registration until the last
 //! frame, and cut when the old side's drain deadline passes.
 
-use crate::snapshot::Epoch;
 use crate::pool::Upstream;
+use crate::snapshot::Epoch;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;

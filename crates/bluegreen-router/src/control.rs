@@ -94,8 +94,18 @@ impl Router {
         // 2. Pools and epochs, then the first snapshot.
         let h = &config.health;
         let pools = Sides {
-            blue: pool(&config, Side::Blue, h.healthy_threshold, h.unhealthy_threshold)?,
-            green: pool(&config, Side::Green, h.healthy_threshold, h.unhealthy_threshold)?,
+            blue: pool(
+                &config,
+                Side::Blue,
+                h.healthy_threshold,
+                h.unhealthy_threshold,
+            )?,
+            green: pool(
+                &config,
+                Side::Green,
+                h.healthy_threshold,
+                h.unhealthy_threshold,
+            )?,
         };
         let snapshot = Snapshot {
             generation: state.generation,
@@ -162,7 +172,10 @@ impl Router {
     pub async fn close_tunnels(&self, grace: Duration) -> usize {
         self.tunnels.close();
         let open = self.tunnels.len();
-        if tokio::time::timeout(grace, self.tunnels.wait()).await.is_err() {
+        if tokio::time::timeout(grace, self.tunnels.wait())
+            .await
+            .is_err()
+        {
             self.shutdown.cancel();
             self.tunnels.wait().await;
         }
@@ -171,7 +184,10 @@ impl Router {
     }
 
     /// Switches live traffic to `req.to`. Persists, swaps, then drains.
-    pub async fn switch(self: &Arc<Self>, req: SwitchRequest) -> Result<SwitchOutcome, SwitchError> {
+    pub async fn switch(
+        self: &Arc<Self>,
+        req: SwitchRequest,
+    ) -> Result<SwitchOutcome, SwitchError> {
         let mut state = self.state.lock().await;
         self.switch_locked(&mut state, req).await
     }
@@ -184,7 +200,9 @@ impl Router {
         reason: String,
     ) -> Result<SwitchOutcome, SwitchError> {
         let mut state = self.state.lock().await;
-        let to = state.rollback_target().map_err(|_| SwitchError::NoHistory)?;
+        let to = state
+            .rollback_target()
+            .map_err(|_| SwitchError::NoHistory)?;
         let req = SwitchRequest {
             to,
             kind: SwitchKind::Rollback,
@@ -261,7 +279,9 @@ impl Router {
         let router = self.clone();
         let timeout = self.config.switch.drain_timeout;
         let deadline = Instant::now() + timeout;
-        self.drain_deadlines.lock().unwrap_or_else(|p| p.into_inner())[side] = Some(deadline);
+        self.drain_deadlines
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())[side] = Some(deadline);
         tokio::spawn(async move {
             let started = Instant::now();
             let deadline = tokio::time::Instant::from_std(deadline);
@@ -299,7 +319,9 @@ impl Router {
             epochs,
             ..(*current).clone()
         }));
-        self.drain_deadlines.lock().unwrap_or_else(|p| p.into_inner())[side] = None;
+        self.drain_deadlines
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())[side] = None;
         if left > 0 {
             tracing::warn!(%side, cut = left, "drain timeout passed; cut the old side's remaining requests and connections");
         } else {
@@ -311,7 +333,11 @@ impl Router {
     pub async fn status(&self) -> Status {
         let state = self.state.lock().await.clone();
         let snap = self.snapshot.load_full();
-        let deadlines = self.drain_deadlines.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let deadlines = self
+            .drain_deadlines
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let now = Instant::now();
         Status {
             live: snap.live,
@@ -403,6 +429,9 @@ fn describe_health(pool: &Pool) -> String {
 
 fn now() -> (String, u64) {
     let t = SystemTime::now();
-    let ms = t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    let ms = t
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
     (humantime::format_rfc3339_millis(t).to_string(), ms)
 }

@@ -5,13 +5,13 @@
 use crate::control::Router;
 use crate::pool::Upstream;
 use bluegreen_core::config::HealthConfig;
+use bluegreen_core::error_chain;
 use bluegreen_core::health::Health;
 use bytes::Bytes;
 use http::{Request, Uri};
 use http_body_util::Empty;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
-use bluegreen_core::error_chain;
 use std::sync::Arc;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
@@ -74,7 +74,9 @@ async fn check_loop(
                 Health::Healthy => {
                     tracing::info!(side = %upstream.side, upstream = %upstream.address, "upstream is healthy")
                 }
-                _ => tracing::warn!(side = %upstream.side, upstream = %upstream.address, error = upstream.last_error().unwrap_or_default(), "upstream is unhealthy"),
+                _ => {
+                    tracing::warn!(side = %upstream.side, upstream = %upstream.address, error = upstream.last_error().unwrap_or_default(), "upstream is unhealthy")
+                }
             }
         }
     }

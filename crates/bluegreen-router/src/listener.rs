@@ -106,8 +106,18 @@ pub async fn serve(
     }
     drop(listener);
     let open = graceful.count();
-    tracing::info!(listener = kind.as_str(), open, "stopped accepting; draining connections");
-    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
-        tracing::warn!(listener = kind.as_str(), "grace period over; closing remaining connections");
+    tracing::info!(
+        listener = kind.as_str(),
+        open,
+        "stopped accepting; draining connections"
+    );
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            listener = kind.as_str(),
+            "grace period over; closing remaining connections"
+        );
     }
 }

@@ -35,7 +35,10 @@ impl Upstream {
 
     /// The last check or connect error, for status.
     pub fn last_error(&self) -> Option<String> {
-        self.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     fn routable(&self) -> bool {
@@ -58,7 +61,8 @@ impl Upstream {
         }
         let mut counter = self.counter.lock().unwrap_or_else(|p| p.into_inner());
         let flipped = counter.record(ok);
-        self.health.store(counter.state().to_u8(), Ordering::Relaxed);
+        self.health
+            .store(counter.state().to_u8(), Ordering::Relaxed);
         flipped
     }
 
@@ -67,7 +71,8 @@ impl Upstream {
         *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(error);
         let mut counter = self.counter.lock().unwrap_or_else(|p| p.into_inner());
         let flipped = counter.mark_down();
-        self.health.store(counter.state().to_u8(), Ordering::Relaxed);
+        self.health
+            .store(counter.state().to_u8(), Ordering::Relaxed);
         flipped
     }
 }
@@ -111,7 +116,10 @@ impl Pool {
             })
             .collect::<Result<Vec<_>, String>>()?;
         if upstreams.len() > 64 {
-            return Err(format!("{side} has {} upstreams; at most 64 are supported", upstreams.len()));
+            return Err(format!(
+                "{side} has {} upstreams; at most 64 are supported",
+                upstreams.len()
+            ));
         }
         Ok(Pool {
             side,
@@ -149,7 +157,9 @@ impl Pool {
             return ok.then_some(0);
         }
         let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
-        let candidates = (0..n).map(|i| (start + i) % n).filter(|i| tried & (1 << i) == 0);
+        let candidates = (0..n)
+            .map(|i| (start + i) % n)
+            .filter(|i| tried & (1 << i) == 0);
         let pick = match self.balance {
             Balance::RoundRobin => candidates.clone().find(|&i| self.upstreams[i].routable()),
             Balance::LeastOutstanding => candidates
@@ -210,7 +220,10 @@ mod tests {
     fn passive_mark_down_removes_upstream_from_rotation() {
         let p = pool(2, Balance::RoundRobin);
         p.upstreams[0].record_check(Ok(()));
-        assert_eq!(p.upstreams[0].mark_down("refused".into()), Some(Health::Unhealthy));
+        assert_eq!(
+            p.upstreams[0].mark_down("refused".into()),
+            Some(Health::Unhealthy)
+        );
         for _ in 0..4 {
             assert_eq!(p.pick(0, false), Some(1));
         }

@@ -9,6 +9,7 @@ use crate::headers::{self, strip_hop_by_hop, wants_upgrade};
 use crate::listener::ListenerKind;
 use crate::pool::{Pool, Tried};
 use crate::tunnel;
+use bluegreen_core::error_chain;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::uri::{PathAndQuery, Scheme};
@@ -17,7 +18,6 @@ use http_body::Body as _;
 use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use bluegreen_core::error_chain;
 use std::sync::Arc;
 
 /// Body type sent upstream: the client's body, or nothing (retryable).
@@ -175,19 +175,20 @@ fn respond(
         let upstream_side = hyper::upgrade::on(&mut resp);
         strip_hop_by_hop(resp.headers_mut(), true);
         let shutdown = router.shutdown.clone();
-        router
-            .tunnels
-            .spawn(tunnel::run(client_side, upstream_side, guard, pool, shutdown));
+        router.tunnels.spawn(tunnel::run(
+            client_side,
+            upstream_side,
+            guard,
+            pool,
+            shutdown,
+        ));
         return Ok(resp.map(|_| ResponseBody::empty()));
     }
     strip_hop_by_hop(resp.headers_mut(), false);
     Ok(resp.map(|b| ResponseBody::Proxied(TrackedBody::new(b, guard))))
 }
 
-fn upstream_uri(
-    authority: &http::uri::Authority,
-    path: &PathAndQuery,
-) -> Result<Uri, ProxyError> {
+fn upstream_uri(authority: &http::uri::Authority, path: &PathAndQuery) -> Result<Uri, ProxyError> {
     let mut parts = http::uri::Parts::default();
     parts.scheme = Some(Scheme::HTTP);
     parts.authority = Some(authority.clone());

@@ -74,7 +74,8 @@ impl Epoch {
     }
 
     pub(crate) fn leave(&self) {
-        if self.inflight.fetch_sub(1, Ordering::AcqRel) == 1 && self.draining.load(Ordering::Acquire)
+        if self.inflight.fetch_sub(1, Ordering::AcqRel) == 1
+            && self.draining.load(Ordering::Acquire)
         {
             self.idle.notify_waiters();
         }

@@ -37,6 +37,8 @@ pub enum StoreError {
         #[source]
         source: InvalidState,
     },
-    #[error("state dir {path} is in use by another bluegreen process (lock file {path}/lock is held)")]
+    #[error(
+        "state dir {path} is in use by another bluegreen process (lock file {path}/lock is held)"
+    )]
     Locked { path: PathBuf },
 }

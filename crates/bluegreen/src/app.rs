@@ -41,7 +41,9 @@ type AppBody = BoxBody<Bytes, Infallible>;
 
 /// Entry point of `bluegreen app`.
 pub fn main(args: AppArgs) -> anyhow::Result<ExitCode> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         let listener = TcpListener::bind(args.listen).await?;
         println!("listening {}", listener.local_addr()?);
@@ -116,8 +118,11 @@ fn websocket(mut req: Request<Incoming>, ident: Arc<str>) -> Response<AppBody> {
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
-        let Ok(upgraded) = on_upgrade.await else { return };
-        let mut ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let mut ws =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
         while let Some(Ok(msg)) = ws.next().await {
             if msg.is_text() || msg.is_binary() {
                 let reply = format!("{ident}: {}", msg.into_text().unwrap_or_default());

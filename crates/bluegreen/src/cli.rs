@@ -13,12 +13,22 @@ pub const EXIT_ERROR: u8 = 1;
 pub const EXIT_CONFIG: u8 = 2;
 
 #[derive(Debug, Parser)]
-#[command(name = "bluegreen", version, about = "Zero-downtime blue-green releases for HTTP services")]
+#[command(
+    name = "bluegreen",
+    version,
+    about = "Zero-downtime blue-green releases for HTTP services"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
     /// Log format on stderr.
-    #[arg(long, global = true, value_enum, default_value = "text", env = "BLUEGREEN_LOG_FORMAT")]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "BLUEGREEN_LOG_FORMAT"
+    )]
     pub log_format: LogFormat,
     /// More log detail (-v debug, -vv trace).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
@@ -100,7 +110,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve { config } => serve::main(&config),
         Command::Check { config } => Ok(commands::check(&config)),
-        Command::Status { admin, json } => client_runtime()?.block_on(commands::status(&admin, json)),
+        Command::Status { admin, json } => {
+            client_runtime()?.block_on(commands::status(&admin, json))
+        }
         Command::Switch {
             admin,
             to,
@@ -120,5 +132,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn client_runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread().enable_all().build()
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
 }

@@ -74,7 +74,8 @@ pub async fn rollback(
     reason: Option<String>,
     as_json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let body = json!({"force": force, "reason": reason.unwrap_or_else(|| "manual rollback".into())});
+    let body =
+        json!({"force": force, "reason": reason.unwrap_or_else(|| "manual rollback".into())});
     outcome(client(args).post("/api/v1/rollback", body).await, as_json)
 }
 
@@ -121,7 +122,11 @@ pub fn render_status(s: &Status) -> String {
     for side in Side::ALL {
         let st = &s.sides[side];
         let draining = match &st.draining {
-            Some(d) => format!("{} left, cut in {:.1}s", d.remaining, d.deadline_in_ms as f64 / 1000.0),
+            Some(d) => format!(
+                "{} left, cut in {:.1}s",
+                d.remaining,
+                d.deadline_in_ms as f64 / 1000.0
+            ),
             None => "-".into(),
         };
         out.push_str(&format!(

@@ -83,7 +83,9 @@ struct Counts {
 
 /// Entry point of `bluegreen demo`.
 pub fn main(args: DemoArgs) -> anyhow::Result<ExitCode> {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(run(args))
 }
 
@@ -114,14 +116,21 @@ async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         running.admin
     );
     wait_healthy(&router).await?;
-    println!("both sides healthy; blue is live. Sending traffic with {} keep-alive clients...\n", args.clients);
+    println!(
+        "both sides healthy; blue is live. Sending traffic with {} keep-alive clients...\n",
+        args.clients
+    );
 
     // 3. Live traffic for the whole tour, counted by the side that answered.
     let counts = Arc::new(Counts::default());
     let stop = Arc::new(AtomicBool::new(false));
     let mut clients = Vec::new();
     for _ in 0..args.clients.max(1) {
-        clients.push(tokio::spawn(traffic(running.proxy, counts.clone(), stop.clone())));
+        clients.push(tokio::spawn(traffic(
+            running.proxy,
+            counts.clone(),
+            stop.clone(),
+        )));
     }
     let started = Instant::now();
     let report = {
@@ -155,13 +164,21 @@ async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             reason: "demo: release v2".into(),
         })
         .await?;
-    println!("==> switch: {} in {:.2} ms", out.message, t.elapsed().as_secs_f64() * 1000.0);
+    println!(
+        "==> switch: {} in {:.2} ms",
+        out.message,
+        t.elapsed().as_secs_f64() * 1000.0
+    );
     tokio::time::sleep(step).await;
     let t = Instant::now();
     let out = router
         .rollback(false, "demo".into(), "demo: roll back to v1".into())
         .await?;
-    println!("==> rollback: {} in {:.2} ms", out.message, t.elapsed().as_secs_f64() * 1000.0);
+    println!(
+        "==> rollback: {} in {:.2} ms",
+        out.message,
+        t.elapsed().as_secs_f64() * 1000.0
+    );
     tokio::time::sleep(step).await;
     stop.store(true, Ordering::Relaxed);
     for c in clients {
@@ -200,7 +217,15 @@ async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
 async fn spawn_app(name: &str, version: &str) -> anyhow::Result<(Child, SocketAddr)> {
     let exe = std::env::current_exe().context("cannot find the bluegreen executable")?;
     let mut child = Command::new(exe)
-        .args(["app", "--name", name, "--app-version", version, "--listen", "127.0.0.1:0"])
+        .args([
+            "app",
+            "--name",
+            name,
+            "--app-version",
+            version,
+            "--listen",
+            "127.0.0.1:0",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
@@ -242,7 +267,9 @@ async fn traffic(proxy: SocketAddr, counts: Arc<Counts>, stop: Arc<AtomicBool>) 
             return;
         }
         let ok = match client.get(uri.clone()).await {
-            Ok(resp) if resp.status().is_success() => resp.into_body().collect().await.ok().map(|b| b.to_bytes()),
+            Ok(resp) if resp.status().is_success() => {
+                resp.into_body().collect().await.ok().map(|b| b.to_bytes())
+            }
             _ => None,
         };
         let counter = match ok.as_deref() {
@@ -256,7 +283,8 @@ async fn traffic(proxy: SocketAddr, counts: Arc<Counts>, stop: Arc<AtomicBool>) 
 
 fn random_token() -> String {
     let mut buf = [0u8; 16];
-    let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut buf));
+    let _ = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut buf));
     buf.iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -269,7 +297,8 @@ impl TempDir {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or(0);
-        let dir = std::env::temp_dir().join(format!("bluegreen-demo-{}-{nanos}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("bluegreen-demo-{}-{nanos}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         Ok(TempDir(dir))
     }

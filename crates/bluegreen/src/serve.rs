@@ -56,7 +56,10 @@ pub fn main(path: &Path) -> anyhow::Result<ExitCode> {
     if let Some(n) = config.proxy.workers {
         rt.worker_threads(n);
     }
-    let rt = rt.enable_all().build().context("cannot start the async runtime")?;
+    let rt = rt
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
     rt.block_on(async move {
         let running = start(config, &token).await?;
         println!(
@@ -162,7 +165,11 @@ impl Running {
             .await;
         self.health.wait().await;
         let _ = self.admin_task.await;
-        tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, upgraded_at_stop = open, "router stopped");
+        tracing::info!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            upgraded_at_stop = open,
+            "router stopped"
+        );
     }
 }
 

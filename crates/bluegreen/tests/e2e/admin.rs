@@ -9,7 +9,11 @@ async fn admin_api_requires_the_token_but_probes_do_not() {
     let green = Backend::start("green").await;
     let router = RouterBuilder::new(&[&blue], &[&green]).start();
     for token in [None, Some("wrong"), Some("")] {
-        for (method, path) in [("GET", "/api/v1/status"), ("POST", "/api/v1/switch"), ("POST", "/api/v1/rollback")] {
+        for (method, path) in [
+            ("GET", "/api/v1/status"),
+            ("POST", "/api/v1/switch"),
+            ("POST", "/api/v1/rollback"),
+        ] {
             let (status, body) = router.api(method, path, None, token).await;
             assert_eq!(status, 401, "{method} {path} with {token:?}");
             assert_eq!(body["error"]["code"], "unauthorized");
@@ -17,7 +21,11 @@ async fn admin_api_requires_the_token_but_probes_do_not() {
     }
     let (code, out) = curl(&["-i", &format!("{}/api/v1/status", router.admin_url())]);
     assert_eq!(code, 0);
-    assert!(out.to_ascii_lowercase().contains("www-authenticate: bearer"), "{out}");
+    assert!(
+        out.to_ascii_lowercase()
+            .contains("www-authenticate: bearer"),
+        "{out}"
+    );
     assert_eq!(router.api("GET", "/livez", None, None).await.0, 200);
     router.wait_all_healthy().await;
     assert_eq!(router.api("GET", "/readyz", None, None).await.0, 200);
@@ -32,9 +40,27 @@ async fn bad_admin_requests_get_json_4xx_and_change_nothing() {
     router.wait_all_healthy().await;
     let cases = [
         ("POST", "/api/v1/switch", "{not json", 400, "bad_request"),
-        ("POST", "/api/v1/switch", "{\"to\":\"purple\"}", 400, "bad_request"),
-        ("POST", "/api/v1/switch", "{\"too\":\"green\"}", 400, "bad_request"),
-        ("POST", "/api/v1/rollback", "{\"to\":\"green\"}", 400, "bad_request"),
+        (
+            "POST",
+            "/api/v1/switch",
+            "{\"to\":\"purple\"}",
+            400,
+            "bad_request",
+        ),
+        (
+            "POST",
+            "/api/v1/switch",
+            "{\"too\":\"green\"}",
+            400,
+            "bad_request",
+        ),
+        (
+            "POST",
+            "/api/v1/rollback",
+            "{\"to\":\"green\"}",
+            400,
+            "bad_request",
+        ),
         ("GET", "/api/v1/switch", "", 405, "method_not_allowed"),
         ("GET", "/api/v1/nope", "", 404, "not_found"),
     ];
@@ -44,8 +70,21 @@ async fn bad_admin_requests_get_json_4xx_and_change_nothing() {
         assert_eq!(json["error"]["code"], code, "{json}");
         assert!(json["error"]["message"].as_str().unwrap().len() > 5);
     }
-    let (_, json) = router.api("POST", "/api/v1/switch", Some("{\"to\":\"purple\"}"), Some(TOKEN)).await;
-    assert!(json["error"]["message"].as_str().unwrap().contains("purple"), "{json}");
+    let (_, json) = router
+        .api(
+            "POST",
+            "/api/v1/switch",
+            Some("{\"to\":\"purple\"}"),
+            Some(TOKEN),
+        )
+        .await;
+    assert!(
+        json["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("purple"),
+        "{json}"
+    );
     let st = router.status().await;
     assert_eq!(st["live"], "blue");
     assert_eq!(st["generation"], 0);
@@ -62,18 +101,35 @@ async fn switch_refuses_an_unhealthy_side_unless_forced() {
         router.status().await["sides"]["green"]["healthy"] == 0
     })
     .await;
-    let (status, body) = router.api("POST", "/api/v1/switch", Some("{\"to\":\"green\"}"), Some(TOKEN)).await;
+    let (status, body) = router
+        .api(
+            "POST",
+            "/api/v1/switch",
+            Some("{\"to\":\"green\"}"),
+            Some(TOKEN),
+        )
+        .await;
     assert_eq!(status, 409, "{body}");
     assert_eq!(body["error"]["code"], "target_unhealthy");
     let msg = body["error"]["message"].as_str().unwrap();
-    assert!(msg.contains("green") && msg.contains("503"), "says why: {msg}");
+    assert!(
+        msg.contains("green") && msg.contains("503"),
+        "says why: {msg}"
+    );
     assert_eq!(router.status().await["live"], "blue");
 
     let (code, _, err) = router.cli(&["switch", "--to", "green"]);
     assert_eq!(code, 1);
     assert!(err.contains("refusing to switch to green"), "{err}");
 
-    let (status, body) = router.api("POST", "/api/v1/switch", Some("{\"to\":\"green\",\"force\":true}"), Some(TOKEN)).await;
+    let (status, body) = router
+        .api(
+            "POST",
+            "/api/v1/switch",
+            Some("{\"to\":\"green\",\"force\":true}"),
+            Some(TOKEN),
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["record"]["forced"], true);
     assert_eq!(router.status().await["live"], "green");
@@ -89,7 +145,10 @@ async fn cli_status_switch_and_rollback() {
     let (code, out, err) = router.cli(&["status"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("live: blue"), "{out}");
-    assert!(out.contains(&blue.addr.to_string()) && out.contains("healthy"), "{out}");
+    assert!(
+        out.contains(&blue.addr.to_string()) && out.contains("healthy"),
+        "{out}"
+    );
 
     let (code, out, _) = router.cli(&["switch", "--to", "green", "--reason", "release 2"]);
     assert_eq!(code, 0);
@@ -103,7 +162,10 @@ async fn cli_status_switch_and_rollback() {
     let st: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(st["live"], "green");
     assert_eq!(st["last_switch"]["reason"], "release 2");
-    assert!(st["last_switch"]["actor"].as_str().unwrap().starts_with("cli:"));
+    assert!(st["last_switch"]["actor"]
+        .as_str()
+        .unwrap()
+        .starts_with("cli:"));
 
     let (code, out, _) = router.cli(&["rollback"]);
     assert_eq!(code, 0);

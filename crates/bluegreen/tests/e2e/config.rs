@@ -23,36 +23,74 @@ fn run(args: &[&str], config_text: &str) -> (i32, String, String, std::path::Pat
 }
 
 fn good() -> String {
-    RouterBuilder::addrs(vec![closed_port()], vec![closed_port()]).config_text(std::path::Path::new("state"))
+    RouterBuilder::addrs(vec![closed_port()], vec![closed_port()])
+        .config_text(std::path::Path::new("state"))
 }
 
 #[test]
 fn check_accepts_the_shipped_example_config() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../bluegreen.toml");
-    let out = Command::new(bin()).args(["check", "--config", example]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(bin())
+        .args(["check", "--config", example])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains(": ok"));
 }
 
 #[test]
 fn bad_configs_are_rejected_with_file_key_and_reason() {
     let cases: &[(&str, String, &str)] = &[
-        ("unknown key", good().replace("[switch]", "[switch]\ndrain_timout = \"1s\""), "drain_timout"),
-        ("bad address", good().replace("listen = \"127.0.0.1:0\"\npreview", "listen = \"127.0.0.1:99999\"\npreview"), "proxy.listen: invalid address"),
-        ("missing side", good().replace("[environments.green]", "[environments.purple]"), "environments.green: missing"),
-        ("zero upstreams", {
-            let g = good();
-            let start = g.find("[environments.green]\nupstreams = [").unwrap() + "[environments.green]\nupstreams = [".len();
-            let end = start + g[start..].find(']').unwrap();
-            format!("{}{}", &g[..start], &g[end..])
-        }, "environments.green.upstreams: must list at least one upstream"),
-        ("bad duration", good().replace("drain_timeout = \"5s\"", "drain_timeout = \"five seconds\""), "switch.drain_timeout: invalid duration"),
+        (
+            "unknown key",
+            good().replace("[switch]", "[switch]\ndrain_timout = \"1s\""),
+            "drain_timout",
+        ),
+        (
+            "bad address",
+            good().replace(
+                "listen = \"127.0.0.1:0\"\npreview",
+                "listen = \"127.0.0.1:99999\"\npreview",
+            ),
+            "proxy.listen: invalid address",
+        ),
+        (
+            "missing side",
+            good().replace("[environments.green]", "[environments.purple]"),
+            "environments.green: missing",
+        ),
+        (
+            "zero upstreams",
+            {
+                let g = good();
+                let start = g.find("[environments.green]\nupstreams = [").unwrap()
+                    + "[environments.green]\nupstreams = [".len();
+                let end = start + g[start..].find(']').unwrap();
+                format!("{}{}", &g[..start], &g[end..])
+            },
+            "environments.green.upstreams: must list at least one upstream",
+        ),
+        (
+            "bad duration",
+            good().replace("drain_timeout = \"5s\"", "drain_timeout = \"five seconds\""),
+            "switch.drain_timeout: invalid duration",
+        ),
     ];
     for (what, text, needle) in cases {
         let (code, _, err, _) = run(&["check"], text);
         assert_eq!(code, 2, "{what}: {err}");
-        assert!(err.contains("bluegreen.toml"), "{what}: names the file: {err}");
-        assert!(err.contains(needle), "{what}: expected {needle:?} in: {err}");
+        assert!(
+            err.contains("bluegreen.toml"),
+            "{what}: names the file: {err}"
+        );
+        assert!(
+            err.contains(needle),
+            "{what}: expected {needle:?} in: {err}"
+        );
 
         let (code, out, err, dir) = run(&["serve"], text);
         assert_eq!(code, 2, "{what}: serve must refuse: {err}");
@@ -75,5 +113,8 @@ fn serve_refuses_to_start_without_the_admin_token() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("BG_TEST_TOKEN") && err.contains("admin.token_env"), "{err}");
+    assert!(
+        err.contains("BG_TEST_TOKEN") && err.contains("admin.token_env"),
+        "{err}"
+    );
 }

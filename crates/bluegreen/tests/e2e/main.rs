@@ -4,6 +4,7 @@
 
 mod admin;
 mod config;
+mod demo;
 mod health;
 mod manners;
 mod preview;

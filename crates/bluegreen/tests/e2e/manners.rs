@@ -10,11 +10,16 @@ async fn hop_by_hop_headers_are_removed_and_forwarding_headers_set() {
     router.wait_all_healthy().await;
     let (code, out) = curl(&[
         "-i",
-        "-H", "Connection: keep-alive, x-private",
-        "-H", "X-Private: 1",
-        "-H", "Keep-Alive: timeout=5",
-        "-H", "X-Forwarded-For: 10.1.2.3",
-        "-H", "Host: shop.example",
+        "-H",
+        "Connection: keep-alive, x-private",
+        "-H",
+        "X-Private: 1",
+        "-H",
+        "Keep-Alive: timeout=5",
+        "-H",
+        "X-Forwarded-For: 10.1.2.3",
+        "-H",
+        "Host: shop.example",
         &router.url("/headers"),
     ]);
     assert_eq!(code, 0);
@@ -27,11 +32,17 @@ async fn hop_by_hop_headers_are_removed_and_forwarding_headers_set() {
     assert_eq!(seen["host"], "shop.example");
     assert_eq!(seen["x-request-id"].len(), 32, "{seen:?}");
     let lower = out.to_ascii_lowercase();
-    assert!(!lower.contains("x-internal"), "response hop-by-hop removed: {out}");
+    assert!(
+        !lower.contains("x-internal"),
+        "response hop-by-hop removed: {out}"
+    );
     assert!(!lower.contains("keep-alive: timeout"), "{out}");
 
     curl(&["-H", "X-Request-Id: abc-123", &router.url("/headers")]);
-    assert_eq!(blue.state.last_headers.lock().unwrap()["x-request-id"], "abc-123");
+    assert_eq!(
+        blue.state.last_headers.lock().unwrap()["x-request-id"],
+        "abc-123"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -40,19 +51,30 @@ async fn http2_clients_reach_http1_upstreams() {
     let green = Backend::start("green").await;
     let router = RouterBuilder::new(&[&blue], &[&green]).start();
     router.wait_all_healthy().await;
-    let (code, out) = curl(&["--http2-prior-knowledge", "-w", " %{http_version}", &router.url("/")]);
+    let (code, out) = curl(&[
+        "--http2-prior-knowledge",
+        "-w",
+        " %{http_version}",
+        &router.url("/"),
+    ]);
     assert_eq!((code, out.as_str()), (0, "blue 2"));
     let (status, body) = get(&h2_client(), &router.url("/headers")).await.unwrap();
     assert_eq!(status, 200);
     let seen: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(seen["host"], router.proxy.to_string(), "host from :authority");
+    assert_eq!(
+        seen["host"],
+        router.proxy.to_string(),
+        "host from :authority"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn slow_upstream_is_a_504() {
     let blue = Backend::start("blue").await;
     let green = Backend::start("green").await;
-    let router = RouterBuilder::new(&[&blue], &[&green]).upstream_timeout("300ms").start();
+    let router = RouterBuilder::new(&[&blue], &[&green])
+        .upstream_timeout("300ms")
+        .start();
     router.wait_all_healthy().await;
     let (code, out) = curl(&["-i", &router.url("/slow")]);
     assert_eq!(code, 0);
@@ -64,11 +86,17 @@ async fn slow_upstream_is_a_504() {
 async fn oversized_request_head_is_refused_and_the_router_stays_up() {
     let blue = Backend::start("blue").await;
     let green = Backend::start("green").await;
-    let router = RouterBuilder::new(&[&blue], &[&green]).proxy("max_header_bytes = 16384").start();
+    let router = RouterBuilder::new(&[&blue], &[&green])
+        .proxy("max_header_bytes = 16384")
+        .start();
     router.wait_all_healthy().await;
     let big = format!("X-Big: {}", "a".repeat(40_000));
     let (_, out) = curl(&["-i", "-H", &big, &router.url("/")]);
-    assert!(out.starts_with("HTTP/1.1 431"), "{}", &out[..out.len().min(200)]);
+    assert!(
+        out.starts_with("HTTP/1.1 431"),
+        "{}",
+        &out[..out.len().min(200)]
+    );
     assert_eq!(blue.requests(), 0);
     // Garbage on the wire does not take the router down either.
     use std::io::{Read, Write};
@@ -76,6 +104,13 @@ async fn oversized_request_head_is_refused_and_the_router_stays_up() {
     s.write_all(b"NOT HTTP AT ALL\r\n\r\n").unwrap();
     let mut buf = Vec::new();
     let _ = s.read_to_end(&mut buf);
-    assert!(String::from_utf8_lossy(&buf).starts_with("HTTP/1.1 400"), "{}", String::from_utf8_lossy(&buf));
-    assert_eq!(get(&h1_client(), &router.url("/")).await.unwrap(), (200, "blue".into()));
+    assert!(
+        String::from_utf8_lossy(&buf).starts_with("HTTP/1.1 400"),
+        "{}",
+        String::from_utf8_lossy(&buf)
+    );
+    assert_eq!(
+        get(&h1_client(), &router.url("/")).await.unwrap(),
+        (200, "blue".into())
+    );
 }

@@ -12,7 +12,10 @@ async fn sigterm_drains_in_flight_requests_then_exits() {
     let client = h1_client();
     let url = router.url("/hold");
     let held = tokio::spawn(async move { get(&client, &url).await });
-    wait_until(Duration::from_secs(5), "request in flight", || async { blue.requests() == 1 }).await;
+    wait_until(Duration::from_secs(5), "request in flight", || async {
+        blue.requests() == 1
+    })
+    .await;
 
     router.signal("TERM");
     let proxy = router.proxy;
@@ -20,7 +23,10 @@ async fn sigterm_drains_in_flight_requests_then_exits() {
         tokio::net::TcpStream::connect(proxy).await.is_err()
     })
     .await;
-    assert!(router.child.try_wait().unwrap().is_none(), "still running while a request is in flight");
+    assert!(
+        router.child.try_wait().unwrap().is_none(),
+        "still running while a request is in flight"
+    );
 
     blue.release(1);
     assert_eq!(held.await.unwrap().unwrap(), (200, "blue".into()));

@@ -11,19 +11,26 @@ async fn restart_restores_the_live_side_and_history() {
     let blue = Backend::start("blue").await;
     let green = Backend::start("green").await;
     let dir = tempfile::tempdir().unwrap();
-    let mut router = RouterBuilder::new(&[&blue], &[&green]).state_dir(dir.path()).start();
+    let mut router = RouterBuilder::new(&[&blue], &[&green])
+        .state_dir(dir.path())
+        .start();
     router.wait_all_healthy().await;
     router.switch_to("green").await;
     router.signal("TERM");
     assert!(router.wait_exit(Duration::from_secs(15)).success());
     drop(router);
 
-    let router = RouterBuilder::new(&[&blue], &[&green]).state_dir(dir.path()).start();
+    let router = RouterBuilder::new(&[&blue], &[&green])
+        .state_dir(dir.path())
+        .start();
     let st = router.status().await;
     assert_eq!(st["live"], "green");
     assert_eq!(st["generation"], 1);
     assert_eq!(st["last_switch"]["from"], "blue");
-    assert_eq!(get(&h1_client(), &router.url("/")).await.unwrap().1, "green");
+    assert_eq!(
+        get(&h1_client(), &router.url("/")).await.unwrap().1,
+        "green"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -40,10 +47,17 @@ async fn kill_9_during_switches_never_corrupts_state() {
         // The state loaded: it must be whole and no older than what we saw last.
         let st = router.status().await;
         let generation = st["generation"].as_u64().unwrap();
-        assert_eq!(generation, last_generation, "round {round}: the restarted router must load exactly what was saved");
+        assert_eq!(
+            generation, last_generation,
+            "round {round}: the restarted router must load exactly what was saved"
+        );
         let live = st["live"].as_str().unwrap().to_string();
         if generation > 0 {
-            assert_eq!(st["last_switch"]["to"], live.as_str(), "round {round}: {st}");
+            assert_eq!(
+                st["last_switch"]["to"],
+                live.as_str(),
+                "round {round}: {st}"
+            );
         }
         router.wait_all_healthy().await;
 
@@ -54,9 +68,11 @@ async fn kill_9_during_switches_never_corrupts_state() {
         for _ in 0..3 {
             let (done, admin) = (done.clone(), admin.clone());
             tasks.push(tokio::spawn(async move {
-                let client = bluegreen_api::AdminClient::new(&admin, Some(TOKEN.into()), "test".into());
+                let client =
+                    bluegreen_api::AdminClient::new(&admin, Some(TOKEN.into()), "test".into());
                 for _ in 0..2_000 {
-                    let r: Result<serde_json::Value, _> = client.post("/api/v1/switch", serde_json::json!({})).await;
+                    let r: Result<serde_json::Value, _> =
+                        client.post("/api/v1/switch", serde_json::json!({})).await;
                     match r {
                         Ok(v) if v["changed"] == true => {
                             done.fetch_add(1, Ordering::SeqCst);
@@ -79,11 +95,15 @@ async fn kill_9_during_switches_never_corrupts_state() {
             let _ = t.await;
         }
         let raw = std::fs::read(dir.path().join("state.json")).unwrap();
-        let saved: serde_json::Value = serde_json::from_slice(&raw).expect("state file is whole JSON after kill -9");
+        let saved: serde_json::Value =
+            serde_json::from_slice(&raw).expect("state file is whole JSON after kill -9");
         let saved = saved["generation"].as_u64().unwrap();
         // Every switch the API confirmed was on disk before it was confirmed.
         let confirmed = done.load(Ordering::SeqCst);
-        assert!(saved >= generation + confirmed, "round {round}: saved {saved} < {generation} + {confirmed} confirmed");
+        assert!(
+            saved >= generation + confirmed,
+            "round {round}: saved {saved} < {generation} + {confirmed} confirmed"
+        );
         last_generation = saved;
     }
 }
@@ -96,7 +116,8 @@ async fn corrupt_state_file_stops_the_router_with_a_clear_error() {
     let garbage = b"{\"format\":1,\"live\":\"gre";
     std::fs::write(state_dir.join("state.json"), garbage).unwrap();
     let config = dir.path().join("bluegreen.toml");
-    let text = RouterBuilder::addrs(vec![closed_port()], vec![closed_port()]).config_text(&state_dir);
+    let text =
+        RouterBuilder::addrs(vec![closed_port()], vec![closed_port()]).config_text(&state_dir);
     std::fs::write(&config, text).unwrap();
     let out = std::process::Command::new(bin())
         .args(["serve", "--config"])
@@ -106,9 +127,20 @@ async fn corrupt_state_file_stops_the_router_with_a_clear_error() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("state.json") && err.contains("corrupt"), "{err}");
-    assert!(out.stdout.is_empty(), "nothing started: {}", String::from_utf8_lossy(&out.stdout));
-    assert_eq!(std::fs::read(state_dir.join("state.json")).unwrap(), garbage, "the file is left for inspection");
+    assert!(
+        err.contains("state.json") && err.contains("corrupt"),
+        "{err}"
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "nothing started: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(
+        std::fs::read(state_dir.join("state.json")).unwrap(),
+        garbage,
+        "the file is left for inspection"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -116,9 +148,15 @@ async fn second_router_on_the_same_state_dir_is_refused() {
     let blue = Backend::start("blue").await;
     let green = Backend::start("green").await;
     let dir = tempfile::tempdir().unwrap();
-    let _first = RouterBuilder::new(&[&blue], &[&green]).state_dir(dir.path()).start();
+    let _first = RouterBuilder::new(&[&blue], &[&green])
+        .state_dir(dir.path())
+        .start();
     let cfg = dir.path().join("second.toml");
-    std::fs::write(&cfg, RouterBuilder::new(&[&blue], &[&green]).config_text(dir.path())).unwrap();
+    std::fs::write(
+        &cfg,
+        RouterBuilder::new(&[&blue], &[&green]).config_text(dir.path()),
+    )
+    .unwrap();
     let out = std::process::Command::new(bin())
         .args(["serve", "--config"])
         .arg(&cfg)

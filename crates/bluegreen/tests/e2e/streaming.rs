@@ -6,10 +6,13 @@ use http_body_util::BodyExt;
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::Message;
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn ws_connect(router: &RouterProc) -> Ws {
-    let (ws, resp) = tokio_tungstenite::connect_async(format!("ws://{}/ws", router.proxy)).await.unwrap();
+    let (ws, resp) = tokio_tungstenite::connect_async(format!("ws://{}/ws", router.proxy))
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 101);
     ws
 }
@@ -57,8 +60,14 @@ async fn websocket_survives_switch_until_drain_timeout() {
     assert_eq!(st["sides"]["green"]["upgraded"], 1, "{st}");
 
     // At the drain deadline the old side's connection is cut, not before.
-    tokio::time::timeout(Duration::from_secs(10), closed(&mut old)).await.expect("old socket cut by the drain timeout");
-    assert!(switched_at.elapsed() >= Duration::from_millis(1900), "cut before the drain timeout: {:?}", switched_at.elapsed());
+    tokio::time::timeout(Duration::from_secs(10), closed(&mut old))
+        .await
+        .expect("old socket cut by the drain timeout");
+    assert!(
+        switched_at.elapsed() >= Duration::from_millis(1900),
+        "cut before the drain timeout: {:?}",
+        switched_at.elapsed()
+    );
     // The live side's connection is untouched.
     assert_eq!(echo(&mut new, "after").await, "green:after");
 }
@@ -86,7 +95,10 @@ async fn sse_streams_through_unbuffered() {
     let router = RouterBuilder::new(&[&blue], &[&green]).start();
     router.wait_all_healthy().await;
 
-    let resp = h1_client().get(router.url("/sse").parse().unwrap()).await.unwrap();
+    let resp = h1_client()
+        .get(router.url("/sse").parse().unwrap())
+        .await
+        .unwrap();
     assert_eq!(resp.headers()["content-type"], "text/event-stream");
     let mut body = resp.into_body();
     // The upstream holds the second event back; the first must arrive anyway.
@@ -97,7 +109,11 @@ async fn sse_streams_through_unbuffered() {
         .unwrap();
     assert_eq!(first.into_data().unwrap(), "data: blue first\n\n");
     blue.release(1);
-    let rest = tokio::time::timeout(Duration::from_secs(5), body.collect()).await.unwrap().unwrap().to_bytes();
+    let rest = tokio::time::timeout(Duration::from_secs(5), body.collect())
+        .await
+        .unwrap()
+        .unwrap()
+        .to_bytes();
     assert_eq!(rest, "data: blue second\n\n");
 }
 
@@ -109,11 +125,19 @@ async fn sse_through_curl_over_http2() {
     router.wait_all_healthy().await;
     let url = router.url("/sse");
     let release = tokio::spawn(async move {
-        wait_until(Duration::from_secs(10), "curl's request reached blue", || async { blue.requests() == 1 }).await;
+        wait_until(
+            Duration::from_secs(10),
+            "curl's request reached blue",
+            || async { blue.requests() == 1 },
+        )
+        .await;
         blue.release(1);
         blue
     });
-    let (code, out) = tokio::task::spawn_blocking(move || curl(&["-N", "--http2-prior-knowledge", &url])).await.unwrap();
+    let (code, out) =
+        tokio::task::spawn_blocking(move || curl(&["-N", "--http2-prior-knowledge", &url]))
+            .await
+            .unwrap();
     let _blue = release.await.unwrap();
     assert_eq!(code, 0);
     assert_eq!(out, "data: blue first\n\ndata: blue second\n\n");

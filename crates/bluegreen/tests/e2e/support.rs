@@ -44,7 +44,10 @@ where
         if cond().await {
             return;
         }
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for: {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -182,9 +185,19 @@ async fn route(mut req: Request<Incoming>, st: Arc<BackendState>) -> Response<Te
             let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
             let st2 = st.clone();
             tokio::spawn(async move {
-                let _ = tx.send(Ok(Frame::data(Bytes::from(format!("data: {} first\n\n", st2.name))))).await;
+                let _ = tx
+                    .send(Ok(Frame::data(Bytes::from(format!(
+                        "data: {} first\n\n",
+                        st2.name
+                    )))))
+                    .await;
                 st2.release.acquire().await.unwrap().forget();
-                let _ = tx.send(Ok(Frame::data(Bytes::from(format!("data: {} second\n\n", st2.name))))).await;
+                let _ = tx
+                    .send(Ok(Frame::data(Bytes::from(format!(
+                        "data: {} second\n\n",
+                        st2.name
+                    )))))
+                    .await;
             });
             let stream = tokio_stream_from(rx);
             Response::builder()
@@ -198,7 +211,9 @@ async fn route(mut req: Request<Incoming>, st: Arc<BackendState>) -> Response<Te
             let name = st.name.clone();
             tokio::spawn(async move {
                 let upgraded = on_upgrade.await.unwrap();
-                let mut ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+                let mut ws =
+                    WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None)
+                        .await;
                 while let Some(Ok(msg)) = ws.next().await {
                     if msg.is_text() {
                         let reply = format!("{name}:{}", msg.into_text().unwrap());
@@ -293,7 +308,10 @@ impl RouterBuilder {
 
     pub fn config_text(&self, state_dir: &Path) -> String {
         let list = |v: &[SocketAddr]| {
-            v.iter().map(|a| format!("\"{a}\"")).collect::<Vec<_>>().join(", ")
+            v.iter()
+                .map(|a| format!("\"{a}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
         };
         format!(
             "[proxy]\nlisten = \"127.0.0.1:0\"\npreview_listen = \"127.0.0.1:0\"\nupstream_timeout = \"{timeout}\"\n{extra}\n\
@@ -314,7 +332,10 @@ impl RouterBuilder {
     /// Starts the router and waits for its ready line.
     pub fn start(self) -> RouterProc {
         let tmp = tempfile::tempdir().unwrap();
-        let state_dir = self.state_dir.clone().unwrap_or_else(|| tmp.path().join("state"));
+        let state_dir = self
+            .state_dir
+            .clone()
+            .unwrap_or_else(|| tmp.path().join("state"));
         let config = tmp.path().join("bluegreen.toml");
         std::fs::write(&config, self.config_text(&state_dir)).unwrap();
         RouterProc::spawn(config, state_dir, tmp)
@@ -370,7 +391,12 @@ impl RouterProc {
             .recv_timeout(Duration::from_secs(30))
             .ok()
             .flatten()
-            .unwrap_or_else(|| panic!("router did not become ready; stderr:\n{}", stderr.lock().unwrap()));
+            .unwrap_or_else(|| {
+                panic!(
+                    "router did not become ready; stderr:\n{}",
+                    stderr.lock().unwrap()
+                )
+            });
         let field = |name: &str| -> String {
             line.split_whitespace()
                 .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
@@ -417,24 +443,41 @@ impl RouterProc {
     }
 
     /// Calls the admin API; returns status and JSON body.
-    pub async fn api(&self, method: &str, path: &str, body: Option<&str>, token: Option<&str>) -> (u16, serde_json::Value) {
+    pub async fn api(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        token: Option<&str>,
+    ) -> (u16, serde_json::Value) {
         let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-        let mut req = Request::builder().method(method).uri(format!("{}{path}", self.admin_url()));
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.admin_url()));
         if let Some(t) = token {
             req = req.header("authorization", format!("Bearer {t}"));
         }
-        let req = req.body(Full::new(Bytes::from(body.unwrap_or("").to_string()))).unwrap();
+        let req = req
+            .body(Full::new(Bytes::from(body.unwrap_or("").to_string())))
+            .unwrap();
         let resp = client.request(req).await.unwrap();
         let status = resp.status().as_u16();
         let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-        let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::String(
+            String::from_utf8_lossy(&bytes).into_owned(),
+        ));
         (status, json)
     }
 
     /// Switch through the API with the right token; panics on failure.
     pub async fn switch_to(&self, side: &str) -> serde_json::Value {
         let (status, body) = self
-            .api("POST", "/api/v1/switch", Some(&format!("{{\"to\":\"{side}\"}}")), Some(TOKEN))
+            .api(
+                "POST",
+                "/api/v1/switch",
+                Some(&format!("{{\"to\":\"{side}\"}}")),
+                Some(TOKEN),
+            )
             .await;
         assert_eq!(status, 200, "switch to {side} failed: {body}");
         body
@@ -478,7 +521,10 @@ impl RouterProc {
             if let Some(st) = self.child.try_wait().unwrap() {
                 return st;
             }
-            assert!(Instant::now() < deadline, "router did not exit within {limit:?}");
+            assert!(
+                Instant::now() < deadline,
+                "router did not exit within {limit:?}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -502,7 +548,9 @@ pub fn h1_client() -> Client<hyper_util::client::legacy::connect::HttpConnector,
 
 /// An HTTP/2 (prior knowledge, cleartext) client.
 pub fn h2_client() -> Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>> {
-    Client::builder(TokioExecutor::new()).http2_only(true).build_http()
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
 }
 
 /// GET and return (status, body as text).
@@ -510,9 +558,17 @@ pub async fn get(
     client: &Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>,
     url: &str,
 ) -> Result<(u16, String), String> {
-    let resp = client.get(url.parse().unwrap()).await.map_err(|e| format!("{e:?}"))?;
+    let resp = client
+        .get(url.parse().unwrap())
+        .await
+        .map_err(|e| format!("{e:?}"))?;
     let status = resp.status().as_u16();
-    let body = resp.into_body().collect().await.map_err(|e| format!("{e:?}"))?.to_bytes();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("{e:?}"))?
+        .to_bytes();
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
@@ -529,5 +585,8 @@ pub fn curl(args: &[&str]) -> (i32, String) {
         .args(args)
         .output()
         .expect("curl is installed (scripts/test installs it)");
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
 }

@@ -59,27 +59,41 @@ async fn switch_under_load(
     let mut marks = Vec::new();
     for i in 0..switches {
         let before = done.load(Ordering::SeqCst);
-        wait_until(Duration::from_secs(20), "traffic progress between switches", || {
-            let done = done.clone();
-            async move { done.load(Ordering::SeqCst) >= before + 150 }
-        })
+        wait_until(
+            Duration::from_secs(20),
+            "traffic progress between switches",
+            || {
+                let done = done.clone();
+                async move { done.load(Ordering::SeqCst) >= before + 150 }
+            },
+        )
         .await;
         let to = if i % 2 == 0 { "green" } else { "blue" };
         let called = Instant::now();
         if i % 2 == 0 {
             router.switch_to(to).await;
         } else {
-            let (status, body) = router.api("POST", "/api/v1/rollback", None, Some(TOKEN)).await;
+            let (status, body) = router
+                .api("POST", "/api/v1/rollback", None, Some(TOKEN))
+                .await;
             assert_eq!(status, 200, "{body}");
             assert_eq!(body["live"], "blue");
         }
-        marks.push(SwitchMark { called, returned: Instant::now(), to });
+        marks.push(SwitchMark {
+            called,
+            returned: Instant::now(),
+            to,
+        });
     }
     let before = done.load(Ordering::SeqCst);
-    wait_until(Duration::from_secs(20), "traffic after the last switch", || {
-        let done = done.clone();
-        async move { done.load(Ordering::SeqCst) >= before + 150 }
-    })
+    wait_until(
+        Duration::from_secs(20),
+        "traffic after the last switch",
+        || {
+            let done = done.clone();
+            async move { done.load(Ordering::SeqCst) >= before + 150 }
+        },
+    )
     .await;
     stop.store(true, Ordering::SeqCst);
 
@@ -109,12 +123,24 @@ async fn switch_under_load(
             Some(_) => None, // began while that switch was in progress: either side is right
         };
         if let Some(exp) = expected {
-            assert_eq!(side, exp, "a request that began after the switch was served by the old side");
+            assert_eq!(
+                side, exp,
+                "a request that began after the switch was served by the old side"
+            );
             checked[(exp == "green") as usize] += 1;
         }
     }
-    assert!(failures.is_empty(), "{} of {} requests failed: {:?}", failures.len(), samples.len(), &failures[..failures.len().min(5)]);
-    assert!(checked[0] > 100 && checked[1] > 100, "too few checked samples: {checked:?}");
+    assert!(
+        failures.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failures.len(),
+        samples.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(
+        checked[0] > 100 && checked[1] > 100,
+        "too few checked samples: {checked:?}"
+    );
     assert!(blue.requests() > 0 && green.requests() > 0);
 }
 
@@ -137,7 +163,12 @@ async fn in_flight_request_on_old_side_finishes_after_switch() {
     let client = h1_client();
     let url = router.url("/hold");
     let held = tokio::spawn(async move { get(&client, &url).await });
-    wait_until(Duration::from_secs(5), "held request reached blue", || async { blue.requests() == 1 }).await;
+    wait_until(
+        Duration::from_secs(5),
+        "held request reached blue",
+        || async { blue.requests() == 1 },
+    )
+    .await;
 
     router.switch_to("green").await;
     let (status, body) = get(&h1_client(), &router.url("/")).await.unwrap();
@@ -147,7 +178,11 @@ async fn in_flight_request_on_old_side_finishes_after_switch() {
 
     blue.release(1);
     let (status, body) = held.await.unwrap().unwrap();
-    assert_eq!((status, body.as_str()), (200, "blue"), "old side's in-flight request completes");
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "blue"),
+        "old side's in-flight request completes"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -157,12 +192,21 @@ async fn rollback_returns_to_the_previous_side() {
     let router = RouterBuilder::new(&[&blue], &[&green]).start();
     router.wait_all_healthy().await;
 
-    let (status, body) = router.api("POST", "/api/v1/rollback", None, Some(TOKEN)).await;
+    let (status, body) = router
+        .api("POST", "/api/v1/rollback", None, Some(TOKEN))
+        .await;
     assert_eq!(status, 409, "{body}");
     assert_eq!(body["error"]["code"], "no_history");
 
     router.switch_to("green").await;
-    let (status, body) = router.api("POST", "/api/v1/rollback", Some("{\"reason\":\"bad release\"}"), Some(TOKEN)).await;
+    let (status, body) = router
+        .api(
+            "POST",
+            "/api/v1/rollback",
+            Some("{\"reason\":\"bad release\"}"),
+            Some(TOKEN),
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["live"], "blue");
     assert_eq!(body["record"]["kind"], "rollback");
@@ -172,7 +216,9 @@ async fn rollback_returns_to_the_previous_side() {
     let st = router.status().await;
     assert_eq!(st["previous"], "green");
     assert_eq!(st["generation"], 2);
-    let (_, hist) = router.api("GET", "/api/v1/history", None, Some(TOKEN)).await;
+    let (_, hist) = router
+        .api("GET", "/api/v1/history", None, Some(TOKEN))
+        .await;
     let switches = hist["switches"].as_array().unwrap();
     assert_eq!(switches.len(), 2);
     assert_eq!(switches[0]["to"], "green");
