@@ -2,8 +2,11 @@
 //! a config file. Everything here is unit-tested without a network.
 #![forbid(unsafe_code)]
 
+pub mod bake;
 pub mod config;
+pub mod deploy;
 pub mod health;
+pub mod latency;
 pub mod side;
 pub mod state;
 

@@ -5,7 +5,10 @@
 //! `bluegreen check` shows all of them. Nothing is started from a config that
 //! did not validate whole.
 
+pub mod deploy;
+
 use crate::side::{Side, Sides};
+pub use deploy::DeployConfig;
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -24,6 +27,8 @@ pub struct Config {
     pub health: HealthConfig,
     pub environments: Sides<EnvironmentConfig>,
     pub switch: SwitchConfig,
+    /// The deploy pipeline; `None` when the config has no `[deploy]` table.
+    pub deploy: Option<DeployConfig>,
 }
 
 /// The data plane's listeners and limits.
@@ -151,6 +156,7 @@ struct RawConfig {
     environments: BTreeMap<String, RawEnvironment>,
     #[serde(default)]
     switch: RawSwitch,
+    deploy: Option<deploy::RawDeploy>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -371,8 +377,13 @@ fn validate(raw: RawConfig, base: &Path, c: &mut Checker) -> Config {
         }),
     };
 
+    let deploy = raw
+        .deploy
+        .as_ref()
+        .and_then(|d| deploy::validate(d, base, c, proxy.preview_listen.is_some()));
     Config {
         source: None,
+        deploy,
         proxy,
         admin,
         state: StateConfig { dir },
@@ -694,5 +705,63 @@ drain_timeout = "30s"
     fn hostnames_are_valid_upstreams() {
         let text = GOOD.replace("\"127.0.0.1:9003\"", "\"app-2.internal:9003\"");
         assert!(parse(&text).is_ok());
+    }
+
+    const DEPLOY: &str = r#"
+[deploy]
+deploy_timeout = "30s"
+
+[deploy.supervisor]
+run = "./releases/{version}/app --port {port}"
+
+[[deploy.smoke]]
+name = "home"
+path = "/"
+expect_body_contains = "{version}"
+
+[[deploy.smoke]]
+name = "script"
+command = "sh -c 'curl -fsS {preview_url}/healthz'"
+
+[deploy.bake]
+duration = "30s"
+interval = "5s"
+max_error_rate = 0.05
+p99_ratio = 1.5
+"#;
+
+    #[test]
+    fn deploy_section_is_parsed() {
+        let cfg = parse(&format!("{GOOD}{DEPLOY}")).unwrap();
+        let d = cfg.deploy.unwrap();
+        assert_eq!(d.smoke.len(), 2);
+        assert_eq!(d.bake.thresholds.max_error_rate, 0.05);
+        assert_eq!(d.bake.thresholds.p99_ratio, Some(1.5));
+        assert_eq!(d.deploy_timeout, Duration::from_secs(30));
+        let deploy::DeployMethod::Supervisor(s) = d.method else { panic!() };
+        assert_eq!(s.run.render(&[("version", "v2"), ("port", "9002")]), vec!["./releases/v2/app", "--port", "9002"]);
+    }
+
+    #[test]
+    fn deploy_mistakes_are_caught_before_anything_runs() {
+        let text = format!("{GOOD}{DEPLOY}")
+            .replace("--port {port}", "--port {port} --tag {verison}")
+            .replace("path = \"/\"\n", "")
+            .replace("max_error_rate = 0.05", "max_error_rate = 5")
+            .replace("p99_ratio = 1.5", "p99_ratio = 0.5");
+        let msg = problems(&text);
+        assert!(msg.contains("deploy.supervisor.run: unknown placeholder {verison}"), "{msg}");
+        assert!(msg.contains("deploy.smoke[0]: needs a path"), "{msg}");
+        assert!(msg.contains("deploy.bake.max_error_rate: 5 is out of range"), "{msg}");
+        assert!(msg.contains("deploy.bake.p99_ratio: 0.5 is out of range"), "{msg}");
+    }
+
+    #[test]
+    fn missing_hook_program_is_named() {
+        let text = format!("{GOOD}\n[deploy]\n[deploy.hooks]\ndeploy = \"./no-such-hook.sh {{env}}\"\n");
+        let msg = problems(&text);
+        assert!(msg.contains("deploy.hooks.deploy: program \"./no-such-hook.sh\" does not exist"), "{msg}");
+        let text = format!("{GOOD}\n[deploy]\n[deploy.hooks]\ndeploy = \"true {{env}} {{version}}\"\n");
+        assert!(parse(&text).is_ok(), "a program on PATH is found");
     }
 }

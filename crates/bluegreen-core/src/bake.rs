@@ -1,0 +1,246 @@
+//! Bake analysis: is the new live side as good as the old one was? Pure
+//! functions over traffic windows, so every verdict is unit-tested.
+
+use crate::latency::Histogram;
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// Live traffic of one side over some stretch of time.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Window {
+    pub requests: u64,
+    /// 5xx answers and upstream failures (connect errors, timeouts).
+    pub errors: u64,
+    pub latency: Histogram,
+}
+
+impl Window {
+    /// `self - earlier`, for cumulative counters.
+    pub fn since(&self, earlier: &Window) -> Window {
+        Window {
+            requests: self.requests.saturating_sub(earlier.requests),
+            errors: self.errors.saturating_sub(earlier.errors),
+            latency: self.latency.since(&earlier.latency),
+        }
+    }
+
+    /// Fraction of requests that failed (0 when there were none).
+    pub fn error_rate(&self) -> f64 {
+        if self.requests == 0 {
+            0.0
+        } else {
+            self.errors as f64 / self.requests as f64
+        }
+    }
+
+    /// 99th percentile latency, if anything was measured.
+    pub fn p99(&self) -> Option<Duration> {
+        self.latency.quantile(0.99)
+    }
+}
+
+/// What the bake compares against.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Thresholds {
+    /// Windows smaller than this are not judged.
+    pub min_requests: u64,
+    /// Absolute error-rate limit (fraction, 0..=1).
+    pub max_error_rate: f64,
+    /// Absolute p99 limit.
+    pub max_p99: Option<Duration>,
+    /// Limit relative to the old side's error rate (when it was above zero).
+    pub error_rate_ratio: Option<f64>,
+    /// Limit relative to the old side's p99.
+    pub p99_ratio: Option<f64>,
+}
+
+/// A breached limit with its numbers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Breach {
+    /// `error_rate` or `p99`.
+    pub metric: String,
+    pub observed: f64,
+    pub limit: f64,
+    /// The old side's value, when the limit came from it.
+    pub baseline: Option<f64>,
+    pub requests: u64,
+    /// One line for humans.
+    pub summary: String,
+}
+
+/// Outcome of judging one window.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    Pass,
+    /// Fewer than `min_requests`: keep accumulating.
+    NotEnoughTraffic,
+    Breach(Breach),
+}
+
+fn pct(x: f64) -> String {
+    format!("{:.2}%", x * 100.0)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Judges the new side's window against absolute limits and the old side's
+/// baseline. The baseline is used only when it saw `min_requests` itself.
+pub fn judge(window: &Window, baseline: Option<&Window>, t: &Thresholds) -> Verdict {
+    if window.requests < t.min_requests.max(1) {
+        return Verdict::NotEnoughTraffic;
+    }
+    let baseline = baseline.filter(|b| b.requests >= t.min_requests.max(1));
+    let rate = window.error_rate();
+    let n = window.requests;
+    if rate > t.max_error_rate {
+        return Verdict::Breach(Breach {
+            metric: "error_rate".into(),
+            observed: rate,
+            limit: t.max_error_rate,
+            baseline: baseline.map(Window::error_rate),
+            requests: n,
+            summary: format!(
+                "error rate {} > limit {} over {n} requests",
+                pct(rate),
+                pct(t.max_error_rate)
+            ),
+        });
+    }
+    if let (Some(ratio), Some(b)) = (t.error_rate_ratio, baseline) {
+        let base = b.error_rate();
+        if base > 0.0 && rate > base * ratio {
+            return Verdict::Breach(Breach {
+                metric: "error_rate".into(),
+                observed: rate,
+                limit: base * ratio,
+                baseline: Some(base),
+                requests: n,
+                summary: format!(
+                    "error rate {} > {ratio}x the old side's {} over {n} requests",
+                    pct(rate),
+                    pct(base)
+                ),
+            });
+        }
+    }
+    let Some(p99) = window.p99() else {
+        return Verdict::Pass;
+    };
+    if let Some(max) = t.max_p99 {
+        if p99 > max {
+            return Verdict::Breach(Breach {
+                metric: "p99".into(),
+                observed: ms(p99),
+                limit: ms(max),
+                baseline: baseline.and_then(Window::p99).map(ms),
+                requests: n,
+                summary: format!(
+                    "p99 latency {:.1} ms > limit {:.1} ms over {n} requests",
+                    ms(p99),
+                    ms(max)
+                ),
+            });
+        }
+    }
+    if let (Some(ratio), Some(base)) = (t.p99_ratio, baseline.and_then(Window::p99)) {
+        if ms(p99) > ms(base) * ratio {
+            return Verdict::Breach(Breach {
+                metric: "p99".into(),
+                observed: ms(p99),
+                limit: ms(base) * ratio,
+                baseline: Some(ms(base)),
+                requests: n,
+                summary: format!(
+                    "p99 latency {:.1} ms > {ratio}x the old side's {:.1} ms over {n} requests",
+                    ms(p99),
+                    ms(base)
+                ),
+            });
+        }
+    }
+    Verdict::Pass
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::latency::bucket;
+
+    fn window(requests: u64, errors: u64, latency: Duration) -> Window {
+        let mut w = Window {
+            requests,
+            errors,
+            ..Window::default()
+        };
+        w.latency.counts[bucket(latency)] = requests;
+        w
+    }
+
+    fn limits() -> Thresholds {
+        Thresholds {
+            min_requests: 20,
+            max_error_rate: 0.05,
+            max_p99: Some(Duration::from_secs(1)),
+            error_rate_ratio: Some(2.0),
+            p99_ratio: Some(1.5),
+        }
+    }
+
+    #[test]
+    fn small_windows_are_not_judged() {
+        let w = window(5, 5, Duration::from_secs(9));
+        assert_eq!(judge(&w, None, &limits()), Verdict::NotEnoughTraffic);
+    }
+
+    #[test]
+    fn healthy_window_passes() {
+        let w = window(100, 1, Duration::from_millis(5));
+        let base = window(100, 1, Duration::from_millis(5));
+        assert_eq!(judge(&w, Some(&base), &limits()), Verdict::Pass);
+    }
+
+    #[test]
+    fn absolute_error_rate_breaches_with_numbers() {
+        let w = window(100, 30, Duration::from_millis(5));
+        let Verdict::Breach(b) = judge(&w, None, &limits()) else {
+            panic!()
+        };
+        assert_eq!(b.metric, "error_rate");
+        assert!((b.observed - 0.3).abs() < 1e-9);
+        assert!(b.summary.contains("30.00%") && b.summary.contains("5.00%"), "{}", b.summary);
+    }
+
+    #[test]
+    fn ratio_against_baseline() {
+        let base = window(100, 1, Duration::from_millis(10));
+        let w = window(100, 3, Duration::from_millis(10));
+        let Verdict::Breach(b) = judge(&w, Some(&base), &limits()) else {
+            panic!()
+        };
+        assert_eq!(b.baseline, Some(0.01));
+        // A zero-error baseline leaves only the absolute limit.
+        let clean = window(100, 0, Duration::from_millis(10));
+        assert_eq!(judge(&w, Some(&clean), &limits()), Verdict::Pass);
+        // A baseline below min_requests is ignored.
+        let tiny = window(3, 0, Duration::from_millis(1));
+        let slow = window(100, 0, Duration::from_millis(40));
+        assert_eq!(judge(&slow, Some(&tiny), &limits()), Verdict::Pass);
+    }
+
+    #[test]
+    fn p99_absolute_and_relative() {
+        let base = window(100, 0, Duration::from_millis(10));
+        let slow = window(100, 0, Duration::from_millis(40));
+        let Verdict::Breach(b) = judge(&slow, Some(&base), &limits()) else {
+            panic!()
+        };
+        assert_eq!(b.metric, "p99");
+        let very_slow = window(100, 0, Duration::from_secs(2));
+        let Verdict::Breach(b) = judge(&very_slow, None, &limits()) else {
+            panic!()
+        };
+        assert!(b.summary.contains("limit 1000.0 ms"), "{}", b.summary);
+    }
+}

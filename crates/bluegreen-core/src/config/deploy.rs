@@ -1,0 +1,450 @@
+//! The `[deploy]` tables: how a version reaches the idle side (hooks or the
+//! built-in supervisor), smoke tests, and the bake thresholds.
+
+use super::Checker;
+use crate::bake::Thresholds;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Validated deploy pipeline settings.
+#[derive(Debug, Clone)]
+pub struct DeployConfig {
+    pub method: DeployMethod,
+    /// How long the health gate waits for the idle side (slow boots are common).
+    pub deploy_timeout: Duration,
+    /// A manual gate aborts after this, if set.
+    pub promote_timeout: Option<Duration>,
+    /// The old side stays up this long after the bake, so rollback stays instant.
+    pub keep_warm: Duration,
+    /// Limit for one hook or smoke command.
+    pub hook_timeout: Duration,
+    pub smoke: Vec<SmokeCheck>,
+    pub bake: BakeConfig,
+    /// Directory commands run in (the config file's).
+    pub workdir: PathBuf,
+}
+
+/// How a version is put on a side.
+#[derive(Debug, Clone)]
+pub enum DeployMethod {
+    Hooks {
+        deploy: CommandTemplate,
+        decommission: Option<CommandTemplate>,
+    },
+    Supervisor(SupervisorConfig),
+}
+
+/// The built-in supervisor: one process per upstream of a side.
+#[derive(Debug, Clone)]
+pub struct SupervisorConfig {
+    pub run: CommandTemplate,
+    pub env: BTreeMap<String, String>,
+    /// Between SIGTERM and SIGKILL.
+    pub stop_grace: Duration,
+}
+
+/// One smoke test.
+#[derive(Debug, Clone)]
+pub enum SmokeCheck {
+    Http(HttpCheck),
+    Command {
+        name: String,
+        command: CommandTemplate,
+    },
+}
+
+impl SmokeCheck {
+    /// The check's name, for messages.
+    pub fn name(&self) -> &str {
+        match self {
+            SmokeCheck::Http(h) => &h.name,
+            SmokeCheck::Command { name, .. } => name,
+        }
+    }
+}
+
+/// A declarative HTTP smoke test, sent through the preview listener.
+/// `{version}` and `{env}` may appear in the path, headers, body and expectations.
+#[derive(Debug, Clone)]
+pub struct HttpCheck {
+    pub name: String,
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Option<String>,
+    pub expect_status: u16,
+    pub expect_body_contains: Option<String>,
+    /// JSON pointer → expected value.
+    pub expect_json: Vec<(String, serde_json::Value)>,
+    pub max_latency: Option<Duration>,
+    pub timeout: Duration,
+}
+
+/// The bake after the switch.
+#[derive(Debug, Clone)]
+pub struct BakeConfig {
+    pub duration: Duration,
+    pub interval: Duration,
+    pub thresholds: Thresholds,
+}
+
+/// A command line split into arguments, with `{placeholder}`s filled in per run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandTemplate {
+    pub source: String,
+    pub argv: Vec<String>,
+}
+
+impl CommandTemplate {
+    /// Fills in placeholders; names not in `vars` are left as written.
+    pub fn render(&self, vars: &[(&str, &str)]) -> Vec<String> {
+        self.argv.iter().map(|a| fill(a, vars)).collect()
+    }
+}
+
+/// Replaces `{name}` by its value for each `(name, value)`.
+pub fn fill(s: &str, vars: &[(&str, &str)]) -> String {
+    let mut out = s.to_string();
+    for (k, v) in vars {
+        out = out.replace(&format!("{{{k}}}"), v);
+    }
+    out
+}
+
+/// Names written as `{name}` (lower-case letters and `_`) in `s`.
+pub fn placeholders(s: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut rest = s;
+    while let Some(start) = rest.find('{') {
+        let after = &rest[start + 1..];
+        match after.find('}') {
+            Some(end) if end > 0 && after[..end].bytes().all(|b| b.is_ascii_lowercase() || b == b'_') => {
+                found.push(after[..end].to_string());
+                rest = &after[end + 1..];
+            }
+            _ => rest = after,
+        }
+    }
+    found
+}
+
+/// Placeholders of hook commands.
+pub const HOOK_VARS: &[&str] = &["env", "version", "upstreams", "bluegreen"];
+/// Placeholders of the supervisor's run command.
+pub const RUN_VARS: &[&str] = &["env", "version", "port", "host", "address", "bluegreen"];
+/// Placeholders of smoke-test commands.
+pub const SMOKE_COMMAND_VARS: &[&str] = &["env", "version", "preview_url", "bluegreen"];
+/// Placeholders inside HTTP smoke tests.
+pub const SMOKE_HTTP_VARS: &[&str] = &["env", "version"];
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDeploy {
+    deploy_timeout: Option<String>,
+    promote_timeout: Option<String>,
+    keep_warm: Option<String>,
+    hook_timeout: Option<String>,
+    hooks: Option<RawHooks>,
+    supervisor: Option<RawSupervisor>,
+    #[serde(default)]
+    smoke: Vec<RawSmoke>,
+    bake: Option<RawBake>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHooks {
+    deploy: String,
+    decommission: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSupervisor {
+    run: String,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    stop_grace: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSmoke {
+    name: Option<String>,
+    method: Option<String>,
+    path: Option<String>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    body: Option<String>,
+    expect_status: Option<i64>,
+    expect_body_contains: Option<String>,
+    #[serde(default)]
+    expect_json: BTreeMap<String, toml::Value>,
+    max_latency: Option<String>,
+    timeout: Option<String>,
+    command: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBake {
+    duration: Option<String>,
+    interval: Option<String>,
+    min_requests: Option<i64>,
+    max_error_rate: Option<f64>,
+    max_p99: Option<String>,
+    error_rate_ratio: Option<f64>,
+    p99_ratio: Option<f64>,
+}
+
+impl Checker {
+    fn template(&mut self, key: &str, raw: &str, allowed: &[&str], base: &Path) -> Option<CommandTemplate> {
+        let Some(argv) = shlex::split(raw).filter(|a| !a.is_empty()) else {
+            self.issue(key, format!("{raw:?} is not a command line (empty, or an unclosed quote)"));
+            return None;
+        };
+        let mut ok = true;
+        for name in placeholders(raw) {
+            if !allowed.contains(&name.as_str()) {
+                self.issue(
+                    key,
+                    format!("unknown placeholder {{{name}}}; allowed here: {}", list(allowed)),
+                );
+                ok = false;
+            }
+        }
+        if placeholders(&argv[0]).is_empty() {
+            if let Err(why) = find_program(&argv[0], base) {
+                self.issue(key, why);
+                ok = false;
+            }
+        }
+        ok.then(|| CommandTemplate {
+            source: raw.to_string(),
+            argv,
+        })
+    }
+
+    fn text_vars(&mut self, key: &str, s: &str, allowed: &[&str]) {
+        for name in placeholders(s) {
+            if !allowed.contains(&name.as_str()) {
+                self.issue(key, format!("unknown placeholder {{{name}}}; allowed here: {}", list(allowed)));
+            }
+        }
+    }
+
+    fn fraction(&mut self, key: &str, raw: Option<f64>, default: f64) -> f64 {
+        match raw {
+            None => default,
+            Some(v) if (0.0..=1.0).contains(&v) => v,
+            Some(v) => {
+                self.issue(key, format!("{v} is out of range: expected a fraction from 0.0 to 1.0 (0.05 = 5%)"));
+                default
+            }
+        }
+    }
+
+    fn ratio(&mut self, key: &str, raw: Option<f64>) -> Option<f64> {
+        match raw {
+            Some(v) if !(1.0..=1000.0).contains(&v) => {
+                self.issue(key, format!("{v} is out of range: expected a ratio from 1.0 to 1000 (1.5 = 50% worse than the old side)"));
+                None
+            }
+            other => other,
+        }
+    }
+}
+
+fn list(names: &[&str]) -> String {
+    names.iter().map(|n| format!("{{{n}}}")).collect::<Vec<_>>().join(", ")
+}
+
+/// Finds a program as the OS would: a path (relative to `base`) or a name on `PATH`.
+fn find_program(program: &str, base: &Path) -> Result<PathBuf, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &Path| {
+        std::fs::metadata(p)
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false)
+    };
+    if program.contains('/') {
+        let path = if Path::new(program).is_absolute() {
+            PathBuf::from(program)
+        } else {
+            base.join(program)
+        };
+        return match std::fs::metadata(&path) {
+            Err(_) => Err(format!("program {program:?} does not exist (looked for {})", path.display())),
+            Ok(_) if !executable(&path) => Err(format!("program {} is not executable", path.display())),
+            Ok(_) => Ok(path),
+        };
+    }
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join(program))
+        .find(|p| executable(p))
+        .ok_or_else(|| format!("program {program:?} was not found on PATH"))
+}
+
+pub(super) fn validate(raw: &RawDeploy, base: &Path, c: &mut Checker, has_preview: bool) -> Option<DeployConfig> {
+    let method = match (&raw.hooks, &raw.supervisor) {
+        (Some(h), None) => {
+            let deploy = c.template("deploy.hooks.deploy", &h.deploy, HOOK_VARS, base);
+            let decommission = h
+                .decommission
+                .as_deref()
+                .map(|d| c.template("deploy.hooks.decommission", d, HOOK_VARS, base));
+            match (deploy, decommission) {
+                (Some(deploy), None) => Some(DeployMethod::Hooks { deploy, decommission: None }),
+                (Some(deploy), Some(Some(d))) => Some(DeployMethod::Hooks {
+                    deploy,
+                    decommission: Some(d),
+                }),
+                _ => None,
+            }
+        }
+        (None, Some(s)) => {
+            let run = c.template("deploy.supervisor.run", &s.run, RUN_VARS, base);
+            if !placeholders(&s.run).iter().any(|p| p == "port" || p == "address") {
+                c.issue("deploy.supervisor.run", "must use {port} or {address}: each process serves one upstream address of its side");
+            }
+            let stop_grace = c.duration("deploy.supervisor.stop_grace", s.stop_grace.as_deref(), Duration::from_secs(10));
+            run.map(|run| {
+                DeployMethod::Supervisor(SupervisorConfig {
+                    run,
+                    env: s.env.clone(),
+                    stop_grace,
+                })
+            })
+        }
+        (Some(_), Some(_)) => {
+            c.issue("deploy", "set either [deploy.hooks] or [deploy.supervisor], not both");
+            None
+        }
+        (None, None) => {
+            c.issue("deploy", "missing [deploy.hooks] (deploy = \"command\") or [deploy.supervisor] (run = \"command\")");
+            None
+        }
+    };
+
+    let mut smoke = Vec::new();
+    for (i, s) in raw.smoke.iter().enumerate() {
+        let key = format!("deploy.smoke[{i}]");
+        if let Some(check) = smoke_check(&key, s, base, c) {
+            smoke.push(check);
+        }
+    }
+    if smoke.iter().any(|s| matches!(s, SmokeCheck::Http(_))) && !has_preview {
+        c.issue("deploy.smoke", "HTTP smoke tests run through the preview listener: set proxy.preview_listen");
+    }
+
+    let b = raw.bake.as_ref();
+    let bake = BakeConfig {
+        duration: c.duration("deploy.bake.duration", b.and_then(|b| b.duration.as_deref()), Duration::from_secs(60)),
+        interval: c.duration("deploy.bake.interval", b.and_then(|b| b.interval.as_deref()), Duration::from_secs(5)),
+        thresholds: Thresholds {
+            min_requests: c.int("deploy.bake.min_requests", b.and_then(|b| b.min_requests), 20, 1, 1_000_000_000) as u64,
+            max_error_rate: c.fraction("deploy.bake.max_error_rate", b.and_then(|b| b.max_error_rate), 0.01),
+            max_p99: b
+                .and_then(|b| b.max_p99.as_deref())
+                .map(|p| c.duration("deploy.bake.max_p99", Some(p), Duration::from_secs(1))),
+            error_rate_ratio: c.ratio("deploy.bake.error_rate_ratio", b.and_then(|b| b.error_rate_ratio)),
+            p99_ratio: c.ratio("deploy.bake.p99_ratio", b.and_then(|b| b.p99_ratio)),
+        },
+    };
+    if bake.interval > bake.duration {
+        c.issue("deploy.bake.interval", "must not be longer than deploy.bake.duration");
+    }
+
+    let config = DeployConfig {
+        method: method?,
+        deploy_timeout: c.duration("deploy.deploy_timeout", raw.deploy_timeout.as_deref(), Duration::from_secs(120)),
+        promote_timeout: raw
+            .promote_timeout
+            .as_deref()
+            .map(|p| c.duration("deploy.promote_timeout", Some(p), Duration::from_secs(3600))),
+        keep_warm: match raw.keep_warm.as_deref() {
+            None | Some("0") | Some("0s") => Duration::ZERO,
+            Some(k) => c.duration("deploy.keep_warm", Some(k), Duration::ZERO),
+        },
+        hook_timeout: c.duration("deploy.hook_timeout", raw.hook_timeout.as_deref(), Duration::from_secs(600)),
+        smoke,
+        bake,
+        workdir: base.to_path_buf(),
+    };
+    Some(config)
+}
+
+fn smoke_check(key: &str, s: &RawSmoke, base: &Path, c: &mut Checker) -> Option<SmokeCheck> {
+    let name = s.name.clone().unwrap_or_else(|| key.to_string());
+    if let Some(cmd) = &s.command {
+        if s.path.is_some() || s.method.is_some() || s.body.is_some() || s.expect_status.is_some() {
+            c.issue(key, "a smoke test is either a command or an HTTP check (path = ...), not both");
+        }
+        let command = c.template(&format!("{key}.command"), cmd, SMOKE_COMMAND_VARS, base)?;
+        return Some(SmokeCheck::Command { name, command });
+    }
+    let Some(path) = s.path.clone() else {
+        c.issue(key, "needs a path (an HTTP check, e.g. path = \"/\") or a command");
+        return None;
+    };
+    if !path.starts_with('/') {
+        c.issue(format!("{key}.path"), format!("{path:?} must start with '/'"));
+    }
+    let method = s.method.clone().unwrap_or_else(|| "GET".into()).to_ascii_uppercase();
+    if !method.bytes().all(|b| b.is_ascii_uppercase()) || method.is_empty() {
+        c.issue(format!("{key}.method"), format!("{method:?} is not an HTTP method"));
+    }
+    let expect_status = c.int(&format!("{key}.expect_status"), s.expect_status, 200, 100, 599) as u16;
+    let mut texts = vec![path.clone()];
+    texts.extend(s.body.clone());
+    texts.extend(s.expect_body_contains.clone());
+    texts.extend(s.headers.values().cloned());
+    let mut expect_json = Vec::new();
+    for (pointer, value) in &s.expect_json {
+        if !(pointer.is_empty() || pointer.starts_with('/')) {
+            c.issue(format!("{key}.expect_json"), format!("{pointer:?} is not a JSON pointer (like \"/status\" or \"/items/0/id\")"));
+        }
+        match serde_json::to_value(value) {
+            Ok(v) => {
+                if let Some(s) = v.as_str() {
+                    texts.push(s.to_string());
+                }
+                expect_json.push((pointer.clone(), v));
+            }
+            Err(e) => c.issue(format!("{key}.expect_json"), format!("{pointer}: {e}")),
+        }
+    }
+    for t in &texts {
+        c.text_vars(key, t, SMOKE_HTTP_VARS);
+    }
+    Some(SmokeCheck::Http(HttpCheck {
+        name,
+        method,
+        path,
+        headers: s.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        body: s.body.clone(),
+        expect_status,
+        expect_body_contains: s.expect_body_contains.clone(),
+        expect_json,
+        max_latency: s
+            .max_latency
+            .as_deref()
+            .map(|m| c.duration(&format!("{key}.max_latency"), Some(m), Duration::from_secs(1))),
+        timeout: c.duration(&format!("{key}.timeout"), s.timeout.as_deref(), Duration::from_secs(10)),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_are_found() {
+        assert_eq!(placeholders("./r/{version}/app --port {port} {{x}} {Nope} {}"), vec!["version", "port", "x"]);
+        assert_eq!(fill("a-{version}-{env}", &[("version", "v2"), ("env", "green")]), "a-v2-green");
+    }
+}

@@ -1,0 +1,399 @@
+//! The deploy record: one release's steps, their states and durations, and
+//! how it ended. Plain data with small transitions; the pipeline persists it
+//! before and after every step.
+
+use crate::bake::{Breach, Window};
+use crate::side::{Side, Sides};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The steps of a blue-green release, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Step {
+    /// Put the version on the idle side (hook or supervisor).
+    Deploy,
+    /// Wait until every idle upstream is healthy.
+    Health,
+    /// Smoke tests through the preview listener.
+    Smoke,
+    /// Automatic, or wait for `promote`.
+    Gate,
+    /// The router's atomic switch.
+    Switch,
+    /// Watch error rate and latency; roll back on a breach.
+    Bake,
+    /// Stop the old side (or keep it warm for a while).
+    Decommission,
+}
+
+impl Step {
+    /// Every step in order.
+    pub const ALL: [Step; 7] = [
+        Step::Deploy,
+        Step::Health,
+        Step::Smoke,
+        Step::Gate,
+        Step::Switch,
+        Step::Bake,
+        Step::Decommission,
+    ];
+
+    /// Lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Step::Deploy => "deploy",
+            Step::Health => "health",
+            Step::Smoke => "smoke",
+            Step::Gate => "gate",
+            Step::Switch => "switch",
+            Step::Bake => "bake",
+            Step::Decommission => "decommission",
+        }
+    }
+
+    /// True for steps after which the new version has taken live traffic.
+    pub fn after_switch(self) -> bool {
+        matches!(self, Step::Bake | Step::Decommission)
+    }
+}
+
+/// Where one step is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StepState {
+    Pending,
+    Running,
+    Done,
+    Failed,
+    Skipped,
+}
+
+/// One step of one deploy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepRecord {
+    pub step: Step,
+    pub state: StepState,
+    pub started_at_ms: Option<u64>,
+    pub finished_at_ms: Option<u64>,
+    /// What happened, for humans (why it failed, what was skipped, verdicts).
+    pub detail: Option<String>,
+}
+
+impl StepRecord {
+    /// Duration once finished.
+    pub fn duration_ms(&self) -> Option<u64> {
+        Some(self.finished_at_ms?.saturating_sub(self.started_at_ms?))
+    }
+}
+
+/// How a deploy ended (or that it has not).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Running,
+    Succeeded,
+    /// The bake (or an abort after the switch) put traffic back on the old side.
+    RolledBack,
+    /// Stopped by `abort`; the live side is what it was before.
+    Aborted,
+    /// A step before the switch failed; the live side was never touched.
+    Failed,
+}
+
+/// What asked for the deploy.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DeployOptions {
+    pub manual_promote: bool,
+    pub skip_smoke: bool,
+    /// Extra environment for the hook or the app processes.
+    pub env: BTreeMap<String, String>,
+    pub actor: String,
+    /// Why; `rollback` re-deploys say so here.
+    pub reason: String,
+}
+
+/// One line of a deploy's log (hook output, decisions).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogLine {
+    pub at_ms: u64,
+    pub text: String,
+}
+
+/// Lines kept per deploy; older ones are dropped first.
+pub const LOG_LIMIT: usize = 500;
+
+/// One release, from request to result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeployRecord {
+    pub id: u64,
+    pub version: String,
+    /// The side the version goes to (idle when the deploy started).
+    pub target: Side,
+    /// The side live when the deploy started; traffic returns here on rollback.
+    pub from: Side,
+    pub previous_version: Option<String>,
+    pub options: DeployOptions,
+    pub created_at_ms: u64,
+    pub finished_at_ms: Option<u64>,
+    pub steps: Vec<StepRecord>,
+    pub outcome: Outcome,
+    pub reason: Option<String>,
+    /// The old side's live traffic during the deploy, measured up to the switch.
+    pub baseline: Option<Window>,
+    pub breach: Option<Breach>,
+    pub log: Vec<LogLine>,
+}
+
+impl DeployRecord {
+    /// A new deploy with every step pending (smoke skipped when asked).
+    pub fn new(
+        id: u64,
+        version: String,
+        from: Side,
+        previous_version: Option<String>,
+        options: DeployOptions,
+        now_ms: u64,
+    ) -> DeployRecord {
+        let skip_smoke = options.skip_smoke;
+        let mut record = DeployRecord {
+            id,
+            version,
+            target: from.other(),
+            from,
+            previous_version,
+            options,
+            created_at_ms: now_ms,
+            finished_at_ms: None,
+            steps: Step::ALL
+                .iter()
+                .map(|&step| StepRecord {
+                    step,
+                    state: StepState::Pending,
+                    started_at_ms: None,
+                    finished_at_ms: None,
+                    detail: None,
+                })
+                .collect(),
+            outcome: Outcome::Running,
+            reason: None,
+            baseline: None,
+            breach: None,
+            log: Vec::new(),
+        };
+        if skip_smoke {
+            record.skip(Step::Smoke, "skipped by --skip-smoke", now_ms);
+        }
+        record
+    }
+
+    /// The record of `step`.
+    pub fn step(&self, step: Step) -> &StepRecord {
+        &self.steps[step as usize]
+    }
+
+    fn step_mut(&mut self, step: Step) -> &mut StepRecord {
+        &mut self.steps[step as usize]
+    }
+
+    /// The first step that is neither done nor skipped; `None` when all are.
+    pub fn next_step(&self) -> Option<Step> {
+        self.steps
+            .iter()
+            .find(|s| !matches!(s.state, StepState::Done | StepState::Skipped))
+            .map(|s| s.step)
+    }
+
+    /// True once the deploy has an outcome other than running.
+    pub fn is_finished(&self) -> bool {
+        self.outcome != Outcome::Running
+    }
+
+    /// Marks a step as running (again, after a crash).
+    pub fn start(&mut self, step: Step, now_ms: u64) {
+        let s = self.step_mut(step);
+        s.state = StepState::Running;
+        s.started_at_ms = Some(now_ms);
+        s.finished_at_ms = None;
+    }
+
+    /// Marks a step as done, with an optional detail.
+    pub fn finish(&mut self, step: Step, detail: Option<String>, now_ms: u64) {
+        let s = self.step_mut(step);
+        s.state = StepState::Done;
+        s.finished_at_ms = Some(now_ms);
+        if detail.is_some() {
+            s.detail = detail;
+        }
+    }
+
+    /// Marks a step as skipped, saying why.
+    pub fn skip(&mut self, step: Step, why: &str, now_ms: u64) {
+        let s = self.step_mut(step);
+        s.state = StepState::Skipped;
+        s.finished_at_ms = Some(now_ms);
+        s.detail = Some(why.to_string());
+    }
+
+    /// Sets a step's detail without changing its state.
+    pub fn note(&mut self, step: Step, detail: String) {
+        self.step_mut(step).detail = Some(detail);
+    }
+
+    /// Ends the deploy: `step` failed (if given) and the outcome is set.
+    pub fn end(&mut self, step: Option<Step>, outcome: Outcome, reason: String, now_ms: u64) {
+        if let Some(step) = step {
+            let s = self.step_mut(step);
+            s.state = StepState::Failed;
+            s.finished_at_ms = Some(now_ms);
+            s.detail = Some(reason.clone());
+        }
+        self.outcome = outcome;
+        self.reason = Some(reason);
+        self.finished_at_ms = Some(now_ms);
+    }
+
+    /// Marks the deploy as succeeded.
+    pub fn succeed(&mut self, now_ms: u64) {
+        self.outcome = Outcome::Succeeded;
+        self.finished_at_ms = Some(now_ms);
+    }
+
+    /// Appends to the log, dropping the oldest lines past [`LOG_LIMIT`].
+    pub fn log(&mut self, text: impl Into<String>, now_ms: u64) {
+        if self.log.len() >= LOG_LIMIT {
+            self.log.remove(0);
+        }
+        self.log.push(LogLine {
+            at_ms: now_ms,
+            text: text.into(),
+        });
+    }
+}
+
+/// What each side runs, as far as the pipeline knows.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SideRelease {
+    pub version: Option<String>,
+    /// False once decommissioned: a rollback to it must re-deploy.
+    pub running: bool,
+}
+
+/// A decommission waiting for the keep-warm time to pass.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PendingDecommission {
+    pub side: Side,
+    pub deploy_id: u64,
+    pub at_ms: u64,
+}
+
+/// Deploy history kept.
+pub const DEPLOY_HISTORY_LIMIT: usize = 200;
+
+/// Everything the pipeline persists.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DeployBook {
+    pub next_id: u64,
+    /// The deploy in progress, if any: the lock.
+    pub current: Option<DeployRecord>,
+    /// Finished deploys, oldest first.
+    pub history: Vec<DeployRecord>,
+    pub sides: Sides<SideRelease>,
+    pub pending_decommission: Option<PendingDecommission>,
+}
+
+impl DeployBook {
+    /// Moves a finished current deploy into the history.
+    pub fn archive_current(&mut self) {
+        if let Some(d) = self.current.take() {
+            if self.history.len() >= DEPLOY_HISTORY_LIMIT {
+                self.history.remove(0);
+            }
+            self.history.push(d);
+        }
+    }
+
+    /// A deploy by id, current or past.
+    pub fn find(&self, id: u64) -> Option<&DeployRecord> {
+        self.current
+            .iter()
+            .chain(self.history.iter().rev())
+            .find(|d| d.id == id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> DeployRecord {
+        DeployRecord::new(1, "v2".into(), Side::Blue, Some("v1".into()), DeployOptions::default(), 10)
+    }
+
+    #[test]
+    fn new_deploy_targets_the_idle_side_with_all_steps_pending() {
+        let d = record();
+        assert_eq!(d.target, Side::Green);
+        assert_eq!(d.next_step(), Some(Step::Deploy));
+        assert!(d.steps.iter().all(|s| s.state == StepState::Pending));
+        assert!(!d.is_finished());
+    }
+
+    #[test]
+    fn steps_advance_and_record_durations() {
+        let mut d = record();
+        d.start(Step::Deploy, 100);
+        assert_eq!(d.next_step(), Some(Step::Deploy), "running is not done");
+        d.finish(Step::Deploy, None, 250);
+        assert_eq!(d.step(Step::Deploy).duration_ms(), Some(150));
+        assert_eq!(d.next_step(), Some(Step::Health));
+    }
+
+    #[test]
+    fn skip_smoke_is_recorded() {
+        let d = DeployRecord::new(
+            1,
+            "v2".into(),
+            Side::Green,
+            None,
+            DeployOptions {
+                skip_smoke: true,
+                ..Default::default()
+            },
+            0,
+        );
+        assert_eq!(d.step(Step::Smoke).state, StepState::Skipped);
+        assert!(d.step(Step::Smoke).detail.as_deref().unwrap().contains("--skip-smoke"));
+    }
+
+    #[test]
+    fn failure_ends_the_deploy_with_reason() {
+        let mut d = record();
+        d.start(Step::Health, 5);
+        d.end(Some(Step::Health), Outcome::Failed, "timed out".into(), 9);
+        assert_eq!(d.outcome, Outcome::Failed);
+        assert_eq!(d.step(Step::Health).state, StepState::Failed);
+        assert_eq!(d.reason.as_deref(), Some("timed out"));
+        assert!(d.is_finished());
+    }
+
+    #[test]
+    fn log_and_history_are_bounded() {
+        let mut d = record();
+        for i in 0..(LOG_LIMIT + 3) {
+            d.log(format!("line {i}"), 0);
+        }
+        assert_eq!(d.log.len(), LOG_LIMIT);
+        assert_eq!(d.log[0].text, "line 3");
+        let mut book = DeployBook::default();
+        for i in 0..(DEPLOY_HISTORY_LIMIT as u64 + 2) {
+            let mut r = record();
+            r.id = i;
+            book.current = Some(r);
+            book.archive_current();
+        }
+        assert_eq!(book.history.len(), DEPLOY_HISTORY_LIMIT);
+        assert!(book.find(DEPLOY_HISTORY_LIMIT as u64 + 1).is_some());
+        assert!(book.find(0).is_none());
+    }
+}
