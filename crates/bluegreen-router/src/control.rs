@@ -13,7 +13,7 @@ use bluegreen_core::config::Config;
 use bluegreen_core::health::Health;
 use bluegreen_core::state::{RouterState, SwitchKind, SwitchRecord, SwitchRequest};
 use bluegreen_core::{Side, Sides};
-use bluegreen_store::{StateStore, StoreError};
+use bluegreen_store::{load_router, save_router, StateStore, StoreError};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -82,11 +82,11 @@ impl Router {
     pub fn new(config: Config, store: Arc<dyn StateStore>) -> Result<Arc<Router>, RouterError> {
         // 1. The state decides which side is live; a fresh store starts with
         //    the configured side and writes it down at once.
-        let state = match store.load()? {
+        let state = match load_router(store.as_ref())? {
             Some(s) => s,
             None => {
                 let s = RouterState::initial(config.switch.initial_live);
-                store.save(&s)?;
+                save_router(store.as_ref(), &s)?;
                 s
             }
         };
@@ -244,7 +244,7 @@ impl Router {
             .map_err(|e| SwitchError::Persist(e.to_string()))?;
         let store = self.store.clone();
         let to_save = next.clone();
-        tokio::task::spawn_blocking(move || store.save(&to_save))
+        tokio::task::spawn_blocking(move || save_router(store.as_ref(), &to_save))
             .await
             .map_err(|e| SwitchError::Persist(e.to_string()))?
             .map_err(|e| SwitchError::Persist(e.to_string()))?;

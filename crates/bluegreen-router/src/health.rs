@@ -65,11 +65,12 @@ async fn check_loop(
             _ = tick.tick() => {}
             _ = stop.cancelled() => return,
         }
+        let epoch = upstream.check_epoch();
         let result = tokio::select! {
             r = check_once(&client, &uri, &config) => r,
             _ = stop.cancelled() => return,
         };
-        if let Some(flipped) = upstream.record_check(result) {
+        if let Some(flipped) = upstream.record_check_from(epoch, result) {
             match flipped {
                 Health::Healthy => {
                     tracing::info!(side = %upstream.side, upstream = %upstream.address, "upstream is healthy")

@@ -24,6 +24,7 @@ pub mod listener;
 pub mod pool;
 pub mod proxy;
 pub mod snapshot;
+pub mod stats;
 pub mod status;
 pub mod tunnel;
 

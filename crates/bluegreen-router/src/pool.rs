@@ -5,7 +5,8 @@ use bluegreen_core::config::Balance;
 use bluegreen_core::health::{Health, HealthCounter};
 use bluegreen_core::Side;
 use http::uri::Authority;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use crate::stats::TrafficStats;
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// One upstream instance.
@@ -20,6 +21,8 @@ pub struct Upstream {
     counter: Mutex<HealthCounter>,
     outstanding: AtomicUsize,
     last_error: Mutex<Option<String>>,
+    /// Bumped by `reset_health`; check results begun before it are dropped.
+    check_epoch: AtomicU64,
 }
 
 impl Upstream {
@@ -55,15 +58,39 @@ impl Upstream {
 
     /// Records an active check. Returns the new health if it flipped.
     pub fn record_check(&self, result: Result<(), String>) -> Option<Health> {
+        self.record_check_from(self.check_epoch(), result)
+    }
+
+    /// The epoch a health check should carry from its start.
+    pub fn check_epoch(&self) -> u64 {
+        self.check_epoch.load(Ordering::Acquire)
+    }
+
+    /// Records a check begun in `epoch`; a result from before the last
+    /// `reset_health` describes a process that may be gone, and is dropped.
+    pub fn record_check_from(&self, epoch: u64, result: Result<(), String>) -> Option<Health> {
+        let mut counter = self.counter.lock().unwrap_or_else(|p| p.into_inner());
+        if epoch != self.check_epoch() {
+            return None;
+        }
         let ok = result.is_ok();
         if let Err(e) = result {
             *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
         }
-        let mut counter = self.counter.lock().unwrap_or_else(|p| p.into_inner());
         let flipped = counter.record(ok);
         self.health
             .store(counter.state().to_u8(), Ordering::Relaxed);
         flipped
+    }
+
+    /// Forgets what is known about this upstream (a new version was just put
+    /// on it): health is unknown until the next check finishes.
+    pub fn reset_health(&self, rise: u32, fall: u32) {
+        let mut counter = self.counter.lock().unwrap_or_else(|p| p.into_inner());
+        self.check_epoch.fetch_add(1, Ordering::AcqRel);
+        *counter = HealthCounter::new(rise, fall);
+        self.health.store(Health::Unknown.to_u8(), Ordering::Relaxed);
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     /// Passive marking after a failed connect. Returns the new health if it flipped.
@@ -84,6 +111,10 @@ pub struct Pool {
     balance: Balance,
     next: AtomicUsize,
     upgraded: AtomicUsize,
+    /// Traffic from the main listener while this side was live.
+    pub live_stats: TrafficStats,
+    /// Traffic from the preview listener.
+    pub preview_stats: TrafficStats,
 }
 
 /// Bit set of upstream indexes already tried by one request.
@@ -112,6 +143,7 @@ impl Pool {
                     counter: Mutex::new(HealthCounter::new(rise, fall)),
                     outstanding: AtomicUsize::new(0),
                     last_error: Mutex::new(None),
+                    check_epoch: AtomicU64::new(0),
                 }))
             })
             .collect::<Result<Vec<_>, String>>()?;
@@ -127,6 +159,8 @@ impl Pool {
             balance,
             next: AtomicUsize::new(0),
             upgraded: AtomicUsize::new(0),
+            live_stats: TrafficStats::default(),
+            preview_stats: TrafficStats::default(),
         })
     }
 

@@ -18,7 +18,9 @@ use http_body::Body as _;
 use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use crate::snapshot::Epoch;
 use std::sync::Arc;
+use std::time::Instant;
 
 /// Body type sent upstream: the client's body, or nothing (retryable).
 pub type UpstreamBody = Either<Incoming, Empty<Bytes>>;
@@ -35,29 +37,35 @@ pub struct ConnCtx {
 
 /// Proxies one request; every failure becomes a response here.
 pub async fn handle(req: Request<Incoming>, conn: &ConnCtx) -> Response<ResponseBody> {
-    match forward(req, conn).await {
+    let started = Instant::now();
+    let preview = conn.kind == ListenerKind::Preview;
+    // 1. Load one snapshot; it alone decides where this request goes.
+    let (pool, epoch) = {
+        let snap = conn.router.snapshot.load();
+        let side = snap.target(preview);
+        let epoch = (!preview).then(|| snap.epochs[side].clone());
+        (snap.pools[side].clone(), epoch)
+    };
+    let resp = match forward(req, conn, &pool, epoch).await {
         Ok(resp) => resp,
         Err(err) => {
             tracing::warn!(listener = conn.kind.as_str(), error = %err, "request failed");
             err.into_response()
         }
-    }
+    };
+    let stats = if preview { &pool.preview_stats } else { &pool.live_stats };
+    stats.record(resp.status().as_u16(), started.elapsed());
+    resp
 }
 
 async fn forward(
     mut req: Request<Incoming>,
     conn: &ConnCtx,
+    pool: &Arc<Pool>,
+    epoch: Option<Arc<Epoch>>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let router = &conn.router;
     let preview = conn.kind == ListenerKind::Preview;
-
-    // 1. Load one snapshot; it alone decides where this request goes.
-    let (pool, epoch) = {
-        let snap = router.snapshot.load();
-        let side = snap.target(preview);
-        let epoch = (!preview).then(|| snap.epochs[side].clone());
-        (snap.pools[side].clone(), epoch)
-    };
 
     // 2. Turn the client's request into the upstream's request head.
     let upgrade = req.version() == Version::HTTP_11 && wants_upgrade(req.headers());
@@ -122,7 +130,7 @@ async fn forward(
         let guard = InFlight::begin(upstream.clone(), epoch.clone());
         let sent = tokio::time::timeout(router.upstream_timeout, router.client.request(outbound));
         match sent.await {
-            Ok(Ok(resp)) => return respond(resp, guard, on_upgrade, pool, router),
+            Ok(Ok(resp)) => return respond(resp, guard, on_upgrade, pool.clone(), router),
             Ok(Err(e)) if e.is_connect() => {
                 let reason = error_chain(&e);
                 if upstream.mark_down(reason.clone()).is_some() {

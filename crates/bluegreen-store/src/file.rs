@@ -1,13 +1,12 @@
-//! The embedded store: one JSON file, replaced by temp file + fsync + rename.
+//! The embedded store: one JSON file per key, each replaced by temp file +
+//! fsync + rename + directory fsync, never written in place.
 
 use crate::{StateStore, StoreError};
-use bluegreen_core::state::RouterState;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-const STATE_FILE: &str = "state.json";
 const LOCK_FILE: &str = "lock";
 
 /// State in a directory on local disk. Holds an exclusive lock on the
@@ -49,69 +48,57 @@ impl FileStore {
         })
     }
 
-    /// Path of the state file.
-    pub fn state_path(&self) -> PathBuf {
-        self.dir.join(STATE_FILE)
+    /// The state directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 }
 
 impl StateStore for FileStore {
-    fn load(&self) -> Result<Option<RouterState>, StoreError> {
-        let path = self.state_path();
-        let bytes = match fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => return Err(StoreError::Io { path, source }),
-        };
-        let state: RouterState =
-            serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
-                path: path.clone(),
-                reason: e.to_string(),
-            })?;
-        state
-            .validate()
-            .map_err(|source| StoreError::Invalid { path, source })?;
-        Ok(Some(state))
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let path = self.locate(key);
+        match fs::read(&path) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(StoreError::Io { path, source }),
+        }
     }
 
-    fn save(&self, state: &RouterState) -> Result<(), StoreError> {
+    fn put(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
         let _guard = self.write.lock().unwrap_or_else(|p| p.into_inner());
-        let path = self.state_path();
-        let tmp = self.dir.join(format!(".{STATE_FILE}.tmp"));
+        let path = self.locate(key);
+        let tmp = self.dir.join(format!(".{key}.json.tmp"));
         let io = |source| StoreError::Io {
             path: path.clone(),
             source,
         };
-        let mut bytes = serde_json::to_vec_pretty(state).expect("state serialises");
-        bytes.push(b'\n');
         let mut f = File::create(&tmp).map_err(io)?;
-        f.write_all(&bytes).map_err(io)?;
+        f.write_all(value).map_err(io)?;
         f.sync_all().map_err(io)?;
         drop(f);
         fs::rename(&tmp, &path).map_err(io)?;
         // The rename is durable only once the directory entry is on disk.
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io)?;
+        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io)?;
         Ok(())
     }
 
-    fn describe(&self) -> String {
-        self.state_path().display().to_string()
+    fn locate(&self, key: &str) -> PathBuf {
+        self.dir.join(format!("{key}.json"))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bluegreen_core::state::{SwitchKind, SwitchRequest};
+    use crate::{load_router, save_router, ROUTER_KEY};
+    use bluegreen_core::state::{RouterState, SwitchKind, SwitchRequest};
     use bluegreen_core::Side;
 
     #[test]
     fn save_then_load_round_trips() {
         let dir = tempfile::tempdir().unwrap();
         let store = FileStore::open(dir.path()).unwrap();
-        assert_eq!(store.load().unwrap(), None);
+        assert_eq!(load_router(&store).unwrap(), None);
         let s = RouterState::initial(Side::Blue)
             .switched(
                 &SwitchRequest {
@@ -125,8 +112,9 @@ mod tests {
                 5,
             )
             .unwrap();
-        store.save(&s).unwrap();
-        assert_eq!(store.load().unwrap(), Some(s));
+        save_router(&store, &s).unwrap();
+        assert_eq!(load_router(&store).unwrap(), Some(s));
+        assert!(dir.path().join("state.json").exists());
     }
 
     #[test]
@@ -142,13 +130,10 @@ mod tests {
     fn corrupt_file_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
         let store = FileStore::open(dir.path()).unwrap();
-        fs::write(store.state_path(), b"{\"format\":1,\"live\":\"bl").unwrap();
-        let err = store.load().unwrap_err();
+        fs::write(store.locate(ROUTER_KEY), b"{\"format\":1,\"live\":\"bl").unwrap();
+        let err = load_router(&store).unwrap_err();
         assert!(matches!(err, StoreError::Corrupt { .. }));
         let msg = err.to_string();
-        assert!(
-            msg.contains("state.json") && msg.contains("corrupt"),
-            "{msg}"
-        );
+        assert!(msg.contains("state.json") && msg.contains("corrupt"), "{msg}");
     }
 }

@@ -1,5 +1,6 @@
-//! Where router state lives. A small interface so the embedded file store can
-//! later sit beside an etcd store without the router noticing.
+//! Where state lives. A small key-value interface, so the embedded file store
+//! can later sit beside an etcd store without the router or the pipeline
+//! noticing, plus typed helpers for the documents bluegreen keeps.
 #![forbid(unsafe_code)]
 
 mod file;
@@ -7,17 +8,26 @@ mod file;
 pub use file::FileStore;
 
 use bluegreen_core::state::{InvalidState, RouterState};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use std::path::PathBuf;
 
-/// Persists the router state. Implementations make `save` atomic: after a
-/// crash at any moment, `load` returns either the old or the new state whole.
+/// Key of the router state (live side and switch history).
+pub const ROUTER_KEY: &str = "state";
+/// Key of the deploy book (current deploy, history, what each side runs).
+pub const DEPLOYS_KEY: &str = "deploys";
+/// Key of the supervisor's process table.
+pub const PROCESSES_KEY: &str = "processes";
+
+/// Persists documents by key. `put` is atomic: after a crash at any moment,
+/// `get` returns either the old or the new value whole.
 pub trait StateStore: Send + Sync + 'static {
-    /// The saved state, or `None` when nothing was ever saved.
-    fn load(&self) -> Result<Option<RouterState>, StoreError>;
-    /// Replaces the saved state atomically and durably.
-    fn save(&self, state: &RouterState) -> Result<(), StoreError>;
-    /// Where the state lives, for messages.
-    fn describe(&self) -> String;
+    /// The stored value, or `None` when nothing was ever stored.
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Replaces the value atomically and durably.
+    fn put(&self, key: &str, value: &[u8]) -> Result<(), StoreError>;
+    /// Where a key lives, for messages.
+    fn locate(&self, key: &str) -> PathBuf;
 }
 
 /// Store failures, each naming the file involved.
@@ -29,7 +39,7 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
-    #[error("state file {path} is corrupt ({reason}); refusing to start with an unknown live side. Fix or move the file aside (a fresh state starts with switch.initial_live)")]
+    #[error("state file {path} is corrupt ({reason}); refusing to start on unknown state. Fix or move the file aside")]
     Corrupt { path: PathBuf, reason: String },
     #[error("state file {path} is not usable: {source}")]
     Invalid {
@@ -37,8 +47,41 @@ pub enum StoreError {
         #[source]
         source: InvalidState,
     },
-    #[error(
-        "state dir {path} is in use by another bluegreen process (lock file {path}/lock is held)"
-    )]
+    #[error("state dir {path} is in use by another bluegreen process (lock file {path}/lock is held)")]
     Locked { path: PathBuf },
+}
+
+/// Reads a JSON document; a value that does not parse is `Corrupt`.
+pub fn load_json<T: DeserializeOwned>(store: &dyn StateStore, key: &str) -> Result<Option<T>, StoreError> {
+    match store.get(key)? {
+        None => Ok(None),
+        Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| StoreError::Corrupt {
+            path: store.locate(key),
+            reason: e.to_string(),
+        }),
+    }
+}
+
+/// Writes a JSON document atomically.
+pub fn save_json<T: Serialize>(store: &dyn StateStore, key: &str, value: &T) -> Result<(), StoreError> {
+    let mut bytes = serde_json::to_vec_pretty(value).expect("state serialises");
+    bytes.push(b'\n');
+    store.put(key, &bytes)
+}
+
+/// Reads and checks the router state.
+pub fn load_router(store: &dyn StateStore) -> Result<Option<RouterState>, StoreError> {
+    let state: Option<RouterState> = load_json(store, ROUTER_KEY)?;
+    if let Some(s) = &state {
+        s.validate().map_err(|source| StoreError::Invalid {
+            path: store.locate(ROUTER_KEY),
+            source,
+        })?;
+    }
+    Ok(state)
+}
+
+/// Writes the router state.
+pub fn save_router(store: &dyn StateStore, state: &RouterState) -> Result<(), StoreError> {
+    save_json(store, ROUTER_KEY, state)
 }
