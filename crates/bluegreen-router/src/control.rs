@@ -382,9 +382,45 @@ impl Router {
         }
     }
 
+    /// The side a rollback would go to.
+    pub async fn rollback_target(&self) -> Result<Side, SwitchError> {
+        self.state.lock().await.rollback_target().map_err(|_| SwitchError::NoHistory)
+    }
+
     /// Switch history, oldest first.
     pub async fn history(&self) -> Vec<SwitchRecord> {
         self.state.lock().await.history.clone()
+    }
+
+    /// Live traffic the side has received since the router started.
+    pub fn live_window(&self, side: Side) -> bluegreen_core::bake::Window {
+        self.snapshot.load().pools[side].live_stats.window()
+    }
+
+    /// Forgets the health of a side's upstreams (a new version was just put
+    /// there), so gates wait for fresh checks.
+    pub fn reset_health(&self, side: Side) {
+        let h = &self.config.health;
+        for u in &self.snapshot.load().pools[side].upstreams {
+            u.reset_health(h.healthy_threshold, h.unhealthy_threshold);
+        }
+    }
+
+    /// (healthy, total, one line per upstream that is not healthy).
+    pub fn side_health(&self, side: Side) -> (usize, usize, String) {
+        let snap = self.snapshot.load();
+        let pool = &snap.pools[side];
+        (pool.healthy_count(), pool.upstreams.len(), describe_health(pool))
+    }
+
+    /// Waits until the side's live traffic from before the last switch has
+    /// finished (or been cut at the drain deadline), up to `limit`.
+    pub async fn wait_drained(&self, side: Side, limit: Duration) -> bool {
+        let epoch = self.snapshot.load().epochs[side].clone();
+        if !epoch.is_draining() {
+            return true;
+        }
+        tokio::time::timeout(limit, epoch.wait_idle()).await.is_ok()
     }
 
     /// True when the live side has an upstream that is not known to be down.

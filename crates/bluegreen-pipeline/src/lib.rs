@@ -1,0 +1,389 @@
+//! The deploy pipeline: deploy → health → smoke → gate → switch → bake →
+//! decommission, each step persisted before and after it runs, so a crash at
+//! any point resumes from the step it was in.
+//!
+//! `Pipeline` is the public face (start, promote, abort, rollback, history);
+//! `runner` executes the steps; `supervisor` runs app processes; `command`
+//! runs hooks; `smoke` runs HTTP checks.
+#![forbid(unsafe_code)]
+
+pub mod command;
+mod runner;
+pub mod smoke;
+pub mod supervisor;
+
+use bluegreen_core::bake::Window;
+use bluegreen_core::config::deploy::{DeployConfig, DeployMethod};
+use bluegreen_core::deploy::{DeployBook, DeployOptions, DeployRecord, Outcome, PendingDecommission, Step, StepState};
+use bluegreen_core::state::{SwitchKind, SwitchRequest};
+use bluegreen_core::Side;
+use bluegreen_router::{Router, SwitchError, SwitchOutcome};
+use bluegreen_store::{load_json, save_json, StateStore, StoreError, DEPLOYS_KEY};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+use supervisor::Supervisor;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// Why a pipeline request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("deploy #{id} ({version}) is in progress (step {step}); wait for it or run `bluegreen abort`")]
+    Busy { id: u64, version: String, step: String },
+    #[error("invalid version {0:?}: use 1 to 128 letters, digits, '.', '_', '-' or '+'")]
+    BadVersion(String),
+    #[error("no deploy is waiting at the manual gate")]
+    NotWaiting,
+    #[error("no deploy is in progress")]
+    NoDeploy,
+    #[error("deploy #{0} is past the bake; the new version is live. Use `bluegreen rollback` instead")]
+    TooLateToAbort(u64),
+    #[error("no deploy with id {0}")]
+    NotFound(u64),
+    #[error(transparent)]
+    Switch(#[from] SwitchError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Supervisor(String),
+}
+
+/// What `rollback` did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RollbackResult {
+    pub message: String,
+    /// The instant switch back, when the old side was still up.
+    pub switched: Option<SwitchOutcome>,
+    /// The re-deploy started, when the old side had been decommissioned.
+    pub redeploy: Option<DeployRecord>,
+}
+
+/// Controls of the deploy that is running in this process.
+struct RunHandle {
+    id: u64,
+    abort: CancellationToken,
+    abort_reason: Mutex<Option<String>>,
+    promote: Notify,
+    /// The old side's live counters when the deploy started: the baseline's origin.
+    baseline_start: Window,
+}
+
+/// The deploy pipeline of one router.
+pub struct Pipeline {
+    router: Arc<Router>,
+    store: Arc<dyn StateStore>,
+    config: DeployConfig,
+    book: tokio::sync::Mutex<DeployBook>,
+    run: Mutex<Option<Arc<RunHandle>>>,
+    supervisor: Option<Arc<Supervisor>>,
+    decommission_timer: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Path of this executable, for the `{bluegreen}` placeholder.
+pub(crate) fn exe() -> &'static str {
+    static EXE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    EXE.get_or_init(|| {
+        std::env::current_exe()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| "bluegreen".into())
+    })
+}
+
+fn valid_version(v: &str) -> bool {
+    !v.is_empty()
+        && v.len() <= 128
+        && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-+".contains(&b))
+}
+
+impl Pipeline {
+    /// Loads the deploy book and prepares the supervisor (if configured).
+    /// Nothing runs until [`Pipeline::start_up`].
+    pub fn new(
+        router: Arc<Router>,
+        store: Arc<dyn StateStore>,
+        config: DeployConfig,
+        state_dir: &Path,
+    ) -> Result<Arc<Pipeline>, PipelineError> {
+        let mut book: DeployBook = load_json(store.as_ref(), DEPLOYS_KEY)?.unwrap_or_default();
+        if book.next_id == 0 {
+            book.next_id = 1;
+        }
+        let supervisor = match &config.method {
+            DeployMethod::Supervisor(s) => Some(
+                Supervisor::new(s.clone(), &config.workdir, state_dir, store.clone())
+                    .map_err(|e| PipelineError::Supervisor(e.to_string()))?,
+            ),
+            DeployMethod::Hooks { .. } => None,
+        };
+        Ok(Arc::new(Pipeline {
+            router,
+            store,
+            config,
+            book: tokio::sync::Mutex::new(book),
+            run: Mutex::new(None),
+            supervisor,
+            decommission_timer: Mutex::new(None),
+        }))
+    }
+
+    /// Re-adopts app processes, resumes an interrupted deploy and re-arms a
+    /// pending decommission.
+    pub async fn start_up(self: &Arc<Self>) -> Result<(), PipelineError> {
+        if let Some(s) = &self.supervisor {
+            s.adopt().await.map_err(|e| PipelineError::Supervisor(e.to_string()))?;
+        }
+        let book = self.book.lock().await;
+        if let Some(d) = book.current.as_ref().filter(|d| !d.is_finished()) {
+            tracing::info!(id = d.id, version = %d.version, step = ?d.next_step(), "resuming the interrupted deploy");
+            let handle = self.new_handle(d.id, d.from);
+            tokio::spawn(runner::run(self.clone(), handle));
+        }
+        if let Some(p) = book.pending_decommission.clone() {
+            self.arm_decommission(p);
+        }
+        Ok(())
+    }
+
+    fn new_handle(&self, id: u64, from: Side) -> Arc<RunHandle> {
+        let handle = Arc::new(RunHandle {
+            id,
+            abort: CancellationToken::new(),
+            abort_reason: Mutex::new(None),
+            promote: Notify::new(),
+            baseline_start: self.router.live_window(from),
+        });
+        *self.run.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle.clone());
+        handle
+    }
+
+    fn handle(&self) -> Option<Arc<RunHandle>> {
+        self.run.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Starts a deploy of `version` to the idle side. Refused while another runs.
+    pub async fn deploy(self: &Arc<Self>, version: &str, options: DeployOptions) -> Result<DeployRecord, PipelineError> {
+        if !valid_version(version) {
+            return Err(PipelineError::BadVersion(version.to_string()));
+        }
+        let mut book = self.book.lock().await;
+        if let Some(d) = book.current.as_ref().filter(|d| !d.is_finished()) {
+            return Err(busy(d));
+        }
+        let from = self.router.live();
+        let id = book.next_id;
+        book.next_id += 1;
+        let previous = book.sides[from].version.clone();
+        let record = DeployRecord::new(id, version.to_string(), from, previous, options, now_ms());
+        // The target side is about to be replaced: a decommission scheduled for it is moot.
+        if book.pending_decommission.as_ref().is_some_and(|p| p.side == record.target) {
+            book.pending_decommission = None;
+        }
+        book.archive_current();
+        book.current = Some(record.clone());
+        self.persist(&book).await?;
+        drop(book);
+        tracing::info!(id, %version, target = %record.target, "deploy started");
+        let handle = self.new_handle(id, from);
+        tokio::spawn(runner::run(self.clone(), handle));
+        Ok(record)
+    }
+
+    /// Lets a deploy waiting at the manual gate continue.
+    pub async fn promote(&self) -> Result<DeployRecord, PipelineError> {
+        let book = self.book.lock().await;
+        let d = book.current.as_ref().filter(|d| !d.is_finished()).ok_or(PipelineError::NotWaiting)?;
+        if d.step(Step::Gate).state != StepState::Running {
+            return Err(PipelineError::NotWaiting);
+        }
+        let handle = self.handle().filter(|h| h.id == d.id).ok_or(PipelineError::NotWaiting)?;
+        handle.promote.notify_one();
+        Ok(d.clone())
+    }
+
+    /// Stops the running deploy. Before the switch nothing live changes;
+    /// during the bake, traffic goes back to the old side.
+    pub async fn abort(&self, reason: String) -> Result<DeployRecord, PipelineError> {
+        let book = self.book.lock().await;
+        let d = book.current.as_ref().filter(|d| !d.is_finished()).ok_or(PipelineError::NoDeploy)?;
+        if d.next_step() == Some(Step::Decommission) {
+            return Err(PipelineError::TooLateToAbort(d.id));
+        }
+        let handle = self.handle().filter(|h| h.id == d.id).ok_or(PipelineError::NoDeploy)?;
+        *handle.abort_reason.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
+        handle.abort.cancel();
+        Ok(d.clone())
+    }
+
+    /// The deploy in progress (or the last one, finished), if any.
+    pub async fn current(&self) -> Option<DeployRecord> {
+        let book = self.book.lock().await;
+        book.current.clone().or_else(|| book.history.last().cloned())
+    }
+
+    /// One deploy by id.
+    pub async fn get(&self, id: u64) -> Result<DeployRecord, PipelineError> {
+        self.book.lock().await.find(id).cloned().ok_or(PipelineError::NotFound(id))
+    }
+
+    /// Every deploy kept, oldest first (the current one last).
+    pub async fn history(&self) -> Vec<DeployRecord> {
+        let book = self.book.lock().await;
+        book.history.iter().chain(book.current.iter()).cloned().collect()
+    }
+
+    /// What each side runs.
+    pub async fn sides(&self) -> bluegreen_core::Sides<bluegreen_core::deploy::SideRelease> {
+        self.book.lock().await.sides.clone()
+    }
+
+    /// A manual switch, refused while a deploy runs (it owns the switch).
+    pub async fn switch(&self, req: SwitchRequest) -> Result<SwitchOutcome, PipelineError> {
+        let book = self.book.lock().await;
+        if let Some(d) = book.current.as_ref().filter(|d| !d.is_finished()) {
+            return Err(busy(d));
+        }
+        drop(book);
+        let to = req.to;
+        let outcome = self.router.switch(req).await?;
+        self.cancel_decommission_of(to).await?;
+        Ok(outcome)
+    }
+
+    /// Back to the side live before the last switch: instant while it is still
+    /// up; a re-deploy of its version through the pipeline once decommissioned.
+    pub async fn rollback(self: &Arc<Self>, forced: bool, actor: String, reason: String) -> Result<RollbackResult, PipelineError> {
+        let book = self.book.lock().await;
+        if let Some(d) = book.current.as_ref().filter(|d| !d.is_finished()) {
+            return Err(busy(d));
+        }
+        let target = self.router.rollback_target().await.map_err(PipelineError::Switch)?;
+        let release = book.sides[target].clone();
+        drop(book);
+        if let (false, Some(version)) = (release.running, release.version.clone()) {
+            let why = format!("rollback: {target} was decommissioned, so {version} is re-deployed to it through the pipeline");
+            let record = self
+                .deploy(
+                    &version,
+                    DeployOptions {
+                        actor,
+                        reason: why.clone(),
+                        ..DeployOptions::default()
+                    },
+                )
+                .await?;
+            return Ok(RollbackResult {
+                message: format!("{why} (deploy #{})", record.id),
+                switched: None,
+                redeploy: Some(record),
+            });
+        }
+        let outcome = self.router.rollback(forced, actor, reason).await?;
+        self.cancel_decommission_of(target).await?;
+        Ok(RollbackResult {
+            message: outcome.message.clone(),
+            switched: Some(outcome),
+            redeploy: None,
+        })
+    }
+
+    /// Called at `serve` shutdown: stops app processes if asked to.
+    pub async fn shutdown(&self, stop_apps: bool) {
+        if let Some(h) = self.decommission_timer.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            h.abort();
+        }
+        if stop_apps {
+            if let Some(s) = &self.supervisor {
+                s.stop_all().await;
+            }
+        }
+    }
+
+    /// The side is live again: a decommission scheduled for it must not happen.
+    async fn cancel_decommission_of(&self, side: Side) -> Result<(), PipelineError> {
+        let mut book = self.book.lock().await;
+        if book.pending_decommission.as_ref().is_some_and(|p| p.side == side) {
+            book.pending_decommission = None;
+            self.persist(&book).await?;
+            tracing::info!(%side, "scheduled decommission cancelled: the side is live again");
+        }
+        Ok(())
+    }
+
+    fn arm_decommission(self: &Arc<Self>, pending: PendingDecommission) {
+        let me = self.clone();
+        let task = tokio::spawn(async move {
+            let wait = pending.at_ms.saturating_sub(now_ms());
+            tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+            if let Err(e) = runner::scheduled_decommission(&me, &pending).await {
+                tracing::error!(side = %pending.side, error = %e, "scheduled decommission failed");
+            }
+        });
+        if let Some(old) = self.decommission_timer.lock().unwrap_or_else(|p| p.into_inner()).replace(task) {
+            old.abort();
+        }
+    }
+
+    async fn persist(&self, book: &DeployBook) -> Result<(), StoreError> {
+        let store = self.store.clone();
+        let copy = book.clone();
+        tokio::task::spawn_blocking(move || save_json(store.as_ref(), DEPLOYS_KEY, &copy))
+            .await
+            .expect("persist task")
+    }
+
+    /// A rollback switch, forced: the old side was serving moments ago and a
+    /// breach must not wait for another analysis.
+    async fn switch_back(&self, d: &DeployRecord, kind: SwitchKind, reason: &str) -> Result<SwitchOutcome, SwitchError> {
+        self.router
+            .switch(SwitchRequest {
+                to: d.from,
+                kind,
+                forced: true,
+                actor: format!("deploy #{}", d.id),
+                reason: reason.to_string(),
+            })
+            .await
+    }
+}
+
+fn busy(d: &DeployRecord) -> PipelineError {
+    PipelineError::Busy {
+        id: d.id,
+        version: d.version.clone(),
+        step: d.next_step().map(|s| s.as_str()).unwrap_or("finishing").to_string(),
+    }
+}
+
+/// Exit-code class of a finished deploy, for the CLI.
+pub fn outcome_name(o: Outcome) -> &'static str {
+    match o {
+        Outcome::Running => "running",
+        Outcome::Succeeded => "succeeded",
+        Outcome::RolledBack => "rolled_back",
+        Outcome::Aborted => "aborted",
+        Outcome::Failed => "failed",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_are_checked() {
+        assert!(valid_version("v2.1.0-rc1+build5"));
+        assert!(!valid_version(""));
+        assert!(!valid_version("v2 beta"));
+        assert!(!valid_version("../etc"));
+    }
+}

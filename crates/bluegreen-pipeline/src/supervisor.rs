@@ -1,0 +1,368 @@
+//! The built-in supervisor: runs one app process per upstream address of a
+//! side, restarts it with backoff when it dies, and stops it with SIGTERM,
+//! then SIGKILL after a grace period.
+//!
+//! Processes outlive `bluegreen serve` on purpose: each runs in its own
+//! process group with output to a log file (never a pipe to us), so a restart
+//! or upgrade of the router does not take the app down. On start, the
+//! supervisor re-adopts every recorded process that is still running (same
+//! pid and start time) and restarts the ones that are not.
+
+use bluegreen_core::config::deploy::SupervisorConfig;
+use bluegreen_core::{Side, Sides};
+use bluegreen_store::{load_json, save_json, StateStore, StoreError, PROCESSES_KEY};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// One supervised process, as persisted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProcRecord {
+    pub address: String,
+    pub pid: u32,
+    /// Kernel start time (clock ticks since boot), to tell a pid reused by another process.
+    pub start_time: u64,
+    pub argv: Vec<String>,
+    pub log: PathBuf,
+    pub restarts: u32,
+}
+
+/// What runs on one side.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SideProcs {
+    pub version: String,
+    pub env: BTreeMap<String, String>,
+    pub procs: Vec<ProcRecord>,
+}
+
+/// The persisted process table.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProcessTable {
+    pub sides: Sides<Option<SideProcs>>,
+}
+
+struct Monitor {
+    stop: CancellationToken,
+    handle: JoinHandle<()>,
+}
+
+/// Runs and watches app processes for both sides.
+pub struct Supervisor {
+    config: SupervisorConfig,
+    workdir: PathBuf,
+    logs: PathBuf,
+    exe: String,
+    store: Arc<dyn StateStore>,
+    table: Mutex<ProcessTable>,
+    monitors: tokio::sync::Mutex<Sides<Vec<Monitor>>>,
+}
+
+/// Supervisor failures.
+#[derive(Debug, thiserror::Error)]
+pub enum SupervisorError {
+    #[error("cannot start {argv:?} for {address}: {source}")]
+    Spawn {
+        address: String,
+        argv: Vec<String>,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot prepare {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Supervisor {
+    /// A supervisor keeping its table in `store` and logs under `state_dir/logs`.
+    pub fn new(
+        config: SupervisorConfig,
+        workdir: &Path,
+        state_dir: &Path,
+        store: Arc<dyn StateStore>,
+    ) -> Result<Arc<Supervisor>, SupervisorError> {
+        let logs = state_dir.join("logs");
+        std::fs::create_dir_all(&logs).map_err(|source| SupervisorError::Io {
+            path: logs.clone(),
+            source,
+        })?;
+        let table: ProcessTable = load_json(store.as_ref(), PROCESSES_KEY)?.unwrap_or_default();
+        let exe = crate::exe().to_string();
+        Ok(Arc::new(Supervisor {
+            config,
+            workdir: workdir.to_path_buf(),
+            logs,
+            exe,
+            store,
+            table: Mutex::new(table),
+            monitors: tokio::sync::Mutex::new(Sides::default()),
+        }))
+    }
+
+    /// The current process table.
+    pub fn table(&self) -> ProcessTable {
+        self.table.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Re-adopts recorded processes that still run; restarts the others.
+    pub async fn adopt(self: &Arc<Self>) -> Result<(), SupervisorError> {
+        let table = self.table();
+        let mut monitors = self.monitors.lock().await;
+        for side in Side::ALL {
+            let Some(procs) = &table.sides[side] else { continue };
+            for (i, p) in procs.procs.iter().enumerate() {
+                let alive = is_same_process(p.pid, p.start_time);
+                tracing::info!(%side, pid = p.pid, address = %p.address, alive, "supervisor: recorded process {}", if alive { "re-adopted" } else { "gone; restarting" });
+                let child = if alive { None } else { Some(self.spawn_at(side, i)?) };
+                monitors[side].push(self.monitor(side, i, child));
+            }
+        }
+        Ok(())
+    }
+
+    /// Replaces whatever runs on `side` with `version`: stops the old
+    /// processes, starts one per address, and records them.
+    pub async fn deploy(
+        self: &Arc<Self>,
+        side: Side,
+        version: &str,
+        addresses: &[String],
+        env: &BTreeMap<String, String>,
+    ) -> Result<Vec<ProcRecord>, SupervisorError> {
+        self.stop(side).await?;
+        let mut monitors = self.monitors.lock().await;
+        {
+            let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
+            table.sides[side] = Some(SideProcs {
+                version: version.to_string(),
+                env: env.clone(),
+                procs: addresses
+                    .iter()
+                    .map(|a| ProcRecord {
+                        address: a.clone(),
+                        pid: 0,
+                        start_time: 0,
+                        argv: self.argv(side, version, a),
+                        log: self.logs.join(format!("{side}-{}.log", a.replace([':', '/'], "_"))),
+                        restarts: 0,
+                    })
+                    .collect(),
+            });
+        }
+        for i in 0..addresses.len() {
+            let child = self.spawn_at(side, i)?;
+            monitors[side].push(self.monitor(side, i, Some(child)));
+        }
+        Ok(self.table().sides[side].clone().map(|s| s.procs).unwrap_or_default())
+    }
+
+    /// Stops every process of `side` (SIGTERM, then SIGKILL after the grace)
+    /// and forgets them.
+    pub async fn stop(&self, side: Side) -> Result<(), SupervisorError> {
+        let mut monitors = self.monitors.lock().await;
+        for m in monitors[side].drain(..) {
+            m.stop.cancel();
+            let _ = m.handle.await;
+        }
+        let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        if table.sides[side].take().is_some() {
+            save_json(self.store.as_ref(), PROCESSES_KEY, &*table)?;
+        }
+        Ok(())
+    }
+
+    /// Stops everything (for `serve` when `stop_on_exit` is set).
+    pub async fn stop_all(&self) {
+        for side in Side::ALL {
+            if let Err(e) = self.stop(side).await {
+                tracing::error!(%side, error = %e, "supervisor: stop failed");
+            }
+        }
+    }
+
+    fn argv(&self, side: Side, version: &str, address: &str) -> Vec<String> {
+        let (host, port) = address.rsplit_once(':').unwrap_or((address, ""));
+        self.config.run.render(&[
+            ("env", side.as_str()),
+            ("version", version),
+            ("port", port),
+            ("host", host),
+            ("address", address),
+            ("bluegreen", &self.exe),
+        ])
+    }
+
+    /// Starts process `i` of `side` and records its pid.
+    fn spawn_at(&self, side: Side, i: usize) -> Result<tokio::process::Child, SupervisorError> {
+        let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        let procs = table.sides[side].as_mut().expect("side has processes");
+        let (version, env) = (procs.version.clone(), procs.env.clone());
+        let rec = &mut procs.procs[i];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&rec.log)
+            .map_err(|source| SupervisorError::Io {
+                path: rec.log.clone(),
+                source,
+            })?;
+        let log2 = log.try_clone().map_err(|source| SupervisorError::Io {
+            path: rec.log.clone(),
+            source,
+        })?;
+        let mut cmd = std::process::Command::new(&rec.argv[0]);
+        cmd.args(&rec.argv[1..])
+            .current_dir(&self.workdir)
+            .envs(&self.config.env)
+            .envs(&env)
+            .env("BLUEGREEN_ENV", side.as_str())
+            .env("BLUEGREEN_VERSION", &version)
+            .env("BLUEGREEN_ADDRESS", &rec.address)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log2))
+            // Its own process group: a Ctrl-C or SIGTERM to the router's group
+            // must not reach the app.
+            .process_group(0);
+        let child = tokio::process::Command::from(cmd)
+            .spawn()
+            .map_err(|source| SupervisorError::Spawn {
+                address: rec.address.clone(),
+                argv: rec.argv.clone(),
+                source,
+            })?;
+        rec.pid = child.id().unwrap_or(0);
+        rec.start_time = start_time(rec.pid).unwrap_or(0);
+        tracing::info!(%side, pid = rec.pid, address = %rec.address, %version, "supervisor: started");
+        save_json(self.store.as_ref(), PROCESSES_KEY, &*table)?;
+        Ok(child)
+    }
+
+    /// Watches process `i`: restarts it with backoff when it dies, stops it
+    /// when told to. `child` is `None` for a re-adopted process.
+    fn monitor(self: &Arc<Self>, side: Side, i: usize, child: Option<tokio::process::Child>) -> Monitor {
+        let stop = CancellationToken::new();
+        let sup = self.clone();
+        let token = stop.clone();
+        let handle = tokio::spawn(async move {
+            let mut child = child;
+            let mut backoff = Duration::from_millis(500);
+            loop {
+                let (pid, started) = {
+                    let t = sup.table.lock().unwrap_or_else(|p| p.into_inner());
+                    let r = &t.sides[side].as_ref().expect("monitored side").procs[i];
+                    (r.pid, r.start_time)
+                };
+                let began = Instant::now();
+                let status = tokio::select! {
+                    s = wait_exit(&mut child, pid, started) => s,
+                    _ = token.cancelled() => {
+                        terminate(&mut child, pid, started, sup.config.stop_grace).await;
+                        return;
+                    }
+                };
+                if began.elapsed() > Duration::from_secs(30) {
+                    backoff = Duration::from_millis(500);
+                }
+                tracing::warn!(%side, pid, %status, restart_in_ms = backoff.as_millis() as u64, "supervisor: app process exited; restarting");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = token.cancelled() => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+                {
+                    let mut t = sup.table.lock().unwrap_or_else(|p| p.into_inner());
+                    if let Some(s) = t.sides[side].as_mut() {
+                        s.procs[i].restarts += 1;
+                    }
+                }
+                match sup.spawn_at(side, i) {
+                    Ok(c) => child = Some(c),
+                    Err(e) => {
+                        tracing::error!(%side, error = %e, "supervisor: restart failed");
+                        child = None;
+                    }
+                }
+            }
+        });
+        Monitor { stop, handle }
+    }
+}
+
+/// Waits for a process to end: our child by `wait`, an adopted one by polling.
+async fn wait_exit(child: &mut Option<tokio::process::Child>, pid: u32, started: u64) -> String {
+    match child {
+        Some(c) => match c.wait().await {
+            Ok(s) => s.to_string(),
+            Err(e) => format!("wait failed: {e}"),
+        },
+        None => {
+            // Not our child (adopted after a restart): the kernel will not tell
+            // us, so look every 250 ms.
+            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            loop {
+                tick.tick().await;
+                if pid == 0 || !is_same_process(pid, started) {
+                    return "exited (adopted process)".into();
+                }
+            }
+        }
+    }
+}
+
+/// SIGTERM, wait up to `grace`, then SIGKILL; reaps our own children.
+async fn terminate(child: &mut Option<tokio::process::Child>, pid: u32, started: u64, grace: Duration) {
+    if pid == 0 || !is_same_process(pid, started) {
+        return;
+    }
+    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+    let exited = tokio::time::timeout(grace, wait_exit(child, pid, started)).await.is_ok();
+    if !exited {
+        tracing::warn!(pid, "supervisor: no exit within the stop grace; sending SIGKILL");
+        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        let _ = wait_exit(child, pid, started).await;
+    }
+}
+
+/// The start time of a live (non-zombie) process, from `/proc/PID/stat`.
+pub fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may contain spaces and parentheses; fields follow the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    if fields.first() == Some(&"Z") {
+        return None;
+    }
+    fields.get(19)?.parse().ok()
+}
+
+/// True when `pid` is still the process that was started at `started`.
+pub fn is_same_process(pid: u32, started: u64) -> bool {
+    pid != 0 && start_time(pid).is_some_and(|t| started == 0 || t == started)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_process_has_a_start_time() {
+        let me = std::process::id();
+        let t = start_time(me).expect("this process is alive");
+        assert!(is_same_process(me, t));
+        assert!(!is_same_process(me, t + 1), "a different start time is a different process");
+        assert!(!is_same_process(0, 0));
+    }
+}
