@@ -3,6 +3,7 @@
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use bluegreen_pipeline::PipelineError;
 use bluegreen_router::SwitchError;
 
 /// An error answer from the admin API.
@@ -53,6 +54,40 @@ impl From<SwitchError> for ApiError {
             status,
             code,
             message: e.to_string(),
+        }
+    }
+}
+
+impl From<PipelineError> for ApiError {
+    fn from(e: PipelineError) -> ApiError {
+        let (status, code) = match &e {
+            PipelineError::Switch(s) => return ApiError::from(s.clone()),
+            PipelineError::Busy { .. } => (StatusCode::CONFLICT, "deploy_in_progress"),
+            PipelineError::BadVersion(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            PipelineError::NotWaiting => (StatusCode::CONFLICT, "not_waiting"),
+            PipelineError::NoDeploy => (StatusCode::CONFLICT, "no_deploy"),
+            PipelineError::TooLateToAbort(_) => (StatusCode::CONFLICT, "too_late"),
+            PipelineError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            PipelineError::Store(_) | PipelineError::Supervisor(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+            }
+        };
+        ApiError {
+            status,
+            code,
+            message: e.to_string(),
+        }
+    }
+}
+
+impl ApiError {
+    /// 409 for pipeline calls on a router without a `[deploy]` table.
+    pub fn no_pipeline() -> ApiError {
+        ApiError {
+            status: StatusCode::CONFLICT,
+            code: "no_pipeline",
+            message: "this router has no deploy pipeline: add a [deploy] table to its config"
+                .into(),
         }
     }
 }

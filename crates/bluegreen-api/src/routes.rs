@@ -3,30 +3,43 @@
 
 use crate::error::ApiError;
 use axum::body::Bytes;
-use axum::extract::{Request, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Json;
+use bluegreen_core::deploy::DeployOptions;
 use bluegreen_core::state::{SwitchKind, SwitchRequest};
 use bluegreen_core::Side;
+use bluegreen_pipeline::Pipeline;
 use bluegreen_router::Router;
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
 
 #[derive(Clone)]
 struct AppState {
     router: Arc<Router>,
+    pipeline: Option<Arc<Pipeline>>,
     token: Arc<[u8]>,
 }
 
+impl AppState {
+    fn pipeline(&self) -> Result<&Arc<Pipeline>, ApiError> {
+        self.pipeline.as_ref().ok_or_else(ApiError::no_pipeline)
+    }
+}
+
 /// Builds the admin application. `token` is the bearer token every
-/// `/api/v1` call must present.
-pub fn app(router: Arc<Router>, token: &str) -> axum::Router {
+/// `/api/v1` call must present; `pipeline` is present when the config has a
+/// `[deploy]` table.
+pub fn app(router: Arc<Router>, pipeline: Option<Arc<Pipeline>>, token: &str) -> axum::Router {
     let state = AppState {
         router,
+        pipeline,
         token: Arc::from(token.as_bytes()),
     };
     let api = axum::Router::new()
@@ -34,6 +47,11 @@ pub fn app(router: Arc<Router>, token: &str) -> axum::Router {
         .route("/history", get(history))
         .route("/switch", post(switch))
         .route("/rollback", post(rollback))
+        .route("/deploys", get(deploys).post(deploy))
+        .route("/deploys/current", get(current_deploy))
+        .route("/deploys/{id}", get(one_deploy))
+        .route("/promote", post(promote))
+        .route("/abort", post(abort))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     axum::Router::new()
         .route("/livez", get(|| async { "ok\n" }))
@@ -80,11 +98,37 @@ async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 async fn status(State(state): State<AppState>) -> Response {
-    Json(state.router.status().await).into_response()
+    let mut value = serde_json::to_value(state.router.status().await).expect("status serialises");
+    if let Some(p) = &state.pipeline {
+        value["releases"] = serde_json::to_value(p.sides().await).expect("serialises");
+        value["deploy"] = serde_json::to_value(p.current().await).expect("serialises");
+    }
+    Json(value).into_response()
 }
 
 async fn history(State(state): State<AppState>) -> Response {
     Json(serde_json::json!({"switches": state.router.history().await})).into_response()
+}
+
+/// Parses an optional JSON body; an empty body means all defaults.
+fn parse_body<T: DeserializeOwned + Default>(body: &Bytes) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+}
+
+fn actor(headers: &HeaderMap, given: &Option<String>) -> String {
+    given
+        .clone()
+        .or_else(|| {
+            headers
+                .get("x-bluegreen-actor")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| "api".into())
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -97,33 +141,12 @@ struct SwitchBody {
     reason: Option<String>,
 }
 
-/// Parses an optional JSON body; an empty body means all defaults.
-fn parse_body(body: &Bytes) -> Result<SwitchBody, ApiError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(SwitchBody::default());
-    }
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
-}
-
-fn actor(headers: &HeaderMap, body: &SwitchBody) -> String {
-    body.actor
-        .clone()
-        .or_else(|| {
-            headers
-                .get("x-bluegreen-actor")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
-        })
-        .unwrap_or_else(|| "api".into())
-}
-
 async fn switch(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let body = parse_body(&body)?;
+    let body: SwitchBody = parse_body(&body)?;
     let to = match body.to.as_deref() {
         None => state.router.live().other(),
         Some(s) => s
@@ -134,13 +157,13 @@ async fn switch(
         to,
         kind: SwitchKind::Switch,
         forced: body.force,
-        actor: actor(&headers, &body),
-        reason: body
-            .reason
-            .clone()
-            .unwrap_or_else(|| "manual switch".into()),
+        actor: actor(&headers, &body.actor),
+        reason: body.reason.unwrap_or_else(|| "manual switch".into()),
     };
-    let outcome = state.router.switch(req).await?;
+    let outcome = match &state.pipeline {
+        Some(p) => p.switch(req).await?,
+        None => state.router.switch(req).await?,
+    };
     Ok(Json(outcome).into_response())
 }
 
@@ -149,19 +172,118 @@ async fn rollback(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let body = parse_body(&body)?;
+    let body: SwitchBody = parse_body(&body)?;
     if body.to.is_some() {
         return Err(ApiError::bad_request(
             "field \"to\" is not accepted by rollback: it always returns to the previous side",
         ));
     }
-    let outcome = state
-        .router
-        .rollback(
-            body.force,
-            actor(&headers, &body),
-            body.reason.clone().unwrap_or_else(|| "rollback".into()),
-        )
-        .await?;
-    Ok(Json(outcome).into_response())
+    let who = actor(&headers, &body.actor);
+    let reason = body.reason.unwrap_or_else(|| "rollback".into());
+    let Some(p) = &state.pipeline else {
+        let outcome = state.router.rollback(body.force, who, reason).await?;
+        return Ok(Json(outcome).into_response());
+    };
+    let result = p.rollback(body.force, who, reason).await?;
+    let value = match (result.switched, result.redeploy) {
+        (Some(o), _) => serde_json::to_value(o).expect("serialises"),
+        (None, redeploy) => serde_json::json!({
+            "changed": false,
+            "live": state.router.live(),
+            "message": result.message,
+            "redeploy": redeploy,
+        }),
+    };
+    Ok(Json(value).into_response())
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeployBody {
+    version: String,
+    #[serde(default)]
+    manual_promote: bool,
+    #[serde(default)]
+    skip_smoke: bool,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    actor: Option<String>,
+    reason: Option<String>,
+}
+
+async fn deploy(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let p = state.pipeline()?;
+    let body: DeployBody = parse_body(&body)?;
+    if body.version.is_empty() {
+        return Err(ApiError::bad_request("field \"version\" is required"));
+    }
+    let options = DeployOptions {
+        manual_promote: body.manual_promote,
+        skip_smoke: body.skip_smoke,
+        env: body.env,
+        actor: actor(&headers, &body.actor),
+        reason: body.reason.unwrap_or_default(),
+    };
+    let record = p.deploy(&body.version, options).await?;
+    Ok((StatusCode::ACCEPTED, Json(record)).into_response())
+}
+
+async fn deploys(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let p = state.pipeline()?;
+    Ok(
+        Json(serde_json::json!({"deploys": p.history().await, "releases": p.sides().await}))
+            .into_response(),
+    )
+}
+
+async fn current_deploy(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let p = state.pipeline()?;
+    match p.current().await {
+        Some(d) => Ok(Json(d).into_response()),
+        None => Err(ApiError::not_found(
+            "/api/v1/deploys/current (no deploy yet)",
+        )),
+    }
+}
+
+async fn one_deploy(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let p = state.pipeline()?;
+    let id: u64 = id
+        .parse()
+        .map_err(|_| ApiError::bad_request(format!("deploy id {id:?} is not a number")))?;
+    Ok(Json(p.get(id).await?).into_response())
+}
+
+async fn promote(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let record = state.pipeline()?.promote().await?;
+    Ok(Json(record).into_response())
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AbortBody {
+    reason: Option<String>,
+    actor: Option<String>,
+}
+
+async fn abort(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let body: AbortBody = parse_body(&body)?;
+    let who = actor(&headers, &body.actor);
+    let reason = format!(
+        "{} by {who}",
+        body.reason.unwrap_or_else(|| "aborted".into())
+    );
+    let record = state.pipeline()?.abort(reason).await?;
+    Ok(Json(record).into_response())
 }

@@ -209,7 +209,11 @@ mod tests {
         };
         assert_eq!(b.metric, "error_rate");
         assert!((b.observed - 0.3).abs() < 1e-9);
-        assert!(b.summary.contains("30.00%") && b.summary.contains("5.00%"), "{}", b.summary);
+        assert!(
+            b.summary.contains("30.00%") && b.summary.contains("5.00%"),
+            "{}",
+            b.summary
+        );
     }
 
     #[test]

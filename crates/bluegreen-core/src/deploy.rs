@@ -327,7 +327,14 @@ mod tests {
     use super::*;
 
     fn record() -> DeployRecord {
-        DeployRecord::new(1, "v2".into(), Side::Blue, Some("v1".into()), DeployOptions::default(), 10)
+        DeployRecord::new(
+            1,
+            "v2".into(),
+            Side::Blue,
+            Some("v1".into()),
+            DeployOptions::default(),
+            10,
+        )
     }
 
     #[test]
@@ -363,7 +370,12 @@ mod tests {
             0,
         );
         assert_eq!(d.step(Step::Smoke).state, StepState::Skipped);
-        assert!(d.step(Step::Smoke).detail.as_deref().unwrap().contains("--skip-smoke"));
+        assert!(d
+            .step(Step::Smoke)
+            .detail
+            .as_deref()
+            .unwrap()
+            .contains("--skip-smoke"));
     }
 
     #[test]

@@ -102,7 +102,10 @@ mod tests {
         let p99 = h.quantile(0.99).unwrap();
         assert!(p99 <= Duration::from_millis(1), "{p99:?}");
         let p999 = h.quantile(0.999).unwrap();
-        assert!(p999 > Duration::from_millis(200) && p999 <= Duration::from_millis(300), "{p999:?}");
+        assert!(
+            p999 > Duration::from_millis(200) && p999 <= Duration::from_millis(300),
+            "{p999:?}"
+        );
         assert_eq!(Histogram::default().quantile(0.99), None);
     }
 

@@ -130,13 +130,30 @@ mod tests {
     #[tokio::test]
     async fn time_limit_kills_the_command() {
         let cancel = CancellationToken::new();
-        let r = run(&argv(&["sleep", "30"]), Path::new("."), &[], Duration::from_millis(200), &cancel, |_| {}).await;
+        let r = run(
+            &argv(&["sleep", "30"]),
+            Path::new("."),
+            &[],
+            Duration::from_millis(200),
+            &cancel,
+            |_| {},
+        )
+        .await;
         assert!(r.unwrap_err().contains("did not finish"));
     }
 
     #[tokio::test]
     async fn success_is_ok() {
         let cancel = CancellationToken::new();
-        assert!(run(&argv(&["true"]), Path::new("."), &[], Duration::from_secs(5), &cancel, |_| {}).await.is_ok());
+        assert!(run(
+            &argv(&["true"]),
+            Path::new("."),
+            &[],
+            Duration::from_secs(5),
+            &cancel,
+            |_| {}
+        )
+        .await
+        .is_ok());
     }
 }

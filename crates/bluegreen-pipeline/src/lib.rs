@@ -14,7 +14,9 @@ pub mod supervisor;
 
 use bluegreen_core::bake::Window;
 use bluegreen_core::config::deploy::{DeployConfig, DeployMethod};
-use bluegreen_core::deploy::{DeployBook, DeployOptions, DeployRecord, Outcome, PendingDecommission, Step, StepState};
+use bluegreen_core::deploy::{
+    DeployBook, DeployOptions, DeployRecord, Outcome, PendingDecommission, Step, StepState,
+};
 use bluegreen_core::state::{SwitchKind, SwitchRequest};
 use bluegreen_core::Side;
 use bluegreen_router::{Router, SwitchError, SwitchOutcome};
@@ -31,14 +33,20 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
     #[error("deploy #{id} ({version}) is in progress (step {step}); wait for it or run `bluegreen abort`")]
-    Busy { id: u64, version: String, step: String },
+    Busy {
+        id: u64,
+        version: String,
+        step: String,
+    },
     #[error("invalid version {0:?}: use 1 to 128 letters, digits, '.', '_', '-' or '+'")]
     BadVersion(String),
     #[error("no deploy is waiting at the manual gate")]
     NotWaiting,
     #[error("no deploy is in progress")]
     NoDeploy,
-    #[error("deploy #{0} is past the bake; the new version is live. Use `bluegreen rollback` instead")]
+    #[error(
+        "deploy #{0} is past the bake; the new version is live. Use `bluegreen rollback` instead"
+    )]
     TooLateToAbort(u64),
     #[error("no deploy with id {0}")]
     NotFound(u64),
@@ -102,7 +110,8 @@ pub(crate) fn exe() -> &'static str {
 fn valid_version(v: &str) -> bool {
     !v.is_empty()
         && v.len() <= 128
-        && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-+".contains(&b))
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-+".contains(&b))
 }
 
 impl Pipeline {
@@ -140,7 +149,9 @@ impl Pipeline {
     /// pending decommission.
     pub async fn start_up(self: &Arc<Self>) -> Result<(), PipelineError> {
         if let Some(s) = &self.supervisor {
-            s.adopt().await.map_err(|e| PipelineError::Supervisor(e.to_string()))?;
+            s.adopt()
+                .await
+                .map_err(|e| PipelineError::Supervisor(e.to_string()))?;
         }
         let book = self.book.lock().await;
         if let Some(d) = book.current.as_ref().filter(|d| !d.is_finished()) {
@@ -171,7 +182,11 @@ impl Pipeline {
     }
 
     /// Starts a deploy of `version` to the idle side. Refused while another runs.
-    pub async fn deploy(self: &Arc<Self>, version: &str, options: DeployOptions) -> Result<DeployRecord, PipelineError> {
+    pub async fn deploy(
+        self: &Arc<Self>,
+        version: &str,
+        options: DeployOptions,
+    ) -> Result<DeployRecord, PipelineError> {
         if !valid_version(version) {
             return Err(PipelineError::BadVersion(version.to_string()));
         }
@@ -185,7 +200,11 @@ impl Pipeline {
         let previous = book.sides[from].version.clone();
         let record = DeployRecord::new(id, version.to_string(), from, previous, options, now_ms());
         // The target side is about to be replaced: a decommission scheduled for it is moot.
-        if book.pending_decommission.as_ref().is_some_and(|p| p.side == record.target) {
+        if book
+            .pending_decommission
+            .as_ref()
+            .is_some_and(|p| p.side == record.target)
+        {
             book.pending_decommission = None;
         }
         book.archive_current();
@@ -201,11 +220,18 @@ impl Pipeline {
     /// Lets a deploy waiting at the manual gate continue.
     pub async fn promote(&self) -> Result<DeployRecord, PipelineError> {
         let book = self.book.lock().await;
-        let d = book.current.as_ref().filter(|d| !d.is_finished()).ok_or(PipelineError::NotWaiting)?;
+        let d = book
+            .current
+            .as_ref()
+            .filter(|d| !d.is_finished())
+            .ok_or(PipelineError::NotWaiting)?;
         if d.step(Step::Gate).state != StepState::Running {
             return Err(PipelineError::NotWaiting);
         }
-        let handle = self.handle().filter(|h| h.id == d.id).ok_or(PipelineError::NotWaiting)?;
+        let handle = self
+            .handle()
+            .filter(|h| h.id == d.id)
+            .ok_or(PipelineError::NotWaiting)?;
         handle.promote.notify_one();
         Ok(d.clone())
     }
@@ -214,12 +240,22 @@ impl Pipeline {
     /// during the bake, traffic goes back to the old side.
     pub async fn abort(&self, reason: String) -> Result<DeployRecord, PipelineError> {
         let book = self.book.lock().await;
-        let d = book.current.as_ref().filter(|d| !d.is_finished()).ok_or(PipelineError::NoDeploy)?;
+        let d = book
+            .current
+            .as_ref()
+            .filter(|d| !d.is_finished())
+            .ok_or(PipelineError::NoDeploy)?;
         if d.next_step() == Some(Step::Decommission) {
             return Err(PipelineError::TooLateToAbort(d.id));
         }
-        let handle = self.handle().filter(|h| h.id == d.id).ok_or(PipelineError::NoDeploy)?;
-        *handle.abort_reason.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
+        let handle = self
+            .handle()
+            .filter(|h| h.id == d.id)
+            .ok_or(PipelineError::NoDeploy)?;
+        *handle
+            .abort_reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(reason);
         handle.abort.cancel();
         Ok(d.clone())
     }
@@ -227,18 +263,29 @@ impl Pipeline {
     /// The deploy in progress (or the last one, finished), if any.
     pub async fn current(&self) -> Option<DeployRecord> {
         let book = self.book.lock().await;
-        book.current.clone().or_else(|| book.history.last().cloned())
+        book.current
+            .clone()
+            .or_else(|| book.history.last().cloned())
     }
 
     /// One deploy by id.
     pub async fn get(&self, id: u64) -> Result<DeployRecord, PipelineError> {
-        self.book.lock().await.find(id).cloned().ok_or(PipelineError::NotFound(id))
+        self.book
+            .lock()
+            .await
+            .find(id)
+            .cloned()
+            .ok_or(PipelineError::NotFound(id))
     }
 
     /// Every deploy kept, oldest first (the current one last).
     pub async fn history(&self) -> Vec<DeployRecord> {
         let book = self.book.lock().await;
-        book.history.iter().chain(book.current.iter()).cloned().collect()
+        book.history
+            .iter()
+            .chain(book.current.iter())
+            .cloned()
+            .collect()
     }
 
     /// What each side runs.
@@ -261,12 +308,21 @@ impl Pipeline {
 
     /// Back to the side live before the last switch: instant while it is still
     /// up; a re-deploy of its version through the pipeline once decommissioned.
-    pub async fn rollback(self: &Arc<Self>, forced: bool, actor: String, reason: String) -> Result<RollbackResult, PipelineError> {
+    pub async fn rollback(
+        self: &Arc<Self>,
+        forced: bool,
+        actor: String,
+        reason: String,
+    ) -> Result<RollbackResult, PipelineError> {
         let book = self.book.lock().await;
         if let Some(d) = book.current.as_ref().filter(|d| !d.is_finished()) {
             return Err(busy(d));
         }
-        let target = self.router.rollback_target().await.map_err(PipelineError::Switch)?;
+        let target = self
+            .router
+            .rollback_target()
+            .await
+            .map_err(PipelineError::Switch)?;
         let release = book.sides[target].clone();
         drop(book);
         if let (false, Some(version)) = (release.running, release.version.clone()) {
@@ -298,7 +354,12 @@ impl Pipeline {
 
     /// Called at `serve` shutdown: stops app processes if asked to.
     pub async fn shutdown(&self, stop_apps: bool) {
-        if let Some(h) = self.decommission_timer.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        if let Some(h) = self
+            .decommission_timer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
             h.abort();
         }
         if stop_apps {
@@ -311,7 +372,11 @@ impl Pipeline {
     /// The side is live again: a decommission scheduled for it must not happen.
     async fn cancel_decommission_of(&self, side: Side) -> Result<(), PipelineError> {
         let mut book = self.book.lock().await;
-        if book.pending_decommission.as_ref().is_some_and(|p| p.side == side) {
+        if book
+            .pending_decommission
+            .as_ref()
+            .is_some_and(|p| p.side == side)
+        {
             book.pending_decommission = None;
             self.persist(&book).await?;
             tracing::info!(%side, "scheduled decommission cancelled: the side is live again");
@@ -328,7 +393,12 @@ impl Pipeline {
                 tracing::error!(side = %pending.side, error = %e, "scheduled decommission failed");
             }
         });
-        if let Some(old) = self.decommission_timer.lock().unwrap_or_else(|p| p.into_inner()).replace(task) {
+        if let Some(old) = self
+            .decommission_timer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .replace(task)
+        {
             old.abort();
         }
     }
@@ -343,7 +413,12 @@ impl Pipeline {
 
     /// A rollback switch, forced: the old side was serving moments ago and a
     /// breach must not wait for another analysis.
-    async fn switch_back(&self, d: &DeployRecord, kind: SwitchKind, reason: &str) -> Result<SwitchOutcome, SwitchError> {
+    async fn switch_back(
+        &self,
+        d: &DeployRecord,
+        kind: SwitchKind,
+        reason: &str,
+    ) -> Result<SwitchOutcome, SwitchError> {
         self.router
             .switch(SwitchRequest {
                 to: d.from,
@@ -360,7 +435,11 @@ fn busy(d: &DeployRecord) -> PipelineError {
     PipelineError::Busy {
         id: d.id,
         version: d.version.clone(),
-        step: d.next_step().map(|s| s.as_str()).unwrap_or("finishing").to_string(),
+        step: d
+            .next_step()
+            .map(|s| s.as_str())
+            .unwrap_or("finishing")
+            .to_string(),
     }
 }
 

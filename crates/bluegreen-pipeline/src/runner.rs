@@ -23,7 +23,9 @@ enum StepEnd {
 /// Runs the current deploy to its end.
 pub(crate) async fn run(p: Arc<Pipeline>, handle: Arc<RunHandle>) {
     loop {
-        let Some(record) = p.book.lock().await.current.clone() else { return };
+        let Some(record) = p.book.lock().await.current.clone() else {
+            return;
+        };
         if record.id != handle.id || record.is_finished() {
             return;
         }
@@ -39,7 +41,10 @@ pub(crate) async fn run(p: Arc<Pipeline>, handle: Arc<RunHandle>) {
             StepEnd::Skipped(why) => update(&p, true, |d| d.skip(step, &why, now_ms())).await,
             StepEnd::End(outcome, reason) => {
                 tracing::warn!(id = record.id, step = step.as_str(), outcome = crate::outcome_name(outcome), %reason, "deploy ended");
-                update(&p, false, |d| d.end(Some(step), outcome, reason.clone(), now_ms())).await;
+                update(&p, false, |d| {
+                    d.end(Some(step), outcome, reason.clone(), now_ms())
+                })
+                .await;
                 finish(&p, outcome, Some(reason)).await;
                 return;
             }
@@ -84,7 +89,9 @@ async fn note(p: &Pipeline, step: Step, text: String) {
 /// Sets the outcome, records what each side runs, archives the deploy.
 async fn finish(p: &Pipeline, outcome: Outcome, reason: Option<String>) {
     let mut book = p.book.lock().await;
-    let Some(d) = book.current.as_mut() else { return };
+    let Some(d) = book.current.as_mut() else {
+        return;
+    };
     if outcome == Outcome::Succeeded {
         d.succeed(now_ms());
     }
@@ -98,7 +105,12 @@ async fn finish(p: &Pipeline, outcome: Outcome, reason: Option<String>) {
     if run.as_ref().is_some_and(|h| h.id == id) {
         *run = None;
     }
-    tracing::info!(id, outcome = crate::outcome_name(outcome), reason = reason.unwrap_or_default(), "deploy finished");
+    tracing::info!(
+        id,
+        outcome = crate::outcome_name(outcome),
+        reason = reason.unwrap_or_default(),
+        "deploy finished"
+    );
 }
 
 fn aborted(handle: &RunHandle) -> String {
@@ -130,12 +142,19 @@ async fn exec(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployRecord, step: Ste
 async fn deploy(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployRecord) -> StepEnd {
     let side = d.target;
     if p.router.live() == side {
-        return StepEnd::End(Outcome::Failed, format!("{side} is live; refusing to deploy over the live side"));
+        return StepEnd::End(
+            Outcome::Failed,
+            format!("{side} is live; refusing to deploy over the live side"),
+        );
     }
     // The idle side may still be draining live traffic from the last switch.
     let drain = p.router.config().switch.drain_timeout;
     if !p.router.wait_drained(side, drain).await {
-        log(p, format!("{side} still had live traffic draining after {drain:?}; continuing")).await;
+        log(
+            p,
+            format!("{side} still had live traffic draining after {drain:?}; continuing"),
+        )
+        .await;
     }
     let upstreams = p.router.config().environments[side].upstreams.clone();
     let detail = match (&p.config.method, &p.supervisor) {
@@ -147,19 +166,56 @@ async fn deploy(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployRecord) -> Step
             match started {
                 Ok(procs) => {
                     for pr in &procs {
-                        log(p, format!("started {} for {} (pid {}), log {}", d.version, pr.address, pr.pid, pr.log.display())).await;
+                        log(
+                            p,
+                            format!(
+                                "started {} for {} (pid {}), log {}",
+                                d.version,
+                                pr.address,
+                                pr.pid,
+                                pr.log.display()
+                            ),
+                        )
+                        .await;
                     }
                     format!("{} on {side}: {} process(es)", d.version, procs.len())
                 }
-                Err(e) => return StepEnd::End(Outcome::Failed, format!("could not start {}: {e}", d.version)),
+                Err(e) => {
+                    return StepEnd::End(
+                        Outcome::Failed,
+                        format!("could not start {}: {e}", d.version),
+                    )
+                }
             }
         }
         (DeployMethod::Hooks { deploy, .. }, _) => {
             let list = upstreams.join(",");
-            let vars = [("env", side.as_str()), ("version", d.version.as_str()), ("upstreams", list.as_str()), ("bluegreen", crate::exe())];
+            let vars = [
+                ("env", side.as_str()),
+                ("version", d.version.as_str()),
+                ("upstreams", list.as_str()),
+                ("bluegreen", crate::exe()),
+            ];
             let argv = deploy.render(&vars);
-            if let Err(e) = run_hook(p, &handle.abort, &argv, side, &d.version, &list, &d.options.env).await {
-                return StepEnd::End(if handle.abort.is_cancelled() { Outcome::Aborted } else { Outcome::Failed }, format!("deploy hook: {e}"));
+            if let Err(e) = run_hook(
+                p,
+                &handle.abort,
+                &argv,
+                side,
+                &d.version,
+                &list,
+                &d.options.env,
+            )
+            .await
+            {
+                return StepEnd::End(
+                    if handle.abort.is_cancelled() {
+                        Outcome::Aborted
+                    } else {
+                        Outcome::Failed
+                    },
+                    format!("deploy hook: {e}"),
+                );
             }
             format!("deploy hook put {} on {side}", d.version)
         }
@@ -201,9 +257,16 @@ async fn run_hook(
             }
         })
     };
-    let result = command::run(argv, &p.config.workdir, &env, p.config.hook_timeout, cancel, |l| {
-        let _ = tx.send(l);
-    })
+    let result = command::run(
+        argv,
+        &p.config.workdir,
+        &env,
+        p.config.hook_timeout,
+        cancel,
+        |l| {
+            let _ = tx.send(l);
+        },
+    )
     .await;
     drop(tx);
     let _ = forward.await;
@@ -219,16 +282,30 @@ async fn health(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployRecord) -> Step
     loop {
         let (healthy, total, detail) = p.router.side_health(side);
         if healthy == total {
-            return StepEnd::Done(Some(format!("{total}/{total} upstreams of {side} healthy after {:.1}s", started.elapsed().as_secs_f64())));
+            return StepEnd::Done(Some(format!(
+                "{total}/{total} upstreams of {side} healthy after {:.1}s",
+                started.elapsed().as_secs_f64()
+            )));
         }
         if started.elapsed() >= limit {
+            let trouble = p
+                .supervisor
+                .as_ref()
+                .and_then(|s| s.trouble(side))
+                .map(|t| format!("; {t}"))
+                .unwrap_or_default();
             return StepEnd::End(
                 Outcome::Failed,
-                format!("health gate: {healthy}/{total} upstreams of {side} healthy after {}s (deploy_timeout): {detail}", limit.as_secs()),
+                format!("health gate: {healthy}/{total} upstreams of {side} healthy after {}s (deploy_timeout): {detail}{trouble}", limit.as_secs()),
             );
         }
         if (healthy, total) != last {
-            note(p, Step::Health, format!("waiting: {healthy}/{total} healthy")).await;
+            note(
+                p,
+                Step::Health,
+                format!("waiting: {healthy}/{total} healthy"),
+            )
+            .await;
             last = (healthy, total);
         }
         tokio::select! {
@@ -243,13 +320,22 @@ async fn smoke_tests(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployRecord) ->
     if p.config.smoke.is_empty() {
         return StepEnd::Skipped("no smoke tests configured".into());
     }
-    let preview = p.router.status().await.listeners.get("preview").and_then(|a| a.parse().ok());
+    let preview = p
+        .router
+        .status()
+        .await
+        .listeners
+        .get("preview")
+        .and_then(|a| a.parse().ok());
     let env = d.target.as_str();
     for check in &p.config.smoke {
         let result = match check {
             SmokeCheck::Http(h) => {
                 let Some(addr) = preview else {
-                    return StepEnd::End(Outcome::Failed, "smoke tests need proxy.preview_listen".into());
+                    return StepEnd::End(
+                        Outcome::Failed,
+                        "smoke tests need proxy.preview_listen".into(),
+                    );
                 };
                 let vars = [("version", d.version.as_str()), ("env", env)];
                 tokio::select! {
@@ -259,21 +345,39 @@ async fn smoke_tests(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployRecord) ->
             }
             SmokeCheck::Command { name, command } => {
                 let url = preview.map(|a| format!("http://{a}")).unwrap_or_default();
-                let argv = command.render(&[("env", env), ("version", &d.version), ("preview_url", &url), ("bluegreen", crate::exe())]);
+                let argv = command.render(&[
+                    ("env", env),
+                    ("version", &d.version),
+                    ("preview_url", &url),
+                    ("bluegreen", crate::exe()),
+                ]);
                 let list = p.router.config().environments[d.target].upstreams.join(",");
-                run_hook(p, &handle.abort, &argv, d.target, &d.version, &list, &d.options.env)
-                    .await
-                    .map(|()| format!("{name:?}: command passed"))
-                    .map_err(|e| format!("smoke test {name:?} failed: {e}"))
+                run_hook(
+                    p,
+                    &handle.abort,
+                    &argv,
+                    d.target,
+                    &d.version,
+                    &list,
+                    &d.options.env,
+                )
+                .await
+                .map(|()| format!("{name:?}: command passed"))
+                .map_err(|e| format!("smoke test {name:?} failed: {e}"))
             }
         };
         match result {
             Ok(line) => log(p, format!("smoke: {line}")).await,
-            Err(e) if handle.abort.is_cancelled() => return StepEnd::End(Outcome::Aborted, format!("{} ({e})", aborted(handle))),
+            Err(e) if handle.abort.is_cancelled() => {
+                return StepEnd::End(Outcome::Aborted, format!("{} ({e})", aborted(handle)))
+            }
             Err(e) => return StepEnd::End(Outcome::Failed, e),
         }
     }
-    StepEnd::Done(Some(format!("{} smoke test(s) passed", p.config.smoke.len())))
+    StepEnd::Done(Some(format!(
+        "{} smoke test(s) passed",
+        p.config.smoke.len()
+    )))
 }
 
 /// Step 5: automatic, or wait for `promote`.
@@ -308,7 +412,12 @@ async fn switch(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployRecord) -> Step
         })
         .await;
     match result {
-        Ok(o) => StepEnd::Done(Some(format!("{} (generation {}); baseline {}", o.message, o.generation, describe(&baseline)))),
+        Ok(o) => StepEnd::Done(Some(format!(
+            "{} (generation {}); baseline {}",
+            o.message,
+            o.generation,
+            describe(&baseline)
+        ))),
         Err(e) => StepEnd::End(Outcome::Failed, e.to_string()),
     }
 }
@@ -344,8 +453,14 @@ async fn bake(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployRecord) -> StepEn
         if abort {
             let why = aborted(handle);
             return match p.switch_back(d, SwitchKind::Rollback, &why).await {
-                Ok(_) => StepEnd::End(Outcome::Aborted, format!("{why}; traffic is back on {}", d.from)),
-                Err(e) => StepEnd::End(Outcome::Aborted, format!("{why}; switching back failed: {e}")),
+                Ok(_) => StepEnd::End(
+                    Outcome::Aborted,
+                    format!("{why}; traffic is back on {}", d.from),
+                ),
+                Err(e) => StepEnd::End(
+                    Outcome::Aborted,
+                    format!("{why}; switching back failed: {e}"),
+                ),
             };
         }
         let now = p.router.live_window(d.target);
@@ -354,10 +469,23 @@ async fn bake(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployRecord) -> StepEn
             Verdict::Pass => {
                 judged += 1;
                 window_start = now.clone();
-                note(p, Step::Bake, format!("healthy so far: {}", describe(&now.since(&start)))).await;
+                note(
+                    p,
+                    Step::Bake,
+                    format!("healthy so far: {}", describe(&now.since(&start))),
+                )
+                .await;
             }
             Verdict::NotEnoughTraffic => {
-                note(p, Step::Bake, format!("waiting for traffic: {} of {} requests", window.requests, cfg.thresholds.min_requests)).await;
+                note(
+                    p,
+                    Step::Bake,
+                    format!(
+                        "waiting for traffic: {} of {} requests",
+                        window.requests, cfg.thresholds.min_requests
+                    ),
+                )
+                .await;
             }
             Verdict::Breach(b) => {
                 let reason = format!("bake: {}", b.summary);
@@ -365,16 +493,31 @@ async fn bake(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployRecord) -> StepEn
                 let t = Instant::now();
                 return match p.switch_back(d, SwitchKind::Rollback, &reason).await {
                     Ok(o) => {
-                        log(p, format!("rolled back to {} in {:.1} ms (generation {})", d.from, t.elapsed().as_secs_f64() * 1000.0, o.generation)).await;
+                        log(
+                            p,
+                            format!(
+                                "rolled back to {} in {:.1} ms (generation {})",
+                                d.from,
+                                t.elapsed().as_secs_f64() * 1000.0,
+                                o.generation
+                            ),
+                        )
+                        .await;
                         StepEnd::End(Outcome::RolledBack, reason)
                     }
-                    Err(e) => StepEnd::End(Outcome::Failed, format!("{reason}; rollback failed: {e}")),
+                    Err(e) => {
+                        StepEnd::End(Outcome::Failed, format!("{reason}; rollback failed: {e}"))
+                    }
                 };
             }
         }
         if Instant::now() >= end {
             let total = p.router.live_window(d.target).since(&start);
-            let verdict = if judged == 0 { " (too little traffic to judge)" } else { "" };
+            let verdict = if judged == 0 {
+                " (too little traffic to judge)"
+            } else {
+                ""
+            };
             return StepEnd::Done(Some(format!("passed{verdict}: {}", describe(&total))));
         }
     }
@@ -396,7 +539,10 @@ async fn decommission_step(p: &Arc<Pipeline>, d: &DeployRecord) -> StepEnd {
         book.pending_decommission = Some(pending.clone());
         drop(book);
         p.arm_decommission(pending);
-        return StepEnd::Done(Some(format!("{old} kept warm for {}s so rollback stays instant; then stopped", p.config.keep_warm.as_secs())));
+        return StepEnd::Done(Some(format!(
+            "{old} kept warm for {}s so rollback stays instant; then stopped",
+            p.config.keep_warm.as_secs()
+        )));
     }
     match decommission(p, old).await {
         Ok(detail) => StepEnd::Done(Some(detail)),
@@ -413,15 +559,29 @@ async fn decommission(p: &Arc<Pipeline>, side: Side) -> Result<String, String> {
     if p.router.live() == side {
         return Err(format!("{side} is live; refusing to stop it"));
     }
-    let version = p.book.lock().await.sides[side].version.clone().unwrap_or_default();
+    let version = p.book.lock().await.sides[side]
+        .version
+        .clone()
+        .unwrap_or_default();
     let stopped = match (&p.config.method, &p.supervisor) {
         (DeployMethod::Supervisor(_), Some(sup)) => {
             sup.stop(side).await.map_err(|e| e.to_string())?;
             true
         }
-        (DeployMethod::Hooks { decommission: Some(hook), .. }, _) => {
+        (
+            DeployMethod::Hooks {
+                decommission: Some(hook),
+                ..
+            },
+            _,
+        ) => {
             let list = p.router.config().environments[side].upstreams.join(",");
-            let argv = hook.render(&[("env", side.as_str()), ("version", &version), ("upstreams", &list), ("bluegreen", crate::exe())]);
+            let argv = hook.render(&[
+                ("env", side.as_str()),
+                ("version", &version),
+                ("upstreams", &list),
+                ("bluegreen", crate::exe()),
+            ]);
             let never = tokio_util::sync::CancellationToken::new();
             run_hook(p, &never, &argv, side, &version, &list, &Default::default())
                 .await
@@ -431,17 +591,29 @@ async fn decommission(p: &Arc<Pipeline>, side: Side) -> Result<String, String> {
         _ => false,
     };
     if !stopped {
-        return Ok(format!("no decommission hook configured; {side} left running"));
+        return Ok(format!(
+            "no decommission hook configured; {side} left running"
+        ));
     }
     let mut book = p.book.lock().await;
     book.sides[side].running = false;
     p.persist(&book).await.map_err(|e| e.to_string())?;
-    Ok(format!("stopped {side} ({version})"))
+    Ok(format!(
+        "stopped {side}{}",
+        if version.is_empty() {
+            String::new()
+        } else {
+            format!(" ({version})")
+        }
+    ))
 }
 
 /// The keep-warm time passed: stop the old side unless it went live again or
 /// a newer deploy took it over.
-pub(crate) async fn scheduled_decommission(p: &Arc<Pipeline>, pending: &PendingDecommission) -> Result<(), PipelineError> {
+pub(crate) async fn scheduled_decommission(
+    p: &Arc<Pipeline>,
+    pending: &PendingDecommission,
+) -> Result<(), PipelineError> {
     {
         let book = p.book.lock().await;
         if book.pending_decommission.as_ref() != Some(pending) {
@@ -458,7 +630,12 @@ pub(crate) async fn scheduled_decommission(p: &Arc<Pipeline>, pending: &PendingD
         Err(e) => format!("after keep_warm: decommission failed: {e}"),
     };
     tracing::info!(side = %pending.side, "{text}");
-    if let Some(d) = book.history.iter_mut().rev().find(|d| d.id == pending.deploy_id) {
+    if let Some(d) = book
+        .history
+        .iter_mut()
+        .rev()
+        .find(|d| d.id == pending.deploy_id)
+    {
         d.log(text, now_ms());
     }
     p.persist(&book).await?;

@@ -15,10 +15,19 @@ const QUOTE: usize = 300;
 
 /// Runs one HTTP check against `preview`. Ok carries a one-line summary; Err
 /// names the check, the request and what came back.
-pub async fn http_check(check: &HttpCheck, preview: SocketAddr, vars: &[(&str, &str)]) -> Result<String, String> {
+pub async fn http_check(
+    check: &HttpCheck,
+    preview: SocketAddr,
+    vars: &[(&str, &str)],
+) -> Result<String, String> {
     let path = fill(&check.path, vars);
     let request_line = format!("{} {path}", check.method);
-    let fail = |what: String| format!("smoke test {:?} failed: {request_line} → {what}", check.name);
+    let fail = |what: String| {
+        format!(
+            "smoke test {:?} failed: {request_line} → {what}",
+            check.name
+        )
+    };
 
     let method = Method::from_bytes(check.method.as_bytes()).map_err(|e| fail(e.to_string()))?;
     let mut req = Request::builder()
@@ -26,12 +35,20 @@ pub async fn http_check(check: &HttpCheck, preview: SocketAddr, vars: &[(&str, &
         .uri(format!("http://{preview}{path}"))
         .header("x-bluegreen-smoke", check.name.as_str());
     for (k, v) in &check.headers {
-        let name = HeaderName::from_bytes(k.as_bytes()).map_err(|e| fail(format!("header {k}: {e}")))?;
-        let value = HeaderValue::from_str(&fill(v, vars)).map_err(|e| fail(format!("header {k}: {e}")))?;
+        let name =
+            HeaderName::from_bytes(k.as_bytes()).map_err(|e| fail(format!("header {k}: {e}")))?;
+        let value =
+            HeaderValue::from_str(&fill(v, vars)).map_err(|e| fail(format!("header {k}: {e}")))?;
         req = req.header(name, value);
     }
-    let body = check.body.as_deref().map(|b| fill(b, vars)).unwrap_or_default();
-    let req = req.body(Full::new(Bytes::from(body))).map_err(|e| fail(e.to_string()))?;
+    let body = check
+        .body
+        .as_deref()
+        .map(|b| fill(b, vars))
+        .unwrap_or_default();
+    let req = req
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| fail(e.to_string()))?;
 
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let started = Instant::now();
@@ -54,17 +71,28 @@ pub async fn http_check(check: &HttpCheck, preview: SocketAddr, vars: &[(&str, &
     let ms = latency.as_secs_f64() * 1000.0;
 
     if status != check.expect_status {
-        return Err(fail(format!("{status} (expected {}) in {ms:.1} ms; body: {}", check.expect_status, quoted())));
+        return Err(fail(format!(
+            "{status} (expected {}) in {ms:.1} ms; body: {}",
+            check.expect_status,
+            quoted()
+        )));
     }
     if let Some(needle) = &check.expect_body_contains {
         let needle = fill(needle, vars);
         if !text.contains(&needle) {
-            return Err(fail(format!("{status}, but the body does not contain {needle:?}; body: {}", quoted())));
+            return Err(fail(format!(
+                "{status}, but the body does not contain {needle:?}; body: {}",
+                quoted()
+            )));
         }
     }
     if !check.expect_json.is_empty() {
-        let json: serde_json::Value = serde_json::from_slice(&bytes)
-            .map_err(|e| fail(format!("{status}, but the body is not JSON ({e}); body: {}", quoted())))?;
+        let json: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
+            fail(format!(
+                "{status}, but the body is not JSON ({e}); body: {}",
+                quoted()
+            ))
+        })?;
         for (pointer, expected) in &check.expect_json {
             let expected = match expected {
                 serde_json::Value::String(s) => serde_json::Value::String(fill(s, vars)),
@@ -74,15 +102,22 @@ pub async fn http_check(check: &HttpCheck, preview: SocketAddr, vars: &[(&str, &
             if got != Some(&expected) {
                 return Err(fail(format!(
                     "{status}, but JSON {pointer} is {} (expected {expected})",
-                    got.map(|g| g.to_string()).unwrap_or_else(|| "missing".into())
+                    got.map(|g| g.to_string())
+                        .unwrap_or_else(|| "missing".into())
                 )));
             }
         }
     }
     if let Some(max) = check.max_latency {
         if latency > max {
-            return Err(fail(format!("{status} in {ms:.1} ms, slower than max_latency {:.1} ms", max.as_secs_f64() * 1000.0)));
+            return Err(fail(format!(
+                "{status} in {ms:.1} ms, slower than max_latency {:.1} ms",
+                max.as_secs_f64() * 1000.0
+            )));
         }
     }
-    Ok(format!("{:?}: {request_line} → {status} in {ms:.1} ms", check.name))
+    Ok(format!(
+        "{:?}: {request_line} → {status} in {ms:.1} ms",
+        check.name
+    ))
 }

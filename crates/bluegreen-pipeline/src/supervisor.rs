@@ -33,6 +33,9 @@ pub struct ProcRecord {
     pub argv: Vec<String>,
     pub log: PathBuf,
     pub restarts: u32,
+    /// How the last run ended, if it did.
+    #[serde(default)]
+    pub last_exit: Option<String>,
 }
 
 /// What runs on one side.
@@ -116,16 +119,53 @@ impl Supervisor {
         self.table.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// Why a side's processes may not be serving: the ones that keep exiting,
+    /// with the last line of their log. `None` when all run undisturbed.
+    pub fn trouble(&self, side: Side) -> Option<String> {
+        let table = self.table();
+        let procs = table.sides[side].as_ref()?;
+        let lines: Vec<String> = procs
+            .procs
+            .iter()
+            .filter(|p| p.restarts > 0)
+            .map(|p| {
+                let last_line = std::fs::read_to_string(&p.log)
+                    .ok()
+                    .and_then(|t| {
+                        t.lines()
+                            .rev()
+                            .find(|l| !l.trim().is_empty())
+                            .map(str::to_string)
+                    })
+                    .unwrap_or_default();
+                format!(
+                    "the app for {} exited {} time(s), last {}; log {}: {last_line}",
+                    p.address,
+                    p.restarts,
+                    p.last_exit.as_deref().unwrap_or("?"),
+                    p.log.display()
+                )
+            })
+            .collect();
+        (!lines.is_empty()).then(|| lines.join("; "))
+    }
+
     /// Re-adopts recorded processes that still run; restarts the others.
     pub async fn adopt(self: &Arc<Self>) -> Result<(), SupervisorError> {
         let table = self.table();
         let mut monitors = self.monitors.lock().await;
         for side in Side::ALL {
-            let Some(procs) = &table.sides[side] else { continue };
+            let Some(procs) = &table.sides[side] else {
+                continue;
+            };
             for (i, p) in procs.procs.iter().enumerate() {
                 let alive = is_same_process(p.pid, p.start_time);
                 tracing::info!(%side, pid = p.pid, address = %p.address, alive, "supervisor: recorded process {}", if alive { "re-adopted" } else { "gone; restarting" });
-                let child = if alive { None } else { Some(self.spawn_at(side, i)?) };
+                let child = if alive {
+                    None
+                } else {
+                    Some(self.spawn_at(side, i)?)
+                };
                 monitors[side].push(self.monitor(side, i, child));
             }
         }
@@ -155,8 +195,11 @@ impl Supervisor {
                         pid: 0,
                         start_time: 0,
                         argv: self.argv(side, version, a),
-                        log: self.logs.join(format!("{side}-{}.log", a.replace([':', '/'], "_"))),
+                        log: self
+                            .logs
+                            .join(format!("{side}-{}.log", a.replace([':', '/'], "_"))),
                         restarts: 0,
+                        last_exit: None,
                     })
                     .collect(),
             });
@@ -165,7 +208,10 @@ impl Supervisor {
             let child = self.spawn_at(side, i)?;
             monitors[side].push(self.monitor(side, i, Some(child)));
         }
-        Ok(self.table().sides[side].clone().map(|s| s.procs).unwrap_or_default())
+        Ok(self.table().sides[side]
+            .clone()
+            .map(|s| s.procs)
+            .unwrap_or_default())
     }
 
     /// Stops every process of `side` (SIGTERM, then SIGKILL after the grace)
@@ -252,7 +298,12 @@ impl Supervisor {
 
     /// Watches process `i`: restarts it with backoff when it dies, stops it
     /// when told to. `child` is `None` for a re-adopted process.
-    fn monitor(self: &Arc<Self>, side: Side, i: usize, child: Option<tokio::process::Child>) -> Monitor {
+    fn monitor(
+        self: &Arc<Self>,
+        side: Side,
+        i: usize,
+        child: Option<tokio::process::Child>,
+    ) -> Monitor {
         let stop = CancellationToken::new();
         let sup = self.clone();
         let token = stop.clone();
@@ -286,6 +337,7 @@ impl Supervisor {
                     let mut t = sup.table.lock().unwrap_or_else(|p| p.into_inner());
                     if let Some(s) = t.sides[side].as_mut() {
                         s.procs[i].restarts += 1;
+                        s.procs[i].last_exit = Some(status.clone());
                     }
                 }
                 match sup.spawn_at(side, i) {
@@ -323,14 +375,24 @@ async fn wait_exit(child: &mut Option<tokio::process::Child>, pid: u32, started:
 }
 
 /// SIGTERM, wait up to `grace`, then SIGKILL; reaps our own children.
-async fn terminate(child: &mut Option<tokio::process::Child>, pid: u32, started: u64, grace: Duration) {
+async fn terminate(
+    child: &mut Option<tokio::process::Child>,
+    pid: u32,
+    started: u64,
+    grace: Duration,
+) {
     if pid == 0 || !is_same_process(pid, started) {
         return;
     }
     let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
-    let exited = tokio::time::timeout(grace, wait_exit(child, pid, started)).await.is_ok();
+    let exited = tokio::time::timeout(grace, wait_exit(child, pid, started))
+        .await
+        .is_ok();
     if !exited {
-        tracing::warn!(pid, "supervisor: no exit within the stop grace; sending SIGKILL");
+        tracing::warn!(
+            pid,
+            "supervisor: no exit within the stop grace; sending SIGKILL"
+        );
         let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
         let _ = wait_exit(child, pid, started).await;
     }
@@ -362,7 +424,10 @@ mod tests {
         let me = std::process::id();
         let t = start_time(me).expect("this process is alive");
         assert!(is_same_process(me, t));
-        assert!(!is_same_process(me, t + 1), "a different start time is a different process");
+        assert!(
+            !is_same_process(me, t + 1),
+            "a different start time is a different process"
+        );
         assert!(!is_same_process(0, 0));
     }
 }

@@ -54,7 +54,7 @@ pub enum RouterError {
 }
 
 /// Why a switch was refused or failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum SwitchError {
     #[error("refusing to switch to {side}: no healthy upstream ({detail}); fix it or pass force to override")]
     Unhealthy { side: Side, detail: String },
@@ -384,7 +384,11 @@ impl Router {
 
     /// The side a rollback would go to.
     pub async fn rollback_target(&self) -> Result<Side, SwitchError> {
-        self.state.lock().await.rollback_target().map_err(|_| SwitchError::NoHistory)
+        self.state
+            .lock()
+            .await
+            .rollback_target()
+            .map_err(|_| SwitchError::NoHistory)
     }
 
     /// Switch history, oldest first.
@@ -410,7 +414,11 @@ impl Router {
     pub fn side_health(&self, side: Side) -> (usize, usize, String) {
         let snap = self.snapshot.load();
         let pool = &snap.pools[side];
-        (pool.healthy_count(), pool.upstreams.len(), describe_health(pool))
+        (
+            pool.healthy_count(),
+            pool.upstreams.len(),
+            describe_health(pool),
+        )
     }
 
     /// Waits until the side's live traffic from before the last switch has

@@ -1,11 +1,11 @@
 //! Upstream pools: the instances of one side, their health and load, and how
 //! a request picks one.
 
+use crate::stats::TrafficStats;
 use bluegreen_core::config::Balance;
 use bluegreen_core::health::{Health, HealthCounter};
 use bluegreen_core::Side;
 use http::uri::Authority;
-use crate::stats::TrafficStats;
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -89,7 +89,8 @@ impl Upstream {
         let mut counter = self.counter.lock().unwrap_or_else(|p| p.into_inner());
         self.check_epoch.fetch_add(1, Ordering::AcqRel);
         *counter = HealthCounter::new(rise, fall);
-        self.health.store(Health::Unknown.to_u8(), Ordering::Relaxed);
+        self.health
+            .store(Health::Unknown.to_u8(), Ordering::Relaxed);
         *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 

@@ -8,6 +8,7 @@ use crate::error::ProxyError;
 use crate::headers::{self, strip_hop_by_hop, wants_upgrade};
 use crate::listener::ListenerKind;
 use crate::pool::{Pool, Tried};
+use crate::snapshot::Epoch;
 use crate::tunnel;
 use bluegreen_core::error_chain;
 use bytes::Bytes;
@@ -18,7 +19,6 @@ use http_body::Body as _;
 use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use crate::snapshot::Epoch;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -53,7 +53,11 @@ pub async fn handle(req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
             err.into_response()
         }
     };
-    let stats = if preview { &pool.preview_stats } else { &pool.live_stats };
+    let stats = if preview {
+        &pool.preview_stats
+    } else {
+        &pool.live_stats
+    };
     stats.record(resp.status().as_u16(), started.elapsed());
     resp
 }

@@ -39,7 +39,11 @@ impl TrafficStats {
             requests: self.requests.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
             latency: Histogram {
-                counts: self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect(),
+                counts: self
+                    .buckets
+                    .iter()
+                    .map(|b| b.load(Ordering::Relaxed))
+                    .collect(),
             },
         }
     }

@@ -78,7 +78,9 @@ impl StateStore for FileStore {
         drop(f);
         fs::rename(&tmp, &path).map_err(io)?;
         // The rename is durable only once the directory entry is on disk.
-        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io)?;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io)?;
         Ok(())
     }
 
@@ -134,6 +136,9 @@ mod tests {
         let err = load_router(&store).unwrap_err();
         assert!(matches!(err, StoreError::Corrupt { .. }));
         let msg = err.to_string();
-        assert!(msg.contains("state.json") && msg.contains("corrupt"), "{msg}");
+        assert!(
+            msg.contains("state.json") && msg.contains("corrupt"),
+            "{msg}"
+        );
     }
 }

@@ -47,23 +47,34 @@ pub enum StoreError {
         #[source]
         source: InvalidState,
     },
-    #[error("state dir {path} is in use by another bluegreen process (lock file {path}/lock is held)")]
+    #[error(
+        "state dir {path} is in use by another bluegreen process (lock file {path}/lock is held)"
+    )]
     Locked { path: PathBuf },
 }
 
 /// Reads a JSON document; a value that does not parse is `Corrupt`.
-pub fn load_json<T: DeserializeOwned>(store: &dyn StateStore, key: &str) -> Result<Option<T>, StoreError> {
+pub fn load_json<T: DeserializeOwned>(
+    store: &dyn StateStore,
+    key: &str,
+) -> Result<Option<T>, StoreError> {
     match store.get(key)? {
         None => Ok(None),
-        Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| StoreError::Corrupt {
-            path: store.locate(key),
-            reason: e.to_string(),
-        }),
+        Some(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt {
+                path: store.locate(key),
+                reason: e.to_string(),
+            }),
     }
 }
 
 /// Writes a JSON document atomically.
-pub fn save_json<T: Serialize>(store: &dyn StateStore, key: &str, value: &T) -> Result<(), StoreError> {
+pub fn save_json<T: Serialize>(
+    store: &dyn StateStore,
+    key: &str,
+    value: &T,
+) -> Result<(), StoreError> {
     let mut bytes = serde_json::to_vec_pretty(value).expect("state serialises");
     bytes.push(b'\n');
     store.put(key, &bytes)

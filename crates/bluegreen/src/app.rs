@@ -1,8 +1,11 @@
 //! `bluegreen app`: a tiny upstream for demos and trials. It answers with its
 //! name and version so anyone can see which side served a request.
 //!
-//! Routes: `/` (text), `/healthz`, `/sse` (a server-sent event per second),
-//! `/ws` (WebSocket echo). Everything else is 404.
+//! Routes: `/` (text), `/version` (JSON), `/healthz`, `/smoke`, `/sse` (a
+//! server-sent event per second), `/ws` (WebSocket echo). Everything else is
+//! 404. Fault flags (also settable by environment, so a deploy's `--env` can
+//! break a version on purpose) make it fail health, smoke tests, or start
+//! answering 5xx or slowly after N requests.
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
@@ -33,8 +36,33 @@ pub struct AppArgs {
     #[arg(long, default_value = "app")]
     pub name: String,
     /// Version shown in every answer.
-    #[arg(long = "app-version", default_value = "v1")]
+    #[arg(long = "app-version", default_value = "v1", env = "BLUEGREEN_VERSION")]
     pub version: String,
+    /// Answer /healthz with 503.
+    #[arg(long, env = "BLUEGREEN_APP_FAIL_HEALTH", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
+    pub fail_health: bool,
+    /// Answer /smoke with 500.
+    #[arg(long, env = "BLUEGREEN_APP_FAIL_SMOKE", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
+    pub fail_smoke: bool,
+    /// Answer / with 500 after this many requests.
+    #[arg(long, env = "BLUEGREEN_APP_ERROR_AFTER")]
+    pub error_after: Option<u64>,
+    /// Answer / slowly after this many requests...
+    #[arg(long, env = "BLUEGREEN_APP_SLOW_AFTER")]
+    pub slow_after: Option<u64>,
+    /// ...taking this many milliseconds.
+    #[arg(long, env = "BLUEGREEN_APP_SLOW_MS", default_value_t = 500)]
+    pub slow_ms: u64,
+    /// Wait this many milliseconds before listening (a slow boot).
+    #[arg(long, env = "BLUEGREEN_APP_BOOT_DELAY_MS", default_value_t = 0)]
+    pub boot_delay_ms: u64,
+}
+
+/// What every request handler needs.
+struct App {
+    ident: String,
+    args: AppArgs,
+    served: std::sync::atomic::AtomicU64,
 }
 
 type AppBody = BoxBody<Bytes, Infallible>;
@@ -45,26 +73,33 @@ pub fn main(args: AppArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
+        tokio::time::sleep(Duration::from_millis(args.boot_delay_ms)).await;
         let listener = TcpListener::bind(args.listen).await?;
         println!("listening {}", listener.local_addr()?);
         std::io::stdout().flush()?;
-        let ident: Arc<str> = Arc::from(format!("{} {}", args.name, args.version));
+        let app = Arc::new(App {
+            ident: format!("{} {}", args.name, args.version),
+            args,
+            served: std::sync::atomic::AtomicU64::new(0),
+        });
         let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         loop {
             tokio::select! {
                 r = listener.accept() => {
                     let Ok((stream, _)) = r else { continue };
-                    let ident = ident.clone();
+                    let app = app.clone();
                     let builder = builder.clone();
                     tokio::spawn(async move {
                         let svc = service_fn(move |req| {
-                            let ident = ident.clone();
-                            async move { Ok::<_, Infallible>(route(req, &ident)) }
+                            let app = app.clone();
+                            async move { Ok::<_, Infallible>(route(req, &app).await) }
                         });
                         let _ = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).await;
                     });
                 }
                 _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
+                _ = term.recv() => return Ok(ExitCode::SUCCESS),
             }
         }
     })
@@ -74,16 +109,45 @@ fn full(s: impl Into<Bytes>) -> AppBody {
     Full::new(s.into()).boxed()
 }
 
-fn route(req: Request<Incoming>, ident: &Arc<str>) -> Response<AppBody> {
+fn status(code: u16, body: &str) -> Response<AppBody> {
+    Response::builder()
+        .status(code)
+        .body(full(body.to_string()))
+        .expect("valid response")
+}
+
+async fn route(req: Request<Incoming>, app: &App) -> Response<AppBody> {
+    let ident: Arc<str> = Arc::from(app.ident.as_str());
     match req.uri().path() {
+        "/healthz" if app.args.fail_health => status(503, "unhealthy (--fail-health)\n"),
         "/healthz" => Response::new(full("ok\n")),
-        "/sse" => sse(ident.clone()),
-        "/ws" => websocket(req, ident.clone()),
-        "/" => Response::builder()
-            .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
-            .header("x-served-by", ident.as_ref())
-            .body(full(format!("{ident}\n")))
+        "/smoke" if app.args.fail_smoke => status(500, "smoke failure (--fail-smoke)\n"),
+        "/smoke" => Response::new(full(format!("smoke ok {ident}\n"))),
+        "/version" => Response::builder()
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(full(
+                serde_json::json!({"name": app.args.name, "version": app.args.version}).to_string(),
+            ))
             .expect("valid response"),
+        "/sse" => sse(ident),
+        "/ws" => websocket(req, ident),
+        "/" => {
+            let n = app
+                .served
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                + 1;
+            if app.args.error_after.is_some_and(|limit| n > limit) {
+                return status(500, "simulated failure (--error-after)\n");
+            }
+            if app.args.slow_after.is_some_and(|limit| n > limit) {
+                tokio::time::sleep(Duration::from_millis(app.args.slow_ms)).await;
+            }
+            Response::builder()
+                .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+                .header("x-served-by", ident.as_ref())
+                .body(full(format!("{ident}\n")))
+                .expect("valid response")
+        }
         _ => Response::builder()
             .status(StatusCode::NOT_FOUND)
             .body(full("not found\n"))

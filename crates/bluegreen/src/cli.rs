@@ -11,6 +11,10 @@ use std::process::ExitCode;
 pub const EXIT_ERROR: u8 = 1;
 /// Exit code for invalid configuration or usage.
 pub const EXIT_CONFIG: u8 = 2;
+/// Exit code of a deploy that was rolled back.
+pub const EXIT_ROLLED_BACK: u8 = 3;
+/// Exit code of a deploy that was aborted.
+pub const EXIT_ABORTED: u8 = 4;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -94,11 +98,64 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Release VERSION: deploy to the idle side, health gate, smoke tests,
+    /// gate, switch, bake (auto rollback), decommission. Exit codes: 0
+    /// succeeded, 1 failed (live side untouched), 3 rolled back, 4 aborted.
+    Deploy {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// The version to release (passed to hooks and run commands as {version}).
+        version: String,
+        /// Wait at the gate for `bluegreen promote` before switching.
+        #[arg(long)]
+        manual_promote: bool,
+        /// Skip the smoke tests (recorded in the history).
+        #[arg(long)]
+        skip_smoke: bool,
+        /// Extra environment for the hook or the app processes, KEY=VALUE.
+        #[arg(long = "env", value_parser = parse_env)]
+        env: Vec<(String, String)>,
+        #[arg(long)]
+        reason: Option<String>,
+        /// Start the deploy and return at once.
+        #[arg(long)]
+        detach: bool,
+        /// JSON lines of events instead of the step list.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Let a deploy waiting at the manual gate switch.
+    Promote {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Stop the running deploy; the live side stays (or goes back to) what it
+    /// was before the deploy.
+    Abort {
+        #[command(flatten)]
+        admin: AdminArgs,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Every deploy: version, sides, steps with durations, result, reason.
+    History {
+        #[command(flatten)]
+        admin: AdminArgs,
+        #[arg(long)]
+        json: bool,
+    },
     /// Run a self-contained demo: two demo apps, the router, live traffic and
     /// a switch and rollback under load.
     Demo(demo::DemoArgs),
     /// A tiny demo upstream app (what `demo` runs as blue and green).
     App(app::AppArgs),
+}
+
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("{s:?} is not KEY=VALUE")),
+    }
 }
 
 fn parse_side(s: &str) -> Result<Side, String> {
@@ -126,6 +183,34 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             reason,
             json,
         } => client_runtime()?.block_on(commands::rollback(&admin, force, reason, json)),
+        Command::Deploy {
+            admin,
+            version,
+            manual_promote,
+            skip_smoke,
+            env,
+            reason,
+            detach,
+            json,
+        } => client_runtime()?.block_on(commands::deploy(
+            &admin,
+            commands::DeployArgs {
+                version,
+                manual_promote,
+                skip_smoke,
+                env: env.into_iter().collect(),
+                reason,
+                detach,
+                json,
+            },
+        )),
+        Command::Promote { admin } => client_runtime()?.block_on(commands::promote(&admin)),
+        Command::Abort { admin, reason } => {
+            client_runtime()?.block_on(commands::abort(&admin, reason))
+        }
+        Command::History { admin, json } => {
+            client_runtime()?.block_on(commands::history(&admin, json))
+        }
         Command::Demo(args) => demo::main(args),
         Command::App(args) => app::main(args),
     }

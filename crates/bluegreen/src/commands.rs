@@ -1,15 +1,19 @@
 //! Client subcommands (`status`, `switch`, `rollback`) and `check`.
 
-use crate::cli::{AdminArgs, EXIT_CONFIG, EXIT_ERROR};
+use crate::cli::{AdminArgs, EXIT_ABORTED, EXIT_CONFIG, EXIT_ERROR, EXIT_ROLLED_BACK};
+use crate::progress::{Mode, Progress};
 use bluegreen_api::AdminClient;
 use bluegreen_core::config::Config;
+use bluegreen_core::deploy::{DeployRecord, Outcome};
 use bluegreen_core::health::Health;
 use bluegreen_core::Side;
 use bluegreen_router::status::Status;
 use bluegreen_router::SwitchOutcome;
 use serde_json::json;
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 fn client(args: &AdminArgs) -> AdminClient {
     let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
@@ -67,7 +71,8 @@ pub async fn switch(
     outcome(client(args).post("/api/v1/switch", body).await, as_json)
 }
 
-/// `bluegreen rollback`.
+/// `bluegreen rollback`: instant while the old side is up; otherwise the
+/// router re-deploys the old version, and this follows that deploy.
 pub async fn rollback(
     args: &AdminArgs,
     force: bool,
@@ -76,7 +81,159 @@ pub async fn rollback(
 ) -> anyhow::Result<ExitCode> {
     let body =
         json!({"force": force, "reason": reason.unwrap_or_else(|| "manual rollback".into())});
-    outcome(client(args).post("/api/v1/rollback", body).await, as_json)
+    let c = client(args);
+    let answer: serde_json::Value = match c.post("/api/v1/rollback", body).await {
+        Ok(v) => v,
+        Err(e) => return fail(e),
+    };
+    if let Some(d) = answer.get("redeploy").filter(|d| !d.is_null()) {
+        let d: DeployRecord = serde_json::from_value(d.clone())?;
+        if !as_json {
+            println!("{}", answer["message"].as_str().unwrap_or_default());
+        }
+        return follow(&c, d.id, Mode::detect(as_json)).await;
+    }
+    let o: SwitchOutcome = serde_json::from_value(answer)?;
+    outcome(Ok(o), as_json)
+}
+
+/// What `bluegreen deploy` asks for.
+pub struct DeployArgs {
+    pub version: String,
+    pub manual_promote: bool,
+    pub skip_smoke: bool,
+    pub env: BTreeMap<String, String>,
+    pub reason: Option<String>,
+    pub detach: bool,
+    pub json: bool,
+}
+
+/// `bluegreen deploy`: starts the deploy, then follows it to the end.
+pub async fn deploy(args: &AdminArgs, d: DeployArgs) -> anyhow::Result<ExitCode> {
+    let c = client(args);
+    let body = json!({"version": d.version, "manual_promote": d.manual_promote,
+        "skip_smoke": d.skip_smoke, "env": d.env, "reason": d.reason});
+    let record: DeployRecord = match c.post("/api/v1/deploys", body).await {
+        Ok(r) => r,
+        Err(e) => return fail(e),
+    };
+    if d.detach {
+        if d.json {
+            println!("{}", serde_json::to_string(&record)?);
+        } else {
+            println!(
+                "deploy #{} of {} to {} started",
+                record.id, record.version, record.target
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    follow(&c, record.id, Mode::detect(d.json)).await
+}
+
+/// Polls a deploy until it ends, showing progress; the exit code says how it ended.
+pub async fn follow(c: &AdminClient, id: u64, mode: Mode) -> anyhow::Result<ExitCode> {
+    let mut progress = Progress::new(mode);
+    let mut unreachable_since: Option<Instant> = None;
+    loop {
+        match c
+            .get::<DeployRecord>(&format!("/api/v1/deploys/{id}"))
+            .await
+        {
+            Ok(d) => {
+                unreachable_since = None;
+                if d.is_finished() {
+                    progress.finish(&d);
+                    return Ok(ExitCode::from(exit_code(d.outcome)));
+                }
+                progress.update(&d);
+            }
+            // The router may be restarting; its deploy resumes, so keep watching a while.
+            Err(e @ bluegreen_api::ClientError::Unreachable { .. }) => {
+                let since = *unreachable_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > Duration::from_secs(60) {
+                    return fail(e);
+                }
+            }
+            Err(e) => return fail(e),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn exit_code(o: Outcome) -> u8 {
+    match o {
+        Outcome::Succeeded | Outcome::Running => 0,
+        Outcome::Failed => EXIT_ERROR,
+        Outcome::RolledBack => EXIT_ROLLED_BACK,
+        Outcome::Aborted => EXIT_ABORTED,
+    }
+}
+
+/// `bluegreen promote`.
+pub async fn promote(args: &AdminArgs) -> anyhow::Result<ExitCode> {
+    match client(args)
+        .post::<DeployRecord>("/api/v1/promote", json!({}))
+        .await
+    {
+        Ok(d) => {
+            println!(
+                "deploy #{} ({}) promoted: switching to {}",
+                d.id, d.version, d.target
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => fail(e),
+    }
+}
+
+/// `bluegreen abort`.
+pub async fn abort(args: &AdminArgs, reason: Option<String>) -> anyhow::Result<ExitCode> {
+    match client(args)
+        .post::<DeployRecord>("/api/v1/abort", json!({"reason": reason}))
+        .await
+    {
+        Ok(d) => {
+            println!(
+                "aborting deploy #{} ({}); {} stays live",
+                d.id, d.version, d.from
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => fail(e),
+    }
+}
+
+/// `bluegreen history`.
+pub async fn history(args: &AdminArgs, as_json: bool) -> anyhow::Result<ExitCode> {
+    let v: serde_json::Value = match client(args).get("/api/v1/deploys").await {
+        Ok(v) => v,
+        Err(e) => return fail(e),
+    };
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let deploys: Vec<DeployRecord> = serde_json::from_value(v["deploys"].clone())?;
+    if deploys.is_empty() {
+        println!("no deploys yet");
+    }
+    for d in &deploys {
+        println!("{}", crate::progress::verdict(d));
+        let steps: Vec<String> = d
+            .steps
+            .iter()
+            .map(|s| match s.duration_ms() {
+                Some(ms) => format!("{} {:?} {ms}ms", s.step.as_str(), s.state).to_lowercase(),
+                None => format!("{} {:?}", s.step.as_str(), s.state).to_lowercase(),
+            })
+            .collect();
+        println!("    {}", steps.join(" · "));
+        if !d.options.reason.is_empty() {
+            println!("    reason: {} (by {})", d.options.reason, d.options.actor);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn outcome(

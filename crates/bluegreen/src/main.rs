@@ -9,6 +9,7 @@ mod cli;
 mod commands;
 mod demo;
 mod logging;
+mod progress;
 mod serve;
 
 use clap::Parser;

@@ -3,9 +3,12 @@
 
 use crate::cli::EXIT_CONFIG;
 use anyhow::Context;
+use bluegreen_core::config::deploy::DeployMethod;
 use bluegreen_core::config::Config;
+use bluegreen_pipeline::Pipeline;
 use bluegreen_router::{health, listener, ListenerKind, Router};
 use bluegreen_store::FileStore;
+use bluegreen_store::StateStore;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -20,6 +23,7 @@ use tokio_util::task::TaskTracker;
 /// A started router with its listeners.
 pub struct Running {
     pub router: Arc<Router>,
+    pub pipeline: Option<Arc<Pipeline>>,
     pub proxy: SocketAddr,
     pub preview: Option<SocketAddr>,
     pub admin: SocketAddr,
@@ -82,12 +86,18 @@ pub fn main(path: &Path) -> anyhow::Result<ExitCode> {
 /// Opens the store, restores state, binds every listener and starts serving.
 pub async fn start(config: Config, token: &str) -> anyhow::Result<Running> {
     // 1. State: a corrupt or locked store stops us here, before any socket opens.
-    let store = FileStore::open(&config.state.dir)?;
+    let state_dir = config.state.dir.clone();
+    let store: Arc<dyn StateStore> = Arc::new(FileStore::open(&state_dir)?);
     let proxy_addr = config.proxy.listen;
     let preview_addr = config.proxy.preview_listen;
     let admin_addr = config.admin.listen;
     let grace = config.switch.drain_timeout;
-    let router = Router::new(config, Arc::new(store))?;
+    let deploy = config.deploy.clone();
+    let router = Router::new(config, store.clone())?;
+    let pipeline = match deploy {
+        Some(d) => Some(Pipeline::new(router.clone(), store, d, &state_dir)?),
+        None => None,
+    };
 
     // 2. Bind everything before serving anything, so a busy port fails cleanly.
     let proxy = bind(proxy_addr, "proxy.listen").await?;
@@ -126,7 +136,12 @@ pub async fn start(config: Config, token: &str) -> anyhow::Result<Running> {
             grace,
         )));
     }
-    let app = bluegreen_api::app(router.clone(), token);
+    // 5. The pipeline picks up where it was: app processes re-adopted, an
+    //    interrupted deploy resumed.
+    if let Some(p) = &pipeline {
+        p.start_up().await?;
+    }
+    let app = bluegreen_api::app(router.clone(), pipeline.clone(), token);
     let admin_stop = stop.clone();
     let admin_task = tokio::spawn(async move {
         if let Err(e) = axum::serve(admin, app)
@@ -139,6 +154,7 @@ pub async fn start(config: Config, token: &str) -> anyhow::Result<Running> {
     tracing::info!(proxy = %proxy_local, preview = ?preview_local, admin = %admin_local, live = %router.live(), "router started");
     Ok(Running {
         router,
+        pipeline,
         proxy: proxy_local,
         preview: preview_local,
         admin: admin_local,
@@ -165,6 +181,10 @@ impl Running {
             .await;
         self.health.wait().await;
         let _ = self.admin_task.await;
+        if let Some(p) = &self.pipeline {
+            let stop_apps = matches!(&self.router.config().deploy, Some(d) if matches!(&d.method, DeployMethod::Supervisor(s) if s.stop_on_exit));
+            p.shutdown(stop_apps).await;
+        }
         tracing::info!(
             elapsed_ms = started.elapsed().as_millis() as u64,
             upgraded_at_stop = open,

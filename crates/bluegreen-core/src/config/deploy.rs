@@ -43,6 +43,9 @@ pub struct SupervisorConfig {
     pub env: BTreeMap<String, String>,
     /// Between SIGTERM and SIGKILL.
     pub stop_grace: Duration,
+    /// Stop the apps when `serve` exits; by default they keep running and are
+    /// re-adopted by the next `serve`.
+    pub stop_on_exit: bool,
 }
 
 /// One smoke test.
@@ -120,7 +123,12 @@ pub fn placeholders(s: &str) -> Vec<String> {
     while let Some(start) = rest.find('{') {
         let after = &rest[start + 1..];
         match after.find('}') {
-            Some(end) if end > 0 && after[..end].bytes().all(|b| b.is_ascii_lowercase() || b == b'_') => {
+            Some(end)
+                if end > 0
+                    && after[..end]
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b == b'_') =>
+            {
                 found.push(after[..end].to_string());
                 rest = &after[end + 1..];
             }
@@ -167,6 +175,7 @@ struct RawSupervisor {
     #[serde(default)]
     env: BTreeMap<String, String>,
     stop_grace: Option<String>,
+    stop_on_exit: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -200,9 +209,18 @@ struct RawBake {
 }
 
 impl Checker {
-    fn template(&mut self, key: &str, raw: &str, allowed: &[&str], base: &Path) -> Option<CommandTemplate> {
+    fn template(
+        &mut self,
+        key: &str,
+        raw: &str,
+        allowed: &[&str],
+        base: &Path,
+    ) -> Option<CommandTemplate> {
         let Some(argv) = shlex::split(raw).filter(|a| !a.is_empty()) else {
-            self.issue(key, format!("{raw:?} is not a command line (empty, or an unclosed quote)"));
+            self.issue(
+                key,
+                format!("{raw:?} is not a command line (empty, or an unclosed quote)"),
+            );
             return None;
         };
         let mut ok = true;
@@ -210,7 +228,10 @@ impl Checker {
             if !allowed.contains(&name.as_str()) {
                 self.issue(
                     key,
-                    format!("unknown placeholder {{{name}}}; allowed here: {}", list(allowed)),
+                    format!(
+                        "unknown placeholder {{{name}}}; allowed here: {}",
+                        list(allowed)
+                    ),
                 );
                 ok = false;
             }
@@ -230,7 +251,13 @@ impl Checker {
     fn text_vars(&mut self, key: &str, s: &str, allowed: &[&str]) {
         for name in placeholders(s) {
             if !allowed.contains(&name.as_str()) {
-                self.issue(key, format!("unknown placeholder {{{name}}}; allowed here: {}", list(allowed)));
+                self.issue(
+                    key,
+                    format!(
+                        "unknown placeholder {{{name}}}; allowed here: {}",
+                        list(allowed)
+                    ),
+                );
             }
         }
     }
@@ -240,7 +267,10 @@ impl Checker {
             None => default,
             Some(v) if (0.0..=1.0).contains(&v) => v,
             Some(v) => {
-                self.issue(key, format!("{v} is out of range: expected a fraction from 0.0 to 1.0 (0.05 = 5%)"));
+                self.issue(
+                    key,
+                    format!("{v} is out of range: expected a fraction from 0.0 to 1.0 (0.05 = 5%)"),
+                );
                 default
             }
         }
@@ -258,7 +288,11 @@ impl Checker {
 }
 
 fn list(names: &[&str]) -> String {
-    names.iter().map(|n| format!("{{{n}}}")).collect::<Vec<_>>().join(", ")
+    names
+        .iter()
+        .map(|n| format!("{{{n}}}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Finds a program as the OS would: a path (relative to `base`) or a name on `PATH`.
@@ -276,8 +310,13 @@ fn find_program(program: &str, base: &Path) -> Result<PathBuf, String> {
             base.join(program)
         };
         return match std::fs::metadata(&path) {
-            Err(_) => Err(format!("program {program:?} does not exist (looked for {})", path.display())),
-            Ok(_) if !executable(&path) => Err(format!("program {} is not executable", path.display())),
+            Err(_) => Err(format!(
+                "program {program:?} does not exist (looked for {})",
+                path.display()
+            )),
+            Ok(_) if !executable(&path) => {
+                Err(format!("program {} is not executable", path.display()))
+            }
             Ok(_) => Ok(path),
         };
     }
@@ -289,7 +328,12 @@ fn find_program(program: &str, base: &Path) -> Result<PathBuf, String> {
         .ok_or_else(|| format!("program {program:?} was not found on PATH"))
 }
 
-pub(super) fn validate(raw: &RawDeploy, base: &Path, c: &mut Checker, has_preview: bool) -> Option<DeployConfig> {
+pub(super) fn validate(
+    raw: &RawDeploy,
+    base: &Path,
+    c: &mut Checker,
+    has_preview: bool,
+) -> Option<DeployConfig> {
     let method = match (&raw.hooks, &raw.supervisor) {
         (Some(h), None) => {
             let deploy = c.template("deploy.hooks.deploy", &h.deploy, HOOK_VARS, base);
@@ -298,7 +342,10 @@ pub(super) fn validate(raw: &RawDeploy, base: &Path, c: &mut Checker, has_previe
                 .as_deref()
                 .map(|d| c.template("deploy.hooks.decommission", d, HOOK_VARS, base));
             match (deploy, decommission) {
-                (Some(deploy), None) => Some(DeployMethod::Hooks { deploy, decommission: None }),
+                (Some(deploy), None) => Some(DeployMethod::Hooks {
+                    deploy,
+                    decommission: None,
+                }),
                 (Some(deploy), Some(Some(d))) => Some(DeployMethod::Hooks {
                     deploy,
                     decommission: Some(d),
@@ -308,20 +355,31 @@ pub(super) fn validate(raw: &RawDeploy, base: &Path, c: &mut Checker, has_previe
         }
         (None, Some(s)) => {
             let run = c.template("deploy.supervisor.run", &s.run, RUN_VARS, base);
-            if !placeholders(&s.run).iter().any(|p| p == "port" || p == "address") {
+            if !placeholders(&s.run)
+                .iter()
+                .any(|p| p == "port" || p == "address")
+            {
                 c.issue("deploy.supervisor.run", "must use {port} or {address}: each process serves one upstream address of its side");
             }
-            let stop_grace = c.duration("deploy.supervisor.stop_grace", s.stop_grace.as_deref(), Duration::from_secs(10));
+            let stop_grace = c.duration(
+                "deploy.supervisor.stop_grace",
+                s.stop_grace.as_deref(),
+                Duration::from_secs(10),
+            );
             run.map(|run| {
                 DeployMethod::Supervisor(SupervisorConfig {
                     run,
                     env: s.env.clone(),
                     stop_grace,
+                    stop_on_exit: s.stop_on_exit.unwrap_or(false),
                 })
             })
         }
         (Some(_), Some(_)) => {
-            c.issue("deploy", "set either [deploy.hooks] or [deploy.supervisor], not both");
+            c.issue(
+                "deploy",
+                "set either [deploy.hooks] or [deploy.supervisor], not both",
+            );
             None
         }
         (None, None) => {
@@ -338,30 +396,61 @@ pub(super) fn validate(raw: &RawDeploy, base: &Path, c: &mut Checker, has_previe
         }
     }
     if smoke.iter().any(|s| matches!(s, SmokeCheck::Http(_))) && !has_preview {
-        c.issue("deploy.smoke", "HTTP smoke tests run through the preview listener: set proxy.preview_listen");
+        c.issue(
+            "deploy.smoke",
+            "HTTP smoke tests run through the preview listener: set proxy.preview_listen",
+        );
     }
 
     let b = raw.bake.as_ref();
     let bake = BakeConfig {
-        duration: c.duration("deploy.bake.duration", b.and_then(|b| b.duration.as_deref()), Duration::from_secs(60)),
-        interval: c.duration("deploy.bake.interval", b.and_then(|b| b.interval.as_deref()), Duration::from_secs(5)),
+        duration: c.duration(
+            "deploy.bake.duration",
+            b.and_then(|b| b.duration.as_deref()),
+            Duration::from_secs(60),
+        ),
+        interval: c.duration(
+            "deploy.bake.interval",
+            b.and_then(|b| b.interval.as_deref()),
+            Duration::from_secs(5),
+        ),
         thresholds: Thresholds {
-            min_requests: c.int("deploy.bake.min_requests", b.and_then(|b| b.min_requests), 20, 1, 1_000_000_000) as u64,
-            max_error_rate: c.fraction("deploy.bake.max_error_rate", b.and_then(|b| b.max_error_rate), 0.01),
+            min_requests: c.int(
+                "deploy.bake.min_requests",
+                b.and_then(|b| b.min_requests),
+                20,
+                1,
+                1_000_000_000,
+            ) as u64,
+            max_error_rate: c.fraction(
+                "deploy.bake.max_error_rate",
+                b.and_then(|b| b.max_error_rate),
+                0.01,
+            ),
             max_p99: b
                 .and_then(|b| b.max_p99.as_deref())
                 .map(|p| c.duration("deploy.bake.max_p99", Some(p), Duration::from_secs(1))),
-            error_rate_ratio: c.ratio("deploy.bake.error_rate_ratio", b.and_then(|b| b.error_rate_ratio)),
+            error_rate_ratio: c.ratio(
+                "deploy.bake.error_rate_ratio",
+                b.and_then(|b| b.error_rate_ratio),
+            ),
             p99_ratio: c.ratio("deploy.bake.p99_ratio", b.and_then(|b| b.p99_ratio)),
         },
     };
     if bake.interval > bake.duration {
-        c.issue("deploy.bake.interval", "must not be longer than deploy.bake.duration");
+        c.issue(
+            "deploy.bake.interval",
+            "must not be longer than deploy.bake.duration",
+        );
     }
 
     let config = DeployConfig {
         method: method?,
-        deploy_timeout: c.duration("deploy.deploy_timeout", raw.deploy_timeout.as_deref(), Duration::from_secs(120)),
+        deploy_timeout: c.duration(
+            "deploy.deploy_timeout",
+            raw.deploy_timeout.as_deref(),
+            Duration::from_secs(120),
+        ),
         promote_timeout: raw
             .promote_timeout
             .as_deref()
@@ -370,7 +459,11 @@ pub(super) fn validate(raw: &RawDeploy, base: &Path, c: &mut Checker, has_previe
             None | Some("0") | Some("0s") => Duration::ZERO,
             Some(k) => c.duration("deploy.keep_warm", Some(k), Duration::ZERO),
         },
-        hook_timeout: c.duration("deploy.hook_timeout", raw.hook_timeout.as_deref(), Duration::from_secs(600)),
+        hook_timeout: c.duration(
+            "deploy.hook_timeout",
+            raw.hook_timeout.as_deref(),
+            Duration::from_secs(600),
+        ),
         smoke,
         bake,
         workdir: base.to_path_buf(),
@@ -382,23 +475,45 @@ fn smoke_check(key: &str, s: &RawSmoke, base: &Path, c: &mut Checker) -> Option<
     let name = s.name.clone().unwrap_or_else(|| key.to_string());
     if let Some(cmd) = &s.command {
         if s.path.is_some() || s.method.is_some() || s.body.is_some() || s.expect_status.is_some() {
-            c.issue(key, "a smoke test is either a command or an HTTP check (path = ...), not both");
+            c.issue(
+                key,
+                "a smoke test is either a command or an HTTP check (path = ...), not both",
+            );
         }
         let command = c.template(&format!("{key}.command"), cmd, SMOKE_COMMAND_VARS, base)?;
         return Some(SmokeCheck::Command { name, command });
     }
     let Some(path) = s.path.clone() else {
-        c.issue(key, "needs a path (an HTTP check, e.g. path = \"/\") or a command");
+        c.issue(
+            key,
+            "needs a path (an HTTP check, e.g. path = \"/\") or a command",
+        );
         return None;
     };
     if !path.starts_with('/') {
-        c.issue(format!("{key}.path"), format!("{path:?} must start with '/'"));
+        c.issue(
+            format!("{key}.path"),
+            format!("{path:?} must start with '/'"),
+        );
     }
-    let method = s.method.clone().unwrap_or_else(|| "GET".into()).to_ascii_uppercase();
+    let method = s
+        .method
+        .clone()
+        .unwrap_or_else(|| "GET".into())
+        .to_ascii_uppercase();
     if !method.bytes().all(|b| b.is_ascii_uppercase()) || method.is_empty() {
-        c.issue(format!("{key}.method"), format!("{method:?} is not an HTTP method"));
+        c.issue(
+            format!("{key}.method"),
+            format!("{method:?} is not an HTTP method"),
+        );
     }
-    let expect_status = c.int(&format!("{key}.expect_status"), s.expect_status, 200, 100, 599) as u16;
+    let expect_status = c.int(
+        &format!("{key}.expect_status"),
+        s.expect_status,
+        200,
+        100,
+        599,
+    ) as u16;
     let mut texts = vec![path.clone()];
     texts.extend(s.body.clone());
     texts.extend(s.expect_body_contains.clone());
@@ -406,7 +521,10 @@ fn smoke_check(key: &str, s: &RawSmoke, base: &Path, c: &mut Checker) -> Option<
     let mut expect_json = Vec::new();
     for (pointer, value) in &s.expect_json {
         if !(pointer.is_empty() || pointer.starts_with('/')) {
-            c.issue(format!("{key}.expect_json"), format!("{pointer:?} is not a JSON pointer (like \"/status\" or \"/items/0/id\")"));
+            c.issue(
+                format!("{key}.expect_json"),
+                format!("{pointer:?} is not a JSON pointer (like \"/status\" or \"/items/0/id\")"),
+            );
         }
         match serde_json::to_value(value) {
             Ok(v) => {
@@ -425,16 +543,27 @@ fn smoke_check(key: &str, s: &RawSmoke, base: &Path, c: &mut Checker) -> Option<
         name,
         method,
         path,
-        headers: s.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        headers: s
+            .headers
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
         body: s.body.clone(),
         expect_status,
         expect_body_contains: s.expect_body_contains.clone(),
         expect_json,
-        max_latency: s
-            .max_latency
-            .as_deref()
-            .map(|m| c.duration(&format!("{key}.max_latency"), Some(m), Duration::from_secs(1))),
-        timeout: c.duration(&format!("{key}.timeout"), s.timeout.as_deref(), Duration::from_secs(10)),
+        max_latency: s.max_latency.as_deref().map(|m| {
+            c.duration(
+                &format!("{key}.max_latency"),
+                Some(m),
+                Duration::from_secs(1),
+            )
+        }),
+        timeout: c.duration(
+            &format!("{key}.timeout"),
+            s.timeout.as_deref(),
+            Duration::from_secs(10),
+        ),
     }))
 }
 
@@ -444,7 +573,13 @@ mod tests {
 
     #[test]
     fn placeholders_are_found() {
-        assert_eq!(placeholders("./r/{version}/app --port {port} {{x}} {Nope} {}"), vec!["version", "port", "x"]);
-        assert_eq!(fill("a-{version}-{env}", &[("version", "v2"), ("env", "green")]), "a-v2-green");
+        assert_eq!(
+            placeholders("./r/{version}/app --port {port} {{x}} {Nope} {}"),
+            vec!["version", "port", "x"]
+        );
+        assert_eq!(
+            fill("a-{version}-{env}", &[("version", "v2"), ("env", "green")]),
+            "a-v2-green"
+        );
     }
 }

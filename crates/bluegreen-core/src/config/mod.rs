@@ -299,8 +299,13 @@ impl Config {
                 message: format!("cannot read file: {e}"),
             }],
         })?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        let mut cfg = Config::parse(&text, &path.display().to_string(), base)?;
+        let parent = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        // Absolute, so hooks and app processes find their files whatever their working directory.
+        let base = std::fs::canonicalize(parent).unwrap_or_else(|_| parent.to_path_buf());
+        let mut cfg = Config::parse(&text, &path.display().to_string(), &base)?;
         cfg.source = Some(path.to_path_buf());
         Ok(cfg)
     }
@@ -738,8 +743,13 @@ p99_ratio = 1.5
         assert_eq!(d.bake.thresholds.max_error_rate, 0.05);
         assert_eq!(d.bake.thresholds.p99_ratio, Some(1.5));
         assert_eq!(d.deploy_timeout, Duration::from_secs(30));
-        let deploy::DeployMethod::Supervisor(s) = d.method else { panic!() };
-        assert_eq!(s.run.render(&[("version", "v2"), ("port", "9002")]), vec!["./releases/v2/app", "--port", "9002"]);
+        let deploy::DeployMethod::Supervisor(s) = d.method else {
+            panic!()
+        };
+        assert_eq!(
+            s.run.render(&[("version", "v2"), ("port", "9002")]),
+            vec!["./releases/v2/app", "--port", "9002"]
+        );
     }
 
     #[test]
@@ -750,18 +760,32 @@ p99_ratio = 1.5
             .replace("max_error_rate = 0.05", "max_error_rate = 5")
             .replace("p99_ratio = 1.5", "p99_ratio = 0.5");
         let msg = problems(&text);
-        assert!(msg.contains("deploy.supervisor.run: unknown placeholder {verison}"), "{msg}");
+        assert!(
+            msg.contains("deploy.supervisor.run: unknown placeholder {verison}"),
+            "{msg}"
+        );
         assert!(msg.contains("deploy.smoke[0]: needs a path"), "{msg}");
-        assert!(msg.contains("deploy.bake.max_error_rate: 5 is out of range"), "{msg}");
-        assert!(msg.contains("deploy.bake.p99_ratio: 0.5 is out of range"), "{msg}");
+        assert!(
+            msg.contains("deploy.bake.max_error_rate: 5 is out of range"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("deploy.bake.p99_ratio: 0.5 is out of range"),
+            "{msg}"
+        );
     }
 
     #[test]
     fn missing_hook_program_is_named() {
-        let text = format!("{GOOD}\n[deploy]\n[deploy.hooks]\ndeploy = \"./no-such-hook.sh {{env}}\"\n");
+        let text =
+            format!("{GOOD}\n[deploy]\n[deploy.hooks]\ndeploy = \"./no-such-hook.sh {{env}}\"\n");
         let msg = problems(&text);
-        assert!(msg.contains("deploy.hooks.deploy: program \"./no-such-hook.sh\" does not exist"), "{msg}");
-        let text = format!("{GOOD}\n[deploy]\n[deploy.hooks]\ndeploy = \"true {{env}} {{version}}\"\n");
+        assert!(
+            msg.contains("deploy.hooks.deploy: program \"./no-such-hook.sh\" does not exist"),
+            "{msg}"
+        );
+        let text =
+            format!("{GOOD}\n[deploy]\n[deploy.hooks]\ndeploy = \"true {{env}} {{version}}\"\n");
         assert!(parse(&text).is_ok(), "a program on PATH is found");
     }
 }
