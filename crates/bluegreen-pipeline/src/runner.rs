@@ -434,58 +434,56 @@ fn describe(w: &Window) -> String {
     }
 }
 
-/// Step 7: watch the new side; roll back at once on a breach.
+/// Step 7: watch the new side; roll back at once on a breach. The current
+/// window is judged every 100 ms once it holds `min_requests`, so a bad
+/// version is caught within moments of enough traffic; windows roll over
+/// every `bake.interval`.
 async fn bake(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployRecord) -> StepEnd {
     let cfg = &p.config.bake;
     let start = p.router.live_window(d.target);
-    let mut window_start = start.clone();
+    let mut window_start = (start.clone(), Instant::now());
     let end = Instant::now() + cfg.duration;
-    let mut tick = tokio::time::interval(cfg.interval);
+    let mut tick = tokio::time::interval(Duration::from_millis(100).min(cfg.interval));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    tick.tick().await;
     let mut judged = 0u32;
     loop {
-        let abort = tokio::select! {
-            _ = tick.tick() => false,
-            _ = tokio::time::sleep_until(end.into()) => false,
-            _ = handle.abort.cancelled() => true,
-        };
-        if abort {
-            let why = aborted(handle);
-            return match p.switch_back(d, SwitchKind::Rollback, &why).await {
-                Ok(_) => StepEnd::End(
-                    Outcome::Aborted,
-                    format!("{why}; traffic is back on {}", d.from),
-                ),
-                Err(e) => StepEnd::End(
-                    Outcome::Aborted,
-                    format!("{why}; switching back failed: {e}"),
-                ),
-            };
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = handle.abort.cancelled() => {
+                let why = aborted(handle);
+                return match p.switch_back(d, SwitchKind::Rollback, &why).await {
+                    Ok(_) => StepEnd::End(Outcome::Aborted, format!("{why}; traffic is back on {}", d.from)),
+                    Err(e) => StepEnd::End(Outcome::Aborted, format!("{why}; switching back failed: {e}")),
+                };
+            }
         }
         let now = p.router.live_window(d.target);
-        let window = now.since(&window_start);
+        let window = now.since(&window_start.0);
         match judge(&window, d.baseline.as_ref(), &cfg.thresholds) {
             Verdict::Pass => {
-                judged += 1;
-                window_start = now.clone();
-                note(
-                    p,
-                    Step::Bake,
-                    format!("healthy so far: {}", describe(&now.since(&start))),
-                )
-                .await;
+                if window_start.1.elapsed() >= cfg.interval {
+                    judged += 1;
+                    window_start = (now.clone(), Instant::now());
+                    note(
+                        p,
+                        Step::Bake,
+                        format!("healthy so far: {}", describe(&now.since(&start))),
+                    )
+                    .await;
+                }
             }
             Verdict::NotEnoughTraffic => {
-                note(
-                    p,
-                    Step::Bake,
-                    format!(
-                        "waiting for traffic: {} of {} requests",
-                        window.requests, cfg.thresholds.min_requests
-                    ),
-                )
-                .await;
+                if window_start.1.elapsed() >= cfg.interval {
+                    note(
+                        p,
+                        Step::Bake,
+                        format!(
+                            "waiting for traffic: {} of {} requests",
+                            window.requests, cfg.thresholds.min_requests
+                        ),
+                    )
+                    .await;
+                }
             }
             Verdict::Breach(b) => {
                 let reason = format!("bake: {}", b.summary);
@@ -513,7 +511,7 @@ async fn bake(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployRecord) -> StepEn
         }
         if Instant::now() >= end {
             let total = p.router.live_window(d.target).since(&start);
-            let verdict = if judged == 0 {
+            let verdict = if judged == 0 && total.requests < cfg.thresholds.min_requests {
                 " (too little traffic to judge)"
             } else {
                 ""

@@ -1,38 +1,38 @@
-//! `bluegreen demo`: the whole idea in one command. Starts two demo apps as
-//! child processes (blue v1, green v2), the router in front of them with the
-//! embedded default config, keeps live traffic flowing, switches to green and
-//! rolls back under that load, and reports every response by side.
+//! `bluegreen demo`: the whole release cycle in one command. Starts the
+//! router with an embedded default config whose built-in supervisor runs the
+//! demo app, deploys v1, then v2 under live traffic, and with `--broken` a v3
+//! that starts failing under real traffic and is rolled back by the bake. It
+//! counts every response by the version that served it.
 
+use crate::progress::{Mode, Progress};
 use crate::serve;
 use anyhow::{bail, Context};
 use bluegreen_core::config::Config;
-use bluegreen_core::state::{SwitchKind, SwitchRequest};
-use bluegreen_core::Side;
+use bluegreen_core::deploy::{DeployOptions, Outcome};
+use bluegreen_pipeline::Pipeline;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{ExitCode, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-/// The embedded default config the demo runs with; `{..}` are filled in.
+/// The embedded default config the demo runs with; `{{..}}` are filled in.
 const DEMO_CONFIG: &str = r#"
 [proxy]
-listen = "{proxy}"
-preview_listen = "{preview}"
+listen = "{{proxy}}"
+preview_listen = "{{preview}}"
 
 [admin]
-listen = "{admin}"
-token_env = "BLUEGREEN_TOKEN"
+listen = "{{admin}}"
 
 [state]
-dir = "{state}"
+dir = "{{state}}"
 
 [health]
 path = "/healthz"
@@ -42,13 +42,32 @@ healthy_threshold = 2
 unhealthy_threshold = 2
 
 [environments.blue]
-upstreams = ["{blue}"]
+upstreams = ["{{blue}}"]
 
 [environments.green]
-upstreams = ["{green}"]
+upstreams = ["{{green}}"]
 
 [switch]
-drain_timeout = "5s"
+drain_timeout = "2s"
+
+[deploy]
+deploy_timeout = "30s"
+
+[deploy.supervisor]
+run = "{bluegreen} app --listen {address} --name {env}"
+stop_on_exit = true
+
+[[deploy.smoke]]
+name = "serves its version"
+path = "/version"
+expect_json = { "/version" = "{version}" }
+max_latency = "1s"
+
+[deploy.bake]
+duration = "{{bake}}"
+interval = "500ms"
+min_requests = 20
+max_error_rate = 0.02
 "#;
 
 /// Flags of `bluegreen demo`.
@@ -63,22 +82,28 @@ pub struct DemoArgs {
     /// Admin API listener.
     #[arg(long, default_value = "127.0.0.1:9901")]
     pub admin_listen: SocketAddr,
-    /// Concurrent keep-alive clients generating traffic during the tour.
+    /// Also deploy a broken v3 that fails under live traffic and is rolled back.
+    #[arg(long)]
+    pub broken: bool,
+    /// Concurrent keep-alive clients generating traffic.
     #[arg(long, default_value_t = 8)]
     pub clients: usize,
-    /// Seconds between the steps of the tour.
+    /// Bake time of each deploy, in seconds.
     #[arg(long, default_value_t = 3.0)]
-    pub step: f64,
-    /// After the tour, keep the router running until Ctrl-C.
+    pub bake: f64,
+    /// After the demo, keep the router running until Ctrl-C.
     #[arg(long)]
     pub keep_running: bool,
 }
 
+/// Responses by what answered them.
 #[derive(Default)]
-struct Counts {
-    blue: AtomicU64,
-    green: AtomicU64,
-    errors: AtomicU64,
+struct Tally {
+    by_version: BTreeMap<String, u64>,
+    /// 5xx the broken version answered on purpose, before the rollback.
+    broken: u64,
+    /// Anything else that was not a good answer.
+    failed: u64,
 }
 
 /// Entry point of `bluegreen demo`.
@@ -90,195 +115,154 @@ pub fn main(args: DemoArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
-    let step = Duration::from_secs_f64(args.step.clamp(0.2, 60.0));
-    // 1. Two demo apps as real child processes.
-    let (_blue, blue_addr) = spawn_app("blue", "v1").await?;
-    let (_green, green_addr) = spawn_app("green", "v2").await?;
-    println!("started demo apps: blue v1 on {blue_addr}, green v2 on {green_addr}");
-
-    // 2. The router, from the embedded default config, with a fresh state dir.
+    // 1. The router with the embedded default config and a fresh state dir.
     let state_dir = TempDir::new()?;
     let text = DEMO_CONFIG
-        .replace("{proxy}", &args.listen.to_string())
-        .replace("{preview}", &args.preview_listen.to_string())
-        .replace("{admin}", &args.admin_listen.to_string())
-        .replace("{state}", &state_dir.0.display().to_string())
-        .replace("{blue}", &blue_addr.to_string())
-        .replace("{green}", &green_addr.to_string());
+        .replace("{{proxy}}", &args.listen.to_string())
+        .replace("{{preview}}", &args.preview_listen.to_string())
+        .replace("{{admin}}", &args.admin_listen.to_string())
+        .replace("{{state}}", &state_dir.0.display().to_string())
+        .replace("{{blue}}", &free_port()?.to_string())
+        .replace("{{green}}", &free_port()?.to_string())
+        .replace(
+            "{{bake}}",
+            &format!("{}ms", (args.bake.clamp(0.5, 600.0) * 1000.0) as u64),
+        );
     let config = Config::parse(&text, "<embedded demo config>", Path::new("."))?;
     let token = random_token();
     let running = serve::start(config, &token).await?;
-    let router = running.router.clone();
+    let pipeline = running
+        .pipeline
+        .clone()
+        .context("the demo config has a pipeline")?;
     println!(
-        "router: live traffic on http://{}  preview (idle side) on http://{}  admin on http://{}",
+        "router: live traffic on http://{}, preview (idle side) on http://{}, admin API on http://{}\n",
         running.proxy,
-        running.preview.expect("demo has a preview listener"),
+        running.preview.context("demo has a preview listener")?,
         running.admin
     );
-    wait_healthy(&router).await?;
-    println!(
-        "both sides healthy; blue is live. Sending traffic with {} keep-alive clients...\n",
-        args.clients
-    );
 
-    // 3. Live traffic for the whole tour, counted by the side that answered.
-    let counts = Arc::new(Counts::default());
+    // 2. v1 goes to the idle side and becomes live.
+    let mut ok = deploy(&pipeline, "v1", BTreeMap::new()).await? == Outcome::Succeeded;
+
+    // 3. Live traffic from now on, counted by the version that answered.
+    let tally = Arc::new(Mutex::new(Tally::default()));
     let stop = Arc::new(AtomicBool::new(false));
-    let mut clients = Vec::new();
-    for _ in 0..args.clients.max(1) {
-        clients.push(tokio::spawn(traffic(
-            running.proxy,
-            counts.clone(),
-            stop.clone(),
-        )));
-    }
-    let started = Instant::now();
-    let report = {
-        let counts = counts.clone();
-        let router = router.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(500));
-            loop {
-                tick.tick().await;
-                println!(
-                    "[{:>5.1}s] live={:<5}  answered by blue {:>7}  green {:>7}  failed {}",
-                    started.elapsed().as_secs_f64(),
-                    router.live().as_str(),
-                    counts.blue.load(Ordering::Relaxed),
-                    counts.green.load(Ordering::Relaxed),
-                    counts.errors.load(Ordering::Relaxed)
-                );
-            }
-        })
-    };
+    let clients: Vec<_> = (0..args.clients.max(1))
+        .map(|_| tokio::spawn(traffic(running.proxy, tally.clone(), stop.clone())))
+        .collect();
+    println!(
+        "\nsending live traffic with {} keep-alive clients...\n",
+        args.clients.max(1)
+    );
 
-    // 4. The tour: switch to green under load, then roll back.
-    tokio::time::sleep(step).await;
-    let t = Instant::now();
-    let out = router
-        .switch(SwitchRequest {
-            to: Side::Green,
-            kind: SwitchKind::Switch,
-            forced: false,
-            actor: "demo".into(),
-            reason: "demo: release v2".into(),
-        })
-        .await?;
-    println!(
-        "==> switch: {} in {:.2} ms",
-        out.message,
-        t.elapsed().as_secs_f64() * 1000.0
-    );
-    tokio::time::sleep(step).await;
-    let t = Instant::now();
-    let out = router
-        .rollback(false, "demo".into(), "demo: roll back to v1".into())
-        .await?;
-    println!(
-        "==> rollback: {} in {:.2} ms",
-        out.message,
-        t.elapsed().as_secs_f64() * 1000.0
-    );
-    tokio::time::sleep(step).await;
+    // 4. v2 under load: zero failed requests expected.
+    ok &= deploy(&pipeline, "v2", BTreeMap::new()).await? == Outcome::Succeeded;
+
+    // 5. A broken v3: passes health and smoke, then fails under real traffic.
+    if args.broken {
+        println!("\nnow a broken v3: it passes health and smoke tests, then answers 500 under real traffic\n");
+        let env = BTreeMap::from([("BLUEGREEN_APP_ERROR_AFTER".to_string(), "5".to_string())]);
+        ok &= deploy(&pipeline, "v3", env).await? == Outcome::RolledBack;
+    }
     stop.store(true, Ordering::Relaxed);
     for c in clients {
         let _ = c.await;
     }
-    report.abort();
 
-    // 5. The verdict.
-    let (b, g, e) = (
-        counts.blue.load(Ordering::Relaxed),
-        counts.green.load(Ordering::Relaxed),
-        counts.errors.load(Ordering::Relaxed),
-    );
-    println!(
-        "\n{} requests: {b} answered by blue, {g} by green, {e} failed",
-        b + g + e
-    );
+    // 6. The verdict.
+    let t = std::mem::take(&mut *tally.lock().unwrap_or_else(|p| p.into_inner()));
+    let served: Vec<String> = t
+        .by_version
+        .iter()
+        .map(|(v, n)| format!("{v}: {n}"))
+        .collect();
+    println!("\nlive requests answered by version: {}", served.join(", "));
+    if args.broken {
+        println!(
+            "500s from the broken v3 before the bake rolled it back: {}",
+            t.broken
+        );
+    }
+    println!("failed requests (errors, resets, 502/503): {}", t.failed);
     if args.keep_running {
         println!(
-            "\nThe router keeps running. Try:\n  curl http://{proxy}/\n  curl http://{preview}/\n  export BLUEGREEN_ADMIN=http://{admin} BLUEGREEN_TOKEN={token}\n  bluegreen status\n  bluegreen switch\nPress Ctrl-C to stop.",
+            "\nThe router keeps running. Try:\n  curl http://{proxy}/\n  export BLUEGREEN_ADMIN=http://{admin} BLUEGREEN_TOKEN={token}\n  bluegreen status\n  bluegreen deploy v4\n  bluegreen history\nPress Ctrl-C to stop.",
             proxy = running.proxy,
-            preview = running.preview.expect("preview"),
             admin = running.admin,
         );
         let _ = tokio::signal::ctrl_c().await;
     }
     running.shutdown().await;
-    if e > 0 || b == 0 || g == 0 {
-        println!("demo FAILED: every request should succeed and both sides should have served");
+    if !ok || t.failed > 0 {
+        println!("demo FAILED: every deploy should end as expected with zero failed requests");
         return Ok(ExitCode::from(1));
     }
-    println!("zero failed requests across the switch and the rollback.");
+    println!("every release ended as expected, with zero failed requests.");
     Ok(ExitCode::SUCCESS)
 }
 
-async fn spawn_app(name: &str, version: &str) -> anyhow::Result<(Child, SocketAddr)> {
-    let exe = std::env::current_exe().context("cannot find the bluegreen executable")?;
-    let mut child = Command::new(exe)
-        .args([
-            "app",
-            "--name",
-            name,
-            "--app-version",
-            version,
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("cannot start the {name} demo app"))?;
-    let stdout = child.stdout.take().expect("piped stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
-        .await
-        .with_context(|| format!("the {name} demo app did not start within 10s"))??
-        .with_context(|| format!("the {name} demo app exited before listening"))?;
-    let addr = line
-        .strip_prefix("listening ")
-        .and_then(|a| a.parse().ok())
-        .with_context(|| format!("unexpected first line from the {name} demo app: {line:?}"))?;
-    Ok((child, addr))
-}
-
-async fn wait_healthy(router: &bluegreen_router::Router) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(10);
+/// Runs one deploy in-process, showing the same progress as `bluegreen deploy`.
+async fn deploy(
+    p: &Arc<Pipeline>,
+    version: &str,
+    env: BTreeMap<String, String>,
+) -> anyhow::Result<Outcome> {
+    let options = DeployOptions {
+        env,
+        actor: "demo".into(),
+        reason: format!("demo release {version}"),
+        ..DeployOptions::default()
+    };
+    let record = p.deploy(version, options).await?;
+    let mut progress = Progress::new(Mode::detect(false));
     loop {
-        let snap = router.snapshot();
-        if Side::ALL.iter().all(|&s| snap.pools[s].healthy_count() > 0) {
-            return Ok(());
+        let d = p.get(record.id).await?;
+        if d.is_finished() {
+            progress.finish(&d);
+            return Ok(d.outcome);
         }
-        if Instant::now() > deadline {
-            bail!("the demo apps did not become healthy within 10s");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        progress.update(&d);
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
-async fn traffic(proxy: SocketAddr, counts: Arc<Counts>, stop: Arc<AtomicBool>) {
+async fn traffic(proxy: SocketAddr, tally: Arc<Mutex<Tally>>, stop: Arc<AtomicBool>) {
     let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
     let uri: http::Uri = format!("http://{proxy}/").parse().expect("valid URI");
-    // Bounded in time by the tour and in count as a guard.
+    // Bounded in time by the demo and in count as a guard.
     for _ in 0..10_000_000u64 {
         if stop.load(Ordering::Relaxed) {
             return;
         }
-        let ok = match client.get(uri.clone()).await {
-            Ok(resp) if resp.status().is_success() => {
-                resp.into_body().collect().await.ok().map(|b| b.to_bytes())
+        let answer = match client.get(uri.clone()).await {
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                let body = resp.into_body().collect().await.map(|b| b.to_bytes()).ok();
+                body.map(|b| (status, String::from_utf8_lossy(&b).into_owned()))
             }
-            _ => None,
+            Err(_) => None,
         };
-        let counter = match ok.as_deref() {
-            Some(b) if b.starts_with(b"blue") => &counts.blue,
-            Some(b) if b.starts_with(b"green") => &counts.green,
-            _ => &counts.errors,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
+        let mut t = tally.lock().unwrap_or_else(|p| p.into_inner());
+        match answer {
+            Some((200, body)) => {
+                let version = body.split_whitespace().nth(1).unwrap_or("?").to_string();
+                *t.by_version.entry(version).or_default() += 1;
+            }
+            Some((500, body)) if body.contains("simulated failure") => t.broken += 1,
+            _ => t.failed += 1,
+        }
     }
+}
+
+/// A port nothing listens on right now, for the demo's upstreams.
+fn free_port() -> anyhow::Result<SocketAddr> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = l.local_addr()?;
+    if addr.port() == 0 {
+        bail!("no free port");
+    }
+    Ok(addr)
 }
 
 fn random_token() -> String {

@@ -12,7 +12,7 @@ pub enum LogFormat {
 /// Installs the global subscriber. `RUST_LOG` overrides the level.
 pub fn init(format: LogFormat, verbose: u8, quiet: bool) {
     let default = match verbose {
-        0 if quiet => "warn",
+        0 if quiet => "error",
         0 => "info,hyper=warn",
         1 => "debug,hyper=info",
         _ => "trace",

@@ -111,6 +111,9 @@ impl Progress {
                         d.id, d.version, d.target, d.from
                     );
                 }
+                for l in logs {
+                    println!("  | {}", l.text);
+                }
                 for s in &d.steps {
                     let before = prev.as_ref().map(|p| p.step(s.step));
                     if before.map(|b| (b.state, &b.detail)) != Some((s.state, &s.detail))
@@ -130,9 +133,6 @@ impl Progress {
                                 .unwrap_or_default()
                         );
                     }
-                }
-                for l in logs {
-                    println!("  | {}", l.text);
                 }
             }
             Mode::Json => {

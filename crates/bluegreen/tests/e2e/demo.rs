@@ -1,10 +1,10 @@
-//! The README's main command works: the demo switches and rolls back under
-//! load with zero failed requests.
+//! The README's main command works: the demo deploys v1 and v2 under load
+//! with zero failed requests, and rolls a broken v3 back by itself.
 
 use crate::support::*;
 
 #[test]
-fn demo_switches_and_rolls_back_with_zero_failed_requests() {
+fn demo_releases_v1_v2_and_rolls_back_a_broken_v3() {
     let out = std::process::Command::new(bin())
         .args([
             "demo",
@@ -14,8 +14,9 @@ fn demo_switches_and_rolls_back_with_zero_failed_requests() {
             "127.0.0.1:0",
             "--admin-listen",
             "127.0.0.1:0",
-            "--step",
-            "0.5",
+            "--broken",
+            "--bake",
+            "1",
             "--clients",
             "4",
         ])

@@ -5,6 +5,7 @@
 mod admin;
 mod config;
 mod demo;
+mod deploy;
 mod health;
 mod manners;
 mod preview;

@@ -254,6 +254,8 @@ pub struct RouterBuilder {
     drain: String,
     upstream_timeout: String,
     state_dir: Option<PathBuf>,
+    extra: String,
+    env: Vec<(String, String)>,
 }
 
 impl RouterBuilder {
@@ -266,6 +268,8 @@ impl RouterBuilder {
             drain: "5s".into(),
             upstream_timeout: "2s".into(),
             state_dir: None,
+            extra: String::new(),
+            env: Vec::new(),
         }
     }
 
@@ -287,6 +291,18 @@ impl RouterBuilder {
 
     pub fn drain(mut self, d: &str) -> Self {
         self.drain = d.into();
+        self
+    }
+
+    /// Raw TOML appended to the config (e.g. a `[deploy]` table).
+    pub fn extra(mut self, toml: &str) -> Self {
+        self.extra.push_str(toml);
+        self
+    }
+
+    /// An environment variable for the router process.
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.into(), v.into()));
         self
     }
 
@@ -318,7 +334,7 @@ impl RouterBuilder {
              [admin]\nlisten = \"127.0.0.1:0\"\ntoken_env = \"BG_TEST_TOKEN\"\n\n\
              [state]\ndir = \"{state}\"\n\n[health]\npath = \"/healthz\"\n{health}\n\n\
              [environments.blue]\nupstreams = [{blue}]\n\n[environments.green]\nupstreams = [{green}]\n\n\
-             [switch]\ndrain_timeout = \"{drain}\"\n",
+             [switch]\ndrain_timeout = \"{drain}\"\n{extra_toml}\n",
             extra = self.extra_proxy,
             timeout = self.upstream_timeout,
             state = state_dir.display(),
@@ -326,6 +342,7 @@ impl RouterBuilder {
             blue = list(&self.blue),
             green = list(&self.green),
             drain = self.drain,
+            extra_toml = self.extra,
         )
     }
 
@@ -338,7 +355,7 @@ impl RouterBuilder {
             .unwrap_or_else(|| tmp.path().join("state"));
         let config = tmp.path().join("bluegreen.toml");
         std::fs::write(&config, self.config_text(&state_dir)).unwrap();
-        RouterProc::spawn(config, state_dir, tmp)
+        RouterProc::spawn_with(config, state_dir, tmp, &self.env)
     }
 }
 
@@ -351,6 +368,8 @@ pub struct RouterProc {
     pub config: PathBuf,
     pub state_dir: PathBuf,
     pub stderr: Arc<Mutex<String>>,
+    /// When false, dropping this leaves the supervised apps running.
+    pub kill_apps_on_drop: bool,
     _tmp: tempfile::TempDir,
 }
 
@@ -360,9 +379,19 @@ pub fn bin() -> &'static str {
 
 impl RouterProc {
     pub fn spawn(config: PathBuf, state_dir: PathBuf, tmp: tempfile::TempDir) -> RouterProc {
+        RouterProc::spawn_with(config, state_dir, tmp, &[])
+    }
+
+    pub fn spawn_with(
+        config: PathBuf,
+        state_dir: PathBuf,
+        tmp: tempfile::TempDir,
+        env: &[(String, String)],
+    ) -> RouterProc {
         let mut child = Command::new(bin())
             .args(["serve", "--config"])
             .arg(&config)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .env("BG_TEST_TOKEN", TOKEN)
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
@@ -411,6 +440,7 @@ impl RouterProc {
             config,
             state_dir,
             stderr,
+            kill_apps_on_drop: true,
             _tmp: tmp,
         }
     }
@@ -504,6 +534,16 @@ impl RouterProc {
         .await;
     }
 
+    /// Waits until the live side has a healthy upstream.
+    pub async fn wait_until_live_healthy(&self) {
+        wait_until(Duration::from_secs(10), "live side healthy", || async {
+            let s = self.status().await;
+            let live = s["live"].as_str().unwrap().to_string();
+            s["sides"][live.as_str()]["healthy"].as_u64().unwrap_or(0) > 0
+        })
+        .await;
+    }
+
     /// Sends a signal by name through `kill(1)`.
     pub fn signal(&self, sig: &str) {
         let ok = Command::new("kill")
@@ -534,10 +574,42 @@ impl RouterProc {
     }
 }
 
+impl RouterProc {
+    /// Pids of the app processes the router's supervisor recorded.
+    pub fn app_pids(&self) -> Vec<u32> {
+        app_pids(&self.state_dir)
+    }
+}
+
+/// Pids in a state dir's process table.
+pub fn app_pids(state_dir: &Path) -> Vec<u32> {
+    let Ok(raw) = std::fs::read(state_dir.join("processes.json")) else {
+        return Vec::new();
+    };
+    let v: serde_json::Value = serde_json::from_slice(&raw).unwrap_or_default();
+    ["blue", "green"]
+        .iter()
+        .flat_map(|side| {
+            v["sides"][side]["procs"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .filter_map(|p| p["pid"].as_u64().map(|x| x as u32))
+        .collect()
+}
+
 impl Drop for RouterProc {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // Supervised apps outlive the router by design; tests must not leak them.
+        if !self.kill_apps_on_drop {
+            return;
+        }
+        for pid in self.app_pids() {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
     }
 }
 

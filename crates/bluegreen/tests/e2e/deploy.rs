@@ -1,0 +1,528 @@
+//! The deploy pipeline end to end: the real router supervising real app
+//! processes (`bluegreen app`), driven by the real CLI.
+
+use crate::support::*;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+fn deploy_toml(bake: &str, keep_warm: &str) -> String {
+    format!(
+        r#"
+[deploy]
+deploy_timeout = "4s"
+keep_warm = "{keep_warm}"
+
+[deploy.supervisor]
+run = "{{bluegreen}} app --listen {{address}} --name {{env}}"
+stop_on_exit = true
+stop_grace = "2s"
+
+[[deploy.smoke]]
+name = "smoke endpoint"
+path = "/smoke"
+expect_body_contains = "{{version}}"
+
+[deploy.bake]
+duration = "{bake}"
+interval = "200ms"
+min_requests = 10
+max_error_rate = 0.05
+"#
+    )
+}
+
+/// A router with a supervisor pipeline in front of two free ports.
+fn pipeline_router(bake: &str, keep_warm: &str) -> RouterBuilder {
+    RouterBuilder::addrs(vec![closed_port()], vec![closed_port()])
+        .health("interval = \"100ms\"\ntimeout = \"500ms\"\nhealthy_threshold = 1\nunhealthy_threshold = 1")
+        .drain("1s")
+        .extra(&deploy_toml(bake, keep_warm))
+}
+
+/// `bluegreen deploy ARGS` through the CLI; (exit code, stdout, stderr).
+fn cli_deploy(router: &RouterProc, args: &[&str]) -> (i32, String, String) {
+    let mut all = vec!["deploy"];
+    all.extend_from_slice(args);
+    router.cli(&all)
+}
+
+async fn body(router: &RouterProc) -> String {
+    get(&h1_client(), &router.url("/"))
+        .await
+        .map(|(_, b)| b)
+        .unwrap_or_default()
+}
+
+async fn current(router: &RouterProc) -> serde_json::Value {
+    router
+        .api("GET", "/api/v1/deploys/current", None, Some(TOKEN))
+        .await
+        .1
+}
+
+async fn wait_step(router: &RouterProc, step: usize, state: &str) {
+    wait_until(
+        Duration::from_secs(20),
+        &format!("step {step} {state}"),
+        || async { current(router).await["steps"][step]["state"] == state },
+    )
+    .await;
+}
+
+/// One request: when it started and what came back.
+type Sample = (Instant, Result<(u16, String), String>);
+
+/// Live traffic until stopped, every answer kept.
+struct Load {
+    stop: Arc<AtomicBool>,
+    seen: Arc<Mutex<Vec<Sample>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(router: &RouterProc, clients: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let tasks = (0..clients)
+            .map(|_| {
+                let (stop, seen, url) = (stop.clone(), seen.clone(), router.url("/"));
+                tokio::spawn(async move {
+                    let c = h1_client();
+                    for _ in 0..200_000 {
+                        if stop.load(Ordering::SeqCst) {
+                            return;
+                        }
+                        let start = Instant::now();
+                        let r = get(&c, &url).await;
+                        seen.lock().unwrap().push((start, r));
+                        tokio::task::yield_now().await;
+                    }
+                })
+            })
+            .collect();
+        Load { stop, seen, tasks }
+    }
+
+    async fn stop(self) -> Vec<Sample> {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        std::mem::take(&mut *self.seen.lock().unwrap())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn good_deploys_complete_under_load_with_zero_failed_requests() {
+    let router = pipeline_router("1s", "0s").start();
+    let (code, out, err) = cli_deploy(&router, &["v1"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("deploy #1 of v1 to green succeeded"), "{out}");
+    assert_eq!(body(&router).await, "green v1\n");
+
+    let load = Load::start(&router, 8);
+    let r2 = std::thread::scope(|s| {
+        s.spawn(|| cli_deploy(&router, &["v2", "--reason", "ship it"]))
+            .join()
+            .unwrap()
+    });
+    let done = Instant::now();
+    let seen = load.stop().await;
+    assert_eq!(r2.0, 0, "{}\n{}", r2.1, r2.2);
+    let failures: Vec<_> = seen
+        .iter()
+        .filter(|(_, r)| !matches!(r, Ok((200, _))))
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{} of {} failed: {:?}",
+        failures.len(),
+        seen.len(),
+        &failures[..failures.len().min(3)]
+    );
+    let bodies = |v: &str| {
+        seen.iter()
+            .filter(|(_, r)| matches!(r, Ok((_, b)) if b.contains(v)))
+            .count()
+    };
+    assert!(
+        bodies("v1") > 0 && bodies("v2") > 0,
+        "both versions served under load"
+    );
+    assert!(seen
+        .iter()
+        .filter(|(t, _)| *t > done)
+        .all(|(_, r)| matches!(r, Ok((_, b)) if b == "blue v2\n")));
+
+    // Every step is recorded with its duration; the bake really waited.
+    let (code, out, _) = router.cli(&["history", "--json"]);
+    assert_eq!(code, 0);
+    let h: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let deploys = h["deploys"].as_array().unwrap();
+    assert_eq!(deploys.len(), 2);
+    for d in deploys {
+        assert_eq!(d["outcome"], "succeeded", "{d}");
+        for s in d["steps"].as_array().unwrap() {
+            assert!(
+                s["finished_at_ms"].as_u64().unwrap() >= s["started_at_ms"].as_u64().unwrap(),
+                "{s}"
+            );
+        }
+    }
+    let bake = &deploys[1]["steps"][5];
+    assert!(
+        bake["finished_at_ms"].as_u64().unwrap() - bake["started_at_ms"].as_u64().unwrap() >= 1000,
+        "{bake}"
+    );
+    assert_eq!(deploys[1]["options"]["reason"], "ship it");
+    assert_eq!(h["releases"]["blue"]["version"], "v2");
+    assert_eq!(
+        h["releases"]["green"]["running"], false,
+        "old side decommissioned"
+    );
+    let (_, text, _) = router.cli(&["history"]);
+    assert!(text.contains("bake done"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failing_health_check_leaves_the_live_side_untouched() {
+    let router = pipeline_router("300ms", "0s").start();
+    assert_eq!(cli_deploy(&router, &["v1"]).0, 0);
+    let (code, out, _) = cli_deploy(&router, &["v2", "--env", "BLUEGREEN_APP_FAIL_HEALTH=1"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("health gate: 0/1 upstreams of blue healthy"),
+        "{out}"
+    );
+    assert!(out.contains("503"), "says why: {out}");
+    assert!(out.contains("green was never switched away from"), "{out}");
+    assert_eq!(body(&router).await, "green v1\n");
+    assert_eq!(router.status().await["live"], "green");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failing_smoke_test_names_the_check_and_what_came_back() {
+    let router = pipeline_router("300ms", "0s").start();
+    assert_eq!(cli_deploy(&router, &["v1"]).0, 0);
+    let (code, out, _) = cli_deploy(&router, &["v2", "--env", "BLUEGREEN_APP_FAIL_SMOKE=1"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(r#"smoke test "smoke endpoint" failed: GET /smoke → 500 (expected 200)"#),
+        "{out}"
+    );
+    assert!(out.contains("smoke failure"), "quotes the body: {out}");
+    assert_eq!(body(&router).await, "green v1\n");
+    // --skip-smoke is honoured and recorded.
+    let (code, out, _) = cli_deploy(
+        &router,
+        &["v3", "--env", "BLUEGREEN_APP_FAIL_SMOKE=1", "--skip-smoke"],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("skipped: skipped by --skip-smoke"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn error_spike_after_the_switch_rolls_back_by_itself() {
+    let router = pipeline_router("5s", "0s").start();
+    assert_eq!(cli_deploy(&router, &["v1"]).0, 0);
+    let load = Load::start(&router, 4);
+    let (code, out, _) = std::thread::scope(|s| {
+        s.spawn(|| cli_deploy(&router, &["v2", "--env", "BLUEGREEN_APP_ERROR_AFTER=3"]))
+            .join()
+            .unwrap()
+    });
+    let done = Instant::now();
+    wait_until(Duration::from_secs(5), "traffic after the rollback", || {
+        let seen = load.seen.clone();
+        async move {
+            seen.lock()
+                .unwrap()
+                .iter()
+                .filter(|(t, _)| *t > done)
+                .count()
+                > 50
+        }
+    })
+    .await;
+    let seen = load.stop().await;
+    assert_eq!(code, 3, "rolled back: {out}");
+    assert!(
+        out.contains("ROLLED BACK") && out.contains("error rate"),
+        "{out}"
+    );
+    assert!(
+        seen.iter()
+            .filter(|(t, _)| *t > done)
+            .all(|(_, r)| matches!(r, Ok((200, b)) if b == "green v1\n")),
+        "traffic is back on v1"
+    );
+    let d = router
+        .api("GET", "/api/v1/deploys/2", None, Some(TOKEN))
+        .await
+        .1;
+    assert_eq!(d["outcome"], "rolled_back");
+    assert_eq!(d["breach"]["metric"], "error_rate");
+    assert!(d["breach"]["observed"].as_f64().unwrap() > 0.05, "{d}");
+    assert_eq!(router.status().await["last_switch"]["kind"], "rollback");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn manual_promote_waits_at_the_gate() {
+    let router = pipeline_router("300ms", "0s").start();
+    assert_eq!(cli_deploy(&router, &["v1"]).0, 0);
+    let (code, out, _) = cli_deploy(&router, &["v2", "--manual-promote", "--detach"]);
+    assert_eq!(code, 0, "{out}");
+    wait_step(&router, 3, "running").await;
+    assert_eq!(
+        body(&router).await,
+        "green v1\n",
+        "nothing switches before promote"
+    );
+    let (code, out, _) = cli_deploy(&router, &["v3"]);
+    assert_eq!(code, 1);
+    let (_, _, err) = cli_deploy(&router, &["v3"]);
+    assert!(err.contains("deploy #2 (v2) is in progress"), "{out}{err}");
+    let (code, out, _) = router.cli(&["promote"]);
+    assert_eq!(code, 0, "{out}");
+    wait_until(Duration::from_secs(20), "deploy succeeded", || async {
+        current(&router).await["outcome"] == "succeeded"
+    })
+    .await;
+    assert_eq!(body(&router).await, "blue v2\n");
+    let (code, _, err) = router.cli(&["promote"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no deploy is waiting"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn abort_at_the_gate_and_during_the_bake_leave_the_old_side_live() {
+    let router = pipeline_router("30s", "0s").start();
+    assert_eq!(cli_deploy(&router, &["v1", "--skip-smoke"]).0, 0);
+
+    // At the gate: the follower exits 4 and nothing changed.
+    let follower = {
+        let admin = router.admin_url();
+        std::thread::spawn(move || {
+            let out = Command::new(bin())
+                .args(["deploy", "v2", "--manual-promote"])
+                .env("BLUEGREEN_ADMIN", admin)
+                .env("BLUEGREEN_TOKEN", TOKEN)
+                .output()
+                .unwrap();
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+            )
+        })
+    };
+    wait_step(&router, 3, "running").await;
+    let (code, out, _) = router.cli(&["abort", "--reason", "wrong build"]);
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = follower.join().unwrap();
+    assert_eq!(code, Some(4), "{out}");
+    assert!(
+        out.contains("ABORTED") && out.contains("wrong build"),
+        "{out}"
+    );
+    assert_eq!(body(&router).await, "green v1\n");
+
+    // During the bake: traffic goes back to the old side.
+    assert_eq!(cli_deploy(&router, &["v3", "--detach"]).0, 0);
+    wait_step(&router, 5, "running").await;
+    assert_eq!(body(&router).await, "blue v3\n");
+    assert_eq!(router.cli(&["abort"]).0, 0);
+    wait_until(Duration::from_secs(10), "aborted", || async {
+        current(&router).await["outcome"] == "aborted"
+    })
+    .await;
+    assert_eq!(body(&router).await, "green v1\n");
+    let (code, _, err) = router.cli(&["abort"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no deploy is in progress"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rollback_is_instant_while_warm_and_redeploys_once_decommissioned() {
+    // keep_warm: the old side stays up, rollback is a switch.
+    let router = pipeline_router("300ms", "60s").start();
+    assert_eq!(cli_deploy(&router, &["v1"]).0, 0);
+    assert_eq!(cli_deploy(&router, &["v2"]).0, 0);
+    assert_eq!(body(&router).await, "blue v2\n");
+    let (code, out, _) = router.cli(&["rollback"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("green is now live"), "{out}");
+    assert_eq!(body(&router).await, "green v1\n");
+    drop(router);
+
+    // Decommissioned: rollback re-deploys the previous version and says so.
+    let router = pipeline_router("300ms", "0s").start();
+    assert_eq!(cli_deploy(&router, &["v1"]).0, 0);
+    assert_eq!(cli_deploy(&router, &["v2"]).0, 0);
+    let (code, out, err) = router.cli(&["rollback"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("green was decommissioned, so v1 is re-deployed"),
+        "{out}"
+    );
+    assert!(out.contains("succeeded"), "{out}");
+    assert_eq!(body(&router).await, "green v1\n");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hooks_get_placeholders_and_env_and_their_failures_are_reported() {
+    let blue = Backend::start("blue").await;
+    let green = Backend::start("green").await;
+    let dir = tempfile::tempdir().unwrap();
+    let hook = dir.path().join("deploy.sh");
+    let record = dir.path().join("calls.txt");
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\necho \"args=$1 $2 env=$BLUEGREEN_ENV version=$BLUEGREEN_VERSION upstreams=$BLUEGREEN_UPSTREAMS extra=$EXTRA\" >> {}\necho deploying $2\n[ \"$2\" != bad ] || {{ echo 'disk full' >&2; exit 7; }}\n",
+            record.display()
+        ),
+    )
+    .unwrap();
+    std::process::Command::new("chmod")
+        .args(["+x", hook.to_str().unwrap()])
+        .status()
+        .unwrap();
+    let toml = format!(
+        "[deploy]\n[deploy.hooks]\ndeploy = \"{} {{env}} {{version}}\"\n[deploy.bake]\nduration = \"200ms\"\ninterval = \"100ms\"\n",
+        hook.display()
+    );
+    let router = RouterBuilder::new(&[&blue], &[&green]).extra(&toml).start();
+    router.wait_all_healthy().await;
+    let (code, out, _) = cli_deploy(&router, &["v7", "--env", "EXTRA=yes"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("| deploying v7"),
+        "hook output is in the deploy log: {out}"
+    );
+    let calls = std::fs::read_to_string(&record).unwrap();
+    assert!(
+        calls.contains(&format!(
+            "args=green v7 env=green version=v7 upstreams={} extra=yes",
+            green.addr
+        )),
+        "{calls}"
+    );
+    let (code, out, _) = cli_deploy(&router, &["bad"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("exit status: 7") && out.contains("disk full"),
+        "{out}"
+    );
+    assert_eq!(router.status().await["live"], "green");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deploy_without_a_pipeline_is_a_clear_error() {
+    let blue = Backend::start("blue").await;
+    let green = Backend::start("green").await;
+    let router = RouterBuilder::new(&[&blue], &[&green]).start();
+    let (code, _, err) = cli_deploy(&router, &["v1"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no deploy pipeline"), "{err}");
+    let (code, _, err) = router.cli(&["deploy", "bad version!"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("no deploy pipeline") || err.contains("invalid version"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn apps_survive_a_router_crash_and_are_readopted() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = (closed_port(), closed_port());
+    let build = || {
+        RouterBuilder::addrs(vec![ports.0], vec![ports.1])
+            .health("interval = \"100ms\"\ntimeout = \"500ms\"\nhealthy_threshold = 1\nunhealthy_threshold = 1")
+            .extra(&deploy_toml("300ms", "0s"))
+            .state_dir(dir.path())
+    };
+    let mut router = build().start();
+    assert_eq!(cli_deploy(&router, &["v1"]).0, 0);
+    let pids = router.app_pids();
+    assert_eq!(pids.len(), 1);
+    router.child.kill().unwrap(); // kill -9
+    router.child.wait().unwrap();
+    // The app keeps serving on its own.
+    let direct = get(&h1_client(), &format!("http://{}/", ports.1))
+        .await
+        .unwrap();
+    assert_eq!(direct, (200, "green v1\n".into()));
+    router.kill_apps_on_drop = false; // the app must outlive this router
+    drop(router);
+
+    let router = build().start();
+    router.wait_until_live_healthy().await;
+    assert_eq!(router.app_pids(), pids, "re-adopted, not restarted");
+    assert_eq!(body(&router).await, "green v1\n");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn crash_at_every_step_resumes_the_deploy() {
+    let steps = [
+        "deploy",
+        "health",
+        "smoke",
+        "gate",
+        "switch",
+        "bake",
+        "decommission",
+    ];
+    for step in steps {
+        for point in ["start", "end"] {
+            let at = format!("{step}:{point}");
+            let dir = tempfile::tempdir().unwrap();
+            let ports = (closed_port(), closed_port());
+            let build = || {
+                RouterBuilder::addrs(vec![ports.0], vec![ports.1])
+                    .health("interval = \"100ms\"\ntimeout = \"500ms\"\nhealthy_threshold = 1\nunhealthy_threshold = 1")
+                    .extra(&deploy_toml("300ms", "0s"))
+                    .state_dir(dir.path())
+            };
+            let mut crashing = build().env("BLUEGREEN_CRASH_AT", &at).start();
+            let (status, body_json) = crashing
+                .api(
+                    "POST",
+                    "/api/v1/deploys",
+                    Some(r#"{"version":"v1"}"#),
+                    Some(TOKEN),
+                )
+                .await;
+            assert_eq!(status, 202, "{body_json}");
+            let st = crashing.wait_exit(Duration::from_secs(20));
+            assert!(!st.success(), "{at}: the failpoint killed the router");
+            crashing.kill_apps_on_drop = false;
+            drop(crashing);
+
+            let router = build().start();
+            wait_until(
+                Duration::from_secs(20),
+                &format!("{at}: resumed deploy succeeds"),
+                || async {
+                    router
+                        .api("GET", "/api/v1/deploys/1", None, Some(TOKEN))
+                        .await
+                        .1["outcome"]
+                        == "succeeded"
+                },
+            )
+            .await;
+            let st = router.status().await;
+            assert_eq!(st["live"], "green", "{at}: {st}");
+            assert_eq!(st["generation"], 1, "{at}: switched exactly once");
+            assert_eq!(body(&router).await, "green v1\n", "{at}");
+            assert_eq!(
+                router.app_pids().len(),
+                1,
+                "{at}: one app process, no strays recorded"
+            );
+        }
+    }
+}
