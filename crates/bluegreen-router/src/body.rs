@@ -2,6 +2,7 @@
 //! buffered), holding the request's in-flight registration until the last
 //! frame, and cut when the old side's drain deadline passes.
 
+use crate::conn::Sender;
 use crate::pool::Upstream;
 use crate::snapshot::Epoch;
 use bytes::Bytes;
@@ -65,15 +66,38 @@ pub struct TrackedBody {
     guard: Option<InFlight>,
     /// Armed the first time the body waits, so quick responses never pay for it.
     cut: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+    /// The upstream connection, returned to its pool once the body was read whole.
+    reuse: Option<Sender>,
 }
 
 impl TrackedBody {
-    /// Wraps an upstream body; `guard` is released when it ends.
-    pub fn new(inner: Incoming, guard: InFlight) -> TrackedBody {
+    /// Wraps an upstream body; `guard` is released when it ends, and
+    /// `reuse` goes back to the upstream's pool if it ends cleanly.
+    pub fn new(inner: Incoming, guard: InFlight, reuse: Option<Sender>) -> TrackedBody {
         TrackedBody {
             inner,
             guard: Some(guard),
             cut: None,
+            reuse,
+        }
+    }
+}
+
+impl TrackedBody {
+    /// The body was read whole: the connection can serve another request.
+    fn release(&mut self) {
+        if let (Some(g), Some(s)) = (self.guard.take(), self.reuse.take()) {
+            g.upstream().conns.put(s);
+        }
+        self.guard = None;
+    }
+}
+
+impl Drop for TrackedBody {
+    fn drop(&mut self) {
+        // An empty body may never be polled at all.
+        if self.inner.is_end_stream() {
+            self.release();
         }
     }
 }
@@ -94,13 +118,20 @@ impl Body for TrackedBody {
             }
         }
         match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
+            Poll::Ready(Some(Ok(frame))) => {
+                // hyper stops polling once the body says it has ended, so
+                // the last frame is where the connection goes back to its pool.
+                if this.inner.is_end_stream() {
+                    this.release();
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
             Poll::Ready(Some(Err(e))) => {
                 this.guard = None;
                 Poll::Ready(Some(Err(Box::new(e))))
             }
             Poll::Ready(None) => {
-                this.guard = None;
+                this.release();
                 Poll::Ready(None)
             }
             Poll::Pending => {

@@ -5,7 +5,6 @@
 
 use crate::headers::RequestIds;
 use crate::pool::Pool;
-use crate::proxy::HttpClient;
 use crate::snapshot::{Epoch, Snapshot};
 use crate::status::{DrainStatus, SideStatus, Status, UpstreamStatus};
 use arc_swap::ArcSwap;
@@ -14,9 +13,6 @@ use bluegreen_core::health::Health;
 use bluegreen_core::state::{RouterState, SwitchKind, SwitchRecord, SwitchRequest};
 use bluegreen_core::{Side, Sides};
 use bluegreen_store::{load_router, save_router, StateStore, StoreError};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -28,7 +24,7 @@ use tokio_util::task::TaskTracker;
 /// The router: routing snapshot, upstream client and the persisted state.
 pub struct Router {
     pub(crate) snapshot: ArcSwap<Snapshot>,
-    pub(crate) client: HttpClient,
+    pub(crate) connect_timeout: Duration,
     pub(crate) ids: RequestIds,
     pub(crate) upstream_timeout: Duration,
     pub(crate) retries: u32,
@@ -114,19 +110,9 @@ impl Router {
             epochs: Sides::from_fn(|_| Epoch::new()),
         };
 
-        // 3. One pooled client for every upstream.
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(config.proxy.connect_timeout));
-        connector.enforce_http(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build(connector);
-
         Ok(Arc::new(Router {
             snapshot: ArcSwap::from_pointee(snapshot),
-            client,
+            connect_timeout: config.proxy.connect_timeout,
             ids: RequestIds::new(),
             upstream_timeout: config.proxy.upstream_timeout,
             retries: config.proxy.retries,

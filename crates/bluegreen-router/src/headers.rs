@@ -4,7 +4,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [HeaderName; 8] = [
+static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -40,27 +40,39 @@ fn has_token(value: &HeaderValue, token: &str) -> bool {
 /// With `keep_upgrade`, `Connection: upgrade` and `Upgrade` survive so the
 /// upstream sees the protocol switch.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
+    // One pass over the names: only what is present is removed, and a
+    // message without any of these costs no hashing at all.
+    let mut present: Vec<HeaderName> = Vec::new();
+    let mut named = false;
+    for name in headers.keys() {
+        if name == header::CONNECTION {
+            named = true;
+        }
+        if (HOP_BY_HOP.contains(name) || name == header::UPGRADE) && !present.contains(name) {
+            present.push(name.clone());
+        }
+    }
+    if present.is_empty() {
+        return;
+    }
+    if named {
+        let listed: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|s| s.split(','))
             .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .filter(|n| !HOP_BY_HOP.contains(n))
             .collect();
-        for name in named {
-            if !(keep_upgrade && name == header::UPGRADE) {
-                headers.remove(&name);
-            }
-        }
+        present.extend(listed);
     }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
+    for name in &present {
+        if !(keep_upgrade && name == header::UPGRADE) {
+            headers.remove(name);
+        }
     }
     if keep_upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
-        headers.remove(header::UPGRADE);
     }
 }
 

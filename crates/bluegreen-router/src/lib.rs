@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 pub mod body;
+pub mod conn;
 pub mod control;
 pub mod error;
 pub mod headers;

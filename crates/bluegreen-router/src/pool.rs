@@ -1,6 +1,7 @@
 //! Upstream pools: the instances of one side, their health and load, and how
 //! a request picks one.
 
+use crate::conn::ConnPool;
 use crate::stats::TrafficStats;
 use bluegreen_core::config::Balance;
 use bluegreen_core::health::{Health, HealthCounter};
@@ -23,6 +24,8 @@ pub struct Upstream {
     last_error: Mutex<Option<String>>,
     /// Bumped by `reset_health`; check results begun before it are dropped.
     check_epoch: AtomicU64,
+    /// Idle keep-alive connections to this upstream.
+    pub conns: ConnPool,
 }
 
 impl Upstream {
@@ -145,6 +148,7 @@ impl Pool {
                     outstanding: AtomicUsize::new(0),
                     last_error: Mutex::new(None),
                     check_epoch: AtomicU64::new(0),
+                    conns: ConnPool::default(),
                 }))
             })
             .collect::<Result<Vec<_>, String>>()?;

@@ -3,29 +3,27 @@
 //! streamed back. Nothing here takes a lock.
 
 use crate::body::{InFlight, ResponseBody, TrackedBody};
+use crate::conn::{self, Sender};
 use crate::control::Router;
 use crate::error::ProxyError;
 use crate::headers::{self, strip_hop_by_hop, wants_upgrade};
 use crate::listener::ListenerKind;
+use crate::pool::Upstream;
 use crate::pool::{Pool, Tried};
 use crate::snapshot::Epoch;
 use crate::tunnel;
 use bluegreen_core::error_chain;
-use bytes::Bytes;
+
 use http::header::{self, HeaderMap, HeaderValue};
-use http::uri::{PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use std::sync::Arc;
 use std::time::Instant;
 
-/// Body type sent upstream: the client's body, or nothing (retryable).
-pub type UpstreamBody = Either<Incoming, Empty<Bytes>>;
-/// Pooled HTTP/1.1 client to upstreams.
-pub type HttpClient = Client<HttpConnector, UpstreamBody>;
+pub use crate::conn::UpstreamBody;
 
 /// What a connection knows about itself, shared by its requests.
 pub struct ConnCtx {
@@ -46,7 +44,7 @@ pub async fn handle(req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
         let epoch = (!preview).then(|| snap.epochs[side].clone());
         (snap.pools[side].clone(), epoch)
     };
-    let resp = match forward(req, conn, &pool, epoch).await {
+    let resp = match forward(req, conn, &pool, epoch, started).await {
         Ok(resp) => resp,
         Err(err) => {
             tracing::warn!(listener = conn.kind.as_str(), error = %err, "request failed");
@@ -67,6 +65,7 @@ async fn forward(
     conn: &ConnCtx,
     pool: &Arc<Pool>,
     epoch: Option<Arc<Epoch>>,
+    started: Instant,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let router = &conn.router;
     let preview = conn.kind == ListenerKind::Preview;
@@ -110,6 +109,7 @@ async fn forward(
     let mut parts = Some(parts);
 
     // 4. Pick an upstream and send; on a connect failure, try another.
+    let deadline = tokio::time::Instant::from_std(started + router.upstream_timeout);
     let mut tried: Tried = 0;
     let mut attempt = 0;
     loop {
@@ -126,17 +126,21 @@ async fn forward(
                 rebuild_parts(method, headers)
             }
         };
-        head.uri = upstream_uri(&upstream.authority, &path)?;
+        head.uri = origin_form(head.uri, &path);
+        if !head.headers.contains_key(header::HOST) {
+            head.headers
+                .insert(header::HOST, authority_value(&upstream));
+        }
         let outbound = Request::from_parts(
             head,
             body.take().unwrap_or_else(|| Either::Right(Empty::new())),
         );
         let guard = InFlight::begin(upstream.clone(), epoch.clone());
-        let sent = tokio::time::timeout(router.upstream_timeout, router.client.request(outbound));
-        match sent.await {
-            Ok(Ok(resp)) => return respond(resp, guard, on_upgrade, pool.clone(), router),
-            Ok(Err(e)) if e.is_connect() => {
-                let reason = error_chain(&e);
+        match send(&upstream, outbound, router.connect_timeout, deadline).await {
+            Ok((resp, sender)) => {
+                return respond(resp, sender, guard, on_upgrade, pool.clone(), router)
+            }
+            Err(SendError::Connect(reason)) => {
                 if upstream.mark_down(reason.clone()).is_some() {
                     tracing::warn!(side = %pool.side, upstream = %upstream.address, %reason, "upstream marked unhealthy after a failed connect");
                 }
@@ -150,14 +154,14 @@ async fn forward(
                     reason,
                 });
             }
-            Ok(Err(e)) => {
+            Err(SendError::Upstream(reason)) => {
                 return Err(ProxyError::Upstream {
                     upstream: upstream.address.clone(),
                     side: pool.side,
-                    reason: error_chain(&e),
+                    reason,
                 })
             }
-            Err(_) => {
+            Err(SendError::Timeout) => {
                 return Err(ProxyError::Timeout {
                     upstream: upstream.address.clone(),
                     side: pool.side,
@@ -168,9 +172,73 @@ async fn forward(
     }
 }
 
+enum SendError {
+    /// Nothing was sent: no connection could be opened.
+    Connect(String),
+    /// Sent, and then the connection failed.
+    Upstream(String),
+    /// No response head before the deadline.
+    Timeout,
+}
+
+/// Sends on an idle pooled connection, or a new one. A pooled connection
+/// that closed before the request was written hands the request back and
+/// the next one is tried, so a stale keep-alive connection never fails a
+/// request.
+async fn send(
+    upstream: &Upstream,
+    mut req: Request<UpstreamBody>,
+    connect_timeout: std::time::Duration,
+    deadline: tokio::time::Instant,
+) -> Result<(Response<Incoming>, Sender), SendError> {
+    while let Some(mut sender) = upstream.conns.take() {
+        match tokio::time::timeout_at(deadline, sender.ready()).await {
+            Err(_) => return Err(SendError::Timeout),
+            Ok(Err(_)) => continue,
+            Ok(Ok(())) => {}
+        }
+        match tokio::time::timeout_at(deadline, sender.try_send_request(req)).await {
+            Err(_) => return Err(SendError::Timeout),
+            Ok(Ok(resp)) => return Ok((resp, sender)),
+            Ok(Err(mut e)) => match e.take_message() {
+                Some(back) => req = back,
+                None => return Err(SendError::Upstream(error_chain(e.error()))),
+            },
+        }
+    }
+    let mut sender =
+        match tokio::time::timeout_at(deadline, conn::connect(&upstream.address, connect_timeout))
+            .await
+        {
+            Err(_) => return Err(SendError::Timeout),
+            Ok(Err(e)) => return Err(SendError::Connect(e.to_string())),
+            Ok(Ok(s)) => s,
+        };
+    match tokio::time::timeout_at(deadline, sender.send_request(req)).await {
+        Err(_) => Err(SendError::Timeout),
+        Ok(Ok(resp)) => Ok((resp, sender)),
+        Ok(Err(e)) => Err(SendError::Upstream(error_chain(&e))),
+    }
+}
+
+/// HTTP/1.1 upstreams get origin-form targets (`/path?query`).
+fn origin_form(uri: Uri, path: &PathAndQuery) -> Uri {
+    if uri.scheme().is_none() && uri.authority().is_none() {
+        uri
+    } else {
+        Uri::from(path.clone())
+    }
+}
+
+fn authority_value(upstream: &Upstream) -> HeaderValue {
+    HeaderValue::from_str(upstream.authority.as_str())
+        .expect("an authority is a valid header value")
+}
+
 /// Turns the upstream's response into the client's, streaming the body.
 fn respond(
     mut resp: Response<Incoming>,
+    sender: Sender,
     guard: InFlight,
     on_upgrade: Option<hyper::upgrade::OnUpgrade>,
     pool: Arc<Pool>,
@@ -197,15 +265,7 @@ fn respond(
         return Ok(resp.map(|_| ResponseBody::empty()));
     }
     strip_hop_by_hop(resp.headers_mut(), false);
-    Ok(resp.map(|b| ResponseBody::Proxied(TrackedBody::new(b, guard))))
-}
-
-fn upstream_uri(authority: &http::uri::Authority, path: &PathAndQuery) -> Result<Uri, ProxyError> {
-    let mut parts = http::uri::Parts::default();
-    parts.scheme = Some(Scheme::HTTP);
-    parts.authority = Some(authority.clone());
-    parts.path_and_query = Some(path.clone());
-    Uri::from_parts(parts).map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))
+    Ok(resp.map(|b| ResponseBody::Proxied(TrackedBody::new(b, guard, Some(sender)))))
 }
 
 /// A fresh request head for a retry (the first attempt consumed the original).

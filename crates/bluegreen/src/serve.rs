@@ -55,11 +55,17 @@ pub fn main(path: &Path) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(EXIT_CONFIG));
         }
     };
-    // 3. Runtime sized by the config.
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = config.proxy.workers {
-        rt.worker_threads(n);
-    }
+    // 3. Runtime sized by the config. One worker runs on a current-thread
+    //    runtime: no work-stealing bookkeeping on the request path.
+    let mut rt = match config.proxy.workers {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     let rt = rt
         .enable_all()
         .build()

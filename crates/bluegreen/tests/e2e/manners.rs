@@ -114,3 +114,61 @@ async fn oversized_request_head_is_refused_and_the_router_stays_up() {
         (200, "blue".into())
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upstream_connections_are_kept_alive_and_reused() {
+    let blue = Backend::start("blue").await;
+    let green = Backend::start("green").await;
+    let router = RouterBuilder::new(&[&blue], &[&green])
+        .health(
+            "interval = \"1h\"\ntimeout = \"1s\"\nhealthy_threshold = 1\nunhealthy_threshold = 1",
+        )
+        .start();
+    router.wait_all_healthy().await;
+    let before = blue
+        .state
+        .connections
+        .load(std::sync::atomic::Ordering::SeqCst);
+    let c = h1_client();
+    for _ in 0..50 {
+        assert_eq!(get(&c, &router.url("/chunked")).await.unwrap().0, 200);
+    }
+    let opened = blue
+        .state
+        .connections
+        .load(std::sync::atomic::Ordering::SeqCst)
+        - before;
+    assert_eq!(
+        opened, 1,
+        "50 sequential requests use one upstream connection"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stale_pooled_connection_never_fails_a_request() {
+    let blue = Backend::start("blue").await;
+    let green = Backend::start("green").await;
+    let router = RouterBuilder::new(&[&blue], &[&green])
+        .health(
+            "interval = \"1h\"\ntimeout = \"1s\"\nhealthy_threshold = 1\nunhealthy_threshold = 1",
+        )
+        .start();
+    router.wait_all_healthy().await;
+    let c = h1_client();
+    assert_eq!(
+        get(&c, &router.url("/")).await.unwrap(),
+        (200, "blue".into())
+    );
+    // The upstream restarts: every pooled connection to it is now dead.
+    let addr = blue.addr;
+    blue.kill();
+    drop(blue);
+    let blue = Backend::start_on("blue", addr).await;
+    for _ in 0..5 {
+        assert_eq!(
+            get(&c, &router.url("/")).await.unwrap(),
+            (200, "blue".into())
+        );
+    }
+    assert!(blue.requests() >= 5);
+}

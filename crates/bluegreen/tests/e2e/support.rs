@@ -59,6 +59,8 @@ pub struct BackendState {
     pub name: String,
     pub healthy: AtomicBool,
     pub requests: AtomicU64,
+    /// Connections accepted.
+    pub connections: AtomicU64,
     /// Released by the test to let `/hold` and the second SSE event proceed.
     pub release: Semaphore,
     /// Request headers of the last `/headers` call.
@@ -75,12 +77,29 @@ pub struct Backend {
 impl Backend {
     /// Starts a backend named `name` (its body on `/`).
     pub async fn start(name: &str) -> Backend {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Backend::start_on(name, "127.0.0.1:0".parse().unwrap()).await
+    }
+
+    /// Starts a backend on a given address (to restart one in place).
+    pub async fn start_on(name: &str, addr: SocketAddr) -> Backend {
+        // A killed backend on this address lets go of it asynchronously.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let listener = loop {
+            match TcpListener::bind(addr).await {
+                Ok(l) => break l,
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("cannot bind {addr}: {e}"),
+            }
+        };
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(BackendState {
             name: name.to_string(),
             healthy: AtomicBool::new(true),
             requests: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
             release: Semaphore::new(0),
             last_headers: Mutex::new(BTreeMap::new()),
         });
@@ -93,6 +112,7 @@ impl Backend {
                     r = listener.accept() => match r { Ok(p) => p, Err(_) => continue },
                     _ = stop2.cancelled() => return,
                 };
+                st.connections.fetch_add(1, Ordering::SeqCst);
                 let (st, builder, stop3) = (st.clone(), builder.clone(), stop2.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| {

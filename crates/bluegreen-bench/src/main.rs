@@ -1,0 +1,388 @@
+//! `bluegreen-bench`: bluegreen side by side with nginx and HAProxy, in one
+//! run on one machine, reported as ratios.
+//!
+//! What it measures, and why: users pick a router they trust to be fast, and
+//! a blue-green router must also switch without errors. So: throughput and
+//! latency at a fixed concurrency (wrk) for small and 64 KiB responses,
+//! latency at a fixed rate below saturation, errors and wrong-side answers
+//! while switching every 100 ms, resident memory idle and with many open
+//! keep-alive connections, and WebSockets that survive a switch. Every proxy
+//! runs pinned to the same core(s) with one worker; the load generators and
+//! the upstream run on the other core(s).
+#![forbid(unsafe_code)]
+
+mod load;
+mod procs;
+mod report;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use load::Answer;
+use procs::{Env, Kind, Proxy, Upstream};
+use report::{Report, Row};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+#[command(about = "Benchmark bluegreen against nginx and HAProxy")]
+struct Args {
+    /// Run every part for a second or two (CI: checks the harness, not numbers).
+    #[arg(long)]
+    quick: bool,
+    /// Where to write the report (Markdown).
+    #[arg(long, default_value = "BENCHMARKS.md")]
+    out: PathBuf,
+    /// The bluegreen binary under test.
+    #[arg(long, default_value = "target/release/bluegreen")]
+    bluegreen: PathBuf,
+    /// Directory with the proxy configs.
+    #[arg(long, default_value = "bench/conf")]
+    conf: PathBuf,
+}
+
+/// Durations and sizes of one run.
+struct Plan {
+    wrk_secs: u64,
+    conns: usize,
+    rate: u64,
+    rate_secs: u64,
+    idle_conns: usize,
+    switch_secs: u64,
+    websockets: usize,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let plan = if args.quick {
+        Plan {
+            wrk_secs: 1,
+            conns: 32,
+            rate: 1000,
+            rate_secs: 1,
+            idle_conns: 500,
+            switch_secs: 2,
+            websockets: 50,
+        }
+    } else {
+        Plan {
+            wrk_secs: 10,
+            conns: 64,
+            rate: 5000,
+            rate_secs: 10,
+            idle_conns: 10_000,
+            switch_secs: 10,
+            websockets: 1000,
+        }
+    };
+
+    // 1. Limits and placement: many sockets; proxies on one core, load elsewhere.
+    raise_fd_limit()?;
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let (proxy_cpus, load_cpus) = if cores >= 2 {
+        ("0".to_string(), format!("1-{}", cores - 1))
+    } else {
+        (String::new(), String::new())
+    };
+    let dir = std::env::temp_dir().join(format!("bluegreen-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let env = Env {
+        dir: dir.clone(),
+        conf: std::fs::canonicalize(&args.conf).context("bench/conf")?,
+        bluegreen: std::fs::canonicalize(&args.bluegreen)
+            .context("the bluegreen binary (bench/run builds it)")?,
+        proxy_cpus: proxy_cpus.clone(),
+        load_cpus: load_cpus.clone(),
+    };
+    if !load_cpus.is_empty() {
+        // This process is the load generator: keep it off the proxy's core.
+        let ok = Command::new("taskset")
+            .args([
+                "-a",
+                "-p",
+                "-c",
+                &load_cpus,
+                &std::process::id().to_string(),
+            ])
+            .stdout(std::process::Stdio::null())
+            .status()?
+            .success();
+        if !ok {
+            bail!("taskset could not pin the load generator");
+        }
+    }
+
+    // 2. The one upstream every proxy forwards to.
+    let upstream = Upstream::start(&env)?;
+    let mut report = Report::new(
+        &args.quick,
+        cores,
+        &proxy_cpus,
+        &load_cpus,
+        plan.conns,
+        plan.rate,
+        plan.idle_conns,
+    );
+
+    // 3. Each proxy in turn, the same parts in the same order.
+    let only = std::env::var("BENCH_ONLY").ok();
+    for kind in [Kind::Direct, Kind::Bluegreen, Kind::Nginx, Kind::Haproxy] {
+        if only.as_deref().is_some_and(|o| o != kind.name()) {
+            continue;
+        }
+        eprintln!("== {}", kind.name());
+        let mut proxy = Proxy::start(kind, &env, upstream.blue, upstream.green)?;
+        let mut row = Row::new(kind.name());
+        wrk(&env, &proxy, "/", 1, plan.conns)?; // warm-up
+        row.rss_idle_kib = proxy.rss_kib();
+        let t0 = proxy.cpu_ticks();
+        let small = wrk(&env, &proxy, "/", plan.wrk_secs, plan.conns)?;
+        row.cpu_pct = (proxy.cpu_ticks() - t0) as f64 / plan.wrk_secs as f64; // ticks are 1/100 s
+        row.small = Some(small);
+        row.large = Some(wrk(&env, &proxy, "/64k", plan.wrk_secs, plan.conns)?);
+        let (h, errors) = load::fixed_rate(
+            proxy.addr(),
+            plan.rate,
+            32,
+            Duration::from_secs(plan.rate_secs),
+        );
+        row.fixed = Some((
+            h.value_at_quantile(0.5),
+            h.value_at_quantile(0.99),
+            h.value_at_quantile(0.999),
+            errors,
+        ));
+        row.rss_conns = Some(idle_memory(&proxy, plan.idle_conns)?);
+        if kind != Kind::Direct {
+            row.switching = Some(switching(
+                &mut proxy,
+                Duration::from_secs(plan.switch_secs),
+            )?);
+        }
+        drop(proxy);
+        report.rows.push(row);
+    }
+    drop(upstream);
+
+    // 4. WebSockets across a switch, with WebSocket-capable upstreams.
+    websocket_part(&env, plan.websockets, &mut report)?;
+
+    // 5. The report.
+    let text = report.render(&args, &env);
+    std::fs::write(&args.out, &text)?;
+    println!("{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+fn raise_fd_limit() -> Result<()> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    let want = 200_000u64;
+    if setrlimit(Resource::RLIMIT_NOFILE, want, want.max(hard)).is_err() {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+    }
+    Ok(())
+}
+
+/// Result of one wrk run.
+#[derive(Debug, Clone, Default)]
+pub struct Wrk {
+    pub rps: f64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+    pub errors: u64,
+    pub command: String,
+}
+
+fn wrk(env: &Env, proxy: &Proxy, path: &str, secs: u64, conns: usize) -> Result<Wrk> {
+    let script = env.conf.join("../percentiles.lua");
+    let url = format!("http://127.0.0.1:{}{path}", proxy.port);
+    let mut cmd = Command::new("taskset");
+    let args = vec![
+        "-c".to_string(),
+        env.load_cpus.clone(),
+        "wrk".into(),
+        "-t1".into(),
+        format!("-c{conns}"),
+        format!("-d{secs}s"),
+        "--timeout".into(),
+        "5s".into(),
+        "-s".into(),
+        script.display().to_string(),
+        url,
+    ];
+    let args: Vec<String> = if env.load_cpus.is_empty() {
+        args[2..].to_vec()
+    } else {
+        args
+    };
+    if env.load_cpus.is_empty() {
+        cmd = Command::new("wrk");
+    }
+    let out = cmd
+        .args(&args)
+        .output()
+        .context("running wrk (bench/run installs it)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!("wrk failed: {text}{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let rps = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .context("wrk printed no Requests/sec")?;
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("BENCH "))
+        .context("wrk script printed no BENCH line")?;
+    let field = |k: &str| -> u64 {
+        line.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let errors = ["non2xx", "connect", "read", "write", "timeout"]
+        .iter()
+        .map(|k| field(k))
+        .sum();
+    Ok(Wrk {
+        rps,
+        p50_us: field("p50"),
+        p99_us: field("p99"),
+        p999_us: field("p999"),
+        errors,
+        command: format!(
+            "wrk {}",
+            args.iter()
+                .skip(if env.load_cpus.is_empty() { 0 } else { 3 })
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(" ")
+        ),
+    })
+}
+
+/// Resident memory with `n` idle keep-alive connections open (KiB, opened).
+fn idle_memory(proxy: &Proxy, n: usize) -> Result<(u64, usize)> {
+    let (ready, release, handle) = load::hold_idle(proxy.addr(), n);
+    let opened = ready
+        .recv_timeout(Duration::from_secs(120))
+        .context("opening idle connections")?;
+    std::thread::sleep(Duration::from_millis(300)); // let the proxy settle its buffers before reading RSS
+    let rss = proxy.rss_kib();
+    let _ = release.send(());
+    let _ = handle.join();
+    Ok((rss, opened))
+}
+
+/// Switching outcome.
+#[derive(Debug, Clone, Default)]
+pub struct Switching {
+    pub switches: usize,
+    pub requests: usize,
+    pub errors: usize,
+    pub non2xx: usize,
+    pub wrong_side: usize,
+}
+
+/// Load for `duration` while switching every 100 ms.
+fn switching(proxy: &mut Proxy, duration: Duration) -> Result<Switching> {
+    let until = Instant::now() + duration;
+    let load = load::closed_loop(proxy.addr(), 32, until);
+    let mut marks: Vec<(Instant, Instant, bool)> = Vec::new();
+    std::thread::sleep(Duration::from_millis(100));
+    while Instant::now() + Duration::from_millis(100) < until {
+        let called = Instant::now();
+        proxy.switch()?;
+        marks.push((called, Instant::now(), proxy.live_is_blue));
+        std::thread::sleep(Duration::from_millis(100).saturating_sub(called.elapsed()));
+    }
+    let samples = load
+        .join()
+        .map_err(|_| anyhow::anyhow!("load thread panicked"))?;
+    let mut s = Switching {
+        switches: marks.len(),
+        requests: samples.len(),
+        ..Switching::default()
+    };
+    for sample in &samples {
+        let expect_blue = match marks.iter().rposition(|m| m.0 <= sample.start) {
+            None => Some(true),
+            Some(k) if sample.start > marks[k].1 => Some(marks[k].2),
+            Some(_) => None,
+        };
+        match sample.answer {
+            Answer::Error => s.errors += 1,
+            Answer::Status(_) => s.non2xx += 1,
+            a => {
+                if expect_blue.is_some_and(|b| b != (a == Answer::Blue)) {
+                    s.wrong_side += 1;
+                    if std::env::var_os("BENCH_DEBUG").is_some() {
+                        let k = marks.iter().rposition(|m| m.0 <= sample.start);
+                        let info = k.map(|k| {
+                            (
+                                k,
+                                sample.start.duration_since(marks[k].1),
+                                marks.get(k + 1).map(|n| n.0.duration_since(sample.start)),
+                            )
+                        });
+                        eprintln!("wrong side: {a:?} at mark {info:?}");
+                    }
+                }
+            }
+        }
+    }
+    // Leave the proxy where it started.
+    if !proxy.live_is_blue {
+        proxy.switch()?;
+    }
+    Ok(s)
+}
+
+/// WebSocket upstreams (the bluegreen demo app) and a switch under open sockets.
+fn websocket_part(env: &Env, n: usize, report: &mut Report) -> Result<()> {
+    let mut apps = Vec::new();
+    let mut ports = Vec::new();
+    for side in ["blue", "green"] {
+        let port = procs::free_port()?;
+        let child = Command::new(&env.bluegreen)
+            .args([
+                "app",
+                "--name",
+                side,
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()?;
+        procs::wait_listening(port, "websocket upstream")?;
+        apps.push(child);
+        ports.push(port);
+    }
+    for kind in [Kind::Bluegreen, Kind::Nginx, Kind::Haproxy] {
+        let mut proxy = Proxy::start(kind, env, ports[0], ports[1])?;
+        let (ready, go, handle) = load::websockets(proxy.addr(), n);
+        let opened = ready
+            .recv_timeout(Duration::from_secs(120))
+            .context("opening websockets")?;
+        proxy.switch()?;
+        std::thread::sleep(Duration::from_millis(300)); // nginx reloads asynchronously: give it its chance
+        let _ = go.send(());
+        let alive = handle
+            .join()
+            .map_err(|_| anyhow::anyhow!("websocket thread panicked"))?;
+        if let Some(row) = report.rows.iter_mut().find(|r| r.name == kind.name()) {
+            row.websockets = Some((alive, opened));
+        }
+    }
+    for mut a in apps {
+        let _ = a.kill();
+        let _ = a.wait();
+    }
+    Ok(())
+}

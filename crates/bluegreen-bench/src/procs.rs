@@ -1,0 +1,405 @@
+//! The processes under test: the fixed upstream, and each proxy (bluegreen,
+//! nginx, HAProxy, or none for "direct"), started pinned to their cores from
+//! the configs in `bench/conf/`, switched the way each one switches, and
+//! measured (resident memory, CPU time) through `/proc`.
+
+use anyhow::{bail, Context, Result};
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Which proxy, or none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Direct,
+    Bluegreen,
+    Nginx,
+    Haproxy,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Direct => "direct",
+            Kind::Bluegreen => "bluegreen",
+            Kind::Nginx => "nginx",
+            Kind::Haproxy => "haproxy",
+        }
+    }
+}
+
+/// Where things run and where their files go.
+#[derive(Clone)]
+pub struct Env {
+    pub dir: PathBuf,
+    pub conf: PathBuf,
+    pub bluegreen: PathBuf,
+    /// `taskset -c` lists; empty when pinning is not possible.
+    pub proxy_cpus: String,
+    pub load_cpus: String,
+}
+
+/// A port nothing listens on right now.
+pub fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+fn render(env: &Env, template: &str, out: &str, vars: &[(&str, String)]) -> Result<PathBuf> {
+    let mut text = std::fs::read_to_string(env.conf.join(template))
+        .with_context(|| format!("reading bench/conf/{template}"))?;
+    text = text.replace("{{DIR}}", &env.dir.display().to_string());
+    for (k, v) in vars {
+        text = text.replace(&format!("{{{{{k}}}}}"), v);
+    }
+    let path = env.dir.join(out);
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
+fn pinned(cpus: &str, program: &str) -> Command {
+    if cpus.is_empty() {
+        Command::new(program)
+    } else {
+        let mut c = Command::new("taskset");
+        c.args(["-c", cpus, program]);
+        c
+    }
+}
+
+fn log_file(env: &Env, name: &str) -> Result<Stdio> {
+    Ok(Stdio::from(std::fs::File::create(
+        env.dir.join(format!("{name}.stderr")),
+    )?))
+}
+
+/// Waits until something accepts on `port`.
+pub fn wait_listening(port: u16, what: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!("{what} did not listen on port {port} within 15s")
+}
+
+/// The fixed upstream: nginx with a blue and a green server.
+pub struct Upstream {
+    pub blue: u16,
+    pub green: u16,
+    child: Child,
+}
+
+impl Upstream {
+    pub fn start(env: &Env) -> Result<Upstream> {
+        std::fs::write(env.dir.join("64k.bin"), vec![b'x'; 64 * 1024])?;
+        let (blue, green) = (free_port()?, free_port()?);
+        let conf = render(
+            env,
+            "upstream-nginx.conf",
+            "upstream-nginx.conf",
+            &[
+                ("BLUE_PORT", blue.to_string()),
+                ("GREEN_PORT", green.to_string()),
+            ],
+        )?;
+        let child = pinned(&env.load_cpus, "nginx")
+            .args(["-p", &env.dir.display().to_string(), "-c"])
+            .arg(&conf)
+            .args(["-g", "daemon off;"])
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting the upstream nginx (is nginx installed? bench/run installs it)")?;
+        wait_listening(blue, "upstream nginx")?;
+        wait_listening(green, "upstream nginx")?;
+        Ok(Upstream { blue, green, child })
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGQUIT,
+        );
+        let _ = self.child.wait();
+    }
+}
+
+/// A proxy under test (or the upstream itself, for `Direct`).
+pub struct Proxy {
+    pub kind: Kind,
+    pub port: u16,
+    blue: u16,
+    green: u16,
+    admin: u16,
+    child: Option<Child>,
+    env: Env,
+    pub live_is_blue: bool,
+    client: Option<tokio::runtime::Runtime>,
+}
+
+impl Proxy {
+    /// Starts `kind` in front of the two upstream ports, blue live.
+    pub fn start(kind: Kind, env: &Env, blue: u16, green: u16) -> Result<Proxy> {
+        let port = if kind == Kind::Direct {
+            blue
+        } else {
+            free_port()?
+        };
+        let admin = free_port()?;
+        let vars = vec![
+            ("PORT", port.to_string()),
+            ("ADMIN_PORT", admin.to_string()),
+            ("BLUE_PORT", blue.to_string()),
+            ("GREEN_PORT", green.to_string()),
+            ("LIVE_PORT", blue.to_string()),
+            ("BLUE_STATE", String::new()),
+            ("GREEN_STATE", "disabled".into()),
+        ];
+        let dir = env.dir.display().to_string();
+        let child = match kind {
+            Kind::Direct => None,
+            Kind::Bluegreen => {
+                let _ = std::fs::remove_dir_all(env.dir.join("bluegreen-state"));
+                let conf = render(env, "bluegreen.toml", "bluegreen.toml", &vars)?;
+                Some(
+                    pinned(&env.proxy_cpus, &env.bluegreen.display().to_string())
+                        .args(["serve", "--config"])
+                        .arg(&conf)
+                        .env("BLUEGREEN_BENCH_TOKEN", "bench")
+                        .env("RUST_LOG", "error")
+                        .stdout(Stdio::null())
+                        .stderr(log_file(env, "bluegreen")?)
+                        .spawn()
+                        .context("starting bluegreen")?,
+                )
+            }
+            Kind::Nginx => {
+                render(env, "nginx-live.conf", "nginx-live.conf", &vars)?;
+                let conf = render(env, "nginx.conf", "nginx.conf", &vars)?;
+                Some(
+                    pinned(&env.proxy_cpus, "nginx")
+                        .args(["-p", &dir, "-c"])
+                        .arg(&conf)
+                        .args(["-g", "daemon off;"])
+                        .stdout(Stdio::null())
+                        .spawn()
+                        .context("starting nginx")?,
+                )
+            }
+            Kind::Haproxy => {
+                let conf = render(env, "haproxy.cfg", "haproxy.cfg", &vars)?;
+                Some(
+                    pinned(&env.proxy_cpus, "haproxy")
+                        .args(["-f"])
+                        .arg(&conf)
+                        .args(["-db"])
+                        .stdout(Stdio::null())
+                        .stderr(log_file(env, "haproxy")?)
+                        .spawn()
+                        .context("starting haproxy")?,
+                )
+            }
+        };
+        if let Err(e) = wait_listening(port, kind.name()) {
+            let log = std::fs::read_to_string(env.dir.join(format!("{}.stderr", kind.name())))
+                .unwrap_or_default();
+            bail!("{e}; its stderr:\n{log}");
+        }
+        let mut p = Proxy {
+            kind,
+            port,
+            blue,
+            green,
+            admin,
+            child,
+            env: env.clone(),
+            live_is_blue: true,
+            client: None,
+        };
+        if kind == Kind::Bluegreen {
+            wait_listening(admin, "bluegreen admin")?;
+            p.client = Some(
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?,
+            );
+            // Both sides healthy before measuring, so switches are never refused.
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while p
+                .bluegreen_call("GET", "/api/v1/status", "")?
+                .matches("\"health\":\"healthy\"")
+                .count()
+                < 2
+            {
+                if Instant::now() > deadline {
+                    bail!("bluegreen upstreams did not become healthy");
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Ok(p)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    fn bluegreen_call(&self, method: &str, path: &str, body: &str) -> Result<String> {
+        let url = format!("http://127.0.0.1:{}{path}", self.admin);
+        let rt = self.client.as_ref().expect("bluegreen client");
+        rt.block_on(async {
+            let client =
+                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                    .build_http::<http_body_util::Full<bytes::Bytes>>();
+            let req = http::Request::builder()
+                .method(method)
+                .uri(url)
+                .header("authorization", "Bearer bench")
+                .body(http_body_util::Full::new(bytes::Bytes::from(
+                    body.to_string(),
+                )))?;
+            let resp = client.request(req).await?;
+            let status = resp.status();
+            let body = http_body_util::BodyExt::collect(resp.into_body())
+                .await?
+                .to_bytes();
+            let text = String::from_utf8_lossy(&body).into_owned();
+            if !status.is_success() {
+                bail!("bluegreen {path}: {status} {text}");
+            }
+            Ok(text)
+        })
+    }
+
+    /// Makes the other side live, the way this proxy does it.
+    pub fn switch(&mut self) -> Result<()> {
+        let to_blue = !self.live_is_blue;
+        match self.kind {
+            Kind::Direct => bail!("direct has nothing to switch"),
+            Kind::Bluegreen => {
+                let side = if to_blue { "blue" } else { "green" };
+                self.bluegreen_call("POST", "/api/v1/switch", &format!("{{\"to\":\"{side}\"}}"))?;
+            }
+            Kind::Nginx => {
+                let port = if to_blue { self.blue } else { self.green };
+                let conf = format!("upstream live {{ server 127.0.0.1:{port}; keepalive 256; }}\n");
+                let tmp = self.env.dir.join("nginx-live.conf.tmp");
+                std::fs::write(&tmp, conf)?;
+                std::fs::rename(&tmp, self.env.dir.join("nginx-live.conf"))?;
+                let pid = self.child.as_ref().expect("nginx").id();
+                nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGHUP,
+                )?;
+            }
+            Kind::Haproxy => {
+                let (up, down) = if to_blue {
+                    ("blue", "green")
+                } else {
+                    ("green", "blue")
+                };
+                haproxy_cmd(&self.env.dir, &format!("set server live/{up} state ready"))?;
+                haproxy_cmd(
+                    &self.env.dir,
+                    &format!("set server live/{down} state maint"),
+                )?;
+            }
+        }
+        self.live_is_blue = to_blue;
+        Ok(())
+    }
+
+    /// Root pids of the proxy (nginx: the master; its workers are found by parent).
+    fn pids(&self) -> Vec<u32> {
+        let Some(c) = &self.child else {
+            return Vec::new();
+        };
+        let root = c.id();
+        let mut pids = vec![root];
+        // taskset execs, so the child pid is the program itself; add children (nginx workers).
+        if let Ok(entries) = std::fs::read_dir("/proc") {
+            for e in entries.flatten() {
+                let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+                    continue;
+                };
+                if let Some(ppid) = stat_field(pid, 1) {
+                    if ppid == root as u64 {
+                        pids.push(pid);
+                    }
+                }
+            }
+        }
+        pids
+    }
+
+    /// Resident memory of the proxy's processes, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        self.pids()
+            .iter()
+            .filter_map(|p| status_kib(*p, "VmRSS:"))
+            .sum()
+    }
+
+    /// User + system CPU time of the proxy's processes, in clock ticks.
+    pub fn cpu_ticks(&self) -> u64 {
+        self.pids()
+            .iter()
+            .map(|p| stat_field(*p, 11).unwrap_or(0) + stat_field(*p, 12).unwrap_or(0))
+            .sum()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.child {
+            let sig = if self.kind == Kind::Nginx {
+                nix::sys::signal::Signal::SIGQUIT
+            } else {
+                nix::sys::signal::Signal::SIGTERM
+            };
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), sig);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// One HAProxy runtime API command over its admin socket.
+fn haproxy_cmd(dir: &Path, cmd: &str) -> Result<String> {
+    let mut s = UnixStream::connect(dir.join("haproxy.sock")).context("haproxy admin socket")?;
+    s.write_all(format!("{cmd}\n").as_bytes())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
+
+/// Field `n` (0-based, after the command name) of `/proc/PID/stat`.
+fn stat_field(pid: u32, n: usize) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split_whitespace().nth(n)?.parse().ok()
+}
+
+fn status_kib(pid: u32, key: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find(|l| l.starts_with(key))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}

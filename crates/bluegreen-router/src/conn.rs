@@ -1,0 +1,105 @@
+//! Connections to upstreams: a small pool of HTTP/1.1 connections per
+//! upstream, built on hyper's connection API.
+//!
+//! Why not hyper-util's pooled client: on the request path it hashes a pool
+//! key with SipHash, takes a pool-wide lock, and moves large futures around;
+//! a list of idle connections per upstream needs none of that. A connection
+//! goes back to its list only after its response body was read to the end.
+
+use bytes::Bytes;
+use http_body_util::{Either, Empty};
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+
+/// Body type sent upstream: the client's body, or nothing.
+pub type UpstreamBody = Either<Incoming, Empty<Bytes>>;
+/// One HTTP/1.1 connection's sending half.
+pub type Sender = http1::SendRequest<UpstreamBody>;
+
+/// Idle connections kept per upstream; more are closed when they come back.
+const MAX_IDLE: usize = 1024;
+/// An idle connection older than this is closed instead of reused.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Why no connection could be had.
+#[derive(Debug)]
+pub enum ConnectError {
+    Timeout(Duration),
+    Io(std::io::Error),
+    Handshake(hyper::Error),
+}
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnectError::Timeout(d) => write!(f, "connect timed out after {d:?}"),
+            ConnectError::Io(e) => write!(f, "connect failed: {e}"),
+            ConnectError::Handshake(e) => write!(f, "HTTP handshake failed: {e}"),
+        }
+    }
+}
+
+/// Idle connections to one upstream.
+#[derive(Default)]
+pub struct ConnPool {
+    idle: Mutex<Vec<(Sender, Instant)>>,
+}
+
+impl ConnPool {
+    /// An idle connection that is still open, if there is one.
+    pub fn take(&self) -> Option<Sender> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some((s, since)) = idle.pop() {
+            if !s.is_closed() && since.elapsed() < IDLE_TIMEOUT {
+                return Some(s);
+            }
+        }
+        None
+    }
+
+    /// Returns a connection whose last response was read to the end.
+    pub fn put(&self, s: Sender) {
+        if s.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < MAX_IDLE {
+            idle.push((s, Instant::now()));
+        }
+    }
+
+    /// Idle connections right now (for status and tests).
+    pub fn idle_count(&self) -> usize {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+/// Opens a new connection to `address` (`host:port`).
+pub async fn connect(address: &str, limit: Duration) -> Result<Sender, ConnectError> {
+    let stream = tokio::time::timeout(limit, async {
+        match address.parse::<SocketAddr>() {
+            Ok(sa) => TcpStream::connect(sa).await,
+            Err(_) => TcpStream::connect(address).await,
+        }
+    })
+    .await
+    .map_err(|_| ConnectError::Timeout(limit))?
+    .map_err(ConnectError::Io)?;
+    let _ = stream.set_nodelay(true);
+    let (sender, conn) = http1::Builder::new()
+        .writev(false)
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(ConnectError::Handshake)?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(error = %e, "upstream connection ended with an error");
+        }
+    });
+    Ok(sender)
+}
