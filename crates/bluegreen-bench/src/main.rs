@@ -43,6 +43,8 @@ struct Args {
 
 /// Durations and sizes of one run.
 struct Plan {
+    /// wrk runs per measurement; the median by req/s is reported.
+    repeats: usize,
     wrk_secs: u64,
     conns: usize,
     rate: u64,
@@ -138,10 +140,11 @@ fn main() -> Result<()> {
         wrk(&env, &proxy, "/", 1, plan.conns)?; // warm-up
         row.rss_idle_kib = proxy.rss_kib();
         let t0 = proxy.cpu_ticks();
-        let small = wrk(&env, &proxy, "/", plan.wrk_secs, plan.conns)?;
-        row.cpu_pct = (proxy.cpu_ticks() - t0) as f64 / plan.wrk_secs as f64; // ticks are 1/100 s
+        let small = median_wrk(&env, &proxy, "/", &plan)?;
+        // Ticks are 1/100 s.
+        row.cpu_pct = (proxy.cpu_ticks() - t0) as f64 / (plan.wrk_secs as f64 * plan.repeats as f64);
         row.small = Some(small);
-        row.large = Some(wrk(&env, &proxy, "/64k", plan.wrk_secs, plan.conns)?);
+        row.large = Some(median_wrk(&env, &proxy, "/64k", &plan)?);
         let (h, errors) = load::fixed_rate(
             proxy.addr(),
             plan.rate,
@@ -265,6 +268,15 @@ fn wrk(env: &Env, proxy: &Proxy, path: &str, secs: u64, conns: usize) -> Result<
                 .join(" ")
         ),
     })
+}
+
+/// The median run (by req/s) of `plan.repeats` wrk runs.
+fn median_wrk(env: &Env, proxy: &Proxy, path: &str, plan: &Plan) -> Result<Wrk> {
+    let mut runs = (0..plan.repeats.max(1))
+        .map(|_| wrk(env, proxy, path, plan.wrk_secs, plan.conns))
+        .collect::<Result<Vec<_>>>()?;
+    runs.sort_by(|a, b| a.rps.total_cmp(&b.rps));
+    Ok(runs.swap_remove(runs.len() / 2))
 }
 
 /// Resident memory with `n` idle keep-alive connections open (KiB, opened).
