@@ -58,6 +58,7 @@ fn main() -> Result<()> {
     let args = Args::parse();
     let plan = if args.quick {
         Plan {
+            repeats: 1,
             wrk_secs: 1,
             conns: 32,
             rate: 1000,
@@ -68,6 +69,7 @@ fn main() -> Result<()> {
         }
     } else {
         Plan {
+            repeats: 3,
             wrk_secs: 10,
             conns: 64,
             rate: 5000,
