@@ -30,6 +30,7 @@ pub enum Answer {
 /// One request of the switching run.
 pub struct Sample {
     pub start: Instant,
+    pub end: Instant,
     pub answer: Answer,
 }
 
@@ -101,7 +102,7 @@ pub fn closed_loop(addr: SocketAddr, conns: usize, until: Instant) -> JoinHandle
                             if answer == Answer::Error {
                                 send = None;
                             }
-                            out.push(Sample { start, answer });
+                            out.push(Sample { start, end: Instant::now(), answer });
                         }
                         out
                     })

@@ -97,7 +97,10 @@ pub async fn serve(
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let ctx = ctx.clone();
-                async move { Ok::<_, Infallible>(proxy::handle(req, &ctx).await) }
+                // Boxed: hyper keeps room for one request future per connection
+                // for the connection's whole life, so an idle connection holds
+                // a pointer instead of the whole request state machine.
+                Box::pin(async move { Ok::<_, Infallible>(proxy::handle(req, &ctx).await) })
             });
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
             if let Err(e) = watcher.watch(conn).await {
