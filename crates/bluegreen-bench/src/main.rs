@@ -143,6 +143,12 @@ fn main() -> Result<()> {
         eprintln!("== {}", kind.name());
         let mut proxy = Proxy::start(kind, &env, upstream.blue, upstream.green)?;
         let mut row = Row::new(kind.name());
+        if std::env::var("BENCH_PARTS").is_ok_and(|p| p == "fixed") {
+            let (h, errors) = load::fixed_rate(proxy.addr(), plan.rate, 32, Duration::from_secs(plan.rate_secs));
+            row.fixed = Some((h.value_at_quantile(0.5), h.value_at_quantile(0.99), h.value_at_quantile(0.999), errors));
+            report.rows.push(row);
+            continue;
+        }
         if std::env::var("BENCH_PARTS").is_ok_and(|p| p == "switching") {
             if kind != Kind::Direct {
                 row.switching = Some(switching(&mut proxy, Duration::from_secs(plan.switch_secs))?);
