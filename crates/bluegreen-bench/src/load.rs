@@ -102,7 +102,11 @@ pub fn closed_loop(addr: SocketAddr, conns: usize, until: Instant) -> JoinHandle
                             if answer == Answer::Error {
                                 send = None;
                             }
-                            out.push(Sample { start, end: Instant::now(), answer });
+                            out.push(Sample {
+                                start,
+                                end: Instant::now(),
+                                answer,
+                            });
                         }
                         out
                     })

@@ -80,7 +80,10 @@ fn main() -> Result<()> {
         }
     };
 
-    if let Some(n) = std::env::var("BENCH_IDLE_CONNS").ok().and_then(|v| v.parse().ok()) {
+    if let Some(n) = std::env::var("BENCH_IDLE_CONNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
         plan.idle_conns = n;
     }
 
@@ -90,7 +93,12 @@ fn main() -> Result<()> {
         .map(|n| n.get())
         .unwrap_or(1);
     let (proxy_cpus, load_cpus) = if cores >= 2 {
-        ("0".to_string(), format!("1-{}", cores - 1))
+        let rest = if cores == 2 {
+            "1".to_string()
+        } else {
+            format!("1-{}", cores - 1)
+        };
+        ("0".to_string(), rest)
     } else {
         (String::new(), String::new())
     };
@@ -144,14 +152,27 @@ fn main() -> Result<()> {
         let mut proxy = Proxy::start(kind, &env, upstream.blue, upstream.green)?;
         let mut row = Row::new(kind.name());
         if std::env::var("BENCH_PARTS").is_ok_and(|p| p == "fixed") {
-            let (h, errors) = load::fixed_rate(proxy.addr(), plan.rate, 32, Duration::from_secs(plan.rate_secs));
-            row.fixed = Some((h.value_at_quantile(0.5), h.value_at_quantile(0.99), h.value_at_quantile(0.999), errors));
+            let (h, errors) = load::fixed_rate(
+                proxy.addr(),
+                plan.rate,
+                32,
+                Duration::from_secs(plan.rate_secs),
+            );
+            row.fixed = Some((
+                h.value_at_quantile(0.5),
+                h.value_at_quantile(0.99),
+                h.value_at_quantile(0.999),
+                errors,
+            ));
             report.rows.push(row);
             continue;
         }
         if std::env::var("BENCH_PARTS").is_ok_and(|p| p == "switching") {
             if kind != Kind::Direct {
-                row.switching = Some(switching(&mut proxy, Duration::from_secs(plan.switch_secs))?);
+                row.switching = Some(switching(
+                    &mut proxy,
+                    Duration::from_secs(plan.switch_secs),
+                )?);
             }
             report.rows.push(row);
             continue;
@@ -161,7 +182,8 @@ fn main() -> Result<()> {
         let t0 = proxy.cpu_ticks();
         let small = median_wrk(&env, &proxy, "/", &plan)?;
         // Ticks are 1/100 s.
-        row.cpu_pct = (proxy.cpu_ticks() - t0) as f64 / (plan.wrk_secs as f64 * plan.repeats as f64);
+        row.cpu_pct =
+            (proxy.cpu_ticks() - t0) as f64 / (plan.wrk_secs as f64 * plan.repeats as f64);
         row.small = Some(small);
         row.large = Some(median_wrk(&env, &proxy, "/64k", &plan)?);
         let (h, errors) = load::fixed_rate(
@@ -371,14 +393,21 @@ fn switching(proxy: &mut Proxy, duration: Duration) -> Result<Switching> {
 /// switch made live while the request was still running (the proxy may have
 /// read it after that switch); a request that started while a switch was in
 /// progress may get either side.
-fn right_side(marks: &[(Instant, Instant, bool)], start: Instant, end: Instant, blue: bool) -> bool {
+fn right_side(
+    marks: &[(Instant, Instant, bool)],
+    start: Instant,
+    end: Instant,
+    blue: bool,
+) -> bool {
     let k = match marks.iter().rposition(|m| m.0 <= start) {
         None => None,
         Some(k) if start > marks[k].1 => Some(k),
         Some(_) => return true,
     };
     let current = k.map(|k| marks[k].2).unwrap_or(true);
-    let later = marks[k.map(|k| k + 1).unwrap_or(0)..].iter().take_while(|m| m.0 < end);
+    let later = marks[k.map(|k| k + 1).unwrap_or(0)..]
+        .iter()
+        .take_while(|m| m.0 < end);
     current == blue || later.map(|m| m.2).any(|b| b == blue)
 }
 

@@ -14,8 +14,8 @@ use bluegreen_router::headers::{self, RequestIds};
 use bluegreen_router::pool::Pool;
 use bluegreen_router::snapshot::{Epoch, Snapshot};
 use criterion::{criterion_group, criterion_main, Criterion};
-use std::hint::black_box;
 use http::{HeaderMap, HeaderValue};
+use std::hint::black_box;
 use std::sync::Arc;
 
 fn pool(side: Side, n: usize, balance: Balance) -> Arc<Pool> {
@@ -51,8 +51,12 @@ fn snapshot_load(c: &mut Criterion) {
 fn upstream_pick(c: &mut Criterion) {
     let rr = pool(Side::Blue, 4, Balance::RoundRobin);
     let lo = pool(Side::Blue, 4, Balance::LeastOutstanding);
-    c.bench_function("pick round robin of 4", |b| b.iter(|| black_box(rr.pick(0, true))));
-    c.bench_function("pick least outstanding of 4", |b| b.iter(|| black_box(lo.pick(0, true))));
+    c.bench_function("pick round robin of 4", |b| {
+        b.iter(|| black_box(rr.pick(0, true)))
+    });
+    c.bench_function("pick least outstanding of 4", |b| {
+        b.iter(|| black_box(lo.pick(0, true)))
+    });
 }
 
 /// Header work on a typical browser request and an upstream response.
@@ -81,18 +85,21 @@ fn header_rewriting(c: &mut Criterion) {
     let ids = RequestIds::new();
     let peer = HeaderValue::from_static("127.0.0.1");
     let host = HeaderValue::from_static("shop.example");
-    c.bench_function("request headers: hop-by-hop + forwarded + request id", |b| {
-        b.iter_batched(
-            || request.clone(),
-            |mut h| {
-                headers::strip_hop_by_hop(&mut h, false);
-                headers::set_forwarded(&mut h, &peer, Some(host.clone()));
-                ids.ensure(&mut h);
-                h
-            },
-            criterion::BatchSize::SmallInput,
-        )
-    });
+    c.bench_function(
+        "request headers: hop-by-hop + forwarded + request id",
+        |b| {
+            b.iter_batched(
+                || request.clone(),
+                |mut h| {
+                    headers::strip_hop_by_hop(&mut h, false);
+                    headers::set_forwarded(&mut h, &peer, Some(host.clone()));
+                    ids.ensure(&mut h);
+                    h
+                },
+                criterion::BatchSize::SmallInput,
+            )
+        },
+    );
     c.bench_function("response headers: hop-by-hop", |b| {
         b.iter_batched(
             || response.clone(),

@@ -172,3 +172,32 @@ async fn a_stale_pooled_connection_never_fails_a_request() {
     }
     assert!(blue.requests() >= 5);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_keepalive_client_connections_are_closed_after_idle_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let blue = Backend::start("blue").await;
+    let green = Backend::start("green").await;
+    let router = RouterBuilder::new(&[&blue], &[&green])
+        .proxy("idle_timeout = \"300ms\"")
+        .start();
+    router.wait_all_healthy().await;
+    let mut s = tokio::net::TcpStream::connect(router.proxy).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    // Now idle: the router must close it (EOF) well before this limit.
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "idle connection was not closed");
+}
