@@ -152,18 +152,7 @@ fn main() -> Result<()> {
         let mut proxy = Proxy::start(kind, &env, upstream.blue, upstream.green)?;
         let mut row = Row::new(kind.name());
         if std::env::var("BENCH_PARTS").is_ok_and(|p| p == "fixed") {
-            let (h, errors) = load::fixed_rate(
-                proxy.addr(),
-                plan.rate,
-                32,
-                Duration::from_secs(plan.rate_secs),
-            );
-            row.fixed = Some((
-                h.value_at_quantile(0.5),
-                h.value_at_quantile(0.99),
-                h.value_at_quantile(0.999),
-                errors,
-            ));
+            row.fixed = Some(fixed_rate(&proxy, &plan));
             report.rows.push(row);
             continue;
         }
@@ -186,18 +175,7 @@ fn main() -> Result<()> {
             (proxy.cpu_ticks() - t0) as f64 / (plan.wrk_secs as f64 * plan.repeats as f64);
         row.small = Some(small);
         row.large = Some(median_wrk(&env, &proxy, "/64k", &plan)?);
-        let (h, errors) = load::fixed_rate(
-            proxy.addr(),
-            plan.rate,
-            32,
-            Duration::from_secs(plan.rate_secs),
-        );
-        row.fixed = Some((
-            h.value_at_quantile(0.5),
-            h.value_at_quantile(0.99),
-            h.value_at_quantile(0.999),
-            errors,
-        ));
+        row.fixed = Some(fixed_rate(&proxy, &plan));
         row.rss_conns = Some(idle_memory(&proxy, plan.idle_conns)?);
         if kind != Kind::Direct {
             row.switching = Some(switching(
@@ -311,6 +289,22 @@ fn wrk(env: &Env, proxy: &Proxy, path: &str, secs: u64, conns: usize) -> Result<
                 .join(" ")
         ),
     })
+}
+
+/// Latency percentiles (µs: p50, p99, p99.9) and errors at the plan's fixed rate.
+fn fixed_rate(proxy: &Proxy, plan: &Plan) -> (u64, u64, u64, u64) {
+    let (h, errors) = load::fixed_rate(
+        proxy.addr(),
+        plan.rate,
+        32,
+        Duration::from_secs(plan.rate_secs),
+    );
+    (
+        h.value_at_quantile(0.5),
+        h.value_at_quantile(0.99),
+        h.value_at_quantile(0.999),
+        errors,
+    )
 }
 
 /// The median run (by req/s) of `plan.repeats` wrk runs.

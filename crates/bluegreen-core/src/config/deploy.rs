@@ -223,19 +223,7 @@ impl Checker {
             );
             return None;
         };
-        let mut ok = true;
-        for name in placeholders(raw) {
-            if !allowed.contains(&name.as_str()) {
-                self.issue(
-                    key,
-                    format!(
-                        "unknown placeholder {{{name}}}; allowed here: {}",
-                        list(allowed)
-                    ),
-                );
-                ok = false;
-            }
-        }
+        let mut ok = self.text_vars(key, raw, allowed);
         if placeholders(&argv[0]).is_empty() {
             if let Err(why) = find_program(&argv[0], base) {
                 self.issue(key, why);
@@ -248,7 +236,9 @@ impl Checker {
         })
     }
 
-    fn text_vars(&mut self, key: &str, s: &str, allowed: &[&str]) {
+    /// Reports placeholders not in `allowed`; true when there were none.
+    fn text_vars(&mut self, key: &str, s: &str, allowed: &[&str]) -> bool {
+        let mut ok = true;
         for name in placeholders(s) {
             if !allowed.contains(&name.as_str()) {
                 self.issue(
@@ -258,8 +248,10 @@ impl Checker {
                         list(allowed)
                     ),
                 );
+                ok = false;
             }
         }
+        ok
     }
 
     fn fraction(&mut self, key: &str, raw: Option<f64>, default: f64) -> f64 {

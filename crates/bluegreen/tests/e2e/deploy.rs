@@ -41,6 +41,17 @@ fn pipeline_router(bake: &str, keep_warm: &str) -> RouterBuilder {
         .extra(&deploy_toml(bake, keep_warm))
 }
 
+/// A pipeline router on fixed ports and a state dir, so a restart is the same router.
+fn pipeline_router_at(
+    ports: (std::net::SocketAddr, std::net::SocketAddr),
+    dir: &std::path::Path,
+) -> RouterBuilder {
+    RouterBuilder::addrs(vec![ports.0], vec![ports.1])
+        .health("interval = \"100ms\"\ntimeout = \"500ms\"\nhealthy_threshold = 1\nunhealthy_threshold = 1")
+        .extra(&deploy_toml("300ms", "0s"))
+        .state_dir(dir)
+}
+
 /// `bluegreen deploy ARGS` through the CLI; (exit code, stdout, stderr).
 fn cli_deploy(router: &RouterProc, args: &[&str]) -> (i32, String, String) {
     let mut all = vec!["deploy"];
@@ -438,12 +449,7 @@ async fn deploy_without_a_pipeline_is_a_clear_error() {
 async fn apps_survive_a_router_crash_and_are_readopted() {
     let dir = tempfile::tempdir().unwrap();
     let ports = (closed_port(), closed_port());
-    let build = || {
-        RouterBuilder::addrs(vec![ports.0], vec![ports.1])
-            .health("interval = \"100ms\"\ntimeout = \"500ms\"\nhealthy_threshold = 1\nunhealthy_threshold = 1")
-            .extra(&deploy_toml("300ms", "0s"))
-            .state_dir(dir.path())
-    };
+    let build = || pipeline_router_at(ports, dir.path());
     let mut router = build().start();
     assert_eq!(cli_deploy(&router, &["v1"]).0, 0);
     let pids = router.app_pids();
@@ -480,12 +486,7 @@ async fn crash_at_every_step_resumes_the_deploy() {
             let at = format!("{step}:{point}");
             let dir = tempfile::tempdir().unwrap();
             let ports = (closed_port(), closed_port());
-            let build = || {
-                RouterBuilder::addrs(vec![ports.0], vec![ports.1])
-                    .health("interval = \"100ms\"\ntimeout = \"500ms\"\nhealthy_threshold = 1\nunhealthy_threshold = 1")
-                    .extra(&deploy_toml("300ms", "0s"))
-                    .state_dir(dir.path())
-            };
+            let build = || pipeline_router_at(ports, dir.path());
             let mut crashing = build().env("BLUEGREEN_CRASH_AT", &at).start();
             let (status, body_json) = crashing
                 .api(
