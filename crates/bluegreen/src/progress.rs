@@ -189,8 +189,11 @@ impl Progress {
         });
         if self.bars.is_empty() {
             for s in &d.steps {
-                let bar = multi.add(ProgressBar::new_spinner());
+                let bar = ProgressBar::new_spinner().with_style(
+                    ProgressStyle::with_template("  · {prefix:<12} {wide_msg}").expect("template"),
+                );
                 bar.set_prefix(s.step.as_str().to_string());
+                let bar = multi.add(bar);
                 self.bars.push(bar);
             }
         }
