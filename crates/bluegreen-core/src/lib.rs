@@ -5,6 +5,7 @@
 pub mod bake;
 pub mod config;
 pub mod deploy;
+pub mod diff;
 pub mod health;
 pub mod latency;
 pub mod side;
