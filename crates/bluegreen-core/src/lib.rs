@@ -8,6 +8,7 @@ pub mod deploy;
 pub mod diff;
 pub mod health;
 pub mod latency;
+pub mod record;
 pub mod side;
 pub mod state;
 
