@@ -47,16 +47,45 @@ pub fn check(path: &Path) -> ExitCode {
 
 /// `bluegreen status`.
 pub async fn status(args: &AdminArgs, as_json: bool) -> anyhow::Result<ExitCode> {
-    let status: Status = match client(args).get("/api/v1/status").await {
+    let raw: serde_json::Value = match client(args).get("/api/v1/status").await {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
     if as_json {
-        println!("{}", serde_json::to_string_pretty(&status)?);
-    } else {
-        print!("{}", render_status(&status));
+        println!("{}", serde_json::to_string_pretty(&raw)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let status: Status = serde_json::from_value(raw.clone())?;
+    print!("{}", render_status(&status));
+    // With a pipeline: what each side runs, and the deploy in progress.
+    if let Some(rel) = raw.get("releases").filter(|r| !r.is_null()) {
+        out_releases(rel);
+    }
+    if let Some(d) = raw.get("deploy").filter(|d| d["outcome"] == "running") {
+        let d: DeployRecord = serde_json::from_value(d.clone())?;
+        let step = d.next_step().map(|s| s.as_str()).unwrap_or("finishing");
+        println!(
+            "\ndeploy #{} of {} to {} in progress: {step}",
+            d.id, d.version, d.target
+        );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn out_releases(rel: &serde_json::Value) {
+    println!("\n{:<6} {:<16} STATE", "SIDE", "VERSION");
+    for side in Side::ALL {
+        let r = &rel[side.as_str()];
+        let version = r["version"].as_str().unwrap_or("-");
+        let state = if r["version"].is_null() {
+            "-"
+        } else if r["running"] == true {
+            "running"
+        } else {
+            "decommissioned"
+        };
+        println!("{:<6} {:<16} {state}", side.as_str(), version);
+    }
 }
 
 /// `bluegreen switch`.

@@ -195,6 +195,14 @@ async fn good_deploys_complete_under_load_with_zero_failed_requests() {
     );
     let (_, text, _) = router.cli(&["history"]);
     assert!(text.contains("bake done"), "{text}");
+    let (_, text, _) = router.cli(&["status"]);
+    assert!(
+        text.contains("blue   v2") && text.contains("decommissioned"),
+        "{text}"
+    );
+    let (_, json, _) = router.cli(&["status", "--json"]);
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(json["releases"]["blue"]["version"], "v2");
 }
 
 #[tokio::test(flavor = "multi_thread")]
