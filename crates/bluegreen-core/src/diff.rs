@@ -86,14 +86,7 @@ fn walk(a: &Value, b: &Value, path: &mut String, out: &mut Vec<FieldDiff>) {
                 let len = path.len();
                 path.push('/');
                 path.push_str(&k.replace('~', "~0").replace('/', "~1"));
-                match (x.get(k), y.get(k)) {
-                    (Some(va), Some(vb)) => walk(va, vb, path, out),
-                    (va, vb) => out.push(FieldDiff {
-                        field: path.clone(),
-                        live: va.map(show).unwrap_or_else(|| "(missing)".into()),
-                        idle: vb.map(show).unwrap_or_else(|| "(missing)".into()),
-                    }),
-                }
+                pair(x.get(k), y.get(k), path, out);
                 path.truncate(len);
             }
         }
@@ -102,14 +95,7 @@ fn walk(a: &Value, b: &Value, path: &mut String, out: &mut Vec<FieldDiff>) {
                 let len = path.len();
                 path.push('/');
                 path.push_str(&i.to_string());
-                match (x.get(i), y.get(i)) {
-                    (Some(va), Some(vb)) => walk(va, vb, path, out),
-                    (va, vb) => out.push(FieldDiff {
-                        field: path.clone(),
-                        live: va.map(show).unwrap_or_else(|| "(missing)".into()),
-                        idle: vb.map(show).unwrap_or_else(|| "(missing)".into()),
-                    }),
-                }
+                pair(x.get(i), y.get(i), path, out);
                 path.truncate(len);
             }
         }
@@ -123,6 +109,18 @@ fn walk(a: &Value, b: &Value, path: &mut String, out: &mut Vec<FieldDiff>) {
             idle: show(b),
         }),
         _ => {}
+    }
+}
+
+/// Compares a member present on either side; one side missing is a difference.
+fn pair(a: Option<&Value>, b: Option<&Value>, path: &mut String, out: &mut Vec<FieldDiff>) {
+    match (a, b) {
+        (Some(va), Some(vb)) => walk(va, vb, path, out),
+        (va, vb) => out.push(FieldDiff {
+            field: path.clone(),
+            live: va.map(show).unwrap_or_else(|| "(missing)".into()),
+            idle: vb.map(show).unwrap_or_else(|| "(missing)".into()),
+        }),
     }
 }
 

@@ -119,11 +119,7 @@ async fn oversized_request_head_is_refused_and_the_router_stays_up() {
 async fn upstream_connections_are_kept_alive_and_reused() {
     let blue = Backend::start("blue").await;
     let green = Backend::start("green").await;
-    let router = RouterBuilder::new(&[&blue], &[&green])
-        .health(
-            "interval = \"1h\"\ntimeout = \"1s\"\nhealthy_threshold = 1\nunhealthy_threshold = 1",
-        )
-        .start();
+    let router = without_periodic_checks(&blue, &green);
     router.wait_all_healthy().await;
     let before = blue
         .state
@@ -148,11 +144,7 @@ async fn upstream_connections_are_kept_alive_and_reused() {
 async fn a_stale_pooled_connection_never_fails_a_request() {
     let blue = Backend::start("blue").await;
     let green = Backend::start("green").await;
-    let router = RouterBuilder::new(&[&blue], &[&green])
-        .health(
-            "interval = \"1h\"\ntimeout = \"1s\"\nhealthy_threshold = 1\nunhealthy_threshold = 1",
-        )
-        .start();
+    let router = without_periodic_checks(&blue, &green);
     router.wait_all_healthy().await;
     let c = h1_client();
     assert_eq!(
@@ -200,4 +192,14 @@ async fn idle_keepalive_client_connections_are_closed_after_idle_timeout() {
     })
     .await;
     assert!(closed.is_ok(), "idle connection was not closed");
+}
+
+/// A router whose health checks run once at start: the tests count upstream
+/// connections, and periodic checks would open more.
+fn without_periodic_checks(blue: &Backend, green: &Backend) -> RouterProc {
+    RouterBuilder::new(&[blue], &[green])
+        .health(
+            "interval = \"1h\"\ntimeout = \"1s\"\nhealthy_threshold = 1\nunhealthy_threshold = 1",
+        )
+        .start()
 }
