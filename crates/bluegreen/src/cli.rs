@@ -1,7 +1,7 @@
 //! Command-line interface: what each subcommand takes, and dispatch.
 
 use crate::logging::LogFormat;
-use crate::{app, commands, demo, serve};
+use crate::{app, commands, demo, replay, serve};
 use bluegreen_core::Side;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -144,6 +144,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Send recorded requests again (cache warming, load tests), keeping
+    /// their timing scaled by --speed; prints a summary.
+    Replay(replay::ReplayArgs),
     /// Run a self-contained demo: two demo apps, the router, live traffic and
     /// a switch and rollback under load.
     Demo(demo::DemoArgs),
@@ -211,6 +214,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::History { admin, json } => {
             client_runtime()?.block_on(commands::history(&admin, json))
         }
+        Command::Replay(args) => client_runtime()?.block_on(replay::main(args)),
         Command::Demo(args) => demo::main(args),
         Command::App(args) => app::main(args),
     }

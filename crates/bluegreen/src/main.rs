@@ -10,6 +10,7 @@ mod commands;
 mod demo;
 mod logging;
 mod progress;
+mod replay;
 mod serve;
 
 use clap::Parser;

@@ -9,6 +9,7 @@ mod deploy;
 mod health;
 mod manners;
 mod preview;
+mod replay;
 mod shutdown;
 mod state;
 mod streaming;

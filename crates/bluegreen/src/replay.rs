@@ -1,0 +1,279 @@
+//! `bluegreen replay FILE`: sends recorded requests again, to one side or any
+//! URL, keeping their relative timing (scaled by `--speed`) or as fast as
+//! `--concurrency` allows. For warming a new side's caches and for load tests.
+
+use crate::cli::{AdminArgs, EXIT_CONFIG, EXIT_ERROR};
+use anyhow::Context;
+use bluegreen_core::latency::{bucket, Histogram};
+use bluegreen_core::record::{Recorded, REDACTED};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Flags of `bluegreen replay`.
+#[derive(Debug, clap::Args)]
+pub struct ReplayArgs {
+    #[command(flatten)]
+    pub admin: AdminArgs,
+    /// A record file (`bluegreen record`): one JSON request per line.
+    pub file: PathBuf,
+    /// `blue`, `green` (that side's upstreams, from the admin API) or a base URL.
+    #[arg(long)]
+    pub target: String,
+    /// `1x` keeps the recorded timing, `2x` twice as fast, `max` as fast as allowed.
+    #[arg(long, default_value = "1x")]
+    pub speed: String,
+    /// Requests in flight at most.
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: usize,
+    /// Replay the file again and again until this much time has passed (e.g. `5m`).
+    #[arg(long = "loop-for")]
+    pub loop_for: Option<String>,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Default)]
+struct Tally {
+    statuses: BTreeMap<u16, u64>,
+    errors: u64,
+    first_error: Option<String>,
+    latency: Histogram,
+}
+
+/// Entry point of `bluegreen replay`.
+pub async fn main(args: ReplayArgs) -> anyhow::Result<ExitCode> {
+    // 1. The whole file is checked before anything is sent.
+    let text = std::fs::read_to_string(&args.file)
+        .with_context(|| format!("cannot read {}", args.file.display()))?;
+    let records = match Recorded::parse_all(&text) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {}: {e}", args.file.display());
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    };
+    let speed = match args.speed.as_str() {
+        "max" => None,
+        s => match s.trim_end_matches('x').parse::<f64>() {
+            Ok(v) if v > 0.0 => Some(v),
+            _ => {
+                eprintln!(
+                    "error: --speed {:?}: use a factor like 1x, 2.5x or max",
+                    args.speed
+                );
+                return Ok(ExitCode::from(EXIT_CONFIG));
+            }
+        },
+    };
+    let loop_for = match args.loop_for.as_deref().map(humantime::parse_duration) {
+        Some(Err(e)) => {
+            eprintln!("error: --loop-for: {e}");
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+        Some(Ok(d)) => Some(d),
+        None => None,
+    };
+    if records.is_empty() {
+        eprintln!("error: {} holds no requests", args.file.display());
+        return Ok(ExitCode::from(EXIT_CONFIG));
+    }
+
+    // 2. Where to send.
+    let bases = match targets(&args).await {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return Ok(ExitCode::from(EXIT_ERROR));
+        }
+    };
+
+    // 3. Send, keeping the recorded rhythm (scaled), never more than `concurrency` at once.
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let limit = Arc::new(tokio::sync::Semaphore::new(args.concurrency.max(1)));
+    let bar = progress(records.len(), args.json);
+    let started = Instant::now();
+    let first_at = records[0].at_ms;
+    let mut sent = 0u64;
+    let mut tasks = tokio::task::JoinSet::new();
+    'outer: for round in 0u64.. {
+        let round_start = Instant::now();
+        for r in &records {
+            if let Some(f) = speed {
+                let due =
+                    Duration::from_secs_f64(r.at_ms.saturating_sub(first_at) as f64 / 1000.0 / f);
+                tokio::time::sleep_until((round_start + due).into()).await;
+            }
+            if loop_for.is_some_and(|d| started.elapsed() >= d) {
+                break 'outer;
+            }
+            let permit = limit.clone().acquire_owned().await.expect("semaphore open");
+            let base = &bases[(sent as usize) % bases.len()];
+            let req = build(base, r)?;
+            let (client, tally, bar) = (client.clone(), tally.clone(), bar.clone());
+            tasks.spawn(async move {
+                let t = Instant::now();
+                let outcome = match client.request(req).await {
+                    Ok(resp) => {
+                        let status = resp.status().as_u16();
+                        resp.into_body()
+                            .collect()
+                            .await
+                            .map(|_| status)
+                            .map_err(|e| e.to_string())
+                    }
+                    Err(e) => Err(bluegreen_core::error_chain(&e)),
+                };
+                let mut t2 = tally.lock().unwrap_or_else(|p| p.into_inner());
+                t2.latency.counts[bucket(t.elapsed())] += 1;
+                match outcome {
+                    Ok(s) => *t2.statuses.entry(s).or_default() += 1,
+                    Err(e) => {
+                        t2.errors += 1;
+                        t2.first_error.get_or_insert(e);
+                    }
+                }
+                bar.inc(1);
+                drop(permit);
+            });
+            sent += 1;
+        }
+        if loop_for.is_none() || round > 1_000_000 {
+            break;
+        }
+        bar.inc_length(records.len() as u64);
+    }
+    while tasks.join_next().await.is_some() {}
+    bar.finish_and_clear();
+
+    // 4. The summary.
+    let t = tally.lock().unwrap_or_else(|p| p.into_inner());
+    let secs = started.elapsed().as_secs_f64();
+    let q = |x: f64| {
+        t.latency
+            .quantile(x)
+            .map(|d| d.as_secs_f64() * 1000.0)
+            .unwrap_or(0.0)
+    };
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({"sent": sent, "seconds": secs, "statuses": t.statuses, "errors": t.errors,
+                "first_error": t.first_error, "p50_ms": q(0.5), "p99_ms": q(0.99), "targets": bases})
+        );
+    } else {
+        println!(
+            "replayed {sent} requests to {} in {secs:.2}s (speed {}, concurrency {})",
+            bases.join(", "),
+            args.speed,
+            args.concurrency
+        );
+        let statuses: Vec<String> = t
+            .statuses
+            .iter()
+            .map(|(s, n)| format!("{s} ×{n}"))
+            .collect();
+        println!(
+            "status: {}; errors: {}",
+            if statuses.is_empty() {
+                "-".into()
+            } else {
+                statuses.join(", ")
+            },
+            t.errors
+        );
+        if let Some(e) = &t.first_error {
+            println!("first error: {e}");
+        }
+        println!("latency: p50 {:.1} ms, p99 {:.1} ms", q(0.5), q(0.99));
+    }
+    Ok(if t.errors > 0 {
+        ExitCode::from(EXIT_ERROR)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Base URLs to send to: a side's upstreams, or the URL given.
+async fn targets(args: &ReplayArgs) -> anyhow::Result<Vec<String>> {
+    match args.target.as_str() {
+        side @ ("blue" | "green") => {
+            let client = bluegreen_api::AdminClient::new(
+                &args.admin.admin,
+                args.admin.token.clone(),
+                "cli:replay".into(),
+            );
+            let status: serde_json::Value = client.get("/api/v1/status").await?;
+            let ups: Vec<String> = status["sides"][side]["upstreams"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|u| u["address"].as_str())
+                        .map(|a| format!("http://{a}"))
+                        .collect()
+                })
+                .unwrap_or_default();
+            anyhow::ensure!(!ups.is_empty(), "the {side} side has no upstreams");
+            Ok(ups)
+        }
+        url => {
+            let u: http::Uri = url
+                .parse()
+                .with_context(|| format!("--target {url:?} is not blue, green or a URL"))?;
+            anyhow::ensure!(
+                u.scheme_str() == Some("http") && u.authority().is_some(),
+                "--target {url:?}: expected blue, green or http://HOST:PORT"
+            );
+            Ok(vec![url.trim_end_matches('/').to_string()])
+        }
+    }
+}
+
+fn build(base: &str, r: &Recorded) -> anyhow::Result<http::Request<Full<Bytes>>> {
+    let mut req = http::Request::builder()
+        .method(r.method.as_str())
+        .uri(format!("{base}{}", r.path));
+    for (k, v) in &r.headers {
+        // Redacted secrets are not replayed; hop-by-hop and framing headers are the client's own.
+        if v == REDACTED
+            || matches!(
+                k.as_str(),
+                "host"
+                    | "connection"
+                    | "keep-alive"
+                    | "transfer-encoding"
+                    | "content-length"
+                    | "te"
+                    | "upgrade"
+            )
+        {
+            continue;
+        }
+        req = req.header(k.as_str(), v.as_str());
+    }
+    req = req.header("x-bluegreen-replay", "1");
+    Ok(req.body(Full::new(Bytes::from(r.body_bytes())))?)
+}
+
+fn progress(total: usize, quiet: bool) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    if quiet || !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(total as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} {pos}/{len} requests {elapsed} {wide_bar}",
+        )
+        .expect("template"),
+    );
+    bar
+}

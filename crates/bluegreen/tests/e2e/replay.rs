@@ -1,0 +1,150 @@
+//! Replay: recorded requests sent again to a real server, with their timing.
+
+use crate::support::*;
+use bluegreen_core::record::Recorded;
+use std::time::{Duration, Instant};
+
+fn record_file(dir: &std::path::Path, lines: &[Recorded]) -> std::path::PathBuf {
+    let path = dir.join("traffic.jsonl");
+    let text: String = lines.iter().map(|r| r.to_line() + "\n").collect();
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn replay(args: &[&str], admin: Option<&RouterProc>) -> (i32, String, String) {
+    let mut cmd = std::process::Command::new(bin());
+    cmd.arg("replay").args(args);
+    if let Some(r) = admin {
+        cmd.env("BLUEGREEN_ADMIN", r.admin_url())
+            .env("BLUEGREEN_TOKEN", TOKEN);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replay_reproduces_recorded_requests_with_their_timing() {
+    let backend = Backend::start("blue").await;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = vec!["authorization".to_string()];
+    let file = record_file(
+        dir.path(),
+        &[
+            Recorded::new(
+                1_000,
+                "GET",
+                "/a?x=1",
+                vec![("accept".into(), "*/*".into())],
+                b"",
+                &secret,
+            ),
+            Recorded::new(
+                1_200,
+                "POST",
+                "/b",
+                vec![("content-type".into(), "application/octet-stream".into())],
+                &[0, 1, 2, 255],
+                &secret,
+            ),
+            Recorded::new(
+                1_400,
+                "GET",
+                "/headers",
+                vec![
+                    ("authorization".into(), "Bearer s3cret".into()),
+                    ("x-tenant".into(), "acme".into()),
+                ],
+                b"",
+                &secret,
+            ),
+        ],
+    );
+    let url = format!("http://{}", backend.addr);
+    let t = Instant::now();
+    let (code, out, err) = tokio::task::spawn_blocking({
+        let file = file.clone();
+        move || {
+            replay(
+                &[file.to_str().unwrap(), "--target", &url, "--speed", "2x"],
+                None,
+            )
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        t.elapsed() >= Duration::from_millis(190),
+        "400 ms of recorded time at 2x takes at least 200 ms"
+    );
+    assert!(
+        out.contains("replayed 3 requests") && out.contains("200 ×3"),
+        "{out}"
+    );
+    assert_eq!(backend.requests(), 3);
+    let seen = backend.state.last_headers.lock().unwrap().clone();
+    assert_eq!(seen["x-tenant"], "acme");
+    assert_eq!(seen["x-bluegreen-replay"], "1");
+    assert!(
+        !seen.contains_key("authorization"),
+        "redacted secrets are not replayed: {seen:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replay_to_a_side_goes_to_its_upstreams() {
+    let blue = Backend::start("blue").await;
+    let green = Backend::start("green").await;
+    let router = RouterBuilder::new(&[&blue], &[&green]).start();
+    let dir = tempfile::tempdir().unwrap();
+    let lines: Vec<Recorded> = (0..20)
+        .map(|i| Recorded::new(i, "GET", "/", vec![], b"", &[]))
+        .collect();
+    let file = record_file(dir.path(), &lines);
+    let (code, out, err) = replay(
+        &[
+            file.to_str().unwrap(),
+            "--target",
+            "green",
+            "--speed",
+            "max",
+            "--json",
+        ],
+        Some(&router),
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let summary: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(summary["sent"], 20);
+    assert_eq!(summary["statuses"]["200"], 20);
+    assert_eq!(green.requests(), 20);
+    assert_eq!(blue.requests(), 0);
+}
+
+#[test]
+fn a_malformed_or_truncated_record_file_names_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = Recorded::new(1, "GET", "/", vec![], b"", &[]).to_line();
+    let path = dir.path().join("cut.jsonl");
+    std::fs::write(&path, format!("{good}\n{}", &good[..good.len() / 2])).unwrap();
+    let (code, _, err) = replay(
+        &[path.to_str().unwrap(), "--target", "http://127.0.0.1:9"],
+        None,
+    );
+    assert_eq!(code, 2);
+    assert!(err.contains("cut.jsonl: line 2: truncated"), "{err}");
+    let (code, _, err) = replay(
+        &[
+            path.to_str().unwrap(),
+            "--target",
+            "http://127.0.0.1:9",
+            "--speed",
+            "fast",
+        ],
+        None,
+    );
+    assert_eq!(code, 2, "{err}");
+}
