@@ -51,6 +51,9 @@ pub fn app(router: Arc<Router>, pipeline: Option<Arc<Pipeline>>, token: &str) ->
         .route("/deploys/current", get(current_deploy))
         .route("/deploys/{id}", get(one_deploy))
         .route("/promote", post(promote))
+        .route("/record", get(record_status))
+        .route("/record/start", post(record_start))
+        .route("/record/stop", post(record_stop))
         .route("/abort", post(abort))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     axum::Router::new()
@@ -286,4 +289,74 @@ async fn abort(
     );
     let record = state.pipeline()?.abort(reason).await?;
     Ok(Json(record).into_response())
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RecordBody {
+    to: String,
+    percent: Option<f64>,
+    max_bytes: Option<u64>,
+    max_body: Option<usize>,
+    redact: Option<Vec<String>>,
+}
+
+async fn record_start(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+    let body: RecordBody = parse_body(&body)?;
+    let path = std::path::Path::new(&body.to);
+    if !path.is_absolute() {
+        return Err(ApiError::bad_request(format!(
+            "field \"to\": {:?} must be an absolute path (the router writes it)",
+            body.to
+        )));
+    }
+    let percent = body.percent.unwrap_or(100.0);
+    if !(0.0..=100.0).contains(&percent) {
+        return Err(ApiError::bad_request(format!(
+            "field \"percent\": {percent} is not between 0 and 100"
+        )));
+    }
+    let options = bluegreen_router::recorder::RecordOptions {
+        percent,
+        max_bytes: body.max_bytes.unwrap_or(1 << 30),
+        max_body: body.max_body.unwrap_or(64 * 1024),
+        redact: body.redact.unwrap_or_else(|| {
+            [
+                "authorization",
+                "proxy-authorization",
+                "cookie",
+                "set-cookie",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+        }),
+    };
+    let status = state
+        .router
+        .start_recording(path, options)
+        .await
+        .map_err(|message| ApiError {
+            status: StatusCode::CONFLICT,
+            code: "record_refused",
+            message,
+        })?;
+    Ok(Json(status).into_response())
+}
+
+async fn record_stop(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let status = state
+        .router
+        .stop_recording()
+        .await
+        .map_err(|message| ApiError {
+            status: StatusCode::CONFLICT,
+            code: "not_recording",
+            message,
+        })?;
+    Ok(Json(status).into_response())
+}
+
+async fn record_status(State(state): State<AppState>) -> Response {
+    Json(serde_json::json!({"recording": state.router.recording()})).into_response()
 }

@@ -30,9 +30,13 @@ pub struct Recorded {
     pub headers: Vec<(String, String)>,
     /// Base64 of the body (possibly cut at the record's body cap).
     pub body: String,
-    /// Status of the live answer, when responses are recorded.
+    /// Status of the live answer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
+    /// True when the body was larger than the recording's body cap (or of
+    /// unknown length) and is not in the record.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub body_omitted: bool,
 }
 
 /// A line that could not be read.
@@ -72,6 +76,7 @@ impl Recorded {
             headers,
             body: STANDARD.encode(body),
             status: None,
+            body_omitted: false,
         }
     }
 

@@ -32,6 +32,7 @@ fn snapshot() -> ArcSwap<Snapshot> {
             green: pool(Side::Green, 4, Balance::RoundRobin),
         },
         epochs: Sides::from_fn(|_| Epoch::new()),
+        recorder: None,
     })
 }
 

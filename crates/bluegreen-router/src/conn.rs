@@ -7,7 +7,7 @@
 //! goes back to its list only after its response body was read to the end.
 
 use bytes::Bytes;
-use http_body_util::{Either, Empty};
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
@@ -16,8 +16,9 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 
-/// Body type sent upstream: the client's body, or nothing.
-pub type UpstreamBody = Either<Incoming, Empty<Bytes>>;
+/// Body type sent upstream: the client's body streamed, or one held in
+/// memory (empty, or read whole because it is being recorded).
+pub type UpstreamBody = Either<Incoming, Full<Bytes>>;
 /// One HTTP/1.1 connection's sending half.
 pub type Sender = http1::SendRequest<UpstreamBody>;
 

@@ -5,6 +5,7 @@
 
 use crate::headers::RequestIds;
 use crate::pool::Pool;
+use crate::recorder::{RecordOptions, RecordStatus, Recorder};
 use crate::snapshot::{Epoch, Snapshot};
 use crate::status::{DrainStatus, SideStatus, Status, UpstreamStatus};
 use arc_swap::ArcSwap;
@@ -108,6 +109,7 @@ impl Router {
             live: state.live,
             pools,
             epochs: Sides::from_fn(|_| Epoch::new()),
+            recorder: None,
         };
 
         Ok(Arc::new(Router {
@@ -243,8 +245,7 @@ impl Router {
         self.snapshot.store(Arc::new(Snapshot {
             generation: next.generation,
             live: req.to,
-            pools: current.pools.clone(),
-            epochs: current.epochs.clone(),
+            ..(*current).clone()
         }));
         *state = next;
         let record = state.history.last().cloned();
@@ -380,6 +381,55 @@ impl Router {
     /// Switch history, oldest first.
     pub async fn history(&self) -> Vec<SwitchRecord> {
         self.state.lock().await.history.clone()
+    }
+
+    /// Starts recording live traffic to `path`. One recording at a time.
+    pub async fn start_recording(
+        &self,
+        path: &std::path::Path,
+        options: RecordOptions,
+    ) -> Result<RecordStatus, String> {
+        let _state = self.state.lock().await;
+        let current = self.snapshot.load_full();
+        if let Some(r) = &current.recorder {
+            return Err(format!(
+                "already recording to {}; stop it first",
+                r.path.display()
+            ));
+        }
+        let recorder = Recorder::start(path, options)
+            .await
+            .map_err(|e| format!("cannot open {} for recording: {e}", path.display()))?;
+        let status = recorder.status();
+        self.snapshot.store(Arc::new(Snapshot {
+            recorder: Some(recorder),
+            ..(*current).clone()
+        }));
+        tracing::info!(path = %path.display(), "recording live traffic");
+        Ok(status)
+    }
+
+    /// Stops the recording and waits until its file is flushed.
+    pub async fn stop_recording(&self) -> Result<RecordStatus, String> {
+        let recorder = {
+            let _state = self.state.lock().await;
+            let current = self.snapshot.load_full();
+            let Some(r) = current.recorder.clone() else {
+                return Err("no recording is running".into());
+            };
+            self.snapshot.store(Arc::new(Snapshot {
+                recorder: None,
+                ..(*current).clone()
+            }));
+            r
+        };
+        recorder.finish().await;
+        Ok(recorder.status())
+    }
+
+    /// The recording in progress, if any.
+    pub fn recording(&self) -> Option<RecordStatus> {
+        self.snapshot.load().recorder.as_ref().map(|r| r.status())
     }
 
     /// Live traffic the side has received since the router started.

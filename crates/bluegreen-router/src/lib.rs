@@ -24,6 +24,7 @@ pub mod health;
 pub mod listener;
 pub mod pool;
 pub mod proxy;
+pub mod recorder;
 pub mod snapshot;
 pub mod stats;
 pub mod status;

@@ -10,15 +10,18 @@ use crate::headers::{self, strip_hop_by_hop, wants_upgrade};
 use crate::listener::ListenerKind;
 use crate::pool::Upstream;
 use crate::pool::{Pool, Tried};
+use crate::recorder::Recorder;
 use crate::snapshot::Epoch;
 use crate::tunnel;
 use bluegreen_core::error_chain;
+use bluegreen_core::record::Recorded;
 
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
-use http_body_util::{Either, Empty};
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use std::sync::Arc;
 use std::time::Instant;
@@ -38,13 +41,28 @@ pub async fn handle(req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
     let started = Instant::now();
     let preview = conn.kind == ListenerKind::Preview;
     // 1. Load one snapshot; it alone decides where this request goes.
-    let (pool, epoch) = {
+    let (pool, epoch, recorder) = {
         let snap = conn.router.snapshot.load();
         let side = snap.target(preview);
         let epoch = (!preview).then(|| snap.epochs[side].clone());
-        (snap.pools[side].clone(), epoch)
+        let recorder = match &snap.recorder {
+            Some(r) if !preview && r.sample() => Some(r.clone()),
+            _ => None,
+        };
+        (snap.pools[side].clone(), epoch, recorder)
     };
-    let resp = match forward(req, conn, &pool, epoch, started).await {
+    let mut record = None;
+    let resp = match forward(
+        req,
+        conn,
+        &pool,
+        epoch,
+        started,
+        recorder.as_deref(),
+        &mut record,
+    )
+    .await
+    {
         Ok(resp) => resp,
         Err(err) => {
             tracing::warn!(listener = conn.kind.as_str(), error = %err, "request failed");
@@ -57,6 +75,10 @@ pub async fn handle(req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
         &pool.live_stats
     };
     stats.record(resp.status().as_u16(), started.elapsed());
+    if let (Some(r), Some(mut rec)) = (recorder, record) {
+        rec.status = Some(resp.status().as_u16());
+        r.submit(rec);
+    }
     resp
 }
 
@@ -66,6 +88,8 @@ async fn forward(
     pool: &Arc<Pool>,
     epoch: Option<Arc<Epoch>>,
     started: Instant,
+    recorder: Option<&Recorder>,
+    record: &mut Option<Recorded>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let router = &conn.router;
     let preview = conn.kind == ListenerKind::Preview;
@@ -88,24 +112,30 @@ async fn forward(
     if parts.version == Version::HTTP_2 {
         join_cookies(&mut parts.headers);
     }
+    // Recorded as the client sent it, before any rewriting.
+    let body = match recorder {
+        Some(r) => {
+            let (body, rec) = capture(&parts, &path, body, r).await?;
+            *record = Some(rec);
+            body
+        }
+        None if body.is_end_stream() => Either::Right(Full::new(Bytes::new())),
+        None => Either::Left(body),
+    };
     strip_hop_by_hop(&mut parts.headers, upgrade);
     headers::set_forwarded(&mut parts.headers, &conn.peer_ip, host);
     router.ids.ensure(&mut parts.headers);
     parts.version = Version::HTTP_11;
 
     // 3. Only idempotent requests without a body can be sent twice.
-    let empty = body.is_end_stream();
+    let empty = matches!(&body, Either::Right(b) if b.is_end_stream());
     let retryable = router.retries > 0
         && pool.upstreams.len() > 1
         && empty
         && !upgrade
         && is_idempotent(&parts.method);
     let saved = retryable.then(|| (parts.method.clone(), parts.headers.clone()));
-    let mut body = Some(if empty {
-        Either::Right(Empty::new())
-    } else {
-        Either::Left(body)
-    });
+    let mut body = Some(body);
     let mut parts = Some(parts);
 
     // 4. Pick an upstream and send; on a connect failure, try another.
@@ -133,7 +163,8 @@ async fn forward(
         }
         let outbound = Request::from_parts(
             head,
-            body.take().unwrap_or_else(|| Either::Right(Empty::new())),
+            body.take()
+                .unwrap_or_else(|| Either::Right(Full::new(Bytes::new()))),
         );
         let guard = InFlight::begin(upstream.clone(), epoch.clone());
         match send(&upstream, outbound, router.connect_timeout, deadline).await {
@@ -219,6 +250,57 @@ async fn send(
         Ok(Ok(resp)) => Ok((resp, sender)),
         Ok(Err(e)) => Err(SendError::Upstream(error_chain(&e))),
     }
+}
+
+/// Builds the record of a request. A body up to the recording's cap (by
+/// Content-Length) is read whole and forwarded from memory; a larger one, or
+/// one of unknown length, streams on and the record says it was left out.
+async fn capture(
+    parts: &http::request::Parts,
+    path: &PathAndQuery,
+    body: Incoming,
+    r: &Recorder,
+) -> Result<(UpstreamBody, Recorded), ProxyError> {
+    let headers: Vec<(String, String)> = parts
+        .headers
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let length = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let (forward, captured, omitted) = if body.is_end_stream() {
+        (Either::Right(Full::new(Bytes::new())), Bytes::new(), false)
+    } else if length.is_some_and(|n| n <= r.options.max_body) {
+        let bytes = http_body_util::BodyExt::collect(body)
+            .await
+            .map_err(|_| ProxyError::BadRequest("the request body could not be read"))?
+            .to_bytes();
+        (Either::Right(Full::new(bytes.clone())), bytes, false)
+    } else {
+        (Either::Left(body), Bytes::new(), true)
+    };
+    let mut rec = Recorded::new(
+        now_ms,
+        parts.method.as_str(),
+        path.as_str(),
+        headers,
+        &captured,
+        &r.options.redact,
+    );
+    rec.body_omitted = omitted;
+    Ok((forward, rec))
 }
 
 /// HTTP/1.1 upstreams get origin-form targets (`/path?query`).

@@ -1,6 +1,7 @@
 //! The routing snapshot: everything a request needs, swapped as one value.
 
 use crate::pool::Pool;
+use crate::recorder::Recorder;
 use bluegreen_core::{Side, Sides};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -19,6 +20,8 @@ pub struct Snapshot {
     pub pools: Sides<Arc<Pool>>,
     /// Drain epochs of live traffic, one per side.
     pub epochs: Sides<Arc<Epoch>>,
+    /// Live traffic being recorded, if any. Off, it costs a branch.
+    pub recorder: Option<Arc<Recorder>>,
 }
 
 impl Snapshot {

@@ -144,6 +144,13 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Record live traffic to a file (for `replay`).
+    Record {
+        #[command(flatten)]
+        admin: AdminArgs,
+        #[command(subcommand)]
+        action: RecordAction,
+    },
     /// Send recorded requests again (cache warming, load tests), keeping
     /// their timing scaled by --speed; prints a summary.
     Replay(replay::ReplayArgs),
@@ -152,6 +159,33 @@ pub enum Command {
     Demo(demo::DemoArgs),
     /// A tiny demo upstream app (what `demo` runs as blue and green).
     App(app::AppArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RecordAction {
+    /// Start appending live requests to FILE (one JSON object per line).
+    Start {
+        /// File on the router's host; made absolute from here.
+        #[arg(long)]
+        to: PathBuf,
+        /// Share of live requests recorded, in percent.
+        #[arg(long, default_value_t = 100.0)]
+        percent: f64,
+        /// Stop by itself after this many bytes.
+        #[arg(long)]
+        max_bytes: Option<u64>,
+        /// Leave out request bodies larger than this many bytes.
+        #[arg(long)]
+        max_body: Option<usize>,
+        /// Header whose value is redacted (repeatable; replaces the default
+        /// authorization, proxy-authorization, cookie, set-cookie).
+        #[arg(long)]
+        redact: Vec<String>,
+    },
+    /// Stop recording; the file is complete when this returns.
+    Stop,
+    /// The recording in progress.
+    Status,
 }
 
 fn parse_env(s: &str) -> Result<(String, String), String> {
@@ -213,6 +247,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::History { admin, json } => {
             client_runtime()?.block_on(commands::history(&admin, json))
+        }
+        Command::Record { admin, action } => {
+            client_runtime()?.block_on(commands::record(&admin, action))
         }
         Command::Replay(args) => client_runtime()?.block_on(replay::main(args)),
         Command::Demo(args) => demo::main(args),

@@ -353,3 +353,54 @@ pub fn render_status(s: &Status) -> String {
     }
     out
 }
+
+/// `bluegreen record start|stop|status`.
+pub async fn record(
+    args: &AdminArgs,
+    action: crate::cli::RecordAction,
+) -> anyhow::Result<ExitCode> {
+    use crate::cli::RecordAction;
+    let c = client(args);
+    let result: Result<serde_json::Value, _> = match action {
+        RecordAction::Start {
+            to,
+            percent,
+            max_bytes,
+            max_body,
+            redact,
+        } => {
+            let to = std::path::absolute(&to)?;
+            let mut body =
+                json!({"to": to, "percent": percent, "max_bytes": max_bytes, "max_body": max_body});
+            if !redact.is_empty() {
+                body["redact"] = json!(redact);
+            }
+            c.post("/api/v1/record/start", body).await
+        }
+        RecordAction::Stop => c.post("/api/v1/record/stop", json!({})).await,
+        RecordAction::Status => c.get("/api/v1/record").await,
+    };
+    match result {
+        Ok(v) => {
+            let s = v.get("recording").cloned().unwrap_or(v);
+            if s.is_null() {
+                println!("not recording");
+            } else {
+                println!(
+                    "{}: {} requests, {} bytes written, {} dropped{}",
+                    s["path"].as_str().unwrap_or("?"),
+                    s["written"],
+                    s["bytes"],
+                    s["dropped"],
+                    if s["full"] == true {
+                        " (size cap reached)"
+                    } else {
+                        ""
+                    }
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => fail(e),
+    }
+}

@@ -148,3 +148,90 @@ fn a_malformed_or_truncated_record_file_names_the_line() {
     );
     assert_eq!(code, 2, "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn recorded_live_traffic_replays_against_another_server() {
+    let blue = Backend::start("blue").await;
+    let green = Backend::start("green").await;
+    let router = RouterBuilder::new(&[&blue], &[&green]).start();
+    router.wait_all_healthy().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("live.jsonl");
+    let (code, out, err) = router.cli(&["record", "start", "--to", file.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, _) = curl(&["-H", "Authorization: Bearer s3cret", &router.url("/a?x=1")]);
+    assert_eq!(code, 0);
+    let (code, _) = curl(&["-X", "POST", "--data-binary", "hello", &router.url("/b")]);
+    assert_eq!(code, 0);
+    // The preview listener is not live traffic: never recorded.
+    let _ = curl(&[&router.preview_url("/not-recorded")]);
+    let (code, out, _) = router.cli(&["record", "stop"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("2 requests"), "{out}");
+
+    let records = Recorded::parse_all(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert_eq!(records.len(), 2);
+    assert_eq!(
+        (records[0].method.as_str(), records[0].path.as_str()),
+        ("GET", "/a?x=1")
+    );
+    assert!(records[0]
+        .headers
+        .iter()
+        .any(|(k, v)| k == "authorization" && v == "[redacted]"));
+    assert_eq!(records[0].status, Some(200));
+    assert_eq!(records[1].body_bytes(), b"hello");
+    assert_eq!(
+        blue.requests(),
+        2,
+        "recording forwarded the requests untouched"
+    );
+
+    let other = Backend::start("other").await;
+    let (code, out, err) = replay(
+        &[
+            file.to_str().unwrap(),
+            "--target",
+            &format!("http://{}", other.addr),
+            "--speed",
+            "max",
+        ],
+        None,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(other.requests(), 2);
+
+    let (code, _, err) = router.cli(&["record", "stop"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no recording is running"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn recording_samples_the_asked_share() {
+    let blue = Backend::start("blue").await;
+    let green = Backend::start("green").await;
+    let router = RouterBuilder::new(&[&blue], &[&green]).start();
+    router.wait_all_healthy().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("half.jsonl");
+    assert_eq!(
+        router
+            .cli(&[
+                "record",
+                "start",
+                "--to",
+                file.to_str().unwrap(),
+                "--percent",
+                "50"
+            ])
+            .0,
+        0
+    );
+    let c = h1_client();
+    for _ in 0..10 {
+        get(&c, &router.url("/")).await.unwrap();
+    }
+    assert_eq!(router.cli(&["record", "stop"]).0, 0);
+    let records = Recorded::parse_all(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert_eq!(records.len(), 5);
+}
