@@ -93,6 +93,7 @@ pub enum Command {
         /// Roll back even if that side has no healthy upstream.
         #[arg(long)]
         force: bool,
+        /// Why, recorded in the history.
         #[arg(long)]
         reason: Option<String>,
         #[arg(long)]
@@ -115,6 +116,7 @@ pub enum Command {
         /// Extra environment for the hook or the app processes, KEY=VALUE.
         #[arg(long = "env", value_parser = parse_env)]
         env: Vec<(String, String)>,
+        /// Why, recorded in the history.
         #[arg(long)]
         reason: Option<String>,
         /// Start the deploy and return at once.
@@ -134,6 +136,7 @@ pub enum Command {
     Abort {
         #[command(flatten)]
         admin: AdminArgs,
+        /// Why, recorded in the history.
         #[arg(long)]
         reason: Option<String>,
     },
@@ -154,8 +157,8 @@ pub enum Command {
     /// Send recorded requests again (cache warming, load tests), keeping
     /// their timing scaled by --speed; prints a summary.
     Replay(replay::ReplayArgs),
-    /// Run a self-contained demo: two demo apps, the router, live traffic and
-    /// a switch and rollback under load.
+    /// Run a self-contained demo: release v1, then v2 under live traffic, and
+    /// with --broken a v3 that the bake rolls back; every response counted.
     Demo(demo::DemoArgs),
     /// A tiny demo upstream app (what `demo` runs as blue and green).
     App(app::AppArgs),
