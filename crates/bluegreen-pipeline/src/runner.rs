@@ -275,7 +275,12 @@ async fn run_hook(
 
 /// Step 3: every upstream of the idle side healthy, within `deploy_timeout`.
 async fn health(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployRecord) -> StepEnd {
-    let side = d.target;
+    wait_healthy(p, handle, d.target, Step::Health).await
+}
+
+/// Waits until every upstream of `side` is healthy, within `deploy_timeout`,
+/// showing progress on `step`.
+async fn wait_healthy(p: &Arc<Pipeline>, handle: &RunHandle, side: Side, step: Step) -> StepEnd {
     let limit = p.config.deploy_timeout;
     let started = Instant::now();
     let mut last = (usize::MAX, 0);
@@ -300,12 +305,7 @@ async fn health(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployRecord) -> Step
             );
         }
         if (healthy, total) != last {
-            note(
-                p,
-                Step::Health,
-                format!("waiting: {healthy}/{total} healthy"),
-            )
-            .await;
+            note(p, step, format!("waiting: {healthy}/{total} healthy")).await;
             last = (healthy, total);
         }
         tokio::select! {
@@ -398,6 +398,11 @@ async fn gate(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployRecord) -> StepEn
 async fn switch(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployRecord) -> StepEnd {
     if p.router.live() == d.target {
         return StepEnd::Done(Some(format!("{} is already live", d.target)));
+    }
+    // After a restart the health of the target is not known yet; the switch
+    // waits for fresh checks instead of being refused.
+    if let end @ StepEnd::End(..) = wait_healthy(p, handle, d.target, Step::Switch).await {
+        return end;
     }
     let baseline = p.router.live_window(d.from).since(&handle.baseline_start);
     update(p, true, |r| r.baseline = Some(baseline.clone())).await;
