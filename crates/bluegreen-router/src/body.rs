@@ -89,7 +89,6 @@ impl TrackedBody {
         if let (Some(g), Some(s)) = (self.guard.take(), self.reuse.take()) {
             g.upstream().conns.put(s);
         }
-        self.guard = None;
     }
 }
 

@@ -73,11 +73,6 @@ impl ConnPool {
             idle.push((s, Instant::now()));
         }
     }
-
-    /// Idle connections right now (for status and tests).
-    pub fn idle_count(&self) -> usize {
-        self.idle.lock().unwrap_or_else(|p| p.into_inner()).len()
-    }
 }
 
 /// Opens a new connection to `address` (`host:port`).

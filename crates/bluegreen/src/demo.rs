@@ -6,7 +6,7 @@
 
 use crate::progress::{Mode, Progress};
 use crate::serve;
-use anyhow::{bail, Context};
+use anyhow::Context;
 use bluegreen_core::config::Config;
 use bluegreen_core::deploy::{DeployOptions, Outcome};
 use bluegreen_pipeline::Pipeline;
@@ -257,12 +257,7 @@ async fn traffic(proxy: SocketAddr, tally: Arc<Mutex<Tally>>, stop: Arc<AtomicBo
 
 /// A port nothing listens on right now, for the demo's upstreams.
 fn free_port() -> anyhow::Result<SocketAddr> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    let addr = l.local_addr()?;
-    if addr.port() == 0 {
-        bail!("no free port");
-    }
-    Ok(addr)
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
 fn random_token() -> String {
