@@ -54,6 +54,9 @@ pub fn app(router: Arc<Router>, pipeline: Option<Arc<Pipeline>>, token: &str) ->
         .route("/record", get(record_status))
         .route("/record/start", post(record_start))
         .route("/record/stop", post(record_stop))
+        .route("/shadow", get(shadow_report))
+        .route("/shadow/start", post(shadow_start))
+        .route("/shadow/stop", post(shadow_stop))
         .route("/abort", post(abort))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     axum::Router::new()
@@ -209,6 +212,8 @@ struct DeployBody {
     #[serde(default)]
     skip_smoke: bool,
     #[serde(default)]
+    skip_shadow: bool,
+    #[serde(default)]
     env: BTreeMap<String, String>,
     actor: Option<String>,
     reason: Option<String>,
@@ -227,6 +232,7 @@ async fn deploy(
     let options = DeployOptions {
         manual_promote: body.manual_promote,
         skip_smoke: body.skip_smoke,
+        skip_shadow: body.skip_shadow,
         env: body.env,
         actor: actor(&headers, &body.actor),
         reason: body.reason.unwrap_or_default(),
@@ -359,4 +365,74 @@ async fn record_stop(State(state): State<AppState>) -> Result<Response, ApiError
 
 async fn record_status(State(state): State<AppState>) -> Response {
     Json(serde_json::json!({"recording": state.router.recording()})).into_response()
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ShadowBody {
+    /// Share of live requests mirrored (default: `[shadow] percent`).
+    percent: Option<f64>,
+    /// Stop after this long, e.g. "10m".
+    #[serde(rename = "for")]
+    duration: Option<String>,
+    /// Stop sampling after this many mirrored requests.
+    requests: Option<u64>,
+}
+
+async fn shadow_start(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+    let body: ShadowBody = parse_body(&body)?;
+    let mut options =
+        bluegreen_router::shadow::ShadowOptions::from_config(&state.router.config().shadow);
+    if let Some(p) = body.percent {
+        if !(0.0..=100.0).contains(&p) {
+            return Err(ApiError::bad_request(format!(
+                "field \"percent\": {p} is not between 0 and 100"
+            )));
+        }
+        options.percent = p;
+    }
+    if let Some(d) = &body.duration {
+        let d = humantime::parse_duration(d)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "field \"for\": {d:?} is not a duration like \"30s\" or \"10m\""
+                ))
+            })?;
+        options.duration_ms = Some(d.as_millis() as u64);
+    }
+    if body.requests == Some(0) {
+        return Err(ApiError::bad_request(
+            "field \"requests\": must be at least 1",
+        ));
+    }
+    options.requests = body.requests;
+    let shadow = state
+        .router
+        .start_shadow(options)
+        .await
+        .map_err(|message| ApiError {
+            status: StatusCode::CONFLICT,
+            code: "shadow_refused",
+            message,
+        })?;
+    Ok(Json(serde_json::json!({"shadow": shadow.report()})).into_response())
+}
+
+async fn shadow_stop(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let shadow = state
+        .router
+        .stop_shadow()
+        .await
+        .map_err(|message| ApiError {
+            status: StatusCode::CONFLICT,
+            code: "not_shadowing",
+            message,
+        })?;
+    Ok(Json(serde_json::json!({"shadow": shadow.report()})).into_response())
+}
+
+async fn shadow_report(State(state): State<AppState>) -> Response {
+    Json(serde_json::json!({"shadow": state.router.shadow().map(|s| s.report())})).into_response()
 }

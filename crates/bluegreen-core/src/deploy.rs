@@ -17,6 +17,10 @@ pub enum Step {
     Health,
     /// Smoke tests through the preview listener.
     Smoke,
+    /// Replay recorded traffic to the idle side, to warm its caches.
+    Warm,
+    /// Mirror live traffic to the idle side and judge the differences.
+    Shadow,
     /// Automatic, or wait for `promote`.
     Gate,
     /// The router's atomic switch.
@@ -29,10 +33,12 @@ pub enum Step {
 
 impl Step {
     /// Every step in order.
-    pub const ALL: [Step; 7] = [
+    pub const ALL: [Step; 9] = [
         Step::Deploy,
         Step::Health,
         Step::Smoke,
+        Step::Warm,
+        Step::Shadow,
         Step::Gate,
         Step::Switch,
         Step::Bake,
@@ -45,6 +51,8 @@ impl Step {
             Step::Deploy => "deploy",
             Step::Health => "health",
             Step::Smoke => "smoke",
+            Step::Warm => "warm",
+            Step::Shadow => "shadow",
             Step::Gate => "gate",
             Step::Switch => "switch",
             Step::Bake => "bake",
@@ -106,6 +114,9 @@ pub enum Outcome {
 pub struct DeployOptions {
     pub manual_promote: bool,
     pub skip_smoke: bool,
+    /// Skip the shadow step (when the config has one).
+    #[serde(default)]
+    pub skip_shadow: bool,
     /// Extra environment for the hook or the app processes.
     pub env: BTreeMap<String, String>,
     pub actor: String,
@@ -183,6 +194,9 @@ impl DeployRecord {
         };
         if skip_smoke {
             record.skip(Step::Smoke, "skipped by --skip-smoke", now_ms);
+        }
+        if record.options.skip_shadow {
+            record.skip(Step::Shadow, "skipped by --skip-shadow", now_ms);
         }
         record
     }

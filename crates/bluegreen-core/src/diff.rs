@@ -254,6 +254,8 @@ pub fn compare(
         }),
         _ => {}
     }
+    // Status, header and byte-body differences can be noise too.
+    out.retain(|d| !noise.is_noise(endpoint, &d.field));
     out
 }
 

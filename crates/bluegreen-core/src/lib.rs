@@ -9,6 +9,7 @@ pub mod diff;
 pub mod health;
 pub mod latency;
 pub mod record;
+pub mod shadow;
 pub mod side;
 pub mod state;
 

@@ -9,6 +9,7 @@ use bluegreen_core::config::deploy::{DeployMethod, SmokeCheck};
 use bluegreen_core::deploy::{DeployRecord, Outcome, PendingDecommission, SideRelease, Step};
 use bluegreen_core::state::{SwitchKind, SwitchRequest};
 use bluegreen_core::Side;
+use bluegreen_router::shadow::ShadowOptions;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -131,6 +132,8 @@ async fn exec(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployRecord, step: Ste
         Step::Deploy => deploy(p, handle, d).await,
         Step::Health => health(p, handle, d).await,
         Step::Smoke => smoke_tests(p, handle, d).await,
+        Step::Warm => warm(p, handle, d).await,
+        Step::Shadow => shadow(p, handle, d).await,
         Step::Gate => gate(p, handle, d).await,
         Step::Switch => switch(p, handle, d).await,
         Step::Bake => bake(p, handle, d).await,
@@ -242,6 +245,22 @@ async fn run_hook(
     upstreams: &str,
     extra: &std::collections::BTreeMap<String, String>,
 ) -> Result<(), String> {
+    let limit = p.config.hook_timeout;
+    run_hook_for(p, cancel, argv, side, version, upstreams, extra, limit).await
+}
+
+/// [`run_hook`] with its own time limit.
+#[allow(clippy::too_many_arguments)]
+async fn run_hook_for(
+    p: &Arc<Pipeline>,
+    cancel: &tokio_util::sync::CancellationToken,
+    argv: &[String],
+    side: Side,
+    version: &str,
+    upstreams: &str,
+    extra: &std::collections::BTreeMap<String, String>,
+    limit: Duration,
+) -> Result<(), String> {
     let mut env: Vec<(String, String)> = vec![
         ("BLUEGREEN_ENV".into(), side.as_str().into()),
         ("BLUEGREEN_VERSION".into(), version.into()),
@@ -257,16 +276,9 @@ async fn run_hook(
             }
         })
     };
-    let result = command::run(
-        argv,
-        &p.config.workdir,
-        &env,
-        p.config.hook_timeout,
-        cancel,
-        |l| {
-            let _ = tx.send(l);
-        },
-    )
+    let result = command::run(argv, &p.config.workdir, &env, limit, cancel, |l| {
+        let _ = tx.send(l);
+    })
     .await;
     drop(tx);
     let _ = forward.await;
@@ -320,13 +332,7 @@ async fn smoke_tests(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployRecord) ->
     if p.config.smoke.is_empty() {
         return StepEnd::Skipped("no smoke tests configured".into());
     }
-    let preview = p
-        .router
-        .status()
-        .await
-        .listeners
-        .get("preview")
-        .and_then(|a| a.parse().ok());
+    let preview = preview_addr(p).await;
     let env = d.target.as_str();
     for check in &p.config.smoke {
         let result = match check {
@@ -378,6 +384,159 @@ async fn smoke_tests(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployRecord) ->
         "{} smoke test(s) passed",
         p.config.smoke.len()
     )))
+}
+
+/// The preview listener's address, where the idle side answers.
+async fn preview_addr(p: &Pipeline) -> Option<std::net::SocketAddr> {
+    p.router
+        .status()
+        .await
+        .listeners
+        .get("preview")
+        .and_then(|a| a.parse().ok())
+}
+
+/// Step 4b: replay recorded traffic to the idle side, through the preview
+/// listener, so its caches are warm before it takes live traffic.
+async fn warm(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployRecord) -> StepEnd {
+    let Some(w) = &p.config.warm else {
+        return StepEnd::Skipped("no [deploy.warm] configured".into());
+    };
+    let Some(addr) = preview_addr(p).await else {
+        return StepEnd::End(
+            Outcome::Failed,
+            "the warm step needs proxy.preview_listen".into(),
+        );
+    };
+    let mut argv: Vec<String> = vec![
+        crate::exe().into(),
+        "replay".into(),
+        w.file.display().to_string(),
+        "--target".into(),
+        format!("http://{addr}"),
+        "--speed".into(),
+        w.speed.clone(),
+        "--concurrency".into(),
+        w.concurrency.to_string(),
+    ];
+    if let Some(l) = w.loop_for {
+        argv.push("--loop-for".into());
+        argv.push(format!("{}ms", l.as_millis()));
+    }
+    // A loop runs as long as it was told to; the hook limit applies on top.
+    let limit = p.config.hook_timeout + w.loop_for.unwrap_or_default();
+    let list = p.router.config().environments[d.target].upstreams.join(",");
+    match run_hook_for(
+        p,
+        &handle.abort,
+        &argv,
+        d.target,
+        &d.version,
+        &list,
+        &d.options.env,
+        limit,
+    )
+    .await
+    {
+        Ok(()) => StepEnd::Done(Some(format!("replayed {}", w.file.display()))),
+        Err(e) if handle.abort.is_cancelled() => {
+            StepEnd::End(Outcome::Aborted, format!("{} ({e})", aborted(handle)))
+        }
+        Err(e) => StepEnd::End(
+            Outcome::Failed,
+            format!("warm-up replay of {} failed: {e}", w.file.display()),
+        ),
+    }
+}
+
+/// Step 4c: mirror live traffic to the idle side for a while and judge the
+/// differences; the deploy fails when an endpoint differs too often or the
+/// idle side is too slow.
+async fn shadow(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployRecord) -> StepEnd {
+    let Some(step) = &p.config.shadow else {
+        return StepEnd::Skipped("no [deploy.shadow] configured".into());
+    };
+    if p.router.live() == d.target {
+        return StepEnd::Skipped(format!("{} is already live", d.target));
+    }
+    let mut options = ShadowOptions::from_config(&p.router.config().shadow);
+    if let Some(pc) = step.percent {
+        options.percent = pc;
+    }
+    options.requests = step.requests;
+    let run = match p.router.start_shadow(options.clone()).await {
+        Ok(r) => r,
+        Err(_) if p.router.stop_shadow().await.is_ok() => {
+            log(
+                p,
+                "stopped a manual shadow run to start the deploy's own".into(),
+            )
+            .await;
+            match p.router.start_shadow(options.clone()).await {
+                Ok(r) => r,
+                Err(e) => return StepEnd::End(Outcome::Failed, e),
+            }
+        }
+        Err(e) => return StepEnd::End(Outcome::Failed, e),
+    };
+    let started = tokio::time::Instant::now();
+    let deadline = started + step.duration;
+    let target = step.requests.unwrap_or(u64::MAX);
+    loop {
+        let r = run.report();
+        note(
+            p,
+            Step::Shadow,
+            format!(
+                "{} pairs compared, {} differing, {} dropped",
+                r.totals.compared, r.totals.differing, r.dropped
+            ),
+        )
+        .await;
+        if r.totals.compared >= target || run.stopped() {
+            break;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => break,
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            _ = handle.abort.cancelled() => {
+                p.router.stop_shadow_run(&run).await;
+                return StepEnd::End(Outcome::Aborted, aborted(handle));
+            }
+        }
+    }
+    p.router.stop_shadow_run(&run).await;
+    // Copies already sent are compared before judging.
+    let settle = tokio::time::Instant::now() + Duration::from_millis(options.timeout_ms);
+    while run.in_flight() > 0 && tokio::time::Instant::now() < settle {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let r = run.report();
+    for e in r.endpoints.iter().filter(|e| e.differing > 0).take(5) {
+        let field = e.fields.first().map_or(String::new(), |f| {
+            let x = f.examples.first();
+            format!(
+                "; top field {} ×{} (e.g. {}: live {} | idle {})",
+                f.field,
+                f.count,
+                x.map_or("-", |x| x.request.as_str()),
+                x.map_or("-", |x| x.live.as_str()),
+                x.map_or("-", |x| x.idle.as_str())
+            )
+        });
+        log(
+            p,
+            format!(
+                "shadow: {} {} of {} differ{field}",
+                e.endpoint, e.differing, e.requests
+            ),
+        )
+        .await;
+    }
+    match bluegreen_core::shadow::judge(&step.gate, &r.totals, &r.endpoints) {
+        Ok(summary) => StepEnd::Done(Some(summary)),
+        Err(why) => StepEnd::End(Outcome::Failed, why),
+    }
 }
 
 /// Step 5: automatic, or wait for `promote`.

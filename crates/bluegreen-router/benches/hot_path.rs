@@ -33,6 +33,7 @@ fn snapshot() -> ArcSwap<Snapshot> {
         },
         epochs: Sides::from_fn(|_| Epoch::new()),
         recorder: None,
+        shadow: None,
     })
 }
 

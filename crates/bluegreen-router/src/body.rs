@@ -4,6 +4,7 @@
 
 use crate::conn::Sender;
 use crate::pool::Upstream;
+use crate::shadow::Tee;
 use crate::snapshot::Epoch;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -68,26 +69,46 @@ pub struct TrackedBody {
     cut: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
     /// The upstream connection, returned to its pool once the body was read whole.
     reuse: Option<Sender>,
+    /// A copy of the body for shadow comparison, when this request was mirrored.
+    tee: Option<Box<Tee>>,
 }
 
 impl TrackedBody {
     /// Wraps an upstream body; `guard` is released when it ends, and
     /// `reuse` goes back to the upstream's pool if it ends cleanly.
-    pub fn new(inner: Incoming, guard: InFlight, reuse: Option<Sender>) -> TrackedBody {
+    pub fn new(
+        inner: Incoming,
+        guard: InFlight,
+        reuse: Option<Sender>,
+        tee: Option<Box<Tee>>,
+    ) -> TrackedBody {
         TrackedBody {
             inner,
             guard: Some(guard),
             cut: None,
             reuse,
+            tee,
         }
     }
 }
 
 impl TrackedBody {
-    /// The body was read whole: the connection can serve another request.
+    /// The body was read whole: the connection can serve another request,
+    /// and a mirrored request's pair can be compared.
     fn release(&mut self) {
         if let (Some(g), Some(s)) = (self.guard.take(), self.reuse.take()) {
             g.upstream().conns.put(s);
+        }
+        if let Some(t) = self.tee.take() {
+            t.finish();
+        }
+    }
+
+    /// The body failed: nothing goes back to a pool or to comparison.
+    fn fail(&mut self) {
+        self.guard = None;
+        if let Some(t) = self.tee.take() {
+            t.abandon();
         }
     }
 }
@@ -97,6 +118,8 @@ impl Drop for TrackedBody {
         // An empty body may never be polled at all.
         if self.inner.is_end_stream() {
             self.release();
+        } else if let Some(t) = self.tee.take() {
+            t.abandon();
         }
     }
 }
@@ -112,12 +135,15 @@ impl Body for TrackedBody {
         let this = &mut *self;
         if let Some(cut) = &mut this.cut {
             if cut.as_mut().poll(cx).is_ready() {
-                this.guard = None;
+                this.fail();
                 return Poll::Ready(Some(Err(Box::new(DrainCut))));
             }
         }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(t), Some(d)) = (&mut this.tee, frame.data_ref()) {
+                    t.push(d);
+                }
                 // hyper stops polling once the body says it has ended, so
                 // the last frame is where the connection goes back to its pool.
                 if this.inner.is_end_stream() {
@@ -126,7 +152,7 @@ impl Body for TrackedBody {
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
-                this.guard = None;
+                this.fail();
                 Poll::Ready(Some(Err(Box::new(e))))
             }
             Poll::Ready(None) => {
@@ -143,7 +169,7 @@ impl Body for TrackedBody {
                     if let Some(token) = token {
                         let mut cut = Box::pin(token.cancelled_owned());
                         if cut.as_mut().poll(cx).is_ready() {
-                            this.guard = None;
+                            this.fail();
                             return Poll::Ready(Some(Err(Box::new(DrainCut))));
                         }
                         this.cut = Some(cut);

@@ -6,6 +6,7 @@
 use crate::headers::RequestIds;
 use crate::pool::Pool;
 use crate::recorder::{RecordOptions, RecordStatus, Recorder};
+use crate::shadow::{Shadow, ShadowOptions};
 use crate::snapshot::{Epoch, Snapshot};
 use crate::status::{DrainStatus, SideStatus, Status, UpstreamStatus};
 use arc_swap::ArcSwap;
@@ -39,6 +40,8 @@ pub struct Router {
     state: AsyncMutex<RouterState>,
     drain_deadlines: Mutex<Sides<Option<Instant>>>,
     listeners: Mutex<BTreeMap<String, SocketAddr>>,
+    /// The running or last shadow run, kept for its report.
+    last_shadow: Mutex<Option<Arc<Shadow>>>,
 }
 
 /// Startup failures.
@@ -110,6 +113,7 @@ impl Router {
             pools,
             epochs: Sides::from_fn(|_| Epoch::new()),
             recorder: None,
+            shadow: None,
         };
 
         Ok(Arc::new(Router {
@@ -125,6 +129,7 @@ impl Router {
             state: AsyncMutex::new(state),
             drain_deadlines: Mutex::new(Sides::default()),
             listeners: Mutex::new(BTreeMap::new()),
+            last_shadow: Mutex::new(None),
         }))
     }
 
@@ -242,9 +247,16 @@ impl Router {
         let old_epoch = current.epochs[from].clone();
         current.epochs[req.to].revive();
         old_epoch.retire(next.generation);
+        // Shadowing compares the idle side with the live one; after a switch
+        // the roles are reversed, so a running shadow ends here.
+        if let Some(s) = &current.shadow {
+            s.stop();
+            tracing::info!("shadowing stopped by the switch");
+        }
         self.snapshot.store(Arc::new(Snapshot {
             generation: next.generation,
             live: req.to,
+            shadow: None,
             ..(*current).clone()
         }));
         *state = next;
@@ -425,6 +437,82 @@ impl Router {
         };
         recorder.finish().await;
         Ok(recorder.status())
+    }
+
+    /// Starts mirroring live traffic to the idle side. One run at a time;
+    /// with `options.duration_ms` it stops by itself.
+    pub async fn start_shadow(
+        self: &Arc<Self>,
+        options: ShadowOptions,
+    ) -> Result<Arc<Shadow>, String> {
+        let _state = self.state.lock().await;
+        let current = self.snapshot.load_full();
+        if current.shadow.is_some() {
+            return Err("shadowing is already running; stop it first".into());
+        }
+        let idle = current.live.other();
+        if current.pools[idle].healthy_count() == 0 {
+            return Err(format!(
+                "refusing to shadow to {idle}: no healthy upstream ({})",
+                describe_health(&current.pools[idle])
+            ));
+        }
+        let shadow = Shadow::start(self.clone(), options, current.live);
+        self.snapshot.store(Arc::new(Snapshot {
+            shadow: Some(shadow.clone()),
+            ..(*current).clone()
+        }));
+        *self.last_shadow.lock().unwrap_or_else(|p| p.into_inner()) = Some(shadow.clone());
+        if let Some(ms) = shadow.options.duration_ms {
+            let (router, s) = (self.clone(), shadow.clone());
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(ms)) => {}
+                    _ = router.shutdown.cancelled() => return,
+                }
+                router.stop_shadow_run(&s).await;
+            });
+        }
+        tracing::info!(live = %current.live, %idle, percent = shadow.options.percent, "shadowing live traffic to the idle side");
+        Ok(shadow)
+    }
+
+    /// Stops the running shadow; its report stays readable.
+    pub async fn stop_shadow(&self) -> Result<Arc<Shadow>, String> {
+        let _state = self.state.lock().await;
+        let current = self.snapshot.load_full();
+        let Some(s) = current.shadow.clone() else {
+            return Err("shadowing is not running".into());
+        };
+        s.stop();
+        self.snapshot.store(Arc::new(Snapshot {
+            shadow: None,
+            ..(*current).clone()
+        }));
+        tracing::info!("shadowing stopped");
+        Ok(s)
+    }
+
+    /// Stops `run` if it is still the running shadow (for time limits).
+    pub async fn stop_shadow_run(&self, run: &Arc<Shadow>) {
+        let _state = self.state.lock().await;
+        let current = self.snapshot.load_full();
+        run.stop();
+        if current.shadow.as_ref().is_some_and(|s| Arc::ptr_eq(s, run)) {
+            self.snapshot.store(Arc::new(Snapshot {
+                shadow: None,
+                ..(*current).clone()
+            }));
+            tracing::info!("shadowing stopped: its time is up");
+        }
+    }
+
+    /// The running or last shadow run, for reports.
+    pub fn shadow(&self) -> Option<Arc<Shadow>> {
+        self.last_shadow
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The recording in progress, if any.

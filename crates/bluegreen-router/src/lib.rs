@@ -12,7 +12,8 @@
 //! (upgraded connections), `error` (the one place errors become status
 //! codes), `health` (active checks), `listener` (accept loops and shutdown),
 //! `control` (switch, rollback, drain, persistence), `status` (the view the
-//! API and CLI show).
+//! API and CLI show), `recorder` (traffic to a file), `shadow` (traffic
+//! mirrored to the idle side and compared).
 #![forbid(unsafe_code)]
 
 pub mod body;
@@ -25,6 +26,7 @@ pub mod listener;
 pub mod pool;
 pub mod proxy;
 pub mod recorder;
+pub mod shadow;
 pub mod snapshot;
 pub mod stats;
 pub mod status;

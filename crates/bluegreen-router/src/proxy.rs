@@ -11,6 +11,7 @@ use crate::listener::ListenerKind;
 use crate::pool::Upstream;
 use crate::pool::{Pool, Tried};
 use crate::recorder::Recorder;
+use crate::shadow::{Mirror, Shadow, Tee};
 use crate::snapshot::Epoch;
 use crate::tunnel;
 use bluegreen_core::error_chain;
@@ -41,7 +42,7 @@ pub async fn handle(req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
     let started = Instant::now();
     let preview = conn.kind == ListenerKind::Preview;
     // 1. Load one snapshot; it alone decides where this request goes.
-    let (pool, epoch, recorder) = {
+    let (pool, epoch, recorder, shadow) = {
         let snap = conn.router.snapshot.load();
         let side = snap.target(preview);
         let epoch = (!preview).then(|| snap.epochs[side].clone());
@@ -49,20 +50,19 @@ pub async fn handle(req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
             Some(r) if !preview && r.sample() => Some(r.clone()),
             _ => None,
         };
-        (snap.pools[side].clone(), epoch, recorder)
+        let shadow = match &snap.shadow {
+            Some(s) if !preview => Some(s.clone()),
+            _ => None,
+        };
+        (snap.pools[side].clone(), epoch, recorder, shadow)
     };
     let mut record = None;
-    let resp = match forward(
-        req,
-        conn,
-        &pool,
-        epoch,
-        started,
-        recorder.as_deref(),
-        &mut record,
-    )
-    .await
-    {
+    let taps = Taps {
+        recorder: recorder.as_deref(),
+        record: &mut record,
+        shadow,
+    };
+    let resp = match forward(req, conn, &pool, epoch, started, taps).await {
         Ok(resp) => resp,
         Err(err) => {
             tracing::warn!(listener = conn.kind.as_str(), error = %err, "request failed");
@@ -82,15 +82,26 @@ pub async fn handle(req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
     resp
 }
 
+/// What, besides the upstream, gets a copy of this request.
+struct Taps<'a> {
+    recorder: Option<&'a Recorder>,
+    record: &'a mut Option<Recorded>,
+    shadow: Option<Arc<Shadow>>,
+}
+
 async fn forward(
     mut req: Request<Incoming>,
     conn: &ConnCtx,
     pool: &Arc<Pool>,
     epoch: Option<Arc<Epoch>>,
     started: Instant,
-    recorder: Option<&Recorder>,
-    record: &mut Option<Recorded>,
+    taps: Taps<'_>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
+    let Taps {
+        recorder,
+        record,
+        shadow,
+    } = taps;
     let router = &conn.router;
     let preview = conn.kind == ListenerKind::Preview;
 
@@ -112,20 +123,53 @@ async fn forward(
     if parts.version == Version::HTTP_2 {
         join_cookies(&mut parts.headers);
     }
-    // Recorded as the client sent it, before any rewriting.
-    let body = match recorder {
-        Some(r) => {
-            let (body, rec) = capture(&parts, &path, body, r).await?;
-            *record = Some(rec);
-            body
+    // Taps need the body whole; only bodies up to their caps are read into memory.
+    let shadow = shadow.filter(|s| !upgrade && s.wants(&parts.method, &parts.headers));
+    let (body, whole) = if recorder.is_none() && shadow.is_none() {
+        if body.is_end_stream() {
+            (Either::Right(Full::new(Bytes::new())), None)
+        } else {
+            (Either::Left(body), None)
         }
-        None if body.is_end_stream() => Either::Right(Full::new(Bytes::new())),
-        None => Either::Left(body),
+    } else {
+        let cap = recorder
+            .map(|r| r.options.max_body)
+            .max(shadow.as_ref().map(|s| s.options.max_request_body))
+            .unwrap_or(0);
+        buffer(&parts.headers, body, cap).await?
+    };
+    // Recorded as the client sent it, before any rewriting.
+    if let Some(r) = recorder {
+        *record = Some(capture(&parts, &path, whole.as_ref(), r));
+    }
+    let shadow = match shadow {
+        Some(s)
+            if whole
+                .as_ref()
+                .is_some_and(|b| b.len() <= s.options.max_request_body) =>
+        {
+            Some(s)
+        }
+        Some(s) => {
+            s.skip();
+            None
+        }
+        None => None,
     };
     strip_hop_by_hop(&mut parts.headers, upgrade);
     headers::set_forwarded(&mut parts.headers, &conn.peer_ip, host);
     router.ids.ensure(&mut parts.headers);
     parts.version = Version::HTTP_11;
+    // The copy for the idle side: the request as the upstream sees it.
+    let mut mirror = shadow.map(|s| {
+        let m = Mirror::new(
+            &parts.method,
+            &path,
+            &parts.headers,
+            whole.unwrap_or_default(),
+        );
+        (s, m)
+    });
 
     // 3. Only idempotent requests without a body can be sent twice.
     let empty = matches!(&body, Either::Right(b) if b.is_end_stream());
@@ -169,7 +213,10 @@ async fn forward(
         let guard = InFlight::begin(upstream.clone(), epoch.clone());
         match send(&upstream, outbound, router.connect_timeout, deadline).await {
             Ok((resp, sender)) => {
-                return respond(resp, sender, guard, on_upgrade, pool.clone(), router)
+                let tee = mirror.take().map(|(s, m)| {
+                    Tee::new(s, m, &resp, upstream.clone(), pool.side, started.elapsed())
+                });
+                return respond(resp, sender, guard, on_upgrade, pool.clone(), router, tee);
             }
             Err(SendError::Connect(reason)) => {
                 if upstream.mark_down(reason.clone()).is_some() {
@@ -212,6 +259,22 @@ enum SendError {
     Timeout,
 }
 
+/// Sends one request to `upstream` (for shadow copies); the error says why.
+pub(crate) async fn send_upstream(
+    upstream: &Upstream,
+    req: Request<UpstreamBody>,
+    connect_timeout: std::time::Duration,
+    deadline: tokio::time::Instant,
+) -> Result<(Response<Incoming>, Sender), String> {
+    send(upstream, req, connect_timeout, deadline)
+        .await
+        .map_err(|e| match e {
+            SendError::Connect(r) => format!("connect failed: {r}"),
+            SendError::Upstream(r) => r,
+            SendError::Timeout => "timed out".into(),
+        })
+}
+
 /// Sends on an idle pooled connection, or a new one. A pooled connection
 /// that closed before the request was written hands the request back and
 /// the next one is tried, so a stale keep-alive connection never fails a
@@ -252,15 +315,40 @@ async fn send(
     }
 }
 
-/// Builds the record of a request. A body up to the recording's cap (by
-/// Content-Length) is read whole and forwarded from memory; a larger one, or
-/// one of unknown length, streams on and the record says it was left out.
-async fn capture(
+/// Reads a body whole when it fits `cap` (by Content-Length) and forwards it
+/// from memory; a larger one, or one of unknown length, streams on and the
+/// taps go without it.
+async fn buffer(
+    headers: &HeaderMap,
+    body: Incoming,
+    cap: usize,
+) -> Result<(UpstreamBody, Option<Bytes>), ProxyError> {
+    if body.is_end_stream() {
+        return Ok((Either::Right(Full::new(Bytes::new())), Some(Bytes::new())));
+    }
+    let length = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if length.is_some_and(|n| n <= cap) {
+        let bytes = http_body_util::BodyExt::collect(body)
+            .await
+            .map_err(|_| ProxyError::BadRequest("the request body could not be read"))?
+            .to_bytes();
+        Ok((Either::Right(Full::new(bytes.clone())), Some(bytes)))
+    } else {
+        Ok((Either::Left(body), None))
+    }
+}
+
+/// Builds the record of a request; a body it does not have, or one over the
+/// recording's cap, is marked as left out.
+fn capture(
     parts: &http::request::Parts,
     path: &PathAndQuery,
-    body: Incoming,
+    body: Option<&Bytes>,
     r: &Recorder,
-) -> Result<(UpstreamBody, Recorded), ProxyError> {
+) -> Recorded {
     let headers: Vec<(String, String)> = parts
         .headers
         .iter()
@@ -275,32 +363,17 @@ async fn capture(
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
-    let length = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    let (forward, captured, omitted) = if body.is_end_stream() {
-        (Either::Right(Full::new(Bytes::new())), Bytes::new(), false)
-    } else if length.is_some_and(|n| n <= r.options.max_body) {
-        let bytes = http_body_util::BodyExt::collect(body)
-            .await
-            .map_err(|_| ProxyError::BadRequest("the request body could not be read"))?
-            .to_bytes();
-        (Either::Right(Full::new(bytes.clone())), bytes, false)
-    } else {
-        (Either::Left(body), Bytes::new(), true)
-    };
+    let kept = body.filter(|b| b.len() <= r.options.max_body);
     let mut rec = Recorded::new(
         now_ms,
         parts.method.as_str(),
         path.as_str(),
         headers,
-        &captured,
+        kept.map_or(&[][..], |b| b),
         &r.options.redact,
     );
-    rec.body_omitted = omitted;
-    Ok((forward, rec))
+    rec.body_omitted = kept.is_none();
+    rec
 }
 
 /// HTTP/1.1 upstreams get origin-form targets (`/path?query`).
@@ -325,6 +398,7 @@ fn respond(
     on_upgrade: Option<hyper::upgrade::OnUpgrade>,
     pool: Arc<Pool>,
     router: &Arc<Router>,
+    tee: Option<Box<Tee>>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let Some(client_side) = on_upgrade else {
@@ -347,7 +421,7 @@ fn respond(
         return Ok(resp.map(|_| ResponseBody::empty()));
     }
     strip_hop_by_hop(resp.headers_mut(), false);
-    Ok(resp.map(|b| ResponseBody::Proxied(TrackedBody::new(b, guard, Some(sender)))))
+    Ok(resp.map(|b| ResponseBody::Proxied(TrackedBody::new(b, guard, Some(sender), tee))))
 }
 
 /// A fresh request head for a retry (the first attempt consumed the original).

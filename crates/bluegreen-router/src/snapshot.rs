@@ -2,6 +2,7 @@
 
 use crate::pool::Pool;
 use crate::recorder::Recorder;
+use crate::shadow::Shadow;
 use bluegreen_core::{Side, Sides};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -22,6 +23,8 @@ pub struct Snapshot {
     pub epochs: Sides<Arc<Epoch>>,
     /// Live traffic being recorded, if any. Off, it costs a branch.
     pub recorder: Option<Arc<Recorder>>,
+    /// Live traffic being mirrored to the idle side, if any. Off, it costs a branch.
+    pub shadow: Option<Arc<Shadow>>,
 }
 
 impl Snapshot {

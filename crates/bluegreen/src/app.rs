@@ -1,7 +1,7 @@
 //! `bluegreen app`: a tiny upstream for demos and trials. It answers with its
 //! name and version so anyone can see which side served a request.
 //!
-//! Routes: `/` (text), `/version` (JSON), `/healthz`, `/smoke`, `/sse` (a
+//! Routes: `/` (text), `/version` and `/price` (JSON), `/healthz`, `/smoke`, `/sse` (a
 //! server-sent event per second), `/ws` (WebSocket echo). Everything else is
 //! 404. Fault flags (also settable by environment, so a deploy's `--env` can
 //! break a version on purpose) make it fail health, smoke tests, or start
@@ -53,6 +53,10 @@ pub struct AppArgs {
     /// ...taking this many milliseconds.
     #[arg(long, env = "BLUEGREEN_APP_SLOW_MS", default_value_t = 500)]
     pub slow_ms: u64,
+    /// Price in `/price` answers: change it to give a version a real difference
+    /// for shadow traffic to find.
+    #[arg(long, env = "BLUEGREEN_APP_PRICE", default_value_t = 10)]
+    pub price: u64,
     /// Wait this many milliseconds before listening (a slow boot).
     #[arg(long, env = "BLUEGREEN_APP_BOOT_DELAY_MS", default_value_t = 0)]
     pub boot_delay_ms: u64,
@@ -127,6 +131,18 @@ async fn route(req: Request<Incoming>, app: &App) -> Response<AppBody> {
             .header(header::CONTENT_TYPE, "application/json")
             .body(full(
                 serde_json::json!({"name": app.args.name, "version": app.args.version}).to_string(),
+            ))
+            .expect("valid response"),
+        // JSON with a real field (price) and a noisy one (served_at_ns).
+        "/price" => Response::builder()
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(full(
+                serde_json::json!({"item": "widget", "price": app.args.price,
+                    "served_at_ns": std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_nanos() as u64)
+                        .unwrap_or(0)})
+                .to_string(),
             ))
             .expect("valid response"),
         "/sse" => sse(ident),

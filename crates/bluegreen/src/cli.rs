@@ -113,6 +113,9 @@ pub enum Command {
         /// Skip the smoke tests (recorded in the history).
         #[arg(long)]
         skip_smoke: bool,
+        /// Skip the shadow step (recorded in the history).
+        #[arg(long)]
+        skip_shadow: bool,
         /// Extra environment for the hook or the app processes, KEY=VALUE.
         #[arg(long = "env", value_parser = parse_env)]
         env: Vec<(String, String)>,
@@ -153,6 +156,13 @@ pub enum Command {
         admin: AdminArgs,
         #[command(subcommand)]
         action: RecordAction,
+    },
+    /// Mirror live traffic to the idle side and compare the answers.
+    Shadow {
+        #[command(flatten)]
+        admin: AdminArgs,
+        #[command(subcommand)]
+        action: crate::shadow::ShadowAction,
     },
     /// Send recorded requests again (cache warming, load tests), keeping
     /// their timing scaled by --speed; prints a summary.
@@ -228,6 +238,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             version,
             manual_promote,
             skip_smoke,
+            skip_shadow,
             env,
             reason,
             detach,
@@ -238,6 +249,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 version,
                 manual_promote,
                 skip_smoke,
+                skip_shadow,
                 env: env.into_iter().collect(),
                 reason,
                 detach,
@@ -253,6 +265,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Record { admin, action } => {
             client_runtime()?.block_on(commands::record(&admin, action))
+        }
+        Command::Shadow { admin, action } => {
+            client_runtime()?.block_on(crate::shadow::main(&admin, action))
         }
         Command::Replay(args) => client_runtime()?.block_on(replay::main(args)),
         Command::Demo(args) => demo::main(args),

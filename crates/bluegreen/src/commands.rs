@@ -15,7 +15,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-fn client(args: &AdminArgs) -> AdminClient {
+pub(crate) fn client(args: &AdminArgs) -> AdminClient {
     let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
     AdminClient::new(&args.admin, args.token.clone(), format!("cli:{user}"))
 }
@@ -131,6 +131,7 @@ pub struct DeployArgs {
     pub version: String,
     pub manual_promote: bool,
     pub skip_smoke: bool,
+    pub skip_shadow: bool,
     pub env: BTreeMap<String, String>,
     pub reason: Option<String>,
     pub detach: bool,
@@ -141,7 +142,7 @@ pub struct DeployArgs {
 pub async fn deploy(args: &AdminArgs, d: DeployArgs) -> anyhow::Result<ExitCode> {
     let c = client(args);
     let body = json!({"version": d.version, "manual_promote": d.manual_promote,
-        "skip_smoke": d.skip_smoke, "env": d.env, "reason": d.reason});
+        "skip_smoke": d.skip_smoke, "skip_shadow": d.skip_shadow, "env": d.env, "reason": d.reason});
     let record: DeployRecord = match c.post("/api/v1/deploys", body).await {
         Ok(r) => r,
         Err(e) => return fail(e),

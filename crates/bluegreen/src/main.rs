@@ -12,6 +12,7 @@ mod logging;
 mod progress;
 mod replay;
 mod serve;
+mod shadow;
 
 use clap::Parser;
 use std::process::ExitCode;

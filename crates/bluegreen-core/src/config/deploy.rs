@@ -22,6 +22,10 @@ pub struct DeployConfig {
     pub hook_timeout: Duration,
     pub smoke: Vec<SmokeCheck>,
     pub bake: BakeConfig,
+    /// Replay recorded traffic to the idle side before the shadow step.
+    pub warm: Option<super::shadow::WarmStep>,
+    /// Shadow live traffic to the idle side and judge the differences before the switch.
+    pub shadow: Option<super::shadow::ShadowStep>,
     /// Directory commands run in (the config file's).
     pub workdir: PathBuf,
 }
@@ -159,6 +163,8 @@ pub(super) struct RawDeploy {
     #[serde(default)]
     smoke: Vec<RawSmoke>,
     bake: Option<RawBake>,
+    warm: Option<super::shadow::RawWarm>,
+    shadow: Option<super::shadow::RawShadowStep>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -254,7 +260,7 @@ impl Checker {
         ok
     }
 
-    fn fraction(&mut self, key: &str, raw: Option<f64>, default: f64) -> f64 {
+    pub(super) fn fraction(&mut self, key: &str, raw: Option<f64>, default: f64) -> f64 {
         match raw {
             None => default,
             Some(v) if (0.0..=1.0).contains(&v) => v,
@@ -268,7 +274,7 @@ impl Checker {
         }
     }
 
-    fn ratio(&mut self, key: &str, raw: Option<f64>) -> Option<f64> {
+    pub(super) fn ratio(&mut self, key: &str, raw: Option<f64>) -> Option<f64> {
         match raw {
             Some(v) if !(1.0..=1000.0).contains(&v) => {
                 self.issue(key, format!("{v} is out of range: expected a ratio from 1.0 to 1000 (1.5 = 50% worse than the old side)"));
@@ -458,6 +464,14 @@ pub(super) fn validate(
         ),
         smoke,
         bake,
+        warm: raw
+            .warm
+            .as_ref()
+            .and_then(|w| super::shadow::validate_warm(w, base, c, has_preview)),
+        shadow: raw
+            .shadow
+            .as_ref()
+            .map(|s| super::shadow::validate_step(s, c)),
         workdir: base.to_path_buf(),
     };
     Some(config)

@@ -6,10 +6,12 @@
 //! did not validate whole.
 
 pub mod deploy;
+pub mod shadow;
 
 use crate::side::{Side, Sides};
 pub use deploy::DeployConfig;
 use serde::Deserialize;
+pub use shadow::ShadowConfig;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::SocketAddr;
@@ -29,6 +31,8 @@ pub struct Config {
     pub switch: SwitchConfig,
     /// The deploy pipeline; `None` when the config has no `[deploy]` table.
     pub deploy: Option<DeployConfig>,
+    /// How live traffic is mirrored to the idle side (`bluegreen shadow`).
+    pub shadow: ShadowConfig,
 }
 
 /// The data plane's listeners and limits.
@@ -157,6 +161,7 @@ struct RawConfig {
     #[serde(default)]
     switch: RawSwitch,
     deploy: Option<deploy::RawDeploy>,
+    shadow: Option<shadow::RawShadow>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -386,9 +391,11 @@ fn validate(raw: RawConfig, base: &Path, c: &mut Checker) -> Config {
         .deploy
         .as_ref()
         .and_then(|d| deploy::validate(d, base, c, proxy.preview_listen.is_some()));
+    let shadow = shadow::validate(raw.shadow.as_ref(), c);
     Config {
         source: None,
         deploy,
+        shadow,
         proxy,
         admin,
         state: StateConfig { dir },

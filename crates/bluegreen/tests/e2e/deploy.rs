@@ -73,11 +73,22 @@ async fn current(router: &RouterProc) -> serde_json::Value {
         .1
 }
 
-async fn wait_step(router: &RouterProc, step: usize, state: &str) {
+/// The record of one step, found by name.
+fn step_of<'a>(deploy: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    deploy["steps"]
+        .as_array()
+        .and_then(|s| s.iter().find(|x| x["step"] == name))
+        .unwrap_or_else(|| panic!("no step {name} in {deploy}"))
+}
+
+async fn wait_step(router: &RouterProc, step: &str, state: &str) {
     wait_until(
         Duration::from_secs(20),
         &format!("step {step} {state}"),
-        || async { current(router).await["steps"][step]["state"] == state },
+        || async {
+            let d = current(router).await;
+            d["steps"].is_array() && step_of(&d, step)["state"] == state
+        },
     )
     .await;
 }
@@ -182,7 +193,7 @@ async fn good_deploys_complete_under_load_with_zero_failed_requests() {
             );
         }
     }
-    let bake = &deploys[1]["steps"][5];
+    let bake = step_of(&deploys[1], "bake");
     assert!(
         bake["finished_at_ms"].as_u64().unwrap() - bake["started_at_ms"].as_u64().unwrap() >= 1000,
         "{bake}"
@@ -293,7 +304,7 @@ async fn manual_promote_waits_at_the_gate() {
     assert_eq!(cli_deploy(&router, &["v1"]).0, 0);
     let (code, out, _) = cli_deploy(&router, &["v2", "--manual-promote", "--detach"]);
     assert_eq!(code, 0, "{out}");
-    wait_step(&router, 3, "running").await;
+    wait_step(&router, "gate", "running").await;
     assert_eq!(
         body(&router).await,
         "green v1\n",
@@ -336,7 +347,7 @@ async fn abort_at_the_gate_and_during_the_bake_leave_the_old_side_live() {
             )
         })
     };
-    wait_step(&router, 3, "running").await;
+    wait_step(&router, "gate", "running").await;
     let (code, out, _) = router.cli(&["abort", "--reason", "wrong build"]);
     assert_eq!(code, 0, "{out}");
     let (code, out) = follower.join().unwrap();
@@ -349,7 +360,7 @@ async fn abort_at_the_gate_and_during_the_bake_leave_the_old_side_live() {
 
     // During the bake: traffic goes back to the old side.
     assert_eq!(cli_deploy(&router, &["v3", "--detach"]).0, 0);
-    wait_step(&router, 5, "running").await;
+    wait_step(&router, "bake", "running").await;
     assert_eq!(body(&router).await, "blue v3\n");
     assert_eq!(router.cli(&["abort"]).0, 0);
     wait_until(Duration::from_secs(10), "aborted", || async {
@@ -484,6 +495,8 @@ async fn crash_at_every_step_resumes_the_deploy() {
         "deploy",
         "health",
         "smoke",
+        "warm",
+        "shadow",
         "gate",
         "switch",
         "bake",

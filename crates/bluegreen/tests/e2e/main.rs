@@ -10,6 +10,7 @@ mod health;
 mod manners;
 mod preview;
 mod replay;
+mod shadow;
 mod shutdown;
 mod state;
 mod streaming;

@@ -65,6 +65,11 @@ pub struct BackendState {
     pub release: Semaphore,
     /// Request headers of the last `/headers` call.
     pub last_headers: Mutex<BTreeMap<String, String>>,
+    /// `/shadow/*` requests that carried `X-Bluegreen-Shadow: 1`.
+    pub shadowed: AtomicU64,
+    /// `POST /shadow/write` requests received, and the last body.
+    pub writes: AtomicU64,
+    pub last_write: Mutex<String>,
 }
 
 /// A real HTTP server on 127.0.0.1:0 that answers with its name.
@@ -102,6 +107,9 @@ impl Backend {
             connections: AtomicU64::new(0),
             release: Semaphore::new(0),
             last_headers: Mutex::new(BTreeMap::new()),
+            shadowed: AtomicU64::new(0),
+            writes: AtomicU64::new(0),
+            last_write: Mutex::new(String::new()),
         });
         let stop = CancellationToken::new();
         let (st, stop2) = (state.clone(), stop.clone());
@@ -161,6 +169,9 @@ async fn route(mut req: Request<Incoming>, st: Arc<BackendState>) -> Response<Te
     let path = req.uri().path().to_string();
     if path != "/healthz" {
         st.requests.fetch_add(1, Ordering::SeqCst);
+    }
+    if path.starts_with("/shadow/") {
+        return shadow_route(req, &path, &st).await;
     }
     match path.as_str() {
         "/healthz" if st.healthy.load(Ordering::SeqCst) => Response::new(full("ok")),
@@ -254,6 +265,59 @@ async fn route(mut req: Request<Incoming>, st: Arc<BackendState>) -> Response<Te
                 .unwrap()
         }
         _ => Response::new(full(st.name.clone())),
+    }
+}
+
+/// Answers that differ between versions on purpose. Backends whose name
+/// starts with `green` are the "new version": a changed price, a changed
+/// status, a slow endpoint. Every answer also carries noise (a random id and
+/// a timestamp) that differs between any two answers.
+async fn shadow_route(req: Request<Incoming>, path: &str, st: &BackendState) -> Response<TestBody> {
+    let new = st.name.starts_with("green");
+    if req
+        .headers()
+        .get("x-bluegreen-shadow")
+        .is_some_and(|v| v == "1")
+    {
+        st.shadowed.fetch_add(1, Ordering::SeqCst);
+    }
+    static IDS: AtomicU64 = AtomicU64::new(1);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let noise = (IDS.fetch_add(1, Ordering::SeqCst) * 7919) ^ nanos;
+    let json = |code: u16, v: serde_json::Value| {
+        Response::builder()
+            .status(code)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(full(v.to_string()))
+            .unwrap()
+    };
+    if let Some(id) = path.strip_prefix("/shadow/users/") {
+        let price = if new { 12 } else { 10 };
+        return json(
+            200,
+            serde_json::json!({"id": id, "name": format!("user {id}"), "price": price,
+                "request_id": format!("{noise:x}"), "ts": nanos}),
+        );
+    }
+    match path {
+        "/shadow/same" => json(200, serde_json::json!({"ok": true, "at": nanos})),
+        "/shadow/status" => json(if new { 500 } else { 200 }, serde_json::json!({"ok": !new})),
+        "/shadow/slow" => {
+            if new {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            json(200, serde_json::json!({"slow": true}))
+        }
+        "/shadow/write" => {
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            st.writes.fetch_add(1, Ordering::SeqCst);
+            *st.last_write.lock().unwrap() = String::from_utf8_lossy(&body).into_owned();
+            json(201, serde_json::json!({"written": true}))
+        }
+        _ => json(404, serde_json::json!({"error": "not found"})),
     }
 }
 
