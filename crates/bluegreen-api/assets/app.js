@@ -28,7 +28,7 @@
       bake: null, // last `bake` event of the current deploy
       switches: [], // switch records, normalised, oldest first
       points: [], // series points, oldest first
-      markers: [], // switches drawn on the charts: {at_ms, to, kind}
+      seriesMarks: [], // `switches` of GET /series: {at_ms, to, kind}
       intervalMs: 1000,
       shadow: null,
       busy: false, // an action POST is under way
@@ -152,12 +152,14 @@
     const seen = { ...S.seen };
     return load('/status', (d) => applyStatus(d, true, seen));
   }
-  const refreshDeploys = () => load('/deploys', applyDeploys, true);
-  function refreshAll() {
+  // Without a pipeline /deploys is a 409: not asked, so the console stays clean.
+  const refreshDeploys = () => (S.pipeline === false ? Promise.resolve() : load('/deploys', applyDeploys, true));
+  function refreshAll(haveStatus) {
+    const seen = { ...S.seen };
     return Promise.all([
-      refreshStatus(),
+      haveStatus ? null : refreshStatus(),
       load('/series', applySeries, true),
-      load('/history', applyHistory),
+      load('/history', (d) => applyHistory(d, seen)),
       refreshDeploys(),
       load('/shadow', (d) => applyShadow(d && 'shadow' in d ? d.shadow : d), true),
     ]);
@@ -194,7 +196,7 @@
     showView(true);
     applyStatus(status, true);
     renderAll();
-    refreshAll();
+    refreshAll(true);
     stream(session);
   }
   function logout(message) {
@@ -391,19 +393,10 @@
     else S.switches.push(s);
     S.switches.sort((a, b) => a.at_ms - b.at_ms);
     if (S.switches.length > 1000) S.switches.splice(0, S.switches.length - 1000);
-    addMarker(s);
   }
-  function addMarker(m) {
-    if (!m || m.at_ms == null || !m.to) return;
-    const dup = S.markers.find((x) => x.to === m.to && Math.abs(x.at_ms - m.at_ms) < 2000);
-    if (dup) { if (m.kind) dup.kind = m.kind; return; }
-    S.markers.push({ at_ms: m.at_ms, to: m.to, kind: m.kind || 'switch' });
-    if (S.markers.length > 200) {
-      S.markers.sort((a, b) => a.at_ms - b.at_ms);
-      S.markers.splice(0, S.markers.length - 200);
-    }
-  }
-  function applyHistory(d) {
+  // GET /history is the whole truth, unless a switch event came meanwhile.
+  function applyHistory(d, seen) {
+    if (seen && (S.seen.switch || 0) === (seen.switch || 0)) S.switches = [];
     for (const r of (d && d.switches) || []) addSwitch(r);
     renderHistory();
     scheduleDraw();
@@ -416,7 +409,7 @@
     const last = pts.length ? pts[pts.length - 1].t_ms : -Infinity;
     // Ticks that arrived while the series was on its way are kept.
     S.points = pts.concat(S.points.filter((p) => p.t_ms > last)).slice(-MAX_POINTS);
-    for (const m of d.switches || []) addMarker(m);
+    S.seriesMarks = (d.switches || []).filter((m) => m && m.at_ms != null && m.to);
     renderNow();
     scheduleDraw();
   }
@@ -512,7 +505,7 @@
       if (!el) continue;
       const m = p && p.sides && p.sides[side];
       el.textContent = m
-        ? `${fmtNum(m.rps)} req/s · ${fmtPct(m.error_rate)} errors · p50 ${fmtMs(m.p50_ms)} · p99 ${fmtMs(m.p99_ms)}`
+        ? `${fmtNum(m.rps)} req/s · ${m.rps > 0 ? fmtPct(m.error_rate) : '–'} errors · p50 ${fmtMs(m.p50_ms)} · p99 ${fmtMs(m.p99_ms)}`
         : '';
       const inflight = $(`inflight-${side}`);
       if (m && inflight && m.in_flight != null) inflight.textContent = m.in_flight;
@@ -589,7 +582,7 @@
           h('td', { class: 'detail' }, s.detail || ''))))),
       d.breach ? h('p', { class: 'bad' }, `breach: ${d.breach.summary}`) : null);
     const b = S.bake;
-    if (b && b.deploy_id === d.id) {
+    if (b && b.deploy_id === d.id && running) {
       const w = b.window;
       put(box, h('p', { class: 'bake' }, 'bake verdict so far: ',
         h('span', { class: `badge ${b.verdict}` }, b.verdict), ' ', b.detail || '',
@@ -602,22 +595,33 @@
   // -------------------------------------------------------------------------
   // Shadow report: counts, one row per endpoint, fields that differ on demand.
   // -------------------------------------------------------------------------
+  // Shape: ShadowReport (bluegreen-router/src/shadow.rs), totals flattened in.
   function renderShadow() {
     const box = $('shadow');
     const r = S.shadow;
     box.replaceChildren();
     if (!r) { put(box, h('p', { class: 'empty' }, 'shadowing off')); return; }
-    const count = (label, v, cls) => h('span', { class: `count ${cls || ''}` }, h('b', null, fmtNum(v || 0)), ` ${label}`);
-    put(box, 
+    const opts = r.options || {};
+    const percent = r.percent != null ? r.percent : opts.percent;
+    const count = (label, v, cls) => (v == null ? null
+      : h('span', { class: `count ${cls || ''}` }, h('b', null, fmtNum(v)), ` ${label}`));
+    const lat = (x) => (x ? `${fmtMs(x.p50_ms)} / ${fmtMs(x.p99_ms)}` : '–');
+    const limits = [opts.duration_ms ? `for ${fmtDur(opts.duration_ms)}` : '', opts.requests ? `up to ${opts.requests} requests` : '']
+      .filter(Boolean).join(', ');
+    put(box,
       h('p', null, h('span', { class: `badge ${r.running ? 'running' : 'pending'}` }, r.running ? 'running' : 'stopped'),
-        ` ${fmtNum(r.percent)}% of live traffic mirrored to the idle side`,
-        r.started_at_ms ? h('span', { class: 'muted' }, ` since ${fmtTime(r.started_at_ms)}`) : null),
+        ` ${percent != null ? `${fmtNum(percent)}% of` : ''} live traffic`,
+        r.live_side ? [' from ', sideTag(r.live_side), ' mirrored to ', sideTag(r.idle_side || other(r.live_side))]
+          : ' mirrored to the idle side',
+        h('span', { class: 'muted' }, r.started_at_ms ? ` since ${fmtTime(r.started_at_ms)}` : '',
+          r.stopped_at_ms ? `, stopped ${fmtTime(r.stopped_at_ms)}` : '', limits ? ` (${limits})` : '')),
       h('p', { class: 'counts' }, count('mirrored', r.mirrored), count('compared', r.compared),
-        count('differing', r.differing, r.differing ? 'bad' : ''), count('dropped', r.dropped),
-        count('errors', r.errors, r.errors ? 'bad' : '')));
+        count('differing', r.differing, r.differing ? 'bad' : ''), count('errors', r.errors, r.errors ? 'bad' : ''),
+        count('dropped', r.dropped), count('skipped', r.skipped), count('stale', r.stale),
+        count('in flight', r.in_flight)),
+      r.live || r.idle ? h('p', { class: 'muted' }, `p50 / p99 over all compared pairs: live ${lat(r.live)}, idle ${lat(r.idle)}`) : null);
     const eps = (r.endpoints || []).slice().sort((a, b) => (b.diff_rate || 0) - (a.diff_rate || 0));
     if (!eps.length) { put(box, h('p', { class: 'empty' }, 'nothing compared yet')); return; }
-    const lat = (x) => (x ? `${fmtMs(x.p50_ms)} / ${fmtMs(x.p99_ms)}` : '–');
     put(box, h('table', { class: 'shadow' },
       h('thead', null, h('tr', null, h('th', null, 'endpoint'), h('th', { class: 'num' }, 'requests'),
         h('th', { class: 'num' }, 'differ'), h('th', { class: 'num' }, 'errors'),
@@ -703,8 +707,8 @@
       })) },
     { canvas: 'chart-latency', legend: 'legend-latency', floor: 1, fmt: (v) => `${fmtNum(v)} ms`,
       lines: SIDES.flatMap((s) => [
-        { side: s, get: metric(s, 'p99_ms'), label: 'p99', fmt: fmtMs },
-        { side: s, get: metric(s, 'p50_ms'), label: 'p50', fmt: fmtMs, dash: true },
+        { side: s, get: metric(s, 'p50_ms'), fmt: fmtNum, dash: true },
+        { side: s, get: metric(s, 'p99_ms'), fmt: fmtMs },
       ]) },
   ];
   let drawPending = false;
@@ -737,7 +741,7 @@
     const ctx = cv.getContext('2d');
     ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
     ctx.clearRect(0, 0, w, ht);
-    const L = 54; const R = 8; const T = 22; const B = 20;
+    const L = 54; const R = 8; const T = 28; const B = 20;
     const pw = w - L - R; const ph = ht - T - B;
     const t0 = end - WINDOW_MS;
     const x = (t) => L + ((t - t0) / WINDOW_MS) * pw;
@@ -771,29 +775,47 @@
       ctx.fillText(`${pad(d.getHours())}:${pad(d.getMinutes())}`, Math.min(Math.max(xx, L + 16), L + pw - 16), T + ph + 6);
     }
 
-    // Which side was live: a thin band along the top of the plot.
+    // Which side was live: a faint tint of its colour behind the plot.
     const iv = S.intervalMs;
+    // Consecutive seconds with one live side are one rectangle (no seams).
+    ctx.globalAlpha = 0.07;
+    let run = null;
+    const flush = () => {
+      if (!run) return;
+      ctx.fillStyle = COLORS[run.side];
+      ctx.fillRect(run.x0, T, run.x1 - run.x0, ph);
+      run = null;
+    };
     for (const p of pts) {
-      if (!p.live) continue;
-      ctx.fillStyle = COLORS[p.live] || '#999';
       const x0 = Math.max(L, x(p.t_ms - iv));
-      ctx.fillRect(x0, T - 5, x(p.t_ms) - x0 + 0.5, 3);
+      const x1 = x(p.t_ms);
+      if (run && (run.side !== p.live || x0 - run.x1 > 1)) flush();
+      if (!COLORS[p.live]) continue;
+      if (run) run.x1 = x1; else run = { side: p.live, x0, x1 };
     }
+    flush();
+    ctx.globalAlpha = 1;
 
-    // Switch markers: dashed line in the colour of the side that went live.
+    // Switch markers: dashed line in the colour of the side that went live,
+    // labelled above the plot; labels that would overlap take a second row.
     ctx.textBaseline = 'top';
-    for (const m of S.markers) {
-      if (m.at_ms < t0 || m.at_ms > end + iv) continue;
+    const rowEnd = [-Infinity, -Infinity];
+    for (const m of switchMarks(t0, end + iv)) {
       const xx = Math.round(x(Math.min(m.at_ms, end))) + 0.5;
+      const label = `→${m.to} ${m.kind}`;
+      const lw = ctx.measureText(label).width;
+      const left = Math.min(xx + 3, L + pw - lw); // keep it inside the plot
+      let row = rowEnd.findIndex((e) => e < left - 4);
+      if (row < 0) row = 1;
+      rowEnd[row] = left + lw;
+      const top = 1 + row * 12;
       ctx.strokeStyle = COLORS[m.to] || '#555';
       ctx.setLineDash([3, 3]);
-      ctx.beginPath(); ctx.moveTo(xx, T - 6); ctx.lineTo(xx, T + ph); ctx.stroke();
+      ctx.beginPath(); ctx.moveTo(xx, top + 11); ctx.lineTo(xx, T + ph); ctx.stroke();
       ctx.setLineDash([]);
       ctx.fillStyle = COLORS[m.to] || '#555';
-      const label = `→${m.to} ${m.kind}`;
-      const right = xx + ctx.measureText(label).width + 4 > L + pw;
-      ctx.textAlign = right ? 'right' : 'left';
-      ctx.fillText(label, right ? xx - 3 : xx + 3, 2);
+      ctx.textAlign = 'left';
+      ctx.fillText(label, left, top);
     }
 
     // The lines; a missing value or a missing second is a gap.
@@ -826,13 +848,22 @@
     }
   }
   // Legend with the newest value of every line.
+  // Switches between t0 and t1 from history, events and the series, once each.
+  function switchMarks(t0, t1) {
+    const marks = [];
+    for (const m of S.switches.concat(S.seriesMarks)) {
+      if (m.at_ms < t0 || m.at_ms > t1) continue;
+      if (!marks.some((x) => x.to === m.to && Math.abs(x.at_ms - m.at_ms) < 2000)) marks.push(m);
+    }
+    return marks.sort((a, b) => a.at_ms - b.at_ms);
+  }
+
+  // One key per side: its colour, its name, the newest value of each line.
   function drawLegend(c, last) {
-    const el = $(c.legend);
-    el.replaceChildren(...c.lines.map((ln) => {
-      const v = last ? ln.get(last) : null;
-      return h('span', { class: 'key' },
-        h('i', { class: `swatch ${ln.side}${ln.dash ? ' dashed' : ''}` }),
-        `${ln.side}${ln.label ? ` ${ln.label}` : ''} `, h('b', null, v == null ? '–' : ln.fmt(v)));
+    $(c.legend).replaceChildren(...SIDES.map((side) => {
+      const lines = c.lines.filter((ln) => ln.side === side);
+      const vals = lines.map((ln) => { const v = last ? ln.get(last) : null; return v == null ? '–' : ln.fmt(v); });
+      return h('span', { class: 'key' }, h('i', { class: `swatch ${side}` }), `${side} `, h('b', null, vals.join(' / ')));
     }));
   }
 
@@ -866,13 +897,13 @@
     });
   }
 
-  async function act(label, path, body) {
+  async function act(label, path, body, done) {
     S.busy = true;
     renderButtons();
     try {
       const r = await api('POST', path, body);
       clearError();
-      notice(r && r.message ? r.message : `${label}: done`);
+      notice(r && r.message ? r.message : done || `${label}: done`);
     } catch (e) {
       if (e.status !== 401) showError(`${label} failed: ${e.message}`);
     } finally {
@@ -933,7 +964,7 @@
       yes: 'Promote',
     });
     if (!ans) return;
-    await act('promote', '/promote');
+    await act('promote', '/promote', undefined, `deploy #${d.id} promoted: switching to ${d.target}`);
   }
   async function onAbort() {
     const d = S.deploy;
@@ -949,7 +980,8 @@
       yes: 'Abort deploy', danger: true, reason: true,
     });
     if (!ans) return;
-    await act('abort', '/abort', { actor: 'dashboard', reason: ans.reason || 'aborted from the dashboard' });
+    await act('abort', '/abort', { actor: 'dashboard', reason: ans.reason || 'aborted from the dashboard' },
+      `abort of deploy #${d.id} requested`);
   }
 
   // -------------------------------------------------------------------------

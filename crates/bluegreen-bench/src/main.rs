@@ -153,6 +153,7 @@ fn main() -> Result<()> {
         let mut row = Row::new(kind.name());
         if std::env::var("BENCH_PARTS").is_ok_and(|p| p == "fixed") {
             row.fixed = Some(fixed_rate(&proxy, &plan));
+            row.shadowed = shadowed(&proxy, &plan)?;
             report.rows.push(row);
             continue;
         }
@@ -176,6 +177,7 @@ fn main() -> Result<()> {
         row.small = Some(small);
         row.large = Some(median_wrk(&env, &proxy, "/64k", &plan)?);
         row.fixed = Some(fixed_rate(&proxy, &plan));
+        row.shadowed = shadowed(&proxy, &plan)?;
         row.rss_conns = Some(idle_memory(&proxy, plan.idle_conns)?);
         if kind != Kind::Direct {
             row.switching = Some(switching(
@@ -305,6 +307,20 @@ fn fixed_rate(proxy: &Proxy, plan: &Plan) -> (u64, u64, u64, u64) {
         h.value_at_quantile(0.999),
         errors,
     )
+}
+
+/// For bluegreen: the fixed-rate run again with every request mirrored to
+/// the idle side, and how many copies were sent and dropped.
+fn shadowed(proxy: &Proxy, plan: &Plan) -> Result<Option<report::Shadowed>> {
+    if proxy.kind != Kind::Bluegreen {
+        return Ok(None);
+    }
+    proxy.bluegreen_call("POST", "/api/v1/shadow/start", "{\"percent\": 100}")?;
+    let latency = fixed_rate(proxy, plan);
+    let stopped = proxy.bluegreen_call("POST", "/api/v1/shadow/stop", "")?;
+    let v: serde_json::Value = serde_json::from_str(&stopped)?;
+    let n = |k: &str| v["shadow"][k].as_u64().unwrap_or(0);
+    Ok(Some((latency, n("mirrored"), n("dropped"))))
 }
 
 /// The median run (by req/s) of `plan.repeats` wrk runs.

@@ -251,7 +251,7 @@ impl Proxy {
         SocketAddr::from(([127, 0, 0, 1], self.port))
     }
 
-    fn bluegreen_call(&self, method: &str, path: &str, body: &str) -> Result<String> {
+    pub fn bluegreen_call(&self, method: &str, path: &str, body: &str) -> Result<String> {
         let url = format!("http://127.0.0.1:{}{path}", self.admin);
         let rt = self.client.as_ref().expect("bluegreen client");
         rt.block_on(async {

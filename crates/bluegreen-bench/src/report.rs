@@ -6,6 +6,12 @@ use crate::{Args, Switching, Wrk};
 use std::fmt::Write;
 use std::process::Command;
 
+/// p50, p99, p99.9 in µs, and errors, at a fixed rate.
+pub type Fixed = (u64, u64, u64, u64);
+
+/// Fixed-rate latency with shadowing on, copies mirrored, copies dropped.
+pub type Shadowed = (Fixed, u64, u64);
+
 /// Everything measured for one proxy.
 pub struct Row {
     pub name: &'static str,
@@ -15,6 +21,8 @@ pub struct Row {
     pub large: Option<Wrk>,
     /// p50, p99, p99.9 in µs, errors.
     pub fixed: Option<(u64, u64, u64, u64)>,
+    /// The same fixed rate with every request shadowed: latency, mirrored, dropped.
+    pub shadowed: Option<Shadowed>,
     /// RSS KiB with idle connections, connections opened.
     pub rss_conns: Option<(u64, usize)>,
     pub switching: Option<Switching>,
@@ -31,6 +39,7 @@ impl Row {
             small: None,
             large: None,
             fixed: None,
+            shadowed: None,
             rss_conns: None,
             switching: None,
             websockets: None,
@@ -187,6 +196,41 @@ impl Report {
                 l.rps,
                 ms(l.p99_us)
             );
+        }
+        for r in &self.rows {
+            if let (Some(off), Some((on, mirrored, dropped))) = (r.fixed, r.shadowed) {
+                let _ = writeln!(o, "\n## Live latency with shadowing off and on ({} req/s, 100 % of requests mirrored to the idle side)\n", self.rate);
+                let _ = writeln!(
+                    o,
+                    "| {} | p50 ms | p99 ms | p99.9 ms | errors | mirrored | dropped |",
+                    r.name
+                );
+                let _ = writeln!(o, "|---|---:|---:|---:|---:|---:|---:|");
+                let _ = writeln!(
+                    o,
+                    "| shadowing off | {} | {} | {} | {} | - | - |",
+                    ms(off.0),
+                    ms(off.1),
+                    ms(off.2),
+                    off.3
+                );
+                let _ = writeln!(
+                    o,
+                    "| shadowing on | {} | {} | {} | {} | {mirrored} | {dropped} |",
+                    ms(on.0),
+                    ms(on.1),
+                    ms(on.2),
+                    on.3
+                );
+                let ratio = |a: u64, b: u64| if a == 0 { 0.0 } else { b as f64 / a as f64 };
+                let _ = writeln!(
+                    o,
+                    "| on / off | {:.2}× | {:.2}× | {:.2}× | | | |",
+                    ratio(off.0, on.0),
+                    ratio(off.1, on.1),
+                    ratio(off.2, on.2)
+                );
+            }
         }
         let _ = writeln!(o, "\n## Latency at a fixed {} req/s (below saturation; measured from when each request was due)\n", self.rate);
         let _ = writeln!(o, "| proxy | p50 ms | p99 ms | p99.9 ms | errors |");

@@ -548,3 +548,120 @@ async fn crash_at_every_step_resumes_the_deploy() {
         }
     }
 }
+
+/// GETs `path` in a loop until stopped; every answer's status kept.
+fn traffic(
+    router: &RouterProc,
+    path: &str,
+) -> (Arc<AtomicBool>, tokio::task::JoinHandle<Vec<u16>>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (flag, url) = (stop.clone(), router.url(path));
+    let task = tokio::spawn(async move {
+        let c = h1_client();
+        let mut seen = Vec::new();
+        for _ in 0..100_000 {
+            if flag.load(Ordering::SeqCst) {
+                break;
+            }
+            seen.push(get(&c, &url).await.map(|(s, _)| s).unwrap_or(0));
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        seen
+    });
+    (stop, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_shadow_step_fails_a_version_whose_answers_differ_and_passes_one_that_matches() {
+    let router = pipeline_router("300ms", "0s")
+        .extra(
+            "[deploy.shadow]\nduration = \"20s\"\nrequests = 40\nmin_requests = 20\nmax_diff_rate = 0.05\n\n\
+             [shadow]\nignore_paths = [\"/served_at_ns\"]\n",
+        )
+        .start();
+    // Nothing is live yet, so there is nothing to shadow.
+    let (code, out, err) = cli_deploy(&router, &["v1", "--skip-shadow"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+
+    let (stop, task) = traffic(&router, "/price");
+    // v2 changes a price: the step finds it and the deploy fails before the switch.
+    let (code, out, err) = cli_deploy(&router, &["v2", "--env", "BLUEGREEN_APP_PRICE=12"]);
+    assert_eq!(code, 1, "{out}\n{err}");
+    let all = format!("{out}{err}");
+    assert!(all.contains("GET /price"), "{all}");
+    assert!(all.contains("/price (live 10, idle 12)"), "{all}");
+    assert_eq!(
+        router.status().await["live"],
+        "green",
+        "live side untouched"
+    );
+
+    // v3 answers the same (its timestamps are ignored by config): it ships.
+    let (code, out, err) = cli_deploy(&router, &["v3"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    stop.store(true, Ordering::SeqCst);
+    let statuses = task.await.unwrap();
+    assert!(
+        statuses.iter().all(|&s| s == 200),
+        "live traffic failed during the shadow steps"
+    );
+    let (_, json, _) = router.cli(&["history", "--json"]);
+    let h: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let deploys = h["deploys"].as_array().unwrap();
+    let v3 = deploys.iter().find(|d| d["version"] == "v3").unwrap();
+    let shadow = step_of(v3, "shadow");
+    assert_eq!(shadow["state"], "done", "{shadow}");
+    assert!(
+        shadow["detail"]
+            .as_str()
+            .unwrap()
+            .contains("pairs compared, 0 differing"),
+        "{shadow}"
+    );
+    let v1 = deploys.iter().find(|d| d["version"] == "v1").unwrap();
+    assert_eq!(step_of(v1, "shadow")["state"], "skipped");
+    // The shadow report of the last run stays readable.
+    let (code, text, _) = router.cli(&["shadow", "report"]);
+    assert_eq!(code, 0);
+    assert!(text.contains("GET /price"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_warm_step_replays_a_recording_to_the_new_side_before_the_switch() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("warm.jsonl");
+    let lines: Vec<String> = (0..6)
+        .map(|i| {
+            format!(
+                "{{\"v\":1,\"at_ms\":{},\"method\":\"GET\",\"path\":\"/price?n={i}\",\"headers\":[],\"body\":\"\"}}",
+                1_700_000_000_000u64 + i * 10
+            )
+        })
+        .collect();
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    let router = pipeline_router("300ms", "0s")
+        .extra(&format!(
+            "[deploy.warm]\nfile = \"{}\"\nspeed = \"max\"\nconcurrency = 2\n",
+            file.display()
+        ))
+        .start();
+    let (code, out, err) = cli_deploy(&router, &["v1"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let (_, json, _) = router.cli(&["history", "--json"]);
+    let h: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let d = &h["deploys"][0];
+    assert_eq!(step_of(d, "warm")["state"], "done", "{d}");
+    let log = d["log"].to_string();
+    assert!(log.contains("replayed 6 requests"), "{log}");
+    assert!(log.contains("200 ×6"), "{log}");
+
+    // A broken recording fails the deploy before the switch, naming the line.
+    std::fs::write(&file, "{\"v\":1}\nnot json\n").unwrap();
+    let (code, out, err) = cli_deploy(&router, &["v2"]);
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(
+        format!("{out}{err}").contains("warm-up replay"),
+        "{out}{err}"
+    );
+    assert_eq!(router.status().await["live"], "green");
+}
