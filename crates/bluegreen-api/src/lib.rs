@@ -4,6 +4,7 @@
 
 pub mod client;
 mod error;
+mod metrics;
 mod routes;
 
 pub use client::{AdminClient, ClientError};

@@ -58,9 +58,24 @@ pub fn app(router: Arc<Router>, pipeline: Option<Arc<Pipeline>>, token: &str) ->
         .route("/shadow/start", post(shadow_start))
         .route("/shadow/stop", post(shadow_stop))
         .route("/abort", post(abort))
+        .route("/events", get(events))
+        .route("/series", get(series))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     axum::Router::new()
         .route("/livez", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
+        .route(
+            "/",
+            get(|| async { page(INDEX_HTML, "text/html; charset=utf-8") }),
+        )
+        .route(
+            "/assets/app.js",
+            get(|| async { page(APP_JS, "text/javascript; charset=utf-8") }),
+        )
+        .route(
+            "/assets/style.css",
+            get(|| async { page(STYLE_CSS, "text/css; charset=utf-8") }),
+        )
         .route("/readyz", get(readyz))
         .nest("/api/v1", api)
         .fallback(|uri: Uri| async move { ApiError::not_found(uri.path()) })
@@ -104,12 +119,128 @@ async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 async fn status(State(state): State<AppState>) -> Response {
+    Json(status_value(&state).await).into_response()
+}
+
+/// The router's status, with each side's release and the current deploy
+/// when there is a pipeline.
+async fn status_value(state: &AppState) -> serde_json::Value {
     let mut value = serde_json::to_value(state.router.status().await).expect("status serialises");
     if let Some(p) = &state.pipeline {
         value["releases"] = serde_json::to_value(p.sides().await).expect("serialises");
         value["deploy"] = serde_json::to_value(p.current().await).expect("serialises");
     }
-    Json(value).into_response()
+    value
+}
+
+// ---- observability -------------------------------------------------------------
+
+const INDEX_HTML: &str = include_str!("../assets/index.html");
+const APP_JS: &str = include_str!("../assets/app.js");
+const STYLE_CSS: &str = include_str!("../assets/style.css");
+
+/// A dashboard file: no token needed (it holds no data), never cached across
+/// upgrades, and a strict content policy (the page only talks to this origin).
+fn page(body: &'static str, content_type: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::REFERRER_POLICY, "no-referrer"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+            ),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    let text = crate::metrics::render(&state.router, state.pipeline.as_ref()).await;
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+async fn series(State(state): State<AppState>) -> Response {
+    let points = state.router.series.points();
+    let window_ms = (bluegreen_router::events::SERIES_POINTS as u64) * 1000;
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+        .saturating_sub(window_ms);
+    let switches: Vec<serde_json::Value> = state
+        .router
+        .history()
+        .await
+        .into_iter()
+        .filter(|r| r.at_unix_ms >= since)
+        .map(|r| serde_json::json!({"at_ms": r.at_unix_ms, "to": r.to, "kind": r.kind, "reason": r.reason}))
+        .collect();
+    (
+        [(header::CACHE_CONTROL, "no-store")],
+        Json(serde_json::json!({"interval_ms": 1000, "points": points, "switches": switches})),
+    )
+        .into_response()
+}
+
+/// Server-Sent Events: `status` first, then every state change as it
+/// happens (`switch`, `health`, `deploy`, `bake`, `shadow`, `tick`); after a
+/// change that moves the status, a fresh `status`. A listener that falls
+/// behind gets `lagged` with how many it missed, then a fresh `status`.
+async fn events(State(state): State<AppState>) -> Response {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    let rx = state.router.events.subscribe();
+    let stop = state.router.shutdown_token().clone();
+    let stream = futures_util::stream::unfold(
+        (rx, state, true, stop),
+        |(mut rx, state, mut status_due, stop)| async move {
+            loop {
+                if status_due {
+                    let v = status_value(&state).await;
+                    let ev = Event::default().event("status").data(v.to_string());
+                    return Some((
+                        Ok::<_, std::convert::Infallible>(ev),
+                        (rx, state, false, stop),
+                    ));
+                }
+                let got = tokio::select! {
+                    r = rx.recv() => r,
+                    _ = stop.cancelled() => return None,
+                };
+                match got {
+                    Ok(e) => {
+                        status_due = matches!(e.name, "switch" | "health" | "deploy");
+                        let ev = Event::default().event(e.name).data(e.data.to_string());
+                        return Some((Ok(ev), (rx, state, status_due, stop)));
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        let ev = Event::default()
+                            .event("lagged")
+                            .data(serde_json::json!({"missed": n}).to_string());
+                        return Some((Ok(ev), (rx, state, true, stop)));
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        },
+    );
+    (
+        [
+            (header::CACHE_CONTROL, "no-store"),
+            (header::HeaderName::from_static("x-accel-buffering"), "no"),
+        ],
+        Sse::new(stream).keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(15))),
+    )
+        .into_response()
 }
 
 async fn history(State(state): State<AppState>) -> Response {

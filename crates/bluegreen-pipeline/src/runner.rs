@@ -70,6 +70,7 @@ async fn update(p: &Pipeline, durable: bool, f: impl FnOnce(&mut DeployRecord)) 
     let mut book = p.book.lock().await;
     if let Some(d) = book.current.as_mut() {
         f(d);
+        p.router.events.emit("deploy", &*d);
     }
     if durable {
         if let Err(e) = p.persist(&book).await {
@@ -96,6 +97,7 @@ async fn finish(p: &Pipeline, outcome: Outcome, reason: Option<String>) {
     if outcome == Outcome::Succeeded {
         d.succeed(now_ms());
     }
+    p.router.events.emit("deploy", &*d);
     let id = d.id;
     book.archive_current();
     if let Err(e) = p.persist(&book).await {
@@ -628,29 +630,33 @@ async fn bake(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployRecord) -> StepEn
                 if window_start.1.elapsed() >= cfg.interval {
                     judged += 1;
                     window_start = (now.clone(), Instant::now());
-                    note(
-                        p,
-                        Step::Bake,
-                        format!("healthy so far: {}", describe(&now.since(&start))),
-                    )
-                    .await;
+                    let detail = format!("healthy so far: {}", describe(&now.since(&start)));
+                    p.router.events.emit(
+                        "bake",
+                        serde_json::json!({"deploy_id": d.id, "verdict": "ok", "detail": detail}),
+                    );
+                    note(p, Step::Bake, detail).await;
                 }
             }
             Verdict::NotEnoughTraffic => {
                 if window_start.1.elapsed() >= cfg.interval {
-                    note(
-                        p,
-                        Step::Bake,
-                        format!(
-                            "waiting for traffic: {} of {} requests",
-                            window.requests, cfg.thresholds.min_requests
-                        ),
-                    )
-                    .await;
+                    let detail = format!(
+                        "waiting for traffic: {} of {} requests",
+                        window.requests, cfg.thresholds.min_requests
+                    );
+                    p.router.events.emit(
+                        "bake",
+                        serde_json::json!({"deploy_id": d.id, "verdict": "waiting", "detail": detail}),
+                    );
+                    note(p, Step::Bake, detail).await;
                 }
             }
             Verdict::Breach(b) => {
                 let reason = format!("bake: {}", b.summary);
+                p.router.events.emit(
+                    "bake",
+                    serde_json::json!({"deploy_id": d.id, "verdict": "breach", "detail": b.summary, "breach": b}),
+                );
                 update(p, true, |r| r.breach = Some(b.clone())).await;
                 let t = Instant::now();
                 return match p.switch_back(d, SwitchKind::Rollback, &reason).await {

@@ -3,6 +3,7 @@
 //! first, then swaps the routing snapshot in one atomic store, then drains
 //! the old side in the background.
 
+use crate::events::{Events, Series};
 use crate::headers::RequestIds;
 use crate::pool::Pool;
 use crate::recorder::{RecordOptions, RecordStatus, Recorder};
@@ -30,6 +31,7 @@ pub struct Router {
     pub(crate) ids: RequestIds,
     pub(crate) upstream_timeout: Duration,
     pub(crate) retries: u32,
+    pub(crate) access_log: bool,
     /// Upgraded connections, which hyper no longer tracks.
     pub(crate) tunnels: TaskTracker,
     /// Cancelled when the router stops; cuts what is still open.
@@ -42,6 +44,12 @@ pub struct Router {
     listeners: Mutex<BTreeMap<String, SocketAddr>>,
     /// The running or last shadow run, kept for its report.
     last_shadow: Mutex<Option<Arc<Shadow>>>,
+    /// State changes, for the event stream.
+    pub events: Events,
+    /// Per-second live traffic of both sides, for charts.
+    pub series: Series,
+    /// Switches since this process started, by kind (for metrics).
+    switch_counts: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 /// Startup failures.
@@ -122,6 +130,7 @@ impl Router {
             ids: RequestIds::new(),
             upstream_timeout: config.proxy.upstream_timeout,
             retries: config.proxy.retries,
+            access_log: config.proxy.access_log,
             tunnels: TaskTracker::new(),
             shutdown: CancellationToken::new(),
             config: Arc::new(config),
@@ -130,6 +139,9 @@ impl Router {
             drain_deadlines: Mutex::new(Sides::default()),
             listeners: Mutex::new(BTreeMap::new()),
             last_shadow: Mutex::new(None),
+            events: Events::default(),
+            series: Series::default(),
+            switch_counts: Mutex::new(BTreeMap::new()),
         }))
     }
 
@@ -261,6 +273,22 @@ impl Router {
         }));
         *state = next;
         let record = state.history.last().cloned();
+        let kind = match req.kind {
+            SwitchKind::Rollback => "rollback",
+            _ => "switch",
+        };
+        *self
+            .switch_counts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(kind)
+            .or_default() += 1;
+        self.events.emit(
+            "switch",
+            serde_json::json!({"from": from, "to": req.to, "kind": kind, "generation": state.generation,
+                "forced": req.forced, "actor": req.actor, "reason": req.reason, "at_unix_ms": at_unix_ms,
+                "record": record}),
+        );
         tracing::info!(from = %from, to = %req.to, generation = state.generation, kind = ?req.kind, forced = req.forced, actor = %req.actor, reason = %req.reason, "switched");
 
         // 4. Let the old side's live traffic finish, up to the drain timeout.
@@ -489,6 +517,8 @@ impl Router {
             shadow: None,
             ..(*current).clone()
         }));
+        self.events
+            .emit("shadow", serde_json::json!({"shadow": s.report()}));
         tracing::info!("shadowing stopped");
         Ok(s)
     }
@@ -505,6 +535,14 @@ impl Router {
             }));
             tracing::info!("shadowing stopped: its time is up");
         }
+    }
+
+    /// Switches since this process started, by kind (`switch`, `rollback`).
+    pub fn switch_counts(&self) -> BTreeMap<&'static str, u64> {
+        self.switch_counts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The running or last shadow run, for reports.

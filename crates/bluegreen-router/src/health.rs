@@ -34,6 +34,7 @@ pub fn spawn(router: &Arc<Router>, stop: CancellationToken) -> TaskTracker {
     for pool in [&snap.pools.blue, &snap.pools.green] {
         for upstream in &pool.upstreams {
             tracker.spawn(check_loop(
+                router.clone(),
                 upstream.clone(),
                 client.clone(),
                 config.clone(),
@@ -46,6 +47,7 @@ pub fn spawn(router: &Arc<Router>, stop: CancellationToken) -> TaskTracker {
 }
 
 async fn check_loop(
+    router: Arc<Router>,
     upstream: Arc<Upstream>,
     client: CheckClient,
     config: HealthConfig,
@@ -71,6 +73,11 @@ async fn check_loop(
             _ = stop.cancelled() => return,
         };
         if let Some(flipped) = upstream.record_check_from(epoch, result) {
+            router.events.emit(
+                "health",
+                serde_json::json!({"side": upstream.side, "upstream": upstream.address,
+                    "health": flipped, "reason": upstream.last_error()}),
+            );
             match flipped {
                 Health::Healthy => {
                     tracing::info!(side = %upstream.side, upstream = %upstream.address, "upstream is healthy")

@@ -20,6 +20,7 @@ pub mod body;
 pub mod conn;
 pub mod control;
 pub mod error;
+pub mod events;
 pub mod headers;
 pub mod health;
 pub mod listener;

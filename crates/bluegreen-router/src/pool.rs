@@ -26,6 +26,10 @@ pub struct Upstream {
     check_epoch: AtomicU64,
     /// Idle keep-alive connections to this upstream.
     pub conns: ConnPool,
+    /// Answers by status class (index = status / 100), for metrics.
+    answered: [AtomicU64; 6],
+    /// Requests that got no answer: connect errors, resets, timeouts.
+    failures: AtomicU64,
 }
 
 impl Upstream {
@@ -45,6 +49,24 @@ impl Upstream {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// Counts an answer by its status class.
+    pub(crate) fn answered(&self, status: u16) {
+        self.answered[(status as usize / 100).min(5)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a request this upstream did not answer.
+    pub(crate) fn failed(&self) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Answers by status class (`[_, 1xx, 2xx, 3xx, 4xx, 5xx]`) and failures.
+    pub fn traffic(&self) -> ([u64; 6], u64) {
+        (
+            std::array::from_fn(|i| self.answered[i].load(Ordering::Relaxed)),
+            self.failures.load(Ordering::Relaxed),
+        )
     }
 
     fn routable(&self) -> bool {
@@ -149,6 +171,8 @@ impl Pool {
                     last_error: Mutex::new(None),
                     check_epoch: AtomicU64::new(0),
                     conns: ConnPool::default(),
+                    answered: Default::default(),
+                    failures: AtomicU64::new(0),
                 }))
             })
             .collect::<Result<Vec<_>, String>>()?;

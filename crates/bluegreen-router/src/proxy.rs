@@ -56,6 +56,7 @@ pub async fn handle(req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
         };
         (snap.pools[side].clone(), epoch, recorder, shadow)
     };
+    let access = conn.router.access_log.then(|| AccessLine::of(&req));
     let mut record = None;
     let taps = Taps {
         recorder: recorder.as_deref(),
@@ -75,11 +76,62 @@ pub async fn handle(req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
         &pool.live_stats
     };
     stats.record(resp.status().as_u16(), started.elapsed());
+    if let Some(a) = access {
+        a.log(conn, pool.side, resp.status().as_u16(), started.elapsed());
+    }
     if let (Some(r), Some(mut rec)) = (recorder, record) {
         rec.status = Some(resp.status().as_u16());
         r.submit(rec);
     }
     resp
+}
+
+/// What the access log says about a request, taken before it is forwarded.
+struct AccessLine {
+    method: Method,
+    target: String,
+    version: Version,
+    request_id: Option<String>,
+}
+
+impl AccessLine {
+    fn of(req: &Request<Incoming>) -> AccessLine {
+        AccessLine {
+            method: req.method().clone(),
+            target: req
+                .uri()
+                .path_and_query()
+                .map_or("/".into(), |p| p.as_str().to_string()),
+            version: req.version(),
+            request_id: req
+                .headers()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+        }
+    }
+
+    fn log(
+        self,
+        conn: &ConnCtx,
+        side: bluegreen_core::Side,
+        status: u16,
+        took: std::time::Duration,
+    ) {
+        tracing::info!(
+            target: "bluegreen::access",
+            listener = conn.kind.as_str(),
+            client = conn.peer_ip.to_str().unwrap_or("?"),
+            method = %self.method,
+            target = %self.target,
+            version = ?self.version,
+            side = %side,
+            status,
+            duration_ms = took.as_secs_f64() * 1000.0,
+            request_id = self.request_id.as_deref().unwrap_or(""),
+            "request"
+        );
+    }
 }
 
 /// What, besides the upstream, gets a copy of this request.
@@ -213,13 +265,20 @@ async fn forward(
         let guard = InFlight::begin(upstream.clone(), epoch.clone());
         match send(&upstream, outbound, router.connect_timeout, deadline).await {
             Ok((resp, sender)) => {
+                upstream.answered(resp.status().as_u16());
                 let tee = mirror.take().map(|(s, m)| {
                     Tee::new(s, m, &resp, upstream.clone(), pool.side, started.elapsed())
                 });
                 return respond(resp, sender, guard, on_upgrade, pool.clone(), router, tee);
             }
             Err(SendError::Connect(reason)) => {
-                if upstream.mark_down(reason.clone()).is_some() {
+                upstream.failed();
+                if let Some(h) = upstream.mark_down(reason.clone()) {
+                    router.events.emit(
+                        "health",
+                        serde_json::json!({"side": pool.side, "upstream": upstream.address,
+                            "health": h, "reason": reason}),
+                    );
                     tracing::warn!(side = %pool.side, upstream = %upstream.address, %reason, "upstream marked unhealthy after a failed connect");
                 }
                 if retryable && attempt < router.retries {
@@ -233,18 +292,20 @@ async fn forward(
                 });
             }
             Err(SendError::Upstream(reason)) => {
+                upstream.failed();
                 return Err(ProxyError::Upstream {
                     upstream: upstream.address.clone(),
                     side: pool.side,
                     reason,
-                })
+                });
             }
             Err(SendError::Timeout) => {
+                upstream.failed();
                 return Err(ProxyError::Timeout {
                     upstream: upstream.address.clone(),
                     side: pool.side,
                     after: router.upstream_timeout,
-                })
+                });
             }
         }
     }

@@ -620,7 +620,7 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     h
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)

@@ -8,16 +8,18 @@ use std::time::Duration;
 
 /// Cumulative counters for one side and one listener.
 pub struct TrafficStats {
-    requests: AtomicU64,
-    errors: AtomicU64,
+    /// Answers by status class (index = status / 100); 5xx are the errors.
+    classes: [AtomicU64; 6],
+    /// Sum of the latencies, for the metrics histogram's `_sum`.
+    sum_us: AtomicU64,
     buckets: [AtomicU64; BUCKETS],
 }
 
 impl Default for TrafficStats {
     fn default() -> Self {
         TrafficStats {
-            requests: AtomicU64::new(0),
-            errors: AtomicU64::new(0),
+            classes: Default::default(),
+            sum_us: AtomicU64::new(0),
             buckets: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
@@ -26,18 +28,28 @@ impl Default for TrafficStats {
 impl TrafficStats {
     /// Records one answered request: its status and time to response headers.
     pub fn record(&self, status: u16, latency: Duration) {
-        self.requests.fetch_add(1, Ordering::Relaxed);
-        if status >= 500 {
-            self.errors.fetch_add(1, Ordering::Relaxed);
-        }
+        self.classes[(status as usize / 100).min(5)].fetch_add(1, Ordering::Relaxed);
+        self.sum_us
+            .fetch_add(latency.as_micros() as u64, Ordering::Relaxed);
         self.buckets[latency::bucket(latency)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Answers by status class (`[_, 1xx, 2xx, 3xx, 4xx, 5xx]`).
+    pub fn classes(&self) -> [u64; 6] {
+        std::array::from_fn(|i| self.classes[i].load(Ordering::Relaxed))
+    }
+
+    /// Sum of all latencies recorded, in microseconds.
+    pub fn sum_us(&self) -> u64 {
+        self.sum_us.load(Ordering::Relaxed)
     }
 
     /// The counters so far, as a window since the start.
     pub fn window(&self) -> Window {
+        let classes = self.classes();
         Window {
-            requests: self.requests.load(Ordering::Relaxed),
-            errors: self.errors.load(Ordering::Relaxed),
+            requests: classes.iter().sum(),
+            errors: classes[5],
             latency: Histogram {
                 counts: self
                     .buckets

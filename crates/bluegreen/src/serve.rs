@@ -124,6 +124,12 @@ pub async fn start(config: Config, token: &str) -> anyhow::Result<Running> {
     // 3. Health checks start before traffic so the first results come quickly.
     let stop = CancellationToken::new();
     let health = health::spawn(&router, stop.clone());
+    // One point of live traffic per second for charts and the event stream.
+    bluegreen_router::events::spawn_sampler(
+        router.clone(),
+        std::time::Duration::from_secs(1),
+        stop.clone(),
+    );
 
     // 4. Serve.
     let mut listeners = vec![tokio::spawn(listener::serve(
@@ -186,6 +192,8 @@ impl Running {
             .close_tunnels(grace.saturating_sub(started.elapsed()))
             .await;
         self.health.wait().await;
+        // Ends event streams, so the admin API's graceful shutdown can finish.
+        self.router.shutdown_token().cancel();
         let _ = self.admin_task.await;
         if let Some(p) = &self.pipeline {
             let stop_apps = matches!(&self.router.config().deploy, Some(d) if matches!(&d.method, DeployMethod::Supervisor(s) if s.stop_on_exit));

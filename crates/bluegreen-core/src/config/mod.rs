@@ -55,6 +55,8 @@ pub struct ProxyConfig {
     pub max_connections: usize,
     /// Extra attempts on another upstream when connecting fails (idempotent requests only).
     pub retries: u32,
+    /// One log line per request (target `bluegreen::access`; JSON with `--log-format json`).
+    pub access_log: bool,
     /// Runtime worker threads; `None` means one per CPU.
     pub workers: Option<usize>,
 }
@@ -177,6 +179,7 @@ struct RawProxy {
     max_connections: Option<i64>,
     retries: Option<i64>,
     workers: Option<i64>,
+    access_log: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -462,6 +465,7 @@ fn validate_proxy(raw: &RawProxy, c: &mut Checker) -> ProxyConfig {
             10_000_000,
         ) as usize,
         retries: c.int("proxy.retries", raw.retries, 1, 0, 10) as u32,
+        access_log: raw.access_log.unwrap_or(false),
         workers: raw
             .workers
             .map(|w| c.int("proxy.workers", Some(w), 1, 1, 1024) as usize),

@@ -8,6 +8,7 @@ mod demo;
 mod deploy;
 mod health;
 mod manners;
+mod observe;
 mod preview;
 mod replay;
 mod shadow;

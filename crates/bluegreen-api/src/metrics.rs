@@ -1,0 +1,415 @@
+//! `GET /metrics`: Prometheus text format. Values are read on each scrape
+//! from the counters the router keeps anyway (the request path does no extra
+//! work for metrics); latency uses the router's fixed buckets, so histograms
+//! from several routers add up.
+
+use bluegreen_core::health::Health;
+use bluegreen_core::latency::BOUNDS_US;
+use bluegreen_core::Side;
+use bluegreen_pipeline::Pipeline;
+use bluegreen_router::stats::TrafficStats;
+use bluegreen_router::Router;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+use std::sync::Arc;
+
+type Labels = Vec<(&'static str, String)>;
+
+#[derive(Debug)]
+enum Value {
+    Counter(u64),
+    Gauge(i64),
+    Histogram {
+        sum: f64,
+        count: u64,
+        buckets: Vec<(f64, u64)>,
+    },
+}
+
+#[derive(Debug)]
+struct Family {
+    name: &'static str,
+    help: &'static str,
+    kind: MetricType,
+    samples: Vec<(Labels, Value)>,
+}
+
+/// Every value of one scrape, gathered first (some need async locks), then
+/// encoded by prometheus-client.
+#[derive(Debug, Default)]
+struct Scrape {
+    families: Vec<Family>,
+}
+
+impl Scrape {
+    fn family(&mut self, name: &'static str, help: &'static str, kind: MetricType) -> &mut Family {
+        self.families.push(Family {
+            name,
+            help,
+            kind,
+            samples: Vec::new(),
+        });
+        self.families.last_mut().expect("just pushed")
+    }
+}
+
+impl Family {
+    fn add(&mut self, labels: Labels, v: Value) -> &mut Self {
+        self.samples.push((labels, v));
+        self
+    }
+}
+
+impl Collector for Scrape {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        for f in &self.families {
+            let mut metric = encoder.encode_descriptor(f.name, f.help, None, f.kind)?;
+            // One sample without labels is written as `name value`, not `name{} value`.
+            if let [(labels, v)] = f.samples.as_slice() {
+                if labels.is_empty() {
+                    encode_value(v, metric)?;
+                    continue;
+                }
+            }
+            for (labels, v) in &f.samples {
+                encode_value(v, metric.encode_family(labels)?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn encode_value(v: &Value, mut e: MetricEncoder) -> Result<(), std::fmt::Error> {
+    match v {
+        Value::Counter(n) => ConstCounter::new(*n).encode(e),
+        Value::Gauge(n) => ConstGauge::new(*n).encode(e),
+        Value::Histogram {
+            sum,
+            count,
+            buckets,
+        } => e.encode_histogram::<NoLabelSet>(*sum, *count, buckets, None),
+    }
+}
+
+const CLASSES: [&str; 6] = ["other", "1xx", "2xx", "3xx", "4xx", "5xx"];
+
+fn side_label(s: Side) -> (&'static str, String) {
+    ("side", s.as_str().to_string())
+}
+
+/// The metrics page.
+pub async fn render(router: &Arc<Router>, pipeline: Option<&Arc<Pipeline>>) -> String {
+    let mut s = Scrape::default();
+    let status = router.status().await;
+    let snap = router.snapshot();
+
+    let f = s.family(
+        "bluegreen_live",
+        "1 for the side that receives live traffic",
+        MetricType::Gauge,
+    );
+    for side in Side::ALL {
+        f.add(
+            vec![side_label(side)],
+            Value::Gauge((status.live == side) as i64),
+        );
+    }
+    s.family(
+        "bluegreen_switch_generation",
+        "Switches recorded in the state, ever",
+        MetricType::Gauge,
+    )
+    .add(vec![], Value::Gauge(status.generation as i64));
+    let f = s.family(
+        "bluegreen_switches",
+        "Switches by this process, by kind (switch or rollback)",
+        MetricType::Counter,
+    );
+    let counts = router.switch_counts();
+    for kind in ["switch", "rollback"] {
+        f.add(
+            vec![("kind", kind.into())],
+            Value::Counter(counts.get(kind).copied().unwrap_or(0)),
+        );
+    }
+
+    // Per side: answers by class and latency, for live and preview traffic.
+    let stats = |side: Side, listener: &'static str| -> &TrafficStats {
+        let pool = &snap.pools[side];
+        if listener == "live" {
+            &pool.live_stats
+        } else {
+            &pool.preview_stats
+        }
+    };
+    let f = s.family(
+        "bluegreen_requests",
+        "Answered requests by side, listener and status class",
+        MetricType::Counter,
+    );
+    for side in Side::ALL {
+        for listener in ["live", "preview"] {
+            for (i, n) in stats(side, listener).classes().iter().enumerate().skip(1) {
+                f.add(
+                    vec![
+                        side_label(side),
+                        ("listener", listener.into()),
+                        ("class", CLASSES[i].into()),
+                    ],
+                    Value::Counter(*n),
+                );
+            }
+        }
+    }
+    let f = s.family(
+        "bluegreen_request_duration_seconds",
+        "Time to the response head, by side and listener (fixed buckets)",
+        MetricType::Histogram,
+    );
+    for side in Side::ALL {
+        for listener in ["live", "preview"] {
+            let st = stats(side, listener);
+            let w = st.window();
+            let buckets = w
+                .latency
+                .counts
+                .iter()
+                .enumerate()
+                .map(|(i, &c)| {
+                    let le = BOUNDS_US.get(i).map_or(f64::MAX, |us| *us as f64 / 1e6);
+                    (le, c)
+                })
+                .collect();
+            f.add(
+                vec![side_label(side), ("listener", listener.into())],
+                Value::Histogram {
+                    sum: st.sum_us() as f64 / 1e6,
+                    count: w.latency.total(),
+                    buckets,
+                },
+            );
+        }
+    }
+    let f = s.family(
+        "bluegreen_in_flight_requests",
+        "Requests in flight per side (live and preview)",
+        MetricType::Gauge,
+    );
+    for side in Side::ALL {
+        f.add(
+            vec![side_label(side)],
+            Value::Gauge(status.sides[side].in_flight as i64),
+        );
+    }
+    let f = s.family(
+        "bluegreen_upgraded_connections",
+        "Open upgraded (WebSocket) connections per side",
+        MetricType::Gauge,
+    );
+    for side in Side::ALL {
+        f.add(
+            vec![side_label(side)],
+            Value::Gauge(status.sides[side].upgraded as i64),
+        );
+    }
+    let f = s.family(
+        "bluegreen_draining",
+        "Live requests and connections still draining on a side after a switch away",
+        MetricType::Gauge,
+    );
+    for side in Side::ALL {
+        let n = status.sides[side]
+            .draining
+            .as_ref()
+            .map_or(0, |d| d.remaining);
+        f.add(vec![side_label(side)], Value::Gauge(n as i64));
+    }
+
+    // Per upstream.
+    let f = s.family(
+        "bluegreen_upstream_responses",
+        "Answers by upstream and status class",
+        MetricType::Counter,
+    );
+    for side in Side::ALL {
+        for u in &snap.pools[side].upstreams {
+            let (classes, _) = u.traffic();
+            for (i, n) in classes.iter().enumerate().skip(1) {
+                f.add(
+                    vec![
+                        side_label(side),
+                        ("upstream", u.address.clone()),
+                        ("class", CLASSES[i].into()),
+                    ],
+                    Value::Counter(*n),
+                );
+            }
+        }
+    }
+    let f = s.family(
+        "bluegreen_upstream_errors",
+        "Requests an upstream did not answer (connect errors, resets, timeouts)",
+        MetricType::Counter,
+    );
+    for side in Side::ALL {
+        for u in &snap.pools[side].upstreams {
+            f.add(
+                vec![side_label(side), ("upstream", u.address.clone())],
+                Value::Counter(u.traffic().1),
+            );
+        }
+    }
+    let f = s.family(
+        "bluegreen_upstream_in_flight",
+        "Requests and connections using an upstream",
+        MetricType::Gauge,
+    );
+    for side in Side::ALL {
+        for u in &snap.pools[side].upstreams {
+            f.add(
+                vec![side_label(side), ("upstream", u.address.clone())],
+                Value::Gauge(u.outstanding() as i64),
+            );
+        }
+    }
+    let f = s.family(
+        "bluegreen_upstream_health",
+        "1 for the upstream's current health state",
+        MetricType::Gauge,
+    );
+    for side in Side::ALL {
+        for u in &snap.pools[side].upstreams {
+            let now = u.health();
+            for (state, h) in [
+                ("healthy", Health::Healthy),
+                ("unhealthy", Health::Unhealthy),
+                ("unknown", Health::Unknown),
+            ] {
+                f.add(
+                    vec![
+                        side_label(side),
+                        ("upstream", u.address.clone()),
+                        ("state", state.into()),
+                    ],
+                    Value::Gauge((now == h) as i64),
+                );
+            }
+        }
+    }
+
+    // The deploy pipeline.
+    if let Some(p) = pipeline {
+        let current = p.current().await.filter(|d| !d.is_finished());
+        s.family(
+            "bluegreen_deploy_running",
+            "1 while a deploy runs",
+            MetricType::Gauge,
+        )
+        .add(vec![], Value::Gauge(current.is_some() as i64));
+        let f = s.family(
+            "bluegreen_deploy_step",
+            "Steps of the running deploy: 1 for each step's current state",
+            MetricType::Gauge,
+        );
+        if let Some(d) = &current {
+            for st in &d.steps {
+                let state = serde_json::to_value(st.state)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default();
+                f.add(
+                    vec![
+                        ("deploy", d.id.to_string()),
+                        ("version", d.version.clone()),
+                        ("step", st.step.as_str().into()),
+                        ("state", state),
+                    ],
+                    Value::Gauge(1),
+                );
+            }
+        }
+        let mut outcomes = std::collections::BTreeMap::<String, u64>::new();
+        for d in p.history().await.iter().filter(|d| d.is_finished()) {
+            let o = serde_json::to_value(d.outcome)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            *outcomes.entry(o).or_default() += 1;
+        }
+        let f = s.family(
+            "bluegreen_deploys",
+            "Finished deploys in the history, by outcome",
+            MetricType::Counter,
+        );
+        for o in ["succeeded", "failed", "rolled_back", "aborted"] {
+            f.add(
+                vec![("outcome", o.into())],
+                Value::Counter(outcomes.get(o).copied().unwrap_or(0)),
+            );
+        }
+    }
+
+    // Shadowing (the running or last run).
+    let report = router.shadow().map(|s| s.report());
+    s.family(
+        "bluegreen_shadow_running",
+        "1 while live traffic is mirrored to the idle side",
+        MetricType::Gauge,
+    )
+    .add(
+        vec![],
+        Value::Gauge(report.as_ref().is_some_and(|r| r.running) as i64),
+    );
+    let r = report.as_ref();
+    for (name, help, v) in [
+        (
+            "bluegreen_shadow_mirrored",
+            "Copies sent to the idle side (this run)",
+            r.map_or(0, |r| r.mirrored),
+        ),
+        (
+            "bluegreen_shadow_pairs",
+            "Pairs compared (this run)",
+            r.map_or(0, |r| r.totals.compared),
+        ),
+        (
+            "bluegreen_shadow_differing",
+            "Pairs with a real difference (this run)",
+            r.map_or(0, |r| r.totals.differing),
+        ),
+        (
+            "bluegreen_shadow_dropped",
+            "Copies dropped because the queue was full (this run)",
+            r.map_or(0, |r| r.dropped),
+        ),
+        (
+            "bluegreen_shadow_errors",
+            "Copies the idle side did not answer (this run)",
+            r.map_or(0, |r| r.totals.errors),
+        ),
+    ] {
+        s.family(name, help, MetricType::Counter)
+            .add(vec![], Value::Counter(v));
+    }
+    let f = s.family(
+        "bluegreen_shadow_endpoint_differing",
+        "Differing pairs per endpoint (this run; at most 200 endpoints)",
+        MetricType::Counter,
+    );
+    for e in r.map(|r| r.endpoints.as_slice()).unwrap_or_default() {
+        f.add(
+            vec![("endpoint", e.endpoint.clone())],
+            Value::Counter(e.differing),
+        );
+    }
+
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(s));
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &registry).expect("writing to a String");
+    out
+}
