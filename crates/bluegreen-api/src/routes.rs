@@ -202,34 +202,32 @@ async fn events(State(state): State<AppState>) -> Response {
     let stop = state.router.shutdown_token().clone();
     let stream = futures_util::stream::unfold(
         (rx, state, true, stop),
-        |(mut rx, state, mut status_due, stop)| async move {
-            loop {
-                if status_due {
-                    let v = status_value(&state).await;
-                    let ev = Event::default().event("status").data(v.to_string());
-                    return Some((
-                        Ok::<_, std::convert::Infallible>(ev),
-                        (rx, state, false, stop),
-                    ));
+        |(mut rx, state, status_due, stop)| async move {
+            if status_due {
+                let v = status_value(&state).await;
+                let ev = Event::default().event("status").data(v.to_string());
+                return Some((
+                    Ok::<_, std::convert::Infallible>(ev),
+                    (rx, state, false, stop),
+                ));
+            }
+            let got = tokio::select! {
+                r = rx.recv() => r,
+                _ = stop.cancelled() => return None,
+            };
+            match got {
+                Ok(e) => {
+                    let status_due = matches!(e.name, "switch" | "health" | "deploy");
+                    let ev = Event::default().event(e.name).data(e.data.to_string());
+                    Some((Ok(ev), (rx, state, status_due, stop)))
                 }
-                let got = tokio::select! {
-                    r = rx.recv() => r,
-                    _ = stop.cancelled() => return None,
-                };
-                match got {
-                    Ok(e) => {
-                        status_due = matches!(e.name, "switch" | "health" | "deploy");
-                        let ev = Event::default().event(e.name).data(e.data.to_string());
-                        return Some((Ok(ev), (rx, state, status_due, stop)));
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                        let ev = Event::default()
-                            .event("lagged")
-                            .data(serde_json::json!({"missed": n}).to_string());
-                        return Some((Ok(ev), (rx, state, true, stop)));
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    let ev = Event::default()
+                        .event("lagged")
+                        .data(serde_json::json!({"missed": n}).to_string());
+                    Some((Ok(ev), (rx, state, true, stop)))
                 }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => None,
             }
         },
     );
