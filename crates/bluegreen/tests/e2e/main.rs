@@ -3,6 +3,7 @@
 //! tokio-tungstenite). One test binary so the suite links once.
 
 mod admin;
+mod browser;
 mod config;
 mod demo;
 mod deploy;

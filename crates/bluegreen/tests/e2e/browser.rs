@@ -1,0 +1,218 @@
+//! The dashboard in a real browser: headless Chromium (Debian's `chromium`,
+//! driven through `chromedriver` by WebDriver) against the real router with
+//! two real upstreams. Logs in with the token, reads the live side, switches
+//! through the confirmation dialog and sees the page change without a
+//! reload; a screenshot is kept as a test artifact.
+
+use crate::support::*;
+use fantoccini::{ClientBuilder, Locator};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// chromedriver, killed when the test ends.
+struct Driver(Child);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn text_of(c: &fantoccini::Client, id: &str) -> String {
+    c.execute(
+        &format!("return document.getElementById('{id}')?.textContent ?? ''"),
+        vec![],
+    )
+    .await
+    .unwrap()
+    .as_str()
+    .unwrap_or("")
+    .trim()
+    .to_string()
+}
+
+async fn hidden(c: &fantoccini::Client, id: &str) -> bool {
+    c.execute(
+        &format!("return document.getElementById('{id}').hidden"),
+        vec![],
+    )
+    .await
+    .unwrap()
+    .as_bool()
+    .unwrap()
+}
+
+/// Polls `f` until it returns true, failing after `limit`.
+async fn eventually<F, Fut>(limit: Duration, what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    while !f().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_dashboard_logs_in_shows_the_live_side_and_switches_without_a_reload() {
+    let (b, g) = (Backend::start("blue").await, Backend::start("green").await);
+    let router = RouterBuilder::new(&[&b], &[&g]).start();
+    router.wait_all_healthy().await;
+
+    let port = closed_port().port();
+    let _driver = Driver(
+        Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect(
+                "chromedriver is installed (scripts/test installs chromium and chromium-driver)",
+            ),
+    );
+    let webdriver = format!("http://127.0.0.1:{port}");
+    wait_until(
+        Duration::from_secs(15),
+        "chromedriver listening",
+        || async { std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() },
+    )
+    .await;
+    let profile = tempfile::tempdir().unwrap();
+    let caps = serde_json::json!({
+        "goog:chromeOptions": {
+            "binary": "/usr/bin/chromium",
+            "args": [
+                "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--disable-quic", "--no-first-run", "--window-size=1280,1000",
+                format!("--user-data-dir={}", profile.path().display()),
+            ]
+        }
+    });
+    let caps = caps.as_object().unwrap().clone();
+    let c = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        .capabilities(caps)
+        .connect(&webdriver)
+        .await
+        .expect("a Chromium session");
+
+    // 1. Without the token: a login and no data.
+    let page = format!("{}/", router.admin_url());
+    c.goto(&page).await.unwrap();
+    c.wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Id("token"))
+        .await
+        .unwrap();
+    assert!(!hidden(&c, "login-view").await);
+    assert!(hidden(&c, "dashboard-view").await);
+    assert_eq!(
+        text_of(&c, "live-side").await.trim_matches('–'),
+        "",
+        "no data before login"
+    );
+
+    // 2. A wrong token is refused and stays on the login.
+    c.find(Locator::Id("token"))
+        .await
+        .unwrap()
+        .send_keys("not-the-token")
+        .await
+        .unwrap();
+    c.find(Locator::Id("login"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "the wrong-token message",
+        || async { text_of(&c, "error-text").await.contains("wrong token") },
+    )
+    .await;
+    assert!(hidden(&c, "dashboard-view").await);
+
+    // 3. The right token: the dashboard shows blue live.
+    let field = c.find(Locator::Id("token")).await.unwrap();
+    field.clear().await.unwrap();
+    field.send_keys(TOKEN).await.unwrap();
+    c.find(Locator::Id("login"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(10), "blue shown live", || async {
+        text_of(&c, "live-side").await == "blue"
+    })
+    .await;
+    assert!(hidden(&c, "login-view").await);
+    let url = c.current_url().await.unwrap();
+    assert!(
+        !url.as_str().contains(TOKEN),
+        "the token must never be in a URL: {url}"
+    );
+
+    // 4. Switch through the confirmation; the page updates in place.
+    c.execute("window.__sameDocument = 'yes'", vec![])
+        .await
+        .unwrap();
+    c.find(Locator::Id("btn-switch"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(5),
+        "the confirmation dialog",
+        || async {
+            c.execute("return document.getElementById('confirm').open", vec![])
+                .await
+                .unwrap()
+                .as_bool()
+                == Some(true)
+        },
+    )
+    .await;
+    let question = text_of(&c, "confirm-text").await;
+    assert!(
+        question.contains("blue") && question.contains("green"),
+        "{question}"
+    );
+    assert_eq!(
+        router.status().await["live"],
+        "blue",
+        "nothing happens before confirming"
+    );
+    c.find(Locator::Id("confirm-yes"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(10), "green shown live", || async {
+        text_of(&c, "live-side").await == "green"
+    })
+    .await;
+    assert_eq!(router.status().await["live"], "green");
+    let same = c
+        .execute("return window.__sameDocument ?? 'reloaded'", vec![])
+        .await
+        .unwrap();
+    assert_eq!(same, "yes", "the page changed without a reload");
+
+    // 5. The screenshot, kept as an artifact.
+    let png = c.screenshot().await.unwrap();
+    assert!(png.starts_with(b"\x89PNG"));
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("artifacts");
+    std::fs::create_dir_all(&dir).unwrap();
+    let shot = dir.join("dashboard.png");
+    std::fs::write(&shot, png).unwrap();
+    eprintln!("dashboard screenshot: {}", shot.display());
+    c.close().await.unwrap();
+}
