@@ -59,9 +59,19 @@ impl Scrape {
 
 impl Family {
     fn add(&mut self, labels: Labels, v: Value) -> &mut Self {
+        // prometheus-client writes label values as they are; a `"` or `\` in
+        // a request path must not break the whole page.
+        let labels = labels.into_iter().map(|(k, v)| (k, escape(&v))).collect();
         self.samples.push((labels, v));
         self
     }
+}
+
+/// Escapes a label value for the text format.
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 impl Collector for Scrape {
@@ -412,4 +422,29 @@ pub async fn render(router: &Arc<Router>, pipeline: Option<&Arc<Pipeline>>) -> S
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &registry).expect("writing to a String");
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_escaped() {
+        let mut s = Scrape::default();
+        s.family("x_differing", "help", MetricType::Counter).add(
+            vec![("endpoint", "GET /a\"b\\c\nd".into())],
+            Value::Counter(1),
+        );
+        s.family("x_up", "help", MetricType::Gauge)
+            .add(vec![], Value::Gauge(1));
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(s));
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &registry).unwrap();
+        assert!(
+            out.contains(r#"x_differing_total{endpoint="GET /a\"b\\c\nd"} 1"#),
+            "{out}"
+        );
+        assert!(out.contains("\nx_up 1\n"), "{out}");
+    }
 }

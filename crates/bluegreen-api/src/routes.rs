@@ -61,9 +61,14 @@ pub fn app(router: Arc<Router>, pipeline: Option<Arc<Pipeline>>, token: &str) ->
         .route("/events", get(events))
         .route("/series", get(series))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
-    axum::Router::new()
-        .route("/livez", get(|| async { "ok\n" }))
+    // Metrics name upstreams, versions and request paths: token too
+    // (Prometheus sends it with `authorization: {credentials_file: ...}`).
+    let metrics_route = axum::Router::new()
         .route("/metrics", get(metrics))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    axum::Router::new()
+        .merge(metrics_route)
+        .route("/livez", get(|| async { "ok\n" }))
         .route(
             "/",
             get(|| async { page(INDEX_HTML, "text/html; charset=utf-8") }),

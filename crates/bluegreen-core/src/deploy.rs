@@ -201,13 +201,54 @@ impl DeployRecord {
         record
     }
 
+    /// Brings a record written by an older version up to today's step
+    /// list: steps it did not know are added in their place, as skipped when
+    /// the record had already moved past them.
+    pub fn normalize(&mut self) {
+        if self.steps.len() == Step::ALL.len()
+            && self.steps.iter().zip(Step::ALL).all(|(s, x)| s.step == x)
+        {
+            return;
+        }
+        let mut old = std::mem::take(&mut self.steps);
+        let mut past = false;
+        for &step in Step::ALL.iter().rev() {
+            let rec = match old.iter().position(|s| s.step == step) {
+                Some(i) => {
+                    let r = old.remove(i);
+                    past |= r.state != StepState::Pending;
+                    r
+                }
+                None => StepRecord {
+                    step,
+                    state: if past {
+                        StepState::Skipped
+                    } else {
+                        StepState::Pending
+                    },
+                    started_at_ms: None,
+                    finished_at_ms: None,
+                    detail: past.then(|| "not part of the pipeline when this deploy ran".into()),
+                },
+            };
+            self.steps.push(rec);
+        }
+        self.steps.reverse();
+    }
+
     /// The record of `step`.
     pub fn step(&self, step: Step) -> &StepRecord {
-        &self.steps[step as usize]
+        self.steps
+            .iter()
+            .find(|s| s.step == step)
+            .expect("normalized records have every step")
     }
 
     fn step_mut(&mut self, step: Step) -> &mut StepRecord {
-        &mut self.steps[step as usize]
+        self.steps
+            .iter_mut()
+            .find(|s| s.step == step)
+            .expect("normalized records have every step")
     }
 
     /// The first step that is neither done nor skipped; `None` when all are.
@@ -349,6 +390,23 @@ mod tests {
             DeployOptions::default(),
             10,
         )
+    }
+
+    #[test]
+    fn records_from_before_the_warm_and_shadow_steps_are_normalized() {
+        let mut d = record();
+        d.steps
+            .retain(|s| !matches!(s.step, Step::Warm | Step::Shadow));
+        d.steps[0].state = StepState::Done; // deploy
+        d.steps[1].state = StepState::Done; // health
+        d.steps[2].state = StepState::Done; // smoke
+        d.steps[3].state = StepState::Running; // gate
+        d.normalize();
+        let names: Vec<Step> = d.steps.iter().map(|s| s.step).collect();
+        assert_eq!(names, Step::ALL.to_vec());
+        assert_eq!(d.step(Step::Warm).state, StepState::Skipped);
+        assert_eq!(d.step(Step::Shadow).state, StepState::Skipped);
+        assert_eq!(d.next_step(), Some(Step::Gate));
     }
 
     #[test]

@@ -125,20 +125,40 @@ impl Aggregate {
         self.endpoints.entry(key.to_string()).or_default()
     }
 
-    /// Pairs compared so far for `endpoint`.
+    /// Pairs compared so far for `endpoint` (or for the row it falls in).
     pub fn requests(&self, endpoint: &str) -> u64 {
-        self.endpoints.get(endpoint).map_or(0, |e| e.requests)
+        match self.endpoints.get(endpoint) {
+            Some(e) => e.requests,
+            None if self.endpoints.len() >= MAX_ENDPOINTS => {
+                self.endpoints.get(OTHER).map_or(0, |e| e.requests)
+            }
+            None => 0,
+        }
     }
 
-    /// Learns noise from the differences between two live answers.
+    /// Learns noise from the differences between two live answers. A status
+    /// is never noise: a differing status is always a real difference.
     pub fn learn(&mut self, endpoint: &str, between_live: &[FieldDiff]) {
-        if between_live.is_empty() {
+        let fields: Vec<String> = between_live
+            .iter()
+            .filter(|d| d.field != "status")
+            .map(|d| generalize(&d.field))
+            .collect();
+        if fields.is_empty() {
             return;
         }
-        let set = self.noise.fields.entry(endpoint.to_string()).or_default();
-        for d in between_live {
-            set.insert(generalize(&d.field));
-        }
+        let key = if self.noise.fields.contains_key(endpoint)
+            || self.noise.fields.len() < MAX_ENDPOINTS
+        {
+            endpoint
+        } else {
+            OTHER
+        };
+        self.noise
+            .fields
+            .entry(key.to_string())
+            .or_default()
+            .extend(fields);
     }
 
     /// Adds one compared pair: its real differences and both latencies.

@@ -127,6 +127,10 @@ impl Pipeline {
         if book.next_id == 0 {
             book.next_id = 1;
         }
+        // Records written by an older version get today's step list.
+        for d in book.current.iter_mut().chain(book.history.iter_mut()) {
+            d.normalize();
+        }
         let supervisor = match &config.method {
             DeployMethod::Supervisor(s) => Some(
                 Supervisor::new(s.clone(), &config.workdir, state_dir, store.clone())

@@ -420,6 +420,8 @@ async fn warm(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployRecord) -> StepEn
         w.speed.clone(),
         "--concurrency".into(),
         w.concurrency.to_string(),
+        "--methods".into(),
+        w.methods.join(","),
     ];
     if let Some(l) = w.loop_for {
         argv.push("--loop-for".into());
@@ -484,6 +486,7 @@ async fn shadow(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployRecord) -> Step
     let started = tokio::time::Instant::now();
     let deadline = started + step.duration;
     let target = step.requests.unwrap_or(u64::MAX);
+    let mut cut_short = false;
     loop {
         let r = run.report();
         note(
@@ -495,7 +498,12 @@ async fn shadow(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployRecord) -> Step
             ),
         )
         .await;
-        if r.totals.compared >= target || run.stopped() {
+        if r.totals.compared + r.stale >= target || run.complete() {
+            break;
+        }
+        if run.stopped() {
+            // A switch or `bluegreen shadow stop` ended the run early.
+            cut_short = true;
             break;
         }
         tokio::select! {
@@ -514,6 +522,28 @@ async fn shadow(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployRecord) -> Step
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let r = run.report();
+    if cut_short {
+        return StepEnd::End(
+            Outcome::Failed,
+            format!(
+                "the shadow run was stopped before the step finished (a switch or `bluegreen shadow stop`), after {} pairs",
+                r.totals.compared
+            ),
+        );
+    }
+    // A slow idle side shows as copies dropped at the full queue.
+    let offered = r.mirrored + r.dropped;
+    if r.dropped * 10 > offered {
+        return StepEnd::End(
+            Outcome::Failed,
+            format!(
+                "the idle side could not keep up with shadow traffic: {} of {offered} copies dropped (idle p99 {}, live p99 {})",
+                r.dropped,
+                r.totals.idle.p99_ms.map_or("-".into(), |v| format!("{v:.1} ms")),
+                r.totals.live.p99_ms.map_or("-".into(), |v| format!("{v:.1} ms")),
+            ),
+        );
+    }
     for e in r.endpoints.iter().filter(|e| e.differing > 0).take(5) {
         let field = e.fields.first().map_or(String::new(), |f| {
             let x = f.examples.first();

@@ -263,6 +263,8 @@ impl Router {
         // the roles are reversed, so a running shadow ends here.
         if let Some(s) = &current.shadow {
             s.stop();
+            self.events
+                .emit("shadow", serde_json::json!({"shadow": s.report()}));
             tracing::info!("shadowing stopped by the switch");
         }
         self.snapshot.store(Arc::new(Snapshot {
@@ -496,6 +498,7 @@ impl Router {
             tokio::spawn(async move {
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(ms)) => {}
+                    _ = s.wait_stopped() => return,
                     _ = router.shutdown.cancelled() => return,
                 }
                 router.stop_shadow_run(&s).await;
@@ -533,7 +536,9 @@ impl Router {
                 shadow: None,
                 ..(*current).clone()
             }));
-            tracing::info!("shadowing stopped: its time is up");
+            self.events
+                .emit("shadow", serde_json::json!({"shadow": run.report()}));
+            tracing::info!("shadowing stopped: its time or request count is up");
         }
     }
 

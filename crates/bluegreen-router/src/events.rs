@@ -49,6 +49,11 @@ impl Events {
         }
     }
 
+    /// True when someone listens (so building an event is worth it).
+    pub fn listening(&self) -> bool {
+        self.tx.receiver_count() > 0
+    }
+
     /// A new listener, seeing events from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.tx.subscribe()
@@ -145,9 +150,13 @@ pub fn spawn_sampler(router: Arc<Router>, every: Duration, stop: CancellationTok
             };
             router.events.emit("tick", &point);
             if let Some(s) = &snap.shadow {
-                router
-                    .events
-                    .emit("shadow", serde_json::json!({"shadow": s.report()}));
+                if s.complete() {
+                    router.stop_shadow_run(s).await;
+                } else if router.events.listening() {
+                    router
+                        .events
+                        .emit("shadow", serde_json::json!({"shadow": s.report()}));
+                }
             }
             router.series.push(point);
         }

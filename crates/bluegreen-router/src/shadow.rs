@@ -34,6 +34,10 @@ pub const SHADOW_HEADER: &str = "x-bluegreen-shadow";
 /// so noise is learned before the first differences are counted.
 const NOISE_WARMUP: u64 = 5;
 
+/// Differences kept per pair; a wholly different document would otherwise
+/// produce one per field.
+const MAX_DIFFS: usize = 100;
+
 /// Request lines in examples are cut to this many bytes.
 const SHOW_REQUEST: usize = 200;
 
@@ -239,6 +243,19 @@ impl Shadow {
         }
     }
 
+    /// Resolves once stopped.
+    pub async fn wait_stopped(&self) {
+        self.stop.cancelled().await
+    }
+
+    /// True when a `requests` limit was reached and every copy was compared.
+    pub fn complete(&self) -> bool {
+        self.options
+            .requests
+            .is_some_and(|cap| self.mirrored.load(Ordering::Acquire) >= cap)
+            && self.in_flight() == 0
+    }
+
     /// True once stopped.
     pub fn stopped(&self) -> bool {
         self.stop.is_cancelled()
@@ -386,10 +403,7 @@ async fn dispatch(router: Arc<Router>, shadow: Arc<Shadow>, mut rx: mpsc::Receiv
             j = rx.recv() => match j { Some(j) => j, None => break },
             _ = shadow.stop.cancelled() => break,
         };
-        let permit = tokio::select! {
-            p = limit.clone().acquire_owned() => p.expect("never closed"),
-            _ = shadow.stop.cancelled() => { shadow.done(); break }
-        };
+        let permit = limit.clone().acquire_owned().await.expect("never closed");
         let (router, shadow) = (router.clone(), shadow.clone());
         tasks.spawn(async move {
             compare_one(&router, &shadow, job).await;
@@ -397,10 +411,17 @@ async fn dispatch(router: Arc<Router>, shadow: Arc<Shadow>, mut rx: mpsc::Receiv
             drop(permit);
         });
     }
-    // Whatever is still queued was accepted: account for it.
+    // Copies already accepted are still compared: a stop must not hide how
+    // the last ones went (and the pipeline judges after a stop).
     rx.close();
-    while rx.try_recv().is_ok() {
-        shadow.done();
+    while let Ok(job) = rx.try_recv() {
+        let permit = limit.clone().acquire_owned().await.expect("never closed");
+        let (router, shadow) = (router.clone(), shadow.clone());
+        tasks.spawn(async move {
+            compare_one(&router, &shadow, job).await;
+            shadow.done();
+            drop(permit);
+        });
     }
     tasks.close();
     tasks.wait().await;
@@ -427,7 +448,10 @@ async fn compare_one(router: &Router, shadow: &Shadow, job: Job) {
         request.push('…');
     }
     let live_pool = &snap.pools[job.side];
-    let learn = live_pool.upstreams.len() > 1 && {
+    // Noise is learned from a second live answer only for safe methods: a
+    // mirrored write must never be sent to production twice.
+    let safe = matches!(m.method, Method::GET | Method::HEAD | Method::OPTIONS);
+    let learn = safe && live_pool.upstreams.len() > 1 && {
         let early = shadow
             .agg
             .lock()
@@ -462,19 +486,37 @@ async fn compare_one(router: &Router, shadow: &Shadow, job: Job) {
         content_type: content_type(&job.headers),
         body: &job.body,
     };
+    // Compared outside the lock: the report takes noise out when it is
+    // read, so nothing here needs the noise learned so far.
+    let between = match &second {
+        // Two live answers with different statuses are a failure, not noise.
+        Some(Ok(other)) if other.status == job.status => {
+            let (a, b) = comparable(&live, job.truncated, &other.answer(), other.truncated);
+            Some(diff::compare(
+                &endpoint,
+                &a,
+                &b,
+                &shadow.ignore,
+                &Noise::default(),
+            ))
+        }
+        _ => None,
+    };
+    let outcome = idle.map(|got| {
+        let (a, b) = comparable(&live, job.truncated, &got.answer(), got.truncated);
+        let mut diffs = diff::compare(&endpoint, &a, &b, &shadow.ignore, &Noise::default());
+        diffs.truncate(MAX_DIFFS);
+        (diffs, got.latency)
+    });
     let mut agg = shadow.agg.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(Ok(other)) = &second {
+    if second.is_some() {
         shadow.noise_samples.fetch_add(1, Ordering::Relaxed);
-        let (a, b) = comparable(&live, job.truncated, &other.answer(), other.truncated);
-        let between = diff::compare(&endpoint, &a, &b, &shadow.ignore, &Noise::default());
+    }
+    if let Some(between) = between {
         agg.learn(&endpoint, &between);
     }
-    match idle {
-        Ok(got) => {
-            let (a, b) = comparable(&live, job.truncated, &got.answer(), got.truncated);
-            let diffs = diff::compare(&endpoint, &a, &b, &shadow.ignore, &agg.noise);
-            agg.add(&endpoint, &request, diffs, job.latency, got.latency);
-        }
+    match outcome {
+        Ok((diffs, latency)) => agg.add(&endpoint, &request, diffs, job.latency, latency),
         Err(reason) => agg.add_error(&endpoint, &request, job.latency, reason),
     }
 }

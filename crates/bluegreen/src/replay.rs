@@ -35,6 +35,10 @@ pub struct ReplayArgs {
     /// Replay the file again and again until this much time has passed (e.g. `5m`).
     #[arg(long = "loop-for")]
     pub loop_for: Option<String>,
+    /// Replay only these methods, comma-separated (e.g. `GET,HEAD`); others
+    /// in the file are skipped and counted.
+    #[arg(long, value_delimiter = ',')]
+    pub methods: Vec<String>,
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
@@ -53,13 +57,28 @@ pub async fn main(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     // 1. The whole file is checked before anything is sent.
     let text = std::fs::read_to_string(&args.file)
         .with_context(|| format!("cannot read {}", args.file.display()))?;
-    let records = match Recorded::parse_all(&text) {
+    let mut records = match Recorded::parse_all(&text) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: {}: {e}", args.file.display());
             return Ok(ExitCode::from(EXIT_CONFIG));
         }
     };
+    if !args.methods.is_empty() {
+        let before = records.len();
+        records.retain(|r| {
+            args.methods
+                .iter()
+                .any(|m| m.eq_ignore_ascii_case(&r.method))
+        });
+        if records.len() < before {
+            println!(
+                "skipping {} recorded request(s) whose method is not in --methods {}",
+                before - records.len(),
+                args.methods.join(",")
+            );
+        }
+    }
     let speed = match args.speed.as_str() {
         "max" => None,
         s => match s.trim_end_matches('x').parse::<f64>() {

@@ -184,6 +184,7 @@ impl Running {
         let started = Instant::now();
         let grace = self.router.config().switch.drain_timeout;
         self.stop.cancel();
+        let _ = self.router.stop_shadow().await;
         for l in self.listeners {
             let _ = l.await;
         }

@@ -54,7 +54,7 @@ impl Default for ShadowConfig {
             ignore_headers: Vec::new(),
             ignore_paths: Vec::new(),
             concurrency: 32,
-            queue: 1024,
+            queue: 256,
             timeout: Duration::from_secs(10),
             noise_percent: 10.0,
         }
@@ -81,6 +81,9 @@ pub struct WarmStep {
     pub speed: String,
     pub concurrency: usize,
     pub loop_for: Option<Duration>,
+    /// Recorded requests with other methods are not replayed (writes would
+    /// reach a database the live side shares).
+    pub methods: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -120,6 +123,7 @@ pub(super) struct RawWarm {
     speed: Option<String>,
     concurrency: Option<i64>,
     loop_for: Option<String>,
+    methods: Option<Vec<String>>,
 }
 
 impl Checker {
@@ -168,6 +172,12 @@ pub(super) fn validate(raw: Option<&RawShadow>, c: &mut Checker) -> ShadowConfig
                 } else {
                     out.push(up);
                 }
+            }
+            if out.is_empty() {
+                c.issue(
+                    "shadow.methods",
+                    "must list at least one method, e.g. [\"GET\"]",
+                );
             }
             out
         }
@@ -237,7 +247,7 @@ pub(super) fn validate(raw: Option<&RawShadow>, c: &mut Checker) -> ShadowConfig
 }
 
 pub(super) fn validate_step(raw: &RawShadowStep, c: &mut Checker) -> ShadowStep {
-    ShadowStep {
+    let step = ShadowStep {
         duration: c.duration(
             "deploy.shadow.duration",
             raw.duration.as_deref(),
@@ -260,7 +270,19 @@ pub(super) fn validate_step(raw: &RawShadowStep, c: &mut Checker) -> ShadowStep 
             max_diff_rate: c.fraction("deploy.shadow.max_diff_rate", raw.max_diff_rate, 0.01),
             max_p99_ratio: c.ratio("deploy.shadow.max_p99_ratio", raw.max_p99_ratio),
         },
+    };
+    if let Some(r) = step.requests {
+        if r < step.gate.min_requests {
+            c.issue(
+                "deploy.shadow.requests",
+                format!(
+                    "{r} is below deploy.shadow.min_requests ({}): the step could never pass",
+                    step.gate.min_requests
+                ),
+            );
+        }
     }
+    step
 }
 
 pub(super) fn validate_warm(
@@ -307,5 +329,13 @@ pub(super) fn validate_warm(
             .loop_for
             .as_deref()
             .map(|d| c.duration("deploy.warm.loop_for", Some(d), Duration::from_secs(60))),
+        methods: match &raw.methods {
+            None => SAFE_METHODS.iter().map(|m| m.to_string()).collect(),
+            Some(list) if list.is_empty() => {
+                c.issue("deploy.warm.methods", "must list at least one method");
+                Vec::new()
+            }
+            Some(list) => list.iter().map(|m| m.to_ascii_uppercase()).collect(),
+        },
     })
 }

@@ -638,7 +638,8 @@ async fn the_warm_step_replays_a_recording_to_the_new_side_before_the_switch() {
             )
         })
         .collect();
-    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    let write = r#"{"v":1,"at_ms":1700000000100,"method":"POST","path":"/orders","headers":[],"body":"e30="}"#;
+    std::fs::write(&file, lines.join("\n") + "\n" + write + "\n").unwrap();
     let router = pipeline_router("300ms", "0s")
         .extra(&format!(
             "[deploy.warm]\nfile = \"{}\"\nspeed = \"max\"\nconcurrency = 2\n",
@@ -654,6 +655,10 @@ async fn the_warm_step_replays_a_recording_to_the_new_side_before_the_switch() {
     let log = d["log"].to_string();
     assert!(log.contains("replayed 6 requests"), "{log}");
     assert!(log.contains("200 ×6"), "{log}");
+    assert!(
+        log.contains("skipping 1 recorded request"),
+        "writes are not replayed: {log}"
+    );
 
     // A broken recording fails the deploy before the switch, naming the line.
     std::fs::write(&file, "{\"v\":1}\nnot json\n").unwrap();

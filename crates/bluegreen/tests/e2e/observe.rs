@@ -12,8 +12,11 @@ use std::time::Duration;
 
 /// Every sample of a scrape: (name, labels) -> value.
 async fn scrape(router: &RouterProc) -> Vec<(String, HashMap<String, String>, f64)> {
+    let auth = format!("authorization: Bearer {TOKEN}");
     let (code, text) = curl(&[
         "-s",
+        "-H",
+        &auth,
         "-w",
         "\n%{http_code}",
         &format!("{}/metrics", router.admin_url()),
@@ -390,13 +393,15 @@ async fn the_dashboard_is_served_from_the_binary_without_a_token() {
     );
     assert!(js.contains("/api/v1/events"));
     // The data is not public.
-    let (_, out) = curl(&[
-        "-s",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        &format!("{}/api/v1/status", router.admin_url()),
-    ]);
-    assert_eq!(out, "401");
+    for path in ["/api/v1/status", "/metrics"] {
+        let (_, out) = curl(&[
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &format!("{}{path}", router.admin_url()),
+        ]);
+        assert_eq!(out, "401", "{path}");
+    }
 }
