@@ -394,27 +394,21 @@ fn header_pairs(h: &HeaderMap) -> Vec<(String, String)> {
 }
 
 /// Takes finished pairs off the queue and runs each as a task, at most
-/// `concurrency` at a time.
+/// `concurrency` at a time. After a stop, copies already accepted are still
+/// compared: a stop must not hide how the last ones went (the pipeline
+/// judges right after stopping).
 async fn dispatch(router: Arc<Router>, shadow: Arc<Shadow>, mut rx: mpsc::Receiver<Job>) {
     let limit = Arc::new(Semaphore::new(shadow.options.concurrency.max(1)));
     let tasks = tokio_util::task::TaskTracker::new();
     loop {
         let job = tokio::select! {
-            j = rx.recv() => match j { Some(j) => j, None => break },
-            _ = shadow.stop.cancelled() => break,
+            j = rx.recv() => j,
+            _ = shadow.stop.cancelled() => {
+                rx.close();
+                rx.try_recv().ok()
+            }
         };
-        let permit = limit.clone().acquire_owned().await.expect("never closed");
-        let (router, shadow) = (router.clone(), shadow.clone());
-        tasks.spawn(async move {
-            compare_one(&router, &shadow, job).await;
-            shadow.done();
-            drop(permit);
-        });
-    }
-    // Copies already accepted are still compared: a stop must not hide how
-    // the last ones went (and the pipeline judges after a stop).
-    rx.close();
-    while let Ok(job) = rx.try_recv() {
+        let Some(job) = job else { break };
         let permit = limit.clone().acquire_owned().await.expect("never closed");
         let (router, shadow) = (router.clone(), shadow.clone());
         tasks.spawn(async move {
