@@ -8,6 +8,7 @@ use bluegreen_core::latency::BOUNDS_US;
 use bluegreen_core::Side;
 use bluegreen_pipeline::Pipeline;
 use bluegreen_router::stats::TrafficStats;
+use bluegreen_router::status::SideStatus;
 use bluegreen_router::Router;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder, NoLabelSet};
@@ -204,39 +205,31 @@ pub async fn render(router: &Arc<Router>, pipeline: Option<&Arc<Pipeline>>) -> S
             );
         }
     }
-    let f = s.family(
-        "bluegreen_in_flight_requests",
-        "Requests in flight per side (live and preview)",
-        MetricType::Gauge,
-    );
-    for side in Side::ALL {
-        f.add(
-            vec![side_label(side)],
-            Value::Gauge(status.sides[side].in_flight as i64),
-        );
-    }
-    let f = s.family(
-        "bluegreen_upgraded_connections",
-        "Open upgraded (WebSocket) connections per side",
-        MetricType::Gauge,
-    );
-    for side in Side::ALL {
-        f.add(
-            vec![side_label(side)],
-            Value::Gauge(status.sides[side].upgraded as i64),
-        );
-    }
-    let f = s.family(
-        "bluegreen_draining",
-        "Live requests and connections still draining on a side after a switch away",
-        MetricType::Gauge,
-    );
-    for side in Side::ALL {
-        let n = status.sides[side]
-            .draining
-            .as_ref()
-            .map_or(0, |d| d.remaining);
-        f.add(vec![side_label(side)], Value::Gauge(n as i64));
+    let sides = &status.sides;
+    for (name, help, of) in [
+        (
+            "bluegreen_in_flight_requests",
+            "Requests in flight per side (live and preview)",
+            &(|s: &SideStatus| s.in_flight) as &dyn Fn(&SideStatus) -> usize,
+        ),
+        (
+            "bluegreen_upgraded_connections",
+            "Open upgraded (WebSocket) connections per side",
+            &|s: &SideStatus| s.upgraded,
+        ),
+        (
+            "bluegreen_draining",
+            "Live requests and connections still draining on a side after a switch away",
+            &|s: &SideStatus| s.draining.as_ref().map_or(0, |d| d.remaining),
+        ),
+    ] {
+        let f = s.family(name, help, MetricType::Gauge);
+        for side in Side::ALL {
+            f.add(
+                vec![side_label(side)],
+                Value::Gauge(of(&sides[side]) as i64),
+            );
+        }
     }
 
     // Per upstream.

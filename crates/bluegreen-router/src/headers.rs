@@ -156,6 +156,18 @@ fn hex(mut v: u64, out: &mut [u8]) {
     }
 }
 
+/// Headers as (lower-case name, value) strings, for records and comparisons.
+pub(crate) fn header_pairs(h: &HeaderMap) -> Vec<(String, String)> {
+    h.iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -410,20 +410,8 @@ fn capture(
     body: Option<&Bytes>,
     r: &Recorder,
 ) -> Recorded {
-    let headers: Vec<(String, String)> = parts
-        .headers
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.as_str().to_string(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            )
-        })
-        .collect();
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
+    let headers = headers::header_pairs(&parts.headers);
+    let now_ms = crate::shadow::now_ms();
     let kept = body.filter(|b| b.len() <= r.options.max_body);
     let mut rec = Recorded::new(
         now_ms,

@@ -5,8 +5,8 @@
 //! bounded queue to a dispatcher with a concurrency limit; when the queue is
 //! full the copy is dropped and counted. Off, it costs one branch per request.
 
-use crate::conn::Sender;
 use crate::control::Router;
+use crate::headers::header_pairs;
 use crate::pool::{Pool, Upstream};
 use crate::proxy::{self, UpstreamBody};
 use bluegreen_core::config::ShadowConfig;
@@ -382,17 +382,6 @@ impl Tee {
     }
 }
 
-fn header_pairs(h: &HeaderMap) -> Vec<(String, String)> {
-    h.iter()
-        .map(|(k, v)| {
-            (
-                k.as_str().to_string(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            )
-        })
-        .collect()
-}
-
 /// Takes finished pairs off the queue and runs each as a task, at most
 /// `concurrency` at a time. After a stop, copies already accepted are still
 /// compared: a stop must not hide how the last ones went (the pipeline
@@ -578,11 +567,7 @@ async fn fetch(
         .pick(tried, false)
         .ok_or_else(|| format!("no healthy upstream on {}", pool.side))?;
     let upstream = pool.upstreams[idx].clone();
-    let mut req = Request::new(if m.body.is_empty() {
-        Either::Right(Full::new(Bytes::new()))
-    } else {
-        Either::Right(Full::new(m.body.clone()))
-    } as UpstreamBody);
+    let mut req: Request<UpstreamBody> = Request::new(Either::Right(Full::new(m.body.clone())));
     *req.method_mut() = m.method.clone();
     *req.uri_mut() = http::Uri::from(m.path.clone());
     *req.headers_mut() = m.headers.clone();
@@ -609,7 +594,7 @@ async fn fetch(
             Ok(Err(e)) => return Err(format!("{}: {e}", upstream.address)),
             Ok(Ok(b)) => b,
         };
-    give_back(&upstream, sender);
+    upstream.conns.put(sender);
     Ok(Got {
         status: parts.status.as_u16(),
         headers: header_pairs(&parts.headers),
@@ -617,10 +602,6 @@ async fn fetch(
         truncated,
         latency,
     })
-}
-
-fn give_back(upstream: &Upstream, sender: Sender) {
-    upstream.conns.put(sender);
 }
 
 /// Reads a body whole, keeping at most `cap` bytes (the rest is read and
