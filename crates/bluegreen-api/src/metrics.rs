@@ -7,6 +7,7 @@ use bluegreen_core::health::Health;
 use bluegreen_core::latency::BOUNDS_US;
 use bluegreen_core::Side;
 use bluegreen_pipeline::Pipeline;
+use bluegreen_router::listener::ListenerKind;
 use bluegreen_router::stats::TrafficStats;
 use bluegreen_router::status::SideStatus;
 use bluegreen_router::Router;
@@ -228,6 +229,24 @@ pub async fn render(router: &Arc<Router>, pipeline: Option<&Arc<Pipeline>>) -> S
             f.add(
                 vec![side_label(side)],
                 Value::Gauge(of(&sides[side]) as i64),
+            );
+        }
+    }
+
+    let f = s.family(
+        "bluegreen_client_connections",
+        "Open client connections per listener: busy, or idle keep-alive holding no buffers",
+        MetricType::Gauge,
+    );
+    for (kind, listener) in [
+        (ListenerKind::Main, "live"),
+        (ListenerKind::Preview, "preview"),
+    ] {
+        let c = router.client_connections(kind);
+        for (state, n) in [("busy", c.open - c.parked.min(c.open)), ("idle", c.parked)] {
+            f.add(
+                vec![("listener", listener.into()), ("state", state.into())],
+                Value::Gauge(n as i64),
             );
         }
     }

@@ -167,6 +167,12 @@ fn main() -> Result<()> {
             report.rows.push(row);
             continue;
         }
+        if std::env::var("BENCH_PARTS").is_ok_and(|p| p == "memory") {
+            row.rss_idle_kib = proxy.rss_kib();
+            row.rss_conns = Some(idle_memory(&proxy, plan.idle_conns)?);
+            report.rows.push(row);
+            continue;
+        }
         wrk(&env, &proxy, "/", 1, plan.conns)?; // warm-up
         row.rss_idle_kib = proxy.rss_kib();
         let t0 = proxy.cpu_ticks();

@@ -3,8 +3,10 @@
 //! first, then swaps the routing snapshot in one atomic store, then drains
 //! the old side in the background.
 
+use crate::downstream::{ClientCount, ClientGauge};
 use crate::events::{Events, Series};
 use crate::headers::RequestIds;
+use crate::listener::ListenerKind;
 use crate::pool::Pool;
 use crate::recorder::{RecordOptions, RecordStatus, Recorder};
 use crate::shadow::{Shadow, ShadowOptions};
@@ -18,6 +20,7 @@ use bluegreen_core::{Side, Sides};
 use bluegreen_store::{load_router, save_router, StateStore, StoreError};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::Mutex as AsyncMutex;
@@ -50,6 +53,8 @@ pub struct Router {
     pub series: Series,
     /// Switches since this process started, by kind (for metrics).
     switch_counts: Mutex<BTreeMap<&'static str, u64>>,
+    /// Open client connections per listener (live, preview).
+    pub(crate) clients: [ClientGauge; 2],
 }
 
 /// Startup failures.
@@ -142,6 +147,7 @@ impl Router {
             events: Events::default(),
             series: Series::default(),
             switch_counts: Mutex::new(BTreeMap::new()),
+            clients: Default::default(),
         }))
     }
 
@@ -548,6 +554,16 @@ impl Router {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// Open client connections of a listener, and how many of them are
+    /// parked (idle keep-alive, holding no buffers).
+    pub fn client_connections(&self, kind: ListenerKind) -> ClientCount {
+        let g = &self.clients[kind as usize];
+        ClientCount {
+            open: g.open.load(Ordering::Relaxed),
+            parked: g.parked.load(Ordering::Relaxed),
+        }
     }
 
     /// The running or last shadow run, for reports.

@@ -19,6 +19,7 @@
 pub mod body;
 pub mod conn;
 pub mod control;
+pub mod downstream;
 pub mod error;
 pub mod events;
 pub mod headers;

@@ -1,21 +1,20 @@
 //! Accept loops for the live and preview listeners, connection limits, and
-//! graceful shutdown: stop accepting, let hyper finish in-flight requests,
-//! give up at the grace deadline.
+//! graceful shutdown: stop accepting, close idle connections, let hyper
+//! finish in-flight requests, give up at the grace deadline.
 
 use crate::control::Router;
-use crate::proxy::{self, ConnCtx};
+use crate::downstream::{self, Protocols};
+use crate::proxy::ConnCtx;
 use bluegreen_core::config::ProxyConfig;
 use http::HeaderValue;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use std::convert::Infallible;
+use hyper::server::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// Which traffic a listener carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,23 +35,30 @@ impl ListenerKind {
     }
 }
 
-fn builder(config: &ProxyConfig) -> auto::Builder<TokioExecutor> {
-    let mut b = auto::Builder::new(TokioExecutor::new());
-    b.http1()
+fn protocols(config: &ProxyConfig) -> Protocols {
+    let mut http1 = http1::Builder::new();
+    http1
         .timer(TokioTimer::new())
         .keep_alive(true)
-        // Also bounds the idle wait between requests on a keep-alive connection.
+        // Bounds a slow request head; the wait between requests is bounded
+        // while the connection is parked (see `downstream`).
         .header_read_timeout(config.idle_timeout)
         .max_buf_size(config.max_header_bytes)
         // One flat buffer per write: small responses leave in one segment.
         .writev(false);
-    b.http2()
+    let mut http2 = http2::Builder::new(TokioExecutor::new());
+    http2
         .timer(TokioTimer::new())
         .keep_alive_interval(Some(Duration::from_secs(20)))
         .keep_alive_timeout(Duration::from_secs(20))
         .max_header_list_size(config.max_header_bytes.min(u32::MAX as usize) as u32)
         .max_concurrent_streams(Some(512));
-    b
+    Protocols {
+        http1,
+        http2,
+        idle_timeout: config.idle_timeout,
+        max_head: config.max_header_bytes,
+    }
 }
 
 /// Serves one listener until `stop` is cancelled, then drains its
@@ -65,8 +71,9 @@ pub async fn serve(
     grace: Duration,
 ) {
     let config = router.config().proxy.clone();
-    let builder = Arc::new(builder(&config));
-    let graceful = GracefulShutdown::new();
+    let protocols = Arc::new(protocols(&config));
+    let connections = TaskTracker::new();
+    let drain = CancellationToken::new();
     let limit = Arc::new(Semaphore::new(config.max_connections));
     loop {
         let permit = tokio::select! {
@@ -92,31 +99,24 @@ pub async fn serve(
             peer_ip: HeaderValue::from_str(&peer.ip().to_string())
                 .expect("an IP address is a valid header value"),
         });
-        let watcher = graceful.watcher();
-        let builder = builder.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req| {
-                let ctx = ctx.clone();
-                // Boxed: hyper keeps room for one request future per connection
-                // for the connection's whole life, so an idle connection holds
-                // a pointer instead of the whole request state machine.
-                Box::pin(async move { Ok::<_, Infallible>(proxy::handle(req, &ctx).await) })
-            });
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-            if let Err(e) = watcher.watch(conn).await {
-                tracing::debug!(%peer, error = %e, "client connection ended with an error");
-            }
+        let protocols = protocols.clone();
+        let drain = drain.clone();
+        connections.spawn(async move {
+            downstream::serve(stream, ctx, protocols, drain).await;
             drop(permit);
         });
     }
     drop(listener);
-    let open = graceful.count();
+    let open = connections.len();
     tracing::info!(
         listener = kind.as_str(),
         open,
         "stopped accepting; draining connections"
     );
-    if tokio::time::timeout(grace, graceful.shutdown())
+    // Parked connections close at once; busy ones finish their request.
+    drain.cancel();
+    connections.close();
+    if tokio::time::timeout(grace, connections.wait())
         .await
         .is_err()
     {

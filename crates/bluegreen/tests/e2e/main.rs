@@ -8,6 +8,7 @@ mod config;
 mod demo;
 mod deploy;
 mod health;
+mod keepalive;
 mod manners;
 mod observe;
 mod preview;

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 /// Every sample of a scrape: (name, labels) -> value.
-async fn scrape(router: &RouterProc) -> Vec<(String, HashMap<String, String>, f64)> {
+pub async fn scrape(router: &RouterProc) -> Vec<(String, HashMap<String, String>, f64)> {
     let auth = format!("authorization: Bearer {TOKEN}");
     let (code, text) = curl(&[
         "-s",

@@ -264,6 +264,14 @@ async fn route(mut req: Request<Incoming>, st: Arc<BackendState>) -> Response<Te
                 .body(full(""))
                 .unwrap()
         }
+        // The side's name, then the request body as it arrived.
+        "/echo" => {
+            let body = req.into_body().collect().await.map(|b| b.to_bytes());
+            match body {
+                Ok(b) => Response::new(full([st.name.as_bytes(), b":", &b[..]].concat())),
+                Err(_) => Response::builder().status(400).body(full("")).unwrap(),
+            }
+        }
         _ => Response::new(full(st.name.clone())),
     }
 }

@@ -1,0 +1,544 @@
+//! One client connection: HTTP/2 when it opens with the preface, otherwise
+//! HTTP/1 with keep-alive that holds no buffers while idle.
+//!
+//! hyper keeps an 8 KiB read and an 8 KiB write buffer for the whole life of
+//! an HTTP/1 connection, so 10,000 idle keep-alive clients would cost about
+//! 160 MiB. nginx frees a connection's buffers between requests; this does the
+//! same around hyper. The socket sits behind a [`Gate`] that hands hyper one
+//! request at a time: a complete head, then exactly its `Content-Length` body,
+//! never a partial head and never bytes of the next request while one is in
+//! flight. When hyper asks for more with no response open, everything written
+//! and the socket empty, the gate answers end-of-stream and ignores the
+//! shutdown that follows: hyper ends the connection cleanly and is dropped
+//! with its buffers. The task keeps the bare socket, waits until it is
+//! readable (bounded by the idle timeout) and starts a new hyper connection.
+//!
+//! Requests whose end the gate cannot see without framing them (chunked
+//! bodies, upgrades, `CONNECT`, anything it cannot parse) turn it into a plain
+//! pass-through for the rest of the connection: hyper frames them itself and
+//! answers malformed ones, exactly as without the gate.
+
+use crate::body::ResponseBody;
+use crate::proxy::{self, ConnCtx};
+use bytes::{Buf, Bytes, BytesMut};
+use http_body::{Body, Frame, SizeHint};
+use hyper::server::conn::{http1, http2};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::convert::Infallible;
+use std::io;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+/// What every HTTP/2 connection opens with (RFC 9113, section 3.4).
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// hyper's default limit; a head with more headers is left for hyper to refuse.
+const MAX_HEADERS: usize = 100;
+
+/// The protocol settings every client connection of a listener shares.
+pub struct Protocols {
+    pub http1: http1::Builder,
+    pub http2: http2::Builder<TokioExecutor>,
+    /// How long a connection may wait for its next request head.
+    pub idle_timeout: Duration,
+    /// Longest request head the gate assembles before leaving it to hyper.
+    pub max_head: usize,
+}
+
+/// Open client connections of one listener, as the metrics show them.
+#[derive(Debug, Default)]
+pub struct ClientGauge {
+    pub(crate) open: AtomicUsize,
+    pub(crate) parked: AtomicUsize,
+}
+
+/// A reading of a [`ClientGauge`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientCount {
+    /// Client connections open now.
+    pub open: usize,
+    /// Of those, idle keep-alive connections holding only their socket.
+    pub parked: usize,
+}
+
+/// Counts one in a gauge for as long as it lives.
+struct Counting<'a>(&'a AtomicUsize);
+
+impl<'a> Counting<'a> {
+    fn new(n: &'a AtomicUsize) -> Counting<'a> {
+        n.fetch_add(1, Ordering::Relaxed);
+        Counting(n)
+    }
+}
+
+impl Drop for Counting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Serves one client connection until it closes, fails, is upgraded, idles
+/// out, or `drain` is cancelled (then in-flight requests finish first).
+pub async fn serve(
+    stream: TcpStream,
+    ctx: Arc<ConnCtx>,
+    protocols: Arc<Protocols>,
+    drain: CancellationToken,
+) {
+    let router = ctx.router.clone();
+    let gauge = &router.clients[ctx.kind as usize];
+    let _open = Counting::new(&gauge.open);
+    let open = Arc::new(AtomicUsize::new(0));
+    let svc = {
+        let open = open.clone();
+        service_fn(move |req| {
+            let ctx = ctx.clone();
+            // Counted when hyper takes the request, released when hyper drops
+            // the response body: the gate parks only while this is zero.
+            let guard = OpenGuard::new(&open);
+            // Boxed: hyper keeps room for one request future per connection.
+            Box::pin(async move {
+                let resp = proxy::handle(req, &ctx).await;
+                Ok::<_, Infallible>(resp.map(|body| Counted {
+                    body,
+                    _guard: guard,
+                }))
+            })
+        })
+    };
+    let mut gate = Gate::new(stream, open, protocols.max_head);
+    let idle = protocols.idle_timeout;
+
+    let h2 = tokio::select! {
+        biased;
+        _ = drain.cancelled() => return,
+        r = tokio::time::timeout(idle, gate.sniff_preface()) => match r {
+            Ok(Ok(h2)) => h2,
+            _ => return,
+        },
+    };
+    if h2 {
+        gate.allow = Allow::All;
+        let mut conn = Box::pin(protocols.http2.serve_connection(TokioIo::new(gate), svc));
+        let result = tokio::select! {
+            r = conn.as_mut() => r,
+            _ = drain.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "client connection ended with an error");
+        }
+        return;
+    }
+
+    loop {
+        // Boxed so a parked connection's task does not keep room for it.
+        let mut conn = Box::new(
+            protocols
+                .http1
+                .serve_connection(TokioIo::new(gate), svc.clone())
+                .with_upgrades(),
+        );
+        let result = tokio::select! {
+            r = &mut *conn => r,
+            _ = drain.cancelled() => {
+                Pin::new(&mut *conn).graceful_shutdown();
+                (&mut *conn).await
+            }
+        };
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "client connection ended with an error");
+            return;
+        }
+        // None: upgraded, the tunnel owns the socket now.
+        let Some(parts) = (*conn).into_parts() else {
+            return;
+        };
+        gate = parts.io.into_inner();
+        if !gate.unpark(parts.read_buf) {
+            return; // hyper closed it: the client left, or keep-alive ended
+        }
+        // Parked: the task holds the socket and nothing else until the
+        // client sends again.
+        let _parked = Counting::new(&gauge.parked);
+        tokio::select! {
+            biased;
+            _ = drain.cancelled() => return,
+            r = tokio::time::timeout(idle, gate.stream.readable()) => {
+                if !matches!(r, Ok(Ok(()))) {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// How much of what the client sent hyper may have now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Allow {
+    /// Nothing until a complete request head has arrived.
+    Head,
+    /// Up to this many more bytes: the rest of the current head and body.
+    Body(u64),
+    /// Everything: hyper frames the rest of this connection itself.
+    All,
+}
+
+/// The client socket as hyper sees it. See the module docs.
+pub struct Gate {
+    stream: TcpStream,
+    /// Bytes read from the socket that hyper may not have yet.
+    ahead: BytesMut,
+    allow: Allow,
+    /// Responses hyper has taken and not yet dropped.
+    open: Arc<AtomicUsize>,
+    /// hyper flushed with no response open since the last head was handed over.
+    quiet: bool,
+    /// The gate ended hyper's connection to park it; shutdown must not close.
+    parked: bool,
+    max_head: usize,
+}
+
+impl Gate {
+    fn new(stream: TcpStream, open: Arc<AtomicUsize>, max_head: usize) -> Gate {
+        Gate {
+            stream,
+            ahead: BytesMut::new(),
+            allow: Allow::Head,
+            open,
+            quiet: true,
+            parked: false,
+            max_head,
+        }
+    }
+
+    /// After hyper's connection ended: true if the gate parked it (keep the
+    /// socket), false if it really closed. Anything hyper had buffered goes
+    /// back in front of the socket, so no byte is lost either way.
+    fn unpark(&mut self, unread: Bytes) -> bool {
+        if !unread.is_empty() {
+            let mut ahead = BytesMut::from(&unread[..]);
+            ahead.extend_from_slice(&self.ahead);
+            self.ahead = ahead;
+        }
+        std::mem::take(&mut self.parked)
+    }
+
+    /// Reads until the first bytes either are or cannot be the HTTP/2 preface.
+    async fn sniff_preface(&mut self) -> io::Result<bool> {
+        loop {
+            let n = self.ahead.len().min(PREFACE.len());
+            if self.ahead[..n] != PREFACE[..n] {
+                return Ok(false);
+            }
+            if n == PREFACE.len() {
+                return Ok(true);
+            }
+            self.stream.readable().await?;
+            match self.try_read_ahead() {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// One non-blocking read appended to `ahead`, through a stack buffer so
+    /// `ahead` is only as large as what arrived.
+    fn try_read_ahead(&mut self) -> io::Result<usize> {
+        let mut buf = [0u8; 4096];
+        let n = self.stream.try_read(&mut buf)?;
+        self.ahead.extend_from_slice(&buf[..n]);
+        Ok(n)
+    }
+
+    /// Copies up to `limit` bytes from `ahead` into hyper's buffer.
+    fn give(&mut self, buf: &mut ReadBuf<'_>, limit: u64) -> usize {
+        let n = (self.ahead.len() as u64)
+            .min(limit)
+            .min(buf.remaining() as u64) as usize;
+        buf.put_slice(&self.ahead[..n]);
+        self.ahead.advance(n);
+        if self.ahead.is_empty() {
+            // Parked connections keep no allocation.
+            self.ahead = BytesMut::new();
+        }
+        n
+    }
+}
+
+impl AsyncRead for Gate {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            match this.allow {
+                Allow::All => {
+                    if !this.ahead.is_empty() {
+                        this.give(buf, u64::MAX);
+                        return Poll::Ready(Ok(()));
+                    }
+                    return Pin::new(&mut this.stream).poll_read(cx, buf);
+                }
+                Allow::Body(0) => this.allow = Allow::Head,
+                Allow::Body(left) => {
+                    let start = buf.filled().len();
+                    if this.ahead.is_empty() {
+                        std::task::ready!(Pin::new(&mut this.stream).poll_read(cx, buf))?;
+                        // Whatever came past this request waits in `ahead`.
+                        let got = (buf.filled().len() - start) as u64;
+                        if got > left {
+                            let keep = start + left as usize;
+                            this.ahead.extend_from_slice(&buf.filled()[keep..]);
+                            buf.set_filled(keep);
+                        }
+                    } else {
+                        this.give(buf, left);
+                    }
+                    let given = (buf.filled().len() - start) as u64;
+                    this.allow = Allow::Body(left - given);
+                    // Zero bytes from the socket: end of stream, and hyper
+                    // reports the request it cut short.
+                    return Poll::Ready(Ok(()));
+                }
+                Allow::Head => {
+                    if !this.ahead.is_empty() {
+                        match scan(&this.ahead, this.max_head) {
+                            Scan::Partial => {}
+                            Scan::Ready(allow) => {
+                                this.quiet = false;
+                                this.allow = allow;
+                                continue;
+                            }
+                        }
+                    }
+                    let start = buf.filled().len();
+                    match Pin::new(&mut this.stream).poll_read(cx, buf) {
+                        Poll::Ready(Ok(())) => {}
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                        Poll::Pending => {
+                            if this.ahead.is_empty()
+                                && this.quiet
+                                && this.open.load(Ordering::Relaxed) == 0
+                            {
+                                // Idle with nothing in flight: end hyper's
+                                // connection; the task keeps the socket.
+                                this.parked = true;
+                                return Poll::Ready(Ok(()));
+                            }
+                            return Poll::Pending;
+                        }
+                    }
+                    let got = buf.filled().len() - start;
+                    if got == 0 {
+                        if this.ahead.is_empty() {
+                            return Poll::Ready(Ok(())); // the client closed
+                        }
+                        // A partial head, then the end: hyper sees both.
+                        this.allow = Allow::All;
+                        continue;
+                    }
+                    if this.ahead.is_empty() {
+                        // The common case: a whole head in one read, straight
+                        // into hyper's buffer.
+                        if let Scan::Ready(allow) = scan(&buf.filled()[start..], this.max_head) {
+                            this.quiet = false;
+                            this.allow = allow;
+                            if let Allow::Body(len) = allow {
+                                let keep = (got as u64).min(len) as usize;
+                                this.ahead.extend_from_slice(&buf.filled()[start + keep..]);
+                                buf.set_filled(start + keep);
+                                this.allow = Allow::Body(len - keep as u64);
+                            }
+                            return Poll::Ready(Ok(()));
+                        }
+                    }
+                    // Not a whole head yet: hold it back and read on.
+                    this.ahead.extend_from_slice(&buf.filled()[start..]);
+                    buf.set_filled(start);
+                }
+            }
+        }
+    }
+}
+
+impl AsyncWrite for Gate {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        std::task::ready!(Pin::new(&mut this.stream).poll_flush(cx))?;
+        // hyper flushes its socket only once its own buffer is written out,
+        // so with no response open everything has left.
+        if this.open.load(Ordering::Relaxed) == 0 {
+            this.quiet = true;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.parked {
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.stream).poll_shutdown(cx)
+    }
+}
+
+/// What the gate learned from the bytes before a request.
+#[derive(Debug, PartialEq, Eq)]
+enum Scan {
+    /// Not a whole head yet.
+    Partial,
+    /// A whole head (or something hyper must judge): how much to hand over.
+    Ready(Allow),
+}
+
+/// Finds the end of the request head in `bytes` and the body length after it.
+fn scan(bytes: &[u8], max_head: usize) -> Scan {
+    let mut headers = [MaybeUninit::<httparse::Header<'_>>::uninit(); MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let head_len = match req.parse_with_uninit_headers(bytes, &mut headers) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if bytes.len() < max_head => return Scan::Partial,
+        // Too long, too many headers, malformed: hyper answers it.
+        _ => return Scan::Ready(Allow::All),
+    };
+    if req.method == Some("CONNECT") {
+        return Scan::Ready(Allow::All);
+    }
+    let mut body: Option<u64> = None;
+    for h in req.headers.iter() {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            let parsed = std::str::from_utf8(h.value)
+                .ok()
+                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|v| v.parse::<u64>().ok());
+            match (parsed, body) {
+                (Some(n), None) => body = Some(n),
+                _ => return Scan::Ready(Allow::All), // repeated or odd: hyper decides
+            }
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding")
+            || h.name.eq_ignore_ascii_case("upgrade")
+        {
+            return Scan::Ready(Allow::All);
+        }
+    }
+    Scan::Ready(Allow::Body(head_len as u64 + body.unwrap_or(0)))
+}
+
+/// A response hyper holds; counted so the gate knows when none is open.
+struct OpenGuard(Arc<AtomicUsize>);
+
+impl OpenGuard {
+    fn new(open: &Arc<AtomicUsize>) -> OpenGuard {
+        open.fetch_add(1, Ordering::Relaxed);
+        OpenGuard(open.clone())
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A response body that keeps its [`OpenGuard`] until hyper drops it.
+pub struct Counted {
+    body: ResponseBody,
+    _guard: OpenGuard,
+}
+
+impl Body for Counted {
+    type Data = <ResponseBody as Body>::Data;
+    type Error = <ResponseBody as Body>::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_get_head_is_handed_over_alone() {
+        let head = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        assert_eq!(
+            scan(head, 8192),
+            Scan::Ready(Allow::Body(head.len() as u64))
+        );
+        assert_eq!(scan(&head[..10], 8192), Scan::Partial);
+    }
+
+    #[test]
+    fn a_content_length_body_is_counted_in() {
+        let head = b"POST /x HTTP/1.1\r\nContent-Length: 5\r\n\r\n";
+        assert_eq!(
+            scan(head, 8192),
+            Scan::Ready(Allow::Body(head.len() as u64 + 5))
+        );
+    }
+
+    #[test]
+    fn what_the_gate_cannot_frame_goes_to_hyper() {
+        for head in [
+            &b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
+            b"GET /ws HTTP/1.1\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+            b"CONNECT a:443 HTTP/1.1\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: +5\r\n\r\n",
+            b"GET / HTTP/1.1\r\nBad Header\r\n\r\n",
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+        ] {
+            assert_eq!(scan(head, 8192), Scan::Ready(Allow::All), "{head:?}");
+        }
+        // A head that never ends within the limit.
+        let long = [b'a'; 100];
+        assert_eq!(scan(&long[..], 50), Scan::Ready(Allow::All));
+    }
+}
