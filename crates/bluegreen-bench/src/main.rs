@@ -175,11 +175,19 @@ fn main() -> Result<()> {
         }
         wrk(&env, &proxy, "/", 1, plan.conns)?; // warm-up
         row.rss_idle_kib = proxy.rss_kib();
-        let t0 = proxy.cpu_ticks();
+        let (user0, sys0) = proxy.cpu_ticks_split();
         let small = median_wrk(&env, &proxy, "/", &plan)?;
-        // Ticks are 1/100 s.
-        row.cpu_pct =
-            (proxy.cpu_ticks() - t0) as f64 / (plan.wrk_secs as f64 * plan.repeats as f64);
+        let (user1, sys1) = proxy.cpu_ticks_split();
+        // Ticks are 1/100 s: CPU seconds per second of load, then per request.
+        let secs = plan.wrk_secs as f64 * plan.repeats as f64;
+        let share = |ticks: u64| ticks as f64 / 100.0 / secs;
+        row.cpu_pct = share(user1 + sys1 - user0 - sys0) * 100.0;
+        if small.rps > 0.0 {
+            row.cpu_us = Some((
+                share(user1 - user0) * 1e6 / small.rps,
+                share(sys1 - sys0) * 1e6 / small.rps,
+            ));
+        }
         row.small = Some(small);
         row.large = Some(median_wrk(&env, &proxy, "/64k", &plan)?);
         row.fixed = Some(fixed_rate(&proxy, &plan));

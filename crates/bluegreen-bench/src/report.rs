@@ -17,6 +17,8 @@ pub struct Row {
     pub name: &'static str,
     pub rss_idle_kib: u64,
     pub cpu_pct: f64,
+    /// The proxy's CPU per request at fixed concurrency: user, kernel (µs).
+    pub cpu_us: Option<(f64, f64)>,
     pub small: Option<Wrk>,
     pub large: Option<Wrk>,
     /// p50, p99, p99.9 in µs, errors.
@@ -36,6 +38,7 @@ impl Row {
             name,
             rss_idle_kib: 0,
             cpu_pct: 0.0,
+            cpu_us: None,
             small: None,
             large: None,
             fixed: None,
@@ -197,6 +200,34 @@ impl Report {
                 ms(l.p99_us)
             );
         }
+        if self
+            .rows
+            .iter()
+            .any(|r| r.cpu_us.is_some() && r.name != "direct")
+        {
+            let _ = writeln!(
+                o,
+                "\n## CPU per request at {} connections (the proxy's own, from /proc)\n",
+                self.conns
+            );
+            let _ = writeln!(o, "Equal CPU compared directly: what one request costs the proxy in user space and in the kernel (loopback TCP on both sides, waking the peers). Throughput at saturation is at most 1 / total.\n");
+            let _ = writeln!(
+                o,
+                "| proxy | user µs | kernel µs | total µs | requests per CPU-second |"
+            );
+            let _ = writeln!(o, "|---|---:|---:|---:|---:|");
+            for r in &self.rows {
+                if let (Some((user, sys)), false) = (r.cpu_us, r.name == "direct") {
+                    let _ = writeln!(
+                        o,
+                        "| {} | {user:.1} | {sys:.1} | {:.1} | {:.0} |",
+                        r.name,
+                        user + sys,
+                        1e6 / (user + sys).max(0.001)
+                    );
+                }
+            }
+        }
         for r in &self.rows {
             if let (Some(off), Some((on, mirrored, dropped))) = (r.fixed, r.shadowed) {
                 let _ = writeln!(o, "\n## Live latency with shadowing off and on ({} req/s, 100 % of requests mirrored to the idle side)\n", self.rate);
@@ -306,6 +337,10 @@ impl Report {
                 Box::new(|r: &Row| r.small.as_ref().map(|w| w.rps)),
             ),
             (
+                "requests per proxy CPU-second (higher is better)",
+                Box::new(|r: &Row| r.cpu_us.map(|(u, k)| 1e6 / (u + k).max(0.001))),
+            ),
+            (
                 "64 KiB req/s (higher is better)",
                 Box::new(|r: &Row| r.large.as_ref().map(|w| w.rps)),
             ),
@@ -357,6 +392,28 @@ impl Report {
                 rps / best_peer_rps.max(1.0),
                 check(rps >= 1.2 * best_peer_rps)
             );
+            // What bounds the throughput ratio on this machine, from the same run.
+            let best_peer_cpu = ["nginx", "haproxy"]
+                .iter()
+                .filter_map(|n| self.row(n)?.cpu_us.map(|(u, k)| u + k))
+                .fold(f64::MAX, f64::min);
+            if let (Some((user, kernel)), true) = (bg.cpu_us, best_peer_cpu < f64::MAX) {
+                let _ = writeln!(
+                    o,
+                    "  - At equal CPU: bluegreen {:.1} µs per request ({user:.1} user + {kernel:.1} kernel), the better peer {best_peer_cpu:.1} µs: {:.2}× its requests per CPU-second. The kernel part alone caps the ratio at {:.2}× even with no user-space work at all.",
+                    user + kernel,
+                    best_peer_cpu / (user + kernel).max(0.001),
+                    best_peer_cpu / kernel.max(0.001)
+                );
+            }
+            if let Some(direct) = self.row("direct").and_then(|r| r.small.as_ref()) {
+                let _ = writeln!(
+                    o,
+                    "  - The load generator and the upstream share the other core: without any proxy they reach {:.0} req/s, the most any proxy can be offered here; 1.2× the better peer would be {:.0} req/s.",
+                    direct.rps,
+                    1.2 * best_peer_rps
+                );
+            }
             let _ = writeln!(
                 o,
                 "- p99 ≤ the better peer's ({} ms): {} ms — {}",
