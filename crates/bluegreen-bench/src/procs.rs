@@ -348,11 +348,6 @@ impl Proxy {
     }
 
     /// User + system CPU time of the proxy's processes, in clock ticks.
-    pub fn cpu_ticks(&self) -> u64 {
-        let (user, system) = self.cpu_ticks_split();
-        user + system
-    }
-
     /// CPU ticks (1/100 s) in user space and in the kernel, all processes.
     pub fn cpu_ticks_split(&self) -> (u64, u64) {
         self.pids().iter().fold((0, 0), |(u, s), p| {
