@@ -347,7 +347,6 @@ impl Proxy {
             .sum()
     }
 
-    /// User + system CPU time of the proxy's processes, in clock ticks.
     /// CPU ticks (1/100 s) in user space and in the kernel, all processes.
     pub fn cpu_ticks_split(&self) -> (u64, u64) {
         self.pids().iter().fold((0, 0), |(u, s), p| {
