@@ -352,8 +352,18 @@ fn idle_memory(proxy: &Proxy, n: usize) -> Result<(u64, usize)> {
     let opened = ready
         .recv_timeout(Duration::from_secs(120))
         .context("opening idle connections")?;
-    std::thread::sleep(Duration::from_millis(300)); // let the proxy settle its buffers before reading RSS
-    let rss = proxy.rss_kib();
+    // Idle, not just opened: bluegreen gives an idle connection's buffers back
+    // after a second. Read until the figure stops falling (at most 5 s).
+    let mut rss = proxy.rss_kib();
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    while std::time::Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = proxy.rss_kib();
+        if now >= rss {
+            break;
+        }
+        rss = now;
+    }
     let _ = release.send(());
     let _ = handle.join();
     Ok((rss, opened))

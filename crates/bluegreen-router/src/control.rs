@@ -54,7 +54,7 @@ pub struct Router {
     /// Switches since this process started, by kind (for metrics).
     switch_counts: Mutex<BTreeMap<&'static str, u64>>,
     /// Open client connections per listener (live, preview).
-    pub(crate) clients: [ClientGauge; 2],
+    pub(crate) clients: [Arc<ClientGauge>; 2],
 }
 
 /// Startup failures.
