@@ -182,6 +182,9 @@ pub async fn serve(
         if !gate.unpark(parts.read_buf) {
             return; // hyper closed it: the client left, or keep-alive ended
         }
+        if !gate.ahead.is_empty() {
+            continue; // hyper handed back bytes: serve them now
+        }
         // Parked: the task holds the socket and nothing else until the
         // client sends again.
         let _parked = Counting::new(&gauge.parked);
@@ -213,6 +216,8 @@ pub struct Gate {
     stream: TcpStream,
     /// Bytes read from the socket that hyper may not have yet.
     ahead: BytesMut,
+    /// How much of `ahead` is known to hold no end of a head.
+    scanned: usize,
     allow: Allow,
     /// Responses hyper has taken and not yet dropped.
     open: Arc<AtomicUsize>,
@@ -239,6 +244,7 @@ impl Gate {
         Gate {
             stream,
             ahead: BytesMut::new(),
+            scanned: 0,
             allow: Allow::Head,
             open,
             quiet: true,
@@ -258,6 +264,7 @@ impl Gate {
             let mut ahead = BytesMut::from(&unread[..]);
             ahead.extend_from_slice(&self.ahead);
             self.ahead = ahead;
+            self.scanned = 0;
         }
         std::mem::take(&mut self.parked)
     }
@@ -324,12 +331,31 @@ impl Gate {
             .min(limit)
             .min(buf.remaining() as u64) as usize;
         buf.put_slice(&self.ahead[..n]);
+        self.consume(n);
+        n
+    }
+
+    /// Drops `n` bytes from the front of `ahead`.
+    fn consume(&mut self, n: usize) {
         self.ahead.advance(n);
+        self.scanned = 0;
         if self.ahead.is_empty() {
             // Parked connections keep no allocation.
             self.ahead = BytesMut::new();
         }
-        n
+    }
+
+    /// Blank lines before a request head are ignored (RFC 9112, section 2.2),
+    /// as hyper does; held back, they would keep a connection from parking.
+    fn skip_blank_lines(&mut self) {
+        let n = self
+            .ahead
+            .iter()
+            .take_while(|b| matches!(b, b'\r' | b'\n'))
+            .count();
+        if n > 0 {
+            self.consume(n);
+        }
     }
 }
 
@@ -377,10 +403,16 @@ impl AsyncRead for Gate {
                     return Poll::Ready(Ok(()));
                 }
                 Allow::Head => {
+                    this.skip_blank_lines();
                     if !this.ahead.is_empty() {
-                        match scan(&this.ahead, this.max_head) {
-                            Scan::Partial => {}
-                            Scan::Ready(allow) => {
+                        // Parse again only when the new bytes may end the
+                        // head: a client sending a byte at a time must not
+                        // cost a parse of everything held per byte.
+                        let parse = this.ahead.len() >= this.max_head
+                            || may_end_head(&this.ahead, this.scanned);
+                        this.scanned = this.ahead.len();
+                        if parse {
+                            if let Scan::Ready(allow) = scan(&this.ahead, this.max_head) {
                                 this.quiet = false;
                                 this.stop_lingering();
                                 this.allow = allow;
@@ -433,9 +465,15 @@ impl AsyncRead for Gate {
                             return Poll::Ready(Ok(()));
                         }
                     }
-                    // Not a whole head yet: hold it back and read on.
+                    // Not a whole head yet: hold it back and read on. A
+                    // client that started a request is not idle.
+                    this.stop_lingering();
+                    let fresh = this.ahead.is_empty();
                     this.ahead.extend_from_slice(&buf.filled()[start..]);
                     buf.set_filled(start);
+                    if fresh {
+                        this.scanned = this.ahead.len(); // parsed just above
+                    }
                 }
             }
         }
@@ -522,7 +560,19 @@ fn scan(bytes: &[u8], max_head: usize) -> Scan {
             return Scan::Ready(Allow::All);
         }
     }
-    Scan::Ready(Allow::Body(head_len as u64 + body.unwrap_or(0)))
+    match (head_len as u64).checked_add(body.unwrap_or(0)) {
+        Some(total) => Scan::Ready(Allow::Body(total)),
+        None => Scan::Ready(Allow::All),
+    }
+}
+
+/// Whether `bytes` may hold the end of a head (an empty line) at or after
+/// `from` (`\n\n` or `\n\r\n`, as httparse accepts bare newlines).
+fn may_end_head(bytes: &[u8], from: usize) -> bool {
+    let start = from.saturating_sub(2);
+    bytes.get(start..).is_some_and(|tail| {
+        tail.windows(2).any(|w| w == b"\n\n") || tail.windows(3).any(|w| w == b"\n\r\n")
+    })
 }
 
 /// A response hyper holds; counted so the gate knows when none is open.
@@ -588,6 +638,25 @@ mod tests {
             scan(head, 8192),
             Scan::Ready(Allow::Body(head.len() as u64 + 5))
         );
+    }
+
+    #[test]
+    fn only_an_empty_line_can_end_a_head() {
+        let head = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        assert!(may_end_head(head, 0));
+        assert!(
+            may_end_head(head, head.len() - 1),
+            "the end straddles `from`"
+        );
+        assert!(!may_end_head(&head[..head.len() - 2], 0));
+        assert!(may_end_head(b"GET / HTTP/1.1\nHost: a\n\n", 10));
+        assert!(!may_end_head(head, head.len() + 5));
+    }
+
+    #[test]
+    fn a_huge_content_length_is_left_to_hyper() {
+        let head = b"POST / HTTP/1.1\r\nContent-Length: 18446744073709551600\r\n\r\n";
+        assert_eq!(scan(head, 8192), Scan::Ready(Allow::All));
     }
 
     #[test]

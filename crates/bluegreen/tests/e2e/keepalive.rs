@@ -94,13 +94,21 @@ async fn an_idle_keepalive_connection_parks_and_serves_again() {
     router.wait_all_healthy().await;
 
     let mut s = TcpStream::connect(router.proxy).await.unwrap();
-    for round in 0..3 {
-        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .unwrap();
+    let rounds: [(&[u8], &str); 3] = [
+        (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", "blue"),
+        // A stray line end after a body (RFC 9112 says to ignore it) must
+        // not keep the connection from parking.
+        (
+            b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nab\r\n",
+            "blue:ab",
+        ),
+        (b"\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n", "blue"),
+    ];
+    for (round, (request, answer)) in rounds.into_iter().enumerate() {
+        s.write_all(request).await.unwrap();
         assert_eq!(
             responses(&mut s, 1).await,
-            [(200, "blue".to_string())],
+            [(200, answer.to_string())],
             "round {round}"
         );
         // Answered and quiet: the connection holds only its socket now.
