@@ -8,6 +8,25 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// Blue live with one upstream, green idle, both healthy; `proxy` adds keys
+/// to `[proxy]`.
+async fn start(proxy: Option<&str>) -> (Backend, Backend, RouterProc) {
+    let blue = Backend::start("blue").await;
+    let green = Backend::start("green").await;
+    let mut builder = RouterBuilder::new(&[&blue], &[&green]).drain("30s");
+    if let Some(keys) = proxy {
+        builder = builder.proxy(keys);
+    }
+    let router = builder.start();
+    router.wait_all_healthy().await;
+    (blue, green, router)
+}
+
+/// Writes `bytes` to `s` in one call.
+async fn send(s: &mut TcpStream, bytes: &[u8]) {
+    s.write_all(bytes).await.expect("writing to the router");
+}
+
 /// Client connections of the live listener in `state` (`busy` or `idle`).
 async fn clients(router: &RouterProc, state: &str) -> f64 {
     scrape(router)
@@ -88,10 +107,7 @@ async fn closed(s: &mut TcpStream) -> bool {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_idle_keepalive_connection_parks_and_serves_again() {
-    let blue = Backend::start("blue").await;
-    let green = Backend::start("green").await;
-    let router = RouterBuilder::new(&[&blue], &[&green]).start();
-    router.wait_all_healthy().await;
+    let (blue, _green, router) = start(None).await;
 
     let mut s = TcpStream::connect(router.proxy).await.unwrap();
     let rounds: [(&[u8], &str); 3] = [
@@ -105,7 +121,7 @@ async fn an_idle_keepalive_connection_parks_and_serves_again() {
         (b"\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n", "blue"),
     ];
     for (round, (request, answer)) in rounds.into_iter().enumerate() {
-        s.write_all(request).await.unwrap();
+        send(&mut s, request).await;
         assert_eq!(
             responses(&mut s, 1).await,
             [(200, answer.to_string())],
@@ -120,9 +136,7 @@ async fn an_idle_keepalive_connection_parks_and_serves_again() {
     }
 
     // A request on its way keeps it busy.
-    s.write_all(b"GET /hold HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
+    send(&mut s, b"GET /hold HTTP/1.1\r\nHost: x\r\n\r\n").await;
     wait_until(Duration::from_secs(5), "connection busy", || async {
         clients(&router, "busy").await == 1.0
     })
@@ -139,21 +153,18 @@ async fn an_idle_keepalive_connection_parks_and_serves_again() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn pipelined_requests_with_bodies_are_answered_in_order() {
-    let blue = Backend::start("blue").await;
-    let green = Backend::start("green").await;
-    let router = RouterBuilder::new(&[&blue], &[&green]).start();
-    router.wait_all_healthy().await;
+    let (_blue, _green, router) = start(None).await;
 
     // Four requests in one write, a body in the middle.
     let mut s = TcpStream::connect(router.proxy).await.unwrap();
-    s.write_all(
+    send(
+        &mut s,
         b"GET / HTTP/1.1\r\nHost: x\r\n\r\n\
           POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello\
           GET /echo HTTP/1.1\r\nHost: x\r\n\r\n\
           POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc",
     )
-    .await
-    .unwrap();
+    .await;
     assert_eq!(
         responses(&mut s, 4).await,
         [
@@ -180,20 +191,17 @@ async fn pipelined_requests_with_bodies_are_answered_in_order() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn chunked_and_expect_continue_requests_keep_the_connection_working() {
-    let blue = Backend::start("blue").await;
-    let green = Backend::start("green").await;
-    let router = RouterBuilder::new(&[&blue], &[&green]).start();
-    router.wait_all_healthy().await;
+    let (_blue, _green, router) = start(None).await;
 
     let mut s = TcpStream::connect(router.proxy).await.unwrap();
     // Chunked: the gate leaves framing to hyper from here on.
-    s.write_all(
+    send(
+        &mut s,
         b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\
           3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n\
           GET / HTTP/1.1\r\nHost: x\r\n\r\n",
     )
-    .await
-    .unwrap();
+    .await;
     assert_eq!(
         responses(&mut s, 2).await,
         [(200, "blue:abcde".to_string()), (200, "blue".to_string())]
@@ -201,11 +209,11 @@ async fn chunked_and_expect_continue_requests_keep_the_connection_working() {
 
     // Expect: 100-continue on a fresh connection: the body only after the 100.
     let mut s = TcpStream::connect(router.proxy).await.unwrap();
-    s.write_all(
+    send(
+        &mut s,
         b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n",
     )
-    .await
-    .unwrap();
+    .await;
     let mut buf = [0u8; 64];
     let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
         .await
@@ -216,9 +224,7 @@ async fn chunked_and_expect_continue_requests_keep_the_connection_working() {
         "{:?}",
         String::from_utf8_lossy(&buf[..n])
     );
-    s.write_all(b"okGET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
+    send(&mut s, b"okGET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert_eq!(
         responses(&mut s, 2).await,
         [(200, "blue:ok".to_string()), (200, "blue".to_string())]
@@ -227,22 +233,15 @@ async fn chunked_and_expect_continue_requests_keep_the_connection_working() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_request_head_that_never_ends_is_cut_off() {
-    let blue = Backend::start("blue").await;
-    let green = Backend::start("green").await;
-    let router = RouterBuilder::new(&[&blue], &[&green])
-        .proxy("idle_timeout = \"300ms\"")
-        .start();
-    router.wait_all_healthy().await;
+    let (blue, _green, router) = start(Some("idle_timeout = \"300ms\"")).await;
 
     // On a fresh connection and on one that already served a request.
     let mut fresh = TcpStream::connect(router.proxy).await.unwrap();
-    fresh.write_all(b"GET / HTTP/1.1\r\nHost").await.unwrap();
+    send(&mut fresh, b"GET / HTTP/1.1\r\nHost").await;
     let mut used = TcpStream::connect(router.proxy).await.unwrap();
-    used.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
+    send(&mut used, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert_eq!(responses(&mut used, 1).await, [(200, "blue".to_string())]);
-    used.write_all(b"GET / HTTP/1.1\r\nHo").await.unwrap();
+    send(&mut used, b"GET / HTTP/1.1\r\nHo").await;
 
     assert!(closed(&mut fresh).await, "a fresh slow head stays open");
     assert!(closed(&mut used).await, "a slow second head stays open");
@@ -257,14 +256,10 @@ async fn sigterm_closes_parked_connections_at_once_and_finishes_busy_ones() {
     router.wait_all_healthy().await;
 
     let mut idle = TcpStream::connect(router.proxy).await.unwrap();
-    idle.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
+    send(&mut idle, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert_eq!(responses(&mut idle, 1).await, [(200, "blue".to_string())]);
     let mut busy = TcpStream::connect(router.proxy).await.unwrap();
-    busy.write_all(b"GET /hold HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
+    send(&mut busy, b"GET /hold HTTP/1.1\r\nHost: x\r\n\r\n").await;
     wait_until(Duration::from_secs(5), "one parked, one busy", || async {
         clients(&router, "idle").await == 1.0 && blue.requests() == 2
     })
