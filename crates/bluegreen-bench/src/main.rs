@@ -182,7 +182,8 @@ fn main() -> Result<()> {
         let secs = plan.wrk_secs as f64 * plan.repeats as f64;
         let share = |ticks: u64| ticks as f64 / 100.0 / secs;
         row.cpu_pct = share(user1 + sys1 - user0 - sys0) * 100.0;
-        if small.rps > 0.0 {
+        // `direct` has no proxy to charge.
+        if small.rps > 0.0 && kind != Kind::Direct {
             row.cpu_us = Some((
                 share(user1 - user0) * 1e6 / small.rps,
                 share(sys1 - sys0) * 1e6 / small.rps,

@@ -200,11 +200,7 @@ impl Report {
                 ms(l.p99_us)
             );
         }
-        if self
-            .rows
-            .iter()
-            .any(|r| r.cpu_us.is_some() && r.name != "direct")
-        {
+        if self.rows.iter().any(|r| r.cpu_us.is_some()) {
             let _ = writeln!(
                 o,
                 "\n## CPU per request at {} connections (the proxy's own, from /proc)\n",
@@ -217,7 +213,7 @@ impl Report {
             );
             let _ = writeln!(o, "|---|---:|---:|---:|---:|");
             for r in &self.rows {
-                if let (Some((user, sys)), false) = (r.cpu_us, r.name == "direct") {
+                if let Some((user, sys)) = r.cpu_us {
                     let _ = writeln!(
                         o,
                         "| {} | {user:.1} | {sys:.1} | {:.1} | {:.0} |",
