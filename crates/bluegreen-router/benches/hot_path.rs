@@ -4,12 +4,14 @@
 //! picks an upstream, and rewrites its headers before anything reaches the
 //! network. These are the parts bluegreen adds on top of hyper, so they are
 //! the parts a change to the router can make slower without anyone noticing
-//! in an end-to-end run. Compare before and after a change with
+//! in an end-to-end run. The gate in front of hyper also reads every request
+//! head once to find where the request ends (`request framing`). Compare before and after a change with
 //! `cargo bench -p bluegreen-router`; `bench/run` compares whole proxies.
 
 use arc_swap::ArcSwap;
 use bluegreen_core::config::Balance;
 use bluegreen_core::{Side, Sides};
+use bluegreen_router::downstream::{scan, Allow, Scan};
 use bluegreen_router::headers::{self, RequestIds};
 use bluegreen_router::pool::Pool;
 use bluegreen_router::snapshot::{Epoch, Snapshot};
@@ -114,5 +116,30 @@ fn header_rewriting(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, snapshot_load, upstream_pick, header_rewriting);
+/// The gate's parse of a request head (where it ends, how long the body is),
+/// once per HTTP/1 request on top of hyper's own parse.
+fn request_framing(c: &mut Criterion) {
+    let head: &[u8] = b"GET /products/42?ref=home HTTP/1.1\r\n\
+        Host: shop.example\r\n\
+        User-Agent: Mozilla/5.0 (X11; Linux x86_64)\r\n\
+        Accept: text/html,application/xhtml+xml\r\n\
+        Accept-Language: en-GB,en;q=0.9\r\n\
+        Accept-Encoding: gzip, deflate, br\r\n\
+        Cookie: session=abc123; theme=dark\r\n\r\n";
+    assert_eq!(
+        scan(head, 65536),
+        Scan::Ready(Allow::Body(head.len() as u64))
+    );
+    c.bench_function("request framing: a browser GET head", |b| {
+        b.iter(|| black_box(scan(black_box(head), 65536)))
+    });
+}
+
+criterion_group!(
+    benches,
+    snapshot_load,
+    upstream_pick,
+    header_rewriting,
+    request_framing
+);
 criterion_main!(benches);

@@ -203,7 +203,7 @@ pub async fn serve(
 
 /// How much of what the client sent hyper may have now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Allow {
+pub enum Allow {
     /// Nothing until a complete request head has arrived.
     Head,
     /// Up to this many more bytes: the rest of the current head and body.
@@ -524,7 +524,7 @@ impl AsyncWrite for Gate {
 
 /// What the gate learned from the bytes before a request.
 #[derive(Debug, PartialEq, Eq)]
-enum Scan {
+pub enum Scan {
     /// Not a whole head yet.
     Partial,
     /// A whole head (or something hyper must judge): how much to hand over.
@@ -532,7 +532,7 @@ enum Scan {
 }
 
 /// Finds the end of the request head in `bytes` and the body length after it.
-fn scan(bytes: &[u8], max_head: usize) -> Scan {
+pub fn scan(bytes: &[u8], max_head: usize) -> Scan {
     let mut headers = [MaybeUninit::<httparse::Header<'_>>::uninit(); MAX_HEADERS];
     let mut req = httparse::Request::new(&mut []);
     let head_len = match req.parse_with_uninit_headers(bytes, &mut headers) {
