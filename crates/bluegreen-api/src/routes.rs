@@ -443,13 +443,8 @@ struct RecordBody {
 
 async fn record_start(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
     let body: RecordBody = parse_body(&body)?;
-    let path = std::path::Path::new(&body.to);
-    if !path.is_absolute() {
-        return Err(ApiError::bad_request(format!(
-            "field \"to\": {:?} must be an absolute path (the router writes it)",
-            body.to
-        )));
-    }
+    bluegreen_router::recorder::check_name(&body.to)
+        .map_err(|e| ApiError::bad_request(format!("field \"to\": {e}")))?;
     let percent = body.percent.unwrap_or(100.0);
     if !(0.0..=100.0).contains(&percent) {
         return Err(ApiError::bad_request(format!(
@@ -474,7 +469,7 @@ async fn record_start(State(state): State<AppState>, body: Bytes) -> Result<Resp
     };
     let status = state
         .router
-        .start_recording(path, options)
+        .start_recording(&body.to, options)
         .await
         .map_err(|message| ApiError {
             status: StatusCode::CONFLICT,

@@ -398,24 +398,25 @@ async fn preview_addr(p: &Pipeline) -> Option<std::net::SocketAddr> {
         .and_then(|a| a.parse().ok())
 }
 
-/// Step 4b: replay recorded traffic to the idle side, through the preview
-/// listener, so its caches are warm before it takes live traffic.
+/// Step 4b: replay recorded traffic straight to the idle side's upstreams
+/// (each request marked `X-Bluegreen-Replay: 1`, which the router would
+/// strip), so its caches are warm before it takes live traffic.
 async fn warm(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployRecord) -> StepEnd {
     let Some(w) = &p.config.warm else {
         return StepEnd::Skipped("no [deploy.warm] configured".into());
     };
-    let Some(addr) = preview_addr(p).await else {
-        return StepEnd::End(
-            Outcome::Failed,
-            "the warm step needs proxy.preview_listen".into(),
-        );
-    };
+    let list = p.router.config().environments[d.target].upstreams.join(",");
+    let targets: Vec<String> = p.router.config().environments[d.target]
+        .upstreams
+        .iter()
+        .map(|a| format!("http://{a}"))
+        .collect();
     let mut argv: Vec<String> = vec![
         crate::exe().into(),
         "replay".into(),
         w.file.display().to_string(),
         "--target".into(),
-        format!("http://{addr}"),
+        targets.join(","),
         "--speed".into(),
         w.speed.clone(),
         "--concurrency".into(),
@@ -429,7 +430,6 @@ async fn warm(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployRecord) -> StepEn
     }
     // A loop runs as long as it was told to; the hook limit applies on top.
     let limit = p.config.hook_timeout + w.loop_for.unwrap_or_default();
-    let list = p.router.config().environments[d.target].upstreams.join(",");
     match run_hook_for(
         p,
         &handle.abort,

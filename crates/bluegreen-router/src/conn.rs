@@ -6,9 +6,9 @@
 //! a list of idle connections per upstream needs none of that. A connection
 //! goes back to its list only after its response body was read to the end.
 
+use crate::client_body::ClientBody;
 use bytes::Bytes;
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 
 /// Body type sent upstream: the client's body streamed, or one held in
 /// memory (empty, or read whole because it is being recorded).
-pub type UpstreamBody = Either<Incoming, Full<Bytes>>;
+pub type UpstreamBody = Either<ClientBody, Full<Bytes>>;
 /// One HTTP/1.1 connection's sending half.
 pub type Sender = http1::SendRequest<UpstreamBody>;
 

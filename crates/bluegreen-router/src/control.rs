@@ -9,6 +9,7 @@ use crate::headers::RequestIds;
 use crate::listener::ListenerKind;
 use crate::pool::Pool;
 use crate::recorder::{RecordOptions, RecordStatus, Recorder};
+use crate::settings::ProxySettings;
 use crate::shadow::{Shadow, ShadowOptions};
 use crate::snapshot::{Epoch, Snapshot};
 use crate::status::{DrainStatus, SideStatus, Status, UpstreamStatus};
@@ -30,11 +31,8 @@ use tokio_util::task::TaskTracker;
 /// The router: routing snapshot, upstream client and the persisted state.
 pub struct Router {
     pub(crate) snapshot: ArcSwap<Snapshot>,
-    pub(crate) connect_timeout: Duration,
+    pub(crate) settings: Arc<ProxySettings>,
     pub(crate) ids: RequestIds,
-    pub(crate) upstream_timeout: Duration,
-    pub(crate) retries: u32,
-    pub(crate) access_log: bool,
     /// Upgraded connections, which hyper no longer tracks.
     pub(crate) tunnels: TaskTracker,
     /// Cancelled when the router stops; cuts what is still open.
@@ -55,6 +53,10 @@ pub struct Router {
     switch_counts: Mutex<BTreeMap<&'static str, u64>>,
     /// Open client connections per listener (live, preview).
     pub(crate) clients: [Arc<ClientGauge>; 2],
+}
+
+fn already_recording(r: &Recorder) -> String {
+    format!("already recording to {}; stop it first", r.path.display())
 }
 
 /// Startup failures.
@@ -131,11 +133,8 @@ impl Router {
 
         Ok(Arc::new(Router {
             snapshot: ArcSwap::from_pointee(snapshot),
-            connect_timeout: config.proxy.connect_timeout,
+            settings: Arc::new(ProxySettings::from_config(&config.proxy)),
             ids: RequestIds::new(),
-            upstream_timeout: config.proxy.upstream_timeout,
-            retries: config.proxy.retries,
-            access_log: config.proxy.access_log,
             tunnels: TaskTracker::new(),
             shutdown: CancellationToken::new(),
             config: Arc::new(config),
@@ -434,27 +433,36 @@ impl Router {
     /// Starts recording live traffic to `path`. One recording at a time.
     pub async fn start_recording(
         &self,
-        path: &std::path::Path,
+        name: &str,
         options: RecordOptions,
     ) -> Result<RecordStatus, String> {
-        let _state = self.state.lock().await;
-        let current = self.snapshot.load_full();
-        if let Some(r) = &current.recorder {
-            return Err(format!(
-                "already recording to {}; stop it first",
-                r.path.display()
-            ));
+        if let Some(r) = &self.snapshot.load().recorder {
+            return Err(already_recording(r));
         }
-        let recorder = Recorder::start(path, options)
-            .await
-            .map_err(|e| format!("cannot open {} for recording: {e}", path.display()))?;
-        let status = recorder.status();
-        self.snapshot.store(Arc::new(Snapshot {
-            recorder: Some(recorder),
-            ..(*current).clone()
-        }));
-        tracing::info!(path = %path.display(), "recording live traffic");
-        Ok(status)
+        // The file is created before the state lock is taken: no I/O ever
+        // runs under the lock that switches and status wait on.
+        let recorder = Recorder::start(&self.config.record.dir, name, options).await?;
+        let refused = {
+            let _state = self.state.lock().await;
+            let current = self.snapshot.load_full();
+            match &current.recorder {
+                Some(r) => Some(already_recording(r)),
+                None => {
+                    self.snapshot.store(Arc::new(Snapshot {
+                        recorder: Some(recorder.clone()),
+                        ..(*current).clone()
+                    }));
+                    None
+                }
+            }
+        };
+        if let Some(message) = refused {
+            recorder.finish().await;
+            let _ = tokio::fs::remove_file(&recorder.path).await;
+            return Err(message);
+        }
+        tracing::info!(path = %recorder.path.display(), "recording live traffic");
+        Ok(recorder.status())
     }
 
     /// Stops the recording and waits until its file is flushed.

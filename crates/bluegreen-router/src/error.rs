@@ -3,6 +3,7 @@
 //! forward is 400, our own bugs are 500.
 
 use crate::body::ResponseBody;
+use crate::client_body::ClientBodyError;
 use bluegreen_core::Side;
 use http::{header, HeaderValue, Response, StatusCode};
 use std::time::Duration;
@@ -32,6 +33,11 @@ pub enum ProxyError {
     },
     #[error("request cannot be forwarded: {0}")]
     BadRequest(&'static str),
+    /// The client's body broke or stalled: the client's fault, never the upstream's.
+    #[error(transparent)]
+    ClientBody(#[from] ClientBodyError),
+    #[error("{0} is not supported: this is a reverse proxy, not a forward proxy")]
+    MethodNotAllowed(&'static str),
 }
 
 impl ProxyError {
@@ -42,6 +48,9 @@ impl ProxyError {
             ProxyError::Connect { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::ClientBody(ClientBodyError::Broken(_)) => StatusCode::BAD_REQUEST,
+            ProxyError::ClientBody(ClientBodyError::Stalled(_)) => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
 
@@ -53,7 +62,18 @@ impl ProxyError {
             ProxyError::Timeout { .. } => "upstream_timeout",
             ProxyError::Upstream { .. } => "upstream_error",
             ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::ClientBody(ClientBodyError::Broken(_)) => "client_body_error",
+            ProxyError::ClientBody(ClientBodyError::Stalled(_)) => "client_body_timeout",
+            ProxyError::MethodNotAllowed(_) => "method_not_allowed",
         }
+    }
+
+    /// True when the client caused it: logged quietly, never the app's failure.
+    pub fn is_client_fault(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::BadRequest(_) | ProxyError::ClientBody(_) | ProxyError::MethodNotAllowed(_)
+        )
     }
 
     /// The response the client gets. The body names the side but not upstream
@@ -75,6 +95,8 @@ impl ProxyError {
                 format!("{status}: the {side} side failed to answer\n")
             }
             ProxyError::BadRequest(why) => format!("{status}: {why}\n"),
+            ProxyError::ClientBody(e) => format!("{status}: {e}\n"),
+            ProxyError::MethodNotAllowed(_) => format!("{status}: {self}\n"),
         };
         let mut resp = Response::new(ResponseBody::text(text));
         *resp.status_mut() = status;
@@ -85,6 +107,16 @@ impl ProxyError {
         );
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         h.insert("x-bluegreen-error", HeaderValue::from_static(self.code()));
+        if let ProxyError::MethodNotAllowed(_) = self {
+            h.insert(
+                header::ALLOW,
+                HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS, TRACE"),
+            );
+        }
+        if self.is_client_fault() {
+            // The connection may hold the rest of a body we did not read.
+            h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         resp
     }
 }
@@ -120,6 +152,9 @@ mod tests {
                 504,
             ),
             (ProxyError::BadRequest("no path"), 400),
+            (ClientBodyError::Broken("bad chunk".into()).into(), 400),
+            (ClientBodyError::Stalled(Duration::from_secs(1)).into(), 408),
+            (ProxyError::MethodNotAllowed("CONNECT"), 405),
         ];
         for (err, status) in cases {
             assert_eq!(err.into_response().status().as_u16(), status);

@@ -1,10 +1,11 @@
 //! Proxy manners: hop-by-hop headers, forwarding headers, request ids.
 
+use crate::settings::ProxySettings;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
-static HOP_BY_HOP: [HeaderName; 8] = [
+static HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -13,6 +14,7 @@ static HOP_BY_HOP: [HeaderName; 8] = [
     header::TE,
     header::TRAILER,
     header::TRANSFER_ENCODING,
+    HeaderName::from_static("http2-settings"),
 ];
 
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -76,27 +78,103 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
-/// Appends the client address to `X-Forwarded-For` and sets the other
-/// forwarding headers. `host` is the host the client asked for.
-pub fn set_forwarded(headers: &mut HeaderMap, peer_ip: &HeaderValue, host: Option<HeaderValue>) {
-    let xff = match headers.get(&X_FORWARDED_FOR) {
-        Some(prev) => {
-            let mut v = Vec::with_capacity(prev.len() + 2 + peer_ip.len());
-            v.extend_from_slice(prev.as_bytes());
-            v.extend_from_slice(b", ");
-            v.extend_from_slice(peer_ip.as_bytes());
-            HeaderValue::from_bytes(&v).unwrap_or_else(|_| peer_ip.clone())
+/// Headers that only a proxy may set: from an untrusted peer they are
+/// dropped, never passed on (a client could claim any address).
+static FORWARDING: [HeaderName; 5] = [
+    HeaderName::from_static("x-forwarded-for"),
+    HeaderName::from_static("x-forwarded-host"),
+    HeaderName::from_static("x-forwarded-proto"),
+    HeaderName::from_static("x-real-ip"),
+    header::FORWARDED,
+];
+
+pub static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
+/// Sets the forwarding headers. From a trusted proxy, `X-Forwarded-For` keeps
+/// every value it had (all fields, joined in order) and gets the peer
+/// appended, and the other forwarding headers are kept when present. From
+/// anyone else they are replaced: the peer is the client. `X-Real-IP` names
+/// the client: the last address in the chain that is not a trusted proxy.
+/// `host` is the host the client asked for.
+pub fn set_forwarded(
+    headers: &mut HeaderMap,
+    peer_ip: &HeaderValue,
+    trusted: Option<&ProxySettings>,
+    host: Option<HeaderValue>,
+) {
+    let Some(settings) = trusted else {
+        if FORWARDING.iter().any(|n| headers.contains_key(n)) {
+            for n in &FORWARDING {
+                headers.remove(n);
+            }
         }
-        None => peer_ip.clone(),
+        headers.insert(X_FORWARDED_FOR.clone(), peer_ip.clone());
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+        headers.insert(X_REAL_IP.clone(), peer_ip.clone());
+        if let Some(host) = host {
+            headers.insert(X_FORWARDED_HOST.clone(), host);
+        }
+        return;
     };
-    headers.insert(X_FORWARDED_FOR.clone(), xff);
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
-    if let Some(host) = host {
-        if !headers.contains_key(header::HOST) {
-            headers.insert(header::HOST, host.clone());
+    let mut chain: Vec<u8> = Vec::new();
+    for v in headers.get_all(&X_FORWARDED_FOR) {
+        if !chain.is_empty() {
+            chain.extend_from_slice(b", ");
         }
-        headers.insert(X_FORWARDED_HOST.clone(), host);
+        chain.extend_from_slice(v.as_bytes());
     }
+    if !chain.is_empty() {
+        chain.extend_from_slice(b", ");
+    }
+    chain.extend_from_slice(peer_ip.as_bytes());
+    let client = std::str::from_utf8(&chain)
+        .ok()
+        .and_then(|c| {
+            c.rsplit(',')
+                .map(str::trim)
+                .find(|a| a.parse().map_or(true, |ip| !settings.trusts(ip)))
+                .and_then(|a| HeaderValue::from_str(a).ok())
+        })
+        .unwrap_or_else(|| peer_ip.clone());
+    let xff = HeaderValue::from_bytes(&chain).unwrap_or_else(|_| peer_ip.clone());
+    headers.insert(X_FORWARDED_FOR.clone(), xff);
+    headers.insert(X_REAL_IP.clone(), client);
+    if !headers.contains_key(&X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    }
+    if let Some(host) = host {
+        if !headers.contains_key(&X_FORWARDED_HOST) {
+            headers.insert(X_FORWARDED_HOST.clone(), host);
+        }
+    }
+}
+
+/// Drops every `X-Bluegreen-*` header a client sent: those are ours (the
+/// shadow and replay paths set them), and a client that forged
+/// `X-Bluegreen-Shadow` could make the app skip side effects.
+pub fn strip_own(headers: &mut HeaderMap) {
+    let ours: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().starts_with("x-bluegreen-"))
+        .cloned()
+        .collect();
+    for k in ours {
+        headers.remove(k);
+    }
+}
+
+/// A client's request id is kept when it looks like one (1 to 128 of
+/// `A-Z a-z 0-9 - _ . : / + =`, sent once); anything else is replaced, so
+/// logs and apps never see a forged or oversized id.
+fn valid_request_id(headers: &HeaderMap) -> bool {
+    let mut all = headers.get_all(&X_REQUEST_ID).iter();
+    let (Some(v), None) = (all.next(), all.next()) else {
+        return false;
+    };
+    (1..=128).contains(&v.len())
+        && v.as_bytes()
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:/+=".contains(b))
 }
 
 /// Makes request ids: a random per-process prefix and a counter, so ids are
@@ -128,9 +206,9 @@ impl RequestIds {
         }
     }
 
-    /// Sets `X-Request-Id` unless the client sent one.
+    /// Sets `X-Request-Id` unless the client sent a valid one.
     pub fn ensure(&self, headers: &mut HeaderMap) {
-        if headers.contains_key(&X_REQUEST_ID) {
+        if valid_request_id(headers) {
             return;
         }
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
@@ -207,18 +285,86 @@ mod tests {
         assert_eq!(h["upgrade"], "websocket");
     }
 
+    fn settings(trusted: &[&str]) -> ProxySettings {
+        let mut s = ProxySettings::from_config(
+            &bluegreen_core::config::Config::parse(
+                "[proxy]\nlisten = \"127.0.0.1:1\"\n[environments.blue]\nupstreams = [\"127.0.0.1:2\"]\n[environments.green]\nupstreams = [\"127.0.0.1:3\"]\n",
+                "t",
+                std::path::Path::new("/"),
+            )
+            .unwrap()
+            .proxy,
+        );
+        s.trusted_proxies = trusted
+            .iter()
+            .map(|t| {
+                t.parse()
+                    .or_else(|_| t.parse::<std::net::IpAddr>().map(Into::into))
+                    .unwrap()
+            })
+            .collect();
+        s
+    }
+
     #[test]
-    fn forwarded_for_appends_client() {
-        let mut h = map(&[("x-forwarded-for", "10.0.0.1")]);
+    fn forwarding_headers_from_an_untrusted_peer_are_replaced() {
+        let mut h = map(&[
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-forwarded-for", "10.0.0.2"),
+            ("x-forwarded-host", "evil.example"),
+            ("x-forwarded-proto", "https"),
+            ("x-real-ip", "1.2.3.4"),
+            ("forwarded", "for=1.2.3.4"),
+        ]);
         set_forwarded(
             &mut h,
             &HeaderValue::from_static("127.0.0.1"),
+            None,
             Some(HeaderValue::from_static("example.com")),
         );
-        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
+        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
+        assert_eq!(h["x-forwarded-for"], "127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "example.com");
-        assert_eq!(h["host"], "example.com");
+        assert_eq!(h["x-real-ip"], "127.0.0.1");
+        assert!(!h.contains_key("forwarded"));
+    }
+
+    #[test]
+    fn a_trusted_proxy_chain_is_kept_whole_and_the_client_found_in_it() {
+        let s = settings(&["10.0.0.0/8", "127.0.0.1"]);
+        let mut h = map(&[
+            ("x-forwarded-for", "203.0.113.9, 10.0.0.1"),
+            ("x-forwarded-for", "10.0.0.2"),
+            ("x-forwarded-proto", "https"),
+            ("forwarded", "for=203.0.113.9"),
+        ]);
+        set_forwarded(
+            &mut h,
+            &HeaderValue::from_static("127.0.0.1"),
+            Some(&s),
+            Some(HeaderValue::from_static("example.com")),
+        );
+        assert_eq!(
+            h["x-forwarded-for"],
+            "203.0.113.9, 10.0.0.1, 10.0.0.2, 127.0.0.1"
+        );
+        assert_eq!(h["x-real-ip"], "203.0.113.9");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "example.com");
+        assert_eq!(h["forwarded"], "for=203.0.113.9");
+    }
+
+    #[test]
+    fn our_own_headers_are_stripped_from_clients() {
+        let mut h = map(&[
+            ("x-bluegreen-shadow", "1"),
+            ("X-Bluegreen-Replay", "1"),
+            ("x-bluegreenish", "kept"),
+        ]);
+        strip_own(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-bluegreenish"));
     }
 
     #[test]
@@ -230,8 +376,20 @@ mod tests {
         ids.ensure(&mut b);
         assert_eq!(a["x-request-id"].len(), 32);
         assert_ne!(a["x-request-id"], b["x-request-id"]);
-        let mut c = map(&[("x-request-id", "mine")]);
+        let mut c = map(&[("x-request-id", "mine-1.2:3")]);
         ids.ensure(&mut c);
-        assert_eq!(c["x-request-id"], "mine");
+        assert_eq!(c["x-request-id"], "mine-1.2:3");
+        let long = "x".repeat(129);
+        for bad in [
+            &[("x-request-id", "a b")][..],
+            &[("x-request-id", "")],
+            &[("x-request-id", long.as_str())],
+            &[("x-request-id", "a"), ("x-request-id", "b")],
+        ] {
+            let mut h = map(bad);
+            ids.ensure(&mut h);
+            assert_eq!(h.get_all("x-request-id").iter().count(), 1, "{bad:?}");
+            assert_eq!(h["x-request-id"].len(), 32, "{bad:?} replaced");
+        }
     }
 }

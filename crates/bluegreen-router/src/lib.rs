@@ -17,6 +17,7 @@
 #![forbid(unsafe_code)]
 
 pub mod body;
+pub mod client_body;
 pub mod conn;
 pub mod control;
 pub mod downstream;
@@ -28,6 +29,8 @@ pub mod listener;
 pub mod pool;
 pub mod proxy;
 pub mod recorder;
+pub mod rewrite;
+pub mod settings;
 pub mod shadow;
 pub mod snapshot;
 pub mod stats;

@@ -98,6 +98,7 @@ pub async fn serve(
             kind,
             peer_ip: HeaderValue::from_str(&peer.ip().to_string())
                 .expect("an IP address is a valid header value"),
+            peer: peer.ip(),
         });
         let protocols = protocols.clone();
         let drain = drain.clone();

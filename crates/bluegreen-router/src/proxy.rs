@@ -3,14 +3,16 @@
 //! streamed back. Nothing here takes a lock.
 
 use crate::body::{InFlight, ResponseBody, TrackedBody};
+use crate::client_body::{ClientBody, ClientBodyError};
 use crate::conn::{self, Sender};
 use crate::control::Router;
 use crate::error::ProxyError;
-use crate::headers::{self, strip_hop_by_hop, wants_upgrade};
+use crate::headers::{self, strip_hop_by_hop};
 use crate::listener::ListenerKind;
 use crate::pool::Upstream;
 use crate::pool::{Pool, Tried};
 use crate::recorder::Recorder;
+use crate::rewrite;
 use crate::shadow::{Mirror, Shadow, Tee};
 use crate::snapshot::Epoch;
 use crate::tunnel;
@@ -20,12 +22,15 @@ use bluegreen_core::record::Recorded;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::uri::PathAndQuery;
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Version};
 use http_body::Body as _;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
+use std::future::Future;
+use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
 
 pub use crate::conn::UpstreamBody;
 
@@ -35,6 +40,8 @@ pub struct ConnCtx {
     pub kind: ListenerKind,
     /// Client IP, formatted once per connection for `X-Forwarded-For`.
     pub peer_ip: HeaderValue,
+    /// The same, to check against `trusted_proxies`.
+    pub peer: IpAddr,
 }
 
 /// Proxies one request; every failure becomes a response here.
@@ -56,7 +63,11 @@ pub async fn handle(req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
         };
         (snap.pools[side].clone(), epoch, recorder, shadow)
     };
-    let access = conn.router.access_log.then(|| AccessLine::of(&req));
+    let access = conn
+        .router
+        .settings
+        .access_log
+        .then(|| AccessLine::of(&req));
     let mut record = None;
     let taps = Taps {
         recorder: recorder.as_deref(),
@@ -65,6 +76,10 @@ pub async fn handle(req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
     };
     let resp = match forward(req, conn, &pool, epoch, started, taps).await {
         Ok(resp) => resp,
+        Err(err) if err.is_client_fault() => {
+            tracing::debug!(listener = conn.kind.as_str(), error = %err, "request refused");
+            err.into_response()
+        }
         Err(err) => {
             tracing::warn!(listener = conn.kind.as_str(), error = %err, "request failed");
             err.into_response()
@@ -142,7 +157,7 @@ struct Taps<'a> {
 }
 
 async fn forward(
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
     conn: &ConnCtx,
     pool: &Arc<Pool>,
     epoch: Option<Arc<Epoch>>,
@@ -155,34 +170,26 @@ async fn forward(
         shadow,
     } = taps;
     let router = &conn.router;
+    let settings = &router.settings;
     let preview = conn.kind == ListenerKind::Preview;
 
-    // 2. Turn the client's request into the upstream's request head.
-    let upgrade = req.version() == Version::HTTP_11 && wants_upgrade(req.headers());
-    let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    // 2. Refuse what a proxy must not forward; find the target and host.
     let (mut parts, body) = req.into_parts();
-    let host = parts.headers.get(header::HOST).cloned().or_else(|| {
-        parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    });
-    let path = parts
-        .uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    if parts.version == Version::HTTP_2 {
-        join_cookies(&mut parts.headers);
-    }
-    // Taps need the body whole; only bodies up to their caps are read into memory.
-    let shadow = shadow.filter(|s| !upgrade && s.wants(&parts.method, &parts.headers));
+    let on_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
+    let head = rewrite::inspect(&mut parts)?;
+    let on_upgrade = head.upgrade.as_ref().and(on_upgrade);
+
+    // 3. The client's body, tagged so its failures are the client's. Taps
+    //    need it whole; only bodies up to their caps are read into memory.
+    let (body, mut body_sent) = if body.is_end_stream() {
+        (Either::Right(Full::new(Bytes::new())), None)
+    } else {
+        let (b, sent) = ClientBody::new(body, settings.client_body_timeout);
+        (Either::Left(b), Some(sent))
+    };
+    let shadow = shadow.filter(|s| on_upgrade.is_none() && s.wants(&parts.method, &parts.headers));
     let (body, whole) = if recorder.is_none() && shadow.is_none() {
-        if body.is_end_stream() {
-            (Either::Right(Full::new(Bytes::new())), None)
-        } else {
-            (Either::Left(body), None)
-        }
+        (body, None)
     } else {
         let cap = recorder
             .map(|r| r.options.max_body)
@@ -192,7 +199,7 @@ async fn forward(
     };
     // Recorded as the client sent it, before any rewriting.
     if let Some(r) = recorder {
-        *record = Some(capture(&parts, &path, whole.as_ref(), r));
+        *record = Some(capture(&parts, &head.path, whole.as_ref(), r));
     }
     let shadow = match shadow {
         Some(s)
@@ -208,70 +215,52 @@ async fn forward(
         }
         None => None,
     };
-    strip_hop_by_hop(&mut parts.headers, upgrade);
-    headers::set_forwarded(&mut parts.headers, &conn.peer_ip, host);
-    router.ids.ensure(&mut parts.headers);
-    parts.version = Version::HTTP_11;
-    // The copy for the idle side: the request as the upstream sees it.
+
+    // 4. The documented rewrites; the shadow copy is the request as the upstream sees it.
+    let trusted = settings.trusts(conn.peer).then_some(&**settings);
+    rewrite::rewrite(&mut parts, &head, &conn.peer_ip, trusted, &router.ids);
     let mut mirror = shadow.map(|s| {
         let m = Mirror::new(
             &parts.method,
-            &path,
+            &head.path,
             &parts.headers,
             whole.unwrap_or_default(),
         );
         (s, m)
     });
 
-    // 3. Only idempotent requests without a body can be sent twice.
-    let empty = matches!(&body, Either::Right(b) if b.is_end_stream());
-    let retryable = router.retries > 0
-        && pool.upstreams.len() > 1
-        && empty
-        && !upgrade
-        && is_idempotent(&parts.method);
-    let saved = retryable.then(|| (parts.method.clone(), parts.headers.clone()));
-    let mut body = Some(body);
-    let mut parts = Some(parts);
-
-    // 4. Pick an upstream and send; on a connect failure, try another.
-    let deadline = tokio::time::Instant::from_std(started + router.upstream_timeout);
+    // 5. Pick an upstream and send. A connect failure sent nothing, so the
+    //    very same request (head, extensions and body untouched) goes to
+    //    another upstream of the side.
+    let mut req = Request::from_parts(parts, body);
     let mut tried: Tried = 0;
     let mut attempt = 0;
+    let mut last_refused = None;
     loop {
-        let idx = pool.pick(tried, !preview).ok_or(ProxyError::NoUpstream {
-            side: pool.side,
-            role: if preview { "preview" } else { "live" },
-        })?;
+        let Some(idx) = pool.pick(tried, !preview) else {
+            return Err(last_refused.unwrap_or(ProxyError::NoUpstream {
+                side: pool.side,
+                role: if preview { "preview" } else { "live" },
+            }));
+        };
         tried |= 1 << idx;
         let upstream = pool.upstreams[idx].clone();
-        let mut head = match parts.take() {
-            Some(p) => p,
-            None => {
-                let (method, headers) = saved.as_ref().expect("retries save the head");
-                rebuild_parts(method, headers)
-            }
-        };
-        head.uri = origin_form(head.uri, &path);
-        if !head.headers.contains_key(header::HOST) {
-            head.headers
+        if head.host.is_none() {
+            req.headers_mut()
                 .insert(header::HOST, authority_value(&upstream));
         }
-        let outbound = Request::from_parts(
-            head,
-            body.take()
-                .unwrap_or_else(|| Either::Right(Full::new(Bytes::new()))),
-        );
         let guard = InFlight::begin(upstream.clone(), epoch.clone());
-        match send(&upstream, outbound, router.connect_timeout, deadline).await {
+        let limits = (settings.connect_timeout, settings.upstream_timeout);
+        match send(&upstream, req, limits, &mut body_sent).await {
             Ok((resp, sender)) => {
                 upstream.answered(resp.status().as_u16());
                 let tee = mirror.take().map(|(s, m)| {
                     Tee::new(s, m, &resp, upstream.clone(), pool.side, started.elapsed())
                 });
-                return respond(resp, sender, guard, on_upgrade, pool.clone(), router, tee);
+                let upgrade = on_upgrade.zip(head.upgrade);
+                return respond(resp, sender, guard, upgrade, pool.clone(), router, tee);
             }
-            Err(SendError::Connect(reason)) => {
+            Err(SendError::Connect(reason, back)) => {
                 upstream.failed();
                 if let Some(h) = upstream.mark_down(reason.clone()) {
                     router.events.emit(
@@ -281,16 +270,19 @@ async fn forward(
                     );
                     tracing::warn!(side = %pool.side, upstream = %upstream.address, %reason, "upstream marked unhealthy after a failed connect");
                 }
-                if retryable && attempt < router.retries {
-                    attempt += 1;
-                    continue;
-                }
-                return Err(ProxyError::Connect {
+                let err = ProxyError::Connect {
                     upstream: upstream.address.clone(),
                     side: pool.side,
                     reason,
-                });
+                };
+                if attempt >= settings.retries {
+                    return Err(err);
+                }
+                attempt += 1;
+                last_refused = Some(err);
+                req = *back;
             }
+            Err(SendError::Client(e)) => return Err(ProxyError::ClientBody(e)),
             Err(SendError::Upstream(reason)) => {
                 upstream.failed();
                 return Err(ProxyError::Upstream {
@@ -304,7 +296,7 @@ async fn forward(
                 return Err(ProxyError::Timeout {
                     upstream: upstream.address.clone(),
                     side: pool.side,
-                    after: router.upstream_timeout,
+                    after: settings.upstream_timeout,
                 });
             }
         }
@@ -312,11 +304,13 @@ async fn forward(
 }
 
 enum SendError {
-    /// Nothing was sent: no connection could be opened.
-    Connect(String),
+    /// Nothing was sent: no connection could be opened. The request comes back.
+    Connect(String, Box<Request<UpstreamBody>>),
+    /// The client's body broke or stalled while it was being sent.
+    Client(ClientBodyError),
     /// Sent, and then the connection failed.
     Upstream(String),
-    /// No response head before the deadline.
+    /// No response head within the upstream timeout of the request being sent.
     Timeout,
 }
 
@@ -324,13 +318,14 @@ enum SendError {
 pub(crate) async fn send_upstream(
     upstream: &Upstream,
     req: Request<UpstreamBody>,
-    connect_timeout: std::time::Duration,
-    deadline: tokio::time::Instant,
+    connect_timeout: Duration,
+    timeout: Duration,
 ) -> Result<(Response<Incoming>, Sender), String> {
-    send(upstream, req, connect_timeout, deadline)
+    send(upstream, req, (connect_timeout, timeout), &mut None)
         .await
         .map_err(|e| match e {
-            SendError::Connect(r) => format!("connect failed: {r}"),
+            SendError::Connect(r, _) => format!("connect failed: {r}"),
+            SendError::Client(e) => e.to_string(),
             SendError::Upstream(r) => r,
             SendError::Timeout => "timed out".into(),
         })
@@ -339,40 +334,62 @@ pub(crate) async fn send_upstream(
 /// Sends on an idle pooled connection, or a new one. A pooled connection
 /// that closed before the request was written hands the request back and
 /// the next one is tried, so a stale keep-alive connection never fails a
-/// request.
+/// request. `limits` are the connect and upstream timeouts; the upstream
+/// timeout starts once `body_sent` says the body has gone out whole.
 async fn send(
     upstream: &Upstream,
     mut req: Request<UpstreamBody>,
-    connect_timeout: std::time::Duration,
-    deadline: tokio::time::Instant,
+    (connect_timeout, upstream_timeout): (Duration, Duration),
+    body_sent: &mut Option<oneshot::Receiver<()>>,
 ) -> Result<(Response<Incoming>, Sender), SendError> {
     while let Some(mut sender) = upstream.conns.take() {
-        match tokio::time::timeout_at(deadline, sender.ready()).await {
-            Err(_) => return Err(SendError::Timeout),
-            Ok(Err(_)) => continue,
+        match tokio::time::timeout(connect_timeout, sender.ready()).await {
+            Err(_) | Ok(Err(_)) => continue,
             Ok(Ok(())) => {}
         }
-        match tokio::time::timeout_at(deadline, sender.try_send_request(req)).await {
-            Err(_) => return Err(SendError::Timeout),
-            Ok(Ok(resp)) => return Ok((resp, sender)),
-            Ok(Err(mut e)) => match e.take_message() {
+        match answer(sender.try_send_request(req), body_sent, upstream_timeout).await {
+            None => return Err(SendError::Timeout),
+            Some(Ok(resp)) => return Ok((resp, sender)),
+            Some(Err(mut e)) => match e.take_message() {
                 Some(back) => req = back,
-                None => return Err(SendError::Upstream(error_chain(e.error()))),
+                None => return Err(classify(e.error())),
             },
         }
     }
-    let mut sender =
-        match tokio::time::timeout_at(deadline, conn::connect(&upstream.address, connect_timeout))
-            .await
-        {
-            Err(_) => return Err(SendError::Timeout),
-            Ok(Err(e)) => return Err(SendError::Connect(e.to_string())),
-            Ok(Ok(s)) => s,
-        };
-    match tokio::time::timeout_at(deadline, sender.send_request(req)).await {
-        Err(_) => Err(SendError::Timeout),
-        Ok(Ok(resp)) => Ok((resp, sender)),
-        Ok(Err(e)) => Err(SendError::Upstream(error_chain(&e))),
+    let mut sender = match conn::connect(&upstream.address, connect_timeout).await {
+        Err(e) => return Err(SendError::Connect(e.to_string(), Box::new(req))),
+        Ok(s) => s,
+    };
+    match answer(sender.send_request(req), body_sent, upstream_timeout).await {
+        None => Err(SendError::Timeout),
+        Some(Ok(resp)) => Ok((resp, sender)),
+        Some(Err(e)) => Err(classify(&e)),
+    }
+}
+
+/// Waits for the response head: unbounded while the client's body is still
+/// being sent (its own read deadline bounds that), then `limit`.
+async fn answer<F: Future>(
+    fut: F,
+    body_sent: &mut Option<oneshot::Receiver<()>>,
+    limit: Duration,
+) -> Option<F::Output> {
+    tokio::pin!(fut);
+    if let Some(sent) = body_sent {
+        tokio::select! {
+            biased;
+            r = &mut fut => return Some(r),
+            _ = sent => *body_sent = None,
+        }
+    }
+    tokio::time::timeout(limit, fut).await.ok()
+}
+
+/// A send that failed because of the client's body is the client's fault.
+fn classify(e: &hyper::Error) -> SendError {
+    match ClientBodyError::find(e) {
+        Some(c) => SendError::Client(c),
+        None => SendError::Upstream(error_chain(e)),
     }
 }
 
@@ -381,25 +398,31 @@ async fn send(
 /// taps go without it.
 async fn buffer(
     headers: &HeaderMap,
-    body: Incoming,
+    body: UpstreamBody,
     cap: usize,
 ) -> Result<(UpstreamBody, Option<Bytes>), ProxyError> {
-    if body.is_end_stream() {
-        return Ok((Either::Right(Full::new(Bytes::new())), Some(Bytes::new())));
-    }
+    let body = match body {
+        Either::Right(full) if full.is_end_stream() => {
+            return Ok((Either::Right(full), Some(Bytes::new())))
+        }
+        other => other,
+    };
     let length = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
-    if length.is_some_and(|n| n <= cap) {
-        let bytes = http_body_util::BodyExt::collect(body)
-            .await
-            .map_err(|_| ProxyError::BadRequest("the request body could not be read"))?
-            .to_bytes();
-        Ok((Either::Right(Full::new(bytes.clone())), Some(bytes)))
-    } else {
-        Ok((Either::Left(body), None))
+    if length.is_none_or(|n| n > cap) {
+        return Ok((body, None));
     }
+    let bytes = http_body_util::BodyExt::collect(body)
+        .await
+        .map_err(|e| {
+            ProxyError::ClientBody(
+                ClientBodyError::find(&*e).unwrap_or(ClientBodyError::Broken(e.to_string())),
+            )
+        })?
+        .to_bytes();
+    Ok((Either::Right(Full::new(bytes.clone())), Some(bytes)))
 }
 
 /// Builds the record of a request; a body it does not have, or one over the
@@ -425,15 +448,6 @@ fn capture(
     rec
 }
 
-/// HTTP/1.1 upstreams get origin-form targets (`/path?query`).
-fn origin_form(uri: Uri, path: &PathAndQuery) -> Uri {
-    if uri.scheme().is_none() && uri.authority().is_none() {
-        uri
-    } else {
-        Uri::from(path.clone())
-    }
-}
-
 fn authority_value(upstream: &Upstream) -> HeaderValue {
     HeaderValue::from_str(upstream.authority.as_str())
         .expect("an authority is a valid header value")
@@ -444,18 +458,24 @@ fn respond(
     mut resp: Response<Incoming>,
     sender: Sender,
     guard: InFlight,
-    on_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    upgrade: Option<(hyper::upgrade::OnUpgrade, HeaderValue)>,
     pool: Arc<Pool>,
     router: &Arc<Router>,
     tee: Option<Box<Tee>>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        let Some(client_side) = on_upgrade else {
-            return Err(ProxyError::Upstream {
-                upstream: guard.upstream().address.clone(),
-                side: pool.side,
-                reason: "switched protocols without being asked to".into(),
-            });
+        let asked_for = |asked: &HeaderValue| {
+            rewrite::upgrade_matches(asked, resp.headers().get(header::UPGRADE))
+        };
+        let client_side = match upgrade {
+            Some((client_side, asked)) if asked_for(&asked) => client_side,
+            _ => {
+                return Err(ProxyError::Upstream {
+                    upstream: guard.upstream().address.clone(),
+                    side: pool.side,
+                    reason: "switched protocols to one the client did not ask for".into(),
+                })
+            }
         };
         let upstream_side = hyper::upgrade::on(&mut resp);
         strip_hop_by_hop(resp.headers_mut(), true);
@@ -469,38 +489,11 @@ fn respond(
         ));
         return Ok(resp.map(|_| ResponseBody::empty()));
     }
+    // An upstream that sent both framings is read as chunked (RFC 9112
+    // §6.3); its stale length must not reach the client.
+    if resp.headers().contains_key(header::TRANSFER_ENCODING) {
+        resp.headers_mut().remove(header::CONTENT_LENGTH);
+    }
     strip_hop_by_hop(resp.headers_mut(), false);
     Ok(resp.map(|b| ResponseBody::Proxied(TrackedBody::new(b, guard, Some(sender), tee))))
-}
-
-/// A fresh request head for a retry (the first attempt consumed the original).
-fn rebuild_parts(method: &Method, headers: &HeaderMap) -> http::request::Parts {
-    let (mut parts, ()) = Request::new(()).into_parts();
-    parts.method = method.clone();
-    parts.headers = headers.clone();
-    parts.version = Version::HTTP_11;
-    parts
-}
-
-fn is_idempotent(m: &Method) -> bool {
-    matches!(
-        *m,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-    )
-}
-
-/// HTTP/2 may split `Cookie` into several fields; HTTP/1.1 wants one (RFC 9113 §8.2.3).
-fn join_cookies(headers: &mut HeaderMap) {
-    if headers.get_all(header::COOKIE).iter().nth(1).is_none() {
-        return;
-    }
-    let joined: Vec<u8> = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .map(|v| v.as_bytes())
-        .collect::<Vec<_>>()
-        .join(&b"; "[..]);
-    if let Ok(v) = HeaderValue::from_bytes(&joined) {
-        headers.insert(header::COOKIE, v);
-    }
 }

@@ -46,6 +46,44 @@ pub struct Recorder {
     closing: AtomicBool,
 }
 
+/// A recording's file name: 1 to 128 of `A-Z a-z 0-9 . _ -`, not starting
+/// with a dot (so no `..`, no hidden files, no path of any kind).
+pub fn check_name(name: &str) -> Result<(), String> {
+    let ok = (1..=128).contains(&name.len())
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a valid recording name: use 1 to 128 letters, digits, '.', '_' or '-', not starting with '.' (files go into [record] dir)"
+        ))
+    }
+}
+
+/// The directory (0700) and a fresh file in it (0600). `create_new` fails on
+/// anything already there, a symlink or FIFO included, so opening never blocks.
+async fn create_new(dir: &Path, path: &Path) -> std::io::Result<tokio::fs::File> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let (dir, path) = (dir.to_path_buf(), path.to_path_buf());
+    let file = tokio::task::spawn_blocking(move || {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)?;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+    })
+    .await
+    .map_err(std::io::Error::other)??;
+    Ok(tokio::fs::File::from_std(file))
+}
+
 /// Progress of a recording, for the API.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RecordStatus {
@@ -59,13 +97,18 @@ pub struct RecordStatus {
 }
 
 impl Recorder {
-    /// Opens (appending to) `path` and starts the writer.
-    pub async fn start(path: &Path, options: RecordOptions) -> std::io::Result<Arc<Recorder>> {
-        let file = tokio::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .await?;
+    /// Creates `name` in `dir` (a new file, mode 0600: never an existing
+    /// file, link or FIFO) and starts the writer.
+    pub async fn start(
+        dir: &Path,
+        name: &str,
+        options: RecordOptions,
+    ) -> Result<Arc<Recorder>, String> {
+        check_name(name)?;
+        let path = dir.join(name);
+        let file = create_new(dir, &path)
+            .await
+            .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
         let (tx, mut rx) = mpsc::channel::<Recorded>(QUEUE);
         let written = Arc::new(AtomicU64::new(0));
         let bytes = Arc::new(AtomicU64::new(0));
@@ -104,7 +147,7 @@ impl Recorder {
             d.store(true, Ordering::Release);
         });
         Ok(Arc::new(Recorder {
-            path: path.to_path_buf(),
+            path,
             options,
             tx,
             seen: AtomicU64::new(0),
@@ -169,22 +212,72 @@ impl Recorder {
 mod tests {
     use super::*;
 
+    fn options() -> RecordOptions {
+        RecordOptions {
+            percent: 25.0,
+            max_bytes: 1 << 20,
+            max_body: 1024,
+            redact: vec![],
+        }
+    }
+
     #[tokio::test]
     async fn sampling_takes_the_asked_share() {
-        let dir = std::env::temp_dir().join(format!("bg-rec-{}", std::process::id()));
-        let r = Recorder::start(
-            &dir,
-            RecordOptions {
-                percent: 25.0,
-                max_bytes: 1 << 20,
-                max_body: 1024,
-                redact: vec![],
-            },
-        )
-        .await
-        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let r = Recorder::start(dir.path(), "a.jsonl", options())
+            .await
+            .unwrap();
         let taken = (0..1000).filter(|_| r.sample()).count();
         assert_eq!(taken, 250);
-        let _ = std::fs::remove_file(dir);
+    }
+
+    #[tokio::test]
+    async fn recordings_are_new_private_files_with_plain_names_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let records = dir.path().join("records");
+        for bad in [
+            "",
+            "../x",
+            "a/b",
+            ".hidden",
+            "..",
+            "a\0b",
+            "a b",
+            &"x".repeat(129),
+        ] {
+            let e = Recorder::start(&records, bad, options()).await.err();
+            assert!(
+                e.is_some_and(|e| e.contains("not a valid recording name")),
+                "{bad:?}"
+            );
+        }
+        let r = Recorder::start(&records, "t.jsonl", options())
+            .await
+            .unwrap();
+        let mode = std::fs::metadata(&r.path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let dmode = std::fs::metadata(&records).unwrap().permissions().mode();
+        assert_eq!(dmode & 0o777, 0o700);
+        // Never appended to, and never anything that is already there.
+        let again = Recorder::start(&records, "t.jsonl", options())
+            .await
+            .err()
+            .unwrap();
+        assert!(again.contains("File exists"), "{again}");
+        std::os::unix::fs::symlink("/etc/passwd", records.join("link")).unwrap();
+        assert!(Recorder::start(&records, "link", options()).await.is_err());
+        let fifo = records.join("fifo");
+        assert!(std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success());
+        let started = std::time::Instant::now();
+        assert!(Recorder::start(&records, "fifo", options()).await.is_err());
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(1),
+            "a FIFO never blocks"
+        );
     }
 }

@@ -583,7 +583,8 @@ async fn fetch(
     let _claim = crate::body::InFlight::begin(upstream.clone(), None);
     let started = Instant::now();
     let deadline = tokio::time::Instant::now() + timeout;
-    let (resp, sender) = proxy::send_upstream(&upstream, req, router.connect_timeout, deadline)
+    let connect = router.settings.connect_timeout;
+    let (resp, sender) = proxy::send_upstream(&upstream, req, connect, timeout)
         .await
         .map_err(|e| format!("{}: {e}", upstream.address))?;
     let latency = started.elapsed();

@@ -176,11 +176,12 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum RecordAction {
-    /// Start appending live requests to FILE (one JSON object per line).
+    /// Start writing live requests to a new file NAME (one JSON object per line).
     Start {
-        /// File on the router's host; made absolute from here.
-        #[arg(long)]
-        to: PathBuf,
+        /// A new file in the router's `[record] dir` (default
+        /// `STATE_DIR/records`): a plain name, never a path.
+        #[arg(long, value_name = "NAME")]
+        to: String,
         /// Share of live requests recorded, in percent.
         #[arg(long, default_value_t = 100.0)]
         percent: f64,

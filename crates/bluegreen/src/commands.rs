@@ -370,7 +370,6 @@ pub async fn record(
             max_body,
             redact,
         } => {
-            let to = std::path::absolute(&to)?;
             let mut body =
                 json!({"to": to, "percent": percent, "max_bytes": max_bytes, "max_body": max_body});
             if !redact.is_empty() {

@@ -23,7 +23,8 @@ pub struct ReplayArgs {
     pub admin: AdminArgs,
     /// A record file (`bluegreen record`): one JSON request per line.
     pub file: PathBuf,
-    /// `blue`, `green` (that side's upstreams, from the admin API) or a base URL.
+    /// `blue`, `green` (that side's upstreams, from the admin API), or base
+    /// URLs (`http://HOST:PORT`, several separated by commas: taken in turn).
     #[arg(long)]
     pub target: String,
     /// `1x` keeps the recorded timing, `2x` twice as fast, `max` as fast as allowed.
@@ -243,16 +244,19 @@ async fn targets(args: &ReplayArgs) -> anyhow::Result<Vec<String>> {
             anyhow::ensure!(!ups.is_empty(), "the {side} side has no upstreams");
             Ok(ups)
         }
-        url => {
-            let u: http::Uri = url
-                .parse()
-                .with_context(|| format!("--target {url:?} is not blue, green or a URL"))?;
-            anyhow::ensure!(
-                u.scheme_str() == Some("http") && u.authority().is_some(),
-                "--target {url:?}: expected blue, green or http://HOST:PORT"
-            );
-            Ok(vec![url.trim_end_matches('/').to_string()])
-        }
+        urls => urls
+            .split(',')
+            .map(|url| {
+                let u: http::Uri = url
+                    .parse()
+                    .with_context(|| format!("--target {url:?} is not blue, green or a URL"))?;
+                anyhow::ensure!(
+                    u.scheme_str() == Some("http") && u.authority().is_some(),
+                    "--target {url:?}: expected blue, green or http://HOST:PORT"
+                );
+                Ok(url.trim_end_matches('/').to_string())
+            })
+            .collect(),
     }
 }
 
@@ -261,8 +265,10 @@ fn build(base: &str, r: &Recorded) -> anyhow::Result<http::Request<Full<Bytes>>>
         .method(r.method.as_str())
         .uri(format!("{base}{}", r.path));
     for (k, v) in &r.headers {
-        // Redacted secrets are not replayed; hop-by-hop and framing headers are the client's own.
+        // Redacted secrets are not replayed; hop-by-hop and framing headers are the
+        // client's own; our own marks are set here and nowhere else.
         if v == REDACTED
+            || k.starts_with("x-bluegreen-")
             || matches!(
                 k.as_str(),
                 "host"

@@ -72,6 +72,9 @@ pub fn main(path: &Path) -> anyhow::Result<ExitCode> {
         .context("cannot start the async runtime")?;
     rt.block_on(async move {
         let running = start(config, &token).await?;
+        // Handlers go in before the ready line: a signal sent as soon as we
+        // say we are ready must not meet the default action (exit).
+        let signals = Signals::install()?;
         println!(
             "bluegreen ready proxy={} preview={} admin={} live={}",
             running.proxy,
@@ -83,7 +86,7 @@ pub fn main(path: &Path) -> anyhow::Result<ExitCode> {
             running.router.live()
         );
         let _ = std::io::stdout().flush();
-        wait_for_signal().await;
+        signals.wait_for_stop().await;
         running.shutdown().await;
         Ok(ExitCode::SUCCESS)
     })
@@ -214,11 +217,35 @@ async fn bind(addr: SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("cannot listen on {addr} ({key})"))
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+/// The signals `serve` acts on. SIGHUP will mean "reload the config"; until
+/// reload exists it is logged and ignored, never the default action (which
+/// would end the process and refuse every connection).
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
+            hup: signal(SignalKind::hangup()).context("cannot handle SIGHUP")?,
+        })
+    }
+
+    /// Returns on SIGTERM or SIGINT.
+    async fn wait_for_stop(mut self) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => return tracing::info!("SIGTERM: shutting down"),
+                _ = self.int.recv() => return tracing::info!("SIGINT: shutting down"),
+                _ = self.hup.recv() => tracing::warn!(
+                    "SIGHUP: config reload is not supported yet; still serving with the config loaded at start"
+                ),
+            }
+        }
     }
 }

@@ -467,7 +467,7 @@ pub(super) fn validate(
         warm: raw
             .warm
             .as_ref()
-            .and_then(|w| super::shadow::validate_warm(w, base, c, has_preview)),
+            .and_then(|w| super::shadow::validate_warm(w, base, c)),
         shadow: raw
             .shadow
             .as_ref()

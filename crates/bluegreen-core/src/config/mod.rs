@@ -33,6 +33,15 @@ pub struct Config {
     pub deploy: Option<DeployConfig>,
     /// How live traffic is mirrored to the idle side (`bluegreen shadow`).
     pub shadow: ShadowConfig,
+    /// Where recordings of live traffic go (`bluegreen record`).
+    pub record: RecordConfig,
+}
+
+/// Recordings are written only inside this directory, under a plain name:
+/// the admin API can never be made to write anywhere else.
+#[derive(Debug, Clone)]
+pub struct RecordConfig {
+    pub dir: PathBuf,
 }
 
 /// The data plane's listeners and limits.
@@ -53,8 +62,14 @@ pub struct ProxyConfig {
     pub max_header_bytes: usize,
     /// Open client connections accepted at once; more wait in the backlog.
     pub max_connections: usize,
-    /// Extra attempts on another upstream when connecting fails (idempotent requests only).
+    /// Extra attempts on another upstream when connecting fails. Nothing was
+    /// sent then, so every request may be retried, body and all.
     pub retries: u32,
+    /// A client that sends no request body bytes for this long gets a 408.
+    pub client_body_timeout: Duration,
+    /// Peers whose `X-Forwarded-*`, `Forwarded` and `X-Real-IP` are believed
+    /// (a load balancer in front); from anyone else those headers are replaced.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// One log line per request (target `bluegreen::access`; JSON with `--log-format json`).
     pub access_log: bool,
     /// Runtime worker threads; `None` means one per CPU.
@@ -164,6 +179,14 @@ struct RawConfig {
     switch: RawSwitch,
     deploy: Option<deploy::RawDeploy>,
     shadow: Option<shadow::RawShadow>,
+    #[serde(default)]
+    record: RawRecord,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRecord {
+    dir: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -178,6 +201,9 @@ struct RawProxy {
     max_header_bytes: Option<i64>,
     max_connections: Option<i64>,
     retries: Option<i64>,
+    client_body_timeout: Option<String>,
+    #[serde(default)]
+    trusted_proxies: Vec<String>,
     workers: Option<i64>,
     access_log: Option<bool>,
 }
@@ -221,6 +247,10 @@ struct RawSwitch {
 
 // ---- validation -------------------------------------------------------------
 
+/// The longest duration any key accepts: far beyond any sane setting, and
+/// far from where adding it to a clock would overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// Collects issues while converting raw values.
 struct Checker {
     issues: Vec<ConfigIssue>,
@@ -252,6 +282,16 @@ impl Checker {
         match humantime::parse_duration(raw) {
             Ok(d) if d.is_zero() => {
                 self.issue(key, format!("duration {raw:?} must be greater than zero"));
+                default
+            }
+            Ok(d) if d > MAX_DURATION => {
+                self.issue(
+                    key,
+                    format!(
+                        "duration {raw:?} is too long: at most {}",
+                        humantime::format_duration(MAX_DURATION)
+                    ),
+                );
                 default
             }
             Ok(d) => d,
@@ -370,11 +410,14 @@ fn validate(raw: RawConfig, base: &Path, c: &mut Checker) -> Config {
     if dir.is_empty() {
         c.issue("state.dir", "must not be empty");
     }
-    let dir = PathBuf::from(dir);
-    let dir = if dir.is_absolute() {
-        dir
-    } else {
-        base.join(dir)
+    let dir = base.join(dir);
+    let record_dir = match raw.record.dir.as_deref() {
+        Some("") => {
+            c.issue("record.dir", "must not be empty");
+            dir.join("records")
+        }
+        Some(d) => base.join(d),
+        None => dir.join("records"),
     };
 
     let drain_timeout = c.duration(
@@ -399,6 +442,7 @@ fn validate(raw: RawConfig, base: &Path, c: &mut Checker) -> Config {
         source: None,
         deploy,
         shadow,
+        record: RecordConfig { dir: record_dir },
         proxy,
         admin,
         state: StateConfig { dir },
@@ -465,11 +509,35 @@ fn validate_proxy(raw: &RawProxy, c: &mut Checker) -> ProxyConfig {
             10_000_000,
         ) as usize,
         retries: c.int("proxy.retries", raw.retries, 1, 0, 10) as u32,
+        client_body_timeout: c.duration(
+            "proxy.client_body_timeout",
+            raw.client_body_timeout.as_deref(),
+            Duration::from_secs(60),
+        ),
+        trusted_proxies: trusted_proxies(&raw.trusted_proxies, c),
         access_log: raw.access_log.unwrap_or(false),
         workers: raw
             .workers
             .map(|w| c.int("proxy.workers", Some(w), 1, 1, 1024) as usize),
     }
+}
+
+/// `trusted_proxies`: addresses (`10.0.0.7`) or networks (`10.0.0.0/8`).
+fn trusted_proxies(raw: &[String], c: &mut Checker) -> Vec<ipnet::IpNet> {
+    let mut nets = Vec::new();
+    for (i, entry) in raw.iter().enumerate() {
+        let parsed = entry
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| entry.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+        match parsed {
+            Ok(n) => nets.push(n),
+            Err(_) => c.issue(
+                format!("proxy.trusted_proxies[{i}]"),
+                format!("invalid address or network {entry:?}: expected e.g. \"10.0.0.7\" or \"10.0.0.0/8\""),
+            ),
+        }
+    }
+    nets
 }
 
 fn validate_admin(raw: &RawAdmin, c: &mut Checker) -> AdminConfig {

@@ -285,18 +285,7 @@ pub(super) fn validate_step(raw: &RawShadowStep, c: &mut Checker) -> ShadowStep 
     step
 }
 
-pub(super) fn validate_warm(
-    raw: &RawWarm,
-    base: &Path,
-    c: &mut Checker,
-    has_preview: bool,
-) -> Option<WarmStep> {
-    if !has_preview {
-        c.issue(
-            "deploy.warm",
-            "the warm step replays through the preview listener: set proxy.preview_listen",
-        );
-    }
+pub(super) fn validate_warm(raw: &RawWarm, base: &Path, c: &mut Checker) -> Option<WarmStep> {
     let Some(file) = raw.file.as_deref() else {
         c.issue(
             "deploy.warm.file",

@@ -26,7 +26,9 @@ async fn hop_by_hop_headers_are_removed_and_forwarding_headers_set() {
     let seen = blue.state.last_headers.lock().unwrap().clone();
     assert!(!seen.contains_key("x-private"), "{seen:?}");
     assert!(!seen.contains_key("keep-alive"), "{seen:?}");
-    assert_eq!(seen["x-forwarded-for"], "10.1.2.3, 127.0.0.1");
+    // No trusted_proxies: a client's own X-Forwarded-For is not believed.
+    assert_eq!(seen["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(seen["x-real-ip"], "127.0.0.1");
     assert_eq!(seen["x-forwarded-proto"], "http");
     assert_eq!(seen["x-forwarded-host"], "shop.example");
     assert_eq!(seen["host"], "shop.example");

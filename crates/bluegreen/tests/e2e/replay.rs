@@ -155,10 +155,16 @@ async fn recorded_live_traffic_replays_against_another_server() {
     let green = Backend::start("green").await;
     let router = RouterBuilder::new(&[&blue], &[&green]).start();
     router.wait_all_healthy().await;
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("live.jsonl");
-    let (code, out, err) = router.cli(&["record", "start", "--to", file.to_str().unwrap()]);
+    // Only a plain name is taken; the file goes into the state dir's records/.
+    for bad in ["/tmp/elsewhere.jsonl", "../up.jsonl", "a/b"] {
+        let (code, _, err) = router.cli(&["record", "start", "--to", bad]);
+        assert_eq!(code, 1, "{bad}: {err}");
+        assert!(err.contains("not a valid recording name"), "{err}");
+    }
+    let file = router.state_dir.join("records").join("live.jsonl");
+    let (code, out, err) = router.cli(&["record", "start", "--to", "live.jsonl"]);
     assert_eq!(code, 0, "{out}{err}");
+    assert!(file.exists(), "{out}");
     let (code, _) = curl(&["-H", "Authorization: Bearer s3cret", &router.url("/a?x=1")]);
     assert_eq!(code, 0);
     let (code, _) = curl(&["-X", "POST", "--data-binary", "hello", &router.url("/b")]);
@@ -204,6 +210,10 @@ async fn recorded_live_traffic_replays_against_another_server() {
     let (code, _, err) = router.cli(&["record", "stop"]);
     assert_eq!(code, 1);
     assert!(err.contains("no recording is running"), "{err}");
+    // A name already taken is refused: a recording never appends.
+    let (code, _, err) = router.cli(&["record", "start", "--to", "live.jsonl"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("File exists"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -212,18 +222,10 @@ async fn recording_samples_the_asked_share() {
     let green = Backend::start("green").await;
     let router = RouterBuilder::new(&[&blue], &[&green]).start();
     router.wait_all_healthy().await;
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("half.jsonl");
+    let file = router.state_dir.join("records").join("half.jsonl");
     assert_eq!(
         router
-            .cli(&[
-                "record",
-                "start",
-                "--to",
-                file.to_str().unwrap(),
-                "--percent",
-                "50"
-            ])
+            .cli(&["record", "start", "--to", "half.jsonl", "--percent", "50"])
             .0,
         0
     );

@@ -33,3 +33,31 @@ async fn sigterm_drains_in_flight_requests_then_exits() {
     let status = router.wait_exit(Duration::from_secs(10));
     assert!(status.success(), "{status:?}\n{}", router.stderr());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_is_logged_and_the_router_keeps_serving() {
+    let blue = Backend::start("blue").await;
+    let green = Backend::start("green").await;
+    let mut router = RouterBuilder::new(&[&blue], &[&green]).start();
+    router.wait_all_healthy().await;
+    let client = h1_client();
+    for _ in 0..3 {
+        router.signal("HUP");
+    }
+    wait_until(Duration::from_secs(5), "SIGHUP logged", || async {
+        router.stderr().matches("SIGHUP").count() == 3
+    })
+    .await;
+    assert!(
+        router.child.try_wait().unwrap().is_none(),
+        "SIGHUP ended the router:\n{}",
+        router.stderr()
+    );
+    assert_eq!(
+        get(&client, &router.url("/")).await.unwrap(),
+        (200, "blue".into())
+    );
+    assert!(router.stderr().contains("reload is not supported yet"));
+    router.signal("TERM");
+    assert!(router.wait_exit(Duration::from_secs(10)).success());
+}
