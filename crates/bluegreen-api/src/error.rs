@@ -63,8 +63,9 @@ impl From<PipelineError> for ApiError {
         let (status, code) = match &e {
             PipelineError::Switch(s) => return ApiError::from(s.clone()),
             PipelineError::Busy { .. } => (StatusCode::CONFLICT, "deploy_in_progress"),
-            PipelineError::BadVersion(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            PipelineError::BadInput(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             PipelineError::NotWaiting => (StatusCode::CONFLICT, "not_waiting"),
+            PipelineError::Stopped(_) => (StatusCode::CONFLICT, "side_stopped"),
             PipelineError::NoDeploy => (StatusCode::CONFLICT, "no_deploy"),
             PipelineError::TooLateToAbort(_) => (StatusCode::CONFLICT, "too_late"),
             PipelineError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),

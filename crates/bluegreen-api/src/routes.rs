@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Json;
 use bluegreen_core::deploy::DeployOptions;
+use bluegreen_core::input;
 use bluegreen_core::state::{SwitchKind, SwitchRequest};
 use bluegreen_core::Side;
 use bluegreen_pipeline::Pipeline;
@@ -98,7 +99,7 @@ async fn require_token(State(state): State<AppState>, req: Request, next: Next) 
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+        .and_then(|v| bearer(v.as_bytes()))
         .unwrap_or(b"");
     // Constant-time comparison: timing must not reveal how much of a guess matched.
     if !presented.is_empty() && bool::from(presented.ct_eq(&state.token)) {
@@ -106,6 +107,15 @@ async fn require_token(State(state): State<AppState>, req: Request, next: Next) 
     } else {
         ApiError::unauthorized().into_response()
     }
+}
+
+/// The credentials of `Authorization: Bearer <token>`; the scheme name is
+/// case-insensitive (RFC 9110 §11.1).
+fn bearer(value: &[u8]) -> Option<&[u8]> {
+    let (scheme, rest) = value.split_at_checked(7)?;
+    scheme
+        .eq_ignore_ascii_case(b"bearer ")
+        .then(|| rest.trim_ascii_start())
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
@@ -259,8 +269,10 @@ fn parse_body<T: DeserializeOwned + Default>(body: &Bytes) -> Result<T, ApiError
         .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
 }
 
-fn actor(headers: &HeaderMap, given: &Option<String>) -> String {
-    given
+/// Who asked: the body's `actor`, else `X-Bluegreen-Actor`, else `api`;
+/// bounded and printable, since it is kept in the history.
+fn actor(headers: &HeaderMap, given: &Option<String>) -> Result<String, ApiError> {
+    let who = given
         .clone()
         .or_else(|| {
             headers
@@ -268,13 +280,24 @@ fn actor(headers: &HeaderMap, given: &Option<String>) -> String {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string)
         })
-        .unwrap_or_else(|| "api".into())
+        .unwrap_or_else(|| "api".into());
+    input::actor(&who).map_err(ApiError::bad_request)?;
+    Ok(who)
+}
+
+/// The body's `reason`, bounded and printable, or `default`.
+fn reason(given: Option<String>, default: &str) -> Result<String, ApiError> {
+    let r = given.unwrap_or_else(|| default.into());
+    input::reason("reason", &r).map_err(ApiError::bad_request)?;
+    Ok(r)
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SwitchBody {
     to: Option<String>,
+    /// Rollback only: go back to this version (re-deployed when not running).
+    to_version: Option<String>,
     #[serde(default)]
     force: bool,
     actor: Option<String>,
@@ -287,6 +310,11 @@ async fn switch(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let body: SwitchBody = parse_body(&body)?;
+    if body.to_version.is_some() {
+        return Err(ApiError::bad_request(
+            "field \"to_version\" belongs to rollback; switch takes \"to\" (a side)",
+        ));
+    }
     let to = match body.to.as_deref() {
         None => state.router.live().other(),
         Some(s) => s
@@ -297,8 +325,8 @@ async fn switch(
         to,
         kind: SwitchKind::Switch,
         forced: body.force,
-        actor: actor(&headers, &body.actor),
-        reason: body.reason.unwrap_or_else(|| "manual switch".into()),
+        actor: actor(&headers, &body.actor)?,
+        reason: reason(body.reason, "manual switch")?,
     };
     let outcome = match &state.pipeline {
         Some(p) => p.switch(req).await?,
@@ -318,15 +346,23 @@ async fn rollback(
             "field \"to\" is not accepted by rollback: it always returns to the previous side",
         ));
     }
-    let who = actor(&headers, &body.actor);
-    let reason = body.reason.unwrap_or_else(|| "rollback".into());
+    let who = actor(&headers, &body.actor)?;
+    let reason = reason(body.reason, "rollback")?;
     let Some(p) = &state.pipeline else {
+        if body.to_version.is_some() {
+            return Err(ApiError::bad_request(
+                "field \"to_version\" needs a [deploy] pipeline",
+            ));
+        }
         let outcome = state.router.rollback(body.force, who, reason).await?;
         return Ok(Json(outcome).into_response());
     };
-    let result = p.rollback(body.force, who, reason).await?;
+    let result = p.rollback(body.force, body.to_version, who, reason).await?;
     let value = match (result.switched, result.redeploy) {
-        (Some(o), _) => serde_json::to_value(o).expect("serialises"),
+        (Some(mut o), _) => {
+            o.message = result.message;
+            serde_json::to_value(o).expect("serialises")
+        }
         (None, redeploy) => serde_json::json!({
             "changed": false,
             "live": state.router.live(),
@@ -360,16 +396,14 @@ async fn deploy(
 ) -> Result<Response, ApiError> {
     let p = state.pipeline()?;
     let body: DeployBody = parse_body(&body)?;
-    if body.version.is_empty() {
-        return Err(ApiError::bad_request("field \"version\" is required"));
-    }
+    input::version(&body.version).map_err(ApiError::bad_request)?;
     let options = DeployOptions {
         manual_promote: body.manual_promote,
         skip_smoke: body.skip_smoke,
         skip_shadow: body.skip_shadow,
         env: body.env,
-        actor: actor(&headers, &body.actor),
-        reason: body.reason.unwrap_or_default(),
+        actor: actor(&headers, &body.actor)?,
+        reason: reason(body.reason, "")?,
     };
     let record = p.deploy(&body.version, options).await?;
     Ok((StatusCode::ACCEPTED, Json(record)).into_response())
@@ -422,11 +456,8 @@ async fn abort(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let body: AbortBody = parse_body(&body)?;
-    let who = actor(&headers, &body.actor);
-    let reason = format!(
-        "{} by {who}",
-        body.reason.unwrap_or_else(|| "aborted".into())
-    );
+    let who = actor(&headers, &body.actor)?;
+    let reason = format!("{} by {who}", reason(body.reason, "aborted")?);
     let record = state.pipeline()?.abort(reason).await?;
     Ok(Json(record).into_response())
 }

@@ -17,6 +17,7 @@ use bluegreen_core::config::deploy::{DeployConfig, DeployMethod};
 use bluegreen_core::deploy::{
     DeployBook, DeployOptions, DeployRecord, Outcome, PendingDecommission, Step, StepState,
 };
+use bluegreen_core::rollback::{self, RollbackPlan};
 use bluegreen_core::state::{SwitchKind, SwitchRequest};
 use bluegreen_core::Side;
 use bluegreen_router::{Router, SwitchError, SwitchOutcome};
@@ -38,8 +39,12 @@ pub enum PipelineError {
         version: String,
         step: String,
     },
-    #[error("invalid version {0:?}: use 1 to 128 letters, digits, '.', '_', '-' or '+'")]
-    BadVersion(String),
+    /// The side asked for has no running app (the message says what to do).
+    #[error("{0}")]
+    Stopped(String),
+    /// A version or deploy env entry that cannot be used (the message says why).
+    #[error("{0}")]
+    BadInput(String),
     #[error("no deploy is waiting at the manual gate")]
     NotWaiting,
     #[error("no deploy is in progress")]
@@ -84,6 +89,12 @@ pub struct Pipeline {
     store: Arc<dyn StateStore>,
     config: DeployConfig,
     book: tokio::sync::Mutex<DeployBook>,
+    /// Held from the check to the act by everything that decides what a side
+    /// is for: manual switches and rollbacks, starting a deploy, stopping a
+    /// side. Without it a switch could land between a deploy's "target is
+    /// idle" and its start, or between a decommission's "not live" and the
+    /// stop. Status reads never take it. Order: fence, then book.
+    fence: tokio::sync::Mutex<()>,
     run: Mutex<Option<Arc<RunHandle>>>,
     supervisor: Option<Arc<Supervisor>>,
     decommission_timer: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -105,13 +116,6 @@ pub(crate) fn exe() -> &'static str {
             .map(|p| p.display().to_string())
             .unwrap_or_else(|_| "bluegreen".into())
     })
-}
-
-fn valid_version(v: &str) -> bool {
-    !v.is_empty()
-        && v.len() <= 128
-        && v.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-+".contains(&b))
 }
 
 impl Pipeline {
@@ -143,6 +147,7 @@ impl Pipeline {
             store,
             config,
             book: tokio::sync::Mutex::new(book),
+            fence: tokio::sync::Mutex::new(()),
             run: Mutex::new(None),
             supervisor,
             decommission_timer: Mutex::new(None),
@@ -191,9 +196,12 @@ impl Pipeline {
         version: &str,
         options: DeployOptions,
     ) -> Result<DeployRecord, PipelineError> {
-        if !valid_version(version) {
-            return Err(PipelineError::BadVersion(version.to_string()));
+        // Versions become paths and arguments; env reaches app processes.
+        bluegreen_core::input::version(version).map_err(PipelineError::BadInput)?;
+        for (k, v) in &options.env {
+            bluegreen_core::input::env_var(k, v).map_err(PipelineError::BadInput)?;
         }
+        let _fence = self.fence.lock().await;
         let mut book = self.book.lock().await;
         if let Some(d) = book.current.as_ref().filter(|d| !d.is_finished()) {
             return Err(busy(d));
@@ -299,61 +307,99 @@ impl Pipeline {
 
     /// A manual switch, refused while a deploy runs (it owns the switch).
     pub async fn switch(&self, req: SwitchRequest) -> Result<SwitchOutcome, PipelineError> {
+        let _fence = self.fence.lock().await;
         let book = self.book.lock().await;
         if let Some(d) = book.current.as_ref().filter(|d| !d.is_finished()) {
             return Err(busy(d));
         }
-        drop(book);
         let to = req.to;
+        if let Some(refused) = stopped(&book, to, self.router.live()) {
+            return Err(refused);
+        }
+        drop(book);
         let outcome = self.router.switch(req).await?;
         self.cancel_decommission_of(to).await?;
         Ok(outcome)
     }
 
     /// Back to the side live before the last switch: instant while it is still
-    /// up; a re-deploy of its version through the pipeline once decommissioned.
+    /// up and what it runs was good; a re-deploy through the pipeline once it
+    /// was decommissioned. Never onto a version a deploy rejected: then the
+    /// good release before the live one, or a refusal that says why
+    /// (`core::rollback`). With `to_version`, that version on the idle side.
     pub async fn rollback(
         self: &Arc<Self>,
         forced: bool,
+        to_version: Option<String>,
         actor: String,
         reason: String,
     ) -> Result<RollbackResult, PipelineError> {
+        if let Some(v) = &to_version {
+            bluegreen_core::input::version(v).map_err(PipelineError::BadInput)?;
+        }
+        let fence = self.fence.lock().await;
         let book = self.book.lock().await;
         if let Some(d) = book.current.as_ref().filter(|d| !d.is_finished()) {
             return Err(busy(d));
         }
-        let target = self
-            .router
-            .rollback_target()
-            .await
-            .map_err(PipelineError::Switch)?;
-        let release = book.sides[target].clone();
+        let live = self.router.live();
+        let plan = match &to_version {
+            Some(v) => rollback::plan_to(&book, live, v, forced),
+            None => {
+                let target = self
+                    .router
+                    .rollback_target()
+                    .await
+                    .map_err(PipelineError::Switch)?;
+                rollback::plan(&book, live, target)
+            }
+        };
         drop(book);
-        if let (false, Some(version)) = (release.running, release.version.clone()) {
-            let why = format!("rollback: {target} was decommissioned, so {version} is re-deployed to it through the pipeline");
-            let record = self
-                .deploy(
-                    &version,
-                    DeployOptions {
+        match plan {
+            RollbackPlan::Nothing(why) => Err(PipelineError::Stopped(why)),
+            RollbackPlan::AlreadyLive { version } => Err(PipelineError::Stopped(format!(
+                "{version} is already live on {live}"
+            ))),
+            RollbackPlan::Redeploy { version, why, .. } => {
+                // The deploy takes the fence itself and checks again.
+                drop(fence);
+                let why = format!("rollback: {why}");
+                let record = self
+                    .deploy(
+                        &version,
+                        DeployOptions {
+                            actor,
+                            reason: why.clone(),
+                            ..DeployOptions::default()
+                        },
+                    )
+                    .await?;
+                Ok(RollbackResult {
+                    message: format!("{why} (deploy #{})", record.id),
+                    switched: None,
+                    redeploy: Some(record),
+                })
+            }
+            RollbackPlan::Switch { side, version } => {
+                let outcome = self
+                    .router
+                    .switch(SwitchRequest {
+                        to: side,
+                        kind: SwitchKind::Rollback,
+                        forced,
                         actor,
-                        reason: why.clone(),
-                        ..DeployOptions::default()
-                    },
-                )
-                .await?;
-            return Ok(RollbackResult {
-                message: format!("{why} (deploy #{})", record.id),
-                switched: None,
-                redeploy: Some(record),
-            });
+                        reason,
+                    })
+                    .await?;
+                self.cancel_decommission_of(side).await?;
+                let running = version.map(|v| format!(" ({v})")).unwrap_or_default();
+                Ok(RollbackResult {
+                    message: format!("{}{running}", outcome.message),
+                    switched: Some(outcome),
+                    redeploy: None,
+                })
+            }
         }
-        let outcome = self.router.rollback(forced, actor, reason).await?;
-        self.cancel_decommission_of(target).await?;
-        Ok(RollbackResult {
-            message: outcome.message.clone(),
-            switched: Some(outcome),
-            redeploy: None,
-        })
     }
 
     /// Called at `serve` shutdown: stops app processes if asked to.
@@ -435,6 +481,18 @@ impl Pipeline {
     }
 }
 
+/// A manual switch to a side whose app was stopped would send live traffic
+/// to nothing: refused, pointing at rollback (which re-deploys it).
+fn stopped(book: &DeployBook, to: Side, live: Side) -> Option<PipelineError> {
+    let r = &book.sides[to];
+    (to != live && !r.running && r.version.is_some()).then(|| {
+        PipelineError::Stopped(format!(
+            "{to} ({}) was decommissioned: its app is stopped; use rollback or deploy to bring it back",
+            r.version.as_deref().unwrap_or("?")
+        ))
+    })
+}
+
 fn busy(d: &DeployRecord) -> PipelineError {
     PipelineError::Busy {
         id: d.id,
@@ -455,18 +513,5 @@ pub fn outcome_name(o: Outcome) -> &'static str {
         Outcome::RolledBack => "rolled_back",
         Outcome::Aborted => "aborted",
         Outcome::Failed => "failed",
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn versions_are_checked() {
-        assert!(valid_version("v2.1.0-rc1+build5"));
-        assert!(!valid_version(""));
-        assert!(!valid_version("v2 beta"));
-        assert!(!valid_version("../etc"));
     }
 }

@@ -34,21 +34,34 @@ pub(crate) async fn run(p: Arc<Pipeline>, handle: Arc<RunHandle>) {
             finish(&p, Outcome::Succeeded, None).await;
             return;
         };
-        update(&p, true, |d| d.start(step, now_ms())).await;
-        failpoint(step, "start");
-        let end = exec(&p, &handle, &record, step).await;
-        match end {
-            StepEnd::Done(detail) => update(&p, true, |d| d.finish(step, detail, now_ms())).await,
-            StepEnd::Skipped(why) => update(&p, true, |d| d.skip(step, &why, now_ms())).await,
-            StepEnd::End(outcome, reason) => {
-                tracing::warn!(id = record.id, step = step.as_str(), outcome = crate::outcome_name(outcome), %reason, "deploy ended");
-                update(&p, false, |d| {
-                    d.end(Some(step), outcome, reason.clone(), now_ms())
-                })
-                .await;
-                finish(&p, outcome, Some(reason)).await;
-                return;
+        let started = update(&p, |d| d.start(step, now_ms())).await;
+        let end = match started {
+            Err(e) => StepEnd::End(
+                Outcome::Failed,
+                format!("{e}; {} was not run", step.as_str()),
+            ),
+            Ok(()) => {
+                failpoint(step, "start");
+                exec(&p, &handle, &record, step).await
             }
+        };
+        let recorded = match &end {
+            StepEnd::Done(detail) => update(&p, |d| d.finish(step, detail.clone(), now_ms())).await,
+            StepEnd::Skipped(why) => update(&p, |d| d.skip(step, why, now_ms())).await,
+            StepEnd::End(..) => Ok(()),
+        };
+        let end = match recorded {
+            Ok(()) => end,
+            Err(e) => StepEnd::End(
+                Outcome::Failed,
+                format!("{e} after {} ended", step.as_str()),
+            ),
+        };
+        if let StepEnd::End(outcome, reason) = end {
+            tracing::warn!(id = record.id, step = step.as_str(), outcome = crate::outcome_name(outcome), %reason, "deploy ended");
+            touch(&p, |d| d.end(Some(step), outcome, reason.clone(), now_ms())).await;
+            finish(&p, outcome, Some(reason)).await;
+            return;
         }
         failpoint(step, "end");
     }
@@ -65,27 +78,35 @@ fn failpoint(step: Step, point: &str) {
     }
 }
 
-/// Applies `f` to the current record; persists when `durable`.
-async fn update(p: &Pipeline, durable: bool, f: impl FnOnce(&mut DeployRecord)) {
+/// Applies `f` to the current record and writes the book: resuming after a
+/// crash depends on this record, so a failed write is the step's failure.
+async fn update(p: &Pipeline, f: impl FnOnce(&mut DeployRecord)) -> Result<(), String> {
     let mut book = p.book.lock().await;
     if let Some(d) = book.current.as_mut() {
         f(d);
         p.router.events.emit("deploy", &*d);
     }
-    if durable {
-        if let Err(e) = p.persist(&book).await {
-            tracing::error!(error = %e, "could not persist the deploy record");
-        }
+    p.persist(&book)
+        .await
+        .map_err(|e| format!("could not persist the deploy record: {e}"))
+}
+
+/// Applies `f` in memory only (log lines, notes): the next durable update writes it.
+async fn touch(p: &Pipeline, f: impl FnOnce(&mut DeployRecord)) {
+    let mut book = p.book.lock().await;
+    if let Some(d) = book.current.as_mut() {
+        f(d);
+        p.router.events.emit("deploy", &*d);
     }
 }
 
 async fn log(p: &Pipeline, text: String) {
     tracing::info!(target: "deploy", "{text}");
-    update(p, false, |d| d.log(text, now_ms())).await;
+    touch(p, |d| d.log(text, now_ms())).await;
 }
 
 async fn note(p: &Pipeline, step: Step, text: String) {
-    update(p, false, |d| d.note(step, text)).await;
+    touch(p, |d| d.note(step, text)).await;
 }
 
 /// Sets the outcome, records what each side runs, archives the deploy.
@@ -596,7 +617,9 @@ async fn switch(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployRecord) -> Step
         return end;
     }
     let baseline = p.router.live_window(d.from).since(&handle.baseline_start);
-    update(p, true, |r| r.baseline = Some(baseline.clone())).await;
+    if let Err(e) = update(p, |r| r.baseline = Some(baseline.clone())).await {
+        return StepEnd::End(Outcome::Failed, e);
+    }
     let result = p
         .router
         .switch(SwitchRequest {
@@ -687,7 +710,8 @@ async fn bake(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployRecord) -> StepEn
                     "bake",
                     serde_json::json!({"deploy_id": d.id, "verdict": "breach", "detail": b.summary, "breach": b}),
                 );
-                update(p, true, |r| r.breach = Some(b.clone())).await;
+                // The rollback comes first; the breach is written with the outcome.
+                touch(p, |r| r.breach = Some(b.clone())).await;
                 let t = Instant::now();
                 return match p.switch_back(d, SwitchKind::Rollback, &reason).await {
                     Ok(o) => {
@@ -754,6 +778,8 @@ async fn decommission_step(p: &Arc<Pipeline>, d: &DeployRecord) -> StepEnd {
 async fn decommission(p: &Arc<Pipeline>, side: Side) -> Result<String, String> {
     let drain = p.router.config().switch.drain_timeout;
     p.router.wait_drained(side, drain).await;
+    // Held until the side is stopped: no switch can make it live meanwhile.
+    let _fence = p.fence.lock().await;
     if p.router.live() == side {
         return Err(format!("{side} is live; refusing to stop it"));
     }

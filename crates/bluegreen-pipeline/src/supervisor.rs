@@ -11,7 +11,7 @@
 use bluegreen_core::config::deploy::SupervisorConfig;
 use bluegreen_core::{Side, Sides};
 use bluegreen_store::{load_json, save_json, StateStore, StoreError, PROCESSES_KEY};
-use nix::sys::signal::{kill, Signal};
+use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -64,7 +64,10 @@ pub struct Supervisor {
     logs: PathBuf,
     exe: String,
     store: Arc<dyn StateStore>,
+    /// Held only to read or change the table, never across I/O.
     table: Mutex<ProcessTable>,
+    /// Orders writes of the table: each writes the state as of its turn.
+    writes: tokio::sync::Mutex<()>,
     monitors: tokio::sync::Mutex<Sides<Vec<Monitor>>>,
 }
 
@@ -110,6 +113,7 @@ impl Supervisor {
             exe,
             store,
             table: Mutex::new(table),
+            writes: tokio::sync::Mutex::new(()),
             monitors: tokio::sync::Mutex::new(Sides::default()),
         }))
     }
@@ -164,7 +168,7 @@ impl Supervisor {
                 let child = if alive {
                     None
                 } else {
-                    Some(self.spawn_at(side, i)?)
+                    Some(self.spawn_at(side, i).await?)
                 };
                 monitors[side].push(self.monitor(side, i, child));
             }
@@ -205,7 +209,7 @@ impl Supervisor {
             });
         }
         for i in 0..addresses.len() {
-            let child = self.spawn_at(side, i)?;
+            let child = self.spawn_at(side, i).await?;
             monitors[side].push(self.monitor(side, i, Some(child)));
         }
         Ok(self.table().sides[side]
@@ -222,10 +226,27 @@ impl Supervisor {
             m.stop.cancel();
             let _ = m.handle.await;
         }
-        let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
-        if table.sides[side].take().is_some() {
-            save_json(self.store.as_ref(), PROCESSES_KEY, &*table)?;
+        let had = self.table.lock().unwrap_or_else(|p| p.into_inner()).sides[side]
+            .take()
+            .is_some();
+        if had {
+            self.persist().await?;
         }
+        Ok(())
+    }
+
+    /// Writes the table as it is now, off the async threads and outside
+    /// the table's lock (status reads never wait for an fsync).
+    async fn persist(&self) -> Result<(), SupervisorError> {
+        let _turn = self.writes.lock().await;
+        let copy = self.table();
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || save_json(store.as_ref(), PROCESSES_KEY, &copy))
+            .await
+            .map_err(|e| SupervisorError::Io {
+                path: self.store.locate(PROCESSES_KEY),
+                source: std::io::Error::other(e),
+            })??;
         Ok(())
     }
 
@@ -251,23 +272,33 @@ impl Supervisor {
     }
 
     /// Starts process `i` of `side` and records its pid.
-    fn spawn_at(&self, side: Side, i: usize) -> Result<tokio::process::Child, SupervisorError> {
-        let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
-        let procs = table.sides[side].as_mut().expect("side has processes");
-        let (version, env) = (procs.version.clone(), procs.env.clone());
-        let rec = &mut procs.procs[i];
-        let log = std::fs::OpenOptions::new()
+    async fn spawn_at(
+        self: &Arc<Self>,
+        side: Side,
+        i: usize,
+    ) -> Result<tokio::process::Child, SupervisorError> {
+        let (rec, version, env) = {
+            let table = self.table.lock().unwrap_or_else(|p| p.into_inner());
+            let procs = table.sides[side].as_ref().expect("side has processes");
+            (
+                procs.procs[i].clone(),
+                procs.version.clone(),
+                procs.env.clone(),
+            )
+        };
+        let io_err = |source| SupervisorError::Io {
+            path: rec.log.clone(),
+            source,
+        };
+        let log = tokio::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&rec.log)
-            .map_err(|source| SupervisorError::Io {
-                path: rec.log.clone(),
-                source,
-            })?;
-        let log2 = log.try_clone().map_err(|source| SupervisorError::Io {
-            path: rec.log.clone(),
-            source,
-        })?;
+            .await
+            .map_err(io_err)?
+            .into_std()
+            .await;
+        let log2 = log.try_clone().map_err(io_err)?;
         let mut cmd = std::process::Command::new(&rec.argv[0]);
         cmd.args(&rec.argv[1..])
             .current_dir(&self.workdir)
@@ -280,7 +311,7 @@ impl Supervisor {
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log2))
             // Its own process group: a Ctrl-C or SIGTERM to the router's group
-            // must not reach the app.
+            // must not reach the app, and a stop reaches all of the app's.
             .process_group(0);
         let child = tokio::process::Command::from(cmd)
             .spawn()
@@ -289,10 +320,17 @@ impl Supervisor {
                 argv: rec.argv.clone(),
                 source,
             })?;
-        rec.pid = child.id().unwrap_or(0);
-        rec.start_time = start_time(rec.pid).unwrap_or(0);
-        tracing::info!(%side, pid = rec.pid, address = %rec.address, %version, "supervisor: started");
-        save_json(self.store.as_ref(), PROCESSES_KEY, &*table)?;
+        let pid = child.id().unwrap_or(0);
+        let started = start_time(pid).unwrap_or(0);
+        {
+            let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(procs) = table.sides[side].as_mut() {
+                procs.procs[i].pid = pid;
+                procs.procs[i].start_time = started;
+            }
+        }
+        tracing::info!(%side, pid, address = %rec.address, %version, "supervisor: started");
+        self.persist().await?;
         Ok(child)
     }
 
@@ -340,7 +378,7 @@ impl Supervisor {
                         s.procs[i].last_exit = Some(status.clone());
                     }
                 }
-                match sup.spawn_at(side, i) {
+                match sup.spawn_at(side, i).await {
                     Ok(c) => child = Some(c),
                     Err(e) => {
                         tracing::error!(%side, error = %e, "supervisor: restart failed");
@@ -374,17 +412,23 @@ async fn wait_exit(child: &mut Option<tokio::process::Child>, pid: u32, started:
     }
 }
 
-/// SIGTERM, wait up to `grace`, then SIGKILL; reaps our own children.
+/// SIGTERM to the app's process group, wait up to `grace`, then SIGKILL to
+/// the group; reaps our own children. A process we did not start (adopted)
+/// is signalled only while its pid still names the process with the
+/// recorded start time; our own child cannot have been replaced.
 async fn terminate(
     child: &mut Option<tokio::process::Child>,
     pid: u32,
     started: u64,
     grace: Duration,
 ) {
-    if pid == 0 || !is_same_process(pid, started) {
+    let ours = child.as_ref().is_some_and(|c| c.id().is_some());
+    if pid == 0 || !(ours || is_same_process(pid, started)) {
         return;
     }
-    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+    let group = Pid::from_raw(pid as i32);
+    let _ = killpg(group, Signal::SIGTERM);
+    let deadline = Instant::now() + grace;
     let exited = tokio::time::timeout(grace, wait_exit(child, pid, started))
         .await
         .is_ok();
@@ -393,9 +437,42 @@ async fn terminate(
             pid,
             "supervisor: no exit within the stop grace; sending SIGKILL"
         );
-        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        let _ = killpg(group, Signal::SIGKILL);
         let _ = wait_exit(child, pid, started).await;
+        return;
     }
+    // The leader is gone; what it started (a shell wrapper's children) gets
+    // the rest of the grace, then SIGKILL.
+    while !group_members(pid).is_empty() {
+        if Instant::now() >= deadline {
+            tracing::warn!(
+                pid,
+                "supervisor: the app's process group outlived the stop grace; sending SIGKILL"
+            );
+            let _ = killpg(group, Signal::SIGKILL);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Live processes whose process group is `pgid`, from `/proc`.
+fn group_members(pgid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    let rest = stat.get(stat.rfind(')')? + 2..)?.to_string();
+                    let f: Vec<&str> = rest.split_whitespace().collect();
+                    Some(f.first() != Some(&"Z") && f.get(2)? == &pgid.to_string())
+                })
+                .unwrap_or(false)
+        })
+        .collect()
 }
 
 /// The start time of a live (non-zombie) process, from `/proc/PID/stat`.
@@ -410,9 +487,10 @@ pub fn start_time(pid: u32) -> Option<u64> {
     fields.get(19)?.parse().ok()
 }
 
-/// True when `pid` is still the process that was started at `started`.
+/// True when `pid` is still the process that was started at `started`. An
+/// unknown start time (0) matches nothing: the pid may have been reused.
 pub fn is_same_process(pid: u32, started: u64) -> bool {
-    pid != 0 && start_time(pid).is_some_and(|t| started == 0 || t == started)
+    pid != 0 && started != 0 && start_time(pid) == Some(started)
 }
 
 #[cfg(test)]
@@ -429,5 +507,9 @@ mod tests {
             "a different start time is a different process"
         );
         assert!(!is_same_process(0, 0));
+        assert!(
+            !is_same_process(me, 0),
+            "an unknown start time is never a match"
+        );
     }
 }

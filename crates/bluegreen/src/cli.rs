@@ -90,9 +90,14 @@ pub enum Command {
     Rollback {
         #[command(flatten)]
         admin: AdminArgs,
-        /// Roll back even if that side has no healthy upstream.
+        /// Roll back even if that side has no healthy upstream (or, with
+        /// --to-version, to a version a deploy rejected).
         #[arg(long)]
         force: bool,
+        /// Go back to this version: an instant switch when the idle side runs
+        /// it, else a re-deploy of it to the idle side.
+        #[arg(long, value_name = "VERSION")]
+        to_version: Option<String>,
         /// Why, recorded in the history.
         #[arg(long)]
         reason: Option<String>,
@@ -231,9 +236,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Rollback {
             admin,
             force,
+            to_version,
             reason,
             json,
-        } => client_runtime()?.block_on(commands::rollback(&admin, force, reason, json)),
+        } => {
+            client_runtime()?.block_on(commands::rollback(&admin, force, to_version, reason, json))
+        }
         Command::Deploy {
             admin,
             version,

@@ -6,6 +6,7 @@ use bluegreen_api::AdminClient;
 use bluegreen_core::config::Config;
 use bluegreen_core::deploy::{DeployRecord, Outcome};
 use bluegreen_core::health::Health;
+use bluegreen_core::state::{SwitchKind, SwitchRecord};
 use bluegreen_core::Side;
 use bluegreen_router::status::Status;
 use bluegreen_router::SwitchOutcome;
@@ -16,8 +17,35 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 pub(crate) fn client(args: &AdminArgs) -> AdminClient {
-    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
-    AdminClient::new(&args.admin, args.token.clone(), format!("cli:{user}"))
+    AdminClient::new(&args.admin, args.token.clone(), actor())
+}
+
+/// Who runs this command, for the history: `BLUEGREEN_ACTOR` when set (a CI
+/// job, a chat bot), else `cli:USER@HOST`.
+pub(crate) fn actor() -> String {
+    if let Ok(a) = std::env::var("BLUEGREEN_ACTOR") {
+        if !a.trim().is_empty() {
+            return a;
+        }
+    }
+    let user = ["USER", "LOGNAME"]
+        .iter()
+        .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
+        .or_else(|| {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata("/proc/self")
+                .ok()
+                .map(|m| format!("uid{}", m.uid()))
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    if host.is_empty() {
+        format!("cli:{user}")
+    } else {
+        format!("cli:{user}@{host}")
+    }
 }
 
 /// `bluegreen check`: validates a config and lists every problem.
@@ -105,11 +133,12 @@ pub async fn switch(
 pub async fn rollback(
     args: &AdminArgs,
     force: bool,
+    to_version: Option<String>,
     reason: Option<String>,
     as_json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let body =
-        json!({"force": force, "reason": reason.unwrap_or_else(|| "manual rollback".into())});
+    let body = json!({"force": force, "to_version": to_version,
+        "reason": reason.unwrap_or_else(|| "manual rollback".into())});
     let c = client(args);
     let answer: serde_json::Value = match c.post("/api/v1/rollback", body).await {
         Ok(v) => v,
@@ -236,34 +265,111 @@ pub async fn abort(args: &AdminArgs, reason: Option<String>) -> anyhow::Result<E
 
 /// `bluegreen history`.
 pub async fn history(args: &AdminArgs, as_json: bool) -> anyhow::Result<ExitCode> {
-    let v: serde_json::Value = match client(args).get("/api/v1/deploys").await {
-        Ok(v) => v,
-        Err(e) => return fail(e),
+    let c = client(args);
+    let (deploys, switches) = match (
+        c.get::<serde_json::Value>("/api/v1/deploys").await,
+        c.get::<serde_json::Value>("/api/v1/history").await,
+    ) {
+        (Ok(d), Ok(s)) => (d, s),
+        (Err(e), _) | (_, Err(e)) => return fail(e),
     };
     if as_json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        let mut all = deploys.clone();
+        all["switches"] = switches["switches"].clone();
+        println!("{}", serde_json::to_string_pretty(&all)?);
         return Ok(ExitCode::SUCCESS);
     }
-    let deploys: Vec<DeployRecord> = serde_json::from_value(v["deploys"].clone())?;
-    if deploys.is_empty() {
-        println!("no deploys yet");
+    let deploys: Vec<DeployRecord> = serde_json::from_value(deploys["deploys"].clone())?;
+    let switches: Vec<SwitchRecord> = serde_json::from_value(switches["switches"].clone())?;
+    print!("{}", render_history(&deploys, &switches));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Deploys and switches in one timeline, oldest first. Switches a deploy made
+/// are shown under it; every other switch (manual, forced, rollbacks) on a
+/// line of its own with who and why. Versions a deploy rejected say so.
+pub fn render_history(deploys: &[DeployRecord], switches: &[SwitchRecord]) -> String {
+    enum Entry<'a> {
+        Deploy(&'a DeployRecord),
+        Switch(&'a SwitchRecord),
     }
-    for d in &deploys {
-        println!("{}", crate::progress::verdict(d));
-        let steps: Vec<String> = d
-            .steps
-            .iter()
-            .map(|s| match s.duration_ms() {
-                Some(ms) => format!("{} {:?} {ms}ms", s.step.as_str(), s.state).to_lowercase(),
-                None => format!("{} {:?}", s.step.as_str(), s.state).to_lowercase(),
-            })
-            .collect();
-        println!("    {}", steps.join(" · "));
-        if !d.options.reason.is_empty() {
-            println!("    reason: {} (by {})", d.options.reason, d.options.actor);
+    let by_deploy = |s: &SwitchRecord| {
+        s.actor
+            .strip_prefix("deploy #")
+            .and_then(|n| n.parse::<u64>().ok())
+            .filter(|id| deploys.iter().any(|d| d.id == *id))
+    };
+    let mut entries: Vec<(u64, Entry)> = deploys
+        .iter()
+        .map(|d| (d.created_at_ms, Entry::Deploy(d)))
+        .chain(
+            switches
+                .iter()
+                .filter(|s| by_deploy(s).is_none())
+                .map(|s| (s.at_unix_ms, Entry::Switch(s))),
+        )
+        .collect();
+    entries.sort_by_key(|(at, _)| *at);
+    if entries.is_empty() {
+        return "no deploys or switches yet\n".into();
+    }
+    let mut out = String::new();
+    for (_, e) in entries {
+        match e {
+            Entry::Switch(s) => {
+                let forced = if s.forced { " (forced)" } else { "" };
+                let kind = match s.kind {
+                    SwitchKind::Rollback => "rollback",
+                    SwitchKind::Switch => "switch",
+                };
+                out.push_str(&format!(
+                    "{} {kind} {} -> {}{forced} by {}: {}\n",
+                    s.at, s.from, s.to, s.actor, s.reason
+                ));
+            }
+            Entry::Deploy(d) => {
+                out.push_str(&crate::progress::verdict(d));
+                if matches!(
+                    d.outcome,
+                    Outcome::RolledBack | Outcome::Failed | Outcome::Aborted
+                ) {
+                    out.push_str(&format!(" [{} rejected]", d.version));
+                }
+                out.push('\n');
+                let steps: Vec<String> = d
+                    .steps
+                    .iter()
+                    .map(|s| match s.duration_ms() {
+                        Some(ms) => {
+                            format!("{} {:?} {ms}ms", s.step.as_str(), s.state).to_lowercase()
+                        }
+                        None => format!("{} {:?}", s.step.as_str(), s.state).to_lowercase(),
+                    })
+                    .collect();
+                out.push_str(&format!("    {}\n", steps.join(" · ")));
+                out.push_str(&format!(
+                    "    by {}{}\n",
+                    d.options.actor,
+                    if d.options.reason.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {}", d.options.reason)
+                    }
+                ));
+                for s in switches.iter().filter(|s| by_deploy(s) == Some(d.id)) {
+                    let kind = match s.kind {
+                        SwitchKind::Rollback => "rolled back",
+                        SwitchKind::Switch => "switched",
+                    };
+                    out.push_str(&format!(
+                        "    {} {kind} {} -> {}: {}\n",
+                        s.at, s.from, s.to, s.reason
+                    ));
+                }
+            }
         }
     }
-    Ok(ExitCode::SUCCESS)
+    out
 }
 
 fn outcome(

@@ -152,7 +152,6 @@ pub const SMOKE_COMMAND_VARS: &[&str] = &["env", "version", "preview_url", "blue
 pub const SMOKE_HTTP_VARS: &[&str] = &["env", "version"];
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub(super) struct RawDeploy {
     deploy_timeout: Option<String>,
     promote_timeout: Option<String>,
@@ -168,14 +167,12 @@ pub(super) struct RawDeploy {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawHooks {
     deploy: String,
     decommission: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawSupervisor {
     run: String,
     #[serde(default)]
@@ -185,7 +182,6 @@ struct RawSupervisor {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawSmoke {
     name: Option<String>,
     method: Option<String>,
@@ -203,7 +199,6 @@ struct RawSmoke {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawBake {
     duration: Option<String>,
     interval: Option<String>,

@@ -164,7 +164,6 @@ impl std::error::Error for ConfigError {}
 // ---- raw schema -------------------------------------------------------------
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawConfig {
     proxy: RawProxy,
     #[serde(default)]
@@ -184,13 +183,11 @@ struct RawConfig {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawRecord {
     dir: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawProxy {
     listen: String,
     preview_listen: Option<String>,
@@ -209,7 +206,6 @@ struct RawProxy {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawAdmin {
     listen: Option<String>,
     token_env: Option<String>,
@@ -217,13 +213,11 @@ struct RawAdmin {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawState {
     dir: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawHealth {
     path: Option<String>,
     interval: Option<String>,
@@ -233,13 +227,11 @@ struct RawHealth {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawEnvironment {
     upstreams: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawSwitch {
     drain_timeout: Option<String>,
     initial_live: Option<String>,
@@ -315,7 +307,14 @@ impl Checker {
     }
 
     fn upstream(&mut self, key: &str, raw: &str) -> Option<String> {
-        if raw.parse::<SocketAddr>().is_ok() {
+        if let Ok(a) = raw.parse::<SocketAddr>() {
+            if a.port() == 0 {
+                self.issue(
+                    key,
+                    format!("invalid upstream {raw:?}: port 0 is not a port to connect to"),
+                );
+                return None;
+            }
             return Some(raw.to_string());
         }
         let valid = raw.rsplit_once(':').is_some_and(|(host, port)| {
@@ -361,14 +360,39 @@ impl Config {
     /// Parses and validates config text. `file` names it in errors; relative
     /// paths in it are resolved against `base`.
     pub fn parse(text: &str, file: &str, base: &Path) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError {
-            file: file.to_string(),
-            issues: vec![ConfigIssue {
-                key: String::new(),
-                message: e.to_string().trim_end().to_string(),
-            }],
-        })?;
+        // Unknown keys are collected, not fatal at the first one, so one run
+        // of `check` lists every problem.
+        let mut unknown = Vec::new();
+        let parsed: Result<RawConfig, _> = serde_ignored::deserialize(
+            toml::Deserializer::parse(text).map_err(|e| ConfigError {
+                file: file.to_string(),
+                issues: vec![ConfigIssue {
+                    key: String::new(),
+                    message: e.to_string().trim_end().to_string(),
+                }],
+            })?,
+            |path| unknown.push(path.to_string()),
+        );
         let mut c = Checker { issues: Vec::new() };
+        for key in unknown {
+            let line = line_of(text, key.rsplit('.').next().unwrap_or(&key))
+                .map(|n| format!(" at line {n}"))
+                .unwrap_or_default();
+            c.issue(
+                &key,
+                format!("unknown key{line} (misspelled, or not in this version)"),
+            );
+        }
+        let raw = match parsed {
+            Ok(raw) => raw,
+            Err(e) => {
+                c.issue("", e.to_string().trim_end());
+                return Err(ConfigError {
+                    file: file.to_string(),
+                    issues: c.issues,
+                });
+            }
+        };
         let cfg = validate(raw, base, &mut c);
         if c.issues.is_empty() {
             Ok(cfg)
@@ -385,7 +409,14 @@ fn validate(raw: RawConfig, base: &Path, c: &mut Checker) -> Config {
     let proxy = validate_proxy(&raw.proxy, c);
     let admin = validate_admin(&raw.admin, c);
     let health = validate_health(&raw.health, c);
-    let environments = validate_environments(&raw.environments, c);
+    let mut ours = vec![
+        ("proxy.listen", proxy.listen),
+        ("admin.listen", admin.listen),
+    ];
+    if let Some(p) = proxy.preview_listen {
+        ours.push(("proxy.preview_listen", p));
+    }
+    let environments = validate_environments(&raw.environments, &ours, c);
 
     for (key, addr) in [
         ("proxy.preview_listen", proxy.preview_listen),
@@ -599,8 +630,52 @@ fn validate_health(raw: &RawHealth, c: &mut Checker) -> HealthConfig {
     }
 }
 
+/// The first line that sets `key` (`key = ...`) or opens a table named by it.
+fn line_of(text: &str, key: &str) -> Option<usize> {
+    text.lines()
+        .position(|l| {
+            let l = l.trim_start();
+            l.strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+                || (l.starts_with('[') && l.trim_end_matches(']').ends_with(&format!(".{key}")))
+        })
+        .map(|i| i + 1)
+}
+
+/// At most this many upstreams per side (a request's tried set is a `u64`).
+pub const MAX_UPSTREAMS: usize = 64;
+
+/// The address an upstream names, for comparisons: `localhost` is loopback,
+/// and host names compare without case.
+fn canonical_upstream(u: &str) -> String {
+    match u.rsplit_once(':') {
+        Some((host, port)) if host.eq_ignore_ascii_case("localhost") => format!("127.0.0.1:{port}"),
+        _ => match u.parse::<SocketAddr>() {
+            Ok(SocketAddr::V6(v6)) if v6.ip().is_loopback() => format!("127.0.0.1:{}", v6.port()),
+            Ok(a) => a.to_string(),
+            Err(_) => u.to_ascii_lowercase(),
+        },
+    }
+}
+
+/// True when connecting to upstream `u` would reach `listen`, one of our
+/// own listeners: a request loop through ourselves.
+fn reaches(u: &str, listen: SocketAddr) -> bool {
+    let Ok(target) = canonical_upstream(u).parse::<SocketAddr>() else {
+        return false;
+    };
+    if target.port() != listen.port() || listen.port() == 0 {
+        return false;
+    }
+    let ip = target.ip();
+    ip == listen.ip()
+        || (listen.ip().is_unspecified() && (ip.is_loopback() || ip.is_unspecified()))
+        || (listen.ip().is_loopback() && ip.is_loopback())
+}
+
 fn validate_environments(
     raw: &BTreeMap<String, RawEnvironment>,
+    ours: &[(&str, SocketAddr)],
     c: &mut Checker,
 ) -> Sides<EnvironmentConfig> {
     for name in raw.keys() {
@@ -629,15 +704,33 @@ fn validate_environments(
                 "must list at least one upstream",
             );
         }
+        if env.upstreams.len() > MAX_UPSTREAMS {
+            c.issue(
+                format!("{key}.upstreams"),
+                format!(
+                    "{} upstreams: at most {MAX_UPSTREAMS} per side",
+                    env.upstreams.len()
+                ),
+            );
+        }
         let mut upstreams = Vec::new();
         for (i, u) in env.upstreams.iter().enumerate() {
             let ukey = format!("{key}.upstreams[{i}]");
-            if let Some(u) = c.upstream(&ukey, u) {
-                if let Some(first) = seen.insert(u.clone(), ukey.clone()) {
-                    c.issue(&ukey, format!("{u} is already listed at {first}: each upstream belongs to one side, once"));
-                } else {
-                    upstreams.push(u);
-                }
+            let Some(u) = c.upstream(&ukey, u) else {
+                continue;
+            };
+            if let Some((lkey, l)) = ours.iter().find(|(_, l)| reaches(&u, *l)) {
+                c.issue(&ukey, format!("{u} is this router's own {lkey} ({l}): requests would loop through bluegreen"));
+                continue;
+            }
+            match seen.insert(canonical_upstream(&u), ukey.clone()) {
+                Some(first) => c.issue(
+                    &ukey,
+                    format!(
+                        "{u} is already listed at {first}: each upstream belongs to one side, once"
+                    ),
+                ),
+                None => upstreams.push(u),
             }
         }
         EnvironmentConfig { upstreams }
@@ -707,6 +800,54 @@ drain_timeout = "30s"
         assert!(msg.contains("test.toml"), "{msg}");
         assert!(msg.contains("drian_timeout"), "{msg}");
         assert!(msg.contains("line"), "{msg}");
+    }
+
+    #[test]
+    fn every_unknown_key_is_reported_with_the_other_problems() {
+        let text = GOOD
+            .replace("[switch]", "[switch]\ndrian_timeout = \"1s\"")
+            .replace("[health]", "[health]\npaht = \"/x\"")
+            .replace("interval = \"1s\"", "interval = \"9223372036854775807s\"");
+        let err = parse(&text).unwrap_err();
+        let keys: Vec<_> = err.issues.iter().map(|i| i.key.as_str()).collect();
+        assert!(keys.contains(&"switch.drian_timeout"), "{err}");
+        assert!(keys.contains(&"health.paht"), "{err}");
+        assert!(keys.contains(&"health.interval"), "{err}");
+        assert!(err.to_string().contains("too long"), "{err}");
+    }
+
+    #[test]
+    fn upstreams_that_loop_repeat_or_cannot_be_reached_are_refused() {
+        let cases = [
+            // One of our own listeners, by address, by localhost.
+            ("127.0.0.1:8080", "own proxy.listen"),
+            ("localhost:8081", "own proxy.preview_listen"),
+            ("127.0.0.1:9901", "own admin.listen"),
+            // The same upstream under two names.
+            ("localhost:9001", "already listed"),
+            ("[::1]:9001", "already listed"),
+            ("127.0.0.1:0", "port 0"),
+        ];
+        for (extra, want) in cases {
+            let text = GOOD.replace(
+                "\"127.0.0.1:9003\"]",
+                &format!("\"127.0.0.1:9003\", \"{extra}\"]"),
+            );
+            let msg = problems(&text);
+            assert!(msg.contains(want), "{extra}: {msg}");
+        }
+        let many: Vec<String> = (0..65)
+            .map(|i| format!("\"127.0.0.1:{}\"", 20000 + i))
+            .collect();
+        let text = GOOD.replace(
+            "[\"127.0.0.1:9001\", \"127.0.0.1:9003\"]",
+            &format!("[{}]", many.join(", ")),
+        );
+        assert!(problems(&text).contains("at most 64 per side"));
+        let text = GOOD
+            .replace("listen = \"127.0.0.1:8080\"", "listen = \"0.0.0.0:8080\"")
+            .replace("[\"127.0.0.1:9002\"]", "[\"127.0.0.1:8080\"]");
+        assert!(problems(&text).contains("own proxy.listen"));
     }
 
     #[test]

@@ -87,7 +87,6 @@ pub struct WarmStep {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub(super) struct RawShadow {
     percent: Option<f64>,
     methods: Option<Vec<String>>,
@@ -106,7 +105,6 @@ pub(super) struct RawShadow {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub(super) struct RawShadowStep {
     duration: Option<String>,
     requests: Option<i64>,
@@ -117,7 +115,6 @@ pub(super) struct RawShadowStep {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub(super) struct RawWarm {
     file: Option<String>,
     speed: Option<String>,

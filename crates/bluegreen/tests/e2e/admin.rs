@@ -187,3 +187,72 @@ async fn cli_status_switch_and_rollback() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the admin API"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn oversized_or_hostile_admin_input_is_refused_and_changes_nothing() {
+    let blue = Backend::start("blue").await;
+    let green = Backend::start("green").await;
+    let router = RouterBuilder::new(&[&blue], &[&green]).start();
+    router.wait_all_healthy().await;
+    let state_file = router.state_dir.join("state.json");
+    let before = std::fs::read(&state_file).unwrap();
+
+    let huge = "x".repeat(1_500_000);
+    let body = serde_json::json!({"to": "green", "reason": huge}).to_string();
+    let (code, v) = router
+        .api("POST", "/api/v1/switch", Some(&body), Some(TOKEN))
+        .await;
+    assert_eq!(code, 400, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("at most 1024"),
+        "{v}"
+    );
+    let body = r#"{"to": "green", "actor": "me\u001b[31m"}"#;
+    let (code, v) = router
+        .api("POST", "/api/v1/switch", Some(body), Some(TOKEN))
+        .await;
+    assert_eq!(code, 400, "{v}");
+    assert_eq!(
+        std::fs::read(&state_file).unwrap(),
+        before,
+        "state untouched"
+    );
+    assert_eq!(router.status().await["live"], "blue");
+
+    // A FIFO where a recording would go: refused at once, and the router
+    // (status, switch) never waits on it.
+    let records = router.state_dir.join("records");
+    std::fs::create_dir_all(&records).unwrap();
+    let fifo = records.join("trap");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let started = std::time::Instant::now();
+    let (code, v) = router
+        .api(
+            "POST",
+            "/api/v1/record/start",
+            Some(r#"{"to": "trap"}"#),
+            Some(TOKEN),
+        )
+        .await;
+    assert_eq!(code, 409, "{v}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(2));
+    assert_eq!(router.switch_to("green").await["live"], "green");
+
+    // The scheme name of Authorization is case-insensitive.
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    for scheme in ["bearer", "BEARER", "Bearer"] {
+        let req = http::Request::get(format!("{}/api/v1/status", router.admin_url()))
+            .header("authorization", format!("{scheme} {TOKEN}"))
+            .body(http_body_util::Empty::new())
+            .unwrap();
+        assert_eq!(client.request(req).await.unwrap().status(), 200, "{scheme}");
+    }
+}

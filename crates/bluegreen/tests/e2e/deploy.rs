@@ -296,6 +296,59 @@ async fn error_spike_after_the_switch_rolls_back_by_itself() {
     assert_eq!(d["breach"]["metric"], "error_rate");
     assert!(d["breach"]["observed"].as_f64().unwrap() > 0.05, "{d}");
     assert_eq!(router.status().await["last_switch"]["kind"], "rollback");
+
+    // A rollback now must not go back onto the version the bake rejected.
+    let (code, out, err) = router.cli(&["rollback"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("nothing to roll back to") && err.contains("v2"),
+        "{err}"
+    );
+    let (code, _, err) = router.cli(&["rollback", "--to-version", "v2"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("v2 was rejected") && err.contains("--force"),
+        "{err}"
+    );
+    assert_eq!(body(&router).await, "green v1\n", "live untouched");
+    // Manual switches, forced ones too, are in the history with who did it.
+    let out = Command::new(bin())
+        .args([
+            "switch",
+            "--to",
+            "blue",
+            "--force",
+            "--reason",
+            "look at v2",
+        ])
+        .env("BLUEGREEN_ADMIN", router.admin_url())
+        .env("BLUEGREEN_TOKEN", TOKEN)
+        .env("BLUEGREEN_ACTOR", "ci-bot")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let (code, out, _) = router.cli(&["switch", "--to", "green", "--reason", "done looking"]);
+    assert_eq!(code, 0, "{out}");
+    let (code, text, _) = router.cli(&["history"]);
+    assert_eq!(code, 0);
+    assert!(text.contains("[v2 rejected]"), "{text}");
+    assert!(text.contains("rolled back blue -> green: bake:"), "{text}");
+    assert!(
+        text.contains("switch green -> blue (forced) by ci-bot: look at v2"),
+        "{text}"
+    );
+    let me = "switch blue -> green by cli:";
+    let line = text
+        .lines()
+        .find(|l| l.contains(me))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        line.contains('@') && line.ends_with("done looking"),
+        "user@host: {line}"
+    );
+    let v2 = text.find("deploy #2").unwrap();
+    let manual = text.find("look at v2").unwrap();
+    assert!(v2 < manual, "one timeline, oldest first: {text}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -669,4 +722,84 @@ async fn the_warm_step_replays_a_recording_to_the_new_side_before_the_switch() {
         "{out}{err}"
     );
     assert_eq!(router.status().await["live"], "green");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn versions_that_are_paths_and_loader_variables_are_refused_before_anything_runs() {
+    let router = pipeline_router("300ms", "0s").start();
+    for (args, want) in [
+        (vec![".."], "is not valid"),
+        (vec!["../../bin"], "is not valid"),
+        (vec!["--", "-rf"], "is not valid"),
+        (
+            vec!["v2", "--env", "LD_PRELOAD=/tmp/evil.so"],
+            "loader variables",
+        ),
+        (
+            vec!["v2", "--env", "LD_LIBRARY_PATH=/tmp"],
+            "loader variables",
+        ),
+        (
+            vec!["v2", "--env", "BLUEGREEN_VERSION=v9"],
+            "set by bluegreen itself",
+        ),
+    ] {
+        let (code, out, err) = cli_deploy(&router, &args);
+        assert_ne!(code, 0, "{args:?}: {out}");
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+    let (code, v) = router
+        .api("GET", "/api/v1/deploys", None, Some(TOKEN))
+        .await;
+    assert_eq!(code, 200);
+    assert_eq!(
+        v["deploys"].as_array().map(Vec::len),
+        Some(0),
+        "nothing started: {v}"
+    );
+}
+
+/// Live processes in process group `pgid`.
+fn group_members(pgid: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    let rest = stat.get(stat.rfind(')')? + 2..)?.to_string();
+                    let f: Vec<&str> = rest.split_whitespace().collect();
+                    Some(f[0] != "Z" && f[2] == pgid.to_string())
+                })
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stopping_an_app_stops_its_whole_process_group() {
+    // A shell wrapper that leaves a child of its own behind the app.
+    let toml = deploy_toml("300ms", "0s").replace(
+        "run = \"{bluegreen} app --listen {address} --name {env}\"",
+        "run = \"sh -c 'sleep 300 & exec {bluegreen} app --listen {address} --name {env}'\"",
+    );
+    assert!(toml.contains("sleep 300"), "{toml}");
+    let mut router = RouterBuilder::addrs(vec![closed_port()], vec![closed_port()])
+        .health("interval = \"100ms\"\ntimeout = \"500ms\"\nhealthy_threshold = 1\nunhealthy_threshold = 1")
+        .extra(&toml)
+        .start();
+    let (code, out, _) = cli_deploy(&router, &["v1"]);
+    assert_eq!(code, 0, "{out}");
+    let pids = router.app_pids();
+    assert_eq!(pids.len(), 1, "{pids:?}");
+    let members = group_members(pids[0]);
+    assert!(members.len() >= 2, "the app and its sleep: {members:?}");
+    router.kill_apps_on_drop = false;
+    router.signal("TERM");
+    assert!(router.wait_exit(Duration::from_secs(20)).success());
+    wait_until(Duration::from_secs(5), "the whole group gone", || async {
+        group_members(pids[0]).is_empty()
+    })
+    .await;
 }

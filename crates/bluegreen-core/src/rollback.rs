@@ -1,0 +1,264 @@
+//! Where a rollback goes. Pure: the deploy book and the live side in, a plan
+//! out, so "never back onto a rejected version" is decided (and tested) in
+//! one place.
+
+use crate::deploy::{DeployBook, DeployRecord, Outcome};
+use crate::Side;
+
+/// What a rollback will do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RollbackPlan {
+    /// Switch to `side`, whose app still runs `version` (instant).
+    Switch { side: Side, version: Option<String> },
+    /// Put `version` on `side` through the pipeline, then switch.
+    Redeploy {
+        side: Side,
+        version: String,
+        why: String,
+    },
+    /// `version` is already live.
+    AlreadyLive { version: String },
+    /// Nothing good to go back to; the message says why.
+    Nothing(String),
+}
+
+/// The latest finished deploy of `side`, if any.
+fn last_deploy_of(book: &DeployBook, side: Side) -> Option<&DeployRecord> {
+    book.history.iter().rev().find(|d| d.target == side)
+}
+
+/// The deploy that rejected `version` (the bake rolled it back, or it
+/// failed or was aborted), if the last deploy of it did.
+pub fn rejected_by<'a>(book: &'a DeployBook, version: &str) -> Option<&'a DeployRecord> {
+    book.history
+        .iter()
+        .rev()
+        .find(|d| d.version == version)
+        .filter(|d| d.outcome != Outcome::Succeeded)
+}
+
+/// Why a deploy's version is not one to go back to.
+fn verdict(d: &DeployRecord) -> &'static str {
+    match d.outcome {
+        Outcome::RolledBack => "rolled back",
+        Outcome::Aborted => "aborted",
+        _ => "failed",
+    }
+}
+
+/// Succeeded versions, newest first, each once.
+fn good_versions(book: &DeployBook) -> Vec<&str> {
+    let mut out: Vec<&str> = Vec::new();
+    for d in book.history.iter().rev() {
+        if d.outcome == Outcome::Succeeded && !out.contains(&d.version.as_str()) {
+            out.push(&d.version);
+        }
+    }
+    out
+}
+
+/// A plain `rollback`: back to `target` (the side live before the last
+/// switch) when what it runs was good; when its version was rejected, to
+/// the good release before the live one (re-deployed), or nothing.
+pub fn plan(book: &DeployBook, live: Side, target: Side) -> RollbackPlan {
+    let release = &book.sides[target];
+    let live_version = book.sides[live].version.clone();
+    let rejected = last_deploy_of(book, target).filter(|d| {
+        d.outcome != Outcome::Succeeded && release.version.as_deref() == Some(&d.version)
+    });
+    let Some(bad) = rejected else {
+        return match (&release.version, release.running) {
+            (Some(v), false) => RollbackPlan::Redeploy {
+                side: target,
+                version: v.clone(),
+                why: format!(
+                    "{target} was decommissioned, so {v} is re-deployed to it through the pipeline"
+                ),
+            },
+            (v, _) => RollbackPlan::Switch {
+                side: target,
+                version: v.clone(),
+            },
+        };
+    };
+    let before = good_versions(book)
+        .into_iter()
+        .find(|v| Some(*v) != live_version.as_deref());
+    let live_text = live_version.as_deref().unwrap_or("the live release");
+    match before {
+        Some(v) => RollbackPlan::Redeploy {
+            side: target,
+            version: v.to_string(),
+            why: format!(
+                "{target} runs {}, which deploy #{} {}; {v}, the good release before {live_text}, is re-deployed to {target} through the pipeline",
+                bad.version,
+                bad.id,
+                verdict(bad)
+            ),
+        },
+        None => RollbackPlan::Nothing(format!(
+            "nothing to roll back to: {target} runs {}, which deploy #{} {}, and no good release came before {live_text}; use rollback --to-version VERSION or deploy",
+            bad.version,
+            bad.id,
+            verdict(bad)
+        )),
+    }
+}
+
+/// `rollback --to-version VERSION`: switch when the idle side runs it,
+/// else re-deploy it there. A rejected version needs `force`.
+pub fn plan_to(book: &DeployBook, live: Side, version: &str, force: bool) -> RollbackPlan {
+    if book.sides[live].version.as_deref() == Some(version) {
+        return RollbackPlan::AlreadyLive {
+            version: version.to_string(),
+        };
+    }
+    if let (Some(bad), false) = (rejected_by(book, version), force) {
+        return RollbackPlan::Nothing(format!(
+            "{version} was rejected: deploy #{} {} ({}); pass --force to go back to it anyway",
+            bad.id,
+            verdict(bad),
+            bad.reason.as_deref().unwrap_or("no reason recorded")
+        ));
+    }
+    let idle = live.other();
+    let release = &book.sides[idle];
+    if release.version.as_deref() == Some(version) && release.running {
+        return RollbackPlan::Switch {
+            side: idle,
+            version: Some(version.to_string()),
+        };
+    }
+    RollbackPlan::Redeploy {
+        side: idle,
+        version: version.to_string(),
+        why: format!(
+            "{version} is not running on {idle}, so it is re-deployed there through the pipeline"
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::deploy::{DeployOptions, SideRelease};
+
+    /// A book after deploys of `(version, target, outcome)`, in order, with
+    /// sides as a pipeline leaves them.
+    fn book(deploys: &[(&str, Side, Outcome)]) -> DeployBook {
+        let mut b = DeployBook::default();
+        for (i, (v, side, outcome)) in deploys.iter().enumerate() {
+            let mut d = DeployRecord::new(
+                i as u64 + 1,
+                v.to_string(),
+                side.other(),
+                None,
+                DeployOptions::default(),
+                0,
+            );
+            d.outcome = *outcome;
+            d.reason = Some("p99 breach".into());
+            b.sides[*side] = SideRelease {
+                version: Some(v.to_string()),
+                running: true,
+            };
+            b.history.push(d);
+        }
+        b
+    }
+
+    #[test]
+    fn after_the_bake_rolled_a_release_back_rollback_never_returns_to_it() {
+        // v1 on green (live), v2 on blue rolled back: live is green again.
+        let b = book(&[
+            ("v1", Side::Green, Outcome::Succeeded),
+            ("v2", Side::Blue, Outcome::RolledBack),
+        ]);
+        match plan(&b, Side::Green, Side::Blue) {
+            RollbackPlan::Nothing(why) => {
+                assert!(
+                    why.contains("v2") && why.contains("rolled back") && why.contains("#2"),
+                    "{why}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        // With an earlier good release, that one is re-deployed.
+        let b = book(&[
+            ("v0", Side::Blue, Outcome::Succeeded),
+            ("v1", Side::Green, Outcome::Succeeded),
+            ("v2", Side::Blue, Outcome::RolledBack),
+        ]);
+        match plan(&b, Side::Green, Side::Blue) {
+            RollbackPlan::Redeploy { side, version, why } => {
+                assert_eq!((side, version.as_str()), (Side::Blue, "v0"));
+                assert!(why.contains("v2") && why.contains("before v1"), "{why}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_failed_deploy_on_the_idle_side_is_not_a_rollback_target_either() {
+        let b = book(&[
+            ("v1", Side::Blue, Outcome::Succeeded),
+            ("v2", Side::Green, Outcome::Succeeded),
+            ("v3", Side::Blue, Outcome::Failed),
+        ]);
+        assert!(matches!(
+            plan(&b, Side::Green, Side::Blue),
+            RollbackPlan::Redeploy { ref version, .. } if version == "v1"
+        ));
+    }
+
+    #[test]
+    fn a_good_idle_release_is_an_instant_switch_or_a_redeploy_when_stopped() {
+        let mut b = book(&[
+            ("v1", Side::Blue, Outcome::Succeeded),
+            ("v2", Side::Green, Outcome::Succeeded),
+        ]);
+        assert_eq!(
+            plan(&b, Side::Green, Side::Blue),
+            RollbackPlan::Switch {
+                side: Side::Blue,
+                version: Some("v1".into())
+            }
+        );
+        b.sides.blue.running = false;
+        assert!(
+            matches!(plan(&b, Side::Green, Side::Blue), RollbackPlan::Redeploy { ref version, .. } if version == "v1")
+        );
+    }
+
+    #[test]
+    fn to_version_switches_redeploys_and_refuses_rejected_without_force() {
+        let b = book(&[
+            ("v1", Side::Blue, Outcome::Succeeded),
+            ("v2", Side::Green, Outcome::Succeeded),
+            ("v3", Side::Blue, Outcome::RolledBack),
+        ]);
+        assert_eq!(
+            plan_to(&b, Side::Green, "v2", false),
+            RollbackPlan::AlreadyLive {
+                version: "v2".into()
+            }
+        );
+        assert!(matches!(
+            plan_to(&b, Side::Green, "v1", false),
+            RollbackPlan::Redeploy {
+                side: Side::Blue,
+                ..
+            }
+        ));
+        assert!(
+            matches!(plan_to(&b, Side::Green, "v3", false), RollbackPlan::Nothing(ref w) if w.contains("--force"))
+        );
+        assert!(matches!(
+            plan_to(&b, Side::Green, "v3", true),
+            RollbackPlan::Switch {
+                side: Side::Blue,
+                ..
+            }
+        ));
+    }
+}
