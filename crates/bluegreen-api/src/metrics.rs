@@ -4,7 +4,7 @@
 //! from several routers add up.
 
 use bluegreen_core::health::Health;
-use bluegreen_core::latency::BOUNDS_US;
+use bluegreen_core::latency::{bounds_us, export_bounds_us, Histogram};
 use bluegreen_core::Side;
 use bluegreen_pipeline::Pipeline;
 use bluegreen_router::listener::ListenerKind;
@@ -186,16 +186,7 @@ pub async fn render(router: &Arc<Router>, pipeline: Option<&Arc<Pipeline>>) -> S
         for listener in ["live", "preview"] {
             let st = stats(side, listener);
             let w = st.window();
-            let buckets = w
-                .latency
-                .counts
-                .iter()
-                .enumerate()
-                .map(|(i, &c)| {
-                    let le = BOUNDS_US.get(i).map_or(f64::MAX, |us| *us as f64 / 1e6);
-                    (le, c)
-                })
-                .collect();
+            let buckets = export_buckets(&w.latency);
             f.add(
                 vec![side_label(side), ("listener", listener.into())],
                 Value::Histogram {
@@ -436,6 +427,21 @@ pub async fn render(router: &Arc<Router>, pipeline: Option<&Arc<Pipeline>>) -> S
     out
 }
 
+/// The fine buckets summed into the exported ones: `(le seconds, count in
+/// that bucket)`, then `+Inf`. Exported bounds are fine-bucket edges, so
+/// nothing is split.
+fn export_buckets(h: &Histogram) -> Vec<(f64, u64)> {
+    let bounds = export_bounds_us();
+    let mut out: Vec<(f64, u64)> = bounds.iter().map(|&b| (b as f64 / 1e6, 0)).collect();
+    out.push((f64::MAX, 0));
+    for (i, &c) in h.counts.iter().enumerate() {
+        let upper = bounds_us(i).1;
+        let slot = bounds.partition_point(|&b| b < upper);
+        out[slot].1 += c;
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -458,5 +464,27 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("\nx_up 1\n"), "{out}");
+    }
+
+    #[test]
+    fn fine_latency_buckets_add_up_exactly_into_the_exported_ones() {
+        use bluegreen_core::latency::bucket;
+        use std::time::Duration;
+        let mut h = Histogram::default();
+        for us in [5, 100, 127, 128, 129, 4_200, 15_000, 90_000_000] {
+            h.counts[bucket(Duration::from_micros(us))] += 1;
+        }
+        let b = export_buckets(&h);
+        assert_eq!(b.iter().map(|(_, c)| c).sum::<u64>(), 8);
+        let at = |le: f64| b.iter().find(|(x, _)| (x - le).abs() < 1e-12).unwrap().1;
+        assert_eq!(at(0.000064), 1, "5 µs");
+        // Buckets are [lo, hi): a value exactly on a bound counts in the next.
+        assert_eq!(at(0.000128), 2, "100 and 127 µs");
+        assert_eq!(at(0.000192), 2, "128 and 129 µs");
+        assert_eq!(
+            b.last().unwrap(),
+            &(f64::MAX, 1),
+            "90 s is beyond the last bound"
+        );
     }
 }

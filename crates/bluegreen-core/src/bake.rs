@@ -74,7 +74,20 @@ pub enum Verdict {
     Pass,
     /// Fewer than `min_requests`: keep accumulating.
     NotEnoughTraffic,
+    /// Error rate within limits, but too few requests to judge the p99
+    /// (see [`MIN_TAIL`]): says how many there were and how many it needs.
+    Inconclusive(String),
     Breach(Breach),
+}
+
+/// A p99 is judged only when at least this many requests lie at or above
+/// it (500 requests for a p99): with fewer, "the p99" is one or two slow
+/// requests, and one slow request must never roll back a release.
+pub const MIN_TAIL: u64 = 5;
+
+/// Requests a window needs before its `q` quantile is judged.
+pub fn needed_for(q: f64) -> u64 {
+    (MIN_TAIL as f64 / (1.0 - q)).ceil() as u64
 }
 
 fn pct(x: f64) -> String {
@@ -128,6 +141,15 @@ pub fn judge(window: &Window, baseline: Option<&Window>, t: &Thresholds) -> Verd
     let Some(p99) = window.p99() else {
         return Verdict::Pass;
     };
+    if t.max_p99.is_none() && t.p99_ratio.is_none() {
+        return Verdict::Pass;
+    }
+    let needed = needed_for(0.99);
+    if n < needed {
+        return Verdict::Inconclusive(format!(
+            "p99 not judged: {n} of the {needed} requests it needs"
+        ));
+    }
     if let Some(max) = t.max_p99 {
         if p99 > max {
             return Verdict::Breach(Breach {
@@ -196,8 +218,8 @@ mod tests {
 
     #[test]
     fn healthy_window_passes() {
-        let w = window(100, 1, Duration::from_millis(5));
-        let base = window(100, 1, Duration::from_millis(5));
+        let w = window(600, 1, Duration::from_millis(5));
+        let base = window(600, 1, Duration::from_millis(5));
         assert_eq!(judge(&w, Some(&base), &limits()), Verdict::Pass);
     }
 
@@ -226,22 +248,43 @@ mod tests {
         assert_eq!(b.baseline, Some(0.01));
         // A zero-error baseline leaves only the absolute limit.
         let clean = window(100, 0, Duration::from_millis(10));
-        assert_eq!(judge(&w, Some(&clean), &limits()), Verdict::Pass);
+        assert!(matches!(
+            judge(&w, Some(&clean), &limits()),
+            Verdict::Inconclusive(_)
+        ));
         // A baseline below min_requests is ignored.
         let tiny = window(3, 0, Duration::from_millis(1));
-        let slow = window(100, 0, Duration::from_millis(40));
+        let slow = window(600, 0, Duration::from_millis(40));
         assert_eq!(judge(&slow, Some(&tiny), &limits()), Verdict::Pass);
     }
 
     #[test]
+    fn p99_of_too_few_requests_is_inconclusive_never_a_breach() {
+        // The false rollback: 87 requests, one of them slow.
+        let base = window(600, 0, Duration::from_micros(4_200));
+        let mut w = window(86, 0, Duration::from_millis(4));
+        w.requests = 87;
+        w.latency.counts[bucket(Duration::from_millis(15))] += 1;
+        match judge(&w, Some(&base), &limits()) {
+            Verdict::Inconclusive(why) => assert!(why.contains("87 of the 500"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        // Errors are still judged at once in such a window.
+        let bad = window(87, 20, Duration::from_millis(4));
+        assert!(
+            matches!(judge(&bad, Some(&base), &limits()), Verdict::Breach(b) if b.metric == "error_rate")
+        );
+    }
+
+    #[test]
     fn p99_absolute_and_relative() {
-        let base = window(100, 0, Duration::from_millis(10));
-        let slow = window(100, 0, Duration::from_millis(40));
+        let base = window(600, 0, Duration::from_millis(10));
+        let slow = window(600, 0, Duration::from_millis(40));
         let Verdict::Breach(b) = judge(&slow, Some(&base), &limits()) else {
             panic!()
         };
         assert_eq!(b.metric, "p99");
-        let very_slow = window(100, 0, Duration::from_secs(2));
+        let very_slow = window(600, 0, Duration::from_secs(2));
         let Verdict::Breach(b) = judge(&very_slow, None, &limits()) else {
             panic!()
         };

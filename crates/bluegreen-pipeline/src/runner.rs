@@ -653,10 +653,12 @@ fn describe(w: &Window) -> String {
     }
 }
 
-/// Step 7: watch the new side; roll back at once on a breach. The current
-/// window is judged every 100 ms once it holds `min_requests`, so a bad
-/// version is caught within moments of enough traffic; windows roll over
-/// every `bake.interval`.
+/// Step 7: watch the new side. The current window is judged every 100 ms
+/// once it holds `min_requests`, so an error-rate breach rolls back within
+/// moments of enough traffic. A latency breach must hold for `consecutive`
+/// whole windows (windows roll over every `bake.interval`) and needs enough
+/// requests for its percentile (`core::bake::MIN_TAIL`); one slow request
+/// never rolls a release back. Notes describe the window judged.
 async fn bake(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployRecord) -> StepEnd {
     let cfg = &p.config.bake;
     let start = p.router.live_window(d.target);
@@ -665,6 +667,8 @@ async fn bake(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployRecord) -> StepEn
     let mut tick = tokio::time::interval(Duration::from_millis(100).min(cfg.interval));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut judged = 0u32;
+    let mut numbered = 1u32;
+    let mut strikes = 0u32;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -676,61 +680,108 @@ async fn bake(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployRecord) -> StepEn
                 };
             }
         }
-        let now = p.router.live_window(d.target);
-        let window = now.since(&window_start.0);
-        match judge(&window, d.baseline.as_ref(), &cfg.thresholds) {
-            Verdict::Pass => {
-                if window_start.1.elapsed() >= cfg.interval {
+        'judge: {
+            let now = p.router.live_window(d.target);
+            let window = now.since(&window_start.0);
+            let closing = window_start.1.elapsed() >= cfg.interval;
+            let took = window_start.1.elapsed();
+            let verdict = judge(&window, d.baseline.as_ref(), &cfg.thresholds);
+            // A latency breach counts once its window is whole; until then, and
+            // while it has not held long enough, the window is only reported.
+            let verdict = match verdict {
+                Verdict::Breach(b) if b.metric != "error_rate" => {
+                    if !closing {
+                        break 'judge;
+                    }
+                    strikes += 1;
+                    if strikes >= cfg.consecutive {
+                        let mut b = b;
+                        b.summary = format!("{} in {strikes} windows in a row", b.summary);
+                        Verdict::Breach(b)
+                    } else {
+                        let detail = format!(
+                            "window {numbered} ({:.1}s): {} ({strikes} of {} windows needed to roll back)",
+                            took.as_secs_f64(),
+                            b.summary,
+                            cfg.consecutive
+                        );
+                        p.router.events.emit(
+                            "bake",
+                            serde_json::json!({"deploy_id": d.id, "verdict": "inconclusive", "detail": detail}),
+                        );
+                        note(p, Step::Bake, detail).await;
+                        numbered += 1;
+                        window_start = (now.clone(), Instant::now());
+                        break 'judge;
+                    }
+                }
+                other => other,
+            };
+            match verdict {
+                Verdict::Pass | Verdict::Inconclusive(_) if !closing => {}
+                Verdict::Pass | Verdict::Inconclusive(_) => {
                     judged += 1;
-                    window_start = (now.clone(), Instant::now());
-                    let detail = format!("healthy so far: {}", describe(&now.since(&start)));
-                    p.router.events.emit(
-                        "bake",
-                        serde_json::json!({"deploy_id": d.id, "verdict": "ok", "detail": detail}),
-                    );
-                    note(p, Step::Bake, detail).await;
-                }
-            }
-            Verdict::NotEnoughTraffic => {
-                if window_start.1.elapsed() >= cfg.interval {
+                    let (word, extra) = match &verdict {
+                        Verdict::Inconclusive(why) => ("inconclusive", format!("; {why}")),
+                        _ => {
+                            strikes = 0;
+                            ("ok", String::new())
+                        }
+                    };
                     let detail = format!(
-                        "waiting for traffic: {} of {} requests",
-                        window.requests, cfg.thresholds.min_requests
+                        "window {numbered} ({:.1}s): {}{extra}",
+                        took.as_secs_f64(),
+                        describe(&window)
                     );
                     p.router.events.emit(
                         "bake",
-                        serde_json::json!({"deploy_id": d.id, "verdict": "waiting", "detail": detail}),
+                        serde_json::json!({"deploy_id": d.id, "verdict": word, "detail": detail}),
                     );
                     note(p, Step::Bake, detail).await;
+                    numbered += 1;
+                    window_start = (now.clone(), Instant::now());
                 }
-            }
-            Verdict::Breach(b) => {
-                let reason = format!("bake: {}", b.summary);
-                p.router.events.emit(
-                    "bake",
-                    serde_json::json!({"deploy_id": d.id, "verdict": "breach", "detail": b.summary, "breach": b}),
-                );
-                // The rollback comes first; the breach is written with the outcome.
-                touch(p, |r| r.breach = Some(b.clone())).await;
-                let t = Instant::now();
-                return match p.switch_back(d, SwitchKind::Rollback, &reason).await {
-                    Ok(o) => {
-                        log(
-                            p,
-                            format!(
-                                "rolled back to {} in {:.1} ms (generation {})",
-                                d.from,
-                                t.elapsed().as_secs_f64() * 1000.0,
-                                o.generation
-                            ),
-                        )
-                        .await;
-                        StepEnd::End(Outcome::RolledBack, reason)
+                Verdict::NotEnoughTraffic => {
+                    if closing {
+                        let detail = format!(
+                            "waiting for traffic: {} of {} requests",
+                            window.requests, cfg.thresholds.min_requests
+                        );
+                        p.router.events.emit(
+                            "bake",
+                            serde_json::json!({"deploy_id": d.id, "verdict": "waiting", "detail": detail}),
+                        );
+                        note(p, Step::Bake, detail).await;
                     }
-                    Err(e) => {
-                        StepEnd::End(Outcome::Failed, format!("{reason}; rollback failed: {e}"))
-                    }
-                };
+                }
+                Verdict::Breach(b) => {
+                    let reason = format!("bake: {}", b.summary);
+                    p.router.events.emit(
+                        "bake",
+                        serde_json::json!({"deploy_id": d.id, "verdict": "breach", "detail": b.summary, "breach": b}),
+                    );
+                    // The rollback comes first; the breach is written with the outcome.
+                    touch(p, |r| r.breach = Some(b.clone())).await;
+                    let t = Instant::now();
+                    return match p.switch_back(d, SwitchKind::Rollback, &reason).await {
+                        Ok(o) => {
+                            log(
+                                p,
+                                format!(
+                                    "rolled back to {} in {:.1} ms (generation {})",
+                                    d.from,
+                                    t.elapsed().as_secs_f64() * 1000.0,
+                                    o.generation
+                                ),
+                            )
+                            .await;
+                            StepEnd::End(Outcome::RolledBack, reason)
+                        }
+                        Err(e) => {
+                            StepEnd::End(Outcome::Failed, format!("{reason}; rollback failed: {e}"))
+                        }
+                    };
+                }
             }
         }
         if Instant::now() >= end {

@@ -95,6 +95,9 @@ pub struct BakeConfig {
     pub duration: Duration,
     pub interval: Duration,
     pub thresholds: Thresholds,
+    /// A latency breach rolls back only after holding this many windows in a
+    /// row (error-rate breaches are instant).
+    pub consecutive: u32,
 }
 
 /// A command line split into arguments, with `{placeholder}`s filled in per run.
@@ -207,6 +210,7 @@ struct RawBake {
     max_p99: Option<String>,
     error_rate_ratio: Option<f64>,
     p99_ratio: Option<f64>,
+    consecutive: Option<i64>,
 }
 
 impl Checker {
@@ -429,6 +433,13 @@ pub(super) fn validate(
             ),
             p99_ratio: c.ratio("deploy.bake.p99_ratio", b.and_then(|b| b.p99_ratio)),
         },
+        consecutive: c.int(
+            "deploy.bake.consecutive",
+            b.and_then(|b| b.consecutive),
+            2,
+            1,
+            100,
+        ) as u32,
     };
     if bake.interval > bake.duration {
         c.issue(

@@ -803,3 +803,37 @@ async fn stopping_an_app_stops_its_whole_process_group() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deploy_record_that_cannot_be_written_fails_the_deploy_before_the_switch() {
+    let router = pipeline_router("300ms", "0s").start();
+    assert_eq!(cli_deploy(&router, &["v1"]).0, 0);
+    let (code, out, _) = cli_deploy(&router, &["v2", "--manual-promote", "--detach"]);
+    assert_eq!(code, 0, "{out}");
+    wait_step(&router, "gate", "running").await;
+    // The store replaces deploys.json by rename: a non-empty directory in its
+    // place makes every write fail, as a full or broken disk would.
+    let file = router.state_dir.join("deploys.json");
+    std::fs::remove_file(&file).unwrap();
+    std::fs::create_dir_all(file.join("x")).unwrap();
+    let (code, out, err) = router.cli(&["promote"]);
+    assert_eq!(code, 0, "{out}{err}");
+    wait_until(Duration::from_secs(20), "deploy failed", || async {
+        current(&router).await["outcome"] == "failed"
+    })
+    .await;
+    let d = current(&router).await;
+    assert!(
+        d["reason"]
+            .as_str()
+            .unwrap()
+            .contains("could not persist the deploy record"),
+        "{d}"
+    );
+    assert_eq!(step_of(&d, "switch")["state"], "pending", "{d}");
+    assert_eq!(
+        body(&router).await,
+        "green v1\n",
+        "the live side never moved"
+    );
+}
