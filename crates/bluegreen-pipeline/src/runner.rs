@@ -110,7 +110,7 @@ async fn note(p: &Pipeline, step: Step, text: String) {
 }
 
 /// Sets the outcome, records what each side runs, archives the deploy.
-async fn finish(p: &Pipeline, outcome: Outcome, reason: Option<String>) {
+async fn finish(p: &Arc<Pipeline>, outcome: Outcome, reason: Option<String>) {
     let mut book = p.book.lock().await;
     let Some(d) = book.current.as_mut() else {
         return;
@@ -120,11 +120,34 @@ async fn finish(p: &Pipeline, outcome: Outcome, reason: Option<String>) {
     }
     p.router.events.emit("deploy", &*d);
     let id = d.id;
+    // What failed stays up for a look, then stops: never forever on the idle side.
+    let leftover = (outcome != Outcome::Succeeded && p.router.live() != d.target).then(|| {
+        PendingDecommission {
+            side: d.target,
+            deploy_id: id,
+            at_ms: now_ms() + p.config.keep_failed.as_millis() as u64,
+        }
+    });
+    if let Some(pending) = &leftover {
+        d.log(
+            format!(
+                "{} on {} will be stopped in {}s (keep_failed)",
+                d.version,
+                d.target,
+                p.config.keep_failed.as_secs()
+            ),
+            now_ms(),
+        );
+        book.pending_decommission = Some(pending.clone());
+    }
     book.archive_current();
     if let Err(e) = p.persist(&book).await {
         tracing::error!(error = %e, "could not persist the finished deploy");
     }
     drop(book);
+    if let Some(pending) = leftover {
+        p.arm_decommission(pending);
+    }
     let mut run = p.run.lock().unwrap_or_else(|x| x.into_inner());
     if run.as_ref().is_some_and(|h| h.id == id) {
         *run = None;
@@ -483,6 +506,18 @@ async fn shadow(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployRecord) -> Step
     };
     if p.router.live() == d.target {
         return StepEnd::Skipped(format!("{} is already live", d.target));
+    }
+    // Nothing live answers (the very first deploy): no pairs to compare.
+    if !p.router.ready() {
+        let first = if d.previous_version.is_none() {
+            "first deploy: "
+        } else {
+            ""
+        };
+        return StepEnd::Skipped(format!(
+            "{first}no healthy upstream on {} (live) to compare with",
+            d.from
+        ));
     }
     let mut options = ShadowOptions::from_config(&p.router.config().shadow);
     if let Some(pc) = step.percent {

@@ -154,8 +154,44 @@ impl Supervisor {
         (!lines.is_empty()).then(|| lines.join("; "))
     }
 
+    /// Rotates app logs that grew past `log_max_bytes`, every few seconds,
+    /// for as long as the supervisor lives. The app writes with `O_APPEND`
+    /// to a file it was handed, so the log is copied to `.1` and truncated in
+    /// place (logrotate's copytruncate): a line written between the two
+    /// steps can be lost, never the app stopped or its output blocked.
+    fn spawn_log_rotation(self: &Arc<Self>) {
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(LOG_CHECK);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                tick.tick().await;
+                let Some(sup) = me.upgrade() else { return };
+                let table = sup.table();
+                let logs: Vec<PathBuf> = Side::ALL
+                    .iter()
+                    .filter_map(|side| table.sides[*side].as_ref())
+                    .flat_map(|s| s.procs.iter().map(|p| p.log.clone()))
+                    .collect();
+                let (max, keep) = (sup.config.log_max_bytes, sup.config.log_files);
+                drop(sup);
+                let rotated = tokio::task::spawn_blocking(move || {
+                    logs.iter()
+                        .filter_map(|l| rotate_if_large(l, max, keep).err().map(|e| (l.clone(), e)))
+                        .collect::<Vec<_>>()
+                })
+                .await
+                .unwrap_or_default();
+                for (log, e) in rotated {
+                    tracing::warn!(log = %log.display(), error = %e, "supervisor: could not rotate an app log");
+                }
+            }
+        });
+    }
+
     /// Re-adopts recorded processes that still run; restarts the others.
     pub async fn adopt(self: &Arc<Self>) -> Result<(), SupervisorError> {
+        self.spawn_log_rotation();
         let table = self.table();
         let mut monitors = self.monitors.lock().await;
         for side in Side::ALL {
@@ -391,6 +427,31 @@ impl Supervisor {
     }
 }
 
+/// How often app log sizes are checked.
+const LOG_CHECK: Duration = Duration::from_secs(5);
+
+/// `log` → `log.1` → ... → `log.keep` (the oldest dropped) when `log` is
+/// larger than `max`; the live file is truncated in place.
+pub fn rotate_if_large(log: &Path, max: u64, keep: u32) -> std::io::Result<()> {
+    match std::fs::metadata(log) {
+        Ok(m) if m.len() > max => {}
+        Ok(_) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    let numbered = |i: u32| PathBuf::from(format!("{}.{i}", log.display()));
+    for i in (1..keep).rev() {
+        if numbered(i).exists() {
+            std::fs::rename(numbered(i), numbered(i + 1))?;
+        }
+    }
+    std::fs::copy(log, numbered(1))?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(log)?
+        .set_len(0)
+}
+
 /// Waits for a process to end: our child by `wait`, an adopted one by polling.
 async fn wait_exit(child: &mut Option<tokio::process::Child>, pid: u32, started: u64) -> String {
     match child {
@@ -496,6 +557,39 @@ pub fn is_same_process(pid: u32, started: u64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn large_logs_rotate_and_the_live_file_keeps_its_writer() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("app.log");
+        let mut writer = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        for round in 0..5 {
+            writer
+                .write_all(format!("round {round}\n").repeat(100).as_bytes())
+                .unwrap();
+            rotate_if_large(&log, 500, 3).unwrap();
+        }
+        writer.write_all(b"after\n").unwrap();
+        // The writer's next line starts the live file afresh.
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "after\n");
+        let kept: Vec<String> = (1..=4)
+            .map(|i| {
+                std::fs::read_to_string(dir.path().join(format!("app.log.{i}"))).unwrap_or_default()
+            })
+            .collect();
+        assert!(kept[0].starts_with("round 4"), "{:?}", &kept[0][..20]);
+        assert!(kept[1].starts_with("round 3"));
+        assert!(kept[2].starts_with("round 2"));
+        assert!(kept[3].is_empty(), "at most 3 rotated files");
+        // Small logs are left alone.
+        rotate_if_large(&log, 500, 3).unwrap();
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "after\n");
+    }
 
     #[test]
     fn own_process_has_a_start_time() {

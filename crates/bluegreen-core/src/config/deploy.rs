@@ -18,6 +18,9 @@ pub struct DeployConfig {
     pub promote_timeout: Option<Duration>,
     /// The old side stays up this long after the bake, so rollback stays instant.
     pub keep_warm: Duration,
+    /// A version that failed, was aborted or rolled back keeps running on the
+    /// idle side this long (to be looked at), then it is stopped.
+    pub keep_failed: Duration,
     /// Limit for one hook or smoke command.
     pub hook_timeout: Duration,
     pub smoke: Vec<SmokeCheck>,
@@ -50,6 +53,10 @@ pub struct SupervisorConfig {
     /// Stop the apps when `serve` exits; by default they keep running and are
     /// re-adopted by the next `serve`.
     pub stop_on_exit: bool,
+    /// An app log larger than this is rotated (`.1`, `.2`, ...).
+    pub log_max_bytes: u64,
+    /// Rotated logs kept per app.
+    pub log_files: u32,
 }
 
 /// One smoke test.
@@ -159,6 +166,7 @@ pub(super) struct RawDeploy {
     deploy_timeout: Option<String>,
     promote_timeout: Option<String>,
     keep_warm: Option<String>,
+    keep_failed: Option<String>,
     hook_timeout: Option<String>,
     hooks: Option<RawHooks>,
     supervisor: Option<RawSupervisor>,
@@ -182,6 +190,8 @@ struct RawSupervisor {
     env: BTreeMap<String, String>,
     stop_grace: Option<String>,
     stop_on_exit: Option<bool>,
+    log_max_bytes: Option<i64>,
+    log_files: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -363,12 +373,22 @@ pub(super) fn validate(
                 s.stop_grace.as_deref(),
                 Duration::from_secs(10),
             );
+            let log_max_bytes = c.int(
+                "deploy.supervisor.log_max_bytes",
+                s.log_max_bytes,
+                10 << 20,
+                4096,
+                1 << 40,
+            ) as u64;
+            let log_files = c.int("deploy.supervisor.log_files", s.log_files, 3, 1, 100) as u32;
             run.map(|run| {
                 DeployMethod::Supervisor(SupervisorConfig {
                     run,
                     env: s.env.clone(),
                     stop_grace,
                     stop_on_exit: s.stop_on_exit.unwrap_or(false),
+                    log_max_bytes,
+                    log_files,
                 })
             })
         }
@@ -462,6 +482,10 @@ pub(super) fn validate(
         keep_warm: match raw.keep_warm.as_deref() {
             None | Some("0") | Some("0s") => Duration::ZERO,
             Some(k) => c.duration("deploy.keep_warm", Some(k), Duration::ZERO),
+        },
+        keep_failed: match raw.keep_failed.as_deref() {
+            Some("0") | Some("0s") => Duration::ZERO,
+            k => c.duration("deploy.keep_failed", k, Duration::from_secs(300)),
         },
         hook_timeout: c.duration(
             "deploy.hook_timeout",

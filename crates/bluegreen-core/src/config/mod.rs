@@ -371,7 +371,16 @@ impl Config {
                     message: e.to_string().trim_end().to_string(),
                 }],
             })?,
-            |path| unknown.push(path.to_string()),
+            // serde_ignored writes `?` for each Option on the way: keys only.
+            |path| {
+                let key: Vec<String> = path
+                    .to_string()
+                    .split('.')
+                    .filter(|k| *k != "?")
+                    .map(str::to_string)
+                    .collect();
+                unknown.push(key.join("."))
+            },
         );
         let mut c = Checker { issues: Vec::new() };
         for key in unknown {
@@ -806,12 +815,17 @@ drain_timeout = "30s"
     fn every_unknown_key_is_reported_with_the_other_problems() {
         let text = GOOD
             .replace("[switch]", "[switch]\ndrian_timeout = \"1s\"")
+            .replace(
+                "[proxy]",
+                "[deploy.hooks]\ndeploy = \"x\"\ndeploi = \"y\"\n\n[proxy]",
+            )
             .replace("[health]", "[health]\npaht = \"/x\"")
             .replace("interval = \"1s\"", "interval = \"9223372036854775807s\"");
         let err = parse(&text).unwrap_err();
         let keys: Vec<_> = err.issues.iter().map(|i| i.key.as_str()).collect();
         assert!(keys.contains(&"switch.drian_timeout"), "{err}");
         assert!(keys.contains(&"health.paht"), "{err}");
+        assert!(keys.contains(&"deploy.hooks.deploi"), "{err}");
         assert!(keys.contains(&"health.interval"), "{err}");
         assert!(err.to_string().contains("too long"), "{err}");
     }

@@ -632,8 +632,8 @@ async fn the_shadow_step_fails_a_version_whose_answers_differ_and_passes_one_tha
              [shadow]\nignore_paths = [\"/served_at_ns\"]\n",
         )
         .start();
-    // Nothing is live yet, so there is nothing to shadow.
-    let (code, out, err) = cli_deploy(&router, &["v1", "--skip-shadow"]);
+    // Nothing is live yet, so there is nothing to shadow: skipped, not failed.
+    let (code, out, err) = cli_deploy(&router, &["v1"]);
     assert_eq!(code, 0, "{out}\n{err}");
 
     let (stop, task) = traffic(&router, "/price");
@@ -673,6 +673,13 @@ async fn the_shadow_step_fails_a_version_whose_answers_differ_and_passes_one_tha
     );
     let v1 = deploys.iter().find(|d| d["version"] == "v1").unwrap();
     assert_eq!(step_of(v1, "shadow")["state"], "skipped");
+    assert!(
+        step_of(v1, "shadow")["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("first deploy: no healthy upstream"),
+        "{v1}"
+    );
     // The shadow report of the last run stays readable.
     let (code, text, _) = router.cli(&["shadow", "report"]);
     assert_eq!(code, 0);
@@ -836,4 +843,38 @@ async fn a_deploy_record_that_cannot_be_written_fails_the_deploy_before_the_swit
         "green v1\n",
         "the live side never moved"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_version_is_stopped_after_keep_failed() {
+    let router = RouterBuilder::addrs(vec![closed_port()], vec![closed_port()])
+        .health("interval = \"100ms\"\ntimeout = \"500ms\"\nhealthy_threshold = 1\nunhealthy_threshold = 1")
+        .extra(&deploy_toml("300ms", "0s").replace("[deploy]\n", "[deploy]\nkeep_failed = \"1s\"\n"))
+        .start();
+    assert_eq!(cli_deploy(&router, &["v1"]).0, 0);
+    let (code, out, _) = cli_deploy(&router, &["v2", "--env", "BLUEGREEN_APP_FAIL_SMOKE=1"]);
+    assert_eq!(code, 1, "{out}");
+    let d = current(&router).await;
+    assert!(
+        d["log"]
+            .to_string()
+            .contains("will be stopped in 1s (keep_failed)"),
+        "{d}"
+    );
+    wait_until(Duration::from_secs(10), "the failed v2 stopped", || async {
+        let (_, v) = router
+            .api("GET", "/api/v1/deploys", None, Some(TOKEN))
+            .await;
+        v["releases"]["blue"]["running"] == false
+    })
+    .await;
+    let (_, v) = router
+        .api("GET", "/api/v1/deploys", None, Some(TOKEN))
+        .await;
+    assert_eq!(v["releases"]["blue"]["version"], "v2", "{v}");
+    assert_eq!(
+        v["releases"]["green"]["running"], true,
+        "the live side runs on: {v}"
+    );
+    assert_eq!(body(&router).await, "green v1\n");
 }

@@ -58,6 +58,10 @@ async fn sighup_is_logged_and_the_router_keeps_serving() {
         (200, "blue".into())
     );
     assert!(router.stderr().contains("reload is not supported yet"));
+    assert!(
+        !router.stderr().contains('\u{1b}'),
+        "no colour codes when stderr is not a terminal"
+    );
     router.signal("TERM");
     assert!(router.wait_exit(Duration::from_secs(10)).success());
 }
