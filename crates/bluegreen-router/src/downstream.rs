@@ -43,7 +43,7 @@ use tokio_util::sync::CancellationToken;
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// hyper's default limit; a head with more headers is left for hyper to refuse.
-const MAX_HEADERS: usize = 100;
+pub const MAX_HEADERS: usize = 100;
 
 /// How long an idle connection keeps hyper (and its buffers) before parking.
 /// Starting a hyper connection again costs about 10,000 instructions, a third
