@@ -54,7 +54,14 @@ async fn an_in_flight_request_finishes_on_the_old_side_after_a_switch() {
     // Nothing of blue's live traffic is left; the drain window itself runs
     // to its deadline (a later request on an old connection may still come).
     wait_until(Duration::from_secs(2), "nothing left to drain", || async {
-        h.router.status().await.sides.blue.draining.map(|d| d.remaining) == Some(0)
+        h.router
+            .status()
+            .await
+            .sides
+            .blue
+            .draining
+            .map(|d| d.remaining)
+            == Some(0)
     })
     .await;
 }

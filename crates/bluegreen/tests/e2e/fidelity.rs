@@ -443,15 +443,20 @@ async fn replayed_requests_reach_the_app_as_recorded() {
         "GET,HEAD,OPTIONS,POST,PUT,PATCH,DELETE",
     ]);
     assert_eq!(code, 0, "{out}{err}");
-    let got = green.wait_for(table.len()).await;
-    for case in &table {
+    assert_replayed(&table, &green.wait_for(table.len()).await, "replay");
+}
+
+/// Each recorded case arrived once more, body and headers as recorded, with
+/// `X-Bluegreen-Replay: 1` (straight to the side's upstream: its Host, and no
+/// forwarding headers but what the recording had). Cookies are redacted in
+/// recordings, so never replayed.
+fn assert_replayed(table: &[Case], got: &[Arrived], path: &str) {
+    for case in table {
         let a = got
             .iter()
             .find(|a| a.target == case.target && a.method == case.method)
-            .unwrap_or_else(|| panic!("{:?} not replayed", case.name));
-        // Replayed straight to the side's upstream: the recorded Host, and
-        // the router's forwarding headers as the recording saw them (none).
-        let ctx = format!("replay: case {:?}", case.name);
+            .unwrap_or_else(|| panic!("{path}: {:?} not replayed", case.name));
+        let ctx = format!("{path}: case {:?}", case.name);
         assert!(
             same_body(&a.body, &case.body),
             "{ctx}: {}",
@@ -467,6 +472,48 @@ async fn replayed_requests_reach_the_app_as_recorded() {
             }
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_warm_step_replays_recorded_traffic_to_the_idle_side_as_recorded() {
+    let blue = RawBackend::start("blue").await;
+    let green = RawBackend::start("green").await;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let toml = format!(
+        "[deploy]\n[deploy.hooks]\ndeploy = \"true\"\n\
+         [deploy.bake]\nduration = \"200ms\"\ninterval = \"100ms\"\n\
+         [deploy.warm]\nfile = \"{}\"\nmethods = [\"GET\", \"HEAD\", \"OPTIONS\", \"POST\", \"PUT\", \"PATCH\", \"DELETE\"]\n",
+        state.join("records").join("warm.jsonl").display()
+    );
+    let router = RouterBuilder::addrs(vec![blue.addr], vec![green.addr])
+        .state_dir(&state)
+        .extra(&toml)
+        .start();
+    router.wait_all_healthy().await;
+    let (code, body) = router
+        .api(
+            "POST",
+            "/api/v1/record/start",
+            Some(r#"{"to": "warm.jsonl", "max_body": 1048576}"#),
+            Some(TOKEN),
+        )
+        .await;
+    assert_eq!(code, 200, "{body}");
+    let table: Vec<Case> = cases().into_iter().filter(|c| c.chunks == 0).collect();
+    send_h1(router.proxy, &table, "warm.example").await;
+    let (code, body) = router
+        .api("POST", "/api/v1/record/stop", None, Some(TOKEN))
+        .await;
+    assert_eq!(
+        (code, body["written"].as_u64()),
+        (200, Some(table.len() as u64)),
+        "{body}"
+    );
+    green.clear();
+    let (code, out, err) = router.cli(&["deploy", "v1"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_replayed(&table, &green.wait_for(table.len()).await, "warm step");
 }
 
 fn same_body(a: &[u8], b: &[u8]) -> bool {
