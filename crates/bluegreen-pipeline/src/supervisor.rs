@@ -518,7 +518,7 @@ async fn terminate(
 }
 
 /// Live processes whose process group is `pgid`, from `/proc`.
-fn group_members(pgid: u32) -> Vec<u32> {
+pub fn group_members(pgid: u32) -> Vec<u32> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };

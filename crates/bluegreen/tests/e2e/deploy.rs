@@ -766,26 +766,9 @@ async fn versions_that_are_paths_and_loader_variables_are_refused_before_anythin
     );
 }
 
-/// Live processes in process group `pgid`.
-fn group_members(pgid: u32) -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|stat| {
-                    let rest = stat.get(stat.rfind(')')? + 2..)?.to_string();
-                    let f: Vec<&str> = rest.split_whitespace().collect();
-                    Some(f[0] != "Z" && f[2] == pgid.to_string())
-                })
-                .unwrap_or(false)
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn stopping_an_app_stops_its_whole_process_group() {
+    use bluegreen_pipeline::supervisor::group_members;
     // A shell wrapper that leaves a child of its own behind the app.
     let toml = deploy_toml("300ms", "0s").replace(
         "run = \"{bluegreen} app --listen {address} --name {env}\"",

@@ -410,28 +410,9 @@ async fn replayed_requests_reach_the_app_as_recorded() {
     let green = RawBackend::start("green").await;
     let router = RouterBuilder::addrs(vec![blue.addr], vec![green.addr]).start();
     router.wait_all_healthy().await;
-    let (code, body) = router
-        .api(
-            "POST",
-            "/api/v1/record/start",
-            Some(r#"{"to": "fidelity.jsonl", "max_body": 1048576}"#),
-            Some(TOKEN),
-        )
-        .await;
-    assert_eq!(code, 200, "{body}");
-    let file = body["path"]
-        .as_str()
-        .expect("record answer names its file")
-        .to_string();
-    let host = "replay.example";
     // A chunked body has no length up front, so it is recorded without it.
     let table: Vec<Case> = cases().into_iter().filter(|c| c.chunks == 0).collect();
-    send_h1(router.proxy, &table, host).await;
-    let (code, body) = router
-        .api("POST", "/api/v1/record/stop", None, Some(TOKEN))
-        .await;
-    assert_eq!(code, 200, "{body}");
-    assert_eq!(body["written"], table.len() as u64, "{body}");
+    let file = record_table(&router, "fidelity.jsonl", &table).await;
     let (code, out, err) = router.cli(&[
         "replay",
         &file,
@@ -444,6 +425,26 @@ async fn replayed_requests_reach_the_app_as_recorded() {
     ]);
     assert_eq!(code, 0, "{out}{err}");
     assert_replayed(&table, &green.wait_for(table.len()).await, "replay");
+}
+
+/// Records `table` sent through the live listener into recording `name`;
+/// returns the file's path.
+async fn record_table(router: &RouterProc, name: &str, table: &[Case]) -> String {
+    let start = format!(r#"{{"to": "{name}", "max_body": 1048576}}"#);
+    let (code, body) = router
+        .api("POST", "/api/v1/record/start", Some(&start), Some(TOKEN))
+        .await;
+    assert_eq!(code, 200, "{body}");
+    send_h1(router.proxy, table, "recorded.example").await;
+    let (code, body) = router
+        .api("POST", "/api/v1/record/stop", None, Some(TOKEN))
+        .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["written"], table.len() as u64, "{body}");
+    body["path"]
+        .as_str()
+        .expect("the recording's file")
+        .to_string()
 }
 
 /// Each recorded case arrived once more, body and headers as recorded, with
@@ -491,25 +492,8 @@ async fn the_warm_step_replays_recorded_traffic_to_the_idle_side_as_recorded() {
         .extra(&toml)
         .start();
     router.wait_all_healthy().await;
-    let (code, body) = router
-        .api(
-            "POST",
-            "/api/v1/record/start",
-            Some(r#"{"to": "warm.jsonl", "max_body": 1048576}"#),
-            Some(TOKEN),
-        )
-        .await;
-    assert_eq!(code, 200, "{body}");
     let table: Vec<Case> = cases().into_iter().filter(|c| c.chunks == 0).collect();
-    send_h1(router.proxy, &table, "warm.example").await;
-    let (code, body) = router
-        .api("POST", "/api/v1/record/stop", None, Some(TOKEN))
-        .await;
-    assert_eq!(
-        (code, body["written"].as_u64()),
-        (200, Some(table.len() as u64)),
-        "{body}"
-    );
+    record_table(&router, "warm.jsonl", &table).await;
     green.clear();
     let (code, out, err) = router.cli(&["deploy", "v1"]);
     assert_eq!(code, 0, "{out}{err}");
