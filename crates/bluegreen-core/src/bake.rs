@@ -144,10 +144,12 @@ pub fn judge(window: &Window, baseline: Option<&Window>, t: &Thresholds) -> Verd
     if t.max_p99.is_none() && t.p99_ratio.is_none() {
         return Verdict::Pass;
     }
+    // Only timed answers count for latency (a client's own mistakes are not timed).
+    let timed = window.latency.total();
     let needed = needed_for(0.99);
-    if n < needed {
+    if timed < needed {
         return Verdict::Inconclusive(format!(
-            "p99 not judged: {n} of the {needed} requests it needs"
+            "p99 not judged: {timed} of the {needed} requests it needs"
         ));
     }
     if let Some(max) = t.max_p99 {
@@ -166,7 +168,11 @@ pub fn judge(window: &Window, baseline: Option<&Window>, t: &Thresholds) -> Verd
             });
         }
     }
-    if let (Some(ratio), Some(base)) = (t.p99_ratio, baseline.and_then(Window::p99)) {
+    // The baseline's p99 needs its own tail, or one slow old request sets the bar.
+    let base_p99 = baseline
+        .filter(|b| b.latency.total() >= needed)
+        .and_then(Window::p99);
+    if let (Some(ratio), Some(base)) = (t.p99_ratio, base_p99) {
         if ms(p99) > ms(base) * ratio {
             return Verdict::Breach(Breach {
                 metric: "p99".into(),
@@ -183,6 +189,136 @@ pub fn judge(window: &Window, baseline: Option<&Window>, t: &Thresholds) -> Verd
         }
     }
     Verdict::Pass
+}
+
+/// What one look at the bake's current window decided.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WindowEnd {
+    /// Nothing to report: the window stays open.
+    Open,
+    /// The window closed (or, too small, was reported and keeps growing).
+    Closed {
+        number: u32,
+        window: Window,
+        verdict: Verdict,
+        /// Why it was not a plain pass (inconclusive, a latency strike).
+        detail: Option<String>,
+    },
+    /// Roll back now.
+    Breach(Breach),
+}
+
+/// The bake's windows over cumulative counters: which one is open, how many
+/// latency breaches in a row, what was judged. Pure, so the rules are tested
+/// without a router: errors breach at once; a latency breach must hold for
+/// `consecutive` closed windows; a window too small for its p99 (or for
+/// `min_requests`) keeps growing rather than closing.
+#[derive(Debug, Clone)]
+pub struct BakeWindows {
+    opened_at: Window,
+    consecutive: u32,
+    strikes: u32,
+    number: u32,
+    judged: u32,
+    inconclusive: Option<String>,
+}
+
+impl BakeWindows {
+    /// Windows starting from the counters at `start`.
+    pub fn new(start: Window, consecutive: u32) -> BakeWindows {
+        BakeWindows {
+            opened_at: start,
+            consecutive: consecutive.max(1),
+            strikes: 0,
+            number: 1,
+            judged: 0,
+            inconclusive: None,
+        }
+    }
+
+    /// Judges the window up to `now` (cumulative counters); `closing` says
+    /// the window's time is up.
+    pub fn observe(
+        &mut self,
+        now: &Window,
+        baseline: Option<&Window>,
+        t: &Thresholds,
+        closing: bool,
+    ) -> WindowEnd {
+        let window = now.since(&self.opened_at);
+        let verdict = judge(&window, baseline, t);
+        match verdict {
+            Verdict::Breach(b) if b.metric == "error_rate" => WindowEnd::Breach(b),
+            _ if !closing => WindowEnd::Open,
+            Verdict::Breach(mut b) => {
+                self.strikes += 1;
+                if self.strikes >= self.consecutive {
+                    b.summary = format!("{} in {} windows in a row", b.summary, self.strikes);
+                    return WindowEnd::Breach(b);
+                }
+                let detail = format!(
+                    "{} ({} of {} windows in a row needed to roll back)",
+                    b.summary, self.strikes, self.consecutive
+                );
+                self.close(
+                    now,
+                    window,
+                    Verdict::Inconclusive(detail.clone()),
+                    Some(detail),
+                )
+            }
+            Verdict::Pass => {
+                self.strikes = 0;
+                self.judged += 1;
+                self.inconclusive = None;
+                self.close(now, window, Verdict::Pass, None)
+            }
+            // Too small: reported, and the window grows on (not closed).
+            Verdict::Inconclusive(why) => {
+                self.inconclusive = Some(why.clone());
+                WindowEnd::Closed {
+                    number: self.number,
+                    window,
+                    verdict: Verdict::Inconclusive(why.clone()),
+                    detail: Some(why),
+                }
+            }
+            Verdict::NotEnoughTraffic => WindowEnd::Closed {
+                number: self.number,
+                window,
+                verdict: Verdict::NotEnoughTraffic,
+                detail: None,
+            },
+        }
+    }
+
+    fn close(
+        &mut self,
+        now: &Window,
+        window: Window,
+        verdict: Verdict,
+        detail: Option<String>,
+    ) -> WindowEnd {
+        let number = self.number;
+        self.number += 1;
+        self.opened_at = now.clone();
+        WindowEnd::Closed {
+            number,
+            window,
+            verdict,
+            detail,
+        }
+    }
+
+    /// What a passed bake must add: nothing when windows were judged whole,
+    /// else what was never judged and why.
+    pub fn caveat(&self) -> String {
+        match (&self.inconclusive, self.judged) {
+            (Some(why), _) => format!(" (latency inconclusive: {why})"),
+            (None, 0) => " (too little traffic to judge)".into(),
+            _ => String::new(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -273,6 +409,90 @@ mod tests {
         let bad = window(87, 20, Duration::from_millis(4));
         assert!(
             matches!(judge(&bad, Some(&base), &limits()), Verdict::Breach(b) if b.metric == "error_rate")
+        );
+    }
+
+    /// Adds `requests` answers of `latency` (and `errors` of them 5xx) to
+    /// cumulative counters.
+    fn grow(w: &mut Window, requests: u64, errors: u64, latency: Duration) {
+        w.requests += requests;
+        w.errors += errors;
+        w.latency.counts[bucket(latency)] += requests;
+    }
+
+    #[test]
+    fn a_latency_breach_rolls_back_only_after_consecutive_windows() {
+        let mut now = Window::default();
+        let mut b = BakeWindows::new(now.clone(), 2);
+        let t = limits();
+        grow(&mut now, 600, 0, Duration::from_secs(2));
+        assert_eq!(
+            b.observe(&now, None, &t, false),
+            WindowEnd::Open,
+            "mid-window: wait"
+        );
+        assert!(
+            matches!(
+                b.observe(&now, None, &t, true),
+                WindowEnd::Closed { number: 1, .. }
+            ),
+            "first strike"
+        );
+        grow(&mut now, 600, 0, Duration::from_millis(5));
+        assert!(
+            matches!(
+                b.observe(&now, None, &t, true),
+                WindowEnd::Closed {
+                    verdict: Verdict::Pass,
+                    ..
+                }
+            ),
+            "a pass resets"
+        );
+        grow(&mut now, 600, 0, Duration::from_secs(2));
+        assert!(matches!(
+            b.observe(&now, None, &t, true),
+            WindowEnd::Closed { .. }
+        ));
+        grow(&mut now, 600, 0, Duration::from_secs(2));
+        match b.observe(&now, None, &t, true) {
+            WindowEnd::Breach(x) => {
+                assert!(x.summary.contains("2 windows in a row"), "{}", x.summary)
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn errors_breach_at_once_and_small_windows_grow_until_judged() {
+        let mut now = Window::default();
+        let mut b = BakeWindows::new(now.clone(), 3);
+        let t = limits();
+        grow(&mut now, 100, 0, Duration::from_millis(5));
+        // Too few for a p99: reported as inconclusive, and the window goes on.
+        assert!(matches!(
+            b.observe(&now, None, &t, true),
+            WindowEnd::Closed {
+                verdict: Verdict::Inconclusive(_),
+                number: 1,
+                ..
+            }
+        ));
+        assert!(b.caveat().contains("latency inconclusive"));
+        grow(&mut now, 450, 0, Duration::from_millis(5));
+        match b.observe(&now, None, &t, true) {
+            WindowEnd::Closed {
+                number: 1,
+                window,
+                verdict: Verdict::Pass,
+                ..
+            } => assert_eq!(window.requests, 550),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(b.caveat(), "");
+        grow(&mut now, 30, 20, Duration::from_millis(5));
+        assert!(
+            matches!(b.observe(&now, None, &t, false), WindowEnd::Breach(x) if x.metric == "error_rate")
         );
     }
 

@@ -46,15 +46,22 @@ fn verdict(d: &DeployRecord) -> &'static str {
     }
 }
 
-/// Succeeded versions, newest first, each once.
-fn good_versions(book: &DeployBook) -> Vec<&str> {
-    let mut out: Vec<&str> = Vec::new();
-    for d in book.history.iter().rev() {
-        if d.outcome == Outcome::Succeeded && !out.contains(&d.version.as_str()) {
-            out.push(&d.version);
-        }
-    }
-    out
+/// The good release before `live`: the newest succeeded deploy of another
+/// version from before the deploy that made `live` live (when there was
+/// one), so a version the operator already rolled back from is not it.
+fn release_before<'a>(book: &'a DeployBook, live: Option<&str>) -> Option<&'a str> {
+    let good = |d: &&DeployRecord| d.outcome == Outcome::Succeeded;
+    let made_live = book
+        .history
+        .iter()
+        .rposition(|d| d.outcome == Outcome::Succeeded && Some(d.version.as_str()) == live)
+        .unwrap_or(book.history.len());
+    book.history[..made_live]
+        .iter()
+        .rev()
+        .filter(good)
+        .find(|d| Some(d.version.as_str()) != live)
+        .map(|d| d.version.as_str())
 }
 
 /// A plain `rollback`: back to `target` (the side live before the last
@@ -81,9 +88,7 @@ pub fn plan(book: &DeployBook, live: Side, target: Side) -> RollbackPlan {
             },
         };
     };
-    let before = good_versions(book)
-        .into_iter()
-        .find(|v| Some(*v) != live_version.as_deref());
+    let before = release_before(book, live_version.as_deref());
     let live_text = live_version.as_deref().unwrap_or("the live release");
     match before {
         Some(v) => RollbackPlan::Redeploy {
@@ -194,6 +199,23 @@ mod tests {
                 assert_eq!((side, version.as_str()), (Side::Blue, "v0"));
                 assert!(why.contains("v2") && why.contains("before v1"), "{why}");
             }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_release_before_is_before_the_live_one_not_one_backed_out_of() {
+        // v1, v2 shipped; the operator rolled back to v1 (v2 stays on green);
+        // v3 then replaced v2 on green and was rolled back by the bake.
+        let mut b = book(&[
+            ("v0", Side::Green, Outcome::Succeeded),
+            ("v1", Side::Blue, Outcome::Succeeded),
+            ("v2", Side::Green, Outcome::Succeeded),
+            ("v3", Side::Green, Outcome::RolledBack),
+        ]);
+        b.sides.blue.version = Some("v1".into());
+        match plan(&b, Side::Blue, Side::Green) {
+            RollbackPlan::Redeploy { version, .. } => assert_eq!(version, "v0"),
             other => panic!("{other:?}"),
         }
     }

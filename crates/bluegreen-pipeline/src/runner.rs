@@ -4,9 +4,11 @@
 //! running it twice is safe.
 
 use crate::{command, now_ms, smoke, Pipeline, PipelineError, RunHandle};
-use bluegreen_core::bake::{judge, Verdict, Window};
+use bluegreen_core::bake::{BakeWindows, Verdict, Window, WindowEnd};
 use bluegreen_core::config::deploy::{DeployMethod, SmokeCheck};
-use bluegreen_core::deploy::{DeployRecord, Outcome, PendingDecommission, SideRelease, Step};
+use bluegreen_core::deploy::{
+    DeployRecord, Outcome, PendingDecommission, SideRelease, Step, StepState,
+};
 use bluegreen_core::state::{SwitchKind, SwitchRequest};
 use bluegreen_core::Side;
 use bluegreen_router::shadow::ShadowOptions;
@@ -52,6 +54,21 @@ pub(crate) async fn run(p: Arc<Pipeline>, handle: Arc<RunHandle>) {
         };
         let end = match recorded {
             Ok(()) => end,
+            // Once the switch happened, a deploy that cannot be recorded must
+            // not stay live unjudged: traffic goes back to the old side.
+            Err(e) if step == Step::Switch || step.after_switch() => {
+                let why = format!("{e} after {} ended", step.as_str());
+                match p.switch_back(&record, SwitchKind::Rollback, &why).await {
+                    Ok(_) => StepEnd::End(
+                        Outcome::Failed,
+                        format!("{why}; traffic is back on {}", record.from),
+                    ),
+                    Err(s) => StepEnd::End(
+                        Outcome::Failed,
+                        format!("{why}; switching back failed too: {s}"),
+                    ),
+                }
+            }
             Err(e) => StepEnd::End(
                 Outcome::Failed,
                 format!("{e} after {} ended", step.as_str()),
@@ -121,13 +138,17 @@ async fn finish(p: &Arc<Pipeline>, outcome: Outcome, reason: Option<String>) {
     p.router.events.emit("deploy", &*d);
     let id = d.id;
     // What failed stays up for a look, then stops: never forever on the idle side.
-    let leftover = (outcome != Outcome::Succeeded && p.router.live() != d.target).then(|| {
-        PendingDecommission {
-            side: d.target,
-            deploy_id: id,
-            at_ms: now_ms() + p.config.keep_failed.as_millis() as u64,
-        }
-    });
+    // Only when the deploy step began: before it, the target still runs the
+    // previous (good) release, which must stay for an instant rollback.
+    let replaced = d.step(Step::Deploy).state != StepState::Pending;
+    let leftover =
+        (outcome != Outcome::Succeeded && replaced && p.router.live() != d.target).then(|| {
+            PendingDecommission {
+                side: d.target,
+                deploy_id: id,
+                at_ms: now_ms() + p.config.keep_failed.as_millis() as u64,
+            }
+        });
     if let Some(pending) = &leftover {
         d.log(
             format!(
@@ -688,22 +709,19 @@ fn describe(w: &Window) -> String {
     }
 }
 
-/// Step 7: watch the new side. The current window is judged every 100 ms
-/// once it holds `min_requests`, so an error-rate breach rolls back within
-/// moments of enough traffic. A latency breach must hold for `consecutive`
-/// whole windows (windows roll over every `bake.interval`) and needs enough
-/// requests for its percentile (`core::bake::MIN_TAIL`); one slow request
-/// never rolls a release back. Notes describe the window judged.
+/// Step 7: watch the new side. Every 100 ms the current window is judged
+/// (`core::bake::BakeWindows`): an error-rate breach rolls back at once; a
+/// latency breach only once it held `consecutive` whole windows; a window
+/// too small for its p99 keeps growing instead of closing. Notes describe
+/// the window judged, not running totals.
 async fn bake(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployRecord) -> StepEnd {
     let cfg = &p.config.bake;
     let start = p.router.live_window(d.target);
-    let mut window_start = (start.clone(), Instant::now());
+    let mut windows = BakeWindows::new(start.clone(), cfg.consecutive);
+    let mut opened = Instant::now();
     let end = Instant::now() + cfg.duration;
     let mut tick = tokio::time::interval(Duration::from_millis(100).min(cfg.interval));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut judged = 0u32;
-    let mut numbered = 1u32;
-    let mut strikes = 0u32;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -715,118 +733,77 @@ async fn bake(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployRecord) -> StepEn
                 };
             }
         }
-        'judge: {
-            let now = p.router.live_window(d.target);
-            let window = now.since(&window_start.0);
-            let closing = window_start.1.elapsed() >= cfg.interval;
-            let took = window_start.1.elapsed();
-            let verdict = judge(&window, d.baseline.as_ref(), &cfg.thresholds);
-            // A latency breach counts once its window is whole; until then, and
-            // while it has not held long enough, the window is only reported.
-            let verdict = match verdict {
-                Verdict::Breach(b) if b.metric != "error_rate" => {
-                    if !closing {
-                        break 'judge;
-                    }
-                    strikes += 1;
-                    if strikes >= cfg.consecutive {
-                        let mut b = b;
-                        b.summary = format!("{} in {strikes} windows in a row", b.summary);
-                        Verdict::Breach(b)
-                    } else {
-                        let detail = format!(
-                            "window {numbered} ({:.1}s): {} ({strikes} of {} windows needed to roll back)",
-                            took.as_secs_f64(),
-                            b.summary,
-                            cfg.consecutive
-                        );
-                        p.router.events.emit(
-                            "bake",
-                            serde_json::json!({"deploy_id": d.id, "verdict": "inconclusive", "detail": detail}),
-                        );
-                        note(p, Step::Bake, detail).await;
-                        numbered += 1;
-                        window_start = (now.clone(), Instant::now());
-                        break 'judge;
-                    }
-                }
-                other => other,
-            };
-            match verdict {
-                Verdict::Pass | Verdict::Inconclusive(_) if !closing => {}
-                Verdict::Pass | Verdict::Inconclusive(_) => {
-                    judged += 1;
-                    let (word, extra) = match &verdict {
-                        Verdict::Inconclusive(why) => ("inconclusive", format!("; {why}")),
-                        _ => {
-                            strikes = 0;
-                            ("ok", String::new())
-                        }
-                    };
-                    let detail = format!(
-                        "window {numbered} ({:.1}s): {}{extra}",
+        let closing = opened.elapsed() >= cfg.interval;
+        let took = opened.elapsed();
+        let now = p.router.live_window(d.target);
+        match windows.observe(&now, d.baseline.as_ref(), &cfg.thresholds, closing) {
+            WindowEnd::Open => {}
+            WindowEnd::Closed {
+                number,
+                window,
+                verdict,
+                detail,
+            } => {
+                opened = Instant::now();
+                let word = match verdict {
+                    Verdict::Pass => "ok",
+                    Verdict::NotEnoughTraffic => "waiting",
+                    _ => "inconclusive",
+                };
+                let text = match verdict {
+                    Verdict::NotEnoughTraffic => format!(
+                        "waiting for traffic: {} of {} requests",
+                        window.requests, cfg.thresholds.min_requests
+                    ),
+                    _ => format!(
+                        "window {number} ({:.1}s): {}{}",
                         took.as_secs_f64(),
-                        describe(&window)
-                    );
-                    p.router.events.emit(
-                        "bake",
-                        serde_json::json!({"deploy_id": d.id, "verdict": word, "detail": detail}),
-                    );
-                    note(p, Step::Bake, detail).await;
-                    numbered += 1;
-                    window_start = (now.clone(), Instant::now());
-                }
-                Verdict::NotEnoughTraffic => {
-                    if closing {
-                        let detail = format!(
-                            "waiting for traffic: {} of {} requests",
-                            window.requests, cfg.thresholds.min_requests
-                        );
-                        p.router.events.emit(
-                            "bake",
-                            serde_json::json!({"deploy_id": d.id, "verdict": "waiting", "detail": detail}),
-                        );
-                        note(p, Step::Bake, detail).await;
+                        describe(&window),
+                        detail.map(|x| format!("; {x}")).unwrap_or_default()
+                    ),
+                };
+                p.router.events.emit(
+                    "bake",
+                    serde_json::json!({"deploy_id": d.id, "verdict": word, "detail": text}),
+                );
+                note(p, Step::Bake, text).await;
+            }
+            WindowEnd::Breach(b) => {
+                let reason = format!("bake: {}", b.summary);
+                p.router.events.emit(
+                    "bake",
+                    serde_json::json!({"deploy_id": d.id, "verdict": "breach", "detail": b.summary, "breach": b}),
+                );
+                // The rollback comes first; the breach is written with the outcome.
+                touch(p, |r| r.breach = Some(b.clone())).await;
+                let t = Instant::now();
+                return match p.switch_back(d, SwitchKind::Rollback, &reason).await {
+                    Ok(o) => {
+                        log(
+                            p,
+                            format!(
+                                "rolled back to {} in {:.1} ms (generation {})",
+                                d.from,
+                                t.elapsed().as_secs_f64() * 1000.0,
+                                o.generation
+                            ),
+                        )
+                        .await;
+                        StepEnd::End(Outcome::RolledBack, reason)
                     }
-                }
-                Verdict::Breach(b) => {
-                    let reason = format!("bake: {}", b.summary);
-                    p.router.events.emit(
-                        "bake",
-                        serde_json::json!({"deploy_id": d.id, "verdict": "breach", "detail": b.summary, "breach": b}),
-                    );
-                    // The rollback comes first; the breach is written with the outcome.
-                    touch(p, |r| r.breach = Some(b.clone())).await;
-                    let t = Instant::now();
-                    return match p.switch_back(d, SwitchKind::Rollback, &reason).await {
-                        Ok(o) => {
-                            log(
-                                p,
-                                format!(
-                                    "rolled back to {} in {:.1} ms (generation {})",
-                                    d.from,
-                                    t.elapsed().as_secs_f64() * 1000.0,
-                                    o.generation
-                                ),
-                            )
-                            .await;
-                            StepEnd::End(Outcome::RolledBack, reason)
-                        }
-                        Err(e) => {
-                            StepEnd::End(Outcome::Failed, format!("{reason}; rollback failed: {e}"))
-                        }
-                    };
-                }
+                    Err(e) => {
+                        StepEnd::End(Outcome::Failed, format!("{reason}; rollback failed: {e}"))
+                    }
+                };
             }
         }
         if Instant::now() >= end {
             let total = p.router.live_window(d.target).since(&start);
-            let verdict = if judged == 0 && total.requests < cfg.thresholds.min_requests {
-                " (too little traffic to judge)"
-            } else {
-                ""
-            };
-            return StepEnd::Done(Some(format!("passed{verdict}: {}", describe(&total))));
+            return StepEnd::Done(Some(format!(
+                "passed{}: {}",
+                windows.caveat(),
+                describe(&total)
+            )));
         }
     }
 }
@@ -852,7 +829,7 @@ async fn decommission_step(p: &Arc<Pipeline>, d: &DeployRecord) -> StepEnd {
             p.config.keep_warm.as_secs()
         )));
     }
-    match decommission(p, old).await {
+    match decommission(p, old, None).await {
         Ok(detail) => StepEnd::Done(Some(detail)),
         // The release is live and good; a failed clean-up does not undo it.
         Err(e) => StepEnd::Done(Some(format!("decommission of {old} failed: {e}"))),
@@ -861,13 +838,35 @@ async fn decommission_step(p: &Arc<Pipeline>, d: &DeployRecord) -> StepEnd {
 
 /// Stops a side that is not live: waits for its drain, then the supervisor
 /// or the decommission hook.
-async fn decommission(p: &Arc<Pipeline>, side: Side) -> Result<String, String> {
+/// With `expect`, only while that scheduled stop is still the pending one.
+async fn decommission(
+    p: &Arc<Pipeline>,
+    side: Side,
+    expect: Option<&PendingDecommission>,
+) -> Result<String, String> {
     let drain = p.router.config().switch.drain_timeout;
     p.router.wait_drained(side, drain).await;
-    // Held until the side is stopped: no switch can make it live meanwhile.
+    // Held until the side is stopped: no switch can make it live, and no
+    // deploy can start on it, meanwhile. Everything is checked again here.
     let _fence = p.fence.lock().await;
     if p.router.live() == side {
         return Err(format!("{side} is live; refusing to stop it"));
+    }
+    {
+        let book = p.book.lock().await;
+        if expect.is_some_and(|e| book.pending_decommission.as_ref() != Some(e)) {
+            return Err(format!("{side} was taken over since; not stopping it"));
+        }
+        if let Some(d) = book
+            .current
+            .as_ref()
+            .filter(|d| !d.is_finished() && d.target == side)
+        {
+            return Err(format!(
+                "deploy #{} is putting {} on {side}; not stopping it",
+                d.id, d.version
+            ));
+        }
     }
     let version = p.book.lock().await.sides[side]
         .version
@@ -930,7 +929,7 @@ pub(crate) async fn scheduled_decommission(
             return Ok(());
         }
     }
-    let result = decommission(p, pending.side).await;
+    let result = decommission(p, pending.side, Some(pending)).await;
     let mut book = p.book.lock().await;
     if book.pending_decommission.as_ref() == Some(pending) {
         book.pending_decommission = None;

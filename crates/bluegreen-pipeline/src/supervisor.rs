@@ -504,7 +504,11 @@ async fn terminate(
     }
     // The leader is gone; what it started (a shell wrapper's children) gets
     // the rest of the grace, then SIGKILL.
-    while !group_members(pid).is_empty() {
+    while !tokio::task::spawn_blocking(move || group_members(pid))
+        .await
+        .unwrap_or_default()
+        .is_empty()
+    {
         if Instant::now() >= deadline {
             tracing::warn!(
                 pid,

@@ -8,6 +8,8 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::sync::oneshot;
@@ -36,6 +38,45 @@ impl ClientBodyError {
     }
 }
 
+/// How an upload is going, shared between the body (inside hyper's
+/// connection task) and the request path waiting for the answer.
+pub struct Upload {
+    base: std::time::Instant,
+    /// When the body last handed hyper a frame (µs since `base`).
+    last_frame_us: AtomicU64,
+    /// True while the body waits for the client (its own stall timer runs).
+    waiting_client: AtomicBool,
+    /// When the body was read whole (µs since `base`, plus one; 0: not yet).
+    done_us: AtomicU64,
+}
+
+impl Upload {
+    fn now_us(&self) -> u64 {
+        self.base.elapsed().as_micros() as u64
+    }
+
+    /// How long the upstream has not taken any of the body although the
+    /// client had it ready: an upstream that stopped reading.
+    pub fn upstream_stalled_for(&self) -> Option<Duration> {
+        if self.waiting_client.load(Ordering::Relaxed) || self.done_us.load(Ordering::Relaxed) != 0
+        {
+            return None;
+        }
+        let since = self
+            .now_us()
+            .saturating_sub(self.last_frame_us.load(Ordering::Relaxed));
+        Some(Duration::from_micros(since))
+    }
+
+    /// How long after the request began the body had been read whole.
+    pub fn sent_after(&self) -> Option<Duration> {
+        match self.done_us.load(Ordering::Relaxed) {
+            0 => None,
+            us => Some(Duration::from_micros(us - 1)),
+        }
+    }
+}
+
 /// A streamed client body with a per-read deadline, which says when it has
 /// been read to the end (so the upstream's deadline can start then).
 pub struct ClientBody {
@@ -45,25 +86,40 @@ pub struct ClientBody {
     stall: Option<Pin<Box<Sleep>>>,
     progressed: bool,
     sent: Option<oneshot::Sender<()>>,
+    upload: Arc<Upload>,
 }
 
 impl ClientBody {
-    /// Wraps `inner`; the receiver completes when the body has been read whole
-    /// (and errs when it was dropped before that).
-    pub fn new(inner: Incoming, limit: Duration) -> (ClientBody, oneshot::Receiver<()>) {
+    /// Wraps `inner` of a request that began at `started`; the receiver
+    /// completes when the body has been read whole (and errs when it was
+    /// dropped before that).
+    pub fn new(
+        inner: Incoming,
+        limit: Duration,
+        started: std::time::Instant,
+    ) -> (ClientBody, oneshot::Receiver<()>, Arc<Upload>) {
         let (tx, rx) = oneshot::channel();
+        let upload = Arc::new(Upload {
+            base: started,
+            last_frame_us: AtomicU64::new(started.elapsed().as_micros() as u64),
+            waiting_client: AtomicBool::new(false),
+            done_us: AtomicU64::new(0),
+        });
         let body = ClientBody {
             inner,
             limit,
             stall: None,
             progressed: false,
             sent: Some(tx),
+            upload: upload.clone(),
         };
-        (body, rx)
+        (body, rx, upload)
     }
 
     fn finished(&mut self) {
         if let Some(tx) = self.sent.take() {
+            let u = &self.upload;
+            u.done_us.store(u.now_us() + 1, Ordering::Relaxed);
             let _ = tx.send(());
         }
     }
@@ -81,6 +137,9 @@ impl Body for ClientBody {
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 this.progressed = true;
+                let u = &this.upload;
+                u.waiting_client.store(false, Ordering::Relaxed);
+                u.last_frame_us.store(u.now_us(), Ordering::Relaxed);
                 if this.inner.is_end_stream() {
                     this.finished();
                 }
@@ -94,6 +153,7 @@ impl Body for ClientBody {
                 Poll::Ready(None)
             }
             Poll::Pending => {
+                this.upload.waiting_client.store(true, Ordering::Relaxed);
                 let limit = this.limit;
                 let stall = this
                     .stall

@@ -104,9 +104,7 @@ pub fn set_forwarded(
 ) {
     let Some(settings) = trusted else {
         if FORWARDING.iter().any(|n| headers.contains_key(n)) {
-            for n in &FORWARDING {
-                headers.remove(n);
-            }
+            strip_forwarding(headers);
         }
         headers.insert(X_FORWARDED_FOR.clone(), peer_ip.clone());
         headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
@@ -146,6 +144,13 @@ pub fn set_forwarded(
         if !headers.contains_key(&X_FORWARDED_HOST) {
             headers.insert(X_FORWARDED_HOST.clone(), host);
         }
+    }
+}
+
+/// Drops the forwarding headers (`X-Forwarded-*`, `Forwarded`, `X-Real-IP`).
+pub fn strip_forwarding(headers: &mut HeaderMap) {
+    for n in &FORWARDING {
+        headers.remove(n);
     }
 }
 

@@ -3,7 +3,7 @@
 //! streamed back. Nothing here takes a lock.
 
 use crate::body::{InFlight, ResponseBody, TrackedBody};
-use crate::client_body::{ClientBody, ClientBodyError};
+use crate::client_body::{ClientBody, ClientBodyError, Upload};
 use crate::conn::{self, Sender};
 use crate::control::Router;
 use crate::error::ProxyError;
@@ -69,14 +69,17 @@ pub async fn handle(req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
         .access_log
         .then(|| AccessLine::of(&req));
     let mut record = None;
+    let mut upload = None;
     let taps = Taps {
         recorder: recorder.as_deref(),
         record: &mut record,
         shadow,
     };
-    let resp = match forward(req, conn, &pool, epoch, started, taps).await {
+    let result = forward(req, conn, &pool, epoch, started, taps, &mut upload).await;
+    let client_fault = result.as_ref().is_err_and(ProxyError::is_client_fault);
+    let resp = match result {
         Ok(resp) => resp,
-        Err(err) if err.is_client_fault() => {
+        Err(err) if client_fault => {
             tracing::debug!(listener = conn.kind.as_str(), error = %err, "request refused");
             err.into_response()
         }
@@ -90,7 +93,18 @@ pub async fn handle(req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
     } else {
         &pool.live_stats
     };
-    stats.record(resp.status().as_u16(), started.elapsed());
+    // What the bake judges is the app's time to answer: a client's own
+    // mistakes are counted but not timed, and an upload's own time is left out.
+    let took = started.elapsed();
+    if client_fault {
+        stats.record_untimed(resp.status().as_u16());
+    } else {
+        let upload_time = upload.as_deref().and_then(Upload::sent_after);
+        stats.record(
+            resp.status().as_u16(),
+            took - upload_time.unwrap_or_default().min(took),
+        );
+    }
     if let Some(a) = access {
         a.log(conn, pool.side, resp.status().as_u16(), started.elapsed());
     }
@@ -163,6 +177,7 @@ async fn forward(
     epoch: Option<Arc<Epoch>>,
     started: Instant,
     taps: Taps<'_>,
+    upload: &mut Option<Arc<Upload>>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let Taps {
         recorder,
@@ -184,8 +199,9 @@ async fn forward(
     let (body, mut body_sent) = if body.is_end_stream() {
         (Either::Right(Full::new(Bytes::new())), None)
     } else {
-        let (b, sent) = ClientBody::new(body, settings.client_body_timeout);
-        (Either::Left(b), Some(sent))
+        let (b, sent, progress) = ClientBody::new(body, settings.client_body_timeout, started);
+        *upload = Some(progress.clone());
+        (Either::Left(b), Some((sent, progress)))
     };
     let shadow = shadow.filter(|s| on_upgrade.is_none() && s.wants(&parts.method, &parts.headers));
     let (body, whole) = if recorder.is_none() && shadow.is_none() {
@@ -340,7 +356,7 @@ async fn send(
     upstream: &Upstream,
     mut req: Request<UpstreamBody>,
     (connect_timeout, upstream_timeout): (Duration, Duration),
-    body_sent: &mut Option<oneshot::Receiver<()>>,
+    body_sent: &mut Option<(oneshot::Receiver<()>, Arc<Upload>)>,
 ) -> Result<(Response<Incoming>, Sender), SendError> {
     while let Some(mut sender) = upstream.conns.take() {
         match tokio::time::timeout(connect_timeout, sender.ready()).await {
@@ -367,20 +383,33 @@ async fn send(
     }
 }
 
-/// Waits for the response head: unbounded while the client's body is still
-/// being sent (its own read deadline bounds that), then `limit`.
+/// Waits for the response head. While the client's body is still going out,
+/// the client's pace is bounded by the body's own stall timer, and an
+/// upstream that stops taking bodies the client has ready by `limit`; once
+/// it has gone out whole, the answer must come within `limit`.
 async fn answer<F: Future>(
     fut: F,
-    body_sent: &mut Option<oneshot::Receiver<()>>,
+    body_sent: &mut Option<(oneshot::Receiver<()>, Arc<Upload>)>,
     limit: Duration,
 ) -> Option<F::Output> {
     tokio::pin!(fut);
-    if let Some(sent) = body_sent {
-        tokio::select! {
-            biased;
-            r = &mut fut => return Some(r),
-            _ = sent => *body_sent = None,
+    if let Some((sent, upload)) = body_sent {
+        loop {
+            let stalled = upload.upstream_stalled_for().unwrap_or_default();
+            let check =
+                tokio::time::sleep(limit.saturating_sub(stalled).max(Duration::from_millis(10)));
+            tokio::select! {
+                biased;
+                r = &mut fut => return Some(r),
+                _ = &mut *sent => break,
+                _ = check => {
+                    if upload.upstream_stalled_for().is_some_and(|d| d >= limit) {
+                        return None;
+                    }
+                }
+            }
         }
+        *body_sent = None;
     }
     tokio::time::timeout(limit, fut).await.ok()
 }

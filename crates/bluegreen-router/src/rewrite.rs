@@ -85,9 +85,10 @@ fn valid_host(v: &HeaderValue) -> bool {
         return false;
     };
     // `Authority` keeps a port it cannot read; a Host must have digits there.
+    // An empty port (`host:`) is valid syntax (RFC 3986 `port = *DIGIT`).
     let port_ok = match s[a.host().len()..].strip_prefix(':') {
         None => s.len() == a.host().len(),
-        Some(p) => p.parse::<u16>().is_ok(),
+        Some(p) => p.is_empty() || p.parse::<u16>().is_ok(),
     };
     !a.host().is_empty() && !s.contains('@') && !s.contains('/') && port_ok
 }
@@ -211,7 +212,14 @@ mod tests {
             let e = refused(&mut parts(v11, "GET", "/", &[("host", bad)]));
             assert!(e.starts_with("400"), "{bad:?}: {e}");
         }
-        for good in ["a.example", "a.example:8080", "127.0.0.1:1", "[::1]:80", ""] {
+        for good in [
+            "a.example",
+            "a.example:8080",
+            "a.example:",
+            "127.0.0.1:1",
+            "[::1]:80",
+            "",
+        ] {
             let h = inspect(&mut parts(v11, "GET", "/x", &[("host", good)])).unwrap();
             assert_eq!(h.host.unwrap(), good);
         }

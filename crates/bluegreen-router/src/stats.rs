@@ -34,6 +34,12 @@ impl TrafficStats {
         self.buckets[latency::bucket(latency)].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Records an answer without its time: a client's own mistake (a body
+    /// that broke or stalled), whose duration says nothing about the app.
+    pub fn record_untimed(&self, status: u16) {
+        self.classes[(status as usize / 100).min(5)].fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Answers by status class (`[_, 1xx, 2xx, 3xx, 4xx, 5xx]`).
     pub fn classes(&self) -> [u64; 6] {
         std::array::from_fn(|i| self.classes[i].load(Ordering::Relaxed))

@@ -260,32 +260,39 @@ async fn targets(args: &ReplayArgs) -> anyhow::Result<Vec<String>> {
     }
 }
 
+/// A recorded request made anew. What it carries is the recorded head less
+/// what was the client's connection or identity, never the app's business:
+/// redacted secrets, hop-by-hop and framing headers (and what `Connection`
+/// named), forwarding headers (a replay is not from that client), and our
+/// own marks, of which it sets `X-Bluegreen-Replay: 1` itself.
 fn build(base: &str, r: &Recorded) -> anyhow::Result<http::Request<Full<Bytes>>> {
+    use bluegreen_router::headers;
     let mut req = http::Request::builder()
         .method(r.method.as_str())
-        .uri(format!("{base}{}", r.path));
+        .uri(format!("{base}{}", r.path))
+        .body(Full::new(Bytes::from(r.body_bytes())))?;
+    let h = req.headers_mut();
     for (k, v) in &r.headers {
-        // Redacted secrets are not replayed; hop-by-hop and framing headers are the
-        // client's own; our own marks are set here and nowhere else.
-        if v == REDACTED
-            || k.starts_with("x-bluegreen-")
-            || matches!(
-                k.as_str(),
-                "host"
-                    | "connection"
-                    | "keep-alive"
-                    | "transfer-encoding"
-                    | "content-length"
-                    | "te"
-                    | "upgrade"
-            )
-        {
+        if v == REDACTED {
             continue;
         }
-        req = req.header(k.as_str(), v.as_str());
+        let name = http::header::HeaderName::from_bytes(k.as_bytes())
+            .with_context(|| format!("recorded header name {k:?}"))?;
+        let value = http::header::HeaderValue::from_str(v)
+            .with_context(|| format!("recorded value of {k}"))?;
+        h.append(name, value);
     }
-    req = req.header("x-bluegreen-replay", "1");
-    Ok(req.body(Full::new(Bytes::from(r.body_bytes())))?)
+    headers::strip_hop_by_hop(h, false);
+    headers::strip_own(h);
+    headers::strip_forwarding(h);
+    for framing in [http::header::HOST, http::header::CONTENT_LENGTH] {
+        h.remove(framing);
+    }
+    h.insert(
+        "x-bluegreen-replay",
+        http::header::HeaderValue::from_static("1"),
+    );
+    Ok(req)
 }
 
 fn progress(total: usize, quiet: bool) -> indicatif::ProgressBar {
@@ -301,4 +308,49 @@ fn progress(total: usize, quiet: bool) -> indicatif::ProgressBar {
         .expect("template"),
     );
     bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replay_carries_the_recorded_head_less_connection_identity_and_our_marks() {
+        let pairs = [
+            ("accept", "application/json"),
+            ("x-tag", "one"),
+            ("x-tag", "two"),
+            ("authorization", "Bearer secret"),
+            ("connection", "keep-alive, x-hop"),
+            ("x-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-authorization", "Basic x"),
+            ("http2-settings", "AAA"),
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-real-ip", "6.6.6.6"),
+            ("forwarded", "for=6.6.6.6"),
+            ("x-bluegreen-shadow", "1"),
+            ("host", "shop.example"),
+            ("content-length", "5"),
+        ];
+        let headers = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let r = Recorded::new(
+            1,
+            "POST",
+            "/o?x=1",
+            headers,
+            b"hello",
+            &["authorization".into()],
+        );
+        let req = build("http://127.0.0.1:9", &r).unwrap();
+        assert_eq!(req.uri(), "http://127.0.0.1:9/o?x=1");
+        let h = req.headers();
+        let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["accept", "x-tag", "x-bluegreen-replay"], "{h:?}");
+        assert_eq!(h.get_all("x-tag").iter().count(), 2);
+        assert_eq!(h["x-bluegreen-replay"], "1");
+    }
 }

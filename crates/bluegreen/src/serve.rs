@@ -71,10 +71,10 @@ pub fn main(path: &Path) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     rt.block_on(async move {
-        let running = start(config, &token).await?;
-        // Handlers go in before the ready line: a signal sent as soon as we
-        // say we are ready must not meet the default action (exit).
+        // Handlers go in first: a SIGHUP while starting must not meet the
+        // default action (exit); a SIGTERM then stops us once started.
         let signals = Signals::install()?;
+        let running = start(config, &token).await?;
         println!(
             "bluegreen ready proxy={} preview={} admin={} live={}",
             running.proxy,

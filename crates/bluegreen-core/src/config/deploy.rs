@@ -466,6 +466,18 @@ pub(super) fn validate(
             "deploy.bake.interval",
             "must not be longer than deploy.bake.duration",
         );
+    } else if (bake.thresholds.max_p99.is_some() || bake.thresholds.p99_ratio.is_some())
+        && bake.interval * bake.consecutive > bake.duration
+    {
+        c.issue(
+            "deploy.bake.consecutive",
+            format!(
+                "{} windows of {} do not fit in deploy.bake.duration ({}): a latency breach could never roll back",
+                bake.consecutive,
+                humantime::format_duration(bake.interval),
+                humantime::format_duration(bake.duration)
+            ),
+        );
     }
 
     let config = DeployConfig {

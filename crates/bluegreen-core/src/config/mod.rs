@@ -654,13 +654,13 @@ fn line_of(text: &str, key: &str) -> Option<usize> {
 /// At most this many upstreams per side (a request's tried set is a `u64`).
 pub const MAX_UPSTREAMS: usize = 64;
 
-/// The address an upstream names, for comparisons: `localhost` is loopback,
-/// and host names compare without case.
+/// The address an upstream names, for comparisons: `localhost` is
+/// 127.0.0.1 (what it resolves to first), and host names compare without
+/// case. `[::1]:P` and `127.0.0.1:P` are different sockets.
 fn canonical_upstream(u: &str) -> String {
     match u.rsplit_once(':') {
         Some((host, port)) if host.eq_ignore_ascii_case("localhost") => format!("127.0.0.1:{port}"),
         _ => match u.parse::<SocketAddr>() {
-            Ok(SocketAddr::V6(v6)) if v6.ip().is_loopback() => format!("127.0.0.1:{}", v6.port()),
             Ok(a) => a.to_string(),
             Err(_) => u.to_ascii_lowercase(),
         },
@@ -677,9 +677,7 @@ fn reaches(u: &str, listen: SocketAddr) -> bool {
         return false;
     }
     let ip = target.ip();
-    ip == listen.ip()
-        || (listen.ip().is_unspecified() && (ip.is_loopback() || ip.is_unspecified()))
-        || (listen.ip().is_loopback() && ip.is_loopback())
+    ip == listen.ip() || (listen.ip().is_unspecified() && (ip.is_loopback() || ip.is_unspecified()))
 }
 
 fn validate_environments(
@@ -839,7 +837,6 @@ drain_timeout = "30s"
             ("127.0.0.1:9901", "own admin.listen"),
             // The same upstream under two names.
             ("localhost:9001", "already listed"),
-            ("[::1]:9001", "already listed"),
             ("127.0.0.1:0", "port 0"),
         ];
         for (extra, want) in cases {

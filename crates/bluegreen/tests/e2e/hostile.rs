@@ -377,9 +377,63 @@ async fn a_clients_broken_or_slow_body_is_the_clients_error_never_the_apps() {
         0.0,
         "{m}"
     );
+    // Only the app's answers are timed, and an upload's own time is left out:
+    // the one timed request is the slow upload, answered at once once sent.
+    let live = ["side=\"blue\"", "listener=\"live\""];
+    assert_eq!(
+        metric_sum(&m, "bluegreen_request_duration_seconds_count", &live),
+        1.0,
+        "{m}"
+    );
+    let sum = metric_sum(&m, "bluegreen_request_duration_seconds_sum", &live);
+    assert!(sum < 0.3, "upload time counted as latency: {sum}s");
     let status = router.status().await;
     assert_eq!(
         status["sides"]["blue"]["upstreams"][0]["health"], "healthy",
         "{status}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upstream_that_stops_reading_an_upload_is_a_504_not_a_hang() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let green = RawBackend::start("green").await;
+    let sink = crate::raw::ScriptedUpstream::never_reading().await;
+    let router = RouterBuilder::addrs(vec![sink.addr], vec![green.addr])
+        .upstream_timeout("500ms")
+        .health("interval = \"1h\"\ntimeout = \"500ms\"\nhealthy_threshold = 1\nunhealthy_threshold = 1")
+        .start();
+    let sock = tokio::net::TcpStream::connect(router.proxy).await.unwrap();
+    let (mut rd, mut wr) = sock.into_split();
+    const SIZE: usize = 64 << 20;
+    // The client has the whole body ready; only the upstream is slow.
+    let writer = tokio::spawn(async move {
+        let head = format!("PUT /upload HTTP/1.1\r\nHost: h\r\nContent-Length: {SIZE}\r\n\r\n");
+        wr.write_all(head.as_bytes()).await?;
+        let chunk = vec![b'x'; 1 << 20];
+        for _ in 0..SIZE >> 20 {
+            wr.write_all(&chunk).await?;
+        }
+        Ok::<_, std::io::Error>(())
+    });
+    let started = std::time::Instant::now();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(std::time::Duration::from_secs(15), rd.read(&mut buf))
+            .await
+            .expect("an answer, not a hang")
+            .unwrap();
+        assert!(n > 0, "closed without an answer");
+        got.extend_from_slice(&buf[..n]);
+    }
+    let head = String::from_utf8_lossy(&got).to_string();
+    assert!(head.starts_with("HTTP/1.1 504"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("x-bluegreen-error: upstream_timeout"),
+        "{head}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    writer.abort();
 }

@@ -145,6 +145,32 @@ async fn serve_conn(mut sock: TcpStream, seen: Arc<Mutex<Vec<Arrived>>>, name: S
     }
 }
 
+/// Reads one request head off `sock`, leaving its body unread in the socket
+/// (a health check has none).
+async fn read_head(sock: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Arrived> {
+    let head_len = loop {
+        if let Some(i) = find(buf, b"\r\n\r\n") {
+            break i + 4;
+        }
+        if !fill(sock, buf).await {
+            return None;
+        }
+    };
+    let mut headers = [httparse::EMPTY_HEADER; 128];
+    let mut req = httparse::Request::new(&mut headers);
+    req.parse(&buf[..head_len]).ok()?;
+    let target = req.path?.to_string();
+    buf.drain(..head_len);
+    Some(Arrived {
+        method: String::new(),
+        target,
+        minor: 1,
+        headers: Vec::new(),
+        body: Vec::new(),
+        chunked: false,
+    })
+}
+
 /// Reads one request off `sock` (bytes past it stay in `buf`).
 pub async fn read_request(sock: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Arrived> {
     let head_len = loop {
@@ -247,6 +273,15 @@ pub struct ScriptedUpstream {
 }
 
 impl ScriptedUpstream {
+    /// Answers health checks; any other request's head is read and then
+    /// nothing more, ever: an app that stopped reading its uploads.
+    pub async fn never_reading() -> ScriptedUpstream {
+        ScriptedUpstream::start(b"").await
+    }
+
+    /// Answers health checks; every other request gets `answer`, then the
+    /// connection closes (with an empty `answer`: the connection is held
+    /// open and never read again).
     pub async fn start(answer: &[u8]) -> ScriptedUpstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -261,13 +296,17 @@ impl ScriptedUpstream {
                 let answer = answer.clone();
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
-                    while let Some(req) = read_request(&mut sock, &mut buf).await {
+                    while let Some(req) = read_head(&mut sock, &mut buf).await {
                         if req.target == "/healthz" {
                             let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
                             if sock.write_all(ok).await.is_err() {
                                 return;
                             }
                             continue;
+                        }
+                        if answer.is_empty() {
+                            // Hold the socket, read nothing: the sender's buffers fill.
+                            std::future::pending::<()>().await;
                         }
                         let _ = sock.write_all(&answer).await;
                         return;
