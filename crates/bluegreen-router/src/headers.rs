@@ -4,23 +4,90 @@ use crate::settings::ProxySettings;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
-static HOP_BY_HOP: [HeaderName; 9] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    HeaderName::from_static("http2-settings"),
-];
-
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// What one pass over a request's header names found (the hop-by-hop ones
+/// are those of RFC 9110 §7.6.1, plus `HTTP2-Settings` and `Upgrade`): everything the
+/// rewrite needs to know, so a request without any of it costs no hashing.
+#[derive(Debug, Default)]
+pub struct Found {
+    /// Present hop-by-hop headers and our own `X-Bluegreen-*` (to remove).
+    pub remove: Vec<HeaderName>,
+    /// A `Connection` header, whose listed names go too.
+    pub connection: bool,
+    /// Any forwarding header (`X-Forwarded-*`, `Forwarded`, `X-Real-IP`).
+    pub forwarding: bool,
+    /// An `X-Request-Id`.
+    pub request_id: bool,
+}
+
+/// Classifies every header name once (a `match` on the name: length and a
+/// compare, no hashing).
+pub fn scan_names(headers: &HeaderMap) -> Found {
+    let mut found = Found::default();
+    let mut last: Option<&HeaderName> = None;
+    for name in headers.keys() {
+        // Repeated names come one after another; classify each once.
+        if last == Some(name) {
+            continue;
+        }
+        last = Some(name);
+        match name.as_str() {
+            "connection" => {
+                found.connection = true;
+                found.remove.push(name.clone());
+            }
+            "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "http2-settings"
+            | "upgrade" => found.remove.push(name.clone()),
+            "x-forwarded-for" | "x-forwarded-host" | "x-forwarded-proto" | "x-real-ip"
+            | "forwarded" => found.forwarding = true,
+            "x-request-id" => found.request_id = true,
+            n if n.starts_with("x-bluegreen-") => found.remove.push(name.clone()),
+            _ => {}
+        }
+    }
+    found
+}
+
+/// Removes what `found` lists and the names `Connection` lists; with
+/// `keep_upgrade`, `Upgrade` and `Connection: upgrade` stay for the switch.
+pub fn strip_found(headers: &mut HeaderMap, found: &Found, keep_upgrade: bool) {
+    if found.remove.is_empty() {
+        return;
+    }
+    if found.connection {
+        let listed: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|s| s.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .collect();
+        for name in listed {
+            if !(keep_upgrade && name == header::UPGRADE) {
+                headers.remove(name);
+            }
+        }
+    }
+    for name in &found.remove {
+        if !(keep_upgrade && name == header::UPGRADE) {
+            headers.remove(name);
+        }
+    }
+    if keep_upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
 
 /// True when an HTTP/1.1 request asks to switch protocols (e.g. WebSocket).
 pub fn wants_upgrade(headers: &HeaderMap) -> bool {
@@ -38,44 +105,16 @@ fn has_token(value: &HeaderValue, token: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// Removes hop-by-hop headers, including those the `Connection` header names.
-/// With `keep_upgrade`, `Connection: upgrade` and `Upgrade` survive so the
-/// upstream sees the protocol switch.
+/// Removes hop-by-hop headers, including those the `Connection` header names
+/// (for answers, and for replayed requests). With `keep_upgrade`,
+/// `Connection: upgrade` and `Upgrade` survive so the peer sees the switch.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // One pass over the names: only what is present is removed, and a
-    // message without any of these costs no hashing at all.
-    let mut present: Vec<HeaderName> = Vec::new();
-    let mut named = false;
-    for name in headers.keys() {
-        if name == header::CONNECTION {
-            named = true;
-        }
-        if (HOP_BY_HOP.contains(name) || name == header::UPGRADE) && !present.contains(name) {
-            present.push(name.clone());
-        }
-    }
-    if present.is_empty() {
-        return;
-    }
-    if named {
-        let listed: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|s| s.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .filter(|n| !HOP_BY_HOP.contains(n))
-            .collect();
-        present.extend(listed);
-    }
-    for name in &present {
-        if !(keep_upgrade && name == header::UPGRADE) {
-            headers.remove(name);
-        }
-    }
-    if keep_upgrade {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    }
+    let mut found = scan_names(headers);
+    // Our own names are a request's business; an answer's are left alone.
+    found
+        .remove
+        .retain(|n| !n.as_str().starts_with("x-bluegreen-"));
+    strip_found(headers, &found, keep_upgrade);
 }
 
 /// Headers that only a proxy may set: from an untrusted peer they are
@@ -101,9 +140,10 @@ pub fn set_forwarded(
     peer_ip: &HeaderValue,
     trusted: Option<&ProxySettings>,
     host: Option<HeaderValue>,
+    any_present: bool,
 ) {
     let Some(settings) = trusted else {
-        if FORWARDING.iter().any(|n| headers.contains_key(n)) {
+        if any_present {
             strip_forwarding(headers);
         }
         headers.insert(X_FORWARDED_FOR.clone(), peer_ip.clone());
@@ -213,7 +253,13 @@ impl RequestIds {
 
     /// Sets `X-Request-Id` unless the client sent a valid one.
     pub fn ensure(&self, headers: &mut HeaderMap) {
-        if valid_request_id(headers) {
+        self.ensure_known(headers, true)
+    }
+
+    /// `ensure`, told whether an `X-Request-Id` is there at all (from
+    /// [`scan_names`]), so the common request skips a lookup.
+    pub fn ensure_known(&self, headers: &mut HeaderMap, present: bool) {
+        if present && valid_request_id(headers) {
             return;
         }
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
@@ -326,6 +372,7 @@ mod tests {
             &HeaderValue::from_static("127.0.0.1"),
             None,
             Some(HeaderValue::from_static("example.com")),
+            true,
         );
         assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
         assert_eq!(h["x-forwarded-for"], "127.0.0.1");
@@ -349,6 +396,7 @@ mod tests {
             &HeaderValue::from_static("127.0.0.1"),
             Some(&s),
             Some(HeaderValue::from_static("example.com")),
+            true,
         );
         assert_eq!(
             h["x-forwarded-for"],

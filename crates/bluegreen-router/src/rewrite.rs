@@ -8,7 +8,7 @@ use crate::headers::{self, RequestIds};
 use crate::settings::ProxySettings;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::request::Parts;
-use http::uri::{Authority, PathAndQuery};
+use http::uri::PathAndQuery;
 use http::{Method, Uri, Version};
 
 /// What the rest of the request path needs from the client's head.
@@ -29,14 +29,16 @@ pub fn inspect(parts: &mut Parts) -> Result<Head, ProxyError> {
         return Err(ProxyError::MethodNotAllowed("CONNECT"));
     }
     let host = host(parts)?;
-    let upgrade = if parts.version == Version::HTTP_11 {
-        drop_h2c(&mut parts.headers);
-        headers::wants_upgrade(&parts.headers)
-            .then(|| parts.headers.get(header::UPGRADE).cloned())
-            .flatten()
-    } else {
-        None
-    };
+    // One lookup for the common request, which asks for no upgrade.
+    let upgrade =
+        if parts.version == Version::HTTP_11 && parts.headers.contains_key(header::UPGRADE) {
+            drop_h2c(&mut parts.headers);
+            headers::wants_upgrade(&parts.headers)
+                .then(|| parts.headers.get(header::UPGRADE).cloned())
+                .flatten()
+        } else {
+            None
+        };
     let path = match parts.uri.path_and_query() {
         Some(p) => p.clone(),
         None if parts.uri.authority().is_some() => PathAndQuery::from_static("/"),
@@ -78,19 +80,49 @@ fn host(parts: &Parts) -> Result<Option<HeaderValue>, ProxyError> {
     }
 }
 
-/// `host[:port]`: a reg-name, IPv4 or bracketed IPv6, no user information.
+/// `host[:port]` (RFC 3986): a reg-name or IPv4 of unreserved, sub-delims
+/// and `%` characters, or a bracketed IPv6 literal; the port, when there is
+/// a colon, digits only (possibly none) and at most 65535. No user
+/// information, no path. A byte loop: this runs on every request.
 fn valid_host(v: &HeaderValue) -> bool {
-    let Ok(s) = v.to_str() else { return false };
-    let Ok(a) = s.parse::<Authority>() else {
-        return false;
+    let b = v.as_bytes();
+    let (host_end, rest) = if b.first() == Some(&b'[') {
+        match b.iter().position(|&c| c == b']') {
+            Some(i)
+                if i > 1
+                    && b[1..i]
+                        .iter()
+                        .all(|c| c.is_ascii_hexdigit() || b":.".contains(c)) =>
+            {
+                (i + 1, &b[i + 1..])
+            }
+            _ => return false,
+        }
+    } else {
+        let end = b.iter().position(|&c| c == b':').unwrap_or(b.len());
+        let ok = end > 0
+            && b[..end]
+                .iter()
+                .all(|&c| c.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%".contains(&c));
+        if !ok {
+            return false;
+        }
+        (end, &b[end..])
     };
-    // `Authority` keeps a port it cannot read; a Host must have digits there.
-    // An empty port (`host:`) is valid syntax (RFC 3986 `port = *DIGIT`).
-    let port_ok = match s[a.host().len()..].strip_prefix(':') {
-        None => s.len() == a.host().len(),
-        Some(p) => p.is_empty() || p.parse::<u16>().is_ok(),
-    };
-    !a.host().is_empty() && !s.contains('@') && !s.contains('/') && port_ok
+    let _ = host_end;
+    match rest {
+        [] => true,
+        [b':', port @ ..] => {
+            port.len() <= 5
+                && port.iter().all(u8::is_ascii_digit)
+                && (port.is_empty()
+                    || std::str::from_utf8(port)
+                        .ok()
+                        .and_then(|p| p.parse::<u16>().ok())
+                        .is_some())
+        }
+        _ => false,
+    }
 }
 
 /// An `Upgrade: h2c` is never forwarded (h2c smuggling: the upstream would
@@ -132,14 +164,25 @@ pub fn rewrite(
     if parts.version == Version::HTTP_2 {
         join_cookies(&mut parts.headers);
     }
-    headers::strip_own(&mut parts.headers);
-    headers::strip_hop_by_hop(&mut parts.headers, head.upgrade.is_some());
-    if let Some(h) = &head.host {
+    // One pass over the names decides everything below; a plain request
+    // (no hop-by-hop, forwarding or own headers) is then only inserts.
+    let found = headers::scan_names(&parts.headers);
+    headers::strip_found(&mut parts.headers, &found, head.upgrade.is_some());
+    // The Host field changes only for an absolute-form target or HTTP/2's
+    // `:authority`, or when `Connection` named it.
+    let from_target = parts.uri.authority().is_some();
+    if let (Some(h), true) = (&head.host, from_target || found.connection) {
         parts.headers.insert(header::HOST, h.clone());
     }
-    headers::set_forwarded(&mut parts.headers, peer_ip, trusted, head.host.clone());
-    ids.ensure(&mut parts.headers);
-    if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+    headers::set_forwarded(
+        &mut parts.headers,
+        peer_ip,
+        trusted,
+        head.host.clone(),
+        found.forwarding,
+    );
+    ids.ensure_known(&mut parts.headers, found.request_id);
+    if from_target || parts.uri.scheme().is_some() {
         parts.uri = Uri::from(head.path.clone());
     }
     parts.version = Version::HTTP_11;
