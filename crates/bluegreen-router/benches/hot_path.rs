@@ -36,6 +36,14 @@ fn snapshot() -> ArcSwap<Snapshot> {
         epochs: Sides::from_fn(|_| Epoch::new()),
         recorder: None,
         shadow: None,
+        settings: Arc::new(bluegreen_router::settings::ProxySettings {
+            connect_timeout: std::time::Duration::from_secs(2),
+            upstream_timeout: std::time::Duration::from_secs(30),
+            retries: 1,
+            access_log: false,
+            client_body_timeout: std::time::Duration::from_secs(60),
+            trusted_proxies: Vec::new(),
+        }),
     })
 }
 

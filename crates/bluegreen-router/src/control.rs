@@ -5,14 +5,14 @@
 
 use crate::downstream::{ClientCount, ClientGauge};
 use crate::events::{Events, Series};
-use crate::headers::RequestIds;
 use crate::listener::ListenerKind;
-use crate::pool::Pool;
-use crate::recorder::{RecordOptions, RecordStatus, Recorder};
+use crate::request::headers::RequestIds;
 use crate::settings::ProxySettings;
-use crate::shadow::{Shadow, ShadowOptions};
 use crate::snapshot::{Epoch, Snapshot};
 use crate::status::{DrainStatus, SideStatus, Status, UpstreamStatus};
+use crate::taps::recorder::{RecordOptions, RecordStatus, Recorder};
+use crate::taps::shadow::{Shadow, ShadowOptions};
+use crate::upstream::pool::Pool;
 use arc_swap::ArcSwap;
 use bluegreen_core::config::Config;
 use bluegreen_core::health::Health;
@@ -31,7 +31,6 @@ use tokio_util::task::TaskTracker;
 /// The router: routing snapshot, upstream client and the persisted state.
 pub struct Router {
     pub(crate) snapshot: ArcSwap<Snapshot>,
-    pub(crate) settings: Arc<ProxySettings>,
     pub(crate) ids: RequestIds,
     /// Upgraded connections, which hyper no longer tracks.
     pub(crate) tunnels: TaskTracker,
@@ -129,11 +128,11 @@ impl Router {
             epochs: Sides::from_fn(|_| Epoch::new()),
             recorder: None,
             shadow: None,
+            settings: Arc::new(ProxySettings::from_config(&config.proxy)),
         };
 
         Ok(Arc::new(Router {
             snapshot: ArcSwap::from_pointee(snapshot),
-            settings: Arc::new(ProxySettings::from_config(&config.proxy)),
             ids: RequestIds::new(),
             tunnels: TaskTracker::new(),
             shutdown: CancellationToken::new(),

@@ -18,8 +18,8 @@
 //! pass-through for the rest of the connection: hyper frames them itself and
 //! answers malformed ones, exactly as without the gate.
 
-use crate::body::ResponseBody;
-use crate::proxy::{self, ConnCtx};
+use crate::request::body::ResponseBody;
+use crate::request::{self, ConnCtx};
 use bytes::{Buf, Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use hyper::server::conn::{http1, http2};
@@ -121,7 +121,7 @@ pub async fn serve(
             let guard = Held::new(open.clone());
             // Boxed: hyper keeps room for one request future per connection.
             Box::pin(async move {
-                let resp = proxy::handle(req, &ctx).await;
+                let resp = request::handle(req, &ctx).await;
                 Ok::<_, Infallible>(resp.map(|body| Counted {
                     body,
                     _guard: guard,

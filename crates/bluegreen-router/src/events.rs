@@ -144,7 +144,7 @@ pub fn spawn_sampler(router: Arc<Router>, every: Duration, stop: CancellationTok
             });
             last = now;
             let point = Point {
-                t_ms: crate::shadow::now_ms(),
+                t_ms: crate::taps::shadow::now_ms(),
                 live: snap.live,
                 sides,
             };

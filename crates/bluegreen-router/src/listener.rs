@@ -4,7 +4,7 @@
 
 use crate::control::Router;
 use crate::downstream::{self, Protocols};
-use crate::proxy::ConnCtx;
+use crate::request::ConnCtx;
 use bluegreen_core::config::ProxyConfig;
 use http::HeaderValue;
 use hyper::server::conn::{http1, http2};

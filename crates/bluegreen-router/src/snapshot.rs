@@ -1,8 +1,9 @@
 //! The routing snapshot: everything a request needs, swapped as one value.
 
-use crate::pool::Pool;
-use crate::recorder::Recorder;
-use crate::shadow::Shadow;
+use crate::settings::ProxySettings;
+use crate::taps::recorder::Recorder;
+use crate::taps::shadow::Shadow;
+use crate::upstream::pool::Pool;
 use bluegreen_core::{Side, Sides};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -25,6 +26,8 @@ pub struct Snapshot {
     pub recorder: Option<Arc<Recorder>>,
     /// Live traffic being mirrored to the idle side, if any. Off, it costs a branch.
     pub shadow: Option<Arc<Shadow>>,
+    /// Timeouts, retries and limits of the request path, swapped with the rest.
+    pub settings: Arc<ProxySettings>,
 }
 
 impl Snapshot {

@@ -6,7 +6,7 @@
 //! a list of idle connections per upstream needs none of that. A connection
 //! goes back to its list only after its response body was read to the end.
 
-use crate::client_body::ClientBody;
+use crate::request::client_body::ClientBody;
 use bytes::Bytes;
 use http_body_util::{Either, Full};
 use hyper::client::conn::http1;

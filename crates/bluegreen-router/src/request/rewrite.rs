@@ -3,8 +3,8 @@
 //! upgrade), then the documented rewrites. Everything here is a pure
 //! function of the head, so each rule has a unit test.
 
-use crate::error::ProxyError;
-use crate::headers::{self, RequestIds};
+use crate::request::error::ProxyError;
+use crate::request::headers::{self, RequestIds};
 use crate::settings::ProxySettings;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::request::Parts;

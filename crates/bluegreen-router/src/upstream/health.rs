@@ -3,7 +3,7 @@
 //! listener is never hidden behind a pooled connection.
 
 use crate::control::Router;
-use crate::pool::Upstream;
+use crate::upstream::pool::Upstream;
 use bluegreen_core::config::HealthConfig;
 use bluegreen_core::error_chain;
 use bluegreen_core::health::Health;

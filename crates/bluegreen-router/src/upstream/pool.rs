@@ -1,8 +1,8 @@
 //! Upstream pools: the instances of one side, their health and load, and how
 //! a request picks one.
 
-use crate::conn::ConnPool;
 use crate::stats::TrafficStats;
+use crate::upstream::conn::ConnPool;
 use bluegreen_core::config::Balance;
 use bluegreen_core::health::{Health, HealthCounter};
 use bluegreen_core::Side;

@@ -6,9 +6,9 @@
 //! full the copy is dropped and counted. Off, it costs one branch per request.
 
 use crate::control::Router;
-use crate::headers::header_pairs;
-use crate::pool::{Pool, Upstream};
-use crate::proxy::{self, UpstreamBody};
+use crate::request::headers::header_pairs;
+use crate::request::{self, UpstreamBody};
+use crate::upstream::pool::{Pool, Upstream};
 use bluegreen_core::config::ShadowConfig;
 use bluegreen_core::diff::{self, Answer, Ignore, Noise};
 use bluegreen_core::shadow::{Aggregate, EndpointReport, Totals};
@@ -580,11 +580,11 @@ async fn fetch(
             req.headers_mut().insert(header::HOST, v);
         }
     }
-    let _claim = crate::body::InFlight::begin(upstream.clone(), None);
+    let _claim = crate::request::body::InFlight::begin(upstream.clone(), None);
     let started = Instant::now();
     let deadline = tokio::time::Instant::now() + timeout;
-    let connect = router.settings.connect_timeout;
-    let (resp, sender) = proxy::send_upstream(&upstream, req, connect, timeout)
+    let connect = router.snapshot.load().settings.connect_timeout;
+    let (resp, sender) = request::send::send_upstream(&upstream, req, connect, timeout)
         .await
         .map_err(|e| format!("{}: {e}", upstream.address))?;
     let latency = started.elapsed();

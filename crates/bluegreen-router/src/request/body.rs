@@ -2,10 +2,10 @@
 //! buffered), holding the request's in-flight registration until the last
 //! frame, and cut when the old side's drain deadline passes.
 
-use crate::conn::Sender;
-use crate::pool::Upstream;
-use crate::shadow::Tee;
 use crate::snapshot::Epoch;
+use crate::taps::shadow::Tee;
+use crate::upstream::conn::Sender;
+use crate::upstream::pool::Upstream;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;

@@ -3,8 +3,8 @@
 //! count on their side, survive a switch, and are cut only when the old side's
 //! drain deadline passes or the router shuts down.
 
-use crate::body::InFlight;
-use crate::pool::Pool;
+use crate::request::body::InFlight;
+use crate::upstream::pool::Pool;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use std::sync::atomic::Ordering;

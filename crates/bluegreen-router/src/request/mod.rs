@@ -1,0 +1,126 @@
+//! The request path. One snapshot load decides everything about a request
+//! (the side, its pool and drain epoch, the taps, the settings); the request
+//! is then checked and rewritten (`rewrite`), its body wrapped
+//! (`client_body`), copies prepared for the taps (`prepare`), sent with
+//! retries (`forward`, `send`) and the answer streamed back (`respond`,
+//! `body`, `tunnel`). Failures become statuses in one place (`error`).
+//! Nothing here takes a lock.
+
+pub mod access;
+pub mod body;
+pub mod client_body;
+pub mod error;
+pub mod forward;
+pub mod headers;
+pub mod prepare;
+pub mod respond;
+pub mod rewrite;
+pub mod send;
+pub mod tunnel;
+
+use crate::control::Router;
+use crate::listener::ListenerKind;
+use crate::settings::ProxySettings;
+use crate::snapshot::Epoch;
+use crate::taps::recorder::Recorder;
+use crate::taps::shadow::Shadow;
+use crate::upstream::pool::Pool;
+use access::AccessLine;
+use body::ResponseBody;
+use client_body::Upload;
+use error::ProxyError;
+use http::header::HeaderValue;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+pub use crate::upstream::conn::UpstreamBody;
+
+/// What a connection knows about itself, shared by its requests.
+pub struct ConnCtx {
+    pub router: Arc<Router>,
+    pub kind: ListenerKind,
+    /// Client IP, formatted once per connection for `X-Forwarded-For`.
+    pub peer_ip: HeaderValue,
+    /// The same, to check against `trusted_proxies`.
+    pub peer: IpAddr,
+}
+
+/// What one snapshot load decided for a request.
+pub struct Route {
+    pub pool: Arc<Pool>,
+    /// The live side's drain epoch (none for preview traffic).
+    pub epoch: Option<Arc<Epoch>>,
+    pub settings: Arc<ProxySettings>,
+    /// The recording, when this request was sampled for it.
+    pub recorder: Option<Arc<Recorder>>,
+    pub shadow: Option<Arc<Shadow>>,
+}
+
+impl Route {
+    /// 1. Loads one snapshot; it alone decides where this request goes.
+    fn load(conn: &ConnCtx) -> Route {
+        let preview = conn.kind == ListenerKind::Preview;
+        let snap = conn.router.snapshot.load();
+        let side = snap.target(preview);
+        let live_only = |t: Option<bool>| !preview && t.unwrap_or(false);
+        Route {
+            pool: snap.pools[side].clone(),
+            epoch: (!preview).then(|| snap.epochs[side].clone()),
+            settings: snap.settings.clone(),
+            recorder: snap
+                .recorder
+                .as_ref()
+                .filter(|r| live_only(Some(r.sample())))
+                .cloned(),
+            shadow: snap.shadow.as_ref().filter(|_| !preview).cloned(),
+        }
+    }
+}
+
+/// Proxies one request; every failure becomes a response here.
+pub async fn handle(req: Request<Incoming>, conn: &ConnCtx) -> Response<ResponseBody> {
+    let started = Instant::now();
+    let route = Route::load(conn);
+    let access = route.settings.access_log.then(|| AccessLine::of(&req));
+    let mut record = None;
+    let mut upload = None;
+    let result = forward::forward(req, conn, &route, started, &mut record, &mut upload).await;
+    let client_fault = result.as_ref().is_err_and(ProxyError::is_client_fault);
+    let resp = match result {
+        Ok(resp) => resp,
+        Err(err) if client_fault => {
+            tracing::debug!(listener = conn.kind.as_str(), error = %err, "request refused");
+            err.into_response()
+        }
+        Err(err) => {
+            tracing::warn!(listener = conn.kind.as_str(), error = %err, "request failed");
+            err.into_response()
+        }
+    };
+    let pool = &route.pool;
+    let stats = match conn.kind {
+        ListenerKind::Preview => &pool.preview_stats,
+        ListenerKind::Main => &pool.live_stats,
+    };
+    // What the bake judges is the app's time to answer: a client's own
+    // mistakes are counted but not timed, and an upload's own time is left out.
+    let took = started.elapsed();
+    let status = resp.status().as_u16();
+    if client_fault {
+        stats.record_untimed(status);
+    } else {
+        let upload_time = upload.as_deref().and_then(Upload::sent_after);
+        stats.record(status, took - upload_time.unwrap_or_default().min(took));
+    }
+    if let Some(a) = access {
+        a.log(conn, pool.side, status, took);
+    }
+    if let (Some(r), Some(mut rec)) = (&route.recorder, record) {
+        rec.status = Some(status);
+        r.submit(rec);
+    }
+    resp
+}

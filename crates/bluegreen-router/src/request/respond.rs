@@ -1,0 +1,67 @@
+//! The upstream's answer made into the client's: streamed, hop-by-hop
+//! headers out, framing made consistent, and a `101` tunnelled only for a
+//! protocol the client asked for.
+
+use super::body::{InFlight, ResponseBody, TrackedBody};
+use super::error::ProxyError;
+use super::headers::strip_hop_by_hop;
+use super::{rewrite, tunnel};
+use crate::control::Router;
+use crate::taps::shadow::Tee;
+use crate::upstream::conn::Sender;
+use crate::upstream::pool::{Pool, Upstream};
+use http::header::{self, HeaderValue};
+use http::{Response, StatusCode};
+use hyper::body::Incoming;
+use std::sync::Arc;
+
+/// `Host` for a request that came without one (HTTP/1.0): the upstream's.
+pub fn authority_value(upstream: &Upstream) -> HeaderValue {
+    HeaderValue::from_str(upstream.authority.as_str())
+        .expect("an authority is a valid header value")
+}
+
+/// Turns the upstream's response into the client's, streaming the body.
+pub fn respond(
+    mut resp: Response<Incoming>,
+    sender: Sender,
+    guard: InFlight,
+    upgrade: Option<(hyper::upgrade::OnUpgrade, HeaderValue)>,
+    pool: Arc<Pool>,
+    router: &Arc<Router>,
+    tee: Option<Box<Tee>>,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let asked_for = |asked: &HeaderValue| {
+            rewrite::upgrade_matches(asked, resp.headers().get(header::UPGRADE))
+        };
+        let client_side = match upgrade {
+            Some((client_side, asked)) if asked_for(&asked) => client_side,
+            _ => {
+                return Err(ProxyError::Upstream {
+                    upstream: guard.upstream().address.clone(),
+                    side: pool.side,
+                    reason: "switched protocols to one the client did not ask for".into(),
+                })
+            }
+        };
+        let upstream_side = hyper::upgrade::on(&mut resp);
+        strip_hop_by_hop(resp.headers_mut(), true);
+        let shutdown = router.shutdown.clone();
+        router.tunnels.spawn(tunnel::run(
+            client_side,
+            upstream_side,
+            guard,
+            pool,
+            shutdown,
+        ));
+        return Ok(resp.map(|_| ResponseBody::empty()));
+    }
+    // An upstream that sent both framings is read as chunked (RFC 9112
+    // §6.3); its stale length must not reach the client.
+    if resp.headers().contains_key(header::TRANSFER_ENCODING) {
+        resp.headers_mut().remove(header::CONTENT_LENGTH);
+    }
+    strip_hop_by_hop(resp.headers_mut(), false);
+    Ok(resp.map(|b| ResponseBody::Proxied(TrackedBody::new(b, guard, Some(sender), tee))))
+}

@@ -1,0 +1,118 @@
+//! One request to one upstream: an idle pooled connection or a new one, the
+//! response head within its deadline, and each failure told apart (nothing
+//! sent, the client's body, the upstream, a timeout).
+
+use super::client_body::{ClientBodyError, Upload};
+use super::UpstreamBody;
+use crate::upstream::conn::{self, Sender};
+use crate::upstream::pool::Upstream;
+use bluegreen_core::error_chain;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+/// Says when a streamed client body has gone out whole, and how it goes.
+pub type BodySent = Option<(oneshot::Receiver<()>, Arc<Upload>)>;
+
+/// Why a send failed.
+pub enum SendError {
+    /// Nothing was sent: no connection could be opened. The request comes back.
+    Connect(String, Box<Request<UpstreamBody>>),
+    /// The client's body broke or stalled while it was being sent.
+    Client(ClientBodyError),
+    /// Sent, and then the connection failed.
+    Upstream(String),
+    /// No response head within the upstream timeout of the request being sent.
+    Timeout,
+}
+
+/// Sends one request to `upstream` (for shadow copies); the error says why.
+pub(crate) async fn send_upstream(
+    upstream: &Upstream,
+    req: Request<UpstreamBody>,
+    connect_timeout: Duration,
+    timeout: Duration,
+) -> Result<(Response<Incoming>, Sender), String> {
+    send(upstream, req, (connect_timeout, timeout), &mut None)
+        .await
+        .map_err(|e| match e {
+            SendError::Connect(r, _) => format!("connect failed: {r}"),
+            SendError::Client(e) => e.to_string(),
+            SendError::Upstream(r) => r,
+            SendError::Timeout => "timed out".into(),
+        })
+}
+
+/// Sends on an idle pooled connection, or a new one. A pooled connection
+/// that closed before the request was written hands the request back and
+/// the next one is tried, so a stale keep-alive connection never fails a
+/// request. `limits` are the connect and upstream timeouts; the upstream
+/// timeout starts once `body_sent` says the body has gone out whole.
+pub async fn send(
+    upstream: &Upstream,
+    mut req: Request<UpstreamBody>,
+    (connect_timeout, upstream_timeout): (Duration, Duration),
+    body_sent: &mut BodySent,
+) -> Result<(Response<Incoming>, Sender), SendError> {
+    while let Some(mut sender) = upstream.conns.take() {
+        match tokio::time::timeout(connect_timeout, sender.ready()).await {
+            Err(_) | Ok(Err(_)) => continue,
+            Ok(Ok(())) => {}
+        }
+        match answer(sender.try_send_request(req), body_sent, upstream_timeout).await {
+            None => return Err(SendError::Timeout),
+            Some(Ok(resp)) => return Ok((resp, sender)),
+            Some(Err(mut e)) => match e.take_message() {
+                Some(back) => req = back,
+                None => return Err(classify(e.error())),
+            },
+        }
+    }
+    let mut sender = match conn::connect(&upstream.address, connect_timeout).await {
+        Err(e) => return Err(SendError::Connect(e.to_string(), Box::new(req))),
+        Ok(s) => s,
+    };
+    match answer(sender.send_request(req), body_sent, upstream_timeout).await {
+        None => Err(SendError::Timeout),
+        Some(Ok(resp)) => Ok((resp, sender)),
+        Some(Err(e)) => Err(classify(&e)),
+    }
+}
+
+/// Waits for the response head. While the client's body is still going out,
+/// the client's pace is bounded by the body's own stall timer, and an
+/// upstream that stops taking bodies the client has ready by `limit`; once
+/// it has gone out whole, the answer must come within `limit`.
+async fn answer<F: Future>(fut: F, body_sent: &mut BodySent, limit: Duration) -> Option<F::Output> {
+    tokio::pin!(fut);
+    if let Some((sent, upload)) = body_sent {
+        loop {
+            let stalled = upload.upstream_stalled_for().unwrap_or_default();
+            let check =
+                tokio::time::sleep(limit.saturating_sub(stalled).max(Duration::from_millis(10)));
+            tokio::select! {
+                biased;
+                r = &mut fut => return Some(r),
+                _ = &mut *sent => break,
+                _ = check => {
+                    if upload.upstream_stalled_for().is_some_and(|d| d >= limit) {
+                        return None;
+                    }
+                }
+            }
+        }
+        *body_sent = None;
+    }
+    tokio::time::timeout(limit, fut).await.ok()
+}
+
+/// A send that failed because of the client's body is the client's fault.
+fn classify(e: &hyper::Error) -> SendError {
+    match ClientBodyError::find(e) {
+        Some(c) => SendError::Client(c),
+        None => SendError::Upstream(error_chain(e)),
+    }
+}

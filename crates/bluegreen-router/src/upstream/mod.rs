@@ -1,0 +1,7 @@
+//! The upstreams of each side: pools with their health and load (how a
+//! request picks one), a keep-alive connection list per upstream, and the
+//! active health checks.
+
+pub mod conn;
+pub mod health;
+pub mod pool;
