@@ -1,0 +1,447 @@
+//! The control side of the router: everything that changes how requests
+//! are routed goes through [`Router::route`], under one lock around the
+//! persisted state: switch and rollback (`switch`), the drain of the old
+//! side (`drain`), taps on and off (`taps`); `status` is the view of it all.
+
+mod drain;
+mod status;
+mod switch;
+mod taps;
+
+use crate::downstream::{ClientCount, ClientGauge};
+use crate::events::{Events, Series};
+use crate::listener::ListenerKind;
+use crate::request::headers::RequestIds;
+use crate::settings::ProxySettings;
+use crate::snapshot::{Epoch, Snapshot};
+use crate::taps::recorder::RecordStatus;
+use crate::taps::shadow::Shadow;
+use crate::upstream::pool::Pool;
+use arc_swap::ArcSwap;
+use bluegreen_core::config::Config;
+use bluegreen_core::health::Health;
+use bluegreen_core::state::{RouterState, SwitchRecord};
+use bluegreen_core::{Side, Sides};
+use bluegreen_store::{load_router, save_router, StateStore, StoreError};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::Mutex as AsyncMutex;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use switch::{SwitchError, SwitchOutcome};
+
+/// The router: routing snapshot, upstream client and the persisted state.
+pub struct Router {
+    pub(crate) snapshot: ArcSwap<Snapshot>,
+    pub(crate) ids: RequestIds,
+    /// Upgraded connections, which hyper no longer tracks.
+    pub(crate) tunnels: TaskTracker,
+    /// Cancelled when the router stops; cuts what is still open.
+    pub(crate) shutdown: CancellationToken,
+    config: Arc<Config>,
+    store: Arc<dyn StateStore>,
+    /// The persisted state; holding this lock is what serialises routing changes.
+    state: AsyncMutex<RouterState>,
+    drain_deadlines: Mutex<Sides<Option<Instant>>>,
+    listeners: Mutex<BTreeMap<String, SocketAddr>>,
+    /// The running or last shadow run, kept for its report.
+    last_shadow: Mutex<Option<Arc<Shadow>>>,
+    /// State changes, for the event stream.
+    pub events: Events,
+    /// Per-second live traffic of both sides, for charts.
+    pub series: Series,
+    /// Switches since this process started, by kind (for metrics).
+    switch_counts: Mutex<BTreeMap<&'static str, u64>>,
+    /// Open client connections per listener (live, preview).
+    pub(crate) clients: [Arc<ClientGauge>; 2],
+}
+
+/// Startup failures.
+#[derive(Debug, thiserror::Error)]
+pub enum RouterError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("config: {0}")]
+    Config(String),
+}
+
+/// The state could not be written: nothing changed.
+#[derive(Debug)]
+pub(crate) struct PersistFailed(pub String);
+
+impl From<PersistFailed> for String {
+    fn from(e: PersistFailed) -> String {
+        format!("could not persist the router state: {}", e.0)
+    }
+}
+
+/// An edit of a copy of the snapshot.
+pub(crate) type Edit = Box<dyn FnOnce(&mut Snapshot) + Send>;
+
+/// What a routing change does, decided under the state lock from the state
+/// and the snapshot as they are.
+pub(crate) struct Change<T> {
+    /// A new durable state: written (temp file, fsync, rename) before
+    /// anything else changes, so a change reported done survives a crash.
+    pub state: Option<RouterState>,
+    /// Then an edit of a copy of the snapshot, stored whole in one swap.
+    pub edit: Option<Edit>,
+    /// What the caller gets back.
+    pub value: T,
+}
+
+impl<T> Change<T> {
+    /// Nothing changes.
+    pub fn none(value: T) -> Change<T> {
+        Change {
+            state: None,
+            edit: None,
+            value,
+        }
+    }
+
+    /// Only the snapshot changes (taps, epochs): nothing to persist.
+    pub fn snapshot(edit: impl FnOnce(&mut Snapshot) + Send + 'static, value: T) -> Change<T> {
+        Change {
+            state: None,
+            edit: Some(Box::new(edit)),
+            value,
+        }
+    }
+}
+
+impl Router {
+    /// Loads (or initialises) the persisted state and builds the first
+    /// snapshot. Nothing is listening yet.
+    pub fn new(config: Config, store: Arc<dyn StateStore>) -> Result<Arc<Router>, RouterError> {
+        // 1. The state decides which side is live; a fresh store starts with
+        //    the configured side and writes it down at once.
+        let state = match load_router(store.as_ref())? {
+            Some(s) => s,
+            None => {
+                let s = RouterState::initial(config.switch.initial_live);
+                save_router(store.as_ref(), &s)?;
+                s
+            }
+        };
+
+        // 2. Pools and epochs, then the first snapshot.
+        let h = &config.health;
+        let pools = Sides {
+            blue: pool(
+                &config,
+                Side::Blue,
+                h.healthy_threshold,
+                h.unhealthy_threshold,
+            )?,
+            green: pool(
+                &config,
+                Side::Green,
+                h.healthy_threshold,
+                h.unhealthy_threshold,
+            )?,
+        };
+        let snapshot = Snapshot {
+            generation: state.generation,
+            live: state.live,
+            pools,
+            epochs: Sides::from_fn(|_| Epoch::new()),
+            recorder: None,
+            shadow: None,
+            settings: Arc::new(ProxySettings::from_config(&config.proxy)),
+        };
+
+        Ok(Arc::new(Router {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            ids: RequestIds::new(),
+            tunnels: TaskTracker::new(),
+            shutdown: CancellationToken::new(),
+            config: Arc::new(config),
+            store,
+            state: AsyncMutex::new(state),
+            drain_deadlines: Mutex::new(Sides::default()),
+            listeners: Mutex::new(BTreeMap::new()),
+            last_shadow: Mutex::new(None),
+            events: Events::default(),
+            series: Series::default(),
+            switch_counts: Mutex::new(BTreeMap::new()),
+            clients: Default::default(),
+        }))
+    }
+
+    /// The validated config the router runs with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The current snapshot (for health checks and status).
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// Side currently live.
+    pub fn live(&self) -> Side {
+        self.snapshot.load().live
+    }
+
+    /// Records a bound listener address for status.
+    pub fn set_listener(&self, name: &str, addr: SocketAddr) {
+        self.listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_string(), addr);
+    }
+
+    /// Token cancelled when the router shuts down.
+    pub fn shutdown_token(&self) -> &CancellationToken {
+        &self.shutdown
+    }
+
+    /// Waits for upgraded connections to finish, up to `grace`; then cuts them.
+    pub async fn close_tunnels(&self, grace: Duration) -> usize {
+        self.tunnels.close();
+        let open = self.tunnels.len();
+        if tokio::time::timeout(grace, self.tunnels.wait())
+            .await
+            .is_err()
+        {
+            self.shutdown.cancel();
+            self.tunnels.wait().await;
+        }
+        self.shutdown.cancel();
+        open
+    }
+
+    /// The one way routing changes. Under the state lock, `plan` looks at
+    /// the persisted state and the current snapshot and says what changes:
+    /// a new state is persisted first (a failure changes nothing), then a
+    /// copy of the snapshot is edited and stored in one atomic swap. Switch,
+    /// rollback, drain and taps all come through here; later, so do weights,
+    /// sessions and reloads.
+    pub(crate) async fn route<T, E: From<PersistFailed>>(
+        &self,
+        plan: impl FnOnce(&RouterState, &Arc<Snapshot>) -> Result<Change<T>, E>,
+    ) -> Result<T, E> {
+        let mut state = self.state.lock().await;
+        let current = self.snapshot.load_full();
+        let change = plan(&state, &current)?;
+        if let Some(next) = change.state {
+            let store = self.store.clone();
+            let to_save = next.clone();
+            tokio::task::spawn_blocking(move || save_router(store.as_ref(), &to_save))
+                .await
+                .map_err(|e| PersistFailed(e.to_string()))?
+                .map_err(|e| PersistFailed(e.to_string()))?;
+            *state = next;
+        }
+        if let Some(edit) = change.edit {
+            let mut next = (*current).clone();
+            edit(&mut next);
+            self.snapshot.store(Arc::new(next));
+        }
+        Ok(change.value)
+    }
+
+    /// Switch history, oldest first.
+    pub async fn history(&self) -> Vec<SwitchRecord> {
+        self.state.lock().await.history.clone()
+    }
+
+    /// Switches since this process started, by kind (`switch`, `rollback`).
+    pub fn switch_counts(&self) -> BTreeMap<&'static str, u64> {
+        self.switch_counts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Open client connections of a listener, and how many of them are
+    /// parked (idle keep-alive, holding no buffers).
+    pub fn client_connections(&self, kind: ListenerKind) -> ClientCount {
+        let g = &self.clients[kind as usize];
+        ClientCount {
+            open: g.open.load(Ordering::Relaxed),
+            parked: g.parked.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The running or last shadow run, for reports.
+    pub fn shadow(&self) -> Option<Arc<Shadow>> {
+        self.last_shadow
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The recording in progress, if any.
+    pub fn recording(&self) -> Option<RecordStatus> {
+        self.snapshot.load().recorder.as_ref().map(|r| r.status())
+    }
+
+    /// Live traffic the side has received since the router started.
+    pub fn live_window(&self, side: Side) -> bluegreen_core::bake::Window {
+        self.snapshot.load().pools[side].live_stats.window()
+    }
+
+    /// Forgets the health of a side's upstreams (a new version was just put
+    /// there), so gates wait for fresh checks.
+    pub fn reset_health(&self, side: Side) {
+        let h = &self.config.health;
+        for u in &self.snapshot.load().pools[side].upstreams {
+            u.reset_health(h.healthy_threshold, h.unhealthy_threshold);
+        }
+    }
+
+    /// (healthy, total, one line per upstream that is not healthy).
+    pub fn side_health(&self, side: Side) -> (usize, usize, String) {
+        let snap = self.snapshot.load();
+        let pool = &snap.pools[side];
+        (
+            pool.healthy_count(),
+            pool.upstreams.len(),
+            describe_health(pool),
+        )
+    }
+
+    /// True when the live side has an upstream that is not known to be down.
+    pub fn ready(&self) -> bool {
+        let snap = self.snapshot.load();
+        snap.pools[snap.live]
+            .upstreams
+            .iter()
+            .any(|u| u.health() != Health::Unhealthy)
+    }
+}
+
+fn pool(config: &Config, side: Side, rise: u32, fall: u32) -> Result<Arc<Pool>, RouterError> {
+    Pool::new(
+        side,
+        &config.environments[side].upstreams,
+        config.proxy.balance,
+        rise,
+        fall,
+    )
+    .map(Arc::new)
+    .map_err(RouterError::Config)
+}
+
+pub(crate) fn describe_health(pool: &Pool) -> String {
+    pool.upstreams
+        .iter()
+        .map(|u| {
+            let health = match u.health() {
+                Health::Unknown => "not checked yet",
+                Health::Healthy => "healthy",
+                Health::Unhealthy => "unhealthy",
+            };
+            match u.last_error() {
+                Some(e) if u.health() != Health::Healthy => format!("{} {health}: {e}", u.address),
+                _ => format!("{} {health}", u.address),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+pub(crate) fn now() -> (String, u64) {
+    let t = SystemTime::now();
+    let ms = t
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    (humantime::format_rfc3339_millis(t).to_string(), ms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bluegreen_core::state::{SwitchKind, SwitchRequest};
+    use std::sync::atomic::AtomicBool;
+
+    /// A store in memory whose writes can be made to fail.
+    #[derive(Default)]
+    struct Flaky {
+        data: Mutex<BTreeMap<String, Vec<u8>>>,
+        broken: AtomicBool,
+    }
+
+    impl StateStore for Flaky {
+        fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+            Ok(self.data.lock().unwrap().get(key).cloned())
+        }
+        fn put(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+            if self.broken.load(Ordering::SeqCst) {
+                return Err(StoreError::Io {
+                    path: self.locate(key),
+                    source: std::io::Error::other("disk full"),
+                });
+            }
+            self.data.lock().unwrap().insert(key.into(), value.to_vec());
+            Ok(())
+        }
+        fn locate(&self, key: &str) -> std::path::PathBuf {
+            format!("/mem/{key}.json").into()
+        }
+    }
+
+    fn router(store: Arc<Flaky>) -> Arc<Router> {
+        let text = "[proxy]\nlisten = \"127.0.0.1:1\"\n[environments.blue]\nupstreams = [\"127.0.0.1:2\"]\n[environments.green]\nupstreams = [\"127.0.0.1:3\"]\n";
+        let config = Config::parse(text, "t", std::path::Path::new("/")).unwrap();
+        Router::new(config, store).unwrap()
+    }
+
+    fn to_green() -> SwitchRequest {
+        SwitchRequest {
+            to: Side::Green,
+            kind: SwitchKind::Switch,
+            forced: true,
+            actor: "t".into(),
+            reason: "t".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_switch_that_cannot_be_persisted_changes_nothing() {
+        let store = Arc::new(Flaky::default());
+        let r = router(store.clone());
+        let before = r.snapshot();
+        store.broken.store(true, Ordering::SeqCst);
+        let err = r.switch(to_green()).await.unwrap_err();
+        assert!(
+            matches!(err, crate::SwitchError::Persist(ref m) if m.contains("disk full")),
+            "{err}"
+        );
+        assert!(
+            Arc::ptr_eq(&before, &r.snapshot()),
+            "the snapshot was not swapped"
+        );
+        assert_eq!(r.live(), Side::Blue);
+        assert_eq!(r.history().await.len(), 0);
+        store.broken.store(false, Ordering::SeqCst);
+        let done = r.switch(to_green()).await.unwrap();
+        assert!(done.changed);
+        assert_eq!((r.live(), r.snapshot().generation), (Side::Green, 1));
+        assert_eq!(r.history().await.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn taps_change_the_snapshot_without_touching_the_state() {
+        let store = Arc::new(Flaky::default());
+        let r = router(store.clone());
+        store.broken.store(true, Ordering::SeqCst);
+        let generation = r.snapshot().generation;
+        let changed = r
+            .route(|_, _| Ok::<_, String>(Change::snapshot(|s| s.generation = 42, "done")))
+            .await;
+        assert_eq!(changed, Ok("done"), "no persist for a snapshot-only change");
+        assert_eq!(r.snapshot().generation, 42);
+        let refused = r.route(|_, _| Err::<Change<()>, _>("no".to_string())).await;
+        assert_eq!(refused, Err("no".to_string()));
+        assert_eq!(r.snapshot().generation, 42);
+        assert_ne!(generation, 42);
+    }
+}

@@ -1,0 +1,61 @@
+//! The view of the router the API and CLI show.
+
+use super::Router;
+use crate::status::{DrainStatus, SideStatus, Status, UpstreamStatus};
+use bluegreen_core::Sides;
+use std::time::Instant;
+
+impl Router {
+    /// A consistent view of the router for the API and CLI.
+    pub async fn status(&self) -> Status {
+        let state = self.state.lock().await.clone();
+        let snap = self.snapshot.load_full();
+        let deadlines = self
+            .drain_deadlines
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let now = Instant::now();
+        Status {
+            live: snap.live,
+            previous: state.rollback_target().ok(),
+            generation: state.generation,
+            last_switch: state.history.last().cloned(),
+            listeners: self
+                .listeners
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .map(|(k, v)| (k.clone(), v.to_string()))
+                .collect(),
+            drain_timeout_ms: self.config.switch.drain_timeout.as_millis() as u64,
+            sides: Sides::from_fn(|side| {
+                let pool = &snap.pools[side];
+                let epoch = &snap.epochs[side];
+                SideStatus {
+                    role: if side == snap.live { "live" } else { "idle" }.to_string(),
+                    healthy: pool.healthy_count(),
+                    upstreams: pool
+                        .upstreams
+                        .iter()
+                        .map(|u| UpstreamStatus {
+                            address: u.address.clone(),
+                            health: u.health(),
+                            outstanding: u.outstanding(),
+                            last_error: u.last_error(),
+                        })
+                        .collect(),
+                    in_flight: pool.upstreams.iter().map(|u| u.outstanding()).sum(),
+                    upgraded: pool.upgraded(),
+                    draining: match (epoch.is_draining() && side != snap.live, deadlines[side]) {
+                        (true, Some(d)) => Some(DrainStatus {
+                            remaining: epoch.inflight(),
+                            deadline_in_ms: d.saturating_duration_since(now).as_millis() as u64,
+                        }),
+                        _ => None,
+                    },
+                }
+            }),
+        }
+    }
+}

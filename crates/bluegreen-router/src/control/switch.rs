@@ -1,0 +1,200 @@
+//! Switch and rollback: refuse a side that cannot serve (unless forced),
+//! persist the new state, swap the snapshot, then drain the old side.
+
+use super::{describe_health, now, Change, PersistFailed, Router};
+use crate::snapshot::Epoch;
+use crate::taps::shadow::Shadow;
+use bluegreen_core::state::{RouterState, SwitchKind, SwitchRecord, SwitchRequest};
+use bluegreen_core::Side;
+use std::sync::Arc;
+
+/// Why a switch was refused or failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SwitchError {
+    #[error("refusing to switch to {side}: no healthy upstream ({detail}); fix it or pass force to override")]
+    Unhealthy { side: Side, detail: String },
+    #[error("nothing to roll back to: no switch has been recorded yet")]
+    NoHistory,
+    #[error("could not persist the switch, live side unchanged: {0}")]
+    Persist(String),
+}
+
+impl From<PersistFailed> for SwitchError {
+    fn from(e: PersistFailed) -> SwitchError {
+        SwitchError::Persist(e.0)
+    }
+}
+
+/// Result of a switch request.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct SwitchOutcome {
+    /// False when the requested side was already live.
+    pub changed: bool,
+    pub live: Side,
+    pub generation: u64,
+    /// The record written, when something changed.
+    pub record: Option<SwitchRecord>,
+    pub message: String,
+}
+
+/// What a switch that happened leaves to do after the swap.
+struct Switched {
+    from: Side,
+    old_epoch: Arc<Epoch>,
+    stopped_shadow: Option<Arc<Shadow>>,
+    record: SwitchRecord,
+}
+
+impl Router {
+    /// Switches live traffic to `req.to`. Persists, swaps, then drains.
+    pub async fn switch(
+        self: &Arc<Self>,
+        req: SwitchRequest,
+    ) -> Result<SwitchOutcome, SwitchError> {
+        let asked = req.clone();
+        let done = self
+            .route(|state, current| plan(state, current, req))
+            .await?;
+        Ok(self.after_switch(asked, done))
+    }
+
+    /// Switches back to the side that was live before the last switch.
+    pub async fn rollback(
+        self: &Arc<Self>,
+        forced: bool,
+        actor: String,
+        reason: String,
+    ) -> Result<SwitchOutcome, SwitchError> {
+        let (asked, done) = self
+            .route(|state, current| {
+                let to = state
+                    .rollback_target()
+                    .map_err(|_| SwitchError::NoHistory)?;
+                let req = SwitchRequest {
+                    to,
+                    kind: SwitchKind::Rollback,
+                    forced,
+                    actor,
+                    reason,
+                };
+                let Change { state, edit, value } = plan(state, current, req.clone())?;
+                Ok::<_, SwitchError>(Change {
+                    state,
+                    edit,
+                    value: (req, value),
+                })
+            })
+            .await?;
+        Ok(self.after_switch(asked, done))
+    }
+
+    /// The side a rollback would go to.
+    pub async fn rollback_target(&self) -> Result<Side, SwitchError> {
+        self.state
+            .lock()
+            .await
+            .rollback_target()
+            .map_err(|_| SwitchError::NoHistory)
+    }
+
+    /// After the swap: a running shadow ends (the roles reversed), the
+    /// switch is counted and announced, and the old side drains.
+    fn after_switch(
+        self: &Arc<Self>,
+        req: SwitchRequest,
+        done: Result<Switched, SwitchOutcome>,
+    ) -> SwitchOutcome {
+        let s = match done {
+            Ok(s) => s,
+            Err(unchanged) => return unchanged,
+        };
+        if let Some(shadow) = &s.stopped_shadow {
+            self.events
+                .emit("shadow", serde_json::json!({"shadow": shadow.report()}));
+            tracing::info!("shadowing stopped by the switch");
+        }
+        let kind = match req.kind {
+            SwitchKind::Rollback => "rollback",
+            _ => "switch",
+        };
+        *self
+            .switch_counts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(kind)
+            .or_default() += 1;
+        let generation = s.record.generation;
+        self.events.emit(
+            "switch",
+            serde_json::json!({"from": s.from, "to": req.to, "kind": kind, "generation": generation,
+                "forced": req.forced, "actor": req.actor, "reason": req.reason,
+                "at_unix_ms": s.record.at_unix_ms, "record": s.record}),
+        );
+        tracing::info!(from = %s.from, to = %req.to, generation, kind = ?req.kind, forced = req.forced, actor = %req.actor, reason = %req.reason, "switched");
+        self.spawn_drain(s.from, generation, s.old_epoch);
+        SwitchOutcome {
+            changed: true,
+            live: req.to,
+            generation,
+            record: Some(s.record),
+            message: format!("{} is now live (was {})", req.to, s.from),
+        }
+    }
+}
+
+/// What a switch to `req.to` changes, decided from the state and snapshot:
+/// nothing when it is live already; a refusal when it has no healthy
+/// upstream and the switch is not forced; else the next state and a
+/// snapshot with the new live side, the target's epoch revived and the old
+/// side's retired, and no shadow run (its roles would be reversed).
+fn plan(
+    state: &RouterState,
+    current: &Arc<crate::snapshot::Snapshot>,
+    req: SwitchRequest,
+) -> Result<Change<Result<Switched, SwitchOutcome>>, SwitchError> {
+    if req.to == state.live {
+        return Ok(Change::none(Err(SwitchOutcome {
+            changed: false,
+            live: state.live,
+            generation: state.generation,
+            record: None,
+            message: format!("{} is already live; nothing changed", req.to),
+        })));
+    }
+    let target = &current.pools[req.to];
+    if !req.forced && target.healthy_count() == 0 {
+        return Err(SwitchError::Unhealthy {
+            side: req.to,
+            detail: describe_health(target),
+        });
+    }
+    let (at, at_unix_ms) = now();
+    let next = state
+        .switched(&req, at, at_unix_ms)
+        .map_err(|e| SwitchError::Persist(e.to_string()))?;
+    let record = next.history.last().cloned().expect("a switch is recorded");
+    let (from, to, generation) = (state.live, req.to, next.generation);
+    let old_epoch = current.epochs[from].clone();
+    let stopped_shadow = current.shadow.clone();
+    let retired = old_epoch.clone();
+    let edit = move |s: &mut crate::snapshot::Snapshot| {
+        s.epochs[to].revive();
+        retired.retire(generation);
+        if let Some(shadow) = &s.shadow {
+            shadow.stop();
+        }
+        s.shadow = None;
+        s.generation = generation;
+        s.live = to;
+    };
+    Ok(Change {
+        state: Some(next),
+        edit: Some(Box::new(edit)),
+        value: Ok(Switched {
+            from,
+            old_epoch,
+            stopped_shadow,
+            record,
+        }),
+    })
+}
