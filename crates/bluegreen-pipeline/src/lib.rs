@@ -1,10 +1,11 @@
-//! The deploy pipeline: deploy → health → smoke → gate → switch → bake →
-//! decommission, each step persisted before and after it runs, so a crash at
-//! any point resumes from the step it was in.
+//! The deploy pipeline: deploy → health → smoke → warm → shadow → gate →
+//! switch → bake → decommission, each step persisted before and after it
+//! runs, so a crash at any point resumes from the step it was in.
 //!
-//! `Pipeline` is the public face (start, promote, abort, rollback, history);
-//! `runner` executes the steps; `supervisor` runs app processes; `command`
-//! runs hooks; `smoke` runs HTTP checks.
+//! `Pipeline` is the public face (start, promote, abort, rollback, history,
+//! the fence that serialises what decides a side's role); `runner/` executes
+//! the steps, one file each; `supervisor` runs app processes; `command` runs
+//! hooks; `smoke` runs HTTP checks.
 #![forbid(unsafe_code)]
 
 pub mod command;

@@ -1,0 +1,151 @@
+//! Step 9: stop the old side, now or after `keep_warm` (and a failed
+//! version after `keep_failed`).
+
+use super::*;
+
+/// Step 9: stop the old side, or schedule it after `keep_warm`.
+pub(super) async fn decommission_step(p: &Arc<Pipeline>, d: &DeployRecord) -> StepEnd {
+    let old = d.from;
+    if p.router.live() == old {
+        return StepEnd::Skipped(format!("{old} is live; not stopping it"));
+    }
+    if !p.config.keep_warm.is_zero() {
+        let pending = PendingDecommission {
+            side: old,
+            deploy_id: d.id,
+            at_ms: now_ms() + p.config.keep_warm.as_millis() as u64,
+        };
+        let mut book = p.book.lock().await;
+        book.pending_decommission = Some(pending.clone());
+        drop(book);
+        p.arm_decommission(pending);
+        return StepEnd::Done(Some(format!(
+            "{old} kept warm for {}s so rollback stays instant; then stopped",
+            p.config.keep_warm.as_secs()
+        )));
+    }
+    match decommission(p, old, None).await {
+        Ok(detail) => StepEnd::Done(Some(detail)),
+        // The release is live and good; a failed clean-up does not undo it.
+        Err(e) => StepEnd::Done(Some(format!("decommission of {old} failed: {e}"))),
+    }
+}
+
+/// Stops a side that is not live: waits for its drain, then the supervisor
+/// or the decommission hook.
+/// With `expect`, only while that scheduled stop is still the pending one.
+pub(super) async fn decommission(
+    p: &Arc<Pipeline>,
+    side: Side,
+    expect: Option<&PendingDecommission>,
+) -> Result<String, String> {
+    let drain = p.router.config().switch.drain_timeout;
+    p.router.wait_drained(side, drain).await;
+    // Held until the side is stopped: no switch can make it live, and no
+    // deploy can start on it, meanwhile. Everything is checked again here.
+    let _fence = p.fence.lock().await;
+    if p.router.live() == side {
+        return Err(format!("{side} is live; refusing to stop it"));
+    }
+    {
+        let book = p.book.lock().await;
+        if expect.is_some_and(|e| book.pending_decommission.as_ref() != Some(e)) {
+            return Err(format!("{side} was taken over since; not stopping it"));
+        }
+        if let Some(d) = book
+            .current
+            .as_ref()
+            .filter(|d| !d.is_finished() && d.target == side)
+        {
+            return Err(format!(
+                "deploy #{} is putting {} on {side}; not stopping it",
+                d.id, d.version
+            ));
+        }
+    }
+    let version = p.book.lock().await.sides[side]
+        .version
+        .clone()
+        .unwrap_or_default();
+    let stopped = match (&p.config.method, &p.supervisor) {
+        (DeployMethod::Supervisor(_), Some(sup)) => {
+            sup.stop(side).await.map_err(|e| e.to_string())?;
+            true
+        }
+        (
+            DeployMethod::Hooks {
+                decommission: Some(hook),
+                ..
+            },
+            _,
+        ) => {
+            let list = p.router.config().environments[side].upstreams.join(",");
+            let argv = hook.render(&[
+                ("env", side.as_str()),
+                ("version", &version),
+                ("upstreams", &list),
+                ("bluegreen", crate::exe()),
+            ]);
+            let (never, no_env) = (
+                tokio_util::sync::CancellationToken::new(),
+                Default::default(),
+            );
+            HookCall::new(p, argv, side, &version, &no_env)
+                .run(p, &never)
+                .await
+                .map_err(|e| format!("decommission hook: {e}"))?;
+            true
+        }
+        _ => false,
+    };
+    if !stopped {
+        return Ok(format!(
+            "no decommission hook configured; {side} left running"
+        ));
+    }
+    let mut book = p.book.lock().await;
+    book.sides[side].running = false;
+    p.persist(&book).await.map_err(|e| e.to_string())?;
+    Ok(format!(
+        "stopped {side}{}",
+        if version.is_empty() {
+            String::new()
+        } else {
+            format!(" ({version})")
+        }
+    ))
+}
+
+/// The keep-warm time passed: stop the old side unless it went live again or
+/// a newer deploy took it over.
+pub(crate) async fn scheduled_decommission(
+    p: &Arc<Pipeline>,
+    pending: &PendingDecommission,
+) -> Result<(), PipelineError> {
+    {
+        let book = p.book.lock().await;
+        if book.pending_decommission.as_ref() != Some(pending) {
+            return Ok(());
+        }
+    }
+    let result = decommission(p, pending.side, Some(pending)).await;
+    let mut book = p.book.lock().await;
+    if book.pending_decommission.as_ref() == Some(pending) {
+        book.pending_decommission = None;
+    }
+    let text = match &result {
+        Ok(s) => format!("after keep_warm: {s}"),
+        Err(e) => format!("after keep_warm: decommission failed: {e}"),
+    };
+    tracing::info!(side = %pending.side, "{text}");
+    if let Some(d) = book
+        .history
+        .iter_mut()
+        .rev()
+        .find(|d| d.id == pending.deploy_id)
+    {
+        d.log(text, now_ms());
+    }
+    p.persist(&book).await?;
+    Ok(())
+}

@@ -1,0 +1,224 @@
+//! Executes a deploy's steps in order (the loop is here, one file per step,
+//! numbered as in README.md: 1 `deploy`, 2–3 `checks` (health, smoke),
+//! 4 `warm`, 5 `shadow`, 6–7 `switch` (gate, switch), 8 `bake`,
+//! 9 `decommission`; `hook` runs commands for them). Each step is persisted
+//! as running before it starts and as done (or failed) after; after a crash
+//! the runner re-runs the step that was running, and every step is written
+//! so that running it twice is safe.
+
+use crate::{command, now_ms, smoke, Pipeline, PipelineError, RunHandle};
+use bluegreen_core::bake::{BakeWindows, Verdict, Window, WindowEnd};
+use bluegreen_core::config::deploy::{DeployMethod, SmokeCheck};
+use bluegreen_core::deploy::{
+    DeployRecord, Outcome, PendingDecommission, SideRelease, Step, StepState,
+};
+use bluegreen_core::state::{SwitchKind, SwitchRequest};
+use bluegreen_core::Side;
+use bluegreen_router::shadow::ShadowOptions;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+mod bake;
+mod checks;
+mod decommission;
+mod deploy;
+mod hook;
+mod shadow;
+mod switch;
+mod warm;
+
+pub(crate) use decommission::scheduled_decommission;
+use hook::HookCall;
+
+/// How a step ended, when it did not simply finish.
+enum StepEnd {
+    Done(Option<String>),
+    Skipped(String),
+    /// The deploy ends here with this outcome.
+    End(Outcome, String),
+}
+
+/// Runs the current deploy to its end.
+pub(crate) async fn run(p: Arc<Pipeline>, handle: Arc<RunHandle>) {
+    loop {
+        let Some(record) = p.book.lock().await.current.clone() else {
+            return;
+        };
+        if record.id != handle.id || record.is_finished() {
+            return;
+        }
+        let Some(step) = record.next_step() else {
+            finish(&p, Outcome::Succeeded, None).await;
+            return;
+        };
+        let started = update(&p, |d| d.start(step, now_ms())).await;
+        let end = match started {
+            Err(e) => StepEnd::End(
+                Outcome::Failed,
+                format!("{e}; {} was not run", step.as_str()),
+            ),
+            Ok(()) => {
+                failpoint(step, "start");
+                exec(&p, &handle, &record, step).await
+            }
+        };
+        let recorded = match &end {
+            StepEnd::Done(detail) => update(&p, |d| d.finish(step, detail.clone(), now_ms())).await,
+            StepEnd::Skipped(why) => update(&p, |d| d.skip(step, why, now_ms())).await,
+            StepEnd::End(..) => Ok(()),
+        };
+        let end = match recorded {
+            Ok(()) => end,
+            // Once the switch happened, a deploy that cannot be recorded must
+            // not stay live unjudged: traffic goes back to the old side.
+            Err(e) if step == Step::Switch || step.after_switch() => {
+                let why = format!("{e} after {} ended", step.as_str());
+                match p.switch_back(&record, SwitchKind::Rollback, &why).await {
+                    Ok(_) => StepEnd::End(
+                        Outcome::Failed,
+                        format!("{why}; traffic is back on {}", record.from),
+                    ),
+                    Err(s) => StepEnd::End(
+                        Outcome::Failed,
+                        format!("{why}; switching back failed too: {s}"),
+                    ),
+                }
+            }
+            Err(e) => StepEnd::End(
+                Outcome::Failed,
+                format!("{e} after {} ended", step.as_str()),
+            ),
+        };
+        if let StepEnd::End(outcome, reason) = end {
+            tracing::warn!(id = record.id, step = step.as_str(), outcome = crate::outcome_name(outcome), %reason, "deploy ended");
+            touch(&p, |d| d.end(Some(step), outcome, reason.clone(), now_ms())).await;
+            finish(&p, outcome, Some(reason)).await;
+            return;
+        }
+        failpoint(step, "end");
+    }
+}
+
+/// Test hook: `BLUEGREEN_CRASH_AT=step:start|end` kills the process with
+/// SIGKILL at that point, exactly as `kill -9` would.
+fn failpoint(step: Step, point: &str) {
+    if let Ok(at) = std::env::var("BLUEGREEN_CRASH_AT") {
+        if at == format!("{}:{point}", step.as_str()) {
+            eprintln!("BLUEGREEN_CRASH_AT={at}: killing this process");
+            let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
+/// Applies `f` to the current record and writes the book: resuming after a
+/// crash depends on this record, so a failed write is the step's failure.
+async fn update(p: &Pipeline, f: impl FnOnce(&mut DeployRecord)) -> Result<(), String> {
+    let mut book = p.book.lock().await;
+    if let Some(d) = book.current.as_mut() {
+        f(d);
+        p.router.events.emit("deploy", &*d);
+    }
+    p.persist(&book)
+        .await
+        .map_err(|e| format!("could not persist the deploy record: {e}"))
+}
+
+/// Applies `f` in memory only (log lines, notes): the next durable update writes it.
+async fn touch(p: &Pipeline, f: impl FnOnce(&mut DeployRecord)) {
+    let mut book = p.book.lock().await;
+    if let Some(d) = book.current.as_mut() {
+        f(d);
+        p.router.events.emit("deploy", &*d);
+    }
+}
+
+async fn log(p: &Pipeline, text: String) {
+    tracing::info!(target: "deploy", "{text}");
+    touch(p, |d| d.log(text, now_ms())).await;
+}
+
+async fn note(p: &Pipeline, step: Step, text: String) {
+    touch(p, |d| d.note(step, text)).await;
+}
+
+/// Sets the outcome, records what each side runs, archives the deploy.
+async fn finish(p: &Arc<Pipeline>, outcome: Outcome, reason: Option<String>) {
+    let mut book = p.book.lock().await;
+    let Some(d) = book.current.as_mut() else {
+        return;
+    };
+    if outcome == Outcome::Succeeded {
+        d.succeed(now_ms());
+    }
+    p.router.events.emit("deploy", &*d);
+    let id = d.id;
+    // What failed stays up for a look, then stops: never forever on the idle side.
+    // Only when the deploy step began: before it, the target still runs the
+    // previous (good) release, which must stay for an instant rollback.
+    let replaced = d.step(Step::Deploy).state != StepState::Pending;
+    let leftover =
+        (outcome != Outcome::Succeeded && replaced && p.router.live() != d.target).then(|| {
+            PendingDecommission {
+                side: d.target,
+                deploy_id: id,
+                at_ms: now_ms() + p.config.keep_failed.as_millis() as u64,
+            }
+        });
+    if let Some(pending) = &leftover {
+        d.log(
+            format!(
+                "{} on {} will be stopped in {}s (keep_failed)",
+                d.version,
+                d.target,
+                p.config.keep_failed.as_secs()
+            ),
+            now_ms(),
+        );
+        book.pending_decommission = Some(pending.clone());
+    }
+    book.archive_current();
+    if let Err(e) = p.persist(&book).await {
+        tracing::error!(error = %e, "could not persist the finished deploy");
+    }
+    drop(book);
+    if let Some(pending) = leftover {
+        p.arm_decommission(pending);
+    }
+    let mut run = p.run.lock().unwrap_or_else(|x| x.into_inner());
+    if run.as_ref().is_some_and(|h| h.id == id) {
+        *run = None;
+    }
+    tracing::info!(
+        id,
+        outcome = crate::outcome_name(outcome),
+        reason = reason.unwrap_or_default(),
+        "deploy finished"
+    );
+}
+
+fn aborted(handle: &RunHandle) -> String {
+    let why = handle
+        .abort_reason
+        .lock()
+        .unwrap_or_else(|x| x.into_inner())
+        .clone()
+        .unwrap_or_else(|| "aborted".into());
+    format!("aborted: {why}")
+}
+
+async fn exec(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployRecord, step: Step) -> StepEnd {
+    if handle.abort.is_cancelled() && !step.after_switch() {
+        return StepEnd::End(Outcome::Aborted, aborted(handle));
+    }
+    match step {
+        Step::Deploy => deploy::deploy(p, handle, d).await,
+        Step::Health => checks::health(p, handle, d).await,
+        Step::Smoke => checks::smoke_tests(p, handle, d).await,
+        Step::Warm => warm::warm(p, handle, d).await,
+        Step::Shadow => shadow::shadow(p, handle, d).await,
+        Step::Gate => switch::gate(p, handle, d).await,
+        Step::Switch => switch::switch(p, handle, d).await,
+        Step::Bake => bake::bake(p, handle, d).await,
+        Step::Decommission => decommission::decommission_step(p, d).await,
+    }
+}

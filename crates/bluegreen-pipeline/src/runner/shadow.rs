@@ -1,0 +1,133 @@
+//! Step 5: shadow live traffic to the idle side and judge the answers.
+
+use super::*;
+
+/// Step 5: mirror live traffic to the idle side for a while and judge the
+/// differences; the deploy fails when an endpoint differs too often or the
+/// idle side is too slow.
+pub(super) async fn shadow(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployRecord) -> StepEnd {
+    let Some(step) = &p.config.shadow else {
+        return StepEnd::Skipped("no [deploy.shadow] configured".into());
+    };
+    if p.router.live() == d.target {
+        return StepEnd::Skipped(format!("{} is already live", d.target));
+    }
+    // Nothing live answers (the very first deploy): no pairs to compare.
+    if !p.router.ready() {
+        let first = if d.previous_version.is_none() {
+            "first deploy: "
+        } else {
+            ""
+        };
+        return StepEnd::Skipped(format!(
+            "{first}no healthy upstream on {} (live) to compare with",
+            d.from
+        ));
+    }
+    let mut options = ShadowOptions::from_config(&p.router.config().shadow);
+    if let Some(pc) = step.percent {
+        options.percent = pc;
+    }
+    options.requests = step.requests;
+    let run = match p.router.start_shadow(options.clone()).await {
+        Ok(r) => r,
+        Err(_) if p.router.stop_shadow().await.is_ok() => {
+            log(
+                p,
+                "stopped a manual shadow run to start the deploy's own".into(),
+            )
+            .await;
+            match p.router.start_shadow(options.clone()).await {
+                Ok(r) => r,
+                Err(e) => return StepEnd::End(Outcome::Failed, e),
+            }
+        }
+        Err(e) => return StepEnd::End(Outcome::Failed, e),
+    };
+    let started = tokio::time::Instant::now();
+    let deadline = started + step.duration;
+    let target = step.requests.unwrap_or(u64::MAX);
+    let mut cut_short = false;
+    loop {
+        let r = run.report();
+        note(
+            p,
+            Step::Shadow,
+            format!(
+                "{} pairs compared, {} differing, {} dropped",
+                r.totals.compared, r.totals.differing, r.dropped
+            ),
+        )
+        .await;
+        if r.totals.compared + r.stale >= target || run.complete() {
+            break;
+        }
+        if run.stopped() {
+            // A switch or `bluegreen shadow stop` ended the run early.
+            cut_short = true;
+            break;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => break,
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            _ = handle.abort.cancelled() => {
+                p.router.stop_shadow_run(&run).await;
+                return StepEnd::End(Outcome::Aborted, aborted(handle));
+            }
+        }
+    }
+    p.router.stop_shadow_run(&run).await;
+    // Copies already sent are compared before judging.
+    let settle = tokio::time::Instant::now() + Duration::from_millis(options.timeout_ms);
+    while run.in_flight() > 0 && tokio::time::Instant::now() < settle {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let r = run.report();
+    if cut_short {
+        return StepEnd::End(
+            Outcome::Failed,
+            format!(
+                "the shadow run was stopped before the step finished (a switch or `bluegreen shadow stop`), after {} pairs",
+                r.totals.compared
+            ),
+        );
+    }
+    // A slow idle side shows as copies dropped at the full queue.
+    let offered = r.mirrored + r.dropped;
+    if r.dropped * 10 > offered {
+        return StepEnd::End(
+            Outcome::Failed,
+            format!(
+                "the idle side could not keep up with shadow traffic: {} of {offered} copies dropped (idle p99 {}, live p99 {})",
+                r.dropped,
+                r.totals.idle.p99_ms.map_or("-".into(), |v| format!("{v:.1} ms")),
+                r.totals.live.p99_ms.map_or("-".into(), |v| format!("{v:.1} ms")),
+            ),
+        );
+    }
+    for e in r.endpoints.iter().filter(|e| e.differing > 0).take(5) {
+        let field = e.fields.first().map_or(String::new(), |f| {
+            let x = f.examples.first();
+            format!(
+                "; top field {} ×{} (e.g. {}: live {} | idle {})",
+                f.field,
+                f.count,
+                x.map_or("-", |x| x.request.as_str()),
+                x.map_or("-", |x| x.live.as_str()),
+                x.map_or("-", |x| x.idle.as_str())
+            )
+        });
+        log(
+            p,
+            format!(
+                "shadow: {} {} of {} differ{field}",
+                e.endpoint, e.differing, e.requests
+            ),
+        )
+        .await;
+    }
+    match bluegreen_core::shadow::judge(&step.gate, &r.totals, &r.endpoints) {
+        Ok(summary) => StepEnd::Done(Some(summary)),
+        Err(why) => StepEnd::End(Outcome::Failed, why),
+    }
+}
