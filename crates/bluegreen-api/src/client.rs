@@ -50,11 +50,16 @@ impl AdminClient {
     }
 
     /// POST a JSON document and read the JSON answer.
+    /// POSTs `body` (one of [`crate::types`], or any JSON) as JSON.
     pub async fn post<T: DeserializeOwned>(
         &self,
         path: &str,
-        body: serde_json::Value,
+        body: impl serde::Serialize,
     ) -> Result<T, ClientError> {
+        let body = serde_json::to_value(body).map_err(|e| ClientError::Unreachable {
+            url: format!("{}{path}", self.base),
+            reason: format!("cannot encode the request body: {e}"),
+        })?;
         self.call(Method::POST, path, Some(body)).await
     }
 

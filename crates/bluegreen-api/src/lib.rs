@@ -6,6 +6,7 @@ pub mod client;
 mod error;
 mod metrics;
 mod routes;
+pub mod types;
 
 pub use client::{AdminClient, ClientError};
 pub use error::ApiError;

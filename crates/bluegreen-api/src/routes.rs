@@ -2,6 +2,7 @@
 //! `/api/v1` does.
 
 use crate::error::ApiError;
+use crate::types::{AbortBody, DeployBody, RecordBody, ShadowBody, SwitchBody};
 use axum::body::Bytes;
 use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderMap, StatusCode, Uri};
@@ -16,8 +17,6 @@ use bluegreen_core::Side;
 use bluegreen_pipeline::Pipeline;
 use bluegreen_router::Router;
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
 
@@ -232,8 +231,8 @@ async fn events(State(state): State<AppState>) -> Response {
             };
             match got {
                 Ok(e) => {
-                    let status_due = matches!(e.name, "switch" | "health" | "deploy");
-                    let ev = Event::default().event(e.name).data(e.data.to_string());
+                    let status_due = matches!(e.name(), "switch" | "health" | "deploy");
+                    let ev = Event::default().event(e.name()).data(e.data().to_string());
                     Some((Ok(ev), (rx, state, status_due, stop)))
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
@@ -290,18 +289,6 @@ fn reason(given: Option<String>, default: &str) -> Result<String, ApiError> {
     let r = given.unwrap_or_else(|| default.into());
     input::reason("reason", &r).map_err(ApiError::bad_request)?;
     Ok(r)
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SwitchBody {
-    to: Option<String>,
-    /// Rollback only: go back to this version (re-deployed when not running).
-    to_version: Option<String>,
-    #[serde(default)]
-    force: bool,
-    actor: Option<String>,
-    reason: Option<String>,
 }
 
 async fn switch(
@@ -373,22 +360,6 @@ async fn rollback(
     Ok(Json(value).into_response())
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct DeployBody {
-    version: String,
-    #[serde(default)]
-    manual_promote: bool,
-    #[serde(default)]
-    skip_smoke: bool,
-    #[serde(default)]
-    skip_shadow: bool,
-    #[serde(default)]
-    env: BTreeMap<String, String>,
-    actor: Option<String>,
-    reason: Option<String>,
-}
-
 async fn deploy(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -443,13 +414,6 @@ async fn promote(State(state): State<AppState>) -> Result<Response, ApiError> {
     Ok(Json(record).into_response())
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AbortBody {
-    reason: Option<String>,
-    actor: Option<String>,
-}
-
 async fn abort(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -460,16 +424,6 @@ async fn abort(
     let reason = format!("{} by {who}", reason(body.reason, "aborted")?);
     let record = state.pipeline()?.abort(reason).await?;
     Ok(Json(record).into_response())
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RecordBody {
-    to: String,
-    percent: Option<f64>,
-    max_bytes: Option<u64>,
-    max_body: Option<usize>,
-    redact: Option<Vec<String>>,
 }
 
 async fn record_start(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
@@ -525,18 +479,6 @@ async fn record_stop(State(state): State<AppState>) -> Result<Response, ApiError
 
 async fn record_status(State(state): State<AppState>) -> Response {
     Json(serde_json::json!({"recording": state.router.recording()})).into_response()
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ShadowBody {
-    /// Share of live requests mirrored (default: `[shadow] percent`).
-    percent: Option<f64>,
-    /// Stop after this long, e.g. "10m".
-    #[serde(rename = "for")]
-    duration: Option<String>,
-    /// Stop sampling after this many mirrored requests.
-    requests: Option<u64>,
 }
 
 async fn shadow_start(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {

@@ -4,7 +4,11 @@
 //! slowing the router (it is told how many it missed).
 
 use crate::control::Router;
-use bluegreen_core::bake::Window;
+use crate::taps::shadow::ShadowReport;
+use bluegreen_core::bake::{Breach, Window};
+use bluegreen_core::deploy::DeployRecord;
+use bluegreen_core::health::Health;
+use bluegreen_core::state::SwitchRecord;
 use bluegreen_core::{Side, Sides};
 use serde::Serialize;
 use std::collections::VecDeque;
@@ -18,11 +22,92 @@ const CAPACITY: usize = 1024;
 /// Points kept: ten minutes at one per second.
 pub const SERIES_POINTS: usize = 600;
 
-/// One state change: an SSE event name and its JSON data.
+/// One state change. Every event the router and the pipeline announce is
+/// one of these; [`Event::name`] and [`Event::data`] are the one place they
+/// become the event stream's name and JSON.
 #[derive(Debug, Clone)]
-pub struct Event {
-    pub name: &'static str,
-    pub data: serde_json::Value,
+pub enum Event {
+    /// The live side changed.
+    Switch(SwitchEvent),
+    /// An upstream's health flipped (an active check or a failed connect).
+    Health {
+        side: Side,
+        upstream: String,
+        health: Health,
+        reason: Option<String>,
+    },
+    /// A shadow run's report (every second while it runs, and at its end).
+    Shadow(Box<ShadowReport>),
+    /// One second of per-side traffic.
+    Tick(Point),
+    /// A deploy record after a step changed.
+    Deploy(Box<DeployRecord>),
+    /// A bake verdict: `ok`, `waiting`, `inconclusive` or `breach`.
+    Bake {
+        deploy_id: u64,
+        verdict: &'static str,
+        detail: String,
+        breach: Option<Breach>,
+    },
+}
+
+/// What a `switch` event says.
+#[derive(Debug, Clone, Serialize)]
+pub struct SwitchEvent {
+    pub from: Side,
+    pub to: Side,
+    pub kind: &'static str,
+    pub generation: u64,
+    pub forced: bool,
+    pub actor: String,
+    pub reason: String,
+    pub at_unix_ms: u64,
+    pub record: SwitchRecord,
+}
+
+impl Event {
+    /// The event stream's event name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Event::Switch(_) => "switch",
+            Event::Health { .. } => "health",
+            Event::Shadow(_) => "shadow",
+            Event::Tick(_) => "tick",
+            Event::Deploy(_) => "deploy",
+            Event::Bake { .. } => "bake",
+        }
+    }
+
+    /// The event's JSON, as the dashboard and `--watch` read it.
+    pub fn data(&self) -> serde_json::Value {
+        let value = match self {
+            Event::Switch(s) => serde_json::to_value(s),
+            Event::Health {
+                side,
+                upstream,
+                health,
+                reason,
+            } => Ok(
+                serde_json::json!({"side": side, "upstream": upstream, "health": health, "reason": reason}),
+            ),
+            Event::Shadow(r) => Ok(serde_json::json!({ "shadow": r })),
+            Event::Tick(p) => serde_json::to_value(p),
+            Event::Deploy(d) => serde_json::to_value(d),
+            Event::Bake {
+                deploy_id,
+                verdict,
+                detail,
+                breach,
+            } => {
+                let mut v = serde_json::json!({"deploy_id": deploy_id, "verdict": verdict, "detail": detail});
+                if let Some(b) = breach {
+                    v["breach"] = serde_json::to_value(b).unwrap_or_default();
+                }
+                Ok(v)
+            }
+        };
+        value.unwrap_or_default()
+    }
 }
 
 /// The event channel.
@@ -39,14 +124,13 @@ impl Default for Events {
 }
 
 impl Events {
-    /// Sends to whoever listens (nobody listening is fine).
-    pub fn emit(&self, name: &'static str, data: impl Serialize) {
+    /// Sends to whoever listens (nobody listening is fine, and costs only
+    /// building the event: call sites with costly events check `listening`).
+    pub fn emit(&self, event: Event) {
         if self.tx.receiver_count() == 0 {
             return;
         }
-        if let Ok(data) = serde_json::to_value(data) {
-            let _ = self.tx.send(Event { name, data });
-        }
+        let _ = self.tx.send(event);
     }
 
     /// True when someone listens (so building an event is worth it).
@@ -148,14 +232,14 @@ pub fn spawn_sampler(router: Arc<Router>, every: Duration, stop: CancellationTok
                 live: snap.live,
                 sides,
             };
-            router.events.emit("tick", &point);
+            if router.events.listening() {
+                router.events.emit(Event::Tick(point.clone()));
+            }
             if let Some(s) = &snap.shadow {
                 if s.complete() {
                     router.stop_shadow_run(s).await;
                 } else if router.events.listening() {
-                    router
-                        .events
-                        .emit("shadow", serde_json::json!({"shadow": s.report()}));
+                    router.events.emit(Event::Shadow(Box::new(s.report())));
                 }
             }
             router.series.push(point);

@@ -2,6 +2,7 @@
 
 use crate::cli::{AdminArgs, EXIT_ABORTED, EXIT_CONFIG, EXIT_ERROR, EXIT_ROLLED_BACK};
 use crate::progress::{Mode, Progress};
+use bluegreen_api::types::{AbortBody, DeployBody, RecordBody, SwitchBody};
 use bluegreen_api::AdminClient;
 use bluegreen_core::config::Config;
 use bluegreen_core::deploy::{DeployRecord, Outcome};
@@ -124,7 +125,12 @@ pub async fn switch(
     reason: Option<String>,
     as_json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let body = json!({"to": to, "force": force, "reason": reason.unwrap_or_else(|| "manual switch".into())});
+    let body = SwitchBody {
+        to: to.map(|s| s.to_string()),
+        force,
+        reason: Some(reason.unwrap_or_else(|| "manual switch".into())),
+        ..Default::default()
+    };
     outcome(client(args).post("/api/v1/switch", body).await, as_json)
 }
 
@@ -137,8 +143,12 @@ pub async fn rollback(
     reason: Option<String>,
     as_json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let body = json!({"force": force, "to_version": to_version,
-        "reason": reason.unwrap_or_else(|| "manual rollback".into())});
+    let body = SwitchBody {
+        force,
+        to_version,
+        reason: Some(reason.unwrap_or_else(|| "manual rollback".into())),
+        ..Default::default()
+    };
     let c = client(args);
     let answer: serde_json::Value = match c.post("/api/v1/rollback", body).await {
         Ok(v) => v,
@@ -170,8 +180,15 @@ pub struct DeployArgs {
 /// `bluegreen deploy`: starts the deploy, then follows it to the end.
 pub async fn deploy(args: &AdminArgs, d: DeployArgs) -> anyhow::Result<ExitCode> {
     let c = client(args);
-    let body = json!({"version": d.version, "manual_promote": d.manual_promote,
-        "skip_smoke": d.skip_smoke, "skip_shadow": d.skip_shadow, "env": d.env, "reason": d.reason});
+    let body = DeployBody {
+        version: d.version.clone(),
+        manual_promote: d.manual_promote,
+        skip_smoke: d.skip_smoke,
+        skip_shadow: d.skip_shadow,
+        env: d.env.clone(),
+        reason: d.reason.clone(),
+        actor: None,
+    };
     let record: DeployRecord = match c.post("/api/v1/deploys", body).await {
         Ok(r) => r,
         Err(e) => return fail(e),
@@ -249,7 +266,13 @@ pub async fn promote(args: &AdminArgs) -> anyhow::Result<ExitCode> {
 /// `bluegreen abort`.
 pub async fn abort(args: &AdminArgs, reason: Option<String>) -> anyhow::Result<ExitCode> {
     match client(args)
-        .post::<DeployRecord>("/api/v1/abort", json!({"reason": reason}))
+        .post::<DeployRecord>(
+            "/api/v1/abort",
+            AbortBody {
+                reason,
+                actor: None,
+            },
+        )
         .await
     {
         Ok(d) => {
@@ -476,11 +499,13 @@ pub async fn record(
             max_body,
             redact,
         } => {
-            let mut body =
-                json!({"to": to, "percent": percent, "max_bytes": max_bytes, "max_body": max_body});
-            if !redact.is_empty() {
-                body["redact"] = json!(redact);
-            }
+            let body = RecordBody {
+                to,
+                percent: Some(percent),
+                max_bytes,
+                max_body,
+                redact: (!redact.is_empty()).then_some(redact),
+            };
             c.post("/api/v1/record/start", body).await
         }
         RecordAction::Stop => c.post("/api/v1/record/stop", json!({})).await,

@@ -46,7 +46,11 @@ pub async fn main(args: &AdminArgs, action: ShadowAction) -> anyhow::Result<Exit
         } => (
             c.post(
                 "/api/v1/shadow/start",
-                json!({"percent": percent, "for": duration, "requests": requests}),
+                bluegreen_api::types::ShadowBody {
+                    percent,
+                    duration,
+                    requests,
+                },
             )
             .await,
             false,

@@ -67,18 +67,22 @@ pub(super) async fn bake(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployRecord
                         detail.map(|x| format!("; {x}")).unwrap_or_default()
                     ),
                 };
-                p.router.events.emit(
-                    "bake",
-                    serde_json::json!({"deploy_id": d.id, "verdict": word, "detail": text}),
-                );
+                p.router.events.emit(Event::Bake {
+                    deploy_id: d.id,
+                    verdict: word,
+                    detail: text.clone(),
+                    breach: None,
+                });
                 note(p, Step::Bake, text).await;
             }
             WindowEnd::Breach(b) => {
                 let reason = format!("bake: {}", b.summary);
-                p.router.events.emit(
-                    "bake",
-                    serde_json::json!({"deploy_id": d.id, "verdict": "breach", "detail": b.summary, "breach": b}),
-                );
+                p.router.events.emit(Event::Bake {
+                    deploy_id: d.id,
+                    verdict: "breach",
+                    detail: b.summary.clone(),
+                    breach: Some(b.clone()),
+                });
                 // The rollback comes first; the breach is written with the outcome.
                 touch(p, |r| r.breach = Some(b.clone())).await;
                 let t = Instant::now();

@@ -14,6 +14,7 @@ use bluegreen_core::deploy::{
 };
 use bluegreen_core::state::{SwitchKind, SwitchRequest};
 use bluegreen_core::Side;
+use bluegreen_router::events::Event;
 use bluegreen_router::shadow::ShadowOptions;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -116,7 +117,7 @@ async fn update(p: &Pipeline, f: impl FnOnce(&mut DeployRecord)) -> Result<(), S
     let mut book = p.book.lock().await;
     if let Some(d) = book.current.as_mut() {
         f(d);
-        p.router.events.emit("deploy", &*d);
+        announce(p, d);
     }
     p.persist(&book)
         .await
@@ -128,7 +129,15 @@ async fn touch(p: &Pipeline, f: impl FnOnce(&mut DeployRecord)) {
     let mut book = p.book.lock().await;
     if let Some(d) = book.current.as_mut() {
         f(d);
-        p.router.events.emit("deploy", &*d);
+        announce(p, d);
+    }
+}
+
+/// The deploy record as it is now, to whoever follows the event stream
+/// (cloned only when someone does).
+fn announce(p: &Pipeline, d: &DeployRecord) {
+    if p.router.events.listening() {
+        p.router.events.emit(Event::Deploy(Box::new(d.clone())));
     }
 }
 
@@ -150,7 +159,7 @@ async fn finish(p: &Arc<Pipeline>, outcome: Outcome, reason: Option<String>) {
     if outcome == Outcome::Succeeded {
         d.succeed(now_ms());
     }
-    p.router.events.emit("deploy", &*d);
+    announce(p, d);
     let id = d.id;
     // What failed stays up for a look, then stops: never forever on the idle side.
     // Only when the deploy step began: before it, the target still runs the

@@ -110,7 +110,7 @@ impl Router {
         };
         if let Some(shadow) = &s.stopped_shadow {
             self.events
-                .emit("shadow", serde_json::json!({"shadow": shadow.report()}));
+                .emit(crate::events::Event::Shadow(Box::new(shadow.report())));
             tracing::info!("shadowing stopped by the switch");
         }
         let kind = match req.kind {
@@ -124,12 +124,18 @@ impl Router {
             .entry(kind)
             .or_default() += 1;
         let generation = s.record.generation;
-        self.events.emit(
-            "switch",
-            serde_json::json!({"from": s.from, "to": req.to, "kind": kind, "generation": generation,
-                "forced": req.forced, "actor": req.actor, "reason": req.reason,
-                "at_unix_ms": s.record.at_unix_ms, "record": s.record}),
-        );
+        self.events
+            .emit(crate::events::Event::Switch(crate::events::SwitchEvent {
+                from: s.from,
+                to: req.to,
+                kind,
+                generation,
+                forced: req.forced,
+                actor: req.actor.clone(),
+                reason: req.reason.clone(),
+                at_unix_ms: s.record.at_unix_ms,
+                record: s.record.clone(),
+            }));
         tracing::info!(from = %s.from, to = %req.to, generation, kind = ?req.kind, forced = req.forced, actor = %req.actor, reason = %req.reason, "switched");
         self.spawn_drain(s.from, generation, s.old_epoch);
         SwitchOutcome {

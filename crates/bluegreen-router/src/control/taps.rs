@@ -103,7 +103,7 @@ impl Router {
             .await?;
         s.stop();
         self.events
-            .emit("shadow", serde_json::json!({"shadow": s.report()}));
+            .emit(crate::events::Event::Shadow(Box::new(s.report())));
         tracing::info!("shadowing stopped");
         Ok(s)
     }
@@ -126,7 +126,7 @@ impl Router {
             .await;
         if stopped == Ok(true) {
             self.events
-                .emit("shadow", serde_json::json!({"shadow": run.report()}));
+                .emit(crate::events::Event::Shadow(Box::new(run.report())));
             tracing::info!("shadowing stopped: its time or request count is up");
         }
     }

@@ -144,11 +144,12 @@ async fn send_with_retries(
             Err(SendError::Connect(reason, back)) => {
                 upstream.failed();
                 if let Some(h) = upstream.mark_down(reason.clone()) {
-                    router.events.emit(
-                        "health",
-                        serde_json::json!({"side": pool.side, "upstream": upstream.address,
-                            "health": h, "reason": reason}),
-                    );
+                    router.events.emit(crate::events::Event::Health {
+                        side: pool.side,
+                        upstream: upstream.address.clone(),
+                        health: h,
+                        reason: Some(reason.clone()),
+                    });
                     tracing::warn!(side = %pool.side, upstream = %upstream.address, %reason, "upstream marked unhealthy after a failed connect");
                 }
                 let (upstream, side, reason) = failed(reason);

@@ -73,11 +73,12 @@ async fn check_loop(
             _ = stop.cancelled() => return,
         };
         if let Some(flipped) = upstream.record_check_from(epoch, result) {
-            router.events.emit(
-                "health",
-                serde_json::json!({"side": upstream.side, "upstream": upstream.address,
-                    "health": flipped, "reason": upstream.last_error()}),
-            );
+            router.events.emit(crate::events::Event::Health {
+                side: upstream.side,
+                upstream: upstream.address.clone(),
+                health: flipped,
+                reason: upstream.last_error(),
+            });
             match flipped {
                 Health::Healthy => {
                     tracing::info!(side = %upstream.side, upstream = %upstream.address, "upstream is healthy")

@@ -1,0 +1,105 @@
+//! The admin API's request bodies, shared by the server (which parses them,
+//! refusing unknown fields) and the CLI (which sends them), so the two
+//! cannot drift. Every field but a deploy's version is optional.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// `POST /api/v1/switch` and `POST /api/v1/rollback`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SwitchBody {
+    /// Switch only: the side to make live (default: the idle side).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    /// Rollback only: go back to this version (re-deployed when not running).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub to_version: Option<String>,
+    #[serde(default)]
+    pub force: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// `POST /api/v1/deploys`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeployBody {
+    pub version: String,
+    #[serde(default)]
+    pub manual_promote: bool,
+    #[serde(default)]
+    pub skip_smoke: bool,
+    #[serde(default)]
+    pub skip_shadow: bool,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// `POST /api/v1/abort`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AbortBody {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+}
+
+/// `POST /api/v1/record/start`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordBody {
+    /// A new file's name in `[record] dir`.
+    pub to: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub percent: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_body: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redact: Option<Vec<String>>,
+}
+
+/// `POST /api/v1/shadow/start`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShadowBody {
+    /// Share of live requests mirrored (default: `[shadow] percent`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub percent: Option<f64>,
+    /// Stop after this long, e.g. "10m".
+    #[serde(rename = "for", skip_serializing_if = "Option::is_none")]
+    pub duration: Option<String>,
+    /// Stop sampling after this many mirrored requests.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requests: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_round_trip_and_refuse_unknown_fields() {
+        let b = SwitchBody {
+            to_version: Some("v1".into()),
+            force: true,
+            ..Default::default()
+        };
+        let text = serde_json::to_string(&b).unwrap();
+        assert_eq!(text, r#"{"to_version":"v1","force":true}"#);
+        let back: SwitchBody = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.to_version.as_deref(), Some("v1"));
+        assert!(serde_json::from_str::<SwitchBody>(r#"{"too": "green"}"#).is_err());
+        let s: ShadowBody = serde_json::from_str(r#"{"for": "10m"}"#).unwrap();
+        assert_eq!(s.duration.as_deref(), Some("10m"));
+    }
+}
