@@ -2,7 +2,7 @@
 //! `/api/v1` does.
 
 use crate::error::ApiError;
-use crate::types::{AbortBody, DeployBody, RecordBody, ShadowBody, SwitchBody};
+use crate::types::{AbortBody, DeployBody, RecordBody, ShadowBody, StatusView, SwitchBody};
 use axum::body::Bytes;
 use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderMap, StatusCode, Uri};
@@ -138,13 +138,20 @@ async fn status(State(state): State<AppState>) -> Response {
 
 /// The router's status, with each side's release and the current deploy
 /// when there is a pipeline.
-async fn status_value(state: &AppState) -> serde_json::Value {
-    let mut value = serde_json::to_value(state.router.status().await).expect("status serialises");
-    if let Some(p) = &state.pipeline {
-        value["releases"] = serde_json::to_value(p.sides().await).expect("serialises");
-        value["deploy"] = serde_json::to_value(p.current().await).expect("serialises");
+async fn status_value(state: &AppState) -> StatusView {
+    let router = state.router.status().await;
+    match &state.pipeline {
+        Some(p) => StatusView {
+            router,
+            releases: Some(p.sides().await),
+            deploy: Some(p.current().await),
+        },
+        None => StatusView {
+            router,
+            releases: None,
+            deploy: None,
+        },
     }
-    value
 }
 
 // ---- observability -------------------------------------------------------------
@@ -219,7 +226,9 @@ async fn events(State(state): State<AppState>) -> Response {
         |(mut rx, state, status_due, stop)| async move {
             if status_due {
                 let v = status_value(&state).await;
-                let ev = Event::default().event("status").data(v.to_string());
+                let ev = Event::default()
+                    .event("status")
+                    .data(serde_json::to_string(&v).unwrap_or_default());
                 return Some((
                     Ok::<_, std::convert::Infallible>(ev),
                     (rx, state, false, stop),

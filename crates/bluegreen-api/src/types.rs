@@ -2,8 +2,26 @@
 //! refusing unknown fields) and the CLI (which sends them), so the two
 //! cannot drift. Every field but a deploy's version is optional.
 
+use bluegreen_core::deploy::{DeployRecord, SideRelease};
+use bluegreen_core::Sides;
+use bluegreen_router::status::Status;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+
+/// `GET /api/v1/status` (and the event stream's `status`): the router's
+/// view, with each side's release and the deploy in progress when there is
+/// a pipeline.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusView {
+    #[serde(flatten)]
+    pub router: Status,
+    /// What each side runs (with a pipeline).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub releases: Option<Sides<SideRelease>>,
+    /// The current or last deploy (with a pipeline; `null` when none yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deploy: Option<Option<DeployRecord>>,
+}
 
 /// `POST /api/v1/switch` and `POST /api/v1/rollback`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

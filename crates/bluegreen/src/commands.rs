@@ -2,13 +2,13 @@
 
 use crate::cli::{AdminArgs, EXIT_ABORTED, EXIT_CONFIG, EXIT_ERROR, EXIT_ROLLED_BACK};
 use crate::progress::{Mode, Progress};
-use bluegreen_api::types::{AbortBody, DeployBody, RecordBody, SwitchBody};
+use bluegreen_api::types::{AbortBody, DeployBody, RecordBody, StatusView, SwitchBody};
 use bluegreen_api::AdminClient;
 use bluegreen_core::config::Config;
-use bluegreen_core::deploy::{DeployRecord, Outcome};
+use bluegreen_core::deploy::{DeployRecord, Outcome, SideRelease};
 use bluegreen_core::health::Health;
 use bluegreen_core::state::{SwitchKind, SwitchRecord};
-use bluegreen_core::Side;
+use bluegreen_core::{Side, Sides};
 use bluegreen_router::status::Status;
 use bluegreen_router::SwitchOutcome;
 use serde_json::json;
@@ -84,14 +84,17 @@ pub async fn status(args: &AdminArgs, as_json: bool) -> anyhow::Result<ExitCode>
         println!("{}", serde_json::to_string_pretty(&raw)?);
         return Ok(ExitCode::SUCCESS);
     }
-    let status: Status = serde_json::from_value(raw.clone())?;
-    print!("{}", render_status(&status));
+    let view: StatusView = serde_json::from_value(raw)?;
+    print!("{}", render_status(&view.router));
     // With a pipeline: what each side runs, and the deploy in progress.
-    if let Some(rel) = raw.get("releases").filter(|r| !r.is_null()) {
+    if let Some(rel) = &view.releases {
         out_releases(rel);
     }
-    if let Some(d) = raw.get("deploy").filter(|d| d["outcome"] == "running") {
-        let d: DeployRecord = serde_json::from_value(d.clone())?;
+    if let Some(d) = view
+        .deploy
+        .flatten()
+        .filter(|d| d.outcome == Outcome::Running)
+    {
         let step = d.next_step().map(|s| s.as_str()).unwrap_or("finishing");
         println!(
             "\ndeploy #{} of {} to {} in progress: {step}",
@@ -101,19 +104,20 @@ pub async fn status(args: &AdminArgs, as_json: bool) -> anyhow::Result<ExitCode>
     Ok(ExitCode::SUCCESS)
 }
 
-fn out_releases(rel: &serde_json::Value) {
+fn out_releases(rel: &Sides<SideRelease>) {
     println!("\n{:<6} {:<16} STATE", "SIDE", "VERSION");
     for side in Side::ALL {
-        let r = &rel[side.as_str()];
-        let version = r["version"].as_str().unwrap_or("-");
-        let state = if r["version"].is_null() {
-            "-"
-        } else if r["running"] == true {
-            "running"
-        } else {
-            "decommissioned"
+        let r = &rel[side];
+        let state = match (&r.version, r.running) {
+            (None, _) => "-",
+            (Some(_), true) => "running",
+            (Some(_), false) => "decommissioned",
         };
-        println!("{:<6} {:<16} {state}", side.as_str(), version);
+        println!(
+            "{:<6} {:<16} {state}",
+            side.as_str(),
+            r.version.as_deref().unwrap_or("-")
+        );
     }
 }
 
