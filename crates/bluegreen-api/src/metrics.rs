@@ -8,8 +8,10 @@ use bluegreen_core::latency::{bounds_us, export_bounds_us, Histogram};
 use bluegreen_core::Side;
 use bluegreen_pipeline::Pipeline;
 use bluegreen_router::listener::ListenerKind;
+use bluegreen_router::snapshot::Snapshot;
 use bluegreen_router::stats::TrafficStats;
 use bluegreen_router::status::SideStatus;
+use bluegreen_router::status::Status;
 use bluegreen_router::Router;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder, NoLabelSet};
@@ -113,12 +115,30 @@ fn side_label(s: Side) -> (&'static str, String) {
     ("side", s.as_str().to_string())
 }
 
-/// The metrics page.
+/// The metrics page: one family after another, each read on the spot from
+/// what the request path counts anyway.
 pub async fn render(router: &Arc<Router>, pipeline: Option<&Arc<Pipeline>>) -> String {
     let mut s = Scrape::default();
     let status = router.status().await;
     let snap = router.snapshot();
+    switching(&mut s, router, &status);
+    traffic(&mut s, &snap);
+    side_gauges(&mut s, &status);
+    clients(&mut s, router);
+    upstreams(&mut s, &snap);
+    if let Some(p) = pipeline {
+        deploys(&mut s, p).await;
+    }
+    shadowing(&mut s, router);
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(s));
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &registry).expect("writing to a String");
+    out
+}
 
+/// Which side is live, and the switches.
+fn switching(s: &mut Scrape, router: &Router, status: &Status) {
     let f = s.family(
         "bluegreen_live",
         "1 for the side that receives live traffic",
@@ -148,8 +168,10 @@ pub async fn render(router: &Arc<Router>, pipeline: Option<&Arc<Pipeline>>) -> S
             Value::Counter(counts.get(kind).copied().unwrap_or(0)),
         );
     }
+}
 
-    // Per side: answers by class and latency, for live and preview traffic.
+/// Per side and listener: answers by class, and latency.
+fn traffic(s: &mut Scrape, snap: &Snapshot) {
     let stats = |side: Side, listener: &'static str| -> &TrafficStats {
         let pool = &snap.pools[side];
         if listener == "live" {
@@ -197,6 +219,10 @@ pub async fn render(router: &Arc<Router>, pipeline: Option<&Arc<Pipeline>>) -> S
             );
         }
     }
+}
+
+/// Per side: what is in flight, upgraded and draining now.
+fn side_gauges(s: &mut Scrape, status: &Status) {
     let sides = &status.sides;
     for (name, help, of) in [
         (
@@ -223,7 +249,10 @@ pub async fn render(router: &Arc<Router>, pipeline: Option<&Arc<Pipeline>>) -> S
             );
         }
     }
+}
 
+/// Client connections per listener, busy or idle.
+fn clients(s: &mut Scrape, router: &Router) {
     let f = s.family(
         "bluegreen_client_connections",
         "Open client connections per listener: busy, or idle keep-alive holding no buffers",
@@ -241,8 +270,10 @@ pub async fn render(router: &Arc<Router>, pipeline: Option<&Arc<Pipeline>>) -> S
             );
         }
     }
+}
 
-    // Per upstream.
+/// Per upstream: answers, failures, load and health.
+fn upstreams(s: &mut Scrape, snap: &Snapshot) {
     let f = s.family(
         "bluegreen_upstream_responses",
         "Answers by upstream and status class",
@@ -313,60 +344,62 @@ pub async fn render(router: &Arc<Router>, pipeline: Option<&Arc<Pipeline>>) -> S
             }
         }
     }
+}
 
-    // The deploy pipeline.
-    if let Some(p) = pipeline {
-        let current = p.current().await.filter(|d| !d.is_finished());
-        s.family(
-            "bluegreen_deploy_running",
-            "1 while a deploy runs",
-            MetricType::Gauge,
-        )
-        .add(vec![], Value::Gauge(current.is_some() as i64));
-        let f = s.family(
-            "bluegreen_deploy_step",
-            "Steps of the running deploy: 1 for each step's current state",
-            MetricType::Gauge,
-        );
-        if let Some(d) = &current {
-            for st in &d.steps {
-                let state = serde_json::to_value(st.state)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_string))
-                    .unwrap_or_default();
-                f.add(
-                    vec![
-                        ("deploy", d.id.to_string()),
-                        ("version", d.version.clone()),
-                        ("step", st.step.as_str().into()),
-                        ("state", state),
-                    ],
-                    Value::Gauge(1),
-                );
-            }
-        }
-        let mut outcomes = std::collections::BTreeMap::<String, u64>::new();
-        for d in p.history().await.iter().filter(|d| d.is_finished()) {
-            let o = serde_json::to_value(d.outcome)
+/// The pipeline: the running deploy's steps and finished deploys.
+async fn deploys(s: &mut Scrape, p: &Pipeline) {
+    let current = p.current().await.filter(|d| !d.is_finished());
+    s.family(
+        "bluegreen_deploy_running",
+        "1 while a deploy runs",
+        MetricType::Gauge,
+    )
+    .add(vec![], Value::Gauge(current.is_some() as i64));
+    let f = s.family(
+        "bluegreen_deploy_step",
+        "Steps of the running deploy: 1 for each step's current state",
+        MetricType::Gauge,
+    );
+    if let Some(d) = &current {
+        for st in &d.steps {
+            let state = serde_json::to_value(st.state)
                 .ok()
                 .and_then(|v| v.as_str().map(str::to_string))
                 .unwrap_or_default();
-            *outcomes.entry(o).or_default() += 1;
-        }
-        let f = s.family(
-            "bluegreen_deploys",
-            "Finished deploys in the history, by outcome",
-            MetricType::Counter,
-        );
-        for o in ["succeeded", "failed", "rolled_back", "aborted"] {
             f.add(
-                vec![("outcome", o.into())],
-                Value::Counter(outcomes.get(o).copied().unwrap_or(0)),
+                vec![
+                    ("deploy", d.id.to_string()),
+                    ("version", d.version.clone()),
+                    ("step", st.step.as_str().into()),
+                    ("state", state),
+                ],
+                Value::Gauge(1),
             );
         }
     }
+    let mut outcomes = std::collections::BTreeMap::<String, u64>::new();
+    for d in p.history().await.iter().filter(|d| d.is_finished()) {
+        let o = serde_json::to_value(d.outcome)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        *outcomes.entry(o).or_default() += 1;
+    }
+    let f = s.family(
+        "bluegreen_deploys",
+        "Finished deploys in the history, by outcome",
+        MetricType::Counter,
+    );
+    for o in ["succeeded", "failed", "rolled_back", "aborted"] {
+        f.add(
+            vec![("outcome", o.into())],
+            Value::Counter(outcomes.get(o).copied().unwrap_or(0)),
+        );
+    }
+}
 
-    // Shadowing (the running or last run).
+/// The running or last shadow run.
+fn shadowing(s: &mut Scrape, router: &Router) {
     let report = router.shadow().map(|s| s.report());
     s.family(
         "bluegreen_shadow_running",
@@ -419,12 +452,6 @@ pub async fn render(router: &Arc<Router>, pipeline: Option<&Arc<Pipeline>>) -> S
             Value::Counter(e.differing),
         );
     }
-
-    let mut registry = Registry::default();
-    registry.register_collector(Box::new(s));
-    let mut out = String::new();
-    prometheus_client::encoding::text::encode(&mut out, &registry).expect("writing to a String");
-    out
 }
 
 /// The fine buckets summed into the exported ones: `(le seconds, count in
