@@ -55,57 +55,14 @@ struct Tally {
 
 /// Entry point of `bluegreen replay`.
 pub async fn main(args: ReplayArgs) -> anyhow::Result<ExitCode> {
-    // 1. The whole file is checked before anything is sent.
-    let text = std::fs::read_to_string(&args.file)
-        .with_context(|| format!("cannot read {}", args.file.display()))?;
-    let mut records = match Recorded::parse_all(&text) {
-        Ok(r) => r,
+    // 1. The whole file and every flag are checked before anything is sent.
+    let plan = match Plan::of(&args) {
+        Ok(p) => p,
         Err(e) => {
-            eprintln!("error: {}: {e}", args.file.display());
+            eprintln!("error: {e}");
             return Ok(ExitCode::from(EXIT_CONFIG));
         }
     };
-    if !args.methods.is_empty() {
-        let before = records.len();
-        records.retain(|r| {
-            args.methods
-                .iter()
-                .any(|m| m.eq_ignore_ascii_case(&r.method))
-        });
-        if records.len() < before {
-            println!(
-                "skipping {} recorded request(s) whose method is not in --methods {}",
-                before - records.len(),
-                args.methods.join(",")
-            );
-        }
-    }
-    let speed = match args.speed.as_str() {
-        "max" => None,
-        s => match s.trim_end_matches('x').parse::<f64>() {
-            Ok(v) if v > 0.0 => Some(v),
-            _ => {
-                eprintln!(
-                    "error: --speed {:?}: use a factor like 1x, 2.5x or max",
-                    args.speed
-                );
-                return Ok(ExitCode::from(EXIT_CONFIG));
-            }
-        },
-    };
-    let loop_for = match args.loop_for.as_deref().map(humantime::parse_duration) {
-        Some(Err(e)) => {
-            eprintln!("error: --loop-for: {e}");
-            return Ok(ExitCode::from(EXIT_CONFIG));
-        }
-        Some(Ok(d)) => Some(d),
-        None => None,
-    };
-    if records.is_empty() {
-        eprintln!("error: {} holds no requests", args.file.display());
-        return Ok(ExitCode::from(EXIT_CONFIG));
-    }
-
     // 2. Where to send.
     let bases = match targets(&args).await {
         Ok(b) => b,
@@ -114,8 +71,92 @@ pub async fn main(args: ReplayArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(EXIT_ERROR));
         }
     };
-
     // 3. Send, keeping the recorded rhythm (scaled), never more than `concurrency` at once.
+    let started = Instant::now();
+    let (sent, tally) = send_all(&args, &plan, &bases).await?;
+    // 4. The summary.
+    let t = tally.lock().unwrap_or_else(|p| p.into_inner());
+    summarize(&args, &t, sent, started.elapsed().as_secs_f64(), &bases);
+    Ok(if t.errors > 0 {
+        ExitCode::from(EXIT_ERROR)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// What to replay and how fast, from the file and the flags.
+struct Plan {
+    records: Vec<Recorded>,
+    /// `None`: as fast as allowed.
+    speed: Option<f64>,
+    loop_for: Option<Duration>,
+}
+
+impl Plan {
+    /// Reads and checks the whole file; drops methods not asked for. The
+    /// error names the file and line, or the flag.
+    fn of(args: &ReplayArgs) -> Result<Plan, String> {
+        let text = std::fs::read_to_string(&args.file)
+            .map_err(|e| format!("cannot read {}: {e}", args.file.display()))?;
+        let mut records =
+            Recorded::parse_all(&text).map_err(|e| format!("{}: {e}", args.file.display()))?;
+        if !args.methods.is_empty() {
+            let before = records.len();
+            records.retain(|r| {
+                args.methods
+                    .iter()
+                    .any(|m| m.eq_ignore_ascii_case(&r.method))
+            });
+            if records.len() < before {
+                println!(
+                    "skipping {} recorded request(s) whose method is not in --methods {}",
+                    before - records.len(),
+                    args.methods.join(",")
+                );
+            }
+        }
+        let speed = match args.speed.as_str() {
+            "max" => None,
+            s => match s.trim_end_matches('x').parse::<f64>() {
+                Ok(v) if v > 0.0 => Some(v),
+                _ => {
+                    return Err(format!(
+                        "--speed {:?}: use a factor like 1x, 2.5x or max",
+                        args.speed
+                    ))
+                }
+            },
+        };
+        let loop_for = args
+            .loop_for
+            .as_deref()
+            .map(humantime::parse_duration)
+            .transpose()
+            .map_err(|e| format!("--loop-for: {e}"))?;
+        if records.is_empty() {
+            return Err(format!("{} holds no requests", args.file.display()));
+        }
+        Ok(Plan {
+            records,
+            speed,
+            loop_for,
+        })
+    }
+}
+
+/// Sends every record (again and again while `loop_for` lasts); returns
+/// how many were sent and the tally of their answers.
+async fn send_all(
+    args: &ReplayArgs,
+    plan: &Plan,
+    bases: &[String],
+) -> anyhow::Result<(u64, Arc<Mutex<Tally>>)> {
+    let Plan {
+        records,
+        speed,
+        loop_for,
+    } = plan;
+    let (speed, loop_for) = (*speed, *loop_for);
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let tally = Arc::new(Mutex::new(Tally::default()));
     let limit = Arc::new(tokio::sync::Semaphore::new(args.concurrency.max(1)));
@@ -126,7 +167,7 @@ pub async fn main(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let mut tasks = tokio::task::JoinSet::new();
     'outer: for round in 0u64.. {
         let round_start = Instant::now();
-        for r in &records {
+        for r in records {
             if let Some(f) = speed {
                 let due =
                     Duration::from_secs_f64(r.at_ms.saturating_sub(first_at) as f64 / 1000.0 / f);
@@ -174,9 +215,11 @@ pub async fn main(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     while tasks.join_next().await.is_some() {}
     bar.finish_and_clear();
 
-    // 4. The summary.
-    let t = tally.lock().unwrap_or_else(|p| p.into_inner());
-    let secs = started.elapsed().as_secs_f64();
+    Ok((sent, tally))
+}
+
+/// Prints the summary: sent, statuses, errors, latency (or one JSON object).
+fn summarize(args: &ReplayArgs, t: &Tally, sent: u64, secs: f64, bases: &[String]) {
     let q = |x: f64| {
         t.latency
             .quantile(x)
@@ -215,11 +258,6 @@ pub async fn main(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         }
         println!("latency: p50 {:.1} ms, p99 {:.1} ms", q(0.5), q(0.99));
     }
-    Ok(if t.errors > 0 {
-        ExitCode::from(EXIT_ERROR)
-    } else {
-        ExitCode::SUCCESS
-    })
 }
 
 /// Base URLs to send to: a side's upstreams, or the URL given.

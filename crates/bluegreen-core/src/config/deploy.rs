@@ -341,7 +341,51 @@ pub(super) fn validate(
     c: &mut Checker,
     has_preview: bool,
 ) -> Option<DeployConfig> {
-    let method = match (&raw.hooks, &raw.supervisor) {
+    let method = deploy_method(raw, base, c);
+    let smoke = smoke_checks(raw, base, c, has_preview);
+    let bake = bake(raw, c);
+    let config = DeployConfig {
+        method: method?,
+        deploy_timeout: c.duration(
+            "deploy.deploy_timeout",
+            raw.deploy_timeout.as_deref(),
+            Duration::from_secs(120),
+        ),
+        promote_timeout: raw
+            .promote_timeout
+            .as_deref()
+            .map(|p| c.duration("deploy.promote_timeout", Some(p), Duration::from_secs(3600))),
+        keep_warm: match raw.keep_warm.as_deref() {
+            None | Some("0") | Some("0s") => Duration::ZERO,
+            Some(k) => c.duration("deploy.keep_warm", Some(k), Duration::ZERO),
+        },
+        keep_failed: match raw.keep_failed.as_deref() {
+            Some("0") | Some("0s") => Duration::ZERO,
+            k => c.duration("deploy.keep_failed", k, Duration::from_secs(300)),
+        },
+        hook_timeout: c.duration(
+            "deploy.hook_timeout",
+            raw.hook_timeout.as_deref(),
+            Duration::from_secs(600),
+        ),
+        smoke,
+        bake,
+        warm: raw
+            .warm
+            .as_ref()
+            .and_then(|w| super::shadow::validate_warm(w, base, c)),
+        shadow: raw
+            .shadow
+            .as_ref()
+            .map(|s| super::shadow::validate_step(s, c)),
+        workdir: base.to_path_buf(),
+    };
+    Some(config)
+}
+
+/// `[deploy.hooks]` or `[deploy.supervisor]`: exactly one of them.
+fn deploy_method(raw: &RawDeploy, base: &Path, c: &mut Checker) -> Option<DeployMethod> {
+    match (&raw.hooks, &raw.supervisor) {
         (Some(h), None) => {
             let deploy = c.template("deploy.hooks.deploy", &h.deploy, HOOK_VARS, base);
             let decommission = h
@@ -403,8 +447,16 @@ pub(super) fn validate(
             c.issue("deploy", "missing [deploy.hooks] (deploy = \"command\") or [deploy.supervisor] (run = \"command\")");
             None
         }
-    };
+    }
+}
 
+/// `[[deploy.smoke]]`: each check, and the preview listener HTTP checks need.
+fn smoke_checks(
+    raw: &RawDeploy,
+    base: &Path,
+    c: &mut Checker,
+    has_preview: bool,
+) -> Vec<SmokeCheck> {
     let mut smoke = Vec::new();
     for (i, s) in raw.smoke.iter().enumerate() {
         let key = format!("deploy.smoke[{i}]");
@@ -419,6 +471,11 @@ pub(super) fn validate(
         );
     }
 
+    smoke
+}
+
+/// `[deploy.bake]`: durations, thresholds, and that the windows fit.
+fn bake(raw: &RawDeploy, c: &mut Checker) -> BakeConfig {
     let b = raw.bake.as_ref();
     let bake = BakeConfig {
         duration: c.duration(
@@ -479,44 +536,7 @@ pub(super) fn validate(
             ),
         );
     }
-
-    let config = DeployConfig {
-        method: method?,
-        deploy_timeout: c.duration(
-            "deploy.deploy_timeout",
-            raw.deploy_timeout.as_deref(),
-            Duration::from_secs(120),
-        ),
-        promote_timeout: raw
-            .promote_timeout
-            .as_deref()
-            .map(|p| c.duration("deploy.promote_timeout", Some(p), Duration::from_secs(3600))),
-        keep_warm: match raw.keep_warm.as_deref() {
-            None | Some("0") | Some("0s") => Duration::ZERO,
-            Some(k) => c.duration("deploy.keep_warm", Some(k), Duration::ZERO),
-        },
-        keep_failed: match raw.keep_failed.as_deref() {
-            Some("0") | Some("0s") => Duration::ZERO,
-            k => c.duration("deploy.keep_failed", k, Duration::from_secs(300)),
-        },
-        hook_timeout: c.duration(
-            "deploy.hook_timeout",
-            raw.hook_timeout.as_deref(),
-            Duration::from_secs(600),
-        ),
-        smoke,
-        bake,
-        warm: raw
-            .warm
-            .as_ref()
-            .and_then(|w| super::shadow::validate_warm(w, base, c)),
-        shadow: raw
-            .shadow
-            .as_ref()
-            .map(|s| super::shadow::validate_step(s, c)),
-        workdir: base.to_path_buf(),
-    };
-    Some(config)
+    bake
 }
 
 fn smoke_check(key: &str, s: &RawSmoke, base: &Path, c: &mut Checker) -> Option<SmokeCheck> {
