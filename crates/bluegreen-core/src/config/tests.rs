@@ -1,0 +1,259 @@
+//! Config parsing and validation: every problem named with its key.
+
+use super::*;
+
+const GOOD: &str = r#"
+[proxy]
+listen = "127.0.0.1:8080"
+preview_listen = "127.0.0.1:8081"
+
+[admin]
+listen = "127.0.0.1:9901"
+token_env = "BLUEGREEN_TOKEN"
+
+[state]
+dir = ".bluegreen"
+
+[health]
+path = "/healthz"
+interval = "1s"
+timeout = "2s"
+healthy_threshold = 2
+unhealthy_threshold = 3
+
+[environments.blue]
+upstreams = ["127.0.0.1:9001", "127.0.0.1:9003"]
+
+[environments.green]
+upstreams = ["127.0.0.1:9002"]
+
+[switch]
+drain_timeout = "30s"
+"#;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(text, "test.toml", Path::new("/etc/bg"))
+}
+
+fn problems(text: &str) -> String {
+    parse(text).unwrap_err().to_string()
+}
+
+#[test]
+fn example_config_is_valid() {
+    let cfg = parse(GOOD).unwrap();
+    assert_eq!(cfg.environments.blue.upstreams.len(), 2);
+    assert_eq!(
+        cfg.environments[Side::Green].upstreams,
+        vec!["127.0.0.1:9002"]
+    );
+    assert_eq!(cfg.health.interval, Duration::from_secs(1));
+    assert_eq!(cfg.switch.drain_timeout, Duration::from_secs(30));
+    assert_eq!(cfg.state.dir, PathBuf::from("/etc/bg/.bluegreen"));
+    assert_eq!(cfg.proxy.balance, Balance::RoundRobin);
+    assert_eq!(cfg.switch.initial_live, Side::Blue);
+}
+
+#[test]
+fn unknown_key_is_named_with_its_line() {
+    let text = GOOD.replace("[switch]", "[switch]\ndrian_timeout = \"1s\"");
+    let msg = problems(&text);
+    assert!(msg.contains("test.toml"), "{msg}");
+    assert!(msg.contains("drian_timeout"), "{msg}");
+    assert!(msg.contains("line"), "{msg}");
+}
+
+#[test]
+fn every_unknown_key_is_reported_with_the_other_problems() {
+    let text = GOOD
+        .replace("[switch]", "[switch]\ndrian_timeout = \"1s\"")
+        .replace(
+            "[proxy]",
+            "[deploy.hooks]\ndeploy = \"x\"\ndeploi = \"y\"\n\n[proxy]",
+        )
+        .replace("[health]", "[health]\npaht = \"/x\"")
+        .replace("interval = \"1s\"", "interval = \"9223372036854775807s\"");
+    let err = parse(&text).unwrap_err();
+    let keys: Vec<_> = err.issues.iter().map(|i| i.key.as_str()).collect();
+    assert!(keys.contains(&"switch.drian_timeout"), "{err}");
+    assert!(keys.contains(&"health.paht"), "{err}");
+    assert!(keys.contains(&"deploy.hooks.deploi"), "{err}");
+    assert!(keys.contains(&"health.interval"), "{err}");
+    assert!(err.to_string().contains("too long"), "{err}");
+}
+
+#[test]
+fn upstreams_that_loop_repeat_or_cannot_be_reached_are_refused() {
+    let cases = [
+        // One of our own listeners, by address, by localhost.
+        ("127.0.0.1:8080", "own proxy.listen"),
+        ("localhost:8081", "own proxy.preview_listen"),
+        ("127.0.0.1:9901", "own admin.listen"),
+        // The same upstream under two names.
+        ("localhost:9001", "already listed"),
+        ("127.0.0.1:0", "port 0"),
+    ];
+    for (extra, want) in cases {
+        let text = GOOD.replace(
+            "\"127.0.0.1:9003\"]",
+            &format!("\"127.0.0.1:9003\", \"{extra}\"]"),
+        );
+        let msg = problems(&text);
+        assert!(msg.contains(want), "{extra}: {msg}");
+    }
+    let many: Vec<String> = (0..65)
+        .map(|i| format!("\"127.0.0.1:{}\"", 20000 + i))
+        .collect();
+    let text = GOOD.replace(
+        "[\"127.0.0.1:9001\", \"127.0.0.1:9003\"]",
+        &format!("[{}]", many.join(", ")),
+    );
+    assert!(problems(&text).contains("at most 64 per side"));
+    let text = GOOD
+        .replace("listen = \"127.0.0.1:8080\"", "listen = \"0.0.0.0:8080\"")
+        .replace("[\"127.0.0.1:9002\"]", "[\"127.0.0.1:8080\"]");
+    assert!(problems(&text).contains("own proxy.listen"));
+}
+
+#[test]
+fn bad_values_are_all_reported_with_keys() {
+    let text = GOOD
+        .replace("\"127.0.0.1:8080\"", "\"localhost:80:80\"")
+        .replace("interval = \"1s\"", "interval = \"1 fortnight\"")
+        .replace("[\"127.0.0.1:9002\"]", "[]")
+        .replace("healthy_threshold = 2", "healthy_threshold = 0");
+    let err = parse(&text).unwrap_err();
+    let keys: Vec<_> = err.issues.iter().map(|i| i.key.as_str()).collect();
+    assert!(keys.contains(&"proxy.listen"), "{err}");
+    assert!(keys.contains(&"health.interval"), "{err}");
+    assert!(keys.contains(&"environments.green.upstreams"), "{err}");
+    assert!(keys.contains(&"health.healthy_threshold"), "{err}");
+}
+
+#[test]
+fn missing_and_unknown_sides_are_rejected() {
+    let text = GOOD.replace("[environments.green]", "[environments.purple]");
+    let msg = problems(&text);
+    assert!(
+        msg.contains("environments.purple: unknown environment"),
+        "{msg}"
+    );
+    assert!(msg.contains("environments.green: missing"), "{msg}");
+}
+
+#[test]
+fn upstream_shared_by_both_sides_is_rejected() {
+    let text = GOOD.replace("[\"127.0.0.1:9002\"]", "[\"127.0.0.1:9001\"]");
+    let msg = problems(&text);
+    assert!(msg.contains("environments.green.upstreams[0]"), "{msg}");
+    assert!(
+        msg.contains("already listed at environments.blue.upstreams[0]"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn zero_duration_and_bad_upstream_are_rejected() {
+    let text = GOOD
+        .replace("drain_timeout = \"30s\"", "drain_timeout = \"0s\"")
+        .replace("\"127.0.0.1:9003\"", "\"no port here\"");
+    let msg = problems(&text);
+    assert!(
+        msg.contains("switch.drain_timeout: duration \"0s\" must be greater than zero"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("environments.blue.upstreams[1]: invalid upstream"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn admin_off_loopback_needs_explicit_opt_in() {
+    let text = GOOD.replace("listen = \"127.0.0.1:9901\"", "listen = \"0.0.0.0:9901\"");
+    assert!(problems(&text).contains("admin.allow_remote"));
+    let text = text.replace("token_env", "allow_remote = true\ntoken_env");
+    assert!(parse(&text).is_ok());
+}
+
+#[test]
+fn hostnames_are_valid_upstreams() {
+    let text = GOOD.replace("\"127.0.0.1:9003\"", "\"app-2.internal:9003\"");
+    assert!(parse(&text).is_ok());
+}
+
+const DEPLOY: &str = r#"
+[deploy]
+deploy_timeout = "30s"
+
+[deploy.supervisor]
+run = "./releases/{version}/app --port {port}"
+
+[[deploy.smoke]]
+name = "home"
+path = "/"
+expect_body_contains = "{version}"
+
+[[deploy.smoke]]
+name = "script"
+command = "sh -c 'curl -fsS {preview_url}/healthz'"
+
+[deploy.bake]
+duration = "30s"
+interval = "5s"
+max_error_rate = 0.05
+p99_ratio = 1.5
+"#;
+
+#[test]
+fn deploy_section_is_parsed() {
+    let cfg = parse(&format!("{GOOD}{DEPLOY}")).unwrap();
+    let d = cfg.deploy.unwrap();
+    assert_eq!(d.smoke.len(), 2);
+    assert_eq!(d.bake.thresholds.max_error_rate, 0.05);
+    assert_eq!(d.bake.thresholds.p99_ratio, Some(1.5));
+    assert_eq!(d.deploy_timeout, Duration::from_secs(30));
+    let deploy::DeployMethod::Supervisor(s) = d.method else {
+        panic!()
+    };
+    assert_eq!(
+        s.run.render(&[("version", "v2"), ("port", "9002")]),
+        vec!["./releases/v2/app", "--port", "9002"]
+    );
+}
+
+#[test]
+fn deploy_mistakes_are_caught_before_anything_runs() {
+    let text = format!("{GOOD}{DEPLOY}")
+        .replace("--port {port}", "--port {port} --tag {verison}")
+        .replace("path = \"/\"\n", "")
+        .replace("max_error_rate = 0.05", "max_error_rate = 5")
+        .replace("p99_ratio = 1.5", "p99_ratio = 0.5");
+    let msg = problems(&text);
+    assert!(
+        msg.contains("deploy.supervisor.run: unknown placeholder {verison}"),
+        "{msg}"
+    );
+    assert!(msg.contains("deploy.smoke[0]: needs a path"), "{msg}");
+    assert!(
+        msg.contains("deploy.bake.max_error_rate: 5 is out of range"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("deploy.bake.p99_ratio: 0.5 is out of range"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn missing_hook_program_is_named() {
+    let text =
+        format!("{GOOD}\n[deploy]\n[deploy.hooks]\ndeploy = \"./no-such-hook.sh {{env}}\"\n");
+    let msg = problems(&text);
+    assert!(
+        msg.contains("deploy.hooks.deploy: program \"./no-such-hook.sh\" does not exist"),
+        "{msg}"
+    );
+    let text = format!("{GOOD}\n[deploy]\n[deploy.hooks]\ndeploy = \"true {{env}} {{version}}\"\n");
+    assert!(parse(&text).is_ok(), "a program on PATH is found");
+}
