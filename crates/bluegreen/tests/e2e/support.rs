@@ -1,6 +1,6 @@
 //! Test harness: real upstream servers and the real `bluegreen` binary, all on
 //! port 0, state in temp dirs. Builders make tests read like the behaviour:
-//! `Backend::new("blue").start()`, `RouterBuilder::new(&blue, &green).start()`.
+//! `Backend::start("blue")`, `RouterBuilder::new(&[&blue], &[&green]).start()`.
 
 #![allow(dead_code)]
 

@@ -1,0 +1,112 @@
+//! The CLI's subcommands that talk to a router (and `check`, which reads a
+//! config): one file each for `status`, `switch`/`rollback`,
+//! `deploy`/`promote`/`abort` (and following a deploy), `history`,
+//! `record`; `shadow`, `replay`, `demo` and `app` live beside this module.
+
+mod deploy;
+mod history;
+mod record;
+mod status;
+mod switch;
+
+pub use deploy::{abort, deploy, follow, promote, DeployArgs};
+pub use history::history;
+pub use record::record;
+pub use status::status;
+pub use switch::{rollback, switch};
+
+use crate::cli::{AdminArgs, EXIT_ABORTED, EXIT_CONFIG, EXIT_ERROR, EXIT_ROLLED_BACK};
+use crate::progress::{Mode, Progress};
+use bluegreen_api::types::{AbortBody, DeployBody, RecordBody, StatusView, SwitchBody};
+use bluegreen_api::AdminClient;
+use bluegreen_core::config::Config;
+use bluegreen_core::deploy::{DeployRecord, Outcome, SideRelease};
+use bluegreen_core::health::Health;
+use bluegreen_core::state::{SwitchKind, SwitchRecord};
+use bluegreen_core::{Side, Sides};
+use bluegreen_router::status::Status;
+use bluegreen_router::SwitchOutcome;
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+pub(crate) fn client(args: &AdminArgs) -> AdminClient {
+    AdminClient::new(&args.admin, args.token.clone(), actor())
+}
+
+/// Who runs this command, for the history: `BLUEGREEN_ACTOR` when set (a CI
+/// job, a chat bot), else `cli:USER@HOST`.
+pub(crate) fn actor() -> String {
+    if let Ok(a) = std::env::var("BLUEGREEN_ACTOR") {
+        if !a.trim().is_empty() {
+            return a;
+        }
+    }
+    let user = ["USER", "LOGNAME"]
+        .iter()
+        .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
+        .or_else(|| {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata("/proc/self")
+                .ok()
+                .map(|m| format!("uid{}", m.uid()))
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    if host.is_empty() {
+        format!("cli:{user}")
+    } else {
+        format!("cli:{user}@{host}")
+    }
+}
+
+/// `bluegreen check`: validates a config and lists every problem.
+pub fn check(path: &Path) -> ExitCode {
+    match Config::load(path) {
+        Ok(cfg) => {
+            println!(
+                "{}: ok (proxy {}, preview {}, admin {}, blue {} upstream(s), green {} upstream(s))",
+                path.display(),
+                cfg.proxy.listen,
+                cfg.proxy
+                    .preview_listen
+                    .map(|a| a.to_string())
+                    .unwrap_or_else(|| "off".into()),
+                cfg.admin.listen,
+                cfg.environments.blue.upstreams.len(),
+                cfg.environments.green.upstreams.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+fn outcome(
+    result: Result<SwitchOutcome, bluegreen_api::ClientError>,
+    as_json: bool,
+) -> anyhow::Result<ExitCode> {
+    match result {
+        Ok(o) if as_json => {
+            println!("{}", serde_json::to_string_pretty(&o)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(o) => {
+            println!("{} (generation {})", o.message, o.generation);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => fail(e),
+    }
+}
+
+fn fail(e: bluegreen_api::ClientError) -> anyhow::Result<ExitCode> {
+    eprintln!("error: {e}");
+    Ok(ExitCode::from(EXIT_ERROR))
+}
