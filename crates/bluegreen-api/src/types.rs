@@ -1,6 +1,7 @@
 //! The admin API's request bodies, shared by the server (which parses them,
 //! refusing unknown fields) and the CLI (which sends them), so the two
-//! cannot drift. Every field but a deploy's version is optional.
+//! cannot drift. Every field is optional but a deploy's `version` and a
+//! recording's `to`.
 
 use bluegreen_core::deploy::{DeployRecord, SideRelease};
 use bluegreen_core::Sides;

@@ -56,7 +56,9 @@ struct Tally {
 /// Entry point of `bluegreen replay`.
 pub async fn main(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     // 1. The whole file and every flag are checked before anything is sent.
-    let plan = match Plan::of(&args) {
+    let text = std::fs::read_to_string(&args.file)
+        .with_context(|| format!("cannot read {}", args.file.display()))?;
+    let plan = match Plan::of(&args, &text) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("error: {e}");
@@ -93,13 +95,11 @@ struct Plan {
 }
 
 impl Plan {
-    /// Reads and checks the whole file; drops methods not asked for. The
+    /// Checks the whole file's `text`; drops methods not asked for. The
     /// error names the file and line, or the flag.
-    fn of(args: &ReplayArgs) -> Result<Plan, String> {
-        let text = std::fs::read_to_string(&args.file)
-            .map_err(|e| format!("cannot read {}: {e}", args.file.display()))?;
+    fn of(args: &ReplayArgs, text: &str) -> Result<Plan, String> {
         let mut records =
-            Recorded::parse_all(&text).map_err(|e| format!("{}: {e}", args.file.display()))?;
+            Recorded::parse_all(text).map_err(|e| format!("{}: {e}", args.file.display()))?;
         if !args.methods.is_empty() {
             let before = records.len();
             records.retain(|r| {

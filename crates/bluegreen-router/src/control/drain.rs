@@ -40,27 +40,34 @@ impl Router {
     async fn finish_drain(&self, side: Side, generation: u64, epoch: &Arc<Epoch>) {
         let owned = epoch.clone();
         let cut = self
-            .route(|_, current| {
-                if current.live == side
-                    || owned.retired_by() != generation
-                    || !Arc::ptr_eq(&current.epochs[side], &owned)
-                {
-                    return Ok::<_, PersistFailed>(Change::none(None));
-                }
-                let left = owned.inflight();
-                Ok(Change::snapshot(
-                    move |s| {
-                        owned.cut_token().cancel();
-                        s.epochs[side] = Epoch::new();
-                    },
-                    Some(left),
-                ))
-            })
+            .route_then(
+                |_, current| {
+                    if current.live == side
+                        || owned.retired_by() != generation
+                        || !Arc::ptr_eq(&current.epochs[side], &owned)
+                    {
+                        return Ok::<_, PersistFailed>(Change::none(None));
+                    }
+                    let left = owned.inflight();
+                    Ok(Change::snapshot(
+                        move |s| {
+                            owned.cut_token().cancel();
+                            s.epochs[side] = Epoch::new();
+                        },
+                        Some(left),
+                    ))
+                },
+                |left| {
+                    if left.is_some() {
+                        self.drain_deadlines
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())[side] = None;
+                    }
+                    left
+                },
+            )
             .await;
         let Ok(Some(left)) = cut else { return };
-        self.drain_deadlines
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())[side] = None;
         if left > 0 {
             tracing::warn!(%side, cut = left, "drain timeout passed; cut the old side's remaining requests and connections");
         } else {

@@ -226,6 +226,17 @@ impl Router {
         &self,
         plan: impl FnOnce(&RouterState, &Arc<Snapshot>) -> Result<Change<T>, E>,
     ) -> Result<T, E> {
+        self.route_then(plan, |value| value).await
+    }
+
+    /// [`Router::route`], then `after` with the plan's value while the lock
+    /// is still held: what a change announces or starts (events, counters,
+    /// the drain) happens in the order of the changes themselves.
+    pub(crate) async fn route_then<T, U, E: From<PersistFailed>>(
+        &self,
+        plan: impl FnOnce(&RouterState, &Arc<Snapshot>) -> Result<Change<T>, E>,
+        after: impl FnOnce(T) -> U,
+    ) -> Result<U, E> {
         let mut state = self.state.lock().await;
         let current = self.snapshot.load_full();
         let change = plan(&state, &current)?;
@@ -243,7 +254,7 @@ impl Router {
             edit(&mut next);
             self.snapshot.store(Arc::new(next));
         }
-        Ok(change.value)
+        Ok(after(change.value))
     }
 
     /// Switch history, oldest first.

@@ -52,10 +52,11 @@ impl Router {
         req: SwitchRequest,
     ) -> Result<SwitchOutcome, SwitchError> {
         let asked = req.clone();
-        let done = self
-            .route(|state, current| plan(state, current, req))
-            .await?;
-        Ok(self.after_switch(asked, done))
+        self.route_then(
+            |state, current| plan(state, current, req),
+            |done| self.after_switch(asked, done),
+        )
+        .await
     }
 
     /// Switches back to the side that was live before the last switch.
@@ -65,8 +66,8 @@ impl Router {
         actor: String,
         reason: String,
     ) -> Result<SwitchOutcome, SwitchError> {
-        let (asked, done) = self
-            .route(|state, current| {
+        self.route_then(
+            |state, current| {
                 let to = state
                     .rollback_target()
                     .map_err(|_| SwitchError::NoHistory)?;
@@ -83,9 +84,10 @@ impl Router {
                     edit,
                     value: (req, value),
                 })
-            })
-            .await?;
-        Ok(self.after_switch(asked, done))
+            },
+            |(asked, done)| self.after_switch(asked, done),
+        )
+        .await
     }
 
     /// The side a rollback would go to.
@@ -97,8 +99,9 @@ impl Router {
             .map_err(|_| SwitchError::NoHistory)
     }
 
-    /// After the swap: a running shadow ends (the roles reversed), the
-    /// switch is counted and announced, and the old side drains.
+    /// After the swap, still under the state lock (so announcements come in
+    /// the order of the switches): a running shadow's end is announced, the
+    /// switch is counted and announced, and the old side starts draining.
     fn after_switch(
         self: &Arc<Self>,
         req: SwitchRequest,

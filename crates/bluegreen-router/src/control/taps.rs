@@ -60,23 +60,29 @@ impl Router {
     ) -> Result<Arc<Shadow>, String> {
         let me = self.clone();
         let shadow = self
-            .route(move |_, current| {
-                if current.shadow.is_some() {
-                    return Err("shadowing is already running; stop it first".to_string());
-                }
-                let idle = current.live.other();
-                if current.pools[idle].healthy_count() == 0 {
-                    return Err(format!(
-                        "refusing to shadow to {idle}: no healthy upstream ({})",
-                        describe_health(&current.pools[idle])
-                    ));
-                }
-                let shadow = Shadow::start(me, options, current.live);
-                let run = shadow.clone();
-                Ok(Change::snapshot(move |s| s.shadow = Some(run), shadow))
-            })
+            .route_then(
+                move |_, current| {
+                    if current.shadow.is_some() {
+                        return Err("shadowing is already running; stop it first".to_string());
+                    }
+                    let idle = current.live.other();
+                    if current.pools[idle].healthy_count() == 0 {
+                        return Err(format!(
+                            "refusing to shadow to {idle}: no healthy upstream ({})",
+                            describe_health(&current.pools[idle])
+                        ));
+                    }
+                    let shadow = Shadow::start(me, options, current.live);
+                    let run = shadow.clone();
+                    Ok(Change::snapshot(move |s| s.shadow = Some(run), shadow))
+                },
+                |shadow: Arc<Shadow>| {
+                    *self.last_shadow.lock().unwrap_or_else(|p| p.into_inner()) =
+                        Some(shadow.clone());
+                    shadow
+                },
+            )
             .await?;
-        *self.last_shadow.lock().unwrap_or_else(|p| p.into_inner()) = Some(shadow.clone());
         if let Some(ms) = shadow.options.duration_ms {
             let (router, s) = (self.clone(), shadow.clone());
             tokio::spawn(async move {

@@ -65,15 +65,16 @@ impl Route {
         let preview = conn.kind == ListenerKind::Preview;
         let snap = conn.router.snapshot.load();
         let side = snap.target(preview);
-        let live_only = |t: Option<bool>| !preview && t.unwrap_or(false);
         Route {
             pool: snap.pools[side].clone(),
             epoch: (!preview).then(|| snap.epochs[side].clone()),
             settings: snap.settings.clone(),
+            // Only live traffic is sampled (and recorded): preview requests
+            // take no slot of the sampling sequence.
             recorder: snap
                 .recorder
                 .as_ref()
-                .filter(|r| live_only(Some(r.sample())))
+                .filter(|r| !preview && r.sample())
                 .cloned(),
             shadow: snap.shadow.as_ref().filter(|_| !preview).cloned(),
         }

@@ -231,6 +231,8 @@ async fn recording_samples_the_asked_share() {
     );
     let c = h1_client();
     for _ in 0..10 {
+        // Preview traffic is never recorded, nor does it take a sampling slot.
+        get(&c, &router.preview_url("/preview")).await.unwrap();
         get(&c, &router.url("/")).await.unwrap();
     }
     assert_eq!(router.cli(&["record", "stop"]).0, 0);
