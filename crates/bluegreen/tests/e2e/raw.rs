@@ -145,8 +145,7 @@ async fn serve_conn(mut sock: TcpStream, seen: Arc<Mutex<Vec<Arrived>>>, name: S
     }
 }
 
-/// Reads one request head off `sock`, leaving its body unread in the socket
-/// (a health check has none).
+/// Reads one request head off `sock`, leaving its body unread.
 async fn read_head(sock: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Arrived> {
     let head_len = loop {
         if let Some(i) = find(buf, b"\r\n\r\n") {
@@ -159,32 +158,7 @@ async fn read_head(sock: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Arrived> {
     let mut headers = [httparse::EMPTY_HEADER; 128];
     let mut req = httparse::Request::new(&mut headers);
     req.parse(&buf[..head_len]).ok()?;
-    let target = req.path?.to_string();
-    buf.drain(..head_len);
-    Some(Arrived {
-        method: String::new(),
-        target,
-        minor: 1,
-        headers: Vec::new(),
-        body: Vec::new(),
-        chunked: false,
-    })
-}
-
-/// Reads one request off `sock` (bytes past it stay in `buf`).
-pub async fn read_request(sock: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Arrived> {
-    let head_len = loop {
-        if let Some(i) = find(buf, b"\r\n\r\n") {
-            break i + 4;
-        }
-        if !fill(sock, buf).await {
-            return None;
-        }
-    };
-    let mut headers = [httparse::EMPTY_HEADER; 128];
-    let mut req = httparse::Request::new(&mut headers);
-    req.parse(&buf[..head_len]).ok()?;
-    let mut arrived = Arrived {
+    let arrived = Arrived {
         method: req.method?.to_string(),
         target: req.path?.to_string(),
         minor: req.version?,
@@ -197,6 +171,12 @@ pub async fn read_request(sock: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Arr
         chunked: false,
     };
     buf.drain(..head_len);
+    Some(arrived)
+}
+
+/// Reads one request off `sock` (bytes past it stay in `buf`).
+pub async fn read_request(sock: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Arrived> {
+    let mut arrived = read_head(sock, buf).await?;
     let te = arrived.all("transfer-encoding");
     if te
         .iter()
