@@ -104,7 +104,7 @@ fn header_rewriting(c: &mut Criterion) {
                 || request.clone(),
                 |mut h| {
                     headers::strip_hop_by_hop(&mut h, false);
-                    headers::set_forwarded(&mut h, &peer, None, Some(host.clone()), false);
+                    headers::set_forwarded(&mut h, &peer, "http", None, Some(host.clone()), false);
                     ids.ensure(&mut h);
                     h
                 },

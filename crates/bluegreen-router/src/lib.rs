@@ -28,6 +28,7 @@ pub mod snapshot;
 pub mod stats;
 pub mod status;
 pub mod taps;
+pub mod tls;
 pub mod upstream;
 
 // The paths other crates use, kept stable across the layout.

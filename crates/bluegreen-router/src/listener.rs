@@ -4,7 +4,7 @@
 
 use crate::control::Router;
 use crate::downstream::{self, Protocols};
-use crate::request::ConnCtx;
+use crate::request::{ConnCtx, Edge};
 use bluegreen_core::config::ProxyConfig;
 use http::HeaderValue;
 use hyper::server::conn::{http1, http2};
@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -67,11 +68,13 @@ pub async fn serve(
     router: Arc<Router>,
     listener: TcpListener,
     kind: ListenerKind,
+    tls: Option<TlsAcceptor>,
     stop: CancellationToken,
     grace: Duration,
 ) {
     let config = router.config().proxy.clone();
     let protocols = Arc::new(protocols(&config));
+    let edge = Edge::of(&router, kind, tls.is_some());
     let connections = TaskTracker::new();
     let drain = CancellationToken::new();
     let limit = Arc::new(Semaphore::new(config.max_connections));
@@ -99,11 +102,16 @@ pub async fn serve(
             peer_ip: HeaderValue::from_str(&peer.ip().to_string())
                 .expect("an IP address is a valid header value"),
             peer: peer.ip(),
+            edge: edge.clone(),
         });
         let protocols = protocols.clone();
         let drain = drain.clone();
+        let tls = tls.clone();
         connections.spawn(async move {
-            downstream::serve(stream, ctx, protocols, drain).await;
+            match tls {
+                Some(acceptor) => crate::tls::serve(stream, acceptor, ctx, protocols, drain).await,
+                None => downstream::serve(stream, ctx, protocols, drain).await,
+            }
             drop(permit);
         });
     }

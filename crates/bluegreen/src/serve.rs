@@ -26,6 +26,9 @@ pub struct Running {
     pub pipeline: Option<Arc<Pipeline>>,
     pub proxy: SocketAddr,
     pub preview: Option<SocketAddr>,
+    /// HTTPS live and preview listeners, with a `[tls]` table.
+    pub https: Option<SocketAddr>,
+    pub https_preview: Option<SocketAddr>,
     pub admin: SocketAddr,
     stop: CancellationToken,
     listeners: Vec<JoinHandle<()>>,
@@ -43,6 +46,9 @@ pub fn main(path: &Path) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(EXIT_CONFIG));
         }
     };
+    if crate::commands::certificates(&config, path).is_err() {
+        return Ok(ExitCode::from(EXIT_CONFIG));
+    }
     // 2. The admin token must exist before anything listens.
     let token = match std::env::var(&config.admin.token_env) {
         Ok(t) if !t.trim().is_empty() => t,
@@ -75,15 +81,16 @@ pub fn main(path: &Path) -> anyhow::Result<ExitCode> {
         // default action (exit); a SIGTERM then stops us once started.
         let signals = Signals::install()?;
         let running = start(config, &token).await?;
+        let or_off =
+            |a: Option<SocketAddr>| a.map(|a| a.to_string()).unwrap_or_else(|| "off".into());
         println!(
-            "bluegreen ready proxy={} preview={} admin={} live={}",
+            "bluegreen ready proxy={} preview={} admin={} live={} https={} https_preview={}",
             running.proxy,
-            running
-                .preview
-                .map(|a| a.to_string())
-                .unwrap_or_else(|| "off".into()),
+            or_off(running.preview),
             running.admin,
-            running.router.live()
+            running.router.live(),
+            or_off(running.https),
+            or_off(running.https_preview),
         );
         let _ = std::io::stdout().flush();
         signals.wait_for_stop().await;
@@ -101,6 +108,16 @@ pub async fn start(config: Config, token: &str) -> anyhow::Result<Running> {
     let preview_addr = config.proxy.preview_listen;
     let admin_addr = config.admin.listen;
     let grace = config.switch.drain_timeout;
+    // Certificates are loaded and checked before anything listens.
+    let tls = match &config.tls {
+        Some(t) => Some((
+            t.clone(),
+            bluegreen_router::tls::acceptor(t)
+                .map_err(|e| anyhow::anyhow!("tls.certificates: {e}"))?
+                .0,
+        )),
+        None => None,
+    };
     let deploy = config.deploy.clone();
     let router = Router::new(config, store.clone())?;
     let pipeline = match deploy {
@@ -115,6 +132,24 @@ pub async fn start(config: Config, token: &str) -> anyhow::Result<Running> {
         None => None,
     };
     let admin = bind(admin_addr, "admin.listen").await?;
+    let (https, https_preview) = match &tls {
+        Some((t, _)) => (
+            Some(bind(t.listen, "tls.listen").await?),
+            match t.preview_listen {
+                Some(a) => Some(bind(a, "tls.preview_listen").await?),
+                None => None,
+            },
+        ),
+        None => (None, None),
+    };
+    let https_local = https.as_ref().map(|l| l.local_addr()).transpose()?;
+    let https_preview_local = https_preview.as_ref().map(|l| l.local_addr()).transpose()?;
+    if let Some(a) = https_local {
+        router.set_listener("https", a);
+    }
+    if let Some(a) = https_preview_local {
+        router.set_listener("https_preview", a);
+    }
     let proxy_local = proxy.local_addr()?;
     let preview_local = preview.as_ref().map(|l| l.local_addr()).transpose()?;
     let admin_local = admin.local_addr()?;
@@ -135,18 +170,20 @@ pub async fn start(config: Config, token: &str) -> anyhow::Result<Running> {
     );
 
     // 4. Serve.
-    let mut listeners = vec![tokio::spawn(listener::serve(
-        router.clone(),
-        proxy,
-        ListenerKind::Main,
-        stop.clone(),
-        grace,
-    ))];
-    if let Some(p) = preview {
+    let acceptor = tls.map(|(_, a)| a);
+    let mut listeners = Vec::new();
+    for (l, kind, secure) in [
+        (Some(proxy), ListenerKind::Main, None),
+        (preview, ListenerKind::Preview, None),
+        (https, ListenerKind::Main, acceptor.clone()),
+        (https_preview, ListenerKind::Preview, acceptor.clone()),
+    ] {
+        let Some(l) = l else { continue };
         listeners.push(tokio::spawn(listener::serve(
             router.clone(),
-            p,
-            ListenerKind::Preview,
+            l,
+            kind,
+            secure,
             stop.clone(),
             grace,
         )));
@@ -172,6 +209,8 @@ pub async fn start(config: Config, token: &str) -> anyhow::Result<Running> {
         pipeline,
         proxy: proxy_local,
         preview: preview_local,
+        https: https_local,
+        https_preview: https_preview_local,
         admin: admin_local,
         stop,
         listeners,

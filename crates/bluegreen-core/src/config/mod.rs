@@ -44,6 +44,40 @@ pub struct Config {
     pub shadow: ShadowConfig,
     /// Where recordings of live traffic go (`bluegreen record`).
     pub record: RecordConfig,
+    /// HTTPS listeners, when the config has a `[tls]` table.
+    pub tls: Option<TlsConfig>,
+}
+
+/// TLS termination: HTTPS listeners in front of the same request path.
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    /// HTTPS live traffic (`proxy.listen` stays plain HTTP).
+    pub listen: SocketAddr,
+    /// HTTPS traffic to the idle side only, if enabled.
+    pub preview_listen: Option<SocketAddr>,
+    /// Certificate chains and keys (PEM); SNI picks by the names in each;
+    /// the first is the default for clients that send no name.
+    pub certificates: Vec<CertificatePair>,
+    /// Oldest protocol accepted: TLS 1.2 or 1.3.
+    pub min_version: TlsVersion,
+    /// `Strict-Transport-Security` sent on HTTPS answers, if set.
+    pub hsts: Option<String>,
+    /// `proxy.listen` answers 308 to the same URL on HTTPS.
+    pub redirect_http: bool,
+}
+
+/// One certificate chain file and its private key file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificatePair {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Oldest TLS version accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsVersion {
+    V1_2,
+    V1_3,
 }
 
 /// Recordings are written only inside this directory, under a plain name:
@@ -189,6 +223,7 @@ struct RawConfig {
     shadow: Option<shadow::RawShadow>,
     #[serde(default)]
     record: RawRecord,
+    tls: Option<sections::RawTls>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -341,6 +376,22 @@ fn validate(raw: RawConfig, base: &Path, c: &mut Checker) -> Config {
     if let Some(p) = proxy.preview_listen {
         ours.push(("proxy.preview_listen", p));
     }
+    let tls = raw
+        .tls
+        .as_ref()
+        .and_then(|t| sections::validate_tls(t, base, c));
+    if let Some(t) = &tls {
+        for (key, addr) in [
+            ("tls.listen", Some(t.listen)),
+            ("tls.preview_listen", t.preview_listen),
+        ] {
+            let Some(addr) = addr else { continue };
+            if let Some((other, _)) = ours.iter().find(|(_, l)| addr.port() != 0 && *l == addr) {
+                c.issue(key, format!("{addr} is already used by {other}"));
+            }
+            ours.push((key, addr));
+        }
+    }
     let environments = validate_environments(&raw.environments, &ours, c);
 
     for (key, addr) in [
@@ -399,6 +450,7 @@ fn validate(raw: RawConfig, base: &Path, c: &mut Checker) -> Config {
         deploy,
         shadow,
         record: RecordConfig { dir: record_dir },
+        tls,
         proxy,
         admin,
         state: StateConfig { dir },

@@ -196,6 +196,15 @@ impl Router {
             .insert(name.to_string(), addr);
     }
 
+    /// The port a bound listener ended up on.
+    pub fn listener_port(&self, name: &str) -> Option<u16> {
+        self.listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .map(|a| a.port())
+    }
+
     /// Token cancelled when the router shuts down.
     pub fn shutdown_token(&self) -> &CancellationToken {
         &self.shutdown

@@ -63,7 +63,7 @@ pub async fn forward(
 
     // 5. The documented rewrites; the shadow copy is the request as the upstream sees it.
     let trusted = settings.trusts(conn.peer).then_some(&**settings);
-    rewrite::rewrite(&mut parts, &head, &conn.peer_ip, trusted, &conn.router.ids);
+    rewrite::rewrite(&mut parts, &head, conn, trusted);
     let mut tee = shadow.map(|s| {
         let m = crate::taps::shadow::Mirror::new(
             &parts.method,

@@ -138,6 +138,7 @@ pub static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 pub fn set_forwarded(
     headers: &mut HeaderMap,
     peer_ip: &HeaderValue,
+    proto: &'static str,
     trusted: Option<&ProxySettings>,
     host: Option<HeaderValue>,
     any_present: bool,
@@ -147,7 +148,7 @@ pub fn set_forwarded(
             strip_forwarding(headers);
         }
         headers.insert(X_FORWARDED_FOR.clone(), peer_ip.clone());
-        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
         headers.insert(X_REAL_IP.clone(), peer_ip.clone());
         if let Some(host) = host {
             headers.insert(X_FORWARDED_HOST.clone(), host);
@@ -178,7 +179,7 @@ pub fn set_forwarded(
     headers.insert(X_FORWARDED_FOR.clone(), xff);
     headers.insert(X_REAL_IP.clone(), client);
     if !headers.contains_key(&X_FORWARDED_PROTO) {
-        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
     }
     if let Some(host) = host {
         if !headers.contains_key(&X_FORWARDED_HOST) {
@@ -370,6 +371,7 @@ mod tests {
         set_forwarded(
             &mut h,
             &HeaderValue::from_static("127.0.0.1"),
+            "http",
             None,
             Some(HeaderValue::from_static("example.com")),
             true,
@@ -394,6 +396,7 @@ mod tests {
         set_forwarded(
             &mut h,
             &HeaderValue::from_static("127.0.0.1"),
+            "http",
             Some(&s),
             Some(HeaderValue::from_static("example.com")),
             true,

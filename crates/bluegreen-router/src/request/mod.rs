@@ -13,6 +13,7 @@ pub mod error;
 pub mod forward;
 pub mod headers;
 pub mod prepare;
+pub mod redirect;
 pub mod respond;
 pub mod rewrite;
 pub mod send;
@@ -46,6 +47,38 @@ pub struct ConnCtx {
     pub peer_ip: HeaderValue,
     /// The same, to check against `trusted_proxies`.
     pub peer: IpAddr,
+    /// What the listener is at the edge (shared by its connections).
+    pub edge: Arc<Edge>,
+}
+
+/// What a listener is at the edge: HTTPS or not, and what that adds.
+#[derive(Debug, Default)]
+pub struct Edge {
+    /// The connection is TLS: `X-Forwarded-Proto: https`.
+    pub https: bool,
+    /// `Strict-Transport-Security` for its answers (HTTPS only).
+    pub hsts: Option<HeaderValue>,
+    /// A plain listener that sends everyone to HTTPS on this port (308).
+    pub redirect_to: Option<u16>,
+}
+
+impl Edge {
+    /// The edge of a listener of `kind`, from the router's config.
+    pub fn of(router: &Router, kind: ListenerKind, https: bool) -> Arc<Edge> {
+        let tls = router.config().tls.as_ref();
+        let hsts = tls
+            .filter(|_| https)
+            .and_then(|t| t.hsts.as_deref())
+            .and_then(|h| HeaderValue::from_str(h).ok());
+        let redirect_to = tls
+            .filter(|t| !https && kind == ListenerKind::Main && t.redirect_http)
+            .map(|_| router.listener_port("https").unwrap_or(443));
+        Arc::new(Edge {
+            https,
+            hsts,
+            redirect_to,
+        })
+    }
 }
 
 /// What one snapshot load decided for a request.
@@ -83,6 +116,9 @@ impl Route {
 
 /// Proxies one request; every failure becomes a response here.
 pub async fn handle(req: Request<Incoming>, conn: &ConnCtx) -> Response<ResponseBody> {
+    if let Some(port) = conn.edge.redirect_to {
+        return redirect::to_https(&req, port);
+    }
     let started = Instant::now();
     let route = Route::load(conn);
     let access = route.settings.access_log.then(|| AccessLine::of(&req));
@@ -122,6 +158,11 @@ pub async fn handle(req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
     if let (Some(r), Some(mut rec)) = (&route.recorder, record) {
         rec.status = Some(status);
         r.submit(rec);
+    }
+    let mut resp = resp;
+    if let Some(h) = &conn.edge.hsts {
+        resp.headers_mut()
+            .insert(http::header::STRICT_TRANSPORT_SECURITY, h.clone());
     }
     resp
 }

@@ -157,7 +157,25 @@ fn drop_h2c(headers: &mut HeaderMap) {
 pub fn rewrite(
     parts: &mut Parts,
     head: &Head,
+    conn: &super::ConnCtx,
+    trusted: Option<&ProxySettings>,
+) {
+    rewrite_for(
+        parts,
+        head,
+        &conn.peer_ip,
+        conn.edge.https,
+        trusted,
+        &conn.router.ids,
+    )
+}
+
+/// [`rewrite`] with the connection's facts spelled out (for tests).
+pub fn rewrite_for(
+    parts: &mut Parts,
+    head: &Head,
     peer_ip: &HeaderValue,
+    https: bool,
     trusted: Option<&ProxySettings>,
     ids: &RequestIds,
 ) {
@@ -177,6 +195,7 @@ pub fn rewrite(
     headers::set_forwarded(
         &mut parts.headers,
         peer_ip,
+        if https { "https" } else { "http" },
         trusted,
         head.host.clone(),
         found.forwarding,
@@ -282,10 +301,11 @@ mod tests {
         let head = inspect(&mut p).unwrap();
         assert_eq!(head.host.as_ref().unwrap(), "target.example:81");
         assert_eq!(head.path.as_str(), "/p?q=1");
-        rewrite(
+        rewrite_for(
             &mut p,
             &head,
             &HeaderValue::from_static("127.0.0.1"),
+            false,
             None,
             &RequestIds::new(),
         );
@@ -322,10 +342,11 @@ mod tests {
         );
         let head = inspect(&mut p).unwrap();
         assert!(head.upgrade.is_none());
-        rewrite(
+        rewrite_for(
             &mut p,
             &head,
             &HeaderValue::from_static("127.0.0.1"),
+            false,
             None,
             &RequestIds::new(),
         );
@@ -378,10 +399,11 @@ mod tests {
             ],
         );
         let head = inspect(&mut p).unwrap();
-        rewrite(
+        rewrite_for(
             &mut p,
             &head,
             &HeaderValue::from_static("10.0.0.1"),
+            false,
             None,
             &RequestIds::new(),
         );

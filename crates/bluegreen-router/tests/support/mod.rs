@@ -150,6 +150,7 @@ impl Harness {
             router.clone(),
             listener,
             ListenerKind::Main,
+            None,
             stop.clone(),
             Duration::from_secs(1),
         ));

@@ -67,6 +67,7 @@ pub(crate) fn actor() -> String {
 /// `bluegreen check`: validates a config and lists every problem.
 pub fn check(path: &Path) -> ExitCode {
     match Config::load(path) {
+        Ok(cfg) if certificates(&cfg, path).is_err() => ExitCode::from(EXIT_CONFIG),
         Ok(cfg) => {
             println!(
                 "{}: ok (proxy {}, preview {}, admin {}, blue {} upstream(s), green {} upstream(s))",
@@ -87,6 +88,20 @@ pub fn check(path: &Path) -> ExitCode {
             ExitCode::from(EXIT_CONFIG)
         }
     }
+}
+
+/// Loads `[tls]` certificates as `serve` will (chain, key, names, expiry);
+/// a problem is printed as a config problem naming the file.
+pub fn certificates(cfg: &Config, path: &Path) -> Result<(), ()> {
+    let Some(tls) = &cfg.tls else { return Ok(()) };
+    bluegreen_router::tls::acceptor(tls)
+        .map(|_| ())
+        .map_err(|e| {
+            eprintln!(
+                "error: invalid config {}: 1 problem\n  - tls.certificates: {e}",
+                path.display()
+            );
+        })
 }
 
 fn outcome(

@@ -22,3 +22,4 @@ mod state;
 mod streaming;
 mod support;
 mod switching;
+mod tls;

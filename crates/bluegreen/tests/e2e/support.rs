@@ -457,6 +457,8 @@ pub struct RouterProc {
     pub proxy: SocketAddr,
     pub preview: SocketAddr,
     pub admin: SocketAddr,
+    /// The HTTPS live listener, with a `[tls]` table.
+    pub https: Option<SocketAddr>,
     pub config: PathBuf,
     pub state_dir: PathBuf,
     pub stderr: Arc<Mutex<String>>,
@@ -528,6 +530,7 @@ impl RouterProc {
             proxy: field("proxy").parse().unwrap(),
             preview: field("preview").parse().unwrap(),
             admin: field("admin").parse().unwrap(),
+            https: field("https").parse().ok(),
             child,
             config,
             state_dir,

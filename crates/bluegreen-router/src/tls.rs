@@ -1,0 +1,226 @@
+//! TLS termination: certificates loaded and checked (chain, matching key,
+//! names, expiry), SNI picking one, and HTTPS connections served by hyper
+//! (HTTP/2 by ALPN, HTTP/1.1 with upgrades) into the same request path as
+//! plain HTTP. rustls with the `ring` provider: pure Rust plus a C compiler
+//! that is there anyway (no cmake or Go, unlike aws-lc-rs), and it is what
+//! rustls tests most.
+
+use crate::downstream::Protocols;
+use crate::request::{self, ConnCtx};
+use bluegreen_core::config::{CertificatePair, TlsConfig, TlsVersion};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::ServerConfig;
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+/// What a loaded certificate says about itself (for status and messages).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct CertInfo {
+    pub file: String,
+    /// DNS names it serves (`*.example.com` for wildcards).
+    pub names: Vec<String>,
+    pub issuer: String,
+    /// Unix seconds.
+    pub not_after: i64,
+}
+
+/// The certificates, by name; SNI picks one.
+#[derive(Debug)]
+pub struct Certificates {
+    exact: HashMap<String, Arc<CertifiedKey>>,
+    /// Suffix (`.example.com`) of each `*.example.com` name.
+    wildcard: HashMap<String, Arc<CertifiedKey>>,
+    /// For clients that send no name (or one no certificate has).
+    default: Arc<CertifiedKey>,
+    pub infos: Vec<CertInfo>,
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+impl Certificates {
+    /// Loads every pair; the first is the default. The error names the file
+    /// and what is wrong with it.
+    pub fn load(pairs: &[CertificatePair]) -> Result<Certificates, String> {
+        let mut exact = HashMap::new();
+        let mut wildcard = HashMap::new();
+        let mut infos = Vec::new();
+        let mut default = None;
+        for pair in pairs {
+            let (key, info) = load_pair(pair)?;
+            for name in &info.names {
+                match name.strip_prefix('*') {
+                    Some(suffix) => wildcard.insert(suffix.to_ascii_lowercase(), key.clone()),
+                    None => exact.insert(name.to_ascii_lowercase(), key.clone()),
+                };
+            }
+            default.get_or_insert_with(|| key.clone());
+            infos.push(info);
+        }
+        let default = default.ok_or("no certificate configured")?;
+        Ok(Certificates {
+            exact,
+            wildcard,
+            default,
+            infos,
+        })
+    }
+
+    fn pick(&self, name: Option<&str>) -> Arc<CertifiedKey> {
+        let Some(name) = name.map(str::to_ascii_lowercase) else {
+            return self.default.clone();
+        };
+        if let Some(k) = self.exact.get(&name) {
+            return k.clone();
+        }
+        name.find('.')
+            .and_then(|dot| self.wildcard.get(&name[dot..]))
+            .unwrap_or(&self.default)
+            .clone()
+    }
+}
+
+impl ResolvesServerCert for Certificates {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.pick(hello.server_name()))
+    }
+}
+
+/// One chain and key: parsed, matched, and still valid now.
+fn load_pair(pair: &CertificatePair) -> Result<(Arc<CertifiedKey>, CertInfo), String> {
+    let file = pair.cert.display().to_string();
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&pair.cert)
+        .map_err(|e| format!("{file}: cannot read certificates: {e}"))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{file}: not a PEM certificate chain: {e}"))?;
+    let leaf = chain
+        .first()
+        .ok_or_else(|| format!("{file}: holds no certificate"))?;
+    let key_file = pair.key.display().to_string();
+    let key = PrivateKeyDer::from_pem_file(&pair.key)
+        .map_err(|e| format!("{key_file}: not a PEM private key: {e}"))?;
+    let info = describe(leaf, &file)?;
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    if info.not_after < now {
+        return Err(format!(
+            "{file}: the certificate expired (not after {})",
+            info.not_after
+        ));
+    }
+    if info.names.is_empty() {
+        return Err(format!(
+            "{file}: the certificate names no DNS name (subjectAltName)"
+        ));
+    }
+    let certified = CertifiedKey::from_der(chain, key, &provider())
+        .map_err(|e| format!("{key_file}: does not go with {file}: {e}"))?;
+    Ok((Arc::new(certified), info))
+}
+
+/// Names, issuer and expiry of a leaf certificate.
+fn describe(leaf: &CertificateDer<'_>, file: &str) -> Result<CertInfo, String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref())
+        .map_err(|e| format!("{file}: not an X.509 certificate: {e}"))?;
+    let names = cert
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|san| {
+            san.value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    x509_parser::extensions::GeneralName::DNSName(d) => Some(d.to_string()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(CertInfo {
+        file: file.to_string(),
+        names,
+        issuer: cert.issuer().to_string(),
+        not_after: cert.validity().not_after.timestamp(),
+    })
+}
+
+/// The server side of TLS: versions, ALPN (`h2`, `http/1.1`), SNI.
+pub fn acceptor(config: &TlsConfig) -> Result<(TlsAcceptor, Arc<Certificates>), String> {
+    let certs = Arc::new(Certificates::load(&config.certificates)?);
+    let versions: &[&rustls::SupportedProtocolVersion] = match config.min_version {
+        TlsVersion::V1_2 => &[&rustls::version::TLS13, &rustls::version::TLS12],
+        TlsVersion::V1_3 => &[&rustls::version::TLS13],
+    };
+    let mut server = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(versions)
+        .map_err(|e| format!("tls: {e}"))?
+        .with_no_client_auth()
+        .with_cert_resolver(certs.clone());
+    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok((TlsAcceptor::from(Arc::new(server)), certs))
+}
+
+/// How long a client may take to finish its handshake.
+const HANDSHAKE: Duration = Duration::from_secs(10);
+
+/// Serves one HTTPS connection: the handshake, then HTTP/2 (by ALPN) or
+/// HTTP/1.1 with upgrades, until the client is done or `drain` asks the
+/// connection to finish what it has and close.
+pub async fn serve(
+    stream: TcpStream,
+    acceptor: TlsAcceptor,
+    ctx: Arc<ConnCtx>,
+    protocols: Arc<Protocols>,
+    drain: CancellationToken,
+) {
+    let tls = match tokio::time::timeout(HANDSHAKE, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::debug!(listener = ctx.kind.as_str(), error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => return,
+    };
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    let io = TokioIo::new(tls);
+    let svc = service_fn(move |req| {
+        let ctx = ctx.clone();
+        async move { Ok::<_, Infallible>(request::handle(req, &ctx).await) }
+    });
+    if h2 {
+        let conn = protocols.http2.serve_connection(io, svc);
+        tokio::pin!(conn);
+        tokio::select! {
+            _ = conn.as_mut() => {}
+            _ = drain.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.await;
+            }
+        }
+    } else {
+        let conn = protocols.http1.serve_connection(io, svc).with_upgrades();
+        tokio::pin!(conn);
+        tokio::select! {
+            _ = conn.as_mut() => {}
+            _ = drain.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.await;
+            }
+        }
+    }
+}

@@ -1,0 +1,233 @@
+//! TLS at the edge: real certificates (made here with rcgen), real clients
+//! (curl over HTTP/1.1 and HTTP/2 with SNI), and what the app receives.
+
+use crate::raw::RawBackend;
+use crate::support::*;
+use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+use std::path::{Path, PathBuf};
+
+/// A test CA and the certificates it signs, as PEM files in a temp dir.
+struct Pki {
+    dir: tempfile::TempDir,
+    ca: rcgen::Certificate,
+    ca_key: KeyPair,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let ca_key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name = dn("bluegreen test CA");
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+        let ca = params.self_signed(&ca_key).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+        Pki { dir, ca, ca_key }
+    }
+
+    fn ca_file(&self) -> String {
+        self.dir.path().join("ca.pem").display().to_string()
+    }
+
+    /// A certificate for `names` as `stem.pem` and `stem.key`.
+    fn issue(&self, stem: &str, names: &[&str], expired: bool) -> (PathBuf, PathBuf) {
+        let key = KeyPair::generate().unwrap();
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params.distinguished_name = dn(names[0]);
+        if expired {
+            params.not_before = rcgen::date_time_ymd(2019, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2020, 1, 1);
+        }
+        let cert = params.signed_by(&key, &self.ca, &self.ca_key).unwrap();
+        let (c, k) = (
+            self.path(&format!("{stem}.pem")),
+            self.path(&format!("{stem}.key")),
+        );
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (c, k)
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+fn dn(cn: &str) -> rcgen::DistinguishedName {
+    let mut dn = rcgen::DistinguishedName::new();
+    dn.push(rcgen::DnType::CommonName, cn);
+    dn
+}
+
+fn tls_toml(pairs: &[(PathBuf, PathBuf)], extra: &str) -> String {
+    let certs: Vec<String> = pairs
+        .iter()
+        .map(|(c, k)| {
+            format!(
+                "{{ cert = \"{}\", key = \"{}\" }}",
+                c.display(),
+                k.display()
+            )
+        })
+        .collect();
+    format!(
+        "\n[tls]\nlisten = \"127.0.0.1:0\"\ncertificates = [{}]\n{extra}\n",
+        certs.join(", ")
+    )
+}
+
+/// curl against `name` resolved to the router's HTTPS port; (exit code, output).
+fn curl_https(pki: &Pki, port: u16, name: &str, path: &str, args: &[&str]) -> (i32, String) {
+    let resolve = format!("{name}:{port}:127.0.0.1");
+    let url = format!("https://{name}:{port}{path}");
+    let ca = pki.ca_file();
+    let mut all = vec!["--cacert", ca.as_str(), "--resolve", resolve.as_str()];
+    all.extend_from_slice(args);
+    all.push(&url);
+    curl(&all)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn https_with_sni_reaches_the_app_over_http1_and_http2() {
+    let pki = Pki::new();
+    let shop = pki.issue("shop", &["shop.test"], false);
+    let api = pki.issue("api", &["*.api.test"], false);
+    let blue = RawBackend::start("blue").await;
+    let green = RawBackend::start("green").await;
+    let router = RouterBuilder::addrs(vec![blue.addr], vec![green.addr])
+        .extra(&tls_toml(
+            &[shop, api],
+            "hsts = \"max-age=31536000\"\nredirect_http = true",
+        ))
+        .start();
+    router.wait_until_live_healthy().await;
+    let port = router.https.expect("an https listener").port();
+
+    // HTTP/1.1 and HTTP/2 by ALPN; each name gets its own certificate
+    // (curl checks the name against the CA-signed certificate it is served).
+    let (code, out) = curl_https(
+        &pki,
+        port,
+        "shop.test",
+        "/a/b?x=1",
+        &["--http1.1", "-i", "-w", "%{http_version}"],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.to_ascii_lowercase()
+            .contains("strict-transport-security: max-age=31536000"),
+        "{out}"
+    );
+    assert!(out.ends_with("blue1.1"), "{out}");
+    let (code, out) = curl_https(
+        &pki,
+        port,
+        "v1.api.test",
+        "/h2",
+        &["--http2", "-w", " %{http_version}"],
+    );
+    assert_eq!((code, out.as_str()), (0, "blue 2"), "{out}");
+    let got = blue.wait_for(2).await;
+    assert_eq!(got[0].target, "/a/b?x=1");
+    assert_eq!(got[0].one("x-forwarded-proto").as_deref(), Some("https"));
+    assert_eq!(got[0].one("host"), Some(format!("shop.test:{port}")));
+    assert_eq!(got[1].one("x-forwarded-proto").as_deref(), Some("https"));
+
+    // No name at all: the first certificate.
+    let (code, out) = curl(&[
+        "-k",
+        "--http1.1",
+        "-w",
+        " %{http_version}",
+        &format!("https://127.0.0.1:{port}/"),
+    ]);
+    assert_eq!((code, out.as_str()), (0, "blue 1.1"), "{out}");
+
+    // The plain listener sends everyone to HTTPS, keeping path and query.
+    let (code, out) = curl(&["-i", &router.url("/c?d=1")]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("HTTP/1.1 308"), "{out}");
+    let want = format!("location: https://127.0.0.1:{port}/c?d=1");
+    assert!(out.to_ascii_lowercase().contains(&want), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_tls_clients_fail_and_everyone_else_is_served() {
+    let pki = Pki::new();
+    let shop = pki.issue("shop", &["shop.test"], false);
+    let blue = RawBackend::start("blue").await;
+    let green = RawBackend::start("green").await;
+    let router = RouterBuilder::addrs(vec![blue.addr], vec![green.addr])
+        .extra(&tls_toml(&[shop], ""))
+        .start();
+    router.wait_until_live_healthy().await;
+    let port = router.https.unwrap().port();
+    // A name no certificate has: the default one, which the client refuses.
+    let (code, _) = curl_https(&pki, port, "other.test", "/", &[]);
+    assert_eq!(code, 60, "peer certificate not accepted");
+    // TLS 1.0 is never spoken.
+    let (code, _) = curl_https(
+        &pki,
+        port,
+        "shop.test",
+        "/",
+        &["--tlsv1.0", "--tls-max", "1.0"],
+    );
+    assert_ne!(code, 0);
+    // Plain HTTP to the TLS port gets no HTTP answer.
+    let plain = crate::raw::exchange(
+        ([127, 0, 0, 1], port).into(),
+        b"GET / HTTP/1.1\r\nHost: h\r\n\r\n",
+    )
+    .await;
+    assert!(plain.as_ref().is_none_or(|r| r.status != 200), "{plain:?}");
+    // And everyone else is served as before.
+    let (code, out) = curl_https(&pki, port, "shop.test", "/ok", &[]);
+    assert_eq!((code, out.as_str()), (0, "blue"));
+}
+
+fn check(config: &Path) -> (i32, String) {
+    let out = std::process::Command::new(bin())
+        .args(["check", "--config"])
+        .arg(config)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_names_the_certificate_file_and_what_is_wrong() {
+    let pki = Pki::new();
+    let (shop, shop_key) = pki.issue("shop", &["shop.test"], false);
+    let (_, other_key) = pki.issue("other", &["other.test"], false);
+    let expired = pki.issue("old", &["old.test"], true);
+    let base = "[proxy]\nlisten = \"127.0.0.1:0\"\n[environments.blue]\nupstreams = [\"127.0.0.1:9\"]\n[environments.green]\nupstreams = [\"127.0.0.1:8\"]\n";
+    let cases = [
+        (vec![(shop.clone(), other_key)], "does not go with"),
+        (vec![expired], "expired"),
+        (
+            vec![(pki.path("missing.pem"), shop_key.clone())],
+            "cannot read",
+        ),
+        (vec![(shop_key.clone(), shop_key)], "holds no certificate"),
+    ];
+    for (pairs, want) in cases {
+        let file = pki.path("bluegreen.toml");
+        std::fs::write(&file, format!("{base}{}", tls_toml(&pairs, ""))).unwrap();
+        let (code, err) = check(&file);
+        assert_eq!(code, 2, "{want}: {err}");
+        assert!(
+            err.contains(want) && err.contains("tls.certificates"),
+            "{want}: {err}"
+        );
+    }
+}
