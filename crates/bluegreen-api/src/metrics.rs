@@ -130,6 +130,7 @@ pub async fn render(router: &Arc<Router>, pipeline: Option<&Arc<Pipeline>>) -> S
         deploys(&mut s, p).await;
     }
     shadowing(&mut s, router);
+    certificates(&mut s, &status);
     let mut registry = Registry::default();
     registry.register_collector(Box::new(s));
     let mut out = String::new();
@@ -394,6 +395,24 @@ async fn deploys(s: &mut Scrape, p: &Pipeline) {
         f.add(
             vec![("outcome", o.into())],
             Value::Counter(outcomes.get(o).copied().unwrap_or(0)),
+        );
+    }
+}
+
+/// Each TLS certificate in use: when it expires (alert well before).
+fn certificates(s: &mut Scrape, status: &Status) {
+    if status.certificates.is_empty() {
+        return;
+    }
+    let f = s.family(
+        "bluegreen_tls_certificate_expiry_seconds",
+        "When each TLS certificate in use expires, in Unix seconds",
+        MetricType::Gauge,
+    );
+    for c in &status.certificates {
+        f.add(
+            vec![("file", c.file.clone()), ("names", c.names.join(","))],
+            Value::Gauge(c.not_after),
         );
     }
 }

@@ -42,6 +42,8 @@ pub enum Event {
     Tick(Point),
     /// A deploy record after a step changed.
     Deploy(Box<DeployRecord>),
+    /// Certificate files changed: loaded (`ok`), or kept out with the reason.
+    Tls { ok: bool, detail: String },
     /// A bake verdict: `ok`, `waiting`, `inconclusive` or `breach`.
     Bake {
         deploy_id: u64,
@@ -75,6 +77,7 @@ impl Event {
             Event::Tick(_) => "tick",
             Event::Deploy(_) => "deploy",
             Event::Bake { .. } => "bake",
+            Event::Tls { .. } => "tls",
         }
     }
 
@@ -92,6 +95,7 @@ impl Event {
             ),
             Event::Shadow(r) => Ok(serde_json::json!({ "shadow": r })),
             Event::Tick(p) => serde_json::to_value(p),
+            Event::Tls { ok, detail } => Ok(serde_json::json!({"ok": ok, "detail": detail})),
             Event::Deploy(d) => serde_json::to_value(d),
             Event::Bake {
                 deploy_id,

@@ -19,6 +19,9 @@ pub struct Status {
     pub listeners: BTreeMap<String, String>,
     pub drain_timeout_ms: u64,
     pub sides: Sides<SideStatus>,
+    /// The TLS certificates in use: names, issuer, expiry.
+    #[serde(default)]
+    pub certificates: Vec<crate::tls::CertInfo>,
 }
 
 /// One environment.

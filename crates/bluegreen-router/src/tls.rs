@@ -7,6 +7,7 @@
 
 use crate::downstream::Protocols;
 use crate::request::{self, ConnCtx};
+use arc_swap::ArcSwap;
 use bluegreen_core::config::{CertificatePair, TlsConfig, TlsVersion};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -18,7 +19,7 @@ use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
@@ -92,10 +93,122 @@ impl Certificates {
     }
 }
 
-impl ResolvesServerCert for Certificates {
+/// The certificates in use, swapped whole when their files change: new
+/// handshakes see the new ones, open connections keep theirs.
+#[derive(Debug)]
+pub struct CertStore {
+    current: ArcSwap<Certificates>,
+    pairs: Vec<CertificatePair>,
+    /// The files' (modified time, length) when last loaded or tried.
+    seen: Mutex<Vec<Stamp>>,
+}
+
+type Stamp = Option<(SystemTime, u64)>;
+
+impl ResolvesServerCert for CertStore {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.pick(hello.server_name()))
+        Some(self.current.load().pick(hello.server_name()))
     }
+}
+
+/// What a look at the certificate files found.
+#[derive(Debug, PartialEq)]
+pub enum Reload {
+    /// Nothing changed since the last look.
+    Unchanged,
+    /// New certificates are in use.
+    Loaded(Vec<String>),
+    /// The files changed but do not load; the previous ones stay.
+    Kept(String),
+}
+
+impl CertStore {
+    fn new(pairs: &[CertificatePair]) -> Result<CertStore, String> {
+        let certs = Certificates::load(pairs)?;
+        Ok(CertStore {
+            current: ArcSwap::from_pointee(certs),
+            pairs: pairs.to_vec(),
+            seen: Mutex::new(stamps(pairs)),
+        })
+    }
+
+    /// The certificates in use, for status and metrics.
+    pub fn infos(&self) -> Vec<CertInfo> {
+        self.current.load().infos.clone()
+    }
+
+    /// Loads the files again if any changed since the last look (blocking
+    /// file I/O: call it off the async threads). A set that does not load
+    /// whole leaves the one in use alone, and is not tried again until the
+    /// files change again.
+    pub fn reload_if_changed(&self) -> Reload {
+        let now = stamps(&self.pairs);
+        {
+            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            if *seen == now {
+                return Reload::Unchanged;
+            }
+            *seen = now;
+        }
+        match Certificates::load(&self.pairs) {
+            Ok(certs) => {
+                let names = certs.infos.iter().flat_map(|i| i.names.clone()).collect();
+                self.current.store(Arc::new(certs));
+                Reload::Loaded(names)
+            }
+            Err(e) => Reload::Kept(e),
+        }
+    }
+}
+
+fn stamps(pairs: &[CertificatePair]) -> Vec<Stamp> {
+    pairs
+        .iter()
+        .flat_map(|p| [&p.cert, &p.key])
+        .map(|f| {
+            std::fs::metadata(f)
+                .ok()
+                .and_then(|m| Some((m.modified().ok()?, m.len())))
+        })
+        .collect()
+}
+
+/// How often certificate files are looked at.
+const WATCH: Duration = Duration::from_secs(1);
+
+/// Watches the certificate files until `stop`; every change is loaded and
+/// checked whole, swapped in, and announced (or kept out, with the reason).
+pub fn watch(
+    store: Arc<CertStore>,
+    events: Arc<dyn Fn(Reload) + Send + Sync>,
+    stop: CancellationToken,
+) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(WATCH);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.cancelled() => return,
+            }
+            let s = store.clone();
+            let Ok(result) = tokio::task::spawn_blocking(move || s.reload_if_changed()).await
+            else {
+                continue;
+            };
+            match &result {
+                Reload::Unchanged => continue,
+                Reload::Loaded(names) => {
+                    tracing::info!(names = ?names, "tls: certificates reloaded")
+                }
+                Reload::Kept(why) => tracing::warn!(
+                    reason = %why,
+                    "tls: the certificate files changed but do not load; kept the previous certificates"
+                ),
+            }
+            events(result);
+        }
+    });
 }
 
 /// One chain and key: parsed, matched, and still valid now.
@@ -160,8 +273,8 @@ fn describe(leaf: &CertificateDer<'_>, file: &str) -> Result<CertInfo, String> {
 }
 
 /// The server side of TLS: versions, ALPN (`h2`, `http/1.1`), SNI.
-pub fn acceptor(config: &TlsConfig) -> Result<(TlsAcceptor, Arc<Certificates>), String> {
-    let certs = Arc::new(Certificates::load(&config.certificates)?);
+pub fn acceptor(config: &TlsConfig) -> Result<(TlsAcceptor, Arc<CertStore>), String> {
+    let certs = Arc::new(CertStore::new(&config.certificates)?);
     let versions: &[&rustls::SupportedProtocolVersion] = match config.min_version {
         TlsVersion::V1_2 => &[&rustls::version::TLS13, &rustls::version::TLS12],
         TlsVersion::V1_3 => &[&rustls::version::TLS13],

@@ -113,8 +113,7 @@ pub async fn start(config: Config, token: &str) -> anyhow::Result<Running> {
         Some(t) => Some((
             t.clone(),
             bluegreen_router::tls::acceptor(t)
-                .map_err(|e| anyhow::anyhow!("tls.certificates: {e}"))?
-                .0,
+                .map_err(|e| anyhow::anyhow!("tls.certificates: {e}"))?,
         )),
         None => None,
     };
@@ -170,7 +169,24 @@ pub async fn start(config: Config, token: &str) -> anyhow::Result<Running> {
     );
 
     // 4. Serve.
-    let acceptor = tls.map(|(_, a)| a);
+    let acceptor = tls.map(|(_, (a, certs))| {
+        // Certificate files are watched: a good new set is swapped in, a bad
+        // one is kept out, and either is announced.
+        router.set_certificates(certs.clone());
+        let r = router.clone();
+        let announce = std::sync::Arc::new(move |result| {
+            use bluegreen_router::events::Event;
+            use bluegreen_router::tls::Reload;
+            let (ok, detail) = match result {
+                Reload::Loaded(names) => (true, format!("reloaded: {}", names.join(", "))),
+                Reload::Kept(why) => (false, format!("kept the previous certificates: {why}")),
+                Reload::Unchanged => return,
+            };
+            r.events.emit(Event::Tls { ok, detail });
+        });
+        bluegreen_router::tls::watch(certs, announce, stop.clone());
+        a
+    });
     let mut listeners = Vec::new();
     for (l, kind, secure) in [
         (Some(proxy), ListenerKind::Main, None),

@@ -58,6 +58,8 @@ pub struct Router {
     switch_counts: Mutex<BTreeMap<&'static str, u64>>,
     /// Open client connections per listener (live, preview).
     pub(crate) clients: [Arc<ClientGauge>; 2],
+    /// The TLS certificates, when there is a `[tls]` table.
+    certificates: std::sync::OnceLock<Arc<crate::tls::CertStore>>,
 }
 
 /// Startup failures.
@@ -170,6 +172,7 @@ impl Router {
             series: Series::default(),
             switch_counts: Mutex::new(BTreeMap::new()),
             clients: Default::default(),
+            certificates: std::sync::OnceLock::new(),
         }))
     }
 
@@ -194,6 +197,19 @@ impl Router {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(name.to_string(), addr);
+    }
+
+    /// The TLS certificates in use, shown in status and metrics.
+    pub fn set_certificates(&self, store: Arc<crate::tls::CertStore>) {
+        let _ = self.certificates.set(store);
+    }
+
+    /// What each TLS certificate in use says about itself.
+    pub fn certificates(&self) -> Vec<crate::tls::CertInfo> {
+        self.certificates
+            .get()
+            .map(|c| c.infos())
+            .unwrap_or_default()
     }
 
     /// The port a bound listener ended up on.

@@ -29,6 +29,7 @@ impl Router {
                 .map(|(k, v)| (k.clone(), v.to_string()))
                 .collect(),
             drain_timeout_ms: self.config.switch.drain_timeout.as_millis() as u64,
+            certificates: self.certificates(),
             sides: Sides::from_fn(|side| {
                 let pool = &snap.pools[side];
                 let epoch = &snap.epochs[side];

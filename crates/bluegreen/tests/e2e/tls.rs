@@ -231,3 +231,73 @@ fn check_names_the_certificate_file_and_what_is_wrong() {
         );
     }
 }
+
+/// Replaces `dest` by `src`'s contents through a rename, as a deploy tool would.
+fn replace(src: &Path, dest: &Path) {
+    let tmp = dest.with_extension("tmp");
+    std::fs::copy(src, &tmp).unwrap();
+    std::fs::rename(&tmp, dest).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn changed_certificate_files_are_swapped_in_and_bad_ones_kept_out() {
+    let old_ca = Pki::new();
+    let new_ca = Pki::new();
+    let (cert, key) = old_ca.issue("live", &["shop.test"], false);
+    let blue = RawBackend::start("blue").await;
+    let green = RawBackend::start("green").await;
+    let router = RouterBuilder::addrs(vec![blue.addr], vec![green.addr])
+        .extra(&tls_toml(&[(cert.clone(), key.clone())], ""))
+        .start();
+    router.wait_until_live_healthy().await;
+    let port = router.https.unwrap().port();
+    assert_eq!(curl_https(&old_ca, port, "shop.test", "/", &[]).0, 0);
+    let status = router.status().await;
+    assert_eq!(
+        status["certificates"][0]["names"][0], "shop.test",
+        "{status}"
+    );
+
+    // A new certificate from another CA: new handshakes see it.
+    let (new_cert, new_key) = new_ca.issue("next", &["shop.test"], false);
+    replace(&new_key, &key);
+    replace(&new_cert, &cert);
+    wait_until(
+        std::time::Duration::from_secs(10),
+        "the new certificate served",
+        || async { curl_https(&new_ca, port, "shop.test", "/", &[]).0 == 0 },
+    )
+    .await;
+    assert_ne!(
+        curl_https(&old_ca, port, "shop.test", "/", &[]).0,
+        0,
+        "the old one is gone"
+    );
+
+    // A broken file is kept out: the certificate in use stays, and says why.
+    std::fs::write(&cert, "not a certificate").unwrap();
+    wait_until(
+        std::time::Duration::from_secs(10),
+        "the bad file reported",
+        || async { router.stderr().contains("kept the previous certificates") },
+    )
+    .await;
+    assert!(
+        router.stderr().contains(&cert.display().to_string()),
+        "names the file"
+    );
+    assert_eq!(
+        curl_https(&new_ca, port, "shop.test", "/", &[]).0,
+        0,
+        "still served"
+    );
+    let (code, metrics) = router.api("GET", "/metrics", None, Some(TOKEN)).await;
+    assert_eq!(code, 200);
+    assert!(
+        metrics
+            .as_str()
+            .unwrap()
+            .contains("bluegreen_tls_certificate_expiry_seconds{"),
+        "{metrics}"
+    );
+}
