@@ -301,3 +301,97 @@ async fn changed_certificate_files_are_swapped_in_and_bad_ones_kept_out() {
         "{metrics}"
     );
 }
+
+/// A TLS client connection to the router's HTTPS port, trusting `pki`'s CA,
+/// with `alpn` offered.
+async fn tls_connect(
+    pki: &Pki,
+    port: u16,
+    name: &'static str,
+    alpn: &[&[u8]],
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_file_iter(pki.ca_file()).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let server = rustls::pki_types::ServerName::try_from(name).unwrap();
+    connector.connect(server, tcp).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_websocket_over_tls_lives_through_a_switch_and_sse_over_tls_is_not_buffered() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pki = Pki::new();
+    let shop = pki.issue("shop", &["shop.test"], false);
+    let blue = Backend::start("blue").await;
+    let green = Backend::start("green").await;
+    let router = RouterBuilder::new(&[&blue], &[&green])
+        .extra(&tls_toml(&[shop], ""))
+        .start();
+    router.wait_all_healthy().await;
+    let port = router.https.unwrap().port();
+
+    let tls = tls_connect(&pki, port, "shop.test", &[b"http/1.1"]).await;
+    let url = format!("wss://shop.test:{port}/ws");
+    let (mut ws, resp) = tokio_tungstenite::client_async(url, tls).await.unwrap();
+    assert_eq!(resp.status(), 101);
+    assert_eq!(echo(&mut ws, "hello").await, "blue:hello");
+    router.switch_to("green").await;
+    assert_eq!(
+        echo(&mut ws, "still").await,
+        "blue:still",
+        "the old side keeps its socket"
+    );
+
+    // SSE: the first event arrives while the second is still held upstream.
+    let mut tls = tls_connect(&pki, port, "shop.test", &[b"http/1.1"]).await;
+    tls.write_all(b"GET /sse HTTP/1.1\r\nHost: shop.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&got).contains("green first") {
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), tls.read(&mut buf))
+            .await
+            .expect("the first event before the second is released")
+            .unwrap();
+        assert!(n > 0);
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(!String::from_utf8_lossy(&got).contains("second"));
+    green.release(1);
+    while !String::from_utf8_lossy(&got).contains("green second") {
+        let n = tls.read(&mut buf).await.unwrap();
+        assert!(n > 0);
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
+async fn echo<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>, text: &'static str) -> String
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use futures_util::{SinkExt, StreamExt};
+    ws.send(tokio_tungstenite::tungstenite::Message::text(text))
+        .await
+        .unwrap();
+    let m = tokio::time::timeout(std::time::Duration::from_secs(5), ws.next())
+        .await
+        .expect("an echo")
+        .unwrap()
+        .unwrap();
+    m.into_text().unwrap().to_string()
+}
