@@ -86,10 +86,10 @@ pub struct ClientCount {
 }
 
 /// Counts one in a counter for as long as it lives.
-struct Held<P: Deref<Target = AtomicUsize>>(P);
+pub(crate) struct Held<P: Deref<Target = AtomicUsize>>(P);
 
 impl<P: Deref<Target = AtomicUsize>> Held<P> {
-    fn new(counter: P) -> Held<P> {
+    pub(crate) fn new(counter: P) -> Held<P> {
         counter.fetch_add(1, Ordering::Relaxed);
         Held(counter)
     }
@@ -577,12 +577,22 @@ fn may_end_head(bytes: &[u8], from: usize) -> bool {
 }
 
 /// A response body that stays counted as open until hyper drops it.
-pub struct Counted {
+pub(crate) struct Counted<G = Held<Arc<AtomicUsize>>> {
     body: ResponseBody,
-    _guard: Held<Arc<AtomicUsize>>,
+    _guard: G,
 }
 
-impl Body for Counted {
+impl<G> Counted<G> {
+    /// `body`, holding `guard` until hyper drops it.
+    pub(crate) fn new(body: ResponseBody, guard: G) -> Counted<G> {
+        Counted {
+            body,
+            _guard: guard,
+        }
+    }
+}
+
+impl<G: Unpin> Body for Counted<G> {
     type Data = <ResponseBody as Body>::Data;
     type Error = <ResponseBody as Body>::Error;
 

@@ -5,7 +5,7 @@
 //! that is there anyway (no cmake or Go, unlike aws-lc-rs), and it is what
 //! rustls tests most.
 
-use crate::downstream::Protocols;
+use crate::downstream::{Counted, Held, Protocols};
 use crate::request::{self, ConnCtx};
 use arc_swap::ArcSwap;
 use bluegreen_core::config::{CertificatePair, TlsConfig, TlsVersion};
@@ -19,8 +19,9 @@ use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -80,7 +81,7 @@ impl Certificates {
     }
 
     fn pick(&self, name: Option<&str>) -> Arc<CertifiedKey> {
-        let Some(name) = name.map(str::to_ascii_lowercase) else {
+        let Some(name) = name.map(|n| n.trim_end_matches('.').to_ascii_lowercase()) else {
             return self.default.clone();
         };
         if let Some(k) = self.exact.get(&name) {
@@ -291,9 +292,47 @@ pub fn acceptor(config: &TlsConfig) -> Result<(TlsAcceptor, Arc<CertStore>), Str
 /// How long a client may take to finish its handshake.
 const HANDSHAKE: Duration = Duration::from_secs(10);
 
+/// Open responses on one HTTPS connection and when the last one ended: an
+/// idle connection (HTTP/2 included, whose pings keep it alive otherwise) is
+/// closed after `idle_timeout`, as on the plain listeners.
+struct Activity {
+    open: AtomicUsize,
+    base: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn idle_for(&self) -> Option<Duration> {
+        (self.open.load(Ordering::Relaxed) == 0).then(|| {
+            let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+            self.base.elapsed().saturating_sub(last)
+        })
+    }
+}
+
+/// One open response; its end is the connection's last activity.
+struct Busy(Arc<Activity>);
+
+impl Busy {
+    fn new(a: &Arc<Activity>) -> Busy {
+        a.open.fetch_add(1, Ordering::Relaxed);
+        Busy(a.clone())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let a = &self.0;
+        a.last_ms
+            .store(a.base.elapsed().as_millis() as u64, Ordering::Relaxed);
+        a.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Serves one HTTPS connection: the handshake, then HTTP/2 (by ALPN) or
-/// HTTP/1.1 with upgrades, until the client is done or `drain` asks the
-/// connection to finish what it has and close.
+/// HTTP/1.1 with upgrades, until the client is done, it idles for
+/// `idle_timeout`, or `drain` asks the connection to finish what it has
+/// and close.
 pub async fn serve(
     stream: TcpStream,
     acceptor: TlsAcceptor,
@@ -301,26 +340,44 @@ pub async fn serve(
     protocols: Arc<Protocols>,
     drain: CancellationToken,
 ) {
-    let tls = match tokio::time::timeout(HANDSHAKE, acceptor.accept(stream)).await {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => {
-            tracing::debug!(listener = ctx.kind.as_str(), error = %e, "TLS handshake failed");
-            return;
-        }
-        Err(_) => return,
+    let gauge = ctx.router.clients[ctx.kind as usize].clone();
+    let _open = Held::new(&gauge.open);
+    let tls = tokio::select! {
+        r = tokio::time::timeout(HANDSHAKE, acceptor.accept(stream)) => match r {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                tracing::debug!(listener = ctx.kind.as_str(), error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => return,
+        },
+        _ = drain.cancelled() => return,
     };
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     let io = TokioIo::new(tls);
-    let svc = service_fn(move |req| {
-        let ctx = ctx.clone();
-        async move { Ok::<_, Infallible>(request::handle(req, &ctx).await) }
+    let activity = Arc::new(Activity {
+        open: AtomicUsize::new(0),
+        base: Instant::now(),
+        last_ms: AtomicU64::new(0),
     });
+    let svc = {
+        let activity = activity.clone();
+        service_fn(move |req| {
+            let ctx = ctx.clone();
+            let busy = Busy::new(&activity);
+            async move {
+                let resp = request::handle(req, &ctx).await;
+                Ok::<_, Infallible>(resp.map(|b| Counted::new(b, busy)))
+            }
+        })
+    };
+    let idle = idle_out(activity, protocols.idle_timeout);
     if h2 {
         let conn = protocols.http2.serve_connection(io, svc);
         tokio::pin!(conn);
         tokio::select! {
             _ = conn.as_mut() => {}
-            _ = drain.cancelled() => {
+            _ = async { tokio::select! { _ = drain.cancelled() => {}, _ = idle => {} } } => {
                 conn.as_mut().graceful_shutdown();
                 let _ = conn.await;
             }
@@ -330,10 +387,22 @@ pub async fn serve(
         tokio::pin!(conn);
         tokio::select! {
             _ = conn.as_mut() => {}
-            _ = drain.cancelled() => {
+            _ = async { tokio::select! { _ = drain.cancelled() => {}, _ = idle => {} } } => {
                 conn.as_mut().graceful_shutdown();
                 let _ = conn.await;
             }
         }
+    }
+}
+
+/// Resolves once the connection has had no open response for `limit`.
+async fn idle_out(activity: Arc<Activity>, limit: Duration) {
+    loop {
+        let wait = match activity.idle_for() {
+            Some(idle) if idle >= limit => return,
+            Some(idle) => limit - idle,
+            None => limit,
+        };
+        tokio::time::sleep(wait.max(Duration::from_millis(50))).await;
     }
 }

@@ -161,8 +161,10 @@ pub async fn handle(req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
     }
     let mut resp = resp;
     if let Some(h) = &conn.edge.hsts {
+        // The app's own policy (includeSubDomains, preload) stands.
         resp.headers_mut()
-            .insert(http::header::STRICT_TRANSPORT_SECURITY, h.clone());
+            .entry(http::header::STRICT_TRANSPORT_SECURITY)
+            .or_insert_with(|| h.clone());
     }
     resp
 }

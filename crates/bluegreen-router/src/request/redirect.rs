@@ -5,32 +5,66 @@ use super::body::ResponseBody;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
 
-/// `308 Permanent Redirect` to `https://HOST[:PORT]/path?query`.
+/// `308 Permanent Redirect` to `https://HOST[:PORT]/path?query`. The host
+/// follows the same rules as a forwarded request's (one valid `Host`, or the
+/// target's authority, which wins): anything else is a 400, never a
+/// redirect somewhere the client did not name.
 pub fn to_https<B>(req: &Request<B>, port: u16) -> Response<ResponseBody> {
-    let host = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri().authority().map(|a| a.as_str()))
-        .unwrap_or("");
+    let mut parts = http::Request::builder()
+        .method(req.method())
+        .uri(req.uri())
+        .version(req.version())
+        .body(())
+        .map(|r| r.into_parts().0)
+        .ok();
+    if let Some(p) = parts.as_mut() {
+        p.headers = req.headers().clone();
+    }
+    let host = parts
+        .as_mut()
+        .and_then(|p| super::rewrite::inspect(p).ok())
+        .and_then(|head| head.host)
+        .and_then(|h| h.to_str().ok().map(str::to_string))
+        .filter(|h| !h.is_empty());
+    let Some(host) = host else {
+        return plain(
+            StatusCode::BAD_REQUEST,
+            "400: no valid host to redirect to\n".into(),
+        );
+    };
     // The host without its port (an IPv6 literal keeps its brackets).
     let name = match host.rfind(':') {
         Some(i) if !host[i..].contains(']') => &host[..i],
-        _ => host,
+        _ => host.as_str(),
     };
     let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
     let target = match port {
         443 => format!("https://{name}{path}"),
         p => format!("https://{name}:{p}{path}"),
     };
-    let mut resp = Response::new(ResponseBody::text(format!("308: use {target}\n")));
-    *resp.status_mut() = StatusCode::PERMANENT_REDIRECT;
-    match HeaderValue::from_str(&target) {
-        Ok(v) if !name.is_empty() => {
-            resp.headers_mut().insert(header::LOCATION, v);
-        }
-        _ => *resp.status_mut() = StatusCode::BAD_REQUEST,
-    }
+    let Ok(location) = HeaderValue::from_str(&target) else {
+        return plain(
+            StatusCode::BAD_REQUEST,
+            "400: no valid host to redirect to\n".into(),
+        );
+    };
+    let mut resp = plain(
+        StatusCode::PERMANENT_REDIRECT,
+        format!("308: use {target}\n"),
+    );
+    resp.headers_mut().insert(header::LOCATION, location);
+    resp
+}
+
+fn plain(status: StatusCode, text: String) -> Response<ResponseBody> {
+    let mut resp = Response::new(ResponseBody::text(text));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
 }
 
@@ -62,5 +96,12 @@ mod tests {
             location("[::1]:80", "/v6", 443),
             (308, Some("https://[::1]/v6".into()))
         );
+        // The target's authority wins; a host that is not one is refused.
+        assert_eq!(
+            location("other.example", "http://shop.example/x", 443),
+            (308, Some("https://shop.example/x".into()))
+        );
+        assert_eq!(location("good.example@evil.example", "/", 443), (400, None));
+        assert_eq!(location("a.example/evil", "/", 443), (400, None));
     }
 }

@@ -395,3 +395,62 @@ where
         .unwrap();
     m.into_text().unwrap().to_string()
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_https_connections_close_after_idle_timeout_http2_too() {
+    use http_body_util::{BodyExt, Empty};
+    use std::time::{Duration, Instant};
+    use tokio::io::AsyncReadExt;
+    let pki = Pki::new();
+    let shop = pki.issue("shop", &["shop.test"], false);
+    let blue = RawBackend::start("blue").await;
+    let green = RawBackend::start("green").await;
+    let router = RouterBuilder::addrs(vec![blue.addr], vec![green.addr])
+        .proxy("idle_timeout = \"1s\"")
+        .extra(&tls_toml(&[shop], ""))
+        .start();
+    router.wait_until_live_healthy().await;
+    let port = router.https.unwrap().port();
+
+    // HTTP/2 (a real client, which answers the server's pings): one request,
+    // then nothing; the server ends the connection after idle_timeout.
+    let tls = tls_connect(&pki, port, "shop.test", &[b"h2"]).await;
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    let conn = tokio::spawn(conn);
+    let req = http::Request::get("https://shop.test/idle")
+        .body(Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let _ = resp.into_body().collect().await;
+    let idle_from = Instant::now();
+    tokio::time::timeout(Duration::from_secs(10), conn)
+        .await
+        .expect("HTTP/2 connection closed within 10 s")
+        .unwrap()
+        .ok();
+    assert!(
+        idle_from.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        idle_from.elapsed()
+    );
+
+    // HTTP/1.1: connected, then silent.
+    let mut tls = tls_connect(&pki, port, "shop.test", &[b"http/1.1"]).await;
+    let started = Instant::now();
+    let mut buf = [0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(10), tls.read(&mut buf))
+        .await
+        .expect("HTTP/1.1 connection closed within 10 s");
+    assert!(!matches!(n, Ok(n) if n > 0), "nothing but the close");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
+}
