@@ -203,6 +203,20 @@ impl ResponseBody {
         ResponseBody::Local(Full::new(s.into()))
     }
 
+    /// A short answer of our own: plain text, never cached.
+    pub fn plain(status: http::StatusCode, text: String) -> http::Response<ResponseBody> {
+        use http::header::{self, HeaderValue};
+        let mut resp = http::Response::new(ResponseBody::text(text));
+        *resp.status_mut() = status;
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        resp
+    }
+
     /// An empty body.
     pub fn empty() -> ResponseBody {
         ResponseBody::Local(Full::new(Bytes::new()))

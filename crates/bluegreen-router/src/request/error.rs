@@ -98,14 +98,8 @@ impl ProxyError {
             ProxyError::ClientBody(e) => format!("{status}: {e}\n"),
             ProxyError::MethodNotAllowed(_) => format!("{status}: {self}\n"),
         };
-        let mut resp = Response::new(ResponseBody::text(text));
-        *resp.status_mut() = status;
+        let mut resp = ResponseBody::plain(status, text);
         let h = resp.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
-        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         h.insert("x-bluegreen-error", HeaderValue::from_static(self.code()));
         if let ProxyError::MethodNotAllowed(_) = self {
             h.insert(

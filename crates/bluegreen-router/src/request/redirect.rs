@@ -27,7 +27,7 @@ pub fn to_https<B>(req: &Request<B>, port: u16) -> Response<ResponseBody> {
         .and_then(|h| h.to_str().ok().map(str::to_string))
         .filter(|h| !h.is_empty());
     let Some(host) = host else {
-        return plain(
+        return ResponseBody::plain(
             StatusCode::BAD_REQUEST,
             "400: no valid host to redirect to\n".into(),
         );
@@ -43,28 +43,16 @@ pub fn to_https<B>(req: &Request<B>, port: u16) -> Response<ResponseBody> {
         p => format!("https://{name}:{p}{path}"),
     };
     let Ok(location) = HeaderValue::from_str(&target) else {
-        return plain(
+        return ResponseBody::plain(
             StatusCode::BAD_REQUEST,
             "400: no valid host to redirect to\n".into(),
         );
     };
-    let mut resp = plain(
+    let mut resp = ResponseBody::plain(
         StatusCode::PERMANENT_REDIRECT,
         format!("308: use {target}\n"),
     );
     resp.headers_mut().insert(header::LOCATION, location);
-    resp
-}
-
-fn plain(status: StatusCode, text: String) -> Response<ResponseBody> {
-    let mut resp = Response::new(ResponseBody::text(text));
-    *resp.status_mut() = status;
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
 }
 
