@@ -319,6 +319,7 @@
       case 'deploy': setDeploy(d && !('id' in d) && 'deploy' in d ? d.deploy : d); break;
       case 'bake': S.bake = d; renderDeploy(); break;
       case 'shadow': applyShadow(d && !('running' in d) && 'shadow' in d ? d.shadow : d); break;
+      case 'tls': refreshStatus(); break; // a certificate came, renewed or was refused
       default: break; // unknown events are ignored on purpose
     }
   }
@@ -344,6 +345,36 @@
     renderButtons();
     renderPipeline();
     renderHistory();
+    renderCerts();
+  }
+
+  // Certificates in use (names, issuer, expiry) and where ACME stands.
+  function renderCerts() {
+    const st = S.status;
+    const certs = (st && st.certificates) || [];
+    const acme = st && st.acme;
+    $('certs-panel').hidden = !certs.length && !acme;
+    const box = $('certs');
+    box.replaceChildren();
+    const now = Date.now() / 1000;
+    if (certs.length) {
+      put(box, h('table', null,
+        h('thead', null, h('tr', null, h('th', null, 'names'), h('th', null, 'issuer'),
+          h('th', null, 'expires'), h('th', null, 'source'))),
+        h('tbody', null, certs.map((c) => {
+          const left = c.not_after - now;
+          const cls = left < 0 ? 'bad' : left < 14 * 86400 ? 'warn' : '';
+          return h('tr', null, h('td', null, h('code', null, c.names.join(', '))), h('td', null, c.issuer),
+            h('td', { class: cls }, `${fmtTime(c.not_after * 1000)} (${left < 0 ? 'expired' : left > 2 * 86400 ? `in ${Math.floor(left / 86400)} days` : `in ${fmtDur(left * 1000)}`})`),
+            h('td', { class: 'muted' }, c.file));
+        }))));
+    }
+    if (acme) {
+      put(box, h('p', { class: acme.failures ? 'bad' : 'muted' },
+        `ACME for ${acme.domains.join(', ')}: `,
+        acme.failures ? `${acme.failures} failed attempt(s), last: ${acme.last_error || '?'}; ` : '',
+        `next attempt ${fmtTime(acme.next_attempt * 1000)}`));
+    }
   }
 
   function setDeploy(d, quiet) {

@@ -411,8 +411,23 @@ fn certificates(s: &mut Scrape, status: &Status) {
     );
     for c in &status.certificates {
         f.add(
-            vec![("file", c.file.clone()), ("names", c.names.join(","))],
+            vec![
+                ("file", c.file.clone()),
+                ("names", c.names.join(",")),
+                ("issuer", c.issuer.clone()),
+            ],
             Value::Gauge(c.not_after),
+        );
+    }
+    if let Some(acme) = &status.acme {
+        s.family(
+            "bluegreen_acme_failures",
+            "Failed ACME attempts since the last certificate was obtained (0 when all is well)",
+            MetricType::Gauge,
+        )
+        .add(
+            vec![("domains", acme.domains.join(","))],
+            Value::Gauge(acme.failures as i64),
         );
     }
 }

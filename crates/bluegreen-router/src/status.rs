@@ -22,6 +22,9 @@ pub struct Status {
     /// The TLS certificates in use: names, issuer, expiry.
     #[serde(default)]
     pub certificates: Vec<crate::tls::CertInfo>,
+    /// Where ACME stands (next attempt, failures, last error), if configured.
+    #[serde(default)]
+    pub acme: Option<crate::tls::acme::AcmeState>,
 }
 
 /// One environment.

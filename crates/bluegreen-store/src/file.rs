@@ -4,6 +4,7 @@
 use crate::{StateStore, StoreError};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -72,7 +73,15 @@ impl StateStore for FileStore {
             path: path.clone(),
             source,
         };
-        let mut f = File::create(&tmp).map_err(io)?;
+        let _ = fs::remove_file(&tmp);
+        // 0600: state holds ACME account and certificate keys.
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io)?;
         f.write_all(value).map_err(io)?;
         f.sync_all().map_err(io)?;
         drop(f);
@@ -117,6 +126,12 @@ mod tests {
         save_router(&store, &s).unwrap();
         assert_eq!(load_router(&store).unwrap(), Some(s));
         assert!(dir.path().join("state.json").exists());
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(dir.path().join("state.json"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "state files are private");
     }
 
     #[test]

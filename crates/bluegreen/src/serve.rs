@@ -6,6 +6,9 @@ use anyhow::Context;
 use bluegreen_core::config::deploy::DeployMethod;
 use bluegreen_core::config::Config;
 use bluegreen_pipeline::Pipeline;
+use bluegreen_router::events::Event;
+use bluegreen_router::tls::acme::Acme;
+use bluegreen_router::tls::Reload;
 use bluegreen_router::{health, listener, ListenerKind, Router};
 use bluegreen_store::FileStore;
 use bluegreen_store::StateStore;
@@ -118,6 +121,7 @@ pub async fn start(config: Config, token: &str) -> anyhow::Result<Running> {
         None => None,
     };
     let deploy = config.deploy.clone();
+    let acme_store = store.clone();
     let router = Router::new(config, store.clone())?;
     let pipeline = match deploy {
         Some(d) => Some(Pipeline::new(router.clone(), store, d, &state_dir)?),
@@ -169,14 +173,12 @@ pub async fn start(config: Config, token: &str) -> anyhow::Result<Running> {
     );
 
     // 4. Serve.
-    let acceptor = tls.map(|(_, (a, certs))| {
+    let acceptor = tls.map(|(t, (a, certs))| {
         // Certificate files are watched: a good new set is swapped in, a bad
         // one is kept out, and either is announced.
         router.set_certificates(certs.clone());
         let r = router.clone();
-        let announce = std::sync::Arc::new(move |result| {
-            use bluegreen_router::events::Event;
-            use bluegreen_router::tls::Reload;
+        let announce = Arc::new(move |result| {
             let (ok, detail) = match result {
                 Reload::Loaded(names) => (true, format!("reloaded: {}", names.join(", "))),
                 Reload::Kept(why) => (false, format!("kept the previous certificates: {why}")),
@@ -184,7 +186,16 @@ pub async fn start(config: Config, token: &str) -> anyhow::Result<Running> {
             };
             r.events.emit(Event::Tls { ok, detail });
         });
-        bluegreen_router::tls::watch(certs, announce, stop.clone());
+        bluegreen_router::tls::watch(certs.clone(), announce, stop.clone());
+        // ACME obtains and renews its certificate in the background; until
+        // the first one arrives, handshakes for its names use the files' (or fail).
+        if let Some(acme) = t.acme {
+            let acme = Arc::new(Acme::new(acme, acme_store, certs));
+            router.set_acme(acme.clone());
+            let r = router.clone();
+            let announce = Arc::new(move |ok, detail| r.events.emit(Event::Tls { ok, detail }));
+            acme.spawn(announce, stop.clone());
+        }
         a
     });
     let mut listeners = Vec::new();

@@ -11,11 +11,13 @@ mod environments;
 mod sections;
 pub mod shadow;
 mod template;
+mod tls;
 
 use checker::Checker;
 use environments::validate_environments;
 pub use environments::MAX_UPSTREAMS;
 use sections::{validate_admin, validate_health, validate_proxy};
+pub use tls::{AcmeChallenge, AcmeConfig, CertificatePair, TlsConfig, TlsVersion};
 
 use crate::side::{Side, Sides};
 pub use deploy::DeployConfig;
@@ -46,38 +48,6 @@ pub struct Config {
     pub record: RecordConfig,
     /// HTTPS listeners, when the config has a `[tls]` table.
     pub tls: Option<TlsConfig>,
-}
-
-/// TLS termination: HTTPS listeners in front of the same request path.
-#[derive(Debug, Clone)]
-pub struct TlsConfig {
-    /// HTTPS live traffic (`proxy.listen` stays plain HTTP).
-    pub listen: SocketAddr,
-    /// HTTPS traffic to the idle side only, if enabled.
-    pub preview_listen: Option<SocketAddr>,
-    /// Certificate chains and keys (PEM); SNI picks by the names in each;
-    /// the first is the default for clients that send no name.
-    pub certificates: Vec<CertificatePair>,
-    /// Oldest protocol accepted: TLS 1.2 or 1.3.
-    pub min_version: TlsVersion,
-    /// `Strict-Transport-Security` sent on HTTPS answers, if set.
-    pub hsts: Option<String>,
-    /// `proxy.listen` answers 308 to the same URL on HTTPS.
-    pub redirect_http: bool,
-}
-
-/// One certificate chain file and its private key file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CertificatePair {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-}
-
-/// Oldest TLS version accepted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TlsVersion {
-    V1_2,
-    V1_3,
 }
 
 /// Recordings are written only inside this directory, under a plain name:
@@ -223,7 +193,7 @@ struct RawConfig {
     shadow: Option<shadow::RawShadow>,
     #[serde(default)]
     record: RawRecord,
-    tls: Option<sections::RawTls>,
+    tls: Option<tls::RawTls>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -376,10 +346,7 @@ fn validate(raw: RawConfig, base: &Path, c: &mut Checker) -> Config {
     if let Some(p) = proxy.preview_listen {
         ours.push(("proxy.preview_listen", p));
     }
-    let tls = raw
-        .tls
-        .as_ref()
-        .and_then(|t| sections::validate_tls(t, base, c));
+    let tls = raw.tls.as_ref().and_then(|t| tls::validate_tls(t, base, c));
     if let Some(t) = &tls {
         for (key, addr) in [
             ("tls.listen", Some(t.listen)),

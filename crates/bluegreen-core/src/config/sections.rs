@@ -1,13 +1,8 @@
-//! Validation of the small tables: `[proxy]`, `[admin]`, `[health]`, `[tls]`.
+//! Validation of the small tables: `[proxy]`, `[admin]`, `[health]`.
 
 use super::checker::Checker;
-use super::{
-    AdminConfig, Balance, CertificatePair, HealthConfig, ProxyConfig, RawAdmin, RawHealth,
-    RawProxy, TlsConfig, TlsVersion,
-};
-use serde::Deserialize;
+use super::{AdminConfig, Balance, HealthConfig, ProxyConfig, RawAdmin, RawHealth, RawProxy};
 use std::net::SocketAddr;
-use std::path::Path;
 use std::time::Duration;
 
 pub(super) fn validate_proxy(raw: &RawProxy, c: &mut Checker) -> ProxyConfig {
@@ -152,92 +147,4 @@ pub(super) fn validate_health(raw: &RawHealth, c: &mut Checker) -> HealthConfig 
             100,
         ) as u32,
     }
-}
-
-#[derive(Debug, Deserialize)]
-pub(super) struct RawTls {
-    listen: String,
-    preview_listen: Option<String>,
-    #[serde(default)]
-    certificates: Vec<RawCertificate>,
-    min_version: Option<String>,
-    hsts: Option<String>,
-    redirect_http: Option<bool>,
-}
-
-#[derive(Debug, Deserialize)]
-struct RawCertificate {
-    cert: String,
-    key: String,
-}
-
-/// `[tls]`: addresses, certificate files that exist (their contents, key
-/// and names are checked when they are loaded), the oldest version.
-pub(super) fn validate_tls(raw: &RawTls, base: &Path, c: &mut Checker) -> Option<TlsConfig> {
-    let listen = c.addr("tls.listen", &raw.listen);
-    let preview_listen = raw
-        .preview_listen
-        .as_deref()
-        .and_then(|p| c.addr("tls.preview_listen", p));
-    if raw.certificates.is_empty() {
-        c.issue(
-            "tls.certificates",
-            "must list at least one { cert = \"chain.pem\", key = \"key.pem\" }",
-        );
-    }
-    let mut certificates = Vec::new();
-    for (i, pair) in raw.certificates.iter().enumerate() {
-        let mut file = |what: &str, raw: &str| {
-            let path = base.join(raw);
-            match std::fs::metadata(&path) {
-                Ok(m) if m.is_file() => Some(path),
-                Ok(_) => {
-                    c.issue(
-                        format!("tls.certificates[{i}].{what}"),
-                        format!("{} is not a file", path.display()),
-                    );
-                    None
-                }
-                Err(e) => {
-                    c.issue(
-                        format!("tls.certificates[{i}].{what}"),
-                        format!("cannot read {}: {e}", path.display()),
-                    );
-                    None
-                }
-            }
-        };
-        if let (Some(cert), Some(key)) = (file("cert", &pair.cert), file("key", &pair.key)) {
-            certificates.push(CertificatePair { cert, key });
-        }
-    }
-    let min_version = match raw.min_version.as_deref() {
-        None | Some("1.2") => TlsVersion::V1_2,
-        Some("1.3") => TlsVersion::V1_3,
-        Some(other) => {
-            c.issue(
-                "tls.min_version",
-                format!(
-                    "{other:?}: expected \"1.2\" or \"1.3\" (older versions are never accepted)"
-                ),
-            );
-            TlsVersion::V1_2
-        }
-    };
-    if let Some(h) = &raw.hsts {
-        if h.is_empty() || !h.bytes().all(|b| (b' '..=b'~').contains(&b)) {
-            c.issue(
-                "tls.hsts",
-                format!("{h:?} is not a header value like \"max-age=31536000\""),
-            );
-        }
-    }
-    Some(TlsConfig {
-        listen: listen?,
-        preview_listen,
-        certificates,
-        min_version,
-        hsts: raw.hsts.clone(),
-        redirect_http: raw.redirect_http.unwrap_or(false),
-    })
 }

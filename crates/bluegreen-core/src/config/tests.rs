@@ -257,3 +257,36 @@ fn missing_hook_program_is_named() {
     let text = format!("{GOOD}\n[deploy]\n[deploy.hooks]\ndeploy = \"true {{env}} {{version}}\"\n");
     assert!(parse(&text).is_ok(), "a program on PATH is found");
 }
+
+#[test]
+fn acme_alone_is_enough_for_tls_and_its_problems_are_named() {
+    let good = format!(
+        "{GOOD}\n[tls]\nlisten = \"127.0.0.1:8443\"\n[tls.acme]\ndomains = [\"Shop.Example.com.\", \"www.example.com\"]\ncontact = \"mailto:ops@example.com\"\n"
+    );
+    let acme = parse(&good).unwrap().tls.unwrap().acme.unwrap();
+    assert_eq!(acme.domains, vec!["shop.example.com", "www.example.com"]);
+    assert_eq!(acme.directory, tls::LETS_ENCRYPT);
+    assert_eq!(acme.challenge, AcmeChallenge::TlsAlpn01);
+    assert_eq!(acme.retry_after, Duration::from_secs(60));
+
+    let bad = format!(
+        "{GOOD}\n[tls]\nlisten = \"127.0.0.1:8443\"\n[tls.acme]\ndomains = [\"*.example.com\", \"10.0.0.1\"]\n\
+         contact = \"ops@example.com\"\ndirectory = \"http://ca.example/dir\"\nca_bundle = \"missing.pem\"\n\
+         challenge = \"dns-01\"\nretry_after = \"0s\"\n"
+    );
+    let msg = problems(&bad);
+    for key in [
+        "tls.acme.domains[0]: \"*.example.com\" is a wildcard",
+        "tls.acme.domains[1]: \"10.0.0.1\" is an IP address",
+        "tls.acme.contact",
+        "tls.acme.directory",
+        "tls.acme.ca_bundle: cannot read /etc/bg/missing.pem",
+        "tls.acme.challenge",
+        "tls.acme.retry_after",
+    ] {
+        assert!(msg.contains(key), "{key} missing from:\n{msg}");
+    }
+    // Without [tls.acme], certificate files are required.
+    let none = format!("{GOOD}\n[tls]\nlisten = \"127.0.0.1:8443\"\n");
+    assert!(problems(&none).contains("tls.certificates: must list at least one"));
+}

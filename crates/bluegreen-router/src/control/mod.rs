@@ -60,6 +60,8 @@ pub struct Router {
     pub(crate) clients: [Arc<ClientGauge>; 2],
     /// The TLS certificates, when there is a `[tls]` table.
     certificates: std::sync::OnceLock<Arc<crate::tls::CertStore>>,
+    /// The ACME loop, when there is a `[tls.acme]` table.
+    acme: std::sync::OnceLock<Arc<crate::tls::acme::Acme>>,
 }
 
 /// Startup failures.
@@ -173,6 +175,7 @@ impl Router {
             switch_counts: Mutex::new(BTreeMap::new()),
             clients: Default::default(),
             certificates: std::sync::OnceLock::new(),
+            acme: std::sync::OnceLock::new(),
         }))
     }
 
@@ -202,6 +205,22 @@ impl Router {
     /// The TLS certificates in use, shown in status and metrics.
     pub fn set_certificates(&self, store: Arc<crate::tls::CertStore>) {
         let _ = self.certificates.set(store);
+    }
+
+    /// The certificate store (its ACME challenges are answered by the
+    /// plain listener).
+    pub fn cert_store(&self) -> Option<Arc<crate::tls::CertStore>> {
+        self.certificates.get().cloned()
+    }
+
+    /// The ACME loop, shown in status.
+    pub fn set_acme(&self, acme: Arc<crate::tls::acme::Acme>) {
+        let _ = self.acme.set(acme);
+    }
+
+    /// Where ACME stands, when configured.
+    pub fn acme(&self) -> Option<crate::tls::acme::AcmeState> {
+        self.acme.get().map(|a| a.state())
     }
 
     /// What each TLS certificate in use says about itself.

@@ -30,6 +30,7 @@ impl Router {
                 .collect(),
             drain_timeout_ms: self.config.switch.drain_timeout.as_millis() as u64,
             certificates: self.certificates(),
+            acme: self.acme(),
             sides: Sides::from_fn(|side| {
                 let pool = &snap.pools[side];
                 let epoch = &snap.epochs[side];

@@ -27,6 +27,7 @@ use crate::taps::recorder::Recorder;
 use crate::taps::shadow::Shadow;
 use crate::upstream::pool::Pool;
 use access::AccessLine;
+use bluegreen_core::config::AcmeChallenge;
 use body::ResponseBody;
 use client_body::Upload;
 use error::ProxyError;
@@ -60,6 +61,8 @@ pub struct Edge {
     pub hsts: Option<HeaderValue>,
     /// A plain listener that sends everyone to HTTPS on this port (308).
     pub redirect_to: Option<u16>,
+    /// ACME HTTP-01 challenges this listener answers (live plain listener).
+    pub acme: Option<Arc<crate::tls::challenge::Challenges>>,
 }
 
 impl Edge {
@@ -73,10 +76,18 @@ impl Edge {
         let redirect_to = tls
             .filter(|t| !https && kind == ListenerKind::Main && t.redirect_http)
             .map(|_| router.listener_port("https").unwrap_or(443));
+        let acme = tls
+            .and_then(|t| t.acme.as_ref())
+            .filter(|a| {
+                !https && kind == ListenerKind::Main && a.challenge == AcmeChallenge::Http01
+            })
+            .and_then(|_| router.cert_store())
+            .map(|c| c.challenges.clone());
         Arc::new(Edge {
             https,
             hsts,
             redirect_to,
+            acme,
         })
     }
 }
@@ -116,8 +127,21 @@ impl Route {
 
 /// Proxies one request; every failure becomes a response here.
 pub async fn handle(req: Request<Incoming>, conn: &ConnCtx) -> Response<ResponseBody> {
+    if let Some(challenges) = &conn.edge.acme {
+        if let Some(answer) = challenges.answer(&req) {
+            return answer;
+        }
+    }
     if let Some(port) = conn.edge.redirect_to {
-        return redirect::to_https(&req, port);
+        // ACME challenges are never redirected: an app (or a CA checking
+        // one) may still answer them over plain HTTP.
+        if !req
+            .uri()
+            .path()
+            .starts_with(crate::tls::challenge::HTTP_PREFIX)
+        {
+            return redirect::to_https(&req, port);
+        }
     }
     let started = Instant::now();
     let route = Route::load(conn);

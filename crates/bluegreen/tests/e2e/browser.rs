@@ -59,7 +59,16 @@ where
 #[tokio::test(flavor = "multi_thread")]
 async fn the_dashboard_logs_in_shows_the_live_side_and_switches_without_a_reload() {
     let (b, g) = (Backend::start("blue").await, Backend::start("green").await);
-    let router = RouterBuilder::new(&[&b], &[&g]).start();
+    // With HTTPS on, so the certificates panel has something to show.
+    let pki = crate::tls::Pki::new();
+    let (cert, key) = pki.issue("shop", &["shop.test"], false);
+    let router = RouterBuilder::new(&[&b], &[&g])
+        .extra(&format!(
+            "\n[tls]\nlisten = \"127.0.0.1:0\"\ncertificates = [{{ cert = \"{}\", key = \"{}\" }}]\n",
+            cert.display(),
+            key.display()
+        ))
+        .start();
     router.wait_all_healthy().await;
 
     let port = closed_port().port();
@@ -151,6 +160,14 @@ async fn the_dashboard_logs_in_shows_the_live_side_and_switches_without_a_reload
     })
     .await;
     assert!(hidden(&c, "login-view").await);
+    assert!(!hidden(&c, "certs-panel").await);
+    let certs = text_of(&c, "certs").await;
+    assert!(
+        certs.contains("shop.test")
+            && certs.contains("bluegreen test CA")
+            && certs.contains("days"),
+        "{certs}"
+    );
     let url = c.current_url().await.unwrap();
     assert!(
         !url.as_str().contains(TOKEN),

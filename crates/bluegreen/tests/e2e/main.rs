@@ -2,6 +2,7 @@
 //! servers, driven by real clients (hyper HTTP/1.1 and HTTP/2, curl,
 //! tokio-tungstenite). One test binary so the suite links once.
 
+mod acme;
 mod admin;
 mod browser;
 mod config;

@@ -348,6 +348,7 @@ pub struct RouterBuilder {
     state_dir: Option<PathBuf>,
     extra: String,
     env: Vec<(String, String)>,
+    listen: Option<SocketAddr>,
 }
 
 impl RouterBuilder {
@@ -362,6 +363,7 @@ impl RouterBuilder {
             state_dir: None,
             extra: String::new(),
             env: Vec::new(),
+            listen: None,
         }
     }
 
@@ -372,6 +374,12 @@ impl RouterBuilder {
             green,
             ..RouterBuilder::new(&[], &[])
         }
+    }
+
+    /// `proxy.listen` on this address rather than a port of its own choosing.
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.listen = Some(addr);
+        self
     }
 
     /// Extra lines for the `[proxy]` table.
@@ -422,12 +430,15 @@ impl RouterBuilder {
                 .join(", ")
         };
         format!(
-            "[proxy]\nlisten = \"127.0.0.1:0\"\npreview_listen = \"127.0.0.1:0\"\nupstream_timeout = \"{timeout}\"\n{extra}\n\
+            "[proxy]\nlisten = \"{listen}\"\npreview_listen = \"127.0.0.1:0\"\nupstream_timeout = \"{timeout}\"\n{extra}\n\
              [admin]\nlisten = \"127.0.0.1:0\"\ntoken_env = \"BG_TEST_TOKEN\"\n\n\
              [state]\ndir = \"{state}\"\n\n[health]\npath = \"/healthz\"\n{health}\n\n\
              [environments.blue]\nupstreams = [{blue}]\n\n[environments.green]\nupstreams = [{green}]\n\n\
              [switch]\ndrain_timeout = \"{drain}\"\n{extra_toml}\n",
             extra = self.extra_proxy,
+            listen = self
+                .listen
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
             timeout = self.upstream_timeout,
             state = state_dir.display(),
             health = self.health,

@@ -7,14 +7,13 @@ use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
 use std::path::{Path, PathBuf};
 
 /// A test CA and the certificates it signs, as PEM files in a temp dir.
-struct Pki {
+pub struct Pki {
     dir: tempfile::TempDir,
-    ca: rcgen::Certificate,
-    ca_key: KeyPair,
+    ca: rcgen::Issuer<'static, KeyPair>,
 }
 
 impl Pki {
-    fn new() -> Pki {
+    pub fn new() -> Pki {
         let ca_key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -23,18 +22,19 @@ impl Pki {
             rcgen::KeyUsagePurpose::KeyCertSign,
             rcgen::KeyUsagePurpose::CrlSign,
         ];
-        let ca = params.self_signed(&ca_key).unwrap();
+        let cert = params.self_signed(&ca_key).unwrap();
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
-        Pki { dir, ca, ca_key }
+        std::fs::write(dir.path().join("ca.pem"), cert.pem()).unwrap();
+        let ca = rcgen::Issuer::new(params, ca_key);
+        Pki { dir, ca }
     }
 
-    fn ca_file(&self) -> String {
+    pub fn ca_file(&self) -> String {
         self.dir.path().join("ca.pem").display().to_string()
     }
 
     /// A certificate for `names` as `stem.pem` and `stem.key`.
-    fn issue(&self, stem: &str, names: &[&str], expired: bool) -> (PathBuf, PathBuf) {
+    pub fn issue(&self, stem: &str, names: &[&str], expired: bool) -> (PathBuf, PathBuf) {
         let key = KeyPair::generate().unwrap();
         let mut params =
             CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
@@ -44,7 +44,7 @@ impl Pki {
             params.not_before = rcgen::date_time_ymd(2019, 1, 1);
             params.not_after = rcgen::date_time_ymd(2020, 1, 1);
         }
-        let cert = params.signed_by(&key, &self.ca, &self.ca_key).unwrap();
+        let cert = params.signed_by(&key, &self.ca).unwrap();
         let (c, k) = (
             self.path(&format!("{stem}.pem")),
             self.path(&format!("{stem}.key")),
@@ -54,7 +54,7 @@ impl Pki {
         (c, k)
     }
 
-    fn path(&self, name: &str) -> PathBuf {
+    pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
 }

@@ -1,0 +1,329 @@
+//! The certificates in use: loaded and checked (chain, matching key, names,
+//! expiry), picked by SNI, swapped whole when their files change or ACME
+//! brings a new one. New handshakes see the new set; open connections keep
+//! theirs.
+
+use super::challenge::{Challenges, ACME_TLS_ALPN};
+use super::provider;
+use arc_swap::ArcSwap;
+use bluegreen_core::config::CertificatePair;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+use tokio_util::sync::CancellationToken;
+
+/// What a loaded certificate says about itself (for status and messages).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct CertInfo {
+    /// The file it came from, or `acme` for one obtained by ACME.
+    pub file: String,
+    /// DNS names it serves (`*.example.com` for wildcards).
+    pub names: Vec<String>,
+    pub issuer: String,
+    /// Unix seconds.
+    #[serde(default)]
+    pub not_before: i64,
+    /// Unix seconds.
+    pub not_after: i64,
+}
+
+/// A certificate ready to serve, with what it says about itself.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub key: Arc<CertifiedKey>,
+    pub info: CertInfo,
+}
+
+/// The certificates, by name; SNI picks one.
+#[derive(Debug, Default)]
+pub struct Certificates {
+    exact: HashMap<String, Arc<CertifiedKey>>,
+    /// Suffix (`.example.com`) of each `*.example.com` name.
+    wildcard: HashMap<String, Arc<CertifiedKey>>,
+    /// For clients that send no name (or one no certificate has); none
+    /// until a first certificate exists (ACME only, before its first
+    /// issuance): such handshakes fail.
+    default: Option<Arc<CertifiedKey>>,
+    pub infos: Vec<CertInfo>,
+}
+
+impl Certificates {
+    /// Loads every pair, in order. The error names the file and what is
+    /// wrong with it.
+    pub fn load(pairs: &[CertificatePair]) -> Result<Vec<Loaded>, String> {
+        pairs.iter().map(load_pair).collect()
+    }
+
+    /// The first certificate that names a host serves it; the first of all
+    /// is the default.
+    fn build<'a>(all: impl Iterator<Item = &'a Loaded>) -> Certificates {
+        let mut c = Certificates::default();
+        for l in all {
+            for name in &l.info.names {
+                let map = match name.strip_prefix('*') {
+                    Some(suffix) => c.wildcard.entry(suffix.to_ascii_lowercase()),
+                    None => c.exact.entry(name.to_ascii_lowercase()),
+                };
+                map.or_insert_with(|| l.key.clone());
+            }
+            c.default.get_or_insert_with(|| l.key.clone());
+            c.infos.push(l.info.clone());
+        }
+        c
+    }
+
+    fn pick(&self, name: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        let Some(name) = name.map(|n| n.trim_end_matches('.').to_ascii_lowercase()) else {
+            return self.default.clone();
+        };
+        if let Some(k) = self.exact.get(&name) {
+            return Some(k.clone());
+        }
+        name.find('.')
+            .and_then(|dot| self.wildcard.get(&name[dot..]))
+            .or(self.default.as_ref())
+            .cloned()
+    }
+}
+
+/// The certificates in use: the configured files (watched) and the one
+/// ACME keeps, built into one set that is swapped whole.
+#[derive(Debug)]
+pub struct CertStore {
+    current: ArcSwap<Certificates>,
+    pairs: Vec<CertificatePair>,
+    /// The files' (modified time, length) when last loaded or tried.
+    seen: Mutex<Vec<Stamp>>,
+    files: Mutex<Vec<Loaded>>,
+    acme: Mutex<Option<Loaded>>,
+    /// What ACME challenges our listeners answer right now.
+    pub challenges: Arc<Challenges>,
+}
+
+type Stamp = Option<(SystemTime, u64)>;
+
+impl ResolvesServerCert for CertStore {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        // A CA checking a TLS-ALPN-01 challenge gets the challenge
+        // certificate for that name and nothing else.
+        if hello
+            .alpn()
+            .is_some_and(|mut protos| protos.any(|p| p == ACME_TLS_ALPN))
+        {
+            return self.challenges.alpn_certificate(hello.server_name()?);
+        }
+        self.current.load().pick(hello.server_name())
+    }
+}
+
+/// What a look at the certificate files found.
+#[derive(Debug, PartialEq)]
+pub enum Reload {
+    /// Nothing changed since the last look.
+    Unchanged,
+    /// New certificates are in use.
+    Loaded(Vec<String>),
+    /// The files changed but do not load; the previous ones stay.
+    Kept(String),
+}
+
+impl CertStore {
+    /// Loads the configured files (all must load).
+    pub fn new(pairs: &[CertificatePair]) -> Result<CertStore, String> {
+        let files = Certificates::load(pairs)?;
+        Ok(CertStore {
+            current: ArcSwap::from_pointee(Certificates::build(files.iter())),
+            pairs: pairs.to_vec(),
+            seen: Mutex::new(stamps(pairs)),
+            files: Mutex::new(files),
+            acme: Mutex::new(None),
+            challenges: Arc::default(),
+        })
+    }
+
+    /// The certificates in use, for status and metrics.
+    pub fn infos(&self) -> Vec<CertInfo> {
+        self.current.load().infos.clone()
+    }
+
+    /// The ACME certificate in use, if any.
+    pub fn acme(&self) -> Option<Loaded> {
+        lock(&self.acme).clone()
+    }
+
+    /// Puts a certificate obtained by ACME in use (beside the files, which
+    /// win for names they also hold: an operator's explicit file is kept).
+    pub fn set_acme(&self, cert: Loaded) {
+        *lock(&self.acme) = Some(cert);
+        self.rebuild();
+    }
+
+    fn rebuild(&self) {
+        let files = lock(&self.files);
+        let acme = lock(&self.acme);
+        self.current.store(Arc::new(Certificates::build(
+            files.iter().chain(acme.iter()),
+        )));
+    }
+
+    /// Loads the files again if any changed since the last look (blocking
+    /// file I/O: call it off the async threads). A set that does not load
+    /// whole leaves the one in use alone, and is not tried again until the
+    /// files change again.
+    pub fn reload_if_changed(&self) -> Reload {
+        let now = stamps(&self.pairs);
+        {
+            let mut seen = lock(&self.seen);
+            if *seen == now {
+                return Reload::Unchanged;
+            }
+            *seen = now;
+        }
+        match Certificates::load(&self.pairs) {
+            Ok(files) => {
+                let names = files.iter().flat_map(|l| l.info.names.clone()).collect();
+                *lock(&self.files) = files;
+                self.rebuild();
+                Reload::Loaded(names)
+            }
+            Err(e) => Reload::Kept(e),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn stamps(pairs: &[CertificatePair]) -> Vec<Stamp> {
+    pairs
+        .iter()
+        .flat_map(|p| [&p.cert, &p.key])
+        .map(|f| {
+            std::fs::metadata(f)
+                .ok()
+                .and_then(|m| Some((m.modified().ok()?, m.len())))
+        })
+        .collect()
+}
+
+/// How often certificate files are looked at.
+const WATCH: Duration = Duration::from_secs(1);
+
+/// Watches the certificate files until `stop`; every change is loaded and
+/// checked whole, swapped in, and announced (or kept out, with the reason).
+pub fn watch(
+    store: Arc<CertStore>,
+    events: Arc<dyn Fn(Reload) + Send + Sync>,
+    stop: CancellationToken,
+) {
+    if store.pairs.is_empty() {
+        return;
+    }
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(WATCH);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.cancelled() => return,
+            }
+            let s = store.clone();
+            let Ok(result) = tokio::task::spawn_blocking(move || s.reload_if_changed()).await
+            else {
+                continue;
+            };
+            match &result {
+                Reload::Unchanged => continue,
+                Reload::Loaded(names) => {
+                    tracing::info!(names = ?names, "tls: certificates reloaded")
+                }
+                Reload::Kept(why) => tracing::warn!(
+                    reason = %why,
+                    "tls: the certificate files changed but do not load; kept the previous certificates"
+                ),
+            }
+            events(result);
+        }
+    });
+}
+
+/// One chain and key file: parsed, matched, and still valid now.
+fn load_pair(pair: &CertificatePair) -> Result<Loaded, String> {
+    let file = pair.cert.display().to_string();
+    let chain = std::fs::read(&pair.cert).map_err(|e| format!("{file}: cannot read: {e}"))?;
+    let key_file = pair.key.display().to_string();
+    let key = std::fs::read(&pair.key).map_err(|e| format!("{key_file}: cannot read: {e}"))?;
+    let loaded = from_pem(&chain, &key, &file, &key_file)?;
+    if loaded.info.not_after < unix_now() {
+        return Err(format!(
+            "{file}: the certificate expired (not after {})",
+            loaded.info.not_after
+        ));
+    }
+    Ok(loaded)
+}
+
+/// A chain and key in PEM: parsed, matched, naming at least one host. The
+/// labels name where they came from in errors.
+pub fn from_pem(chain: &[u8], key: &[u8], file: &str, key_file: &str) -> Result<Loaded, String> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{file}: not a PEM certificate chain: {e}"))?;
+    let leaf = chain
+        .first()
+        .ok_or_else(|| format!("{file}: holds no certificate"))?;
+    let key = PrivateKeyDer::from_pem_slice(key)
+        .map_err(|e| format!("{key_file}: not a PEM private key: {e}"))?;
+    let info = describe(leaf, file)?;
+    if info.names.is_empty() {
+        return Err(format!(
+            "{file}: the certificate names no DNS name (subjectAltName)"
+        ));
+    }
+    let key = CertifiedKey::from_der(chain, key, &provider())
+        .map_err(|e| format!("{key_file}: does not go with {file}: {e}"))?;
+    Ok(Loaded {
+        key: Arc::new(key),
+        info,
+    })
+}
+
+pub(crate) fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Names, issuer and validity of a leaf certificate.
+fn describe(leaf: &CertificateDer<'_>, file: &str) -> Result<CertInfo, String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref())
+        .map_err(|e| format!("{file}: not an X.509 certificate: {e}"))?;
+    let names = cert
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|san| {
+            san.value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    x509_parser::extensions::GeneralName::DNSName(d) => Some(d.to_string()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(CertInfo {
+        file: file.to_string(),
+        names,
+        issuer: cert.issuer().to_string(),
+        not_before: cert.validity().not_before.timestamp(),
+        not_after: cert.validity().not_after.timestamp(),
+    })
+}

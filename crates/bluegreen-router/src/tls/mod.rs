@@ -1,0 +1,181 @@
+//! TLS termination: certificates loaded and checked (chain, matching key,
+//! names, expiry), SNI picking one, and HTTPS connections served by hyper
+//! (HTTP/2 by ALPN, HTTP/1.1 with upgrades) into the same request path as
+//! plain HTTP. rustls with the `ring` provider: pure Rust plus a C compiler
+//! that is there anyway (no cmake or Go, unlike aws-lc-rs), and it is what
+//! rustls tests most.
+
+pub mod acme;
+pub mod certs;
+pub mod challenge;
+
+pub use certs::{watch, CertInfo, CertStore, Certificates, Reload};
+
+use crate::downstream::{Counted, Held, Protocols};
+use crate::request::{self, ConnCtx};
+use bluegreen_core::config::{AcmeChallenge, TlsConfig, TlsVersion};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use rustls::crypto::CryptoProvider;
+use rustls::ServerConfig;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+pub(crate) fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The server side of TLS: versions, ALPN (`h2`, `http/1.1`), SNI.
+pub fn acceptor(config: &TlsConfig) -> Result<(TlsAcceptor, Arc<CertStore>), String> {
+    let certs = Arc::new(CertStore::new(&config.certificates)?);
+    let versions: &[&rustls::SupportedProtocolVersion] = match config.min_version {
+        TlsVersion::V1_2 => &[&rustls::version::TLS13, &rustls::version::TLS12],
+        TlsVersion::V1_3 => &[&rustls::version::TLS13],
+    };
+    let mut server = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(versions)
+        .map_err(|e| format!("tls: {e}"))?
+        .with_no_client_auth()
+        .with_cert_resolver(certs.clone());
+    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    if config
+        .acme
+        .as_ref()
+        .is_some_and(|a| a.challenge == AcmeChallenge::TlsAlpn01)
+    {
+        server
+            .alpn_protocols
+            .push(challenge::ACME_TLS_ALPN.to_vec());
+    }
+    Ok((TlsAcceptor::from(Arc::new(server)), certs))
+}
+
+/// How long a client may take to finish its handshake.
+const HANDSHAKE: Duration = Duration::from_secs(10);
+
+/// Open responses on one HTTPS connection and when the last one ended: an
+/// idle connection (HTTP/2 included, whose pings keep it alive otherwise) is
+/// closed after `idle_timeout`, as on the plain listeners.
+struct Activity {
+    open: AtomicUsize,
+    base: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn idle_for(&self) -> Option<Duration> {
+        (self.open.load(Ordering::Relaxed) == 0).then(|| {
+            let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+            self.base.elapsed().saturating_sub(last)
+        })
+    }
+}
+
+/// One open response; its end is the connection's last activity.
+struct Busy(Arc<Activity>);
+
+impl Busy {
+    fn new(a: &Arc<Activity>) -> Busy {
+        a.open.fetch_add(1, Ordering::Relaxed);
+        Busy(a.clone())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let a = &self.0;
+        a.last_ms
+            .store(a.base.elapsed().as_millis() as u64, Ordering::Relaxed);
+        a.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Serves one HTTPS connection: the handshake, then HTTP/2 (by ALPN) or
+/// HTTP/1.1 with upgrades, until the client is done, it idles for
+/// `idle_timeout`, or `drain` asks the connection to finish what it has
+/// and close.
+pub async fn serve(
+    stream: TcpStream,
+    acceptor: TlsAcceptor,
+    ctx: Arc<ConnCtx>,
+    protocols: Arc<Protocols>,
+    drain: CancellationToken,
+) {
+    let gauge = ctx.router.clients[ctx.kind as usize].clone();
+    let _open = Held::new(&gauge.open);
+    let tls = tokio::select! {
+        r = tokio::time::timeout(HANDSHAKE, acceptor.accept(stream)) => match r {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                tracing::debug!(listener = ctx.kind.as_str(), error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => return,
+        },
+        _ = drain.cancelled() => return,
+    };
+    let alpn = tls.get_ref().1.alpn_protocol();
+    if alpn == Some(challenge::ACME_TLS_ALPN) {
+        // A TLS-ALPN-01 check ends with the handshake (RFC 8737).
+        let mut tls = tls;
+        let _ = tokio::io::AsyncWriteExt::shutdown(&mut tls).await;
+        return;
+    }
+    let h2 = alpn == Some(b"h2");
+    let io = TokioIo::new(tls);
+    let activity = Arc::new(Activity {
+        open: AtomicUsize::new(0),
+        base: Instant::now(),
+        last_ms: AtomicU64::new(0),
+    });
+    let svc = {
+        let activity = activity.clone();
+        service_fn(move |req| {
+            let ctx = ctx.clone();
+            let busy = Busy::new(&activity);
+            async move {
+                let resp = request::handle(req, &ctx).await;
+                Ok::<_, Infallible>(resp.map(|b| Counted::new(b, busy)))
+            }
+        })
+    };
+    let idle = idle_out(activity, protocols.idle_timeout);
+    if h2 {
+        let conn = protocols.http2.serve_connection(io, svc);
+        tokio::pin!(conn);
+        tokio::select! {
+            _ = conn.as_mut() => {}
+            _ = async { tokio::select! { _ = drain.cancelled() => {}, _ = idle => {} } } => {
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.await;
+            }
+        }
+    } else {
+        let conn = protocols.http1.serve_connection(io, svc).with_upgrades();
+        tokio::pin!(conn);
+        tokio::select! {
+            _ = conn.as_mut() => {}
+            _ = async { tokio::select! { _ = drain.cancelled() => {}, _ = idle => {} } } => {
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.await;
+            }
+        }
+    }
+}
+
+/// Resolves once the connection has had no open response for `limit`.
+async fn idle_out(activity: Arc<Activity>, limit: Duration) {
+    loop {
+        let wait = match activity.idle_for() {
+            Some(idle) if idle >= limit => return,
+            Some(idle) => limit - idle,
+            None => limit,
+        };
+        tokio::time::sleep(wait.max(Duration::from_millis(50))).await;
+    }
+}
