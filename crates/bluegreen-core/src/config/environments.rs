@@ -3,10 +3,11 @@
 //! listeners, at most 64 a side.
 
 use super::checker::Checker;
-use super::{EnvironmentConfig, RawEnvironment};
+use super::{EnvironmentConfig, RawEnvironment, RawUpstreamTls, UpstreamTlsConfig};
 use crate::side::{Side, Sides};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::path::Path;
 
 /// At most this many upstreams per side (a request's tried set is a `u64`).
 pub const MAX_UPSTREAMS: usize = 64;
@@ -40,6 +41,7 @@ pub(super) fn reaches(u: &str, listen: SocketAddr) -> bool {
 pub(super) fn validate_environments(
     raw: &BTreeMap<String, RawEnvironment>,
     ours: &[(&str, SocketAddr)],
+    base: &Path,
     c: &mut Checker,
 ) -> Sides<EnvironmentConfig> {
     for name in raw.keys() {
@@ -60,6 +62,7 @@ pub(super) fn validate_environments(
             );
             return EnvironmentConfig {
                 upstreams: Vec::new(),
+                tls: None,
             };
         };
         if env.upstreams.is_empty() {
@@ -97,6 +100,54 @@ pub(super) fn validate_environments(
                 None => upstreams.push(u),
             }
         }
-        EnvironmentConfig { upstreams }
+        let tls = env.tls.as_ref().map(|t| upstream_tls(t, &key, base, c));
+        EnvironmentConfig { upstreams, tls }
     })
+}
+
+/// `[environments.SIDE.tls]`: a name that can be checked, a CA file that
+/// holds certificates.
+fn upstream_tls(
+    raw: &RawUpstreamTls,
+    key: &str,
+    base: &Path,
+    c: &mut Checker,
+) -> UpstreamTlsConfig {
+    if let Some(name) = &raw.server_name {
+        let ok = !name.is_empty()
+            && name.len() <= 253
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b':');
+        if !ok {
+            c.issue(
+                format!("{key}.tls.server_name"),
+                format!("{name:?} is not a DNS name or IP address"),
+            );
+        }
+    }
+    let ca = raw.ca.as_ref().and_then(|f| {
+        let path = base.join(f);
+        match std::fs::read_to_string(&path) {
+            Ok(s) if s.contains("-----BEGIN CERTIFICATE-----") => Some(path),
+            Ok(_) => {
+                c.issue(
+                    format!("{key}.tls.ca"),
+                    format!("{} holds no PEM certificate", path.display()),
+                );
+                None
+            }
+            Err(e) => {
+                c.issue(
+                    format!("{key}.tls.ca"),
+                    format!("cannot read {}: {e}", path.display()),
+                );
+                None
+            }
+        }
+    });
+    UpstreamTlsConfig {
+        server_name: raw.server_name.clone(),
+        ca,
+    }
 }

@@ -125,6 +125,18 @@ pub struct HealthConfig {
 pub struct EnvironmentConfig {
     /// `host:port` authorities, in config order.
     pub upstreams: Vec<String>,
+    /// Speak HTTPS to these upstreams, when set.
+    pub tls: Option<UpstreamTlsConfig>,
+}
+
+/// `[environments.SIDE.tls]`: HTTPS to a side's upstreams.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTlsConfig {
+    /// The name sent by SNI and checked in the upstream's certificate
+    /// (default: each upstream's own host).
+    pub server_name: Option<String>,
+    /// PEM roots to trust (default: the system's).
+    pub ca: Option<PathBuf>,
 }
 
 /// Switch behaviour.
@@ -243,6 +255,13 @@ struct RawHealth {
 #[derive(Debug, Deserialize)]
 struct RawEnvironment {
     upstreams: Vec<String>,
+    tls: Option<RawUpstreamTls>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawUpstreamTls {
+    server_name: Option<String>,
+    ca: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -359,7 +378,7 @@ fn validate(raw: RawConfig, base: &Path, c: &mut Checker) -> Config {
             ours.push((key, addr));
         }
     }
-    let environments = validate_environments(&raw.environments, &ours, c);
+    let environments = validate_environments(&raw.environments, &ours, base, c);
 
     for (key, addr) in [
         ("proxy.preview_listen", proxy.preview_listen),

@@ -290,3 +290,27 @@ fn acme_alone_is_enough_for_tls_and_its_problems_are_named() {
     let none = format!("{GOOD}\n[tls]\nlisten = \"127.0.0.1:8443\"\n");
     assert!(problems(&none).contains("tls.certificates: must list at least one"));
 }
+
+#[test]
+fn upstream_tls_names_its_problems() {
+    let text = GOOD.replace(
+        "[switch]",
+        "[environments.green.tls]\nserver_name = \"bad name!\"\nca = \"nope.pem\"\n\n[switch]",
+    );
+    let msg = problems(&text);
+    assert!(msg.contains("environments.green.tls.server_name"), "{msg}");
+    assert!(
+        msg.contains("environments.green.tls.ca: cannot read /etc/bg/nope.pem"),
+        "{msg}"
+    );
+    let ok = GOOD.replace("[switch]", "[environments.blue.tls]\n\n[switch]");
+    let cfg = parse(&ok).unwrap();
+    assert_eq!(
+        cfg.environments.blue.tls,
+        Some(UpstreamTlsConfig {
+            server_name: None,
+            ca: None
+        })
+    );
+    assert_eq!(cfg.environments.green.tls, None);
+}

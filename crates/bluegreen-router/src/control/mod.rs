@@ -373,15 +373,16 @@ impl Router {
 }
 
 fn pool(config: &Config, side: Side, rise: u32, fall: u32) -> Result<Arc<Pool>, RouterError> {
-    Pool::new(
-        side,
-        &config.environments[side].upstreams,
-        config.proxy.balance,
-        rise,
-        fall,
-    )
-    .map(Arc::new)
-    .map_err(RouterError::Config)
+    let env = &config.environments[side];
+    let tls = env
+        .tls
+        .as_ref()
+        .map(|t| crate::upstream::tls::UpstreamTls::new(t).map(Arc::new))
+        .transpose()
+        .map_err(|e| RouterError::Config(format!("environments.{side}.tls: {e}")))?;
+    Pool::new(side, &env.upstreams, config.proxy.balance, rise, fall, tls)
+        .map(Arc::new)
+        .map_err(RouterError::Config)
 }
 
 pub(crate) fn describe_health(pool: &Pool) -> String {

@@ -71,10 +71,11 @@ pub async fn send(
             },
         }
     }
-    let mut sender = match conn::connect(&upstream.address, connect_timeout).await {
-        Err(e) => return Err(SendError::Connect(e.to_string(), Box::new(req))),
-        Ok(s) => s,
-    };
+    let mut sender =
+        match conn::connect(&upstream.address, connect_timeout, upstream.tls.as_deref()).await {
+            Err(e) => return Err(SendError::Connect(e.to_string(), Box::new(req))),
+            Ok(s) => s,
+        };
     match answer(sender.send_request(req), body_sent, upstream_timeout).await {
         None => Err(SendError::Timeout),
         Some(Ok(resp)) => Ok((resp, sender)),

@@ -6,6 +6,7 @@
 //! a list of idle connections per upstream needs none of that. A connection
 //! goes back to its list only after its response body was read to the end.
 
+use super::tls::UpstreamTls;
 use crate::request::client_body::ClientBody;
 use bytes::Bytes;
 use http_body_util::{Either, Full};
@@ -32,6 +33,7 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub enum ConnectError {
     Timeout(Duration),
     Io(std::io::Error),
+    Tls(std::io::Error),
     Handshake(hyper::Error),
 }
 
@@ -40,6 +42,7 @@ impl std::fmt::Display for ConnectError {
         match self {
             ConnectError::Timeout(d) => write!(f, "connect timed out after {d:?}"),
             ConnectError::Io(e) => write!(f, "connect failed: {e}"),
+            ConnectError::Tls(e) => write!(f, "TLS handshake failed: {e}"),
             ConnectError::Handshake(e) => write!(f, "HTTP handshake failed: {e}"),
         }
     }
@@ -75,8 +78,14 @@ impl ConnPool {
     }
 }
 
-/// Opens a new connection to `address` (`host:port`).
-pub async fn connect(address: &str, limit: Duration) -> Result<Sender, ConnectError> {
+/// Opens a new connection to `address` (`host:port`), over TLS when the
+/// side says so; `limit` bounds the TCP connect and the TLS handshake each.
+/// Nothing of a request has gone out when this fails.
+pub async fn connect(
+    address: &str,
+    limit: Duration,
+    tls: Option<&UpstreamTls>,
+) -> Result<Sender, ConnectError> {
     let stream = tokio::time::timeout(limit, async {
         match address.parse::<SocketAddr>() {
             Ok(sa) => TcpStream::connect(sa).await,
@@ -87,6 +96,23 @@ pub async fn connect(address: &str, limit: Duration) -> Result<Sender, ConnectEr
     .map_err(|_| ConnectError::Timeout(limit))?
     .map_err(ConnectError::Io)?;
     let _ = stream.set_nodelay(true);
+    match tls {
+        None => http(stream).await,
+        Some(tls) => {
+            let stream = tokio::time::timeout(limit, tls.handshake(stream, address))
+                .await
+                .map_err(|_| ConnectError::Timeout(limit))?
+                .map_err(ConnectError::Tls)?;
+            http(stream).await
+        }
+    }
+}
+
+/// HTTP/1.1 over a connected stream; the connection task runs on its own.
+async fn http<S>(stream: S) -> Result<Sender, ConnectError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let (sender, conn) = http1::Builder::new()
         .writev(false)
         .handshake(TokioIo::new(stream))

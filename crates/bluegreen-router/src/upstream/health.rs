@@ -1,34 +1,27 @@
 //! Active health checks: one loop per upstream, each on its own interval,
 //! opening a fresh connection every time (as HAProxy does) so a dead
-//! listener is never hidden behind a pooled connection.
+//! listener is never hidden behind a pooled connection. They connect as
+//! requests do (`conn::connect`), TLS included, so a bad upstream
+//! certificate shows as unhealthy before it gets traffic.
 
 use crate::control::Router;
+use crate::upstream::conn;
 use crate::upstream::pool::Upstream;
 use bluegreen_core::config::HealthConfig;
 use bluegreen_core::error_chain;
 use bluegreen_core::health::Health;
 use bytes::Bytes;
 use http::{Request, Uri};
-use http_body_util::Empty;
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::TokioExecutor;
+use http_body_util::{Either, Full};
 use std::sync::Arc;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-type CheckClient = Client<HttpConnector, Empty<Bytes>>;
-
 /// Starts a check loop for every upstream of both sides. The loops stop when
 /// `stop` is cancelled; wait on the returned tracker to see them finish.
 pub fn spawn(router: &Arc<Router>, stop: CancellationToken) -> TaskTracker {
     let config = router.config().health.clone();
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(config.timeout));
-    connector.set_nodelay(true);
-    let client: CheckClient = Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(0)
-        .build(connector);
     let tracker = TaskTracker::new();
     let snap = router.snapshot();
     for pool in [&snap.pools.blue, &snap.pools.green] {
@@ -36,7 +29,6 @@ pub fn spawn(router: &Arc<Router>, stop: CancellationToken) -> TaskTracker {
             tracker.spawn(check_loop(
                 router.clone(),
                 upstream.clone(),
-                client.clone(),
                 config.clone(),
                 stop.clone(),
             ));
@@ -49,11 +41,10 @@ pub fn spawn(router: &Arc<Router>, stop: CancellationToken) -> TaskTracker {
 async fn check_loop(
     router: Arc<Router>,
     upstream: Arc<Upstream>,
-    client: CheckClient,
     config: HealthConfig,
     stop: CancellationToken,
 ) {
-    let uri: Uri = match format!("http://{}{}", upstream.address, config.path).parse() {
+    let uri: Uri = match config.path.parse() {
         Ok(u) => u,
         Err(e) => {
             tracing::error!(upstream = %upstream.address, error = %e, "cannot build health check URI");
@@ -69,7 +60,7 @@ async fn check_loop(
         }
         let epoch = upstream.check_epoch();
         let result = tokio::select! {
-            r = check_once(&client, &uri, &config) => r,
+            r = check_once(&upstream, &uri, &config) => r,
             _ = stop.cancelled() => return,
         };
         if let Some(flipped) = upstream.record_check_from(epoch, result) {
@@ -91,17 +82,27 @@ async fn check_loop(
     }
 }
 
-async fn check_once(client: &CheckClient, uri: &Uri, config: &HealthConfig) -> Result<(), String> {
+async fn check_once(upstream: &Upstream, uri: &Uri, config: &HealthConfig) -> Result<(), String> {
     let req = Request::get(uri.clone())
+        .header("host", upstream.authority.as_str())
         .header("user-agent", "bluegreen-health")
-        .body(Empty::new())
+        .body(Either::Right(Full::new(Bytes::new())))
         .map_err(|e| e.to_string())?;
-    match tokio::time::timeout(config.timeout, client.request(req)).await {
+    let exchange = async {
+        let mut sender = conn::connect(&upstream.address, config.timeout, upstream.tls.as_deref())
+            .await
+            .map_err(|e| format!("health check failed: {e}"))?;
+        sender
+            .send_request(req)
+            .await
+            .map_err(|e| format!("health check failed: {}", error_chain(&e)))
+    };
+    match tokio::time::timeout(config.timeout, exchange).await {
         Err(_) => Err(format!(
             "health check timed out after {}",
             humantime::format_duration(config.timeout)
         )),
-        Ok(Err(e)) => Err(format!("health check failed: {}", error_chain(&e))),
+        Ok(Err(e)) => Err(e),
         Ok(Ok(resp)) if resp.status().is_success() || resp.status().is_redirection() => Ok(()),
         Ok(Ok(resp)) => Err(format!("health check answered {}", resp.status())),
     }

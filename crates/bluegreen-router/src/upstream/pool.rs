@@ -3,6 +3,7 @@
 
 use crate::stats::TrafficStats;
 use crate::upstream::conn::ConnPool;
+use crate::upstream::tls::UpstreamTls;
 use bluegreen_core::config::Balance;
 use bluegreen_core::health::{Health, HealthCounter};
 use bluegreen_core::Side;
@@ -18,6 +19,8 @@ pub struct Upstream {
     pub authority: Authority,
     /// Side this upstream belongs to.
     pub side: Side,
+    /// HTTPS to it, when its side says so.
+    pub tls: Option<Arc<UpstreamTls>>,
     health: AtomicU8,
     counter: Mutex<HealthCounter>,
     outstanding: AtomicUsize,
@@ -154,6 +157,7 @@ impl Pool {
         balance: Balance,
         rise: u32,
         fall: u32,
+        tls: Option<Arc<UpstreamTls>>,
     ) -> Result<Pool, String> {
         let upstreams = addresses
             .iter()
@@ -165,6 +169,7 @@ impl Pool {
                     address: a.clone(),
                     authority,
                     side,
+                    tls: tls.clone(),
                     health: AtomicU8::new(Health::Unknown.to_u8()),
                     counter: Mutex::new(HealthCounter::new(rise, fall)),
                     outstanding: AtomicUsize::new(0),
@@ -244,7 +249,7 @@ mod tests {
 
     fn pool(n: usize, balance: Balance) -> Pool {
         let addrs: Vec<String> = (0..n).map(|i| format!("127.0.0.1:{}", 9000 + i)).collect();
-        Pool::new(Side::Blue, &addrs, balance, 1, 1).unwrap()
+        Pool::new(Side::Blue, &addrs, balance, 1, 1, None).unwrap()
     }
 
     #[test]

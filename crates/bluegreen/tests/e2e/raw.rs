@@ -9,6 +9,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+
+/// A stream a raw backend can speak HTTP/1.1 on: TCP, or TLS over it.
+pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
 use tokio_util::sync::CancellationToken;
 
 /// One request as the upstream received it.
@@ -59,6 +63,15 @@ pub struct RawBackend {
 
 impl RawBackend {
     pub async fn start(name: &str) -> RawBackend {
+        Self::start_with(name, None).await
+    }
+
+    /// The same over HTTPS: every connection's TLS handshake first.
+    pub async fn start_tls(name: &str, tls: tokio_rustls::TlsAcceptor) -> RawBackend {
+        Self::start_with(name, Some(tls)).await
+    }
+
+    async fn start_with(name: &str, tls: Option<tokio_rustls::TlsAcceptor>) -> RawBackend {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -71,9 +84,20 @@ impl RawBackend {
                     _ = stop2.cancelled() => return,
                 };
                 let (seen, name, stop) = (seen2.clone(), name2.clone(), stop2.clone());
+                let tls = tls.clone();
                 tokio::spawn(async move {
+                    let serve = async move {
+                        match tls {
+                            None => serve_conn(sock, seen, name).await,
+                            Some(tls) => {
+                                if let Ok(sock) = tls.accept(sock).await {
+                                    serve_conn(sock, seen, name).await
+                                }
+                            }
+                        }
+                    };
                     tokio::select! {
-                        _ = serve_conn(sock, seen, name) => {}
+                        _ = serve => {}
                         _ = stop.cancelled() => {}
                     }
                 });
@@ -121,7 +145,7 @@ impl Drop for RawBackend {
     }
 }
 
-async fn serve_conn(mut sock: TcpStream, seen: Arc<Mutex<Vec<Arrived>>>, name: String) {
+async fn serve_conn<S: Io>(mut sock: S, seen: Arc<Mutex<Vec<Arrived>>>, name: String) {
     let mut buf = Vec::new();
     loop {
         let Some(arrived) = read_request(&mut sock, &mut buf).await else {
@@ -146,7 +170,7 @@ async fn serve_conn(mut sock: TcpStream, seen: Arc<Mutex<Vec<Arrived>>>, name: S
 }
 
 /// Reads one request head off `sock`, leaving its body unread.
-async fn read_head(sock: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Arrived> {
+async fn read_head<S: Io>(sock: &mut S, buf: &mut Vec<u8>) -> Option<Arrived> {
     let head_len = loop {
         if let Some(i) = find(buf, b"\r\n\r\n") {
             break i + 4;
@@ -175,7 +199,7 @@ async fn read_head(sock: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Arrived> {
 }
 
 /// Reads one request off `sock` (bytes past it stay in `buf`).
-pub async fn read_request(sock: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Arrived> {
+pub async fn read_request<S: Io>(sock: &mut S, buf: &mut Vec<u8>) -> Option<Arrived> {
     let mut arrived = read_head(sock, buf).await?;
     let te = arrived.all("transfer-encoding");
     if te
@@ -196,7 +220,7 @@ pub async fn read_request(sock: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Arr
     Some(arrived)
 }
 
-async fn read_chunked(sock: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Vec<u8>> {
+async fn read_chunked<S: Io>(sock: &mut S, buf: &mut Vec<u8>) -> Option<Vec<u8>> {
     let mut body = Vec::new();
     loop {
         let line = read_line(sock, buf).await?;
@@ -217,7 +241,7 @@ async fn read_chunked(sock: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Vec<u8>
     }
 }
 
-async fn read_line(sock: &mut TcpStream, buf: &mut Vec<u8>) -> Option<String> {
+async fn read_line<S: Io>(sock: &mut S, buf: &mut Vec<u8>) -> Option<String> {
     loop {
         if let Some(i) = find(buf, b"\r\n") {
             let line = String::from_utf8_lossy(&buf[..i]).into_owned();
@@ -230,7 +254,7 @@ async fn read_line(sock: &mut TcpStream, buf: &mut Vec<u8>) -> Option<String> {
     }
 }
 
-async fn fill(sock: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
+async fn fill<S: Io>(sock: &mut S, buf: &mut Vec<u8>) -> bool {
     let mut chunk = [0u8; 16384];
     match sock.read(&mut chunk).await {
         Ok(0) | Err(_) => false,

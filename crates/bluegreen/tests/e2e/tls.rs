@@ -454,3 +454,94 @@ async fn idle_https_connections_close_after_idle_timeout_http2_too() {
         started.elapsed()
     );
 }
+
+/// A TLS server config for an upstream that serves `cert`.
+fn upstream_acceptor((cert, key): &(PathBuf, PathBuf)) -> tokio_rustls::TlsAcceptor {
+    use rustls::pki_types::pem::PemObject;
+    let chain = rustls::pki_types::CertificateDer::pem_file_iter(cert)
+        .unwrap()
+        .map(|c| c.unwrap())
+        .collect();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(key).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .unwrap();
+    tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn https_upstreams_get_the_request_as_sent_and_an_untrusted_one_is_unhealthy() {
+    let pki = Pki::new();
+    let app = pki.issue("app", &["app.internal"], false);
+    let blue = RawBackend::start("blue").await;
+    let green = RawBackend::start_tls("green", upstream_acceptor(&app)).await;
+    let green_tls = format!(
+        "\n[environments.green.tls]\nserver_name = \"app.internal\"\nca = \"{}\"\n",
+        pki.ca_file()
+    );
+    let router = RouterBuilder::addrs(vec![blue.addr], vec![green.addr])
+        .extra(&green_tls)
+        .start();
+    router.wait_all_healthy().await;
+    router.switch_to("green").await;
+
+    // What arrives over TLS is what the client sent: method, target, body,
+    // headers, and the client's Host.
+    let url = router.url("/orders/7?x=1&y=%2F");
+    let (code, out) = curl(&[
+        "-X",
+        "PUT",
+        "--data-binary",
+        "qty=2&note=a%20b",
+        "-H",
+        "X-Custom: yes",
+        &url,
+    ]);
+    assert_eq!((code, out.as_str()), (0, "green"), "{out}");
+    let got = green.wait_for(1).await;
+    assert_eq!(got[0].method, "PUT");
+    assert_eq!(got[0].target, "/orders/7?x=1&y=%2F");
+    assert_eq!(got[0].body, b"qty=2&note=a%20b");
+    assert_eq!(got[0].one("x-custom").as_deref(), Some("yes"));
+    assert_eq!(got[0].one("host"), Some(router.proxy.to_string()));
+    assert_eq!(got[0].one("x-forwarded-proto").as_deref(), Some("http"));
+
+    // An upstream whose certificate the configured CA did not sign is
+    // unhealthy (it never gets traffic), and says why.
+    let other = Pki::new();
+    let untrusted = format!(
+        "\n[environments.green.tls]\nserver_name = \"app.internal\"\nca = \"{}\"\n",
+        other.ca_file()
+    );
+    let router = RouterBuilder::addrs(vec![blue.addr], vec![green.addr])
+        .extra(&untrusted)
+        .start();
+    router.wait_until_live_healthy().await;
+    wait_until(
+        std::time::Duration::from_secs(10),
+        "green unhealthy",
+        || async {
+            router.status().await["sides"]["green"]["upstreams"][0]["health"] == "unhealthy"
+        },
+    )
+    .await;
+    let why = router.status().await["sides"]["green"]["upstreams"][0]["last_error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(why.contains("TLS handshake failed"), "{why}");
+    let (status, body) = router
+        .api(
+            "POST",
+            "/api/v1/switch",
+            Some("{\"to\":\"green\"}"),
+            Some(TOKEN),
+        )
+        .await;
+    assert_ne!(status, 200, "a switch to an untrusted side: {body}");
+}
