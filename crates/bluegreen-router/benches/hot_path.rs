@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 fn pool(side: Side, n: usize, balance: Balance) -> Arc<Pool> {
     let addrs: Vec<String> = (0..n).map(|i| format!("127.0.0.1:{}", 9000 + i)).collect();
-    Arc::new(Pool::new(side, &addrs, balance, 2, 3).unwrap())
+    Arc::new(Pool::new(side, &addrs, balance, 2, 3, None).unwrap())
 }
 
 fn snapshot() -> ArcSwap<Snapshot> {
