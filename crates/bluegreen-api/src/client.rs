@@ -5,8 +5,10 @@ use bluegreen_core::error_chain;
 use bytes::Bytes;
 use http::{header, Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
+use rustls::RootCertStore;
 use serde::de::DeserializeOwned;
 use std::time::Duration;
 
@@ -15,7 +17,23 @@ pub struct AdminClient {
     base: String,
     token: Option<String>,
     actor: String,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+}
+
+/// HTTP, or HTTPS checked against `roots`.
+fn https(roots: RootCertStore) -> HttpsConnector<HttpConnector> {
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("ring supports the default versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    HttpsConnectorBuilder::new()
+        .with_tls_config(config)
+        .https_or_http()
+        .enable_http1()
+        .build()
 }
 
 /// Why a call failed.
@@ -34,14 +52,49 @@ pub enum ClientError {
 }
 
 impl AdminClient {
-    /// `base` is like `http://127.0.0.1:9901`.
+    /// `base` is like `http://127.0.0.1:9901` (or `https://…`, checked
+    /// against the system's roots).
     pub fn new(base: &str, token: Option<String>, actor: String) -> AdminClient {
-        AdminClient {
+        Self::with_ca(base, token, actor, None).expect("without a CA file nothing is read")
+    }
+
+    /// The same, trusting the PEM certificates in `ca` (a private admin
+    /// certificate, or its CA) instead of the system's roots.
+    pub fn with_ca(
+        base: &str,
+        token: Option<String>,
+        actor: String,
+        ca: Option<&std::path::Path>,
+    ) -> Result<AdminClient, ClientError> {
+        let unreadable = |reason: String| ClientError::Unreachable {
+            url: base.to_string(),
+            reason,
+        };
+        let mut roots = RootCertStore::empty();
+        match ca {
+            Some(path) => {
+                use rustls::pki_types::pem::PemObject;
+                let certs = rustls::pki_types::CertificateDer::pem_file_iter(path)
+                    .map_err(|e| unreadable(format!("--admin-ca {}: {e}", path.display())))?;
+                for c in certs {
+                    let c =
+                        c.map_err(|e| unreadable(format!("--admin-ca {}: {e}", path.display())))?;
+                    roots
+                        .add(c)
+                        .map_err(|e| unreadable(format!("--admin-ca {}: {e}", path.display())))?;
+                }
+            }
+            None if base.starts_with("https:") => {
+                roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+            }
+            None => {}
+        }
+        Ok(AdminClient {
             base: base.trim_end_matches('/').to_string(),
             token,
             actor,
-            client: Client::builder(TokioExecutor::new()).build_http(),
-        }
+            client: Client::builder(TokioExecutor::new()).build(https(roots)),
+        })
     }
 
     /// GET a JSON document.

@@ -48,6 +48,10 @@ pub struct AdminArgs {
     /// Bearer token for the admin API.
     #[arg(long, env = "BLUEGREEN_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// PEM certificate(s) to trust for an `https://` admin API (its own
+    /// certificate or its CA); default: the system's roots.
+    #[arg(long, env = "BLUEGREEN_ADMIN_CA")]
+    pub admin_ca: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

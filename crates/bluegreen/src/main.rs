@@ -4,6 +4,7 @@
 //! `bluegreen-router` ← `bluegreen-api` ← this binary (CLI, serve, demo).
 #![forbid(unsafe_code)]
 
+mod admin;
 mod app;
 mod cli;
 mod commands;

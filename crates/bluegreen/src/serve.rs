@@ -120,6 +120,13 @@ pub async fn start(config: Config, token: &str) -> anyhow::Result<Running> {
         )),
         None => None,
     };
+    let admin_tls = match &config.admin.tls {
+        Some(pair) => Some(
+            bluegreen_router::tls::admin_acceptor(pair)
+                .map_err(|e| anyhow::anyhow!("admin.tls: {e}"))?,
+        ),
+        None => None,
+    };
     let deploy = config.deploy.clone();
     let acme_store = store.clone();
     let router = Router::new(config, store.clone())?;
@@ -221,15 +228,12 @@ pub async fn start(config: Config, token: &str) -> anyhow::Result<Running> {
         p.start_up().await?;
     }
     let app = bluegreen_api::app(router.clone(), pipeline.clone(), token);
-    let admin_stop = stop.clone();
-    let admin_task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(admin, app)
-            .with_graceful_shutdown(admin_stop.cancelled_owned())
-            .await
-        {
-            tracing::error!(error = %e, "admin API stopped");
-        }
+    let admin_tls = admin_tls.map(|(acceptor, certs)| {
+        // Watched like the edge's certificates (the watcher logs changes).
+        bluegreen_router::tls::watch(certs, Arc::new(|_| {}), stop.clone());
+        acceptor
     });
+    let admin_task = tokio::spawn(crate::admin::serve(admin, app, admin_tls, stop.clone()));
     tracing::info!(proxy = %proxy_local, preview = ?preview_local, admin = %admin_local, live = %router.live(), "router started");
     Ok(Running {
         router,

@@ -102,6 +102,9 @@ pub struct AdminConfig {
     pub listen: SocketAddr,
     /// Environment variable holding the bearer token.
     pub token_env: String,
+    /// HTTPS for the admin API (required when it listens beyond loopback,
+    /// unless `allow_remote_plaintext`).
+    pub tls: Option<CertificatePair>,
 }
 
 /// Where the embedded store keeps its files.
@@ -236,6 +239,14 @@ struct RawAdmin {
     listen: Option<String>,
     token_env: Option<String>,
     allow_remote: Option<bool>,
+    allow_remote_plaintext: Option<bool>,
+    tls: Option<RawAdminTls>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawAdminTls {
+    cert: String,
+    key: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -356,7 +367,7 @@ impl Config {
 
 fn validate(raw: RawConfig, base: &Path, c: &mut Checker) -> Config {
     let proxy = validate_proxy(&raw.proxy, c);
-    let admin = validate_admin(&raw.admin, c);
+    let admin = validate_admin(&raw.admin, base, c);
     let health = validate_health(&raw.health, c);
     let mut ours = vec![
         ("proxy.listen", proxy.listen),

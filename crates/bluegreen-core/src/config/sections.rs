@@ -1,8 +1,11 @@
 //! Validation of the small tables: `[proxy]`, `[admin]`, `[health]`.
 
 use super::checker::Checker;
-use super::{AdminConfig, Balance, HealthConfig, ProxyConfig, RawAdmin, RawHealth, RawProxy};
+use super::{
+    AdminConfig, Balance, CertificatePair, HealthConfig, ProxyConfig, RawAdmin, RawHealth, RawProxy,
+};
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
 pub(super) fn validate_proxy(raw: &RawProxy, c: &mut Checker) -> ProxyConfig {
@@ -90,7 +93,7 @@ fn trusted_proxies(raw: &[String], c: &mut Checker) -> Vec<ipnet::IpNet> {
     nets
 }
 
-pub(super) fn validate_admin(raw: &RawAdmin, c: &mut Checker) -> AdminConfig {
+pub(super) fn validate_admin(raw: &RawAdmin, base: &Path, c: &mut Checker) -> AdminConfig {
     let default = SocketAddr::from(([127, 0, 0, 1], 9901));
     let listen = raw
         .listen
@@ -113,7 +116,42 @@ pub(super) fn validate_admin(raw: &RawAdmin, c: &mut Checker) -> AdminConfig {
             format!("{token_env:?} is not a valid environment variable name"),
         );
     }
-    AdminConfig { listen, token_env }
+    let tls = raw.tls.as_ref().and_then(|t| {
+        let mut file = |what: &str, f: &str| {
+            let path = base.join(f);
+            match std::fs::metadata(&path) {
+                Ok(m) if m.is_file() => Some(path),
+                _ => {
+                    c.issue(
+                        format!("admin.tls.{what}"),
+                        format!("cannot read {}", path.display()),
+                    );
+                    None
+                }
+            }
+        };
+        let (cert, key) = (file("cert", &t.cert), file("key", &t.key));
+        Some(CertificatePair {
+            cert: cert?,
+            key: key?,
+        })
+    });
+    // The bearer token must not cross a network in clear by accident.
+    if !listen.ip().is_loopback()
+        && raw.allow_remote == Some(true)
+        && raw.tls.is_none()
+        && raw.allow_remote_plaintext != Some(true)
+    {
+        c.issue(
+            "admin.tls",
+            format!("the admin API listens on {listen}, beyond this host, without TLS: its bearer token would cross the network in clear. Set admin.tls = {{ cert = \"admin.pem\", key = \"admin.key\" }}, or admin.allow_remote_plaintext = true if a tunnel or private network already protects it"),
+        );
+    }
+    AdminConfig {
+        listen,
+        token_env,
+        tls,
+    }
 }
 
 pub(super) fn validate_health(raw: &RawHealth, c: &mut Checker) -> HealthConfig {

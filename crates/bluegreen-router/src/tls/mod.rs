@@ -55,8 +55,23 @@ pub fn acceptor(config: &TlsConfig) -> Result<(TlsAcceptor, Arc<CertStore>), Str
     Ok((TlsAcceptor::from(Arc::new(server)), certs))
 }
 
+/// The admin API's HTTPS: its one certificate (watched like the edge's),
+/// TLS 1.2 and 1.3, HTTP/1.1 only (what the admin server speaks).
+pub fn admin_acceptor(
+    pair: &bluegreen_core::config::CertificatePair,
+) -> Result<(TlsAcceptor, Arc<CertStore>), String> {
+    let certs = Arc::new(CertStore::new(std::slice::from_ref(pair))?);
+    let mut server = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("tls: {e}"))?
+        .with_no_client_auth()
+        .with_cert_resolver(certs.clone());
+    server.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok((TlsAcceptor::from(Arc::new(server)), certs))
+}
+
 /// How long a client may take to finish its handshake.
-const HANDSHAKE: Duration = Duration::from_secs(10);
+pub const HANDSHAKE: Duration = Duration::from_secs(10);
 
 /// Open responses on one HTTPS connection and when the last one ended: an
 /// idle connection (HTTP/2 included, whose pings keep it alive otherwise) is

@@ -33,7 +33,15 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 pub(crate) fn client(args: &AdminArgs) -> AdminClient {
-    AdminClient::new(&args.admin, args.token.clone(), actor())
+    let ca = args.admin_ca.as_deref();
+    match AdminClient::with_ca(&args.admin, args.token.clone(), actor(), ca) {
+        Ok(c) => c,
+        Err(e) => {
+            // An unreadable --admin-ca: nothing can be asked of the router.
+            eprintln!("error: {e}");
+            std::process::exit(EXIT_ERROR.into())
+        }
+    }
 }
 
 /// Who runs this command, for the history: `BLUEGREEN_ACTOR` when set (a CI
@@ -93,15 +101,32 @@ pub fn check(path: &Path) -> ExitCode {
 /// Loads `[tls]` certificates as `serve` will (chain, key, names, expiry);
 /// a problem is printed as a config problem naming the file.
 pub fn certificates(cfg: &Config, path: &Path) -> Result<(), ()> {
-    let Some(tls) = &cfg.tls else { return Ok(()) };
-    bluegreen_router::tls::acceptor(tls)
-        .map(|_| ())
-        .map_err(|e| {
-            eprintln!(
-                "error: invalid config {}: 1 problem\n  - tls.certificates: {e}",
-                path.display()
-            );
-        })
+    let edge = cfg.tls.as_ref().map(|tls| {
+        bluegreen_router::tls::acceptor(tls)
+            .map(|_| ())
+            .map_err(|e| format!("tls.certificates: {e}"))
+    });
+    let admin = cfg.admin.tls.as_ref().map(|pair| {
+        bluegreen_router::tls::admin_acceptor(pair)
+            .map(|_| ())
+            .map_err(|e| format!("admin.tls: {e}"))
+    });
+    let problems: Vec<String> = [edge, admin]
+        .into_iter()
+        .flatten()
+        .filter_map(Result::err)
+        .collect();
+    if problems.is_empty() {
+        return Ok(());
+    }
+    eprintln!(
+        "error: invalid config {}: {} problem{}\n  - {}",
+        path.display(),
+        problems.len(),
+        if problems.len() == 1 { "" } else { "s" },
+        problems.join("\n  - ")
+    );
+    Err(())
 }
 
 fn outcome(

@@ -75,6 +75,20 @@ fn bad_configs_are_rejected_with_file_key_and_reason() {
             "environments.green.upstreams: must list at least one upstream",
         ),
         (
+            "remote admin without TLS",
+            good()
+                .replace(
+                    "token_env = \"BG_TEST_TOKEN\"",
+                    "token_env = \"BG_TEST_TOKEN\"\nallow_remote = true",
+                )
+                .replacen(
+                    "listen = \"127.0.0.1:0\"\ntoken_env",
+                    "listen = \"0.0.0.0:0\"\ntoken_env",
+                    1,
+                ),
+            "admin.tls: the admin API listens on 0.0.0.0:0, beyond this host, without TLS",
+        ),
+        (
             "bad duration",
             good().replace("drain_timeout = \"5s\"", "drain_timeout = \"five seconds\""),
             "switch.drain_timeout: invalid duration",

@@ -349,6 +349,7 @@ pub struct RouterBuilder {
     extra: String,
     env: Vec<(String, String)>,
     listen: Option<SocketAddr>,
+    admin: String,
 }
 
 impl RouterBuilder {
@@ -364,6 +365,7 @@ impl RouterBuilder {
             extra: String::new(),
             env: Vec::new(),
             listen: None,
+            admin: String::new(),
         }
     }
 
@@ -379,6 +381,13 @@ impl RouterBuilder {
     /// `proxy.listen` on this address rather than a port of its own choosing.
     pub fn listen(mut self, addr: SocketAddr) -> Self {
         self.listen = Some(addr);
+        self
+    }
+
+    /// Extra lines for the `[admin]` table.
+    pub fn admin(mut self, lines: &str) -> Self {
+        self.admin.push_str(lines);
+        self.admin.push('\n');
         self
     }
 
@@ -431,11 +440,12 @@ impl RouterBuilder {
         };
         format!(
             "[proxy]\nlisten = \"{listen}\"\npreview_listen = \"127.0.0.1:0\"\nupstream_timeout = \"{timeout}\"\n{extra}\n\
-             [admin]\nlisten = \"127.0.0.1:0\"\ntoken_env = \"BG_TEST_TOKEN\"\n\n\
+             [admin]\nlisten = \"127.0.0.1:0\"\ntoken_env = \"BG_TEST_TOKEN\"\n{admin}\n\
              [state]\ndir = \"{state}\"\n\n[health]\npath = \"/healthz\"\n{health}\n\n\
              [environments.blue]\nupstreams = [{blue}]\n\n[environments.green]\nupstreams = [{green}]\n\n\
              [switch]\ndrain_timeout = \"{drain}\"\n{extra_toml}\n",
             extra = self.extra_proxy,
+            admin = self.admin,
             listen = self
                 .listen
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),

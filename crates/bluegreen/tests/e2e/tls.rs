@@ -545,3 +545,67 @@ async fn https_upstreams_get_the_request_as_sent_and_an_untrusted_one_is_unhealt
         .await;
     assert_ne!(status, 200, "a switch to an untrusted side: {body}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_admin_api_speaks_https_and_the_cli_checks_its_certificate() {
+    let pki = Pki::new();
+    let (cert, key) = pki.issue("admin", &["localhost"], false);
+    let blue = Backend::start("blue").await;
+    let green = Backend::start("green").await;
+    let router = RouterBuilder::new(&[&blue], &[&green])
+        .admin(&format!(
+            "tls = {{ cert = \"{}\", key = \"{}\" }}",
+            cert.display(),
+            key.display()
+        ))
+        .start();
+    let base = format!("https://localhost:{}", router.admin.port());
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(bin())
+            .args(args)
+            .env("BLUEGREEN_ADMIN", &base)
+            .env("BLUEGREEN_TOKEN", TOKEN)
+            .env_remove("BLUEGREEN_ADMIN_CA")
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // The CLI over HTTPS, trusting the admin certificate's CA.
+    let ca = pki.ca_file();
+    let mut status = (0, String::new(), String::new());
+    for _ in 0..100 {
+        status = run(&["status", "--json", "--admin-ca", &ca]);
+        if status.0 == 0 && status.1.contains("\"healthy\": 1") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(status.0, 0, "{status:?}");
+    let (code, out, err) = run(&["switch", "--to", "green", "--admin-ca", &ca]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out) = curl(&[&router.url("/")]);
+    assert_eq!((code, out.as_str()), (0, "green"));
+    // Without the CA the certificate is not trusted, and nothing happens.
+    let (code, _, err) = run(&["switch", "--to", "blue"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("certificate"), "{err}");
+    // Plain HTTP to the admin port gets nothing.
+    let (code, _) = curl(&[&format!(
+        "http://127.0.0.1:{}/api/v1/status",
+        router.admin.port()
+    )]);
+    assert_ne!(code, 0);
+    let (code, out) = curl(&[
+        "--cacert",
+        &ca,
+        "-H",
+        &format!("authorization: Bearer {TOKEN}"),
+        &format!("{base}/api/v1/status"),
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("\"live\":\"green\""), "{out}");
+}
