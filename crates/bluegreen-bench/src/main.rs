@@ -14,6 +14,7 @@
 mod load;
 mod procs;
 mod report;
+mod tls;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
@@ -130,7 +131,9 @@ fn main() -> Result<()> {
         }
     }
 
-    // 2. The one upstream every proxy forwards to.
+    // 2. The one upstream every proxy forwards to, and the one certificate
+    //    every proxy serves over HTTPS.
+    tls::certificate(&env)?;
     let upstream = Upstream::start(&env)?;
     let mut report = Report::new(
         &args.quick,
@@ -145,7 +148,9 @@ fn main() -> Result<()> {
     // 3. Each proxy in turn, the same parts in the same order.
     let only = std::env::var("BENCH_ONLY").ok();
     for kind in [Kind::Direct, Kind::Bluegreen, Kind::Nginx, Kind::Haproxy] {
-        if only.as_deref().is_some_and(|o| o != kind.name()) {
+        if only.as_deref().is_some_and(|o| o != kind.name())
+            || std::env::var("BENCH_PARTS").is_ok_and(|p| p == "tls")
+        {
             continue;
         }
         eprintln!("== {}", kind.name());
@@ -203,6 +208,27 @@ fn main() -> Result<()> {
         drop(proxy);
         report.rows.push(row);
     }
+    // HTTPS: keep-alive, full handshakes, HTTP/2.
+    if std::env::var("BENCH_PARTS").is_err()
+        || std::env::var("BENCH_PARTS").is_ok_and(|p| p == "tls")
+    {
+        for kind in [Kind::Bluegreen, Kind::Nginx, Kind::Haproxy] {
+            if only.as_deref().is_some_and(|o| o != kind.name()) {
+                continue;
+            }
+            eprintln!("== {} over TLS", kind.name());
+            let proxy = Proxy::start(kind, &env, upstream.blue, upstream.green)?;
+            let measured = tls::measure(&env, &proxy, plan.wrk_secs, plan.conns)?;
+            match report.rows.iter_mut().find(|r| r.name == kind.name()) {
+                Some(row) => row.tls = Some(measured),
+                None => {
+                    let mut row = Row::new(kind.name());
+                    row.tls = Some(measured);
+                    report.rows.push(row);
+                }
+            }
+        }
+    }
     drop(upstream);
 
     // 4. WebSockets across a switch, with WebSocket-capable upstreams.
@@ -240,10 +266,15 @@ pub struct Wrk {
 }
 
 fn wrk(env: &Env, proxy: &Proxy, path: &str, secs: u64, conns: usize) -> Result<Wrk> {
-    let script = env.conf.join("../percentiles.lua");
     let url = format!("http://127.0.0.1:{}{path}", proxy.port);
+    wrk_url(env, &url, secs, conns, &[])
+}
+
+/// wrk against any URL (`https://` too), with extra arguments (`-H …`).
+pub fn wrk_url(env: &Env, url: &str, secs: u64, conns: usize, extra: &[&str]) -> Result<Wrk> {
+    let script = env.conf.join("../percentiles.lua");
     let mut cmd = Command::new("taskset");
-    let args = vec![
+    let mut args = vec![
         "-c".to_string(),
         env.load_cpus.clone(),
         "wrk".into(),
@@ -254,8 +285,9 @@ fn wrk(env: &Env, proxy: &Proxy, path: &str, secs: u64, conns: usize) -> Result<
         "5s".into(),
         "-s".into(),
         script.display().to_string(),
-        url,
     ];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    args.push(url.to_string());
     let args: Vec<String> = if env.load_cpus.is_empty() {
         args[2..].to_vec()
     } else {

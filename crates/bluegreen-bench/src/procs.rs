@@ -135,6 +135,8 @@ impl Drop for Upstream {
 pub struct Proxy {
     pub kind: Kind,
     pub port: u16,
+    /// The HTTPS listener (same certificate for every proxy).
+    pub tls_port: u16,
     blue: u16,
     green: u16,
     admin: u16,
@@ -153,7 +155,13 @@ impl Proxy {
             free_port()?
         };
         let admin = free_port()?;
+        let tls_port = free_port()?;
+        let file = |n: &str| env.dir.join(n).display().to_string();
         let vars = vec![
+            ("TLS_PORT", tls_port.to_string()),
+            ("CERT", file("tls.crt")),
+            ("KEY", file("tls.key")),
+            ("PEM", file("tls.pem")),
             ("PORT", port.to_string()),
             ("ADMIN_PORT", admin.to_string()),
             ("BLUE_PORT", blue.to_string()),
@@ -212,9 +220,13 @@ impl Proxy {
                 .unwrap_or_default();
             bail!("{e}; its stderr:\n{log}");
         }
+        if kind != Kind::Direct {
+            wait_listening(tls_port, "its HTTPS listener")?;
+        }
         let mut p = Proxy {
             kind,
             port,
+            tls_port,
             blue,
             green,
             admin,

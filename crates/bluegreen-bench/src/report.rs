@@ -30,6 +30,8 @@ pub struct Row {
     pub switching: Option<Switching>,
     /// Alive after the switch, opened.
     pub websockets: Option<(usize, usize)>,
+    /// HTTPS: keep-alive, handshakes, HTTP/2.
+    pub tls: Option<crate::tls::Measured>,
 }
 
 impl Row {
@@ -46,6 +48,7 @@ impl Row {
             rss_conns: None,
             switching: None,
             websockets: None,
+            tls: None,
         }
     }
 }
@@ -322,6 +325,8 @@ impl Report {
                 let _ = writeln!(o, "| {} | {opened} | {alive} |", r.name);
             }
         }
+
+        crate::tls::render(&mut o, &self.rows);
 
         let _ = writeln!(o, "\n## Ratios (bluegreen / peer, same run)\n");
         let _ = writeln!(o, "| metric | / nginx | / HAProxy | / direct |");

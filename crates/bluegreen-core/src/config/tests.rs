@@ -173,7 +173,23 @@ fn admin_off_loopback_needs_explicit_opt_in() {
     let text = GOOD.replace("listen = \"127.0.0.1:9901\"", "listen = \"0.0.0.0:9901\"");
     assert!(problems(&text).contains("admin.allow_remote"));
     let text = text.replace("token_env", "allow_remote = true\ntoken_env");
-    assert!(parse(&text).is_ok());
+    // Remote, the bearer token needs TLS, or an explicit plaintext opt-in.
+    assert!(problems(&text).contains("admin.tls: the admin API listens on 0.0.0.0:9901"));
+    let plain = text.replace("token_env", "allow_remote_plaintext = true\ntoken_env");
+    assert!(parse(&plain).is_ok());
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["a.pem", "a.key"] {
+        std::fs::write(dir.path().join(f), "x").unwrap();
+    }
+    let tls = text.replace(
+        "token_env",
+        &format!(
+            "tls = {{ cert = \"{0}/a.pem\", key = \"{0}/a.key\" }}\ntoken_env",
+            dir.path().display()
+        ),
+    );
+    let cfg = parse(&tls).unwrap();
+    assert_eq!(cfg.admin.tls.unwrap().cert, dir.path().join("a.pem"));
 }
 
 #[test]
