@@ -43,6 +43,9 @@ pub fn acceptor(config: &TlsConfig) -> Result<(TlsAcceptor, Arc<CertStore>), Str
         .with_no_client_auth()
         .with_cert_resolver(certs.clone());
     server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // Returning clients resume with a ticket instead of a full handshake
+    // (keys rotate every 6 hours, held only in memory).
+    server.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| format!("tls: {e}"))?;
     if config
         .acme
         .as_ref()

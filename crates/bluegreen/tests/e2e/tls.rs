@@ -609,3 +609,54 @@ async fn the_admin_api_speaks_https_and_the_cli_checks_its_certificate() {
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("\"live\":\"green\""), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_returning_client_resumes_its_session() {
+    use rustls::pki_types::pem::PemObject;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pki = Pki::new();
+    let shop = pki.issue("shop", &["shop.test"], false);
+    let blue = Backend::start("blue").await;
+    let green = Backend::start("green").await;
+    let router = RouterBuilder::new(&[&blue], &[&green])
+        .extra(&tls_toml(&[shop], ""))
+        .start();
+    router.wait_all_healthy().await;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_file_iter(pki.ca_file()).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    // One client config: its session store keeps the tickets it is given.
+    let config = std::sync::Arc::new(
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    );
+    let connector = tokio_rustls::TlsConnector::from(config);
+    let mut kinds = Vec::new();
+    for path in ["/first", "/second"] {
+        let tcp = tokio::net::TcpStream::connect(router.https.unwrap())
+            .await
+            .unwrap();
+        let name = rustls::pki_types::ServerName::try_from("shop.test").unwrap();
+        let mut tls = connector.connect(name, tcp).await.unwrap();
+        let req = format!("GET {path} HTTP/1.1\r\nhost: shop.test\r\nconnection: close\r\n\r\n");
+        tls.write_all(req.as_bytes()).await.unwrap();
+        let mut resp = Vec::new();
+        let _ = tls.read_to_end(&mut resp).await;
+        let text = String::from_utf8_lossy(&resp);
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        kinds.push(tls.get_ref().1.handshake_kind());
+    }
+    assert_eq!(
+        kinds,
+        vec![
+            Some(rustls::HandshakeKind::Full),
+            Some(rustls::HandshakeKind::Resumed)
+        ]
+    );
+}
