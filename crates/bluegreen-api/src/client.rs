@@ -49,6 +49,8 @@ pub enum ClientError {
     },
     #[error("unexpected answer from {url}: {reason}")]
     Protocol { url: String, reason: String },
+    #[error("{0}")]
+    Setup(String),
 }
 
 impl AdminClient {
@@ -66,10 +68,7 @@ impl AdminClient {
         actor: String,
         ca: Option<&std::path::Path>,
     ) -> Result<AdminClient, ClientError> {
-        let unreadable = |reason: String| ClientError::Unreachable {
-            url: base.to_string(),
-            reason,
-        };
+        let unreadable = |reason: String| ClientError::Setup(reason);
         let mut roots = RootCertStore::empty();
         match ca {
             Some(path) => {
@@ -82,6 +81,12 @@ impl AdminClient {
                     roots
                         .add(c)
                         .map_err(|e| unreadable(format!("--admin-ca {}: {e}", path.display())))?;
+                }
+                if roots.is_empty() {
+                    return Err(unreadable(format!(
+                        "--admin-ca {}: holds no PEM certificate",
+                        path.display()
+                    )));
                 }
             }
             None if base.starts_with("https:") => {

@@ -99,6 +99,9 @@ pub struct Pipeline {
     run: Mutex<Option<Arc<RunHandle>>>,
     supervisor: Option<Arc<Supervisor>>,
     decommission_timer: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Cancelled to suspend the running deploy for a handover to a new
+    /// process (it stops where it is, as at a crash; the new one resumes).
+    suspend: Mutex<CancellationToken>,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -152,6 +155,7 @@ impl Pipeline {
             run: Mutex::new(None),
             supervisor,
             decommission_timer: Mutex::new(None),
+            suspend: Mutex::new(CancellationToken::new()),
         }))
     }
 
@@ -167,12 +171,56 @@ impl Pipeline {
         if let Some(d) = book.current.as_ref().filter(|d| !d.is_finished()) {
             tracing::info!(id = d.id, version = %d.version, step = ?d.next_step(), "resuming the interrupted deploy");
             let handle = self.new_handle(d.id, d.from);
-            tokio::spawn(runner::run(self.clone(), handle));
+            self.spawn_run(handle);
         }
         if let Some(p) = book.pending_decommission.clone() {
             self.arm_decommission(p);
         }
         Ok(())
+    }
+
+    /// Runs a deploy until it ends or the pipeline is suspended.
+    fn spawn_run(self: &Arc<Self>, handle: Arc<RunHandle>) {
+        let suspend = self
+            .suspend
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let run = runner::run(self.clone(), handle);
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = run => {}
+                _ = suspend.cancelled() => tracing::info!("deploy suspended for the handover to a new process"),
+            }
+        });
+    }
+
+    /// Stops the running deploy and the decommission timer where they are,
+    /// writing nothing: the state on disk is what a new process resumes
+    /// from (a hitless upgrade), exactly as after a crash.
+    pub async fn suspend(&self) {
+        if let Some(s) = &self.supervisor {
+            s.detach().await;
+        }
+        self.suspend
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .cancel();
+        if let Some(h) = self
+            .decommission_timer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            h.abort();
+        }
+    }
+
+    /// Picks up again after a handover that did not happen: the apps are
+    /// adopted again and the deploy resumes from its record.
+    pub async fn resume(self: &Arc<Self>) -> Result<(), PipelineError> {
+        *self.suspend.lock().unwrap_or_else(|p| p.into_inner()) = CancellationToken::new();
+        self.start_up().await
     }
 
     fn new_handle(&self, id: u64, from: Side) -> Arc<RunHandle> {
@@ -226,7 +274,7 @@ impl Pipeline {
         drop(book);
         tracing::info!(id, %version, target = %record.target, "deploy started");
         let handle = self.new_handle(id, from);
-        tokio::spawn(runner::run(self.clone(), handle));
+        self.spawn_run(handle);
         Ok(record)
     }
 

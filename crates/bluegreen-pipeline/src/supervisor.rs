@@ -69,6 +69,8 @@ pub struct Supervisor {
     /// Orders writes of the table: each writes the state as of its turn.
     writes: tokio::sync::Mutex<()>,
     monitors: tokio::sync::Mutex<Sides<Vec<Monitor>>>,
+    /// The log rotation task runs (once per process).
+    rotating: std::sync::atomic::AtomicBool,
 }
 
 /// Supervisor failures.
@@ -115,6 +117,7 @@ impl Supervisor {
             table: Mutex::new(table),
             writes: tokio::sync::Mutex::new(()),
             monitors: tokio::sync::Mutex::new(Sides::default()),
+            rotating: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 
@@ -191,7 +194,12 @@ impl Supervisor {
 
     /// Re-adopts recorded processes that still run; restarts the others.
     pub async fn adopt(self: &Arc<Self>) -> Result<(), SupervisorError> {
-        self.spawn_log_rotation();
+        if !self
+            .rotating
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            self.spawn_log_rotation();
+        }
         let table = self.table();
         let mut monitors = self.monitors.lock().await;
         for side in Side::ALL {
@@ -210,6 +218,18 @@ impl Supervisor {
             }
         }
         Ok(())
+    }
+
+    /// Stops watching the app processes without touching them: a new
+    /// process takes them over (a hitless upgrade) and `adopt` takes them
+    /// back if it does not.
+    pub async fn detach(&self) {
+        let mut monitors = self.monitors.lock().await;
+        for side in Side::ALL {
+            for m in monitors[side].drain(..) {
+                m.handle.abort();
+            }
+        }
     }
 
     /// Replaces whatever runs on `side` with `version`: stops the old

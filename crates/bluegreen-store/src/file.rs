@@ -4,7 +4,7 @@
 use crate::{StateStore, StoreError};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -14,19 +14,43 @@ const LOCK_FILE: &str = "lock";
 /// directory for its lifetime so two routers never share one state.
 pub struct FileStore {
     dir: PathBuf,
-    /// Serialises writers inside this process; the lock file excludes others.
-    write: Mutex<()>,
-    _lock: File,
+    /// Serialises writers inside this process; the lock file excludes
+    /// others. `false` once the lock was handed to a new process (a hitless
+    /// upgrade): nothing may be written then.
+    write: Mutex<bool>,
+    lock: File,
 }
 
 impl FileStore {
+    /// Opens a state directory, waiting up to `patience` for its lock (a
+    /// process handing over to us releases it in a moment).
+    pub fn open_waiting(
+        dir: &Path,
+        patience: std::time::Duration,
+    ) -> Result<FileStore, StoreError> {
+        let deadline = std::time::Instant::now() + patience;
+        loop {
+            match FileStore::open(dir) {
+                Err(StoreError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Opens (creating if needed) a state directory and locks it.
     pub fn open(dir: &Path) -> Result<FileStore, StoreError> {
         let io = |source| StoreError::Io {
             path: dir.to_path_buf(),
             source,
         };
-        fs::create_dir_all(dir).map_err(io)?;
+        // Private from the start: it will hold ACME keys.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io)?;
         let lock = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -44,8 +68,8 @@ impl FileStore {
         }
         Ok(FileStore {
             dir: dir.to_path_buf(),
-            write: Mutex::new(()),
-            _lock: lock,
+            write: Mutex::new(true),
+            lock,
         })
     }
 
@@ -66,8 +90,11 @@ impl StateStore for FileStore {
     }
 
     fn put(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
-        let _guard = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        let guard = self.write.lock().unwrap_or_else(|p| p.into_inner());
         let path = self.locate(key);
+        if !*guard {
+            return Err(StoreError::HandedOver { path });
+        }
         let tmp = self.dir.join(format!(".{key}.json.tmp"));
         let io = |source| StoreError::Io {
             path: path.clone(),
@@ -77,8 +104,7 @@ impl StateStore for FileStore {
         // 0600: state holds ACME account and certificate keys.
         let mut f = OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(0o600)
             .open(&tmp)
             .map_err(io)?;
@@ -96,6 +122,32 @@ impl StateStore for FileStore {
     fn locate(&self, key: &str) -> PathBuf {
         self.dir.join(format!("{key}.json"))
     }
+
+    fn release(&self) -> Result<(), StoreError> {
+        let mut writable = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        *writable = false;
+        self.lock.unlock().map_err(|source| StoreError::Io {
+            path: self.dir.join(LOCK_FILE),
+            source,
+        })
+    }
+
+    fn reacquire(&self) -> Result<(), StoreError> {
+        let mut writable = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        match self.lock.try_lock() {
+            Ok(()) => {
+                *writable = true;
+                Ok(())
+            }
+            Err(fs::TryLockError::WouldBlock) => Err(StoreError::Locked {
+                path: self.dir.clone(),
+            }),
+            Err(fs::TryLockError::Error(source)) => Err(StoreError::Io {
+                path: self.dir.join(LOCK_FILE),
+                source,
+            }),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -104,6 +156,25 @@ mod tests {
     use crate::{load_router, save_router, ROUTER_KEY};
     use bluegreen_core::state::{RouterState, SwitchKind, SwitchRequest};
     use bluegreen_core::Side;
+
+    #[test]
+    fn a_released_store_writes_nothing_until_it_is_reacquired() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = FileStore::open(dir.path()).unwrap();
+        old.put("k", b"1").unwrap();
+        old.release().unwrap();
+        assert!(matches!(
+            old.put("k", b"2"),
+            Err(StoreError::HandedOver { .. })
+        ));
+        // The next process gets the lock; while it holds it, the old cannot.
+        let new = FileStore::open_waiting(dir.path(), std::time::Duration::from_secs(1)).unwrap();
+        assert_eq!(new.get("k").unwrap().as_deref(), Some(&b"1"[..]));
+        assert!(matches!(old.reacquire(), Err(StoreError::Locked { .. })));
+        drop(new);
+        old.reacquire().unwrap();
+        old.put("k", b"3").unwrap();
+    }
 
     #[test]
     fn save_then_load_round_trips() {

@@ -28,6 +28,16 @@ pub trait StateStore: Send + Sync + 'static {
     fn put(&self, key: &str, value: &[u8]) -> Result<(), StoreError>;
     /// Where a key lives, for messages.
     fn locate(&self, key: &str) -> PathBuf;
+    /// Hands the state to another process (a hitless upgrade): every later
+    /// `put` fails until `reacquire`. A store without a process-exclusive
+    /// lock has nothing to hand over.
+    fn release(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// Takes the state back after a handover that did not happen.
+    fn reacquire(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// Store failures, each naming the file involved.
@@ -51,6 +61,8 @@ pub enum StoreError {
         "state dir {path} is in use by another bluegreen process (lock file {path}/lock is held)"
     )]
     Locked { path: PathBuf },
+    #[error("not written to {path}: the state was handed to a new bluegreen process (upgrade)")]
+    HandedOver { path: PathBuf },
 }
 
 /// Reads a JSON document; a value that does not parse is `Corrupt`.

@@ -196,15 +196,25 @@ pub async fn start(config: Config, token: &str) -> anyhow::Result<Running> {
         bluegreen_router::tls::watch(certs.clone(), announce, stop.clone());
         // ACME obtains and renews its certificate in the background; until
         // the first one arrives, handshakes for its names use the files' (or fail).
-        if let Some(acme) = t.acme {
+        let acme = t.acme.map(|acme| {
             let acme = Arc::new(Acme::new(acme, acme_store, certs));
             router.set_acme(acme.clone());
-            let r = router.clone();
-            let announce = Arc::new(move |ok, detail| r.events.emit(Event::Tls { ok, detail }));
-            acme.spawn(announce, stop.clone());
-        }
-        a
+            acme
+        });
+        (a, acme)
     });
+    let (acceptor, acme) = match acceptor {
+        Some((a, acme)) => (Some(a), acme),
+        None => (None, None),
+    };
+    if let Some(acme) = acme {
+        // The stored certificate is in use before the first handshake.
+        let r = router.clone();
+        let announce: bluegreen_router::tls::acme::Announce =
+            Arc::new(move |ok, detail| r.events.emit(Event::Tls { ok, detail }));
+        acme.restore(&announce).await;
+        acme.spawn(announce, stop.clone());
+    }
     let mut listeners = Vec::new();
     for (l, kind, secure) in [
         (Some(proxy), ListenerKind::Main, None),

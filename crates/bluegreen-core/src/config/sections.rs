@@ -121,10 +121,17 @@ pub(super) fn validate_admin(raw: &RawAdmin, base: &Path, c: &mut Checker) -> Ad
             let path = base.join(f);
             match std::fs::metadata(&path) {
                 Ok(m) if m.is_file() => Some(path),
-                _ => {
+                Ok(_) => {
                     c.issue(
                         format!("admin.tls.{what}"),
-                        format!("cannot read {}", path.display()),
+                        format!("{} is not a file", path.display()),
+                    );
+                    None
+                }
+                Err(e) => {
+                    c.issue(
+                        format!("admin.tls.{what}"),
+                        format!("cannot read {}: {e}", path.display()),
                     );
                     None
                 }

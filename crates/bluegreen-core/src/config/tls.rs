@@ -251,6 +251,12 @@ fn validate_acme(raw: &RawAcme, base: &Path, c: &mut Checker) -> Option<AcmeConf
         raw.retry_after.as_deref(),
         Duration::from_secs(60),
     );
+    if retry_after < Duration::from_secs(1) {
+        c.issue(
+            "tls.acme.retry_after",
+            "must be at least 1s: retries any faster only hammer the CA",
+        );
+    }
     (c.issues.len() == before).then(|| AcmeConfig {
         domains,
         contact: raw.contact.clone(),

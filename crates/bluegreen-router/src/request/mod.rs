@@ -135,11 +135,7 @@ pub async fn handle(req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
     if let Some(port) = conn.edge.redirect_to {
         // ACME challenges are never redirected: an app (or a CA checking
         // one) may still answer them over plain HTTP.
-        if !req
-            .uri()
-            .path()
-            .starts_with(crate::tls::challenge::HTTP_PREFIX)
-        {
+        if !crate::tls::challenge::is_challenge(&req) {
             return redirect::to_https(&req, port);
         }
     }

@@ -13,8 +13,8 @@ use super::certs::{from_pem, unix_now, CertStore, Loaded};
 use bluegreen_core::config::{AcmeChallenge, AcmeConfig};
 use bluegreen_store::StateStore;
 use instant_acme::{
-    Account, AccountBuilder, AuthorizationStatus, ChallengeType, Identifier, NewAccount, NewOrder,
-    OrderStatus, RetryPolicy,
+    Account, AccountBuilder, AuthorizationStatus, BodyWrapper, ChallengeType, Identifier,
+    NewAccount, NewOrder, OrderStatus, RetryPolicy,
 };
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex};
@@ -27,8 +27,19 @@ pub const KEY: &str = "acme";
 /// Longest wait between failed attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(3600);
 
-/// Longest one attempt may take, from account to certificate.
-const ATTEMPT: Duration = Duration::from_secs(180);
+/// Longest one attempt may take, from account to certificate (the two
+/// polls take up to 90 s each).
+const ATTEMPT: Duration = Duration::from_secs(300);
+
+/// Longest single sleep: the monotonic clock stops while a host is
+/// suspended, so the wall-clock due time is looked at again this often.
+const NAP: Duration = Duration::from_secs(3600);
+
+/// The HTTP client ACME talks through (built once, off the async threads).
+type AcmeHttp = hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    BodyWrapper<bytes::Bytes>,
+>;
 
 /// What is kept across restarts.
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -43,6 +54,10 @@ struct Stored {
 #[derive(Debug, Serialize, Deserialize)]
 struct StoredCert {
     domains: Vec<String>,
+    /// The directory that issued it (a certificate from staging is not
+    /// kept once the config names production).
+    #[serde(default)]
+    directory: Option<String>,
     chain: String,
     key: String,
 }
@@ -68,6 +83,12 @@ pub struct Acme {
     store: Arc<dyn StateStore>,
     certs: Arc<CertStore>,
     state: Mutex<AcmeState>,
+    /// The certificate in use came from this directory for every
+    /// configured name; otherwise it is only a stopgap, renewed at once.
+    current: std::sync::atomic::AtomicBool,
+    /// What `restore` read, for the loop.
+    stored: tokio::sync::Mutex<Option<Stored>>,
+    http: tokio::sync::OnceCell<AcmeHttp>,
 }
 
 impl Acme {
@@ -82,6 +103,9 @@ impl Acme {
             store,
             certs,
             state: Mutex::new(state),
+            current: std::sync::atomic::AtomicBool::new(false),
+            stored: tokio::sync::Mutex::new(None),
+            http: tokio::sync::OnceCell::new(),
         }
     }
 
@@ -93,21 +117,25 @@ impl Acme {
         f(&mut self.state.lock().unwrap_or_else(|p| p.into_inner()));
     }
 
-    /// Runs until `stop`: restores the stored certificate, then obtains or
-    /// renews it whenever it is due.
+    /// Runs until `stop`: obtains or renews the certificate whenever it is
+    /// due (call `restore` first, before the listeners serve).
     pub fn spawn(self: Arc<Self>, announce: Announce, stop: CancellationToken) {
         tokio::spawn(async move {
-            let mut stored = self.restore(&announce).await;
+            let mut stored = self.stored.lock().await.take().unwrap_or_default();
             let mut failures = 0u32;
+            let mut retry_at: Option<std::time::Instant> = None;
             loop {
-                let wait = match failures {
-                    0 => self.renew_in(),
-                    n => backoff(self.config.retry_after, n),
+                let due = match (failures, retry_at) {
+                    (0, _) | (_, None) => self.renew_in(),
+                    (_, Some(at)) => at.saturating_duration_since(std::time::Instant::now()),
                 };
-                self.set_state(|s| s.next_attempt = unix_now() + wait.as_secs() as i64);
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = stop.cancelled() => return,
+                self.set_state(|s| s.next_attempt = unix_now() + due.as_secs() as i64);
+                if !due.is_zero() {
+                    tokio::select! {
+                        _ = tokio::time::sleep(due.min(NAP)) => {}
+                        _ = stop.cancelled() => return,
+                    }
+                    continue;
                 }
                 let attempt = tokio::time::timeout(ATTEMPT, self.obtain(&mut stored));
                 let result = tokio::select! {
@@ -116,8 +144,9 @@ impl Acme {
                 };
                 self.certs.challenges.close_all();
                 match result {
-                    Ok(loaded) => {
+                    Ok((loaded, unsaved)) => {
                         failures = 0;
+                        retry_at = None;
                         let what = format!(
                             "acme: certificate for {} issued by {}, valid until {}",
                             loaded.info.names.join(", "),
@@ -126,15 +155,25 @@ impl Acme {
                         );
                         tracing::info!("{what}");
                         self.certs.set_acme(loaded);
+                        self.current
+                            .store(true, std::sync::atomic::Ordering::SeqCst);
                         self.set_state(|s| {
                             s.failures = 0;
-                            s.last_error = None;
+                            s.last_error = unsaved.clone();
                         });
                         announce(true, what);
+                        // In use, but not kept: the next start renews it.
+                        if let Some(e) = unsaved {
+                            tracing::error!(
+                                "acme: the new certificate is in use but could not be saved: {e}"
+                            );
+                            announce(false, format!("acme: the new certificate is in use but could not be saved: {e}"));
+                        }
                     }
                     Err(why) => {
                         failures += 1;
                         let next = backoff(self.config.retry_after, failures);
+                        retry_at = Some(std::time::Instant::now() + next);
                         let keeps = match self.certs.acme() {
                             Some(_) => "the certificate in use stays",
                             None => "there is no certificate for these names yet",
@@ -157,9 +196,15 @@ impl Acme {
         });
     }
 
-    /// The stored document, and its certificate put in use when it is for
-    /// the configured names (expired or not: better than none until renewed).
-    async fn restore(&self, announce: &Announce) -> Stored {
+    /// Reads the stored document and puts its certificate in use: for the
+    /// names it holds, expired or not, until a renewal replaces it (it is
+    /// due at once when it is not from this directory or misses a name).
+    pub async fn restore(&self, announce: &Announce) {
+        let stored = self.read(announce).await;
+        *self.stored.lock().await = Some(stored);
+    }
+
+    async fn read(&self, announce: &Announce) -> Stored {
         let store = self.store.clone();
         let read = tokio::task::spawn_blocking(move || {
             bluegreen_store::load_json::<Stored>(store.as_ref(), KEY)
@@ -178,27 +223,33 @@ impl Acme {
         };
         if let Some(c) = &stored.certificate {
             let label = self.store.locate(KEY).display().to_string();
-            if same_names(&c.domains, &self.config.domains) {
-                match from_pem(c.chain.as_bytes(), c.key.as_bytes(), &label, &label) {
-                    Ok(l) => self.certs.set_acme(l),
-                    Err(e) => announce(
-                        false,
-                        format!("acme: the stored certificate is unusable: {e}"),
-                    ),
+            match from_pem(c.chain.as_bytes(), c.key.as_bytes(), &label, &label) {
+                Ok(l) => {
+                    let current = covers(&l.info.names, &self.config.domains)
+                        && c.directory
+                            .as_deref()
+                            .is_none_or(|d| d == self.config.directory);
+                    self.current
+                        .store(current, std::sync::atomic::Ordering::SeqCst);
+                    self.certs.set_acme(l);
                 }
+                Err(e) => announce(
+                    false,
+                    format!("acme: the stored certificate is unusable: {e}"),
+                ),
             }
         }
         stored
     }
 
     /// How long until the certificate in use is due for renewal: two
-    /// thirds into its lifetime; now when there is none, or it is for
-    /// other names than the config lists.
+    /// thirds into its lifetime; now when there is none, or it is only a
+    /// stopgap (another directory, a name missing).
     fn renew_in(&self) -> Duration {
         let Some(current) = self.certs.acme() else {
             return Duration::ZERO;
         };
-        if !same_names(&current.info.names, &self.config.domains) {
+        if !self.current.load(std::sync::atomic::Ordering::SeqCst) {
             return Duration::ZERO;
         }
         let (from, to) = (current.info.not_before, current.info.not_after);
@@ -208,7 +259,7 @@ impl Acme {
 
     /// One attempt: account, order, challenges, certificate; persisted
     /// before it is used.
-    async fn obtain(&self, stored: &mut Stored) -> Result<Loaded, String> {
+    async fn obtain(&self, stored: &mut Stored) -> Result<(Loaded, Option<String>), String> {
         let account = self.account(stored).await?;
         let ids: Vec<Identifier> = self
             .config
@@ -243,7 +294,9 @@ impl Acme {
             }
             let mut ch = a
                 .challenge(kind.clone())
-                .ok_or_else(|| format!("{name}: the CA offers no {kind:?} challenge"))?;
+                .ok_or_else(|| {
+                    format!("{name}: the CA offers no {kind:?} challenge (try the other tls.acme.challenge)")
+                })?;
             let key_auth = ch.key_authorization();
             match self.config.challenge {
                 AcmeChallenge::Http01 => challenges.open_http(&ch.token, key_auth.as_str()),
@@ -278,11 +331,14 @@ impl Acme {
         let loaded = from_pem(chain.as_bytes(), key.as_bytes(), &label, &label)?;
         stored.certificate = Some(StoredCert {
             domains: self.config.domains.clone(),
+            directory: Some(self.config.directory.clone()),
             chain,
             key,
         });
-        self.persist(stored).await?;
-        Ok(loaded)
+        // A certificate the CA issued is used even if it cannot be kept:
+        // ordering it again would spend the CA's rate limits.
+        let unsaved = self.persist(stored).await.err();
+        Ok((loaded, unsaved))
     }
 
     /// The stored account for this directory, or a new one (persisted).
@@ -292,7 +348,8 @@ impl Acme {
                 let creds = serde_json::from_value(creds)
                     .map_err(|e| format!("the stored account does not parse: {e}"))?;
                 return self
-                    .builder()?
+                    .builder()
+                    .await?
                     .from_credentials(creds)
                     .await
                     .map_err(|e| format!("directory {}: {e}", self.config.directory));
@@ -305,7 +362,8 @@ impl Acme {
             only_return_existing: false,
         };
         let (account, creds) = self
-            .builder()?
+            .builder()
+            .await?
             .create(&new, self.config.directory.clone(), None)
             .await
             .map_err(|e| format!("new account at {}: {e}", self.config.directory))?;
@@ -315,12 +373,17 @@ impl Acme {
         Ok(account)
     }
 
-    fn builder(&self) -> Result<AccountBuilder, String> {
-        match &self.config.ca_bundle {
-            Some(pem) => Account::builder_with_root(pem)
-                .map_err(|e| format!("tls.acme.ca_bundle {}: {e}", pem.display())),
-            None => Account::builder().map_err(|e| format!("system roots: {e}")),
-        }
+    async fn builder(&self) -> Result<AccountBuilder, String> {
+        let bundle = self.config.ca_bundle.clone();
+        let http = self
+            .http
+            .get_or_try_init(|| async move {
+                tokio::task::spawn_blocking(move || acme_http(bundle.as_deref()))
+                    .await
+                    .map_err(|e| e.to_string())?
+            })
+            .await?;
+        Ok(Account::builder_with_http(Box::new(http.clone())))
     }
 
     /// Writes the document atomically, off the async threads.
@@ -352,21 +415,63 @@ async fn failed_challenges(order: &mut instant_acme::Order) -> String {
     }
 }
 
+/// Only a CA that says it does not know the account gets a new
+/// registration (an `unauthorized` may be anything; re-registering on it
+/// would lose the account and spend the CA's limits).
 fn is_unknown_account(p: &instant_acme::Problem) -> bool {
     p.r#type
         .as_deref()
-        .is_some_and(|t| t.ends_with(":accountDoesNotExist") || t.ends_with(":unauthorized"))
+        .is_some_and(|t| t.ends_with(":accountDoesNotExist"))
 }
 
-/// The same set of names, in any order and case.
-fn same_names(a: &[String], b: &[String]) -> bool {
-    let norm = |v: &[String]| {
-        let mut v: Vec<String> = v.iter().map(|s| s.to_ascii_lowercase()).collect();
-        v.sort();
-        v.dedup();
-        v
-    };
-    norm(a) == norm(b)
+/// Every configured name is in the certificate (in any case; the CA may
+/// add more).
+fn covers(names: &[String], wanted: &[String]) -> bool {
+    wanted
+        .iter()
+        .all(|w| names.iter().any(|n| n.eq_ignore_ascii_case(w)))
+}
+
+/// An HTTPS client trusting every certificate in `bundle`, or the
+/// system's roots (blocking: file reads).
+fn acme_http(bundle: Option<&std::path::Path>) -> Result<AcmeHttp, String> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    match bundle {
+        Some(path) => {
+            let file = path.display();
+            for c in rustls::pki_types::CertificateDer::pem_file_iter(path)
+                .map_err(|e| format!("tls.acme.ca_bundle {file}: {e}"))?
+            {
+                let c = c.map_err(|e| format!("tls.acme.ca_bundle {file}: {e}"))?;
+                roots
+                    .add(c)
+                    .map_err(|e| format!("tls.acme.ca_bundle {file}: {e}"))?;
+            }
+        }
+        None => {
+            roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+        }
+    }
+    if roots.is_empty() {
+        return Err(
+            "no CA certificates to check the ACME server with (set tls.acme.ca_bundle)".into(),
+        );
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(super::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_only()
+        .enable_http1()
+        .build();
+    Ok(
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(connector),
+    )
 }
 
 /// `first`, doubled for each failure after the first, at most an hour.
@@ -389,15 +494,16 @@ mod tests {
     }
 
     #[test]
-    fn names_compare_as_sets() {
+    fn a_certificate_covers_the_names_it_holds() {
         let v = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
-        assert!(same_names(
+        assert!(covers(
             &v(&["b.example", "A.example"]),
             &v(&["a.example", "b.example"])
         ));
-        assert!(!same_names(
-            &v(&["a.example"]),
-            &v(&["a.example", "b.example"])
+        assert!(covers(
+            &v(&["a.example", "extra.example"]),
+            &v(&["a.example"])
         ));
+        assert!(!covers(&v(&["a.example"]), &v(&["a.example", "b.example"])));
     }
 }

@@ -19,7 +19,8 @@ use tokio_util::sync::CancellationToken;
 /// What a loaded certificate says about itself (for status and messages).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct CertInfo {
-    /// The file it came from, or `acme` for one obtained by ACME.
+    /// The file it came from (for one obtained by ACME, the state file
+    /// that keeps it).
     pub file: String,
     /// DNS names it serves (`*.example.com` for wildcards).
     pub names: Vec<String>,
@@ -58,17 +59,32 @@ impl Certificates {
         pairs.iter().map(load_pair).collect()
     }
 
-    /// The first certificate that names a host serves it; the first of all
-    /// is the default.
-    fn build<'a>(all: impl Iterator<Item = &'a Loaded>) -> Certificates {
+    /// Among the files the last that names a host serves it (appending a
+    /// new certificate during a rotation takes over); the ACME certificate
+    /// serves only names no file holds. The first file (else the ACME
+    /// certificate) is the default.
+    fn build(files: &[Loaded], acme: Option<&Loaded>) -> Certificates {
+        use std::collections::hash_map::Entry;
         let mut c = Certificates::default();
-        for l in all {
+        let all = files
+            .iter()
+            .map(|l| (l, true))
+            .chain(acme.map(|l| (l, false)));
+        for (l, wins) in all {
             for name in &l.info.names {
-                let map = match name.strip_prefix('*') {
+                let entry = match name.strip_prefix('*') {
                     Some(suffix) => c.wildcard.entry(suffix.to_ascii_lowercase()),
                     None => c.exact.entry(name.to_ascii_lowercase()),
                 };
-                map.or_insert_with(|| l.key.clone());
+                match entry {
+                    Entry::Occupied(mut e) if wins => {
+                        e.insert(l.key.clone());
+                    }
+                    Entry::Occupied(_) => {}
+                    Entry::Vacant(e) => {
+                        e.insert(l.key.clone());
+                    }
+                }
             }
             c.default.get_or_insert_with(|| l.key.clone());
             c.infos.push(l.info.clone());
@@ -110,10 +126,13 @@ impl ResolvesServerCert for CertStore {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         // A CA checking a TLS-ALPN-01 challenge gets the challenge
         // certificate for that name and nothing else.
-        if hello
-            .alpn()
-            .is_some_and(|mut protos| protos.any(|p| p == ACME_TLS_ALPN))
-        {
+        // RFC 8737: a validation offers `acme-tls/1` and nothing else; a
+        // client offering more is an ordinary client.
+        let only_acme = hello.alpn().is_some_and(|protos| {
+            let protos: Vec<&[u8]> = protos.collect();
+            protos == [ACME_TLS_ALPN]
+        });
+        if only_acme {
             return self.challenges.alpn_certificate(hello.server_name()?);
         }
         self.current.load().pick(hello.server_name())
@@ -136,7 +155,7 @@ impl CertStore {
     pub fn new(pairs: &[CertificatePair]) -> Result<CertStore, String> {
         let files = Certificates::load(pairs)?;
         Ok(CertStore {
-            current: ArcSwap::from_pointee(Certificates::build(files.iter())),
+            current: ArcSwap::from_pointee(Certificates::build(&files, None)),
             pairs: pairs.to_vec(),
             seen: Mutex::new(stamps(pairs)),
             files: Mutex::new(files),
@@ -165,9 +184,8 @@ impl CertStore {
     fn rebuild(&self) {
         let files = lock(&self.files);
         let acme = lock(&self.acme);
-        self.current.store(Arc::new(Certificates::build(
-            files.iter().chain(acme.iter()),
-        )));
+        self.current
+            .store(Arc::new(Certificates::build(&files, acme.as_ref())));
     }
 
     /// Loads the files again if any changed since the last look (blocking
@@ -282,7 +300,7 @@ pub fn from_pem(chain: &[u8], key: &[u8], file: &str, key_file: &str) -> Result<
     let info = describe(leaf, file)?;
     if info.names.is_empty() {
         return Err(format!(
-            "{file}: the certificate names no DNS name (subjectAltName)"
+            "{file}: the certificate names no DNS name or IP address (subjectAltName)"
         ));
     }
     let key = CertifiedKey::from_der(chain, key, &provider())
@@ -300,6 +318,15 @@ pub(crate) fn unix_now() -> i64 {
         .unwrap_or(0)
 }
 
+/// An IP address SAN as text.
+fn ip_name(b: &[u8]) -> Option<String> {
+    match b.len() {
+        4 => Some(std::net::Ipv4Addr::from(<[u8; 4]>::try_from(b).ok()?).to_string()),
+        16 => Some(std::net::Ipv6Addr::from(<[u8; 16]>::try_from(b).ok()?).to_string()),
+        _ => None,
+    }
+}
+
 /// Names, issuer and validity of a leaf certificate.
 fn describe(leaf: &CertificateDer<'_>, file: &str) -> Result<CertInfo, String> {
     let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref())
@@ -314,6 +341,8 @@ fn describe(leaf: &CertificateDer<'_>, file: &str) -> Result<CertInfo, String> {
                 .iter()
                 .filter_map(|n| match n {
                     x509_parser::extensions::GeneralName::DNSName(d) => Some(d.to_string()),
+                    // An admin API reached by address needs an IP SAN.
+                    x509_parser::extensions::GeneralName::IPAddress(b) => ip_name(b),
                     _ => None,
                 })
                 .collect()

@@ -17,6 +17,19 @@ pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 /// Where HTTP-01 answers live.
 pub const HTTP_PREFIX: &str = "/.well-known/acme-challenge/";
 
+/// A CA's HTTP-01 request: GET or HEAD of one base64url token under
+/// [`HTTP_PREFIX`]. Only these pass a `redirect_http` listener in clear
+/// (to us, or to an app answering its own challenges); any other path,
+/// `..` included, is redirected.
+pub fn is_challenge<B>(req: &Request<B>) -> bool {
+    (req.method() == Method::GET || req.method() == Method::HEAD)
+        && req.uri().path().strip_prefix(HTTP_PREFIX).is_some_and(|t| {
+            !t.is_empty()
+                && t.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
 /// The challenges open right now (a few at most, for one order at a time).
 #[derive(Debug, Default)]
 pub struct Challenges {
@@ -31,10 +44,10 @@ impl Challenges {
     /// hold; any other request (an app's own challenge path included) is
     /// not ours.
     pub fn answer<B>(&self, req: &Request<B>) -> Option<Response<ResponseBody>> {
-        let token = req.uri().path().strip_prefix(HTTP_PREFIX)?;
-        if req.method() != Method::GET && req.method() != Method::HEAD {
+        if !is_challenge(req) {
             return None;
         }
+        let token = req.uri().path().strip_prefix(HTTP_PREFIX)?;
         let key_auth = lock(&self.http).get(token).cloned()?;
         Some(ResponseBody::plain(StatusCode::OK, key_auth))
     }
@@ -115,6 +128,20 @@ mod tests {
         assert_eq!(get(Method::GET, "/tok1"), None);
         c.close_all();
         assert_eq!(get(Method::GET, "/.well-known/acme-challenge/tok1"), None);
+        let req = |m: Method, path: &str| Request::builder().method(m).uri(path).body(()).unwrap();
+        assert!(is_challenge(&req(
+            Method::GET,
+            "/.well-known/acme-challenge/aB-_9"
+        )));
+        for (m, p) in [
+            (Method::POST, "/.well-known/acme-challenge/aB"),
+            (Method::GET, "/.well-known/acme-challenge/"),
+            (Method::GET, "/.well-known/acme-challenge/../../login"),
+            (Method::GET, "/.well-known/acme-challenge/a%2f..%2flogin"),
+            (Method::GET, "/.well-known/acme-challenge/a/b"),
+        ] {
+            assert!(!is_challenge(&req(m, p)), "{p}");
+        }
     }
 
     #[test]

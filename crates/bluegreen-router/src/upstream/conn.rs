@@ -32,6 +32,7 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 #[derive(Debug)]
 pub enum ConnectError {
     Timeout(Duration),
+    TlsTimeout(Duration),
     Io(std::io::Error),
     Tls(std::io::Error),
     Handshake(hyper::Error),
@@ -41,6 +42,7 @@ impl std::fmt::Display for ConnectError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ConnectError::Timeout(d) => write!(f, "connect timed out after {d:?}"),
+            ConnectError::TlsTimeout(d) => write!(f, "TLS handshake timed out after {d:?}"),
             ConnectError::Io(e) => write!(f, "connect failed: {e}"),
             ConnectError::Tls(e) => write!(f, "TLS handshake failed: {e}"),
             ConnectError::Handshake(e) => write!(f, "HTTP handshake failed: {e}"),
@@ -101,7 +103,7 @@ pub async fn connect(
         Some(tls) => {
             let stream = tokio::time::timeout(limit, tls.handshake(stream, address))
                 .await
-                .map_err(|_| ConnectError::Timeout(limit))?
+                .map_err(|_| ConnectError::TlsTimeout(limit))?
                 .map_err(ConnectError::Tls)?;
             http(stream).await
         }

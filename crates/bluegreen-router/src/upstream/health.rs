@@ -84,7 +84,14 @@ async fn check_loop(
 
 async fn check_once(upstream: &Upstream, uri: &Uri, config: &HealthConfig) -> Result<(), String> {
     let req = Request::get(uri.clone())
-        .header("host", upstream.authority.as_str())
+        .header(
+            "host",
+            upstream
+                .tls
+                .as_ref()
+                .and_then(|t| t.host_header(&upstream.address))
+                .unwrap_or_else(|| upstream.authority.to_string()),
+        )
         .header("user-agent", "bluegreen-health")
         .body(Either::Right(Full::new(Bytes::new())))
         .map_err(|e| e.to_string())?;

@@ -72,6 +72,18 @@ impl UpstreamTls {
         })
     }
 
+    /// The `Host` a health check sends: `server_name:port` when a name is
+    /// configured (name-based HTTPS upstreams route by it), else none.
+    pub fn host_header(&self, address: &str) -> Option<String> {
+        let name = match self.server_name.as_ref()? {
+            ServerName::DnsName(d) => d.as_ref().to_string(),
+            ServerName::IpAddress(ip) => std::net::IpAddr::from(*ip).to_string(),
+            _ => return None,
+        };
+        let port = address.rsplit_once(':').map(|(_, p)| p)?;
+        Some(format!("{name}:{port}"))
+    }
+
     /// The TLS handshake over a connected stream to `address` (`host:port`).
     pub async fn handshake(
         &self,

@@ -111,8 +111,16 @@ pub fn certificates(cfg: &Config, path: &Path) -> Result<(), ()> {
             .map(|_| ())
             .map_err(|e| format!("admin.tls: {e}"))
     });
+    let upstreams = bluegreen_core::Side::ALL.into_iter().map(|side| {
+        cfg.environments[side].tls.as_ref().map(|t| {
+            bluegreen_router::upstream::tls::UpstreamTls::new(t)
+                .map(|_| ())
+                .map_err(|e| format!("environments.{side}.tls: {e}"))
+        })
+    });
     let problems: Vec<String> = [edge, admin]
         .into_iter()
+        .chain(upstreams)
         .flatten()
         .filter_map(Result::err)
         .collect();
