@@ -82,6 +82,15 @@ impl From<PipelineError> for ApiError {
 }
 
 impl ApiError {
+    /// 409: the request conflicts with what the process is doing.
+    pub fn conflict(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::CONFLICT,
+            code,
+            message: message.into(),
+        }
+    }
+
     /// 409 for pipeline calls on a router without a `[deploy]` table.
     pub fn no_pipeline() -> ApiError {
         ApiError {

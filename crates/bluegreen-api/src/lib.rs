@@ -4,6 +4,7 @@
 
 pub mod client;
 mod error;
+pub mod lifecycle;
 mod metrics;
 mod routes;
 pub mod types;

@@ -2,6 +2,7 @@
 //! `/api/v1` does.
 
 use crate::error::ApiError;
+use crate::lifecycle::{Control, ControlSender};
 use crate::types::{AbortBody, DeployBody, RecordBody, ShadowBody, StatusView, SwitchBody};
 use axum::body::Bytes;
 use axum::extract::{Path, Request, State};
@@ -25,6 +26,9 @@ struct AppState {
     router: Arc<Router>,
     pipeline: Option<Arc<Pipeline>>,
     token: Arc<[u8]>,
+    /// Requests to the serving process (upgrade); none in tests of the
+    /// routes alone.
+    control: Option<ControlSender>,
 }
 
 impl AppState {
@@ -36,11 +40,17 @@ impl AppState {
 /// Builds the admin application. `token` is the bearer token every
 /// `/api/v1` call must present; `pipeline` is present when the config has a
 /// `[deploy]` table.
-pub fn app(router: Arc<Router>, pipeline: Option<Arc<Pipeline>>, token: &str) -> axum::Router {
+pub fn app(
+    router: Arc<Router>,
+    pipeline: Option<Arc<Pipeline>>,
+    token: &str,
+    control: Option<ControlSender>,
+) -> axum::Router {
     let state = AppState {
         router,
         pipeline,
         token: Arc::from(token.as_bytes()),
+        control,
     };
     let api = axum::Router::new()
         .route("/status", get(status))
@@ -58,6 +68,7 @@ pub fn app(router: Arc<Router>, pipeline: Option<Arc<Pipeline>>, token: &str) ->
         .route("/shadow/start", post(shadow_start))
         .route("/shadow/stop", post(shadow_stop))
         .route("/abort", post(abort))
+        .route("/upgrade", post(upgrade))
         .route("/events", get(events))
         .route("/series", get(series))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
@@ -298,6 +309,46 @@ fn reason(given: Option<String>, default: &str) -> Result<String, ApiError> {
     let r = given.unwrap_or_else(|| default.into());
     input::reason("reason", &r).map_err(ApiError::bad_request)?;
     Ok(r)
+}
+
+/// `POST /api/v1/upgrade {"binary": PATH?}`: a new process on our sockets;
+/// the answer comes once it serves (200) or once it failed and this one
+/// serves on (500, with why).
+async fn upgrade(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+    let body: crate::types::UpgradeBody = if body.is_empty() {
+        Default::default()
+    } else {
+        parse_body(&body)?
+    };
+    let Some(control) = &state.control else {
+        return Err(ApiError::conflict(
+            "no_upgrade",
+            "this process cannot hand over (not started by `bluegreen serve`)",
+        ));
+    };
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    control
+        .send(Control::Upgrade {
+            binary: body.binary.map(std::path::PathBuf::from),
+            reply,
+        })
+        .await
+        .map_err(|_| ApiError::conflict("shutting_down", "the router is shutting down"))?;
+    match answer.await {
+        Ok(Ok(done)) => Ok(Json(done).into_response()),
+        Ok(Err(why)) if why.contains("already in progress") => {
+            Err(ApiError::conflict("upgrade_in_progress", why))
+        }
+        Ok(Err(why)) => Err(ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            code: "upgrade_failed",
+            message: why,
+        }),
+        Err(_) => Err(ApiError::conflict(
+            "shutting_down",
+            "the router is shutting down",
+        )),
+    }
 }
 
 async fn switch(

@@ -122,3 +122,13 @@ mod tests {
         assert_eq!(s.duration.as_deref(), Some("10m"));
     }
 }
+
+/// `POST /api/v1/upgrade`.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpgradeBody {
+    /// The binary to start (default: the running one's path, which a
+    /// package upgrade has replaced).
+    #[serde(default)]
+    pub binary: Option<String>,
+}

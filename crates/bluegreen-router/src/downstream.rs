@@ -57,6 +57,10 @@ const LINGER: Duration = Duration::from_secs(1);
 /// which matters more then than the cost of parking.
 const MAX_LINGERING: usize = 1024;
 
+/// How long an idle keep-alive connection is kept open at a drain for the
+/// client's next request.
+const DRAIN_LINGER: Duration = Duration::from_millis(1000);
+
 /// The protocol settings every client connection of a listener shares.
 pub struct Protocols {
     pub http1: http1::Builder,
@@ -110,18 +114,31 @@ pub async fn serve(
     drain: CancellationToken,
 ) {
     let gauge = ctx.router.clients[ctx.kind as usize].clone();
+    let router = ctx.router.clone();
     let _open = Held::new(&gauge.open);
     let open = Arc::new(AtomicUsize::new(0));
     let svc = {
         let open = open.clone();
+        let draining = drain.clone();
         service_fn(move |req| {
             let ctx = ctx.clone();
             // Counted when hyper takes the request, released when hyper drops
             // the response body: the gate parks only while this is zero.
             let guard = Held::new(open.clone());
+            let draining = draining.clone();
             // Boxed: hyper keeps room for one request future per connection.
             Box::pin(async move {
-                let resp = request::handle(req, &ctx).await;
+                let h1 = req.version() < http::Version::HTTP_2;
+                let mut resp = request::handle(req, &ctx).await;
+                // Draining (a shutdown or a handover): the client learns
+                // from this answer not to send another request here, rather
+                // than from a reset under its next one.
+                if h1 && draining.is_cancelled() {
+                    resp.headers_mut().insert(
+                        http::header::CONNECTION,
+                        http::HeaderValue::from_static("close"),
+                    );
+                }
                 Ok::<_, Infallible>(resp.map(|body| Counted {
                     body,
                     _guard: guard,
@@ -132,13 +149,23 @@ pub async fn serve(
     let mut gate = Gate::new(stream, open, protocols.max_head, gauge.clone());
     let idle = protocols.idle_timeout;
 
-    let h2 = tokio::select! {
+    let first = tokio::select! {
         biased;
-        _ = drain.cancelled() => return,
-        r = tokio::time::timeout(idle, gate.sniff_preface()) => match r {
-            Ok(Ok(h2)) => h2,
-            _ => return,
-        },
+        _ = drain.cancelled() => None,
+        r = tokio::time::timeout(idle, gate.sniff_preface()) => Some(r),
+    };
+    // A connection accepted just before a drain still gets its request
+    // answered (a new process may already serve the next one).
+    let first = match first {
+        Some(r) => r,
+        None if router.handed_over() => {
+            tokio::time::timeout(DRAIN_LINGER.min(idle), gate.sniff_preface()).await
+        }
+        None => return,
+    };
+    let h2 = match first {
+        Ok(Ok(h2)) => h2,
+        _ => return,
     };
     if h2 {
         gate.allow = Allow::All;
@@ -164,13 +191,12 @@ pub async fn serve(
                 .serve_connection(TokioIo::new(gate), svc.clone())
                 .with_upgrades(),
         );
-        let result = tokio::select! {
-            r = &mut *conn => r,
-            _ = drain.cancelled() => {
-                Pin::new(&mut *conn).graceful_shutdown();
-                (&mut *conn).await
-            }
-        };
+        // Not `graceful_shutdown` at a drain: it closes a connection that is
+        // between requests at once, under a request the client may be
+        // sending. Instead every answer given while draining says
+        // `Connection: close`, and a quiet connection parks and is closed
+        // below after a short wait for its next request.
+        let result = (&mut *conn).await;
         if let Err(e) = result {
             tracing::debug!(error = %e, "client connection ended with an error");
             return;
@@ -189,14 +215,24 @@ pub async fn serve(
         // Parked: the task holds the socket and nothing else until the
         // client sends again.
         let _parked = Held::new(&gauge.parked);
-        tokio::select! {
+        let next = tokio::select! {
             biased;
-            _ = drain.cancelled() => return,
-            r = tokio::time::timeout(idle, gate.stream.readable()) => {
-                if !matches!(r, Ok(Ok(()))) {
-                    return;
-                }
+            _ = drain.cancelled() => None,
+            r = tokio::time::timeout(idle, gate.stream.readable()) => Some(r),
+        };
+        let ready = match next {
+            Some(r) => r,
+            // Handed over: a busy client's next request comes within
+            // moments; it is answered (with `Connection: close`) instead of
+            // racing a close. A connection that stays quiet is closed. At a
+            // plain shutdown it closes at once: nobody would serve a retry.
+            None if router.handed_over() => {
+                tokio::time::timeout(DRAIN_LINGER.min(idle), gate.stream.readable()).await
             }
+            None => return,
+        };
+        if !matches!(ready, Ok(Ok(()))) {
+            return;
         }
     }
 }

@@ -90,6 +90,18 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Restart the router without dropping a request: a new process (this
+    /// binary again, or --binary) takes over the listening sockets and the
+    /// state, and the old one drains and exits. Also SIGUSR2.
+    Upgrade {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// The binary to start (default: the running one's path).
+        #[arg(long)]
+        binary: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Switch back to the side that was live before the last switch.
     Rollback {
         #[command(flatten)]
@@ -237,6 +249,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             reason,
             json,
         } => client_runtime()?.block_on(commands::switch(&admin, to, force, reason, json)),
+        Command::Upgrade {
+            admin,
+            binary,
+            json,
+        } => client_runtime()?.block_on(commands::upgrade(&admin, binary, json)),
         Command::Rollback {
             admin,
             force,

@@ -130,7 +130,14 @@ async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         );
     let config = Config::parse(&text, "<embedded demo config>", Path::new("."))?;
     let token = random_token();
-    let running = serve::start(config, &token).await?;
+    // The demo is not upgradable: nobody listens on the control channel.
+    let (control, _requests) = tokio::sync::mpsc::channel(1);
+    let process = serve::Process {
+        sockets: crate::sockets::Sockets::default(),
+        handover: false,
+        control,
+    };
+    let running = serve::start(config, &token, process).await?;
     let pipeline = running
         .pipeline
         .clone()
@@ -193,7 +200,7 @@ async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         );
         let _ = tokio::signal::ctrl_c().await;
     }
-    running.shutdown().await;
+    running.shutdown(false).await;
     if !ok || t.failed > 0 {
         println!("demo FAILED: every deploy should end as expected with zero failed requests");
         return Ok(ExitCode::from(1));

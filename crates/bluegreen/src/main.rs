@@ -10,10 +10,13 @@ mod cli;
 mod commands;
 mod demo;
 mod logging;
+mod notify;
 mod progress;
 mod replay;
 mod serve;
 mod shadow;
+mod sockets;
+mod upgrade;
 
 use clap::Parser;
 use std::process::ExitCode;

@@ -2,6 +2,8 @@
 //! gracefully on SIGTERM/SIGINT.
 
 use crate::cli::EXIT_CONFIG;
+use crate::notify::Notifier;
+use crate::sockets::Sockets;
 use anyhow::Context;
 use bluegreen_core::config::deploy::DeployMethod;
 use bluegreen_core::config::Config;
@@ -18,7 +20,6 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -37,10 +38,36 @@ pub struct Running {
     listeners: Vec<JoinHandle<()>>,
     admin_task: JoinHandle<()>,
     health: TaskTracker,
+    /// What a new process gets in a handover.
+    pub sockets: Sockets,
+    pub store: Arc<dyn StateStore>,
 }
+
+/// What `serve` got from whoever started it.
+pub struct Process {
+    /// Listening sockets passed in (systemd, or the process we take over from).
+    pub sockets: Sockets,
+    /// Started by a running bluegreen handing over to us.
+    pub handover: bool,
+    /// Where the admin API sends upgrade requests.
+    pub control: bluegreen_api::lifecycle::ControlSender,
+}
+
+/// How long a new process waits for the old one to hand the state over.
+const HANDOVER_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Entry point of `bluegreen serve`.
 pub fn main(path: &Path) -> anyhow::Result<ExitCode> {
+    // 0. What whoever started us passed (sockets, the notify socket, a
+    //    handover), read and cleared before any thread exists, so app
+    //    processes never inherit it.
+    let sockets = Sockets::from_env()?;
+    let notifier = Arc::new(Notifier::from_env());
+    let upstream_notify = std::env::var(crate::notify::UPSTREAM_VAR).ok();
+    std::env::remove_var(crate::notify::UPSTREAM_VAR);
+    let handover = std::env::var_os(crate::upgrade::HANDOVER_VAR).is_some();
+    std::env::remove_var(crate::upgrade::HANDOVER_VAR);
+    let exe = std::env::current_exe().context("cannot find the running binary")?;
     // 1. Config: refuse to start on any problem, listing them all.
     let config = match Config::load(path) {
         Ok(c) => c,
@@ -82,31 +109,75 @@ pub fn main(path: &Path) -> anyhow::Result<ExitCode> {
     rt.block_on(async move {
         // Handlers go in first: a SIGHUP while starting must not meet the
         // default action (exit); a SIGTERM then stops us once started.
-        let signals = Signals::install()?;
-        let running = start(config, &token).await?;
+        let mut signals = Signals::install()?;
+        let (control, mut requests) = tokio::sync::mpsc::channel(4);
+        let process = Process {
+            sockets,
+            handover,
+            control,
+        };
+        let running = start(config, &token, process).await?;
         let or_off =
             |a: Option<SocketAddr>| a.map(|a| a.to_string()).unwrap_or_else(|| "off".into());
         println!(
-            "bluegreen ready proxy={} preview={} admin={} live={} https={} https_preview={}",
+            "bluegreen ready proxy={} preview={} admin={} live={} https={} https_preview={} pid={}",
             running.proxy,
             or_off(running.preview),
             running.admin,
             running.router.live(),
             or_off(running.https),
             or_off(running.https_preview),
+            std::process::id(),
         );
         let _ = std::io::stdout().flush();
-        signals.wait_for_stop().await;
-        running.shutdown().await;
+        // Serving: tell whoever waits (systemd, or the process we took
+        // over from, which passes systemd's socket on to us).
+        notifier.send(&format!("READY=1\nMAINPID={}", std::process::id()));
+        if handover {
+            notifier.redirect(upstream_notify.filter(|s| !s.is_empty()));
+        }
+        let mut upgrade = crate::upgrade::Upgrades::new(exe, notifier.clone());
+        let handed_over = loop {
+            tokio::select! {
+                sig = signals.next() => match sig {
+                    Signal::Stop => break upgrade.finish().await,
+                    Signal::Upgrade => upgrade.start(&running, None, None).await,
+                },
+                Some(req) = requests.recv() => match req {
+                    bluegreen_api::lifecycle::Control::Upgrade { binary, reply } => {
+                        upgrade.start(&running, binary, Some(reply)).await
+                    }
+                },
+                done = upgrade.outcome() => {
+                    if done {
+                        break true;
+                    }
+                }
+            }
+        };
+        if !handed_over {
+            notifier.send("STOPPING=1");
+        }
+        running.shutdown(handed_over).await;
         Ok(ExitCode::SUCCESS)
     })
 }
 
 /// Opens the store, restores state, binds every listener and starts serving.
-pub async fn start(config: Config, token: &str) -> anyhow::Result<Running> {
+pub async fn start(config: Config, token: &str, process: Process) -> anyhow::Result<Running> {
     // 1. State: a corrupt or locked store stops us here, before any socket opens.
     let state_dir = config.state.dir.clone();
-    let store: Arc<dyn StateStore> = Arc::new(FileStore::open(&state_dir)?);
+    // A process taking over from another waits for it to hand the state
+    // over (it releases the lock once we are running).
+    let store: Arc<dyn StateStore> = if process.handover {
+        let dir = state_dir.clone();
+        Arc::new(
+            tokio::task::spawn_blocking(move || FileStore::open_waiting(&dir, HANDOVER_WAIT))
+                .await??,
+        )
+    } else {
+        Arc::new(FileStore::open(&state_dir)?)
+    };
     let proxy_addr = config.proxy.listen;
     let preview_addr = config.proxy.preview_listen;
     let admin_addr = config.admin.listen;
@@ -129,29 +200,41 @@ pub async fn start(config: Config, token: &str) -> anyhow::Result<Running> {
     };
     let deploy = config.deploy.clone();
     let acme_store = store.clone();
+    let kept_store = store.clone();
     let router = Router::new(config, store.clone())?;
     let pipeline = match deploy {
         Some(d) => Some(Pipeline::new(router.clone(), store, d, &state_dir)?),
         None => None,
     };
 
-    // 2. Bind everything before serving anything, so a busy port fails cleanly.
-    let proxy = bind(proxy_addr, "proxy.listen").await?;
+    // 2. Bind everything before serving anything, so a busy port fails
+    //    cleanly; sockets handed to us (systemd, or the process we take
+    //    over from) are used as they are.
+    let mut sockets = process.sockets;
+    let proxy = sockets.listen("proxy", proxy_addr, "proxy.listen").await?;
     let preview = match preview_addr {
-        Some(a) => Some(bind(a, "proxy.preview_listen").await?),
+        Some(a) => Some(sockets.listen("preview", a, "proxy.preview_listen").await?),
         None => None,
     };
-    let admin = bind(admin_addr, "admin.listen").await?;
+    let admin = sockets.listen("admin", admin_addr, "admin.listen").await?;
     let (https, https_preview) = match &tls {
         Some((t, _)) => (
-            Some(bind(t.listen, "tls.listen").await?),
+            Some(sockets.listen("https", t.listen, "tls.listen").await?),
             match t.preview_listen {
-                Some(a) => Some(bind(a, "tls.preview_listen").await?),
+                Some(a) => Some(
+                    sockets
+                        .listen("https_preview", a, "tls.preview_listen")
+                        .await?,
+                ),
                 None => None,
             },
         ),
         None => (None, None),
     };
+    let unused = sockets.unused();
+    if !unused.is_empty() {
+        tracing::warn!(sockets = ?unused, "inherited sockets no listener of this config uses; closing them");
+    }
     let https_local = https.as_ref().map(|l| l.local_addr()).transpose()?;
     let https_preview_local = https_preview.as_ref().map(|l| l.local_addr()).transpose()?;
     if let Some(a) = https_local {
@@ -237,7 +320,12 @@ pub async fn start(config: Config, token: &str) -> anyhow::Result<Running> {
     if let Some(p) = &pipeline {
         p.start_up().await?;
     }
-    let app = bluegreen_api::app(router.clone(), pipeline.clone(), token);
+    let app = bluegreen_api::app(
+        router.clone(),
+        pipeline.clone(),
+        token,
+        Some(process.control),
+    );
     let admin_tls = admin_tls.map(|(acceptor, certs)| {
         // Watched like the edge's certificates (the watcher logs changes).
         bluegreen_router::tls::watch(certs, Arc::new(|_| {}), stop.clone());
@@ -257,14 +345,24 @@ pub async fn start(config: Config, token: &str) -> anyhow::Result<Running> {
         listeners,
         admin_task,
         health,
+        sockets,
+        store: kept_store,
     })
 }
 
 impl Running {
     /// Stops accepting, drains in-flight requests and upgraded connections
     /// up to the drain timeout, then stops.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self, handed_over: bool) {
         let started = Instant::now();
+        // Our duplicates of the listening sockets go first: once the
+        // listeners stop, nothing here may hold a socket open (a new
+        // process has its own; without one, connections must be refused,
+        // not queued where nobody accepts).
+        drop(std::mem::take(&mut self.sockets));
+        if handed_over {
+            self.router.set_handed_over();
+        }
         let grace = self.router.config().switch.drain_timeout;
         self.stop.cancel();
         let _ = self.router.stop_shadow().await;
@@ -280,7 +378,9 @@ impl Running {
         self.router.shutdown_token().cancel();
         let _ = self.admin_task.await;
         if let Some(p) = &self.pipeline {
-            let stop_apps = matches!(&self.router.config().deploy, Some(d) if matches!(&d.method, DeployMethod::Supervisor(s) if s.stop_on_exit));
+            // After a handover the apps belong to the new process.
+            let stop_apps = !handed_over
+                && matches!(&self.router.config().deploy, Some(d) if matches!(&d.method, DeployMethod::Supervisor(s) if s.stop_on_exit));
             p.shutdown(stop_apps).await;
         }
         tracing::info!(
@@ -291,19 +391,22 @@ impl Running {
     }
 }
 
-async fn bind(addr: SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr} ({key})"))
-}
-
-/// The signals `serve` acts on. SIGHUP will mean "reload the config"; until
-/// reload exists it is logged and ignored, never the default action (which
-/// would end the process and refuse every connection).
+/// The signals `serve` acts on: SIGTERM and SIGINT stop it, SIGUSR2
+/// hands over to a new process (like `bluegreen upgrade`). SIGHUP will mean
+/// "reload the config"; until reload exists it is logged and ignored, never
+/// the default action (which would end the process and refuse every
+/// connection).
 struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
     hup: tokio::signal::unix::Signal,
+    usr2: tokio::signal::unix::Signal,
+}
+
+/// What a signal asks for.
+enum Signal {
+    Stop,
+    Upgrade,
 }
 
 impl Signals {
@@ -313,15 +416,26 @@ impl Signals {
             term: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
             int: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
             hup: signal(SignalKind::hangup()).context("cannot handle SIGHUP")?,
+            usr2: signal(SignalKind::user_defined2()).context("cannot handle SIGUSR2")?,
         })
     }
 
-    /// Returns on SIGTERM or SIGINT.
-    async fn wait_for_stop(mut self) {
+    /// The next signal that asks for something.
+    async fn next(&mut self) -> Signal {
         loop {
             tokio::select! {
-                _ = self.term.recv() => return tracing::info!("SIGTERM: shutting down"),
-                _ = self.int.recv() => return tracing::info!("SIGINT: shutting down"),
+                _ = self.term.recv() => {
+                    tracing::info!("SIGTERM: shutting down");
+                    return Signal::Stop;
+                }
+                _ = self.int.recv() => {
+                    tracing::info!("SIGINT: shutting down");
+                    return Signal::Stop;
+                }
+                _ = self.usr2.recv() => {
+                    tracing::info!("SIGUSR2: handing over to a new process");
+                    return Signal::Upgrade;
+                }
                 _ = self.hup.recv() => tracing::warn!(
                     "SIGHUP: config reload is not supported yet; still serving with the config loaded at start"
                 ),

@@ -62,6 +62,10 @@ pub struct Router {
     certificates: std::sync::OnceLock<Arc<crate::tls::CertStore>>,
     /// The ACME loop, when there is a `[tls.acme]` table.
     acme: std::sync::OnceLock<Arc<crate::tls::acme::Acme>>,
+    /// Set when a new process has taken over: draining connections wait a
+    /// moment for their next request (answered with `Connection: close`)
+    /// instead of closing at once, since that process serves the retry.
+    handed_over: std::sync::atomic::AtomicBool,
 }
 
 /// Startup failures.
@@ -176,6 +180,7 @@ impl Router {
             clients: Default::default(),
             certificates: std::sync::OnceLock::new(),
             acme: std::sync::OnceLock::new(),
+            handed_over: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 
@@ -211,6 +216,17 @@ impl Router {
     /// plain listener).
     pub fn cert_store(&self) -> Option<Arc<crate::tls::CertStore>> {
         self.certificates.get().cloned()
+    }
+
+    /// A new process serves now; this one only drains.
+    pub fn set_handed_over(&self) {
+        self.handed_over
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// True once a new process serves (see [`Router::set_handed_over`]).
+    pub fn handed_over(&self) -> bool {
+        self.handed_over.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The ACME loop, shown in status.

@@ -158,3 +158,31 @@ fn fail(e: bluegreen_api::ClientError) -> anyhow::Result<ExitCode> {
     eprintln!("error: {e}");
     Ok(ExitCode::from(EXIT_ERROR))
 }
+
+/// `bluegreen upgrade`: asks the router to hand over to a new process and
+/// says which serves now (exit 0), or why the old one still does (exit 1).
+pub async fn upgrade(
+    args: &AdminArgs,
+    binary: Option<std::path::PathBuf>,
+    as_json: bool,
+) -> anyhow::Result<ExitCode> {
+    // An absolute path: the router resolves it, not this shell.
+    let binary = match binary {
+        Some(b) => Some(std::path::absolute(&b)?.display().to_string()),
+        None => None,
+    };
+    let body = bluegreen_api::types::UpgradeBody { binary };
+    let result: Result<bluegreen_api::lifecycle::Upgraded, _> =
+        client(args).post("/api/v1/upgrade", body).await;
+    match result {
+        Ok(done) if as_json => {
+            println!("{}", serde_json::to_string_pretty(&done)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(done) => {
+            println!("{}", done.message);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => fail(e),
+    }
+}

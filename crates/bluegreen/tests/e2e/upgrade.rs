@@ -1,0 +1,345 @@
+//! Hitless upgrade: a new process takes over the sockets and the state
+//! while traffic runs; nothing is refused, nothing fails, WebSockets stay
+//! up until the old process's drain ends; a new binary that cannot start
+//! changes nothing; systemd's notify protocol is spoken throughout.
+
+use crate::support::*;
+use futures_util::{SinkExt, StreamExt};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::Message;
+
+/// Processes started by upgrades, stopped when the test ends (the router's
+/// own `Drop` knows only the first).
+#[derive(Default)]
+struct Successors(Mutex<Vec<u32>>);
+
+impl Successors {
+    /// Runs `bluegreen upgrade` and remembers the pid it reports.
+    fn upgrade(&self, router: &RouterProc, args: &[&str]) -> (i32, String, String) {
+        let mut all = vec!["upgrade", "--json"];
+        all.extend_from_slice(args);
+        let (code, out, err) = router.cli(&all);
+        if code == 0 {
+            let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+            self.0
+                .lock()
+                .unwrap()
+                .push(v["pid"].as_u64().unwrap() as u32);
+        }
+        (code, out, err)
+    }
+
+    fn last(&self) -> Option<u32> {
+        self.0.lock().unwrap().last().copied()
+    }
+}
+
+impl Drop for Successors {
+    fn drop(&mut self) {
+        for pid in self.0.lock().unwrap().iter() {
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .status();
+        }
+    }
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !s.contains(") Z "))
+        .unwrap_or(false)
+}
+
+type Outcomes = Arc<Mutex<Vec<Result<(), String>>>>;
+
+/// Clients sending varied requests (GET with queries, POST bodies that the
+/// upstream echoes) over keep-alive HTTP/1.1 and HTTP/2 until `stop`;
+/// every answer is checked against what was sent.
+fn load(
+    router: &RouterProc,
+    stop: &Arc<AtomicBool>,
+    outcomes: &Outcomes,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..8)
+        .map(|i| {
+            let (stop, outcomes, base) = (stop.clone(), outcomes.clone(), router.url(""));
+            tokio::spawn(async move {
+                use http_body_util::{BodyExt, Full};
+                let h2 = i >= 6;
+                let client = {
+                    let mut b = hyper_util::client::legacy::Client::builder(
+                        hyper_util::rt::TokioExecutor::new(),
+                    );
+                    b.http2_only(h2);
+                    b.build_http::<Full<bytes::Bytes>>()
+                };
+                for n in 0..100_000u32 {
+                    if stop.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    let body = format!("client {i} request {n}");
+                    let (req, want) = if n % 2 == 0 {
+                        let req = http::Request::post(format!("{base}/echo?c={i}&n={n}"))
+                            .header("x-test", format!("{i}-{n}"))
+                            .body(Full::new(bytes::Bytes::from(body.clone())))
+                            .unwrap();
+                        (req, format!("blue:{body}"))
+                    } else {
+                        let req = http::Request::get(format!("{base}/page/{n}?c={i}"))
+                            .body(Full::new(bytes::Bytes::new()))
+                            .unwrap();
+                        (req, "blue".to_string())
+                    };
+                    let got =
+                        match tokio::time::timeout(Duration::from_secs(10), client.request(req))
+                            .await
+                        {
+                            Err(_) => Err("timed out".to_string()),
+                            Ok(Err(e)) => Err(format!("{e:?}")),
+                            Ok(Ok(resp)) => {
+                                let status = resp.status();
+                                match resp.into_body().collect().await.map(|b| b.to_bytes()) {
+                                    Ok(b) if status == 200 && b == want.as_bytes() => Ok(()),
+                                    Ok(b) => Err(format!("status {status}, body {b:?}")),
+                                    Err(e) => Err(format!("body: {e}")),
+                                }
+                            }
+                        };
+                    outcomes.lock().unwrap().push(got);
+                }
+            })
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn upgrades_under_load_refuse_nothing_fail_nothing_and_keep_websockets_to_the_drain() {
+    let (b, g) = (Backend::start("blue").await, Backend::start("green").await);
+    let router = RouterBuilder::new(&[&b], &[&g]).drain("3s").start();
+    router.wait_all_healthy().await;
+    let successors = Successors::default();
+    let first = router.child.id();
+
+    // WebSockets on the first process.
+    let mut sockets = Vec::new();
+    for _ in 0..3 {
+        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", router.proxy))
+            .await
+            .unwrap();
+        sockets.push(ws);
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let outcomes: Outcomes = Arc::default();
+    let clients = load(&router, &stop, &outcomes);
+    wait_until(Duration::from_secs(10), "load running", || async {
+        outcomes.lock().unwrap().len() > 200
+    })
+    .await;
+
+    // Five handovers in a row, each while the previous old process may
+    // still be draining.
+    let mut closings = Vec::new();
+    let mut upgraded_at = Instant::now();
+    for k in 0..5 {
+        let before = outcomes.lock().unwrap().len();
+        let (code, out, err) = successors.upgrade(&router, &[]);
+        assert_eq!(code, 0, "upgrade {k}: {out}{err}\n{}", router.stderr());
+        if k == 0 {
+            upgraded_at = Instant::now();
+            // The first process's WebSockets still echo after the
+            // handover; then each waits for its close.
+            for mut ws in std::mem::take(&mut sockets) {
+                ws.send(Message::text("still here")).await.unwrap();
+                let echo = tokio::time::timeout(Duration::from_secs(5), ws.next()).await;
+                assert!(
+                    matches!(&echo, Ok(Some(Ok(m))) if m.to_text().unwrap() == "blue:still here"),
+                    "{echo:?}"
+                );
+                closings.push(tokio::spawn(async move {
+                    loop {
+                        match ws.next().await {
+                            None | Some(Err(_)) => return Instant::now(),
+                            Some(Ok(m)) if m.is_close() => return Instant::now(),
+                            Some(Ok(_)) => {}
+                        }
+                    }
+                }));
+            }
+        }
+        // Traffic keeps flowing through the new process.
+        wait_until(
+            Duration::from_secs(10),
+            "traffic after the upgrade",
+            || async { outcomes.lock().unwrap().len() > before + 200 },
+        )
+        .await;
+    }
+    // They are closed by the first process's drain (3 s), not before.
+    for c in closings {
+        let at = tokio::time::timeout(Duration::from_secs(15), c)
+            .await
+            .expect("closed within the drain")
+            .unwrap();
+        let after = at.duration_since(upgraded_at);
+        assert!(
+            after >= Duration::from_millis(2500),
+            "a WebSocket closed {after:?} after the handover, before the 3 s drain"
+        );
+    }
+
+    stop.store(true, Ordering::SeqCst);
+    for c in clients {
+        c.await.unwrap();
+    }
+    let all = std::mem::take(&mut *outcomes.lock().unwrap());
+    let failed: Vec<_> = all.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed across 5 upgrades: {:?}",
+        failed.len(),
+        all.len(),
+        &failed[..failed.len().min(5)]
+    );
+
+    // Every old process drained and exited; the last one serves.
+    let last = successors.last().unwrap();
+    wait_until(
+        Duration::from_secs(15),
+        "the first process gone",
+        || async { !alive(first) },
+    )
+    .await;
+    assert!(alive(last));
+    let (code, out) = curl(&[&router.url("/after")]);
+    assert_eq!((code, out.as_str()), (0, "blue"));
+    // The state moved with it: a switch is persisted by the new process.
+    router.switch_to("green").await;
+    assert_eq!(router.status().await["live"], "green");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upgrade_to_a_binary_that_cannot_start_changes_nothing() {
+    let (b, g) = (Backend::start("blue").await, Backend::start("green").await);
+    let router = RouterBuilder::new(&[&b], &[&g]).start();
+    router.wait_all_healthy().await;
+    let successors = Successors::default();
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("bluegreen-broken");
+    std::fs::write(&broken, "#!/bin/sh\necho 'cannot start' >&2\nexit 3\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&broken, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    for binary in [broken.to_str().unwrap(), "/nonexistent/bluegreen"] {
+        let (code, out, err) = successors.upgrade(&router, &["--binary", binary]);
+        assert_eq!(code, 1, "{out}{err}");
+        assert!(
+            err.contains("serves on, nothing changed") || err.contains("No such file"),
+            "{err}"
+        );
+        assert!(err.contains(binary), "names the binary: {err}");
+    }
+    // The old process serves, and owns its state again (a switch persists).
+    assert!(alive(router.child.id()));
+    let (code, out) = curl(&[&router.url("/")]);
+    assert_eq!((code, out.as_str()), (0, "blue"));
+    router.switch_to("green").await;
+    let state = std::fs::read_to_string(router.state_dir.join("state.json")).unwrap();
+    assert!(state.contains("\"live\": \"green\""), "{state}");
+
+    // And a good upgrade still works afterwards.
+    let (code, out, err) = successors.upgrade(&router, &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out) = curl(&[&router.url("/")]);
+    assert_eq!((code, out.as_str()), (0, "green"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn systemd_hears_ready_reloading_mainpid_and_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify.sock");
+    let notify = UnixDatagram::bind(&path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let recv = || {
+        let mut buf = [0u8; 1024];
+        let n = notify.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).to_string()
+    };
+    let (b, g) = (Backend::start("blue").await, Backend::start("green").await);
+    let mut router = RouterBuilder::new(&[&b], &[&g])
+        .env("NOTIFY_SOCKET", path.to_str().unwrap())
+        .start();
+    let first = router.child.id();
+    assert_eq!(recv(), format!("READY=1\nMAINPID={first}"));
+
+    // SIGUSR2: a handover, announced as a reload, then the new main pid.
+    router.signal("USR2");
+    let reloading = recv();
+    assert!(
+        reloading.starts_with("RELOADING=1\nMONOTONIC_USEC="),
+        "{reloading}"
+    );
+    let done = recv();
+    let pid: u32 = done
+        .strip_prefix("MAINPID=")
+        .and_then(|r| r.strip_suffix("\nREADY=1"))
+        .unwrap_or_else(|| panic!("{done:?}"))
+        .parse()
+        .unwrap();
+    assert_ne!(pid, first);
+    let successors = Successors::default();
+    successors.0.lock().unwrap().push(pid);
+    router.wait_exit(Duration::from_secs(15));
+
+    // The new process speaks to systemd's socket itself from now on.
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    assert_eq!(recv(), "STOPPING=1");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_socket_passed_by_systemd_is_served() {
+    use command_fds::{CommandFdExt, FdMapping};
+    let (b, g) = (Backend::start("blue").await, Backend::start("green").await);
+    // The "socket unit": bound here, passed as fd 3 named "proxy".
+    let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = socket.local_addr().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    let config = tmp.path().join("bluegreen.toml");
+    std::fs::write(
+        &config,
+        RouterBuilder::new(&[&b], &[&g])
+            .listen(addr)
+            .config_text(&state),
+    )
+    .unwrap();
+    let mut cmd = std::process::Command::new(bin());
+    cmd.args(["serve", "--config"])
+        .arg(&config)
+        .env("BG_TEST_TOKEN", TOKEN)
+        .env("LISTEN_FDS", "1")
+        .env("LISTEN_FDNAMES", "proxy")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+    cmd.fd_mappings(vec![FdMapping {
+        parent_fd: std::os::fd::OwnedFd::from(socket),
+        child_fd: 3,
+    }])
+    .unwrap();
+    let mut child = cmd.spawn().unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert!(line.contains(&format!("proxy={addr}")), "{line}");
+    let (code, body) = curl(&[&format!("http://{addr}/x")]);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!((code, body.as_str()), (0, "blue"));
+}
