@@ -264,11 +264,15 @@ impl DeployRecord {
         self.outcome != Outcome::Running
     }
 
-    /// Marks a step as running (again, after a crash).
+    /// Marks a step as running. Resumed after a crash or a handover to a
+    /// new process, it keeps its first start: a bake ends when it would
+    /// have, and the history shows the step's whole span.
     pub fn start(&mut self, step: Step, now_ms: u64) {
         let s = self.step_mut(step);
+        if s.state != StepState::Running || s.started_at_ms.is_none() {
+            s.started_at_ms = Some(now_ms);
+        }
         s.state = StepState::Running;
-        s.started_at_ms = Some(now_ms);
         s.finished_at_ms = None;
     }
 
@@ -390,6 +394,20 @@ mod tests {
             DeployOptions::default(),
             10,
         )
+    }
+
+    #[test]
+    fn a_resumed_step_keeps_its_first_start() {
+        let mut d = record();
+        d.start(Step::Bake, 1_000);
+        // A crash or a handover, then the new process resumes the step.
+        d.start(Step::Bake, 5_000);
+        let bake = d.steps.iter().find(|s| s.step == Step::Bake).unwrap();
+        assert_eq!(bake.started_at_ms, Some(1_000));
+        d.finish(Step::Bake, None, 9_000);
+        d.start(Step::Deploy, 10_000);
+        let deploy = d.steps.iter().find(|s| s.step == Step::Deploy).unwrap();
+        assert_eq!(deploy.started_at_ms, Some(10_000));
     }
 
     #[test]

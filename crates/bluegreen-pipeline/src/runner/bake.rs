@@ -24,7 +24,16 @@ pub(super) async fn bake(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployRecord
     let start = p.router.live_window(d.target);
     let mut windows = BakeWindows::new(start.clone(), cfg.consecutive);
     let mut opened = Instant::now();
-    let end = Instant::now() + cfg.duration;
+    // Resumed (a crash, or a new process after `bluegreen upgrade`): the
+    // bake ends at its original time, by the wall clock.
+    let started = d
+        .steps
+        .iter()
+        .find(|s| s.step == Step::Bake)
+        .and_then(|s| s.started_at_ms)
+        .unwrap_or_else(now_ms);
+    let left = (started + cfg.duration.as_millis() as u64).saturating_sub(now_ms());
+    let end = Instant::now() + Duration::from_millis(left);
     let mut tick = tokio::time::interval(Duration::from_millis(100).min(cfg.interval));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
