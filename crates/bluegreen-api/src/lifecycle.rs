@@ -14,6 +14,29 @@ pub enum Control {
         binary: Option<PathBuf>,
         reply: oneshot::Sender<Result<Upgraded, String>>,
     },
+    /// Read the config file again and apply what can change live.
+    Reload {
+        reply: oneshot::Sender<Result<Reloaded, ReloadError>>,
+    },
+}
+
+/// A reload that was applied (possibly with nothing to change).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Reloaded {
+    /// What changed, key by key.
+    pub applied: Vec<String>,
+    /// What changed in the file but waits for `bluegreen upgrade`.
+    pub needs_upgrade: Vec<String>,
+    pub message: String,
+}
+
+/// Why a reload changed nothing.
+#[derive(Debug, Clone)]
+pub enum ReloadError {
+    /// The file does not parse or validate: every problem, with file and key.
+    InvalidConfig(String),
+    /// Valid, but applying it failed (a CA file went away meanwhile...).
+    Failed(String),
 }
 
 /// A handover that happened.

@@ -69,6 +69,7 @@ pub fn app(
         .route("/shadow/stop", post(shadow_stop))
         .route("/abort", post(abort))
         .route("/upgrade", post(upgrade))
+        .route("/reload", post(reload))
         .route("/events", get(events))
         .route("/series", get(series))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
@@ -342,6 +343,40 @@ async fn upgrade(State(state): State<AppState>, body: Bytes) -> Result<Response,
         Ok(Err(why)) => Err(ApiError {
             status: StatusCode::INTERNAL_SERVER_ERROR,
             code: "upgrade_failed",
+            message: why,
+        }),
+        Err(_) => Err(ApiError::conflict(
+            "shutting_down",
+            "the router is shutting down",
+        )),
+    }
+}
+
+/// `POST /api/v1/reload`: the config file read again; 200 with what
+/// changed, 422 with every problem when it does not validate (nothing
+/// changes then).
+async fn reload(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let Some(control) = &state.control else {
+        return Err(ApiError::conflict(
+            "no_reload",
+            "this process cannot reload (not started by `bluegreen serve`)",
+        ));
+    };
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    control
+        .send(Control::Reload { reply })
+        .await
+        .map_err(|_| ApiError::conflict("shutting_down", "the router is shutting down"))?;
+    match answer.await {
+        Ok(Ok(done)) => Ok(Json(done).into_response()),
+        Ok(Err(crate::lifecycle::ReloadError::InvalidConfig(why))) => Err(ApiError {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            code: "invalid_config",
+            message: why,
+        }),
+        Ok(Err(crate::lifecycle::ReloadError::Failed(why))) => Err(ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            code: "reload_failed",
             message: why,
         }),
         Err(_) => Err(ApiError::conflict(

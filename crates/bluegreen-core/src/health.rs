@@ -59,6 +59,12 @@ impl HealthCounter {
         }
     }
 
+    /// New thresholds; the state and the current run of results stay.
+    pub fn set_thresholds(&mut self, rise: u32, fall: u32) {
+        self.rise = rise.max(1);
+        self.fall = fall.max(1);
+    }
+
     /// Current belief.
     pub fn state(&self) -> Health {
         self.state

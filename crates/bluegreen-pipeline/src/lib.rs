@@ -88,7 +88,8 @@ struct RunHandle {
 pub struct Pipeline {
     router: Arc<Router>,
     store: Arc<dyn StateStore>,
-    config: DeployConfig,
+    /// Swapped whole by a reload; a deploy in progress reads it at each step.
+    config: arc_swap::ArcSwap<DeployConfig>,
     book: tokio::sync::Mutex<DeployBook>,
     /// Held from the check to the act by everything that decides what a side
     /// is for: manual switches and rollbacks, starting a deploy, stopping a
@@ -149,7 +150,7 @@ impl Pipeline {
         Ok(Arc::new(Pipeline {
             router,
             store,
-            config,
+            config: arc_swap::ArcSwap::from_pointee(config),
             book: tokio::sync::Mutex::new(book),
             fence: tokio::sync::Mutex::new(()),
             run: Mutex::new(None),
@@ -177,6 +178,16 @@ impl Pipeline {
             self.arm_decommission(p);
         }
         Ok(())
+    }
+
+    /// The deploy settings in use (the last reloaded).
+    pub fn config(&self) -> Arc<DeployConfig> {
+        self.config.load_full()
+    }
+
+    /// New deploy settings (a reload); the method stays (it needs a new process).
+    pub fn set_config(&self, config: DeployConfig) {
+        self.config.store(Arc::new(config));
     }
 
     /// Runs a deploy until it ends or the pipeline is suspended.

@@ -44,6 +44,8 @@ pub enum Event {
     Deploy(Box<DeployRecord>),
     /// Certificate files changed: loaded (`ok`), or kept out with the reason.
     Tls { ok: bool, detail: String },
+    /// A config reload: applied (what changed) or refused (why).
+    Reload { ok: bool, detail: String },
     /// A bake verdict: `ok`, `waiting`, `inconclusive` or `breach`.
     Bake {
         deploy_id: u64,
@@ -78,6 +80,7 @@ impl Event {
             Event::Deploy(_) => "deploy",
             Event::Bake { .. } => "bake",
             Event::Tls { .. } => "tls",
+            Event::Reload { .. } => "reload",
         }
     }
 
@@ -95,7 +98,9 @@ impl Event {
             ),
             Event::Shadow(r) => Ok(serde_json::json!({ "shadow": r })),
             Event::Tick(p) => serde_json::to_value(p),
-            Event::Tls { ok, detail } => Ok(serde_json::json!({"ok": ok, "detail": detail})),
+            Event::Tls { ok, detail } | Event::Reload { ok, detail } => {
+                Ok(serde_json::json!({"ok": ok, "detail": detail}))
+            }
             Event::Deploy(d) => serde_json::to_value(d),
             Event::Bake {
                 deploy_id,

@@ -102,6 +102,16 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Read the config file again and apply what can change live (upstream
+    /// lists, health, timeouts and limits, deploy and shadow settings,
+    /// certificates); lists what changed and what needs `bluegreen upgrade`.
+    /// A config with any problem changes nothing (exit 2). Also SIGHUP.
+    Reload {
+        #[command(flatten)]
+        admin: AdminArgs,
+        #[arg(long)]
+        json: bool,
+    },
     /// Switch back to the side that was live before the last switch.
     Rollback {
         #[command(flatten)]
@@ -249,6 +259,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             reason,
             json,
         } => client_runtime()?.block_on(commands::switch(&admin, to, force, reason, json)),
+        Command::Reload { admin, json } => {
+            client_runtime()?.block_on(commands::reload(&admin, json))
+        }
         Command::Upgrade {
             admin,
             binary,

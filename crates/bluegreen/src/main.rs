@@ -12,6 +12,7 @@ mod demo;
 mod logging;
 mod notify;
 mod progress;
+mod reload;
 mod replay;
 mod serve;
 mod shadow;

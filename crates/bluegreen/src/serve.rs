@@ -142,10 +142,16 @@ pub fn main(path: &Path) -> anyhow::Result<ExitCode> {
                 sig = signals.next() => match sig {
                     Signal::Stop => break upgrade.finish().await,
                     Signal::Upgrade => upgrade.start(&running, None, None).await,
+                    Signal::Reload => {
+                        let _ = crate::reload::reload(path, &running).await;
+                    }
                 },
                 Some(req) = requests.recv() => match req {
                     bluegreen_api::lifecycle::Control::Upgrade { binary, reply } => {
                         upgrade.start(&running, binary, Some(reply)).await
+                    }
+                    bluegreen_api::lifecycle::Control::Reload { reply } => {
+                        let _ = reply.send(crate::reload::reload(path, &running).await);
                     }
                 },
                 done = upgrade.outcome() => {
@@ -392,10 +398,10 @@ impl Running {
 }
 
 /// The signals `serve` acts on: SIGTERM and SIGINT stop it, SIGUSR2
-/// hands over to a new process (like `bluegreen upgrade`). SIGHUP will mean
-/// "reload the config"; until reload exists it is logged and ignored, never
-/// the default action (which would end the process and refuse every
-/// connection).
+/// hands over to a new process (like `bluegreen upgrade`), SIGHUP reloads
+/// the config (like `bluegreen reload`). Handlers are installed before
+/// anything starts, so none meets its default action (which would end the
+/// process and refuse every connection).
 struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
@@ -407,6 +413,7 @@ struct Signals {
 enum Signal {
     Stop,
     Upgrade,
+    Reload,
 }
 
 impl Signals {
@@ -422,23 +429,22 @@ impl Signals {
 
     /// The next signal that asks for something.
     async fn next(&mut self) -> Signal {
-        loop {
-            tokio::select! {
-                _ = self.term.recv() => {
-                    tracing::info!("SIGTERM: shutting down");
-                    return Signal::Stop;
-                }
-                _ = self.int.recv() => {
-                    tracing::info!("SIGINT: shutting down");
-                    return Signal::Stop;
-                }
-                _ = self.usr2.recv() => {
-                    tracing::info!("SIGUSR2: handing over to a new process");
-                    return Signal::Upgrade;
-                }
-                _ = self.hup.recv() => tracing::warn!(
-                    "SIGHUP: config reload is not supported yet; still serving with the config loaded at start"
-                ),
+        tokio::select! {
+            _ = self.term.recv() => {
+                tracing::info!("SIGTERM: shutting down");
+                Signal::Stop
+            }
+            _ = self.int.recv() => {
+                tracing::info!("SIGINT: shutting down");
+                Signal::Stop
+            }
+            _ = self.usr2.recv() => {
+                tracing::info!("SIGUSR2: handing over to a new process");
+                Signal::Upgrade
+            }
+            _ = self.hup.recv() => {
+                tracing::info!("SIGHUP: reloading the config");
+                Signal::Reload
             }
         }
     }

@@ -13,7 +13,7 @@ pub use super::template::{
 };
 
 /// Validated deploy pipeline settings.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DeployConfig {
     pub method: DeployMethod,
     /// How long the health gate waits for the idle side (slow boots are common).
@@ -38,7 +38,7 @@ pub struct DeployConfig {
 }
 
 /// How a version is put on a side.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum DeployMethod {
     Hooks {
         deploy: CommandTemplate,
@@ -48,7 +48,7 @@ pub enum DeployMethod {
 }
 
 /// The built-in supervisor: one process per upstream of a side.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SupervisorConfig {
     pub run: CommandTemplate,
     pub env: BTreeMap<String, String>,
@@ -64,7 +64,7 @@ pub struct SupervisorConfig {
 }
 
 /// One smoke test.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum SmokeCheck {
     Http(HttpCheck),
     Command {
@@ -85,7 +85,7 @@ impl SmokeCheck {
 
 /// A declarative HTTP smoke test, sent through the preview listener.
 /// `{version}` and `{env}` may appear in the path, headers, body and expectations.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct HttpCheck {
     pub name: String,
     pub method: String,
@@ -101,7 +101,7 @@ pub struct HttpCheck {
 }
 
 /// The bake after the switch.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct BakeConfig {
     pub duration: Duration,
     pub interval: Duration,

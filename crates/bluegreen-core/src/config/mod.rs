@@ -5,6 +5,7 @@
 //! `bluegreen check` shows all of them. Nothing is started from a config that
 //! did not validate whole.
 
+pub mod changes;
 mod checker;
 pub mod deploy;
 mod environments;
@@ -30,7 +31,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Validated configuration.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// The file it came from (for messages), if any.
     pub source: Option<PathBuf>,
@@ -52,13 +53,13 @@ pub struct Config {
 
 /// Recordings are written only inside this directory, under a plain name:
 /// the admin API can never be made to write anywhere else.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RecordConfig {
     pub dir: PathBuf,
 }
 
 /// The data plane's listeners and limits.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ProxyConfig {
     /// Live traffic.
     pub listen: SocketAddr,
@@ -97,7 +98,7 @@ pub enum Balance {
 }
 
 /// The admin API listener.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
     /// Environment variable holding the bearer token.
@@ -108,13 +109,13 @@ pub struct AdminConfig {
 }
 
 /// Where the embedded store keeps its files.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct StateConfig {
     pub dir: PathBuf,
 }
 
 /// Active health checks.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct HealthConfig {
     pub path: String,
     pub interval: Duration,
@@ -124,7 +125,7 @@ pub struct HealthConfig {
 }
 
 /// One environment: the upstream instances that serve it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct EnvironmentConfig {
     /// `host:port` authorities, in config order.
     pub upstreams: Vec<String>,
@@ -143,7 +144,7 @@ pub struct UpstreamTlsConfig {
 }
 
 /// Switch behaviour.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SwitchConfig {
     /// How long the old side's in-flight requests and upgraded connections may run on.
     pub drain_timeout: Duration,

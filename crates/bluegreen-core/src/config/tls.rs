@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// TLS termination: HTTPS listeners in front of the same request path.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TlsConfig {
     /// HTTPS live traffic (`proxy.listen` stays plain HTTP).
     pub listen: SocketAddr,

@@ -20,7 +20,7 @@ pub(super) fn describe(w: &Window) -> String {
 /// too small for its p99 keeps growing instead of closing. Notes describe
 /// the window judged, not running totals.
 pub(super) async fn bake(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployRecord) -> StepEnd {
-    let cfg = &p.config.bake;
+    let cfg = &p.config().bake;
     let start = p.router.live_window(d.target);
     let mut windows = BakeWindows::new(start.clone(), cfg.consecutive);
     let mut opened = Instant::now();

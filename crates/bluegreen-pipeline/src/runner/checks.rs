@@ -16,7 +16,7 @@ pub(super) async fn wait_healthy(
     side: Side,
     step: Step,
 ) -> StepEnd {
-    let limit = p.config.deploy_timeout;
+    let limit = p.config().deploy_timeout;
     let started = Instant::now();
     let mut last = (usize::MAX, 0);
     loop {
@@ -56,12 +56,12 @@ pub(super) async fn smoke_tests(
     handle: &RunHandle,
     d: &DeployRecord,
 ) -> StepEnd {
-    if p.config.smoke.is_empty() {
+    if p.config().smoke.is_empty() {
         return StepEnd::Skipped("no smoke tests configured".into());
     }
     let preview = preview_addr(p).await;
     let env = d.target.as_str();
-    for check in &p.config.smoke {
+    for check in &p.config().smoke {
         let result = match check {
             SmokeCheck::Http(h) => {
                 let Some(addr) = preview else {
@@ -101,7 +101,7 @@ pub(super) async fn smoke_tests(
     }
     StepEnd::Done(Some(format!(
         "{} smoke test(s) passed",
-        p.config.smoke.len()
+        p.config().smoke.len()
     )))
 }
 

@@ -9,11 +9,11 @@ pub(super) async fn decommission_step(p: &Arc<Pipeline>, d: &DeployRecord) -> St
     if p.router.live() == old {
         return StepEnd::Skipped(format!("{old} is live; not stopping it"));
     }
-    if !p.config.keep_warm.is_zero() {
+    if !p.config().keep_warm.is_zero() {
         let pending = PendingDecommission {
             side: old,
             deploy_id: d.id,
-            at_ms: now_ms() + p.config.keep_warm.as_millis() as u64,
+            at_ms: now_ms() + p.config().keep_warm.as_millis() as u64,
         };
         let mut book = p.book.lock().await;
         book.pending_decommission = Some(pending.clone());
@@ -21,7 +21,7 @@ pub(super) async fn decommission_step(p: &Arc<Pipeline>, d: &DeployRecord) -> St
         p.arm_decommission(pending);
         return StepEnd::Done(Some(format!(
             "{old} kept warm for {}s so rollback stays instant; then stopped",
-            p.config.keep_warm.as_secs()
+            p.config().keep_warm.as_secs()
         )));
     }
     match decommission(p, old, None).await {
@@ -67,7 +67,7 @@ pub(super) async fn decommission(
         .version
         .clone()
         .unwrap_or_default();
-    let stopped = match (&p.config.method, &p.supervisor) {
+    let stopped = match (&p.config().method, &p.supervisor) {
         (DeployMethod::Supervisor(_), Some(sup)) => {
             sup.stop(side).await.map_err(|e| e.to_string())?;
             true

@@ -21,7 +21,7 @@ pub(super) async fn deploy(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployReco
         .await;
     }
     let upstreams = p.router.config().environments[side].upstreams.clone();
-    let detail = match (&p.config.method, &p.supervisor) {
+    let detail = match (&p.config().method, &p.supervisor) {
         (DeployMethod::Supervisor(_), Some(sup)) => {
             let started = tokio::select! {
                 r = sup.deploy(side, &d.version, &upstreams, &d.options.env) => r,

@@ -31,7 +31,7 @@ impl<'a> HookCall<'a> {
             side,
             version,
             env,
-            limit: p.config.hook_timeout,
+            limit: p.config().hook_timeout,
         }
     }
 
@@ -62,7 +62,7 @@ impl<'a> HookCall<'a> {
         };
         let result = command::run(
             &self.argv,
-            &p.config.workdir,
+            &p.config().workdir,
             &env,
             self.limit,
             cancel,

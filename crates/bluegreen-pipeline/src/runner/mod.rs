@@ -170,7 +170,7 @@ async fn finish(p: &Arc<Pipeline>, outcome: Outcome, reason: Option<String>) {
             PendingDecommission {
                 side: d.target,
                 deploy_id: id,
-                at_ms: now_ms() + p.config.keep_failed.as_millis() as u64,
+                at_ms: now_ms() + p.config().keep_failed.as_millis() as u64,
             }
         });
     if let Some(pending) = &leftover {
@@ -179,7 +179,7 @@ async fn finish(p: &Arc<Pipeline>, outcome: Outcome, reason: Option<String>) {
                 "{} on {} will be stopped in {}s (keep_failed)",
                 d.version,
                 d.target,
-                p.config.keep_failed.as_secs()
+                p.config().keep_failed.as_secs()
             ),
             now_ms(),
         );

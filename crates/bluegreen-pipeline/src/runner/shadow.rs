@@ -6,7 +6,7 @@ use super::*;
 /// differences; the deploy fails when an endpoint differs too often or the
 /// idle side is too slow.
 pub(super) async fn shadow(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployRecord) -> StepEnd {
-    let Some(step) = &p.config.shadow else {
+    let Some(step) = &p.config().shadow else {
         return StepEnd::Skipped("no [deploy.shadow] configured".into());
     };
     if p.router.live() == d.target {

@@ -10,7 +10,7 @@ pub(super) async fn gate(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployRecord
         return StepEnd::Done(Some("automatic".into()));
     }
     note(p, Step::Gate, "waiting for `bluegreen promote`".into()).await;
-    let limit = p.config.promote_timeout.unwrap_or(Duration::MAX / 4);
+    let limit = p.config().promote_timeout.unwrap_or(Duration::MAX / 4);
     tokio::select! {
         _ = handle.promote.notified() => StepEnd::Done(Some("promoted".into())),
         _ = handle.abort.cancelled() => StepEnd::End(Outcome::Aborted, aborted(handle)),

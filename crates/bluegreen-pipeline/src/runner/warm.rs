@@ -6,7 +6,7 @@ use super::*;
 /// (each request marked `X-Bluegreen-Replay: 1`, which the router would
 /// strip), so its caches are warm before it takes live traffic.
 pub(super) async fn warm(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployRecord) -> StepEnd {
-    let Some(w) = &p.config.warm else {
+    let Some(w) = &p.config().warm else {
         return StepEnd::Skipped("no [deploy.warm] configured".into());
     };
     let targets: Vec<String> = p.router.config().environments[d.target]
@@ -32,7 +32,7 @@ pub(super) async fn warm(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployRecord
         argv.push(format!("{}ms", l.as_millis()));
     }
     // A loop runs as long as it was told to; the hook limit applies on top.
-    let limit = p.config.hook_timeout + w.loop_for.unwrap_or_default();
+    let limit = p.config().hook_timeout + w.loop_for.unwrap_or_default();
     let call = HookCall::new(p, argv, d.target, &d.version, &d.options.env).limit(limit);
     match call.run(p, &handle.abort).await {
         Ok(()) => StepEnd::Done(Some(format!("replayed {}", w.file.display()))),

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 impl Router {
     pub(super) fn spawn_drain(self: &Arc<Self>, side: Side, generation: u64, epoch: Arc<Epoch>) {
         let router = self.clone();
-        let timeout = self.config.switch.drain_timeout;
+        let timeout = self.config().switch.drain_timeout;
         let deadline = Instant::now() + timeout;
         self.drain_deadlines
             .lock()

@@ -4,6 +4,7 @@
 //! side (`drain`), taps on and off (`taps`); `status` is the view of it all.
 
 mod drain;
+mod reload;
 mod status;
 mod switch;
 mod taps;
@@ -42,7 +43,8 @@ pub struct Router {
     pub(crate) tunnels: TaskTracker,
     /// Cancelled when the router stops; cuts what is still open.
     pub(crate) shutdown: CancellationToken,
-    config: Arc<Config>,
+    /// Swapped whole by a reload.
+    config: ArcSwap<Config>,
     store: Arc<dyn StateStore>,
     /// The persisted state; holding this lock is what serialises routing changes.
     state: AsyncMutex<RouterState>,
@@ -66,6 +68,8 @@ pub struct Router {
     /// moment for their next request (answered with `Connection: close`)
     /// instead of closing at once, since that process serves the retry.
     handed_over: std::sync::atomic::AtomicBool,
+    /// Where health check loops run (a reload adds loops for new upstreams).
+    health_tasks: Mutex<Option<(TaskTracker, CancellationToken)>>,
 }
 
 /// Startup failures.
@@ -168,7 +172,7 @@ impl Router {
             ids: RequestIds::new(),
             tunnels: TaskTracker::new(),
             shutdown: CancellationToken::new(),
-            config: Arc::new(config),
+            config: ArcSwap::from_pointee(config),
             store,
             state: AsyncMutex::new(state),
             drain_deadlines: Mutex::new(Sides::default()),
@@ -181,12 +185,13 @@ impl Router {
             certificates: std::sync::OnceLock::new(),
             acme: std::sync::OnceLock::new(),
             handed_over: std::sync::atomic::AtomicBool::new(false),
+            health_tasks: Mutex::new(None),
         }))
     }
 
-    /// The validated config the router runs with.
-    pub fn config(&self) -> &Config {
-        &self.config
+    /// The validated config the router runs with (the last reloaded).
+    pub fn config(&self) -> Arc<Config> {
+        self.config.load_full()
     }
 
     /// The current snapshot (for health checks and status).
@@ -216,6 +221,18 @@ impl Router {
     /// plain listener).
     pub fn cert_store(&self) -> Option<Arc<crate::tls::CertStore>> {
         self.certificates.get().cloned()
+    }
+
+    /// Where health check loops run, once they were started.
+    pub(crate) fn set_health_tasks(&self, tracker: TaskTracker, stop: CancellationToken) {
+        *self.health_tasks.lock().unwrap_or_else(|p| p.into_inner()) = Some((tracker, stop));
+    }
+
+    pub(crate) fn health_tasks(&self) -> Option<(TaskTracker, CancellationToken)> {
+        self.health_tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// A new process serves now; this one only drains.
@@ -361,7 +378,8 @@ impl Router {
     /// Forgets the health of a side's upstreams (a new version was just put
     /// there), so gates wait for fresh checks.
     pub fn reset_health(&self, side: Side) {
-        let h = &self.config.health;
+        let config = self.config();
+        let h = &config.health;
         for u in &self.snapshot.load().pools[side].upstreams {
             u.reset_health(h.healthy_threshold, h.unhealthy_threshold);
         }

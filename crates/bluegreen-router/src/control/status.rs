@@ -28,7 +28,7 @@ impl Router {
                 .iter()
                 .map(|(k, v)| (k.clone(), v.to_string()))
                 .collect(),
-            drain_timeout_ms: self.config.switch.drain_timeout.as_millis() as u64,
+            drain_timeout_ms: self.config().switch.drain_timeout.as_millis() as u64,
             certificates: self.certificates(),
             acme: self.acme(),
             sides: Sides::from_fn(|side| {

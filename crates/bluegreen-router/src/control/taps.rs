@@ -23,7 +23,7 @@ impl Router {
         if let Some(r) = &self.snapshot.load().recorder {
             return Err(already_recording(r));
         }
-        let recorder = Recorder::start(&self.config.record.dir, name, options).await?;
+        let recorder = Recorder::start(&self.config().record.dir, name, options).await?;
         let rec = recorder.clone();
         let started = self
             .route(|_, current| match &current.recorder {

@@ -68,7 +68,8 @@ pub struct Edge {
 impl Edge {
     /// The edge of a listener of `kind`, from the router's config.
     pub fn of(router: &Router, kind: ListenerKind, https: bool) -> Arc<Edge> {
-        let tls = router.config().tls.as_ref();
+        let config = router.config();
+        let tls = config.tls.as_ref();
         let hsts = tls
             .filter(|_| https)
             .and_then(|t| t.hsts.as_deref())

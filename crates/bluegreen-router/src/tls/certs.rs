@@ -111,7 +111,8 @@ impl Certificates {
 #[derive(Debug)]
 pub struct CertStore {
     current: ArcSwap<Certificates>,
-    pairs: Vec<CertificatePair>,
+    /// The configured files (a reload may change the list).
+    pairs: Mutex<Vec<CertificatePair>>,
     /// The files' (modified time, length) when last loaded or tried.
     seen: Mutex<Vec<Stamp>>,
     files: Mutex<Vec<Loaded>>,
@@ -156,7 +157,7 @@ impl CertStore {
         let files = Certificates::load(pairs)?;
         Ok(CertStore {
             current: ArcSwap::from_pointee(Certificates::build(&files, None)),
-            pairs: pairs.to_vec(),
+            pairs: Mutex::new(pairs.to_vec()),
             seen: Mutex::new(stamps(pairs)),
             files: Mutex::new(files),
             acme: Mutex::new(None),
@@ -167,6 +168,15 @@ impl CertStore {
     /// The certificates in use, for status and metrics.
     pub fn infos(&self) -> Vec<CertInfo> {
         self.current.load().infos.clone()
+    }
+
+    /// Puts a new list of files in use (a reload), loaded beforehand with
+    /// [`Certificates::load`] so that nothing changes when one is bad.
+    pub fn replace_files(&self, pairs: &[CertificatePair], files: Vec<Loaded>) {
+        *lock(&self.pairs) = pairs.to_vec();
+        *lock(&self.seen) = stamps(pairs);
+        *lock(&self.files) = files;
+        self.rebuild();
     }
 
     /// The ACME certificate in use, if any.
@@ -193,7 +203,8 @@ impl CertStore {
     /// whole leaves the one in use alone, and is not tried again until the
     /// files change again.
     pub fn reload_if_changed(&self) -> Reload {
-        let now = stamps(&self.pairs);
+        let pairs = lock(&self.pairs).clone();
+        let now = stamps(&pairs);
         {
             let mut seen = lock(&self.seen);
             if *seen == now {
@@ -201,7 +212,7 @@ impl CertStore {
             }
             *seen = now;
         }
-        match Certificates::load(&self.pairs) {
+        match Certificates::load(&pairs) {
             Ok(files) => {
                 let names = files.iter().flat_map(|l| l.info.names.clone()).collect();
                 *lock(&self.files) = files;
@@ -239,7 +250,7 @@ pub fn watch(
     events: Arc<dyn Fn(Reload) + Send + Sync>,
     stop: CancellationToken,
 ) {
-    if store.pairs.is_empty() {
+    if lock(&store.pairs).is_empty() {
         return;
     }
     tokio::spawn(async move {

@@ -14,54 +14,59 @@ use bytes::Bytes;
 use http::{Request, Uri};
 use http_body_util::{Either, Full};
 use std::sync::Arc;
-use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 /// Starts a check loop for every upstream of both sides. The loops stop when
 /// `stop` is cancelled; wait on the returned tracker to see them finish.
 pub fn spawn(router: &Arc<Router>, stop: CancellationToken) -> TaskTracker {
-    let config = router.config().health.clone();
     let tracker = TaskTracker::new();
+    router.set_health_tasks(tracker.clone(), stop);
     let snap = router.snapshot();
     for pool in [&snap.pools.blue, &snap.pools.green] {
         for upstream in &pool.upstreams {
-            tracker.spawn(check_loop(
-                router.clone(),
-                upstream.clone(),
-                config.clone(),
-                stop.clone(),
-            ));
+            watch(router, upstream.clone());
         }
     }
     tracker.close();
     tracker
 }
 
-async fn check_loop(
-    router: Arc<Router>,
-    upstream: Arc<Upstream>,
-    config: HealthConfig,
-    stop: CancellationToken,
-) {
-    let uri: Uri = match config.path.parse() {
-        Ok(u) => u,
-        Err(e) => {
-            tracing::error!(upstream = %upstream.address, error = %e, "cannot build health check URI");
-            return;
-        }
-    };
-    let mut tick = tokio::time::interval(config.interval);
-    tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+/// Starts checking one upstream (one a reload added), until the router
+/// stops or a reload removes it.
+pub fn watch(router: &Arc<Router>, upstream: Arc<Upstream>) {
+    if let Some((tracker, stop)) = router.health_tasks() {
+        tracker.spawn(check_loop(router.clone(), upstream, stop));
+    }
+}
+
+/// Checks one upstream every `health.interval`, reading `[health]` afresh
+/// each time: a reload's new path, interval and timeout apply at the next
+/// check.
+async fn check_loop(router: Arc<Router>, upstream: Arc<Upstream>, stop: CancellationToken) {
+    let mut first = true;
     loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.cancelled() => return,
+        let config = router.config().health.clone();
+        if !first {
+            tokio::select! {
+                _ = tokio::time::sleep(config.interval) => {}
+                _ = stop.cancelled() => return,
+                _ = upstream.retired.cancelled() => return,
+            }
         }
+        first = false;
+        let uri: Uri = match config.path.parse() {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::error!(upstream = %upstream.address, error = %e, "cannot build health check URI");
+                return;
+            }
+        };
         let epoch = upstream.check_epoch();
         let result = tokio::select! {
             r = check_once(&upstream, &uri, &config) => r,
             _ = stop.cancelled() => return,
+            _ = upstream.retired.cancelled() => return,
         };
         if let Some(flipped) = upstream.record_check_from(epoch, result) {
             router.events.emit(crate::events::Event::Health {

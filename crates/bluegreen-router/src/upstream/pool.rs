@@ -10,6 +10,7 @@ use bluegreen_core::Side;
 use http::uri::Authority;
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use tokio_util::sync::CancellationToken;
 
 /// One upstream instance.
 pub struct Upstream {
@@ -33,9 +34,39 @@ pub struct Upstream {
     answered: [AtomicU64; 6],
     /// Requests that got no answer: connect errors, resets, timeouts.
     failures: AtomicU64,
+    /// Cancelled when a reload removes it: its health checks stop (the
+    /// requests still using it finish).
+    pub retired: CancellationToken,
 }
 
 impl Upstream {
+    fn new(
+        address: &str,
+        side: Side,
+        rise: u32,
+        fall: u32,
+        tls: Option<Arc<UpstreamTls>>,
+    ) -> Result<Arc<Upstream>, String> {
+        let authority: Authority = address
+            .parse()
+            .map_err(|e| format!("upstream {address:?} of {side}: {e}"))?;
+        Ok(Arc::new(Upstream {
+            address: address.to_string(),
+            authority,
+            side,
+            tls,
+            health: AtomicU8::new(Health::Unknown.to_u8()),
+            counter: Mutex::new(HealthCounter::new(rise, fall)),
+            outstanding: AtomicUsize::new(0),
+            last_error: Mutex::new(None),
+            check_epoch: AtomicU64::new(0),
+            conns: ConnPool::default(),
+            answered: Default::default(),
+            failures: AtomicU64::new(0),
+            retired: CancellationToken::new(),
+        }))
+    }
+
     /// Health as the request path sees it.
     pub fn health(&self) -> Health {
         Health::from_u8(self.health.load(Ordering::Relaxed))
@@ -122,6 +153,14 @@ impl Upstream {
         *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
+    /// New health thresholds (a reload); what is known stays.
+    pub fn set_thresholds(&self, rise: u32, fall: u32) {
+        self.counter
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .set_thresholds(rise, fall);
+    }
+
     /// Passive marking after a failed connect. Returns the new health if it flipped.
     pub fn mark_down(&self, error: String) -> Option<Health> {
         *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(error);
@@ -139,11 +178,20 @@ pub struct Pool {
     pub upstreams: Vec<Arc<Upstream>>,
     balance: Balance,
     next: AtomicUsize,
-    upgraded: AtomicUsize,
+    /// Shared with the pools a reload builds from this one, like the
+    /// stats: a side's counts do not start over when its list changes.
+    upgraded: Arc<AtomicUsize>,
     /// Traffic from the main listener while this side was live.
-    pub live_stats: TrafficStats,
+    pub live_stats: Arc<TrafficStats>,
     /// Traffic from the preview listener.
-    pub preview_stats: TrafficStats,
+    pub preview_stats: Arc<TrafficStats>,
+}
+
+/// A pool rebuilt by a reload, with the upstreams it added and removed.
+pub struct Reshaped {
+    pub pool: Pool,
+    pub added: Vec<Arc<Upstream>>,
+    pub removed: Vec<Arc<Upstream>>,
 }
 
 /// Bit set of upstream indexes already tried by one request.
@@ -161,26 +209,26 @@ impl Pool {
     ) -> Result<Pool, String> {
         let upstreams = addresses
             .iter()
-            .map(|a| {
-                let authority: Authority = a
-                    .parse()
-                    .map_err(|e| format!("upstream {a:?} of {side}: {e}"))?;
-                Ok(Arc::new(Upstream {
-                    address: a.clone(),
-                    authority,
-                    side,
-                    tls: tls.clone(),
-                    health: AtomicU8::new(Health::Unknown.to_u8()),
-                    counter: Mutex::new(HealthCounter::new(rise, fall)),
-                    outstanding: AtomicUsize::new(0),
-                    last_error: Mutex::new(None),
-                    check_epoch: AtomicU64::new(0),
-                    conns: ConnPool::default(),
-                    answered: Default::default(),
-                    failures: AtomicU64::new(0),
-                }))
-            })
+            .map(|a| Upstream::new(a, side, rise, fall, tls.clone()))
             .collect::<Result<Vec<_>, String>>()?;
+        Pool::of(
+            side,
+            upstreams,
+            balance,
+            Default::default(),
+            Default::default(),
+            Default::default(),
+        )
+    }
+
+    fn of(
+        side: Side,
+        upstreams: Vec<Arc<Upstream>>,
+        balance: Balance,
+        upgraded: Arc<AtomicUsize>,
+        live_stats: Arc<TrafficStats>,
+        preview_stats: Arc<TrafficStats>,
+    ) -> Result<Pool, String> {
         if upstreams.len() > 64 {
             return Err(format!(
                 "{side} has {} upstreams; at most 64 are supported",
@@ -192,9 +240,64 @@ impl Pool {
             upstreams,
             balance,
             next: AtomicUsize::new(0),
-            upgraded: AtomicUsize::new(0),
-            live_stats: TrafficStats::default(),
-            preview_stats: TrafficStats::default(),
+            upgraded,
+            live_stats,
+            preview_stats,
+        })
+    }
+
+    /// The pool a reload makes of this one: upstreams that stay keep their
+    /// health, connections and counts; new ones (all of them when the
+    /// side's TLS changed) count as down until their checks pass, so they
+    /// get no traffic before; the stats carry on. Returns the pool, the
+    /// upstreams added and the ones removed.
+    pub fn reshaped(
+        &self,
+        addresses: &[String],
+        balance: Balance,
+        rise: u32,
+        fall: u32,
+        tls: Option<Arc<UpstreamTls>>,
+        tls_changed: bool,
+    ) -> Result<Reshaped, String> {
+        let mut added = Vec::new();
+        let upstreams = addresses
+            .iter()
+            .map(|a| {
+                let kept = (!tls_changed)
+                    .then(|| self.upstreams.iter().find(|u| &u.address == a))
+                    .flatten();
+                match kept {
+                    Some(u) => Ok(u.clone()),
+                    None => {
+                        let u = Upstream::new(a, self.side, rise, fall, tls.clone())?;
+                        u.mark_down(
+                            "added by a reload; waiting for its first health checks".into(),
+                        );
+                        added.push(u.clone());
+                        Ok(u)
+                    }
+                }
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        let removed = self
+            .upstreams
+            .iter()
+            .filter(|u| !upstreams.iter().any(|n| Arc::ptr_eq(n, u)))
+            .cloned()
+            .collect();
+        let pool = Pool::of(
+            self.side,
+            upstreams,
+            balance,
+            self.upgraded.clone(),
+            self.live_stats.clone(),
+            self.preview_stats.clone(),
+        )?;
+        Ok(Reshaped {
+            pool,
+            added,
+            removed,
         })
     }
 

@@ -101,6 +101,17 @@ pub fn check(path: &Path) -> ExitCode {
 /// Loads `[tls]` certificates as `serve` will (chain, key, names, expiry);
 /// a problem is printed as a config problem naming the file.
 pub fn certificates(cfg: &Config, path: &Path) -> Result<(), ()> {
+    let problems = certificate_problems(cfg);
+    if problems.is_empty() {
+        return Ok(());
+    }
+    eprintln!("error: {}", describe_problems(path, &problems));
+    Err(())
+}
+
+/// Every certificate, key and CA file of `cfg` loaded as `serve` will
+/// (blocking file reads); each problem names its key and file.
+pub fn certificate_problems(cfg: &Config) -> Vec<String> {
     let edge = cfg.tls.as_ref().map(|tls| {
         bluegreen_router::tls::acceptor(tls)
             .map(|_| ())
@@ -118,23 +129,23 @@ pub fn certificates(cfg: &Config, path: &Path) -> Result<(), ()> {
                 .map_err(|e| format!("environments.{side}.tls: {e}"))
         })
     });
-    let problems: Vec<String> = [edge, admin]
+    [edge, admin]
         .into_iter()
         .chain(upstreams)
         .flatten()
         .filter_map(Result::err)
-        .collect();
-    if problems.is_empty() {
-        return Ok(());
-    }
-    eprintln!(
-        "error: invalid config {}: {} problem{}\n  - {}",
+        .collect()
+}
+
+/// "invalid config FILE: N problems" with one line each.
+pub fn describe_problems(path: &Path, problems: &[String]) -> String {
+    format!(
+        "invalid config {}: {} problem{}\n  - {}",
         path.display(),
         problems.len(),
         if problems.len() == 1 { "" } else { "s" },
         problems.join("\n  - ")
-    );
-    Err(())
+    )
 }
 
 fn outcome(
@@ -182,6 +193,28 @@ pub async fn upgrade(
         Ok(done) => {
             println!("{}", done.message);
             Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => fail(e),
+    }
+}
+
+/// `bluegreen reload`: the router reads its config file again; prints what
+/// changed (exit 0) or every problem of the file (exit 2, nothing changed).
+pub async fn reload(args: &AdminArgs, as_json: bool) -> anyhow::Result<ExitCode> {
+    let result: Result<bluegreen_api::lifecycle::Reloaded, _> =
+        client(args).post("/api/v1/reload", json!({})).await;
+    match result {
+        Ok(done) if as_json => {
+            println!("{}", serde_json::to_string_pretty(&done)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(done) => {
+            println!("{}", done.message);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(bluegreen_api::ClientError::Api { code, message, .. }) if code == "invalid_config" => {
+            eprintln!("error: {message}");
+            Ok(ExitCode::from(crate::cli::EXIT_CONFIG))
         }
         Err(e) => fail(e),
     }

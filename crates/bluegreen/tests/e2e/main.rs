@@ -16,6 +16,7 @@ mod manners;
 mod observe;
 mod preview;
 mod raw;
+mod reload;
 mod replay;
 mod shadow;
 mod shutdown;

@@ -1,0 +1,120 @@
+//! A reload: what a new config changes that can change live is applied at
+//! once, through one snapshot swap under the routing lock (so it is
+//! ordered with switches): each side's upstream list (kept upstreams keep
+//! their health and connections; removed ones finish what they carry and
+//! stop being checked; added ones are checked before they get traffic),
+//! timeouts, retries and limits of the request path, health settings, and
+//! the certificate files. Everything that can fail is prepared first:
+//! either all of it applies, or nothing does.
+
+use super::{Change, Router};
+use crate::settings::ProxySettings;
+use crate::upstream::tls::UpstreamTls;
+use bluegreen_core::config::changes::{diff, Changes};
+use bluegreen_core::config::Config;
+use bluegreen_core::{Side, Sides};
+use std::sync::Arc;
+
+impl Router {
+    /// Applies `new` (validated) and returns what changed. Blocking work
+    /// (CA files, certificates) runs off the async threads.
+    pub async fn reload(self: &Arc<Self>, new: Config) -> Result<Changes, String> {
+        let old = self.config();
+        let changes = diff(&old, &new);
+        if changes.applied.is_empty() {
+            return Ok(changes);
+        }
+        // 1. Prepare what can fail: upstream TLS clients, certificates.
+        let new = Arc::new(new);
+        let cfg = new.clone();
+        let certs = self.cert_store();
+        let certs_changed = changes.applied.iter().any(|c| c == "tls.certificates");
+        let prepared = tokio::task::spawn_blocking(move || {
+            let tls: Sides<Option<Arc<UpstreamTls>>> = Sides {
+                blue: upstream_tls(&cfg, Side::Blue)?,
+                green: upstream_tls(&cfg, Side::Green)?,
+            };
+            let files = match (&certs, &cfg.tls) {
+                (Some(_), Some(t)) if certs_changed => Some(
+                    crate::tls::Certificates::load(&t.certificates)
+                        .map_err(|e| format!("tls.certificates: {e}"))?,
+                ),
+                _ => None,
+            };
+            Ok::<_, String>((tls, files))
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        let (tls, files) = prepared;
+
+        // 2. One snapshot swap: pools and request settings together.
+        let settings = Arc::new(ProxySettings::from_config(&new.proxy));
+        let (rise, fall) = (new.health.healthy_threshold, new.health.unhealthy_threshold);
+        let (o, n) = (old.clone(), new.clone());
+        let (added, removed) = self
+            .route(move |_, snap| {
+                let mut pools = snap.pools.clone();
+                let mut added = Vec::new();
+                let mut removed = Vec::new();
+                for side in Side::ALL {
+                    let (oe, ne) = (&o.environments[side], &n.environments[side]);
+                    if oe.upstreams == ne.upstreams
+                        && oe.tls == ne.tls
+                        && o.proxy.balance == n.proxy.balance
+                    {
+                        continue;
+                    }
+                    let reshaped = snap.pools[side].reshaped(
+                        &ne.upstreams,
+                        n.proxy.balance,
+                        rise,
+                        fall,
+                        tls[side].clone(),
+                        oe.tls != ne.tls,
+                    )?;
+                    pools[side] = Arc::new(reshaped.pool);
+                    added.extend(reshaped.added);
+                    removed.extend(reshaped.removed);
+                }
+                Ok::<_, String>(Change::snapshot(
+                    move |s| {
+                        s.pools = pools;
+                        s.settings = settings;
+                    },
+                    (added, removed),
+                ))
+            })
+            .await?;
+        self.config.store(new.clone());
+
+        // 3. What follows from it: health checks, thresholds, certificates.
+        for u in &removed {
+            u.retired.cancel();
+        }
+        for u in added {
+            crate::upstream::health::watch(self, u);
+        }
+        if old.health != new.health {
+            let snap = self.snapshot();
+            for pool in [&snap.pools.blue, &snap.pools.green] {
+                for u in &pool.upstreams {
+                    u.set_thresholds(rise, fall);
+                }
+            }
+        }
+        if let (Some(certs), Some(files), Some(t)) = (self.cert_store(), files, &new.tls) {
+            certs.replace_files(&t.certificates, files);
+        }
+        Ok(changes)
+    }
+}
+
+/// The TLS client of a side's upstreams under `config` (reads CA files).
+fn upstream_tls(config: &Config, side: Side) -> Result<Option<Arc<UpstreamTls>>, String> {
+    config.environments[side]
+        .tls
+        .as_ref()
+        .map(|t| UpstreamTls::new(t).map(Arc::new))
+        .transpose()
+        .map_err(|e| format!("environments.{side}.tls: {e}"))
+}
