@@ -198,6 +198,13 @@ pub enum Command {
     /// Send recorded requests again (cache warming, load tests), keeping
     /// their timing scaled by --speed; prints a summary.
     Replay(replay::ReplayArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) generated from this CLI.
+    Man,
     /// Run a self-contained demo: release v1, then v2 under live traffic, and
     /// with --broken a v3 that the bake rolls back; every response counted.
     Demo(demo::DemoArgs),
@@ -313,6 +320,16 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             client_runtime()?.block_on(crate::shadow::main(&admin, action))
         }
         Command::Replay(args) => client_runtime()?.block_on(replay::main(args)),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "bluegreen", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Demo(args) => demo::main(args),
         Command::App(args) => app::main(args),
     }

@@ -132,3 +132,25 @@ fn serve_refuses_to_start_without_the_admin_token() {
         "{err}"
     );
 }
+
+#[test]
+fn completions_and_the_man_page_come_from_the_cli_definition() {
+    let run = |args: &[&str]| {
+        let out = Command::new(bin()).args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let bash = run(&["completions", "bash"]);
+    assert!(bash.contains("complete -F"), "{bash}");
+    for sub in ["upgrade", "reload", "deploy", "rollback"] {
+        assert!(bash.contains(sub), "bash completion lacks {sub}");
+    }
+    assert!(run(&["completions", "zsh"]).contains("#compdef bluegreen"));
+    let man = run(&["man"]);
+    assert!(man.contains(".TH bluegreen"), "{man}");
+    assert!(man.contains("reload"), "the man page lists the commands");
+}
