@@ -861,3 +861,80 @@ async fn a_failed_version_is_stopped_after_keep_failed() {
     );
     assert_eq!(body(&router).await, "green v1\n");
 }
+
+/// Polls a deploy until it has an outcome.
+async fn finished(router: &RouterProc, id: u64) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let d = router
+            .api("GET", &format!("/api/v1/deploys/{id}"), None, Some(TOKEN))
+            .await
+            .1;
+        if d["outcome"].is_string() && d["outcome"] != "running" {
+            return d;
+        }
+        assert!(Instant::now() < deadline, "deploy {id} did not finish: {d}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_upgrade_during_the_bake_keeps_its_end_and_still_rolls_back_a_breach() {
+    let router = pipeline_router("3s", "0s").start();
+    let successors = crate::upgrade::Successors::default();
+    assert_eq!(cli_deploy(&router, &["v1"]).0, 0);
+    let load = Load::start(&router, 4);
+
+    // A good version: the bake, begun in the first process, ends in the
+    // second at its original time.
+    let (status, d) = router
+        .api(
+            "POST",
+            "/api/v1/deploys",
+            Some(r#"{"version": "v2"}"#),
+            Some(TOKEN),
+        )
+        .await;
+    assert_eq!(status, 202, "{d}");
+    let id = d["id"].as_u64().unwrap();
+    wait_step(&router, "bake", "running").await;
+    let (code, out, err) = successors.upgrade(&router, &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    let d = finished(&router, id).await;
+    assert_eq!(d["outcome"], "succeeded", "{d}");
+    let bake = step_of(&d, "bake");
+    let took = bake["finished_at_ms"].as_u64().unwrap() - bake["started_at_ms"].as_u64().unwrap();
+    assert!(
+        (3000..4500).contains(&took),
+        "the bake took {took} ms across the handover, not its 3 s: {bake}"
+    );
+
+    // A version whose errors start after the switch: the new process's
+    // bake sees them and rolls back.
+    let (status, d) = router
+        .api(
+            "POST",
+            "/api/v1/deploys",
+            Some(r#"{"version": "v3", "env": {"BLUEGREEN_APP_ERROR_AFTER": "1"}}"#),
+            Some(TOKEN),
+        )
+        .await;
+    assert_eq!(status, 202, "{d}");
+    let id = d["id"].as_u64().unwrap();
+    wait_step(&router, "bake", "running").await;
+    let (code, out, err) = successors.upgrade(&router, &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    let d = finished(&router, id).await;
+    assert_eq!(d["outcome"], "rolled_back", "{d}");
+    assert!(d["breach"].is_object(), "{d}");
+    let seen = load.stop().await;
+    // The handovers themselves failed nothing (the errors are v3's own).
+    let resets: Vec<_> = seen.iter().filter(|(_, r)| r.is_err()).collect();
+    assert!(
+        resets.is_empty(),
+        "{} requests got no answer: {:?}",
+        resets.len(),
+        &resets[..resets.len().min(3)]
+    );
+    assert_eq!(body(&router).await, "blue v2\n");
+}

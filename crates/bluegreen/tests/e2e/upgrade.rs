@@ -13,11 +13,11 @@ use tokio_tungstenite::tungstenite::Message;
 /// Processes started by upgrades, stopped when the test ends (the router's
 /// own `Drop` knows only the first).
 #[derive(Default)]
-struct Successors(Mutex<Vec<u32>>);
+pub(crate) struct Successors(pub(crate) Mutex<Vec<u32>>);
 
 impl Successors {
     /// Runs `bluegreen upgrade` and remembers the pid it reports.
-    fn upgrade(&self, router: &RouterProc, args: &[&str]) -> (i32, String, String) {
+    pub(crate) fn upgrade(&self, router: &RouterProc, args: &[&str]) -> (i32, String, String) {
         let mut all = vec!["upgrade", "--json"];
         all.extend_from_slice(args);
         let (code, out, err) = router.cli(&all);
@@ -39,9 +39,11 @@ impl Successors {
 impl Drop for Successors {
     fn drop(&mut self) {
         for pid in self.0.lock().unwrap().iter() {
-            let _ = std::process::Command::new("kill")
-                .args(["-9", &pid.to_string()])
-                .status();
+            if alive(*pid) {
+                let _ = std::process::Command::new("kill")
+                    .args(["-9", &pid.to_string()])
+                    .status();
+            }
         }
     }
 }
@@ -115,7 +117,7 @@ fn load(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn upgrades_under_load_refuse_nothing_fail_nothing_and_keep_websockets_to_the_drain() {
+async fn twenty_upgrades_under_load_refuse_nothing_fail_nothing_and_keep_websockets_to_the_drain() {
     let (b, g) = (Backend::start("blue").await, Backend::start("green").await);
     let router = RouterBuilder::new(&[&b], &[&g]).drain("3s").start();
     router.wait_all_healthy().await;
@@ -139,11 +141,11 @@ async fn upgrades_under_load_refuse_nothing_fail_nothing_and_keep_websockets_to_
     })
     .await;
 
-    // Five handovers in a row, each while the previous old process may
+    // Twenty handovers in a row, each while the previous old process may
     // still be draining.
     let mut closings = Vec::new();
     let mut upgraded_at = Instant::now();
-    for k in 0..5 {
+    for k in 0..20 {
         let before = outcomes.lock().unwrap().len();
         let (code, out, err) = successors.upgrade(&router, &[]);
         assert_eq!(code, 0, "upgrade {k}: {out}{err}\n{}", router.stderr());
@@ -198,7 +200,7 @@ async fn upgrades_under_load_refuse_nothing_fail_nothing_and_keep_websockets_to_
     let failed: Vec<_> = all.iter().filter_map(|r| r.as_ref().err()).collect();
     assert!(
         failed.is_empty(),
-        "{} of {} requests failed across 5 upgrades: {:?}",
+        "{} of {} requests failed across 20 upgrades: {:?}",
         failed.len(),
         all.len(),
         &failed[..failed.len().min(5)]
@@ -342,4 +344,75 @@ async fn a_socket_passed_by_systemd_is_served() {
     let _ = child.kill();
     let _ = child.wait();
     assert_eq!((code, body.as_str()), (0, "blue"));
+}
+
+/// Every `bluegreen serve` process of this config, to stop at the end.
+fn serving(config: &std::path::Path) -> Vec<u32> {
+    let want = config.to_string_lossy().to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| {
+                    let c = String::from_utf8_lossy(&c);
+                    c.contains("serve") && c.contains(&want)
+                })
+                .unwrap_or(false)
+        })
+        .filter(|pid| alive(*pid))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn racing_upgrades_and_a_sigterm_during_one_leave_one_process_serving() {
+    let (b, g) = (Backend::start("blue").await, Backend::start("green").await);
+    let mut router = RouterBuilder::new(&[&b], &[&g]).drain("1s").start();
+    router.wait_all_healthy().await;
+    let successors = Successors::default();
+
+    // Two at once: each is done or refused, never half-done.
+    let (r1, r2) = std::thread::scope(|s| {
+        let a = s.spawn(|| successors.upgrade(&router, &[]));
+        let b = s.spawn(|| successors.upgrade(&router, &[]));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    for (code, out, err) in [&r1, &r2] {
+        assert!(
+            *code == 0 || err.contains("already in progress") || err.contains("shutting down"),
+            "{code} {out} {err}"
+        );
+    }
+    assert!(
+        r1.0 == 0 || r2.0 == 0,
+        "one of them went through: {r1:?} {r2:?}"
+    );
+    let (code, out) = curl(&[&router.url("/")]);
+    assert_eq!((code, out.as_str()), (0, "blue"));
+
+    // SIGUSR2 then at once SIGTERM: the handover completes first; then
+    // that process exits and the new one serves.
+    let serving_now = successors.last().unwrap();
+    let _ = std::process::Command::new("kill")
+        .args(["-USR2", &serving_now.to_string()])
+        .status();
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &serving_now.to_string()])
+        .status();
+    wait_until(
+        Duration::from_secs(15),
+        "the signalled process gone",
+        || async { !alive(serving_now) },
+    )
+    .await;
+    let (code, out) = curl(&[&router.url("/")]);
+    assert_eq!((code, out.as_str()), (0, "blue"), "a successor serves");
+    wait_until(Duration::from_secs(10), "one process left", || async {
+        serving(&router.config).len() == 1
+    })
+    .await;
+    for pid in serving(&router.config) {
+        successors.0.lock().unwrap().push(pid);
+    }
+    let _ = router.child.kill();
 }
