@@ -14,6 +14,7 @@
 mod load;
 mod procs;
 mod report;
+mod restarts;
 mod tls;
 
 use anyhow::{bail, Context, Result};
@@ -43,16 +44,16 @@ struct Args {
 }
 
 /// Durations and sizes of one run.
-struct Plan {
+pub struct Plan {
     /// wrk runs per measurement; the median by req/s is reported.
-    repeats: usize,
-    wrk_secs: u64,
-    conns: usize,
-    rate: u64,
-    rate_secs: u64,
-    idle_conns: usize,
-    switch_secs: u64,
-    websockets: usize,
+    pub repeats: usize,
+    pub wrk_secs: u64,
+    pub conns: usize,
+    pub rate: u64,
+    pub rate_secs: u64,
+    pub idle_conns: usize,
+    pub switch_secs: u64,
+    pub websockets: usize,
 }
 
 fn main() -> Result<()> {
@@ -149,7 +150,7 @@ fn main() -> Result<()> {
     let only = std::env::var("BENCH_ONLY").ok();
     for kind in [Kind::Direct, Kind::Bluegreen, Kind::Nginx, Kind::Haproxy] {
         if only.as_deref().is_some_and(|o| o != kind.name())
-            || std::env::var("BENCH_PARTS").is_ok_and(|p| p == "tls")
+            || std::env::var("BENCH_PARTS").is_ok_and(|p| p == "tls" || p == "restarts")
         {
             continue;
         }
@@ -229,6 +230,13 @@ fn main() -> Result<()> {
             }
         }
     }
+    // Restarts under load: bluegreen upgrade, nginx binary upgrade and
+    // reload, HAProxy reload with socket transfer.
+    if std::env::var("BENCH_PARTS").is_err()
+        || std::env::var("BENCH_PARTS").is_ok_and(|p| p == "restarts")
+    {
+        report.restarts = restarts::part(&env, &plan, upstream.blue, upstream.green)?;
+    }
     drop(upstream);
 
     // 4. WebSockets across a switch, with WebSocket-capable upstreams.
@@ -258,6 +266,10 @@ fn raise_fd_limit() -> Result<()> {
 #[derive(Debug, Clone, Default)]
 pub struct Wrk {
     pub rps: f64,
+    /// Requests completed.
+    pub requests: u64,
+    /// Connections refused or failed to open.
+    pub connect_errors: u64,
     pub p50_us: u64,
     pub p99_us: u64,
     pub p999_us: u64,
@@ -325,6 +337,8 @@ pub fn wrk_url(env: &Env, url: &str, secs: u64, conns: usize, extra: &[&str]) ->
         .sum();
     Ok(Wrk {
         rps,
+        requests: field("requests"),
+        connect_errors: field("connect"),
         p50_us: field("p50"),
         p99_us: field("p99"),
         p999_us: field("p999"),

@@ -61,6 +61,19 @@ fn render(env: &Env, template: &str, out: &str, vars: &[(&str, String)]) -> Resu
 }
 
 fn pinned(cpus: &str, program: &str) -> Command {
+    // By absolute path: nginx re-executes its own argv[0] for a binary
+    // upgrade, without a PATH search.
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(program))
+            .find(|p| p.is_file())
+    });
+    let program = found
+        .as_deref()
+        .and_then(|p| p.to_str())
+        .unwrap_or(program)
+        .to_string();
+    let program = program.as_str();
     if cpus.is_empty() {
         Command::new(program)
     } else {
@@ -149,6 +162,18 @@ pub struct Proxy {
 impl Proxy {
     /// Starts `kind` in front of the two upstream ports, blue live.
     pub fn start(kind: Kind, env: &Env, blue: u16, green: u16) -> Result<Proxy> {
+        Proxy::start_as(kind, env, blue, green, false)
+    }
+
+    /// The same; `restartable` runs HAProxy in master-worker mode, whose
+    /// reload passes the listening sockets on (`-W`, `expose-fd listeners`).
+    pub fn start_as(
+        kind: Kind,
+        env: &Env,
+        blue: u16,
+        green: u16,
+        restartable: bool,
+    ) -> Result<Proxy> {
         let port = if kind == Kind::Direct {
             blue
         } else {
@@ -191,21 +216,28 @@ impl Proxy {
             Kind::Nginx => {
                 render(env, "nginx-live.conf", "nginx-live.conf", &vars)?;
                 let conf = render(env, "nginx.conf", "nginx.conf", &vars)?;
+                let mut cmd = pinned(&env.proxy_cpus, "nginx");
+                cmd.args(["-p", &dir, "-c"]).arg(&conf);
+                // A binary upgrade works only for a daemon: in the
+                // foreground nginx ignores USR2. Restartable, it
+                // daemonizes; its master is found by the pid file.
+                if !restartable {
+                    cmd.args(["-g", "daemon off;"]);
+                }
                 Some(
-                    pinned(&env.proxy_cpus, "nginx")
-                        .args(["-p", &dir, "-c"])
-                        .arg(&conf)
-                        .args(["-g", "daemon off;"])
-                        .stdout(Stdio::null())
+                    cmd.stdout(Stdio::null())
                         .spawn()
                         .context("starting nginx")?,
                 )
             }
             Kind::Haproxy => {
                 let conf = render(env, "haproxy.cfg", "haproxy.cfg", &vars)?;
+                let mut cmd = pinned(&env.proxy_cpus, "haproxy");
+                if restartable {
+                    cmd.arg("-W");
+                }
                 Some(
-                    pinned(&env.proxy_cpus, "haproxy")
-                        .args(["-f"])
+                    cmd.args(["-f"])
                         .arg(&conf)
                         .args(["-db"])
                         .stdout(Stdio::null())
@@ -328,6 +360,74 @@ impl Proxy {
         Ok(())
     }
 
+    /// Restarts the proxy the way `how` says, while it serves.
+    pub fn restart(&mut self, how: crate::restarts::How) -> Result<()> {
+        use crate::restarts::How;
+        use nix::sys::signal::{kill, Signal};
+        use nix::unistd::Pid;
+        let signal =
+            |pid: i32, sig: Signal| kill(Pid::from_raw(pid), sig).map_err(anyhow::Error::from);
+        match how {
+            How::BluegreenUpgrade => {
+                self.bluegreen_call("POST", "/api/v1/upgrade", "")?;
+            }
+            How::NginxReload => signal(self.master()?, Signal::SIGHUP)?,
+            How::NginxBinaryUpgrade => {
+                let old = self.master()?;
+                signal(old, Signal::SIGUSR2)?;
+                // The new master writes nginx.pid once it runs; then the
+                // old one's workers stop gracefully, then the old master.
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while self.master().ok().filter(|p| *p != old).is_none() {
+                    if Instant::now() > deadline {
+                        bail!("nginx: no new master after USR2");
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                signal(old, Signal::SIGWINCH)?;
+                signal(old, Signal::SIGQUIT)?;
+            }
+            How::HaproxyReload => {
+                let pid = self.child.as_ref().expect("haproxy").id() as i32;
+                signal(pid, Signal::SIGUSR2)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops the processes a restart left behind: bluegreen's successors
+    /// (children of earlier ones) and nginx's new master.
+    pub fn stop_successors(&mut self) {
+        use nix::sys::signal::{kill, Signal};
+        use nix::unistd::Pid;
+        let first = self.child.as_ref().map(|c| c.id() as i32);
+        match self.kind {
+            Kind::Bluegreen => {
+                let config = self.env.dir.join("bluegreen.toml").display().to_string();
+                for pid in processes_with(&config) {
+                    if Some(pid) != first {
+                        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                    }
+                }
+            }
+            Kind::Nginx => {
+                if let Ok(pid) = self.master() {
+                    if Some(pid) != first {
+                        let _ = kill(Pid::from_raw(pid), Signal::SIGQUIT);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The nginx master's pid, from its pid file.
+    fn master(&self) -> Result<i32> {
+        Ok(std::fs::read_to_string(self.env.dir.join("nginx.pid"))?
+            .trim()
+            .parse()?)
+    }
+
     /// Root pids of the proxy (nginx: the master; its workers are found by parent).
     fn pids(&self) -> Vec<u32> {
         let Some(c) = &self.child else {
@@ -390,6 +490,22 @@ impl Drop for Proxy {
             let _ = c.wait();
         }
     }
+}
+
+/// Processes whose command line contains `needle`.
+fn processes_with(needle: &str) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(needle))
+                .unwrap_or(false)
+        })
+        .collect()
 }
 
 /// One HAProxy runtime API command over its admin socket.

@@ -55,6 +55,8 @@ impl Row {
 
 pub struct Report {
     pub rows: Vec<Row>,
+    /// Restarts under load, one row per proxy and method.
+    pub restarts: Vec<crate::restarts::Restarts>,
     quick: bool,
     cores: usize,
     proxy_cpus: String,
@@ -104,6 +106,7 @@ impl Report {
     ) -> Report {
         Report {
             rows: Vec::new(),
+            restarts: Vec::new(),
             quick: *quick,
             cores,
             proxy_cpus: proxy_cpus.into(),
@@ -327,6 +330,7 @@ impl Report {
         }
 
         crate::tls::render(&mut o, &self.rows);
+        crate::restarts::render(&mut o, &self.restarts);
 
         let _ = writeln!(o, "\n## Ratios (bluegreen / peer, same run)\n");
         let _ = writeln!(o, "| metric | / nginx | / HAProxy | / direct |");
