@@ -113,11 +113,25 @@ async fn require_token(State(state): State<AppState>, req: Request, next: Next) 
         .and_then(|v| bearer(v.as_bytes()))
         .unwrap_or(b"");
     // Constant-time comparison: timing must not reveal how much of a guess matched.
-    if !presented.is_empty() && bool::from(presented.ct_eq(&state.token)) {
-        next.run(req).await
-    } else {
-        ApiError::unauthorized().into_response()
+    if presented.is_empty() || !bool::from(presented.ct_eq(&state.token)) {
+        return ApiError::unauthorized().into_response();
     }
+    // While the state goes to a new process, a change made here would be
+    // lost: it waits for the new process (reads still work).
+    if req.method() != axum::http::Method::GET && state.router.handing_over() {
+        let mut resp = ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: "handing_over",
+            message: "an upgrade is handing the state to a new process; retry in a moment".into(),
+        }
+        .into_response();
+        resp.headers_mut().insert(
+            header::RETRY_AFTER,
+            axum::http::HeaderValue::from_static("1"),
+        );
+        return resp;
+    }
+    next.run(req).await
 }
 
 /// The credentials of `Authorization: Bearer <token>`; the scheme name is

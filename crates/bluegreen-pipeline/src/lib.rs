@@ -103,6 +103,8 @@ pub struct Pipeline {
     /// Cancelled to suspend the running deploy for a handover to a new
     /// process (it stops where it is, as at a crash; the new one resumes).
     suspend: Mutex<CancellationToken>,
+    /// The task running the current deploy, awaited by `suspend`.
+    running: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -157,6 +159,7 @@ impl Pipeline {
             supervisor,
             decommission_timer: Mutex::new(None),
             suspend: Mutex::new(CancellationToken::new()),
+            running: Mutex::new(None),
         }))
     }
 
@@ -198,32 +201,44 @@ impl Pipeline {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         let run = runner::run(self.clone(), handle);
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             tokio::select! {
                 _ = run => {}
                 _ = suspend.cancelled() => tracing::info!("deploy suspended for the handover to a new process"),
             }
         });
+        *self.running.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
     }
 
     /// Stops the running deploy and the decommission timer where they are,
     /// writing nothing: the state on disk is what a new process resumes
     /// from (a hitless upgrade), exactly as after a crash.
     pub async fn suspend(&self) {
-        if let Some(s) = &self.supervisor {
-            s.detach().await;
-        }
+        // The deploy first, and its task awaited: no step may start apps
+        // or monitors after the supervisor lets go of them.
         self.suspend
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .cancel();
-        if let Some(h) = self
+        let task = self
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(task) = task {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), task).await;
+        }
+        let timer = self
             .decommission_timer
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .take()
-        {
+            .take();
+        if let Some(h) = timer {
             h.abort();
+            let _ = h.await;
+        }
+        if let Some(s) = &self.supervisor {
+            s.detach().await;
         }
     }
 

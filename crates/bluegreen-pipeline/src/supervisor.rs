@@ -228,6 +228,7 @@ impl Supervisor {
         for side in Side::ALL {
             for m in monitors[side].drain(..) {
                 m.handle.abort();
+                let _ = m.handle.await;
             }
         }
     }

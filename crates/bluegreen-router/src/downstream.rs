@@ -59,7 +59,7 @@ const MAX_LINGERING: usize = 1024;
 
 /// How long an idle keep-alive connection is kept open at a drain for the
 /// client's next request.
-const DRAIN_LINGER: Duration = Duration::from_millis(1000);
+pub(crate) const DRAIN_LINGER: Duration = Duration::from_millis(1000);
 
 /// The protocol settings every client connection of a listener shares.
 pub struct Protocols {
@@ -133,7 +133,12 @@ pub async fn serve(
                 // Draining (a shutdown or a handover): the client learns
                 // from this answer not to send another request here, rather
                 // than from a reset under its next one.
-                if h1 && draining.is_cancelled() {
+                // (Not on a 101: the upgrade's own `Connection: upgrade`
+                // must stand, or the client fails the handshake.)
+                if h1
+                    && draining.is_cancelled()
+                    && resp.status() != http::StatusCode::SWITCHING_PROTOCOLS
+                {
                     resp.headers_mut().insert(
                         http::header::CONNECTION,
                         http::HeaderValue::from_static("close"),
@@ -191,12 +196,26 @@ pub async fn serve(
                 .serve_connection(TokioIo::new(gate), svc.clone())
                 .with_upgrades(),
         );
-        // Not `graceful_shutdown` at a drain: it closes a connection that is
-        // between requests at once, under a request the client may be
+        // Not `graceful_shutdown` at once at a drain: it closes a connection
+        // that is between requests, under a request the client may be
         // sending. Instead every answer given while draining says
-        // `Connection: close`, and a quiet connection parks and is closed
-        // below after a short wait for its next request.
-        let result = (&mut *conn).await;
+        // `Connection: close`, and a quiet connection parks (within a
+        // second) and is closed below.
+        let result = tokio::select! {
+            r = &mut *conn => r,
+            _ = drain.cancelled() => {
+                // A connection the gate cannot park (a chunked body, an
+                // HTTP/1.0 client) gets its moment too, then a graceful
+                // close rather than waiting out its idle timeout.
+                tokio::select! {
+                    r = &mut *conn => r,
+                    _ = tokio::time::sleep(DRAIN_LINGER) => {
+                        Pin::new(&mut *conn).graceful_shutdown();
+                        (&mut *conn).await
+                    }
+                }
+            }
+        };
         if let Err(e) = result {
             tracing::debug!(error = %e, "client connection ended with an error");
             return;

@@ -6,7 +6,7 @@
 
 use crate::serve::Running;
 use bluegreen_api::lifecycle::{ReloadError, Reloaded};
-use bluegreen_core::config::Config;
+use bluegreen_core::config::{changes, Config};
 use bluegreen_router::events::Event;
 use std::path::{Path, PathBuf};
 
@@ -26,11 +26,18 @@ pub async fn reload(path: &Path, running: &Running) -> Result<Reloaded, ReloadEr
     let result = match loaded {
         Err(why) => Err(ReloadError::InvalidConfig(why)),
         Ok(config) => {
-            let deploy = config.deploy.clone();
-            match running.router.reload(config).await {
-                Ok(changes) => {
+            // Only what can change live reaches the router and the
+            // pipeline; the rest is reported as waiting for an upgrade.
+            let running_now = running.router.config();
+            let changes = changes::diff(&running_now, &config);
+            let live = changes::applied(&running_now, &config);
+            let deploy = live.deploy.clone();
+            match running.router.reload(live).await {
+                Ok(_) => {
                     if let (Some(p), Some(d)) = (&running.pipeline, deploy) {
-                        p.set_config(d);
+                        if changes.applied.iter().any(|c| c == "deploy") {
+                            p.set_config(d);
+                        }
                     }
                     Ok(changes)
                 }

@@ -91,6 +91,10 @@ pub fn main(path: &Path) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(EXIT_CONFIG));
         }
     };
+    // The token stays in this process only: app processes and hooks started
+    // later must not inherit the admin API's secret (a handover passes it
+    // to the new process explicitly).
+    std::env::remove_var(&config.admin.token_env);
     // 3. Runtime sized by the config. One worker runs on a current-thread
     //    runtime: no work-stealing bookkeeping on the request path.
     let mut rt = match config.proxy.workers {
@@ -136,12 +140,25 @@ pub fn main(path: &Path) -> anyhow::Result<ExitCode> {
         if handover {
             notifier.redirect(upstream_notify.filter(|s| !s.is_empty()));
         }
-        let mut upgrade = crate::upgrade::Upgrades::new(exe, notifier.clone());
+        let mut upgrade = crate::upgrade::Upgrades::new(
+            exe,
+            notifier.clone(),
+            (running.router.config().admin.token_env.clone(), token.clone()),
+        );
+        let refuse_reload = || {
+            bluegreen_api::lifecycle::ReloadError::Failed(
+                "an upgrade is in progress: reload once it is done (the new process reads the file itself)".into(),
+            )
+        };
         let handed_over = loop {
             tokio::select! {
                 sig = signals.next() => match sig {
+                    // A stop during a handover cancels it (a new process
+                    // not ready yet is stopped; one already serving is
+                    // told to stop too): the service stops, as asked.
                     Signal::Stop => break upgrade.finish().await,
                     Signal::Upgrade => upgrade.start(&running, None, None).await,
+                    Signal::Reload if upgrade.busy() => tracing::warn!("SIGHUP during an upgrade: not reloaded"),
                     Signal::Reload => {
                         let _ = crate::reload::reload(path, &running).await;
                     }
@@ -149,6 +166,9 @@ pub fn main(path: &Path) -> anyhow::Result<ExitCode> {
                 Some(req) = requests.recv() => match req {
                     bluegreen_api::lifecycle::Control::Upgrade { binary, reply } => {
                         upgrade.start(&running, binary, Some(reply)).await
+                    }
+                    bluegreen_api::lifecycle::Control::Reload { reply } if upgrade.busy() => {
+                        let _ = reply.send(Err(refuse_reload()));
                     }
                     bluegreen_api::lifecycle::Control::Reload { reply } => {
                         let _ = reply.send(crate::reload::reload(path, &running).await);
@@ -161,6 +181,9 @@ pub fn main(path: &Path) -> anyhow::Result<ExitCode> {
                 }
             }
         };
+        // Requests still queued get "shutting down" (their reply senders
+        // drop), so the admin API's graceful shutdown never waits on them.
+        drop(requests);
         if !handed_over {
             notifier.send("STOPPING=1");
         }
@@ -237,9 +260,9 @@ pub async fn start(config: Config, token: &str, process: Process) -> anyhow::Res
         ),
         None => (None, None),
     };
-    let unused = sockets.unused();
+    let unused = sockets.close_unused();
     if !unused.is_empty() {
-        tracing::warn!(sockets = ?unused, "inherited sockets no listener of this config uses; closing them");
+        tracing::warn!(sockets = ?unused, "inherited sockets no listener of this config uses; closed them");
     }
     let https_local = https.as_ref().map(|l| l.local_addr()).transpose()?;
     let https_preview_local = https_preview.as_ref().map(|l| l.local_addr()).transpose()?;

@@ -4,7 +4,7 @@
 //! process while this one still serves on it: the kernel queues
 //! connections on the one socket both hold, so none is refused.
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, OwnedFd};
 use tokio::net::TcpListener;
@@ -37,9 +37,8 @@ impl Sockets {
                 .take_tcp_listener(i)
                 .with_context(|| format!("inherited socket {} (LISTEN_FDS)", i + 3))?;
             if let Some(l) = listener {
-                // The inherited descriptor is not close-on-exec; its
-                // duplicate is, so app processes never hold our sockets.
-                let l = l.try_clone().context("duplicating an inherited socket")?;
+                // listenfd marks it close-on-exec: app processes never
+                // hold our sockets.
                 inherited.push((names.get(i).cloned(), l));
             }
         }
@@ -75,9 +74,17 @@ impl Sockets {
                     .with_context(|| format!("inherited socket for {key}"))?;
                 let got = l.local_addr()?;
                 if addr.port() != 0 && got != addr {
-                    bail!("the inherited socket for {key} listens on {got}, the config says {addr}: restart to change a listen address");
+                    // The config moved this listener (an upgrade after a
+                    // reload named it): the old address closes with the
+                    // old process, the new one is bound here.
+                    tracing::info!(listener = key, from = %got, to = %addr, "listen address changed");
+                    drop(l);
+                    TcpListener::bind(addr)
+                        .await
+                        .with_context(|| format!("cannot listen on {addr} ({key})"))?
+                } else {
+                    TcpListener::from_std(l)?
                 }
-                TcpListener::from_std(l)?
             }
             None => TcpListener::bind(addr)
                 .await
@@ -91,9 +98,10 @@ impl Sockets {
         Ok(listener)
     }
 
-    /// Inherited sockets no listener took (the config no longer has them).
-    pub fn unused(&self) -> Vec<String> {
-        self.inherited
+    /// Closes the inherited sockets no listener took (the config no longer
+    /// has them), so no connection queues where nobody accepts; says which.
+    pub fn close_unused(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.inherited)
             .iter()
             .map(|(n, l)| {
                 format!(

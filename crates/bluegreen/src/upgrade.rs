@@ -42,7 +42,12 @@ type Reply = oneshot::Sender<Result<Upgraded, String>>;
 pub struct Upgrades {
     exe: PathBuf,
     notifier: Arc<Notifier>,
+    /// The admin token's variable and value, passed to the new process
+    /// (this process removed it from its environment).
+    token: (String, String),
     busy: bool,
+    /// Cancels the running handover (a stop request came).
+    abort: tokio_util::sync::CancellationToken,
     reply: Option<Reply>,
     done_tx: mpsc::Sender<Result<Upgraded, String>>,
     done_rx: mpsc::Receiver<Result<Upgraded, String>>,
@@ -51,12 +56,14 @@ pub struct Upgrades {
 impl Upgrades {
     /// `exe`: the running binary's path, read at start (a package upgrade
     /// replaces the file at that path).
-    pub fn new(exe: PathBuf, notifier: Arc<Notifier>) -> Upgrades {
+    pub fn new(exe: PathBuf, notifier: Arc<Notifier>, token: (String, String)) -> Upgrades {
         let (done_tx, done_rx) = mpsc::channel(1);
         Upgrades {
             exe,
             notifier,
+            token,
             busy: false,
+            abort: tokio_util::sync::CancellationToken::new(),
             reply: None,
             done_tx,
             done_rx,
@@ -88,19 +95,33 @@ impl Upgrades {
                 return;
             }
         };
+        self.abort = tokio_util::sync::CancellationToken::new();
         let handover = Handover {
             exe: binary.unwrap_or_else(|| self.exe.clone()),
             fds,
             store: running.store.clone(),
             pipeline: running.pipeline.clone(),
+            router: running.router.clone(),
             notifier: self.notifier.clone(),
+            token: self.token.clone(),
+            abort: self.abort.clone(),
         };
         self.busy = true;
         self.reply = reply;
         let done = self.done_tx.clone();
         tokio::spawn(async move {
-            let _ = done.send(handover.run().await).await;
+            // A panic in the handover must still end it (or every later
+            // upgrade and the stop would wait forever).
+            let result = tokio::spawn(handover.run())
+                .await
+                .unwrap_or_else(|e| Err(format!("the handover failed: {e}")));
+            let _ = done.send(result).await;
         });
+    }
+
+    /// True while a handover runs.
+    pub fn busy(&self) -> bool {
+        self.busy
     }
 
     /// The next handover's end: true when a new process serves now (this
@@ -123,10 +144,39 @@ impl Upgrades {
         ok
     }
 
-    /// At a stop request: lets a running handover end first; true when it
-    /// handed over.
+    /// At a stop request: a running handover is cancelled (a new process
+    /// not ready yet is stopped and everything taken back); one that
+    /// already completed has its new process stopped too, since the
+    /// service is to stop. True when the apps belong to the new process.
     pub async fn finish(&mut self) -> bool {
-        self.busy && self.outcome().await
+        if !self.busy {
+            return false;
+        }
+        self.abort.cancel();
+        let Some(result) = self.done_rx.recv().await else {
+            return false;
+        };
+        self.busy = false;
+        if let Some(r) = self.reply.take() {
+            let _ = r.send(Err("cancelled: the router is stopping".into()));
+        }
+        match result {
+            Ok(done) => {
+                tracing::info!(
+                    pid = done.pid,
+                    "stop during an upgrade: stopping the new process too"
+                );
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(done.pid as i32),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+                true
+            }
+            Err(e) => {
+                tracing::info!("stop during an upgrade: {e}");
+                false
+            }
+        }
     }
 }
 
@@ -135,7 +185,10 @@ struct Handover {
     fds: Vec<(String, OwnedFd)>,
     store: Arc<dyn StateStore>,
     pipeline: Option<Arc<Pipeline>>,
+    router: Arc<bluegreen_router::Router>,
     notifier: Arc<Notifier>,
+    token: (String, String),
+    abort: tokio_util::sync::CancellationToken,
 }
 
 impl Handover {
@@ -144,11 +197,23 @@ impl Handover {
         runnable(&self.exe)?;
         self.notifier
             .send(&format!("RELOADING=1\nMONOTONIC_USEC={}", monotonic_usec()));
+        // From here the admin API refuses changes (503): the state is
+        // about to belong to the new process.
+        self.router.set_handing_over(true);
         if let Some(p) = &self.pipeline {
             p.suspend().await;
         }
         let result = match self.store.release() {
-            Ok(()) => spawn_and_wait(&self.exe, self.fds, &self.notifier).await,
+            Ok(()) => {
+                spawn_and_wait(
+                    &self.exe,
+                    self.fds,
+                    &self.notifier,
+                    &self.token,
+                    &self.abort,
+                )
+                .await
+            }
             Err(e) => Err(format!("cannot release the state: {e}")),
         };
         match result {
@@ -171,6 +236,7 @@ impl Handover {
                     }
                 }
                 self.notifier.send("READY=1");
+                self.router.set_handing_over(false);
                 Err(match back {
                     Ok(()) => format!(
                         "{why}; this process ({}) serves on, nothing changed",
@@ -213,30 +279,29 @@ async fn spawn_and_wait(
     exe: &std::path::Path,
     fds: Vec<(String, OwnedFd)>,
     notifier: &Notifier,
+    token: &(String, String),
+    abort: &tokio_util::sync::CancellationToken,
 ) -> Result<u32, String> {
-    let name = format!(
-        "bluegreen-upgrade-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0)
-    );
-    let ready = std::os::unix::net::UnixDatagram::bind_addr(
-        &crate::notify::address(&format!("@{name}")).map_err(|e| e.to_string())?,
-    )
-    .and_then(|s| {
-        s.set_nonblocking(true)?;
-        tokio::net::UnixDatagram::from_std(s)
-    })
-    .map_err(|e| format!("cannot open the readiness socket: {e}"))?;
+    // The readiness socket lives in a directory only we can enter: nobody
+    // else can claim the new process is ready.
+    let dir =
+        private_dir().map_err(|e| format!("cannot make the readiness socket's directory: {e}"))?;
+    let path = dir.join("notify");
+    let ready = std::os::unix::net::UnixDatagram::bind(&path)
+        .and_then(|s| {
+            s.set_nonblocking(true)?;
+            tokio::net::UnixDatagram::from_std(s)
+        })
+        .map_err(|e| format!("cannot open the readiness socket: {e}"))?;
+    let _cleanup = RemoveOnDrop(dir.clone());
     let names: Vec<&str> = fds.iter().map(|(n, _)| n.as_str()).collect();
     let mut cmd = std::process::Command::new(exe);
     cmd.args(std::env::args_os().skip(1))
         .env("LISTEN_FDS", fds.len().to_string())
         .env("LISTEN_FDNAMES", names.join(":"))
         .env_remove("LISTEN_PID")
-        .env("NOTIFY_SOCKET", format!("@{name}"))
+        .env("NOTIFY_SOCKET", &path)
+        .env(&token.0, &token.1)
         .env(UPSTREAM_VAR, notifier.target().unwrap_or_default())
         .env(HANDOVER_VAR, "1")
         .stdin(std::process::Stdio::null());
@@ -282,6 +347,32 @@ async fn spawn_and_wait(
                     READY_WAIT.as_secs()
                 ));
             }
+            _ = abort.cancelled() => {
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+                return Err(format!("the upgrade was cancelled by a stop request; the new process {pid} was stopped"));
+            }
         }
+    }
+}
+
+/// A new directory, mode 0700, under the temp dir.
+fn private_dir() -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let dir =
+        std::env::temp_dir().join(format!("bluegreen-upgrade-{}-{nanos}", std::process::id()));
+    std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+    Ok(dir)
+}
+
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }

@@ -135,6 +135,39 @@ pub fn diff(old: &Config, new: &Config) -> Changes {
     c
 }
 
+/// The config a reload runs with: `new` where it can change live, `old`
+/// everywhere else (those changes wait for `bluegreen upgrade`, and a
+/// second reload still reports them).
+pub fn applied(old: &Config, new: &Config) -> Config {
+    let mut c = new.clone();
+    c.proxy.listen = old.proxy.listen;
+    c.proxy.preview_listen = old.proxy.preview_listen;
+    c.proxy.idle_timeout = old.proxy.idle_timeout;
+    c.proxy.max_header_bytes = old.proxy.max_header_bytes;
+    c.proxy.max_connections = old.proxy.max_connections;
+    c.proxy.workers = old.proxy.workers;
+    c.admin = old.admin.clone();
+    c.state = old.state.clone();
+    c.record = old.record.clone();
+    c.deploy = match (&old.deploy, &new.deploy) {
+        (Some(o), Some(n)) => {
+            let mut n = n.clone();
+            n.method = o.method.clone();
+            Some(n)
+        }
+        _ => old.deploy.clone(),
+    };
+    c.tls = match (&old.tls, &new.tls) {
+        (Some(o), Some(n)) => {
+            let mut t = o.clone();
+            t.certificates = n.certificates.clone();
+            Some(t)
+        }
+        _ => old.tls.clone(),
+    };
+    c
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -169,5 +202,16 @@ mod tests {
             ]
         );
         assert_eq!(c.needs_upgrade, vec!["proxy.listen".to_string()]);
+        // What runs keeps the old address until an upgrade; a second
+        // reload of the same file still names it.
+        let running = applied(&old, &new);
+        assert_eq!(running.proxy.listen, old.proxy.listen);
+        assert_eq!(running.proxy.retries, 3);
+        assert!(diff(&old, &running).needs_upgrade.is_empty());
+        assert_eq!(
+            diff(&running, &new).needs_upgrade,
+            vec!["proxy.listen".to_string()]
+        );
+        assert!(diff(&running, &new).applied.is_empty());
     }
 }

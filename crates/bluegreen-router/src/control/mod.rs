@@ -68,6 +68,9 @@ pub struct Router {
     /// moment for their next request (answered with `Connection: close`)
     /// instead of closing at once, since that process serves the retry.
     handed_over: std::sync::atomic::AtomicBool,
+    /// Set while the state is being handed to a new process: the admin API
+    /// refuses changes (they would be lost).
+    handing_over: std::sync::atomic::AtomicBool,
     /// Where health check loops run (a reload adds loops for new upstreams).
     health_tasks: Mutex<Option<(TaskTracker, CancellationToken)>>,
 }
@@ -186,6 +189,7 @@ impl Router {
             acme: std::sync::OnceLock::new(),
             handed_over: std::sync::atomic::AtomicBool::new(false),
             health_tasks: Mutex::new(None),
+            handing_over: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 
@@ -233,6 +237,17 @@ impl Router {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// The state is being handed to a new process (or not any more).
+    pub fn set_handing_over(&self, on: bool) {
+        self.handing_over
+            .store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// True while changes must wait for the new process (see above).
+    pub fn handing_over(&self) -> bool {
+        self.handing_over.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// A new process serves now; this one only drains.

@@ -126,16 +126,26 @@ pub async fn serve(
 ) {
     let gauge = ctx.router.clients[ctx.kind as usize].clone();
     let _open = Held::new(&gauge.open);
-    let tls = tokio::select! {
-        r = tokio::time::timeout(HANDSHAKE, acceptor.accept(stream)) => match r {
-            Ok(Ok(tls)) => tls,
-            Ok(Err(e)) => {
-                tracing::debug!(listener = ctx.kind.as_str(), error = %e, "TLS handshake failed");
+    let accept = tokio::time::timeout(HANDSHAKE, acceptor.accept(stream));
+    tokio::pin!(accept);
+    let handshake = tokio::select! {
+        r = accept.as_mut() => r,
+        _ = drain.cancelled() => {
+            // After a handover, a handshake in progress still completes
+            // and its request is answered (with `Connection: close`).
+            if !ctx.router.handed_over() {
                 return;
             }
-            Err(_) => return,
-        },
-        _ = drain.cancelled() => return,
+            accept.await
+        }
+    };
+    let tls = match handshake {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::debug!(listener = ctx.kind.as_str(), error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => return,
     };
     let alpn = tls.get_ref().1.alpn_protocol();
     if alpn == Some(challenge::ACME_TLS_ALPN) {
@@ -153,11 +163,25 @@ pub async fn serve(
     });
     let svc = {
         let activity = activity.clone();
+        let draining = drain.clone();
         service_fn(move |req| {
             let ctx = ctx.clone();
             let busy = Busy::new(&activity);
+            let draining = draining.clone();
             async move {
-                let resp = request::handle(req, &ctx).await;
+                let h1 = req.version() < http::Version::HTTP_2;
+                let mut resp = request::handle(req, &ctx).await;
+                // As on plain listeners: a draining answer tells the client
+                // to go elsewhere for its next request (not on a 101).
+                if h1
+                    && draining.is_cancelled()
+                    && resp.status() != http::StatusCode::SWITCHING_PROTOCOLS
+                {
+                    resp.headers_mut().insert(
+                        http::header::CONNECTION,
+                        http::HeaderValue::from_static("close"),
+                    );
+                }
                 Ok::<_, Infallible>(resp.map(|b| Counted::new(b, busy)))
             }
         })
@@ -176,13 +200,22 @@ pub async fn serve(
     } else {
         let conn = protocols.http1.serve_connection(io, svc).with_upgrades();
         tokio::pin!(conn);
-        tokio::select! {
-            _ = conn.as_mut() => {}
-            _ = async { tokio::select! { _ = drain.cancelled() => {}, _ = idle => {} } } => {
-                conn.as_mut().graceful_shutdown();
-                let _ = conn.await;
+        let draining = tokio::select! {
+            _ = conn.as_mut() => return,
+            _ = drain.cancelled() => true,
+            _ = idle => false,
+        };
+        // At a drain the client gets a moment for the request it may be
+        // sending (answered with `Connection: close`) before the close.
+        if draining {
+            let linger = tokio::time::sleep(crate::downstream::DRAIN_LINGER);
+            tokio::select! {
+                _ = conn.as_mut() => return,
+                _ = linger => {}
             }
         }
+        conn.as_mut().graceful_shutdown();
+        let _ = conn.await;
     }
 }
 

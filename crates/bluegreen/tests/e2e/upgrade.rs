@@ -379,7 +379,10 @@ async fn racing_upgrades_and_a_sigterm_during_one_leave_one_process_serving() {
     });
     for (code, out, err) in [&r1, &r2] {
         assert!(
-            *code == 0 || err.contains("already in progress") || err.contains("shutting down"),
+            *code == 0
+                || err.contains("already in progress")
+                || err.contains("handing the state")
+                || err.contains("shutting down"),
             "{code} {out} {err}"
         );
     }
@@ -390,9 +393,10 @@ async fn racing_upgrades_and_a_sigterm_during_one_leave_one_process_serving() {
     let (code, out) = curl(&[&router.url("/")]);
     assert_eq!((code, out.as_str()), (0, "blue"));
 
-    // SIGUSR2 then at once SIGTERM: the handover completes first; then
-    // that process exits and the new one serves.
-    let serving_now = successors.last().unwrap();
+    // SIGUSR2 then at once SIGTERM: the stop wins. The handover is
+    // cancelled (or, if the new process already took over, it is stopped
+    // too): nothing of this router serves afterwards.
+    let serving_now = successors.last().unwrap_or(router.child.id());
     let _ = std::process::Command::new("kill")
         .args(["-USR2", &serving_now.to_string()])
         .status();
@@ -401,18 +405,11 @@ async fn racing_upgrades_and_a_sigterm_during_one_leave_one_process_serving() {
         .status();
     wait_until(
         Duration::from_secs(15),
-        "the signalled process gone",
-        || async { !alive(serving_now) },
+        "every process of this router gone",
+        || async { serving(&router.config).is_empty() },
     )
     .await;
-    let (code, out) = curl(&[&router.url("/")]);
-    assert_eq!((code, out.as_str()), (0, "blue"), "a successor serves");
-    wait_until(Duration::from_secs(10), "one process left", || async {
-        serving(&router.config).len() == 1
-    })
-    .await;
-    for pid in serving(&router.config) {
-        successors.0.lock().unwrap().push(pid);
-    }
+    let (code, _) = curl(&[&router.url("/")]);
+    assert_ne!(code, 0, "nothing serves after the stop");
     let _ = router.child.kill();
 }
