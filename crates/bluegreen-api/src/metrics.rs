@@ -131,6 +131,7 @@ pub async fn render(router: &Arc<Router>, pipeline: Option<&Arc<Pipeline>>) -> S
     }
     shadowing(&mut s, router);
     certificates(&mut s, &status);
+    holds(&mut s, &status);
     let mut registry = Registry::default();
     registry.register_collector(Box::new(s));
     let mut out = String::new();
@@ -397,6 +398,31 @@ async fn deploys(s: &mut Scrape, p: &Pipeline) {
             Value::Counter(outcomes.get(o).copied().unwrap_or(0)),
         );
     }
+}
+
+/// Pause and maintenance of live traffic.
+fn holds(s: &mut Scrape, status: &Status) {
+    s.family(
+        "bluegreen_paused",
+        "1 while live traffic is paused (bluegreen pause)",
+        MetricType::Gauge,
+    )
+    .add(vec![], Value::Gauge(status.paused.is_some() as i64));
+    s.family(
+        "bluegreen_held_requests",
+        "Live requests waiting for a resume now",
+        MetricType::Gauge,
+    )
+    .add(
+        vec![],
+        Value::Gauge(status.paused.as_ref().map_or(0, |p| p.waiting as i64)),
+    );
+    s.family(
+        "bluegreen_maintenance",
+        "1 while the live listener answers with the maintenance page",
+        MetricType::Gauge,
+    )
+    .add(vec![], Value::Gauge(status.maintenance.is_some() as i64));
 }
 
 /// Each TLS certificate in use: when it expires (alert well before).

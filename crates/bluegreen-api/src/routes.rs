@@ -70,6 +70,9 @@ pub fn app(
         .route("/abort", post(abort))
         .route("/upgrade", post(upgrade))
         .route("/reload", post(reload))
+        .route("/pause", post(pause))
+        .route("/resume", post(resume))
+        .route("/maintenance", post(maintenance))
         .route("/events", get(events))
         .route("/series", get(series))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
@@ -324,6 +327,82 @@ fn reason(given: Option<String>, default: &str) -> Result<String, ApiError> {
     let r = given.unwrap_or_else(|| default.into());
     input::reason("reason", &r).map_err(ApiError::bad_request)?;
     Ok(r)
+}
+
+/// `POST /api/v1/pause {"timeout": "30s", "limit": 10000}`: new live
+/// requests wait until `resume` (in-flight ones finish).
+async fn pause(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+    let body: crate::types::PauseBody = if body.is_empty() {
+        Default::default()
+    } else {
+        parse_body(&body)?
+    };
+    let timeout = match body.timeout.as_deref() {
+        None => std::time::Duration::from_secs(30),
+        Some(t) => humantime::parse_duration(t)
+            .map_err(|e| ApiError::bad_request(format!("field \"timeout\": {t:?}: {e}")))?,
+    };
+    if timeout.is_zero() || timeout > std::time::Duration::from_secs(600) {
+        return Err(ApiError::bad_request(
+            "field \"timeout\": between 1ms and 10m (a held request holds a client)",
+        ));
+    }
+    let limit = body.limit.unwrap_or(10_000);
+    if limit == 0 || limit > 1_000_000 {
+        return Err(ApiError::bad_request(
+            "field \"limit\": between 1 and 1000000",
+        ));
+    }
+    let status = state
+        .router
+        .pause(timeout, limit)
+        .await
+        .map_err(|e| ApiError::conflict("already_paused", e))?;
+    Ok(Json(status).into_response())
+}
+
+/// `POST /api/v1/resume`: held requests go, in the order they came.
+async fn resume(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let status = state
+        .router
+        .resume()
+        .await
+        .map_err(|e| ApiError::conflict("not_paused", e))?;
+    Ok(Json(status).into_response())
+}
+
+/// `POST /api/v1/maintenance {"on": true, "message": "...", "retry_after": 120}`.
+async fn maintenance(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let body: crate::types::MaintenanceBody = parse_body(&body)?;
+    let on = if body.on {
+        let message = body.message.unwrap_or_else(|| {
+            "This service is down for maintenance; please try again shortly.".into()
+        });
+        input::reason("message", &message).map_err(ApiError::bad_request)?;
+        let retry = body.retry_after.unwrap_or(120);
+        if retry > 86_400 {
+            return Err(ApiError::bad_request(
+                "field \"retry_after\": at most 86400 seconds",
+            ));
+        }
+        Some((message, retry, actor(&headers, &body.actor)?))
+    } else {
+        None
+    };
+    let m = state
+        .router
+        .set_maintenance(on)
+        .await
+        .map_err(|e| ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            code: "persist_failed",
+            message: e,
+        })?;
+    Ok(Json(serde_json::json!({ "maintenance": m })).into_response())
 }
 
 /// `POST /api/v1/upgrade {"binary": PATH?}`: a new process on our sockets;

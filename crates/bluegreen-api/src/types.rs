@@ -132,3 +132,30 @@ pub struct UpgradeBody {
     #[serde(default)]
     pub binary: Option<String>,
 }
+
+/// `POST /api/v1/pause`.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PauseBody {
+    /// How long one request may wait, e.g. `"30s"` (default 30s, at most 10m).
+    #[serde(default)]
+    pub timeout: Option<String>,
+    /// How many requests may wait at once (default 10000).
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+/// `POST /api/v1/maintenance`.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaintenanceBody {
+    pub on: bool,
+    /// The page's text (default: a short notice).
+    #[serde(default)]
+    pub message: Option<String>,
+    /// Seconds for `Retry-After` (default 120, at most 86400).
+    #[serde(default)]
+    pub retry_after: Option<u32>,
+    #[serde(default)]
+    pub actor: Option<String>,
+}

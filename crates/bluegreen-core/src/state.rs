@@ -22,6 +22,21 @@ pub struct RouterState {
     pub generation: u64,
     /// Most recent switches, oldest first.
     pub history: Vec<SwitchRecord>,
+    /// Maintenance mode, kept across restarts until turned off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance: Option<Maintenance>,
+}
+
+/// Maintenance mode: the live listener answers `503` with this message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Maintenance {
+    pub message: String,
+    /// Sent as `Retry-After`.
+    pub retry_after_secs: u32,
+    /// Milliseconds since the Unix epoch.
+    pub since_ms: u64,
+    pub actor: String,
 }
 
 /// One switch: when, from where to where, who asked and why.
@@ -90,6 +105,7 @@ impl RouterState {
             live,
             generation: 0,
             history: Vec::new(),
+            maintenance: None,
         }
     }
 
@@ -132,6 +148,7 @@ impl RouterState {
             live: req.to,
             generation,
             history,
+            maintenance: self.maintenance.clone(),
         })
     }
 

@@ -36,6 +36,8 @@ fn snapshot() -> ArcSwap<Snapshot> {
         epochs: Sides::from_fn(|_| Epoch::new()),
         recorder: None,
         shadow: None,
+        hold: None,
+        maintenance: None,
         settings: Arc::new(bluegreen_router::settings::ProxySettings {
             connect_timeout: std::time::Duration::from_secs(2),
             upstream_timeout: std::time::Duration::from_secs(30),

@@ -46,6 +46,10 @@ pub enum Event {
     Tls { ok: bool, detail: String },
     /// A config reload: applied (what changed) or refused (why).
     Reload { ok: bool, detail: String },
+    /// Live traffic paused or resumed.
+    Pause { on: bool, detail: String },
+    /// Maintenance mode on or off.
+    Maintenance { on: bool, detail: String },
     /// A bake verdict: `ok`, `waiting`, `inconclusive` or `breach`.
     Bake {
         deploy_id: u64,
@@ -81,6 +85,8 @@ impl Event {
             Event::Bake { .. } => "bake",
             Event::Tls { .. } => "tls",
             Event::Reload { .. } => "reload",
+            Event::Pause { .. } => "pause",
+            Event::Maintenance { .. } => "maintenance",
         }
     }
 
@@ -100,6 +106,9 @@ impl Event {
             Event::Tick(p) => serde_json::to_value(p),
             Event::Tls { ok, detail } | Event::Reload { ok, detail } => {
                 Ok(serde_json::json!({"ok": ok, "detail": detail}))
+            }
+            Event::Pause { on, detail } | Event::Maintenance { on, detail } => {
+                Ok(serde_json::json!({"on": on, "detail": detail}))
             }
             Event::Deploy(d) => serde_json::to_value(d),
             Event::Bake {

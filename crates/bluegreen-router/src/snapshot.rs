@@ -28,6 +28,10 @@ pub struct Snapshot {
     pub shadow: Option<Arc<Shadow>>,
     /// Timeouts, retries and limits of the request path, swapped with the rest.
     pub settings: Arc<ProxySettings>,
+    /// A pause of live traffic, if any. Off, it costs a branch.
+    pub hold: Option<Arc<crate::request::hold::Hold>>,
+    /// Maintenance mode of the live listener, if on. Off, it costs a branch.
+    pub maintenance: Option<Arc<bluegreen_core::state::Maintenance>>,
 }
 
 impl Snapshot {

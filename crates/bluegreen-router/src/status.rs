@@ -25,6 +25,12 @@ pub struct Status {
     /// Where ACME stands (next attempt, failures, last error), if configured.
     #[serde(default)]
     pub acme: Option<crate::tls::acme::AcmeState>,
+    /// Live traffic paused (`bluegreen pause`): since when, how many wait.
+    #[serde(default)]
+    pub paused: Option<crate::control::PauseStatus>,
+    /// Maintenance mode, if on.
+    #[serde(default)]
+    pub maintenance: Option<bluegreen_core::state::Maintenance>,
 }
 
 /// One environment.

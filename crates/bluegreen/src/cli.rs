@@ -112,6 +112,37 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Hold new live requests (in-flight ones finish) until `resume`: for a
+    /// short migration that old and new versions cannot share. Each waits at
+    /// most --timeout, at most --limit at once; past either, 503 with
+    /// Retry-After.
+    Pause {
+        #[command(flatten)]
+        admin: AdminArgs,
+        #[arg(long, default_value = "30s")]
+        timeout: String,
+        #[arg(long, default_value_t = 10_000)]
+        limit: usize,
+    },
+    /// Release the held requests, in the order they came.
+    Resume {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Maintenance mode: the live listener answers 503 with a message (JSON
+    /// for clients that ask for it); preview and health checks unaffected.
+    Maintenance {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// on or off
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+        #[arg(long)]
+        message: Option<String>,
+        /// Seconds for Retry-After.
+        #[arg(long, default_value_t = 120)]
+        retry_after: u32,
+    },
     /// Switch back to the side that was live before the last switch.
     Rollback {
         #[command(flatten)]
@@ -266,6 +297,23 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             reason,
             json,
         } => client_runtime()?.block_on(commands::switch(&admin, to, force, reason, json)),
+        Command::Pause {
+            admin,
+            timeout,
+            limit,
+        } => client_runtime()?.block_on(commands::pause(&admin, timeout, limit)),
+        Command::Resume { admin } => client_runtime()?.block_on(commands::resume(&admin)),
+        Command::Maintenance {
+            admin,
+            state,
+            message,
+            retry_after,
+        } => client_runtime()?.block_on(commands::maintenance(
+            &admin,
+            state == "on",
+            message,
+            retry_after,
+        )),
         Command::Reload { admin, json } => {
             client_runtime()?.block_on(commands::reload(&admin, json))
         }

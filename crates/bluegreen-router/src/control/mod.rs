@@ -4,6 +4,7 @@
 //! side (`drain`), taps on and off (`taps`); `status` is the view of it all.
 
 mod drain;
+mod hold;
 mod reload;
 mod status;
 mod switch;
@@ -33,6 +34,7 @@ use tokio::sync::Mutex as AsyncMutex;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use hold::PauseStatus;
 pub use switch::{SwitchError, SwitchOutcome};
 
 /// The router: routing snapshot, upstream client and the persisted state.
@@ -168,6 +170,8 @@ impl Router {
             recorder: None,
             shadow: None,
             settings: Arc::new(ProxySettings::from_config(&config.proxy)),
+            hold: None,
+            maintenance: state.maintenance.clone().map(Arc::new),
         };
 
         Ok(Arc::new(Router {

@@ -31,6 +31,8 @@ impl Router {
             drain_timeout_ms: self.config().switch.drain_timeout.as_millis() as u64,
             certificates: self.certificates(),
             acme: self.acme(),
+            paused: self.paused(),
+            maintenance: self.maintenance(),
             sides: Sides::from_fn(|side| {
                 let pool = &snap.pools[side];
                 let epoch = &snap.epochs[side];

@@ -12,6 +12,7 @@ pub mod client_body;
 pub mod error;
 pub mod forward;
 pub mod headers;
+pub mod hold;
 pub mod prepare;
 pub mod redirect;
 pub mod respond;
@@ -102,6 +103,10 @@ pub struct Route {
     /// The recording, when this request was sampled for it.
     pub recorder: Option<Arc<Recorder>>,
     pub shadow: Option<Arc<Shadow>>,
+    /// A pause of live traffic (main listener only).
+    pub hold: Option<Arc<hold::Hold>>,
+    /// Maintenance mode (main listener only).
+    pub maintenance: Option<Arc<bluegreen_core::state::Maintenance>>,
 }
 
 impl Route {
@@ -122,6 +127,8 @@ impl Route {
                 .filter(|r| !preview && r.sample())
                 .cloned(),
             shadow: snap.shadow.as_ref().filter(|_| !preview).cloned(),
+            hold: snap.hold.as_ref().filter(|_| !preview).cloned(),
+            maintenance: snap.maintenance.as_ref().filter(|_| !preview).cloned(),
         }
     }
 }
@@ -140,8 +147,19 @@ pub async fn handle(req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
             return redirect::to_https(&req, port);
         }
     }
+    let mut route = Route::load(conn);
+    if let Some(m) = &route.maintenance {
+        return hold::maintenance(&req, m);
+    }
+    if let Some(h) = route.hold.clone() {
+        if let Err(why) = h.wait().await {
+            return hold::not_released(why, &h);
+        }
+        // Released: routed by the snapshot of now (a switch made while
+        // paused applies to the held requests).
+        route = Route::load(conn);
+    }
     let started = Instant::now();
-    let route = Route::load(conn);
     let access = route.settings.access_log.then(|| AccessLine::of(&req));
     let mut record = None;
     let mut upload = None;

@@ -219,3 +219,64 @@ pub async fn reload(args: &AdminArgs, as_json: bool) -> anyhow::Result<ExitCode>
         Err(e) => fail(e),
     }
 }
+
+/// `bluegreen pause`: new live requests wait until `resume`.
+pub async fn pause(args: &AdminArgs, timeout: String, limit: usize) -> anyhow::Result<ExitCode> {
+    let body = bluegreen_api::types::PauseBody {
+        timeout: Some(timeout),
+        limit: Some(limit),
+    };
+    let result: Result<serde_json::Value, _> = client(args).post("/api/v1/pause", body).await;
+    match result {
+        Ok(v) => {
+            println!(
+                "paused: new live requests wait up to {} ms (at most {} at once); `bluegreen resume` releases them",
+                v["timeout_ms"], v["limit"]
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => fail(e),
+    }
+}
+
+/// `bluegreen resume`: the held requests go, in order.
+pub async fn resume(args: &AdminArgs) -> anyhow::Result<ExitCode> {
+    let result: Result<serde_json::Value, _> = client(args).post("/api/v1/resume", json!({})).await;
+    match result {
+        Ok(v) => {
+            println!("resumed: {} held requests released", v["waiting"]);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => fail(e),
+    }
+}
+
+/// `bluegreen maintenance on|off`.
+pub async fn maintenance(
+    args: &AdminArgs,
+    on: bool,
+    message: Option<String>,
+    retry_after: u32,
+) -> anyhow::Result<ExitCode> {
+    let body = bluegreen_api::types::MaintenanceBody {
+        on,
+        message,
+        retry_after: Some(retry_after),
+        actor: Some(actor()),
+    };
+    let result: Result<serde_json::Value, _> = client(args).post("/api/v1/maintenance", body).await;
+    match result {
+        Ok(v) if on => {
+            println!(
+                "maintenance on: the live listener answers 503 ({})",
+                v["maintenance"]["message"].as_str().unwrap_or("")
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(_) => {
+            println!("maintenance off: live traffic reaches the app again");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => fail(e),
+    }
+}

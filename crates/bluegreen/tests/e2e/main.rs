@@ -10,6 +10,7 @@ mod demo;
 mod deploy;
 mod fidelity;
 mod health;
+mod hold;
 mod hostile;
 mod keepalive;
 mod manners;

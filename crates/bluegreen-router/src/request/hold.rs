@@ -1,0 +1,175 @@
+//! Pause and maintenance on the live listener. A pause holds new requests
+//! (in-flight ones finish) until `resume` releases them in arrival order, up
+//! to a per-request timeout and a queue limit, past which they get `503`
+//! with `Retry-After`. Maintenance answers every live request with `503` and
+//! a message (plain text, or JSON for clients that ask for it). Neither
+//! answer counts against a side: the app never saw the request.
+
+use super::body::ResponseBody;
+use bluegreen_core::state::Maintenance;
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+
+/// A pause in effect (a field of the routing snapshot).
+#[derive(Debug)]
+pub struct Hold {
+    /// No permits until resumed; tokio's semaphore is fair, so waiters are
+    /// released in the order they came.
+    gate: Semaphore,
+    waiting: AtomicUsize,
+    released: AtomicUsize,
+    pub timeout: Duration,
+    pub limit: usize,
+    pub since: Instant,
+    pub since_ms: u64,
+}
+
+/// Why a held request was not let through.
+#[derive(Debug, PartialEq, Eq)]
+pub enum NotReleased {
+    /// The queue was full when it came.
+    Full,
+    /// It waited `timeout`.
+    TimedOut,
+}
+
+impl Hold {
+    pub fn new(timeout: Duration, limit: usize, since_ms: u64) -> Hold {
+        Hold {
+            gate: Semaphore::new(0),
+            waiting: AtomicUsize::new(0),
+            released: AtomicUsize::new(0),
+            timeout,
+            limit,
+            since: Instant::now(),
+            since_ms,
+        }
+    }
+
+    /// Waits until the pause ends (then the caller routes with the snapshot
+    /// of that moment: a switch made while paused applies to these).
+    pub async fn wait(&self) -> Result<(), NotReleased> {
+        if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.limit {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            return Err(NotReleased::Full);
+        }
+        let got = tokio::time::timeout(self.timeout, self.gate.acquire()).await;
+        self.waiting.fetch_sub(1, Ordering::AcqRel);
+        match got {
+            Ok(_) => {
+                self.released.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(_) => Err(NotReleased::TimedOut),
+        }
+    }
+
+    /// Lets every waiting request go, in order; later ones pass at once.
+    pub fn release(&self) {
+        self.gate.add_permits(Semaphore::MAX_PERMITS / 2);
+    }
+
+    /// Requests waiting now.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
+    /// Requests let through after waiting.
+    pub fn released(&self) -> usize {
+        self.released.load(Ordering::Relaxed)
+    }
+}
+
+/// The `503` of a held request not let through.
+pub fn not_released(why: NotReleased, hold: &Hold) -> Response<ResponseBody> {
+    let text = match why {
+        NotReleased::Full => format!(
+            "503: traffic is paused and {} requests are already waiting; retry shortly\n",
+            hold.limit
+        ),
+        NotReleased::TimedOut => format!(
+            "503: traffic is paused; this request waited {} ms; retry shortly\n",
+            hold.timeout.as_millis()
+        ),
+    };
+    let mut resp = ResponseBody::plain(StatusCode::SERVICE_UNAVAILABLE, text);
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    resp.headers_mut()
+        .insert("x-bluegreen-error", HeaderValue::from_static("paused"));
+    resp
+}
+
+/// The maintenance page: the message as text, or as JSON when the client's
+/// `Accept` asks for JSON before text.
+pub fn maintenance<B>(req: &Request<B>, m: &Maintenance) -> Response<ResponseBody> {
+    let accept = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let json = accept.contains("application/json") && !accept.starts_with("text/");
+    let mut resp = if json {
+        let body = serde_json::json!({
+            "error": "maintenance",
+            "message": m.message,
+            "retry_after": m.retry_after_secs,
+        })
+        .to_string();
+        let mut r = ResponseBody::plain(StatusCode::SERVICE_UNAVAILABLE, body + "\n");
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        r
+    } else {
+        ResponseBody::plain(StatusCode::SERVICE_UNAVAILABLE, format!("{}\n", m.message))
+    };
+    if let Ok(v) = HeaderValue::from_str(&m.retry_after_secs.to_string()) {
+        resp.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    resp.headers_mut()
+        .insert("x-bluegreen-error", HeaderValue::from_static("maintenance"));
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[tokio::test]
+    async fn held_requests_go_in_order_once_released_and_the_queue_is_bounded() {
+        let hold = Arc::new(Hold::new(Duration::from_secs(5), 3, 0));
+        let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut waiters = Vec::new();
+        for i in 0..3 {
+            let (h, o) = (hold.clone(), order.clone());
+            waiters.push(tokio::spawn(async move {
+                h.wait().await.unwrap();
+                o.lock().unwrap().push(i);
+            }));
+            while hold.waiting() <= i {
+                tokio::task::yield_now().await;
+            }
+        }
+        assert_eq!(hold.wait().await, Err(NotReleased::Full));
+        hold.release();
+        for w in waiters {
+            w.await.unwrap();
+        }
+        assert_eq!(*order.lock().unwrap(), vec![0, 1, 2]);
+        assert_eq!(hold.released(), 3);
+        assert_eq!(hold.wait().await, Ok(()), "after the release, no wait");
+    }
+
+    #[tokio::test]
+    async fn a_held_request_gives_up_after_the_timeout() {
+        let hold = Hold::new(Duration::from_millis(30), 10, 0);
+        assert_eq!(hold.wait().await, Err(NotReleased::TimedOut));
+        assert_eq!(hold.waiting(), 0);
+    }
+}
