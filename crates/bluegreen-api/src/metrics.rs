@@ -423,6 +423,20 @@ fn holds(s: &mut Scrape, status: &Status) {
         MetricType::Gauge,
     )
     .add(vec![], Value::Gauge(status.maintenance.is_some() as i64));
+    let f = s.family(
+        "bluegreen_weight_basis_points",
+        "Share of live clients sent to each side, in basis points (10000 = all)",
+        MetricType::Gauge,
+    );
+    for side in bluegreen_core::Side::ALL {
+        let bp = match status.split {
+            Some(sp) if sp.side == side => sp.basis_points as i64,
+            Some(sp) => 10_000 - sp.basis_points as i64,
+            None if status.live == side => 10_000,
+            None => 0,
+        };
+        f.add(vec![("side", side.to_string())], Value::Gauge(bp));
+    }
 }
 
 /// Each TLS certificate in use: when it expires (alert well before).

@@ -73,6 +73,7 @@ pub fn app(
         .route("/pause", post(pause))
         .route("/resume", post(resume))
         .route("/maintenance", post(maintenance))
+        .route("/weight", post(weight))
         .route("/events", get(events))
         .route("/series", get(series))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
@@ -403,6 +404,28 @@ async fn maintenance(
             message: e,
         })?;
     Ok(Json(serde_json::json!({ "maintenance": m })).into_response())
+}
+
+/// `POST /api/v1/weight {"side": "green", "percent": 10}`: that share of
+/// the clients (always the same ones) goes to the idle side.
+async fn weight(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+    let body: crate::types::WeightBody = parse_body(&body)?;
+    let side = body
+        .side
+        .parse::<Side>()
+        .map_err(|e| ApiError::bad_request(format!("field \"side\": {e}")))?;
+    if !(0.0..100.0).contains(&body.percent) || !body.percent.is_finite() {
+        return Err(ApiError::bad_request(
+            "field \"percent\": from 0 to below 100 (100 is a switch)",
+        ));
+    }
+    let bp = (body.percent * 100.0).round() as u16;
+    let split = state
+        .router
+        .set_weight(side, bp, body.force)
+        .await
+        .map_err(|e| ApiError::conflict("weight_refused", e))?;
+    Ok(Json(serde_json::json!({ "split": split })).into_response())
 }
 
 /// `POST /api/v1/upgrade {"binary": PATH?}`: a new process on our sockets;

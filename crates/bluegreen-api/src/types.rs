@@ -159,3 +159,15 @@ pub struct MaintenanceBody {
     #[serde(default)]
     pub actor: Option<String>,
 }
+
+/// `POST /api/v1/weight`.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WeightBody {
+    /// The side that gets the share (the idle side).
+    pub side: String,
+    /// Share of clients, 0 to below 100 (0.01 steps); 0 ends the split.
+    pub percent: f64,
+    #[serde(default)]
+    pub force: bool,
+}

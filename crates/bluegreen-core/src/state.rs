@@ -25,6 +25,18 @@ pub struct RouterState {
     /// Maintenance mode, kept across restarts until turned off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub maintenance: Option<Maintenance>,
+    /// A weighted split of live traffic (canary), until a switch or 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split: Option<Split>,
+}
+
+/// Part of the live traffic goes to the other side: `basis_points` of
+/// 10,000 clients (by their sticky key), always the same ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Split {
+    pub side: Side,
+    pub basis_points: u16,
 }
 
 /// Maintenance mode: the live listener answers `503` with this message.
@@ -106,6 +118,7 @@ impl RouterState {
             generation: 0,
             history: Vec::new(),
             maintenance: None,
+            split: None,
         }
     }
 
@@ -149,6 +162,8 @@ impl RouterState {
             generation,
             history,
             maintenance: self.maintenance.clone(),
+            // A switch is whole: a canary split ends with it.
+            split: None,
         })
     }
 

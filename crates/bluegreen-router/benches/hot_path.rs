@@ -38,6 +38,7 @@ fn snapshot() -> ArcSwap<Snapshot> {
         shadow: None,
         hold: None,
         maintenance: None,
+        split: None,
         settings: Arc::new(bluegreen_router::settings::ProxySettings {
             connect_timeout: std::time::Duration::from_secs(2),
             upstream_timeout: std::time::Duration::from_secs(30),
@@ -45,6 +46,8 @@ fn snapshot() -> ArcSwap<Snapshot> {
             access_log: false,
             client_body_timeout: std::time::Duration::from_secs(60),
             trusted_proxies: Vec::new(),
+            sticky_header: None,
+            sticky_cookie: None,
         }),
     })
 }

@@ -50,6 +50,8 @@ pub enum Event {
     Pause { on: bool, detail: String },
     /// Maintenance mode on or off.
     Maintenance { on: bool, detail: String },
+    /// A weighted split set or ended.
+    Weight { detail: String },
     /// A bake verdict: `ok`, `waiting`, `inconclusive` or `breach`.
     Bake {
         deploy_id: u64,
@@ -87,6 +89,7 @@ impl Event {
             Event::Reload { .. } => "reload",
             Event::Pause { .. } => "pause",
             Event::Maintenance { .. } => "maintenance",
+            Event::Weight { .. } => "weight",
         }
     }
 
@@ -110,6 +113,7 @@ impl Event {
             Event::Pause { on, detail } | Event::Maintenance { on, detail } => {
                 Ok(serde_json::json!({"on": on, "detail": detail}))
             }
+            Event::Weight { detail } => Ok(serde_json::json!({"detail": detail})),
             Event::Deploy(d) => serde_json::to_value(d),
             Event::Bake {
                 deploy_id,

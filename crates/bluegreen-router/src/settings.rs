@@ -15,6 +15,9 @@ pub struct ProxySettings {
     pub access_log: bool,
     pub client_body_timeout: Duration,
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// What keeps a client on one side of a weighted split.
+    pub sticky_header: Option<http::HeaderName>,
+    pub sticky_cookie: Option<String>,
 }
 
 impl ProxySettings {
@@ -27,7 +30,44 @@ impl ProxySettings {
             access_log: p.access_log,
             client_body_timeout: p.client_body_timeout,
             trusted_proxies: p.trusted_proxies.clone(),
+            sticky_header: p
+                .sticky_header
+                .as_deref()
+                .and_then(|h| http::HeaderName::from_bytes(h.as_bytes()).ok()),
+            sticky_cookie: p.sticky_cookie.clone(),
         }
+    }
+
+    /// The client's place among 10,000 buckets of a weighted split: from
+    /// its sticky header, else its sticky cookie, else its address. FNV-1a,
+    /// so every node and every restart puts a client in the same bucket.
+    pub fn bucket(&self, headers: &http::HeaderMap, peer: IpAddr) -> u16 {
+        let from_header = self
+            .sticky_header
+            .as_ref()
+            .and_then(|h| headers.get(h))
+            .map(|v| v.as_bytes().to_vec());
+        let from_cookie = || {
+            let name = self.sticky_cookie.as_deref()?;
+            headers
+                .get_all(http::header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(';'))
+                .find_map(|kv| {
+                    let (k, v) = kv.trim().split_once('=')?;
+                    (k == name).then(|| v.as_bytes().to_vec())
+                })
+        };
+        let key = from_header
+            .or_else(from_cookie)
+            .unwrap_or_else(|| peer.to_string().into_bytes());
+        let mut h: u64 = 0xcbf29ce484222325;
+        for b in key {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x100000001b3);
+        }
+        (h % 10_000) as u16
     }
 
     /// True when `peer`'s forwarding headers are believed.
@@ -53,11 +93,31 @@ mod tests {
             access_log: false,
             client_body_timeout: Duration::from_secs(1),
             trusted_proxies: vec!["10.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()],
+            sticky_header: None,
+            sticky_cookie: None,
         };
         assert!(s.trusts("10.1.2.3".parse().unwrap()));
         assert!(s.trusts("::ffff:10.1.2.3".parse().unwrap()));
         assert!(s.trusts("::1".parse().unwrap()));
         assert!(!s.trusts("11.0.0.1".parse().unwrap()));
+        // Buckets: by the sticky header, else the cookie, else the address;
+        // the same key always lands in the same bucket.
+        let s = ProxySettings {
+            sticky_header: Some(http::HeaderName::from_static("x-user")),
+            sticky_cookie: Some("sid".into()),
+            ..s
+        };
+        let peer: IpAddr = "10.1.2.3".parse().unwrap();
+        let mut h = http::HeaderMap::new();
+        let by_addr = s.bucket(&h, peer);
+        h.insert("cookie", "a=1; sid=abc".parse().unwrap());
+        let by_cookie = s.bucket(&h, peer);
+        h.insert("x-user", "u-42".parse().unwrap());
+        let by_header = s.bucket(&h, peer);
+        assert_ne!(by_addr, by_cookie);
+        assert_ne!(by_cookie, by_header);
+        assert_eq!(by_header, s.bucket(&h, "192.0.2.9".parse().unwrap()));
+        assert!(by_header < 10_000);
         assert!(!s.trusts("127.0.0.1".parse().unwrap()));
     }
 }

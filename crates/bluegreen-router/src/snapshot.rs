@@ -32,6 +32,8 @@ pub struct Snapshot {
     pub hold: Option<Arc<crate::request::hold::Hold>>,
     /// Maintenance mode of the live listener, if on. Off, it costs a branch.
     pub maintenance: Option<Arc<bluegreen_core::state::Maintenance>>,
+    /// A weighted split of live traffic (canary), if any.
+    pub split: Option<bluegreen_core::state::Split>,
 }
 
 impl Snapshot {

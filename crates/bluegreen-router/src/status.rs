@@ -31,6 +31,9 @@ pub struct Status {
     /// Maintenance mode, if on.
     #[serde(default)]
     pub maintenance: Option<bluegreen_core::state::Maintenance>,
+    /// A weighted split of live traffic (canary), if any.
+    #[serde(default)]
+    pub split: Option<bluegreen_core::state::Split>,
 }
 
 /// One environment.

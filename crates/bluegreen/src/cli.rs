@@ -124,6 +124,20 @@ pub enum Command {
         #[arg(long, default_value_t = 10_000)]
         limit: usize,
     },
+    /// Send a share of the live clients (always the same ones, by
+    /// proxy.sticky_header / sticky_cookie, else their address) to the idle
+    /// side: a canary step by hand. 0 ends the split; a switch ends it too.
+    Weight {
+        #[command(flatten)]
+        admin: AdminArgs,
+        #[arg(value_parser = parse_side)]
+        side: Side,
+        /// Percent of clients, 0 to below 100.
+        percent: f64,
+        /// Even if that side has no healthy upstream.
+        #[arg(long)]
+        force: bool,
+    },
     /// Release the held requests, in the order they came.
     Resume {
         #[command(flatten)]
@@ -302,6 +316,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             timeout,
             limit,
         } => client_runtime()?.block_on(commands::pause(&admin, timeout, limit)),
+        Command::Weight {
+            admin,
+            side,
+            percent,
+            force,
+        } => client_runtime()?.block_on(commands::weight(&admin, side, percent, force)),
         Command::Resume { admin } => client_runtime()?.block_on(commands::resume(&admin)),
         Command::Maintenance {
             admin,

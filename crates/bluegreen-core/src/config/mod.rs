@@ -88,6 +88,10 @@ pub struct ProxyConfig {
     pub access_log: bool,
     /// Runtime worker threads; `None` means one per CPU.
     pub workers: Option<usize>,
+    /// What keeps a client on one side of a weighted split: this request
+    /// header's value, else this cookie's, else the client address.
+    pub sticky_header: Option<String>,
+    pub sticky_cookie: Option<String>,
 }
 
 /// How a request picks an upstream among the healthy ones of a side.
@@ -233,6 +237,8 @@ struct RawProxy {
     trusted_proxies: Vec<String>,
     workers: Option<i64>,
     access_log: Option<bool>,
+    sticky_header: Option<String>,
+    sticky_cookie: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -72,6 +72,24 @@ pub(super) fn validate_proxy(raw: &RawProxy, c: &mut Checker) -> ProxyConfig {
         workers: raw
             .workers
             .map(|w| c.int("proxy.workers", Some(w), 1, 1, 1024) as usize),
+        sticky_header: raw.sticky_header.clone().filter(|h| {
+            let ok = !h.is_empty()
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b));
+            if !ok {
+                c.issue("proxy.sticky_header", format!("{h:?} is not a header name"));
+            }
+            ok
+        }),
+        sticky_cookie: raw.sticky_cookie.clone().filter(|k| {
+            let ok = !k.is_empty()
+                && k.bytes()
+                    .all(|b| b.is_ascii_graphic() && !b"=;,".contains(&b));
+            if !ok {
+                c.issue("proxy.sticky_cookie", format!("{k:?} is not a cookie name"));
+            }
+            ok
+        }),
     }
 }
 

@@ -9,6 +9,7 @@ mod reload;
 mod status;
 mod switch;
 mod taps;
+mod weight;
 
 use crate::downstream::{ClientCount, ClientGauge};
 use crate::events::{Events, Series};
@@ -172,6 +173,7 @@ impl Router {
             settings: Arc::new(ProxySettings::from_config(&config.proxy)),
             hold: None,
             maintenance: state.maintenance.clone().map(Arc::new),
+            split: state.split,
         };
 
         Ok(Arc::new(Router {

@@ -33,6 +33,7 @@ impl Router {
             acme: self.acme(),
             paused: self.paused(),
             maintenance: self.maintenance(),
+            split: self.split(),
             sides: Sides::from_fn(|side| {
                 let pool = &snap.pools[side];
                 let epoch = &snap.epochs[side];

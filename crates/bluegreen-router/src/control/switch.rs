@@ -193,6 +193,7 @@ fn plan(
             shadow.stop();
         }
         s.shadow = None;
+        s.split = None;
         s.generation = generation;
         s.live = to;
     };

@@ -111,10 +111,19 @@ pub struct Route {
 
 impl Route {
     /// 1. Loads one snapshot; it alone decides where this request goes.
-    fn load(conn: &ConnCtx) -> Route {
+    fn load(conn: &ConnCtx, headers: &http::HeaderMap) -> Route {
         let preview = conn.kind == ListenerKind::Preview;
         let snap = conn.router.snapshot.load();
-        let side = snap.target(preview);
+        let side = match snap.split {
+            // A weighted split: the same clients (by their sticky key) go
+            // to the other side every time.
+            Some(split)
+                if !preview && snap.settings.bucket(headers, conn.peer) < split.basis_points =>
+            {
+                split.side
+            }
+            _ => snap.target(preview),
+        };
         Route {
             pool: snap.pools[side].clone(),
             epoch: (!preview).then(|| snap.epochs[side].clone()),
@@ -147,7 +156,7 @@ pub async fn handle(req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
             return redirect::to_https(&req, port);
         }
     }
-    let mut route = Route::load(conn);
+    let mut route = Route::load(conn, req.headers());
     if let Some(m) = &route.maintenance {
         return hold::maintenance(&req, m);
     }
@@ -157,7 +166,7 @@ pub async fn handle(req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
         }
         // Released: routed by the snapshot of now (a switch made while
         // paused applies to the held requests).
-        route = Route::load(conn);
+        route = Route::load(conn, req.headers());
     }
     let started = Instant::now();
     let access = route.settings.access_log.then(|| AccessLine::of(&req));

@@ -280,3 +280,31 @@ pub async fn maintenance(
         Err(e) => fail(e),
     }
 }
+
+/// `bluegreen weight SIDE PERCENT`: a share of the live clients to the idle side.
+pub async fn weight(
+    args: &AdminArgs,
+    side: Side,
+    percent: f64,
+    force: bool,
+) -> anyhow::Result<ExitCode> {
+    let body = bluegreen_api::types::WeightBody {
+        side: side.to_string(),
+        percent,
+        force,
+    };
+    let result: Result<serde_json::Value, _> = client(args).post("/api/v1/weight", body).await;
+    match result {
+        Ok(v) => {
+            match v["split"]["basis_points"].as_u64() {
+                Some(bp) => println!(
+                    "{}% of live clients now go to {side}, always the same ones",
+                    bp as f64 / 100.0
+                ),
+                None => println!("no split: all live traffic goes to the live side"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => fail(e),
+    }
+}

@@ -27,3 +27,4 @@ mod support;
 mod switching;
 mod tls;
 mod upgrade;
+mod weight;

@@ -1,0 +1,69 @@
+//! A weighted split of live traffic (`bluegreen weight green 10`): the
+//! other side gets that share of the clients, always the same ones (by
+//! their sticky key), persisted and swapped in like a switch. A switch ends
+//! it; 0 ends it too.
+
+use super::{describe_health, Change, Router};
+use crate::events::Event;
+use bluegreen_core::state::Split;
+use bluegreen_core::Side;
+
+impl Router {
+    /// Sends `basis_points` of 10,000 clients to `side` (the idle side);
+    /// 0 sends everyone back to the live side.
+    pub async fn set_weight(
+        &self,
+        side: Side,
+        basis_points: u16,
+        forced: bool,
+    ) -> Result<Option<Split>, String> {
+        if basis_points >= 10_000 {
+            return Err("a weight of 100% is a switch: use `bluegreen switch`".into());
+        }
+        let split = self
+            .route(move |state, current| {
+                if side == state.live {
+                    return Err(format!(
+                        "{side} is live; a weight sends part of the traffic to the idle side ({})",
+                        side.other()
+                    ));
+                }
+                if basis_points > 0 && !forced && current.pools[side].healthy_count() == 0 {
+                    return Err(format!(
+                        "{side} has no healthy upstream ({}); not weighted (force to override)",
+                        describe_health(&current.pools[side])
+                    ));
+                }
+                let split = (basis_points > 0).then_some(Split { side, basis_points });
+                let mut next = state.clone();
+                next.split = split;
+                Ok(Change {
+                    state: Some(next),
+                    edit: Some(Box::new(move |s| {
+                        if split.is_some() {
+                            s.epochs[side].revive();
+                        }
+                        s.split = split;
+                    })),
+                    value: split,
+                })
+            })
+            .await?;
+        let detail = match split {
+            Some(s) => format!(
+                "{}% of clients to {}",
+                s.basis_points as f64 / 100.0,
+                s.side
+            ),
+            None => format!("no split: all live traffic to {}", side.other()),
+        };
+        tracing::info!("weight: {detail}");
+        self.events.emit(Event::Weight { detail });
+        Ok(split)
+    }
+
+    /// The split in effect, if any.
+    pub fn split(&self) -> Option<Split> {
+        self.snapshot.load().split
+    }
+}
