@@ -423,6 +423,19 @@ fn holds(s: &mut Scrape, status: &Status) {
         MetricType::Gauge,
     )
     .add(vec![], Value::Gauge(status.maintenance.is_some() as i64));
+    if let Some(sessions) = &status.sessions {
+        let f = s.family(
+            "bluegreen_pinned_requests",
+            "Live requests kept on the old side by their session after a switch",
+            MetricType::Counter,
+        );
+        for side in bluegreen_core::Side::ALL {
+            f.add(
+                vec![("side", side.to_string())],
+                Value::Counter(sessions.pinned_requests[side]),
+            );
+        }
+    }
     let f = s.family(
         "bluegreen_weight_basis_points",
         "Share of live clients sent to each side, in basis points (10000 = all)",

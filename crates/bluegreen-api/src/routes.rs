@@ -74,6 +74,7 @@ pub fn app(
         .route("/resume", post(resume))
         .route("/maintenance", post(maintenance))
         .route("/weight", post(weight))
+        .route("/preview-link", post(preview_link))
         .route("/events", get(events))
         .route("/series", get(series))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
@@ -426,6 +427,36 @@ async fn weight(State(state): State<AppState>, body: Bytes) -> Result<Response, 
         .await
         .map_err(|e| ApiError::conflict("weight_refused", e))?;
     Ok(Json(serde_json::json!({ "split": split })).into_response())
+}
+
+/// `POST /api/v1/preview-link {"for": "1h"}`: a path on the live listener
+/// that pins the browser opening it to the idle side.
+async fn preview_link(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+    let body: serde_json::Value = if body.is_empty() {
+        serde_json::json!({})
+    } else {
+        parse_body(&body)?
+    };
+    let for_ = body["for"].as_str().unwrap_or("1h");
+    let d = humantime::parse_duration(for_)
+        .map_err(|e| ApiError::bad_request(format!("field \"for\": {for_:?}: {e}")))?;
+    if d.is_zero() || d > std::time::Duration::from_secs(7 * 86_400) {
+        return Err(ApiError::bad_request(
+            "field \"for\": between 1s and 7 days",
+        ));
+    }
+    let (path, side) = state
+        .router
+        .preview_link(d.as_secs())
+        .map_err(|e| ApiError::conflict("no_sessions", e))?;
+    let listener = state.router.listener_addr("proxy");
+    Ok(Json(serde_json::json!({
+        "path": path,
+        "url": listener.map(|a| format!("http://{a}{path}")),
+        "side": side,
+        "expires_in_secs": d.as_secs(),
+    }))
+    .into_response())
 }
 
 /// `POST /api/v1/upgrade {"binary": PATH?}`: a new process on our sockets;

@@ -39,6 +39,8 @@ fn snapshot() -> ArcSwap<Snapshot> {
         hold: None,
         maintenance: None,
         split: None,
+        sessions: None,
+        pin: None,
         settings: Arc::new(bluegreen_router::settings::ProxySettings {
             connect_timeout: std::time::Duration::from_secs(2),
             upstream_timeout: std::time::Duration::from_secs(30),

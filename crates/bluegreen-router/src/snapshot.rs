@@ -34,6 +34,29 @@ pub struct Snapshot {
     pub maintenance: Option<Arc<bluegreen_core::state::Maintenance>>,
     /// A weighted split of live traffic (canary), if any.
     pub split: Option<bluegreen_core::state::Split>,
+    /// `[sessions]`: cookie names and window, if configured.
+    pub sessions: Option<Arc<SessionPolicy>>,
+    /// After a switch: clients whose session cookie names this side stay
+    /// there until `until_ms` (none after a rollback).
+    pub pin: Option<Pin>,
+}
+
+/// `[sessions]` as the request path uses it.
+#[derive(Debug)]
+pub struct SessionPolicy {
+    pub cookie: String,
+    pub preview_cookie: String,
+    pub app_cookie: Option<String>,
+    pub window: std::time::Duration,
+}
+
+/// The old side's sessions, kept there for a while after a switch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pin {
+    pub side: bluegreen_core::Side,
+    /// Cookies set before this generation (the switch's) are pinned.
+    pub generation: u64,
+    pub until_ms: u64,
 }
 
 impl Snapshot {

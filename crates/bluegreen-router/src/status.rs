@@ -34,6 +34,19 @@ pub struct Status {
     /// A weighted split of live traffic (canary), if any.
     #[serde(default)]
     pub split: Option<bluegreen_core::state::Split>,
+    /// Sessions kept on the old side after the last switch, if any.
+    #[serde(default)]
+    pub sessions: Option<SessionsStatus>,
+}
+
+/// `[sessions]` at work.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionsStatus {
+    /// The side clients are kept on, and until when (Unix ms).
+    pub pinned_side: Option<bluegreen_core::Side>,
+    pub until_ms: Option<u64>,
+    /// Requests kept on each side by their session since start.
+    pub pinned_requests: bluegreen_core::Sides<u64>,
 }
 
 /// One environment.

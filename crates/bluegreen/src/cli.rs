@@ -138,6 +138,15 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Print a link that, opened on the live listener (your real hostname),
+    /// shows that browser the idle side until it expires (needs [sessions]).
+    PreviewLink {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// How long the link works, e.g. 1h.
+        #[arg(long = "for", default_value = "1h")]
+        valid_for: String,
+    },
     /// Release the held requests, in the order they came.
     Resume {
         #[command(flatten)]
@@ -322,6 +331,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             percent,
             force,
         } => client_runtime()?.block_on(commands::weight(&admin, side, percent, force)),
+        Command::PreviewLink { admin, valid_for } => {
+            client_runtime()?.block_on(commands::preview_link(&admin, valid_for))
+        }
         Command::Resume { admin } => client_runtime()?.block_on(commands::resume(&admin)),
         Command::Maintenance {
             admin,

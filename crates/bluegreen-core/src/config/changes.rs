@@ -57,6 +57,7 @@ pub fn diff(old: &Config, new: &Config) -> Changes {
         old.switch.drain_timeout != new.switch.drain_timeout,
     );
     live("shadow", old.shadow != new.shadow);
+    live("sessions", old.sessions != new.sessions);
     // Deploy settings other than the method (which needs an upgrade).
     let deploy_changed = match (&old.deploy, &new.deploy) {
         (Some(o), Some(n)) => {

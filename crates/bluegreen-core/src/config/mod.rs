@@ -49,6 +49,19 @@ pub struct Config {
     pub record: RecordConfig,
     /// HTTPS listeners, when the config has a `[tls]` table.
     pub tls: Option<TlsConfig>,
+    /// Sessions kept on the old side after a switch, when `[sessions]` is set.
+    pub sessions: Option<SessionsConfig>,
+}
+
+/// `[sessions]`: after a switch, clients with a session on the old side
+/// stay there for `window`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionsConfig {
+    pub window: Duration,
+    /// Our signed cookie naming the side that served a client.
+    pub cookie: String,
+    /// When set, only clients carrying this cookie of the app are pinned.
+    pub app_cookie: Option<String>,
 }
 
 /// Recordings are written only inside this directory, under a plain name:
@@ -214,6 +227,14 @@ struct RawConfig {
     #[serde(default)]
     record: RawRecord,
     tls: Option<tls::RawTls>,
+    sessions: Option<RawSessions>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawSessions {
+    window: Option<String>,
+    cookie: Option<String>,
+    app_cookie: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -449,7 +470,40 @@ fn validate(raw: RawConfig, base: &Path, c: &mut Checker) -> Config {
         .as_ref()
         .and_then(|d| deploy::validate(d, base, c, proxy.preview_listen.is_some()));
     let shadow = shadow::validate(raw.shadow.as_ref(), c);
+    let sessions = raw.sessions.as_ref().map(|r| {
+        let window = c.duration(
+            "sessions.window",
+            r.window.as_deref(),
+            Duration::from_secs(1800),
+        );
+        let name_ok = |n: &str| {
+            !n.is_empty()
+                && n.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        };
+        let cookie = r.cookie.clone().unwrap_or_else(|| "bluegreen".into());
+        if !name_ok(&cookie) {
+            c.issue(
+                "sessions.cookie",
+                format!("{cookie:?} is not a cookie name (letters, digits, - _ .)"),
+            );
+        }
+        if let Some(a) = &r.app_cookie {
+            if !name_ok(a) {
+                c.issue(
+                    "sessions.app_cookie",
+                    format!("{a:?} is not a cookie name (letters, digits, - _ .)"),
+                );
+            }
+        }
+        SessionsConfig {
+            window,
+            cookie,
+            app_cookie: r.app_cookie.clone(),
+        }
+    });
     Config {
+        sessions,
         source: None,
         deploy,
         shadow,

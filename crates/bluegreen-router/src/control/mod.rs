@@ -74,6 +74,10 @@ pub struct Router {
     /// Set while the state is being handed to a new process: the admin API
     /// refuses changes (they would be lost).
     handing_over: std::sync::atomic::AtomicBool,
+    /// Signs session and preview cookies (key in the state dir).
+    pub(crate) signer: Arc<crate::request::session::Signer>,
+    /// Requests kept on the old side by their session, per side.
+    pub(crate) pinned: [std::sync::atomic::AtomicU64; 2],
     /// Where health check loops run (a reload adds loops for new upstreams).
     health_tasks: Mutex<Option<(TaskTracker, CancellationToken)>>,
 }
@@ -147,6 +151,15 @@ impl Router {
             }
         };
 
+        // The session key lives beside the state (a store without a
+        // directory gets one for this process only).
+        let signer = Arc::new(
+            crate::request::session::Signer::load_or_create(&config.state.dir).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "session key not kept on disk; cookies signed by this process only");
+                crate::request::session::Signer::ephemeral()
+            }),
+        );
+
         // 2. Pools and epochs, then the first snapshot.
         let h = &config.health;
         let pools = Sides {
@@ -174,6 +187,10 @@ impl Router {
             hold: None,
             maintenance: state.maintenance.clone().map(Arc::new),
             split: state.split,
+            sessions: session_policy(&config),
+            // A restart forgets the pin's window: the process that made the
+            // switch kept it (a pin is a courtesy, not state).
+            pin: None,
         };
 
         Ok(Arc::new(Router {
@@ -195,6 +212,8 @@ impl Router {
             acme: std::sync::OnceLock::new(),
             handed_over: std::sync::atomic::AtomicBool::new(false),
             health_tasks: Mutex::new(None),
+            signer,
+            pinned: Default::default(),
             handing_over: std::sync::atomic::AtomicBool::new(false),
         }))
     }
@@ -283,6 +302,15 @@ impl Router {
             .get()
             .map(|c| c.infos())
             .unwrap_or_default()
+    }
+
+    /// The port a bound listener ended up on.
+    pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .copied()
     }
 
     /// The port a bound listener ended up on.
@@ -425,6 +453,18 @@ impl Router {
             .iter()
             .any(|u| u.health() != Health::Unhealthy)
     }
+}
+
+/// `[sessions]` for the snapshot.
+pub(crate) fn session_policy(config: &Config) -> Option<Arc<crate::snapshot::SessionPolicy>> {
+    config.sessions.as_ref().map(|s| {
+        Arc::new(crate::snapshot::SessionPolicy {
+            cookie: s.cookie.clone(),
+            preview_cookie: format!("{}_preview", s.cookie),
+            app_cookie: s.app_cookie.clone(),
+            window: s.window,
+        })
+    })
 }
 
 fn pool(config: &Config, side: Side, rise: u32, fall: u32) -> Result<Arc<Pool>, RouterError> {

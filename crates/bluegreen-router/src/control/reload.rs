@@ -49,6 +49,7 @@ impl Router {
 
         // 2. One snapshot swap: pools and request settings together.
         let settings = Arc::new(ProxySettings::from_config(&new.proxy));
+        let sessions = super::session_policy(&new);
         let (rise, fall) = (new.health.healthy_threshold, new.health.unhealthy_threshold);
         let (o, n) = (old.clone(), new.clone());
         let (added, removed) = self
@@ -80,6 +81,7 @@ impl Router {
                     move |s| {
                         s.pools = pools;
                         s.settings = settings;
+                        s.sessions = sessions;
                     },
                     (added, removed),
                 ))

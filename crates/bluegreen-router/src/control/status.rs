@@ -34,6 +34,18 @@ impl Router {
             paused: self.paused(),
             maintenance: self.maintenance(),
             split: self.split(),
+            sessions: self.snapshot.load().sessions.as_ref().map(|_| {
+                let pinned = self.pinned_requests();
+                let pin = self.pin();
+                crate::status::SessionsStatus {
+                    pinned_side: pin.map(|p| p.0),
+                    until_ms: pin.map(|p| p.1),
+                    pinned_requests: bluegreen_core::Sides {
+                        blue: pinned[0],
+                        green: pinned[1],
+                    },
+                }
+            }),
             sides: Sides::from_fn(|side| {
                 let pool = &snap.pools[side];
                 let epoch = &snap.epochs[side];

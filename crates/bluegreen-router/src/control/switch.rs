@@ -186,7 +186,18 @@ fn plan(
     let old_epoch = current.epochs[from].clone();
     let stopped_shadow = current.shadow.clone();
     let retired = old_epoch.clone();
+    // Sessions on the old side stay there for the window; after a
+    // rollback nobody is kept on the side that was rejected.
+    let pin = match (req.kind, &current.sessions) {
+        (SwitchKind::Switch, Some(policy)) => Some(crate::snapshot::Pin {
+            side: from,
+            generation,
+            until_ms: at_unix_ms + policy.window.as_millis() as u64,
+        }),
+        _ => None,
+    };
     let edit = move |s: &mut crate::snapshot::Snapshot| {
+        s.pin = pin;
         s.epochs[to].revive();
         retired.retire(generation);
         if let Some(shadow) = &s.shadow {

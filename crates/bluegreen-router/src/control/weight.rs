@@ -62,6 +62,35 @@ impl Router {
         Ok(split)
     }
 
+    /// A preview link's path (`/.bluegreen/preview?t=TOKEN`) for the idle
+    /// side, valid for `secs`: the browser that opens it on the live
+    /// listener sees the idle side (its own cookies, the real hostname).
+    pub fn preview_link(&self, secs: u64) -> Result<(String, Side), String> {
+        let snap = self.snapshot.load();
+        if snap.sessions.is_none() {
+            return Err("preview links need a [sessions] table in the config".into());
+        }
+        let side = snap.live.other();
+        let token = self.signer.preview_token(side, secs);
+        Ok((
+            format!("{}?t={token}", crate::request::session::PREVIEW_PATH),
+            side,
+        ))
+    }
+
+    /// Requests kept on the old side by their session cookie, per side.
+    pub fn pinned_requests(&self) -> [u64; 2] {
+        [
+            self.pinned[0].load(std::sync::atomic::Ordering::Relaxed),
+            self.pinned[1].load(std::sync::atomic::Ordering::Relaxed),
+        ]
+    }
+
+    /// The sessions pin in effect: (side, until Unix ms).
+    pub fn pin(&self) -> Option<(Side, u64)> {
+        self.snapshot.load().pin.map(|p| (p.side, p.until_ms))
+    }
+
     /// The split in effect, if any.
     pub fn split(&self) -> Option<Split> {
         self.snapshot.load().split

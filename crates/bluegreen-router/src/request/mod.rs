@@ -18,6 +18,7 @@ pub mod redirect;
 pub mod respond;
 pub mod rewrite;
 pub mod send;
+pub mod session;
 pub mod tunnel;
 
 use crate::control::Router;
@@ -107,6 +108,9 @@ pub struct Route {
     pub hold: Option<Arc<hold::Hold>>,
     /// Maintenance mode (main listener only).
     pub maintenance: Option<Arc<bluegreen_core::state::Maintenance>>,
+    /// The session cookie to set on the answer, if the client's is missing
+    /// or names another side.
+    pub set_cookie: Option<HeaderValue>,
 }
 
 impl Route {
@@ -114,7 +118,7 @@ impl Route {
     fn load(conn: &ConnCtx, headers: &http::HeaderMap) -> Route {
         let preview = conn.kind == ListenerKind::Preview;
         let snap = conn.router.snapshot.load();
-        let side = match snap.split {
+        let mut side = match snap.split {
             // A weighted split: the same clients (by their sticky key) go
             // to the other side every time.
             Some(split)
@@ -124,6 +128,13 @@ impl Route {
             }
             _ => snap.target(preview),
         };
+        let mut set_cookie = None;
+        if let (Some(policy), false) = (&snap.sessions, preview) {
+            let (chosen, cookie) =
+                session::route(&conn.router, &snap, policy, headers, side, conn.edge.https);
+            side = chosen;
+            set_cookie = cookie;
+        }
         Route {
             pool: snap.pools[side].clone(),
             epoch: (!preview).then(|| snap.epochs[side].clone()),
@@ -138,6 +149,7 @@ impl Route {
             shadow: snap.shadow.as_ref().filter(|_| !preview).cloned(),
             hold: snap.hold.as_ref().filter(|_| !preview).cloned(),
             maintenance: snap.maintenance.as_ref().filter(|_| !preview).cloned(),
+            set_cookie,
         }
     }
 }
@@ -155,6 +167,9 @@ pub async fn handle(req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
         if !crate::tls::challenge::is_challenge(&req) {
             return redirect::to_https(&req, port);
         }
+    }
+    if conn.kind == ListenerKind::Main && req.uri().path() == session::PREVIEW_PATH {
+        return session::preview_landing(&conn.router, &req, conn.edge.https);
     }
     let mut route = Route::load(conn, req.headers());
     if let Some(m) = &route.maintenance {
@@ -208,6 +223,9 @@ pub async fn handle(req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
         r.submit(rec);
     }
     let mut resp = resp;
+    if let Some(c) = route.set_cookie.take() {
+        resp.headers_mut().append(http::header::SET_COOKIE, c);
+    }
     if let Some(h) = &conn.edge.hsts {
         // The app's own policy (includeSubDomains, preload) stands.
         resp.headers_mut()

@@ -308,3 +308,23 @@ pub async fn weight(
         Err(e) => fail(e),
     }
 }
+
+/// `bluegreen preview-link`: a link that shows one browser the idle side.
+pub async fn preview_link(args: &AdminArgs, valid_for: String) -> anyhow::Result<ExitCode> {
+    let result: Result<serde_json::Value, _> = client(args)
+        .post("/api/v1/preview-link", json!({ "for": valid_for }))
+        .await;
+    match result {
+        Ok(v) => {
+            println!(
+                "{}\n(opens the {} side for {} s in the browser that follows it; on your own hostname use the path {})",
+                v["url"].as_str().unwrap_or(""),
+                v["side"].as_str().unwrap_or("idle"),
+                v["expires_in_secs"],
+                v["path"].as_str().unwrap_or("")
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => fail(e),
+    }
+}

@@ -19,6 +19,7 @@ mod preview;
 mod raw;
 mod reload;
 mod replay;
+mod sessions;
 mod shadow;
 mod shutdown;
 mod state;

@@ -1,0 +1,298 @@
+//! Sessions across a switch (`[sessions]`) and preview links: our own
+//! cookies, signed with HMAC-SHA256 (a key in the state dir), name the
+//! side that served a client. After a switch, a client whose cookie names
+//! the old side stays there while the window lasts and that side has a
+//! healthy upstream; new clients go to the new side. After a rollback no
+//! one is pinned to the rejected side. A preview cookie (from a link made
+//! by `bluegreen preview-link`) sends one browser to the idle side.
+
+use bluegreen_core::Side;
+use http::header::{self, HeaderMap, HeaderValue};
+use ring::hmac;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// The path a preview link points at on the live listener.
+pub const PREVIEW_PATH: &str = "/.bluegreen/preview";
+
+/// The signing key (32 random bytes in `state.dir/session.key`).
+pub struct Signer {
+    key: hmac::Key,
+}
+
+impl std::fmt::Debug for Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Signer")
+    }
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Signer {
+    /// The key of `dir` (created, 0600, on first use: blocking file I/O at
+    /// start).
+    pub fn load_or_create(dir: &std::path::Path) -> std::io::Result<Signer> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = dir.join("session.key");
+        let bytes = match std::fs::read(&path) {
+            Ok(b) if b.len() == 32 => b,
+            Ok(_) => {
+                return Err(std::io::Error::other(format!(
+                    "{}: not a 32-byte key; move it aside to make a new one",
+                    path.display()
+                )))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut b = [0u8; 32];
+                ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b)
+                    .map_err(|_| std::io::Error::other("no randomness for the session key"))?;
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&path)?;
+                f.write_all(&b)?;
+                f.sync_all()?;
+                b.to_vec()
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(Signer {
+            key: hmac::Key::new(hmac::HMAC_SHA256, &bytes),
+        })
+    }
+
+    /// A key for this process only.
+    pub fn ephemeral() -> Signer {
+        let mut b = [0u8; 32];
+        let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
+        Signer {
+            key: hmac::Key::new(hmac::HMAC_SHA256, &b),
+        }
+    }
+
+    fn sign(&self, payload: &str) -> String {
+        let tag = hmac::sign(&self.key, payload.as_bytes());
+        format!("{payload}.{}", hex(&tag.as_ref()[..16]))
+    }
+
+    /// The payload of a value this key signed, else none.
+    fn verify<'a>(&self, value: &'a str) -> Option<&'a str> {
+        let (payload, tag) = value.rsplit_once('.')?;
+        let expected = hmac::sign(&self.key, payload.as_bytes());
+        // Constant time: the comparison must not reveal how much matched.
+        let want = hex(&expected.as_ref()[..16]);
+        (tag.len() == want.len()
+            && tag
+                .bytes()
+                .zip(want.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0)
+            .then_some(payload)
+    }
+
+    /// A session cookie value: this side served at this generation.
+    pub fn session_value(&self, side: Side, generation: u64) -> String {
+        self.sign(&format!("{side}~{generation}"))
+    }
+
+    /// (side, generation) of a genuine session cookie value.
+    pub fn session_of(&self, value: &str) -> Option<(Side, u64)> {
+        let (side, generation) = self.verify(value)?.split_once('~')?;
+        Some((side.parse().ok()?, generation.parse().ok()?))
+    }
+
+    /// A preview token for `side`, valid for `secs`.
+    pub fn preview_token(&self, side: Side, secs: u64) -> String {
+        self.sign(&format!("preview~{side}~{}", now_secs() + secs))
+    }
+
+    /// The side of a genuine, unexpired preview token.
+    pub fn preview_of(&self, value: &str) -> Option<Side> {
+        let rest = self.verify(value)?.strip_prefix("preview~")?;
+        let (side, expires) = rest.split_once('~')?;
+        (expires.parse::<u64>().ok()? > now_secs())
+            .then(|| side.parse().ok())
+            .flatten()
+    }
+
+    /// Seconds a preview token still has.
+    pub fn preview_left(&self, value: &str) -> u64 {
+        self.verify(value)
+            .and_then(|p| p.rsplit_once('~'))
+            .and_then(|(_, e)| e.parse::<u64>().ok())
+            .map_or(0, |e| e.saturating_sub(now_secs()))
+    }
+}
+
+/// The value of cookie `name` in a request, if sent.
+pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|kv| {
+            let (k, v) = kv.trim().split_once('=')?;
+            (k == name).then_some(v)
+        })
+}
+
+/// `Set-Cookie` for one of our cookies.
+pub fn set_cookie(name: &str, value: &str, max_age: u64, secure: bool) -> Option<HeaderValue> {
+    let secure = if secure { "; Secure" } else { "" };
+    HeaderValue::from_str(&format!(
+        "{name}={value}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Lax{secure}"
+    ))
+    .ok()
+}
+
+/// Where a live request goes with sessions on, and the cookie to set:
+/// a genuine preview cookie for a side that is idle sends it there; a
+/// genuine session cookie naming the pinned (old) side from before the
+/// switch keeps it there while the pin lasts and that side has a healthy
+/// upstream (and, with `app_cookie`, only when the app's cookie is sent).
+pub fn route(
+    router: &crate::control::Router,
+    snap: &crate::snapshot::Snapshot,
+    policy: &crate::snapshot::SessionPolicy,
+    headers: &HeaderMap,
+    chosen: Side,
+    secure: bool,
+) -> (Side, Option<HeaderValue>) {
+    let signer = &router.signer;
+    if let Some(side) = cookie(headers, &policy.preview_cookie).and_then(|v| signer.preview_of(v)) {
+        if side != snap.live {
+            return (side, None);
+        }
+    }
+    let ours = cookie(headers, &policy.cookie).and_then(|v| signer.session_of(v));
+    if let (Some(pin), Some((side, generation))) = (snap.pin, ours) {
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let app_session = policy
+            .app_cookie
+            .as_deref()
+            .is_none_or(|name| cookie(headers, name).is_some());
+        if side == pin.side
+            && generation < pin.generation
+            && now_ms < pin.until_ms
+            && app_session
+            && snap.pools[side].healthy_count() > 0
+        {
+            router.pinned[side as usize].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return (side, None);
+        }
+    }
+    // The cookie says who served this client last; set when it says
+    // otherwise (absent, forged, another side or generation).
+    let current = (chosen, snap.generation);
+    let set = (ours != Some(current))
+        .then(|| {
+            set_cookie(
+                &policy.cookie,
+                &signer.session_value(chosen, snap.generation),
+                policy.window.as_secs().max(60) * 4,
+                secure,
+            )
+        })
+        .flatten();
+    (chosen, set)
+}
+
+/// `GET /.bluegreen/preview?t=TOKEN`: a genuine token sets the preview
+/// cookie and sends the browser to `/`; anything else is a 404 that says
+/// why (the app never sees this path).
+pub fn preview_landing<B>(
+    router: &crate::control::Router,
+    req: &http::Request<B>,
+    secure: bool,
+) -> http::Response<super::body::ResponseBody> {
+    use super::body::ResponseBody;
+    use http::StatusCode;
+    let token = req
+        .uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("t="))
+        .unwrap_or("");
+    let snap = router.snapshot.load();
+    let name = snap
+        .sessions
+        .as_ref()
+        .map(|p| p.preview_cookie.clone())
+        .unwrap_or_else(|| "bluegreen_preview".into());
+    match router.signer.preview_of(token) {
+        Some(side) => {
+            let left = router.signer.preview_left(token);
+            let mut resp = ResponseBody::plain(
+                StatusCode::SEE_OTHER,
+                format!("previewing {side} for {left} s\n"),
+            );
+            resp.headers_mut()
+                .insert(header::LOCATION, HeaderValue::from_static("/"));
+            if let Some(c) = set_cookie(&name, token, left, secure) {
+                resp.headers_mut().append(header::SET_COOKIE, c);
+            }
+            resp
+        }
+        None => ResponseBody::plain(
+            StatusCode::NOT_FOUND,
+            "404: this preview link is not valid here or has expired\n".into(),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signed_values_round_trip_and_forgeries_do_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Signer::load_or_create(dir.path()).unwrap();
+        let v = s.session_value(Side::Blue, 7);
+        assert_eq!(s.session_of(&v), Some((Side::Blue, 7)));
+        let forged = v.replacen("blue", "green", 1);
+        assert_eq!(s.session_of(&forged), None);
+        assert_eq!(s.session_of("blue~7.00"), None);
+        // The key is kept: the same dir signs the same.
+        let again = Signer::load_or_create(dir.path()).unwrap();
+        assert_eq!(again.session_of(&v), Some((Side::Blue, 7)));
+        let other = Signer::load_or_create(tempfile::tempdir().unwrap().path()).unwrap();
+        assert_eq!(other.session_of(&v), None);
+        let t = s.preview_token(Side::Green, 60);
+        assert_eq!(s.preview_of(&t), Some(Side::Green));
+        assert!(s.preview_left(&t) <= 60);
+        let expired = s.sign("preview~green~1");
+        assert_eq!(s.preview_of(&expired), None);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("session.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn cookies_are_found_among_others() {
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, "a=1; bluegreen=x.y".parse().unwrap());
+        h.append(header::COOKIE, "session_id=42".parse().unwrap());
+        assert_eq!(cookie(&h, "bluegreen"), Some("x.y"));
+        assert_eq!(cookie(&h, "session_id"), Some("42"));
+        assert_eq!(cookie(&h, "none"), None);
+    }
+}
