@@ -610,6 +610,36 @@ async fn deploy(
     let p = state.pipeline()?;
     let body: DeployBody = parse_body(&body)?;
     input::version(&body.version).map_err(ApiError::bad_request)?;
+    let canary: Vec<u16> = match &body.canary {
+        None => Vec::new(),
+        Some(shares) => {
+            let mut bp = Vec::new();
+            for &x in shares {
+                if !(x > 0.0 && x < 100.0) {
+                    return Err(ApiError::bad_request(format!(
+                        "field \"canary\": {x} is not a share between 0 and 100 (percent)"
+                    )));
+                }
+                let b = (x * 100.0).round() as u16;
+                if bp.last().is_some_and(|&l| l >= b) {
+                    return Err(ApiError::bad_request("field \"canary\": shares must grow"));
+                }
+                bp.push(b);
+            }
+            bp
+        }
+    };
+    let step = match body.step.as_deref() {
+        None => std::time::Duration::from_secs(300),
+        Some(t) => humantime::parse_duration(t)
+            .map_err(|e| ApiError::bad_request(format!("field \"step\": {t:?}: {e}")))?,
+    };
+    if step < std::time::Duration::from_millis(500) || step > std::time::Duration::from_secs(86_400)
+    {
+        return Err(ApiError::bad_request(
+            "field \"step\": between 500ms and 24h",
+        ));
+    }
     let options = DeployOptions {
         manual_promote: body.manual_promote,
         skip_smoke: body.skip_smoke,
@@ -617,6 +647,12 @@ async fn deploy(
         env: body.env,
         actor: actor(&headers, &body.actor)?,
         reason: reason(body.reason, "")?,
+        canary_step_ms: if canary.is_empty() {
+            0
+        } else {
+            step.as_millis() as u64
+        },
+        canary,
     };
     let record = p.deploy(&body.version, options).await?;
     Ok((StatusCode::ACCEPTED, Json(record)).into_response())

@@ -59,6 +59,12 @@ pub struct DeployBody {
     pub actor: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Canary shares in percent, growing (`[1, 10, 50]`), before the switch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<Vec<f64>>,
+    /// How long each share runs, e.g. `"5m"` (default 5m).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
 }
 
 /// `POST /api/v1/abort`.

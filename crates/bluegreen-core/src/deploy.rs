@@ -23,6 +23,9 @@ pub enum Step {
     Shadow,
     /// Automatic, or wait for `promote`.
     Gate,
+    /// With `--canary`: growing shares of the clients on the new side, each
+    /// judged against the old side's traffic of the same minutes.
+    Canary,
     /// The router's atomic switch.
     Switch,
     /// Watch error rate and latency; roll back on a breach.
@@ -33,13 +36,14 @@ pub enum Step {
 
 impl Step {
     /// Every step in order.
-    pub const ALL: [Step; 9] = [
+    pub const ALL: [Step; 10] = [
         Step::Deploy,
         Step::Health,
         Step::Smoke,
         Step::Warm,
         Step::Shadow,
         Step::Gate,
+        Step::Canary,
         Step::Switch,
         Step::Bake,
         Step::Decommission,
@@ -54,6 +58,7 @@ impl Step {
             Step::Warm => "warm",
             Step::Shadow => "shadow",
             Step::Gate => "gate",
+            Step::Canary => "canary",
             Step::Switch => "switch",
             Step::Bake => "bake",
             Step::Decommission => "decommission",
@@ -122,6 +127,13 @@ pub struct DeployOptions {
     pub actor: String,
     /// Why; `rollback` re-deploys say so here.
     pub reason: String,
+    /// Canary shares in basis points (`--canary 1,10,50` is 100, 1000,
+    /// 5000), growing; empty for a direct switch.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub canary: Vec<u16>,
+    /// How long each canary share runs, in milliseconds.
+    #[serde(default)]
+    pub canary_step_ms: u64,
 }
 
 /// One line of a deploy's log (hook output, decisions).
@@ -197,6 +209,9 @@ impl DeployRecord {
         }
         if record.options.skip_shadow {
             record.skip(Step::Shadow, "skipped by --skip-shadow", now_ms);
+        }
+        if record.options.canary.is_empty() {
+            record.skip(Step::Canary, "no --canary: a direct switch", now_ms);
         }
         record
     }

@@ -201,6 +201,14 @@ pub enum Command {
         /// Skip the shadow step (recorded in the history).
         #[arg(long)]
         skip_shadow: bool,
+        /// Canary shares in percent before the switch, e.g. 1,10,50: each is
+        /// judged against the old side's traffic of the same minutes; a
+        /// breach sends everyone back at once.
+        #[arg(long, value_delimiter = ',')]
+        canary: Vec<f64>,
+        /// How long each canary share runs.
+        #[arg(long, default_value = "5m")]
+        step: String,
         /// Extra environment for the hook or the app processes, KEY=VALUE.
         #[arg(long = "env", value_parser = parse_env)]
         env: Vec<(String, String)>,
@@ -369,6 +377,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             manual_promote,
             skip_smoke,
             skip_shadow,
+            canary,
+            step,
             env,
             reason,
             detach,
@@ -380,6 +390,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 manual_promote,
                 skip_smoke,
                 skip_shadow,
+                canary,
+                step,
                 env: env.into_iter().collect(),
                 reason,
                 detach,

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod bake;
+mod canary;
 mod checks;
 mod decommission;
 mod deploy;
@@ -226,6 +227,7 @@ async fn exec(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployRecord, step: Ste
         Step::Warm => warm::warm(p, handle, d).await,
         Step::Shadow => shadow::shadow(p, handle, d).await,
         Step::Gate => switch::gate(p, handle, d).await,
+        Step::Canary => canary::canary(p, handle, d).await,
         Step::Switch => switch::switch(p, handle, d).await,
         Step::Bake => bake::bake(p, handle, d).await,
         Step::Decommission => decommission::decommission_step(p, d).await,

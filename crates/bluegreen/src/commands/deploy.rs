@@ -8,6 +8,9 @@ pub struct DeployArgs {
     pub manual_promote: bool,
     pub skip_smoke: bool,
     pub skip_shadow: bool,
+    /// Canary shares in percent (empty: a direct switch).
+    pub canary: Vec<f64>,
+    pub step: String,
     pub env: BTreeMap<String, String>,
     pub reason: Option<String>,
     pub detach: bool,
@@ -25,6 +28,8 @@ pub async fn deploy(args: &AdminArgs, d: DeployArgs) -> anyhow::Result<ExitCode>
         env: d.env.clone(),
         reason: d.reason.clone(),
         actor: None,
+        canary: (!d.canary.is_empty()).then(|| d.canary.clone()),
+        step: (!d.canary.is_empty()).then(|| d.step.clone()),
     };
     let record: DeployRecord = match c.post("/api/v1/deploys", body).await {
         Ok(r) => r,

@@ -938,3 +938,103 @@ async fn an_upgrade_during_the_bake_keeps_its_end_and_still_rolls_back_a_breach(
     );
     assert_eq!(body(&router).await, "blue v2\n");
 }
+
+/// Clients that each send a different `X-User`, so a weighted split spreads
+/// them; every answer kept.
+fn user_load(
+    router: &RouterProc,
+    stop: Arc<AtomicBool>,
+) -> (Arc<Mutex<Vec<Sample>>>, Vec<tokio::task::JoinHandle<()>>) {
+    let seen: Arc<Mutex<Vec<Sample>>> = Arc::default();
+    let tasks = (0..6)
+        .map(|i| {
+            let (stop, seen, url) = (stop.clone(), seen.clone(), router.url("/"));
+            tokio::spawn(async move {
+                let c = hyper_util::client::legacy::Client::builder(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .build_http::<http_body_util::Empty<bytes::Bytes>>();
+                for n in 0..200_000u32 {
+                    if stop.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    let req = http::Request::get(&url)
+                        .header("x-user", format!("user-{i}-{n}"))
+                        .body(http_body_util::Empty::new())
+                        .unwrap();
+                    let start = Instant::now();
+                    let r = match c.request(req).await {
+                        Ok(resp) => {
+                            let status = resp.status().as_u16();
+                            let body = http_body_util::BodyExt::collect(resp.into_body())
+                                .await
+                                .map(|b| String::from_utf8_lossy(&b.to_bytes()).to_string())
+                                .unwrap_or_default();
+                            Ok((status, body))
+                        }
+                        Err(e) => Err(e.to_string()),
+                    };
+                    seen.lock().unwrap().push((start, r));
+                }
+            })
+        })
+        .collect();
+    (seen, tasks)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_canary_deploy_steps_through_its_shares_and_a_breach_sends_everyone_back() {
+    let router = pipeline_router("1s", "0s")
+        .proxy("sticky_header = \"X-User\"")
+        .start();
+    assert_eq!(cli_deploy(&router, &["v1"]).0, 0);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (seen, tasks) = user_load(&router, stop.clone());
+
+    // A good version: 10 %, then 50 %, then the switch.
+    let (code, out, err) = cli_deploy(&router, &["v2", "--canary", "10,50", "--step", "1s"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let h: serde_json::Value = serde_json::from_str(&router.cli(&["history", "--json"]).1).unwrap();
+    let d = &h["deploys"][1];
+    let canary = step_of(d, "canary");
+    assert_eq!(canary["state"], "done", "{canary}");
+    let detail = canary["detail"].as_str().unwrap();
+    assert!(detail.contains("10%") && detail.contains("50%"), "{detail}");
+    assert!(
+        router.status().await["split"].is_null(),
+        "the switch ended the split"
+    );
+    assert_eq!(body(&router).await, "blue v2\n");
+
+    // A version that fails: the breach at 20 % sends everyone back at once.
+    let (code, out, err) = cli_deploy(
+        &router,
+        &[
+            "v3",
+            "--canary",
+            "20",
+            "--step",
+            "5s",
+            "--env",
+            "BLUEGREEN_APP_ERROR_AFTER=3",
+        ],
+    );
+    assert_eq!(code, 3, "rolled back: {out}{err}");
+    assert!(out.contains("canary at 20%"), "{out}");
+    assert!(router.status().await["split"].is_null());
+    assert_eq!(router.status().await["live"], "blue");
+    stop.store(true, Ordering::SeqCst);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
+    // During the canaries both versions answered; nothing failed to answer.
+    let bodies = |v: &str| {
+        seen.iter()
+            .filter(|(_, r)| matches!(r, Ok((_, b)) if b.contains(v)))
+            .count()
+    };
+    assert!(bodies("green v1") > 0 && bodies("blue v2") > 0 && bodies("green v3") > 0);
+    let resets: Vec<_> = seen.iter().filter(|(_, r)| r.is_err()).collect();
+    assert!(resets.is_empty(), "{:?}", &resets[..resets.len().min(3)]);
+}

@@ -1,0 +1,90 @@
+//! Step 7 with `--canary`: before the switch, the new side takes each
+//! share of the clients in turn (a weighted split, sticky per client), for
+//! `--step` each, judged by the bake's rules against the old side's
+//! traffic **of the same minutes** (a side-by-side comparison, not
+//! before/after). A breach sends everyone back to the old side at once and
+//! ends the deploy as rolled back; after the last share comes the switch.
+
+use super::bake::describe;
+use super::checks::wait_healthy;
+use super::*;
+
+pub(super) async fn canary(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployRecord) -> StepEnd {
+    if let end @ StepEnd::End(..) = wait_healthy(p, handle, d.target, Step::Canary).await {
+        return end;
+    }
+    let config = p.config();
+    let cfg = &config.bake;
+    let step = Duration::from_millis(d.options.canary_step_ms.max(500));
+    let mut done = Vec::new();
+    for &bp in &d.options.canary {
+        let share = bp as f64 / 100.0;
+        if let Err(e) = p.router.set_weight(d.target, bp, false).await {
+            let _ = p.router.set_weight(d.target, 0, true).await;
+            return StepEnd::End(Outcome::Failed, format!("canary at {share}%: {e}"));
+        }
+        note(
+            p,
+            Step::Canary,
+            format!("{share}% of clients on {}", d.target),
+        )
+        .await;
+        let new_start = p.router.live_window(d.target);
+        let old_start = p.router.live_window(d.from);
+        let mut windows = BakeWindows::new(new_start.clone(), cfg.consecutive);
+        let mut opened = Instant::now();
+        let end = Instant::now() + step;
+        let mut tick = tokio::time::interval(Duration::from_millis(100).min(cfg.interval));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = handle.abort.cancelled() => {
+                    let _ = p.router.set_weight(d.target, 0, true).await;
+                    return StepEnd::End(Outcome::Aborted, format!("{}; every client is back on {}", aborted(handle), d.from));
+                }
+            }
+            let closing = opened.elapsed() >= cfg.interval;
+            // The old side's traffic of the same minutes is the yardstick.
+            let same_minutes = p.router.live_window(d.from).since(&old_start);
+            let now = p.router.live_window(d.target);
+            match windows.observe(&now, Some(&same_minutes), &cfg.thresholds, closing) {
+                WindowEnd::Open => {}
+                WindowEnd::Closed { .. } => opened = Instant::now(),
+                WindowEnd::Breach(b) => {
+                    // Everyone back first; the breach is written with the outcome.
+                    let back = p.router.set_weight(d.target, 0, true).await;
+                    let reason = format!("canary at {share}%: {}", b.summary);
+                    p.router.events.emit(Event::Bake {
+                        deploy_id: d.id,
+                        verdict: "breach",
+                        detail: reason.clone(),
+                        breach: Some(b.clone()),
+                    });
+                    touch(p, |r| r.breach = Some(b.clone())).await;
+                    return match back {
+                        Ok(_) => StepEnd::End(
+                            Outcome::RolledBack,
+                            format!("{reason}; every client is back on {}", d.from),
+                        ),
+                        Err(e) => StepEnd::End(
+                            Outcome::Failed,
+                            format!("{reason}; taking the share back failed: {e}"),
+                        ),
+                    };
+                }
+            }
+            if Instant::now() >= end {
+                break;
+            }
+        }
+        let total = p.router.live_window(d.target).since(&new_start);
+        let old = p.router.live_window(d.from).since(&old_start);
+        done.push(format!(
+            "{share}%: {} (old side {})",
+            describe(&total),
+            describe(&old)
+        ));
+    }
+    StepEnd::Done(Some(done.join("; ")))
+}
