@@ -320,6 +320,7 @@
       case 'bake': S.bake = d; renderDeploy(); break;
       case 'shadow': applyShadow(d && !('running' in d) && 'shadow' in d ? d.shadow : d); break;
       case 'tls': refreshStatus(); break; // a certificate came, renewed or was refused
+      case 'weight': case 'pause': case 'maintenance': case 'reload': refreshStatus(); break;
       default: break; // unknown events are ignored on purpose
     }
   }
@@ -515,6 +516,21 @@
           h('dt', null, 'in flight'), h('dd', { id: `inflight-${side}` }, st.in_flight),
           h('dt', null, 'upgraded'), h('dd', null, st.upgraded)),
         h('p', { class: 'now', id: `now-${side}` }),
+        // Routing policies of this side: a weighted split, kept sessions,
+        // and (live side) pause or maintenance.
+        (() => {
+          const top = S.status;
+          const split = top.split;
+          const share = split ? (split.side === side ? split.basis_points : 10000 - split.basis_points) / 100 : null;
+          const ses = top.sessions;
+          return h('p', { class: 'policies', id: `policies-${side}` },
+            share != null ? h('span', { class: 'badge running' }, `${share}% of clients`) : null,
+            ses && ses.pinned_side === side && ses.until_ms
+              ? h('span', { class: 'badge waiting' }, `sessions kept until ${fmtTime(ses.until_ms)}`) : null,
+            ses ? h('span', { class: 'muted' }, ` ${fmtNum(ses.pinned_requests[side] || 0)} pinned requests`) : null,
+            live && top.paused ? h('span', { class: 'badge aborted' }, `paused: ${top.paused.waiting} waiting`) : null,
+            live && top.maintenance ? h('span', { class: 'badge failed' }, 'maintenance') : null);
+        })(),
         st.draining ? h('p', { class: 'draining' }, 'draining: ', String(st.draining.remaining),
           ' still running, cut in ',
           h('span', { 'data-deadline': S.statusAt + st.draining.deadline_in_ms },

@@ -9,6 +9,11 @@ pub(super) async fn decommission_step(p: &Arc<Pipeline>, d: &DeployRecord) -> St
     if p.router.live() == old {
         return StepEnd::Skipped(format!("{old} is live; not stopping it"));
     }
+    // Sessions kept on the old side: it stays up until they are done.
+    let sessions = wait_for_sessions(p, old).await;
+    if let Some(why) = &sessions {
+        note(p, Step::Decommission, why.clone()).await;
+    }
     if !p.config().keep_warm.is_zero() {
         let pending = PendingDecommission {
             side: old,
@@ -25,9 +30,43 @@ pub(super) async fn decommission_step(p: &Arc<Pipeline>, d: &DeployRecord) -> St
         )));
     }
     match decommission(p, old, None).await {
-        Ok(detail) => StepEnd::Done(Some(detail)),
+        Ok(detail) => StepEnd::Done(Some(match sessions {
+            Some(why) => format!("{why}; {detail}"),
+            None => detail,
+        })),
         // The release is live and good; a failed clean-up does not undo it.
         Err(e) => StepEnd::Done(Some(format!("decommission of {old} failed: {e}"))),
+    }
+}
+
+/// While a sessions pin keeps clients on `old`: waits until no pinned
+/// request came for `sessions.idle`, or the window ends; says which.
+async fn wait_for_sessions(p: &Arc<Pipeline>, old: Side) -> Option<String> {
+    let (side, until_ms) = p.router.pin()?;
+    if side != old {
+        return None;
+    }
+    let idle = p.router.config().sessions.as_ref()?.idle;
+    let count = || p.router.pinned_requests()[old as usize];
+    let mut last = count();
+    let mut quiet_since = Instant::now();
+    loop {
+        if now_ms() >= until_ms {
+            return Some(format!(
+                "waited for the sessions on {old}: the window ended"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let n = count();
+        if n != last {
+            last = n;
+            quiet_since = Instant::now();
+        } else if quiet_since.elapsed() >= idle {
+            return Some(format!(
+                "waited for the sessions on {old}: none for {}s",
+                idle.as_secs()
+            ));
+        }
     }
 }
 

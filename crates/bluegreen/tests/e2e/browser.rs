@@ -223,6 +223,30 @@ async fn the_dashboard_logs_in_shows_the_live_side_and_switches_without_a_reload
         .unwrap();
     assert_eq!(same, "yes", "the page changed without a reload");
 
+    // A weighted split shows on both side cards, from the event stream.
+    let (status, body) = router
+        .api(
+            "POST",
+            "/api/v1/weight",
+            Some(r#"{"side": "blue", "percent": 10}"#),
+            Some(TOKEN),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    eventually(
+        Duration::from_secs(10),
+        "the split on the cards",
+        || async {
+            text_of(&c, "policies-blue")
+                .await
+                .contains("10% of clients")
+                && text_of(&c, "policies-green")
+                    .await
+                    .contains("90% of clients")
+        },
+    )
+    .await;
+
     // 5. The screenshot, kept as an artifact.
     let png = c.screenshot().await.unwrap();
     assert!(png.starts_with(b"\x89PNG"));

@@ -1038,3 +1038,53 @@ async fn a_canary_deploy_steps_through_its_shares_and_a_breach_sends_everyone_ba
     let resets: Vec<_> = seen.iter().filter(|(_, r)| r.is_err()).collect();
     assert!(resets.is_empty(), "{:?}", &resets[..resets.len().min(3)]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_old_side_is_stopped_only_once_its_sessions_are_done() {
+    let router = pipeline_router("300ms", "0s")
+        .extra("\n[sessions]\nwindow = \"30s\"\nidle = \"1s\"\n")
+        .start();
+    assert_eq!(cli_deploy(&router, &["v1"]).0, 0);
+    // A client with a session on v1 (green).
+    let out = curl(&["-i", &router.url("/")]).1;
+    assert!(out.ends_with("green v1\n"), "{out}");
+    let cookie = out
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: "))
+        .map(|c| c.split(';').next().unwrap().to_string())
+        .expect("a session cookie");
+    let deploy = std::thread::spawn({
+        let admin = router.admin_url();
+        move || {
+            std::process::Command::new(bin())
+                .args(["deploy", "v2"])
+                .env("BLUEGREEN_ADMIN", admin)
+                .env("BLUEGREEN_TOKEN", TOKEN)
+                .output()
+                .unwrap()
+        }
+    });
+    // The session keeps using v1 after the switch, for a while.
+    wait_until(Duration::from_secs(20), "the switch to v2", || async {
+        body(&router).await == "blue v2\n"
+    })
+    .await;
+    for _ in 0..5 {
+        let (_, b) = curl(&["-H", &format!("cookie: {cookie}"), &router.url("/")]);
+        assert_eq!(b, "green v1\n", "the session moved before it was done");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let out = deploy.join().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let h: serde_json::Value = serde_json::from_str(&router.cli(&["history", "--json"]).1).unwrap();
+    let dec = step_of(&h["deploys"][1], "decommission");
+    let detail = dec["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("waited for the sessions on green: none for 1s"),
+        "{dec}"
+    );
+}
