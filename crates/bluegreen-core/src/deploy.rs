@@ -304,6 +304,8 @@ impl DeployRecord {
     /// Marks a step as skipped, saying why.
     pub fn skip(&mut self, step: Step, why: &str, now_ms: u64) {
         let s = self.step_mut(step);
+        // A step skipped before it began takes no time, but has a start.
+        s.started_at_ms.get_or_insert(now_ms);
         s.state = StepState::Skipped;
         s.finished_at_ms = Some(now_ms);
         s.detail = Some(why.to_string());

@@ -188,9 +188,9 @@ impl Router {
             maintenance: state.maintenance.clone().map(Arc::new),
             split: state.split,
             sessions: session_policy(&config),
-            // A restart forgets the pin's window: the process that made the
-            // switch kept it (a pin is a courtesy, not state).
-            pin: None,
+            // The pin follows from the last switch and the window, so a
+            // restart or an upgrade inside the window keeps it.
+            pin: pin_of(&state, &config),
         };
 
         Ok(Arc::new(Router {
@@ -453,6 +453,25 @@ impl Router {
             .iter()
             .any(|u| u.health() != Health::Unhealthy)
     }
+}
+
+/// The sessions pin the last switch left, if its window is still open
+/// (none after a rollback, or without `[sessions]`).
+fn pin_of(state: &RouterState, config: &Config) -> Option<crate::snapshot::Pin> {
+    let window = config.sessions.as_ref()?.window;
+    let last = state.history.last()?;
+    let until_ms = last.at_unix_ms + window.as_millis() as u64;
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    (last.kind == bluegreen_core::state::SwitchKind::Switch && now_ms < until_ms).then_some(
+        crate::snapshot::Pin {
+            side: last.from,
+            generation: last.generation,
+            until_ms,
+        },
+    )
 }
 
 /// `[sessions]` for the snapshot.

@@ -21,6 +21,14 @@ impl Router {
     pub async fn reload(self: &Arc<Self>, new: Config) -> Result<Changes, String> {
         let old = self.config();
         let changes = diff(&old, &new);
+        // Every reload rotates the session key (the previous one still
+        // verifies, so nobody moves).
+        let signer = self.signer.clone();
+        match tokio::task::spawn_blocking(move || signer.rotate()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "the session key was not rotated"),
+            Err(e) => tracing::warn!(error = %e, "the session key was not rotated"),
+        }
         if changes.applied.is_empty() {
             return Ok(changes);
         }

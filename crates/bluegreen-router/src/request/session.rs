@@ -14,9 +14,18 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// The path a preview link points at on the live listener.
 pub const PREVIEW_PATH: &str = "/.bluegreen/preview";
 
-/// The signing key (32 random bytes in `state.dir/session.key`).
+/// The signing keys: the current one (32 random bytes in
+/// `state.dir/session.key`) signs; the previous one (`session.key.previous`,
+/// after a rotation by `bluegreen reload`) still verifies, so a rotation
+/// moves nobody.
 pub struct Signer {
-    key: hmac::Key,
+    keys: arc_swap::ArcSwap<Keys>,
+    dir: Option<std::path::PathBuf>,
+}
+
+struct Keys {
+    current: hmac::Key,
+    previous: Option<hmac::Key>,
 }
 
 impl std::fmt::Debug for Signer {
@@ -66,9 +75,52 @@ impl Signer {
             }
             Err(e) => return Err(e),
         };
+        let previous = std::fs::read(dir.join("session.key.previous"))
+            .ok()
+            .filter(|b| b.len() == 32)
+            .map(|b| hmac::Key::new(hmac::HMAC_SHA256, &b));
         Ok(Signer {
-            key: hmac::Key::new(hmac::HMAC_SHA256, &bytes),
+            keys: arc_swap::ArcSwap::from_pointee(Keys {
+                current: hmac::Key::new(hmac::HMAC_SHA256, &bytes),
+                previous,
+            }),
+            dir: Some(dir.to_path_buf()),
         })
+    }
+
+    /// A new signing key; the current one becomes the previous one, which
+    /// still verifies. Written atomically (blocking file I/O: call it off
+    /// the async threads).
+    pub fn rotate(&self) -> std::io::Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let Some(dir) = &self.dir else {
+            return Ok(());
+        };
+        let mut fresh = [0u8; 32];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut fresh)
+            .map_err(|_| std::io::Error::other("no randomness for the session key"))?;
+        let old = std::fs::read(dir.join("session.key"))?;
+        let write = |name: &str, bytes: &[u8]| -> std::io::Result<()> {
+            let tmp = dir.join(format!(".{name}.tmp"));
+            let _ = std::fs::remove_file(&tmp);
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            f.write_all(bytes)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, dir.join(name))
+        };
+        write("session.key.previous", &old)?;
+        write("session.key", &fresh)?;
+        std::fs::File::open(dir)?.sync_all()?;
+        self.keys.store(std::sync::Arc::new(Keys {
+            current: hmac::Key::new(hmac::HMAC_SHA256, &fresh),
+            previous: Some(hmac::Key::new(hmac::HMAC_SHA256, &old)),
+        }));
+        Ok(())
     }
 
     /// A key for this process only.
@@ -76,28 +128,35 @@ impl Signer {
         let mut b = [0u8; 32];
         let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
         Signer {
-            key: hmac::Key::new(hmac::HMAC_SHA256, &b),
+            keys: arc_swap::ArcSwap::from_pointee(Keys {
+                current: hmac::Key::new(hmac::HMAC_SHA256, &b),
+                previous: None,
+            }),
+            dir: None,
         }
     }
 
     fn sign(&self, payload: &str) -> String {
-        let tag = hmac::sign(&self.key, payload.as_bytes());
+        let tag = hmac::sign(&self.keys.load().current, payload.as_bytes());
         format!("{payload}.{}", hex(&tag.as_ref()[..16]))
     }
 
-    /// The payload of a value this key signed, else none.
+    /// The payload of a value the current or the previous key signed.
     fn verify<'a>(&self, value: &'a str) -> Option<&'a str> {
         let (payload, tag) = value.rsplit_once('.')?;
-        let expected = hmac::sign(&self.key, payload.as_bytes());
-        // Constant time: the comparison must not reveal how much matched.
-        let want = hex(&expected.as_ref()[..16]);
-        (tag.len() == want.len()
-            && tag
-                .bytes()
-                .zip(want.bytes())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0)
-            .then_some(payload)
+        let keys = self.keys.load();
+        let matches = |key: &hmac::Key| {
+            let expected = hmac::sign(key, payload.as_bytes());
+            // Constant time: the comparison must not reveal how much matched.
+            let want = hex(&expected.as_ref()[..16]);
+            tag.len() == want.len()
+                && tag
+                    .bytes()
+                    .zip(want.bytes())
+                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                    == 0
+        };
+        (matches(&keys.current) || keys.previous.as_ref().is_some_and(matches)).then_some(payload)
     }
 
     /// A session cookie value: this side served at this generation.
@@ -273,6 +332,21 @@ mod tests {
         assert_eq!(again.session_of(&v), Some((Side::Blue, 7)));
         let other = Signer::load_or_create(tempfile::tempdir().unwrap().path()).unwrap();
         assert_eq!(other.session_of(&v), None);
+        // A rotation keeps the previous key for verifying; two rotations
+        // retire it. A restart after a rotation still knows both.
+        s.rotate().unwrap();
+        assert_eq!(s.session_of(&v), Some((Side::Blue, 7)));
+        let after = s.session_value(Side::Green, 8);
+        assert_ne!(
+            after.rsplit_once('.').unwrap().1,
+            v.rsplit_once('.').unwrap().1
+        );
+        let restarted = Signer::load_or_create(dir.path()).unwrap();
+        assert_eq!(restarted.session_of(&v), Some((Side::Blue, 7)));
+        assert_eq!(restarted.session_of(&after), Some((Side::Green, 8)));
+        s.rotate().unwrap();
+        assert_eq!(s.session_of(&v), None);
+        assert_eq!(s.session_of(&after), Some((Side::Green, 8)));
         let t = s.preview_token(Side::Green, 60);
         assert_eq!(s.preview_of(&t), Some(Side::Green));
         assert!(s.preview_left(&t) <= 60);

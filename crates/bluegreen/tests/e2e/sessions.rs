@@ -170,3 +170,32 @@ async fn only_clients_with_the_apps_session_are_pinned_and_a_preview_link_shows_
     let (_, without) = curl(&["-H", &format!("cookie: {ours}"), &router.url("/")]);
     assert_eq!(without, "green");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restart_inside_the_window_keeps_the_sessions_where_they_were() {
+    let (b, g) = (Backend::start("blue").await, Backend::start("green").await);
+    let state = tempfile::tempdir().unwrap();
+    let builder = || {
+        RouterBuilder::new(&[&b], &[&g])
+            .state_dir(state.path())
+            .extra("\n[sessions]\nwindow = \"10m\"\n")
+    };
+    let router = builder().start();
+    router.wait_all_healthy().await;
+    let (side, jar) = visit(&router, None).await;
+    assert_eq!(side, "blue");
+    let jar = jar.unwrap();
+    router.switch_to("green").await;
+    // A reload rotates the key; the session still verifies.
+    let (code, out, err) = router.cli(&["reload"]);
+    assert_eq!(code, 0, "{out}{err}");
+    drop(router);
+    let router = builder().start();
+    router.wait_all_healthy().await;
+    assert_eq!(
+        visit(&router, Some(&jar)).await.0,
+        "blue",
+        "the pin ended with the restart"
+    );
+    assert_eq!(visit(&router, None).await.0, "green");
+}
