@@ -94,8 +94,11 @@ pub struct StepRecord {
 }
 
 impl StepRecord {
-    /// Duration once finished.
+    /// Duration once finished (none for a skipped step: it did not run).
     pub fn duration_ms(&self) -> Option<u64> {
+        if self.state == StepState::Skipped {
+            return None;
+        }
         Some(self.finished_at_ms?.saturating_sub(self.started_at_ms?))
     }
 }

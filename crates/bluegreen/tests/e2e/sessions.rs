@@ -199,3 +199,105 @@ async fn a_restart_inside_the_window_keeps_the_sessions_where_they_were() {
     );
     assert_eq!(visit(&router, None).await.0, "green");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn under_keep_alive_load_200_sessions_stay_until_the_window_ends_and_new_clients_move_at_once(
+) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::Instant;
+    let (b, g) = (Backend::start("blue").await, Backend::start("green").await);
+    let router = RouterBuilder::new(&[&b], &[&g])
+        .extra("\n[sessions]\nwindow = \"3s\"\n")
+        .start();
+    router.wait_all_healthy().await;
+    // 200 keep-alive clients, each keeping its cookie like a browser.
+    let stop = Arc::new(AtomicBool::new(false));
+    type Answers = Arc<Mutex<Vec<(usize, Instant, String)>>>;
+    let answers: Answers = Arc::default();
+    let clients: Vec<_> = (0..200)
+        .map(|i| {
+            let (stop, answers, url) = (stop.clone(), answers.clone(), router.url("/cart"));
+            tokio::spawn(async move {
+                let c = h1_client();
+                let mut jar: Option<String> = None;
+                for _ in 0..10_000 {
+                    if stop.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    let mut req = http::Request::get(&url);
+                    if let Some(v) = &jar {
+                        req = req.header("cookie", format!("bluegreen={v}"));
+                    }
+                    let resp = c
+                        .request(
+                            req.body(http_body_util::Empty::<bytes::Bytes>::new())
+                                .unwrap(),
+                        )
+                        .await
+                        .expect("answered");
+                    if let Some(v) = resp
+                        .headers()
+                        .get("set-cookie")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.strip_prefix("bluegreen="))
+                    {
+                        jar = Some(v.split(';').next().unwrap().to_string());
+                    }
+                    let body = http_body_util::BodyExt::collect(resp.into_body())
+                        .await
+                        .unwrap()
+                        .to_bytes();
+                    answers.lock().unwrap().push((
+                        i,
+                        Instant::now(),
+                        String::from_utf8_lossy(&body).to_string(),
+                    ));
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            })
+        })
+        .collect();
+    wait_until(
+        Duration::from_secs(10),
+        "every client has a session",
+        || async {
+            let a = answers.lock().unwrap();
+            (0..200).all(|i| a.iter().any(|(c, _, _)| *c == i))
+        },
+    )
+    .await;
+    router.switch_to("green").await;
+    let switched = Instant::now();
+    // New clients land on green from their first request, meanwhile.
+    assert_eq!(visit(&router, None).await.0, "green");
+    wait_until(Duration::from_secs(15), "the window to end", || async {
+        let a = answers.lock().unwrap();
+        a.iter()
+            .filter(|(_, t, b)| *t > switched + Duration::from_secs(4) && b == "green")
+            .count()
+            > 400
+    })
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    for c in clients {
+        c.await.unwrap();
+    }
+    let a = std::mem::take(&mut *answers.lock().unwrap());
+    // Inside the window every session stayed on blue; after it, all moved.
+    let early = Duration::from_millis(2500);
+    assert!(a
+        .iter()
+        .filter(|(_, t, _)| *t > switched && *t < switched + early)
+        .all(|(_, _, b)| b == "blue"));
+    assert!(a
+        .iter()
+        .filter(|(_, t, _)| *t > switched + Duration::from_secs(4))
+        .all(|(_, _, b)| b == "green"));
+    assert!(
+        a.iter()
+            .filter(|(_, t, _)| *t > switched && *t < switched + early)
+            .count()
+            > 1000
+    );
+}
