@@ -621,6 +621,11 @@ async fn deploy(
                     )));
                 }
                 let b = (x * 100.0).round() as u16;
+                if b == 0 || b >= 10_000 {
+                    return Err(ApiError::bad_request(format!(
+                        "field \"canary\": {x}% is not a share between 0.01 and 99.99"
+                    )));
+                }
                 if bp.last().is_some_and(|&l| l >= b) {
                     return Err(ApiError::bad_request("field \"canary\": shares must grow"));
                 }

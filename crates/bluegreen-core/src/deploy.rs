@@ -452,7 +452,25 @@ mod tests {
         let d = record();
         assert_eq!(d.target, Side::Green);
         assert_eq!(d.next_step(), Some(Step::Deploy));
-        assert!(d.steps.iter().all(|s| s.state == StepState::Pending));
+        // All pending but the canary, skipped without --canary.
+        assert!(d
+            .steps
+            .iter()
+            .all(|s| s.state == StepState::Pending || s.step == Step::Canary));
+        assert_eq!(d.step(Step::Canary).state, StepState::Skipped);
+        let canary = DeployRecord::new(
+            2,
+            "v3".into(),
+            Side::Blue,
+            None,
+            DeployOptions {
+                canary: vec![100, 1000],
+                canary_step_ms: 1000,
+                ..DeployOptions::default()
+            },
+            10,
+        );
+        assert_eq!(canary.step(Step::Canary).state, StepState::Pending);
         assert!(!d.is_finished());
     }
 

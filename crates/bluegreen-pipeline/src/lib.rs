@@ -299,6 +299,12 @@ impl Pipeline {
         self.persist(&book).await?;
         drop(book);
         tracing::info!(id, %version, target = %record.target, "deploy started");
+        // Nobody may reach the target before its gate: sessions kept there
+        // and a weighted share toward it end now.
+        self.router.clear_pin(record.target).await;
+        if self.router.split().is_some_and(|s| s.side == record.target) {
+            let _ = self.router.set_weight(record.target, 0, true).await;
+        }
         let handle = self.new_handle(id, from);
         self.spawn_run(handle);
         Ok(record)

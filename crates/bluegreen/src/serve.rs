@@ -392,6 +392,11 @@ impl Running {
         if handed_over {
             self.router.set_handed_over();
         }
+        // Held requests are answered now rather than left to wait out
+        // their timeout while the drain runs.
+        if self.router.paused().is_some() {
+            let _ = self.router.resume().await;
+        }
         let grace = self.router.config().switch.drain_timeout;
         self.stop.cancel();
         let _ = self.router.stop_shadow().await;

@@ -86,6 +86,16 @@ impl Upgrades {
             }
             return;
         }
+        if running.router.paused().is_some() {
+            let why =
+                "live traffic is paused: resume it first (held requests cannot be handed over)"
+                    .to_string();
+            tracing::warn!("upgrade refused: {why}");
+            if let Some(r) = reply {
+                let _ = r.send(Err(why));
+            }
+            return;
+        }
         let fds = match running.sockets.handover() {
             Ok(f) => f,
             Err(e) => {

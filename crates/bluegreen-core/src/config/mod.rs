@@ -62,9 +62,6 @@ pub struct SessionsConfig {
     pub cookie: String,
     /// When set, only clients carrying this cookie of the app are pinned.
     pub app_cookie: Option<String>,
-    /// Decommission of the old side waits until it has had no pinned
-    /// request for this long (or the window ends, whichever comes first).
-    pub idle: Duration,
 }
 
 /// Recordings are written only inside this directory, under a plain name:
@@ -236,7 +233,6 @@ struct RawConfig {
 #[derive(Debug, Deserialize)]
 struct RawSessions {
     window: Option<String>,
-    idle: Option<String>,
     cookie: Option<String>,
     app_cookie: Option<String>,
 }
@@ -504,7 +500,6 @@ fn validate(raw: RawConfig, base: &Path, c: &mut Checker) -> Config {
             window,
             cookie,
             app_cookie: r.app_cookie.clone(),
-            idle: c.duration("sessions.idle", r.idle.as_deref(), Duration::from_secs(60)),
         }
     });
     Config {

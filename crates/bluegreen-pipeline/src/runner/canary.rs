@@ -10,6 +10,10 @@ use super::checks::wait_healthy;
 use super::*;
 
 pub(super) async fn canary(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployRecord) -> StepEnd {
+    // A record from before canaries existed resumes with none to run.
+    if d.options.canary.is_empty() {
+        return StepEnd::Skipped("no --canary: a direct switch".into());
+    }
     if let end @ StepEnd::End(..) = wait_healthy(p, handle, d.target, Step::Canary).await {
         return end;
     }

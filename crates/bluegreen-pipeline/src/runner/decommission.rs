@@ -9,64 +9,40 @@ pub(super) async fn decommission_step(p: &Arc<Pipeline>, d: &DeployRecord) -> St
     if p.router.live() == old {
         return StepEnd::Skipped(format!("{old} is live; not stopping it"));
     }
-    // Sessions kept on the old side: it stays up until they are done.
-    let sessions = wait_for_sessions(p, old).await;
-    if let Some(why) = &sessions {
-        note(p, Step::Decommission, why.clone()).await;
-    }
-    if !p.config().keep_warm.is_zero() {
+    // Sessions kept on the old side: it stays up until their window ends
+    // (scheduled, so the deploy ends now and switch, rollback and new
+    // deploys are not held up meanwhile).
+    let keep_until = p
+        .router
+        .pin()
+        .filter(|(side, _)| *side == old)
+        .map(|(_, until)| until)
+        .unwrap_or(0)
+        .max(now_ms() + p.config().keep_warm.as_millis() as u64);
+    if keep_until > now_ms() {
         let pending = PendingDecommission {
             side: old,
             deploy_id: d.id,
-            at_ms: now_ms() + p.config().keep_warm.as_millis() as u64,
+            at_ms: keep_until,
         };
         let mut book = p.book.lock().await;
         book.pending_decommission = Some(pending.clone());
         drop(book);
         p.arm_decommission(pending);
+        let why = if p.router.pin().is_some_and(|(side, _)| side == old) {
+            "for the sessions kept there (until the window ends)"
+        } else {
+            "so rollback stays instant (keep_warm)"
+        };
         return StepEnd::Done(Some(format!(
-            "{old} kept warm for {}s so rollback stays instant; then stopped",
-            p.config().keep_warm.as_secs()
+            "{old} kept up {}s {why}; then stopped",
+            (keep_until - now_ms()) / 1000
         )));
     }
     match decommission(p, old, None).await {
-        Ok(detail) => StepEnd::Done(Some(match sessions {
-            Some(why) => format!("{why}; {detail}"),
-            None => detail,
-        })),
+        Ok(detail) => StepEnd::Done(Some(detail)),
         // The release is live and good; a failed clean-up does not undo it.
         Err(e) => StepEnd::Done(Some(format!("decommission of {old} failed: {e}"))),
-    }
-}
-
-/// While a sessions pin keeps clients on `old`: waits until no pinned
-/// request came for `sessions.idle`, or the window ends; says which.
-async fn wait_for_sessions(p: &Arc<Pipeline>, old: Side) -> Option<String> {
-    let (side, until_ms) = p.router.pin()?;
-    if side != old {
-        return None;
-    }
-    let idle = p.router.config().sessions.as_ref()?.idle;
-    let count = || p.router.pinned_requests()[old as usize];
-    let mut last = count();
-    let mut quiet_since = Instant::now();
-    loop {
-        if now_ms() >= until_ms {
-            return Some(format!(
-                "waited for the sessions on {old}: the window ended"
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let n = count();
-        if n != last {
-            last = n;
-            quiet_since = Instant::now();
-        } else if quiet_since.elapsed() >= idle {
-            return Some(format!(
-                "waited for the sessions on {old}: none for {}s",
-                idle.as_secs()
-            ));
-        }
     }
 }
 

@@ -153,6 +153,18 @@ async fn note(p: &Pipeline, step: Step, text: String) {
 
 /// Sets the outcome, records what each side runs, archives the deploy.
 async fn finish(p: &Arc<Pipeline>, outcome: Outcome, reason: Option<String>) {
+    // A canary share left on the target by a deploy that did not succeed
+    // goes back to 0 before anything else (the side will be stopped).
+    if outcome != Outcome::Succeeded {
+        let target = p.book.lock().await.current.as_ref().map(|d| d.target);
+        if let (Some(t), Some(split)) = (target, p.router.split()) {
+            if split.side == t {
+                if let Err(e) = p.router.set_weight(t, 0, true).await {
+                    tracing::error!(error = %e, "could not take the canary share back");
+                }
+            }
+        }
+    }
     let mut book = p.book.lock().await;
     let Some(d) = book.current.as_mut() else {
         return;

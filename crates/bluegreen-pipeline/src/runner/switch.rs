@@ -36,7 +36,13 @@ pub(super) async fn switch(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployReco
         .router
         .switch(SwitchRequest {
             to: d.target,
-            kind: SwitchKind::Switch,
+            // A re-deploying rollback switches as a rollback: nobody is kept
+            // on the side it leaves (the rejected version).
+            kind: if d.options.reason.starts_with("rollback:") {
+                SwitchKind::Rollback
+            } else {
+                SwitchKind::Switch
+            },
             forced: false,
             actor: format!("deploy #{}", d.id),
             reason: format!("deploy {}", d.version),

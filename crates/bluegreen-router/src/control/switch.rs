@@ -188,12 +188,16 @@ fn plan(
     let retired = old_epoch.clone();
     // Sessions on the old side stay there for the window; after a
     // rollback nobody is kept on the side that was rejected.
+    // Nor while paused: that is a migration, after which the old version
+    // must not serve anyone.
     let pin = match (req.kind, &current.sessions) {
-        (SwitchKind::Switch, Some(policy)) => Some(crate::snapshot::Pin {
-            side: from,
-            generation,
-            until_ms: at_unix_ms + policy.window.as_millis() as u64,
-        }),
+        (SwitchKind::Switch, Some(policy)) if current.hold.is_none() => {
+            Some(crate::snapshot::Pin {
+                side: from,
+                generation,
+                until_ms: at_unix_ms + policy.window.as_millis() as u64,
+            })
+        }
         _ => None,
     };
     let edit = move |s: &mut crate::snapshot::Snapshot| {

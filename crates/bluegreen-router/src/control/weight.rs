@@ -91,6 +91,19 @@ impl Router {
         self.snapshot.load().pin.map(|p| (p.side, p.until_ms))
     }
 
+    /// Ends the sessions pin to `side` (a deploy is putting a new version
+    /// there).
+    pub async fn clear_pin(&self, side: Side) {
+        let _ = self
+            .route(move |_, current| {
+                Ok::<_, String>(match current.pin {
+                    Some(pin) if pin.side == side => Change::snapshot(|s| s.pin = None, ()),
+                    _ => Change::none(()),
+                })
+            })
+            .await;
+    }
+
     /// The split in effect, if any.
     pub fn split(&self) -> Option<Split> {
         self.snapshot.load().split

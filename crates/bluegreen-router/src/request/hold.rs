@@ -52,12 +52,20 @@ impl Hold {
     /// Waits until the pause ends (then the caller routes with the snapshot
     /// of that moment: a switch made while paused applies to these).
     pub async fn wait(&self) -> Result<(), NotReleased> {
-        if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.limit {
-            self.waiting.fetch_sub(1, Ordering::AcqRel);
+        // Counted while waiting, also when the client goes away meanwhile
+        // (the future is dropped): a guard gives the place back.
+        struct Waiting<'a>(&'a AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        let before = self.waiting.fetch_add(1, Ordering::AcqRel);
+        let _place = Waiting(&self.waiting);
+        if before >= self.limit {
             return Err(NotReleased::Full);
         }
         let got = tokio::time::timeout(self.timeout, self.gate.acquire()).await;
-        self.waiting.fetch_sub(1, Ordering::AcqRel);
         match got {
             Ok(_) => {
                 self.released.fetch_add(1, Ordering::Relaxed);
@@ -164,6 +172,14 @@ mod tests {
         assert_eq!(*order.lock().unwrap(), vec![0, 1, 2]);
         assert_eq!(hold.released(), 3);
         assert_eq!(hold.wait().await, Ok(()), "after the release, no wait");
+    }
+
+    #[tokio::test]
+    async fn a_held_request_whose_client_left_gives_its_place_back() {
+        let hold = Hold::new(Duration::from_secs(5), 1, 0);
+        let gone = tokio::time::timeout(Duration::from_millis(20), hold.wait()).await;
+        assert!(gone.is_err(), "still held");
+        assert_eq!(hold.waiting(), 0, "the dropped wait left the queue");
     }
 
     #[tokio::test]

@@ -122,7 +122,9 @@ impl Route {
             // A weighted split: the same clients (by their sticky key) go
             // to the other side every time.
             Some(split)
-                if !preview && snap.settings.bucket(headers, conn.peer) < split.basis_points =>
+                if !preview
+                    && snap.settings.bucket(headers, conn.peer) < split.basis_points
+                    && snap.pools[split.side].healthy_count() > 0 =>
             {
                 split.side
             }
@@ -135,18 +137,26 @@ impl Route {
             side = chosen;
             set_cookie = cookie;
         }
+        // Requests kept on the old side (sessions) or sent to the idle side
+        // by a preview cookie are not the live side's: no drain counts them
+        // (it would cut them at its deadline), and no tap copies them.
+        let kept = !preview && side != snap.live && snap.split.is_none_or(|s| s.side != side);
         Route {
             pool: snap.pools[side].clone(),
-            epoch: (!preview).then(|| snap.epochs[side].clone()),
+            epoch: (!preview && !kept).then(|| snap.epochs[side].clone()),
             settings: snap.settings.clone(),
             // Only live traffic is sampled (and recorded): preview requests
             // take no slot of the sampling sequence.
             recorder: snap
                 .recorder
                 .as_ref()
-                .filter(|r| !preview && r.sample())
+                .filter(|r| !preview && side == snap.live && r.sample())
                 .cloned(),
-            shadow: snap.shadow.as_ref().filter(|_| !preview).cloned(),
+            shadow: snap
+                .shadow
+                .as_ref()
+                .filter(|_| !preview && side == snap.live)
+                .cloned(),
             hold: snap.hold.as_ref().filter(|_| !preview).cloned(),
             maintenance: snap.maintenance.as_ref().filter(|_| !preview).cloned(),
             set_cookie,
@@ -180,8 +190,11 @@ pub async fn handle(req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
             return hold::not_released(why, &h);
         }
         // Released: routed by the snapshot of now (a switch made while
-        // paused applies to the held requests).
+        // paused applies to the held requests; so does maintenance).
         route = Route::load(conn, req.headers());
+        if let Some(m) = &route.maintenance {
+            return hold::maintenance(&req, m);
+        }
     }
     let started = Instant::now();
     let access = route.settings.access_log.then(|| AccessLine::of(&req));

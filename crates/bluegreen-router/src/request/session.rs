@@ -170,6 +170,15 @@ impl Signer {
         Some((side.parse().ok()?, generation.parse().ok()?))
     }
 
+    /// True when the current key (not only the previous one) signed it.
+    pub fn signed_by_current(&self, value: &str) -> bool {
+        let Some((payload, _)) = value.rsplit_once('.') else {
+            return false;
+        };
+        let tag = hmac::sign(&self.keys.load().current, payload.as_bytes());
+        value == format!("{payload}.{}", hex(&tag.as_ref()[..16]))
+    }
+
     /// A preview token for `side`, valid for `secs`.
     pub fn preview_token(&self, side: Side, secs: u64) -> String {
         self.sign(&format!("preview~{side}~{}", now_secs() + secs))
@@ -234,7 +243,11 @@ pub fn route(
             return (side, None);
         }
     }
-    let ours = cookie(headers, &policy.cookie).and_then(|v| signer.session_of(v));
+    let raw = cookie(headers, &policy.cookie);
+    let ours = raw.and_then(|v| signer.session_of(v));
+    // Signed by the previous key (before a rotation): given again, same
+    // content, new key, so the next rotation does not drop it.
+    let stale_key = raw.is_some_and(|v| ours.is_some() && !signer.signed_by_current(v));
     if let (Some(pin), Some((side, generation))) = (snap.pin, ours) {
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -251,13 +264,23 @@ pub fn route(
             && snap.pools[side].healthy_count() > 0
         {
             router.pinned[side as usize].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            return (side, None);
+            let again = stale_key
+                .then(|| {
+                    set_cookie(
+                        &policy.cookie,
+                        &signer.session_value(side, generation),
+                        policy.window.as_secs().max(60) * 4,
+                        secure,
+                    )
+                })
+                .flatten();
+            return (side, again);
         }
     }
     // The cookie says who served this client last; set when it says
     // otherwise (absent, forged, another side or generation).
     let current = (chosen, snap.generation);
-    let set = (ours != Some(current))
+    let set = (ours != Some(current) || stale_key)
         .then(|| {
             set_cookie(
                 &policy.cookie,
