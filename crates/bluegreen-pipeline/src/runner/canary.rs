@@ -85,7 +85,8 @@ pub(super) async fn canary(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployReco
         let total = p.router.live_window(d.target).since(&new_start);
         let old = p.router.live_window(d.from).since(&old_start);
         done.push(format!(
-            "{share}%: {} (old side {})",
+            "{share}%{}: {} (old side {})",
+            windows.caveat(),
             describe(&total),
             describe(&old)
         ));

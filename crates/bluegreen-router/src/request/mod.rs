@@ -237,7 +237,19 @@ pub async fn handle(req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
     }
     let mut resp = resp;
     if let Some(c) = route.set_cookie.take() {
-        resp.headers_mut().append(http::header::SET_COOKIE, c);
+        // Not on a 101, not on our own error pages, and not on answers a
+        // shared cache may keep (a CDN would stop caching them).
+        let h = resp.headers();
+        let shared = h
+            .get(http::header::CACHE_CONTROL)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("public") || v.contains("s-maxage"));
+        if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS
+            && !h.contains_key("x-bluegreen-error")
+            && !shared
+        {
+            resp.headers_mut().append(http::header::SET_COOKIE, c);
+        }
     }
     if let Some(h) = &conn.edge.hsts {
         // The app's own policy (includeSubDomains, preload) stands.

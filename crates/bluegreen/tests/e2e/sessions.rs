@@ -301,3 +301,19 @@ async fn under_keep_alive_load_200_sessions_stay_until_the_window_ends_and_new_c
             > 1000
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_routers_own_error_pages_set_no_session_cookie() {
+    let g = Backend::start("green").await;
+    // Blue (live) has nothing listening: every live request is our 502/503.
+    let router = RouterBuilder::addrs(vec![closed_port()], vec![g.addr])
+        .extra("\n[sessions]\nwindow = \"1m\"\n")
+        .start();
+    let (_, out) = curl(&["-i", &router.url("/")]);
+    assert!(out.starts_with("HTTP/1.1 50"), "{out}");
+    assert!(
+        out.to_ascii_lowercase().contains("x-bluegreen-error"),
+        "{out}"
+    );
+    assert!(!out.to_ascii_lowercase().contains("set-cookie"), "{out}");
+}
