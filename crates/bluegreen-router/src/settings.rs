@@ -59,9 +59,24 @@ impl ProxySettings {
                     (k == name).then(|| v.as_bytes().to_vec())
                 })
         };
-        let key = from_header
-            .or_else(from_cookie)
-            .unwrap_or_else(|| peer.to_string().into_bytes());
+        // Behind trusted proxies the client is the last address of the
+        // forwarded chain that is not one of them (as for `X-Real-IP`).
+        let client = || {
+            if !self.trusts(peer) {
+                return peer.to_string().into_bytes();
+            }
+            headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .map(str::trim)
+                .filter(|a| a.parse::<IpAddr>().map_or(true, |ip| !self.trusts(ip)))
+                .last()
+                .map(|a| a.as_bytes().to_vec())
+                .unwrap_or_else(|| peer.to_string().into_bytes())
+        };
+        let key = from_header.or_else(from_cookie).unwrap_or_else(client);
         let mut h: u64 = 0xcbf29ce484222325;
         for b in key {
             h ^= b as u64;
@@ -118,6 +133,17 @@ mod tests {
         assert_ne!(by_cookie, by_header);
         assert_eq!(by_header, s.bucket(&h, "192.0.2.9".parse().unwrap()));
         assert!(by_header < 10_000);
+        // Without a sticky key, behind a trusted proxy: the forwarded client.
+        let proxy: IpAddr = "10.0.0.5".parse().unwrap();
+        let mut fwd = http::HeaderMap::new();
+        fwd.insert("x-forwarded-for", "203.0.113.7, 10.0.0.9".parse().unwrap());
+        let direct = s.bucket(&http::HeaderMap::new(), "203.0.113.7".parse().unwrap());
+        assert_eq!(s.bucket(&fwd, proxy), direct, "the client behind the proxies");
+        assert_eq!(
+            s.bucket(&fwd, "198.51.100.1".parse().unwrap()),
+            s.bucket(&http::HeaderMap::new(), "198.51.100.1".parse().unwrap()),
+            "an untrusted peer's chain is not believed"
+        );
         assert!(!s.trusts("127.0.0.1".parse().unwrap()));
     }
 }
