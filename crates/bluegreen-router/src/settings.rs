@@ -138,7 +138,11 @@ mod tests {
         let mut fwd = http::HeaderMap::new();
         fwd.insert("x-forwarded-for", "203.0.113.7, 10.0.0.9".parse().unwrap());
         let direct = s.bucket(&http::HeaderMap::new(), "203.0.113.7".parse().unwrap());
-        assert_eq!(s.bucket(&fwd, proxy), direct, "the client behind the proxies");
+        assert_eq!(
+            s.bucket(&fwd, proxy),
+            direct,
+            "the client behind the proxies"
+        );
         assert_eq!(
             s.bucket(&fwd, "198.51.100.1".parse().unwrap()),
             s.bucket(&http::HeaderMap::new(), "198.51.100.1".parse().unwrap()),
