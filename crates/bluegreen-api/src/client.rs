@@ -69,31 +69,17 @@ impl AdminClient {
         ca: Option<&std::path::Path>,
     ) -> Result<AdminClient, ClientError> {
         let unreadable = |reason: String| ClientError::Setup(reason);
-        let mut roots = RootCertStore::empty();
-        match ca {
-            Some(path) => {
-                use rustls::pki_types::pem::PemObject;
-                let certs = rustls::pki_types::CertificateDer::pem_file_iter(path)
-                    .map_err(|e| unreadable(format!("--admin-ca {}: {e}", path.display())))?;
-                for c in certs {
-                    let c =
-                        c.map_err(|e| unreadable(format!("--admin-ca {}: {e}", path.display())))?;
-                    roots
-                        .add(c)
-                        .map_err(|e| unreadable(format!("--admin-ca {}: {e}", path.display())))?;
+        let roots = match ca {
+            Some(path) => bluegreen_router::tls::roots_from_pem(path)
+                .map_err(|e| unreadable(format!("--admin-ca {e}")))?,
+            None => {
+                let mut roots = RootCertStore::empty();
+                if base.starts_with("https:") {
+                    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
                 }
-                if roots.is_empty() {
-                    return Err(unreadable(format!(
-                        "--admin-ca {}: holds no PEM certificate",
-                        path.display()
-                    )));
-                }
+                roots
             }
-            None if base.starts_with("https:") => {
-                roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
-            }
-            None => {}
-        }
+        };
         Ok(AdminClient {
             base: base.trim_end_matches('/').to_string(),
             token,

@@ -31,6 +31,48 @@ impl Checker {
         }
     }
 
+    /// `raw` (relative to `base`) if it is a readable file.
+    pub(super) fn file(
+        &mut self,
+        key: &str,
+        base: &std::path::Path,
+        raw: &str,
+    ) -> Option<std::path::PathBuf> {
+        let path = base.join(raw);
+        match std::fs::metadata(&path) {
+            Ok(m) if m.is_file() => Some(path),
+            Ok(_) => {
+                self.issue(key, format!("{} is not a file", path.display()));
+                None
+            }
+            Err(e) => {
+                self.issue(key, format!("cannot read {}: {e}", path.display()));
+                None
+            }
+        }
+    }
+
+    /// `raw` (relative to `base`) if it is a file holding PEM certificates.
+    pub(super) fn pem_file(
+        &mut self,
+        key: &str,
+        base: &std::path::Path,
+        raw: &str,
+    ) -> Option<std::path::PathBuf> {
+        let path = base.join(raw);
+        match std::fs::read_to_string(&path) {
+            Ok(s) if s.contains("-----BEGIN CERTIFICATE-----") => Some(path),
+            Ok(_) => {
+                self.issue(key, format!("{} holds no PEM certificate", path.display()));
+                None
+            }
+            Err(e) => {
+                self.issue(key, format!("cannot read {}: {e}", path.display()));
+                None
+            }
+        }
+    }
+
     pub(super) fn duration(&mut self, key: &str, raw: Option<&str>, default: Duration) -> Duration {
         let Some(raw) = raw else { return default };
         match humantime::parse_duration(raw) {

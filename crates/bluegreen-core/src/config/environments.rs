@@ -126,26 +126,10 @@ fn upstream_tls(
             );
         }
     }
-    let ca = raw.ca.as_ref().and_then(|f| {
-        let path = base.join(f);
-        match std::fs::read_to_string(&path) {
-            Ok(s) if s.contains("-----BEGIN CERTIFICATE-----") => Some(path),
-            Ok(_) => {
-                c.issue(
-                    format!("{key}.tls.ca"),
-                    format!("{} holds no PEM certificate", path.display()),
-                );
-                None
-            }
-            Err(e) => {
-                c.issue(
-                    format!("{key}.tls.ca"),
-                    format!("cannot read {}: {e}", path.display()),
-                );
-                None
-            }
-        }
-    });
+    let ca = raw
+        .ca
+        .as_ref()
+        .and_then(|f| c.pem_file(&format!("{key}.tls.ca"), base, f));
     UpstreamTlsConfig {
         server_name: raw.server_name.clone(),
         ca,

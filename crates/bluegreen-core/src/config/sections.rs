@@ -135,26 +135,7 @@ pub(super) fn validate_admin(raw: &RawAdmin, base: &Path, c: &mut Checker) -> Ad
         );
     }
     let tls = raw.tls.as_ref().and_then(|t| {
-        let mut file = |what: &str, f: &str| {
-            let path = base.join(f);
-            match std::fs::metadata(&path) {
-                Ok(m) if m.is_file() => Some(path),
-                Ok(_) => {
-                    c.issue(
-                        format!("admin.tls.{what}"),
-                        format!("{} is not a file", path.display()),
-                    );
-                    None
-                }
-                Err(e) => {
-                    c.issue(
-                        format!("admin.tls.{what}"),
-                        format!("cannot read {}: {e}", path.display()),
-                    );
-                    None
-                }
-            }
-        };
+        let mut file = |what: &str, f: &str| c.file(&format!("admin.tls.{what}"), base, f);
         let (cert, key) = (file("cert", &t.cert), file("key", &t.key));
         Some(CertificatePair {
             cert: cert?,

@@ -115,26 +115,8 @@ pub(super) fn validate_tls(raw: &RawTls, base: &Path, c: &mut Checker) -> Option
     }
     let mut certificates = Vec::new();
     for (i, pair) in raw.certificates.iter().enumerate() {
-        let mut file = |what: &str, raw: &str| {
-            let path = base.join(raw);
-            match std::fs::metadata(&path) {
-                Ok(m) if m.is_file() => Some(path),
-                Ok(_) => {
-                    c.issue(
-                        format!("tls.certificates[{i}].{what}"),
-                        format!("{} is not a file", path.display()),
-                    );
-                    None
-                }
-                Err(e) => {
-                    c.issue(
-                        format!("tls.certificates[{i}].{what}"),
-                        format!("cannot read {}: {e}", path.display()),
-                    );
-                    None
-                }
-            }
-        };
+        let mut file =
+            |what: &str, raw: &str| c.file(&format!("tls.certificates[{i}].{what}"), base, raw);
         if let (Some(cert), Some(key)) = (file("cert", &pair.cert), file("key", &pair.key)) {
             certificates.push(CertificatePair { cert, key });
         }
@@ -215,26 +197,10 @@ fn validate_acme(raw: &RawAcme, base: &Path, c: &mut Checker) -> Option<AcmeConf
             format!("{directory:?}: expected the CA's https:// directory URL"),
         ),
     }
-    let ca_bundle = raw.ca_bundle.as_ref().and_then(|f| {
-        let path = base.join(f);
-        match std::fs::read_to_string(&path) {
-            Ok(s) if s.contains("-----BEGIN CERTIFICATE-----") => Some(path),
-            Ok(_) => {
-                c.issue(
-                    "tls.acme.ca_bundle",
-                    format!("{} holds no PEM certificate", path.display()),
-                );
-                None
-            }
-            Err(e) => {
-                c.issue(
-                    "tls.acme.ca_bundle",
-                    format!("cannot read {}: {e}", path.display()),
-                );
-                None
-            }
-        }
-    });
+    let ca_bundle = raw
+        .ca_bundle
+        .as_ref()
+        .and_then(|f| c.pem_file("tls.acme.ca_bundle", base, f));
     let challenge = match raw.challenge.as_deref() {
         None | Some("tls-alpn-01") => AcmeChallenge::TlsAlpn01,
         Some("http-01") => AcmeChallenge::Http01,

@@ -435,24 +435,14 @@ fn covers(names: &[String], wanted: &[String]) -> bool {
 /// An HTTPS client trusting every certificate in `bundle`, or the
 /// system's roots (blocking: file reads).
 fn acme_http(bundle: Option<&std::path::Path>) -> Result<AcmeHttp, String> {
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    match bundle {
-        Some(path) => {
-            let file = path.display();
-            for c in rustls::pki_types::CertificateDer::pem_file_iter(path)
-                .map_err(|e| format!("tls.acme.ca_bundle {file}: {e}"))?
-            {
-                let c = c.map_err(|e| format!("tls.acme.ca_bundle {file}: {e}"))?;
-                roots
-                    .add(c)
-                    .map_err(|e| format!("tls.acme.ca_bundle {file}: {e}"))?;
-            }
-        }
+    let roots = match bundle {
+        Some(path) => super::roots_from_pem(path).map_err(|e| format!("tls.acme.ca_bundle {e}"))?,
         None => {
+            let mut roots = rustls::RootCertStore::empty();
             roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+            roots
         }
-    }
+    };
     if roots.is_empty() {
         return Err(
             "no CA certificates to check the ACME server with (set tls.acme.ca_bundle)".into(),

@@ -4,8 +4,7 @@
 //! `http/1.1` (the upstream pool speaks HTTP/1.1), sessions resumed.
 
 use bluegreen_core::config::UpstreamTlsConfig;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, RootCertStore};
 use std::sync::Arc;
 use tokio::net::TcpStream;
@@ -30,29 +29,19 @@ impl std::fmt::Debug for UpstreamTls {
 impl UpstreamTls {
     /// The client side for a config; the error names the file or name.
     pub fn new(config: &UpstreamTlsConfig) -> Result<UpstreamTls, String> {
-        let mut roots = RootCertStore::empty();
-        match &config.ca {
-            Some(path) => {
-                let file = path.display();
-                for cert in CertificateDer::pem_file_iter(path)
-                    .map_err(|e| format!("{file}: cannot read: {e}"))?
-                {
-                    let cert = cert.map_err(|e| format!("{file}: not PEM certificates: {e}"))?;
-                    roots
-                        .add(cert)
-                        .map_err(|e| format!("{file}: not a usable CA certificate: {e}"))?;
-                }
-            }
+        let roots = match &config.ca {
+            Some(path) => crate::tls::roots_from_pem(path)?,
             None => {
-                let found = rustls_native_certs::load_native_certs();
-                roots.add_parsable_certificates(found.certs);
+                let mut roots = RootCertStore::empty();
+                roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
                 if roots.is_empty() {
                     return Err(
                         "no system CA certificates found: set tls.ca to the upstreams' CA".into(),
                     );
                 }
+                roots
             }
-        }
+        };
         let mut client = ClientConfig::builder_with_provider(crate::tls::provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| format!("tls: {e}"))?
