@@ -24,6 +24,15 @@ impl Window {
         }
     }
 
+    /// `self + other`: the traffic of two nodes together.
+    pub fn plus(&self, other: &Window) -> Window {
+        Window {
+            requests: self.requests + other.requests,
+            errors: self.errors + other.errors,
+            latency: self.latency.plus(&other.latency),
+        }
+    }
+
     /// Fraction of requests that failed (0 when there were none).
     pub fn error_rate(&self) -> f64 {
         if self.requests == 0 {

@@ -91,6 +91,16 @@ impl Histogram {
         }
     }
 
+    /// `self + other`, bucket by bucket (the same fixed buckets on every
+    /// node, so the traffic of several nodes adds up exactly).
+    pub fn plus(&self, other: &Histogram) -> Histogram {
+        let n = self.counts.len().max(other.counts.len());
+        let at = |h: &Histogram, i: usize| h.counts.get(i).copied().unwrap_or(0);
+        Histogram {
+            counts: (0..n).map(|i| at(self, i) + at(other, i)).collect(),
+        }
+    }
+
     /// Estimated quantile `q` (0..=1), interpolating inside the bucket.
     /// `None` when empty.
     pub fn quantile(&self, q: f64) -> Option<Duration> {

@@ -52,6 +52,8 @@ pub enum Event {
     Maintenance { on: bool, detail: String },
     /// A weighted split set or ended.
     Weight { detail: String },
+    /// The link to the shared store (etcd) was lost or is back.
+    Cluster { ok: bool, detail: String },
     /// A bake verdict: `ok`, `waiting`, `inconclusive` or `breach`.
     Bake {
         deploy_id: u64,
@@ -90,6 +92,7 @@ impl Event {
             Event::Pause { .. } => "pause",
             Event::Maintenance { .. } => "maintenance",
             Event::Weight { .. } => "weight",
+            Event::Cluster { .. } => "cluster",
         }
     }
 
@@ -107,7 +110,9 @@ impl Event {
             ),
             Event::Shadow(r) => Ok(serde_json::json!({ "shadow": r })),
             Event::Tick(p) => serde_json::to_value(p),
-            Event::Tls { ok, detail } | Event::Reload { ok, detail } => {
+            Event::Tls { ok, detail }
+            | Event::Reload { ok, detail }
+            | Event::Cluster { ok, detail } => {
                 Ok(serde_json::json!({"ok": ok, "detail": detail}))
             }
             Event::Pause { on, detail } | Event::Maintenance { on, detail } => {

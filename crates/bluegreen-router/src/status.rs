@@ -37,6 +37,9 @@ pub struct Status {
     /// Sessions kept on the old side after the last switch, if any.
     #[serde(default)]
     pub sessions: Option<SessionsStatus>,
+    /// Every router node sharing the state, with a shared store (etcd).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<crate::control::ClusterStatus>,
 }
 
 /// `[sessions]` at work.

@@ -3,14 +3,19 @@
 //! noticing, plus typed helpers for the documents bluegreen keeps.
 #![forbid(unsafe_code)]
 
+pub mod cluster;
+pub mod etcd;
 mod file;
 
+pub use cluster::Cluster;
+pub use etcd::EtcdStore;
 pub use file::FileStore;
 
 use bluegreen_core::state::{InvalidState, RouterState};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// Key of the router state (live side and switch history).
 pub const ROUTER_KEY: &str = "state";
@@ -38,6 +43,10 @@ pub trait StateStore: Send + Sync + 'static {
     fn reacquire(&self) -> Result<(), StoreError> {
         Ok(())
     }
+    /// The shared side, for a store that several router nodes share.
+    fn cluster(&self) -> Option<Arc<dyn Cluster>> {
+        None
+    }
 }
 
 /// Store failures, each naming the file involved.
@@ -63,6 +72,10 @@ pub enum StoreError {
     Locked { path: PathBuf },
     #[error("not written to {path}: the state was handed to a new bluegreen process (upgrade)")]
     HandedOver { path: PathBuf },
+    #[error("etcd ({endpoints}): {reason}")]
+    Etcd { endpoints: String, reason: String },
+    #[error("{key} was changed by another node since this one read it; nothing was written (the change from the other node is applied here in a moment; try again)")]
+    Conflict { key: String },
 }
 
 /// Reads a JSON document; a value that does not parse is `Corrupt`.

@@ -12,7 +12,7 @@ use bluegreen_router::events::Event;
 use bluegreen_router::tls::acme::Acme;
 use bluegreen_router::tls::Reload;
 use bluegreen_router::{health, listener, ListenerKind, Router};
-use bluegreen_store::FileStore;
+use bluegreen_store::{EtcdStore, FileStore};
 use bluegreen_store::StateStore;
 use std::io::Write;
 use std::net::SocketAddr;
@@ -198,7 +198,11 @@ pub async fn start(config: Config, token: &str, process: Process) -> anyhow::Res
     let state_dir = config.state.dir.clone();
     // A process taking over from another waits for it to hand the state
     // over (it releases the lock once we are running).
-    let store: Arc<dyn StateStore> = if process.handover {
+    let store: Arc<dyn StateStore> = if let Some(etcd) = config.state.etcd.clone() {
+        // Shared by every node of the service; the process table and app
+        // logs stay in the state dir of this node.
+        Arc::new(tokio::task::spawn_blocking(move || EtcdStore::open(&etcd)).await??)
+    } else if process.handover {
         let dir = state_dir.clone();
         Arc::new(
             tokio::task::spawn_blocking(move || FileStore::open_waiting(&dir, HANDOVER_WAIT))
@@ -284,6 +288,8 @@ pub async fn start(config: Config, token: &str, process: Process) -> anyhow::Res
     // 3. Health checks start before traffic so the first results come quickly.
     let stop = CancellationToken::new();
     let health = health::spawn(&router, stop.clone());
+    // With a shared store: follow what other nodes write, report ours.
+    router.spawn_cluster(stop.clone());
     // One point of live traffic per second for charts and the event stream.
     bluegreen_router::events::spawn_sampler(
         router.clone(),

@@ -117,7 +117,7 @@ pub fn diff(old: &Config, new: &Config) -> Changes {
     );
     upgrade("proxy.workers", o.workers != n.workers);
     upgrade("admin", old.admin != new.admin);
-    upgrade("state.dir", old.state != new.state);
+    upgrade("state", old.state != new.state);
     upgrade("record.dir", old.record != new.record);
     upgrade(
         "deploy (added or removed)",

@@ -11,6 +11,7 @@ pub mod deploy;
 mod environments;
 mod sections;
 pub mod shadow;
+mod state;
 mod template;
 mod tls;
 
@@ -19,6 +20,7 @@ use environments::validate_environments;
 pub use environments::MAX_UPSTREAMS;
 use sections::{validate_admin, validate_health, validate_proxy};
 pub use tls::{AcmeChallenge, AcmeConfig, CertificatePair, TlsConfig, TlsVersion};
+pub use state::{EtcdConfig, EtcdTls, StateConfig};
 
 use crate::side::{Side, Sides};
 pub use deploy::DeployConfig;
@@ -125,12 +127,6 @@ pub struct AdminConfig {
     pub tls: Option<CertificatePair>,
 }
 
-/// Where the embedded store keeps its files.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StateConfig {
-    pub dir: PathBuf,
-}
-
 /// Active health checks.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HealthConfig {
@@ -215,7 +211,7 @@ struct RawConfig {
     #[serde(default)]
     admin: RawAdmin,
     #[serde(default)]
-    state: RawState,
+    state: state::RawState,
     #[serde(default)]
     health: RawHealth,
     #[serde(default)]
@@ -277,10 +273,6 @@ struct RawAdminTls {
     key: String,
 }
 
-#[derive(Debug, Default, Deserialize)]
-struct RawState {
-    dir: Option<String>,
-}
 
 #[derive(Debug, Default, Deserialize)]
 struct RawHealth {
@@ -438,11 +430,8 @@ fn validate(raw: RawConfig, base: &Path, c: &mut Checker) -> Config {
         }
     }
 
-    let dir = raw.state.dir.as_deref().unwrap_or(".bluegreen");
-    if dir.is_empty() {
-        c.issue("state.dir", "must not be empty");
-    }
-    let dir = base.join(dir);
+    let state = state::validate(&raw.state, base, c);
+    let dir = state.dir.clone();
     let record_dir = match raw.record.dir.as_deref() {
         Some("") => {
             c.issue("record.dir", "must not be empty");
@@ -469,6 +458,14 @@ fn validate(raw: RawConfig, base: &Path, c: &mut Checker) -> Config {
         .deploy
         .as_ref()
         .and_then(|d| deploy::validate(d, base, c, proxy.preview_listen.is_some()));
+    if let (Some(_), Some(d)) = (&state.etcd, &deploy) {
+        if matches!(d.method, deploy::DeployMethod::Supervisor(_)) {
+            c.issue(
+                "deploy.supervisor",
+                "the built-in supervisor starts apps on one node only; with state.backend = \"etcd\" deploy through [deploy.hooks] (deploy = \"...\") that reach the hosts every node routes to",
+            );
+        }
+    }
     let shadow = shadow::validate(raw.shadow.as_ref(), c);
     let sessions = raw.sessions.as_ref().map(|r| {
         let window = c.duration(
@@ -511,7 +508,7 @@ fn validate(raw: RawConfig, base: &Path, c: &mut Checker) -> Config {
         tls,
         proxy,
         admin,
-        state: StateConfig { dir },
+        state,
         health,
         environments,
         switch: SwitchConfig {

@@ -3,6 +3,7 @@
 //! persisted state: switch and rollback (`switch`), the drain of the old
 //! side (`drain`), taps on and off (`taps`); `status` is the view of it all.
 
+mod cluster;
 mod drain;
 mod hold;
 mod reload;
@@ -35,6 +36,7 @@ use tokio::sync::Mutex as AsyncMutex;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use cluster::{ClusterStatus, Convergence, NodeReport, NodeStatus};
 pub use hold::PauseStatus;
 pub use switch::{SwitchError, SwitchOutcome};
 
@@ -80,6 +82,16 @@ pub struct Router {
     pub(crate) pinned: [std::sync::atomic::AtomicU64; 2],
     /// Where health check loops run (a reload adds loops for new upstreams).
     health_tasks: Mutex<Option<(TaskTracker, CancellationToken)>>,
+    /// The shared side of the store, when several nodes share the state.
+    cluster: Option<Arc<dyn bluegreen_store::Cluster>>,
+    /// The store revision of the state this node applied last.
+    applied: std::sync::atomic::AtomicI64,
+    /// The other nodes' traffic, for cluster-wide windows.
+    peers: Mutex<cluster::Peers>,
+    /// Asks for this node's report to be written now.
+    report_due: tokio::sync::Notify,
+    /// When this process started (its counters start then).
+    started_ms: u64,
 }
 
 /// Startup failures.
@@ -193,6 +205,7 @@ impl Router {
             pin: pin_of(&state, &config),
         };
 
+        let cluster = store.cluster();
         Ok(Arc::new(Router {
             snapshot: ArcSwap::from_pointee(snapshot),
             ids: RequestIds::new(),
@@ -215,6 +228,13 @@ impl Router {
             signer,
             pinned: Default::default(),
             handing_over: std::sync::atomic::AtomicBool::new(false),
+            applied: std::sync::atomic::AtomicI64::new(
+                cluster.as_ref().map_or(0, |c| c.revision(bluegreen_store::ROUTER_KEY)),
+            ),
+            cluster,
+            peers: Mutex::new(cluster::Peers::default()),
+            report_due: tokio::sync::Notify::new(),
+            started_ms: now().1,
         }))
     }
 
@@ -367,6 +387,9 @@ impl Router {
         let current = self.snapshot.load_full();
         let change = plan(&state, &current)?;
         if let Some(next) = change.state {
+            if let Some(refusal) = self.fail_static() {
+                return Err(PersistFailed(refusal).into());
+            }
             let store = self.store.clone();
             let to_save = next.clone();
             tokio::task::spawn_blocking(move || save_router(store.as_ref(), &to_save))
@@ -374,6 +397,7 @@ impl Router {
                 .map_err(|e| PersistFailed(e.to_string()))?
                 .map_err(|e| PersistFailed(e.to_string()))?;
             *state = next;
+            self.wrote_state();
         }
         if let Some(edit) = change.edit {
             let mut next = (*current).clone();
@@ -419,8 +443,18 @@ impl Router {
         self.snapshot.load().recorder.as_ref().map(|r| r.status())
     }
 
-    /// Live traffic the side has received since the router started.
+    /// Live traffic the side has received: on this node since it started,
+    /// plus what the other nodes of a cluster reported (the bake and the
+    /// gates judge the whole cluster).
     pub fn live_window(&self, side: Side) -> bluegreen_core::bake::Window {
+        match &self.cluster {
+            None => self.local_window(side),
+            Some(_) => self.local_window(side).plus(&self.peer_window(side)),
+        }
+    }
+
+    /// Live traffic of the side on this node alone.
+    pub fn local_window(&self, side: Side) -> bluegreen_core::bake::Window {
         self.snapshot.load().pools[side].live_stats.window()
     }
 

@@ -46,6 +46,7 @@ impl Router {
                     },
                 }
             }),
+            cluster: self.cluster_status(),
             sides: Sides::from_fn(|side| {
                 let pool = &snap.pools[side];
                 let epoch = &snap.epochs[side];

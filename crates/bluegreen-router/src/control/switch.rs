@@ -35,6 +35,9 @@ pub struct SwitchOutcome {
     /// The record written, when something changed.
     pub record: Option<SwitchRecord>,
     pub message: String,
+    /// With a shared store: which nodes applied it before the call returned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub converged: Option<super::Convergence>,
 }
 
 /// What a switch that happened leaves to do after the swap.
@@ -52,11 +55,41 @@ impl Router {
         req: SwitchRequest,
     ) -> Result<SwitchOutcome, SwitchError> {
         let asked = req.clone();
-        self.route_then(
-            |state, current| plan(state, current, req),
-            |done| self.after_switch(asked, done),
-        )
-        .await
+        let outcome = self
+            .route_then(
+                |state, current| plan(state, current, req),
+                |done| self.after_switch(asked, done),
+            )
+            .await?;
+        Ok(self.converged(outcome).await)
+    }
+
+    /// With a shared store, a switch is done when every node applied it:
+    /// waits for them (up to `converge_timeout`) and says who has not.
+    async fn converged(&self, mut outcome: SwitchOutcome) -> SwitchOutcome {
+        if !outcome.changed {
+            return outcome;
+        }
+        let revision = self.applied.load(std::sync::atomic::Ordering::SeqCst);
+        if let Some(c) = self.converge(revision).await {
+            if c.stale.is_empty() {
+                outcome.message = format!(
+                    "{}; applied on all {} nodes in {} ms",
+                    outcome.message,
+                    c.synced.len(),
+                    c.waited_ms
+                );
+            } else {
+                outcome.message = format!(
+                    "{}; NOT yet applied on {} after {} ms (they keep serving the old side until they catch up; check them with `bluegreen status`)",
+                    outcome.message,
+                    c.stale.join(", "),
+                    c.waited_ms
+                );
+            }
+            outcome.converged = Some(c);
+        }
+        outcome
     }
 
     /// Switches back to the side that was live before the last switch.
@@ -66,7 +99,7 @@ impl Router {
         actor: String,
         reason: String,
     ) -> Result<SwitchOutcome, SwitchError> {
-        self.route_then(
+        let outcome = self.route_then(
             |state, current| {
                 let to = state
                     .rollback_target()
@@ -87,7 +120,8 @@ impl Router {
             },
             |(asked, done)| self.after_switch(asked, done),
         )
-        .await
+        .await?;
+        Ok(self.converged(outcome).await)
     }
 
     /// The side a rollback would go to.
@@ -147,6 +181,7 @@ impl Router {
             generation,
             record: Some(s.record),
             message: format!("{} is now live (was {})", req.to, s.from),
+            converged: None,
         }
     }
 }
@@ -168,6 +203,7 @@ fn plan(
             generation: state.generation,
             record: None,
             message: format!("{} is already live; nothing changed", req.to),
+            converged: None,
         })));
     }
     let target = &current.pools[req.to];

@@ -1,0 +1,455 @@
+//! Several router nodes on one shared store (etcd). The desired state lives
+//! in the store; every node follows it through the store's watch and
+//! applies a change with the same snapshot swap as a local switch, then
+//! reports the revision it applied under `nodes/<node>`. A switch made here
+//! waits until every node reports it (`converge`). When the store is out of
+//! reach the node keeps serving what it applied last and refuses changes
+//! (fail static); when it is back, the session reads everything again and
+//! the node catches up without a restart.
+
+use super::Router;
+use crate::events::Event;
+use bluegreen_core::bake::Window;
+use bluegreen_core::state::RouterState;
+use bluegreen_core::{Side, Sides};
+use bluegreen_store::cluster::{Cluster, Link, Versioned, View};
+use bluegreen_store::ROUTER_KEY;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// What a node says about itself, under `nodes/<node>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeReport {
+    pub node: String,
+    /// The store revision of the state this node applied.
+    pub revision: i64,
+    pub generation: u64,
+    pub live: Side,
+    /// Healthy upstreams of each side, as this node's checks see them.
+    pub healthy: Sides<String>,
+    pub admin: Option<String>,
+    /// When this process started: its traffic counters start at zero then.
+    pub started_ms: u64,
+    /// This node's live traffic per side since it started (the same fixed
+    /// buckets on every node, so the cluster's traffic is their sum).
+    pub windows: Sides<Window>,
+}
+
+/// One node in `status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub node: String,
+    pub generation: u64,
+    pub revision: i64,
+    pub live: Side,
+    /// Applied the desired state (`SYNCED`), or behind it (`STALE`).
+    pub synced: bool,
+    pub healthy: Sides<String>,
+    pub admin: Option<String>,
+}
+
+/// The cluster in `status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// This node's name.
+    pub node: String,
+    /// The store and prefix.
+    pub store: String,
+    pub connected: bool,
+    /// When the link was lost and why (fail static until it is back).
+    pub down_since_ms: Option<u64>,
+    pub error: Option<String>,
+    /// The revision of the desired state.
+    pub revision: i64,
+    pub nodes: Vec<NodeStatus>,
+    /// The node running deploys, if one holds the lock.
+    pub deploy_lock: Option<String>,
+}
+
+/// How far a change got: every live node, or not all within the timeout.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Convergence {
+    pub revision: i64,
+    pub synced: Vec<String>,
+    /// Nodes that had not applied it when the wait ended.
+    pub stale: Vec<String>,
+    pub waited_ms: u64,
+}
+
+/// Other nodes' traffic, kept monotonic: a node that restarts or goes
+/// away leaves its last counters in `retired`, so sums never go back.
+#[derive(Default)]
+pub(crate) struct Peers {
+    nodes: BTreeMap<String, (u64, Sides<Window>)>,
+    retired: Sides<Window>,
+}
+
+impl Router {
+    /// The shared store's cluster side, when the state is shared.
+    pub fn cluster(&self) -> Option<&Arc<dyn Cluster>> {
+        self.cluster.as_ref()
+    }
+
+    /// Follows the shared state until `stop`: applies what other nodes
+    /// write, announces the link going down and coming back, and rewrites
+    /// this node's report when it changes (at most once a second for
+    /// traffic alone).
+    pub fn spawn_cluster(self: &Arc<Self>, stop: CancellationToken) {
+        let Some(cluster) = self.cluster.clone() else {
+            return;
+        };
+        let router = self.clone();
+        let mut view = cluster.view();
+        let stop_follow = stop.clone();
+        tokio::spawn(async move {
+            let mut link = Link::Connecting;
+            loop {
+                let (desired, now) = {
+                    let v = view.borrow_and_update();
+                    router.update_peers(&v);
+                    (v.values.get(ROUTER_KEY).cloned(), v.link.clone())
+                };
+                router.link_changed(&link, &now);
+                link = now;
+                if let Some(d) = desired {
+                    router.apply_desired(&d).await;
+                }
+                tokio::select! {
+                    r = view.changed() => if r.is_err() { return },
+                    _ = stop_follow.cancelled() => return,
+                }
+            }
+        });
+        let router = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            let mut last: Option<NodeReport> = None;
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = router.report_due.notified() => {}
+                    _ = stop.cancelled() => return,
+                }
+                let report = router.node_report();
+                if last.as_ref() != Some(&report) {
+                    if let Ok(bytes) = serde_json::to_vec(&report) {
+                        cluster.report(bytes);
+                    }
+                    last = Some(report);
+                }
+            }
+        });
+    }
+
+    fn link_changed(&self, was: &Link, now: &Link) {
+        match (was, now) {
+            (Link::Down { .. }, Link::Down { .. }) | (Link::Up, Link::Up) => {}
+            (_, Link::Down { error, .. }) => {
+                let snap = self.snapshot.load();
+                let detail = format!(
+                    "lost the shared state store ({error}); serving the last applied state (generation {}, live {}) and refusing switches and deploys until it is back",
+                    snap.generation, snap.live
+                );
+                tracing::warn!("{detail}");
+                self.events.emit(Event::Cluster { ok: false, detail });
+            }
+            (Link::Down { .. }, Link::Up) => {
+                let detail = "the shared state store is back; state read again".to_string();
+                tracing::info!("{detail}");
+                self.events.emit(Event::Cluster { ok: true, detail });
+                self.report_due.notify_one();
+            }
+            _ => {}
+        }
+    }
+
+    /// Applies the desired state another node wrote (or the operator put
+    /// into etcd), unless it is what this node applied already.
+    async fn apply_desired(self: &Arc<Self>, desired: &Versioned) {
+        let Some(cluster) = self.cluster.clone() else {
+            return;
+        };
+        let mut state = self.state.lock().await;
+        if desired.revision <= self.applied.load(Ordering::SeqCst) {
+            return;
+        }
+        let next = serde_json::from_slice::<RouterState>(&desired.value)
+            .map_err(|e| e.to_string())
+            .and_then(|s| s.validate().map(|_| s).map_err(|e| e.to_string()));
+        let next = match next {
+            Ok(s) => s,
+            Err(e) => {
+                let detail = format!(
+                    "the shared state at revision {} is not usable ({e}); still serving generation {}",
+                    desired.revision, state.generation
+                );
+                tracing::error!("{detail}");
+                self.events.emit(Event::Cluster { ok: false, detail });
+                // Not retried until it changes again.
+                self.applied.store(desired.revision, Ordering::SeqCst);
+                return;
+            }
+        };
+        cluster.adopt(ROUTER_KEY, desired.revision);
+        let current = self.snapshot.load_full();
+        let config = self.config();
+        let (from, to) = (state.live, next.live);
+        let switched = from != to;
+        let old_epoch = current.epochs[from].clone();
+        let generation = next.generation;
+        let pin = super::pin_of(&next, &config);
+        let (maintenance, split) = (next.maintenance.clone(), next.split);
+        let maintenance_changed = state.maintenance != next.maintenance;
+        let split_changed = state.split != next.split;
+        let mut snap = (*current).clone();
+        snap.generation = generation;
+        snap.live = to;
+        snap.pin = pin;
+        snap.maintenance = maintenance.map(Arc::new);
+        snap.split = split;
+        let stopped_shadow = if switched {
+            snap.epochs[to].revive();
+            old_epoch.retire(generation);
+            let shadow = snap.shadow.take();
+            if let Some(s) = &shadow {
+                s.stop();
+            }
+            shadow
+        } else {
+            None
+        };
+        self.snapshot.store(Arc::new(snap));
+        let record = next.history.last().cloned();
+        *state = next;
+        self.applied.store(desired.revision, Ordering::SeqCst);
+        if let (true, Some(record)) = (switched, record) {
+            if let Some(shadow) = stopped_shadow {
+                self.events.emit(Event::Shadow(Box::new(shadow.report())));
+            }
+            let kind = match record.kind {
+                bluegreen_core::state::SwitchKind::Rollback => "rollback",
+                _ => "switch",
+            };
+            *self
+                .switch_counts
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(kind)
+                .or_default() += 1;
+            self.events
+                .emit(Event::Switch(crate::events::SwitchEvent {
+                    from,
+                    to,
+                    kind,
+                    generation,
+                    forced: record.forced,
+                    actor: record.actor.clone(),
+                    reason: record.reason.clone(),
+                    at_unix_ms: record.at_unix_ms,
+                    record: record.clone(),
+                }));
+            tracing::info!(%from, %to, generation, revision = desired.revision, actor = %record.actor, "applied a switch from the shared state");
+            self.spawn_drain(from, generation, old_epoch);
+        }
+        if maintenance_changed {
+            let on = state.maintenance.is_some();
+            self.events.emit(Event::Maintenance {
+                on,
+                detail: format!("maintenance {} (shared state)", if on { "on" } else { "off" }),
+            });
+        }
+        if split_changed {
+            self.events.emit(Event::Weight {
+                detail: match state.split {
+                    Some(s) => format!(
+                        "{:.2}% of live traffic to {} (shared state)",
+                        s.basis_points as f64 / 100.0,
+                        s.side
+                    ),
+                    None => "no weighted split (shared state)".into(),
+                },
+            });
+        }
+        drop(state);
+        self.report_due.notify_one();
+    }
+
+    /// After this node wrote the state itself: that revision is applied.
+    pub(crate) fn wrote_state(&self) {
+        if let Some(c) = &self.cluster {
+            self.applied.store(c.revision(ROUTER_KEY), Ordering::SeqCst);
+            self.report_due.notify_one();
+        }
+    }
+
+    /// The refusal while the store is out of reach (fail static).
+    pub(crate) fn fail_static(&self) -> Option<String> {
+        let c = self.cluster.as_ref()?;
+        let v = c.view();
+        let link = v.borrow().link.clone();
+        match link {
+            Link::Down { error, since_ms } => {
+                let snap = self.snapshot.load();
+                Some(format!(
+                    "{} is unreachable ({error}; for {} s): this node keeps serving the last applied state (generation {}, live {}) and refuses changes until it is back",
+                    c.describe(),
+                    super::now().1.saturating_sub(since_ms) / 1000,
+                    snap.generation,
+                    snap.live
+                ))
+            }
+            _ => None,
+        }
+    }
+
+    fn node_report(&self) -> NodeReport {
+        let snap = self.snapshot.load();
+        let config = self.config();
+        NodeReport {
+            node: self.cluster.as_ref().map(|c| c.node().to_string()).unwrap_or_default(),
+            revision: self.applied.load(Ordering::SeqCst),
+            generation: snap.generation,
+            live: snap.live,
+            healthy: Sides::from_fn(|s| {
+                let pool = &snap.pools[s];
+                format!("{}/{}", pool.healthy_count(), pool.upstreams.len())
+            }),
+            admin: self
+                .listener_addr("admin")
+                .map(|a| format!("{}://{a}", if config.admin.tls.is_some() { "https" } else { "http" })),
+            started_ms: self.started_ms,
+            windows: Sides::from_fn(|s| self.local_window(s)),
+        }
+    }
+
+    fn update_peers(&self, view: &View) {
+        let Some(me) = self.cluster.as_ref().map(|c| c.node().to_string()) else {
+            return;
+        };
+        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        let peers = &mut *peers;
+        let mut seen = BTreeMap::new();
+        for (name, v) in view.under("nodes") {
+            if name == me {
+                continue;
+            }
+            if let Ok(r) = serde_json::from_slice::<NodeReport>(&v.value) {
+                seen.insert(name.to_string(), (r.started_ms, r.windows));
+            }
+        }
+        for (name, (started, windows)) in std::mem::take(&mut peers.nodes) {
+            let restarted = seen.get(&name).is_none_or(|(s, _)| *s != started);
+            if restarted {
+                peers.retired = Sides::from_fn(|s| peers.retired[s].plus(&windows[s]));
+            }
+        }
+        peers.nodes = seen;
+    }
+
+    /// Live traffic the other nodes reported for `side` (zero alone).
+    pub(crate) fn peer_window(&self, side: Side) -> Window {
+        let peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        peers
+            .nodes
+            .values()
+            .fold(peers.retired[side].clone(), |sum, (_, w)| sum.plus(&w[side]))
+    }
+
+    /// Waits until every live node applied `revision`, up to the store's
+    /// `converge_timeout`; says which nodes had not.
+    pub async fn converge(&self, revision: i64) -> Option<Convergence> {
+        let cluster = self.cluster.clone()?;
+        let started = std::time::Instant::now();
+        let deadline = tokio::time::Instant::now() + cluster.converge_timeout();
+        let mut view = cluster.view();
+        loop {
+            let (synced, stale) = {
+                let v = view.borrow_and_update();
+                self.sort_nodes(&v, revision)
+            };
+            let done = stale.is_empty();
+            let timed_out = tokio::time::Instant::now() >= deadline;
+            if done || timed_out {
+                return Some(Convergence {
+                    revision,
+                    synced,
+                    stale,
+                    waited_ms: started.elapsed().as_millis() as u64,
+                });
+            }
+            tokio::select! {
+                r = view.changed() => if r.is_err() { return None },
+                _ = tokio::time::sleep_until(deadline) => {}
+            }
+        }
+    }
+
+    /// (synced, stale) node names for `revision`; this node counts by what
+    /// it applied, the others by their reports.
+    fn sort_nodes(&self, view: &View, revision: i64) -> (Vec<String>, Vec<String>) {
+        let me = self.cluster.as_ref().map(|c| c.node().to_string()).unwrap_or_default();
+        let mut synced = Vec::new();
+        let mut stale = Vec::new();
+        if self.applied.load(Ordering::SeqCst) >= revision {
+            synced.push(me.clone());
+        } else {
+            stale.push(me.clone());
+        }
+        for (name, v) in view.under("nodes") {
+            if name == me {
+                continue;
+            }
+            match serde_json::from_slice::<NodeReport>(&v.value) {
+                Ok(r) if r.revision >= revision => synced.push(name.to_string()),
+                _ => stale.push(name.to_string()),
+            }
+        }
+        (synced, stale)
+    }
+
+    /// The cluster as this node sees it, for `status`.
+    pub fn cluster_status(&self) -> Option<ClusterStatus> {
+        let cluster = self.cluster.as_ref()?;
+        let view = cluster.view();
+        let v = view.borrow();
+        let desired = v.values.get(ROUTER_KEY).map_or(0, |d| d.revision);
+        let me = cluster.node();
+        let mut nodes: Vec<NodeStatus> = v
+            .under("nodes")
+            .filter(|(name, _)| *name != me)
+            .filter_map(|(_, value)| serde_json::from_slice::<NodeReport>(&value.value).ok())
+            .chain(std::iter::once(self.node_report()))
+            .map(|r| NodeStatus {
+                synced: r.revision >= desired,
+                node: r.node,
+                generation: r.generation,
+                revision: r.revision,
+                live: r.live,
+                healthy: r.healthy,
+                admin: r.admin,
+            })
+            .collect();
+        nodes.sort_by(|a, b| a.node.cmp(&b.node));
+        let (down_since_ms, error) = match &v.link {
+            Link::Down { since_ms, error } => (Some(*since_ms), Some(error.clone())),
+            _ => (None, None),
+        };
+        Some(ClusterStatus {
+            node: me.to_string(),
+            store: cluster.describe(),
+            connected: v.link == Link::Up,
+            down_since_ms,
+            error,
+            revision: desired,
+            nodes,
+            deploy_lock: v
+                .values
+                .get(&bluegreen_store::cluster::lock_key("deploy"))
+                .map(|l| String::from_utf8_lossy(&l.value).into_owned()),
+        })
+    }
+}

@@ -1,0 +1,84 @@
+//! What a store shared by several router nodes adds to [`crate::StateStore`]:
+//! a live view of every key (so each node applies what another wrote), the
+//! report each node writes about itself, and named locks that die with
+//! their node. The etcd store implements it; the file store has no cluster.
+
+use crate::StoreError;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// One stored value and the revision it was written at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Versioned {
+    pub revision: i64,
+    pub value: Arc<Vec<u8>>,
+}
+
+/// Whether this node reaches the shared store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Link {
+    /// Not connected yet since this process started.
+    Connecting,
+    Up,
+    /// Lost: the node serves the last state it applied (fail static).
+    Down { since_ms: u64, error: String },
+}
+
+/// Everything under the service's prefix, as the watch last saw it.
+#[derive(Debug, Clone)]
+pub struct View {
+    /// The store's revision this view is at.
+    pub revision: i64,
+    /// Keys relative to the prefix (`state`, `nodes/router-a`, ...).
+    pub values: BTreeMap<String, Versioned>,
+    pub link: Link,
+}
+
+impl View {
+    /// Values whose key starts with `dir/`, by the rest of the key.
+    pub fn under<'a>(&'a self, dir: &'a str) -> impl Iterator<Item = (&'a str, &'a Versioned)> {
+        let start = format!("{dir}/");
+        self.values
+            .range(start.clone()..)
+            .take_while(move |(k, _)| k.starts_with(&start))
+            .map(move |(k, v)| (&k[dir.len() + 1..], v))
+    }
+}
+
+/// Key of a node's report, relative to the prefix.
+pub fn node_key(node: &str) -> String {
+    format!("nodes/{node}")
+}
+
+/// Key of a named lock, relative to the prefix.
+pub fn lock_key(name: &str) -> String {
+    format!("locks/{name}")
+}
+
+/// The shared side of a store.
+pub trait Cluster: Send + Sync + 'static {
+    /// This node's name.
+    fn node(&self) -> &str;
+    /// How long a switch waits for every node.
+    fn converge_timeout(&self) -> Duration;
+    /// The endpoints, for messages.
+    fn describe(&self) -> String;
+    /// Every change the watch sees, and the link's state.
+    fn view(&self) -> tokio::sync::watch::Receiver<View>;
+    /// After this node applied the value of `key` stored at `revision`,
+    /// its next write of `key` is conditional on that revision (a write
+    /// planned from an older value is refused, never merged).
+    fn adopt(&self, key: &str, revision: i64);
+    /// The revision this node's last read, write or adoption of `key` saw.
+    fn revision(&self, key: &str) -> i64;
+    /// What this node says about itself (JSON), kept under `nodes/<node>`
+    /// for as long as the node renews its lease.
+    fn report(&self, report: Vec<u8>);
+    /// Takes the lock `name` for this node, for as long as its lease lives.
+    /// `Ok(None)` when taken (or held already), `Ok(Some(holder))` when
+    /// another node holds it.
+    fn try_lock(&self, name: &str) -> Result<Option<String>, StoreError>;
+    /// Gives the lock back (only if this node holds it).
+    fn unlock(&self, name: &str) -> Result<(), StoreError>;
+}
