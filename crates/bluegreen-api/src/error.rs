@@ -49,6 +49,8 @@ impl From<SwitchError> for ApiError {
             SwitchError::Unhealthy { .. } => (StatusCode::CONFLICT, "target_unhealthy"),
             SwitchError::NoHistory => (StatusCode::CONFLICT, "no_history"),
             SwitchError::Persist(_) => (StatusCode::INTERNAL_SERVER_ERROR, "persist_failed"),
+            SwitchError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unreachable"),
+            SwitchError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
         };
         ApiError {
             status,
@@ -69,6 +71,7 @@ impl From<PipelineError> for ApiError {
             PipelineError::NoDeploy => (StatusCode::CONFLICT, "no_deploy"),
             PipelineError::TooLateToAbort(_) => (StatusCode::CONFLICT, "too_late"),
             PipelineError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            PipelineError::Elsewhere(_) => (StatusCode::CONFLICT, "deploy_elsewhere"),
             PipelineError::Store(_) | PipelineError::Supervisor(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")
             }

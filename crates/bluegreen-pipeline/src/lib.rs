@@ -8,6 +8,7 @@
 //! hooks; `smoke` runs HTTP checks.
 #![forbid(unsafe_code)]
 
+mod cluster;
 pub mod command;
 mod runner;
 pub mod smoke;
@@ -62,6 +63,8 @@ pub enum PipelineError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Supervisor(String),
+    #[error("the deploy lock is held by node {0}: deploys run there (use that node's admin API), or wait until it is done")]
+    Elsewhere(String),
 }
 
 /// What `rollback` did.
@@ -105,6 +108,8 @@ pub struct Pipeline {
     suspend: Mutex<CancellationToken>,
     /// The task running the current deploy, awaited by `suspend`.
     running: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// With a shared store: the deploy lock and the other nodes' book.
+    cluster: Option<Arc<dyn bluegreen_store::Cluster>>,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -134,14 +139,8 @@ impl Pipeline {
         config: DeployConfig,
         state_dir: &Path,
     ) -> Result<Arc<Pipeline>, PipelineError> {
-        let mut book: DeployBook = load_json(store.as_ref(), DEPLOYS_KEY)?.unwrap_or_default();
-        if book.next_id == 0 {
-            book.next_id = 1;
-        }
-        // Records written by an older version get today's step list.
-        for d in book.current.iter_mut().chain(book.history.iter_mut()) {
-            d.normalize();
-        }
+        let book: DeployBook =
+            cluster::normalized(load_json(store.as_ref(), DEPLOYS_KEY)?.unwrap_or_default());
         let supervisor = match &config.method {
             DeployMethod::Supervisor(s) => Some(
                 Supervisor::new(s.clone(), &config.workdir, state_dir, store.clone())
@@ -151,6 +150,7 @@ impl Pipeline {
         };
         Ok(Arc::new(Pipeline {
             router,
+            cluster: store.cluster(),
             store,
             config: arc_swap::ArcSwap::from_pointee(config),
             book: tokio::sync::Mutex::new(book),
@@ -170,6 +170,12 @@ impl Pipeline {
             s.adopt()
                 .await
                 .map_err(|e| PipelineError::Supervisor(e.to_string()))?;
+        }
+        if self.cluster.is_some() {
+            // Deploys and decommissions run where the lock is: taken over
+            // from the shared book, not resumed on every node at once.
+            self.spawn_follow();
+            return Ok(());
         }
         let book = self.book.lock().await;
         if let Some(d) = book.current.as_ref().filter(|d| !d.is_finished()) {
@@ -201,9 +207,10 @@ impl Pipeline {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         let run = runner::run(self.clone(), handle);
+        let me = self.clone();
         let task = tokio::spawn(async move {
             tokio::select! {
-                _ = run => {}
+                _ = run => me.release_lock().await,
                 _ = suspend.cancelled() => tracing::info!("deploy suspended for the handover to a new process"),
             }
         });
@@ -276,9 +283,26 @@ impl Pipeline {
         for (k, v) in &options.env {
             bluegreen_core::input::env_var(k, v).map_err(PipelineError::BadInput)?;
         }
+        // In a cluster: this node takes the deploy lock, and the book as
+        // the store has it (another node may have deployed since).
+        let ours_already = self.runs_here();
+        self.take_lock().await?;
         let _fence = self.fence.lock().await;
         let mut book = self.book.lock().await;
+        match self.fresh_book().await {
+            Ok(Some(fresh)) => *book = fresh,
+            Ok(None) => {}
+            Err(e) => {
+                if !ours_already {
+                    self.release_lock().await;
+                }
+                return Err(e);
+            }
+        }
         if let Some(d) = book.current.as_ref().filter(|d| !d.is_finished()) {
+            if !ours_already {
+                self.release_lock().await;
+            }
             return Err(busy(d));
         }
         let from = self.router.live();
@@ -296,7 +320,11 @@ impl Pipeline {
         }
         book.archive_current();
         book.current = Some(record.clone());
-        self.persist(&book).await?;
+        if let Err(e) = self.persist(&book).await {
+            drop(book);
+            self.release_lock().await;
+            return Err(e.into());
+        }
         drop(book);
         tracing::info!(id, %version, target = %record.target, "deploy started");
         // Nobody may reach the target before its gate: sessions kept there
@@ -321,10 +349,10 @@ impl Pipeline {
         if d.step(Step::Gate).state != StepState::Running {
             return Err(PipelineError::NotWaiting);
         }
-        let handle = self
-            .handle()
-            .filter(|h| h.id == d.id)
-            .ok_or(PipelineError::NotWaiting)?;
+        let handle = match self.handle().filter(|h| h.id == d.id) {
+            Some(h) => h,
+            None => return Err(self.elsewhere_or(PipelineError::NotWaiting)),
+        };
         handle.promote.notify_one();
         Ok(d.clone())
     }
@@ -341,10 +369,10 @@ impl Pipeline {
         if d.next_step() == Some(Step::Decommission) {
             return Err(PipelineError::TooLateToAbort(d.id));
         }
-        let handle = self
-            .handle()
-            .filter(|h| h.id == d.id)
-            .ok_or(PipelineError::NoDeploy)?;
+        let handle = match self.handle().filter(|h| h.id == d.id) {
+            Some(h) => h,
+            None => return Err(self.elsewhere_or(PipelineError::NoDeploy)),
+        };
         *handle
             .abort_reason
             .lock()
@@ -515,7 +543,19 @@ impl Pipeline {
         Ok(())
     }
 
+    /// The deploy runs on another node: say which, rather than `otherwise`.
+    fn elsewhere_or(&self, otherwise: PipelineError) -> PipelineError {
+        match self.held_elsewhere() {
+            Some(node) => PipelineError::Elsewhere(node),
+            None => otherwise,
+        }
+    }
+
     fn arm_decommission(self: &Arc<Self>, pending: PendingDecommission) {
+        if self.cluster.is_some() {
+            // Run by whichever node takes the lock when it comes due.
+            return;
+        }
         let me = self.clone();
         let task = tokio::spawn(async move {
             let wait = pending.at_ms.saturating_sub(now_ms());

@@ -112,9 +112,7 @@ impl Event {
             Event::Tick(p) => serde_json::to_value(p),
             Event::Tls { ok, detail }
             | Event::Reload { ok, detail }
-            | Event::Cluster { ok, detail } => {
-                Ok(serde_json::json!({"ok": ok, "detail": detail}))
-            }
+            | Event::Cluster { ok, detail } => Ok(serde_json::json!({"ok": ok, "detail": detail})),
             Event::Pause { on, detail } | Event::Maintenance { on, detail } => {
                 Ok(serde_json::json!({"on": on, "detail": detail}))
             }

@@ -36,5 +36,7 @@ pub use request::{error, headers};
 pub use taps::{recorder, shadow};
 pub use upstream::{health, pool};
 
-pub use control::{ClusterStatus, Convergence, NodeReport, NodeStatus, Router, SwitchError, SwitchOutcome};
+pub use control::{
+    ClusterStatus, Convergence, NodeReport, NodeStatus, Router, SwitchError, SwitchOutcome,
+};
 pub use listener::ListenerKind;

@@ -22,7 +22,10 @@ pub enum Link {
     Connecting,
     Up,
     /// Lost: the node serves the last state it applied (fail static).
-    Down { since_ms: u64, error: String },
+    Down {
+        since_ms: u64,
+        error: String,
+    },
 }
 
 /// Everything under the service's prefix, as the watch last saw it.

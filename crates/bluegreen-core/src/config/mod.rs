@@ -19,8 +19,8 @@ use checker::Checker;
 use environments::validate_environments;
 pub use environments::MAX_UPSTREAMS;
 use sections::{validate_admin, validate_health, validate_proxy};
-pub use tls::{AcmeChallenge, AcmeConfig, CertificatePair, TlsConfig, TlsVersion};
 pub use state::{EtcdConfig, EtcdTls, StateConfig};
+pub use tls::{AcmeChallenge, AcmeConfig, CertificatePair, TlsConfig, TlsVersion};
 
 use crate::side::{Side, Sides};
 pub use deploy::DeployConfig;
@@ -272,7 +272,6 @@ struct RawAdminTls {
     cert: String,
     key: String,
 }
-
 
 #[derive(Debug, Default, Deserialize)]
 struct RawHealth {

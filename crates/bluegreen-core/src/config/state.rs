@@ -125,7 +125,9 @@ fn validate_etcd(raw: &RawEtcd, base: &Path, c: &mut Checker) -> Option<EtcdConf
         if !ok {
             c.issue(
                 format!("state.etcd.endpoints[{i}]"),
-                format!("{e:?} is not an endpoint URL: expected http://HOST:PORT or https://HOST:PORT"),
+                format!(
+                    "{e:?} is not an endpoint URL: expected http://HOST:PORT or https://HOST:PORT"
+                ),
             );
         }
     }
@@ -164,12 +166,18 @@ fn validate_etcd(raw: &RawEtcd, base: &Path, c: &mut Checker) -> Option<EtcdConf
             );
         }
         EtcdTls {
-            ca: t.ca.as_deref().and_then(|p| c.pem_file("state.etcd.tls.ca", base, p)),
+            ca: t
+                .ca
+                .as_deref()
+                .and_then(|p| c.pem_file("state.etcd.tls.ca", base, p)),
             cert: t
                 .cert
                 .as_deref()
                 .and_then(|p| c.pem_file("state.etcd.tls.cert", base, p)),
-            key: t.key.as_deref().and_then(|p| c.file("state.etcd.tls.key", base, p)),
+            key: t
+                .key
+                .as_deref()
+                .and_then(|p| c.file("state.etcd.tls.key", base, p)),
         }
     });
     let converge_timeout = c.duration(

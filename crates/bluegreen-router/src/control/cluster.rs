@@ -240,18 +240,17 @@ impl Router {
                 .unwrap_or_else(|p| p.into_inner())
                 .entry(kind)
                 .or_default() += 1;
-            self.events
-                .emit(Event::Switch(crate::events::SwitchEvent {
-                    from,
-                    to,
-                    kind,
-                    generation,
-                    forced: record.forced,
-                    actor: record.actor.clone(),
-                    reason: record.reason.clone(),
-                    at_unix_ms: record.at_unix_ms,
-                    record: record.clone(),
-                }));
+            self.events.emit(Event::Switch(crate::events::SwitchEvent {
+                from,
+                to,
+                kind,
+                generation,
+                forced: record.forced,
+                actor: record.actor.clone(),
+                reason: record.reason.clone(),
+                at_unix_ms: record.at_unix_ms,
+                record: record.clone(),
+            }));
             tracing::info!(%from, %to, generation, revision = desired.revision, actor = %record.actor, "applied a switch from the shared state");
             self.spawn_drain(from, generation, old_epoch);
         }
@@ -259,7 +258,10 @@ impl Router {
             let on = state.maintenance.is_some();
             self.events.emit(Event::Maintenance {
                 on,
-                detail: format!("maintenance {} (shared state)", if on { "on" } else { "off" }),
+                detail: format!(
+                    "maintenance {} (shared state)",
+                    if on { "on" } else { "off" }
+                ),
             });
         }
         if split_changed {
@@ -310,7 +312,11 @@ impl Router {
         let snap = self.snapshot.load();
         let config = self.config();
         NodeReport {
-            node: self.cluster.as_ref().map(|c| c.node().to_string()).unwrap_or_default(),
+            node: self
+                .cluster
+                .as_ref()
+                .map(|c| c.node().to_string())
+                .unwrap_or_default(),
             revision: self.applied.load(Ordering::SeqCst),
             generation: snap.generation,
             live: snap.live,
@@ -318,9 +324,16 @@ impl Router {
                 let pool = &snap.pools[s];
                 format!("{}/{}", pool.healthy_count(), pool.upstreams.len())
             }),
-            admin: self
-                .listener_addr("admin")
-                .map(|a| format!("{}://{a}", if config.admin.tls.is_some() { "https" } else { "http" })),
+            admin: self.listener_addr("admin").map(|a| {
+                format!(
+                    "{}://{a}",
+                    if config.admin.tls.is_some() {
+                        "https"
+                    } else {
+                        "http"
+                    }
+                )
+            }),
             started_ms: self.started_ms,
             windows: Sides::from_fn(|s| self.local_window(s)),
         }
@@ -356,7 +369,9 @@ impl Router {
         peers
             .nodes
             .values()
-            .fold(peers.retired[side].clone(), |sum, (_, w)| sum.plus(&w[side]))
+            .fold(peers.retired[side].clone(), |sum, (_, w)| {
+                sum.plus(&w[side])
+            })
     }
 
     /// Waits until every live node applied `revision`, up to the store's
@@ -391,7 +406,11 @@ impl Router {
     /// (synced, stale) node names for `revision`; this node counts by what
     /// it applied, the others by their reports.
     fn sort_nodes(&self, view: &View, revision: i64) -> (Vec<String>, Vec<String>) {
-        let me = self.cluster.as_ref().map(|c| c.node().to_string()).unwrap_or_default();
+        let me = self
+            .cluster
+            .as_ref()
+            .map(|c| c.node().to_string())
+            .unwrap_or_default();
         let mut synced = Vec::new();
         let mut stale = Vec::new();
         if self.applied.load(Ordering::SeqCst) >= revision {

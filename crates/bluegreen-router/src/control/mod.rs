@@ -105,7 +105,29 @@ pub enum RouterError {
 
 /// The state could not be written: nothing changed.
 #[derive(Debug)]
-pub(crate) struct PersistFailed(pub String);
+pub(crate) struct PersistFailed(pub String, pub Refusal);
+
+/// Why the state was not written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The store failed (disk, or etcd mid-call).
+    Failed,
+    /// The shared store is out of reach: the node is failing static.
+    Unreachable,
+    /// Another node changed the state first.
+    Conflict,
+}
+
+impl PersistFailed {
+    fn of(e: StoreError) -> PersistFailed {
+        let refusal = match &e {
+            StoreError::Conflict { .. } => Refusal::Conflict,
+            StoreError::Etcd { .. } => Refusal::Unreachable,
+            _ => Refusal::Failed,
+        };
+        PersistFailed(e.to_string(), refusal)
+    }
+}
 
 impl From<PersistFailed> for String {
     fn from(e: PersistFailed) -> String {
@@ -229,7 +251,9 @@ impl Router {
             pinned: Default::default(),
             handing_over: std::sync::atomic::AtomicBool::new(false),
             applied: std::sync::atomic::AtomicI64::new(
-                cluster.as_ref().map_or(0, |c| c.revision(bluegreen_store::ROUTER_KEY)),
+                cluster
+                    .as_ref()
+                    .map_or(0, |c| c.revision(bluegreen_store::ROUTER_KEY)),
             ),
             cluster,
             peers: Mutex::new(cluster::Peers::default()),
@@ -388,14 +412,14 @@ impl Router {
         let change = plan(&state, &current)?;
         if let Some(next) = change.state {
             if let Some(refusal) = self.fail_static() {
-                return Err(PersistFailed(refusal).into());
+                return Err(PersistFailed(refusal, Refusal::Unreachable).into());
             }
             let store = self.store.clone();
             let to_save = next.clone();
             tokio::task::spawn_blocking(move || save_router(store.as_ref(), &to_save))
                 .await
-                .map_err(|e| PersistFailed(e.to_string()))?
-                .map_err(|e| PersistFailed(e.to_string()))?;
+                .map_err(|e| PersistFailed(e.to_string(), Refusal::Failed))?
+                .map_err(PersistFailed::of)?;
             *state = next;
             self.wrote_state();
         }

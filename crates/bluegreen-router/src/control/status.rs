@@ -16,6 +16,9 @@ impl Router {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         let now = Instant::now();
+        // Before the literal: its temporaries (the listeners' guard) live
+        // to the end of it, and the cluster view reads the listeners too.
+        let cluster = self.cluster_status();
         Status {
             live: snap.live,
             previous: state.rollback_target().ok(),
@@ -46,7 +49,7 @@ impl Router {
                     },
                 }
             }),
-            cluster: self.cluster_status(),
+            cluster,
             sides: Sides::from_fn(|side| {
                 let pool = &snap.pools[side];
                 let epoch = &snap.epochs[side];

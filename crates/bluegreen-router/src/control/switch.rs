@@ -17,11 +17,19 @@ pub enum SwitchError {
     NoHistory,
     #[error("could not persist the switch, live side unchanged: {0}")]
     Persist(String),
+    #[error("switch refused, live side unchanged: {0}")]
+    Unavailable(String),
+    #[error("switch refused, live side unchanged: {0}")]
+    Conflict(String),
 }
 
 impl From<PersistFailed> for SwitchError {
     fn from(e: PersistFailed) -> SwitchError {
-        SwitchError::Persist(e.0)
+        match e.1 {
+            super::Refusal::Failed => SwitchError::Persist(e.0),
+            super::Refusal::Unreachable => SwitchError::Unavailable(e.0),
+            super::Refusal::Conflict => SwitchError::Conflict(e.0),
+        }
     }
 }
 
@@ -99,28 +107,29 @@ impl Router {
         actor: String,
         reason: String,
     ) -> Result<SwitchOutcome, SwitchError> {
-        let outcome = self.route_then(
-            |state, current| {
-                let to = state
-                    .rollback_target()
-                    .map_err(|_| SwitchError::NoHistory)?;
-                let req = SwitchRequest {
-                    to,
-                    kind: SwitchKind::Rollback,
-                    forced,
-                    actor,
-                    reason,
-                };
-                let Change { state, edit, value } = plan(state, current, req.clone())?;
-                Ok::<_, SwitchError>(Change {
-                    state,
-                    edit,
-                    value: (req, value),
-                })
-            },
-            |(asked, done)| self.after_switch(asked, done),
-        )
-        .await?;
+        let outcome = self
+            .route_then(
+                |state, current| {
+                    let to = state
+                        .rollback_target()
+                        .map_err(|_| SwitchError::NoHistory)?;
+                    let req = SwitchRequest {
+                        to,
+                        kind: SwitchKind::Rollback,
+                        forced,
+                        actor,
+                        reason,
+                    };
+                    let Change { state, edit, value } = plan(state, current, req.clone())?;
+                    Ok::<_, SwitchError>(Change {
+                        state,
+                        edit,
+                        value: (req, value),
+                    })
+                },
+                |(asked, done)| self.after_switch(asked, done),
+            )
+            .await?;
         Ok(self.converged(outcome).await)
     }
 

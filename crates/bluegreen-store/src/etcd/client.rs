@@ -24,7 +24,7 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 /// Why an etcd call failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum EtcdError {
-    #[error("etcd unreachable ({0})")]
+    #[error("{0}")]
     Unreachable(String),
     #[error("etcd refused {call}: {message}")]
     Refused { call: String, message: String },
@@ -55,7 +55,10 @@ pub struct Event {
 /// What one message of a watch stream says.
 #[derive(Debug)]
 pub enum WatchMessage {
-    Events { revision: i64, events: Vec<Event> },
+    Events {
+        revision: i64,
+        events: Vec<Event>,
+    },
     /// The revision asked for was compacted away: read everything anew.
     Compacted(i64),
     Canceled(String),
@@ -205,7 +208,10 @@ impl Client {
                 None,
             )
             .await?;
-        let token = v.get("token").and_then(Value::as_str).filter(|_| status.is_success());
+        let token = v
+            .get("token")
+            .and_then(Value::as_str)
+            .filter(|_| status.is_success());
         let Some(token) = token else {
             return Err(EtcdError::Refused {
                 call: "authenticate".into(),
@@ -234,7 +240,9 @@ impl Client {
         })
         .await
         .map_err(|_| EtcdError::Unreachable(format!("{base}: no answer within {CALL_TIMEOUT:?}")))?
-        .map_err(|e| EtcdError::Unreachable(format!("{base}: {}", bluegreen_core::error_chain(&*e))))?;
+        .map_err(|e| {
+            EtcdError::Unreachable(format!("{base}: {}", bluegreen_core::error_chain(&*e)))
+        })?;
         let value = serde_json::from_slice(&response.1).map_err(|e| EtcdError::Protocol {
             call: path.to_string(),
             reason: format!("{e} (HTTP {})", response.0),
@@ -275,9 +283,16 @@ impl Client {
 
     /// A transaction: `success` runs when every compare holds.
     /// `Ok(Some(revision))` when it did, `Ok(None)` otherwise.
-    pub async fn txn(&self, compare: Vec<Value>, success: Vec<Value>) -> Result<Option<i64>, EtcdError> {
+    pub async fn txn(
+        &self,
+        compare: Vec<Value>,
+        success: Vec<Value>,
+    ) -> Result<Option<i64>, EtcdError> {
         let v = self
-            .call("/v3/kv/txn", json!({"compare": compare, "success": success}))
+            .call(
+                "/v3/kv/txn",
+                json!({"compare": compare, "success": success}),
+            )
             .await?;
         let done = v.get("succeeded").and_then(Value::as_bool).unwrap_or(false);
         Ok(done.then(|| revision(&v)))
@@ -285,7 +300,12 @@ impl Client {
 
     /// Writes unconditionally (with a lease: the key goes when it does).
     pub async fn put(&self, key: &str, value: &[u8], lease: Option<i64>) -> Result<i64, EtcdError> {
-        let v = self.call("/v3/kv/put", put_op(key, value, lease)["request_put"].clone()).await?;
+        let v = self
+            .call(
+                "/v3/kv/put",
+                put_op(key, value, lease)["request_put"].clone(),
+            )
+            .await?;
         Ok(revision(&v))
     }
 
@@ -299,7 +319,10 @@ impl Client {
     /// A new lease of `ttl`.
     pub async fn grant(&self, ttl: Duration) -> Result<i64, EtcdError> {
         let v = self
-            .call("/v3/lease/grant", json!({"TTL": ttl.as_secs().max(2).to_string()}))
+            .call(
+                "/v3/lease/grant",
+                json!({"TTL": ttl.as_secs().max(2).to_string()}),
+            )
             .await?;
         let id = num_field(&v, "ID");
         if id == 0 {
@@ -329,9 +352,12 @@ impl Client {
 
     /// Forgets revisions before `revision` (tests, and operators' scripts).
     pub async fn compact(&self, revision: i64) -> Result<(), EtcdError> {
-        self.call("/v3/kv/compaction", json!({"revision": revision.to_string()}))
-            .await
-            .map(|_| ())
+        self.call(
+            "/v3/kv/compaction",
+            json!({"revision": revision.to_string()}),
+        )
+        .await
+        .map(|_| ())
     }
 
     /// Opens a watch of every key under `prefix` from `start` on.
@@ -349,7 +375,8 @@ impl Client {
             let token = self.token(at).await?;
             let res = tokio::time::timeout(
                 CALL_TIMEOUT,
-                self.http.request(request(base, "/v3/watch", &body, token.as_deref())),
+                self.http
+                    .request(request(base, "/v3/watch", &body, token.as_deref())),
             )
             .await;
             match res {
@@ -489,7 +516,9 @@ fn prefix_end(prefix: &str) -> Vec<u8> {
 }
 
 fn revision(v: &Value) -> i64 {
-    v.get("header").map(|h| num_field(h, "revision")).unwrap_or(0)
+    v.get("header")
+        .map(|h| num_field(h, "revision"))
+        .unwrap_or(0)
 }
 
 /// etcd's JSON writes 64-bit numbers as strings.
@@ -501,7 +530,11 @@ fn num_field(v: &Value, name: &str) -> i64 {
     }
 }
 
-fn parse<T: serde::de::DeserializeOwned>(v: &Value, field: &str, call: &str) -> Result<T, EtcdError> {
+fn parse<T: serde::de::DeserializeOwned>(
+    v: &Value,
+    field: &str,
+    call: &str,
+) -> Result<T, EtcdError> {
     serde_json::from_value(v.get(field).cloned().unwrap_or(Value::Null)).map_err(|e| {
         EtcdError::Protocol {
             call: call.into(),

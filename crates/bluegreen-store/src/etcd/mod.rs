@@ -95,7 +95,9 @@ impl EtcdStore {
         };
         // Reachable now, or a clear error.
         let probe = inner.clone();
-        store.inner.block(async move { probe.client.range(&probe.key("state"), false).await })?;
+        store
+            .inner
+            .block(async move { probe.client.range(&probe.key("state"), false).await })?;
         store.inner.handle.spawn(session_loop(inner));
         Ok(store)
     }
@@ -123,7 +125,9 @@ impl Drop for EtcdStore {
         let inner = self.inner.clone();
         let lease = inner.lease.swap(0, Ordering::SeqCst);
         if lease != 0 {
-            let _ = self.inner.block(async move { inner.client.revoke(lease).await });
+            let _ = self
+                .inner
+                .block(async move { inner.client.revoke(lease).await });
         }
         if let Some(rt) = self.runtime.take() {
             rt.shutdown_background();
@@ -135,9 +139,12 @@ impl StateStore for EtcdStore {
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let inner = self.inner.clone();
         let full = inner.key(key);
-        let (_, kvs) = self.inner.block(async move { inner.client.range(&full, false).await })?;
+        let (_, kvs) = self
+            .inner
+            .block(async move { inner.client.range(&full, false).await })?;
         let found = kvs.into_iter().next();
-        self.inner.set_expected(key, found.as_ref().map_or(0, |kv| kv.mod_revision));
+        self.inner
+            .set_expected(key, found.as_ref().map_or(0, |kv| kv.mod_revision));
         Ok(found.map(|kv| kv.value))
     }
 
@@ -156,7 +163,9 @@ impl StateStore for EtcdStore {
         let inner = self.inner.clone();
         let full = inner.key(key);
         let bytes = value.to_vec();
-        let written = self.inner.block(async move { inner.client.put_if(&full, &bytes, expected, None).await })?;
+        let written = self
+            .inner
+            .block(async move { inner.client.put_if(&full, &bytes, expected, None).await })?;
         match written {
             Some(revision) => {
                 self.inner.set_expected(key, revision);
@@ -260,7 +269,11 @@ impl Cluster for Inner {
     }
 
     fn describe(&self) -> String {
-        format!("etcd {} (prefix {})", self.client.endpoints(), self.prefix.trim_end_matches('/'))
+        format!(
+            "etcd {} (prefix {})",
+            self.client.endpoints(),
+            self.prefix.trim_end_matches('/')
+        )
     }
 
     fn view(&self) -> watch::Receiver<View> {
@@ -353,7 +366,12 @@ async fn session_loop(inner: Arc<Inner>) {
         let started = std::time::Instant::now();
         let err = session(&inner).await;
         inner.lease.store(0, Ordering::SeqCst);
-        tracing::warn!(error = %err, etcd = %inner.client.endpoints(), "lost the etcd session; serving the last applied state until it is back");
+        // Said once when the link goes; retries while down are quiet.
+        if matches!(inner.view.borrow().link, Link::Down { .. }) {
+            tracing::debug!(error = %err, "etcd still unreachable");
+        } else {
+            tracing::warn!(error = %err, etcd = %inner.client.endpoints(), "lost the etcd session; serving the last applied state until it is back");
+        }
         inner.set_link(Link::Down {
             since_ms: now_ms(),
             error: err.to_string(),
@@ -395,7 +413,8 @@ async fn session(inner: &Arc<Inner>) -> EtcdError {
                 match inner.client.keep_alive(lease).await {
                     Ok(true) => {}
                     Ok(false) => {
-                        let _ = failed_tx.try_send(EtcdError::Unreachable("this node's lease expired".into()));
+                        let _ = failed_tx
+                            .try_send(EtcdError::Unreachable("this node's lease expired".into()));
                         return;
                     }
                     Err(e) => {
@@ -411,7 +430,11 @@ async fn session(inner: &Arc<Inner>) -> EtcdError {
         let stop = stop.clone();
         tokio::spawn(async move {
             loop {
-                let report = inner.report.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                let report = inner
+                    .report
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone();
                 if let Some(r) = report {
                     let key = inner.key(&node_key(&inner.node));
                     if let Err(e) = inner.client.put(&key, &r, Some(lease)).await {
@@ -463,10 +486,15 @@ async fn session(inner: &Arc<Inner>) -> EtcdError {
             match message {
                 Err(e) => return e,
                 Ok(WatchMessage::Compacted(at)) => {
-                    tracing::info!(compacted = at, "etcd compacted past our watch; reading the prefix again");
+                    tracing::info!(
+                        compacted = at,
+                        "etcd compacted past our watch; reading the prefix again"
+                    );
                     break true;
                 }
-                Ok(WatchMessage::Canceled(why)) => return EtcdError::Unreachable(format!("watch canceled: {why}")),
+                Ok(WatchMessage::Canceled(why)) => {
+                    return EtcdError::Unreachable(format!("watch canceled: {why}"))
+                }
                 Ok(WatchMessage::Events { revision, events }) => apply(inner, revision, events),
             }
         };
@@ -478,8 +506,12 @@ async fn session(inner: &Arc<Inner>) -> EtcdError {
 fn apply(inner: &Inner, revision: i64, events: Vec<client::Event>) {
     inner.view.send_modify(|v| {
         for e in events {
-            let Ok(key) = String::from_utf8(e.kv.key) else { continue };
-            let Some(rel) = key.strip_prefix(&inner.prefix) else { continue };
+            let Ok(key) = String::from_utf8(e.kv.key) else {
+                continue;
+            };
+            let Some(rel) = key.strip_prefix(&inner.prefix) else {
+                continue;
+            };
             if e.deleted {
                 v.values.remove(rel);
             } else {

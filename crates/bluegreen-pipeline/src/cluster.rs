@@ -1,0 +1,192 @@
+//! One deploy in a cluster of router nodes. The deploy book lives in the
+//! shared store; a deploy runs on the node that holds the `deploy` lock
+//! (held with that node's lease, so it goes when the node does). Every
+//! other node follows the book for its views and refusals; when a deploy
+//! is unfinished and the lock is free (its node died), one of them takes
+//! the lock and resumes it from the persisted step, as a restarted single
+//! node would. Scheduled decommissions are run the same way.
+
+use crate::{now_ms, runner, Pipeline, PipelineError};
+use bluegreen_core::deploy::DeployBook;
+use bluegreen_store::cluster::{lock_key, Link};
+use bluegreen_store::{load_json, DEPLOYS_KEY};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The lock a running deploy holds.
+pub(crate) const DEPLOY_LOCK: &str = "deploy";
+
+impl Pipeline {
+    /// Takes the deploy lock for this node; refuses when another holds it.
+    pub(crate) async fn take_lock(&self) -> Result<(), PipelineError> {
+        let Some(cluster) = self.cluster.clone() else {
+            return Ok(());
+        };
+        let holder = tokio::task::spawn_blocking(move || cluster.try_lock(DEPLOY_LOCK))
+            .await
+            .expect("lock task")?;
+        match holder {
+            None => Ok(()),
+            Some(node) => Err(PipelineError::Elsewhere(node)),
+        }
+    }
+
+    /// Gives the deploy lock back (a finished deploy).
+    pub(crate) async fn release_lock(&self) {
+        let Some(cluster) = self.cluster.clone() else {
+            return;
+        };
+        let released = tokio::task::spawn_blocking(move || cluster.unlock(DEPLOY_LOCK)).await;
+        if let Ok(Err(e)) = released {
+            tracing::warn!(error = %e, "could not release the deploy lock; it goes with this node's lease");
+        }
+    }
+
+    /// The book as the store has it now; the next write is conditional on
+    /// it. Only with a shared store (alone, the book in memory is the truth).
+    pub(crate) async fn fresh_book(&self) -> Result<Option<DeployBook>, PipelineError> {
+        if self.cluster.is_none() {
+            return Ok(None);
+        }
+        let store = self.store.clone();
+        let book: Option<DeployBook> =
+            tokio::task::spawn_blocking(move || load_json(store.as_ref(), DEPLOYS_KEY))
+                .await
+                .expect("read task")?;
+        Ok(Some(book.map(normalized).unwrap_or_else(new_book)))
+    }
+
+    /// The node holding the deploy lock, when it is not this one.
+    pub(crate) fn held_elsewhere(&self) -> Option<String> {
+        let cluster = self.cluster.as_ref()?;
+        let view = cluster.view();
+        let v = view.borrow();
+        let holder = v.values.get(&lock_key(DEPLOY_LOCK))?;
+        let node = String::from_utf8_lossy(&holder.value).into_owned();
+        (node != cluster.node()).then_some(node)
+    }
+
+    pub(crate) fn runs_here(&self) -> bool {
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_some_and(|t| !t.is_finished())
+    }
+
+    /// With a shared store: follows the book and takes over what a dead
+    /// node left (an unfinished deploy, a decommission that came due).
+    pub(crate) fn spawn_follow(self: &Arc<Self>) {
+        let Some(cluster) = self.cluster.clone() else {
+            return;
+        };
+        let me = self.clone();
+        let mut view = cluster.view();
+        let suspend = self
+            .suspend
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    r = view.changed() => if r.is_err() { return },
+                    _ = suspend.cancelled() => return,
+                }
+                if me.runs_here() {
+                    continue;
+                }
+                let (book, lock_free, up) = {
+                    let v = view.borrow_and_update();
+                    let book = v.values.get(DEPLOYS_KEY).and_then(|b| {
+                        serde_json::from_slice::<DeployBook>(&b.value)
+                            .ok()
+                            .map(|book| (b.revision, normalized(book)))
+                    });
+                    (
+                        book,
+                        !v.values.contains_key(&lock_key(DEPLOY_LOCK)),
+                        v.link == Link::Up,
+                    )
+                };
+                let Some((revision, book)) = book else {
+                    continue;
+                };
+                // Views and refusals on this node follow the shared book.
+                {
+                    let mut mine = me.book.lock().await;
+                    if me.runs_here() {
+                        continue;
+                    }
+                    if *mine != book {
+                        *mine = book.clone();
+                        cluster.adopt(DEPLOYS_KEY, revision);
+                    }
+                }
+                if !(lock_free && up) {
+                    continue;
+                }
+                let unfinished = book.current.as_ref().is_some_and(|d| !d.is_finished());
+                let due = book
+                    .pending_decommission
+                    .as_ref()
+                    .is_some_and(|p| p.at_ms <= now_ms());
+                if unfinished || due {
+                    if let Err(e) = me.take_over().await {
+                        tracing::debug!(error = %e, "did not take over the deploy");
+                    }
+                }
+            }
+        });
+    }
+
+    /// Takes the lock, reads the book again, and resumes what is left.
+    async fn take_over(self: &Arc<Self>) -> Result<(), PipelineError> {
+        self.take_lock().await?;
+        let Some(book) = self.fresh_book().await? else {
+            return Ok(());
+        };
+        let node = self
+            .cluster
+            .as_ref()
+            .map(|c| c.node().to_string())
+            .unwrap_or_default();
+        *self.book.lock().await = book.clone();
+        if let Some(d) = book.current.as_ref().filter(|d| !d.is_finished()) {
+            tracing::info!(id = d.id, version = %d.version, step = ?d.next_step(), %node, "resuming deploy #{} left by a node that is gone", d.id);
+            let handle = self.new_handle(d.id, d.from);
+            self.spawn_run(handle);
+            return Ok(());
+        }
+        if let Some(p) = book
+            .pending_decommission
+            .clone()
+            .filter(|p| p.at_ms <= now_ms())
+        {
+            tracing::info!(side = %p.side, %node, "running the scheduled decommission");
+            if let Err(e) = runner::scheduled_decommission(self, &p).await {
+                tracing::error!(side = %p.side, error = %e, "scheduled decommission failed");
+            }
+        }
+        self.release_lock().await;
+        Ok(())
+    }
+}
+
+/// Records written by an older version get today's step list.
+pub(crate) fn normalized(mut book: DeployBook) -> DeployBook {
+    if book.next_id == 0 {
+        book.next_id = 1;
+    }
+    for d in book.current.iter_mut().chain(book.history.iter_mut()) {
+        d.normalize();
+    }
+    book
+}
+
+fn new_book() -> DeployBook {
+    normalized(DeployBook::default())
+}
