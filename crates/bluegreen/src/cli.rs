@@ -15,6 +15,9 @@ pub const EXIT_CONFIG: u8 = 2;
 pub const EXIT_ROLLED_BACK: u8 = 3;
 /// Exit code of a deploy that was aborted.
 pub const EXIT_ABORTED: u8 = 4;
+/// Exit code of a switch that every node did not apply within
+/// `state.etcd.converge_timeout` (it was made; some nodes lag).
+pub const EXIT_NOT_CONVERGED: u8 = 5;
 
 #[derive(Debug, Parser)]
 #[command(

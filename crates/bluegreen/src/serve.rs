@@ -15,6 +15,7 @@ use bluegreen_router::{health, listener, ListenerKind, Router};
 use bluegreen_store::StateStore;
 use bluegreen_store::{EtcdStore, FileStore};
 use std::io::Write;
+use std::os::unix::fs::DirBuilderExt;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitCode;
@@ -199,8 +200,17 @@ pub async fn start(config: Config, token: &str, process: Process) -> anyhow::Res
     // A process taking over from another waits for it to hand the state
     // over (it releases the lock once we are running).
     let store: Arc<dyn StateStore> = if let Some(etcd) = config.state.etcd.clone() {
-        // Shared by every node of the service; the process table and app
-        // logs stay in the state dir of this node.
+        // Shared by every node of the service; the process table, app logs
+        // and recordings stay in the state dir of this node.
+        let dir = state_dir.clone();
+        tokio::task::spawn_blocking(move || {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dir)
+                .with_context(|| format!("cannot create the state dir {}", dir.display()))
+        })
+        .await??;
         Arc::new(tokio::task::spawn_blocking(move || EtcdStore::open(&etcd)).await??)
     } else if process.handover {
         let dir = state_dir.clone();

@@ -15,7 +15,9 @@ pub use record::record;
 pub use status::status;
 pub use switch::{rollback, switch};
 
-use crate::cli::{AdminArgs, EXIT_ABORTED, EXIT_CONFIG, EXIT_ERROR, EXIT_ROLLED_BACK};
+use crate::cli::{
+    AdminArgs, EXIT_ABORTED, EXIT_CONFIG, EXIT_ERROR, EXIT_NOT_CONVERGED, EXIT_ROLLED_BACK,
+};
 use crate::progress::{Mode, Progress};
 use bluegreen_api::types::{AbortBody, DeployBody, RecordBody, StatusView, SwitchBody};
 use bluegreen_api::AdminClient;
@@ -153,13 +155,20 @@ fn outcome(
     as_json: bool,
 ) -> anyhow::Result<ExitCode> {
     match result {
-        Ok(o) if as_json => {
-            println!("{}", serde_json::to_string_pretty(&o)?);
-            Ok(ExitCode::SUCCESS)
-        }
         Ok(o) => {
-            println!("{} (generation {})", o.message, o.generation);
-            Ok(ExitCode::SUCCESS)
+            if as_json {
+                println!("{}", serde_json::to_string_pretty(&o)?);
+            } else {
+                println!("{} (generation {})", o.message, o.generation);
+            }
+            // Switched, but not every node applied it in time: the
+            // operator must look (`status` names them).
+            let stale = o.converged.as_ref().is_some_and(|c| !c.stale.is_empty());
+            Ok(if stale {
+                ExitCode::from(EXIT_NOT_CONVERGED)
+            } else {
+                ExitCode::SUCCESS
+            })
         }
         Err(e) => fail(e),
     }

@@ -113,5 +113,53 @@ pub fn render_status(s: &Status) -> String {
             ));
         }
     }
+    if let Some(c) = &s.cluster {
+        out.push_str(&render_cluster(c));
+    }
     out
+}
+
+/// The nodes sharing the state, as `istioctl proxy-status` shows proxies:
+/// each with the generation it applied, SYNCED or STALE, and its health view.
+fn render_cluster(c: &bluegreen_router::ClusterStatus) -> String {
+    let mut out = String::from("\n");
+    match (&c.error, c.down_since_ms) {
+        (Some(e), Some(since)) => out.push_str(&format!(
+            "cluster: {} UNREACHABLE for {} s ({e}); this node ({}) serves its last applied state and refuses switches and deploys (fail static)\n",
+            c.store,
+            now_ms().saturating_sub(since) / 1000,
+            c.node
+        )),
+        _ => out.push_str(&format!(
+            "cluster: {} connected; this node is {}\n",
+            c.store, c.node
+        )),
+    }
+    if let Some(holder) = &c.deploy_lock {
+        out.push_str(&format!("deploy lock: held by {holder}\n"));
+    }
+    out.push_str(&format!(
+        "{:<20} {:<6} {:>10}  {:<6} {:<8} {:<8} {}\n",
+        "NODE", "SYNC", "GENERATION", "LIVE", "BLUE", "GREEN", "ADMIN"
+    ));
+    for n in &c.nodes {
+        out.push_str(&format!(
+            "{:<20} {:<6} {:>10}  {:<6} {:<8} {:<8} {}\n",
+            n.node,
+            if n.synced { "SYNCED" } else { "STALE" },
+            n.generation,
+            n.live.as_str(),
+            n.healthy.blue,
+            n.healthy.green,
+            n.admin.as_deref().unwrap_or("-")
+        ));
+    }
+    out
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
