@@ -132,6 +132,7 @@ pub async fn render(router: &Arc<Router>, pipeline: Option<&Arc<Pipeline>>) -> S
     shadowing(&mut s, router);
     certificates(&mut s, &status);
     holds(&mut s, &status);
+    cluster(&mut s, &status);
     let mut registry = Registry::default();
     registry.register_collector(Box::new(s));
     let mut out = String::new();
@@ -397,6 +398,32 @@ async fn deploys(s: &mut Scrape, p: &Pipeline) {
             vec![("outcome", o.into())],
             Value::Counter(outcomes.get(o).copied().unwrap_or(0)),
         );
+    }
+}
+
+/// With a shared store: the link, and how many nodes lag.
+fn cluster(s: &mut Scrape, status: &Status) {
+    let Some(c) = &status.cluster else { return };
+    s.family(
+        "bluegreen_cluster_connected",
+        "1 while this node reaches the shared state store; 0 while it fails static",
+        MetricType::Gauge,
+    )
+    .add(vec![], Value::Gauge(c.connected as i64));
+    s.family(
+        "bluegreen_cluster_revision",
+        "Store revision of the desired state this node knows",
+        MetricType::Gauge,
+    )
+    .add(vec![], Value::Gauge(c.revision));
+    let f = s.family(
+        "bluegreen_cluster_nodes",
+        "Router nodes sharing the state, by whether they applied the desired state",
+        MetricType::Gauge,
+    );
+    for (label, synced) in [("synced", true), ("stale", false)] {
+        let n = c.nodes.iter().filter(|n| n.synced == synced).count();
+        f.add(vec![("state", label.into())], Value::Gauge(n as i64));
     }
 }
 

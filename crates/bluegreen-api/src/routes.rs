@@ -150,7 +150,12 @@ fn bearer(value: &[u8]) -> Option<&[u8]> {
 
 async fn readyz(State(state): State<AppState>) -> Response {
     if state.router.ready() {
-        (StatusCode::OK, "ready\n").into_response()
+        // Still ready while failing static: the node serves what it
+        // applied last, which is what a balancer wants from it.
+        match state.router.fail_static() {
+            Some(why) => (StatusCode::OK, format!("ready (fail static: {why})\n")).into_response(),
+            None => (StatusCode::OK, "ready\n").into_response(),
+        }
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,

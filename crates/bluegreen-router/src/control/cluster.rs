@@ -289,7 +289,7 @@ impl Router {
     }
 
     /// The refusal while the store is out of reach (fail static).
-    pub(crate) fn fail_static(&self) -> Option<String> {
+    pub fn fail_static(&self) -> Option<String> {
         let c = self.cluster.as_ref()?;
         let v = c.view();
         let link = v.borrow().link.clone();

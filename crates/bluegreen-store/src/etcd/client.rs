@@ -144,12 +144,27 @@ impl Client {
     }
 
     /// One JSON call, on the endpoint that answered last, then the others.
+    /// A cluster in the middle of electing a leader is given a moment (a
+    /// member that died was often the leader).
     pub async fn call(&self, path: &str, body: Value) -> Result<Value, EtcdError> {
+        let mut pause = Duration::from_millis(100);
+        loop {
+            match self.call_once(path, &body).await {
+                Err(EtcdError::Unreachable(why)) if electing(&why) && pause < CALL_TIMEOUT => {
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn call_once(&self, path: &str, body: &Value) -> Result<Value, EtcdError> {
         let first = self.current.load(Ordering::Relaxed);
         let mut reasons = Vec::new();
         for i in 0..self.endpoints.len() {
             let at = (first + i) % self.endpoints.len();
-            match self.call_at(at, path, &body).await {
+            match self.call_at(at, path, body).await {
                 Ok(v) => {
                     self.current.store(at, Ordering::Relaxed);
                     return Ok(v);
@@ -181,7 +196,7 @@ impl Client {
                 continue;
             }
             // A member without a leader cannot answer: try another one.
-            if status == StatusCode::SERVICE_UNAVAILABLE || message.contains("no leader") {
+            if status == StatusCode::SERVICE_UNAVAILABLE || electing(&message) {
                 return Err(EtcdError::Unreachable(format!("{base}: {message}")));
             }
             return Err(EtcdError::Refused {
@@ -481,6 +496,11 @@ impl Watch {
             events: out,
         })))
     }
+}
+
+/// etcd's answers while its members elect a leader.
+fn electing(message: &str) -> bool {
+    message.contains("leader changed") || message.contains("no leader")
 }
 
 fn request(base: &str, path: &str, body: &Value, token: Option<&str>) -> Request<Full<Bytes>> {

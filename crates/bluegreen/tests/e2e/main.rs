@@ -5,6 +5,7 @@
 mod acme;
 mod admin;
 mod browser;
+mod cluster;
 mod config;
 mod demo;
 mod deploy;

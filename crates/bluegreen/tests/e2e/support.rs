@@ -350,6 +350,7 @@ pub struct RouterBuilder {
     env: Vec<(String, String)>,
     listen: Option<SocketAddr>,
     admin: String,
+    state_extra: String,
 }
 
 impl RouterBuilder {
@@ -366,7 +367,21 @@ impl RouterBuilder {
             env: Vec::new(),
             listen: None,
             admin: String::new(),
+            state_extra: String::new(),
         }
+    }
+
+    /// The state in etcd at `endpoints` under `prefix`, as node `node`.
+    pub fn etcd(mut self, endpoints: &[&str], prefix: &str, node: &str, more: &str) -> Self {
+        let list = endpoints
+            .iter()
+            .map(|e| format!("\"{e}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        self.state_extra = format!(
+            "backend = \"etcd\"\n[state.etcd]\nendpoints = [{list}]\nprefix = \"{prefix}\"\nnode = \"{node}\"\n{more}\n"
+        );
+        self
     }
 
     /// Upstreams by address (for addresses where nothing listens).
@@ -441,7 +456,7 @@ impl RouterBuilder {
         format!(
             "[proxy]\nlisten = \"{listen}\"\npreview_listen = \"127.0.0.1:0\"\nupstream_timeout = \"{timeout}\"\n{extra}\n\
              [admin]\nlisten = \"127.0.0.1:0\"\ntoken_env = \"BG_TEST_TOKEN\"\n{admin}\n\
-             [state]\ndir = \"{state}\"\n\n[health]\npath = \"/healthz\"\n{health}\n\n\
+             [state]\ndir = \"{state}\"\n{state_extra}\n[health]\npath = \"/healthz\"\n{health}\n\n\
              [environments.blue]\nupstreams = [{blue}]\n\n[environments.green]\nupstreams = [{green}]\n\n\
              [switch]\ndrain_timeout = \"{drain}\"\n{extra_toml}\n",
             extra = self.extra_proxy,
@@ -456,6 +471,7 @@ impl RouterBuilder {
             green = list(&self.green),
             drain = self.drain,
             extra_toml = self.extra,
+            state_extra = self.state_extra,
         )
     }
 

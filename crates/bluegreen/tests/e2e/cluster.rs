@@ -1,0 +1,468 @@
+//! Several router nodes sharing one state in etcd (real etcd processes in
+//! temp dirs on free ports): a switch through one node is applied by all
+//! before it returns, concurrent switches, a node killed mid-switch, etcd
+//! lost and back (fail static, then catching up with what changed), watch
+//! compaction, a deploy taken over from a dead node, a bake that sees the
+//! errors of one node.
+
+use crate::support::*;
+use bluegreen_store::etcd::testing::EtcdServer;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A router node on `etcd` under `prefix`.
+fn node(
+    etcd: &[&str],
+    prefix: &str,
+    name: &str,
+    blue: &Backend,
+    green: &Backend,
+    more: &str,
+) -> RouterProc {
+    RouterBuilder::new(&[blue], &[green])
+        .etcd(etcd, prefix, name, more)
+        .start()
+}
+
+/// One request of the load, as sent and as answered.
+struct Sample {
+    sent: Instant,
+    answered: Instant,
+    body: String,
+    result: Result<(u16, String), String>,
+}
+
+/// Bounded load on every node: POSTs with distinct paths, queries and
+/// bodies, each answer checked later against what was sent.
+struct Load {
+    stop: Arc<AtomicBool>,
+    sent: Vec<Arc<AtomicU64>>,
+    samples: Arc<Mutex<Vec<Sample>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(nodes: &[&RouterProc]) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let samples = Arc::new(Mutex::new(Vec::new()));
+        let mut sent = Vec::new();
+        let mut tasks = Vec::new();
+        for (k, n) in nodes.iter().enumerate() {
+            let count = Arc::new(AtomicU64::new(0));
+            sent.push(count.clone());
+            let (stop, samples, base) = (stop.clone(), samples.clone(), n.url(""));
+            tasks.push(tokio::spawn(async move {
+                let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+                let deadline = Instant::now() + Duration::from_secs(60);
+                for i in 0..20_000u64 {
+                    if stop.load(Ordering::SeqCst) || Instant::now() > deadline {
+                        break;
+                    }
+                    let body = format!("node{k}-req{i}-{}", "x".repeat((i % 7) as usize));
+                    let req = http::Request::post(format!("{base}/echo?n={i}&k={k}"))
+                        .header("x-request-no", i.to_string())
+                        .body(Full::new(Bytes::from(body.clone())))
+                        .unwrap();
+                    let sent_at = Instant::now();
+                    let result = match client.request(req).await {
+                        Ok(r) => {
+                            let status = r.status().as_u16();
+                            match r.into_body().collect().await {
+                                Ok(b) => Ok((
+                                    status,
+                                    String::from_utf8_lossy(&b.to_bytes()).into_owned(),
+                                )),
+                                Err(e) => Err(e.to_string()),
+                            }
+                        }
+                        Err(e) => Err(format!("{e:?}")),
+                    };
+                    samples.lock().unwrap().push(Sample {
+                        sent: sent_at,
+                        answered: Instant::now(),
+                        body,
+                        result,
+                    });
+                    count.fetch_add(1, Ordering::SeqCst);
+                }
+            }));
+        }
+        Load {
+            stop,
+            sent,
+            samples,
+            tasks,
+        }
+    }
+
+    /// Waits until every node got `more` requests beyond what it had.
+    async fn advance(&self, more: u64) {
+        let marks: Vec<u64> = self.sent.iter().map(|c| c.load(Ordering::SeqCst)).collect();
+        wait_until(Duration::from_secs(20), "load on every node", || async {
+            self.sent
+                .iter()
+                .zip(&marks)
+                .all(|(c, m)| c.load(Ordering::SeqCst) >= m + more)
+        })
+        .await;
+    }
+
+    async fn finish(self) -> Vec<Sample> {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        std::mem::take(&mut *self.samples.lock().unwrap())
+    }
+}
+
+/// The side that answered, after checking the request arrived whole.
+fn side_of(s: &Sample) -> &str {
+    let (status, text) = s
+        .result
+        .as_ref()
+        .unwrap_or_else(|e| panic!("request failed: {e}"));
+    assert_eq!(*status, 200, "answer {text:?}");
+    let (side, echoed) = text.split_once(':').expect("side:body");
+    assert_eq!(echoed, s.body, "the body arrived altered");
+    side
+}
+
+async fn cli(n: &RouterProc, args: &[&str]) -> (i32, String, String) {
+    let admin = n.admin_url();
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let out = std::process::Command::new(bin())
+            .args(&args)
+            .env("BLUEGREEN_ADMIN", admin)
+            .env("BLUEGREEN_TOKEN", TOKEN)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+/// Waits until `n` lists `count` nodes (each reports itself once it has a
+/// session with etcd).
+async fn wait_nodes(n: &RouterProc, count: usize) {
+    wait_until(Duration::from_secs(10), "every node reported", || async {
+        n.status().await["cluster"]["nodes"]
+            .as_array()
+            .is_some_and(|a| a.len() == count)
+    })
+    .await;
+}
+
+async fn live_of(n: &RouterProc) -> String {
+    n.status().await["live"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_switch_through_one_node_is_applied_by_every_node_before_it_returns() {
+    let etcd = EtcdServer::start();
+    let ep = [etcd.client_url.as_str()];
+    let (blue, green) = (Backend::start("blue").await, Backend::start("green").await);
+    let nodes: Vec<RouterProc> = ["router-a", "router-b", "router-c"]
+        .iter()
+        .map(|n| node(&ep, "/bluegreen/t1", n, &blue, &green, ""))
+        .collect();
+    for n in &nodes {
+        n.wait_all_healthy().await;
+        wait_nodes(n, 3).await;
+    }
+    let load = Load::start(&nodes.iter().collect::<Vec<_>>());
+    load.advance(30).await;
+    let called = Instant::now();
+    let (code, out, err) = cli(&nodes[0], &["switch", "--to", "green"]).await;
+    let returned = Instant::now();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("applied on all 3 nodes"), "{out}");
+    load.advance(30).await;
+    let samples = load.finish().await;
+    let (mut before, mut after) = (0, 0);
+    for s in &samples {
+        let side = side_of(s);
+        if s.answered < called {
+            assert_eq!(side, "blue", "answered before the switch was asked for");
+            before += 1;
+        }
+        if s.sent > returned {
+            assert_eq!(
+                side, "green",
+                "sent after the switch returned, answered by the old side"
+            );
+            after += 1;
+        }
+    }
+    assert!(
+        before >= 90 && after >= 90,
+        "{before} before, {after} after"
+    );
+    // Every node says so, and lists every node as synced.
+    for n in &nodes {
+        let s = n.status().await;
+        assert_eq!(s["live"], "green");
+        let listed = s["cluster"]["nodes"].as_array().unwrap();
+        assert_eq!(listed.len(), 3, "{s}");
+        assert!(
+            listed
+                .iter()
+                .all(|n| n["synced"] == true && n["generation"] == 1),
+            "{s}"
+        );
+    }
+    let (_, text, _) = cli(&nodes[1], &["status"]).await;
+    assert!(
+        text.contains("router-c") && text.contains("SYNCED") && !text.contains("STALE"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_switches_on_two_nodes_one_wins_the_other_is_told() {
+    let etcd = EtcdServer::start();
+    let ep = [etcd.client_url.as_str()];
+    let (blue, green) = (Backend::start("blue").await, Backend::start("green").await);
+    let a = node(&ep, "/bluegreen/t2", "a", &blue, &green, "");
+    let b = node(&ep, "/bluegreen/t2", "b", &blue, &green, "");
+    a.wait_all_healthy().await;
+    b.wait_all_healthy().await;
+    wait_nodes(&a, 2).await;
+    wait_nodes(&b, 2).await;
+    let mut conflicts = 0;
+    for round in 0..6 {
+        let to = if round % 2 == 0 { "green" } else { "blue" };
+        let body = format!("{{\"to\":\"{to}\",\"reason\":\"round {round}\"}}");
+        let (ra, rb) = tokio::join!(
+            a.api("POST", "/api/v1/switch", Some(&body), Some(TOKEN)),
+            b.api("POST", "/api/v1/switch", Some(&body), Some(TOKEN)),
+        );
+        let changed: Vec<bool> = [&ra, &rb]
+            .iter()
+            .filter(|(st, _)| *st == 200)
+            .map(|(_, v)| v["changed"] == true)
+            .collect();
+        // Exactly one switch happened: one changed it; the other either
+        // lost the race (told so) or found it done already.
+        assert_eq!(changed.iter().filter(|c| **c).count(), 1, "{ra:?} {rb:?}");
+        for (st, v) in [&ra, &rb] {
+            if *st != 200 {
+                assert_eq!(*st, 409, "{v}");
+                assert!(
+                    v["error"]["message"]
+                        .as_str()
+                        .unwrap()
+                        .contains("another node"),
+                    "{v}"
+                );
+                conflicts += 1;
+            }
+        }
+        wait_until(
+            Duration::from_secs(5),
+            "both nodes on the same side",
+            || async { live_of(&a).await == to && live_of(&b).await == to },
+        )
+        .await;
+        let s = a.status().await;
+        assert_eq!(s["generation"], round + 1, "one generation per round: {s}");
+    }
+    eprintln!("{conflicts} of 6 rounds ended in a conflict");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_killed_during_a_switch_is_named_and_catches_up_when_back() {
+    let etcd = EtcdServer::start();
+    let ep = [etcd.client_url.as_str()];
+    let (blue, green) = (Backend::start("blue").await, Backend::start("green").await);
+    let more = "converge_timeout = \"1s\"\nlease_ttl = \"4s\"";
+    let a = node(&ep, "/bluegreen/t3", "a", &blue, &green, more);
+    let b = node(&ep, "/bluegreen/t3", "b", &blue, &green, more);
+    let mut c = node(&ep, "/bluegreen/t3", "c", &blue, &green, more);
+    for n in [&a, &b, &c] {
+        n.wait_all_healthy().await;
+    }
+    wait_until(Duration::from_secs(5), "three nodes reported", || async {
+        a.status().await["cluster"]["nodes"]
+            .as_array()
+            .unwrap()
+            .len()
+            == 3
+    })
+    .await;
+    let c_state = c.state_dir.clone();
+    c.child.kill().unwrap();
+    c.child.wait().unwrap();
+    // Its lease still runs: the switch happens, names c as not applied,
+    // and exits 5.
+    let (code, out, err) = cli(&a, &["switch", "--to", "green"]).await;
+    assert_eq!(code, 5, "{out}{err}");
+    assert!(out.contains("NOT yet applied on c"), "{out}");
+    assert_eq!(live_of(&b).await, "green");
+    // Once the lease ends, c is gone from the list and switches converge.
+    wait_until(Duration::from_secs(10), "c's lease expired", || async {
+        let s = a.status().await;
+        s["cluster"]["nodes"].as_array().unwrap().len() == 2
+    })
+    .await;
+    // Back: c starts on the state as it is now (green), not as it left it.
+    let c2 = RouterBuilder::new(&[&blue], &[&green])
+        .etcd(&ep, "/bluegreen/t3", "c", more)
+        .state_dir(&c_state)
+        .start();
+    assert_eq!(live_of(&c2).await, "green");
+    let (_, body) = get(&h1_client(), &c2.url("/")).await.unwrap();
+    assert_eq!(body, "green");
+    let (code, out, err) = cli(&b, &["switch", "--to", "blue"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("applied on all 3 nodes"), "{out}");
+    assert_eq!(live_of(&c2).await, "blue");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn etcd_lost_every_node_serves_and_refuses_then_catches_up_with_what_changed() {
+    // Three members; the routers reach only the first. Losing it cuts the
+    // routers off while the cluster keeps a quorum, so the operator can
+    // switch through another member meanwhile (and compact the history
+    // the routers' watches would resume from).
+    let mut members = EtcdServer::cluster(3);
+    let ep = [members[0].client_url.as_str()];
+    let (blue, green) = (Backend::start("blue").await, Backend::start("green").await);
+    let a = node(&ep, "/bluegreen/t4", "a", &blue, &green, "");
+    let b = node(&ep, "/bluegreen/t4", "b", &blue, &green, "");
+    a.wait_all_healthy().await;
+    b.wait_all_healthy().await;
+    members[0].kill();
+    wait_until(
+        Duration::from_secs(10),
+        "both nodes know etcd is gone",
+        || async {
+            a.status().await["cluster"]["connected"] == false
+                && b.status().await["cluster"]["connected"] == false
+        },
+    )
+    .await;
+    // Serving the last applied state, whole requests.
+    let load = Load::start(&[&a, &b]);
+    load.advance(20).await;
+    // Switches are refused with the reason, and change nothing.
+    let (code, out, err) = cli(&a, &["switch", "--to", "green"]).await;
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("unreachable") && err.contains("last applied state"),
+        "{err}"
+    );
+    let (st, v) = b
+        .api(
+            "POST",
+            "/api/v1/switch",
+            Some("{\"to\":\"green\"}"),
+            Some(TOKEN),
+        )
+        .await;
+    assert_eq!(st, 503, "{v}");
+    assert_eq!(v["error"]["code"], "store_unreachable");
+    let (_, text, _) = cli(&a, &["status"]).await;
+    assert!(
+        text.contains("UNREACHABLE") && text.contains("fail static"),
+        "{text}"
+    );
+    // The event and the metric say so too.
+    let (_, metrics) = a.api("GET", "/metrics", None, Some(TOKEN)).await;
+    let metrics = metrics.as_str().unwrap_or_default().to_string();
+    assert!(
+        metrics.contains("bluegreen_cluster_connected 0"),
+        "{metrics}"
+    );
+    // The operator switches through a member that is still up, writing the
+    // state as a node would, then compacts.
+    let operator =
+        bluegreen_store::EtcdStore::open(&etcd_config(&members[1].client_url, "/bluegreen/t4"));
+    let operator = operator.expect("operator's store");
+    tokio::task::spawn_blocking(move || {
+        use bluegreen_store::StateStore;
+        let mut s = bluegreen_store::load_router(&operator).unwrap().unwrap();
+        let req = bluegreen_core::state::SwitchRequest {
+            to: bluegreen_core::Side::Green,
+            kind: bluegreen_core::state::SwitchKind::Switch,
+            forced: false,
+            actor: "operator".into(),
+            reason: "etcd down on the routers' member".into(),
+        };
+        s = s.switched(&req, "2026-12-01T00:00:00Z".into(), 1).unwrap();
+        bluegreen_store::save_router(&operator, &s).unwrap();
+        for i in 0..20 {
+            operator.put(&format!("noise/{i}"), b"x").unwrap();
+        }
+        operator.compact_now().unwrap();
+    })
+    .await
+    .unwrap();
+    let samples = load.finish().await;
+    assert!(
+        samples.iter().all(|s| side_of(s) == "blue"),
+        "served the last applied state"
+    );
+    // The member comes back: both nodes resync and apply the operator's switch.
+    members[0].restart();
+    members[0].wait_healthy(Duration::from_secs(20));
+    wait_until(
+        Duration::from_secs(15),
+        "both nodes applied the operator's switch",
+        || async { live_of(&a).await == "green" && live_of(&b).await == "green" },
+    )
+    .await;
+    let s = a.status().await;
+    assert_eq!(s["cluster"]["connected"], true, "{s}");
+    assert_eq!(s["last_switch"]["actor"], "operator");
+    let (_, body) = get(&h1_client(), &b.url("/")).await.unwrap();
+    assert_eq!(body, "green");
+    assert!(a.stderr().contains("shared state store is back"));
+}
+
+fn etcd_config(endpoint: &str, prefix: &str) -> bluegreen_core::config::EtcdConfig {
+    bluegreen_core::config::EtcdConfig {
+        endpoints: vec![endpoint.to_string()],
+        prefix: prefix.to_string(),
+        node: "operator".into(),
+        username: None,
+        password_env: None,
+        tls: None,
+        converge_timeout: Duration::from_secs(5),
+        lease_ttl: Duration::from_secs(5),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_watch_from_a_compacted_revision_is_told_so() {
+    let etcd = EtcdServer::start();
+    let store =
+        bluegreen_store::EtcdStore::open(&etcd_config(&etcd.client_url, "/bluegreen/t5")).unwrap();
+    let client =
+        bluegreen_store::etcd::client::Client::new(&etcd_config(&etcd.client_url, "/x")).unwrap();
+    let compacted = tokio::task::spawn_blocking(move || {
+        use bluegreen_store::StateStore;
+        for i in 0..5 {
+            store.put("state", format!("{i}").as_bytes()).unwrap();
+        }
+        store.compact_now().unwrap()
+    })
+    .await
+    .unwrap();
+    let mut watch = client.watch("/bluegreen/t5/", 1).await.unwrap();
+    match watch.next().await.unwrap() {
+        bluegreen_store::etcd::client::WatchMessage::Compacted(at) => assert_eq!(at, compacted),
+        other => panic!("expected a compaction notice, got {other:?}"),
+    }
+}
