@@ -466,3 +466,175 @@ async fn a_watch_from_a_compacted_revision_is_told_so() {
         other => panic!("expected a compaction notice, got {other:?}"),
     }
 }
+
+/// A deploy through hooks that only log (the backends are already up).
+fn deploy_toml(bake: &str) -> String {
+    format!(
+        "[deploy]\ndeploy_timeout = \"5s\"\nkeep_warm = \"0s\"\n[deploy.hooks]\ndeploy = \"true\"\n\
+         [deploy.bake]\nduration = \"{bake}\"\ninterval = \"200ms\"\nmin_requests = 10\nmax_error_rate = 0.05\n"
+    )
+}
+
+async fn current_deploy(n: &RouterProc) -> serde_json::Value {
+    n.api("GET", "/api/v1/deploys/current", None, Some(TOKEN))
+        .await
+        .1
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_deploy_lock_moves_to_another_node_when_its_holder_dies_and_the_deploy_resumes() {
+    let etcd = EtcdServer::start();
+    let ep = [etcd.client_url.as_str()];
+    let (blue, green) = (Backend::start("blue").await, Backend::start("green").await);
+    let more = "lease_ttl = \"2s\"";
+    let start = |name: &str| {
+        RouterBuilder::new(&[&blue], &[&green])
+            .etcd(&ep, "/bluegreen/t6", name, more)
+            .extra(&deploy_toml("300ms"))
+            .start()
+    };
+    let mut a = start("a");
+    let b = start("b");
+    for n in [&a, &b] {
+        n.wait_all_healthy().await;
+        wait_nodes(n, 2).await;
+    }
+    // A deploy on a, waiting at the manual gate.
+    let (st, d) = a
+        .api(
+            "POST",
+            "/api/v1/deploys",
+            Some("{\"version\":\"v2\",\"manual_promote\":true}"),
+            Some(TOKEN),
+        )
+        .await;
+    assert_eq!(st, 202, "{d}");
+    wait_until(
+        Duration::from_secs(10),
+        "the deploy waits at the gate",
+        || async {
+            current_deploy(&a).await["steps"]
+                .as_array()
+                .is_some_and(|s| {
+                    s.iter()
+                        .any(|s| s["step"] == "gate" && s["state"] == "running")
+                })
+        },
+    )
+    .await;
+    // b sees it, holds no lock, and says where the deploy runs.
+    wait_until(
+        Duration::from_secs(5),
+        "b follows the shared book",
+        || async { current_deploy(&b).await["version"] == "v2" },
+    )
+    .await;
+    let (st, v) = b
+        .api(
+            "POST",
+            "/api/v1/deploys",
+            Some("{\"version\":\"v3\"}"),
+            Some(TOKEN),
+        )
+        .await;
+    assert_eq!(st, 409, "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("node a"),
+        "{v}"
+    );
+    let (st, v) = b.api("POST", "/api/v1/promote", None, Some(TOKEN)).await;
+    assert_eq!(st, 409, "{v}");
+    assert_eq!(v["error"]["code"], "deploy_elsewhere", "{v}");
+    assert_eq!(b.status().await["cluster"]["deploy_lock"], "a");
+    // a dies; once its lease ends, b takes the lock and resumes at the gate.
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    wait_until(
+        Duration::from_secs(10),
+        "b holds the deploy lock",
+        || async { b.status().await["cluster"]["deploy_lock"] == "b" },
+    )
+    .await;
+    wait_until(Duration::from_secs(10), "b waits at the gate", || async {
+        b.api("POST", "/api/v1/promote", None, Some(TOKEN)).await.0 == 200
+    })
+    .await;
+    wait_until(
+        Duration::from_secs(15),
+        "the deploy finished on b",
+        || async { current_deploy(&b).await["outcome"] == "succeeded" },
+    )
+    .await;
+    assert_eq!(live_of(&b).await, "green");
+    assert!(
+        b.stderr().contains("left by a node that is gone"),
+        "{}",
+        b.stderr()
+    );
+    // Done: the lock is free again.
+    wait_until(Duration::from_secs(5), "the lock is released", || async {
+        b.status().await["cluster"]["deploy_lock"].is_null()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_bake_judges_the_whole_cluster_and_rolls_back_on_errors_seen_by_one_node() {
+    let etcd = EtcdServer::start();
+    let ep = [etcd.client_url.as_str()];
+    let (blue, green) = (Backend::start("blue").await, Backend::start("green").await);
+    let start = |name: &str| {
+        RouterBuilder::new(&[&blue], &[&green])
+            .etcd(&ep, "/bluegreen/t7", name, "")
+            .extra(&deploy_toml("6s"))
+            .start()
+    };
+    let a = start("a");
+    let b = start("b");
+    for n in [&a, &b] {
+        n.wait_all_healthy().await;
+        wait_nodes(n, 2).await;
+    }
+    // a sees only good traffic; b's clients hit a path the new version
+    // breaks. The deploy runs on a.
+    let stop = Arc::new(AtomicBool::new(false));
+    let spawn_loop = |url: String, stop: Arc<AtomicBool>| {
+        tokio::spawn(async move {
+            let client = h1_client();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            for _ in 0..20_000 {
+                if stop.load(Ordering::SeqCst) || Instant::now() > deadline {
+                    break;
+                }
+                let _ = get(&client, &url).await;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    let good = spawn_loop(a.url("/ok"), stop.clone());
+    let bad = spawn_loop(b.url("/fail"), stop.clone());
+    let (st, d) = a
+        .api(
+            "POST",
+            "/api/v1/deploys",
+            Some("{\"version\":\"v2\"}"),
+            Some(TOKEN),
+        )
+        .await;
+    assert_eq!(st, 202, "{d}");
+    wait_until(Duration::from_secs(20), "the deploy ended", || async {
+        let d = current_deploy(&a).await;
+        d["outcome"].as_str().is_some_and(|o| o != "running")
+    })
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    good.await.unwrap();
+    bad.await.unwrap();
+    let d = current_deploy(&a).await;
+    assert_eq!(d["outcome"], "rolled_back", "{d}");
+    assert!(d["reason"].to_string().contains("error"), "{d}");
+    // a itself saw no error at all on green: the breach came from b.
+    let local = a.status().await;
+    assert_eq!(local["live"], "blue");
+    assert_eq!(live_of(&b).await, "blue");
+}

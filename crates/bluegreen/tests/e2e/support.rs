@@ -176,6 +176,11 @@ async fn route(mut req: Request<Incoming>, st: Arc<BackendState>) -> Response<Te
     match path.as_str() {
         "/healthz" if st.healthy.load(Ordering::SeqCst) => Response::new(full("ok")),
         "/healthz" => Response::builder().status(503).body(full("down")).unwrap(),
+        // Fails on the "new version" (green*) only: a bad release.
+        "/fail" if st.name.starts_with("green") => Response::builder()
+            .status(500)
+            .body(full(st.name.clone()))
+            .unwrap(),
         // Several chunks, each naming the side: a mixed body would show.
         "/chunked" => {
             let name = st.name.clone();
