@@ -80,6 +80,71 @@ pub struct Convergence {
     pub waited_ms: u64,
 }
 
+/// Key of the shared session-cookie keys, relative to the prefix.
+const SESSION_KEYS: &str = "session.keys";
+
+/// The session keys every node signs and verifies with.
+#[derive(Serialize, Deserialize)]
+struct SessionKeys {
+    /// Hex, 32 bytes.
+    current: String,
+    previous: Option<String>,
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    (s.len() == 64)
+        .then(|| {
+            (0..32)
+                .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok())
+                .collect()
+        })
+        .flatten()
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl SessionKeys {
+    fn parse(bytes: &[u8]) -> Option<(Vec<u8>, Option<Vec<u8>>)> {
+        let k: SessionKeys = serde_json::from_slice(bytes).ok()?;
+        Some((unhex(&k.current)?, k.previous.as_deref().and_then(unhex)))
+    }
+}
+
+/// The cluster's session keys: read from the shared store, or made by the
+/// first node that finds none (a race with another first node is lost
+/// gracefully: its keys are read instead). Blocking: called at start.
+pub(super) fn shared_signer(
+    store: &dyn bluegreen_store::StateStore,
+) -> Result<crate::request::session::Signer, super::RouterError> {
+    use crate::request::session::Signer;
+    for _ in 0..3 {
+        if let Some(bytes) = store.get(SESSION_KEYS)? {
+            let (current, previous) =
+                SessionKeys::parse(&bytes).ok_or_else(|| bluegreen_store::StoreError::Corrupt {
+                    path: store.locate(SESSION_KEYS),
+                    reason: "not {\"current\": \"<64 hex digits>\", \"previous\": ...}".into(),
+                })?;
+            return Ok(Signer::from_keys(&current, previous.as_deref()));
+        }
+        let fresh = Signer::fresh_key().map_err(|e| super::RouterError::Config(e.to_string()))?;
+        let doc = serde_json::to_vec(&SessionKeys {
+            current: hex(&fresh),
+            previous: None,
+        })
+        .expect("keys serialise");
+        match store.put(SESSION_KEYS, &doc) {
+            Ok(()) => return Ok(Signer::from_keys(&fresh, None)),
+            Err(bluegreen_store::StoreError::Conflict { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(super::RouterError::Config(
+        "could not agree on the shared session keys with the other nodes".into(),
+    ))
+}
+
 /// Other nodes' traffic, kept monotonic: a node that restarts or goes
 /// away leaves its last counters in `retired`, so sums never go back.
 #[derive(Default)]
@@ -107,10 +172,21 @@ impl Router {
         let stop_follow = stop.clone();
         tokio::spawn(async move {
             let mut link = Link::Connecting;
+            let mut keys_seen = 0;
             loop {
                 let (desired, now) = {
                     let v = view.borrow_and_update();
                     router.update_peers(&v);
+                    if let Some(k) = v
+                        .values
+                        .get(SESSION_KEYS)
+                        .filter(|k| k.revision > keys_seen)
+                    {
+                        keys_seen = k.revision;
+                        if let Some((current, previous)) = SessionKeys::parse(&k.value) {
+                            router.signer.adopt(&current, previous.as_deref());
+                        }
+                    }
                     (v.values.get(ROUTER_KEY).cloned(), v.link.clone())
                 };
                 router.link_changed(&link, &now);

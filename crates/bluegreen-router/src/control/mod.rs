@@ -185,14 +185,17 @@ impl Router {
             }
         };
 
-        // The session key lives beside the state (a store without a
-        // directory gets one for this process only).
-        let signer = Arc::new(
-            crate::request::session::Signer::load_or_create(&config.state.dir).unwrap_or_else(|e| {
-                tracing::warn!(error = %e, "session key not kept on disk; cookies signed by this process only");
-                crate::request::session::Signer::ephemeral()
-            }),
-        );
+        // The session key lives beside the state (shared by every node of
+        // a cluster, so a cookie signed by one verifies on all; a store
+        // without a directory gets one for this process only).
+        let signer = Arc::new(match store.cluster() {
+            Some(_) => cluster::shared_signer(store.as_ref())?,
+            None => crate::request::session::Signer::load_or_create(&config.state.dir)
+                .unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "session key not kept on disk; cookies signed by this process only");
+                    crate::request::session::Signer::ephemeral()
+                }),
+        });
 
         // 2. Pools and epochs, then the first snapshot.
         let h = &config.health;

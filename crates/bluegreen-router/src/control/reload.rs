@@ -22,12 +22,16 @@ impl Router {
         let old = self.config();
         let changes = diff(&old, &new);
         // Every reload rotates the session key (the previous one still
-        // verifies, so nobody moves).
+        // verifies, so nobody moves). Not a cluster's shared key: reloading
+        // every node would rotate it once per node and retire the key
+        // that signed the cookies of every client.
         let signer = self.signer.clone();
-        match tokio::task::spawn_blocking(move || signer.rotate()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "the session key was not rotated"),
-            Err(e) => tracing::warn!(error = %e, "the session key was not rotated"),
+        if self.cluster.is_none() {
+            match tokio::task::spawn_blocking(move || signer.rotate()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "the session key was not rotated"),
+                Err(e) => tracing::warn!(error = %e, "the session key was not rotated"),
+            }
         }
         if changes.applied.is_empty() {
             return Ok(changes);

@@ -123,6 +123,29 @@ impl Signer {
         Ok(())
     }
 
+    /// Keys shared by the nodes of a cluster (kept in the shared store).
+    pub fn from_keys(current: &[u8], previous: Option<&[u8]>) -> Signer {
+        let signer = Signer::ephemeral();
+        signer.adopt(current, previous);
+        signer
+    }
+
+    /// Another node (or the operator) changed the shared keys.
+    pub fn adopt(&self, current: &[u8], previous: Option<&[u8]>) {
+        self.keys.store(std::sync::Arc::new(Keys {
+            current: hmac::Key::new(hmac::HMAC_SHA256, current),
+            previous: previous.map(|p| hmac::Key::new(hmac::HMAC_SHA256, p)),
+        }));
+    }
+
+    /// 32 random bytes for a new key.
+    pub fn fresh_key() -> std::io::Result<[u8; 32]> {
+        let mut b = [0u8; 32];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b)
+            .map_err(|_| std::io::Error::other("no randomness for the session key"))?;
+        Ok(b)
+    }
+
     /// A key for this process only.
     pub fn ephemeral() -> Signer {
         let mut b = [0u8; 32];

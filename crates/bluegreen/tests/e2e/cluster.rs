@@ -638,3 +638,49 @@ async fn the_bake_judges_the_whole_cluster_and_rolls_back_on_errors_seen_by_one_
     assert_eq!(local["live"], "blue");
     assert_eq!(live_of(&b).await, "blue");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_session_or_preview_cookie_from_one_node_is_honoured_by_the_others() {
+    let etcd = EtcdServer::start();
+    let ep = [etcd.client_url.as_str()];
+    let (blue, green) = (Backend::start("blue").await, Backend::start("green").await);
+    let start = |name: &str| {
+        RouterBuilder::new(&[&blue], &[&green])
+            .etcd(&ep, "/bluegreen/t8", name, "")
+            .extra("\n[sessions]\nwindow = \"1m\"\n")
+            .start()
+    };
+    let a = start("a");
+    let b = start("b");
+    for n in [&a, &b] {
+        n.wait_all_healthy().await;
+        wait_nodes(n, 2).await;
+    }
+    // A preview link made on a opens the idle side through b.
+    let (code, out, err) = a.cli(&["preview-link", "--for", "10m"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let path = out.lines().next().unwrap();
+    let path = &path[path.find("/.bluegreen/preview").unwrap()..];
+    let (_, landing) = curl(&["-i", &b.url(path)]);
+    assert!(landing.starts_with("HTTP/1.1 303"), "{landing}");
+    let preview = landing
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: "))
+        .map(|c| c.split(';').next().unwrap().to_string())
+        .expect("a preview cookie");
+    let (_, body) = curl(&["-H", &format!("cookie: {preview}"), &a.url("/")]);
+    assert_eq!(body, "green", "b's preview cookie verified on a");
+    // A session begun on a stays on blue through b after a switch made on b.
+    let (_, first) = curl(&["-i", &a.url("/")]);
+    let session = first
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: "))
+        .map(|c| c.split(';').next().unwrap().to_string())
+        .expect("a session cookie");
+    let (code, out, err) = cli(&b, &["switch", "--to", "green"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let (_, kept) = curl(&["-H", &format!("cookie: {session}"), &b.url("/")]);
+    assert_eq!(kept, "blue", "a's session cookie verified on b");
+    let (_, fresh) = curl(&[&b.url("/")]);
+    assert_eq!(fresh, "green");
+}
