@@ -457,6 +457,12 @@ fn validate(raw: RawConfig, base: &Path, c: &mut Checker) -> Config {
         .deploy
         .as_ref()
         .and_then(|d| deploy::validate(d, base, c, proxy.preview_listen.is_some()));
+    if state.etcd.is_some() && tls.as_ref().is_some_and(|t| t.acme.is_some()) {
+        c.issue(
+            "tls.acme",
+            "is not supported with state.backend = \"etcd\" yet (every node would order its own certificate and answer only its own challenges): give each node the same certificate files in tls.certificates",
+        );
+    }
     if let (Some(_), Some(d)) = (&state.etcd, &deploy) {
         if matches!(d.method, deploy::DeployMethod::Supervisor(_)) {
             c.issue(

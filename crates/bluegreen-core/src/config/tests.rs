@@ -330,3 +330,42 @@ fn upstream_tls_names_its_problems() {
     );
     assert_eq!(cfg.environments.green.tls, None);
 }
+
+#[test]
+fn the_etcd_backend_is_validated_key_by_key() {
+    let etcd = |table: &str| {
+        GOOD.replace(
+            "[state]\ndir = \".bluegreen\"",
+            &format!("[state]\ndir = \".bluegreen\"\n{table}"),
+        )
+    };
+    let c = parse(&etcd(
+        "backend = \"etcd\"\n[state.etcd]\nendpoints = [\"http://127.0.0.1:2379\"]\nprefix = \"/bluegreen/shop\"\nnode = \"router-a\"\nconverge_timeout = \"2s\"",
+    ))
+    .unwrap();
+    let e = c.state.etcd.expect("etcd");
+    assert_eq!(e.node, "router-a");
+    assert_eq!(e.prefix, "/bluegreen/shop");
+    assert_eq!(e.converge_timeout, Duration::from_secs(2));
+    assert_eq!(e.lease_ttl, Duration::from_secs(5));
+    // The file store stays the default, with nothing to set.
+    assert!(parse(GOOD).unwrap().state.etcd.is_none());
+    let p = problems(&etcd(
+        "backend = \"etcd\"\n[state.etcd]\nendpoints = [\"127.0.0.1:2379\"]\nprefix = \"shop/\"\nnode = \"a b\"\nlease_ttl = \"1s\"\npassword_env = \"PW\"",
+    ));
+    for key in [
+        "state.etcd.endpoints[0]",
+        "state.etcd.prefix",
+        "state.etcd.node",
+        "state.etcd.lease_ttl",
+        "state.etcd.password_env",
+    ] {
+        assert!(p.contains(key), "{key} not named in:\n{p}");
+    }
+    assert!(problems(&etcd("backend = \"etcd\"")).contains("[state.etcd] table"));
+    assert!(problems(&etcd("backend = \"consul\"")).contains("unknown backend"));
+    assert!(problems(&etcd(
+        "[state.etcd]\nendpoints = [\"http://127.0.0.1:2379\"]"
+    ))
+    .contains("backend = \"etcd\""));
+}
