@@ -11,6 +11,7 @@
 //! the upstream run on the other core(s).
 #![forbid(unsafe_code)]
 
+mod cluster;
 mod load;
 mod procs;
 mod report;
@@ -150,7 +151,8 @@ fn main() -> Result<()> {
     let only = std::env::var("BENCH_ONLY").ok();
     for kind in [Kind::Direct, Kind::Bluegreen, Kind::Nginx, Kind::Haproxy] {
         if only.as_deref().is_some_and(|o| o != kind.name())
-            || std::env::var("BENCH_PARTS").is_ok_and(|p| p == "tls" || p == "restarts")
+            || std::env::var("BENCH_PARTS")
+                .is_ok_and(|p| p == "tls" || p == "restarts" || p == "cluster")
         {
             continue;
         }
@@ -236,6 +238,12 @@ fn main() -> Result<()> {
         || std::env::var("BENCH_PARTS").is_ok_and(|p| p == "restarts")
     {
         report.restarts = restarts::part(&env, &plan, upstream.blue, upstream.green)?;
+    }
+    // Several nodes on etcd: switch convergence under load.
+    if std::env::var("BENCH_PARTS").is_err()
+        || std::env::var("BENCH_PARTS").is_ok_and(|p| p == "cluster")
+    {
+        report.cluster = cluster::part(&env, args.quick, upstream.blue, upstream.green)?;
     }
     drop(upstream);
 

@@ -518,13 +518,13 @@ fn haproxy_cmd(dir: &Path, cmd: &str) -> Result<String> {
 }
 
 /// Field `n` (0-based, after the command name) of `/proc/PID/stat`.
-fn stat_field(pid: u32, n: usize) -> Option<u64> {
+pub(crate) fn stat_field(pid: u32, n: usize) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = &stat[stat.rfind(')')? + 2..];
     rest.split_whitespace().nth(n)?.parse().ok()
 }
 
-fn status_kib(pid: u32, key: &str) -> Option<u64> {
+pub(crate) fn status_kib(pid: u32, key: &str) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     s.lines()
         .find(|l| l.starts_with(key))?

@@ -57,6 +57,8 @@ pub struct Report {
     pub rows: Vec<Row>,
     /// Restarts under load, one row per proxy and method.
     pub restarts: Vec<crate::restarts::Restarts>,
+    /// Several nodes on etcd, one row per cluster size.
+    pub cluster: Vec<crate::cluster::Convergence>,
     quick: bool,
     cores: usize,
     proxy_cpus: String,
@@ -107,6 +109,7 @@ impl Report {
         Report {
             rows: Vec::new(),
             restarts: Vec::new(),
+            cluster: Vec::new(),
             quick: *quick,
             cores,
             proxy_cpus: proxy_cpus.into(),
@@ -331,6 +334,7 @@ impl Report {
 
         crate::tls::render(&mut o, &self.rows);
         crate::restarts::render(&mut o, &self.restarts);
+        crate::cluster::render(&mut o, &self.cluster);
 
         let _ = writeln!(o, "\n## Ratios (bluegreen / peer, same run)\n");
         let _ = writeln!(o, "| metric | / nginx | / HAProxy | / direct |");
