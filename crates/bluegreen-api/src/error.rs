@@ -64,7 +64,9 @@ impl From<PipelineError> for ApiError {
     fn from(e: PipelineError) -> ApiError {
         let (status, code) = match &e {
             PipelineError::Switch(s) => return ApiError::from(s.clone()),
-            PipelineError::Busy { .. } => (StatusCode::CONFLICT, "deploy_in_progress"),
+            PipelineError::Busy { .. } | PipelineError::Finishing(_) => {
+                (StatusCode::CONFLICT, "deploy_in_progress")
+            }
             PipelineError::BadInput(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             PipelineError::NotWaiting => (StatusCode::CONFLICT, "not_waiting"),
             PipelineError::Stopped(_) => (StatusCode::CONFLICT, "side_stopped"),

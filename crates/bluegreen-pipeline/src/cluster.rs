@@ -8,7 +8,7 @@
 
 use crate::{now_ms, runner, Pipeline, PipelineError};
 use bluegreen_core::deploy::DeployBook;
-use bluegreen_store::cluster::{lock_key, Link};
+use bluegreen_store::cluster::{lock_holder, lock_key, Link, Lock};
 use bluegreen_store::{load_json, DEPLOYS_KEY};
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,17 +17,24 @@ use std::time::Duration;
 pub(crate) const DEPLOY_LOCK: &str = "deploy";
 
 impl Pipeline {
-    /// Takes the deploy lock for this node; refuses when another holds it.
-    pub(crate) async fn take_lock(&self) -> Result<(), PipelineError> {
+    /// Takes the deploy lock for this process: `Ok(true)` when taken now
+    /// (the caller owns it and must release it), `Ok(false)` alone (no
+    /// cluster); refused when another node, or another activity of this
+    /// one, holds it.
+    pub(crate) async fn take_lock(&self) -> Result<bool, PipelineError> {
         let Some(cluster) = self.cluster.clone() else {
-            return Ok(());
+            return Ok(false);
         };
-        let holder = tokio::task::spawn_blocking(move || cluster.try_lock(DEPLOY_LOCK))
+        let found = tokio::task::spawn_blocking(move || cluster.try_lock(DEPLOY_LOCK))
             .await
             .expect("lock task")?;
-        match holder {
-            None => Ok(()),
-            Some(node) => Err(PipelineError::Elsewhere(node)),
+        match found {
+            Lock::Taken => Ok(true),
+            Lock::HeldHere => Err(PipelineError::Finishing(
+                "a deploy or decommission is starting or finishing on this node; try again in a moment"
+                    .into(),
+            )),
+            Lock::HeldBy(node) => Err(PipelineError::Elsewhere(node)),
         }
     }
 
@@ -62,7 +69,7 @@ impl Pipeline {
         let view = cluster.view();
         let v = view.borrow();
         let holder = v.values.get(&lock_key(DEPLOY_LOCK))?;
-        let node = String::from_utf8_lossy(&holder.value).into_owned();
+        let node = lock_holder(&holder.value);
         (node != cluster.node()).then_some(node)
     }
 
@@ -97,6 +104,13 @@ impl Pipeline {
                     _ = suspend.cancelled() => return,
                 }
                 if me.runs_here() {
+                    // A lock lost while running (its lease expired before a
+                    // new session could carry it over): another node may
+                    // resume the deploy now, so this one stops where it is.
+                    if !cluster.holds(DEPLOY_LOCK) {
+                        tracing::error!("lost the deploy lock while running a deploy: stopping here; the node that takes the lock resumes it");
+                        me.stop_run();
+                    }
                     continue;
                 }
                 let (book, lock_free, up) = {
@@ -112,18 +126,23 @@ impl Pipeline {
                         v.link == Link::Up,
                     )
                 };
-                let Some((revision, book)) = book else {
+                let Some((_, book)) = book else {
                     continue;
                 };
-                // Views and refusals on this node follow the shared book.
+                // Views and refusals on this node follow the shared book:
+                // read again under the book lock, and only forward (a
+                // write of this node may be newer than what was read).
                 {
                     let mut mine = me.book.lock().await;
-                    if me.runs_here() {
+                    if me.runs_here() || cluster.holds(DEPLOY_LOCK) {
                         continue;
                     }
-                    if *mine != book {
-                        *mine = book.clone();
-                        cluster.adopt(DEPLOYS_KEY, revision);
+                    let newest = view.borrow().values.get(DEPLOYS_KEY).cloned();
+                    if let Some(v) = newest.filter(|v| v.revision > cluster.revision(DEPLOYS_KEY)) {
+                        if let Ok(b) = serde_json::from_slice::<DeployBook>(&v.value) {
+                            *mine = normalized(b);
+                            cluster.adopt(DEPLOYS_KEY, v.revision);
+                        }
                     }
                 }
                 if !(lock_free && up) {
@@ -145,9 +164,16 @@ impl Pipeline {
 
     /// Takes the lock, reads the book again, and resumes what is left.
     async fn take_over(self: &Arc<Self>) -> Result<(), PipelineError> {
-        self.take_lock().await?;
-        let Some(book) = self.fresh_book().await? else {
+        if self.runs_here() || !self.take_lock().await? {
             return Ok(());
+        }
+        let book = match self.fresh_book().await {
+            Ok(Some(b)) => b,
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                self.release_lock().await;
+                return Err(e);
+            }
         };
         let node = self
             .cluster

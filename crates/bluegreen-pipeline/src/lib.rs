@@ -63,6 +63,9 @@ pub enum PipelineError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Supervisor(String),
+    /// Another deploy activity of this node is starting or ending.
+    #[error("{0}")]
+    Finishing(String),
     #[error("the deploy lock is held by node {0}: deploys run there (use that node's admin API), or wait until it is done")]
     Elsewhere(String),
 }
@@ -110,6 +113,8 @@ pub struct Pipeline {
     running: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// With a shared store: the deploy lock and the other nodes' book.
     cluster: Option<Arc<dyn bluegreen_store::Cluster>>,
+    /// Stops the running deploy where it is (suspend, or a lost lock).
+    run_stop: Mutex<CancellationToken>,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -151,6 +156,7 @@ impl Pipeline {
         Ok(Arc::new(Pipeline {
             router,
             cluster: store.cluster(),
+            run_stop: Mutex::new(CancellationToken::new()),
             store,
             config: arc_swap::ArcSwap::from_pointee(config),
             book: tokio::sync::Mutex::new(book),
@@ -208,10 +214,12 @@ impl Pipeline {
             .clone();
         let run = runner::run(self.clone(), handle);
         let me = self.clone();
+        let stop = suspend.child_token();
+        *self.run_stop.lock().unwrap_or_else(|p| p.into_inner()) = stop.clone();
         let task = tokio::spawn(async move {
             tokio::select! {
                 _ = run => me.release_lock().await,
-                _ = suspend.cancelled() => tracing::info!("deploy suspended for the handover to a new process"),
+                _ = stop.cancelled() => tracing::info!("deploy stopped where it is (a handover to a new process, or the deploy lock lost)"),
             }
         });
         *self.running.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
@@ -283,24 +291,33 @@ impl Pipeline {
         for (k, v) in &options.env {
             bluegreen_core::input::env_var(k, v).map_err(PipelineError::BadInput)?;
         }
-        // In a cluster: this node takes the deploy lock, and the book as
-        // the store has it (another node may have deployed since).
-        let ours_already = self.runs_here();
-        self.take_lock().await?;
+        // In a cluster: this node takes the deploy lock (held by the run
+        // from here on), and the book as the store has it (another node
+        // may have deployed since).
+        if self.cluster.is_some() && self.runs_here() {
+            let book = self.book.lock().await;
+            return Err(match book.current.as_ref().filter(|d| !d.is_finished()) {
+                Some(d) => busy(d),
+                None => PipelineError::Finishing(
+                    "the previous deploy is finishing on this node; try again in a moment".into(),
+                ),
+            });
+        }
+        let owned = self.take_lock().await?;
         let _fence = self.fence.lock().await;
         let mut book = self.book.lock().await;
         match self.fresh_book().await {
             Ok(Some(fresh)) => *book = fresh,
             Ok(None) => {}
             Err(e) => {
-                if !ours_already {
+                if owned {
                     self.release_lock().await;
                 }
                 return Err(e);
             }
         }
         if let Some(d) = book.current.as_ref().filter(|d| !d.is_finished()) {
-            if !ours_already {
+            if owned {
                 self.release_lock().await;
             }
             return Err(busy(d));
@@ -322,7 +339,9 @@ impl Pipeline {
         book.current = Some(record.clone());
         if let Err(e) = self.persist(&book).await {
             drop(book);
-            self.release_lock().await;
+            if owned {
+                self.release_lock().await;
+            }
             return Err(e.into());
         }
         drop(book);
@@ -541,6 +560,14 @@ impl Pipeline {
             tracing::info!(%side, "scheduled decommission cancelled: the side is live again");
         }
         Ok(())
+    }
+
+    /// Stops the running deploy where it is, writing nothing.
+    pub(crate) fn stop_run(&self) {
+        self.run_stop
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .cancel();
     }
 
     /// The deploy runs on another node: say which, rather than `otherwise`.

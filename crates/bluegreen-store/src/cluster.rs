@@ -78,10 +78,30 @@ pub trait Cluster: Send + Sync + 'static {
     /// What this node says about itself (JSON), kept under `nodes/<node>`
     /// for as long as the node renews its lease.
     fn report(&self, report: Vec<u8>);
-    /// Takes the lock `name` for this node, for as long as its lease lives.
-    /// `Ok(None)` when taken (or held already), `Ok(Some(holder))` when
-    /// another node holds it.
-    fn try_lock(&self, name: &str) -> Result<Option<String>, StoreError>;
-    /// Gives the lock back (only if this node holds it).
+    /// Takes the lock `name` for this process, for as long as its lease
+    /// lives (moved to the next lease when a session is renewed).
+    fn try_lock(&self, name: &str) -> Result<Lock, StoreError>;
+    /// True while this process holds `name` (false once it was lost: its
+    /// lease expired before a new session could carry it over).
+    fn holds(&self, name: &str) -> bool;
+    /// Gives the lock back (only if this process holds it).
     fn unlock(&self, name: &str) -> Result<(), StoreError>;
+}
+
+/// What [`Cluster::try_lock`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lock {
+    /// Taken now, by this call.
+    Taken,
+    /// This process holds it already (another activity of this node).
+    HeldHere,
+    /// Another node (or an earlier process of this node, until its lease
+    /// ends) holds it.
+    HeldBy(String),
+}
+
+/// The node a lock's value names (`node#instance`).
+pub fn lock_holder(value: &[u8]) -> String {
+    let v = String::from_utf8_lossy(value);
+    v.split('#').next().unwrap_or_default().to_string()
 }

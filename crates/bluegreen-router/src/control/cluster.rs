@@ -149,8 +149,10 @@ pub(super) fn shared_signer(
 /// away leaves its last counters in `retired`, so sums never go back.
 #[derive(Default)]
 pub(crate) struct Peers {
-    nodes: BTreeMap<String, (u64, Sides<Window>)>,
-    retired: Sides<Window>,
+    /// Last windows of every (node, process start) seen: counters only
+    /// grow within a process, so these add up to the cluster's traffic,
+    /// and a process that stops reporting (or restarts) still counts once.
+    last: BTreeMap<(String, u64), Sides<Window>>,
 }
 
 impl Router {
@@ -204,6 +206,7 @@ impl Router {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             let mut last: Option<NodeReport> = None;
+            let mut written = std::time::Instant::now();
             loop {
                 tokio::select! {
                     _ = tick.tick() => {}
@@ -211,7 +214,11 @@ impl Router {
                     _ = stop.cancelled() => return,
                 }
                 let report = router.node_report();
-                if last.as_ref() != Some(&report) {
+                // Rewritten now and then even unchanged: a write that raced
+                // a session's end may have left it on an expired lease.
+                let stale = written.elapsed() >= Duration::from_secs(10);
+                if last.as_ref() != Some(&report) || stale {
+                    written = std::time::Instant::now();
                     if let Ok(bytes) = serde_json::to_vec(&report) {
                         cluster.report(bytes);
                     }
@@ -250,7 +257,11 @@ impl Router {
             return;
         };
         let mut state = self.state.lock().await;
-        if desired.revision <= self.applied.load(Ordering::SeqCst) {
+        let seen = self
+            .applied
+            .load(Ordering::SeqCst)
+            .max(self.rejected.load(Ordering::SeqCst));
+        if desired.revision <= seen {
             return;
         }
         let next = serde_json::from_slice::<RouterState>(&desired.value)
@@ -265,8 +276,11 @@ impl Router {
                 );
                 tracing::error!("{detail}");
                 self.events.emit(Event::Cluster { ok: false, detail });
-                // Not retried until it changes again.
-                self.applied.store(desired.revision, Ordering::SeqCst);
+                // Not retried until it changes again; not reported as
+                // applied (this node is STALE), and a switch made here may
+                // write over it (that is how it is repaired).
+                self.rejected.store(desired.revision, Ordering::SeqCst);
+                cluster.adopt(ROUTER_KEY, desired.revision);
                 return;
             }
         };
@@ -430,24 +444,18 @@ impl Router {
                 seen.insert(name.to_string(), (r.started_ms, r.windows));
             }
         }
-        for (name, (started, windows)) in std::mem::take(&mut peers.nodes) {
-            let restarted = seen.get(&name).is_none_or(|(s, _)| *s != started);
-            if restarted {
-                peers.retired = Sides::from_fn(|s| peers.retired[s].plus(&windows[s]));
-            }
+        for (name, (started, windows)) in seen {
+            peers.last.insert((name, started), windows);
         }
-        peers.nodes = seen;
     }
 
     /// Live traffic the other nodes reported for `side` (zero alone).
     pub(crate) fn peer_window(&self, side: Side) -> Window {
         let peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
         peers
-            .nodes
+            .last
             .values()
-            .fold(peers.retired[side].clone(), |sum, (_, w)| {
-                sum.plus(&w[side])
-            })
+            .fold(Window::default(), |sum, w| sum.plus(&w[side]))
     }
 
     /// Waits until every live node applied `revision`, up to the store's
@@ -544,7 +552,7 @@ impl Router {
             deploy_lock: v
                 .values
                 .get(&bluegreen_store::cluster::lock_key("deploy"))
-                .map(|l| String::from_utf8_lossy(&l.value).into_owned()),
+                .map(|l| bluegreen_store::cluster::lock_holder(&l.value)),
         })
     }
 }

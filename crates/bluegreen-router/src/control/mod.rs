@@ -86,6 +86,8 @@ pub struct Router {
     cluster: Option<Arc<dyn bluegreen_store::Cluster>>,
     /// The store revision of the state this node applied last.
     applied: std::sync::atomic::AtomicI64,
+    /// A shared state this node could not use (not retried until it changes).
+    rejected: std::sync::atomic::AtomicI64,
     /// The other nodes' traffic, for cluster-wide windows.
     peers: Mutex<cluster::Peers>,
     /// Asks for this node's report to be written now.
@@ -180,8 +182,16 @@ impl Router {
             Some(s) => s,
             None => {
                 let s = RouterState::initial(config.switch.initial_live);
-                save_router(store.as_ref(), &s)?;
-                s
+                match save_router(store.as_ref(), &s) {
+                    Ok(()) => s,
+                    // Another node of a cluster started first and wrote it.
+                    Err(StoreError::Conflict { .. }) => {
+                        load_router(store.as_ref())?.ok_or_else(|| {
+                            RouterError::Config("the shared state vanished while starting".into())
+                        })?
+                    }
+                    Err(e) => return Err(e.into()),
+                }
             }
         };
 
@@ -259,6 +269,7 @@ impl Router {
                     .map_or(0, |c| c.revision(bluegreen_store::ROUTER_KEY)),
             ),
             cluster,
+            rejected: std::sync::atomic::AtomicI64::new(0),
             peers: Mutex::new(cluster::Peers::default()),
             report_due: tokio::sync::Notify::new(),
             started_ms: now().1,

@@ -46,6 +46,9 @@ pub struct SwitchOutcome {
     /// With a shared store: which nodes applied it before the call returned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub converged: Option<super::Convergence>,
+    /// The store revision this switch wrote (taken under the state lock).
+    #[serde(skip)]
+    pub revision: i64,
 }
 
 /// What a switch that happened leaves to do after the swap.
@@ -78,8 +81,7 @@ impl Router {
         if !outcome.changed {
             return outcome;
         }
-        let revision = self.applied.load(std::sync::atomic::Ordering::SeqCst);
-        if let Some(c) = self.converge(revision).await {
+        if let Some(c) = self.converge(outcome.revision).await {
             if c.stale.is_empty() {
                 outcome.message = format!(
                     "{}; applied on all {} nodes in {} ms",
@@ -191,6 +193,7 @@ impl Router {
             record: Some(s.record),
             message: format!("{} is now live (was {})", req.to, s.from),
             converged: None,
+            revision: self.applied.load(std::sync::atomic::Ordering::SeqCst),
         }
     }
 }
@@ -213,6 +216,7 @@ fn plan(
             record: None,
             message: format!("{} is already live; nothing changed", req.to),
             converged: None,
+            revision: 0,
         })));
     }
     let target = &current.pools[req.to];

@@ -324,11 +324,20 @@ impl Client {
         Ok(revision(&v))
     }
 
-    /// Removes a key.
-    pub async fn delete(&self, key: &str) -> Result<(), EtcdError> {
-        self.call("/v3/kv/deleterange", json!({"key": B64.encode(key)}))
-            .await
-            .map(|_| ())
+    /// Removes a key if it still holds `value`.
+    pub async fn delete_if(&self, key: &str, value: &[u8]) -> Result<(), EtcdError> {
+        let same = json!({"key": B64.encode(key), "target": "VALUE", "value": B64.encode(value), "result": "EQUAL"});
+        let delete = json!({"request_delete_range": {"key": B64.encode(key)}});
+        self.txn(vec![same], vec![delete]).await.map(|_| ())
+    }
+
+    /// Moves `key` to `lease` if it still holds `value`; false if it does not.
+    pub async fn reattach(&self, key: &str, value: &[u8], lease: i64) -> Result<bool, EtcdError> {
+        let same = json!({"key": B64.encode(key), "target": "VALUE", "value": B64.encode(value), "result": "EQUAL"});
+        Ok(self
+            .txn(vec![same], vec![put_op(key, value, Some(lease))])
+            .await?
+            .is_some())
     }
 
     /// A new lease of `ttl`.
@@ -388,12 +397,14 @@ impl Client {
             let at = (at + i) % self.endpoints.len();
             let base = &self.endpoints[at];
             let token = self.token(at).await?;
-            let res = tokio::time::timeout(
-                CALL_TIMEOUT,
-                self.http
-                    .request(request(base, "/v3/watch", &body, token.as_deref())),
-            )
-            .await;
+            // Only a member that has a leader may serve the watch (one cut
+            // off from the others would go silent).
+            let mut req = request(base, "/v3/watch", &body, token.as_deref());
+            req.headers_mut().insert(
+                "grpc-metadata-hasleader",
+                http::HeaderValue::from_static("true"),
+            );
+            let res = tokio::time::timeout(CALL_TIMEOUT, self.http.request(req)).await;
             match res {
                 Ok(Ok(res)) if res.status().is_success() => {
                     self.current.store(at, Ordering::Relaxed);

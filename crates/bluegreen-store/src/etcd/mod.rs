@@ -11,10 +11,11 @@ pub mod client;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-use crate::cluster::{lock_key, node_key, Cluster, Link, Versioned, View};
+use crate::cluster::{lock_holder, lock_key, node_key, Cluster, Link, Lock, Versioned, View};
 use crate::{StateStore, StoreError};
 use bluegreen_core::config::EtcdConfig;
 use client::{Client, EtcdError, WatchMessage};
+use serde_json::json;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -47,6 +48,11 @@ struct Inner {
     reported: Notify,
     /// The store's own runtime.
     handle: tokio::runtime::Handle,
+    /// Locks this process holds, by name: the token stored as their value
+    /// (empty while being taken).
+    held: Mutex<HashMap<String, String>>,
+    /// `node#instance`: what this process writes into a lock it takes.
+    token: String,
     /// Itself, for futures that outlive a borrow.
     me: std::sync::OnceLock<std::sync::Weak<Inner>>,
 }
@@ -87,6 +93,8 @@ impl EtcdStore {
             reported: Notify::new(),
             handle: runtime.handle().clone(),
             me: std::sync::OnceLock::new(),
+            held: Mutex::new(HashMap::new()),
+            token: format!("{}#{}-{}", config.node, std::process::id(), now_ms()),
         });
         let _ = inner.me.set(Arc::downgrade(&inner));
         let store = EtcdStore {
@@ -163,9 +171,21 @@ impl StateStore for EtcdStore {
         let inner = self.inner.clone();
         let full = inner.key(key);
         let bytes = value.to_vec();
-        let written = self
-            .inner
-            .block(async move { inner.client.put_if(&full, &bytes, expected, None).await })?;
+        let written = self.inner.block(async move {
+            match inner.client.put_if(&full, &bytes, expected, None).await {
+                // No answer is not "not written": the transaction may have
+                // landed. What is stored says which.
+                Err(EtcdError::Unreachable(why)) => match inner.client.range(&full, false).await {
+                    Ok((_, kvs)) => Ok(kvs
+                        .into_iter()
+                        .next()
+                        .filter(|kv| kv.value == bytes)
+                        .map(|kv| kv.mod_revision)),
+                    Err(_) => Err(EtcdError::Unreachable(why)),
+                },
+                other => other,
+            }
+        })?;
         match written {
             Some(revision) => {
                 self.inner.set_expected(key, revision);
@@ -235,18 +255,27 @@ impl Inner {
         f: impl std::future::Future<Output = Result<T, EtcdError>> + Send + 'static,
     ) -> Result<T, StoreError> {
         let (tx, rx) = std::sync::mpsc::channel();
+        // The deadline is kept on the runtime: a call given up on is
+        // cancelled there, not left to land later.
         self.handle.spawn(async move {
-            let _ = tx.send(f.await);
+            let r = tokio::time::timeout(CALL_WAIT, f)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(EtcdError::Unreachable(format!(
+                        "no answer within {CALL_WAIT:?}"
+                    )))
+                });
+            let _ = tx.send(r);
         });
         let endpoints = self.client.endpoints();
-        match rx.recv_timeout(CALL_WAIT) {
+        match rx.recv() {
             Ok(r) => r.map_err(|e| StoreError::Etcd {
                 endpoints,
                 reason: e.to_string(),
             }),
             Err(_) => Err(StoreError::Etcd {
                 endpoints,
-                reason: format!("no answer within {CALL_WAIT:?}"),
+                reason: "the store's runtime stopped".into(),
             }),
         }
     }
@@ -281,7 +310,9 @@ impl Cluster for Inner {
     }
 
     fn adopt(&self, key: &str, revision: i64) {
-        self.set_expected(key, revision);
+        let mut expected = self.expected.lock().unwrap_or_else(|p| p.into_inner());
+        let e = expected.entry(key.to_string()).or_default();
+        *e = (*e).max(revision);
     }
 
     fn revision(&self, key: &str) -> i64 {
@@ -298,53 +329,101 @@ impl Cluster for Inner {
         self.reported.notify_one();
     }
 
-    fn try_lock(&self, name: &str) -> Result<Option<String>, StoreError> {
+    fn try_lock(&self, name: &str) -> Result<Lock, StoreError> {
         let lease = self.lease.load(Ordering::SeqCst);
-        let key = self.key(&lock_key(name));
-        let node = self.node.clone();
-        let endpoints = self.client.endpoints();
         if lease == 0 {
             return Err(StoreError::Etcd {
-                endpoints,
-                reason: "this node has no session with etcd yet".into(),
+                endpoints: self.client.endpoints(),
+                reason: "this node has no session with etcd now".into(),
             });
         }
+        // One activity of this process at a time: a placeholder is in the
+        // map while the transaction runs.
+        {
+            let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+            if held.contains_key(name) {
+                return Ok(Lock::HeldHere);
+            }
+            held.insert(name.to_string(), String::new());
+        }
+        let key = self.key(&lock_key(name));
+        let token = self.token.clone();
         let me = self.self_arc();
-        self.block(async move {
-            use base64::Engine;
-            let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-            // Ours already, or free: take it with our lease.
-            let mine = serde_json::json!({"key": b64(&key), "target": "VALUE", "value": b64(&node), "result": "EQUAL"});
-            if me.client.txn(vec![mine], vec![]).await?.is_some() {
-                return Ok(None);
+        let result = self.block(async move {
+            let free = json!({"key": b64(&key), "target": "CREATE", "create_revision": "0", "result": "EQUAL"});
+            let put = json!({"request_put": {"key": b64(&key), "value": b64(&token), "lease": lease.to_string()}});
+            let taken = me.client.txn(vec![free], vec![put]).await;
+            // Whatever the answer (or none), what is stored decides: a
+            // transaction retried after a lost answer finds its own token.
+            let (_, kvs) = match (taken, me.client.range(&key, false).await) {
+                (_, Ok(r)) => r,
+                (Err(e), Err(_)) | (Ok(_), Err(e)) => return Err(e),
+            };
+            Ok(kvs.into_iter().next().map(|kv| kv.value))
+        });
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        match result {
+            Ok(Some(value)) if value == self.token.as_bytes() => {
+                held.insert(name.to_string(), self.token.clone());
+                Ok(Lock::Taken)
             }
-            let free = serde_json::json!({"key": b64(&key), "target": "CREATE", "create_revision": "0", "result": "EQUAL"});
-            let put = serde_json::json!({"request_put": {"key": b64(&key), "value": b64(&node), "lease": lease.to_string()}});
-            if me.client.txn(vec![free], vec![put]).await?.is_some() {
-                return Ok(None);
+            Ok(value) => {
+                held.remove(name);
+                Ok(Lock::HeldBy(match value {
+                    Some(v)
+                        if String::from_utf8_lossy(&v).starts_with(&format!("{}#", self.node)) =>
+                    {
+                        format!(
+                            "{} (an earlier process of this node, until its lease ends)",
+                            self.node
+                        )
+                    }
+                    Some(v) => lock_holder(&v),
+                    None => "nobody (it was freed meanwhile; try again)".into(),
+                }))
             }
-            let (_, kvs) = me.client.range(&key, false).await?;
-            Ok(Some(
-                kvs.into_iter()
-                    .next()
-                    .map(|kv| String::from_utf8_lossy(&kv.value).into_owned())
-                    .unwrap_or_else(|| "another node".into()),
-            ))
-        })
+            Err(e) => {
+                held.remove(name);
+                // The transaction may still land: undo it if it does.
+                let (key, token, me) = (
+                    self.key(&lock_key(name)),
+                    self.token.clone(),
+                    self.self_arc(),
+                );
+                self.handle.spawn(async move {
+                    let _ = me.client.delete_if(&key, token.as_bytes()).await;
+                });
+                Err(e)
+            }
+        }
+    }
+
+    fn holds(&self, name: &str) -> bool {
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .is_some_and(|t| !t.is_empty())
     }
 
     fn unlock(&self, name: &str) -> Result<(), StoreError> {
+        let token = self
+            .held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+        let Some(token) = token.filter(|t| !t.is_empty()) else {
+            return Ok(());
+        };
         let key = self.key(&lock_key(name));
-        let node = self.node.clone();
         let me = self.self_arc();
-        self.block(async move {
-            use base64::Engine;
-            let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-            let mine = serde_json::json!({"key": b64(&key), "target": "VALUE", "value": b64(&node), "result": "EQUAL"});
-            let delete = serde_json::json!({"request_delete_range": {"key": b64(&key)}});
-            me.client.txn(vec![mine], vec![delete]).await.map(|_| ())
-        })
+        self.block(async move { me.client.delete_if(&key, token.as_bytes()).await })
     }
+}
+
+fn b64(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(s)
 }
 
 impl Inner {
@@ -384,78 +463,181 @@ async fn session_loop(inner: Arc<Inner>) {
     }
 }
 
-/// One session: a lease, the whole prefix read at a revision, then the
-/// watch from the next revision, with the lease renewed and the report
-/// written beside it. Returns why it ended.
+/// One session: a lease, the locks this process holds moved onto it, the
+/// whole prefix read at a revision, then the watch from the next revision,
+/// with the lease renewed and the report written beside it. Returns why it
+/// ended; its tasks are stopped and its lease revoked before it returns, so
+/// nothing of it lands after the next session began.
 async fn session(inner: &Arc<Inner>) -> EtcdError {
     let lease = match inner.client.grant(inner.lease_ttl).await {
         Ok(l) => l,
         Err(e) => return e,
     };
     inner.lease.store(lease, Ordering::SeqCst);
+    if let Err(e) = reattach_locks(inner, lease).await {
+        return end_session(inner, lease, Vec::new(), e).await;
+    }
     let stop = tokio_util::sync::CancellationToken::new();
-    let _guard = stop.clone().drop_guard();
-    let (failed_tx, mut failed) = tokio::sync::mpsc::channel::<EtcdError>(1);
-    // The lease renewed at a third of its life; the report rewritten on
-    // each change (and once now, with the new lease).
-    {
-        let inner = inner.clone();
-        let stop = stop.clone();
-        let failed_tx = failed_tx.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(inner.lease_ttl / 3);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tick.tick() => {}
-                }
-                match inner.client.keep_alive(lease).await {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        let _ = failed_tx
-                            .try_send(EtcdError::Unreachable("this node's lease expired".into()));
-                        return;
-                    }
-                    Err(e) => {
-                        let _ = failed_tx.try_send(e);
-                        return;
-                    }
-                }
-            }
-        });
+    let (failed_tx, mut failed) = tokio::sync::mpsc::channel::<EtcdError>(2);
+    let tasks = vec![
+        tokio::spawn(keep_alive(
+            inner.clone(),
+            lease,
+            stop.clone(),
+            failed_tx.clone(),
+        )),
+        tokio::spawn(write_reports(inner.clone(), lease, stop.clone(), failed_tx)),
+    ];
+    let why = follow(inner, &mut failed).await;
+    stop.cancel();
+    end_session(inner, lease, tasks, why).await
+}
+
+/// Stops the session's tasks and revokes its lease (best effort: a lease
+/// not revoked expires by itself).
+async fn end_session(
+    inner: &Arc<Inner>,
+    lease: i64,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    why: EtcdError,
+) -> EtcdError {
+    for t in tasks {
+        t.abort();
+        let _ = t.await;
     }
-    {
-        let inner = inner.clone();
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            loop {
-                let report = inner
-                    .report
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .clone();
-                if let Some(r) = report {
-                    let key = inner.key(&node_key(&inner.node));
-                    if let Err(e) = inner.client.put(&key, &r, Some(lease)).await {
-                        let _ = failed_tx.try_send(e);
-                        return;
-                    }
-                }
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = inner.reported.notified() => {}
-                }
-            }
-        });
+    inner.lease.store(0, Ordering::SeqCst);
+    let _ = tokio::time::timeout(Duration::from_secs(1), inner.client.revoke(lease)).await;
+    why
+}
+
+/// Moves every lock this process holds onto the new lease; a lock whose
+/// old lease already expired (someone else may hold it now) is lost.
+async fn reattach_locks(inner: &Arc<Inner>, lease: i64) -> Result<(), EtcdError> {
+    let held: Vec<(String, String)> = inner
+        .held
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .filter(|(_, t)| !t.is_empty())
+        .map(|(n, t)| (n.clone(), t.clone()))
+        .collect();
+    for (name, token) in held {
+        let kept = inner
+            .client
+            .reattach(&inner.key(&lock_key(&name)), token.as_bytes(), lease)
+            .await?;
+        if !kept {
+            tracing::error!(lock = %name, "lost the {name} lock: its lease expired before etcd was reachable again");
+            inner
+                .held
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&name);
+        }
     }
+    Ok(())
+}
+
+/// Renews the lease at a third of its life. Every third renewal also checks
+/// the watch against a fresh read: a watch that silently stopped (a member
+/// cut off without its connection breaking) shows as keys newer in etcd
+/// than in the view, twice in a row; the session then starts anew.
+async fn keep_alive(
+    inner: Arc<Inner>,
+    lease: i64,
+    stop: tokio_util::sync::CancellationToken,
+    failed: tokio::sync::mpsc::Sender<EtcdError>,
+) {
+    let mut tick = tokio::time::interval(inner.lease_ttl / 3);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut n = 0u64;
+    let mut behind = false;
     loop {
-        // Everything at one revision, then every change after it.
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        n += 1;
+        let outcome = match inner.client.keep_alive(lease).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(EtcdError::Unreachable("this node's lease expired".into())),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = outcome {
+            let _ = failed.try_send(e);
+            return;
+        }
+        if n % 3 != 0 {
+            continue;
+        }
+        let Ok((_, kvs)) = inner.client.range(&inner.prefix, true).await else {
+            continue;
+        };
+        let lagging = {
+            let v = inner.view.borrow();
+            kvs.iter().any(|kv| {
+                let key = String::from_utf8_lossy(&kv.key);
+                let rel = key.strip_prefix(&inner.prefix).unwrap_or(&key);
+                v.values
+                    .get(rel)
+                    .is_none_or(|seen| seen.revision < kv.mod_revision)
+            })
+        };
+        if lagging && behind {
+            let _ = failed.try_send(EtcdError::Unreachable(
+                "the watch stopped delivering changes".into(),
+            ));
+            return;
+        }
+        behind = lagging;
+    }
+}
+
+/// Writes this node's report with the lease: once at the start of the
+/// session, then on every change.
+async fn write_reports(
+    inner: Arc<Inner>,
+    lease: i64,
+    stop: tokio_util::sync::CancellationToken,
+    failed: tokio::sync::mpsc::Sender<EtcdError>,
+) {
+    loop {
+        let report = inner
+            .report
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(r) = report {
+            if stop.is_cancelled() {
+                return;
+            }
+            let key = inner.key(&node_key(&inner.node));
+            if let Err(e) = inner.client.put(&key, &r, Some(lease)).await {
+                let _ = failed.try_send(e);
+                return;
+            }
+        }
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => return,
+            _ = inner.reported.notified() => {}
+        }
+    }
+}
+
+/// Everything at one revision, then every change after it; again from a
+/// fresh read after a compaction. Returns why it stopped.
+async fn follow(
+    inner: &Arc<Inner>,
+    failed: &mut tokio::sync::mpsc::Receiver<EtcdError>,
+) -> EtcdError {
+    loop {
         let (revision, kvs) = match inner.client.range(&inner.prefix, true).await {
             Ok(r) => r,
             Err(e) => return e,
         };
-        let values = kvs
+        let values: BTreeMap<String, Versioned> = kvs
             .into_iter()
             .filter_map(|kv| {
                 let key = String::from_utf8(kv.key).ok()?;
@@ -470,6 +652,13 @@ async fn session(inner: &Arc<Inner>) -> EtcdError {
             })
             .collect();
         inner.view.send_modify(|v| {
+            // What this node wrote after the range was read stays.
+            let mut values = values;
+            for (k, old) in &v.values {
+                if old.revision > revision {
+                    values.insert(k.clone(), old.clone());
+                }
+            }
             v.revision = revision;
             v.values = values;
             v.link = Link::Up;
@@ -478,7 +667,7 @@ async fn session(inner: &Arc<Inner>) -> EtcdError {
             Ok(w) => w,
             Err(e) => return e,
         };
-        let resync = loop {
+        loop {
             let message = tokio::select! {
                 m = watch.next() => m,
                 Some(e) = failed.recv() => return e,
@@ -490,15 +679,14 @@ async fn session(inner: &Arc<Inner>) -> EtcdError {
                         compacted = at,
                         "etcd compacted past our watch; reading the prefix again"
                     );
-                    break true;
+                    break;
                 }
                 Ok(WatchMessage::Canceled(why)) => {
                     return EtcdError::Unreachable(format!("watch canceled: {why}"))
                 }
                 Ok(WatchMessage::Events { revision, events }) => apply(inner, revision, events),
             }
-        };
-        debug_assert!(resync);
+        }
     }
 }
 
@@ -512,9 +700,15 @@ fn apply(inner: &Inner, revision: i64, events: Vec<client::Event>) {
             let Some(rel) = key.strip_prefix(&inner.prefix) else {
                 continue;
             };
-            if e.deleted {
+            // Never backwards: this node's own write may be in the view
+            // already, ahead of the watch.
+            let older = v
+                .values
+                .get(rel)
+                .is_some_and(|old| old.revision > e.kv.mod_revision);
+            if e.deleted && !older {
                 v.values.remove(rel);
-            } else {
+            } else if !older {
                 v.values.insert(
                     rel.to_string(),
                     Versioned {

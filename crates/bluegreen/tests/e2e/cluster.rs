@@ -188,7 +188,8 @@ async fn a_switch_through_one_node_is_applied_by_every_node_before_it_returns() 
     let returned = Instant::now();
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("applied on all 3 nodes"), "{out}");
-    load.advance(30).await;
+    // One request per node may have been in flight when the call returned.
+    load.advance(31).await;
     let samples = load.finish().await;
     let (mut before, mut after) = (0, 0);
     for s in &samples {
@@ -286,7 +287,7 @@ async fn a_node_killed_during_a_switch_is_named_and_catches_up_when_back() {
     let etcd = EtcdServer::start();
     let ep = [etcd.client_url.as_str()];
     let (blue, green) = (Backend::start("blue").await, Backend::start("green").await);
-    let more = "converge_timeout = \"1s\"\nlease_ttl = \"4s\"";
+    let more = "converge_timeout = \"1s\"\nlease_ttl = \"10s\"";
     let a = node(&ep, "/bluegreen/t3", "a", &blue, &green, more);
     let b = node(&ep, "/bluegreen/t3", "b", &blue, &green, more);
     let mut c = node(&ep, "/bluegreen/t3", "c", &blue, &green, more);
@@ -311,7 +312,7 @@ async fn a_node_killed_during_a_switch_is_named_and_catches_up_when_back() {
     assert!(out.contains("NOT yet applied on c"), "{out}");
     assert_eq!(live_of(&b).await, "green");
     // Once the lease ends, c is gone from the list and switches converge.
-    wait_until(Duration::from_secs(10), "c's lease expired", || async {
+    wait_until(Duration::from_secs(20), "c's lease expired", || async {
         let s = a.status().await;
         s["cluster"]["nodes"].as_array().unwrap().len() == 2
     })
@@ -324,6 +325,7 @@ async fn a_node_killed_during_a_switch_is_named_and_catches_up_when_back() {
     assert_eq!(live_of(&c2).await, "green");
     let (_, body) = get(&h1_client(), &c2.url("/")).await.unwrap();
     assert_eq!(body, "green");
+    wait_nodes(&b, 3).await;
     let (code, out, err) = cli(&b, &["switch", "--to", "blue"]).await;
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("applied on all 3 nodes"), "{out}");
@@ -633,9 +635,21 @@ async fn the_bake_judges_the_whole_cluster_and_rolls_back_on_errors_seen_by_one_
     let d = current_deploy(&a).await;
     assert_eq!(d["outcome"], "rolled_back", "{d}");
     assert!(d["reason"].to_string().contains("error"), "{d}");
-    // a itself saw no error at all on green: the breach came from b.
-    let local = a.status().await;
-    assert_eq!(local["live"], "blue");
+    // a itself answered no error on green: the breach came from b.
+    let (_, metrics) = a.api("GET", "/metrics", None, Some(TOKEN)).await;
+    let metrics = metrics.as_str().unwrap_or_default().to_string();
+    let green_5xx = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("bluegreen_requests_total{")
+                && l.contains("side=\"green\"")
+                && l.contains("class=\"5xx\"")
+        })
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum::<f64>();
+    assert_eq!(green_5xx, 0.0, "{metrics}");
+    assert!(metrics.contains("side=\"green\""), "{metrics}");
+    assert_eq!(a.status().await["live"], "blue");
     assert_eq!(live_of(&b).await, "blue");
 }
 
@@ -683,4 +697,106 @@ async fn a_session_or_preview_cookie_from_one_node_is_honoured_by_the_others() {
     assert_eq!(kept, "blue", "a's session cookie verified on b");
     let (_, fresh) = curl(&[&b.url("/")]);
     assert_eq!(fresh, "green");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nodes_starting_together_on_an_empty_prefix_all_start_on_one_state() {
+    let etcd = EtcdServer::start();
+    let ep = etcd.client_url.clone();
+    let (blue, green) = (Backend::start("blue").await, Backend::start("green").await);
+    let (b, g) = (blue.addr, green.addr);
+    let nodes: Vec<RouterProc> = (0..3)
+        .map(|i| {
+            let ep = ep.clone();
+            std::thread::spawn(move || {
+                RouterBuilder::addrs(vec![b], vec![g])
+                    .etcd(&[&ep], "/bluegreen/t9", &format!("n{i}"), "")
+                    .start()
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().expect("every node started"))
+        .collect();
+    for n in &nodes {
+        wait_nodes(n, 3).await;
+        assert_eq!(n.status().await["generation"], 0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lock_held_through_an_etcd_restart_stays_with_its_node_and_the_deploy_runs_once() {
+    let mut etcd = EtcdServer::start();
+    let ep = [etcd.client_url.clone()];
+    let ep: Vec<&str> = ep.iter().map(String::as_str).collect();
+    let (blue, green) = (Backend::start("blue").await, Backend::start("green").await);
+    let start = |name: &str| {
+        RouterBuilder::new(&[&blue], &[&green])
+            .etcd(&ep, "/bluegreen/t10", name, "lease_ttl = \"10s\"")
+            .extra(&deploy_toml("300ms"))
+            .start()
+    };
+    let a = start("a");
+    let b = start("b");
+    for n in [&a, &b] {
+        n.wait_all_healthy().await;
+        wait_nodes(n, 2).await;
+    }
+    let (st, d) = a
+        .api(
+            "POST",
+            "/api/v1/deploys",
+            Some("{\"version\":\"v2\",\"manual_promote\":true}"),
+            Some(TOKEN),
+        )
+        .await;
+    assert_eq!(st, 202, "{d}");
+    wait_until(
+        Duration::from_secs(10),
+        "the deploy waits at the gate",
+        || async {
+            current_deploy(&a).await["steps"]
+                .as_array()
+                .is_some_and(|s| {
+                    s.iter()
+                        .any(|s| s["step"] == "gate" && s["state"] == "running")
+                })
+        },
+    )
+    .await;
+    // etcd goes away and comes back well within the lease: both nodes
+    // start new sessions; a carries its lock over to its new lease.
+    etcd.kill();
+    wait_until(Duration::from_secs(10), "a lost etcd", || async {
+        a.status().await["cluster"]["connected"] == false
+    })
+    .await;
+    etcd.restart();
+    etcd.wait_healthy(Duration::from_secs(20));
+    wait_until(Duration::from_secs(15), "both nodes back", || async {
+        a.status().await["cluster"]["connected"] == true
+            && b.status().await["cluster"]["connected"] == true
+    })
+    .await;
+    assert_eq!(b.status().await["cluster"]["deploy_lock"], "a");
+    let (st, v) = a.api("POST", "/api/v1/promote", None, Some(TOKEN)).await;
+    assert_eq!(st, 200, "{v}");
+    wait_until(
+        Duration::from_secs(15),
+        "the deploy finished on a",
+        || async { current_deploy(&a).await["outcome"] == "succeeded" },
+    )
+    .await;
+    // b never ran it.
+    assert!(
+        !b.stderr().contains("left by a node that is gone"),
+        "{}",
+        b.stderr()
+    );
+    wait_until(
+        Duration::from_secs(5),
+        "b follows the finished deploy",
+        || async { current_deploy(&b).await["outcome"] == "succeeded" },
+    )
+    .await;
 }
