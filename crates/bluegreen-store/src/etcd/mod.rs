@@ -568,7 +568,7 @@ async fn keep_alive(
             let _ = failed.try_send(e);
             return;
         }
-        if n % 3 != 0 {
+        if !n.is_multiple_of(3) {
             continue;
         }
         let Ok((_, kvs)) = inner.client.range(&inner.prefix, true).await else {
