@@ -465,10 +465,24 @@ impl Router {
         let started = std::time::Instant::now();
         let deadline = tokio::time::Instant::now() + cluster.converge_timeout();
         let mut view = cluster.view();
+        // Every node listed when the switch was made is waited for, even if
+        // its report vanishes meanwhile (a session renewed, a node dying):
+        // only its report with this revision counts.
+        let expected: Vec<String> = view
+            .borrow()
+            .under("nodes")
+            .map(|(n, _)| n.to_string())
+            .collect();
         loop {
             let (synced, stale) = {
                 let v = view.borrow_and_update();
-                self.sort_nodes(&v, revision)
+                let (synced, mut stale) = self.sort_nodes(&v, revision);
+                for name in &expected {
+                    if !synced.contains(name) && !stale.contains(name) {
+                        stale.push(name.clone());
+                    }
+                }
+                (synced, stale)
             };
             let done = stale.is_empty();
             let timed_out = tokio::time::Instant::now() >= deadline;

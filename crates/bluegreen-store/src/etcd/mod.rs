@@ -540,8 +540,9 @@ async fn reattach_locks(inner: &Arc<Inner>, lease: i64) -> Result<(), EtcdError>
 
 /// Renews the lease at a third of its life. Every third renewal also checks
 /// the watch against a fresh read: a watch that silently stopped (a member
-/// cut off without its connection breaking) shows as keys newer in etcd
-/// than in the view, twice in a row; the session then starts anew.
+/// cut off without its connection breaking) leaves a change etcd had at one
+/// check still missing from the view at the next; the session then starts
+/// anew. (A change merely in flight at a check has arrived by the next.)
 async fn keep_alive(
     inner: Arc<Inner>,
     lease: i64,
@@ -551,7 +552,8 @@ async fn keep_alive(
     let mut tick = tokio::time::interval(inner.lease_ttl / 3);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut n = 0u64;
-    let mut behind = false;
+    // Keys etcd had newer than the view at the last check, and their revisions.
+    let mut ahead: Vec<(String, i64)> = Vec::new();
     loop {
         tokio::select! {
             biased;
@@ -574,23 +576,31 @@ async fn keep_alive(
         let Ok((_, kvs)) = inner.client.range(&inner.prefix, true).await else {
             continue;
         };
-        let lagging = {
+        let (stuck, now_ahead) = {
             let v = inner.view.borrow();
-            kvs.iter().any(|kv| {
-                let key = String::from_utf8_lossy(&kv.key);
-                let rel = key.strip_prefix(&inner.prefix).unwrap_or(&key);
+            let behind = |rel: &str, revision: i64| {
                 v.values
                     .get(rel)
-                    .is_none_or(|seen| seen.revision < kv.mod_revision)
-            })
+                    .is_none_or(|seen| seen.revision < revision)
+            };
+            let stuck = ahead.iter().any(|(rel, revision)| behind(rel, *revision));
+            let now_ahead: Vec<(String, i64)> = kvs
+                .iter()
+                .filter_map(|kv| {
+                    let key = String::from_utf8_lossy(&kv.key);
+                    let rel = key.strip_prefix(&inner.prefix)?.to_string();
+                    behind(&rel, kv.mod_revision).then_some((rel, kv.mod_revision))
+                })
+                .collect();
+            (stuck, now_ahead)
         };
-        if lagging && behind {
+        if stuck {
             let _ = failed.try_send(EtcdError::Unreachable(
                 "the watch stopped delivering changes".into(),
             ));
             return;
         }
-        behind = lagging;
+        ahead = now_ahead;
     }
 }
 
