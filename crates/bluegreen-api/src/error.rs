@@ -74,14 +74,27 @@ impl From<PipelineError> for ApiError {
             PipelineError::TooLateToAbort(_) => (StatusCode::CONFLICT, "too_late"),
             PipelineError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             PipelineError::Elsewhere(_) => (StatusCode::CONFLICT, "deploy_elsewhere"),
+            // A cluster's store out of reach: the node fails static.
+            PipelineError::Store(bluegreen_store::StoreError::Etcd { .. }) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "store_unreachable")
+            }
+            PipelineError::Store(bluegreen_store::StoreError::Conflict { .. }) => {
+                (StatusCode::CONFLICT, "conflict")
+            }
             PipelineError::Store(_) | PipelineError::Supervisor(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")
             }
         };
+        let message = match &e {
+            PipelineError::Store(bluegreen_store::StoreError::Etcd { .. }) => format!(
+                "{e}: this node serves the last applied state and refuses deploys until etcd is back"
+            ),
+            _ => e.to_string(),
+        };
         ApiError {
             status,
             code,
-            message: e.to_string(),
+            message,
         }
     }
 }

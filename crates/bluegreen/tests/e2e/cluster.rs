@@ -341,7 +341,10 @@ async fn etcd_lost_every_node_serves_and_refuses_then_catches_up_with_what_chang
     let mut members = EtcdServer::cluster(3);
     let ep = [members[0].client_url.as_str()];
     let (blue, green) = (Backend::start("blue").await, Backend::start("green").await);
-    let a = node(&ep, "/bluegreen/t4", "a", &blue, &green, "");
+    let a = RouterBuilder::new(&[&blue], &[&green])
+        .etcd(&ep, "/bluegreen/t4", "a", "")
+        .extra(&deploy_toml("1s"))
+        .start();
     let b = node(&ep, "/bluegreen/t4", "b", &blue, &green, "");
     a.wait_all_healthy().await;
     b.wait_all_healthy().await;
@@ -375,6 +378,24 @@ async fn etcd_lost_every_node_serves_and_refuses_then_catches_up_with_what_chang
         .await;
     assert_eq!(st, 503, "{v}");
     assert_eq!(v["error"]["code"], "store_unreachable");
+    // So is a deploy.
+    let (st, v) = a
+        .api(
+            "POST",
+            "/api/v1/deploys",
+            Some("{\"version\":\"v9\"}"),
+            Some(TOKEN),
+        )
+        .await;
+    assert_eq!(st, 503, "{v}");
+    assert_eq!(v["error"]["code"], "store_unreachable");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("refuses deploys"),
+        "{v}"
+    );
     let (_, text, _) = cli(&a, &["status"]).await;
     assert!(
         text.contains("UNREACHABLE") && text.contains("fail static"),
