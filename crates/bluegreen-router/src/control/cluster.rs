@@ -317,30 +317,7 @@ impl Router {
         *state = next;
         self.applied.store(desired.revision, Ordering::SeqCst);
         if let (true, Some(record)) = (switched, record) {
-            if let Some(shadow) = stopped_shadow {
-                self.events.emit(Event::Shadow(Box::new(shadow.report())));
-            }
-            let kind = match record.kind {
-                bluegreen_core::state::SwitchKind::Rollback => "rollback",
-                _ => "switch",
-            };
-            *self
-                .switch_counts
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .entry(kind)
-                .or_default() += 1;
-            self.events.emit(Event::Switch(crate::events::SwitchEvent {
-                from,
-                to,
-                kind,
-                generation,
-                forced: record.forced,
-                actor: record.actor.clone(),
-                reason: record.reason.clone(),
-                at_unix_ms: record.at_unix_ms,
-                record: record.clone(),
-            }));
+            self.announce_switch(&record, stopped_shadow.as_ref());
             tracing::info!(%from, %to, generation, revision = desired.revision, actor = %record.actor, "applied a switch from the shared state");
             self.spawn_drain(from, generation, old_epoch);
         }

@@ -144,6 +144,43 @@ impl Router {
             .map_err(|_| SwitchError::NoHistory)
     }
 
+    /// A switch that happened (here, or on another node of a cluster): a
+    /// running shadow's end is announced, the switch is counted and
+    /// announced.
+    pub(super) fn announce_switch(
+        &self,
+        record: &bluegreen_core::state::SwitchRecord,
+        stopped_shadow: Option<&Arc<Shadow>>,
+    ) {
+        if let Some(shadow) = stopped_shadow {
+            self.events
+                .emit(crate::events::Event::Shadow(Box::new(shadow.report())));
+            tracing::info!("shadowing stopped by the switch");
+        }
+        let kind = match record.kind {
+            SwitchKind::Rollback => "rollback",
+            _ => "switch",
+        };
+        *self
+            .switch_counts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(kind)
+            .or_default() += 1;
+        self.events
+            .emit(crate::events::Event::Switch(crate::events::SwitchEvent {
+                from: record.from,
+                to: record.to,
+                kind,
+                generation: record.generation,
+                forced: record.forced,
+                actor: record.actor.clone(),
+                reason: record.reason.clone(),
+                at_unix_ms: record.at_unix_ms,
+                record: record.clone(),
+            }));
+    }
+
     /// After the swap, still under the state lock (so announcements come in
     /// the order of the switches): a running shadow's end is announced, the
     /// switch is counted and announced, and the old side starts draining.
@@ -156,34 +193,8 @@ impl Router {
             Ok(s) => s,
             Err(unchanged) => return unchanged,
         };
-        if let Some(shadow) = &s.stopped_shadow {
-            self.events
-                .emit(crate::events::Event::Shadow(Box::new(shadow.report())));
-            tracing::info!("shadowing stopped by the switch");
-        }
-        let kind = match req.kind {
-            SwitchKind::Rollback => "rollback",
-            _ => "switch",
-        };
-        *self
-            .switch_counts
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(kind)
-            .or_default() += 1;
+        self.announce_switch(&s.record, s.stopped_shadow.as_ref());
         let generation = s.record.generation;
-        self.events
-            .emit(crate::events::Event::Switch(crate::events::SwitchEvent {
-                from: s.from,
-                to: req.to,
-                kind,
-                generation,
-                forced: req.forced,
-                actor: req.actor.clone(),
-                reason: req.reason.clone(),
-                at_unix_ms: s.record.at_unix_ms,
-                record: s.record.clone(),
-            }));
         tracing::info!(from = %s.from, to = %req.to, generation, kind = ?req.kind, forced = req.forced, actor = %req.actor, reason = %req.reason, "switched");
         self.spawn_drain(s.from, generation, s.old_epoch);
         SwitchOutcome {

@@ -498,6 +498,50 @@ fn deploy_toml(bake: &str) -> String {
     )
 }
 
+/// Nodes a and b with a deploy pipeline (hooks), healthy and listed.
+async fn deploy_pair(
+    ep: &[&str],
+    prefix: &str,
+    more: &str,
+    blue: &Backend,
+    green: &Backend,
+) -> (RouterProc, RouterProc) {
+    let start = |name: &str| {
+        RouterBuilder::new(&[blue], &[green])
+            .etcd(ep, prefix, name, more)
+            .extra(&deploy_toml("300ms"))
+            .start()
+    };
+    let (a, b) = (start("a"), start("b"));
+    for n in [&a, &b] {
+        n.wait_all_healthy().await;
+        wait_nodes(n, 2).await;
+    }
+    (a, b)
+}
+
+/// Starts a deploy of v2 on `n` that waits at the manual gate.
+async fn deploy_to_the_gate(n: &RouterProc) {
+    let body = "{\"version\":\"v2\",\"manual_promote\":true}";
+    let (st, d) = n
+        .api("POST", "/api/v1/deploys", Some(body), Some(TOKEN))
+        .await;
+    assert_eq!(st, 202, "{d}");
+    wait_until(
+        Duration::from_secs(10),
+        "the deploy waits at the gate",
+        || async {
+            current_deploy(n).await["steps"]
+                .as_array()
+                .is_some_and(|s| {
+                    s.iter()
+                        .any(|s| s["step"] == "gate" && s["state"] == "running")
+                })
+        },
+    )
+    .await;
+}
+
 async fn current_deploy(n: &RouterProc) -> serde_json::Value {
     n.api("GET", "/api/v1/deploys/current", None, Some(TOKEN))
         .await
@@ -510,41 +554,9 @@ async fn the_deploy_lock_moves_to_another_node_when_its_holder_dies_and_the_depl
     let ep = [etcd.client_url.as_str()];
     let (blue, green) = (Backend::start("blue").await, Backend::start("green").await);
     let more = "lease_ttl = \"2s\"";
-    let start = |name: &str| {
-        RouterBuilder::new(&[&blue], &[&green])
-            .etcd(&ep, "/bluegreen/t6", name, more)
-            .extra(&deploy_toml("300ms"))
-            .start()
-    };
-    let mut a = start("a");
-    let b = start("b");
-    for n in [&a, &b] {
-        n.wait_all_healthy().await;
-        wait_nodes(n, 2).await;
-    }
+    let (mut a, b) = deploy_pair(&ep, "/bluegreen/t6", more, &blue, &green).await;
     // A deploy on a, waiting at the manual gate.
-    let (st, d) = a
-        .api(
-            "POST",
-            "/api/v1/deploys",
-            Some("{\"version\":\"v2\",\"manual_promote\":true}"),
-            Some(TOKEN),
-        )
-        .await;
-    assert_eq!(st, 202, "{d}");
-    wait_until(
-        Duration::from_secs(10),
-        "the deploy waits at the gate",
-        || async {
-            current_deploy(&a).await["steps"]
-                .as_array()
-                .is_some_and(|s| {
-                    s.iter()
-                        .any(|s| s["step"] == "gate" && s["state"] == "running")
-                })
-        },
-    )
-    .await;
+    deploy_to_the_gate(&a).await;
     // b sees it, holds no lock, and says where the deploy runs.
     wait_until(
         Duration::from_secs(5),
@@ -751,40 +763,8 @@ async fn a_lock_held_through_an_etcd_restart_stays_with_its_node_and_the_deploy_
     let ep = [etcd.client_url.clone()];
     let ep: Vec<&str> = ep.iter().map(String::as_str).collect();
     let (blue, green) = (Backend::start("blue").await, Backend::start("green").await);
-    let start = |name: &str| {
-        RouterBuilder::new(&[&blue], &[&green])
-            .etcd(&ep, "/bluegreen/t10", name, "lease_ttl = \"10s\"")
-            .extra(&deploy_toml("300ms"))
-            .start()
-    };
-    let a = start("a");
-    let b = start("b");
-    for n in [&a, &b] {
-        n.wait_all_healthy().await;
-        wait_nodes(n, 2).await;
-    }
-    let (st, d) = a
-        .api(
-            "POST",
-            "/api/v1/deploys",
-            Some("{\"version\":\"v2\",\"manual_promote\":true}"),
-            Some(TOKEN),
-        )
-        .await;
-    assert_eq!(st, 202, "{d}");
-    wait_until(
-        Duration::from_secs(10),
-        "the deploy waits at the gate",
-        || async {
-            current_deploy(&a).await["steps"]
-                .as_array()
-                .is_some_and(|s| {
-                    s.iter()
-                        .any(|s| s["step"] == "gate" && s["state"] == "running")
-                })
-        },
-    )
-    .await;
+    let (a, b) = deploy_pair(&ep, "/bluegreen/t10", "lease_ttl = \"10s\"", &blue, &green).await;
+    deploy_to_the_gate(&a).await;
     // etcd goes away and comes back well within the lease: both nodes
     // start new sessions; a carries its lock over to its new lease.
     etcd.kill();
