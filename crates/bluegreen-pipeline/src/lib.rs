@@ -434,9 +434,23 @@ impl Pipeline {
     }
 
     /// A manual switch, refused while a deploy runs (it owns the switch).
+    /// In a cluster it also takes the deploy lock for its length, so it
+    /// cannot land between another node's decommission check and its stop.
     pub async fn switch(&self, req: SwitchRequest) -> Result<SwitchOutcome, PipelineError> {
+        let owned = self.take_lock().await?;
+        let result = self.switch_locked(req).await;
+        if owned {
+            self.release_lock().await;
+        }
+        result
+    }
+
+    async fn switch_locked(&self, req: SwitchRequest) -> Result<SwitchOutcome, PipelineError> {
         let _fence = self.fence.lock().await;
-        let book = self.book.lock().await;
+        let mut book = self.book.lock().await;
+        if let Some(fresh) = self.fresh_book().await? {
+            *book = fresh;
+        }
         if let Some(d) = book.current.as_ref().filter(|d| !d.is_finished()) {
             return Err(busy(d));
         }
@@ -509,17 +523,30 @@ impl Pipeline {
                 })
             }
             RollbackPlan::Switch { side, version } => {
-                let outcome = self
-                    .router
-                    .switch(SwitchRequest {
-                        to: side,
-                        kind: SwitchKind::Rollback,
-                        forced,
-                        actor,
-                        reason,
-                    })
-                    .await?;
-                self.cancel_decommission_of(side).await?;
+                // In a cluster, under the deploy lock (as a manual switch).
+                drop(fence);
+                let owned = self.take_lock().await?;
+                let switched = {
+                    let _fence = self.fence.lock().await;
+                    let outcome = self
+                        .router
+                        .switch(SwitchRequest {
+                            to: side,
+                            kind: SwitchKind::Rollback,
+                            forced,
+                            actor,
+                            reason,
+                        })
+                        .await;
+                    match outcome {
+                        Ok(o) => self.cancel_decommission_of(side).await.map(|_| o),
+                        Err(e) => Err(e.into()),
+                    }
+                };
+                if owned {
+                    self.release_lock().await;
+                }
+                let outcome = switched?;
                 let running = version.map(|v| format!(" ({v})")).unwrap_or_default();
                 Ok(RollbackResult {
                     message: format!("{}{running}", outcome.message),

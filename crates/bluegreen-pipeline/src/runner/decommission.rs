@@ -62,6 +62,22 @@ pub(super) async fn decommission(
     if p.router.live() == side {
         return Err(format!("{side} is live; refusing to stop it"));
     }
+    // In a cluster another node may have switched a moment ago (its switch
+    // needs the deploy lock this node holds, so none can come after this
+    // read): the stored state decides, not this node's view of it.
+    if p.cluster.is_some() {
+        let store = p.store.clone();
+        let stored =
+            tokio::task::spawn_blocking(move || bluegreen_store::load_router(store.as_ref()))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| format!("cannot read the shared state, not stopping {side}: {e}"))?;
+        if stored.is_some_and(|s| s.live == side) {
+            return Err(format!(
+                "{side} is live (switched on another node); refusing to stop it"
+            ));
+        }
+    }
     {
         let book = p.book.lock().await;
         if expect.is_some_and(|e| book.pending_decommission.as_ref() != Some(e)) {

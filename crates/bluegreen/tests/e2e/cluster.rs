@@ -580,6 +580,21 @@ async fn the_deploy_lock_moves_to_another_node_when_its_holder_dies_and_the_depl
     let (st, v) = b.api("POST", "/api/v1/promote", None, Some(TOKEN)).await;
     assert_eq!(st, 409, "{v}");
     assert_eq!(v["error"]["code"], "deploy_elsewhere", "{v}");
+    // Nor may b switch by hand while a's deploy owns the switch.
+    let (st, v) = b
+        .api(
+            "POST",
+            "/api/v1/switch",
+            Some("{\"to\":\"green\"}"),
+            Some(TOKEN),
+        )
+        .await;
+    assert_eq!(st, 409, "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("node a"),
+        "{v}"
+    );
+    assert_eq!(live_of(&a).await, "blue");
     assert_eq!(b.status().await["cluster"]["deploy_lock"], "a");
     // a dies; once its lease ends, b takes the lock and resumes at the gate.
     a.child.kill().unwrap();
