@@ -32,13 +32,13 @@ pub struct Example {
     pub idle: String,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 struct FieldAgg {
     count: u64,
     examples: Vec<Example>,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 struct EndpointAgg {
     requests: u64,
     /// The idle side did not answer (connect error, timeout, reset).
@@ -46,6 +46,7 @@ struct EndpointAgg {
     live: Histogram,
     idle: Histogram,
     /// Sorted generalised field names of one pair -> pairs with exactly that set.
+    #[serde(with = "pairs")]
     signatures: BTreeMap<Vec<String>, u64>,
     /// Differing pairs whose set did not fit in `signatures` (always counted as differing).
     unsorted: u64,
@@ -54,7 +55,9 @@ struct EndpointAgg {
 
 /// Everything shadowing has seen so far. Differences are kept with their
 /// field names, so noise learned later is still taken out of the report.
-#[derive(Debug, Clone, Default)]
+/// Serialisable and mergeable: each router node of a cluster shadows its own
+/// share of live traffic, and the deploy judges their sum.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Aggregate {
     endpoints: BTreeMap<String, EndpointAgg>,
     pub noise: Noise,
@@ -159,6 +162,43 @@ impl Aggregate {
             .entry(key.to_string())
             .or_default()
             .extend(fields);
+    }
+
+    /// Adds another node's aggregate: counts and latencies add up (the
+    /// same fixed buckets), examples fill up to the same caps, noise
+    /// learned anywhere is noise everywhere.
+    pub fn merge(&mut self, other: &Aggregate) {
+        for (name, o) in &other.endpoints {
+            let row = self.row(name);
+            row.requests += o.requests;
+            row.errors += o.errors;
+            row.live = row.live.plus(&o.live);
+            row.idle = row.idle.plus(&o.idle);
+            row.unsorted += o.unsorted;
+            for (sig, n) in &o.signatures {
+                if row.signatures.len() < MAX_SIGNATURES || row.signatures.contains_key(sig) {
+                    *row.signatures.entry(sig.clone()).or_default() += n;
+                } else {
+                    row.unsorted += n;
+                }
+            }
+            for (field, f) in &o.fields {
+                if !row.fields.contains_key(field) && row.fields.len() >= MAX_FIELDS {
+                    continue;
+                }
+                let mine = row.fields.entry(field.clone()).or_default();
+                mine.count += f.count;
+                let room = MAX_EXAMPLES.saturating_sub(mine.examples.len());
+                mine.examples.extend(f.examples.iter().take(room).cloned());
+            }
+        }
+        for (endpoint, fields) in &other.noise.fields {
+            self.noise
+                .fields
+                .entry(endpoint.clone())
+                .or_default()
+                .extend(fields.iter().cloned());
+        }
     }
 
     /// Adds one compared pair: its real differences and both latencies.
@@ -370,6 +410,27 @@ fn fmt_ms(v: Option<f64>) -> String {
     v.map_or("-".into(), |v| format!("{v:.2} ms"))
 }
 
+/// A map with list keys, as JSON: a list of `[key, count]` pairs.
+mod pairs {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use std::collections::BTreeMap;
+
+    pub fn serialize<S: Serializer>(
+        m: &BTreeMap<Vec<String>, u64>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        m.iter().collect::<Vec<_>>().serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<Vec<String>, u64>, D::Error> {
+        Ok(Vec::<(Vec<String>, u64)>::deserialize(d)?
+            .into_iter()
+            .collect())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -383,6 +444,51 @@ mod tests {
     }
 
     const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn aggregates_of_several_nodes_merge_into_what_one_would_have_seen() {
+        let pairs: Vec<(u64, Vec<FieldDiff>)> = (0..40)
+            .map(|i| {
+                (
+                    i,
+                    if i % 4 == 0 {
+                        vec![d("/price", "10", "12")]
+                    } else {
+                        vec![]
+                    },
+                )
+            })
+            .collect();
+        let mut whole = Aggregate::default();
+        let (mut a, mut b) = (Aggregate::default(), Aggregate::default());
+        for (i, diffs) in &pairs {
+            let endpoint = if i % 2 == 0 { "GET /p/{id}" } else { "GET /" };
+            let req = format!("GET /p/{i}");
+            whole.add(endpoint, &req, diffs.clone(), MS * (*i as u32 + 1), MS);
+            let half = if *i < 20 { &mut a } else { &mut b };
+            half.add(endpoint, &req, diffs.clone(), MS * (*i as u32 + 1), MS);
+        }
+        b.noise
+            .fields
+            .entry("GET /".into())
+            .or_default()
+            .insert("/ts".into());
+        whole.noise = b.noise.clone();
+        // What travels between nodes is JSON.
+        let b: Aggregate = serde_json::from_str(&serde_json::to_string(&b).unwrap()).unwrap();
+        a.merge(&b);
+        let (merged, whole) = (a.report(), whole.report());
+        assert_eq!(merged.0, whole.0);
+        assert_eq!(merged.1.len(), whole.1.len());
+        for (m, w) in merged.1.iter().zip(&whole.1) {
+            assert_eq!(
+                (m.requests, m.differing, &m.live, &m.idle),
+                (w.requests, w.differing, &w.live, &w.idle)
+            );
+            assert_eq!(m.noise, w.noise);
+        }
+        assert_eq!(merged.0.differing, 10);
+    }
 
     #[test]
     fn differences_are_counted_per_endpoint_with_examples() {

@@ -78,6 +78,9 @@ pub trait Cluster: Send + Sync + 'static {
     /// What this node says about itself (JSON), kept under `nodes/<node>`
     /// for as long as the node renews its lease.
     fn report(&self, report: Vec<u8>);
+    /// Writes (or with `None` removes) a key only one node writes at a
+    /// time (the deploy lock's holder), unconditionally. Blocking.
+    fn publish(&self, key: &str, value: Option<Vec<u8>>) -> Result<(), StoreError>;
     /// Takes the lock `name` for this process, for as long as its lease
     /// lives (moved to the next lease when a session is renewed).
     fn try_lock(&self, name: &str) -> Result<Lock, StoreError>;

@@ -44,12 +44,17 @@ pub(super) async fn shadow(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployReco
         }
         Err(e) => return StepEnd::End(Outcome::Failed, e),
     };
+    // In a cluster every node shadows its own share of live traffic and
+    // the gate judges their sum (`report_with` the other nodes' shares).
+    let shared = now_ms();
+    p.router.share_shadow(shared, &run, true).await;
+    let report = || run.report_with(&p.router.shadow_shares(shared));
     let started = tokio::time::Instant::now();
     let deadline = started + step.duration;
     let target = step.requests.unwrap_or(u64::MAX);
     let mut cut_short = false;
     loop {
-        let r = run.report();
+        let r = report();
         note(
             p,
             Step::Shadow,
@@ -72,17 +77,25 @@ pub(super) async fn shadow(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployReco
             _ = tokio::time::sleep(Duration::from_millis(200)) => {}
             _ = handle.abort.cancelled() => {
                 p.router.stop_shadow_run(&run).await;
+                p.router.end_shared_shadow().await;
                 return StepEnd::End(Outcome::Aborted, aborted(handle));
             }
         }
     }
     p.router.stop_shadow_run(&run).await;
-    // Copies already sent are compared before judging.
-    let settle = tokio::time::Instant::now() + Duration::from_millis(options.timeout_ms);
-    while run.in_flight() > 0 && tokio::time::Instant::now() < settle {
+    p.router.share_shadow(shared, &run, false).await;
+    // Copies already sent are compared before judging, here and on the
+    // other nodes (whose last counts come with their next report).
+    let settle = Duration::from_millis(options.timeout_ms);
+    let until = tokio::time::Instant::now() + settle;
+    while run.in_flight() > 0 && tokio::time::Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let r = run.report();
+    p.router
+        .shadow_settled(shared, settle + Duration::from_secs(2))
+        .await;
+    let r = report();
+    p.router.end_shared_shadow().await;
     if cut_short {
         return StepEnd::End(
             Outcome::Failed,

@@ -37,6 +37,9 @@ pub struct NodeReport {
     /// This node's live traffic per side since it started (the same fixed
     /// buckets on every node, so the cluster's traffic is their sum).
     pub windows: Sides<Window>,
+    /// Its part in a cluster-wide shadow run, while there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<crate::taps::shadow::ShadowShare>,
 }
 
 /// One node in `status`.
@@ -79,6 +82,9 @@ pub struct Convergence {
     pub stale: Vec<String>,
     pub waited_ms: u64,
 }
+
+/// Key of the cluster-wide shadow run the deploy asks for.
+const SHADOW_RUN: &str = "shadow.run";
 
 /// Key of the shared session-cookie keys, relative to the prefix.
 const SESSION_KEYS: &str = "session.keys";
@@ -191,11 +197,17 @@ impl Router {
                     }
                     (v.values.get(ROUTER_KEY).cloned(), v.link.clone())
                 };
+                let shadow_run = view
+                    .borrow()
+                    .values
+                    .get(SHADOW_RUN)
+                    .map(|v| v.value.clone());
                 router.link_changed(&link, &now);
                 link = now;
                 if let Some(d) = desired {
                     router.apply_desired(&d).await;
                 }
+                router.follow_shadow(shadow_run.as_deref()).await;
                 tokio::select! {
                     r = view.changed() => if r.is_err() { return },
                     _ = stop_follow.cancelled() => return,
@@ -403,6 +415,12 @@ impl Router {
             }),
             started_ms: self.started_ms,
             windows: Sides::from_fn(|s| self.local_window(s)),
+            shadow: self
+                .shared_shadow
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+                .map(|(run, s, _)| s.share(*run)),
         }
     }
 
@@ -433,6 +451,125 @@ impl Router {
             .last
             .values()
             .fold(Window::default(), |sum, w| sum.plus(&w[side]))
+    }
+
+    /// Follows the cluster-wide shadow run: starts this node's part when
+    /// the deploy (on another node) asks for one, stops it when the deploy
+    /// says the run is over, and forgets it once the deploy removed it.
+    async fn follow_shadow(self: &Arc<Self>, run: Option<&Vec<u8>>) {
+        use crate::taps::shadow::SharedShadow;
+        let asked: Option<SharedShadow> = run.and_then(|b| serde_json::from_slice(b).ok());
+        let mine = self
+            .shared_shadow
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        match (asked, mine) {
+            (Some(a), None) if a.active && a.live == self.live() => {
+                match self.start_shadow(a.options.clone()).await {
+                    Ok(s) => {
+                        tracing::info!(
+                            run = a.run,
+                            "shadowing this node's live traffic for the deploy's cluster-wide run"
+                        );
+                        *self.shared_shadow.lock().unwrap_or_else(|p| p.into_inner()) =
+                            Some((a.run, s, true));
+                        self.report_due.notify_one();
+                    }
+                    Err(e) => {
+                        tracing::warn!(run = a.run, error = %e, "could not take part in the cluster's shadow run")
+                    }
+                }
+            }
+            (Some(a), Some((run, s, true))) if run == a.run && !a.active && !s.stopped() => {
+                self.stop_shadow_run(&s).await;
+                self.report_due.notify_one();
+            }
+            (None, Some((_, s, true))) => {
+                self.stop_shadow_run(&s).await;
+                *self.shared_shadow.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            }
+            (Some(a), Some((run, s, true))) if run != a.run => {
+                self.stop_shadow_run(&s).await;
+                *self.shared_shadow.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            }
+            _ => {}
+        }
+    }
+
+    /// The deploy's shadow run on this node becomes a cluster-wide one
+    /// (`active`), or ends (`!active`: the other nodes stop and report
+    /// their last counts). Nothing to do alone.
+    pub async fn share_shadow(
+        &self,
+        run: u64,
+        shadow: &Arc<crate::taps::shadow::Shadow>,
+        active: bool,
+    ) {
+        let Some(cluster) = self.cluster.clone() else {
+            return;
+        };
+        *self.shared_shadow.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((run, shadow.clone(), false));
+        let doc = crate::taps::shadow::SharedShadow {
+            run,
+            options: shadow.options.clone(),
+            live: self.live(),
+            active,
+        };
+        let bytes = serde_json::to_vec(&doc).expect("serialises");
+        let put =
+            tokio::task::spawn_blocking(move || cluster.publish(SHADOW_RUN, Some(bytes))).await;
+        if let Ok(Err(e)) = put {
+            tracing::warn!(error = %e, "could not ask the other nodes to shadow");
+        }
+    }
+
+    /// The deploy is done with the cluster-wide run `run`.
+    pub async fn end_shared_shadow(&self) {
+        let Some(cluster) = self.cluster.clone() else {
+            return;
+        };
+        *self.shared_shadow.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        let _ = tokio::task::spawn_blocking(move || cluster.publish(SHADOW_RUN, None)).await;
+    }
+
+    /// The other nodes' parts of the cluster-wide run `run`.
+    pub fn shadow_shares(&self, run: u64) -> Vec<crate::taps::shadow::ShadowShare> {
+        let Some(cluster) = self.cluster.as_ref() else {
+            return Vec::new();
+        };
+        let me = cluster.node().to_string();
+        let view = cluster.view();
+        let v = view.borrow();
+        v.under("nodes")
+            .filter(|(name, _)| *name != me)
+            .filter_map(|(_, value)| serde_json::from_slice::<NodeReport>(&value.value).ok())
+            .filter_map(|r| r.shadow.filter(|s| s.run == run))
+            .collect()
+    }
+
+    /// Waits until every node listed with a part in `run` has stopped and
+    /// compared what it sent, up to `limit`.
+    pub async fn shadow_settled(&self, run: u64, limit: Duration) {
+        let Some(cluster) = self.cluster.clone() else {
+            return;
+        };
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut view = cluster.view();
+        loop {
+            let busy = self
+                .shadow_shares(run)
+                .iter()
+                .any(|s| s.running || s.in_flight > 0);
+            if !busy {
+                return;
+            }
+            tokio::select! {
+                r = view.changed() => if r.is_err() { return },
+                _ = tokio::time::sleep_until(deadline) => return,
+            }
+        }
     }
 
     /// Waits until every live node applied `revision`, up to the store's

@@ -94,6 +94,10 @@ pub struct Router {
     report_due: tokio::sync::Notify,
     /// When this process started (its counters start then).
     started_ms: u64,
+    /// This node's part in a cluster-wide shadow run: the run's id, the
+    /// local run, and whether it was started by following the shared
+    /// `shadow.run` (true) or by this node's deploy (false).
+    shared_shadow: Mutex<Option<(u64, Arc<Shadow>, bool)>>,
 }
 
 /// Startup failures.
@@ -273,6 +277,7 @@ impl Router {
             peers: Mutex::new(cluster::Peers::default()),
             report_due: tokio::sync::Notify::new(),
             started_ms: now().1,
+            shared_shadow: Mutex::new(None),
         }))
     }
 

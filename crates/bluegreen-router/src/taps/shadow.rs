@@ -41,6 +41,29 @@ const MAX_DIFFS: usize = 100;
 /// Request lines in examples are cut to this many bytes.
 const SHOW_REQUEST: usize = 200;
 
+/// One node's part of a shadow run the whole cluster makes (in its report
+/// under `nodes/<node>`): the raw aggregate, so the deploy can add them up.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShadowShare {
+    pub run: u64,
+    pub running: bool,
+    pub mirrored: u64,
+    pub dropped: u64,
+    pub stale: u64,
+    pub in_flight: u64,
+    pub aggregate: Aggregate,
+}
+
+/// The cluster-wide shadow run the deploy asks every node to make
+/// (`shadow.run` in the shared store).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SharedShadow {
+    pub run: u64,
+    pub options: ShadowOptions,
+    pub live: Side,
+    pub active: bool,
+}
+
 /// What a shadowing run is asked to do.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ShadowOptions {
@@ -266,6 +289,38 @@ impl Shadow {
         self.mirrored
             .load(Ordering::Acquire)
             .saturating_sub(self.finished.load(Ordering::Acquire))
+    }
+
+    /// This node's part of a cluster-wide run `run`, for its report.
+    pub fn share(&self, run: u64) -> ShadowShare {
+        ShadowShare {
+            run,
+            running: !self.stopped(),
+            mirrored: self.mirrored.load(Ordering::Relaxed),
+            dropped: self.dropped.load(Ordering::Relaxed),
+            stale: self.stale.load(Ordering::Relaxed),
+            in_flight: self.in_flight(),
+            aggregate: self.agg.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+        }
+    }
+
+    /// This run's report with the shares of the other nodes added: what
+    /// the deploy's shadow gate judges in a cluster.
+    pub fn report_with(&self, shares: &[ShadowShare]) -> ShadowReport {
+        let mut r = self.report();
+        if shares.is_empty() {
+            return r;
+        }
+        let mut agg = self.agg.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        for s in shares {
+            agg.merge(&s.aggregate);
+            r.mirrored += s.mirrored;
+            r.dropped += s.dropped;
+            r.stale += s.stale;
+            r.in_flight += s.in_flight;
+        }
+        (r.totals, r.endpoints) = agg.report();
+        r
     }
 
     /// Everything seen so far, noise taken out.

@@ -324,6 +324,13 @@ impl Client {
         Ok(revision(&v))
     }
 
+    /// Removes a key.
+    pub async fn delete(&self, key: &str) -> Result<(), EtcdError> {
+        self.call("/v3/kv/deleterange", json!({"key": B64.encode(key)}))
+            .await
+            .map(|_| ())
+    }
+
     /// Removes a key if it still holds `value`.
     pub async fn delete_if(&self, key: &str, value: &[u8]) -> Result<(), EtcdError> {
         let same = json!({"key": B64.encode(key), "target": "VALUE", "value": B64.encode(value), "result": "EQUAL"});

@@ -398,6 +398,22 @@ impl Cluster for Inner {
         }
     }
 
+    fn publish(&self, key: &str, value: Option<Vec<u8>>) -> Result<(), StoreError> {
+        let full = self.key(key);
+        let me = self.self_arc();
+        let bytes = value.clone();
+        let revision = self.block(async move {
+            match bytes {
+                Some(b) => me.client.put(&full, &b, None).await.map(Some),
+                None => me.client.delete(&full).await.map(|_| None),
+            }
+        })?;
+        if let (Some(r), Some(v)) = (revision, value) {
+            self.seen(key, r, v);
+        }
+        Ok(())
+    }
+
     fn holds(&self, name: &str) -> bool {
         self.held
             .lock()

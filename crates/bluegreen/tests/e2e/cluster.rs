@@ -821,3 +821,82 @@ async fn a_lock_held_through_an_etcd_restart_stays_with_its_node_and_the_deploy_
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_shadow_gate_judges_the_traffic_of_every_node() {
+    let etcd = EtcdServer::start();
+    let ep = [etcd.client_url.as_str()];
+    let (blue, green) = (Backend::start("blue").await, Backend::start("green").await);
+    let shadow = "[deploy.shadow]\nduration = \"20s\"\nrequests = 40\nmin_requests = 20\nmax_diff_rate = 0.05\n\
+                  [shadow]\nignore_paths = [\"/request_id\", \"/ts\"]\n";
+    let start = |name: &str| {
+        RouterBuilder::new(&[&blue], &[&green])
+            .etcd(&ep, "/bluegreen/t11", name, "")
+            .extra(&format!("{}{shadow}", deploy_toml("300ms")))
+            .start()
+    };
+    let (a, b) = (start("a"), start("b"));
+    for n in [&a, &b] {
+        n.wait_all_healthy().await;
+        wait_nodes(n, 2).await;
+    }
+    // Live traffic reaches b only; the new version (green) changes a price.
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = {
+        let (stop, url) = (stop.clone(), b.url(""));
+        tokio::spawn(async move {
+            let client = h1_client();
+            let deadline = Instant::now() + Duration::from_secs(40);
+            let mut statuses = Vec::new();
+            for i in 0..20_000u64 {
+                if stop.load(Ordering::SeqCst) || Instant::now() > deadline {
+                    break;
+                }
+                let (status, _) = get(&client, &format!("{url}/shadow/users/{}", i % 50))
+                    .await
+                    .unwrap_or((0, String::new()));
+                statuses.push(status);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            statuses
+        })
+    };
+    let (st, d) = a
+        .api(
+            "POST",
+            "/api/v1/deploys",
+            Some("{\"version\":\"v2\"}"),
+            Some(TOKEN),
+        )
+        .await;
+    assert_eq!(st, 202, "{d}");
+    wait_until(Duration::from_secs(40), "the deploy ended", || async {
+        current_deploy(&a).await["outcome"]
+            .as_str()
+            .is_some_and(|o| o != "running")
+    })
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    let statuses = load.await.unwrap();
+    assert!(statuses.iter().all(|&s| s == 200), "live traffic failed");
+    let d = current_deploy(&a).await;
+    assert_eq!(d["outcome"], "failed", "{d}");
+    let reason = d["reason"].to_string();
+    // a saw no traffic at all: the differences are b's, judged on a.
+    assert!(reason.contains("/shadow/users/"), "{d}");
+    assert!(reason.contains("/price (live 10, idle 12)"), "{d}");
+    assert_eq!(a.status().await["live"], "blue");
+    // b took part, and its part is over.
+    wait_until(
+        Duration::from_secs(5),
+        "b's part of the run stopped",
+        || async {
+            b.status().await["cluster"]["nodes"]
+                .as_array()
+                .is_some_and(|n| n.len() == 2)
+                && b.api("GET", "/api/v1/shadow", None, Some(TOKEN)).await.1["shadow"]["running"]
+                    == false
+        },
+    )
+    .await;
+}
