@@ -107,12 +107,34 @@ impl AdminClient {
         self.call(Method::POST, path, Some(body)).await
     }
 
-    async fn call<T: DeserializeOwned>(
+    /// Follows the event stream (`GET /api/v1/events`, server-sent
+    /// events): `status` first, then every change as it happens.
+    pub async fn events(&self) -> Result<EventStream, ClientError> {
+        let (url, resp) = self.send(Method::GET, "/api/v1/events", None).await?;
+        let status = resp.status();
+        if !status.is_success() {
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            return Err(api_error(status, &body));
+        }
+        Ok(EventStream {
+            url,
+            body: resp.into_body(),
+            buffer: Vec::new(),
+        })
+    }
+
+    /// Sends a request; the answer's head once it arrives (within 60 s).
+    async fn send(
         &self,
         method: Method,
         path: &str,
         body: Option<serde_json::Value>,
-    ) -> Result<T, ClientError> {
+    ) -> Result<(String, http::Response<hyper::body::Incoming>), ClientError> {
         let url = format!("{}{}", self.base, path);
         let uri: Uri = url.parse().map_err(|e| ClientError::Unreachable {
             url: url.clone(),
@@ -148,6 +170,16 @@ impl AdminClient {
                 url: url.clone(),
                 reason: error_chain(&e),
             })?;
+        Ok((url, resp))
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<T, ClientError> {
+        let (url, resp) = self.send(method, path, body).await?;
         let status = resp.status();
         let body = resp
             .into_body()
@@ -159,25 +191,90 @@ impl AdminClient {
             })?
             .to_bytes();
         if !status.is_success() {
-            let parsed: Option<serde_json::Value> = serde_json::from_slice(&body).ok();
-            let err = parsed.as_ref().and_then(|v| v.get("error"));
-            return Err(ClientError::Api {
-                status,
-                code: err
-                    .and_then(|e| e.get("code"))
-                    .and_then(|c| c.as_str())
-                    .unwrap_or("unknown")
-                    .to_string(),
-                message: err
-                    .and_then(|e| e.get("message"))
-                    .and_then(|c| c.as_str())
-                    .map(str::to_string)
-                    .unwrap_or_else(|| String::from_utf8_lossy(&body).trim().to_string()),
-            });
+            return Err(api_error(status, &body));
         }
         serde_json::from_slice(&body).map_err(|e| ClientError::Protocol {
             url,
             reason: format!("invalid JSON: {e}"),
         })
+    }
+}
+
+/// An API error answer, read into its code and message.
+fn api_error(status: StatusCode, body: &[u8]) -> ClientError {
+    let parsed: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+    let err = parsed.as_ref().and_then(|v| v.get("error"));
+    ClientError::Api {
+        status,
+        code: err
+            .and_then(|e| e.get("code"))
+            .and_then(|c| c.as_str())
+            .unwrap_or("unknown")
+            .to_string(),
+        message: err
+            .and_then(|e| e.get("message"))
+            .and_then(|c| c.as_str())
+            .map(str::to_string)
+            .unwrap_or_else(|| String::from_utf8_lossy(body).trim().to_string()),
+    }
+}
+
+/// One server-sent event: its name and its JSON data.
+#[derive(Debug, Clone)]
+pub struct ServerEvent {
+    pub name: String,
+    pub data: serde_json::Value,
+}
+
+/// The admin API's event stream, event by event.
+pub struct EventStream {
+    url: String,
+    body: hyper::body::Incoming,
+    buffer: Vec<u8>,
+}
+
+impl EventStream {
+    /// The next event; `None` when the stream ended (the router stopped or
+    /// handed over), an error when it broke.
+    pub async fn next(&mut self) -> Option<Result<ServerEvent, ClientError>> {
+        loop {
+            if let Some(end) = self.buffer.windows(2).position(|w| w == b"\n\n") {
+                let block: Vec<u8> = self.buffer.drain(..end + 2).collect();
+                let text = String::from_utf8_lossy(&block);
+                let (mut name, mut data) = ("message".to_string(), String::new());
+                for line in text.lines() {
+                    if let Some(v) = line.strip_prefix("event:") {
+                        name = v.trim().to_string();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push_str(v.strip_prefix(' ').unwrap_or(v));
+                    }
+                }
+                if data.is_empty() {
+                    continue; // a keep-alive comment
+                }
+                return Some(
+                    serde_json::from_str(&data)
+                        .map(|data| ServerEvent { name, data })
+                        .map_err(|e| ClientError::Protocol {
+                            url: self.url.clone(),
+                            reason: format!("an event that is not JSON: {e}"),
+                        }),
+                );
+            }
+            match self.body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Ok(d) = frame.into_data() {
+                        self.buffer.extend_from_slice(&d);
+                    }
+                }
+                Some(Err(e)) => {
+                    return Some(Err(ClientError::Unreachable {
+                        url: self.url.clone(),
+                        reason: error_chain(&e),
+                    }))
+                }
+                None => return None,
+            }
+        }
     }
 }

@@ -154,6 +154,12 @@ fn switching(s: &mut Scrape, router: &Router, status: &Status) {
         );
     }
     s.family(
+        "bluegreen_event_subscribers",
+        "Event streams open now (dashboards, status --watch, deploy --follow)",
+        MetricType::Gauge,
+    )
+    .add(vec![], Value::Gauge(router.events.subscribers() as i64));
+    s.family(
         "bluegreen_switch_generation",
         "Switches recorded in the state, ever",
         MetricType::Gauge,

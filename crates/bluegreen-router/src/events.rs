@@ -163,6 +163,11 @@ impl Events {
         self.tx.receiver_count() > 0
     }
 
+    /// How many listen now (event streams: dashboards, `--watch`, `--follow`).
+    pub fn subscribers(&self) -> usize {
+        self.tx.receiver_count()
+    }
+
     /// A new listener, seeing events from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.tx.subscribe()

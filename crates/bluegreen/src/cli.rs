@@ -15,6 +15,8 @@ pub const EXIT_CONFIG: u8 = 2;
 pub const EXIT_ROLLED_BACK: u8 = 3;
 /// Exit code of a deploy that was aborted.
 pub const EXIT_ABORTED: u8 = 4;
+/// Exit code when `--timeout` ran out: what was being followed goes on.
+pub const EXIT_TIMEOUT: u8 = 6;
 /// Exit code of a switch that every node did not apply within
 /// `state.etcd.converge_timeout` (it was made; some nodes lag).
 pub const EXIT_NOT_CONVERGED: u8 = 5;
@@ -73,9 +75,17 @@ pub enum Command {
     Status {
         #[command(flatten)]
         admin: AdminArgs,
-        /// Print the raw JSON status.
+        /// Print the status as one JSON document (with --watch: JSON lines,
+        /// one `{"event": NAME, "data": ...}` per change).
         #[arg(long)]
         json: bool,
+        /// Keep following: the status again after every switch, health
+        /// change and deploy step, as they happen (the event stream).
+        #[arg(long, short)]
+        watch: bool,
+        /// With --watch: stop after this long (e.g. 5m).
+        #[arg(long, value_parser = parse_duration, requires = "watch")]
+        timeout: Option<std::time::Duration>,
     },
     /// Switch live traffic atomically to the other (or the named) side.
     Switch {
@@ -90,6 +100,7 @@ pub enum Command {
         /// Why, recorded in the history.
         #[arg(long)]
         reason: Option<String>,
+        /// Print the answer as one JSON document (for scripts).
         #[arg(long)]
         json: bool,
     },
@@ -102,6 +113,7 @@ pub enum Command {
         /// The binary to start (default: the running one's path).
         #[arg(long)]
         binary: Option<PathBuf>,
+        /// Print the answer as one JSON document (for scripts).
         #[arg(long)]
         json: bool,
     },
@@ -112,6 +124,7 @@ pub enum Command {
     Reload {
         #[command(flatten)]
         admin: AdminArgs,
+        /// Print the answer as one JSON document (for scripts).
         #[arg(long)]
         json: bool,
     },
@@ -184,6 +197,7 @@ pub enum Command {
         /// Why, recorded in the history.
         #[arg(long)]
         reason: Option<String>,
+        /// Print the answer as one JSON document (for scripts).
         #[arg(long)]
         json: bool,
     },
@@ -193,8 +207,19 @@ pub enum Command {
     Deploy {
         #[command(flatten)]
         admin: AdminArgs,
-        /// The version to release (passed to hooks and run commands as {version}).
-        version: String,
+        /// The version to release (passed to hooks and run commands as
+        /// {version}); not with --follow.
+        #[arg(required_unless_present = "follow", conflicts_with = "follow")]
+        version: Option<String>,
+        /// Follow a deploy already started (the current one, or ID) to its
+        /// end instead of starting one: after --detach, a closed terminal
+        /// or from another machine.
+        #[arg(long, value_name = "ID", num_args = 0..=1, default_missing_value = "0")]
+        follow: Option<u64>,
+        /// Stop following after this long (e.g. 10m); the deploy goes on
+        /// (exit 6 says so, with how to follow it again).
+        #[arg(long, value_parser = parse_duration)]
+        timeout: Option<std::time::Duration>,
         /// Wait at the gate for `bluegreen promote` before switching.
         #[arg(long)]
         manual_promote: bool,
@@ -221,7 +246,9 @@ pub enum Command {
         /// Start the deploy and return at once.
         #[arg(long)]
         detach: bool,
-        /// JSON lines of events instead of the step list.
+        /// JSON lines instead of the step list: `{"event": "step", "deploy",
+        /// "step", "state", "duration_ms", "detail"}` per step change, then
+        /// `{"event": "end", "deploy", "outcome", "reason", "breach"}`.
         #[arg(long)]
         json: bool,
     },
@@ -243,6 +270,7 @@ pub enum Command {
     History {
         #[command(flatten)]
         admin: AdminArgs,
+        /// Print the answer as one JSON document (for scripts).
         #[arg(long)]
         json: bool,
     },
@@ -312,6 +340,11 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
     }
 }
 
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s)
+        .map_err(|e| format!("{s:?} is not a duration (e.g. 30s, 10m): {e}"))
+}
+
 fn parse_side(s: &str) -> Result<Side, String> {
     s.parse::<Side>().map_err(|e| e.to_string())
 }
@@ -321,7 +354,13 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve { config } => serve::main(&config),
         Command::Check { config } => Ok(commands::check(&config)),
-        Command::Status { admin, json } => {
+        Command::Status {
+            admin,
+            json,
+            watch: true,
+            timeout,
+        } => client_runtime()?.block_on(commands::watch(&admin, json, timeout)),
+        Command::Status { admin, json, .. } => {
             client_runtime()?.block_on(commands::status(&admin, json))
         }
         Command::Switch {
@@ -376,6 +415,18 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Deploy {
             admin,
+            json,
+            follow: Some(id),
+            timeout,
+            ..
+        } => client_runtime()?.block_on(commands::follow_again(
+            &admin,
+            (id != 0).then_some(id),
+            json,
+            timeout,
+        )),
+        Command::Deploy {
+            admin,
             version,
             manual_promote,
             skip_smoke,
@@ -386,10 +437,13 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             reason,
             detach,
             json,
+            timeout,
+            ..
         } => client_runtime()?.block_on(commands::deploy(
             &admin,
             commands::DeployArgs {
-                version,
+                version: version.unwrap_or_default(),
+                timeout,
                 manual_promote,
                 skip_smoke,
                 skip_shadow,

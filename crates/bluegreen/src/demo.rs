@@ -137,7 +137,17 @@ async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         handover: false,
         control,
     };
-    let running = serve::start(config, &token, process).await?;
+    // The demo's listeners come from flags, not a config file: name those.
+    let running = serve::start(config, &token, process).await.map_err(|e| {
+        let text = format!("{e:#}")
+            .replace("(proxy.listen)", "(--listen; pick another port)")
+            .replace(
+                "(proxy.preview_listen)",
+                "(--preview-listen; pick another port)",
+            )
+            .replace("(admin.listen)", "(--admin-listen; pick another port)");
+        anyhow::anyhow!(text)
+    })?;
     let pipeline = running
         .pipeline
         .clone()

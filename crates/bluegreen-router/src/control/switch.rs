@@ -11,7 +11,7 @@ use std::sync::Arc;
 /// Why a switch was refused or failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SwitchError {
-    #[error("refusing to switch to {side}: no healthy upstream ({detail}); fix it or pass force to override")]
+    #[error("refusing to switch to {side}: no healthy upstream ({detail}); fix it, or pass --force (API: \"force\": true) to switch anyway")]
     Unhealthy { side: Side, detail: String },
     #[error("nothing to roll back to: no switch has been recorded yet")]
     NoHistory,

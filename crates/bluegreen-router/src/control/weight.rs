@@ -30,7 +30,7 @@ impl Router {
                 }
                 if basis_points > 0 && !forced && current.pools[side].healthy_count() == 0 {
                     return Err(format!(
-                        "{side} has no healthy upstream ({}); not weighted (force to override)",
+                        "{side} has no healthy upstream ({}); not weighted (pass --force, API: \"force\": true, to weight it anyway)",
                         describe_health(&current.pools[side])
                     ));
                 }

@@ -15,6 +15,8 @@ pub struct DeployArgs {
     pub reason: Option<String>,
     pub detach: bool,
     pub json: bool,
+    /// Stop following after this long (the deploy goes on).
+    pub timeout: Option<Duration>,
 }
 
 /// `bluegreen deploy`: starts the deploy, then follows it to the end.
@@ -46,37 +48,126 @@ pub async fn deploy(args: &AdminArgs, d: DeployArgs) -> anyhow::Result<ExitCode>
         }
         return Ok(ExitCode::SUCCESS);
     }
-    follow(&c, record.id, Mode::detect(d.json)).await
+    follow(&c, record.id, Mode::detect(d.json), d.timeout).await
 }
 
-/// Polls a deploy until it ends, showing progress; the exit code says how it ended.
-pub async fn follow(c: &AdminClient, id: u64, mode: Mode) -> anyhow::Result<ExitCode> {
+/// `bluegreen deploy --follow [ID]`: the current deploy (or deploy ID),
+/// followed to its end as if it had been started here.
+pub async fn follow_again(
+    args: &AdminArgs,
+    id: Option<u64>,
+    json: bool,
+    timeout: Option<Duration>,
+) -> anyhow::Result<ExitCode> {
+    let c = client(args);
+    let id = match id {
+        Some(id) => id,
+        None => match c.get::<DeployRecord>("/api/v1/deploys/current").await {
+            Ok(d) => d.id,
+            Err(bluegreen_api::ClientError::Api { status, .. }) if status == 404 => {
+                eprintln!("error: no deploy to follow: none was ever started on this router");
+                return Ok(ExitCode::from(EXIT_ERROR));
+            }
+            Err(e) => return fail(e),
+        },
+    };
+    follow(&c, id, Mode::detect(json), timeout).await
+}
+
+/// Follows a deploy to its end through the event stream, showing progress;
+/// the exit code says how it ended. The record is read again after each
+/// (re)connection, so nothing between two streams is missed; while the
+/// router restarts (an upgrade; its deploy resumes) it keeps trying for a
+/// minute.
+pub async fn follow(
+    c: &AdminClient,
+    id: u64,
+    mode: Mode,
+    timeout: Option<Duration>,
+) -> anyhow::Result<ExitCode> {
+    use bluegreen_api::ClientError;
     let mut progress = Progress::new(mode);
+    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
     let mut unreachable_since: Option<Instant> = None;
     loop {
+        let mut stream = match c.events().await {
+            Ok(s) => Some(s),
+            Err(e @ ClientError::Unreachable { .. }) => {
+                match out_of_patience(&mut unreachable_since, e) {
+                    Some(e) => return fail(e),
+                    None => None,
+                }
+            }
+            Err(e) => return fail(e),
+        };
+        let mut last = None;
         match c
             .get::<DeployRecord>(&format!("/api/v1/deploys/{id}"))
             .await
         {
+            Ok(d) if d.is_finished() => {
+                progress.finish(&d);
+                return Ok(ExitCode::from(exit_code(d.outcome)));
+            }
             Ok(d) => {
                 unreachable_since = None;
-                if d.is_finished() {
-                    progress.finish(&d);
-                    return Ok(ExitCode::from(exit_code(d.outcome)));
-                }
                 progress.update(&d);
+                last = Some(d);
             }
-            // The router may be restarting; its deploy resumes, so keep watching a while.
-            Err(e @ bluegreen_api::ClientError::Unreachable { .. }) => {
-                let since = *unreachable_since.get_or_insert_with(Instant::now);
-                if since.elapsed() > Duration::from_secs(60) {
+            Err(e @ ClientError::Unreachable { .. }) => {
+                if let Some(e) = out_of_patience(&mut unreachable_since, e) {
                     return fail(e);
                 }
             }
             Err(e) => return fail(e),
         }
+        while let Some(s) = stream.as_mut() {
+            let next = match deadline {
+                Some(at) => match tokio::time::timeout_at(at, s.next()).await {
+                    Ok(n) => n,
+                    Err(_) => return Ok(gave_up(id, last.as_ref(), timeout)),
+                },
+                None => s.next().await,
+            };
+            match next {
+                Some(Ok(ev)) if ev.name == "deploy" => {
+                    let Ok(d) = serde_json::from_value::<DeployRecord>(ev.data) else {
+                        continue;
+                    };
+                    if d.id != id {
+                        continue;
+                    }
+                    if d.is_finished() {
+                        progress.finish(&d);
+                        return Ok(ExitCode::from(exit_code(d.outcome)));
+                    }
+                    progress.update(&d);
+                    last = Some(d);
+                }
+                // Fell behind: read the record again.
+                Some(Ok(ev)) if ev.name == "lagged" => break,
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => break,
+            }
+        }
+        if deadline.is_some_and(|at| tokio::time::Instant::now() >= at) {
+            return Ok(gave_up(id, last.as_ref(), timeout));
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// `--timeout` ran out while the deploy goes on.
+fn gave_up(id: u64, last: Option<&DeployRecord>, timeout: Option<Duration>) -> ExitCode {
+    let step = last
+        .and_then(|d| d.next_step())
+        .map(|s| s.as_str())
+        .unwrap_or("running");
+    eprintln!(
+        "stopped following after {}: deploy #{id} goes on (step {step}); follow it again with `bluegreen deploy --follow {id}`",
+        humantime::format_duration(timeout.unwrap_or_default())
+    );
+    ExitCode::from(EXIT_TIMEOUT)
 }
 
 fn exit_code(o: Outcome) -> u8 {

@@ -9,14 +9,15 @@ mod record;
 mod status;
 mod switch;
 
-pub use deploy::{abort, deploy, follow, promote, DeployArgs};
+pub use deploy::{abort, deploy, follow, follow_again, promote, DeployArgs};
 pub use history::history;
 pub use record::record;
-pub use status::status;
+pub use status::{status, watch};
 pub use switch::{rollback, switch};
 
 use crate::cli::{
     AdminArgs, EXIT_ABORTED, EXIT_CONFIG, EXIT_ERROR, EXIT_NOT_CONVERGED, EXIT_ROLLED_BACK,
+    EXIT_TIMEOUT,
 };
 use crate::progress::{Mode, Progress};
 use bluegreen_api::types::{AbortBody, DeployBody, RecordBody, StatusView, SwitchBody};
@@ -174,8 +175,25 @@ fn outcome(
     }
 }
 
+/// The router may be restarting (an upgrade): an unreachable API is
+/// tried again for a minute; past that, the error.
+fn out_of_patience(
+    since: &mut Option<std::time::Instant>,
+    e: bluegreen_api::ClientError,
+) -> Option<bluegreen_api::ClientError> {
+    let first = *since.get_or_insert_with(std::time::Instant::now);
+    (first.elapsed() > std::time::Duration::from_secs(60)).then_some(e)
+}
+
 fn fail(e: bluegreen_api::ClientError) -> anyhow::Result<ExitCode> {
     eprintln!("error: {e}");
+    // Say where the token comes from, on both ends.
+    if matches!(&e, bluegreen_api::ClientError::Api { status, .. } if *status == 401) {
+        eprintln!(
+            "hint: the CLI sends --token or BLUEGREEN_TOKEN (set: {}); the router checks it against the variable named by admin.token_env (default BLUEGREEN_TOKEN) in the environment of `bluegreen serve`",
+            if std::env::var_os("BLUEGREEN_TOKEN").is_some() { "yes" } else { "no" }
+        );
+    }
     Ok(ExitCode::from(EXIT_ERROR))
 }
 

@@ -13,27 +13,134 @@ pub async fn status(args: &AdminArgs, as_json: bool) -> anyhow::Result<ExitCode>
         return Ok(ExitCode::SUCCESS);
     }
     let view: StatusView = serde_json::from_value(raw)?;
-    print!("{}", render_status(&view.router));
-    // With a pipeline: what each side runs, and the deploy in progress.
-    if let Some(rel) = &view.releases {
-        out_releases(rel);
-    }
-    if let Some(d) = view
-        .deploy
-        .flatten()
-        .filter(|d| d.outcome == Outcome::Running)
-    {
-        let step = d.next_step().map(|s| s.as_str()).unwrap_or("finishing");
-        println!(
-            "\ndeploy #{} of {} to {} in progress: {step}",
-            d.id, d.version, d.target
-        );
-    }
+    print!("{}", render_view(&view));
     Ok(ExitCode::SUCCESS)
 }
 
-fn out_releases(rel: &Sides<SideRelease>) {
-    println!("\n{:<6} {:<16} STATE", "SIDE", "VERSION");
+/// `bluegreen status --watch`: the status again after every change that
+/// moves it, as the event stream says (not polled). On a terminal the
+/// screen is redrawn; otherwise a line per event between full statuses;
+/// with --json, JSON lines `{"event": NAME, "data": ...}` (ticks left out).
+pub async fn watch(
+    args: &AdminArgs,
+    as_json: bool,
+    timeout: Option<std::time::Duration>,
+) -> anyhow::Result<ExitCode> {
+    use std::io::IsTerminal;
+    let c = client(args);
+    let terminal = std::io::stdout().is_terminal();
+    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+    let mut unreachable_since: Option<std::time::Instant> = None;
+    loop {
+        match c.events().await {
+            Ok(mut stream) => {
+                unreachable_since = None;
+                loop {
+                    let next = match deadline {
+                        Some(at) => match tokio::time::timeout_at(at, stream.next()).await {
+                            Ok(n) => n,
+                            Err(_) => return Ok(ExitCode::SUCCESS),
+                        },
+                        None => stream.next().await,
+                    };
+                    let Some(Ok(ev)) = next else { break };
+                    if ev.name == "tick" {
+                        continue;
+                    }
+                    if as_json {
+                        println!("{}", json!({"event": ev.name, "data": ev.data}));
+                    } else if ev.name == "status" {
+                        let Ok(view) = serde_json::from_value::<StatusView>(ev.data) else {
+                            continue;
+                        };
+                        if terminal {
+                            print!("\x1b[2J\x1b[H");
+                        }
+                        println!("{}", now_clock());
+                        print!("{}", render_view(&view));
+                    } else if !terminal {
+                        println!("{} {}: {}", now_clock(), ev.name, one_line(&ev.data));
+                    }
+                }
+            }
+            Err(e @ bluegreen_api::ClientError::Unreachable { .. }) => {
+                if let Some(e) = out_of_patience(&mut unreachable_since, e) {
+                    return fail(e);
+                }
+            }
+            Err(e) => return fail(e),
+        }
+        if deadline.is_some_and(|at| tokio::time::Instant::now() >= at) {
+            return Ok(ExitCode::SUCCESS);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// `HH:MM:SS` UTC, for lines that follow events.
+fn now_clock() -> String {
+    let s = now_ms() / 1000 % 86_400;
+    format!("{:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+}
+
+/// An event's data in a line: its detail or message when it has one.
+fn one_line(data: &serde_json::Value) -> String {
+    for key in ["detail", "message", "reason"] {
+        if let Some(s) = data
+            .get(key)
+            .and_then(|v| v.as_str())
+            .filter(|s| !s.is_empty())
+        {
+            return s.to_string();
+        }
+    }
+    match (data.get("from"), data.get("to")) {
+        (Some(f), Some(t)) => format!(
+            "{} → {} (generation {}, by {})",
+            f.as_str().unwrap_or("?"),
+            t.as_str().unwrap_or("?"),
+            data["generation"],
+            data["actor"].as_str().unwrap_or("?")
+        ),
+        _ => data.to_string(),
+    }
+}
+
+/// The whole status: router, what each side runs, the deploy in progress
+/// (saying what it waits for).
+fn render_view(view: &StatusView) -> String {
+    let mut out = render_status(&view.router);
+    // With a pipeline: what each side runs, and the deploy in progress.
+    if let Some(rel) = &view.releases {
+        out.push_str(&out_releases(rel, &view.router));
+    }
+    if let Some(d) = view
+        .deploy
+        .as_ref()
+        .and_then(|d| d.as_ref())
+        .filter(|d| d.outcome == Outcome::Running)
+    {
+        let waiting_gate = d.step(bluegreen_core::deploy::Step::Gate).state
+            == bluegreen_core::deploy::StepState::Running;
+        let step = if waiting_gate {
+            "waiting at the manual gate: `bluegreen promote` to switch, `bluegreen abort` to stop"
+                .to_string()
+        } else {
+            d.next_step()
+                .map(|s| s.as_str())
+                .unwrap_or("finishing")
+                .to_string()
+        };
+        out.push_str(&format!(
+            "\ndeploy #{} of {} to {} in progress: {step}\n",
+            d.id, d.version, d.target
+        ));
+    }
+    out
+}
+
+fn out_releases(rel: &Sides<SideRelease>, router: &Status) -> String {
+    let mut out = format!("\n{:<6} {:<16} STATE\n", "SIDE", "VERSION");
     for side in Side::ALL {
         let r = &rel[side];
         let state = match (&r.version, r.running) {
@@ -41,12 +148,23 @@ fn out_releases(rel: &Sides<SideRelease>) {
             (Some(_), true) => "running",
             (Some(_), false) => "decommissioned",
         };
-        println!(
-            "{:<6} {:<16} {state}",
+        out.push_str(&format!(
+            "{:<6} {:<16} {state}\n",
             side.as_str(),
             r.version.as_deref().unwrap_or("-")
-        );
+        ));
     }
+    // What a rollback would do: instant onto a warm side, or a re-deploy.
+    if let Some(p) = router.previous {
+        let r = &rel[p];
+        let what = match (&r.version, r.running) {
+            (Some(v), true) => format!("{v}, still running: instant"),
+            (Some(v), false) => format!("{v}, decommissioned: re-deploys it"),
+            (None, _) => "nothing deployed there".into(),
+        };
+        out.push_str(&format!("rollback: to {p} ({what})\n"));
+    }
+    out
 }
 
 /// Human-readable status: the live side first, then a table per upstream.
@@ -157,7 +275,7 @@ fn render_cluster(c: &bluegreen_router::ClusterStatus) -> String {
     out
 }
 
-fn now_ms() -> u64 {
+pub(super) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)

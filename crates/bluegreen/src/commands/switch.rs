@@ -44,7 +44,7 @@ pub async fn rollback(
         if !as_json {
             println!("{}", answer["message"].as_str().unwrap_or_default());
         }
-        return follow(&c, d.id, Mode::detect(as_json)).await;
+        return follow(&c, d.id, Mode::detect(as_json), None).await;
     }
     let o: SwitchOutcome = serde_json::from_value(answer)?;
     outcome(Ok(o), as_json)

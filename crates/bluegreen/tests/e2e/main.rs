@@ -16,6 +16,7 @@ mod hostile;
 mod keepalive;
 mod manners;
 mod observe;
+mod operator;
 mod preview;
 mod raw;
 mod reload;

@@ -1,0 +1,212 @@
+//! The operator's CLI: following a release live through the event stream
+//! (`status --watch`, `deploy --follow`, `--timeout`), and messages that
+//! say what to do.
+
+use crate::support::*;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+/// A router whose deploys go through a hook that only logs.
+fn router(blue: &Backend, green: &Backend) -> RouterProc {
+    RouterBuilder::new(&[blue], &[green])
+        .extra(
+            "[deploy]\ndeploy_timeout = \"5s\"\nkeep_warm = \"1m\"\n[deploy.hooks]\ndeploy = \"true\"\n\
+             [deploy.bake]\nduration = \"300ms\"\ninterval = \"100ms\"\n",
+        )
+        .start()
+}
+
+/// Runs the CLI to its end in a blocking thread.
+async fn cli(r: &RouterProc, args: &[&str], token: &str) -> (i32, String, String) {
+    let admin = r.admin_url();
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let token = token.to_string();
+    tokio::task::spawn_blocking(move || {
+        let out = Command::new(bin())
+            .args(&args)
+            .env("BLUEGREEN_ADMIN", admin)
+            .env("BLUEGREEN_TOKEN", token)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_detached_deploy_is_followed_again_and_a_timeout_says_how_to_come_back() {
+    let (blue, green) = (Backend::start("blue").await, Backend::start("green").await);
+    let r = router(&blue, &green);
+    r.wait_all_healthy().await;
+    // Waiting at the manual gate: following it with a timeout gives up,
+    // says the deploy goes on, and how to follow it again.
+    let (code, out, err) = cli(&r, &["deploy", "v2", "--manual-promote", "--detach"], TOKEN).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("deploy #1 of v2 to green started"), "{out}");
+    let (code, out, err) = cli(&r, &["deploy", "--follow", "--timeout", "700ms"], TOKEN).await;
+    assert_eq!(code, 6, "{out}{err}");
+    assert!(
+        err.contains("deploy #1 goes on") && err.contains("bluegreen deploy --follow 1"),
+        "{err}"
+    );
+    // status says what the deploy waits for.
+    let (_, text, _) = cli(&r, &["status"], TOKEN).await;
+    assert!(
+        text.contains("waiting at the manual gate: `bluegreen promote`"),
+        "{text}"
+    );
+    // Re-attached by id while promoted from elsewhere: it follows to the end.
+    let follower = {
+        let (admin, bin) = (r.admin_url(), bin());
+        tokio::task::spawn_blocking(move || {
+            Command::new(bin)
+                .args(["deploy", "--follow", "1", "--json", "--timeout", "30s"])
+                .env("BLUEGREEN_ADMIN", admin)
+                .env("BLUEGREEN_TOKEN", TOKEN)
+                .output()
+                .unwrap()
+        })
+    };
+    // The follower is connected once the API has two event listeners (it
+    // and nobody else): promote after it subscribed, or it would only see
+    // the end. Waiting on its first line is not possible with `output`, so
+    // give it the gate: it prints the record at once, then waits.
+    wait_until(
+        Duration::from_secs(10),
+        "the follower subscribed",
+        || async {
+            r.api("GET", "/metrics", None, Some(TOKEN))
+                .await
+                .1
+                .as_str()
+                .is_some_and(|m| m.contains("bluegreen_event_subscribers 1"))
+        },
+    )
+    .await;
+    let (st, v) = r.api("POST", "/api/v1/promote", None, Some(TOKEN)).await;
+    assert_eq!(st, 200, "{v}");
+    let out = follower.await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // JSON lines, a step change each, the end last; the bake went by live.
+    let records: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON document per line"))
+        .collect();
+    let end = records.last().unwrap();
+    assert_eq!(
+        (&end["event"], &end["outcome"]),
+        (&"end".into(), &"succeeded".into()),
+        "{stdout}"
+    );
+    assert!(
+        records
+            .iter()
+            .any(|e| e["event"] == "step" && e["step"] == "bake" && e["state"] == "running"),
+        "the bake was seen while it ran: {stdout}"
+    );
+    // A deploy that does not exist is named.
+    let (code, _, err) = cli(&r, &["deploy", "--follow", "99"], TOKEN).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("99"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_watch_follows_the_event_stream() {
+    let (blue, green) = (Backend::start("blue").await, Backend::start("green").await);
+    let r = router(&blue, &green);
+    r.wait_all_healthy().await;
+    let watcher = {
+        let (admin, bin) = (r.admin_url(), bin());
+        tokio::task::spawn_blocking(move || {
+            Command::new(bin)
+                .args(["status", "--watch", "--json", "--timeout", "4s"])
+                .env("BLUEGREEN_ADMIN", admin)
+                .env("BLUEGREEN_TOKEN", TOKEN)
+                .output()
+                .unwrap()
+        })
+    };
+    wait_until(
+        Duration::from_secs(10),
+        "the watcher subscribed",
+        || async {
+            r.api("GET", "/metrics", None, Some(TOKEN))
+                .await
+                .1
+                .as_str()
+                .is_some_and(|m| m.contains("bluegreen_event_subscribers 1"))
+        },
+    )
+    .await;
+    r.switch_to("green").await;
+    let out = watcher.await.unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let events: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON lines"))
+        .collect();
+    let names: Vec<&str> = events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(names.first(), Some(&"status"), "{stdout}");
+    let switch = events
+        .iter()
+        .find(|e| e["event"] == "switch")
+        .expect("the switch");
+    assert_eq!(switch["data"]["to"], "green");
+    // A fresh status follows the switch, with green live.
+    let after = events
+        .iter()
+        .skip_while(|e| e["event"] != "switch")
+        .find(|e| e["event"] == "status")
+        .expect("a status after the switch");
+    assert_eq!(after["data"]["live"], "green", "{after}");
+    assert!(!names.contains(&"tick"), "ticks are left out");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refusals_say_what_to_do() {
+    let (blue, green) = (Backend::start("blue").await, Backend::start("green").await);
+    let r = router(&blue, &green);
+    r.wait_all_healthy().await;
+    // A wrong token: where it comes from, on both ends.
+    let (code, _, err) = cli(&r, &["status"], "wrong").await;
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("BLUEGREEN_TOKEN") && err.contains("admin.token_env"),
+        "{err}"
+    );
+    // An unhealthy target: the flag to override.
+    green.set_healthy(false);
+    wait_until(Duration::from_secs(5), "green down", || async {
+        r.status().await["sides"]["green"]["healthy"] == 0
+    })
+    .await;
+    let (code, _, err) = cli(&r, &["switch", "--to", "green"], TOKEN).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("pass --force"), "{err}");
+    // The demo on a busy port names the flag.
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap().to_string();
+    let out = Command::new(bin())
+        .args(["demo", "--listen", &addr])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("--listen"), "{err}");
+}
