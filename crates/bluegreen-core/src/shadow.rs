@@ -193,11 +193,37 @@ impl Aggregate {
             }
         }
         for (endpoint, fields) in &other.noise.fields {
+            // Folded like the rows: noise of an endpoint that fell into
+            // the `(other)` row here is that row's noise.
+            let key = if self.endpoints.contains_key(endpoint)
+                || self.noise.fields.contains_key(endpoint)
+                || self.endpoints.len() < MAX_ENDPOINTS
+            {
+                endpoint.clone()
+            } else {
+                OTHER.to_string()
+            };
             self.noise
                 .fields
-                .entry(endpoint.clone())
+                .entry(key)
                 .or_default()
                 .extend(fields.iter().cloned());
+        }
+    }
+
+    /// Leaves out detail to make the aggregate smaller to send: at most
+    /// `examples` examples per field, and with 0 no field detail at all.
+    /// Counts, signatures and latencies stay, so the judgement does not
+    /// change; only the report shows less.
+    pub fn trim(&mut self, examples: usize) {
+        for e in self.endpoints.values_mut() {
+            if examples == 0 {
+                e.fields.clear();
+            } else {
+                for f in e.fields.values_mut() {
+                    f.examples.truncate(examples);
+                }
+            }
         }
     }
 

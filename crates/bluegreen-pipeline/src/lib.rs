@@ -437,6 +437,9 @@ impl Pipeline {
     /// In a cluster it also takes the deploy lock for its length, so it
     /// cannot land between another node's decommission check and its stop.
     pub async fn switch(&self, req: SwitchRequest) -> Result<SwitchOutcome, PipelineError> {
+        if let Some(refused) = self.busy_here().await {
+            return Err(refused);
+        }
         let owned = self.take_lock().await?;
         let result = self.switch_locked(req).await;
         if owned {
@@ -446,9 +449,11 @@ impl Pipeline {
     }
 
     async fn switch_locked(&self, req: SwitchRequest) -> Result<SwitchOutcome, PipelineError> {
+        // Read before the book lock: status reads never wait on etcd.
+        let fresh = self.fresh_book().await?;
         let _fence = self.fence.lock().await;
         let mut book = self.book.lock().await;
-        if let Some(fresh) = self.fresh_book().await? {
+        if let Some(fresh) = fresh {
             *book = fresh;
         }
         if let Some(d) = book.current.as_ref().filter(|d| !d.is_finished()) {
@@ -479,8 +484,35 @@ impl Pipeline {
         if let Some(v) = &to_version {
             bluegreen_core::input::version(v).map_err(PipelineError::BadInput)?;
         }
+        // In a cluster, under the deploy lock from the plan to the switch
+        // (as a manual switch), with the book as the store has it.
+        if let Some(refused) = self.busy_here().await {
+            return Err(refused);
+        }
+        let owned = self.take_lock().await?;
+        let result = self
+            .rollback_locked(forced, to_version, actor, reason, owned)
+            .await;
+        if owned {
+            self.release_lock().await;
+        }
+        result
+    }
+
+    async fn rollback_locked(
+        self: &Arc<Self>,
+        forced: bool,
+        to_version: Option<String>,
+        actor: String,
+        reason: String,
+        owned: bool,
+    ) -> Result<RollbackResult, PipelineError> {
+        let fresh = self.fresh_book().await?;
         let fence = self.fence.lock().await;
-        let book = self.book.lock().await;
+        let mut book = self.book.lock().await;
+        if let Some(fresh) = fresh {
+            *book = fresh;
+        }
         if let Some(d) = book.current.as_ref().filter(|d| !d.is_finished()) {
             return Err(busy(d));
         }
@@ -503,8 +535,12 @@ impl Pipeline {
                 "{version} is already live on {live}"
             ))),
             RollbackPlan::Redeploy { version, why, .. } => {
-                // The deploy takes the fence itself and checks again.
+                // The deploy takes the fence (and the lock) itself and
+                // checks again.
                 drop(fence);
+                if owned {
+                    self.release_lock().await;
+                }
                 let why = format!("rollback: {why}");
                 let record = self
                     .deploy(
@@ -523,30 +559,18 @@ impl Pipeline {
                 })
             }
             RollbackPlan::Switch { side, version } => {
-                // In a cluster, under the deploy lock (as a manual switch).
+                let outcome = self
+                    .router
+                    .switch(SwitchRequest {
+                        to: side,
+                        kind: SwitchKind::Rollback,
+                        forced,
+                        actor,
+                        reason,
+                    })
+                    .await?;
+                self.cancel_decommission_of(side).await?;
                 drop(fence);
-                let owned = self.take_lock().await?;
-                let switched = {
-                    let _fence = self.fence.lock().await;
-                    let outcome = self
-                        .router
-                        .switch(SwitchRequest {
-                            to: side,
-                            kind: SwitchKind::Rollback,
-                            forced,
-                            actor,
-                            reason,
-                        })
-                        .await;
-                    match outcome {
-                        Ok(o) => self.cancel_decommission_of(side).await.map(|_| o),
-                        Err(e) => Err(e.into()),
-                    }
-                };
-                if owned {
-                    self.release_lock().await;
-                }
-                let outcome = switched?;
                 let running = version.map(|v| format!(" ({v})")).unwrap_or_default();
                 Ok(RollbackResult {
                     message: format!("{}{running}", outcome.message),
@@ -587,6 +611,16 @@ impl Pipeline {
             tracing::info!(%side, "scheduled decommission cancelled: the side is live again");
         }
         Ok(())
+    }
+
+    /// A deploy running on this node owns the switch: said with its step
+    /// (before the deploy lock, which it holds, would say less).
+    async fn busy_here(&self) -> Option<PipelineError> {
+        if !self.runs_here() {
+            return None;
+        }
+        let book = self.book.lock().await;
+        book.current.as_ref().filter(|d| !d.is_finished()).map(busy)
     }
 
     /// Stops the running deploy where it is, writing nothing.

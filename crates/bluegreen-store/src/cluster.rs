@@ -78,9 +78,20 @@ pub trait Cluster: Send + Sync + 'static {
     /// What this node says about itself (JSON), kept under `nodes/<node>`
     /// for as long as the node renews its lease.
     fn report(&self, report: Vec<u8>);
-    /// Writes (or with `None` removes) a key only one node writes at a
-    /// time (the deploy lock's holder), unconditionally. Blocking.
-    fn publish(&self, key: &str, value: Option<Vec<u8>>) -> Result<(), StoreError>;
+    /// Writes (or with `None` removes) `key` as the holder of `lock`: only
+    /// while this process holds it (`Ok(false)` otherwise, nothing
+    /// written), so a node that lost the lock cannot overwrite what the new
+    /// holder wrote. Blocking.
+    fn publish_as(&self, lock: &str, key: &str, value: Option<Vec<u8>>)
+        -> Result<bool, StoreError>;
+    /// Removes every key under `dir/` as the holder of `lock`. Blocking.
+    fn clear_as(&self, lock: &str, dir: &str) -> Result<bool, StoreError>;
+    /// Writes a key of this node's own, with its lease (it goes when the
+    /// node does). Blocking.
+    fn publish_own(&self, key: &str, value: Vec<u8>) -> Result<(), StoreError>;
+    /// Reads a key without making it the base of this node's next
+    /// conditional write of it. Blocking.
+    fn peek(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
     /// Takes the lock `name` for this process, for as long as its lease
     /// lives (moved to the next lease when a session is renewed).
     fn try_lock(&self, name: &str) -> Result<Lock, StoreError>;

@@ -65,13 +65,14 @@ pub(super) async fn decommission(
     // In a cluster another node may have switched a moment ago (its switch
     // needs the deploy lock this node holds, so none can come after this
     // read): the stored state decides, not this node's view of it.
-    if p.cluster.is_some() {
-        let store = p.store.clone();
-        let stored =
-            tokio::task::spawn_blocking(move || bluegreen_store::load_router(store.as_ref()))
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| format!("cannot read the shared state, not stopping {side}: {e}"))?;
+    if let Some(cluster) = p.cluster.clone() {
+        // A peek: this node's next write of the state stays conditional on
+        // what it applied, not on what this read saw.
+        let stored = tokio::task::spawn_blocking(move || cluster.peek(bluegreen_store::ROUTER_KEY))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("cannot read the shared state, not stopping {side}: {e}"))?
+            .and_then(|b| serde_json::from_slice::<bluegreen_core::state::RouterState>(&b).ok());
         if stored.is_some_and(|s| s.live == side) {
             return Err(format!(
                 "{side} is live (switched on another node); refusing to stop it"

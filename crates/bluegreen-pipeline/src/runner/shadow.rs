@@ -47,8 +47,18 @@ pub(super) async fn shadow(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployReco
     // In a cluster every node shadows its own share of live traffic and
     // the gate judges their sum (`report_with` the other nodes' shares).
     let shared = now_ms();
-    p.router.share_shadow(shared, &run, true).await;
-    let report = || run.report_with(&p.router.shadow_shares(shared));
+    let until_ms = shared
+        + (step.duration + Duration::from_millis(options.timeout_ms)).as_millis() as u64
+        + 10_000;
+    p.router.share_shadow(shared, &run, true, until_ms).await;
+    let shares = || -> Vec<_> {
+        p.router
+            .shadow_shares(shared)
+            .into_iter()
+            .map(|(_, s)| s)
+            .collect()
+    };
+    let report = || run.report_with(&shares());
     let started = tokio::time::Instant::now();
     let deadline = started + step.duration;
     let target = step.requests.unwrap_or(u64::MAX);
@@ -77,13 +87,14 @@ pub(super) async fn shadow(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployReco
             _ = tokio::time::sleep(Duration::from_millis(200)) => {}
             _ = handle.abort.cancelled() => {
                 p.router.stop_shadow_run(&run).await;
+                p.router.share_shadow(shared, &run, false, until_ms).await;
                 p.router.end_shared_shadow().await;
                 return StepEnd::End(Outcome::Aborted, aborted(handle));
             }
         }
     }
     p.router.stop_shadow_run(&run).await;
-    p.router.share_shadow(shared, &run, false).await;
+    p.router.share_shadow(shared, &run, false, until_ms).await;
     // Copies already sent are compared before judging, here and on the
     // other nodes (whose last counts come with their next report).
     let settle = Duration::from_millis(options.timeout_ms);
@@ -95,7 +106,23 @@ pub(super) async fn shadow(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployReco
         .shadow_settled(shared, settle + Duration::from_secs(2))
         .await;
     let r = report();
+    let others: Vec<String> = p
+        .router
+        .shadow_shares(shared)
+        .into_iter()
+        .map(|(node, _)| node)
+        .collect();
     p.router.end_shared_shadow().await;
+    // Whose traffic was judged, in a cluster.
+    let judged = p.router.cluster().map(|c| {
+        let mut nodes = vec![c.node().to_string()];
+        nodes.extend(others);
+        format!(
+            " (the live traffic of {} node(s): {})",
+            nodes.len(),
+            nodes.join(", ")
+        )
+    });
     if cut_short {
         return StepEnd::End(
             Outcome::Failed,
@@ -139,8 +166,9 @@ pub(super) async fn shadow(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployReco
         )
         .await;
     }
+    let judged = judged.unwrap_or_default();
     match bluegreen_core::shadow::judge(&step.gate, &r.totals, &r.endpoints) {
-        Ok(summary) => StepEnd::Done(Some(summary)),
-        Err(why) => StepEnd::End(Outcome::Failed, why),
+        Ok(summary) => StepEnd::Done(Some(format!("{summary}{judged}"))),
+        Err(why) => StepEnd::End(Outcome::Failed, format!("{why}{judged}")),
     }
 }

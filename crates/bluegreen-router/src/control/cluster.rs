@@ -37,9 +37,6 @@ pub struct NodeReport {
     /// This node's live traffic per side since it started (the same fixed
     /// buckets on every node, so the cluster's traffic is their sum).
     pub windows: Sides<Window>,
-    /// Its part in a cluster-wide shadow run, while there is one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub shadow: Option<crate::taps::shadow::ShadowShare>,
 }
 
 /// One node in `status`.
@@ -85,6 +82,8 @@ pub struct Convergence {
 
 /// Key of the cluster-wide shadow run the deploy asks for.
 const SHADOW_RUN: &str = "shadow.run";
+/// Where each node publishes its part of that run: `shadow/<run>/<node>`.
+const SHADOW_DIR: &str = "shadow";
 
 /// Key of the shared session-cookie keys, relative to the prefix.
 const SESSION_KEYS: &str = "session.keys";
@@ -219,12 +218,14 @@ impl Router {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             let mut last: Option<NodeReport> = None;
             let mut written = std::time::Instant::now();
+            let mut share_sent: Option<(std::time::Instant, bool)> = None;
             loop {
                 tokio::select! {
                     _ = tick.tick() => {}
                     _ = router.report_due.notified() => {}
                     _ = stop.cancelled() => return,
                 }
+                router.publish_share(&mut share_sent).await;
                 let report = router.node_report();
                 // Rewritten now and then even unchanged: a write that raced
                 // a session's end may have left it on an expired lease.
@@ -415,12 +416,6 @@ impl Router {
             }),
             started_ms: self.started_ms,
             windows: Sides::from_fn(|s| self.local_window(s)),
-            shadow: self
-                .shared_shadow
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .as_ref()
-                .map(|(run, s, _)| s.share(*run)),
         }
     }
 
@@ -454,98 +449,186 @@ impl Router {
     }
 
     /// Follows the cluster-wide shadow run: starts this node's part when
-    /// the deploy (on another node) asks for one, stops it when the deploy
-    /// says the run is over, and forgets it once the deploy removed it.
-    async fn follow_shadow(self: &Arc<Self>, run: Option<&Vec<u8>>) {
+    /// the deploy (on another node, holding the deploy lock) asks for one,
+    /// stops it when the deploy says the run is over (or its node lost the
+    /// lock, or its time is up), and forgets it once the deploy removed it.
+    /// The deploy node's own run, orphaned (its key gone or replaced while
+    /// the run goes on: the lock was lost), is stopped too.
+    async fn follow_shadow(self: &Arc<Self>, raw: Option<&Vec<u8>>) {
         use crate::taps::shadow::SharedShadow;
-        let asked: Option<SharedShadow> = run.and_then(|b| serde_json::from_slice(b).ok());
+        let Some(cluster) = self.cluster.clone() else {
+            return;
+        };
+        let me = cluster.node().to_string();
+        let asked: Option<SharedShadow> = raw.and_then(|b| serde_json::from_slice(b).ok());
+        let holder = cluster
+            .view()
+            .borrow()
+            .values
+            .get(&bluegreen_store::cluster::lock_key("deploy"))
+            .map(|l| bluegreen_store::cluster::lock_holder(&l.value));
+        let now = super::now().1;
+        let valid = asked.clone().filter(|a| {
+            a.node != me && holder.as_deref() == Some(a.node.as_str()) && now < a.until_ms
+        });
         let mine = self
             .shared_shadow
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        match (asked, mine) {
-            (Some(a), None) if a.active && a.live == self.live() => {
-                match self.start_shadow(a.options.clone()).await {
-                    Ok(s) => {
-                        tracing::info!(
-                            run = a.run,
-                            "shadowing this node's live traffic for the deploy's cluster-wide run"
-                        );
-                        *self.shared_shadow.lock().unwrap_or_else(|p| p.into_inner()) =
-                            Some((a.run, s, true));
-                        self.report_due.notify_one();
-                    }
-                    Err(e) => {
-                        tracing::warn!(run = a.run, error = %e, "could not take part in the cluster's shadow run")
-                    }
+        let forget = |router: &Self| {
+            *router
+                .shared_shadow
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = None;
+        };
+        match (&valid, &mine) {
+            // This node's deploy run, its key gone or replaced.
+            (_, Some((run, s, false))) => {
+                if asked.as_ref().is_none_or(|a| a.run != *run) {
+                    self.stop_shadow_run(s).await;
+                    forget(self);
                 }
+                return;
             }
-            (Some(a), Some((run, s, true))) if run == a.run && !a.active && !s.stopped() => {
-                self.stop_shadow_run(&s).await;
+            (Some(a), Some((run, s, true))) if *run == a.run => {
+                if !a.active && !s.stopped() {
+                    self.stop_shadow_run(s).await;
+                    self.report_due.notify_one();
+                }
+                return;
+            }
+            (_, Some((_, s, true))) => {
+                // Over, or another run: this part ends (its last counts
+                // were published with the run's key still there).
+                self.stop_shadow_run(s).await;
+                forget(self);
+            }
+            (_, None) => {}
+        }
+        let Some(a) = valid.filter(|a| a.active && a.live == self.live()) else {
+            return;
+        };
+        let mut options = a.options.clone();
+        options.duration_ms = Some(a.until_ms.saturating_sub(now));
+        match self.start_shadow(options).await {
+            Ok(s) => {
+                tracing::info!(run = a.run, node = %a.node, "shadowing this node's live traffic for the deploy's cluster-wide run");
+                *self.shared_shadow.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some((a.run, s, true));
                 self.report_due.notify_one();
             }
-            (None, Some((_, s, true))) => {
-                self.stop_shadow_run(&s).await;
-                *self.shared_shadow.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            Err(e) => {
+                // Said once per run, not on every change of the view.
+                if self.shadow_refused.swap(a.run, Ordering::SeqCst) != a.run {
+                    tracing::warn!(run = a.run, error = %e, "this node cannot take part in the cluster's shadow run; the deploy judges without its traffic");
+                }
             }
-            (Some(a), Some((run, s, true))) if run != a.run => {
-                self.stop_shadow_run(&s).await;
-                *self.shared_shadow.lock().unwrap_or_else(|p| p.into_inner()) = None;
-            }
-            _ => {}
+        }
+    }
+
+    /// Publishes this node's part of a followed run: every 2 s while it
+    /// runs, and once more when it has stopped and compared what it sent.
+    async fn publish_share(&self, sent: &mut Option<(std::time::Instant, bool)>) {
+        let Some(cluster) = self.cluster.clone() else {
+            return;
+        };
+        let mine = self
+            .shared_shadow
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let Some((run, s, true)) = mine else {
+            *sent = None;
+            return;
+        };
+        let share = s.share(run);
+        let done = !share.running && share.in_flight == 0;
+        let due = match *sent {
+            None => true,
+            Some((_, true)) => false,
+            Some((at, false)) => done || at.elapsed() >= Duration::from_secs(2),
+        };
+        if !due {
+            return;
+        }
+        let key = format!("{SHADOW_DIR}/{run}/{}", cluster.node());
+        let bytes = share.to_json();
+        match tokio::task::spawn_blocking(move || cluster.publish_own(&key, bytes)).await {
+            Ok(Ok(())) => *sent = Some((std::time::Instant::now(), done)),
+            Ok(Err(e)) => tracing::debug!(error = %e, "shadow share not published"),
+            Err(_) => {}
         }
     }
 
     /// The deploy's shadow run on this node becomes a cluster-wide one
-    /// (`active`), or ends (`!active`: the other nodes stop and report
-    /// their last counts). Nothing to do alone.
+    /// (`active`), or ends (`!active`: the other nodes stop and publish
+    /// their last counts). Written only while this node holds the deploy
+    /// lock. Nothing to do alone.
     pub async fn share_shadow(
         &self,
         run: u64,
         shadow: &Arc<crate::taps::shadow::Shadow>,
         active: bool,
+        until_ms: u64,
     ) {
         let Some(cluster) = self.cluster.clone() else {
             return;
         };
-        *self.shared_shadow.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some((run, shadow.clone(), false));
         let doc = crate::taps::shadow::SharedShadow {
             run,
             options: shadow.options.clone(),
             live: self.live(),
             active,
+            node: cluster.node().to_string(),
+            until_ms,
         };
         let bytes = serde_json::to_vec(&doc).expect("serialises");
-        let put =
-            tokio::task::spawn_blocking(move || cluster.publish(SHADOW_RUN, Some(bytes))).await;
-        if let Ok(Err(e)) = put {
-            tracing::warn!(error = %e, "could not ask the other nodes to shadow");
+        let put = tokio::task::spawn_blocking(move || {
+            cluster.publish_as("deploy", SHADOW_RUN, Some(bytes))
+        })
+        .await;
+        match put {
+            Ok(Ok(true)) => {}
+            Ok(Ok(false)) => tracing::warn!(
+                "not the deploy lock's holder any more: the other nodes were not asked to shadow"
+            ),
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not ask the other nodes to shadow"),
+            Err(_) => {}
         }
+        // After the key: the follow loop never takes this run for an orphan.
+        *self.shared_shadow.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((run, shadow.clone(), false));
     }
 
-    /// The deploy is done with the cluster-wide run `run`.
+    /// The deploy is done with the cluster-wide run: its key and every
+    /// node's part are removed.
     pub async fn end_shared_shadow(&self) {
         let Some(cluster) = self.cluster.clone() else {
             return;
         };
+        let _ = tokio::task::spawn_blocking(move || {
+            let _ = cluster.clear_as("deploy", SHADOW_DIR);
+            cluster.publish_as("deploy", SHADOW_RUN, None)
+        })
+        .await;
         *self.shared_shadow.lock().unwrap_or_else(|p| p.into_inner()) = None;
-        let _ = tokio::task::spawn_blocking(move || cluster.publish(SHADOW_RUN, None)).await;
     }
 
-    /// The other nodes' parts of the cluster-wide run `run`.
-    pub fn shadow_shares(&self, run: u64) -> Vec<crate::taps::shadow::ShadowShare> {
+    /// The other nodes' parts of the cluster-wide run `run`, by node.
+    pub fn shadow_shares(&self, run: u64) -> Vec<(String, crate::taps::shadow::ShadowShare)> {
         let Some(cluster) = self.cluster.as_ref() else {
             return Vec::new();
         };
-        let me = cluster.node().to_string();
+        let dir = format!("{SHADOW_DIR}/{run}");
         let view = cluster.view();
         let v = view.borrow();
-        v.under("nodes")
-            .filter(|(name, _)| *name != me)
-            .filter_map(|(_, value)| serde_json::from_slice::<NodeReport>(&value.value).ok())
-            .filter_map(|r| r.shadow.filter(|s| s.run == run))
+        v.under(&dir)
+            .filter_map(|(node, value)| {
+                serde_json::from_slice(&value.value)
+                    .ok()
+                    .map(|s| (node.to_string(), s))
+            })
             .collect()
     }
 
@@ -561,7 +644,7 @@ impl Router {
             let busy = self
                 .shadow_shares(run)
                 .iter()
-                .any(|s| s.running || s.in_flight > 0);
+                .any(|(_, s)| s.running || s.in_flight > 0);
             if !busy {
                 return;
             }

@@ -98,6 +98,8 @@ pub struct Router {
     /// local run, and whether it was started by following the shared
     /// `shadow.run` (true) or by this node's deploy (false).
     shared_shadow: Mutex<Option<(u64, Arc<Shadow>, bool)>>,
+    /// The last cluster shadow run this node could not take part in.
+    shadow_refused: std::sync::atomic::AtomicU64,
 }
 
 /// Startup failures.
@@ -278,6 +280,7 @@ impl Router {
             report_due: tokio::sync::Notify::new(),
             started_ms: now().1,
             shared_shadow: Mutex::new(None),
+            shadow_refused: std::sync::atomic::AtomicU64::new(0),
         }))
     }
 

@@ -62,6 +62,35 @@ pub struct SharedShadow {
     pub options: ShadowOptions,
     pub live: Side,
     pub active: bool,
+    /// The node running the deploy (it holds the deploy lock): a run whose
+    /// node no longer holds it is over, whatever the key still says.
+    pub node: String,
+    /// No part of the run goes on past this (Unix ms), even if nobody
+    /// says it ended.
+    pub until_ms: u64,
+}
+
+/// Largest share a node publishes; past it, examples and then field
+/// detail are left out (counts and latencies always stay).
+const SHARE_LIMIT: usize = 512 * 1024;
+
+impl ShadowShare {
+    /// The share as JSON, trimmed to fit [`SHARE_LIMIT`].
+    pub fn to_json(&self) -> Vec<u8> {
+        let bytes = serde_json::to_vec(self).expect("serialises");
+        if bytes.len() <= SHARE_LIMIT {
+            return bytes;
+        }
+        let mut lean = self.clone();
+        for detail in [1, 0] {
+            lean.aggregate.trim(detail);
+            let bytes = serde_json::to_vec(&lean).expect("serialises");
+            if bytes.len() <= SHARE_LIMIT || detail == 0 {
+                return bytes;
+            }
+        }
+        unreachable!("the loop returns")
+    }
 }
 
 /// What a shadowing run is asked to do.

@@ -542,7 +542,7 @@ fn put_op(key: &str, value: &[u8], lease: Option<i64>) -> Value {
 }
 
 /// The smallest key after every key that starts with `prefix`.
-fn prefix_end(prefix: &str) -> Vec<u8> {
+pub(crate) fn prefix_end(prefix: &str) -> Vec<u8> {
     let mut end = prefix.as_bytes().to_vec();
     while let Some(last) = end.pop() {
         if last < 0xff {

@@ -398,20 +398,65 @@ impl Cluster for Inner {
         }
     }
 
-    fn publish(&self, key: &str, value: Option<Vec<u8>>) -> Result<(), StoreError> {
-        let full = self.key(key);
-        let me = self.self_arc();
+    fn publish_as(
+        &self,
+        lock: &str,
+        key: &str,
+        value: Option<Vec<u8>>,
+    ) -> Result<bool, StoreError> {
+        let Some(token) = self.token_of(lock) else {
+            return Ok(false);
+        };
+        let (full, lock_full, me) = (self.key(key), self.key(&lock_key(lock)), self.self_arc());
         let bytes = value.clone();
-        let revision = self.block(async move {
-            match bytes {
-                Some(b) => me.client.put(&full, &b, None).await.map(Some),
-                None => me.client.delete(&full).await.map(|_| None),
-            }
+        let written = self.block(async move {
+            let held = json!({"key": b64(&lock_full), "target": "VALUE", "value": b64(&token), "result": "EQUAL"});
+            let op = match &bytes {
+                Some(b) => json!({"request_put": {"key": b64(&full), "value": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, b)}}),
+                None => json!({"request_delete_range": {"key": b64(&full)}}),
+            };
+            me.client.txn(vec![held], vec![op]).await
         })?;
-        if let (Some(r), Some(v)) = (revision, value) {
+        if let (Some(r), Some(v)) = (written, value) {
             self.seen(key, r, v);
         }
-        Ok(())
+        Ok(written.is_some())
+    }
+
+    fn clear_as(&self, lock: &str, dir: &str) -> Result<bool, StoreError> {
+        let Some(token) = self.token_of(lock) else {
+            return Ok(false);
+        };
+        let (from, lock_full, me) = (
+            self.key(&format!("{dir}/")),
+            self.key(&lock_key(lock)),
+            self.self_arc(),
+        );
+        let written = self.block(async move {
+            let held = json!({"key": b64(&lock_full), "target": "VALUE", "value": b64(&token), "result": "EQUAL"});
+            let end = client::prefix_end(&from);
+            let op = json!({"request_delete_range": {"key": b64(&from), "range_end": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, end)}});
+            me.client.txn(vec![held], vec![op]).await
+        })?;
+        Ok(written.is_some())
+    }
+
+    fn publish_own(&self, key: &str, value: Vec<u8>) -> Result<(), StoreError> {
+        let lease = self.lease.load(Ordering::SeqCst);
+        if lease == 0 {
+            return Err(StoreError::Etcd {
+                endpoints: self.client.endpoints(),
+                reason: "this node has no session with etcd now".into(),
+            });
+        }
+        let (full, me) = (self.key(key), self.self_arc());
+        self.block(async move { me.client.put(&full, &value, Some(lease)).await.map(|_| ()) })
+    }
+
+    fn peek(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let (full, me) = (self.key(key), self.self_arc());
+        let (_, kvs) = self.block(async move { me.client.range(&full, false).await })?;
+        Ok(kvs.into_iter().next().map(|kv| kv.value))
     }
 
     fn holds(&self, name: &str) -> bool {
@@ -434,6 +479,18 @@ impl Cluster for Inner {
         let key = self.key(&lock_key(name));
         let me = self.self_arc();
         self.block(async move { me.client.delete_if(&key, token.as_bytes()).await })
+    }
+}
+
+impl Inner {
+    /// The token this process holds `lock` with, if it does.
+    fn token_of(&self, lock: &str) -> Option<String> {
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(lock)
+            .filter(|t| !t.is_empty())
+            .cloned()
     }
 }
 
@@ -639,9 +696,15 @@ async fn write_reports(
                 return;
             }
             let key = inner.key(&node_key(&inner.node));
-            if let Err(e) = inner.client.put(&key, &r, Some(lease)).await {
-                let _ = failed.try_send(e);
-                return;
+            match inner.client.put(&key, &r, Some(lease)).await {
+                Ok(_) => {}
+                // Only a lost etcd ends the session; a report etcd refuses
+                // (too large, say) is logged and the next one tried.
+                Err(e @ EtcdError::Unreachable(_)) => {
+                    let _ = failed.try_send(e);
+                    return;
+                }
+                Err(e) => tracing::warn!(error = %e, "this node's report was refused"),
             }
         }
         tokio::select! {
