@@ -67,6 +67,7 @@ pub fn app(
         .route("/shadow", get(shadow_report))
         .route("/shadow/start", post(shadow_start))
         .route("/shadow/stop", post(shadow_stop))
+        .route("/shadow/accept", post(shadow_accept))
         .route("/abort", post(abort))
         .route("/upgrade", post(upgrade))
         .route("/reload", post(reload))
@@ -821,6 +822,54 @@ async fn shadow_stop(State(state): State<AppState>) -> Result<Response, ApiError
             message,
         })?;
     Ok(Json(serde_json::json!({"shadow": shadow.report()})).into_response())
+}
+
+/// An intended difference: left out of the running shadow run's report and
+/// gate (what was counted too) and of every later run in this process;
+/// recorded in the running deploy's log. In a cluster, on the node that
+/// runs the deploy (its run is the one judged).
+async fn shadow_accept(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Json(body): Json<crate::types::AcceptBody>,
+) -> Result<Response, ApiError> {
+    let field = body.field.trim();
+    let ok = field.starts_with('/')
+        || field == "status"
+        || field == "body"
+        || field.strip_prefix("header:").is_some_and(|h| !h.is_empty());
+    if !ok || field.len() > 512 || field.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(format!(
+            "{field:?} is not a field: a JSON pointer (\"/items/*/currency\"), \"status\", \"header:NAME\" or \"body\""
+        )));
+    }
+    let who = actor(&headers, &body.actor)?;
+    if let Some(p) = &state.pipeline {
+        p.accept_here()?;
+    }
+    let running = state.router.accept_difference(field);
+    let reason = body.reason.clone().unwrap_or_default();
+    let text = format!(
+        "shadow: {who} accepted {field} as an intended difference{}",
+        if reason.is_empty() {
+            String::new()
+        } else {
+            format!(" ({reason})")
+        }
+    );
+    tracing::info!("{text}");
+    if let Some(p) = &state.pipeline {
+        p.record(text.clone()).await;
+    }
+    Ok(Json(serde_json::json!({
+        "accepted": state.router.accepted_differences(),
+        "running": running,
+        "message": format!(
+            "{text}; {}. It lasts for this process: add it to [shadow] ignore_paths to keep it",
+            if running { "the running shadow run no longer counts it" } else { "no shadow run is going; the next one will not count it" }
+        ),
+    }))
+    .into_response())
 }
 
 async fn shadow_report(State(state): State<AppState>) -> Response {

@@ -108,6 +108,19 @@ pub struct ShadowBody {
     pub requests: Option<u64>,
 }
 
+/// `POST /api/v1/shadow/accept`: a difference that is intended.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcceptBody {
+    /// A JSON pointer (`/items/*/currency`; indexes as numbers or `*`), or
+    /// `status`, `header:NAME`, `body`.
+    pub field: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -247,10 +247,18 @@ pub fn compare(
                 }
             }
         }
-        _ if live.body != idle.body => out.push(FieldDiff {
-            field: "body".into(),
-            live: format!("{} bytes", live.body.len()),
-            idle: format!("{} bytes", idle.body.len()),
+        _ if live.body != idle.body => out.push(match text_diff(live.body, idle.body) {
+            // Text: the lines where the two first part, as a short diff.
+            Some((l, i)) => FieldDiff {
+                field: "body".into(),
+                live: l,
+                idle: i,
+            },
+            None => FieldDiff {
+                field: "body".into(),
+                live: format!("{} bytes", live.body.len()),
+                idle: format!("{} bytes", idle.body.len()),
+            },
         }),
         _ => {}
     }
@@ -259,10 +267,77 @@ pub fn compare(
     out
 }
 
+/// Lines of context and of change shown for a text body.
+const DIFF_LINES: usize = 3;
+/// Longest line shown in a text diff.
+const DIFF_WIDTH: usize = 120;
+
+/// Two text bodies where they first differ, as the lines of a unified diff
+/// (`@@ line N @@`, a line of context, `-` the live side's lines, `+` the
+/// idle side's): short enough for a report. `None` when either is not
+/// UTF-8 text.
+pub fn text_diff(live: &[u8], idle: &[u8]) -> Option<(String, String)> {
+    let (a, b) = (
+        std::str::from_utf8(live).ok()?,
+        std::str::from_utf8(idle).ok()?,
+    );
+    let (a, b): (Vec<&str>, Vec<&str>) = (a.lines().collect(), b.lines().collect());
+    let first = a
+        .iter()
+        .zip(&b)
+        .position(|(x, y)| x != y)
+        .unwrap_or(a.len().min(b.len()));
+    // The common tail, so the hunk holds only what changed.
+    let tail = a[first..]
+        .iter()
+        .rev()
+        .zip(b[first..].iter().rev())
+        .take_while(|(x, y)| x == y)
+        .count();
+    let cut = |l: &str| -> String {
+        match l.char_indices().nth(DIFF_WIDTH) {
+            Some((i, _)) => format!("{}…", &l[..i]),
+            None => l.to_string(),
+        }
+    };
+    let hunk = |lines: &[&str], sign: char| -> String {
+        let mut out = format!("@@ line {} @@\n", first + 1);
+        if first > 0 {
+            out.push_str(&format!(" {}\n", cut(lines[first - 1])));
+        }
+        let changed = &lines[first..lines.len() - tail];
+        for l in changed.iter().take(DIFF_LINES) {
+            out.push_str(&format!("{sign}{}\n", cut(l)));
+        }
+        if changed.len() > DIFF_LINES {
+            out.push_str(&format!(
+                "{sign}… {} more line(s)\n",
+                changed.len() - DIFF_LINES
+            ));
+        }
+        out.trim_end().to_string()
+    };
+    Some((hunk(&a, '-'), hunk(&b, '+')))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn text_bodies_differ_as_a_short_unified_diff() {
+        let live = b"<html>\n<h1>Shop</h1>\n<p>price 10</p>\n<footer/>\n";
+        let idle = b"<html>\n<h1>Shop</h1>\n<p>price 12</p>\n<footer/>\n";
+        let (l, i) = text_diff(live, idle).unwrap();
+        assert_eq!(l, "@@ line 3 @@\n <h1>Shop</h1>\n-<p>price 10</p>");
+        assert_eq!(i, "@@ line 3 @@\n <h1>Shop</h1>\n+<p>price 12</p>");
+        // Many changed lines: a few shown, the rest counted.
+        let long: String = (0..10).map(|n| format!("line {n}\n")).collect();
+        let (l, _) = text_diff(long.as_bytes(), b"other\n").unwrap();
+        assert!(l.ends_with("-… 7 more line(s)"), "{l}");
+        assert!(text_diff(&[0xff, 0xfe], b"x").is_none());
+    }
 
     #[test]
     fn endpoints_collapse_ids() {

@@ -61,6 +61,11 @@ struct EndpointAgg {
 pub struct Aggregate {
     endpoints: BTreeMap<String, EndpointAgg>,
     pub noise: Noise,
+    /// Differences an operator said are intended (`bluegreen shadow
+    /// accept`): generalised field names left out of the report and the
+    /// gate on every endpoint, the pairs already counted included.
+    #[serde(default)]
+    pub accepted: std::collections::BTreeSet<String>,
 }
 
 /// Latency of one side, for reports.
@@ -192,6 +197,7 @@ impl Aggregate {
                 mine.examples.extend(f.examples.iter().take(room).cloned());
             }
         }
+        self.accepted.extend(other.accepted.iter().cloned());
         for (endpoint, fields) in &other.noise.fields {
             // Folded like the rows: noise of an endpoint that fell into
             // the `(other)` row here is that row's noise.
@@ -209,6 +215,12 @@ impl Aggregate {
                 .or_default()
                 .extend(fields.iter().cloned());
         }
+    }
+
+    /// An intended difference: `field` (a JSON pointer, array indexes as
+    /// numbers or `*`, or `status`, `header:NAME`, `body`) no longer counts.
+    pub fn accept(&mut self, field: &str) {
+        self.accepted.insert(generalize(field));
     }
 
     /// Leaves out detail to make the aggregate smaller to send: at most
@@ -297,7 +309,8 @@ impl Aggregate {
             .iter()
             .map(|(name, e)| {
                 let noise = self.noise.fields.get(name);
-                let is_noise = |f: &str| noise.is_some_and(|n| n.contains(f));
+                let is_noise =
+                    |f: &str| noise.is_some_and(|n| n.contains(f)) || self.accepted.contains(f);
                 let differing = e.unsorted
                     + e.signatures
                         .iter()

@@ -613,6 +613,27 @@ impl Pipeline {
         Ok(())
     }
 
+    /// An accepted shadow difference counts where the deploy's run is
+    /// judged: in a cluster, on the node holding the deploy lock.
+    pub fn accept_here(&self) -> Result<(), PipelineError> {
+        match self.held_elsewhere() {
+            Some(node) => Err(PipelineError::Elsewhere(node)),
+            None => Ok(()),
+        }
+    }
+
+    /// A line in the running deploy's log (an operator's decision).
+    pub async fn record(&self, text: String) {
+        let mut book = self.book.lock().await;
+        let Some(d) = book.current.as_mut().filter(|d| !d.is_finished()) else {
+            return;
+        };
+        d.log(text, now_ms());
+        if let Err(e) = self.persist(&book).await {
+            tracing::warn!(error = %e, "the deploy log line was not saved");
+        }
+    }
+
     /// A deploy running on this node owns the switch: said with its step
     /// (before the deploy lock, which it holds, would say less).
     async fn busy_here(&self) -> Option<PipelineError> {

@@ -63,12 +63,22 @@ pub struct AdminArgs {
 pub enum Command {
     /// Run the router and its admin API.
     Serve {
-        #[arg(short, long, default_value = "bluegreen.toml", env = "BLUEGREEN_CONFIG")]
+        #[arg(
+            short,
+            long,
+            default_value = "bluegreen.toml",
+            env = "BLUEGREEN_CONFIG"
+        )]
         config: PathBuf,
     },
     /// Validate a config file; exits non-zero with every problem listed.
     Check {
-        #[arg(short, long, default_value = "bluegreen.toml", env = "BLUEGREEN_CONFIG")]
+        #[arg(
+            short,
+            long,
+            default_value = "bluegreen.toml",
+            env = "BLUEGREEN_CONFIG"
+        )]
         config: PathBuf,
     },
     /// Show which side is live and the health of every upstream.

@@ -27,6 +27,21 @@ pub enum ShadowAction {
         #[arg(long)]
         json: bool,
     },
+    /// Accept a difference as intended (a JSON pointer such as
+    /// `/items/*/currency`, or `status`, `header:NAME`, `body`): the running
+    /// shadow run (and the deploy's gate) stop counting it, what was already
+    /// counted included, without a restart; recorded in the running
+    /// deploy's log. Lasts for the router process: add it to
+    /// `[shadow] ignore_paths` to keep it.
+    Accept {
+        field: String,
+        /// Why, recorded in the deploy's log.
+        #[arg(long)]
+        reason: Option<String>,
+        /// Print the answer as one JSON document (for scripts).
+        #[arg(long)]
+        json: bool,
+    },
     /// What differs so far, per endpoint.
     Report {
         /// Print the report as JSON.
@@ -57,6 +72,32 @@ pub async fn main(args: &AdminArgs, action: ShadowAction) -> anyhow::Result<Exit
         ),
         ShadowAction::Stop { json } => (c.post("/api/v1/shadow/stop", json!({})).await, json),
         ShadowAction::Report { json } => (c.get("/api/v1/shadow").await, json),
+        ShadowAction::Accept {
+            field,
+            reason,
+            json,
+        } => {
+            let body = bluegreen_api::types::AcceptBody {
+                field,
+                reason,
+                actor: None,
+            };
+            let answer: Result<serde_json::Value, _> = c.post("/api/v1/shadow/accept", body).await;
+            return match answer {
+                Ok(v) if json => {
+                    println!("{v}");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Ok(v) => {
+                    println!("{}", v["message"].as_str().unwrap_or_default());
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    Ok(ExitCode::from(EXIT_ERROR))
+                }
+            };
+        }
     };
     let v: serde_json::Value = match result {
         Ok(v) => v,
@@ -108,6 +149,12 @@ pub fn render(r: &ShadowReport) -> String {
         ms(t.idle.p50_ms),
         ms(t.idle.p99_ms)
     ));
+    if !r.accepted.is_empty() {
+        out.push_str(&format!(
+            "accepted as intended (not counted): {}\n",
+            r.accepted.join(", ")
+        ));
+    }
     if r.endpoints.is_empty() {
         out.push_str("no pairs compared yet\n");
         return out;
@@ -129,10 +176,19 @@ pub fn render(r: &ShadowReport) -> String {
         for f in &e.fields {
             out.push_str(&format!("    {} ×{}\n", f.field, f.count));
             if let Some(x) = f.examples.first() {
-                out.push_str(&format!(
-                    "      e.g. {}: live {} | idle {}\n",
-                    x.request, x.live, x.idle
-                ));
+                if x.live.contains('\n') || x.idle.contains('\n') {
+                    // A text body: its short diff, line by line.
+                    out.push_str(&format!("      e.g. {}:\n", x.request));
+                    let added = x.idle.lines().filter(|l| l.starts_with('+'));
+                    for line in x.live.lines().chain(added) {
+                        out.push_str(&format!("        {line}\n"));
+                    }
+                } else {
+                    out.push_str(&format!(
+                        "      e.g. {}: live {} | idle {}\n",
+                        x.request, x.live, x.idle
+                    ));
+                }
             }
         }
         if !e.noise.is_empty() {

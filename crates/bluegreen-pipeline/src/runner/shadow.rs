@@ -166,7 +166,13 @@ pub(super) async fn shadow(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployReco
         )
         .await;
     }
-    let judged = judged.unwrap_or_default();
+    let mut judged = judged.unwrap_or_default();
+    if !r.accepted.is_empty() {
+        judged.push_str(&format!(
+            "; accepted as intended: {}",
+            r.accepted.join(", ")
+        ));
+    }
     match bluegreen_core::shadow::judge(&step.gate, &r.totals, &r.endpoints) {
         Ok(summary) => StepEnd::Done(Some(format!("{summary}{judged}"))),
         Err(why) => StepEnd::End(Outcome::Failed, format!("{why}{judged}")),

@@ -100,6 +100,8 @@ pub struct Router {
     shared_shadow: Mutex<Option<(u64, Arc<Shadow>, bool)>>,
     /// The last cluster shadow run this node could not take part in.
     shadow_refused: std::sync::atomic::AtomicU64,
+    /// Shadow differences accepted as intended (`bluegreen shadow accept`).
+    accepted: Mutex<std::collections::BTreeSet<String>>,
 }
 
 /// Startup failures.
@@ -281,6 +283,7 @@ impl Router {
             started_ms: now().1,
             shared_shadow: Mutex::new(None),
             shadow_refused: std::sync::atomic::AtomicU64::new(0),
+            accepted: Mutex::new(Default::default()),
         }))
     }
 

@@ -72,7 +72,11 @@ impl Router {
                             describe_health(&current.pools[idle])
                         ));
                     }
+                    let accepted = me.accepted_differences();
                     let shadow = Shadow::start(me, options, current.live);
+                    for field in &accepted {
+                        shadow.accept(field);
+                    }
                     let run = shadow.clone();
                     Ok(Change::snapshot(move |s| s.shadow = Some(run), shadow))
                 },
@@ -97,6 +101,34 @@ impl Router {
         let live = self.live();
         tracing::info!(%live, idle = %live.other(), percent = shadow.options.percent, "shadowing live traffic to the idle side");
         Ok(shadow)
+    }
+
+    /// Differences accepted as intended in this process (every run).
+    pub fn accepted_differences(&self) -> Vec<String> {
+        self.accepted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    /// Accepts a difference as intended (`bluegreen shadow accept`): the
+    /// running shadow run, and every later one in this process, leave it
+    /// out of the report and the gate. Returns whether a run was going.
+    pub fn accept_difference(&self, field: &str) -> bool {
+        let general = bluegreen_core::diff::generalize(field);
+        self.accepted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(general);
+        match self.snapshot.load().shadow.clone() {
+            Some(run) => {
+                run.accept(field);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Stops the running shadow; its report stays readable.

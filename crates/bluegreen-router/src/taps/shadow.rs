@@ -159,6 +159,9 @@ pub struct ShadowReport {
     pub noise_samples: u64,
     /// Copies sent and not yet compared.
     pub in_flight: u64,
+    /// Differences accepted as intended (`bluegreen shadow accept`).
+    #[serde(default)]
+    pub accepted: Vec<String>,
     #[serde(flatten)]
     pub totals: Totals,
     pub endpoints: Vec<EndpointReport>,
@@ -320,6 +323,14 @@ impl Shadow {
             .saturating_sub(self.finished.load(Ordering::Acquire))
     }
 
+    /// An intended difference, from now on and for what was counted.
+    pub fn accept(&self, field: &str) {
+        self.agg
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .accept(field);
+    }
+
     /// This node's part of a cluster-wide run `run`, for its report.
     pub fn share(&self, run: u64) -> ShadowShare {
         ShadowShare {
@@ -354,7 +365,11 @@ impl Shadow {
 
     /// Everything seen so far, noise taken out.
     pub fn report(&self) -> ShadowReport {
-        let (totals, endpoints) = self.agg.lock().unwrap_or_else(|p| p.into_inner()).report();
+        let (totals, endpoints, accepted) = {
+            let agg = self.agg.lock().unwrap_or_else(|p| p.into_inner());
+            let (t, e) = agg.report();
+            (t, e, agg.accepted.iter().cloned().collect())
+        };
         let stopped = self.stopped_at_ms.load(Ordering::Relaxed);
         ShadowReport {
             running: !self.stopped(),
@@ -369,6 +384,7 @@ impl Shadow {
             stale: self.stale.load(Ordering::Relaxed),
             noise_samples: self.noise_samples.load(Ordering::Relaxed),
             in_flight: self.in_flight(),
+            accepted,
             totals,
             endpoints,
         }

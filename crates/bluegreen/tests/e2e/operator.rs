@@ -210,3 +210,100 @@ async fn refusals_say_what_to_do() {
     assert!(!out.status.success());
     assert!(err.contains("--listen"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_intended_shadow_difference_is_accepted_during_the_deploy() {
+    let (blue, green) = (Backend::start("blue").await, Backend::start("green").await);
+    let r = RouterBuilder::new(&[&blue], &[&green])
+        .extra(
+            "[deploy]\ndeploy_timeout = \"5s\"\n[deploy.hooks]\ndeploy = \"true\"\n\
+             [deploy.bake]\nduration = \"300ms\"\ninterval = \"100ms\"\n\
+             [deploy.shadow]\nduration = \"4s\"\nrequests = 100000\nmin_requests = 5\nmax_diff_rate = 0.05\n\
+             [shadow]\nignore_paths = [\"/request_id\", \"/ts\"]\n",
+        )
+        .start();
+    r.wait_all_healthy().await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (stop, url) = (stop.clone(), r.url(""));
+        tokio::spawn(async move {
+            let client = h1_client();
+            for i in 0..10_000u64 {
+                if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                let _ = get(&client, &format!("{url}/shadow/users/{}", i % 20)).await;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    let (st, d) = r
+        .api(
+            "POST",
+            "/api/v1/deploys",
+            Some("{\"version\":\"v2\"}"),
+            Some(TOKEN),
+        )
+        .await;
+    assert_eq!(st, 202, "{d}");
+    let current = || async {
+        r.api("GET", "/api/v1/deploys/current", None, Some(TOKEN))
+            .await
+            .1
+    };
+    wait_until(
+        Duration::from_secs(10),
+        "the shadow step counts the new price",
+        || async {
+            let (_, v) = r.api("GET", "/api/v1/shadow", None, Some(TOKEN)).await;
+            v["shadow"]["running"] == true && v["shadow"]["differing"].as_u64().unwrap_or(0) > 0
+        },
+    )
+    .await;
+    // The new price is intended: accepted while the step runs.
+    let (code, out, err) = cli(
+        &r,
+        &["shadow", "accept", "/price", "--reason", "new pricing"],
+        TOKEN,
+    )
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("accepted /price") && out.contains("ignore_paths"),
+        "{out}"
+    );
+    wait_until(Duration::from_secs(20), "the deploy ended", || async {
+        current().await["outcome"]
+            .as_str()
+            .is_some_and(|o| o != "running")
+    })
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    load.await.unwrap();
+    let d = current().await;
+    assert_eq!(d["outcome"], "succeeded", "{d}");
+    let shadow = d["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["step"] == "shadow")
+        .unwrap()
+        .clone();
+    assert!(
+        shadow["detail"]
+            .as_str()
+            .unwrap()
+            .contains("accepted as intended: /price"),
+        "{shadow}"
+    );
+    assert!(
+        d["log"]
+            .to_string()
+            .contains("accepted /price as an intended difference (new pricing)"),
+        "{d}"
+    );
+    // A field that is not one is refused with the forms it may take.
+    let (code, _, err) = cli(&r, &["shadow", "accept", "price"], TOKEN).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("JSON pointer"), "{err}");
+}
