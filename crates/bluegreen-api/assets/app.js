@@ -31,6 +31,7 @@
       seriesMarks: [], // `switches` of GET /series: {at_ms, to, kind}
       intervalMs: 1000,
       shadow: null,
+      zoom: 'deploy', // charts: around the deploy, or the last 10 minutes
       busy: false, // an action POST is under way
       seen: {}, // events received per name: tells a GET answer it may be stale
     });
@@ -317,7 +318,7 @@
       case 'switch': addSwitch(d); renderHistory(); scheduleDraw(); break;
       case 'health': applyHealth(d); break;
       case 'deploy': setDeploy(d && !('id' in d) && 'deploy' in d ? d.deploy : d); break;
-      case 'bake': S.bake = d; renderDeploy(); break;
+      case 'bake': S.bake = d; renderDeploy(); renderRelease(); renderHeader(); break;
       case 'shadow': applyShadow(d && !('running' in d) && 'shadow' in d ? d.shadow : d); break;
       case 'tls': refreshStatus(); break; // a certificate came, renewed or was refused
       case 'weight': case 'pause': case 'maintenance': case 'reload': refreshStatus(); break;
@@ -389,7 +390,7 @@
       if (!quiet || (was && was.id === d.id && was.outcome === 'running')) refreshDeploys();
     }
     if (!quiet) { renderButtons(); renderPipeline(); renderHistory(); }
-    renderDeploy();
+    renderDeploy(); renderRelease(); renderHeader(); scheduleDraw();
   }
 
   function applyDeploys(d) {
@@ -481,14 +482,23 @@
   // -------------------------------------------------------------------------
   function renderAll() {
     renderHeader(); renderSides(); renderButtons(); renderPipeline();
-    renderDeploy(); renderShadow(); renderHistory(); renderNow(); scheduleDraw();
+    renderRelease(); renderDeploy(); renderShadow(); renderHistory(); renderNow(); scheduleDraw();
   }
 
   function renderHeader() {
     const st = S.status;
     const live = $('live-side');
     live.textContent = st ? st.live : '';
-    live.className = st ? `side-name big side-${st.live}` : 'side-name big';
+    // Neutral: colour in the header says health (the badge), not a side.
+    live.className = 'side-name big neutral';
+    let badge = $('health-badge');
+    if (!badge) {
+      badge = h('span', { id: 'health-badge', class: 'health-badge', role: 'status' });
+      live.after(badge);
+    }
+    const rh = releaseHealth();
+    badge.hidden = !rh;
+    if (rh) { badge.className = `health-badge ${rh.cls}`; badge.textContent = rh.word; }
     $('generation').textContent = st ? st.generation : '–';
     const ls = st && st.last_switch;
     $('last-switch').textContent = ls
@@ -513,7 +523,9 @@
             rel && rel.version ? rel.version : '–',
             rel && rel.version && !rel.running ? h('span', { class: 'muted' }, ' (stopped)') : null)] : null,
           h('dt', null, 'healthy'), h('dd', null, `${st.healthy} / ${ups.length}`),
-          h('dt', null, 'in flight'), h('dd', { id: `inflight-${side}` }, st.in_flight),
+          // While it drains, what still runs on it is the drain's count.
+          h('dt', null, 'in flight'), h('dd', { id: `inflight-${side}` },
+            st.draining ? Math.max(st.in_flight, st.draining.remaining) : st.in_flight),
           h('dt', null, 'upgraded'), h('dd', null, st.upgraded)),
         h('p', { class: 'now', id: `now-${side}` }),
         // Routing policies of this side: a weighted split, kept sessions,
@@ -555,7 +567,8 @@
         ? `${fmtNum(m.rps)} req/s · ${m.rps > 0 ? fmtPct(m.error_rate) : '–'} errors · p50 ${fmtMs(m.p50_ms)} · p99 ${fmtMs(m.p99_ms)}`
         : '';
       const inflight = $(`inflight-${side}`);
-      if (m && inflight && m.in_flight != null) inflight.textContent = m.in_flight;
+      const drain = S.status && S.status.sides[side] && S.status.sides[side].draining;
+      if (m && inflight && m.in_flight != null && !drain) inflight.textContent = m.in_flight;
     }
   }
 
@@ -592,6 +605,97 @@
   // Panels that only make sense with a deploy pipeline.
   function renderPipeline() {
     for (const el of document.querySelectorAll('[data-pipeline]')) el.hidden = S.pipeline === false;
+  }
+
+  // -------------------------------------------------------------------------
+  // Release view: the deploy in progress (or ended in the last 10 minutes)
+  // at the top; during the bake the new side against the baseline per
+  // metric, with the limits, the window judged, the time left and the
+  // verdict. Colour is health: good, breach, inconclusive.
+  // -------------------------------------------------------------------------
+  const autoRollback = (s) => s.kind === 'rollback' && /^deploy #/.test(s.actor || '');
+  const RECENT_MS = 10 * 60 * 1000;
+  function releaseShown() {
+    const d = S.deploy;
+    if (!d || S.pipeline === false) return null;
+    if (d.outcome === 'running') return d;
+    return d.finished_at_ms && Date.now() - d.finished_at_ms < RECENT_MS ? d : null;
+  }
+  // {cls, word} of the release now, or null without one.
+  function releaseHealth() {
+    const d = releaseShown();
+    if (!d) return null;
+    if (d.outcome === 'rolled_back') return { cls: 'breach', word: 'rolled back' };
+    if (d.outcome === 'failed') return { cls: 'breach', word: 'failed' };
+    if (d.outcome === 'aborted') return { cls: 'inconclusive', word: 'aborted' };
+    if (d.outcome === 'succeeded') return { cls: 'good', word: 'released' };
+    const b = S.bake && S.bake.deploy_id === d.id ? S.bake : null;
+    const baking = stepOf(d, 'bake') && stepOf(d, 'bake').state === 'running';
+    if (b && baking) {
+      if (b.verdict === 'breach') return { cls: 'breach', word: 'breach' };
+      if (b.verdict === 'ok') return { cls: 'good', word: 'healthy so far' };
+      if (b.verdict === 'waiting') return { cls: 'inconclusive', word: 'waiting for traffic' };
+      return { cls: 'inconclusive', word: 'inconclusive' };
+    }
+    const gate = stepOf(d, 'gate');
+    if (gate && gate.state === 'running') return { cls: 'inconclusive', word: 'waiting for promote' };
+    return { cls: 'inconclusive', word: 'in progress' };
+  }
+  function renderRelease() {
+    const box = $('release');
+    const d = releaseShown();
+    box.hidden = !d;
+    if (!d) return;
+    const health = releaseHealth();
+    box.className = `card release ${health.cls}`;
+    $('release-title').replaceChildren(`Release #${d.id}: `, h('code', null, d.version), ` → ${d.target}`,
+      h('span', { class: 'muted' }, ` (from ${d.from}${d.previous_version ? `, ${d.previous_version}` : ''})`));
+    const v = $('release-verdict');
+    v.className = `verdict ${health.cls}`;
+    v.textContent = health.word;
+    const b = S.bake && S.bake.deploy_id === d.id ? S.bake : null;
+    const view = b && b.view;
+    const left = $('release-left');
+    left.replaceChildren();
+    const baking = stepOf(d, 'bake') && stepOf(d, 'bake').state === 'running';
+    if (baking && view && view.ends_at_ms) {
+      put(left, 'bake ends in ', h('span', { 'data-deadline': view.ends_at_ms }, fmtDur(view.ends_at_ms - Date.now())));
+    } else if (d.outcome !== 'running') {
+      put(left, `ended ${fmtTime(d.finished_at_ms)}`);
+    }
+    $('release-steps').replaceChildren(...(d.steps || []).map((s) =>
+      h('li', { class: s.state, title: s.detail || s.state }, s.step)));
+    const bakeBox = $('release-bake');
+    bakeBox.replaceChildren();
+    const breach = d.breach || (b && b.breach);
+    if (breach) {
+      put(bakeBox, h('p', { class: 'bad' }, h('b', null, 'breach: '), breach.summary,
+        d.outcome === 'rolled_back' ? ` — rolled back to ${d.from} automatically` : ''));
+    } else if (d.reason && d.outcome !== 'running') {
+      put(bakeBox, h('p', { class: d.outcome === 'succeeded' ? '' : 'bad' }, d.reason));
+    }
+    if (view && (view.window || view.baseline)) {
+      const w = view.window || {};
+      const base = view.baseline || {};
+      const t = view.thresholds || {};
+      const ratio = (x, r) => (x != null && r != null ? x * r : null);
+      const errLimit = [t.max_error_rate, ratio(base.error_rate > 0 ? base.error_rate : null, t.error_rate_ratio)]
+        .filter((x) => x != null);
+      const p99Limit = [t.max_p99_ms, ratio(base.p99_ms, t.p99_ratio)].filter((x) => x != null);
+      const errMax = errLimit.length ? Math.min(...errLimit) : null;
+      const p99Max = p99Limit.length ? Math.min(...p99Limit) : null;
+      const row = (name, nv, bv, limit, fmt, over) => h('tr', null, h('td', null, name),
+        h('td', { class: over ? 'over' : '' }, fmt(nv)), h('td', null, fmt(bv)), h('td', { class: 'muted' }, limit));
+      put(bakeBox, h('table', { class: 'compare' },
+        h('thead', null, h('tr', null, h('th', null, view.window_number ? `window ${view.window_number}` : 'bake so far'),
+          h('th', null, `new: ${d.target} (${d.version})`), h('th', null, `baseline: ${d.from}`), h('th', null, 'limit'))),
+        h('tbody', null,
+          row('requests', w.requests, base.requests, t.min_requests != null ? `judged from ${t.min_requests}` : '', (x) => (x == null ? '–' : fmtNum(x)), false),
+          row('error rate', w.error_rate, base.error_rate, errMax != null ? `≤ ${fmtPct(errMax)}` : '', fmtPct, errMax != null && w.error_rate > errMax),
+          row('p50', w.p50_ms, base.p50_ms, '', fmtMs, false),
+          row('p99', w.p99_ms, base.p99_ms, p99Max != null ? `≤ ${fmtMs(p99Max)}` : '', fmtMs, p99Max != null && w.p99_ms > p99Max))));
+    }
+    if (b && b.detail && baking) put(bakeBox, h('p', { class: 'muted' }, b.detail));
   }
 
   // -------------------------------------------------------------------------
@@ -704,9 +808,11 @@
     box.replaceChildren();
     const rows = S.switches.map((s) => ({
       at: s.at_ms,
-      kind: s.kind,
+      kind: autoRollback(s) ? 'automatic rollback' : s.kind,
       what: [sideTag(s.from), ' → ', sideTag(s.to), s.generation != null ? h('span', { class: 'muted' }, ` gen ${s.generation}`) : null],
-      detail: [s.reason, s.forced ? h('b', { class: 'bad' }, ' (forced)') : null],
+      // A deploy's own rollback skips the health check on purpose (the old
+      // side served moments ago): not an operator's override.
+      detail: [s.reason, s.forced && !autoRollback(s) ? h('b', { class: 'bad' }, ' (forced)') : null],
       actor: s.actor,
     }));
     const deploys = S.deploys.slice();
@@ -745,7 +851,7 @@
   const CHARTS = [
     { canvas: 'chart-rps', legend: 'legend-rps', floor: 1, fmt: fmtNum,
       lines: SIDES.map((s) => ({ side: s, get: metric(s, 'rps'), fmt: (v) => `${fmtNum(v)}/s` })) },
-    { canvas: 'chart-errors', legend: 'legend-errors', floor: 1, fmt: (v) => `${fmtNum(v)}%`,
+    { canvas: 'chart-errors', legend: 'legend-errors', floor: 1, cap: 100, fmt: (v) => `${fmtNum(v)}%`,
       // A side with no requests has no error rate: a gap, not a zero.
       lines: SIDES.map((s) => ({
         side: s,
@@ -790,12 +896,14 @@
     ctx.clearRect(0, 0, w, ht);
     const L = 54; const R = 8; const T = 28; const B = 20;
     const pw = w - L - R; const ph = ht - T - B;
-    const t0 = end - WINDOW_MS;
-    const x = (t) => L + ((t - t0) / WINDOW_MS) * pw;
+    const t0 = chartStart(end);
+    const span = Math.max(end - t0, 10000);
+    const x = (t) => L + ((t - t0) / span) * pw;
     const pts = S.points.filter((p) => p.t_ms >= t0);
     let max = 0;
     for (const p of pts) for (const ln of c.lines) { const v = ln.get(p); if (v != null && v > max) max = v; }
     max = niceCeil(Math.max(max * 1.05, c.floor));
+    if (c.cap) max = Math.min(max, c.cap);
     const y = (v) => T + ph - (Math.min(v, max) / max) * ph;
 
     // Grid: 0, half and max, labelled; time ticks every 2 minutes.
@@ -813,13 +921,14 @@
     }
     ctx.textAlign = 'center';
     ctx.textBaseline = 'top';
-    const tick = 2 * 60 * 1000;
+    const tick = span > 5 * 60 * 1000 ? 2 * 60 * 1000 : span > 2 * 60 * 1000 ? 60 * 1000 : 15 * 1000;
     for (let t = Math.ceil(t0 / tick) * tick; t <= end; t += tick) {
       const xx = Math.round(x(t)) + 0.5;
       ctx.strokeStyle = '#8c959f';
       ctx.beginPath(); ctx.moveTo(xx, T + ph); ctx.lineTo(xx, T + ph + 4); ctx.stroke();
       const d = new Date(t);
-      ctx.fillText(`${pad(d.getHours())}:${pad(d.getMinutes())}`, Math.min(Math.max(xx, L + 16), L + pw - 16), T + ph + 6);
+      const label = tick < 60000 ? `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}` : `${pad(d.getHours())}:${pad(d.getMinutes())}`;
+      ctx.fillText(label, Math.min(Math.max(xx, L + 16), L + pw - 16), T + ph + 6);
     }
 
     // Which side was live: a faint tint of its colour behind the plot.
@@ -849,7 +958,7 @@
     const rowEnd = [-Infinity, -Infinity];
     for (const m of switchMarks(t0, end + iv)) {
       const xx = Math.round(x(Math.min(m.at_ms, end))) + 0.5;
-      const label = `→${m.to} ${m.kind}`;
+      const label = `→${m.to} ${autoRollback(m) ? 'auto rollback' : m.kind}`;
       const lw = ctx.measureText(label).width;
       const left = Math.min(xx + 3, L + pw - lw); // keep it inside the plot
       let row = rowEnd.findIndex((e) => e < left - 4);
@@ -893,6 +1002,23 @@
       ctx.textBaseline = 'middle';
       ctx.fillText('no data yet', L + pw / 2, T + ph / 2);
     }
+  }
+  // Where the charts start: a minute before the release's switch (or its
+  // start) to now while one is shown, else the last 10 minutes.
+  function chartStart(end) {
+    const d = S.zoom === 'deploy' && releaseShown();
+    if (d) {
+      const sw = stepOf(d, 'switch');
+      const from = sw && sw.started_at_ms ? sw.started_at_ms : d.created_at_ms;
+      return Math.max(end - WINDOW_MS, Math.min(from - 60000, end - 30000));
+    }
+    return end - WINDOW_MS;
+  }
+  function setZoom(z) {
+    S.zoom = z;
+    $('zoom-deploy').setAttribute('aria-pressed', String(z === 'deploy'));
+    $('zoom-10m').setAttribute('aria-pressed', String(z === '10m'));
+    scheduleDraw();
   }
   // Legend with the newest value of every line.
   // Switches between t0 and t1 from history, events and the series, once each.
@@ -1072,6 +1198,8 @@
     $('btn-rollback').addEventListener('click', onRollback);
     $('btn-promote').addEventListener('click', onPromote);
     $('btn-abort').addEventListener('click', onAbort);
+    $('zoom-deploy').addEventListener('click', () => setZoom('deploy'));
+    $('zoom-10m').addEventListener('click', () => setZoom('10m'));
     if (window.ResizeObserver) {
       const ro = new ResizeObserver(scheduleDraw);
       for (const c of CHARTS) ro.observe($(c.canvas));

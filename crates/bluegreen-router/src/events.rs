@@ -60,6 +60,9 @@ pub enum Event {
         verdict: &'static str,
         detail: String,
         breach: Option<Breach>,
+        /// The window judged, the baseline, the limits and when the bake
+        /// ends: what the dashboard's release view draws.
+        view: Option<serde_json::Value>,
     },
 }
 
@@ -123,10 +126,14 @@ impl Event {
                 verdict,
                 detail,
                 breach,
+                view,
             } => {
                 let mut v = serde_json::json!({"deploy_id": deploy_id, "verdict": verdict, "detail": detail});
                 if let Some(b) = breach {
                     v["breach"] = serde_json::to_value(b).unwrap_or_default();
+                }
+                if let Some(view) = view {
+                    v["view"] = view.clone();
                 }
                 Ok(v)
             }

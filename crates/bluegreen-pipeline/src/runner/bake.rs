@@ -14,6 +14,44 @@ pub(super) fn describe(w: &Window) -> String {
     }
 }
 
+/// A window in numbers, rounded for people.
+fn summary(w: &Window) -> serde_json::Value {
+    let ms = |d: Option<Duration>| d.map(|d| (d.as_secs_f64() * 100_000.0).round() / 100.0);
+    serde_json::json!({
+        "requests": w.requests,
+        "errors": w.errors,
+        "error_rate": (w.error_rate() * 10_000.0).round() / 10_000.0,
+        "p50_ms": ms(w.latency.quantile(0.5)),
+        "p99_ms": ms(w.p99()),
+    })
+}
+
+/// What the dashboard's release view draws: the window judged beside the
+/// old side's baseline, the limits, and when the bake ends.
+fn view(
+    window: Option<&Window>,
+    d: &DeployRecord,
+    cfg: &bluegreen_core::config::deploy::BakeConfig,
+    ends_at_ms: u64,
+    number: Option<u64>,
+) -> serde_json::Value {
+    let t = &cfg.thresholds;
+    serde_json::json!({
+        "window": window.map(summary),
+        "window_number": number,
+        "baseline": d.baseline.as_ref().map(summary),
+        "thresholds": {
+            "min_requests": t.min_requests,
+            "max_error_rate": t.max_error_rate,
+            "max_p99_ms": t.max_p99.map(|d| d.as_secs_f64() * 1000.0),
+            "error_rate_ratio": t.error_rate_ratio,
+            "p99_ratio": t.p99_ratio,
+        },
+        "interval_ms": cfg.interval.as_millis() as u64,
+        "ends_at_ms": ends_at_ms,
+    })
+}
+
 /// Step 8: watch the new side. Every 100 ms the current window is judged
 /// (`core::bake::BakeWindows`): an error-rate breach rolls back at once; a
 /// latency breach only once it held `consecutive` whole windows; a window
@@ -34,6 +72,14 @@ pub(super) async fn bake(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployRecord
         .unwrap_or_else(now_ms);
     let left = (started + cfg.duration.as_millis() as u64).saturating_sub(now_ms());
     let end = Instant::now() + Duration::from_millis(left);
+    let ends_at_ms = now_ms() + left;
+    p.router.events.emit(Event::Bake {
+        deploy_id: d.id,
+        verdict: "waiting",
+        detail: format!("baking {} for {:.0} s more", d.target, left as f64 / 1000.0),
+        breach: None,
+        view: Some(view(None, d, cfg, ends_at_ms, None)),
+    });
     let mut tick = tokio::time::interval(Duration::from_millis(100).min(cfg.interval));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
@@ -81,6 +127,7 @@ pub(super) async fn bake(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployRecord
                     verdict: word,
                     detail: text.clone(),
                     breach: None,
+                    view: Some(view(Some(&window), d, cfg, ends_at_ms, Some(number as u64))),
                 });
                 note(p, Step::Bake, text).await;
             }
@@ -91,6 +138,7 @@ pub(super) async fn bake(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployRecord
                     verdict: "breach",
                     detail: b.summary.clone(),
                     breach: Some(b.clone()),
+                    view: Some(view(Some(&now.since(&start)), d, cfg, ends_at_ms, None)),
                 });
                 // The rollback comes first; the breach is written with the outcome.
                 touch(p, |r| r.breach = Some(b.clone())).await;

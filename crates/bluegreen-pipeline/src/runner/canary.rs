@@ -64,6 +64,7 @@ pub(super) async fn canary(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployReco
                         verdict: "breach",
                         detail: reason.clone(),
                         breach: Some(b.clone()),
+                        view: None,
                     });
                     touch(p, |r| r.breach = Some(b.clone())).await;
                     return match back {

@@ -56,23 +56,11 @@ where
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_dashboard_logs_in_shows_the_live_side_and_switches_without_a_reload() {
-    let (b, g) = (Backend::start("blue").await, Backend::start("green").await);
-    // With HTTPS on, so the certificates panel has something to show.
-    let pki = crate::tls::Pki::new();
-    let (cert, key) = pki.issue("shop", &["shop.test"], false);
-    let router = RouterBuilder::new(&[&b], &[&g])
-        .extra(&format!(
-            "\n[tls]\nlisten = \"127.0.0.1:0\"\ncertificates = [{{ cert = \"{}\", key = \"{}\" }}]\n",
-            cert.display(),
-            key.display()
-        ))
-        .start();
-    router.wait_all_healthy().await;
-
+/// chromedriver and a headless Chromium session with a window of `size`
+/// ("W,H"); the profile dir lives as long as the returned guard.
+async fn browser(size: &str) -> (Driver, fantoccini::Client, tempfile::TempDir) {
     let port = closed_port().port();
-    let _driver = Driver(
+    let driver = Driver(
         Command::new("chromedriver")
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
@@ -96,7 +84,7 @@ async fn the_dashboard_logs_in_shows_the_live_side_and_switches_without_a_reload
             "args": [
                 "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--disable-quic", "--no-first-run", "--window-size=1280,1000",
+                "--disable-quic", "--no-first-run", format!("--window-size={size}"),
                 format!("--user-data-dir={}", profile.path().display()),
             ]
         }
@@ -107,7 +95,168 @@ async fn the_dashboard_logs_in_shows_the_live_side_and_switches_without_a_reload
         .connect(&webdriver)
         .await
         .expect("a Chromium session");
+    (driver, c, profile)
+}
 
+/// Logs in with the token and waits for the dashboard.
+async fn log_in(c: &fantoccini::Client, router: &RouterProc) {
+    c.goto(&format!("{}/", router.admin_url())).await.unwrap();
+    c.wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Id("token"))
+        .await
+        .unwrap();
+    c.find(Locator::Id("token"))
+        .await
+        .unwrap()
+        .send_keys(TOKEN)
+        .await
+        .unwrap();
+    c.find(Locator::Id("login"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(10), "the dashboard", || async {
+        !hidden(c, "dashboard-view").await
+    })
+    .await;
+}
+
+/// Keeps a screenshot as a test artifact.
+async fn keep_screenshot(c: &fantoccini::Client, name: &str) {
+    let png = c.screenshot().await.unwrap();
+    assert!(png.starts_with(b"\x89PNG"));
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("artifacts");
+    std::fs::create_dir_all(&dir).unwrap();
+    let shot = dir.join(name);
+    std::fs::write(&shot, png).unwrap();
+    eprintln!("dashboard screenshot: {}", shot.display());
+}
+
+/// The element's box: (top, bottom) in CSS pixels of the viewport.
+async fn box_of(c: &fantoccini::Client, id: &str) -> (f64, f64) {
+    let v = c
+        .execute(
+            &format!("const r = document.getElementById('{id}').getBoundingClientRect(); return [r.top, r.bottom, window.innerHeight];"),
+            vec![],
+        )
+        .await
+        .unwrap();
+    let a = v.as_array().unwrap();
+    (a[0].as_f64().unwrap(), a[1].as_f64().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bad_release_shows_its_breach_above_the_fold_in_colours_of_health() {
+    let (b, g) = (Backend::start("blue").await, Backend::start("green").await);
+    let router = RouterBuilder::new(&[&b], &[&g])
+        .extra(
+            "[deploy]\ndeploy_timeout = \"5s\"\n[deploy.hooks]\ndeploy = \"true\"\n\
+             [deploy.bake]\nduration = \"20s\"\ninterval = \"500ms\"\nmin_requests = 20\nmax_error_rate = 0.05\n",
+        )
+        .start();
+    router.wait_all_healthy().await;
+    let (_driver, c, _profile) = browser("1400,1000").await;
+    log_in(&c, &router).await;
+    // The header pill is neutral: colour there says health, not a side.
+    let pill = c
+        .execute(
+            "return document.getElementById('live-side').className",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert!(pill.as_str().unwrap().contains("neutral"), "{pill}");
+    assert!(hidden(&c, "release").await, "no release yet");
+
+    // Live traffic that the new version (green) answers with 500s.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (stop, url) = (stop.clone(), router.url("/fail"));
+        tokio::spawn(async move {
+            let client = h1_client();
+            for _ in 0..20_000 {
+                if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                let _ = get(&client, &url).await;
+                tokio::time::sleep(Duration::from_millis(3)).await;
+            }
+        })
+    };
+    let (st, d) = router
+        .api(
+            "POST",
+            "/api/v1/deploys",
+            Some("{\"version\":\"v2\"}"),
+            Some(TOKEN),
+        )
+        .await;
+    assert_eq!(st, 202, "{d}");
+    // During the release: the release view is at the top with its steps.
+    eventually(Duration::from_secs(10), "the release view", || async {
+        !hidden(&c, "release").await && text_of(&c, "release-title").await.contains("v2")
+    })
+    .await;
+    // The breach: in words and the colour of a breach, above the fold of a
+    // 1400×1000 window, the new side beside the baseline with the limit.
+    eventually(Duration::from_secs(20), "the breach shown", || async {
+        let v = text_of(&c, "release-verdict").await;
+        v == "breach" || v == "rolled back"
+    })
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    load.await.unwrap();
+    let release = text_of(&c, "release").await;
+    assert!(
+        release.contains("breach:") && release.contains("error rate"),
+        "{release}"
+    );
+    let class = c
+        .execute(
+            "return document.getElementById('release').className",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert!(class.as_str().unwrap().contains("breach"), "{class}");
+    let (top, bottom) = box_of(&c, "release-bake").await;
+    assert!(
+        top >= 0.0 && bottom <= 1000.0,
+        "breach at {top}..{bottom}, below the fold"
+    );
+    let badge = text_of(&c, "health-badge").await;
+    assert!(badge == "breach" || badge == "rolled back", "{badge}");
+    keep_screenshot(&c, "bad-release.png").await;
+    // The automatic rollback is labelled as such in the history, not as forced.
+    eventually(
+        Duration::from_secs(10),
+        "the rollback in the history",
+        || async { text_of(&c, "history").await.contains("automatic rollback") },
+    )
+    .await;
+    assert!(!text_of(&c, "history").await.contains("(forced)"));
+    c.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_dashboard_logs_in_shows_the_live_side_and_switches_without_a_reload() {
+    let (b, g) = (Backend::start("blue").await, Backend::start("green").await);
+    // With HTTPS on, so the certificates panel has something to show.
+    let pki = crate::tls::Pki::new();
+    let (cert, key) = pki.issue("shop", &["shop.test"], false);
+    let router = RouterBuilder::new(&[&b], &[&g])
+        .extra(&format!(
+            "\n[tls]\nlisten = \"127.0.0.1:0\"\ncertificates = [{{ cert = \"{}\", key = \"{}\" }}]\n",
+            cert.display(),
+            key.display()
+        ))
+        .start();
+    router.wait_all_healthy().await;
+
+    let (_driver, c, _profile) = browser("1280,1000").await;
     // 1. Without the token: a login and no data.
     let page = format!("{}/", router.admin_url());
     c.goto(&page).await.unwrap();
@@ -248,12 +397,6 @@ async fn the_dashboard_logs_in_shows_the_live_side_and_switches_without_a_reload
     .await;
 
     // 5. The screenshot, kept as an artifact.
-    let png = c.screenshot().await.unwrap();
-    assert!(png.starts_with(b"\x89PNG"));
-    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("artifacts");
-    std::fs::create_dir_all(&dir).unwrap();
-    let shot = dir.join("dashboard.png");
-    std::fs::write(&shot, png).unwrap();
-    eprintln!("dashboard screenshot: {}", shot.display());
+    keep_screenshot(&c, "dashboard.png").await;
     c.close().await.unwrap();
 }
