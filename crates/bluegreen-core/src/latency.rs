@@ -59,10 +59,56 @@ pub fn export_bounds_us() -> Vec<u64> {
         .collect()
 }
 
-/// Counts per bucket, plus the totals a window needs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Counts per bucket, plus the totals a window needs. As JSON, only the
+/// buckets that counted something, each with its bounds:
+/// `{"buckets": [[lo_us, hi_us, count], ...]}` (the dense `{"counts": [...]}`
+/// of earlier versions is still read).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Histogram {
     pub counts: Vec<u64>,
+}
+
+impl Serialize for Histogram {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let buckets: Vec<(u64, u64, u64)> = self
+            .counts
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| **n > 0)
+            .map(|(i, n)| {
+                let (lo, hi) = bounds_us(i);
+                (lo, hi, *n)
+            })
+            .collect();
+        #[derive(Serialize)]
+        struct Sparse {
+            buckets: Vec<(u64, u64, u64)>,
+        }
+        Sparse { buckets }.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Histogram {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Either {
+            #[serde(default)]
+            counts: Option<Vec<u64>>,
+            #[serde(default)]
+            buckets: Option<Vec<(u64, u64, u64)>>,
+        }
+        let e = Either::deserialize(d)?;
+        let mut h = Histogram::default();
+        if let Some(counts) = e.counts {
+            for (i, n) in counts.into_iter().enumerate().take(BUCKETS) {
+                h.counts[i] = n;
+            }
+        }
+        for (lo, _, n) in e.buckets.unwrap_or_default() {
+            h.counts[bucket(Duration::from_micros(lo))] += n;
+        }
+        Ok(h)
+    }
 }
 
 impl Default for Histogram {
@@ -129,6 +175,26 @@ impl Histogram {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_names_only_the_buckets_that_counted_with_their_bounds() {
+        let mut h = Histogram::default();
+        h.counts[bucket(Duration::from_micros(7))] += 2;
+        h.counts[bucket(Duration::from_millis(3))] += 5;
+        let text = serde_json::to_string(&h).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let buckets = v["buckets"].as_array().unwrap();
+        assert_eq!(buckets.len(), 2, "{text}");
+        let (lo, hi) = (
+            buckets[1][0].as_u64().unwrap(),
+            buckets[1][1].as_u64().unwrap(),
+        );
+        assert!(lo <= 3000 && 3000 < hi, "{text}");
+        assert_eq!(serde_json::from_str::<Histogram>(&text).unwrap(), h);
+        // What earlier versions wrote still reads.
+        let dense = serde_json::json!({"counts": h.counts}).to_string();
+        assert_eq!(serde_json::from_str::<Histogram>(&dense).unwrap(), h);
+    }
 
     #[test]
     fn every_latency_lands_in_a_bucket_within_three_percent() {
