@@ -786,7 +786,12 @@
           h('td', { class: 'num' }, lat(e.live)),
           h('td', { class: 'num' }, lat(e.idle))),
         (e.fields && e.fields.length) || (e.noise && e.noise.length)
-          ? h('tr', { class: 'fields' }, h('td', { colspan: 6 }, shadowFields(e))) : null))));
+          ? h('tr', { class: 'fields' }, h('td', { colspan: 6 }, shadowFields(e)))
+          // Nothing differs yet: show what was compared, so "0" is not a mystery.
+          : e.compared && e.compared.length
+            ? h('tr', { class: 'fields' }, h('td', { colspan: 6, class: 'muted' },
+              'identical so far, e.g. ', e.compared.map((x, i) => [i ? ', ' : '', h('code', null, x)])))
+            : null))));
   }
   function shadowFields(e) {
     const fields = (e.fields || []).slice().sort((a, b) => b.count - a.count);

@@ -50,6 +50,10 @@ struct EndpointAgg {
     signatures: BTreeMap<Vec<String>, u64>,
     /// Differing pairs whose set did not fit in `signatures` (always counted as differing).
     unsorted: u64,
+    /// The last requests compared (whatever the outcome), so a report
+    /// shows what was compared even when nothing differs.
+    #[serde(default)]
+    recent: Vec<String>,
     fields: BTreeMap<String, FieldAgg>,
 }
 
@@ -111,6 +115,9 @@ pub struct EndpointReport {
     pub fields: Vec<FieldReport>,
     /// Fields learned as noise (they differ between two live answers).
     pub noise: Vec<String>,
+    /// Requests compared last, differing or not.
+    #[serde(default)]
+    pub compared: Vec<String>,
 }
 
 /// Totals over all endpoints, and the p99 of each side over all pairs.
@@ -180,6 +187,11 @@ impl Aggregate {
             row.live = row.live.plus(&o.live);
             row.idle = row.idle.plus(&o.idle);
             row.unsorted += o.unsorted;
+            for r in &o.recent {
+                if row.recent.len() < MAX_EXAMPLES {
+                    row.recent.push(r.clone());
+                }
+            }
             for (sig, n) in &o.signatures {
                 if row.signatures.len() < MAX_SIGNATURES || row.signatures.contains_key(sig) {
                     *row.signatures.entry(sig.clone()).or_default() += n;
@@ -250,6 +262,10 @@ impl Aggregate {
     ) {
         let row = self.row(endpoint);
         row.requests += 1;
+        if row.recent.len() >= MAX_EXAMPLES {
+            row.recent.remove(0);
+        }
+        row.recent.push(request.to_string());
         row.live.counts[bucket(live)] += 1;
         row.idle.counts[bucket(idle)] += 1;
         if diffs.is_empty() {
@@ -350,6 +366,7 @@ impl Aggregate {
                     noise: noise
                         .map(|n| n.iter().cloned().collect())
                         .unwrap_or_default(),
+                    compared: e.recent.clone(),
                 }
             })
             .collect();

@@ -194,6 +194,12 @@ pub fn render(r: &ShadowReport) -> String {
         if !e.noise.is_empty() {
             out.push_str(&format!("    noise (ignored): {}\n", e.noise.join(", ")));
         }
+        if e.fields.is_empty() && !e.compared.is_empty() {
+            out.push_str(&format!(
+                "    identical so far, e.g. {}\n",
+                e.compared.join(", ")
+            ));
+        }
     }
     out
 }

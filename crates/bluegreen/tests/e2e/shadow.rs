@@ -123,13 +123,14 @@ async fn the_report_finds_real_differences_and_learns_noise_from_two_live_upstre
         "{noise:?}"
     );
 
-    // Only noise: nothing differs.
+    // Only noise: nothing differs, and the report says what was compared.
     let same = endpoint(&r, "GET /shadow/same");
     assert_eq!(
         (same["requests"].as_u64(), same["differing"].as_u64()),
         (Some(20), Some(0)),
         "{same:#}"
     );
+    assert_eq!(same["compared"][0], "GET /shadow/same", "{same:#}");
 
     // A changed status.
     let status = endpoint(&r, "GET /shadow/status");
