@@ -1183,6 +1183,8 @@
   // Countdowns (drain deadlines) and running step durations, once a second.
   function updateClocks() {
     const now = Date.now();
+    // A release ended ten minutes ago leaves the top of the page.
+    if (!$('release').hidden && !releaseShown()) { renderRelease(); renderHeader(); scheduleDraw(); }
     for (const el of document.querySelectorAll('[data-deadline]')) el.textContent = fmtDur(+el.dataset.deadline - now);
     for (const el of document.querySelectorAll('[data-since]')) el.textContent = fmtDur(now - +el.dataset.since);
   }

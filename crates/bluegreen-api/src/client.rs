@@ -219,6 +219,9 @@ fn api_error(status: StatusCode, body: &[u8]) -> ClientError {
     }
 }
 
+/// Longest silence of a healthy event stream (its keep-alive is every 15 s).
+const STREAM_SILENCE: Duration = Duration::from_secs(45);
+
 /// One server-sent event: its name and its JSON data.
 #[derive(Debug, Clone)]
 pub struct ServerEvent {
@@ -246,6 +249,9 @@ impl EventStream {
                     if let Some(v) = line.strip_prefix("event:") {
                         name = v.trim().to_string();
                     } else if let Some(v) = line.strip_prefix("data:") {
+                        if !data.is_empty() {
+                            data.push('\n');
+                        }
                         data.push_str(v.strip_prefix(' ').unwrap_or(v));
                     }
                 }
@@ -261,10 +267,27 @@ impl EventStream {
                         }),
                 );
             }
-            match self.body.frame().await {
+            // The router says something (a keep-alive) every 15 s: silence
+            // for three of those is a connection gone without a word.
+            let frame = match tokio::time::timeout(STREAM_SILENCE, self.body.frame()).await {
+                Ok(f) => f,
+                Err(_) => {
+                    return Some(Err(ClientError::Unreachable {
+                        url: self.url.clone(),
+                        reason: format!("the event stream said nothing for {STREAM_SILENCE:?}"),
+                    }))
+                }
+            };
+            match frame {
                 Some(Ok(frame)) => {
                     if let Ok(d) = frame.into_data() {
-                        self.buffer.extend_from_slice(&d);
+                        // Line ends as `\n` only (a proxy may have made them CRLF).
+                        for &b in d.iter() {
+                            match b {
+                                b'\r' => {}
+                                _ => self.buffer.push(b),
+                            }
+                        }
                     }
                 }
                 Some(Err(e)) => {

@@ -182,11 +182,13 @@ async fn status_value(state: &AppState) -> StatusView {
             router,
             releases: Some(p.sides().await),
             deploy: Some(p.current().await),
+            rollback: p.rollback_preview().await,
         },
         None => StatusView {
             router,
             releases: None,
             deploy: None,
+            rollback: None,
         },
     }
 }
@@ -277,7 +279,18 @@ async fn events(State(state): State<AppState>) -> Response {
             };
             match got {
                 Ok(e) => {
-                    let status_due = matches!(e.name(), "switch" | "health" | "deploy");
+                    let status_due = matches!(
+                        e.name(),
+                        "switch"
+                            | "health"
+                            | "deploy"
+                            | "weight"
+                            | "pause"
+                            | "maintenance"
+                            | "reload"
+                            | "cluster"
+                            | "tls"
+                    );
                     let ev = Event::default().event(e.name()).data(e.data().to_string());
                     Some((Ok(ev), (rx, state, status_due, stop)))
                 }
@@ -833,7 +846,15 @@ async fn shadow_accept(
     headers: HeaderMap,
     Json(body): Json<crate::types::AcceptBody>,
 ) -> Result<Response, ApiError> {
-    let field = body.field.trim();
+    // Names as differences carry them: header names lower-case, pointers
+    // without a trailing slash.
+    let given = body.field.trim();
+    let normalised = match given.strip_prefix("header:") {
+        Some(name) => format!("header:{}", name.to_ascii_lowercase()),
+        None if given.len() > 1 => given.trim_end_matches('/').to_string(),
+        None => given.to_string(),
+    };
+    let field = normalised.as_str();
     let ok = field.starts_with('/')
         || field == "status"
         || field == "body"

@@ -22,6 +22,9 @@ pub struct StatusView {
     /// The current or last deploy (with a pipeline; `null` when none yet).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deploy: Option<Option<DeployRecord>>,
+    /// What `bluegreen rollback` would do now, in words (with a pipeline).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<String>,
 }
 
 /// `POST /api/v1/switch` and `POST /api/v1/rollback`.

@@ -282,6 +282,11 @@ pub fn text_diff(live: &[u8], idle: &[u8]) -> Option<(String, String)> {
         std::str::from_utf8(idle).ok()?,
     );
     let (a, b): (Vec<&str>, Vec<&str>) = (a.lines().collect(), b.lines().collect());
+    // Bodies that differ only in line endings or a last newline have no
+    // line to show: their sizes say more.
+    if a == b {
+        return None;
+    }
     let first = a
         .iter()
         .zip(&b)

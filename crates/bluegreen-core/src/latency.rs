@@ -59,10 +59,9 @@ pub fn export_bounds_us() -> Vec<u64> {
         .collect()
 }
 
-/// Counts per bucket, plus the totals a window needs. As JSON, only the
-/// buckets that counted something, each with its bounds:
-/// `{"buckets": [[lo_us, hi_us, count], ...]}` (the dense `{"counts": [...]}`
-/// of earlier versions is still read).
+/// Counts per bucket, plus the totals a window needs. As JSON, the buckets
+/// that counted something with their bounds, `"buckets": [[lo_us, hi_us,
+/// count], ...]`, beside the dense `"counts"` earlier versions read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Histogram {
     pub counts: Vec<u64>,
@@ -80,11 +79,19 @@ impl Serialize for Histogram {
                 (lo, hi, *n)
             })
             .collect();
+        // Both forms: `counts` for readers of earlier versions (a cluster
+        // in a rolling upgrade, a downgrade), `buckets` for people and
+        // newer readers. The CLI's --json shows only the second.
         #[derive(Serialize)]
-        struct Sparse {
+        struct Both<'a> {
+            counts: &'a [u64],
             buckets: Vec<(u64, u64, u64)>,
         }
-        Sparse { buckets }.serialize(s)
+        Both {
+            counts: &self.counts,
+            buckets,
+        }
+        .serialize(s)
     }
 }
 
@@ -99,13 +106,18 @@ impl<'de> Deserialize<'de> for Histogram {
         }
         let e = Either::deserialize(d)?;
         let mut h = Histogram::default();
-        if let Some(counts) = e.counts {
-            for (i, n) in counts.into_iter().enumerate().take(BUCKETS) {
-                h.counts[i] = n;
+        match (e.buckets, e.counts) {
+            (Some(buckets), _) => {
+                for (lo, _, n) in buckets {
+                    h.counts[bucket(Duration::from_micros(lo))] += n;
+                }
             }
-        }
-        for (lo, _, n) in e.buckets.unwrap_or_default() {
-            h.counts[bucket(Duration::from_micros(lo))] += n;
+            (None, Some(counts)) => {
+                for (i, n) in counts.into_iter().enumerate().take(BUCKETS) {
+                    h.counts[i] = n;
+                }
+            }
+            (None, None) => {}
         }
         Ok(h)
     }
@@ -184,6 +196,8 @@ mod tests {
         let text = serde_json::to_string(&h).unwrap();
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         let buckets = v["buckets"].as_array().unwrap();
+        // Earlier versions read the dense form beside it.
+        assert_eq!(v["counts"].as_array().unwrap().len(), BUCKETS);
         assert_eq!(buckets.len(), 2, "{text}");
         let (lo, hi) = (
             buckets[1][0].as_u64().unwrap(),

@@ -140,7 +140,20 @@ impl Pipeline {
                     let newest = view.borrow().values.get(DEPLOYS_KEY).cloned();
                     if let Some(v) = newest.filter(|v| v.revision > cluster.revision(DEPLOYS_KEY)) {
                         if let Ok(b) = serde_json::from_slice::<DeployBook>(&v.value) {
-                            *mine = normalized(b);
+                            let b = normalized(b);
+                            // Followers of this node's event stream (`deploy
+                            // --follow`, dashboards) see the deploy another
+                            // node runs, as it moves.
+                            if b.current != mine.current {
+                                if let Some(d) = &b.current {
+                                    me.router
+                                        .events
+                                        .emit(bluegreen_router::events::Event::Deploy(Box::new(
+                                            d.clone(),
+                                        )));
+                                }
+                            }
+                            *mine = b;
                             cluster.adopt(DEPLOYS_KEY, v.revision);
                         }
                     }

@@ -613,6 +613,30 @@ impl Pipeline {
         Ok(())
     }
 
+    /// What `rollback` would do now, in words (for `status`): the same
+    /// plan as `rollback` itself makes.
+    pub async fn rollback_preview(&self) -> Option<String> {
+        let target = self.router.rollback_target().await.ok()?;
+        let book = self.book.lock().await;
+        if let Some(d) = book.current.as_ref().filter(|d| !d.is_finished()) {
+            return Some(format!(
+                "refused while deploy #{} runs (abort it, or let its bake roll it back)",
+                d.id
+            ));
+        }
+        Some(match rollback::plan(&book, self.router.live(), target) {
+            RollbackPlan::Switch { side, version } => format!(
+                "an instant switch to {side}{}, still running",
+                version.map(|v| format!(" ({v})")).unwrap_or_default()
+            ),
+            RollbackPlan::Redeploy { side, version, why } => {
+                format!("re-deploys {version} to {side} ({why})")
+            }
+            RollbackPlan::AlreadyLive { version } => format!("{version} is already live"),
+            RollbackPlan::Nothing(why) => format!("nothing to roll back to: {why}"),
+        })
+    }
+
     /// An accepted shadow difference counts where the deploy's run is
     /// judged: in a cluster, on the node holding the deploy lock.
     pub fn accept_here(&self) -> Result<(), PipelineError> {

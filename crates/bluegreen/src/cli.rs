@@ -224,11 +224,17 @@ pub enum Command {
         /// Follow a deploy already started (the current one, or ID) to its
         /// end instead of starting one: after --detach, a closed terminal
         /// or from another machine.
-        #[arg(long, value_name = "ID", num_args = 0..=1, default_missing_value = "0")]
+        #[arg(
+            long,
+            value_name = "ID",
+            num_args = 0..=1,
+            default_missing_value = "0",
+            conflicts_with_all = ["manual_promote", "skip_smoke", "skip_shadow", "canary", "env", "reason", "detach"]
+        )]
         follow: Option<u64>,
         /// Stop following after this long (e.g. 10m); the deploy goes on
         /// (exit 6 says so, with how to follow it again).
-        #[arg(long, value_parser = parse_duration)]
+        #[arg(long, value_parser = parse_duration, conflicts_with = "detach")]
         timeout: Option<std::time::Duration>,
         /// Wait at the gate for `bluegreen promote` before switching.
         #[arg(long)]

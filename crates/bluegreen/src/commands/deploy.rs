@@ -90,7 +90,10 @@ pub async fn follow(
     let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
     let mut unreachable_since: Option<Instant> = None;
     loop {
-        let mut stream = match c.events().await {
+        let Some(connected) = within(deadline, c.events()).await else {
+            return Ok(gave_up(id, None, timeout));
+        };
+        let mut stream = match connected {
             Ok(s) => Some(s),
             Err(e @ ClientError::Unreachable { .. }) => {
                 match out_of_patience(&mut unreachable_since, e) {
@@ -101,10 +104,11 @@ pub async fn follow(
             Err(e) => return fail(e),
         };
         let mut last = None;
-        match c
-            .get::<DeployRecord>(&format!("/api/v1/deploys/{id}"))
-            .await
-        {
+        let path = format!("/api/v1/deploys/{id}");
+        let Some(record) = within(deadline, c.get::<DeployRecord>(&path)).await else {
+            return Ok(gave_up(id, None, timeout));
+        };
+        match record {
             Ok(d) if d.is_finished() => {
                 progress.finish(&d);
                 return Ok(ExitCode::from(exit_code(d.outcome)));

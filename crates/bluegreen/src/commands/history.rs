@@ -15,6 +15,7 @@ pub async fn history(args: &AdminArgs, as_json: bool) -> anyhow::Result<ExitCode
     if as_json {
         let mut all = deploys.clone();
         all["switches"] = switches["switches"].clone();
+        tidy(&mut all);
         println!("{}", serde_json::to_string_pretty(&all)?);
         return Ok(ExitCode::SUCCESS);
     }

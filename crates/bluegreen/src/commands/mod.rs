@@ -175,6 +175,34 @@ fn outcome(
     }
 }
 
+/// `f`, unless `deadline` comes first (`None`: it did).
+pub(crate) async fn within<T>(
+    deadline: Option<tokio::time::Instant>,
+    f: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    match deadline {
+        Some(at) => tokio::time::timeout_at(at, f).await.ok(),
+        None => Some(f.await),
+    }
+}
+
+/// JSON for people: a latency histogram shows its `buckets` (with bounds)
+/// only, not the dense `counts` kept for older readers.
+pub(crate) fn tidy(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(map) => {
+            if map.contains_key("buckets") {
+                map.remove("counts");
+            }
+            for x in map.values_mut() {
+                tidy(x);
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(tidy),
+        _ => {}
+    }
+}
+
 /// The router may be restarting (an upgrade): an unreachable API is
 /// tried again for a minute; past that, the error.
 fn out_of_patience(

@@ -4,11 +4,12 @@ use super::*;
 
 /// `bluegreen status`.
 pub async fn status(args: &AdminArgs, as_json: bool) -> anyhow::Result<ExitCode> {
-    let raw: serde_json::Value = match client(args).get("/api/v1/status").await {
+    let mut raw: serde_json::Value = match client(args).get("/api/v1/status").await {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
     if as_json {
+        tidy(&mut raw);
         println!("{}", serde_json::to_string_pretty(&raw)?);
         return Ok(ExitCode::SUCCESS);
     }
@@ -31,8 +32,12 @@ pub async fn watch(
     let terminal = std::io::stdout().is_terminal();
     let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
     let mut unreachable_since: Option<std::time::Instant> = None;
+    let (mut shown, mut last_line) = (String::new(), String::new());
     loop {
-        match c.events().await {
+        let Some(connected) = within(deadline, c.events()).await else {
+            return Ok(ExitCode::SUCCESS);
+        };
+        match connected {
             Ok(mut stream) => {
                 unreachable_since = None;
                 loop {
@@ -48,18 +53,30 @@ pub async fn watch(
                         continue;
                     }
                     if as_json {
-                        println!("{}", json!({"event": ev.name, "data": ev.data}));
+                        let mut data = ev.data;
+                        tidy(&mut data);
+                        println!("{}", json!({"event": ev.name, "data": data}));
                     } else if ev.name == "status" {
                         let Ok(view) = serde_json::from_value::<StatusView>(ev.data) else {
                             continue;
                         };
+                        // Only when something shown changed.
+                        let text = render_view(&view);
+                        if text == shown {
+                            continue;
+                        }
                         if terminal {
                             print!("\x1b[2J\x1b[H");
                         }
                         println!("{}", now_clock());
-                        print!("{}", render_view(&view));
+                        print!("{text}");
+                        shown = text;
                     } else if !terminal {
-                        println!("{} {}: {}", now_clock(), ev.name, one_line(&ev.data));
+                        let line = one_line(&ev.name, &ev.data);
+                        if line != last_line {
+                            println!("{} {}: {line}", now_clock(), ev.name);
+                            last_line = line;
+                        }
                     }
                 }
             }
@@ -83,8 +100,31 @@ fn now_clock() -> String {
     format!("{:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
 }
 
-/// An event's data in a line: its detail or message when it has one.
-fn one_line(data: &serde_json::Value) -> String {
+/// An event's data in a line: a deploy's step, a shadow run's counts,
+/// else its detail or message when it has one.
+fn one_line(name: &str, data: &serde_json::Value) -> String {
+    if name == "deploy" {
+        if let Ok(d) = serde_json::from_value::<DeployRecord>(data.clone()) {
+            let step = d.next_step().map(|s| s.as_str()).unwrap_or("finishing");
+            return format!(
+                "#{} {} to {}: {step} ({:?})",
+                d.id, d.version, d.target, d.outcome
+            );
+        }
+    }
+    if name == "shadow" {
+        let r = data.get("shadow").unwrap_or(data);
+        return format!(
+            "{} pairs compared, {} differing{}",
+            r["compared"],
+            r["differing"],
+            if r["running"] == true {
+                ""
+            } else {
+                " (stopped)"
+            }
+        );
+    }
     for key in ["detail", "message", "reason"] {
         if let Some(s) = data
             .get(key)
@@ -109,10 +149,16 @@ fn one_line(data: &serde_json::Value) -> String {
 /// The whole status: router, what each side runs, the deploy in progress
 /// (saying what it waits for).
 fn render_view(view: &StatusView) -> String {
-    let mut out = render_status(&view.router);
+    // With a pipeline the rollback line below says more than the side.
+    let mut out = render_status(&view.router, view.rollback.is_none());
     // With a pipeline: what each side runs, and the deploy in progress.
     if let Some(rel) = &view.releases {
-        out.push_str(&out_releases(rel, &view.router));
+        out.push_str(&out_releases(rel));
+    }
+    // What a rollback would do, as the router plans it (instant onto a
+    // warm good side, a re-deploy, or a refusal after a rejected version).
+    if let Some(r) = &view.rollback {
+        out.push_str(&format!("rollback: {r}\n"));
     }
     if let Some(d) = view
         .deploy
@@ -139,7 +185,7 @@ fn render_view(view: &StatusView) -> String {
     out
 }
 
-fn out_releases(rel: &Sides<SideRelease>, router: &Status) -> String {
+fn out_releases(rel: &Sides<SideRelease>) -> String {
     let mut out = format!("\n{:<6} {:<16} STATE\n", "SIDE", "VERSION");
     for side in Side::ALL {
         let r = &rel[side];
@@ -154,21 +200,11 @@ fn out_releases(rel: &Sides<SideRelease>, router: &Status) -> String {
             r.version.as_deref().unwrap_or("-")
         ));
     }
-    // What a rollback would do: instant onto a warm side, or a re-deploy.
-    if let Some(p) = router.previous {
-        let r = &rel[p];
-        let what = match (&r.version, r.running) {
-            (Some(v), true) => format!("{v}, still running: instant"),
-            (Some(v), false) => format!("{v}, decommissioned: re-deploys it"),
-            (None, _) => "nothing deployed there".into(),
-        };
-        out.push_str(&format!("rollback: to {p} ({what})\n"));
-    }
     out
 }
 
 /// Human-readable status: the live side first, then a table per upstream.
-pub fn render_status(s: &Status) -> String {
+pub fn render_status(s: &Status, target_line: bool) -> String {
     let mut out = String::new();
     match &s.last_switch {
         Some(r) => out.push_str(&format!(
@@ -177,7 +213,7 @@ pub fn render_status(s: &Status) -> String {
         )),
         None => out.push_str(&format!("live: {} (never switched)\n", s.live)),
     }
-    if let Some(p) = s.previous {
+    if let Some(p) = s.previous.filter(|_| target_line) {
         out.push_str(&format!("rollback target: {p}\n"));
     }
     out.push('\n');

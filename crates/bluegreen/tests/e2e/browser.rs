@@ -135,8 +135,8 @@ async fn keep_screenshot(c: &fantoccini::Client, name: &str) {
     eprintln!("dashboard screenshot: {}", shot.display());
 }
 
-/// The element's box: (top, bottom) in CSS pixels of the viewport.
-async fn box_of(c: &fantoccini::Client, id: &str) -> (f64, f64) {
+/// The element's box: (top, bottom, the viewport's height) in CSS pixels.
+async fn box_of(c: &fantoccini::Client, id: &str) -> (f64, f64, f64) {
     let v = c
         .execute(
             &format!("const r = document.getElementById('{id}').getBoundingClientRect(); return [r.top, r.bottom, window.innerHeight];"),
@@ -145,7 +145,11 @@ async fn box_of(c: &fantoccini::Client, id: &str) -> (f64, f64) {
         .await
         .unwrap();
     let a = v.as_array().unwrap();
-    (a[0].as_f64().unwrap(), a[1].as_f64().unwrap())
+    (
+        a[0].as_f64().unwrap(),
+        a[1].as_f64().unwrap(),
+        a[2].as_f64().unwrap(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -222,9 +226,10 @@ async fn a_bad_release_shows_its_breach_above_the_fold_in_colours_of_health() {
         .await
         .unwrap();
     assert!(class.as_str().unwrap().contains("breach"), "{class}");
-    let (top, bottom) = box_of(&c, "release-bake").await;
+    let (top, bottom, fold) = box_of(&c, "release-bake").await;
+    assert!(fold > 800.0, "a window of about 1000 px: {fold}");
     assert!(
-        top >= 0.0 && bottom <= 1000.0,
+        top >= 0.0 && bottom <= fold,
         "breach at {top}..{bottom}, below the fold"
     );
     let badge = text_of(&c, "health-badge").await;

@@ -39,6 +39,61 @@ async fn cli(r: &RouterProc, args: &[&str], token: &str) -> (i32, String, String
     .unwrap()
 }
 
+/// A CLI process whose stdout is read line by line as it comes.
+struct Lines {
+    child: std::process::Child,
+    rx: std::sync::mpsc::Receiver<String>,
+}
+
+impl Lines {
+    fn spawn(r: &RouterProc, args: &[&str]) -> Lines {
+        use std::io::BufRead;
+        let mut child = Command::new(bin())
+            .args(args)
+            .env("BLUEGREEN_ADMIN", r.admin_url())
+            .env("BLUEGREEN_TOKEN", TOKEN)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Lines { child, rx }
+    }
+
+    /// The next line within `limit`, or `None` (the process ended or was silent).
+    fn next(&mut self, limit: Duration) -> Option<String> {
+        self.rx.recv_timeout(limit).ok()
+    }
+
+    /// The rest of the output and the exit code, waiting up to `limit`.
+    fn finish(mut self, limit: Duration) -> (Option<i32>, String) {
+        let deadline = std::time::Instant::now() + limit;
+        let mut rest = Vec::new();
+        while let Ok(line) = self
+            .rx
+            .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+        {
+            rest.push(line);
+        }
+        let status = self.child.wait().unwrap();
+        (status.code(), rest.join("\n"))
+    }
+
+    fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_detached_deploy_is_followed_again_and_a_timeout_says_how_to_come_back() {
     let (blue, green) = (Backend::start("blue").await, Backend::start("green").await);
@@ -61,44 +116,21 @@ async fn a_detached_deploy_is_followed_again_and_a_timeout_says_how_to_come_back
         text.contains("waiting at the manual gate: `bluegreen promote`"),
         "{text}"
     );
-    // Re-attached by id while promoted from elsewhere: it follows to the end.
-    let follower = {
-        let (admin, bin) = (r.admin_url(), bin());
-        tokio::task::spawn_blocking(move || {
-            Command::new(bin)
-                .args(["deploy", "--follow", "1", "--json", "--timeout", "30s"])
-                .env("BLUEGREEN_ADMIN", admin)
-                .env("BLUEGREEN_TOKEN", TOKEN)
-                .output()
-                .unwrap()
-        })
-    };
-    // The follower is connected once the API has two event listeners (it
-    // and nobody else): promote after it subscribed, or it would only see
-    // the end. Waiting on its first line is not possible with `output`, so
-    // give it the gate: it prints the record at once, then waits.
-    wait_until(
-        Duration::from_secs(10),
-        "the follower subscribed",
-        || async {
-            r.api("GET", "/metrics", None, Some(TOKEN))
-                .await
-                .1
-                .as_str()
-                .is_some_and(|m| m.contains("bluegreen_event_subscribers 1"))
-        },
-    )
-    .await;
+    // Re-attached by id while promoted from elsewhere: it follows to the
+    // end. Promoted only once it printed its first line (it is connected).
+    let mut follower = Lines::spawn(
+        &r,
+        &["deploy", "--follow", "1", "--json", "--timeout", "30s"],
+    );
+    let first = follower
+        .next(Duration::from_secs(10))
+        .expect("the follower's first line");
+    assert!(first.contains("\"event\""), "{first}");
     let (st, v) = r.api("POST", "/api/v1/promote", None, Some(TOKEN)).await;
     assert_eq!(st, 200, "{v}");
-    let out = follower.await.unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (code, rest) = follower.finish(Duration::from_secs(30));
+    assert_eq!(code, Some(0), "{first}\n{rest}");
+    let stdout = format!("{first}\n{rest}");
     // JSON lines, a step change each, the end last; the bake went by live.
     let records: Vec<serde_json::Value> = stdout
         .lines()
@@ -127,35 +159,30 @@ async fn status_watch_follows_the_event_stream() {
     let (blue, green) = (Backend::start("blue").await, Backend::start("green").await);
     let r = router(&blue, &green);
     r.wait_all_healthy().await;
-    let watcher = {
-        let (admin, bin) = (r.admin_url(), bin());
-        tokio::task::spawn_blocking(move || {
-            Command::new(bin)
-                .args(["status", "--watch", "--json", "--timeout", "4s"])
-                .env("BLUEGREEN_ADMIN", admin)
-                .env("BLUEGREEN_TOKEN", TOKEN)
-                .output()
-                .unwrap()
-        })
-    };
-    wait_until(
-        Duration::from_secs(10),
-        "the watcher subscribed",
-        || async {
-            r.api("GET", "/metrics", None, Some(TOKEN))
-                .await
-                .1
-                .as_str()
-                .is_some_and(|m| m.contains("bluegreen_event_subscribers 1"))
-        },
-    )
-    .await;
+    // Read as it comes: the first status, then the switch and the status
+    // after it; then it is stopped (no timeout to wait out).
+    let mut watcher = Lines::spawn(&r, &["status", "--watch", "--json"]);
+    let first = watcher
+        .next(Duration::from_secs(10))
+        .expect("the first status");
     r.switch_to("green").await;
-    let out = watcher.await.unwrap();
-    assert_eq!(out.status.code(), Some(0));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let events: Vec<serde_json::Value> = stdout
-        .lines()
+    let mut lines = vec![first];
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let line = watcher
+            .next(deadline.saturating_duration_since(std::time::Instant::now()))
+            .unwrap_or_else(|| panic!("no status after the switch: {lines:?}"));
+        let v: serde_json::Value = serde_json::from_str(&line).expect("JSON lines");
+        let done = v["event"] == "status" && v["data"]["live"] == "green";
+        lines.push(line);
+        if done {
+            break;
+        }
+    }
+    watcher.kill();
+    let stdout = lines.join("\n");
+    let events: Vec<serde_json::Value> = lines
+        .iter()
         .map(|l| serde_json::from_str(l).expect("JSON lines"))
         .collect();
     let names: Vec<&str> = events
@@ -199,6 +226,16 @@ async fn refusals_say_what_to_do() {
     let (code, _, err) = cli(&r, &["switch", "--to", "green"], TOKEN).await;
     assert_eq!(code, 1);
     assert!(err.contains("pass --force"), "{err}");
+    // Flags that make no sense together are refused before anything runs.
+    for args in [
+        &["deploy", "--follow", "3", "v2"][..],
+        &["deploy", "--follow", "--detach"][..],
+        &["deploy", "v2", "--detach", "--timeout", "5s"][..],
+        &["deploy"][..],
+    ] {
+        let (code, _, err) = cli(&r, args, TOKEN).await;
+        assert_eq!(code, 2, "{args:?}: {err}");
+    }
     // The demo on a busy port names the flag.
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = busy.local_addr().unwrap().to_string();
