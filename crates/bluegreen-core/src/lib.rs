@@ -9,6 +9,7 @@ pub mod diff;
 pub mod health;
 pub mod input;
 pub mod latency;
+pub mod migration;
 pub mod record;
 pub mod rollback;
 pub mod shadow;

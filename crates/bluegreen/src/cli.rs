@@ -59,6 +59,18 @@ pub struct AdminArgs {
     pub admin_ca: Option<std::path::PathBuf>,
 }
 
+/// What `bluegreen migrate` does.
+#[derive(Debug, Subcommand)]
+pub enum MigrateAction {
+    /// Check a migrations directory: exit 0 clean, 1 with findings, 2 when
+    /// a file's name or SQL cannot be read.
+    Lint {
+        /// The directory of NNNN_name.expand.sql / .contract.sql files.
+        #[arg(default_value = "migrations")]
+        dir: PathBuf,
+    },
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the router and its admin API.
@@ -290,6 +302,14 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Database migrations: `lint` checks that every expand file
+    /// (NNNN_name.expand.sql) holds only changes the running version can
+    /// live with, naming file, line, statement, rule and the expand/contract
+    /// way to do it.
+    Migrate {
+        #[command(subcommand)]
+        action: MigrateAction,
+    },
     /// Record live traffic to a file (for `replay`).
     Record {
         #[command(flatten)]
@@ -475,6 +495,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Abort { admin, reason } => {
             client_runtime()?.block_on(commands::abort(&admin, reason))
         }
+        Command::Migrate {
+            action: MigrateAction::Lint { dir },
+        } => commands::migrate::lint(&dir),
         Command::History { admin, json } => {
             client_runtime()?.block_on(commands::history(&admin, json))
         }

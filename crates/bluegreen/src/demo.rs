@@ -117,13 +117,16 @@ pub fn main(args: DemoArgs) -> anyhow::Result<ExitCode> {
 async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     // 1. The router with the embedded default config and a fresh state dir.
     let state_dir = TempDir::new()?;
+    // The apps' ports stay reserved (bound) until the router has bound its
+    // own listeners, so a listener on port 0 can never be given one of them.
+    let (blue_port, green_port) = (reserve_port()?, reserve_port()?);
     let text = DEMO_CONFIG
         .replace("{{proxy}}", &args.listen.to_string())
         .replace("{{preview}}", &args.preview_listen.to_string())
         .replace("{{admin}}", &args.admin_listen.to_string())
         .replace("{{state}}", &state_dir.0.display().to_string())
-        .replace("{{blue}}", &free_port()?.to_string())
-        .replace("{{green}}", &free_port()?.to_string())
+        .replace("{{blue}}", &blue_port.local_addr()?.to_string())
+        .replace("{{green}}", &green_port.local_addr()?.to_string())
         .replace(
             "{{bake}}",
             &format!("{}ms", (args.bake.clamp(0.5, 600.0) * 1000.0) as u64),
@@ -148,6 +151,7 @@ async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             .replace("(admin.listen)", "(--admin-listen; pick another port)");
         anyhow::anyhow!(text)
     })?;
+    drop((blue_port, green_port));
     let pipeline = running
         .pipeline
         .clone()
@@ -272,9 +276,9 @@ async fn traffic(proxy: SocketAddr, tally: Arc<Mutex<Tally>>, stop: Arc<AtomicBo
     }
 }
 
-/// A port nothing listens on right now, for the demo's upstreams.
-fn free_port() -> anyhow::Result<SocketAddr> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+/// A free port for one of the demo's upstreams, held until dropped.
+fn reserve_port() -> anyhow::Result<std::net::TcpListener> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?)
 }
 
 fn random_token() -> String {

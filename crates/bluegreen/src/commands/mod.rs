@@ -11,6 +11,7 @@ mod switch;
 
 pub use deploy::{abort, deploy, follow, follow_again, promote, DeployArgs};
 pub use history::history;
+pub mod migrate;
 pub use record::record;
 pub use status::{status, watch};
 pub use switch::{rollback, switch};

@@ -344,3 +344,71 @@ async fn an_intended_shadow_difference_is_accepted_during_the_deploy() {
     assert_eq!(code, 1);
     assert!(err.contains("JSON pointer"), "{err}");
 }
+
+#[test]
+fn migrate_lint_names_what_an_expand_file_must_not_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path();
+    std::fs::write(
+        m.join("0001_items.expand.sql"),
+        "CREATE TABLE items (id bigint PRIMARY KEY, price int);\n",
+    )
+    .unwrap();
+    std::fs::write(
+        m.join("0002_currency.expand.sql"),
+        "ALTER TABLE items ADD COLUMN currency text DEFAULT 'EUR';\n\n\
+         ALTER TABLE items DROP COLUMN price;\n",
+    )
+    .unwrap();
+    std::fs::write(
+        m.join("0002_currency.contract.sql"),
+        "ALTER TABLE items DROP COLUMN price;\n",
+    )
+    .unwrap();
+    let run = |dir: &std::path::Path| {
+        let out = Command::new(bin())
+            .args(["migrate", "lint"])
+            .arg(dir)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // The drop in the expand file is named with file, line, rule and the
+    // way to do it; the same drop in the contract file is fine.
+    let (code, out, _) = run(m);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("0002_currency.expand.sql:3: ALTER TABLE items DROP COLUMN price"),
+        "{out}"
+    );
+    assert!(
+        out.contains("drop-column") && out.contains("contract file"),
+        "{out}"
+    );
+    assert!(!out.contains("contract.sql:"), "{out}");
+    // Fixed: clean.
+    std::fs::write(
+        m.join("0002_currency.expand.sql"),
+        "ALTER TABLE items ADD COLUMN currency text DEFAULT 'EUR';\n",
+    )
+    .unwrap();
+    let (code, out, _) = run(m);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("3 file(s)") && out.contains(": ok"), "{out}");
+    // SQL that does not parse, and a name that is not a migration's: exit 2.
+    std::fs::write(m.join("0003_bad.expand.sql"), "ALTER TABEL items;\n").unwrap();
+    let (code, _, err) = run(m);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("0003_bad.expand.sql"), "{err}");
+    std::fs::write(m.join("4_x.expand.sql"), "").unwrap();
+    let (code, _, err) = run(m);
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("4_x.expand.sql: not a migration name"),
+        "{err}"
+    );
+}
