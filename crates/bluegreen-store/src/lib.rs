@@ -121,3 +121,23 @@ pub fn load_router(store: &dyn StateStore) -> Result<Option<RouterState>, StoreE
 pub fn save_router(store: &dyn StateStore, state: &RouterState) -> Result<(), StoreError> {
     save_json(store, ROUTER_KEY, state)
 }
+
+/// Every certificate of a PEM file as trust roots (a private CA, a test
+/// CA's bundle); the error names the file and what is wrong.
+pub fn roots_from_pem(path: &std::path::Path) -> Result<rustls::RootCertStore, String> {
+    use rustls::pki_types::pem::PemObject;
+    let file = path.display();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("{file}: cannot read: {e}"))?
+    {
+        let cert = cert.map_err(|e| format!("{file}: not PEM certificates: {e}"))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("{file}: not a usable CA certificate: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err(format!("{file}: holds no PEM certificate"));
+    }
+    Ok(roots)
+}

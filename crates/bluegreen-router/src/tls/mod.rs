@@ -28,23 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 /// Every certificate of a PEM file as trust roots (a private CA, a test
 /// CA's bundle); the error names the file and what is wrong.
-pub fn roots_from_pem(path: &std::path::Path) -> Result<rustls::RootCertStore, String> {
-    use rustls::pki_types::pem::PemObject;
-    let file = path.display();
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls::pki_types::CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("{file}: cannot read: {e}"))?
-    {
-        let cert = cert.map_err(|e| format!("{file}: not PEM certificates: {e}"))?;
-        roots
-            .add(cert)
-            .map_err(|e| format!("{file}: not a usable CA certificate: {e}"))?;
-    }
-    if roots.is_empty() {
-        return Err(format!("{file}: holds no PEM certificate"));
-    }
-    Ok(roots)
-}
+pub use bluegreen_store::roots_from_pem;
 
 pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())

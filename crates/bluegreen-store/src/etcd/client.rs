@@ -81,7 +81,7 @@ impl Client {
         let mut client_auth = None;
         if let Some(tls) = &config.tls {
             if let Some(ca) = &tls.ca {
-                roots = roots_from_pem(ca)?;
+                roots = crate::roots_from_pem(ca).map_err(|e| format!("state.etcd.tls.ca {e}"))?;
             }
             if let (Some(cert), Some(key)) = (&tls.cert, &tls.key) {
                 use rustls::pki_types::pem::PemObject;
@@ -589,19 +589,4 @@ fn b64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
 fn num<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
     let v = Value::deserialize(d)?;
     Ok(num_field(&json!({ "n": v }), "n"))
-}
-
-/// PEM certificates of a CA file.
-fn roots_from_pem(path: &std::path::Path) -> Result<rustls::RootCertStore, String> {
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls::pki_types::CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("state.etcd.tls.ca {}: {e}", path.display()))?
-    {
-        let cert = cert.map_err(|e| format!("state.etcd.tls.ca {}: {e}", path.display()))?;
-        roots
-            .add(cert)
-            .map_err(|e| format!("state.etcd.tls.ca {}: {e}", path.display()))?;
-    }
-    Ok(roots)
 }

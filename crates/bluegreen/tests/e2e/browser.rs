@@ -176,29 +176,9 @@ async fn a_bad_release_shows_its_breach_above_the_fold_in_colours_of_health() {
     assert!(hidden(&c, "release").await, "no release yet");
 
     // Live traffic that the new version (green) answers with 500s.
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let load = {
-        let (stop, url) = (stop.clone(), router.url("/fail"));
-        tokio::spawn(async move {
-            let client = h1_client();
-            for _ in 0..20_000 {
-                if stop.load(std::sync::atomic::Ordering::SeqCst) {
-                    break;
-                }
-                let _ = get(&client, &url).await;
-                tokio::time::sleep(Duration::from_millis(3)).await;
-            }
-        })
-    };
-    let (st, d) = router
-        .api(
-            "POST",
-            "/api/v1/deploys",
-            Some("{\"version\":\"v2\"}"),
-            Some(TOKEN),
-        )
-        .await;
-    assert_eq!(st, 202, "{d}");
+    let url = router.url("/fail");
+    let load = Traffic::start(move |_| url.clone());
+    router.start_deploy("{\"version\":\"v2\"}").await;
     // During the release: the release view is at the top with its steps.
     eventually(Duration::from_secs(10), "the release view", || async {
         !hidden(&c, "release").await && text_of(&c, "release-title").await.contains("v2")
@@ -211,8 +191,7 @@ async fn a_bad_release_shows_its_breach_above_the_fold_in_colours_of_health() {
         v == "breach" || v == "rolled back"
     })
     .await;
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    load.await.unwrap();
+    load.stop().await;
     let release = text_of(&c, "release").await;
     assert!(
         release.contains("breach:") && release.contains("error rate"),

@@ -134,23 +134,7 @@ fn side_of(s: &Sample) -> &str {
 }
 
 async fn cli(n: &RouterProc, args: &[&str]) -> (i32, String, String) {
-    let admin = n.admin_url();
-    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    tokio::task::spawn_blocking(move || {
-        let out = std::process::Command::new(bin())
-            .args(&args)
-            .env("BLUEGREEN_ADMIN", admin)
-            .env("BLUEGREEN_TOKEN", TOKEN)
-            .output()
-            .unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    })
-    .await
-    .unwrap()
+    n.cli_with_token(args, TOKEN).await
 }
 
 /// Waits until `n` lists `count` nodes (each reports itself once it has a
@@ -522,16 +506,13 @@ async fn deploy_pair(
 
 /// Starts a deploy of v2 on `n` that waits at the manual gate.
 async fn deploy_to_the_gate(n: &RouterProc) {
-    let body = "{\"version\":\"v2\",\"manual_promote\":true}";
-    let (st, d) = n
-        .api("POST", "/api/v1/deploys", Some(body), Some(TOKEN))
+    n.start_deploy("{\"version\":\"v2\",\"manual_promote\":true}")
         .await;
-    assert_eq!(st, 202, "{d}");
     wait_until(
         Duration::from_secs(10),
         "the deploy waits at the gate",
         || async {
-            current_deploy(n).await["steps"]
+            n.current_deploy().await["steps"]
                 .as_array()
                 .is_some_and(|s| {
                     s.iter()
@@ -540,12 +521,6 @@ async fn deploy_to_the_gate(n: &RouterProc) {
         },
     )
     .await;
-}
-
-async fn current_deploy(n: &RouterProc) -> serde_json::Value {
-    n.api("GET", "/api/v1/deploys/current", None, Some(TOKEN))
-        .await
-        .1
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -561,7 +536,7 @@ async fn the_deploy_lock_moves_to_another_node_when_its_holder_dies_and_the_depl
     wait_until(
         Duration::from_secs(5),
         "b follows the shared book",
-        || async { current_deploy(&b).await["version"] == "v2" },
+        || async { b.current_deploy().await["version"] == "v2" },
     )
     .await;
     let (st, v) = b
@@ -612,7 +587,7 @@ async fn the_deploy_lock_moves_to_another_node_when_its_holder_dies_and_the_depl
     wait_until(
         Duration::from_secs(15),
         "the deploy finished on b",
-        || async { current_deploy(&b).await["outcome"] == "succeeded" },
+        || async { b.current_deploy().await["outcome"] == "succeeded" },
     )
     .await;
     assert_eq!(live_of(&b).await, "green");
@@ -647,40 +622,14 @@ async fn the_bake_judges_the_whole_cluster_and_rolls_back_on_errors_seen_by_one_
     }
     // a sees only good traffic; b's clients hit a path the new version
     // breaks. The deploy runs on a.
-    let stop = Arc::new(AtomicBool::new(false));
-    let spawn_loop = |url: String, stop: Arc<AtomicBool>| {
-        tokio::spawn(async move {
-            let client = h1_client();
-            let deadline = Instant::now() + Duration::from_secs(30);
-            for _ in 0..20_000 {
-                if stop.load(Ordering::SeqCst) || Instant::now() > deadline {
-                    break;
-                }
-                let _ = get(&client, &url).await;
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        })
-    };
-    let good = spawn_loop(a.url("/ok"), stop.clone());
-    let bad = spawn_loop(b.url("/fail"), stop.clone());
-    let (st, d) = a
-        .api(
-            "POST",
-            "/api/v1/deploys",
-            Some("{\"version\":\"v2\"}"),
-            Some(TOKEN),
-        )
-        .await;
-    assert_eq!(st, 202, "{d}");
-    wait_until(Duration::from_secs(20), "the deploy ended", || async {
-        let d = current_deploy(&a).await;
-        d["outcome"].as_str().is_some_and(|o| o != "running")
-    })
-    .await;
-    stop.store(true, Ordering::SeqCst);
-    good.await.unwrap();
-    bad.await.unwrap();
-    let d = current_deploy(&a).await;
+    let (good_url, bad_url) = (a.url("/ok"), b.url("/fail"));
+    let good = Traffic::start(move |_| good_url.clone());
+    let bad = Traffic::start(move |_| bad_url.clone());
+    a.start_deploy("{\"version\":\"v2\"}").await;
+    a.wait_deploy_end(Duration::from_secs(20)).await;
+    good.stop().await;
+    bad.stop().await;
+    let d = a.current_deploy().await;
     assert_eq!(d["outcome"], "rolled_back", "{d}");
     assert!(d["reason"].to_string().contains("error"), "{d}");
     // a itself answered no error on green: the breach came from b.
@@ -805,7 +754,7 @@ async fn a_lock_held_through_an_etcd_restart_stays_with_its_node_and_the_deploy_
     wait_until(
         Duration::from_secs(15),
         "the deploy finished on a",
-        || async { current_deploy(&a).await["outcome"] == "succeeded" },
+        || async { a.current_deploy().await["outcome"] == "succeeded" },
     )
     .await;
     // b never ran it.
@@ -817,7 +766,7 @@ async fn a_lock_held_through_an_etcd_restart_stays_with_its_node_and_the_deploy_
     wait_until(
         Duration::from_secs(5),
         "b follows the finished deploy",
-        || async { current_deploy(&b).await["outcome"] == "succeeded" },
+        || async { b.current_deploy().await["outcome"] == "succeeded" },
     )
     .await;
 }
@@ -841,45 +790,13 @@ async fn the_shadow_gate_judges_the_traffic_of_every_node() {
         wait_nodes(n, 2).await;
     }
     // Live traffic reaches b only; the new version (green) changes a price.
-    let stop = Arc::new(AtomicBool::new(false));
-    let load = {
-        let (stop, url) = (stop.clone(), b.url(""));
-        tokio::spawn(async move {
-            let client = h1_client();
-            let deadline = Instant::now() + Duration::from_secs(40);
-            let mut statuses = Vec::new();
-            for i in 0..20_000u64 {
-                if stop.load(Ordering::SeqCst) || Instant::now() > deadline {
-                    break;
-                }
-                let (status, _) = get(&client, &format!("{url}/shadow/users/{}", i % 50))
-                    .await
-                    .unwrap_or((0, String::new()));
-                statuses.push(status);
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            statuses
-        })
-    };
-    let (st, d) = a
-        .api(
-            "POST",
-            "/api/v1/deploys",
-            Some("{\"version\":\"v2\"}"),
-            Some(TOKEN),
-        )
-        .await;
-    assert_eq!(st, 202, "{d}");
-    wait_until(Duration::from_secs(40), "the deploy ended", || async {
-        current_deploy(&a).await["outcome"]
-            .as_str()
-            .is_some_and(|o| o != "running")
-    })
-    .await;
-    stop.store(true, Ordering::SeqCst);
-    let statuses = load.await.unwrap();
+    let url = b.url("");
+    let load = Traffic::start(move |i| format!("{url}/shadow/users/{}", i % 50));
+    a.start_deploy("{\"version\":\"v2\"}").await;
+    a.wait_deploy_end(Duration::from_secs(40)).await;
+    let statuses = load.stop().await;
     assert!(statuses.iter().all(|&s| s == 200), "live traffic failed");
-    let d = current_deploy(&a).await;
+    let d = a.current_deploy().await;
     assert_eq!(d["outcome"], "failed", "{d}");
     let reason = d["reason"].to_string();
     // a saw no traffic at all: the differences are b's, judged on a.

@@ -18,25 +18,7 @@ fn router(blue: &Backend, green: &Backend) -> RouterProc {
 
 /// Runs the CLI to its end in a blocking thread.
 async fn cli(r: &RouterProc, args: &[&str], token: &str) -> (i32, String, String) {
-    let admin = r.admin_url();
-    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    let token = token.to_string();
-    tokio::task::spawn_blocking(move || {
-        let out = Command::new(bin())
-            .args(&args)
-            .env("BLUEGREEN_ADMIN", admin)
-            .env("BLUEGREEN_TOKEN", token)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    })
-    .await
-    .unwrap()
+    r.cli_with_token(args, token).await
 }
 
 /// A CLI process whose stdout is read line by line as it comes.
@@ -260,34 +242,9 @@ async fn an_intended_shadow_difference_is_accepted_during_the_deploy() {
         )
         .start();
     r.wait_all_healthy().await;
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let load = {
-        let (stop, url) = (stop.clone(), r.url(""));
-        tokio::spawn(async move {
-            let client = h1_client();
-            for i in 0..10_000u64 {
-                if stop.load(std::sync::atomic::Ordering::SeqCst) {
-                    break;
-                }
-                let _ = get(&client, &format!("{url}/shadow/users/{}", i % 20)).await;
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        })
-    };
-    let (st, d) = r
-        .api(
-            "POST",
-            "/api/v1/deploys",
-            Some("{\"version\":\"v2\"}"),
-            Some(TOKEN),
-        )
-        .await;
-    assert_eq!(st, 202, "{d}");
-    let current = || async {
-        r.api("GET", "/api/v1/deploys/current", None, Some(TOKEN))
-            .await
-            .1
-    };
+    let url = r.url("");
+    let load = Traffic::start(move |i| format!("{url}/shadow/users/{}", i % 20));
+    r.start_deploy("{\"version\":\"v2\"}").await;
     wait_until(
         Duration::from_secs(10),
         "the shadow step counts the new price",
@@ -309,15 +266,8 @@ async fn an_intended_shadow_difference_is_accepted_during_the_deploy() {
         out.contains("accepted /price") && out.contains("ignore_paths"),
         "{out}"
     );
-    wait_until(Duration::from_secs(20), "the deploy ended", || async {
-        current().await["outcome"]
-            .as_str()
-            .is_some_and(|o| o != "running")
-    })
-    .await;
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    load.await.unwrap();
-    let d = current().await;
+    let d = r.wait_deploy_end(Duration::from_secs(20)).await;
+    load.stop().await;
     assert_eq!(d["outcome"], "succeeded", "{d}");
     let shadow = d["steps"]
         .as_array()

@@ -799,3 +799,90 @@ pub fn curl(args: &[&str]) -> (i32, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
     )
 }
+
+// ---- load and deploys, shared by the tests that release under traffic ----
+
+/// Background GETs, bounded (20,000 requests or 60 s), one every 5 ms;
+/// `url_of(i)` is the i-th URL. `stop` ends it and hands back the statuses
+/// seen (0 for a request that failed).
+pub struct Traffic {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<Vec<u16>>,
+}
+
+impl Traffic {
+    pub fn start(url_of: impl Fn(u64) -> String + Send + 'static) -> Traffic {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let task = tokio::spawn(async move {
+            let client = h1_client();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let mut seen = Vec::new();
+            for i in 0..20_000u64 {
+                if flag.load(Ordering::SeqCst) || Instant::now() > deadline {
+                    break;
+                }
+                seen.push(get(&client, &url_of(i)).await.map(|(s, _)| s).unwrap_or(0));
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            seen
+        });
+        Traffic { stop, task }
+    }
+
+    pub async fn stop(self) -> Vec<u16> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.task.await.unwrap()
+    }
+}
+
+impl RouterProc {
+    /// Starts a deploy through the API (`body` is its JSON); it must be accepted.
+    pub async fn start_deploy(&self, body: &str) {
+        let (st, d) = self
+            .api("POST", "/api/v1/deploys", Some(body), Some(TOKEN))
+            .await;
+        assert_eq!(st, 202, "{d}");
+    }
+
+    /// The current (or last) deploy record.
+    pub async fn current_deploy(&self) -> serde_json::Value {
+        self.api("GET", "/api/v1/deploys/current", None, Some(TOKEN))
+            .await
+            .1
+    }
+
+    /// Waits until the current deploy ended; its record.
+    pub async fn wait_deploy_end(&self, limit: Duration) -> serde_json::Value {
+        wait_until(limit, "the deploy ended", || async {
+            self.current_deploy().await["outcome"]
+                .as_str()
+                .is_some_and(|o| o != "running")
+        })
+        .await;
+        self.current_deploy().await
+    }
+
+    /// The CLI against this router with `token`, off the async threads.
+    pub async fn cli_with_token(&self, args: &[&str], token: &str) -> (i32, String, String) {
+        let admin = self.admin_url();
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let token = token.to_string();
+        tokio::task::spawn_blocking(move || {
+            let out = Command::new(bin())
+                .args(&args)
+                .env("BLUEGREEN_ADMIN", admin)
+                .env("BLUEGREEN_TOKEN", token)
+                .stdin(Stdio::null())
+                .output()
+                .unwrap();
+            (
+                out.status.code().unwrap_or(-1),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        })
+        .await
+        .unwrap()
+    }
+}
