@@ -68,6 +68,8 @@ pub fn app(
         .route("/shadow/start", post(shadow_start))
         .route("/shadow/stop", post(shadow_stop))
         .route("/shadow/accept", post(shadow_accept))
+        .route("/migrations", get(migrations))
+        .route("/migrations/contract", post(migrations_contract))
         .route("/abort", post(abort))
         .route("/upgrade", post(upgrade))
         .route("/reload", post(reload))
@@ -891,6 +893,23 @@ async fn shadow_accept(
         ),
     }))
     .into_response())
+}
+
+/// `GET /api/v1/migrations`: every migration file, applied or pending.
+async fn migrations(State(state): State<AppState>) -> Result<Response, ApiError> {
+    Ok(Json(state.pipeline()?.migrations().await?).into_response())
+}
+
+/// `POST /api/v1/migrations/contract`: the live release's contract files.
+async fn migrations_contract(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let body: crate::types::ContractBody = parse_body(&body)?;
+    let who = actor(&headers, &body.actor)?;
+    let message = state.pipeline()?.contract(body.force, who).await?;
+    Ok(Json(serde_json::json!({ "message": message })).into_response())
 }
 
 async fn shadow_report(State(state): State<AppState>) -> Response {

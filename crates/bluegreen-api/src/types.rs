@@ -124,6 +124,17 @@ pub struct AcceptBody {
     pub actor: Option<String>,
 }
 
+/// `POST /api/v1/migrations/contract`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContractBody {
+    /// Also while the old side still runs (rollback to it would break).
+    #[serde(default)]
+    pub force: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,6 +11,9 @@ use std::collections::BTreeMap;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Step {
+    /// Apply the expand migrations (additive only), then check that the
+    /// live (old) version still passes its smoke tests on that schema.
+    Expand,
     /// Put the version on the idle side (hook or supervisor).
     Deploy,
     /// Wait until every idle upstream is healthy.
@@ -36,7 +39,8 @@ pub enum Step {
 
 impl Step {
     /// Every step in order.
-    pub const ALL: [Step; 10] = [
+    pub const ALL: [Step; 11] = [
+        Step::Expand,
         Step::Deploy,
         Step::Health,
         Step::Smoke,
@@ -52,6 +56,7 @@ impl Step {
     /// Lower-case name.
     pub fn as_str(self) -> &'static str {
         match self {
+            Step::Expand => "expand",
             Step::Deploy => "deploy",
             Step::Health => "health",
             Step::Smoke => "smoke",
@@ -169,6 +174,35 @@ pub struct DeployRecord {
     pub baseline: Option<Window>,
     pub breach: Option<Breach>,
     pub log: Vec<LogLine>,
+    /// The contract files this release brings, as its expand step saw them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migrations: Option<MigrationMark>,
+}
+
+/// What a deploy's expand step saw of the migrations directory: the
+/// contract files that belong to this release (a file added for a later
+/// release is not run at this one's contract).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MigrationMark {
+    pub contract: Vec<FileMark>,
+}
+
+/// A migration file and the checksum it had.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileMark {
+    pub file: String,
+    pub checksum: String,
+}
+
+/// The last contract that ran. Releases deployed before it expect a schema
+/// that is gone, so rollback to them is refused.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Contracted {
+    /// The deploy whose release the contract belongs to.
+    pub deploy_id: u64,
+    pub version: String,
+    pub files: Vec<String>,
+    pub at_ms: u64,
 }
 
 impl DeployRecord {
@@ -206,6 +240,7 @@ impl DeployRecord {
             baseline: None,
             breach: None,
             log: Vec::new(),
+            migrations: None,
         };
         if skip_smoke {
             record.skip(Step::Smoke, "skipped by --skip-smoke", now_ms);
@@ -379,6 +414,8 @@ pub struct DeployBook {
     pub history: Vec<DeployRecord>,
     pub sides: Sides<SideRelease>,
     pub pending_decommission: Option<PendingDecommission>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contracted: Option<Contracted>,
 }
 
 impl DeployBook {

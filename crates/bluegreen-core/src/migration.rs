@@ -8,9 +8,25 @@
 use sqlparser::ast::{
     AlterColumnOperation, AlterTableOperation, ColumnOption, ObjectType, Spanned, Statement,
 };
-use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::dialect::{Dialect, PostgreSqlDialect, SQLiteDialect};
 use sqlparser::parser::Parser;
 use std::path::{Path, PathBuf};
+
+/// The SQL the files are written in: the database's own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    Postgres,
+    Sqlite,
+}
+
+impl Flavor {
+    fn dialect(self) -> Box<dyn Dialect> {
+        match self {
+            Flavor::Postgres => Box::new(PostgreSqlDialect {}),
+            Flavor::Sqlite => Box::new(SQLiteDialect {}),
+        }
+    }
+}
 
 /// When a file runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -21,6 +37,16 @@ pub enum Phase {
     Contract,
 }
 
+impl Phase {
+    /// Lower-case name, as in file names and the tracking table.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Expand => "expand",
+            Phase::Contract => "contract",
+        }
+    }
+}
+
 /// One migration file, by its name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MigrationFile {
@@ -28,6 +54,26 @@ pub struct MigrationFile {
     pub name: String,
     pub phase: Phase,
     pub path: PathBuf,
+}
+
+impl MigrationFile {
+    /// `0002_add_title`: the name recorded in the tracking table (with the phase).
+    pub fn id(&self) -> String {
+        format!("{:04}_{}", self.number, self.name)
+    }
+
+    /// `0002_add_title.expand.sql`.
+    pub fn file_name(&self) -> String {
+        format!("{}.{}.sql", self.id(), self.phase.as_str())
+    }
+}
+
+/// One statement of a file, as written, with the line it starts on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SqlStatement {
+    /// 1-based.
+    pub line: u64,
+    pub text: String,
 }
 
 /// A statement an expand file must not run, and the way to do it instead.
@@ -127,10 +173,14 @@ fn parse_name(file: &str) -> Option<(u32, String, Phase)> {
 
 /// Statements of an expand file the running version cannot live with.
 /// A file that does not parse is an error naming the file and the line.
-pub fn lint_expand(file: &Path, sql: &str) -> Result<Vec<Finding>, String> {
-    let statements = Parser::parse_sql(&PostgreSqlDialect {}, sql)
+pub fn lint_expand(file: &Path, sql: &str, flavor: Flavor) -> Result<Vec<Finding>, String> {
+    let statements = Parser::parse_sql(&*flavor.dialect(), sql)
         .map_err(|e| format!("{}: {e}", file.display()))?;
-    let starts = statement_lines(sql);
+    let starts: Vec<u64> = split(sql, flavor)
+        .unwrap_or_default()
+        .iter()
+        .map(|s| s.line)
+        .collect();
     let mut out = Vec::new();
     for (i, st) in statements.iter().enumerate() {
         // The parser's span where it has one, else where the i-th
@@ -174,27 +224,72 @@ pub fn lint_expand(file: &Path, sql: &str) -> Result<Vec<Finding>, String> {
     Ok(out)
 }
 
-/// The line of each statement's first token: at the start and after each
-/// run of semicolons (as the parser splits them).
-fn statement_lines(sql: &str) -> Vec<u64> {
-    use sqlparser::tokenizer::{Token, Tokenizer};
-    let Ok(tokens) = Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize_with_location() else {
-        return Vec::new();
+/// The statements of a file as written (so what runs is exactly what the
+/// file says), split where the parser splits them: at semicolons outside
+/// strings, quoted names, comments and dollar-quoted bodies.
+pub fn split(sql: &str, flavor: Flavor) -> Result<Vec<SqlStatement>, String> {
+    use sqlparser::tokenizer::{Location, Token, Tokenizer};
+    let tokens = Tokenizer::new(&*flavor.dialect(), sql)
+        .tokenize_with_location()
+        .map_err(|e| e.to_string())?;
+    let line_starts: Vec<usize> = std::iter::once(0)
+        .chain(sql.match_indices('\n').map(|(i, _)| i + 1))
+        .collect();
+    // Locations count lines and characters from 1.
+    let offset = |l: Location| -> usize {
+        let Some(&start) = line_starts.get((l.line as usize).saturating_sub(1)) else {
+            return sql.len();
+        };
+        sql[start..]
+            .char_indices()
+            .nth((l.column as usize).saturating_sub(1))
+            .map_or(sql.len(), |(i, _)| start + i)
     };
-    let mut lines = Vec::new();
-    let mut expecting = true;
+    let mut out = Vec::new();
+    let mut current: Option<(Location, usize)> = None;
+    let flush = |current: &mut Option<(Location, usize)>, out: &mut Vec<SqlStatement>| {
+        if let Some((first, end)) = current.take() {
+            out.push(SqlStatement {
+                line: first.line,
+                text: sql[offset(first)..end].to_string(),
+            });
+        }
+    };
     for t in tokens {
         match t.token {
-            Token::Whitespace(_) => {}
-            Token::SemiColon => expecting = true,
-            _ if expecting => {
-                lines.push(t.span.start.line);
-                expecting = false;
+            Token::Whitespace(_) | Token::EOF => {}
+            Token::SemiColon => flush(&mut current, &mut out),
+            _ => {
+                let end = offset(t.span.end);
+                match current.as_mut() {
+                    Some((_, e)) => *e = end,
+                    None => current = Some((t.span.start, end)),
+                }
             }
-            _ => {}
         }
     }
-    lines
+    flush(&mut current, &mut out);
+    Ok(out)
+}
+
+/// The tables and views a statement names (to say which one a lock wait
+/// was for); empty when it does not parse.
+pub fn relations(sql: &str, flavor: Flavor) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    if let Ok(statements) = Parser::parse_sql(&*flavor.dialect(), sql) {
+        let _ = sqlparser::ast::visit_relations(&statements, |r| {
+            names.push(r.to_string());
+            std::ops::ControlFlow::<()>::Continue(())
+        });
+        for st in &statements {
+            if let Statement::CreateIndex(ci) = st {
+                names.push(ci.table_name.to_string());
+            }
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    names.retain(|n| seen.insert(n.clone()));
+    names
 }
 
 fn lint_alter(
@@ -284,7 +379,7 @@ mod tests {
     use super::*;
 
     fn rules(sql: &str) -> Vec<(&'static str, u64)> {
-        lint_expand(Path::new("m.sql"), sql)
+        lint_expand(Path::new("m.sql"), sql, Flavor::Postgres)
             .unwrap()
             .into_iter()
             .map(|f| (f.rule, f.line))
@@ -329,6 +424,7 @@ mod tests {
         let f = &lint_expand(
             Path::new("0002_x.expand.sql"),
             "\n\nALTER TABLE users DROP COLUMN email;",
+            Flavor::Postgres,
         )
         .unwrap()[0];
         let text = f.to_string();
@@ -344,10 +440,44 @@ mod tests {
         let e = lint_expand(
             Path::new("0003_bad.expand.sql"),
             "ALTER TABLE users DROPP COLUMN x;",
+            Flavor::Postgres,
         )
         .unwrap_err();
         assert!(e.starts_with("0003_bad.expand.sql: "), "{e}");
         assert!(e.contains("Line: 1"), "{e}");
+    }
+
+    #[test]
+    fn statements_are_split_as_written_with_their_lines() {
+        let sql = "-- a comment; not a statement\nCREATE TABLE t (a text DEFAULT 'x;y');\n\n\
+                   CREATE FUNCTION f() RETURNS int AS $$ SELECT 1; $$ LANGUAGE sql;\n\
+                   ALTER TABLE t ADD COLUMN \"b;c\" int;;\nSELECT 'é', 1";
+        let got: Vec<(u64, String)> = split(sql, Flavor::Postgres)
+            .unwrap()
+            .into_iter()
+            .map(|s| (s.line, s.text))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (2, "CREATE TABLE t (a text DEFAULT 'x;y')".into()),
+                (4, "CREATE FUNCTION f() RETURNS int AS $$ SELECT 1; $$ LANGUAGE sql".into()),
+                (5, "ALTER TABLE t ADD COLUMN \"b;c\" int".into()),
+                (6, "SELECT 'é', 1".into()),
+            ]
+        );
+        assert_eq!(
+            relations("ALTER TABLE shop.items ADD COLUMN x int", Flavor::Postgres),
+            ["shop.items"]
+        );
+        assert_eq!(
+            relations("CREATE INDEX i ON items (x)", Flavor::Postgres),
+            ["items"]
+        );
+        assert_eq!(
+            relations("UPDATE items SET a = (SELECT b FROM other)", Flavor::Postgres),
+            ["items", "other"]
+        );
     }
 
     #[test]

@@ -143,6 +143,35 @@ pub fn plan_to(book: &DeployBook, live: Side, version: &str, force: bool) -> Rol
     }
 }
 
+/// `plan`, unless it goes back to a release the last contract migration
+/// left behind: only releases deployed at or after the contracted one know
+/// the schema as it is now. `force` goes anyway (the operator's call).
+pub fn past_contract(book: &DeployBook, plan: RollbackPlan, force: bool) -> RollbackPlan {
+    let (Some(c), false) = (&book.contracted, force) else {
+        return plan;
+    };
+    let version = match &plan {
+        RollbackPlan::Switch {
+            version: Some(v), ..
+        }
+        | RollbackPlan::Redeploy { version: v, .. } => v.as_str(),
+        _ => return plan,
+    };
+    let knows_schema = book
+        .history
+        .iter()
+        .any(|d| d.version == version && d.outcome == Outcome::Succeeded && d.id >= c.deploy_id);
+    if knows_schema {
+        return plan;
+    }
+    RollbackPlan::Nothing(format!(
+        "refusing to roll back to {version}: the contract migrations of {} (deploy #{}: {}) have run, and {version} was released before them, so it expects a schema that is gone; pass --force to go back anyway (dangerous: {version} may fail on every request that touches what the contract removed)",
+        c.version,
+        c.deploy_id,
+        c.files.join(", ")
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -282,5 +311,39 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn a_release_from_before_the_contract_is_refused_unless_forced() {
+        use crate::deploy::Contracted;
+        let mut b = book(&[
+            ("v1", Side::Blue, Outcome::Succeeded),
+            ("v2", Side::Green, Outcome::Succeeded),
+        ]);
+        b.sides[Side::Blue].running = false;
+        let plan = plan(&b, Side::Green, Side::Blue);
+        assert!(matches!(&plan, RollbackPlan::Redeploy { version, .. } if version == "v1"));
+        assert_eq!(past_contract(&b, plan.clone(), false), plan, "no contract yet");
+        b.contracted = Some(Contracted {
+            deploy_id: 2,
+            version: "v2".into(),
+            files: vec!["0002_title.contract.sql".into()],
+            at_ms: 1,
+        });
+        match past_contract(&b, plan.clone(), false) {
+            RollbackPlan::Nothing(why) => {
+                assert!(why.contains("refusing to roll back to v1"), "{why}");
+                assert!(why.contains("0002_title.contract.sql") && why.contains("--force"), "{why}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(past_contract(&b, plan, true), plan_forced(&b));
+        // A release deployed after the contract is fine to go back to.
+        let v2 = plan_to(&b, Side::Blue, "v2", false);
+        assert_eq!(past_contract(&b, v2.clone(), false), v2);
+    }
+
+    fn plan_forced(b: &DeployBook) -> RollbackPlan {
+        plan(b, Side::Green, Side::Blue)
     }
 }

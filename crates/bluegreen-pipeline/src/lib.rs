@@ -10,6 +10,7 @@
 
 mod cluster;
 pub mod command;
+pub mod migrate;
 mod runner;
 pub mod smoke;
 pub mod supervisor;
@@ -528,6 +529,7 @@ impl Pipeline {
                 rollback::plan(&book, live, target)
             }
         };
+        let plan = rollback::past_contract(&book, plan, forced);
         drop(book);
         match plan {
             RollbackPlan::Nothing(why) => Err(PipelineError::Stopped(why)),
@@ -624,7 +626,8 @@ impl Pipeline {
                 d.id
             ));
         }
-        Some(match rollback::plan(&book, self.router.live(), target) {
+        let plan = rollback::plan(&book, self.router.live(), target);
+        Some(match rollback::past_contract(&book, plan, false) {
             RollbackPlan::Switch { side, version } => format!(
                 "an instant switch to {side}{}, still running",
                 version.map(|v| format!(" ({v})")).unwrap_or_default()
@@ -635,6 +638,37 @@ impl Pipeline {
             RollbackPlan::AlreadyLive { version } => format!("{version} is already live"),
             RollbackPlan::Nothing(why) => format!("nothing to roll back to: {why}"),
         })
+    }
+
+    /// `bluegreen migrate status`: every migration file and what the
+    /// database's tracking table says of it, and the last contract.
+    pub async fn migrations(&self) -> Result<serde_json::Value, PipelineError> {
+        let config = self.config();
+        let Some(m) = config.migrations.as_ref() else {
+            return Err(PipelineError::BadInput(
+                "no [deploy.migrations] in the config".into(),
+            ));
+        };
+        let status = migrate::status(m, &config.workdir)
+            .await
+            .map_err(PipelineError::Stopped)?;
+        let contracted = self.book.lock().await.contracted.clone();
+        let mut v = serde_json::to_value(status).unwrap_or_default();
+        v["contracted"] = serde_json::to_value(contracted).unwrap_or_default();
+        Ok(v)
+    }
+
+    /// `bluegreen migrate contract`: the live release's contract files now.
+    pub async fn contract(self: &Arc<Self>, force: bool, actor: String) -> Result<String, PipelineError> {
+        if let Some(refused) = self.busy_here().await {
+            return Err(refused);
+        }
+        let owned = self.take_lock().await?;
+        let result = runner::contract::by_hand(self, force, actor).await;
+        if owned {
+            self.release_lock().await;
+        }
+        result
     }
 
     /// An accepted shadow difference counts where the deploy's run is

@@ -2,11 +2,16 @@
 //! name and version so anyone can see which side served a request.
 //!
 //! Routes: `/` (text), `/version` and `/price` (JSON), `/healthz`, `/smoke`, `/sse` (a
-//! server-sent event per second), `/ws` (WebSocket echo). Everything else is
+//! server-sent event per second), `/ws` (WebSocket echo), `/items` (a table
+//! of a real database, to try migrations: GET lists, POST adds the body;
+//! versions of a schema change use another `--items-column`). Everything else is
 //! 404. Fault flags (also settable by environment, so a deploy's `--env` can
 //! break a version on purpose) make it fail health, smoke tests, or start
 //! answering 5xx or slowly after N requests.
 
+use bluegreen_core::config::migrations::DatabaseUrl;
+use bluegreen_core::migration::Flavor;
+use bluegreen_pipeline::migrate::db::Db;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http::{header, Request, Response, StatusCode};
@@ -57,6 +62,12 @@ pub struct AppArgs {
     /// for shadow traffic to find.
     #[arg(long, env = "BLUEGREEN_APP_PRICE", default_value_t = 10)]
     pub price: u64,
+    /// The database of `/items`: postgres://… or sqlite:path.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// The column of `items` that `/items` reads and writes.
+    #[arg(long, env = "BLUEGREEN_APP_ITEMS_COLUMN", default_value = "name")]
+    pub items_column: String,
     /// Wait this many milliseconds before listening (a slow boot).
     #[arg(long, env = "BLUEGREEN_APP_BOOT_DELAY_MS", default_value_t = 0)]
     pub boot_delay_ms: u64,
@@ -67,12 +78,21 @@ struct App {
     ident: String,
     args: AppArgs,
     served: std::sync::atomic::AtomicU64,
+    /// Connected on first use, again after it broke.
+    db: tokio::sync::Mutex<Option<Db>>,
 }
 
 type AppBody = BoxBody<Bytes, Infallible>;
 
 /// Entry point of `bluegreen app`.
 pub fn main(args: AppArgs) -> anyhow::Result<ExitCode> {
+    if !args
+        .items_column
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b == b'_')
+    {
+        anyhow::bail!("--items-column {:?}: lower-case letters and _ only", args.items_column);
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -85,6 +105,7 @@ pub fn main(args: AppArgs) -> anyhow::Result<ExitCode> {
             ident: format!("{} {}", args.name, args.version),
             args,
             served: std::sync::atomic::AtomicU64::new(0),
+            db: tokio::sync::Mutex::new(None),
         });
         let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -145,6 +166,7 @@ async fn route(req: Request<Incoming>, app: &App) -> Response<AppBody> {
                 .to_string(),
             ))
             .expect("valid response"),
+        "/items" => items(req, app).await,
         "/sse" => sse(ident),
         "/ws" => websocket(req, ident),
         "/" => {
@@ -168,6 +190,54 @@ async fn route(req: Request<Incoming>, app: &App) -> Response<AppBody> {
             .status(StatusCode::NOT_FOUND)
             .body(full("not found\n"))
             .expect("valid response"),
+    }
+}
+
+/// `/items`: GET lists the column, POST inserts the body into it.
+async fn items(req: Request<Incoming>, app: &App) -> Response<AppBody> {
+    let Some(url) = app.args.database_url.as_deref() else {
+        return status(404, "no --database-url\n");
+    };
+    let post = req.method() == http::Method::POST;
+    let text = match http_body_util::Limited::new(req.into_body(), 4096).collect().await {
+        Ok(b) => String::from_utf8_lossy(&b.to_bytes()).into_owned(),
+        Err(e) => return status(400, &format!("body: {e}\n")),
+    };
+    let mut db = app.db.lock().await;
+    if !db.as_ref().is_some_and(Db::is_open) {
+        let parsed = match DatabaseUrl::parse(url, "DATABASE_URL", std::path::Path::new(".")) {
+            Ok(u) => u,
+            Err(e) => return status(500, &format!("{e}\n")),
+        };
+        match Db::connect(&parsed, Duration::from_secs(5)).await {
+            Ok(d) => *db = Some(d),
+            Err(e) => return status(503, &format!("{e}\n")),
+        }
+    }
+    let Some(db) = db.as_ref() else {
+        return status(503, "no database\n");
+    };
+    let col = &app.args.items_column;
+    let result = if post {
+        let param = match db.flavor() {
+            Flavor::Postgres => "$1",
+            Flavor::Sqlite => "?1",
+        };
+        db.execute(&format!("INSERT INTO items ({col}) VALUES ({param})"), &text)
+            .await
+            .map(|_| (201, serde_json::json!({"added": text, "column": col})))
+    } else {
+        db.texts(&format!("SELECT {col} FROM items ORDER BY id"))
+            .await
+            .map(|rows| (200, serde_json::json!({"items": rows, "column": col, "version": app.args.version})))
+    };
+    match result {
+        Ok((code, body)) => Response::builder()
+            .status(code)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(full(body.to_string()))
+            .expect("valid response"),
+        Err(e) => status(500, &format!("{} ({col}): {e}\n", app.ident)),
     }
 }
 

@@ -68,7 +68,37 @@ pub enum MigrateAction {
         /// The directory of NNNN_name.expand.sql / .contract.sql files.
         #[arg(default_value = "migrations")]
         dir: PathBuf,
+        /// The SQL the files are written in.
+        #[arg(long, value_enum, default_value = "postgres")]
+        dialect: Dialect,
     },
+    /// Every migration file of the router's [deploy.migrations]: applied
+    /// (by which release, when) or pending, per phase; and the last contract.
+    Status {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Print the JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the live release's contract files now (the pipeline runs them by
+    /// itself once the old side is stopped after the bake and keep_warm).
+    /// Afterwards rollback to a release from before is refused.
+    Contract {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Even while the old side still runs (dangerous: rollback to it
+        /// would meet a schema it cannot use).
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// SQL dialects `migrate lint` parses.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Dialect {
+    Postgres,
+    Sqlite,
 }
 
 #[derive(Debug, Subcommand)]
@@ -208,8 +238,9 @@ pub enum Command {
     Rollback {
         #[command(flatten)]
         admin: AdminArgs,
-        /// Roll back even if that side has no healthy upstream (or, with
-        /// --to-version, to a version a deploy rejected).
+        /// Roll back even if that side has no healthy upstream, with
+        /// --to-version to a version a deploy rejected, and (dangerous) to a
+        /// release from before the last contract migration.
         #[arg(long)]
         force: bool,
         /// Go back to this version: an instant switch when the idle side runs
@@ -496,8 +527,14 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             client_runtime()?.block_on(commands::abort(&admin, reason))
         }
         Command::Migrate {
-            action: MigrateAction::Lint { dir },
-        } => commands::migrate::lint(&dir),
+            action: MigrateAction::Lint { dir, dialect },
+        } => commands::migrate::lint(&dir, dialect),
+        Command::Migrate {
+            action: MigrateAction::Status { admin, json },
+        } => client_runtime()?.block_on(commands::migrate::status(&admin, json)),
+        Command::Migrate {
+            action: MigrateAction::Contract { admin, force },
+        } => client_runtime()?.block_on(commands::migrate::contract(&admin, force)),
         Command::History { admin, json } => {
             client_runtime()?.block_on(commands::history(&admin, json))
         }

@@ -33,6 +33,8 @@ pub struct DeployConfig {
     pub warm: Option<super::shadow::WarmStep>,
     /// Shadow live traffic to the idle side and judge the differences before the switch.
     pub shadow: Option<super::shadow::ShadowStep>,
+    /// Expand before the deploy, contract after the point of no return.
+    pub migrations: Option<super::migrations::MigrationsConfig>,
     /// Directory commands run in (the config file's).
     pub workdir: PathBuf,
 }
@@ -125,6 +127,7 @@ pub(super) struct RawDeploy {
     bake: Option<RawBake>,
     warm: Option<super::shadow::RawWarm>,
     shadow: Option<super::shadow::RawShadowStep>,
+    migrations: Option<super::migrations::RawMigrations>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -216,6 +219,10 @@ pub(super) fn validate(
             .shadow
             .as_ref()
             .map(|s| super::shadow::validate_step(s, c)),
+        migrations: raw
+            .migrations
+            .as_ref()
+            .and_then(|m| super::migrations::validate(m, base, c)),
         workdir: base.to_path_buf(),
     };
     Some(config)

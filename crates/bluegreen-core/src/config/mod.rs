@@ -8,6 +8,7 @@
 pub mod changes;
 mod checker;
 pub mod deploy;
+pub mod migrations;
 mod environments;
 mod sections;
 pub mod shadow;

@@ -59,32 +59,64 @@ pub(super) async fn smoke_tests(
     if p.config().smoke.is_empty() {
         return StepEnd::Skipped("no smoke tests configured".into());
     }
-    let preview = preview_addr(p).await;
-    let env = d.target.as_str();
+    let target = SmokeTarget {
+        addr: preview_addr(p).await,
+        listener: "proxy.preview_listen",
+        side: d.target,
+        version: &d.version,
+        env: &d.options.env,
+        url_label: "preview",
+    };
+    match run_smoke(p, handle, &target).await {
+        Ok(n) => StepEnd::Done(Some(format!("{n} smoke test(s) passed"))),
+        Err(end) => end,
+    }
+}
+
+/// Where smoke tests go: the preview listener (the idle side), or the live
+/// listener (the old version, after an expand migration).
+pub(super) struct SmokeTarget<'a> {
+    pub addr: Option<std::net::SocketAddr>,
+    /// The config key of that listener, for the message when it is missing.
+    pub listener: &'static str,
+    pub side: Side,
+    pub version: &'a str,
+    pub env: &'a std::collections::BTreeMap<String, String>,
+    /// Log prefix.
+    pub url_label: &'static str,
+}
+
+/// Runs every smoke test against `t`; the number passed, or how the step ends.
+pub(super) async fn run_smoke(
+    p: &Arc<Pipeline>,
+    handle: &RunHandle,
+    t: &SmokeTarget<'_>,
+) -> Result<usize, StepEnd> {
+    let env = t.side.as_str();
     for check in &p.config().smoke {
         let result = match check {
             SmokeCheck::Http(h) => {
-                let Some(addr) = preview else {
-                    return StepEnd::End(
+                let Some(addr) = t.addr else {
+                    return Err(StepEnd::End(
                         Outcome::Failed,
-                        "smoke tests need proxy.preview_listen".into(),
-                    );
+                        format!("smoke tests need {}", t.listener),
+                    ));
                 };
-                let vars = [("version", d.version.as_str()), ("env", env)];
+                let vars = [("version", t.version), ("env", env)];
                 tokio::select! {
                     r = smoke::http_check(h, addr, &vars) => r,
-                    _ = handle.abort.cancelled() => return StepEnd::End(Outcome::Aborted, aborted(handle)),
+                    _ = handle.abort.cancelled() => return Err(StepEnd::End(Outcome::Aborted, aborted(handle))),
                 }
             }
             SmokeCheck::Command { name, command } => {
-                let url = preview.map(|a| format!("http://{a}")).unwrap_or_default();
+                let url = t.addr.map(|a| format!("http://{a}")).unwrap_or_default();
                 let argv = command.render(&[
                     ("env", env),
-                    ("version", &d.version),
+                    ("version", t.version),
                     ("preview_url", &url),
                     ("bluegreen", crate::exe()),
                 ]);
-                HookCall::new(p, argv, d.target, &d.version, &d.options.env)
+                HookCall::new(p, argv, t.side, t.version, t.env)
                     .run(p, &handle.abort)
                     .await
                     .map(|()| format!("{name:?}: command passed"))
@@ -92,17 +124,17 @@ pub(super) async fn smoke_tests(
             }
         };
         match result {
-            Ok(line) => log(p, format!("smoke: {line}")).await,
+            Ok(line) => log(p, format!("smoke ({}): {line}", t.url_label)).await,
             Err(e) if handle.abort.is_cancelled() => {
-                return StepEnd::End(Outcome::Aborted, format!("{} ({e})", aborted(handle)))
+                return Err(StepEnd::End(
+                    Outcome::Aborted,
+                    format!("{} ({e})", aborted(handle)),
+                ))
             }
-            Err(e) => return StepEnd::End(Outcome::Failed, e),
+            Err(e) => return Err(StepEnd::End(Outcome::Failed, e)),
         }
     }
-    StepEnd::Done(Some(format!(
-        "{} smoke test(s) passed",
-        p.config().smoke.len()
-    )))
+    Ok(p.config().smoke.len())
 }
 
 /// The preview listener's address, where the idle side answers.

@@ -40,7 +40,10 @@ pub(super) async fn decommission_step(p: &Arc<Pipeline>, d: &DeployRecord) -> St
         )));
     }
     match decommission(p, old, None).await {
-        Ok(detail) => StepEnd::Done(Some(detail)),
+        Ok(detail) => match contract_if_stopped(p, old, d.id).await {
+            Some(c) => StepEnd::Done(Some(format!("{detail}; {c}"))),
+            None => StepEnd::Done(Some(detail)),
+        },
         // The release is live and good; a failed clean-up does not undo it.
         Err(e) => StepEnd::Done(Some(format!("decommission of {old} failed: {e}"))),
     }
@@ -148,6 +151,22 @@ pub(super) async fn decommission(
     ))
 }
 
+/// Once `old` (the side deploy `id` left) is stopped, rollback to it is no
+/// longer instant: the release's contract migrations run. A line for the log.
+async fn contract_if_stopped(p: &Arc<Pipeline>, old: Side, id: u64) -> Option<String> {
+    p.config().migrations.as_ref()?;
+    let from = p.book.lock().await.find(id).map(|d| d.from);
+    if from != Some(old) {
+        return None;
+    }
+    if p.book.lock().await.sides[old].running {
+        return Some(format!(
+            "contract not run: {old} was left running (no decommission hook), so rollback to it stays possible; run `bluegreen migrate contract` once it is stopped"
+        ));
+    }
+    super::contract::after_decommission(p, id).await
+}
+
 /// The keep-warm time passed: stop the old side unless it went live again or
 /// a newer deploy took it over.
 pub(crate) async fn scheduled_decommission(
@@ -161,13 +180,18 @@ pub(crate) async fn scheduled_decommission(
         }
     }
     let result = decommission(p, pending.side, Some(pending)).await;
+    let contract = match &result {
+        Ok(_) => contract_if_stopped(p, pending.side, pending.deploy_id).await,
+        Err(_) => None,
+    };
     let mut book = p.book.lock().await;
     if book.pending_decommission.as_ref() == Some(pending) {
         book.pending_decommission = None;
     }
-    let text = match &result {
-        Ok(s) => format!("after keep_warm: {s}"),
-        Err(e) => format!("after keep_warm: decommission failed: {e}"),
+    let text = match (&result, contract) {
+        (Ok(s), Some(c)) => format!("after keep_warm: {s}; {c}"),
+        (Ok(s), None) => format!("after keep_warm: {s}"),
+        (Err(e), _) => format!("after keep_warm: decommission failed: {e}"),
     };
     tracing::info!(side = %pending.side, "{text}");
     if let Some(d) = book

@@ -1,5 +1,5 @@
 //! Executes a deploy's steps in order (the loop is here, one file per step,
-//! numbered as in README.md: 1 `deploy`, 2–3 `checks` (health, smoke),
+//! numbered as in README.md: 0 `expand` (migrations), 1 `deploy`, 2–3 `checks` (health, smoke),
 //! 4 `warm`, 5 `shadow`, 6–7 `switch` (gate, switch), 8 `bake`,
 //! 9 `decommission`; `hook` runs commands for them). Each step is persisted
 //! as running before it starts and as done (or failed) after; after a crash
@@ -22,8 +22,10 @@ use std::time::{Duration, Instant};
 mod bake;
 mod canary;
 mod checks;
+pub(crate) mod contract;
 mod decommission;
 mod deploy;
+mod expand;
 mod hook;
 mod shadow;
 mod switch;
@@ -233,6 +235,7 @@ async fn exec(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployRecord, step: Ste
         return StepEnd::End(Outcome::Aborted, aborted(handle));
     }
     match step {
+        Step::Expand => expand::expand(p, handle, d).await,
         Step::Deploy => deploy::deploy(p, handle, d).await,
         Step::Health => checks::health(p, handle, d).await,
         Step::Smoke => checks::smoke_tests(p, handle, d).await,

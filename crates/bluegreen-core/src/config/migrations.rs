@@ -1,0 +1,149 @@
+//! `[deploy.migrations]`: where the migration files are and what runs them
+//! (the database itself, or the app's own tool).
+
+use super::checker::Checker;
+use super::template::CommandTemplate;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Placeholders of `deploy.migrations.command`.
+pub const MIGRATE_VARS: &[&str] = &["phase", "version", "env", "dir", "bluegreen"];
+
+/// Database migrations as pipeline steps: expand before the deploy,
+/// contract once rollback is no longer possible.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MigrationsConfig {
+    /// `NNNN_name.expand.sql` and `NNNN_name.contract.sql` (absolute).
+    pub dir: PathBuf,
+    pub runner: MigrationRunner,
+    /// How long one statement may wait for a lock before the file fails
+    /// (live traffic waits behind a DDL statement that waits).
+    pub lock_timeout: Duration,
+}
+
+/// What applies the files.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MigrationRunner {
+    /// bluegreen applies them itself: the URL (`postgres://…` or
+    /// `sqlite:path`) is read from this environment variable when a step
+    /// runs, so the secret is never in the config file.
+    Database { url_env: String },
+    /// The app's own tool (`{phase}` is `expand` or `contract`); bluegreen
+    /// only lints the files (when the directory exists) and gates on its exit.
+    Command(CommandTemplate),
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct RawMigrations {
+    dir: Option<String>,
+    database_url_env: Option<String>,
+    command: Option<String>,
+    lock_timeout: Option<String>,
+}
+
+pub(super) fn validate(
+    raw: &RawMigrations,
+    base: &Path,
+    c: &mut Checker,
+) -> Option<MigrationsConfig> {
+    let dir = base.join(raw.dir.as_deref().unwrap_or("migrations"));
+    let runner = match (&raw.database_url_env, &raw.command) {
+        (Some(_), Some(_)) => {
+            c.issue(
+                "deploy.migrations",
+                "set either database_url_env (bluegreen applies the files) or command (the app's own tool), not both",
+            );
+            return None;
+        }
+        (_, Some(cmd)) => MigrationRunner::Command(c.template(
+            "deploy.migrations.command",
+            cmd,
+            MIGRATE_VARS,
+            base,
+        )?),
+        (env, None) => {
+            let env = env.clone().unwrap_or_else(|| "DATABASE_URL".into());
+            if env.is_empty() || !env.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                c.issue(
+                    "deploy.migrations.database_url_env",
+                    format!("{env:?} is not an environment variable name"),
+                );
+                return None;
+            }
+            MigrationRunner::Database { url_env: env }
+        }
+    };
+    let has_dir = std::fs::metadata(&dir).is_ok_and(|m| m.is_dir());
+    if !has_dir && matches!(runner, MigrationRunner::Database { .. }) {
+        c.issue(
+            "deploy.migrations.dir",
+            format!("{} is not a directory", dir.display()),
+        );
+    }
+    let lock_timeout = c.duration(
+        "deploy.migrations.lock_timeout",
+        raw.lock_timeout.as_deref(),
+        Duration::from_secs(5),
+    );
+    Some(MigrationsConfig {
+        dir,
+        runner,
+        lock_timeout,
+    })
+}
+
+/// Where a database URL points, from its scheme.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseUrl {
+    /// As given: `postgres://` or `postgresql://` (libpq's URL form).
+    Postgres(String),
+    /// `sqlite:path` or `sqlite://path`; a relative path is taken from `base`.
+    Sqlite(PathBuf),
+}
+
+impl DatabaseUrl {
+    /// Parses `url` (read from `env`, named in errors; the URL itself is
+    /// never repeated: it may hold a password).
+    pub fn parse(url: &str, env: &str, base: &Path) -> Result<DatabaseUrl, String> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(DatabaseUrl::Postgres(url.to_string()));
+        }
+        if let Some(rest) = url.strip_prefix("sqlite:") {
+            let path = rest.strip_prefix("//").unwrap_or(rest);
+            if path.is_empty() {
+                return Err(format!("${env}: sqlite: needs a path, e.g. sqlite:data/app.db"));
+            }
+            return Ok(DatabaseUrl::Sqlite(base.join(path)));
+        }
+        let scheme = url.split_once(':').map_or("(none)", |(s, _)| s);
+        Err(format!(
+            "${env}: unsupported database URL scheme {scheme:?}: expected postgres://… or sqlite:path"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_name_their_variable_and_never_repeat_a_password() {
+        let base = Path::new("/srv/app");
+        assert_eq!(
+            DatabaseUrl::parse("postgres://u:secret@h/db", "DATABASE_URL", base),
+            Ok(DatabaseUrl::Postgres("postgres://u:secret@h/db".into()))
+        );
+        assert_eq!(
+            DatabaseUrl::parse("sqlite:data/app.db", "DB", base),
+            Ok(DatabaseUrl::Sqlite("/srv/app/data/app.db".into()))
+        );
+        assert_eq!(
+            DatabaseUrl::parse("sqlite:///var/app.db", "DB", base),
+            Ok(DatabaseUrl::Sqlite("/var/app.db".into()))
+        );
+        let e = DatabaseUrl::parse("mysql://u:secret@h/db", "DB", base).unwrap_err();
+        assert!(e.contains("$DB") && e.contains("\"mysql\""), "{e}");
+        assert!(!e.contains("secret"), "{e}");
+    }
+}

@@ -1,0 +1,459 @@
+//! The database side of migrations: PostgreSQL (tokio-postgres) or SQLite
+//! (rusqlite, on a blocking thread), our tracking table, and one file
+//! applied in one transaction together with its row in that table, so a
+//! crash (even `kill -9`) leaves the file either applied and recorded or
+//! not applied at all.
+
+use bluegreen_core::config::migrations::DatabaseUrl;
+use bluegreen_core::migration::{relations, Flavor, MigrationFile, SqlStatement};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Our table: one row per applied file.
+pub const TABLE: &str = "bluegreen_migrations";
+
+/// Key of the PostgreSQL advisory lock held while a file is applied, so
+/// two routers (or a router and `migrate contract`) never apply one file twice.
+const ADVISORY_KEY: i64 = 0x626c_7565_6772_6e;
+
+/// A row of the tracking table.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Applied {
+    /// `0002_add_title`.
+    pub name: String,
+    pub phase: String,
+    pub checksum: String,
+    /// The release whose deploy (or `migrate contract`) applied it.
+    pub version: String,
+    pub applied_at: String,
+}
+
+/// An open connection.
+pub enum Db {
+    Postgres(tokio_postgres::Client),
+    Sqlite(Arc<Mutex<rusqlite::Connection>>),
+}
+
+/// What applying one file did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Applying {
+    Applied,
+    /// Another runner applied it meanwhile (same checksum).
+    AlreadyThere,
+}
+
+impl Db {
+    /// Connects within `limit`.
+    pub async fn connect(url: &DatabaseUrl, limit: Duration) -> Result<Db, String> {
+        match url {
+            DatabaseUrl::Postgres(u) => {
+                let connecting = tokio_postgres::connect(u, tokio_postgres::NoTls);
+                let (client, connection) = tokio::time::timeout(limit, connecting)
+                    .await
+                    .map_err(|_| format!("PostgreSQL did not answer within {limit:?}"))?
+                    .map_err(|e| format!("cannot connect to PostgreSQL: {}", pg_error(&e)))?;
+                tokio::spawn(async move {
+                    if let Err(e) = connection.await {
+                        tracing::warn!(error = %e, "PostgreSQL connection ended");
+                    }
+                });
+                Ok(Db::Postgres(client))
+            }
+            DatabaseUrl::Sqlite(path) => {
+                let path = path.clone();
+                let conn = tokio::task::spawn_blocking(move || {
+                    rusqlite::Connection::open(&path)
+                        .map_err(|e| format!("cannot open SQLite database {}: {e}", path.display()))
+                })
+                .await
+                .map_err(|e| e.to_string())??;
+                Ok(Db::Sqlite(Arc::new(Mutex::new(conn))))
+            }
+        }
+    }
+
+    pub fn flavor(&self) -> Flavor {
+        match self {
+            Db::Postgres(_) => Flavor::Postgres,
+            Db::Sqlite(_) => Flavor::Sqlite,
+        }
+    }
+
+    /// Every row of the tracking table (created when missing).
+    pub async fn applied(&self) -> Result<Vec<Applied>, String> {
+        match self {
+            Db::Postgres(c) => {
+                c.batch_execute(&format!(
+                    "CREATE TABLE IF NOT EXISTS {TABLE} (name text NOT NULL, phase text NOT NULL, \
+                     checksum text NOT NULL, version text NOT NULL, \
+                     applied_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (name, phase))"
+                ))
+                .await
+                .map_err(|e| format!("creating {TABLE}: {}", pg_error(&e)))?;
+                let rows = c
+                    .query(
+                        &format!("SELECT name, phase, checksum, version, applied_at::text FROM {TABLE} ORDER BY name, phase"),
+                        &[],
+                    )
+                    .await
+                    .map_err(|e| format!("reading {TABLE}: {}", pg_error(&e)))?;
+                Ok(rows
+                    .iter()
+                    .map(|r| Applied {
+                        name: r.get(0),
+                        phase: r.get(1),
+                        checksum: r.get(2),
+                        version: r.get(3),
+                        applied_at: r.get(4),
+                    })
+                    .collect())
+            }
+            Db::Sqlite(conn) => {
+                let conn = conn.clone();
+                blocking(move || {
+                    let conn = conn.lock().unwrap_or_else(|x| x.into_inner());
+                    conn.execute_batch(&format!(
+                        "CREATE TABLE IF NOT EXISTS {TABLE} (name TEXT NOT NULL, phase TEXT NOT NULL, \
+                         checksum TEXT NOT NULL, version TEXT NOT NULL, \
+                         applied_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')), \
+                         PRIMARY KEY (name, phase))"
+                    ))
+                    .map_err(|e| format!("creating {TABLE}: {e}"))?;
+                    let mut st = conn
+                        .prepare(&format!("SELECT name, phase, checksum, version, applied_at FROM {TABLE} ORDER BY name, phase"))
+                        .map_err(|e| format!("reading {TABLE}: {e}"))?;
+                    let rows = st
+                        .query_map([], |r| {
+                            Ok(Applied {
+                                name: r.get(0)?,
+                                phase: r.get(1)?,
+                                checksum: r.get(2)?,
+                                version: r.get(3)?,
+                                applied_at: r.get(4)?,
+                            })
+                        })
+                        .map_err(|e| format!("reading {TABLE}: {e}"))?;
+                    rows.collect::<Result<Vec<_>, _>>()
+                        .map_err(|e| format!("reading {TABLE}: {e}"))
+                })
+                .await
+            }
+        }
+    }
+
+    /// Applies `statements` of `file` and records it, in one transaction
+    /// (PostgreSQL: with `lock_timeout`; SQLite: waiting at most that long
+    /// for the write lock). The error names file, line, statement and why.
+    pub async fn apply(
+        &self,
+        file: &MigrationFile,
+        statements: Vec<SqlStatement>,
+        checksum: &str,
+        version: &str,
+        lock_timeout: Duration,
+    ) -> Result<Applying, String> {
+        let ctx = Context {
+            file: file.file_name(),
+            name: file.id(),
+            phase: file.phase.as_str(),
+            checksum: checksum.to_string(),
+            version: version.to_string(),
+            lock_timeout,
+        };
+        match self {
+            Db::Postgres(c) => apply_postgres(c, &ctx, &statements).await,
+            Db::Sqlite(conn) => {
+                let conn = conn.clone();
+                blocking(move || {
+                    let conn = conn.lock().unwrap_or_else(|x| x.into_inner());
+                    apply_sqlite(&conn, &ctx, &statements)
+                })
+                .await
+            }
+        }
+    }
+}
+
+/// Plain queries, for apps built on this (the demo app's `/items`).
+impl Db {
+    /// The first column of every row, as text (NULL as `None`).
+    pub async fn texts(&self, sql: &str) -> Result<Vec<Option<String>>, String> {
+        match self {
+            Db::Postgres(c) => Ok(c
+                .query(sql, &[])
+                .await
+                .map_err(|e| pg_error(&e))?
+                .iter()
+                .map(|r| r.get::<_, Option<String>>(0))
+                .collect()),
+            Db::Sqlite(conn) => {
+                let (conn, sql) = (conn.clone(), sql.to_string());
+                blocking(move || {
+                    let conn = conn.lock().unwrap_or_else(|x| x.into_inner());
+                    let mut st = conn.prepare(&sql).map_err(|e| e.to_string())?;
+                    let rows = st
+                        .query_map([], |r| r.get::<_, Option<String>>(0))
+                        .map_err(|e| e.to_string())?;
+                    rows.collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())
+                })
+                .await
+            }
+        }
+    }
+
+    /// Runs `sql` with one text parameter (`$1` on PostgreSQL, `?1` on
+    /// SQLite); the rows changed.
+    pub async fn execute(&self, sql: &str, param: &str) -> Result<u64, String> {
+        match self {
+            Db::Postgres(c) => c.execute(sql, &[&param]).await.map_err(|e| pg_error(&e)),
+            Db::Sqlite(conn) => {
+                let (conn, sql, param) = (conn.clone(), sql.to_string(), param.to_string());
+                blocking(move || {
+                    let conn = conn.lock().unwrap_or_else(|x| x.into_inner());
+                    conn.execute(&sql, [param])
+                        .map(|n| n as u64)
+                        .map_err(|e| e.to_string())
+                })
+                .await
+            }
+        }
+    }
+
+    /// False once the connection broke (the next caller reconnects).
+    pub fn is_open(&self) -> bool {
+        match self {
+            Db::Postgres(c) => !c.is_closed(),
+            Db::Sqlite(_) => true,
+        }
+    }
+}
+
+/// What every message about one file needs.
+struct Context {
+    file: String,
+    name: String,
+    phase: &'static str,
+    checksum: String,
+    version: String,
+    lock_timeout: Duration,
+}
+
+impl Context {
+    fn failed(&self, st: &SqlStatement, why: String) -> String {
+        format!(
+            "{}:{}: {}: {why}; nothing of {} was applied (its transaction was rolled back)",
+            self.file,
+            st.line,
+            one_line(&st.text),
+            self.file
+        )
+    }
+
+    fn lock_wait(&self, st: &SqlStatement, flavor: Flavor, what: &str) -> String {
+        let tables = relations(&st.text, flavor);
+        let on = if tables.is_empty() {
+            what.to_string()
+        } else {
+            format!("a lock on {}", tables.join(", "))
+        };
+        self.failed(
+            st,
+            format!(
+                "waited longer than lock_timeout ({}) for {on}, held by another session (a long transaction or a running query); live traffic would queue behind this statement, so it gave up",
+                humantime::format_duration(self.lock_timeout)
+            ),
+        )
+    }
+
+    fn changed(&self, old: &str) -> String {
+        format!(
+            "{} was applied with checksum {} and now has {}: an applied migration must not change; undo the edit and put the change in a new file",
+            self.file,
+            short(old),
+            short(&self.checksum)
+        )
+    }
+}
+
+/// `CREATE INDEX CONCURRENTLY` cannot run in a transaction block: such a
+/// statement must be alone in its file, which then runs without one.
+fn concurrently(statements: &[SqlStatement]) -> bool {
+    statements.iter().any(|s| {
+        let upper = s.text.to_ascii_uppercase();
+        upper.contains("CONCURRENTLY") && upper.contains("INDEX")
+    })
+}
+
+async fn apply_postgres(
+    c: &tokio_postgres::Client,
+    ctx: &Context,
+    statements: &[SqlStatement],
+) -> Result<Applying, String> {
+    let in_tx = !concurrently(statements);
+    if !in_tx && statements.len() > 1 {
+        return Err(format!(
+            "{}: CREATE/DROP INDEX CONCURRENTLY cannot run inside a transaction: put it in a file of its own",
+            ctx.file
+        ));
+    }
+    let ms = ctx.lock_timeout.as_millis().max(1);
+    let setup = if in_tx {
+        format!("BEGIN; SET LOCAL lock_timeout = '{ms}ms'; SELECT pg_advisory_xact_lock({ADVISORY_KEY})")
+    } else {
+        format!("SET lock_timeout = '{ms}ms'; SELECT pg_advisory_lock({ADVISORY_KEY})")
+    };
+    let end = |ok: bool| match (in_tx, ok) {
+        (true, true) => "COMMIT",
+        (true, false) => "ROLLBACK",
+        (false, _) => "RESET lock_timeout; SELECT pg_advisory_unlock_all()",
+    };
+    c.batch_execute(&setup)
+        .await
+        .map_err(|e| format!("{}: starting: {}", ctx.file, pg_error(&e)))?;
+    let result = async {
+        let found = c
+            .query_opt(
+                &format!("SELECT checksum FROM {TABLE} WHERE name = $1 AND phase = $2"),
+                &[&ctx.name, &ctx.phase],
+            )
+            .await
+            .map_err(|e| format!("reading {TABLE}: {}", pg_error(&e)))?;
+        if let Some(row) = found {
+            let old: String = row.get(0);
+            return if old == ctx.checksum {
+                Ok(Applying::AlreadyThere)
+            } else {
+                Err(ctx.changed(&old))
+            };
+        }
+        for st in statements {
+            if let Err(e) = c.batch_execute(&st.text).await {
+                let lock = e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE);
+                return Err(if lock {
+                    ctx.lock_wait(st, Flavor::Postgres, "a lock")
+                } else {
+                    ctx.failed(st, pg_error(&e))
+                });
+            }
+        }
+        c.execute(
+            &format!("INSERT INTO {TABLE} (name, phase, checksum, version) VALUES ($1, $2, $3, $4)"),
+            &[&ctx.name, &ctx.phase, &ctx.checksum, &ctx.version],
+        )
+        .await
+        .map_err(|e| format!("recording {} in {TABLE}: {}", ctx.file, pg_error(&e)))?;
+        super::crash_point(&ctx.file);
+        Ok(Applying::Applied)
+    }
+    .await;
+    let closing = c.batch_execute(end(result.is_ok())).await;
+    match (result, closing) {
+        (Ok(a), Ok(())) => Ok(a),
+        (Ok(_), Err(e)) => Err(format!("{}: committing: {}", ctx.file, pg_error(&e))),
+        (Err(e), _) => Err(e),
+    }
+}
+
+fn apply_sqlite(
+    conn: &rusqlite::Connection,
+    ctx: &Context,
+    statements: &[SqlStatement],
+) -> Result<Applying, String> {
+    let busy = |e: &rusqlite::Error| {
+        matches!(e.sqlite_error_code(), Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked))
+    };
+    conn.busy_timeout(ctx.lock_timeout)
+        .map_err(|e| format!("{}: {e}", ctx.file))?;
+    // IMMEDIATE: the write lock is taken (or waited for) here, before any
+    // statement runs.
+    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        return Err(if busy(&e) {
+            format!(
+                "{}: waited longer than lock_timeout ({}) for the database's write lock, held by another connection; nothing was applied",
+                ctx.file,
+                humantime::format_duration(ctx.lock_timeout)
+            )
+        } else {
+            format!("{}: starting: {e}", ctx.file)
+        });
+    }
+    let result = (|| {
+        let old: Option<String> = conn
+            .query_row(
+                &format!("SELECT checksum FROM {TABLE} WHERE name = ?1 AND phase = ?2"),
+                [&ctx.name, ctx.phase],
+                |r| r.get(0),
+            )
+            .map(Some)
+            .or_else(|e| match e {
+                rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                e => Err(format!("reading {TABLE}: {e}")),
+            })?;
+        if let Some(old) = old {
+            return if old == ctx.checksum {
+                Ok(Applying::AlreadyThere)
+            } else {
+                Err(ctx.changed(&old))
+            };
+        }
+        for st in statements {
+            if let Err(e) = conn.execute_batch(&st.text) {
+                return Err(if busy(&e) {
+                    ctx.lock_wait(st, Flavor::Sqlite, "the database's lock")
+                } else {
+                    ctx.failed(st, e.to_string())
+                });
+            }
+        }
+        conn.execute(
+            &format!("INSERT INTO {TABLE} (name, phase, checksum, version) VALUES (?1, ?2, ?3, ?4)"),
+            [&ctx.name, ctx.phase, &ctx.checksum, &ctx.version],
+        )
+        .map_err(|e| format!("recording {} in {TABLE}: {e}", ctx.file))?;
+        super::crash_point(&ctx.file);
+        Ok(Applying::Applied)
+    })();
+    let closing = conn.execute_batch(if result.is_ok() { "COMMIT" } else { "ROLLBACK" });
+    match (result, closing) {
+        (Ok(a), Ok(())) => Ok(a),
+        (Ok(_), Err(e)) => Err(format!("{}: committing: {e}", ctx.file)),
+        (Err(e), _) => Err(e),
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| e.to_string())?
+}
+
+/// PostgreSQL's own words: severity, code, message, detail and hint.
+fn pg_error(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut s = format!("{} {}: {}", db.severity(), db.code().code(), db.message());
+            if let Some(d) = db.detail() {
+                s.push_str(&format!(" ({d})"));
+            }
+            if let Some(h) = db.hint() {
+                s.push_str(&format!("; hint: {h}"));
+            }
+            s
+        }
+        None => bluegreen_core::error_chain(e),
+    }
+}
+
+fn one_line(s: &str) -> String {
+    let one = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    match one.char_indices().nth(120) {
+        Some((i, _)) => format!("{}…", &one[..i]),
+        None => one,
+    }
+}
+
+fn short(checksum: &str) -> &str {
+    &checksum[..checksum.len().min(12)]
+}

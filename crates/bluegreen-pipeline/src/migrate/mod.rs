@@ -1,0 +1,345 @@
+//! Database migrations as part of the release: expand (additive, linted
+//! first) before the new version is deployed, contract (destructive) once
+//! rollback to the old version is no longer possible, and what is applied.
+//! The files are read and the SQL is split by `bluegreen_core::migration`;
+//! `db` applies them.
+
+pub mod db;
+
+use bluegreen_core::config::migrations::{DatabaseUrl, MigrationRunner, MigrationsConfig};
+use bluegreen_core::deploy::FileMark;
+use bluegreen_core::migration::{lint_expand, scan, split, Flavor, MigrationFile, Phase};
+use db::{Applied, Applying, Db};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// How long connecting to the database may take.
+const CONNECT_LIMIT: Duration = Duration::from_secs(10);
+
+/// A file of the directory with its text and checksum.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub file: MigrationFile,
+    pub sql: String,
+    /// SHA-256 of the bytes, hex.
+    pub checksum: String,
+}
+
+/// Reads the directory (off the async threads). A directory that does not
+/// exist holds no files.
+pub async fn load(dir: &Path) -> Result<Vec<Loaded>, String> {
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        if !dir.exists() {
+            return Ok(Vec::new());
+        }
+        scan(&dir)?
+            .into_iter()
+            .map(|file| {
+                let bytes = std::fs::read(&file.path)
+                    .map_err(|e| format!("{}: {e}", file.path.display()))?;
+                let sql = String::from_utf8(bytes)
+                    .map_err(|_| format!("{}: not UTF-8 text", file.path.display()))?;
+                let checksum = checksum(sql.as_bytes());
+                Ok(Loaded {
+                    file,
+                    sql,
+                    checksum,
+                })
+            })
+            .collect()
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
+/// SHA-256, hex.
+pub fn checksum(bytes: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, bytes)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Every expand file checked against what the running version can live
+/// with; the error lists every finding (file, line, statement, rule, the
+/// expand/contract way). Contract files only have to parse.
+pub fn lint(files: &[Loaded], flavor: Flavor) -> Result<(), String> {
+    let mut problems = Vec::new();
+    for f in files {
+        match (f.file.phase, lint_expand(&f.file.path, &f.sql, flavor)) {
+            (_, Err(e)) => problems.push(e),
+            (Phase::Expand, Ok(found)) => problems.extend(found.iter().map(|x| x.to_string())),
+            (Phase::Contract, Ok(_)) => {}
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "the expand migrations were refused before anything ran:\n{}",
+            problems.join("\n")
+        ))
+    }
+}
+
+/// The database `config` names, connected. The URL comes from the
+/// environment when this runs (never from the config file); relative SQLite
+/// paths are from `workdir`.
+pub async fn open(config: &MigrationsConfig, workdir: &Path) -> Result<Db, String> {
+    let MigrationRunner::Database { url_env } = &config.runner else {
+        return Err("deploy.migrations runs a command: there is no database to open".into());
+    };
+    let url = std::env::var(url_env).map_err(|_| {
+        format!("${url_env} is not set in the router's environment (deploy.migrations.database_url_env)")
+    })?;
+    Db::connect(&DatabaseUrl::parse(&url, url_env, workdir)?, CONNECT_LIMIT).await
+}
+
+/// Applied files whose text changed since, named with both checksums.
+fn changed(files: &[Loaded], applied: &[Applied]) -> Vec<String> {
+    files
+        .iter()
+        .filter_map(|f| {
+            let row = find(applied, &f.file)?;
+            (row.checksum != f.checksum).then(|| {
+                format!(
+                    "{} was applied by {} at {} with checksum {} and now has {}: an applied migration must not change; undo the edit and put the change in a new file",
+                    f.file.file_name(),
+                    row.version,
+                    row.applied_at,
+                    &row.checksum[..row.checksum.len().min(12)],
+                    &f.checksum[..12]
+                )
+            })
+        })
+        .collect()
+}
+
+fn find<'a>(applied: &'a [Applied], f: &MigrationFile) -> Option<&'a Applied> {
+    applied
+        .iter()
+        .find(|a| a.name == f.id() && a.phase == f.phase.as_str())
+}
+
+/// What an expand did.
+#[derive(Debug, Default)]
+pub struct Expanded {
+    /// Files applied now.
+    pub applied: Vec<String>,
+    /// Expand files applied before.
+    pub before: usize,
+    /// The contract files this release brings.
+    pub contract: Vec<FileMark>,
+}
+
+/// Lints every file, refuses changed applied ones, then applies the pending
+/// expand files in order, each in its own transaction. `progress` hears of
+/// each file. Running it again after a crash applies what is left.
+pub async fn expand(
+    config: &MigrationsConfig,
+    workdir: &Path,
+    version: &str,
+    progress: impl Fn(String),
+) -> Result<Expanded, String> {
+    let files = load(&config.dir).await?;
+    let db = open(config, workdir).await?;
+    lint(&files, db.flavor())?;
+    let applied = db.applied().await?;
+    let changes = changed(&files, &applied);
+    if !changes.is_empty() {
+        return Err(changes.join("\n"));
+    }
+    let mut out = Expanded {
+        contract: files
+            .iter()
+            .filter(|f| f.file.phase == Phase::Contract && find(&applied, &f.file).is_none())
+            .map(|f| FileMark {
+                file: f.file.file_name(),
+                checksum: f.checksum.clone(),
+            })
+            .collect(),
+        ..Expanded::default()
+    };
+    for f in files.iter().filter(|f| f.file.phase == Phase::Expand) {
+        if find(&applied, &f.file).is_some() {
+            out.before += 1;
+            continue;
+        }
+        apply(&db, config, f, version, &progress).await?;
+        out.applied.push(f.file.file_name());
+    }
+    Ok(out)
+}
+
+async fn apply(
+    db: &Db,
+    config: &MigrationsConfig,
+    f: &Loaded,
+    version: &str,
+    progress: &impl Fn(String),
+) -> Result<(), String> {
+    let statements = split(&f.sql, db.flavor()).map_err(|e| format!("{}: {e}", f.file.file_name()))?;
+    let started = std::time::Instant::now();
+    let n = statements.len();
+    let how = db
+        .apply(&f.file, statements, &f.checksum, version, config.lock_timeout)
+        .await?;
+    progress(match how {
+        Applying::Applied => format!(
+            "applied {} ({n} statement(s), {} ms)",
+            f.file.file_name(),
+            started.elapsed().as_millis()
+        ),
+        Applying::AlreadyThere => format!("{} was applied meanwhile by another runner", f.file.file_name()),
+    });
+    Ok(())
+}
+
+/// Applies the contract files in `marks` that are still pending, each as
+/// it was when the release's expand step saw it (a file edited since is
+/// refused). Returns the files applied now.
+pub async fn contract(
+    config: &MigrationsConfig,
+    workdir: &Path,
+    version: &str,
+    marks: &[FileMark],
+    progress: impl Fn(String),
+) -> Result<Vec<String>, String> {
+    let files = load(&config.dir).await?;
+    let db = open(config, workdir).await?;
+    let applied = db.applied().await?;
+    let mut done = Vec::new();
+    for mark in marks {
+        let Some(f) = files.iter().find(|f| f.file.file_name() == mark.file) else {
+            if applied
+                .iter()
+                .any(|a| format!("{}.{}.sql", a.name, a.phase) == mark.file)
+            {
+                continue;
+            }
+            return Err(format!(
+                "{}: gone from {} (it was there when this release was expanded)",
+                mark.file,
+                config.dir.display()
+            ));
+        };
+        if let Some(row) = find(&applied, &f.file) {
+            if row.checksum != f.checksum {
+                return Err(changed(std::slice::from_ref(f), &applied).join(""));
+            }
+            continue;
+        }
+        if f.checksum != mark.checksum {
+            return Err(format!(
+                "{} changed since this release's expand step saw it (checksum {} then, {} now): deploy the release again to contract with the new text",
+                mark.file,
+                &mark.checksum[..12],
+                &f.checksum[..12]
+            ));
+        }
+        apply(&db, config, f, version, &progress).await?;
+        done.push(mark.file.clone());
+    }
+    Ok(done)
+}
+
+/// One file as `migrate status` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FileStatus {
+    pub file: String,
+    pub phase: &'static str,
+    /// `applied`, `pending`, `changed` (applied, then edited), or `missing`
+    /// (applied, the file is gone).
+    pub state: &'static str,
+    pub checksum: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub applied_at: Option<String>,
+}
+
+/// Every file of the directory and every row of the tracking table.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Status {
+    pub dir: PathBuf,
+    /// `postgres`, `sqlite` or `command`.
+    pub runner: &'static str,
+    pub files: Vec<FileStatus>,
+}
+
+/// What is applied and what is pending, per phase.
+pub async fn status(config: &MigrationsConfig, workdir: &Path) -> Result<Status, String> {
+    let files = load(&config.dir).await?;
+    let (runner, applied) = match &config.runner {
+        MigrationRunner::Command(_) => ("command", Vec::new()),
+        MigrationRunner::Database { .. } => {
+            let db = open(config, workdir).await?;
+            let name = match db.flavor() {
+                Flavor::Postgres => "postgres",
+                Flavor::Sqlite => "sqlite",
+            };
+            (name, db.applied().await?)
+        }
+    };
+    let mut out: Vec<FileStatus> = files
+        .iter()
+        .map(|f| {
+            let row = find(&applied, &f.file);
+            FileStatus {
+                file: f.file.file_name(),
+                phase: f.file.phase.as_str(),
+                state: match row {
+                    None if runner == "command" => "unknown",
+                    None => "pending",
+                    Some(r) if r.checksum != f.checksum => "changed",
+                    Some(_) => "applied",
+                },
+                checksum: f.checksum.clone(),
+                version: row.map(|r| r.version.clone()),
+                applied_at: row.map(|r| r.applied_at.clone()),
+            }
+        })
+        .collect();
+    for a in &applied {
+        if !files.iter().any(|f| f.file.id() == a.name && f.file.phase.as_str() == a.phase) {
+            out.push(FileStatus {
+                file: format!("{}.{}.sql", a.name, a.phase),
+                phase: if a.phase == "expand" { "expand" } else { "contract" },
+                state: "missing",
+                checksum: a.checksum.clone(),
+                version: Some(a.version.clone()),
+                applied_at: Some(a.applied_at.clone()),
+            });
+        }
+    }
+    out.sort_by(|a, b| (a.phase != "expand", &a.file).cmp(&(b.phase != "expand", &b.file)));
+    Ok(Status {
+        dir: config.dir.clone(),
+        runner,
+        files: out,
+    })
+}
+
+/// Test hook: `BLUEGREEN_CRASH_AT=migration:FILE` kills the process with
+/// SIGKILL after FILE's statements ran, before its transaction commits.
+pub(crate) fn crash_point(file: &str) {
+    if std::env::var("BLUEGREEN_CRASH_AT").is_ok_and(|at| at == format!("migration:{file}")) {
+        eprintln!("BLUEGREEN_CRASH_AT=migration:{file}: killing this process");
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checksums_are_sha256_hex() {
+        assert_eq!(
+            checksum(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+}
