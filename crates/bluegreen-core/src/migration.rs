@@ -461,7 +461,10 @@ mod tests {
             got,
             vec![
                 (2, "CREATE TABLE t (a text DEFAULT 'x;y')".into()),
-                (4, "CREATE FUNCTION f() RETURNS int AS $$ SELECT 1; $$ LANGUAGE sql".into()),
+                (
+                    4,
+                    "CREATE FUNCTION f() RETURNS int AS $$ SELECT 1; $$ LANGUAGE sql".into()
+                ),
                 (5, "ALTER TABLE t ADD COLUMN \"b;c\" int".into()),
                 (6, "SELECT 'é', 1".into()),
             ]
@@ -475,7 +478,10 @@ mod tests {
             ["items"]
         );
         assert_eq!(
-            relations("UPDATE items SET a = (SELECT b FROM other)", Flavor::Postgres),
+            relations(
+                "UPDATE items SET a = (SELECT b FROM other)",
+                Flavor::Postgres
+            ),
             ["items", "other"]
         );
     }

@@ -323,7 +323,11 @@ mod tests {
         b.sides[Side::Blue].running = false;
         let plan = plan(&b, Side::Green, Side::Blue);
         assert!(matches!(&plan, RollbackPlan::Redeploy { version, .. } if version == "v1"));
-        assert_eq!(past_contract(&b, plan.clone(), false), plan, "no contract yet");
+        assert_eq!(
+            past_contract(&b, plan.clone(), false),
+            plan,
+            "no contract yet"
+        );
         b.contracted = Some(Contracted {
             deploy_id: 2,
             version: "v2".into(),
@@ -333,7 +337,10 @@ mod tests {
         match past_contract(&b, plan.clone(), false) {
             RollbackPlan::Nothing(why) => {
                 assert!(why.contains("refusing to roll back to v1"), "{why}");
-                assert!(why.contains("0002_title.contract.sql") && why.contains("--force"), "{why}");
+                assert!(
+                    why.contains("0002_title.contract.sql") && why.contains("--force"),
+                    "{why}"
+                );
             }
             other => panic!("{other:?}"),
         }

@@ -659,7 +659,11 @@ impl Pipeline {
     }
 
     /// `bluegreen migrate contract`: the live release's contract files now.
-    pub async fn contract(self: &Arc<Self>, force: bool, actor: String) -> Result<String, PipelineError> {
+    pub async fn contract(
+        self: &Arc<Self>,
+        force: bool,
+        actor: String,
+    ) -> Result<String, PipelineError> {
         if let Some(refused) = self.busy_here().await {
             return Err(refused);
         }

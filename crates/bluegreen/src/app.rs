@@ -91,7 +91,10 @@ pub fn main(args: AppArgs) -> anyhow::Result<ExitCode> {
         .bytes()
         .all(|b| b.is_ascii_lowercase() || b == b'_')
     {
-        anyhow::bail!("--items-column {:?}: lower-case letters and _ only", args.items_column);
+        anyhow::bail!(
+            "--items-column {:?}: lower-case letters and _ only",
+            args.items_column
+        );
     }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -199,7 +202,10 @@ async fn items(req: Request<Incoming>, app: &App) -> Response<AppBody> {
         return status(404, "no --database-url\n");
     };
     let post = req.method() == http::Method::POST;
-    let text = match http_body_util::Limited::new(req.into_body(), 4096).collect().await {
+    let text = match http_body_util::Limited::new(req.into_body(), 4096)
+        .collect()
+        .await
+    {
         Ok(b) => String::from_utf8_lossy(&b.to_bytes()).into_owned(),
         Err(e) => return status(400, &format!("body: {e}\n")),
     };
@@ -223,13 +229,21 @@ async fn items(req: Request<Incoming>, app: &App) -> Response<AppBody> {
             Flavor::Postgres => "$1",
             Flavor::Sqlite => "?1",
         };
-        db.execute(&format!("INSERT INTO items ({col}) VALUES ({param})"), &text)
-            .await
-            .map(|_| (201, serde_json::json!({"added": text, "column": col})))
+        db.execute(
+            &format!("INSERT INTO items ({col}) VALUES ({param})"),
+            &text,
+        )
+        .await
+        .map(|_| (201, serde_json::json!({"added": text, "column": col})))
     } else {
         db.texts(&format!("SELECT {col} FROM items ORDER BY id"))
             .await
-            .map(|rows| (200, serde_json::json!({"items": rows, "column": col, "version": app.args.version})))
+            .map(|rows| {
+                (
+                    200,
+                    serde_json::json!({"items": rows, "column": col, "version": app.args.version}),
+                )
+            })
     };
     match result {
         Ok((code, body)) => Response::builder()

@@ -112,7 +112,9 @@ impl DatabaseUrl {
         if let Some(rest) = url.strip_prefix("sqlite:") {
             let path = rest.strip_prefix("//").unwrap_or(rest);
             if path.is_empty() {
-                return Err(format!("${env}: sqlite: needs a path, e.g. sqlite:data/app.db"));
+                return Err(format!(
+                    "${env}: sqlite: needs a path, e.g. sqlite:data/app.db"
+                ));
             }
             return Ok(DatabaseUrl::Sqlite(base.join(path)));
         }

@@ -8,8 +8,8 @@
 pub mod changes;
 mod checker;
 pub mod deploy;
-pub mod migrations;
 mod environments;
+pub mod migrations;
 mod sections;
 pub mod shadow;
 mod state;

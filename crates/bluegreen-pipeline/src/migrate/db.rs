@@ -14,7 +14,7 @@ pub const TABLE: &str = "bluegreen_migrations";
 
 /// Key of the PostgreSQL advisory lock held while a file is applied, so
 /// two routers (or a router and `migrate contract`) never apply one file twice.
-const ADVISORY_KEY: i64 = 0x626c_7565_6772_6e;
+const ADVISORY_KEY: i64 = 0x0062_6c75_6567_726e;
 
 /// A row of the tracking table.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -194,7 +194,8 @@ impl Db {
                     let rows = st
                         .query_map([], |r| r.get::<_, Option<String>>(0))
                         .map_err(|e| e.to_string())?;
-                    rows.collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())
+                    rows.collect::<Result<Vec<_>, _>>()
+                        .map_err(|e| e.to_string())
                 })
                 .await
             }
@@ -337,7 +338,9 @@ async fn apply_postgres(
             }
         }
         c.execute(
-            &format!("INSERT INTO {TABLE} (name, phase, checksum, version) VALUES ($1, $2, $3, $4)"),
+            &format!(
+                "INSERT INTO {TABLE} (name, phase, checksum, version) VALUES ($1, $2, $3, $4)"
+            ),
             &[&ctx.name, &ctx.phase, &ctx.checksum, &ctx.version],
         )
         .await
@@ -360,7 +363,10 @@ fn apply_sqlite(
     statements: &[SqlStatement],
 ) -> Result<Applying, String> {
     let busy = |e: &rusqlite::Error| {
-        matches!(e.sqlite_error_code(), Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked))
+        matches!(
+            e.sqlite_error_code(),
+            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+        )
     };
     conn.busy_timeout(ctx.lock_timeout)
         .map_err(|e| format!("{}: {e}", ctx.file))?;
@@ -406,7 +412,9 @@ fn apply_sqlite(
             }
         }
         conn.execute(
-            &format!("INSERT INTO {TABLE} (name, phase, checksum, version) VALUES (?1, ?2, ?3, ?4)"),
+            &format!(
+                "INSERT INTO {TABLE} (name, phase, checksum, version) VALUES (?1, ?2, ?3, ?4)"
+            ),
             [&ctx.name, ctx.phase, &ctx.checksum, &ctx.version],
         )
         .map_err(|e| format!("recording {} in {TABLE}: {e}", ctx.file))?;

@@ -180,11 +180,18 @@ async fn apply(
     version: &str,
     progress: &impl Fn(String),
 ) -> Result<(), String> {
-    let statements = split(&f.sql, db.flavor()).map_err(|e| format!("{}: {e}", f.file.file_name()))?;
+    let statements =
+        split(&f.sql, db.flavor()).map_err(|e| format!("{}: {e}", f.file.file_name()))?;
     let started = std::time::Instant::now();
     let n = statements.len();
     let how = db
-        .apply(&f.file, statements, &f.checksum, version, config.lock_timeout)
+        .apply(
+            &f.file,
+            statements,
+            &f.checksum,
+            version,
+            config.lock_timeout,
+        )
         .await?;
     progress(match how {
         Applying::Applied => format!(
@@ -192,7 +199,10 @@ async fn apply(
             f.file.file_name(),
             started.elapsed().as_millis()
         ),
-        Applying::AlreadyThere => format!("{} was applied meanwhile by another runner", f.file.file_name()),
+        Applying::AlreadyThere => format!(
+            "{} was applied meanwhile by another runner",
+            f.file.file_name()
+        ),
     });
     Ok(())
 }
@@ -303,10 +313,17 @@ pub async fn status(config: &MigrationsConfig, workdir: &Path) -> Result<Status,
         })
         .collect();
     for a in &applied {
-        if !files.iter().any(|f| f.file.id() == a.name && f.file.phase.as_str() == a.phase) {
+        if !files
+            .iter()
+            .any(|f| f.file.id() == a.name && f.file.phase.as_str() == a.phase)
+        {
             out.push(FileStatus {
                 file: format!("{}.{}.sql", a.name, a.phase),
-                phase: if a.phase == "expand" { "expand" } else { "contract" },
+                phase: if a.phase == "expand" {
+                    "expand"
+                } else {
+                    "contract"
+                },
                 state: "missing",
                 checksum: a.checksum.clone(),
                 version: Some(a.version.clone()),

@@ -65,11 +65,10 @@ pub(crate) async fn by_hand(
                 "no release recorded on {live}: nothing to contract for"
             )));
         };
-        let Some(d) = book
-            .history
-            .iter()
-            .rev()
-            .find(|d| d.version == version && d.target == live && d.outcome == Outcome::Succeeded)
+        let Some(d) =
+            book.history.iter().rev().find(|d| {
+                d.version == version && d.target == live && d.outcome == Outcome::Succeeded
+            })
         else {
             return Err(PipelineError::Stopped(format!(
                 "no succeeded deploy of {version} is recorded: its contract files are not known"
@@ -94,7 +93,9 @@ async fn contract_release(p: &Arc<Pipeline>, id: u64, actor: String) -> Result<S
     let _fence = p.fence.lock().await;
     let (version, marks) = {
         let book = p.book.lock().await;
-        let d = book.find(id).ok_or(format!("deploy #{id} is not recorded"))?;
+        let d = book
+            .find(id)
+            .ok_or(format!("deploy #{id} is not recorded"))?;
         (
             d.version.clone(),
             d.migrations.clone().map(|m| m.contract).unwrap_or_default(),
@@ -112,8 +113,17 @@ async fn contract_release(p: &Arc<Pipeline>, id: u64, actor: String) -> Result<S
         MigrationRunner::Command(cmd) => {
             let never = tokio_util::sync::CancellationToken::new();
             let side = p.router.live();
-            super::expand::run_command(p, cmd, &config, "contract", &version, side, &Default::default(), &never)
-                .await?;
+            super::expand::run_command(
+                p,
+                cmd,
+                &config,
+                "contract",
+                &version,
+                side,
+                &Default::default(),
+                &never,
+            )
+            .await?;
             marks.iter().map(|m| m.file.clone()).collect()
         }
     };

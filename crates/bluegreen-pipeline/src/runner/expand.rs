@@ -73,12 +73,22 @@ async fn apply(
             } else {
                 format!(
                     "; contract after the point of no return: {}",
-                    done.contract.iter().map(|m| m.file.as_str()).collect::<Vec<_>>().join(", ")
+                    done.contract
+                        .iter()
+                        .map(|m| m.file.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 )
             };
             Ok(match done.applied.len() {
-                0 => format!("schema up to date ({} expand file(s) applied before){contract}", done.before),
-                n => format!("applied {n} expand file(s): {}{contract}", done.applied.join(", ")),
+                0 => format!(
+                    "schema up to date ({} expand file(s) applied before){contract}",
+                    done.before
+                ),
+                n => format!(
+                    "applied {n} expand file(s): {}{contract}",
+                    done.applied.join(", ")
+                ),
             })
         }
         MigrationRunner::Command(cmd) => {
@@ -93,11 +103,21 @@ async fn apply(
                 })
                 .collect();
             mark(p, contract).await?;
-            run_command(p, cmd, config, "expand", &d.version, d.target, &d.options.env, &handle.abort)
-                .await?;
+            run_command(
+                p,
+                cmd,
+                config,
+                "expand",
+                &d.version,
+                d.target,
+                &d.options.env,
+                &handle.abort,
+            )
+            .await?;
             Ok(format!(
                 "{} ran (expand); {} file(s) linted",
-                cmd.render(&[("phase", "expand"), ("version", &d.version)]).join(" "),
+                cmd.render(&[("phase", "expand"), ("version", &d.version)])
+                    .join(" "),
                 files.len()
             ))
         }
@@ -106,7 +126,10 @@ async fn apply(
 
 /// Keeps what the release's contract will run in its record, durably
 /// (the contract may come after a restart).
-async fn mark(p: &Arc<Pipeline>, contract: Vec<bluegreen_core::deploy::FileMark>) -> Result<(), String> {
+async fn mark(
+    p: &Arc<Pipeline>,
+    contract: Vec<bluegreen_core::deploy::FileMark>,
+) -> Result<(), String> {
     update(p, |d| d.migrations = Some(MigrationMark { contract })).await
 }
 
@@ -146,11 +169,15 @@ async fn live_smoke(p: &Arc<Pipeline>, handle: &RunHandle) -> Result<Option<Stri
     let live = p.router.live();
     let version = p.book.lock().await.sides[live].version.clone();
     let Some(version) = version else {
-        return Ok(Some(format!("nothing deployed on {live} yet: no live version to smoke-test")));
+        return Ok(Some(format!(
+            "nothing deployed on {live} yet: no live version to smoke-test"
+        )));
     };
     let (healthy, _, _) = p.router.side_health(live);
     if healthy == 0 {
-        return Ok(Some(format!("{live} has no healthy upstream: live smoke tests not run")));
+        return Ok(Some(format!(
+            "{live} has no healthy upstream: live smoke tests not run"
+        )));
     }
     let addr = p
         .router
@@ -168,5 +195,7 @@ async fn live_smoke(p: &Arc<Pipeline>, handle: &RunHandle) -> Result<Option<Stri
         url_label: "live",
     };
     let n = checks::run_smoke(p, handle, &target).await?;
-    Ok(Some(format!("the live version {version} on {live} passed {n} smoke test(s) on it")))
+    Ok(Some(format!(
+        "the live version {version} on {live} passed {n} smoke test(s) on it"
+    )))
 }

@@ -77,7 +77,9 @@ async fn last_deploy(router: &RouterProc) -> serde_json::Value {
         .api("GET", "/api/v1/deploys", None, Some(TOKEN))
         .await;
     let all = h["deploys"].as_array().cloned().unwrap_or_default();
-    all.last().cloned().unwrap_or_else(|| panic!("no deploys: {h}"))
+    all.last()
+        .cloned()
+        .unwrap_or_else(|| panic!("no deploys: {h}"))
 }
 
 /// `/items` through the live listener: (status, body).
@@ -86,7 +88,16 @@ async fn items(router: &RouterProc) -> (u16, String) {
 }
 
 async fn post_item(router: &RouterProc, text: &str) -> u16 {
-    let (code, out) = curl(&["-s", "-o", "/dev/null", "-w", "%{http_code}", "--data-binary", text, &router.url("/items")]);
+    let (code, out) = curl(&[
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--data-binary",
+        text,
+        &router.url("/items"),
+    ]);
     assert_eq!(code, 0, "curl");
     out.trim().parse().unwrap()
 }
@@ -96,14 +107,21 @@ async fn expand_contract_and_rollback_past_it_on_postgres() {
     let pg = PgServer::start().await;
     let dir = tempfile::tempdir().unwrap();
     let m = dir.path();
-    write(m, "0001_items.expand.sql", "CREATE TABLE items (\n  id bigserial PRIMARY KEY,\n  name text NOT NULL\n);\n");
+    write(
+        m,
+        "0001_items.expand.sql",
+        "CREATE TABLE items (\n  id bigserial PRIMARY KEY,\n  name text NOT NULL\n);\n",
+    );
     let router = router(m, &pg.url(), "lock_timeout = \"2s\"").start();
 
     let (code, out, err) = router.cli(&["deploy", "v1"]);
     assert_eq!(code, 0, "{out}\n{err}");
     let d = last_deploy(&router).await;
     let expand = step(&d, "expand")["detail"].as_str().unwrap().to_string();
-    assert!(expand.contains("applied 1 expand file(s): 0001_items.expand.sql"), "{expand}");
+    assert!(
+        expand.contains("applied 1 expand file(s): 0001_items.expand.sql"),
+        "{expand}"
+    );
     assert!(expand.contains("nothing deployed on blue yet"), "{expand}");
     for (i, text) in ["apple", "pear with spaces", "ünïcode"].iter().enumerate() {
         assert_eq!(post_item(&router, text).await, 201, "item {i}");
@@ -112,58 +130,120 @@ async fn expand_contract_and_rollback_past_it_on_postgres() {
     // v2 reads and writes `title`: the expand adds it (and lets v2 leave
     // `name` empty); the contract backfills and drops `name`.
     write(m, "0002_title.expand.sql", "ALTER TABLE items ADD COLUMN title text;\nALTER TABLE items ALTER COLUMN name DROP NOT NULL;\n");
-    write(m, "0002_title.contract.sql", "UPDATE items SET title = name WHERE title IS NULL;\nALTER TABLE items DROP COLUMN name;\n");
-    let (code, out, err) = router.cli(&["deploy", "v2", "--env", "BLUEGREEN_APP_ITEMS_COLUMN=title"]);
+    write(
+        m,
+        "0002_title.contract.sql",
+        "UPDATE items SET title = name WHERE title IS NULL;\nALTER TABLE items DROP COLUMN name;\n",
+    );
+    let (code, out, err) =
+        router.cli(&["deploy", "v2", "--env", "BLUEGREEN_APP_ITEMS_COLUMN=title"]);
     assert_eq!(code, 0, "{out}\n{err}");
     let d = last_deploy(&router).await;
     assert_eq!(d["outcome"], "succeeded", "{d}");
     let expand = step(&d, "expand")["detail"].as_str().unwrap().to_string();
-    assert!(expand.contains("applied 1 expand file(s): 0002_title.expand.sql"), "{expand}");
-    assert!(expand.contains("the live version v1 on green passed 2 smoke test(s)"), "{expand}");
-    assert!(expand.contains("contract after the point of no return: 0002_title.contract.sql"), "{expand}");
-    let decommission = step(&d, "decommission")["detail"].as_str().unwrap().to_string();
-    assert!(decommission.contains("stopped green (v1)"), "{decommission}");
-    assert!(decommission.contains("applied 0002_title.contract.sql"), "{decommission}");
+    assert!(
+        expand.contains("applied 1 expand file(s): 0002_title.expand.sql"),
+        "{expand}"
+    );
+    assert!(
+        expand.contains("the live version v1 on green passed 2 smoke test(s)"),
+        "{expand}"
+    );
+    assert!(
+        expand.contains("contract after the point of no return: 0002_title.contract.sql"),
+        "{expand}"
+    );
+    let decommission = step(&d, "decommission")["detail"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        decommission.contains("stopped green (v1)"),
+        "{decommission}"
+    );
+    assert!(
+        decommission.contains("applied 0002_title.contract.sql"),
+        "{decommission}"
+    );
 
     assert_eq!(pg.columns("items").await, ["id", "title"]);
     assert_eq!(
         pg.applied().await,
-        ["0001_items expand v1", "0002_title expand v2", "0002_title contract v2"]
+        [
+            "0001_items expand v1",
+            "0002_title expand v2",
+            "0002_title contract v2"
+        ]
     );
     // Every item written by v1 (before and during the expand) is there for v2.
     let (status, body) = items(&router).await;
     assert_eq!(status, 200, "{body}");
     let listed: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(listed["version"], "v2");
-    for want in ["apple", "pear with spaces", "ünïcode", "smoke v1", "smoke v2"] {
-        assert!(listed["items"].as_array().unwrap().iter().any(|i| i == want), "{want} in {body}");
+    for want in [
+        "apple",
+        "pear with spaces",
+        "ünïcode",
+        "smoke v1",
+        "smoke v2",
+    ] {
+        assert!(
+            listed["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|i| i == want),
+            "{want} in {body}"
+        );
     }
 
     // v1 would need the dropped column: rollback is refused and says why.
     let (code, out, err) = router.cli(&["rollback"]);
     assert_ne!(code, 0, "{out}");
     assert!(err.contains("refusing to roll back to v1"), "{err}");
-    assert!(err.contains("0002_title.contract.sql") && err.contains("--force"), "{err}");
+    assert!(
+        err.contains("0002_title.contract.sql") && err.contains("--force"),
+        "{err}"
+    );
     assert_eq!(router.status().await["live"], "blue", "nothing switched");
 
     let (code, out, err) = router.cli(&["migrate", "status"]);
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(out.contains("expand: 2 file(s), 0 pending"), "{out}");
-    assert!(out.contains("applied   0002_title.contract.sql  by v2"), "{out}");
+    assert!(
+        out.contains("applied   0002_title.contract.sql  by v2"),
+        "{out}"
+    );
     assert!(out.contains("last contract: v2 (deploy #2)"), "{out}");
 
     // An applied file edited afterwards: status says so, the next deploy
     // refuses before it runs anything, and v2 stays live.
-    write(m, "0001_items.expand.sql", "CREATE TABLE items (id bigserial PRIMARY KEY, name text);\n");
-    write(m, "0003_more.expand.sql", "ALTER TABLE items ADD COLUMN more text;\n");
+    write(
+        m,
+        "0001_items.expand.sql",
+        "CREATE TABLE items (id bigserial PRIMARY KEY, name text);\n",
+    );
+    write(
+        m,
+        "0003_more.expand.sql",
+        "ALTER TABLE items ADD COLUMN more text;\n",
+    );
     let (code, out, _) = router.cli(&["migrate", "status"]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("changed   0001_items.expand.sql"), "{out}");
-    let (code, out, err) = router.cli(&["deploy", "v3", "--env", "BLUEGREEN_APP_ITEMS_COLUMN=title"]);
+    let (code, out, err) =
+        router.cli(&["deploy", "v3", "--env", "BLUEGREEN_APP_ITEMS_COLUMN=title"]);
     let err = format!("{out}{err}");
     assert_ne!(code, 0);
-    assert!(err.contains("0001_items.expand.sql was applied by v1") && err.contains("must not change"), "{err}");
-    assert_eq!(pg.columns("items").await, ["id", "title"], "0003 did not run");
+    assert!(
+        err.contains("0001_items.expand.sql was applied by v1") && err.contains("must not change"),
+        "{err}"
+    );
+    assert_eq!(
+        pg.columns("items").await,
+        ["id", "title"],
+        "0003 did not run"
+    );
     assert_eq!(items(&router).await.0, 200);
 }
 
@@ -172,52 +252,101 @@ async fn a_destructive_expand_a_lock_wait_and_a_broken_old_version_stop_the_depl
     let pg = PgServer::start().await;
     let dir = tempfile::tempdir().unwrap();
     let m = dir.path();
-    write(m, "0001_items.expand.sql", "CREATE TABLE items (id bigserial PRIMARY KEY, name text NOT NULL);");
+    write(
+        m,
+        "0001_items.expand.sql",
+        "CREATE TABLE items (id bigserial PRIMARY KEY, name text NOT NULL);",
+    );
     let router = router(m, &pg.url(), "lock_timeout = \"500ms\"").start();
     assert_eq!(router.cli(&["deploy", "v1"]).0, 0);
 
     // A statement v1 cannot live with: refused before anything of the deploy runs.
-    write(m, "0002_bad.expand.sql", "ALTER TABLE items ADD COLUMN extra int;\nALTER TABLE items DROP COLUMN name;\n");
+    write(
+        m,
+        "0002_bad.expand.sql",
+        "ALTER TABLE items ADD COLUMN extra int;\nALTER TABLE items DROP COLUMN name;\n",
+    );
     let (code, out, err) = router.cli(&["deploy", "v2"]);
     let err = format!("{out}{err}");
     assert_ne!(code, 0);
-    assert!(err.contains("0002_bad.expand.sql:2: ALTER TABLE items DROP COLUMN name"), "{err}");
-    assert!(err.contains("drop-column") && err.contains("contract file"), "{err}");
-    assert_eq!(pg.columns("items").await, ["id", "name"], "the first statement did not run either");
+    assert!(
+        err.contains("0002_bad.expand.sql:2: ALTER TABLE items DROP COLUMN name"),
+        "{err}"
+    );
+    assert!(
+        err.contains("drop-column") && err.contains("contract file"),
+        "{err}"
+    );
+    assert_eq!(
+        pg.columns("items").await,
+        ["id", "name"],
+        "the first statement did not run either"
+    );
     let d = last_deploy(&router).await;
-    assert_eq!(step(&d, "deploy")["state"], "pending", "nothing deployed: {d}");
-    assert_eq!(get(&h1_client(), &router.url("/")).await.unwrap().1, "green v1\n");
+    assert_eq!(
+        step(&d, "deploy")["state"],
+        "pending",
+        "nothing deployed: {d}"
+    );
+    assert_eq!(
+        get(&h1_client(), &router.url("/")).await.unwrap().1,
+        "green v1\n"
+    );
 
     // A lock held by another session: the statement gives up after
     // lock_timeout, names the table, and the file is rolled back.
     std::fs::remove_file(m.join("0002_bad.expand.sql")).unwrap();
-    write(m, "0002_qty.expand.sql", "ALTER TABLE items ADD COLUMN qty int DEFAULT 1;\n");
+    write(
+        m,
+        "0002_qty.expand.sql",
+        "ALTER TABLE items ADD COLUMN qty int DEFAULT 1;\n",
+    );
     let holder = pg.client().await;
-    holder.batch_execute("BEGIN; LOCK TABLE items IN ACCESS EXCLUSIVE MODE").await.unwrap();
+    holder
+        .batch_execute("BEGIN; LOCK TABLE items IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
     let (code, out, err) = router.cli(&["deploy", "v2"]);
     let err = format!("{out}{err}");
     assert_ne!(code, 0);
     assert!(err.contains("0002_qty.expand.sql:1"), "{err}");
-    assert!(err.contains("waited longer than lock_timeout (500ms) for a lock on items"), "{err}");
-    assert!(err.contains("nothing of 0002_qty.expand.sql was applied"), "{err}");
+    assert!(
+        err.contains("waited longer than lock_timeout (500ms) for a lock on items"),
+        "{err}"
+    );
+    assert!(
+        err.contains("nothing of 0002_qty.expand.sql was applied"),
+        "{err}"
+    );
     holder.batch_execute("ROLLBACK").await.unwrap();
     assert_eq!(pg.columns("items").await, ["id", "name"]);
     assert_eq!(pg.applied().await, ["0001_items expand v1"]);
 
     // Additive, yet v1 cannot live with it (its smoke item is too long for
     // the new check): the deploy stops before v2 takes traffic.
-    write(m, "0003_short.expand.sql", "ALTER TABLE items ADD CONSTRAINT short_names CHECK (length(name) < 5) NOT VALID;\n");
+    write(
+        m,
+        "0003_short.expand.sql",
+        "ALTER TABLE items ADD CONSTRAINT short_names CHECK (length(name) < 5) NOT VALID;\n",
+    );
     let (code, out, err) = router.cli(&["deploy", "v2"]);
     let err = format!("{out}{err}");
     assert_ne!(code, 0);
-    assert!(err.contains("the live version fails its smoke tests on the expanded schema"), "{err}");
+    assert!(
+        err.contains("the live version fails its smoke tests on the expanded schema"),
+        "{err}"
+    );
     assert!(err.contains("write an item"), "{err}");
     let d = last_deploy(&router).await;
     assert_eq!(step(&d, "deploy")["state"], "pending", "{d}");
     assert_eq!(router.status().await["live"], "green");
     assert_eq!(
         pg.applied().await,
-        ["0001_items expand v1", "0002_qty expand v2", "0003_short expand v2"],
+        [
+            "0001_items expand v1",
+            "0002_qty expand v2",
+            "0003_short expand v2"
+        ],
         "what was applied stays applied (additive)"
     );
 }
@@ -248,19 +377,45 @@ async fn sqlite_survives_kill_9_in_a_migration_and_contracts_after_the_bake() {
     let d = router.wait_deploy_end(Duration::from_secs(30)).await;
     assert_eq!(d["outcome"], "succeeded", "{d}");
     let rows = |sql: &str| {
-        let out = std::process::Command::new("sqlite3").arg(&db).arg(sql).output().unwrap();
+        let out = std::process::Command::new("sqlite3")
+            .arg(&db)
+            .arg(sql)
+            .output()
+            .unwrap();
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
-    assert_eq!(rows("SELECT count(*) FROM items WHERE name = 'seed'"), "1", "the seed row once");
-    assert_eq!(rows("SELECT name || ' ' || phase || ' ' || version FROM bluegreen_migrations"), "0001_items expand v1");
+    assert_eq!(
+        rows("SELECT count(*) FROM items WHERE name = 'seed'"),
+        "1",
+        "the seed row once"
+    );
+    assert_eq!(
+        rows("SELECT name || ' ' || phase || ' ' || version FROM bluegreen_migrations"),
+        "0001_items expand v1"
+    );
 
-    write(&m, "0002_title.expand.sql", "ALTER TABLE items ADD COLUMN title TEXT;\n");
-    write(&m, "0002_title.contract.sql", "UPDATE items SET title = name WHERE title IS NULL;\nALTER TABLE items DROP COLUMN name;\n");
-    let (code, out, err) = router.cli(&["deploy", "v2", "--env", "BLUEGREEN_APP_ITEMS_COLUMN=title"]);
+    write(
+        &m,
+        "0002_title.expand.sql",
+        "ALTER TABLE items ADD COLUMN title TEXT;\n",
+    );
+    write(
+        &m,
+        "0002_title.contract.sql",
+        "UPDATE items SET title = name WHERE title IS NULL;\nALTER TABLE items DROP COLUMN name;\n",
+    );
+    let (code, out, err) =
+        router.cli(&["deploy", "v2", "--env", "BLUEGREEN_APP_ITEMS_COLUMN=title"]);
     assert_eq!(code, 0, "{out}\n{err}");
-    assert_eq!(rows("SELECT group_concat(name, ',') FROM pragma_table_info('items')"), "id,title");
+    assert_eq!(
+        rows("SELECT group_concat(name, ',') FROM pragma_table_info('items')"),
+        "id,title"
+    );
     let (_, body) = items(&router).await;
-    assert!(body.contains("\"seed\"") && body.contains("smoke v1"), "{body}");
+    assert!(
+        body.contains("\"seed\"") && body.contains("smoke v1"),
+        "{body}"
+    );
     let (code, _, err) = router.cli(&["rollback"]);
     assert_ne!(code, 0);
     assert!(err.contains("refusing to roll back to v1"), "{err}");
@@ -268,5 +423,12 @@ async fn sqlite_survives_kill_9_in_a_migration_and_contracts_after_the_bake() {
     assert_eq!(code, 0);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["runner"], "sqlite");
-    assert!(v["files"].as_array().unwrap().iter().all(|f| f["state"] == "applied"), "{v}");
+    assert!(
+        v["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|f| f["state"] == "applied"),
+        "{v}"
+    );
 }

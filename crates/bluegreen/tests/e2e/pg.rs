@@ -68,7 +68,16 @@ impl PgServer {
         }
         let data = dir.path().join("data");
         let out = command(bin.join("initdb"), owner)
-            .args(["-A", "trust", "-U", "bluegreen", "-E", "UTF8", "--no-sync", "-D"])
+            .args([
+                "-A",
+                "trust",
+                "-U",
+                "bluegreen",
+                "-E",
+                "UTF8",
+                "--no-sync",
+                "-D",
+            ])
             .arg(&data)
             .current_dir(dir.path())
             .output()
@@ -111,14 +120,18 @@ impl PgServer {
             _dir: dir,
         };
         let url = server.url();
-        wait_until(Duration::from_secs(30), "PostgreSQL accepts connections", || {
-            let url = url.clone();
-            async move {
-                tokio_postgres::connect(&url, tokio_postgres::NoTls)
-                    .await
-                    .is_ok()
-            }
-        })
+        wait_until(
+            Duration::from_secs(30),
+            "PostgreSQL accepts connections",
+            || {
+                let url = url.clone();
+                async move {
+                    tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                        .await
+                        .is_ok()
+                }
+            },
+        )
         .await;
         server
     }
