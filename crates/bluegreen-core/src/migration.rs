@@ -225,9 +225,11 @@ pub fn lint_expand(file: &Path, sql: &str, flavor: Flavor) -> Result<Vec<Finding
 }
 
 /// The statements of a file as written (so what runs is exactly what the
-/// file says), split where the parser splits them: at semicolons outside
-/// strings, quoted names, comments and dollar-quoted bodies.
+/// file says), split at semicolons outside strings, quoted names, comments,
+/// dollar-quoted bodies and `BEGIN … END` bodies (SQLite triggers,
+/// PostgreSQL `BEGIN ATOMIC`).
 pub fn split(sql: &str, flavor: Flavor) -> Result<Vec<SqlStatement>, String> {
+    use sqlparser::keywords::Keyword;
     use sqlparser::tokenizer::{Location, Token, Tokenizer};
     let tokens = Tokenizer::new(&*flavor.dialect(), sql)
         .tokenize_with_location()
@@ -255,10 +257,20 @@ pub fn split(sql: &str, flavor: Flavor) -> Result<Vec<SqlStatement>, String> {
             });
         }
     };
+    // Open BEGIN (and CASE inside one) blocks of the current statement.
+    let mut depth = 0usize;
     for t in tokens {
+        if let Token::Word(w) = &t.token {
+            match w.keyword {
+                Keyword::BEGIN if current.is_some() => depth += 1,
+                Keyword::CASE if depth > 0 => depth += 1,
+                Keyword::END if depth > 0 => depth -= 1,
+                _ => {}
+            }
+        }
         match t.token {
             Token::Whitespace(_) | Token::EOF => {}
-            Token::SemiColon => flush(&mut current, &mut out),
+            Token::SemiColon if depth == 0 => flush(&mut current, &mut out),
             _ => {
                 let end = offset(t.span.end);
                 match current.as_mut() {
@@ -270,6 +282,43 @@ pub fn split(sql: &str, flavor: Flavor) -> Result<Vec<SqlStatement>, String> {
     }
     flush(&mut current, &mut out);
     Ok(out)
+}
+
+/// Transaction control in a file (`BEGIN`, `COMMIT`, `ROLLBACK`,
+/// `SAVEPOINT`, …) would end the transaction each file runs in, with its
+/// tracking row: the line of the first such statement.
+pub fn transaction_control(sql: &str, flavor: Flavor) -> Option<SqlStatement> {
+    split(sql, flavor).ok()?.into_iter().find(|s| {
+        let first = s
+            .text
+            .split(|c: char| c.is_whitespace() || c == ';')
+            .next()
+            .unwrap_or("")
+            .to_ascii_uppercase();
+        matches!(
+            first.as_str(),
+            "BEGIN" | "COMMIT" | "ROLLBACK" | "END" | "START" | "SAVEPOINT" | "RELEASE" | "ABORT"
+        )
+    })
+}
+
+/// True for statements PostgreSQL refuses inside a transaction block
+/// (`CREATE INDEX CONCURRENTLY` and the like), judged by their first words.
+pub fn needs_no_transaction(statement: &str) -> bool {
+    let words: Vec<String> = statement
+        .split_whitespace()
+        .take(4)
+        .map(|w| w.to_ascii_uppercase())
+        .collect();
+    let w: Vec<&str> = words.iter().map(String::as_str).collect();
+    matches!(
+        w.as_slice(),
+        ["CREATE", "INDEX", "CONCURRENTLY", ..]
+            | ["CREATE", "UNIQUE", "INDEX", "CONCURRENTLY"]
+            | ["DROP", "INDEX", "CONCURRENTLY", ..]
+            | ["REINDEX", _, "CONCURRENTLY", ..]
+            | ["VACUUM", ..]
+    )
 }
 
 /// The tables and views a statement names (to say which one a lock wait
@@ -484,6 +533,34 @@ mod tests {
             ),
             ["items", "other"]
         );
+    }
+
+    #[test]
+    fn bodies_with_begin_end_stay_whole_and_transaction_control_is_found() {
+        let sql = "CREATE TRIGGER t AFTER INSERT ON a BEGIN\n  UPDATE b SET n = CASE WHEN 1 THEN 2 ELSE 3 END;\n  INSERT INTO c VALUES (1);\nEND;\nCREATE INDEX i ON a (x);";
+        let got = split(sql, Flavor::Sqlite).unwrap();
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert!(got[0].text.ends_with("END"), "{got:?}");
+        assert_eq!(got[1].line, 5);
+        assert_eq!(transaction_control(sql, Flavor::Sqlite), None);
+        let tx = transaction_control(
+            "ALTER TABLE a ADD b int;\nCOMMIT;\nBEGIN;",
+            Flavor::Postgres,
+        )
+        .unwrap();
+        assert_eq!(tx.line, 2);
+        assert!(needs_no_transaction(
+            "create index  concurrently i on a (x)"
+        ));
+        assert!(needs_no_transaction(
+            "CREATE UNIQUE INDEX CONCURRENTLY i ON a (x)"
+        ));
+        assert!(!needs_no_transaction(
+            "CREATE INDEX i ON a (x) -- CONCURRENTLY later"
+        ));
+        assert!(!needs_no_transaction(
+            "INSERT INTO notes VALUES ('CREATE INDEX CONCURRENTLY')"
+        ));
     }
 
     #[test]

@@ -165,7 +165,7 @@ pub fn past_contract(book: &DeployBook, plan: RollbackPlan, force: bool) -> Roll
         return plan;
     }
     RollbackPlan::Nothing(format!(
-        "refusing to roll back to {version}: the contract migrations of {} (deploy #{}: {}) have run, and {version} was released before them, so it expects a schema that is gone; pass --force to go back anyway (dangerous: {version} may fail on every request that touches what the contract removed)",
+        "refusing to go back to {version}: the contract migrations of {} (deploy #{}: {}) have run, and {version} was released before them, so it expects a schema that is gone; pass --force to go back anyway (dangerous: {version} may fail on every request that touches what the contract removed)",
         c.version,
         c.deploy_id,
         c.files.join(", ")
@@ -336,7 +336,7 @@ mod tests {
         });
         match past_contract(&b, plan.clone(), false) {
             RollbackPlan::Nothing(why) => {
-                assert!(why.contains("refusing to roll back to v1"), "{why}");
+                assert!(why.contains("refusing to go back to v1"), "{why}");
                 assert!(
                     why.contains("0002_title.contract.sql") && why.contains("--force"),
                     "{why}"

@@ -464,6 +464,15 @@ impl Pipeline {
         if let Some(refused) = stopped(&book, to, self.router.live()) {
             return Err(refused);
         }
+        // A side still running a release from before the last contract
+        // would meet a schema it cannot use.
+        let onto = RollbackPlan::Switch {
+            side: to,
+            version: book.sides[to].version.clone(),
+        };
+        if let RollbackPlan::Nothing(why) = rollback::past_contract(&book, onto, req.forced) {
+            return Err(PipelineError::Stopped(why));
+        }
         drop(book);
         let outcome = self.router.switch(req).await?;
         self.cancel_decommission_of(to).await?;

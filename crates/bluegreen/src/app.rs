@@ -63,7 +63,7 @@ pub struct AppArgs {
     #[arg(long, env = "BLUEGREEN_APP_PRICE", default_value_t = 10)]
     pub price: u64,
     /// The database of `/items`: postgres://… or sqlite:path.
-    #[arg(long, env = "DATABASE_URL")]
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
     /// The column of `items` that `/items` reads and writes.
     #[arg(long, env = "BLUEGREEN_APP_ITEMS_COLUMN", default_value = "name")]
@@ -86,10 +86,11 @@ type AppBody = BoxBody<Bytes, Infallible>;
 
 /// Entry point of `bluegreen app`.
 pub fn main(args: AppArgs) -> anyhow::Result<ExitCode> {
-    if !args
-        .items_column
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b == b'_')
+    if args.items_column.is_empty()
+        || !args
+            .items_column
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b == b'_')
     {
         anyhow::bail!(
             "--items-column {:?}: lower-case letters and _ only",
@@ -215,7 +216,7 @@ async fn items(req: Request<Incoming>, app: &App) -> Response<AppBody> {
             Ok(u) => u,
             Err(e) => return status(500, &format!("{e}\n")),
         };
-        match Db::connect(&parsed, Duration::from_secs(5)).await {
+        match Db::connect(&parsed, Duration::from_secs(5), false).await {
             Ok(d) => *db = Some(d),
             Err(e) => return status(503, &format!("{e}\n")),
         }

@@ -3,6 +3,7 @@
 
 use super::checker::Checker;
 use super::template::CommandTemplate;
+use crate::migration::Flavor;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -20,6 +21,9 @@ pub struct MigrationsConfig {
     /// How long one statement may wait for a lock before the file fails
     /// (live traffic waits behind a DDL statement that waits).
     pub lock_timeout: Duration,
+    /// The SQL the linter parses with the `command` runner (with a
+    /// database URL, its scheme decides).
+    pub dialect: Flavor,
 }
 
 /// What applies the files.
@@ -40,6 +44,7 @@ pub(super) struct RawMigrations {
     database_url_env: Option<String>,
     command: Option<String>,
     lock_timeout: Option<String>,
+    dialect: Option<String>,
 }
 
 pub(super) fn validate(
@@ -86,10 +91,22 @@ pub(super) fn validate(
         raw.lock_timeout.as_deref(),
         Duration::from_secs(5),
     );
+    let dialect = match raw.dialect.as_deref() {
+        None | Some("postgres") => Flavor::Postgres,
+        Some("sqlite") => Flavor::Sqlite,
+        Some(other) => {
+            c.issue(
+                "deploy.migrations.dialect",
+                format!("{other:?}: expected \"postgres\" or \"sqlite\""),
+            );
+            Flavor::Postgres
+        }
+    };
     Some(MigrationsConfig {
         dir,
         runner,
         lock_timeout,
+        dialect,
     })
 }
 
@@ -107,6 +124,19 @@ impl DatabaseUrl {
     /// never repeated: it may hold a password).
     pub fn parse(url: &str, env: &str, base: &Path) -> Result<DatabaseUrl, String> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            // No TLS client here yet: say so rather than fail in the handshake.
+            if [
+                "sslmode=require",
+                "sslmode=verify-ca",
+                "sslmode=verify-full",
+            ]
+            .iter()
+            .any(|m| url.contains(m))
+            {
+                return Err(format!(
+                    "${env}: TLS to PostgreSQL (sslmode=require/verify-*) is not supported yet: use sslmode=disable on a private network, or deploy.migrations.command with your own tool"
+                ));
+            }
             return Ok(DatabaseUrl::Postgres(url.to_string()));
         }
         if let Some(rest) = url.strip_prefix("sqlite:") {
@@ -118,7 +148,23 @@ impl DatabaseUrl {
             }
             return Ok(DatabaseUrl::Sqlite(base.join(path)));
         }
-        let scheme = url.split_once(':').map_or("(none)", |(s, _)| s);
+        // Named only when it looks like a scheme: a key=value connection
+        // string may hold a password before its first colon.
+        let scheme = url
+            .split_once(':')
+            .map(|(s, _)| s)
+            .filter(|s| {
+                !s.is_empty()
+                    && s.len() <= 16
+                    && s.bytes().all(|b| {
+                        b.is_ascii_lowercase()
+                            || b.is_ascii_digit()
+                            || b == b'+'
+                            || b == b'-'
+                            || b == b'.'
+                    })
+            })
+            .unwrap_or("(none)");
         Err(format!(
             "${env}: unsupported database URL scheme {scheme:?}: expected postgres://… or sqlite:path"
         ))
@@ -147,5 +193,9 @@ mod tests {
         let e = DatabaseUrl::parse("mysql://u:secret@h/db", "DB", base).unwrap_err();
         assert!(e.contains("$DB") && e.contains("\"mysql\""), "{e}");
         assert!(!e.contains("secret"), "{e}");
+        let e = DatabaseUrl::parse("password=s3:cret host=db", "DB", base).unwrap_err();
+        assert!(!e.contains("s3") && e.contains("(none)"), "{e}");
+        let e = DatabaseUrl::parse("postgres://h/db?sslmode=require", "DB", base).unwrap_err();
+        assert!(e.contains("not supported yet"), "{e}");
     }
 }

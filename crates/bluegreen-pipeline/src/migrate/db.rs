@@ -43,8 +43,9 @@ pub enum Applying {
 }
 
 impl Db {
-    /// Connects within `limit`.
-    pub async fn connect(url: &DatabaseUrl, limit: Duration) -> Result<Db, String> {
+    /// Connects within `limit`. Without `create`, a SQLite file that does
+    /// not exist is an error (a typo must not start an empty database).
+    pub async fn connect(url: &DatabaseUrl, limit: Duration, create: bool) -> Result<Db, String> {
         match url {
             DatabaseUrl::Postgres(u) => {
                 let connecting = tokio_postgres::connect(u, tokio_postgres::NoTls);
@@ -62,7 +63,12 @@ impl Db {
             DatabaseUrl::Sqlite(path) => {
                 let path = path.clone();
                 let conn = tokio::task::spawn_blocking(move || {
-                    rusqlite::Connection::open(&path)
+                    use rusqlite::OpenFlags;
+                    let mut flags = OpenFlags::default();
+                    if !create {
+                        flags.remove(OpenFlags::SQLITE_OPEN_CREATE);
+                    }
+                    rusqlite::Connection::open_with_flags(&path, flags)
                         .map_err(|e| format!("cannot open SQLite database {}: {e}", path.display()))
                 })
                 .await
@@ -79,8 +85,13 @@ impl Db {
         }
     }
 
-    /// Every row of the tracking table (created when missing).
-    pub async fn applied(&self) -> Result<Vec<Applied>, String> {
+    /// Every row of the tracking table; with `create` it is created when
+    /// missing, without it a missing table has no rows (reading changes
+    /// nothing, and works for a read-only user).
+    pub async fn applied(&self, create: bool) -> Result<Vec<Applied>, String> {
+        if !create && !self.has_table().await? {
+            return Ok(Vec::new());
+        }
         match self {
             Db::Postgres(c) => {
                 c.batch_execute(&format!(
@@ -141,6 +152,42 @@ impl Db {
         }
     }
 
+    async fn has_table(&self) -> Result<bool, String> {
+        match self {
+            Db::Postgres(c) => c
+                .query_one(&format!("SELECT to_regclass('{TABLE}') IS NOT NULL"), &[])
+                .await
+                .map(|r| r.get::<_, bool>(0))
+                .map_err(|e| pg_error(&e)),
+            Db::Sqlite(conn) => {
+                let conn = conn.clone();
+                blocking(move || {
+                    let conn = conn.lock().unwrap_or_else(|x| x.into_inner());
+                    conn.query_row(
+                        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
+                        [TABLE],
+                        |r| r.get::<_, i64>(0),
+                    )
+                    .map(|n| n > 0)
+                    .map_err(|e| e.to_string())
+                })
+                .await
+            }
+        }
+    }
+
+    /// Something that stops the statement running now (an abort).
+    pub fn canceller(&self) -> Canceller {
+        match self {
+            Db::Postgres(c) => Canceller::Postgres(c.cancel_token()),
+            Db::Sqlite(conn) => Canceller::Sqlite(
+                conn.lock()
+                    .unwrap_or_else(|x| x.into_inner())
+                    .get_interrupt_handle(),
+            ),
+        }
+    }
+
     /// Applies `statements` of `file` and records it, in one transaction
     /// (PostgreSQL: with `lock_timeout`; SQLite: waiting at most that long
     /// for the write lock). The error names file, line, statement and why.
@@ -159,6 +206,9 @@ impl Db {
             checksum: checksum.to_string(),
             version: version.to_string(),
             lock_timeout,
+            in_tx: !statements
+                .iter()
+                .any(|s| bluegreen_core::migration::needs_no_transaction(&s.text)),
         };
         match self {
             Db::Postgres(c) => apply_postgres(c, &ctx, &statements).await,
@@ -174,18 +224,36 @@ impl Db {
     }
 }
 
+/// Stops a running statement from another task; its file's transaction
+/// is then rolled back.
+pub enum Canceller {
+    Postgres(tokio_postgres::CancelToken),
+    Sqlite(rusqlite::InterruptHandle),
+}
+
+impl Canceller {
+    pub async fn cancel(&self) {
+        match self {
+            Canceller::Postgres(t) => {
+                let _ = t.cancel_query(tokio_postgres::NoTls).await;
+            }
+            Canceller::Sqlite(h) => h.interrupt(),
+        }
+    }
+}
+
 /// Plain queries, for apps built on this (the demo app's `/items`).
 impl Db {
     /// The first column of every row, as text (NULL as `None`).
     pub async fn texts(&self, sql: &str) -> Result<Vec<Option<String>>, String> {
         match self {
-            Db::Postgres(c) => Ok(c
+            Db::Postgres(c) => c
                 .query(sql, &[])
                 .await
                 .map_err(|e| pg_error(&e))?
                 .iter()
-                .map(|r| r.get::<_, Option<String>>(0))
-                .collect()),
+                .map(|r| r.try_get::<_, Option<String>>(0).map_err(|e| e.to_string()))
+                .collect(),
             Db::Sqlite(conn) => {
                 let (conn, sql) = (conn.clone(), sql.to_string());
                 blocking(move || {
@@ -237,16 +305,28 @@ struct Context {
     checksum: String,
     version: String,
     lock_timeout: Duration,
+    /// False for a file PostgreSQL cannot run in a transaction.
+    in_tx: bool,
 }
 
 impl Context {
     fn failed(&self, st: &SqlStatement, why: String) -> String {
+        let outcome = if self.in_tx {
+            format!(
+                "nothing of {} was applied (its transaction was rolled back)",
+                self.file
+            )
+        } else {
+            format!(
+                "{} ran outside a transaction (PostgreSQL cannot run it in one): an index it left INVALID must be dropped before the next attempt (use IF NOT EXISTS / IF EXISTS to make it repeatable)",
+                self.file
+            )
+        };
         format!(
-            "{}:{}: {}: {why}; nothing of {} was applied (its transaction was rolled back)",
+            "{}:{}: {}: {why}; {outcome}",
             self.file,
             st.line,
-            one_line(&st.text),
-            self.file
+            one_line(&st.text)
         )
     }
 
@@ -276,21 +356,14 @@ impl Context {
     }
 }
 
-/// `CREATE INDEX CONCURRENTLY` cannot run in a transaction block: such a
-/// statement must be alone in its file, which then runs without one.
-fn concurrently(statements: &[SqlStatement]) -> bool {
-    statements.iter().any(|s| {
-        let upper = s.text.to_ascii_uppercase();
-        upper.contains("CONCURRENTLY") && upper.contains("INDEX")
-    })
-}
-
 async fn apply_postgres(
     c: &tokio_postgres::Client,
     ctx: &Context,
     statements: &[SqlStatement],
 ) -> Result<Applying, String> {
-    let in_tx = !concurrently(statements);
+    // `CREATE INDEX CONCURRENTLY` cannot run in a transaction block: such a
+    // statement must be alone in its file, which then runs without one.
+    let in_tx = ctx.in_tx;
     if !in_tx && statements.len() > 1 {
         return Err(format!(
             "{}: CREATE/DROP INDEX CONCURRENTLY cannot run inside a transaction: put it in a file of its own",
@@ -308,9 +381,19 @@ async fn apply_postgres(
         (true, false) => "ROLLBACK",
         (false, _) => "RESET lock_timeout; SELECT pg_advisory_unlock_all()",
     };
-    c.batch_execute(&setup)
-        .await
-        .map_err(|e| format!("{}: starting: {}", ctx.file, pg_error(&e)))?;
+    if let Err(e) = c.batch_execute(&setup).await {
+        let _ = c.batch_execute(end(false)).await;
+        let lock = e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE);
+        return Err(if lock {
+            format!(
+                "{}: waited longer than lock_timeout ({}) for the migration lock: another bluegreen (or `migrate contract`) is applying migrations to this database; nothing was applied",
+                ctx.file,
+                humantime::format_duration(ctx.lock_timeout)
+            )
+        } else {
+            format!("{}: starting: {}", ctx.file, pg_error(&e))
+        });
+    }
     let result = async {
         let found = c
             .query_opt(
@@ -424,7 +507,14 @@ fn apply_sqlite(
     let closing = conn.execute_batch(if result.is_ok() { "COMMIT" } else { "ROLLBACK" });
     match (result, closing) {
         (Ok(a), Ok(())) => Ok(a),
-        (Ok(_), Err(e)) => Err(format!("{}: committing: {e}", ctx.file)),
+        (Ok(_), Err(e)) => {
+            // A COMMIT that failed (busy) leaves the transaction open.
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(format!(
+                "{}: committing: {e}; nothing was applied",
+                ctx.file
+            ))
+        }
         (Err(e), _) => Err(e),
     }
 }

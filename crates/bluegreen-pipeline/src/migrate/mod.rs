@@ -40,6 +40,12 @@ pub async fn load(dir: &Path) -> Result<Vec<Loaded>, String> {
                     .map_err(|e| format!("{}: {e}", file.path.display()))?;
                 let sql = String::from_utf8(bytes)
                     .map_err(|_| format!("{}: not UTF-8 text", file.path.display()))?;
+                // One text whatever the checkout did to it: no byte-order
+                // mark, LF line ends (so a CRLF checkout is not "changed").
+                let sql = sql
+                    .strip_prefix('\u{feff}')
+                    .unwrap_or(&sql)
+                    .replace("\r\n", "\n");
                 let checksum = checksum(sql.as_bytes());
                 Ok(Loaded {
                     file,
@@ -62,12 +68,22 @@ pub fn checksum(bytes: &[u8]) -> String {
         .collect()
 }
 
-/// Every expand file checked against what the running version can live
-/// with; the error lists every finding (file, line, statement, rule, the
-/// expand/contract way). Contract files only have to parse.
-pub fn lint(files: &[Loaded], flavor: Flavor) -> Result<(), String> {
+/// Every expand file of `files` checked against what the running version
+/// can live with; the error lists every finding (file, line, statement,
+/// rule, the expand/contract way). Contract files only have to parse. No
+/// file may hold transaction control (it would end the transaction the file
+/// runs in, with its tracking row).
+pub fn lint<'a>(files: impl IntoIterator<Item = &'a Loaded>, flavor: Flavor) -> Result<(), String> {
     let mut problems = Vec::new();
     for f in files {
+        if let Some(st) = bluegreen_core::migration::transaction_control(&f.sql, flavor) {
+            problems.push(format!(
+                "{}:{}: {}: transaction control is not allowed: bluegreen runs each file in a transaction of its own, together with its row in bluegreen_migrations",
+                f.file.path.display(),
+                st.line,
+                st.text.split_whitespace().collect::<Vec<_>>().join(" ")
+            ));
+        }
         match (f.file.phase, lint_expand(&f.file.path, &f.sql, flavor)) {
             (_, Err(e)) => problems.push(e),
             (Phase::Expand, Ok(found)) => problems.extend(found.iter().map(|x| x.to_string())),
@@ -87,14 +103,19 @@ pub fn lint(files: &[Loaded], flavor: Flavor) -> Result<(), String> {
 /// The database `config` names, connected. The URL comes from the
 /// environment when this runs (never from the config file); relative SQLite
 /// paths are from `workdir`.
-pub async fn open(config: &MigrationsConfig, workdir: &Path) -> Result<Db, String> {
+pub async fn open(config: &MigrationsConfig, workdir: &Path, create: bool) -> Result<Db, String> {
     let MigrationRunner::Database { url_env } = &config.runner else {
         return Err("deploy.migrations runs a command: there is no database to open".into());
     };
     let url = std::env::var(url_env).map_err(|_| {
         format!("${url_env} is not set in the router's environment (deploy.migrations.database_url_env)")
     })?;
-    Db::connect(&DatabaseUrl::parse(&url, url_env, workdir)?, CONNECT_LIMIT).await
+    Db::connect(
+        &DatabaseUrl::parse(&url, url_env, workdir)?,
+        CONNECT_LIMIT,
+        create,
+    )
+    .await
 }
 
 /// Applied files whose text changed since, named with both checksums.
@@ -134,43 +155,85 @@ pub struct Expanded {
     pub contract: Vec<FileMark>,
 }
 
-/// Lints every file, refuses changed applied ones, then applies the pending
-/// expand files in order, each in its own transaction. `progress` hears of
-/// each file. Running it again after a crash applies what is left.
+/// Lints the pending files, refuses changed applied ones, then applies the
+/// pending expand files in order, each in its own transaction. `progress`
+/// hears of each file; `cancel` stops the statement running (its file is
+/// rolled back) and the files after it. Running it again after a crash
+/// applies what is left. With `inherit`, the pending contract files are
+/// this release's to run (not for a rollback to an older release).
 pub async fn expand(
     config: &MigrationsConfig,
     workdir: &Path,
     version: &str,
+    inherit: bool,
+    cancel: &tokio_util::sync::CancellationToken,
     progress: impl Fn(String),
 ) -> Result<Expanded, String> {
     let files = load(&config.dir).await?;
-    let db = open(config, workdir).await?;
-    lint(&files, db.flavor())?;
-    let applied = db.applied().await?;
+    let db = open(config, workdir, true).await?;
+    let applied = db.applied(true).await?;
     let changes = changed(&files, &applied);
     if !changes.is_empty() {
         return Err(changes.join("\n"));
     }
+    // Files applied long ago are not judged again (a newer linter must not
+    // block every deploy over a file that can no longer change).
+    let pending: Vec<&Loaded> = files
+        .iter()
+        .filter(|f| find(&applied, &f.file).is_none())
+        .collect();
+    lint(pending.iter().copied(), db.flavor())?;
     let mut out = Expanded {
-        contract: files
+        before: files
             .iter()
-            .filter(|f| f.file.phase == Phase::Contract && find(&applied, &f.file).is_none())
-            .map(|f| FileMark {
-                file: f.file.file_name(),
-                checksum: f.checksum.clone(),
-            })
-            .collect(),
+            .filter(|f| f.file.phase == Phase::Expand)
+            .count()
+            .saturating_sub(
+                pending
+                    .iter()
+                    .filter(|f| f.file.phase == Phase::Expand)
+                    .count(),
+            ),
+        contract: if inherit {
+            pending
+                .iter()
+                .filter(|f| f.file.phase == Phase::Contract)
+                .map(|f| FileMark {
+                    file: f.file.file_name(),
+                    checksum: f.checksum.clone(),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        },
         ..Expanded::default()
     };
-    for f in files.iter().filter(|f| f.file.phase == Phase::Expand) {
-        if find(&applied, &f.file).is_some() {
-            out.before += 1;
-            continue;
+    let watcher = cancel_on(cancel, &db);
+    let result = async {
+        for f in pending.iter().filter(|f| f.file.phase == Phase::Expand) {
+            if cancel.is_cancelled() {
+                return Err("aborted before this file".to_string());
+            }
+            apply(&db, config, f, version, &progress).await?;
+            out.applied.push(f.file.file_name());
         }
-        apply(&db, config, f, version, &progress).await?;
-        out.applied.push(f.file.file_name());
+        Ok(())
     }
-    Ok(out)
+    .await;
+    watcher.abort();
+    result.map(|()| out).map_err(|e| match e {
+        e if cancel.is_cancelled() => format!("aborted: {e}"),
+        e => e,
+    })
+}
+
+/// Cancels the running statement when `cancel` fires.
+fn cancel_on(cancel: &tokio_util::sync::CancellationToken, db: &Db) -> tokio::task::JoinHandle<()> {
+    let (cancel, canceller) = (cancel.clone(), db.canceller());
+    tokio::spawn(async move {
+        cancel.cancelled().await;
+        canceller.cancel().await;
+    })
 }
 
 async fn apply(
@@ -207,6 +270,13 @@ async fn apply(
     Ok(())
 }
 
+/// Why a contract stopped, and what it had applied by then.
+#[derive(Debug)]
+pub struct ContractError {
+    pub applied: Vec<String>,
+    pub why: String,
+}
+
 /// Applies the contract files in `marks` that are still pending, each as
 /// it was when the release's expand step saw it (a file edited since is
 /// refused). Returns the files applied now.
@@ -216,11 +286,26 @@ pub async fn contract(
     version: &str,
     marks: &[FileMark],
     progress: impl Fn(String),
-) -> Result<Vec<String>, String> {
-    let files = load(&config.dir).await?;
-    let db = open(config, workdir).await?;
-    let applied = db.applied().await?;
+) -> Result<Vec<String>, ContractError> {
     let mut done = Vec::new();
+    let result = contract_into(config, workdir, version, marks, &progress, &mut done).await;
+    match result {
+        Ok(()) => Ok(done),
+        Err(why) => Err(ContractError { applied: done, why }),
+    }
+}
+
+async fn contract_into(
+    config: &MigrationsConfig,
+    workdir: &Path,
+    version: &str,
+    marks: &[FileMark],
+    progress: &impl Fn(String),
+    done: &mut Vec<String>,
+) -> Result<(), String> {
+    let files = load(&config.dir).await?;
+    let db = open(config, workdir, false).await?;
+    let applied = db.applied(true).await?;
     for mark in marks {
         let Some(f) = files.iter().find(|f| f.file.file_name() == mark.file) else {
             if applied
@@ -245,14 +330,15 @@ pub async fn contract(
             return Err(format!(
                 "{} changed since this release's expand step saw it (checksum {} then, {} now): deploy the release again to contract with the new text",
                 mark.file,
-                &mark.checksum[..12],
+                &mark.checksum[..12.min(mark.checksum.len())],
                 &f.checksum[..12]
             ));
         }
-        apply(&db, config, f, version, &progress).await?;
+        lint([f], db.flavor())?;
+        apply(&db, config, f, version, progress).await?;
         done.push(mark.file.clone());
     }
-    Ok(done)
+    Ok(())
 }
 
 /// One file as `migrate status` shows it.
@@ -285,12 +371,12 @@ pub async fn status(config: &MigrationsConfig, workdir: &Path) -> Result<Status,
     let (runner, applied) = match &config.runner {
         MigrationRunner::Command(_) => ("command", Vec::new()),
         MigrationRunner::Database { .. } => {
-            let db = open(config, workdir).await?;
+            let db = open(config, workdir, false).await?;
             let name = match db.flavor() {
                 Flavor::Postgres => "postgres",
                 Flavor::Sqlite => "sqlite",
             };
-            (name, db.applied().await?)
+            (name, db.applied(false).await?)
         }
     };
     let mut out: Vec<FileStatus> = files

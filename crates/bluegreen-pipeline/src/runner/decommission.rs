@@ -161,7 +161,7 @@ async fn contract_if_stopped(p: &Arc<Pipeline>, old: Side, id: u64) -> Option<St
     }
     if p.book.lock().await.sides[old].running {
         return Some(format!(
-            "contract not run: {old} was left running (no decommission hook), so rollback to it stays possible; run `bluegreen migrate contract` once it is stopped"
+            "contract not run: {old} was left running (no decommission hook), so rollback to it stays possible; stop it yourself, then run `bluegreen migrate contract --force`"
         ));
     }
     super::contract::after_decommission(p, id).await

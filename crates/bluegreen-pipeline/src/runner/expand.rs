@@ -11,15 +11,16 @@ pub(super) async fn expand(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployReco
     let Some(config) = p.config().migrations.clone() else {
         return StepEnd::Skipped("no [deploy.migrations]".into());
     };
-    let applying = apply(p, handle, d, &config);
-    let detail = tokio::select! {
-        r = applying => r,
-        // Dropping the future drops the connection: the database rolls the
-        // open transaction back.
-        _ = handle.abort.cancelled() => return StepEnd::End(Outcome::Aborted, aborted(handle)),
-    };
-    let detail = match detail {
+    // An abort cancels the statement running (its file is rolled back)
+    // and the files after it.
+    let detail = match apply(p, handle, d, &config).await {
         Ok(detail) => detail,
+        Err(e) if handle.abort.is_cancelled() => {
+            return StepEnd::End(
+                Outcome::Aborted,
+                format!("{} (expand: {e})", aborted(handle)),
+            )
+        }
         Err(e) => {
             return StepEnd::End(
                 Outcome::Failed,
@@ -27,6 +28,11 @@ pub(super) async fn expand(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployReco
             )
         }
     };
+    if d.options.skip_smoke {
+        return StepEnd::Done(Some(format!(
+            "{detail}; live smoke tests skipped by --skip-smoke"
+        )));
+    }
     match live_smoke(p, handle).await {
         Ok(Some(checked)) => StepEnd::Done(Some(format!("{detail}; {checked}"))),
         Ok(None) => StepEnd::Done(Some(detail)),
@@ -60,9 +66,16 @@ async fn apply(
                     }
                 })
             };
-            let result = migrate::expand(config, &workdir, &d.version, |l| {
-                let _ = tx.send(l);
-            })
+            let result = migrate::expand(
+                config,
+                &workdir,
+                &d.version,
+                inherits(p, d).await,
+                &handle.abort,
+                |l| {
+                    let _ = tx.send(l);
+                },
+            )
             .await;
             drop(tx);
             let _ = forward.await;
@@ -92,16 +105,22 @@ async fn apply(
             })
         }
         MigrationRunner::Command(cmd) => {
+            // The app's tool knows what it applied; bluegreen lints the
+            // whole directory and notes its contract files for the record.
             let files = migrate::load(&config.dir).await?;
-            migrate::lint(&files, bluegreen_core::migration::Flavor::Postgres)?;
-            let contract = files
-                .iter()
-                .filter(|f| f.file.phase == bluegreen_core::migration::Phase::Contract)
-                .map(|f| bluegreen_core::deploy::FileMark {
-                    file: f.file.file_name(),
-                    checksum: f.checksum.clone(),
-                })
-                .collect();
+            migrate::lint(&files, config.dialect)?;
+            let contract = if inherits(p, d).await {
+                files
+                    .iter()
+                    .filter(|f| f.file.phase == bluegreen_core::migration::Phase::Contract)
+                    .map(|f| bluegreen_core::deploy::FileMark {
+                        file: f.file.file_name(),
+                        checksum: f.checksum.clone(),
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
             mark(p, contract).await?;
             run_command(
                 p,
@@ -122,6 +141,20 @@ async fn apply(
             ))
         }
     }
+}
+
+/// Whether this deploy's release owns the pending contract files: not when
+/// it goes back to an older release (a rollback re-deploy, or a version that
+/// was released before), whose code still needs what they remove.
+async fn inherits(p: &Pipeline, d: &DeployRecord) -> bool {
+    if d.options.reason.starts_with("rollback:") {
+        return false;
+    }
+    let book = p.book.lock().await;
+    !book
+        .history
+        .iter()
+        .any(|h| h.id < d.id && h.version == d.version && h.outcome == Outcome::Succeeded)
 }
 
 /// Keeps what the release's contract will run in its record, durably

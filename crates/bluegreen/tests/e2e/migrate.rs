@@ -200,7 +200,7 @@ async fn expand_contract_and_rollback_past_it_on_postgres() {
     // v1 would need the dropped column: rollback is refused and says why.
     let (code, out, err) = router.cli(&["rollback"]);
     assert_ne!(code, 0, "{out}");
-    assert!(err.contains("refusing to roll back to v1"), "{err}");
+    assert!(err.contains("refusing to go back to v1"), "{err}");
     assert!(
         err.contains("0002_title.contract.sql") && err.contains("--force"),
         "{err}"
@@ -404,9 +404,35 @@ async fn sqlite_survives_kill_9_in_a_migration_and_contracts_after_the_bake() {
         "0002_title.contract.sql",
         "UPDATE items SET title = name WHERE title IS NULL;\nALTER TABLE items DROP COLUMN name;\n",
     );
+    // A second contract file that fails: the first one's change stays, and
+    // so does the refusal to go back.
+    write(
+        &m,
+        "0003_cleanup.contract.sql",
+        "DROP TABLE no_such_table;\n",
+    );
     let (code, out, err) =
         router.cli(&["deploy", "v2", "--env", "BLUEGREEN_APP_ITEMS_COLUMN=title"]);
     assert_eq!(code, 0, "{out}\n{err}");
+    let (_, h) = router
+        .api("GET", "/api/v1/deploys", None, Some(TOKEN))
+        .await;
+    let d = h["deploys"].as_array().unwrap().last().unwrap().clone();
+    let dec = d["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["step"] == "decommission")
+        .unwrap()["detail"]
+        .to_string();
+    assert!(
+        dec.contains("contract of v2 failed after applying 0002_title.contract.sql"),
+        "{dec}"
+    );
+    assert!(
+        dec.contains("0003_cleanup.contract.sql:1: DROP TABLE no_such_table"),
+        "{dec}"
+    );
     assert_eq!(
         rows("SELECT group_concat(name, ',') FROM pragma_table_info('items')"),
         "id,title"
@@ -418,17 +444,32 @@ async fn sqlite_survives_kill_9_in_a_migration_and_contracts_after_the_bake() {
     );
     let (code, _, err) = router.cli(&["rollback"]);
     assert_ne!(code, 0);
-    assert!(err.contains("refusing to roll back to v1"), "{err}");
+    assert!(err.contains("refusing to go back to v1"), "{err}");
     let (code, out, _) = router.cli(&["migrate", "status", "--json"]);
     assert_eq!(code, 0);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["runner"], "sqlite");
-    assert!(
-        v["files"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|f| f["state"] == "applied"),
+    let states: Vec<String> = v["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            format!(
+                "{} {}",
+                f["file"].as_str().unwrap(),
+                f["state"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        states,
+        [
+            "0001_items.expand.sql applied",
+            "0002_title.expand.sql applied",
+            "0002_title.contract.sql applied",
+            "0003_cleanup.contract.sql pending"
+        ],
         "{v}"
     );
+    assert_eq!(v["contracted"]["version"], "v2");
 }
