@@ -471,7 +471,7 @@ mod tests {
     fn records_from_before_the_warm_and_shadow_steps_are_normalized() {
         let mut d = record();
         d.steps
-            .retain(|s| !matches!(s.step, Step::Warm | Step::Shadow));
+            .retain(|s| !matches!(s.step, Step::Expand | Step::Warm | Step::Shadow));
         d.steps[0].state = StepState::Done; // deploy
         d.steps[1].state = StepState::Done; // health
         d.steps[2].state = StepState::Done; // smoke
@@ -481,6 +481,7 @@ mod tests {
         assert_eq!(names, Step::ALL.to_vec());
         assert_eq!(d.step(Step::Warm).state, StepState::Skipped);
         assert_eq!(d.step(Step::Shadow).state, StepState::Skipped);
+        assert_eq!(d.step(Step::Expand).state, StepState::Skipped);
         assert_eq!(d.next_step(), Some(Step::Gate));
     }
 
@@ -488,7 +489,7 @@ mod tests {
     fn new_deploy_targets_the_idle_side_with_all_steps_pending() {
         let d = record();
         assert_eq!(d.target, Side::Green);
-        assert_eq!(d.next_step(), Some(Step::Deploy));
+        assert_eq!(d.next_step(), Some(Step::Expand));
         // All pending but the canary, skipped without --canary.
         assert!(d
             .steps
@@ -514,6 +515,8 @@ mod tests {
     #[test]
     fn steps_advance_and_record_durations() {
         let mut d = record();
+        d.skip(Step::Expand, "no [deploy.migrations]", 50);
+        assert_eq!(d.step(Step::Expand).duration_ms(), None);
         d.start(Step::Deploy, 100);
         assert_eq!(d.next_step(), Some(Step::Deploy), "running is not done");
         d.finish(Step::Deploy, None, 250);
