@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 mod cluster;
+mod h2;
 mod load;
 mod procs;
 mod report;
@@ -149,7 +150,13 @@ fn main() -> Result<()> {
 
     // 3. Each proxy in turn, the same parts in the same order.
     let only = std::env::var("BENCH_ONLY").ok();
-    for kind in [Kind::Direct, Kind::Bluegreen, Kind::Nginx, Kind::Haproxy] {
+    for kind in [
+        Kind::Direct,
+        Kind::Bluegreen,
+        Kind::Nginx,
+        Kind::Haproxy,
+        Kind::Caddy,
+    ] {
         if only.as_deref().is_some_and(|o| o != kind.name())
             || std::env::var("BENCH_PARTS")
                 .is_ok_and(|p| p == "tls" || p == "restarts" || p == "cluster")
@@ -171,6 +178,13 @@ fn main() -> Result<()> {
                     &mut proxy,
                     Duration::from_secs(plan.switch_secs),
                 )?);
+            }
+            report.rows.push(row);
+            continue;
+        }
+        if std::env::var("BENCH_PARTS").is_ok_and(|p| p == "h2") {
+            if kind != Kind::Direct {
+                row.h2 = Some(h2::measure(&env, &proxy, plan.wrk_secs));
             }
             report.rows.push(row);
             continue;
@@ -198,9 +212,21 @@ fn main() -> Result<()> {
             ));
         }
         row.small = Some(small);
-        row.large = Some(median_wrk(&env, &proxy, "/64k", &plan)?);
+        let (user0, sys0) = proxy.cpu_ticks_split();
+        let large = median_wrk(&env, &proxy, "/64k", &plan)?;
+        let (user1, sys1) = proxy.cpu_ticks_split();
+        if large.rps > 0.0 && kind != Kind::Direct {
+            row.cpu_us_large = Some((
+                share(user1 - user0) * 1e6 / large.rps,
+                share(sys1 - sys0) * 1e6 / large.rps,
+            ));
+        }
+        row.large = Some(large);
         row.fixed = Some(fixed_rate(&proxy, &plan));
         row.shadowed = shadowed(&proxy, &plan)?;
+        if kind != Kind::Direct {
+            row.h2 = Some(h2::measure(&env, &proxy, plan.wrk_secs));
+        }
         row.rss_conns = Some(idle_memory(&proxy, plan.idle_conns)?);
         if kind != Kind::Direct {
             row.switching = Some(switching(
@@ -215,7 +241,7 @@ fn main() -> Result<()> {
     if std::env::var("BENCH_PARTS").is_err()
         || std::env::var("BENCH_PARTS").is_ok_and(|p| p == "tls")
     {
-        for kind in [Kind::Bluegreen, Kind::Nginx, Kind::Haproxy] {
+        for kind in [Kind::Bluegreen, Kind::Nginx, Kind::Haproxy, Kind::Caddy] {
             if only.as_deref().is_some_and(|o| o != kind.name()) {
                 continue;
             }
@@ -520,7 +546,7 @@ fn websocket_part(env: &Env, n: usize, report: &mut Report) -> Result<()> {
         apps.push(child);
         ports.push(port);
     }
-    for kind in [Kind::Bluegreen, Kind::Nginx, Kind::Haproxy] {
+    for kind in [Kind::Bluegreen, Kind::Nginx, Kind::Haproxy, Kind::Caddy] {
         let mut proxy = Proxy::start(kind, env, ports[0], ports[1])?;
         let (ready, go, handle) = load::websockets(proxy.addr(), n);
         let opened = ready

@@ -18,6 +18,7 @@ pub enum Kind {
     Bluegreen,
     Nginx,
     Haproxy,
+    Caddy,
 }
 
 impl Kind {
@@ -27,6 +28,7 @@ impl Kind {
             Kind::Bluegreen => "bluegreen",
             Kind::Nginx => "nginx",
             Kind::Haproxy => "haproxy",
+            Kind::Caddy => "caddy",
         }
     }
 }
@@ -150,6 +152,9 @@ pub struct Proxy {
     pub port: u16,
     /// The HTTPS listener (same certificate for every proxy).
     pub tls_port: u16,
+    /// HTTP/2 with prior knowledge: `port` where the proxy tells h2c from
+    /// HTTP/1.1 on one listener (bluegreen, Caddy), a port of its own else.
+    pub h2c_port: u16,
     blue: u16,
     green: u16,
     admin: u16,
@@ -181,8 +186,13 @@ impl Proxy {
         };
         let admin = free_port()?;
         let tls_port = free_port()?;
+        let h2c_port = match kind {
+            Kind::Nginx | Kind::Haproxy => free_port()?,
+            _ => port,
+        };
         let file = |n: &str| env.dir.join(n).display().to_string();
         let vars = vec![
+            ("H2C_PORT", h2c_port.to_string()),
             ("TLS_PORT", tls_port.to_string()),
             ("CERT", file("tls.crt")),
             ("KEY", file("tls.key")),
@@ -198,6 +208,22 @@ impl Proxy {
         let dir = env.dir.display().to_string();
         let child = match kind {
             Kind::Direct => None,
+            Kind::Caddy => {
+                let conf = render(env, "caddy.json", "caddy.json", &vars)?;
+                Some(
+                    pinned(&env.proxy_cpus, "caddy")
+                        .args(["run", "--config"])
+                        .arg(&conf)
+                        // One OS thread running Go code, like one worker.
+                        .env("GOMAXPROCS", "1")
+                        .env("XDG_DATA_HOME", env.dir.join("caddy-data"))
+                        .env("XDG_CONFIG_HOME", env.dir.join("caddy-config"))
+                        .stdout(Stdio::null())
+                        .stderr(log_file(env, "caddy")?)
+                        .spawn()
+                        .context("starting caddy (bench/run installs it)")?,
+                )
+            }
             Kind::Bluegreen => {
                 let _ = std::fs::remove_dir_all(env.dir.join("bluegreen-state"));
                 let conf = render(env, "bluegreen.toml", "bluegreen.toml", &vars)?;
@@ -259,6 +285,7 @@ impl Proxy {
             kind,
             port,
             tls_port,
+            h2c_port,
             blue,
             green,
             admin,
@@ -293,6 +320,24 @@ impl Proxy {
 
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// One call to Caddy's admin API.
+    pub fn caddy_call(&self, method: &str, path: &str, body: &str) -> Result<String> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.admin))?;
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            self.admin,
+            body.len()
+        )?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        if !out.starts_with("HTTP/1.1 200") {
+            bail!("caddy {method} {path}: {out}");
+        }
+        Ok(out)
     }
 
     pub fn bluegreen_call(&self, method: &str, path: &str, body: &str) -> Result<String> {
@@ -343,6 +388,15 @@ impl Proxy {
                     nix::sys::signal::Signal::SIGHUP,
                 )?;
             }
+            Kind::Caddy => {
+                // Its admin API: a PATCH of each server's upstream list
+                // (Caddy applies any config change as a graceful reload).
+                let port = if to_blue { self.blue } else { self.green };
+                let body = format!("[{{\"dial\":\"127.0.0.1:{port}\"}}]");
+                for id in ["live", "live_tls"] {
+                    self.caddy_call("PATCH", &format!("/id/{id}/upstreams"), &body)?;
+                }
+            }
             Kind::Haproxy => {
                 let (up, down) = if to_blue {
                     ("blue", "green")
@@ -390,6 +444,10 @@ impl Proxy {
             How::HaproxyReload => {
                 let pid = self.child.as_ref().expect("haproxy").id() as i32;
                 signal(pid, Signal::SIGUSR2)?;
+            }
+            How::CaddyLoad => {
+                let conf = std::fs::read_to_string(self.env.dir.join("caddy.json"))?;
+                self.caddy_call("POST", "/load", &conf)?;
             }
         }
         Ok(())

@@ -17,6 +17,8 @@ pub enum How {
     BluegreenUpgrade,
     NginxBinaryUpgrade,
     NginxReload,
+    /// Caddy's admin API: `POST /load` of the whole config (a graceful reload).
+    CaddyLoad,
     HaproxyReload,
 }
 
@@ -27,6 +29,7 @@ impl How {
             How::NginxBinaryUpgrade => "binary upgrade (USR2, WINCH, QUIT)",
             How::NginxReload => "`nginx -s reload` (HUP)",
             How::HaproxyReload => "master-worker reload (USR2, `expose-fd listeners`)",
+            How::CaddyLoad => "admin API `POST /load` (config reload)",
         }
     }
 }
@@ -55,6 +58,7 @@ pub fn part(env: &Env, plan: &Plan, blue: u16, green: u16) -> Result<Vec<Restart
         (Kind::Nginx, How::NginxBinaryUpgrade),
         (Kind::Nginx, How::NginxReload),
         (Kind::Haproxy, How::HaproxyReload),
+        (Kind::Caddy, How::CaddyLoad),
     ] {
         eprintln!("== {} restarts: {}", kind.name(), how.name());
         let mut proxy = Proxy::start_as(kind, env, blue, green, true)?;

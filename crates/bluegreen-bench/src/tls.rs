@@ -164,7 +164,7 @@ pub fn render(o: &mut String, rows: &[Row]) {
     };
     let Some(bg) = get("bluegreen") else { return };
     let best = |f: &dyn Fn(&Measured) -> f64| {
-        ["nginx", "haproxy"]
+        ["nginx", "haproxy", "caddy"]
             .iter()
             .filter_map(|n| get(n).map(f))
             .fold(0.0, f64::max)
