@@ -51,15 +51,24 @@ pub async fn forward(
         body,
         whole,
         shadow,
-    } = prepare_taps(
-        &parts,
-        &head.path,
-        body,
-        route.recorder.as_deref(),
-        shadow,
-        record,
-    )
-    .await?;
+    } = if route.recorder.is_none() && shadow.is_none() {
+        // No tap: nothing to buffer, and no future to carry for it.
+        Prepared {
+            body,
+            whole: None,
+            shadow: None,
+        }
+    } else {
+        Box::pin(prepare_taps(
+            &parts,
+            &head.path,
+            body,
+            route.recorder.as_deref(),
+            shadow,
+            record,
+        ))
+        .await?
+    };
 
     // 5. The documented rewrites; the shadow copy is the request as the upstream sees it.
     let trusted = settings.trusts(conn.peer).then_some(&**settings);

@@ -57,29 +57,47 @@ pub async fn send(
     (connect_timeout, upstream_timeout): (Duration, Duration),
     body_sent: &mut BodySent,
 ) -> Result<(Response<Incoming>, Sender), SendError> {
-    while let Some(mut sender) = upstream.conns.take() {
-        match tokio::time::timeout(connect_timeout, sender.ready()).await {
-            Err(_) | Ok(Err(_)) => continue,
-            Ok(Ok(())) => {}
+    // One call site for the send, so the request's future carries one
+    // sending future, not one per kind of connection.
+    loop {
+        let (mut sender, fresh) = match upstream.conns.take() {
+            Some(s) => (s, false),
+            None => {
+                // Boxed: a new connection is the rare path, and its future
+                // (DNS, TLS) would otherwise make every request's future
+                // kilobytes larger, all of it copied on the way.
+                let connecting = Box::pin(conn::connect(
+                    &upstream.address,
+                    connect_timeout,
+                    upstream.tls.as_deref(),
+                ));
+                match connecting.await {
+                    Err(e) => return Err(SendError::Connect(e.to_string(), Box::new(req))),
+                    Ok(s) => (s, true),
+                }
+            }
+        };
+        if !fresh {
+            match tokio::time::timeout(connect_timeout, sender.ready()).await {
+                Err(_) | Ok(Err(_)) => continue,
+                Ok(Ok(())) => {}
+            }
         }
         match answer(sender.try_send_request(req), body_sent, upstream_timeout).await {
             None => return Err(SendError::Timeout),
             Some(Ok(resp)) => return Ok((resp, sender)),
             Some(Err(mut e)) => match e.take_message() {
-                Some(back) => req = back,
+                // A pooled connection that closed before the request was
+                // written: the next one (or a new one) gets it.
+                Some(back) if !fresh => req = back,
+                // A new connection that failed before anything was written:
+                // nothing was sent, so the request may go elsewhere.
+                Some(back) => {
+                    return Err(SendError::Connect(error_chain(e.error()), Box::new(back)))
+                }
                 None => return Err(classify(e.error())),
             },
         }
-    }
-    let mut sender =
-        match conn::connect(&upstream.address, connect_timeout, upstream.tls.as_deref()).await {
-            Err(e) => return Err(SendError::Connect(e.to_string(), Box::new(req))),
-            Ok(s) => s,
-        };
-    match answer(sender.send_request(req), body_sent, upstream_timeout).await {
-        None => Err(SendError::Timeout),
-        Some(Ok(resp)) => Ok((resp, sender)),
-        Some(Err(e)) => Err(classify(&e)),
     }
 }
 
