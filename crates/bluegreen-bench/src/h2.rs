@@ -148,8 +148,14 @@ pub fn render(o: &mut String, rows: &[Row]) {
         None => "- | - | - | -".into(),
     };
     for (name, m) in &measured {
-        let failed = m.h2c.as_ref().map_or(0, |r| r.failed) + m.tls.as_ref().map_or(0, |r| r.failed);
-        let _ = writeln!(o, "| {name} | {} | {} | {failed} |", cell(&m.h2c), cell(&m.tls));
+        let failed =
+            m.h2c.as_ref().map_or(0, |r| r.failed) + m.tls.as_ref().map_or(0, |r| r.failed);
+        let _ = writeln!(
+            o,
+            "| {name} | {} | {} | {failed} |",
+            cell(&m.h2c),
+            cell(&m.tls)
+        );
     }
     let get = |n: &str| measured.iter().find(|(x, _)| *x == n).map(|(_, m)| *m);
     let Some(bg) = get("bluegreen") else { return };

@@ -433,17 +433,15 @@ fn idle_memory(proxy: &Proxy, n: usize) -> Result<(u64, usize)> {
     let opened = ready
         .recv_timeout(Duration::from_secs(120))
         .context("opening idle connections")?;
-    // Idle, not just opened: bluegreen gives an idle connection's buffers back
-    // after a second. Read until the figure stops falling (at most 5 s).
+    // Idle, not just opened: proxies give an idle connection's buffers back
+    // after a while (bluegreen: parked within a second, the freed memory
+    // returned once the burst settled). The lowest reading over 8 s of
+    // idleness, the same for every proxy.
     let mut rss = proxy.rss_kib();
-    let until = std::time::Instant::now() + Duration::from_secs(5);
+    let until = std::time::Instant::now() + Duration::from_secs(8);
     while std::time::Instant::now() < until {
         std::thread::sleep(Duration::from_millis(500));
-        let now = proxy.rss_kib();
-        if now >= rss {
-            break;
-        }
-        rss = now;
+        rss = rss.min(proxy.rss_kib());
     }
     let _ = release.send(());
     let _ = handle.join();

@@ -145,7 +145,10 @@ impl Report {
             c.map(|(u, k)| 1e6 / (u + k).max(0.001))
         }
         for (label, pick) in [
-            ("small responses", (|r: &Row| per_cpu(r.cpu_us)) as fn(&Row) -> Option<f64>),
+            (
+                "small responses",
+                (|r: &Row| per_cpu(r.cpu_us)) as fn(&Row) -> Option<f64>,
+            ),
             ("64 KiB responses", |r: &Row| per_cpu(r.cpu_us_large)),
         ] {
             if let (Some(mine), Some((peer, best))) = (pick(bg), self.best_peer(pick)) {
@@ -158,7 +161,9 @@ impl Report {
                 );
             }
         }
-        if let (Some((user, kernel)), Some((_, best))) = (bg.cpu_us, self.best_peer(|r| per_cpu(r.cpu_us))) {
+        if let (Some((user, kernel)), Some((_, best))) =
+            (bg.cpu_us, self.best_peer(|r| per_cpu(r.cpu_us)))
+        {
             let _ = writeln!(
                 o,
                 "  - At equal CPU: bluegreen {:.1} µs per request ({user:.1} user + {kernel:.1} kernel), the better peer {:.1} µs. The kernel part alone caps the ratio at {:.2}× even with no user-space work at all.",
@@ -189,10 +194,9 @@ impl Report {
                 check(mine >= best)
             );
         }
-        if let (Some((kib, n)), Some((nginx, _))) = (
-            bg.rss_conns,
-            self.row("nginx").and_then(|r| r.rss_conns),
-        ) {
+        if let (Some((kib, n)), Some((nginx, _))) =
+            (bg.rss_conns, self.row("nginx").and_then(|r| r.rss_conns))
+        {
             let _ = writeln!(
                 o,
                 "- Memory with {n} idle keep-alive connections ≤ 1.5 × nginx's ({} MiB): {} MiB, {:.2}× — {}",
@@ -204,7 +208,10 @@ impl Report {
         }
         let sw = bg.switching.clone().unwrap_or_default();
         let _ = writeln!(o, "- Zero errors and wrong-side answers across {} switches: {} errors, {} non-2xx, {} wrong side — {}", sw.switches, sw.errors, sw.non2xx, sw.wrong_side, check(sw.errors + sw.non2xx + sw.wrong_side == 0));
-        let _ = writeln!(o, "- HTTP/2 (h2c and over TLS): see the HTTP/2 table above.");
+        let _ = writeln!(
+            o,
+            "- HTTP/2 (h2c and over TLS): see the HTTP/2 table above."
+        );
         if let Some(direct) = self.row("direct").and_then(|r| r.small.as_ref()) {
             let _ = writeln!(
                 o,
@@ -316,7 +323,9 @@ impl Report {
             for r in &self.rows {
                 if let Some((user, sys)) = r.cpu_us {
                     let large = match r.cpu_us_large {
-                        Some((u, k)) => format!("{u:.1} | {k:.1} | {:.0}", 1e6 / (u + k).max(0.001)),
+                        Some((u, k)) => {
+                            format!("{u:.1} | {k:.1} | {:.0}", 1e6 / (u + k).max(0.001))
+                        }
                         None => "- | - | -".into(),
                     };
                     let _ = writeln!(

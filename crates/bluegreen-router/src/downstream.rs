@@ -51,11 +51,11 @@ pub const MAX_HEADERS: usize = 100;
 /// nothing and one that went quiet gives its buffers back soon after.
 const LINGER: Duration = Duration::from_secs(1);
 
-/// At most this many idle connections per listener linger (16 MiB of
+/// At most this many idle connections per listener linger (4 MiB of
 /// buffers); beyond it an idle connection parks at once, as nginx does for
 /// every one. This bounds memory when thousands of clients go quiet together,
 /// which matters more then than the cost of parking.
-const MAX_LINGERING: usize = 1024;
+const MAX_LINGERING: usize = 256;
 
 /// How long an idle keep-alive connection is kept open at a drain for the
 /// client's next request.
@@ -154,23 +154,10 @@ pub async fn serve(
     let mut gate = Gate::new(stream, open, protocols.max_head, gauge.clone());
     let idle = protocols.idle_timeout;
 
-    let first = tokio::select! {
-        biased;
-        _ = drain.cancelled() => None,
-        r = tokio::time::timeout(idle, gate.sniff_preface()) => Some(r),
-    };
-    // A connection accepted just before a drain still gets its request
-    // answered (a new process may already serve the next one).
-    let first = match first {
-        Some(r) => r,
-        None if router.handed_over() => {
-            tokio::time::timeout(DRAIN_LINGER.min(idle), gate.sniff_preface()).await
-        }
-        None => return,
-    };
-    let h2 = match first {
-        Ok(Ok(h2)) => h2,
-        _ => return,
+    // Boxed: this stage's state is gone once the first bytes are known,
+    // instead of being kept in the task of every idle client.
+    let Some(h2) = Box::pin(first_bytes(&mut gate, &drain, &router, idle)).await else {
+        return;
     };
     if h2 {
         gate.allow = Allow::All;
@@ -221,11 +208,18 @@ pub async fn serve(
             return;
         }
         // None: upgraded, the tunnel owns the socket now.
-        let Some(parts) = (*conn).into_parts() else {
-            return;
+        // Out of its box, which is freed here: a parked connection keeps
+        // nothing of hyper's (the box would stay allocated until the loop
+        // turns, 750 bytes for every idle client).
+        // In a block of its own so nothing of `parts` is kept while parked.
+        let unparked = match unbox(conn).into_parts() {
+            Some(parts) => {
+                gate = parts.io.into_inner();
+                gate.unpark(parts.read_buf)
+            }
+            None => return,
         };
-        gate = parts.io.into_inner();
-        if !gate.unpark(parts.read_buf) {
+        if !unparked {
             return; // hyper closed it: the client left, or keep-alive ended
         }
         if !gate.ahead.is_empty() {
@@ -254,6 +248,41 @@ pub async fn serve(
             return;
         }
     }
+}
+
+/// Waits for the connection's first bytes: `Some(true)` for the HTTP/2
+/// preface, `Some(false)` for anything else, `None` to close it. A
+/// connection accepted just before a drain still gets its request answered
+/// (a new process may already serve the next one).
+async fn first_bytes(
+    gate: &mut Gate,
+    drain: &CancellationToken,
+    router: &crate::control::Router,
+    idle: Duration,
+) -> Option<bool> {
+    let first = tokio::select! {
+        biased;
+        _ = drain.cancelled() => None,
+        r = tokio::time::timeout(idle, gate.sniff_preface()) => Some(r),
+    };
+    let first = match first {
+        Some(r) => r,
+        None if router.handed_over() => {
+            tokio::time::timeout(DRAIN_LINGER.min(idle), gate.sniff_preface()).await
+        }
+        None => return None,
+    };
+    match first {
+        Ok(Ok(h2)) => Some(h2),
+        _ => None,
+    }
+}
+
+/// Moves a value out of its box and frees the box now (the point of taking
+/// a box).
+#[allow(clippy::boxed_local)]
+fn unbox<T>(b: Box<T>) -> T {
+    *b
 }
 
 /// How much of what the client sent hyper may have now.

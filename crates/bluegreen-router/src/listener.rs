@@ -107,13 +107,18 @@ pub async fn serve(
         let protocols = protocols.clone();
         let drain = drain.clone();
         let tls = tls.clone();
-        connections.spawn(async move {
-            match tls {
-                Some(acceptor) => crate::tls::serve(stream, acceptor, ctx, protocols, drain).await,
-                None => downstream::serve(stream, ctx, protocols, drain).await,
-            }
-            drop(permit);
-        });
+        // One task type per kind of listener: a plain connection's task must
+        // not carry room for a TLS handshake (10 KiB, for every idle client).
+        match tls {
+            Some(acceptor) => connections.spawn(async move {
+                crate::tls::serve(stream, acceptor, ctx, protocols, drain).await;
+                drop(permit);
+            }),
+            None => connections.spawn(async move {
+                downstream::serve(stream, ctx, protocols, drain).await;
+                drop(permit);
+            }),
+        };
     }
     drop(listener);
     let open = connections.len();

@@ -298,6 +298,8 @@ pub async fn start(config: Config, token: &str, process: Process) -> anyhow::Res
     // 3. Health checks start before traffic so the first results come quickly.
     let stop = CancellationToken::new();
     let health = health::spawn(&router, stop.clone());
+    // Memory freed by a burst of clients going idle goes back to the system.
+    bluegreen_router::memory::spawn_trimmer(router.clone(), stop.clone());
     // With a shared store: follow what other nodes write, report ours.
     router.spawn_cluster(stop.clone());
     // One point of live traffic per second for charts and the event stream.

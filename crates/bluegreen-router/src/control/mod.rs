@@ -471,6 +471,24 @@ impl Router {
 
     /// Open client connections of a listener, and how many of them are
     /// parked (idle keep-alive, holding no buffers).
+    /// Closes idle upstream connections unused for `age`, on both sides; how many.
+    pub fn purge_upstream_conns(&self, age: std::time::Duration) -> usize {
+        let snap = self.snapshot.load();
+        [Side::Blue, Side::Green]
+            .iter()
+            .flat_map(|&side| snap.pools[side].upstreams.iter())
+            .map(|u| u.conns.purge(age))
+            .sum()
+    }
+
+    /// Parked client connections on every listener.
+    pub fn parked_clients(&self) -> usize {
+        self.clients
+            .iter()
+            .map(|g| g.parked.load(std::sync::atomic::Ordering::Relaxed))
+            .sum()
+    }
+
     pub fn client_connections(&self, kind: ListenerKind) -> ClientCount {
         let g = &self.clients[kind as usize];
         ClientCount {

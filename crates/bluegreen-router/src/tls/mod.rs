@@ -130,8 +130,9 @@ pub async fn serve(
 ) {
     let gauge = ctx.router.clients[ctx.kind as usize].clone();
     let _open = Held::new(&gauge.open);
-    let accept = tokio::time::timeout(HANDSHAKE, acceptor.accept(stream));
-    tokio::pin!(accept);
+    // Boxed: the handshake's state is dropped once it is done, rather than
+    // kept in the task of every idle TLS client.
+    let mut accept = Box::pin(tokio::time::timeout(HANDSHAKE, acceptor.accept(stream)));
     let handshake = tokio::select! {
         r = accept.as_mut() => r,
         _ = drain.cancelled() => {

@@ -27,6 +27,11 @@ pub type Sender = http1::SendRequest<UpstreamBody>;
 const MAX_IDLE: usize = 1024;
 /// An idle connection older than this is closed instead of reused.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Idle connections unused this long are closed by [`ConnPool::purge`]
+/// (HAProxy's `pool-purge-delay`): the pool is taken from the top, so under
+/// steady load the same few stay warm and those a burst opened age out,
+/// with the ~28 KiB of buffers each holds.
+pub const PURGE_AFTER: Duration = Duration::from_secs(5);
 
 /// Why no connection could be had.
 #[derive(Debug)]
@@ -66,6 +71,22 @@ impl ConnPool {
             }
         }
         None
+    }
+
+    /// Closes the connections idle for longer than `age`; how many.
+    pub fn purge(&self, age: Duration) -> usize {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let before = idle.len();
+        // Oldest first (returned ones are pushed on top).
+        let keep_from = idle
+            .iter()
+            .position(|(s, since)| !s.is_closed() && since.elapsed() < age)
+            .unwrap_or(idle.len());
+        let gone: Vec<_> = idle.drain(..keep_from).collect();
+        drop(idle);
+        // Dropped outside the lock: each ends its connection's task.
+        drop(gone);
+        before - keep_from.min(before)
     }
 
     /// Returns a connection whose last response was read to the end.
