@@ -117,17 +117,17 @@ pub async fn serve(
     let router = ctx.router.clone();
     let _open = Held::new(&gauge.open);
     let open = Arc::new(AtomicUsize::new(0));
-    let svc = {
+    // One request's future, for either protocol.
+    let answer = {
         let open = open.clone();
         let draining = drain.clone();
-        service_fn(move |req| {
+        move |req: http::Request<hyper::body::Incoming>| {
             let ctx = ctx.clone();
             // Counted when hyper takes the request, released when hyper drops
             // the response body: the gate parks only while this is zero.
             let guard = Held::new(open.clone());
             let draining = draining.clone();
-            // Boxed: hyper keeps room for one request future per connection.
-            Box::pin(async move {
+            async move {
                 let h1 = req.version() < http::Version::HTTP_2;
                 let mut resp = request::handle(req, &ctx).await;
                 // Draining (a shutdown or a handover): the client learns
@@ -148,9 +148,15 @@ pub async fn serve(
                     body,
                     _guard: guard,
                 }))
-            })
-        })
+            }
+        }
     };
+    // HTTP/1: not boxed, hyper keeps the future in a slot it allocated once
+    // per connection (freed when it parks); a box of our own was one more
+    // allocation per request. HTTP/2: boxed, since hyper moves each stream's
+    // future into a task of its own (4 KiB copied several times otherwise:
+    // +4,500 instructions per request measured).
+    let svc = service_fn(answer.clone());
     let mut gate = Gate::new(stream, open, protocols.max_head, gauge.clone());
     let idle = protocols.idle_timeout;
 
@@ -161,6 +167,7 @@ pub async fn serve(
     };
     if h2 {
         gate.allow = Allow::All;
+        let svc = service_fn(move |req| Box::pin(answer(req)));
         let mut conn = Box::pin(protocols.http2.serve_connection(TokioIo::new(gate), svc));
         let result = tokio::select! {
             r = conn.as_mut() => r,

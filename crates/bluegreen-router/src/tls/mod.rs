@@ -166,10 +166,11 @@ pub async fn serve(
         base: Instant::now(),
         last_ms: AtomicU64::new(0),
     });
-    let svc = {
+    // One request's future; boxed for HTTP/2 only (see `downstream::serve`).
+    let answer = {
         let activity = activity.clone();
         let draining = drain.clone();
-        service_fn(move |req| {
+        move |req: http::Request<hyper::body::Incoming>| {
             let ctx = ctx.clone();
             let busy = Busy::new(&activity);
             let draining = draining.clone();
@@ -189,10 +190,11 @@ pub async fn serve(
                 }
                 Ok::<_, Infallible>(resp.map(|b| Counted::new(b, busy)))
             }
-        })
+        }
     };
     let idle = idle_out(activity, protocols.idle_timeout);
     if h2 {
+        let svc = service_fn(move |req| Box::pin(answer(req)));
         let conn = protocols.http2.serve_connection(io, svc);
         tokio::pin!(conn);
         tokio::select! {
@@ -203,7 +205,10 @@ pub async fn serve(
             }
         }
     } else {
-        let conn = protocols.http1.serve_connection(io, svc).with_upgrades();
+        let conn = protocols
+            .http1
+            .serve_connection(io, service_fn(answer))
+            .with_upgrades();
         tokio::pin!(conn);
         let draining = tokio::select! {
             _ = conn.as_mut() => return,
