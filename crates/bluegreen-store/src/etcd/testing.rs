@@ -16,11 +16,29 @@ pub struct EtcdServer {
     child: Option<Child>,
 }
 
+/// A free loopback port below the kernel's ephemeral range (32768 and up by
+/// default): a port-0 pick can become the local end of a parallel test's
+/// outgoing connection before etcd binds it. 15000..20000 is etcd's own span
+/// (the e2e support takes 20000..32000 for apps); each process starts at an
+/// offset of its own and walks on.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 15_000;
+    const SPAN: u32 = 5_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(7919) % SPAN,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..SPAN {
+        let port = (FIRST + NEXT.fetch_add(1, Ordering::Relaxed) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {FIRST}..{}", FIRST + SPAN)
 }
 
 impl EtcdServer {

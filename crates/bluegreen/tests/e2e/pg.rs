@@ -87,11 +87,7 @@ impl PgServer {
             "initdb: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = crate::support::closed_port().port();
         let log = dir.path().join("postgres.log");
         let log_file = std::fs::File::create(&log).unwrap();
         if let Some((uid, gid)) = owner {
