@@ -1,4 +1,4 @@
-//! `bluegreen-bench`: bluegreen side by side with nginx and HAProxy, in one
+//! `bluegreen-bench`: bluegreen side by side with nginx, HAProxy and Caddy, in one
 //! run on one machine, reported as ratios.
 //!
 //! What it measures, and why: users pick a router they trust to be fast, and
@@ -17,6 +17,7 @@ mod load;
 mod procs;
 mod report;
 mod restarts;
+mod scaling;
 mod tls;
 
 use anyhow::{bail, Context, Result};
@@ -115,6 +116,7 @@ fn main() -> Result<()> {
             .context("the bluegreen binary (bench/run builds it)")?,
         proxy_cpus: proxy_cpus.clone(),
         load_cpus: load_cpus.clone(),
+        workers: 1,
     };
     if !load_cpus.is_empty() {
         // This process is the load generator: keep it off the proxy's core.
@@ -159,7 +161,7 @@ fn main() -> Result<()> {
     ] {
         if only.as_deref().is_some_and(|o| o != kind.name())
             || std::env::var("BENCH_PARTS")
-                .is_ok_and(|p| p == "tls" || p == "restarts" || p == "cluster")
+                .is_ok_and(|p| ["tls", "restarts", "cluster", "workers"].contains(&p.as_str()))
         {
             continue;
         }
@@ -236,6 +238,19 @@ fn main() -> Result<()> {
         }
         drop(proxy);
         report.rows.push(row);
+    }
+    // Two workers per proxy, against the one-worker runs above.
+    if std::env::var("BENCH_PARTS").is_err()
+        || std::env::var("BENCH_PARTS").is_ok_and(|p| p == "workers")
+    {
+        report.scaled = scaling::part(
+            &env,
+            &plan,
+            cores,
+            only.as_deref(),
+            upstream.blue,
+            upstream.green,
+        )?;
     }
     // HTTPS: keep-alive, full handshakes, HTTP/2.
     if std::env::var("BENCH_PARTS").is_err()

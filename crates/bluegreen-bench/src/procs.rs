@@ -42,6 +42,8 @@ pub struct Env {
     /// `taskset -c` lists; empty when pinning is not possible.
     pub proxy_cpus: String,
     pub load_cpus: String,
+    /// Worker threads or processes per proxy (1 everywhere but the scaling part).
+    pub workers: usize,
 }
 
 /// A port nothing listens on right now.
@@ -204,6 +206,7 @@ impl Proxy {
             ("LIVE_PORT", blue.to_string()),
             ("BLUE_STATE", String::new()),
             ("GREEN_STATE", "disabled".into()),
+            ("WORKERS", env.workers.to_string()),
         ];
         let dir = env.dir.display().to_string();
         let child = match kind {
@@ -214,8 +217,8 @@ impl Proxy {
                     pinned(&env.proxy_cpus, "caddy")
                         .args(["run", "--config"])
                         .arg(&conf)
-                        // One OS thread running Go code, like one worker.
-                        .env("GOMAXPROCS", "1")
+                        // OS threads running Go code at once: one per worker.
+                        .env("GOMAXPROCS", env.workers.to_string())
                         .env("XDG_DATA_HOME", env.dir.join("caddy-data"))
                         .env("XDG_CONFIG_HOME", env.dir.join("caddy-config"))
                         .stdout(Stdio::null())

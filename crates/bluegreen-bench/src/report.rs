@@ -65,6 +65,8 @@ pub struct Report {
     pub restarts: Vec<crate::restarts::Restarts>,
     /// Several nodes on etcd, one row per cluster size.
     pub cluster: Vec<crate::cluster::Convergence>,
+    /// Each proxy with two workers.
+    pub scaled: Vec<crate::scaling::Scaled>,
     quick: bool,
     cores: usize,
     proxy_cpus: String,
@@ -116,6 +118,7 @@ impl Report {
             rows: Vec::new(),
             restarts: Vec::new(),
             cluster: Vec::new(),
+            scaled: Vec::new(),
             quick: *quick,
             cores,
             proxy_cpus: proxy_cpus.into(),
@@ -437,6 +440,7 @@ impl Report {
             }
         }
 
+        crate::scaling::render(&mut o, &self.rows, &self.scaled, self.conns);
         crate::h2::render(&mut o, &self.rows);
         crate::tls::render(&mut o, &self.rows);
         crate::restarts::render(&mut o, &self.restarts);

@@ -25,10 +25,13 @@ pub struct Measured {
 }
 
 /// Writes `tls.crt`, `tls.key` and `tls.pem` (both, for HAProxy) in the
-/// bench dir: one self-signed certificate for `localhost`.
+/// bench dir: one self-signed certificate for `localhost` and `127.0.0.1`
+/// (wrk sends the IP address as SNI, and Caddy picks certificates by SNI).
 pub fn certificate(env: &Env) -> Result<()> {
     let key = rcgen::KeyPair::generate()?;
-    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])?.self_signed(&key)?;
+    let cert =
+        rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])?
+            .self_signed(&key)?;
     let (c, k) = (cert.pem(), key.serialize_pem());
     std::fs::write(env.dir.join("tls.crt"), &c)?;
     std::fs::write(env.dir.join("tls.key"), &k)?;

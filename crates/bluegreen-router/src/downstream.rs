@@ -395,10 +395,16 @@ impl Gate {
     /// wakes the task to ask again.
     fn linger_over(&mut self, cx: &mut Context<'_>) -> bool {
         if !self.lingering {
-            if self.gauge.lingering.load(Ordering::Relaxed) >= MAX_LINGERING {
+            // One step, so that workers racing here cannot pass the cap.
+            let room =
+                self.gauge
+                    .lingering
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                        (n < MAX_LINGERING).then_some(n + 1)
+                    });
+            if room.is_err() {
                 return true;
             }
-            self.gauge.lingering.fetch_add(1, Ordering::Relaxed);
             self.lingering = true;
             let deadline = tokio::time::Instant::now() + LINGER;
             match &mut self.linger {

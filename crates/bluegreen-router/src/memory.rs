@@ -46,15 +46,19 @@ pub fn spawn_trimmer(router: Arc<Router>, stop: CancellationToken) -> tokio::tas
             let parked = router.parked_clients();
             // Settled (no longer growing) and well above the last trim, or
             // many upstream connections (and their buffers) just closed.
-            if (parked >= trimmed_at + BURST && parked <= last) || closed >= BURST / 4 {
-                trimmed_at = parked;
+            let burst = parked >= trimmed_at + BURST && parked <= last;
+            if burst || closed >= BURST / 4 {
+                if burst {
+                    trimmed_at = parked;
+                }
                 let released = tokio::task::spawn_blocking(release_free_memory)
                     .await
                     .unwrap_or(false);
                 tracing::debug!(
                     parked,
+                    closed,
                     released,
-                    "gave freed memory back after a burst of idle clients"
+                    "gave freed memory back after a burst of idle clients or closed upstream connections"
                 );
             }
             // Fewer parked now: the next burst is measured from here.

@@ -150,9 +150,21 @@ async fn send_with_retries(
                 upstream.answered(resp.status().as_u16());
                 return Ok((resp, sender, guard));
             }
-            Err(SendError::Connect(reason, back)) => {
+            Err(e @ (SendError::Connect(..) | SendError::Closed(..))) => {
+                // Nothing was sent: the request comes back and may go to the
+                // next upstream. One that refused or could not be reached is
+                // down until its checks pass; one that took the connection
+                // and closed it (at its limit, shutting down) is not.
+                let (reason, back, refused) = match e {
+                    SendError::Connect(reason, back) => (reason, back, true),
+                    SendError::Closed(reason, back) => (reason, back, false),
+                    _ => unreachable!("matched above"),
+                };
                 upstream.failed();
-                if let Some(h) = upstream.mark_down(reason.clone()) {
+                if let Some(h) = refused
+                    .then(|| upstream.mark_down(reason.clone()))
+                    .flatten()
+                {
                     router.events.emit(crate::events::Event::Health {
                         side: pool.side,
                         upstream: upstream.address.clone(),

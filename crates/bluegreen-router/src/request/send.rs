@@ -21,6 +21,10 @@ pub type BodySent = Option<(oneshot::Receiver<()>, Arc<Upload>)>;
 pub enum SendError {
     /// Nothing was sent: no connection could be opened. The request comes back.
     Connect(String, Box<Request<UpstreamBody>>),
+    /// Nothing was sent: a new connection opened and closed before the
+    /// request was written (an upstream at its connection limit or shutting
+    /// down). The request comes back; the upstream is not marked down for it.
+    Closed(String, Box<Request<UpstreamBody>>),
     /// The client's body broke or stalled while it was being sent.
     Client(ClientBodyError),
     /// Sent, and then the connection failed.
@@ -40,6 +44,7 @@ pub(crate) async fn send_upstream(
         .await
         .map_err(|e| match e {
             SendError::Connect(r, _) => format!("connect failed: {r}"),
+            SendError::Closed(r, _) => format!("connection closed before the request: {r}"),
             SendError::Client(e) => e.to_string(),
             SendError::Upstream(r) => r,
             SendError::Timeout => "timed out".into(),
@@ -93,7 +98,7 @@ pub async fn send(
                 // A new connection that failed before anything was written:
                 // nothing was sent, so the request may go elsewhere.
                 Some(back) => {
-                    return Err(SendError::Connect(error_chain(e.error()), Box::new(back)))
+                    return Err(SendError::Closed(error_chain(e.error()), Box::new(back)))
                 }
                 None => return Err(classify(e.error())),
             },

@@ -130,18 +130,21 @@ pub async fn serve(
 ) {
     let gauge = ctx.router.clients[ctx.kind as usize].clone();
     let _open = Held::new(&gauge.open);
-    // Boxed: the handshake's state is dropped once it is done, rather than
-    // kept in the task of every idle TLS client.
-    let mut accept = Box::pin(tokio::time::timeout(HANDSHAKE, acceptor.accept(stream)));
-    let handshake = tokio::select! {
-        r = accept.as_mut() => r,
-        _ = drain.cancelled() => {
-            // After a handover, a handshake in progress still completes
-            // and its request is answered (with `Connection: close`).
-            if !ctx.router.handed_over() {
-                return;
+    // Boxed, in a block of its own: the handshake's state (and its timer)
+    // is freed once it is done, rather than kept in the task of every idle
+    // TLS client (a local lives to the end of its scope in an async fn).
+    let handshake = {
+        let mut accept = Box::pin(tokio::time::timeout(HANDSHAKE, acceptor.accept(stream)));
+        tokio::select! {
+            r = accept.as_mut() => r,
+            _ = drain.cancelled() => {
+                // After a handover, a handshake in progress still completes
+                // and its request is answered (with `Connection: close`).
+                if !ctx.router.handed_over() {
+                    return;
+                }
+                accept.await
             }
-            accept.await
         }
     };
     let tls = match handshake {

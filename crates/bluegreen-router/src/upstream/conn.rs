@@ -76,7 +76,6 @@ impl ConnPool {
     /// Closes the connections idle for longer than `age`; how many.
     pub fn purge(&self, age: Duration) -> usize {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let before = idle.len();
         // Oldest first (returned ones are pushed on top).
         let keep_from = idle
             .iter()
@@ -86,7 +85,7 @@ impl ConnPool {
         drop(idle);
         // Dropped outside the lock: each ends its connection's task.
         drop(gone);
-        before - keep_from.min(before)
+        keep_from
     }
 
     /// Returns a connection whose last response was read to the end.
@@ -147,4 +146,39 @@ where
         }
     });
     Ok(sender)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `purge` says how many it closed (the trimmer decides on that number).
+    #[tokio::test]
+    async fn purge_closes_the_old_and_counts_them() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let held = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = listener.accept().await {
+                held.push(s);
+            }
+        });
+        let pool = ConnPool::default();
+        for _ in 0..3 {
+            let s = connect(&address, Duration::from_secs(5), None)
+                .await
+                .unwrap();
+            pool.put(s);
+        }
+        assert_eq!(pool.purge(Duration::from_secs(3600)), 0, "none is old");
+        assert_eq!(pool.purge(Duration::ZERO), 3, "all are older than zero");
+        assert!(pool.take().is_none(), "the purged are gone");
+        let s = connect(&address, Duration::from_secs(5), None)
+            .await
+            .unwrap();
+        pool.put(s);
+        assert_eq!(pool.purge(Duration::from_secs(3600)), 0);
+        assert!(pool.take().is_some(), "a young one stays");
+        held.abort();
+    }
 }
