@@ -6,6 +6,7 @@ use crate::procs::{Env, Proxy};
 use crate::report::Row;
 use anyhow::{bail, Context, Result};
 use std::fmt::Write;
+use std::path::Path;
 use std::process::Command;
 
 /// Connections and streams per connection (the issue's `-c 16 -m 16`).
@@ -26,11 +27,7 @@ pub struct H2Run {
 
 impl H2Run {
     pub fn per_cpu(&self) -> f64 {
-        if self.cpu <= 0.0 {
-            0.0
-        } else {
-            self.rps * self.secs as f64 / self.cpu
-        }
+        crate::tls::per_cpu(self.rps, self.secs, self.cpu)
     }
 }
 
@@ -58,45 +55,9 @@ pub fn measure(env: &Env, proxy: &Proxy, secs: u64) -> H2 {
 fn run(env: &Env, proxy: &Proxy, url: &str, secs: u64) -> Result<H2Run> {
     let log = env.dir.join("h2load.log");
     let _ = std::fs::remove_file(&log);
-    let mut args: Vec<String> = vec![
-        "h2load".into(),
-        "-c".into(),
-        CONNS.to_string(),
-        "-m".into(),
-        STREAMS.to_string(),
-        "-D".into(),
-        secs.to_string(),
-        format!("--log-file={}", log.display()),
-        url.into(),
-    ];
-    if !env.load_cpus.is_empty() {
-        args.splice(
-            0..0,
-            ["taskset".to_string(), "-c".into(), env.load_cpus.clone()],
-        );
-    }
     let (u0, s0) = proxy.cpu_ticks_split();
-    let out = Command::new(&args[0])
-        .args(&args[1..])
-        .output()
-        .context("running h2load (bench/run installs nghttp2-client)")?;
+    let (rps, failed) = h2load(env, url, secs, CONNS, STREAMS, Some(&log))?;
     let (u1, s1) = proxy.cpu_ticks_split();
-    let text = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() {
-        bail!("h2load failed: {text}");
-    }
-    let rps = text
-        .lines()
-        .find_map(|l| l.strip_prefix("finished in "))
-        .and_then(|l| l.split(", ").nth(1))
-        .and_then(|v| v.trim_end_matches(" req/s").parse::<f64>().ok())
-        .with_context(|| format!("h2load printed no rate: {text}"))?;
-    let failed = text
-        .lines()
-        .find_map(|l| l.strip_prefix("requests: "))
-        .and_then(|l| l.split(", ").find(|p| p.ends_with(" failed")))
-        .and_then(|p| p.trim_end_matches(" failed").parse().ok())
-        .unwrap_or(0);
     // Tab-separated: start (µs since the epoch), status, µs to the end of the response.
     let mut lat: Vec<u64> = std::fs::read_to_string(&log)
         .unwrap_or_default()
@@ -117,6 +78,59 @@ fn run(env: &Env, proxy: &Proxy, url: &str, secs: u64) -> Result<H2Run> {
         p50_us: pct(0.50),
         p99_us: pct(0.99),
     })
+}
+
+/// h2load on the load cores for `secs`, `conns` connections with `streams`
+/// each, its per-request log to `log`: (req/s, failed requests).
+pub fn h2load(
+    env: &Env,
+    url: &str,
+    secs: u64,
+    conns: usize,
+    streams: usize,
+    log: Option<&Path>,
+) -> Result<(f64, u64)> {
+    let mut args: Vec<String> = vec![
+        "h2load".into(),
+        "-c".into(),
+        conns.to_string(),
+        "-m".into(),
+        streams.to_string(),
+        "-D".into(),
+        secs.to_string(),
+    ];
+    if let Some(log) = log {
+        args.push(format!("--log-file={}", log.display()));
+    }
+    args.push(url.into());
+    if !env.load_cpus.is_empty() {
+        args.splice(
+            0..0,
+            ["taskset".to_string(), "-c".into(), env.load_cpus.clone()],
+        );
+    }
+    let out = Command::new(&args[0])
+        .args(&args[1..])
+        .output()
+        .context("running h2load (bench/run installs nghttp2-client)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!("h2load failed: {text}");
+    }
+    let rps = text
+        .lines()
+        .find_map(|l| l.strip_prefix("finished in "))
+        .and_then(|l| l.split(", ").nth(1))
+        .and_then(|v| v.trim_end_matches(" req/s").parse::<f64>().ok())
+        .with_context(|| format!("h2load printed no rate: {text}"))?;
+    // "requests: N total, N started, N done, N succeeded, N failed, N errored, N timeout"
+    let failed = text
+        .lines()
+        .find_map(|l| l.strip_prefix("requests: "))
+        .and_then(|l| l.split(", ").find(|p| p.ends_with(" failed")))
+        .and_then(|p| p.trim_end_matches(" failed").parse().ok())
+        .unwrap_or(0);
+    Ok((rps, failed))
 }
 
 /// The HTTP/2 table and its target.

@@ -7,9 +7,8 @@
 use crate::procs::{Env, Proxy};
 use crate::report::Row;
 use crate::{wrk_url, Wrk};
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use std::fmt::Write;
-use std::process::Command;
 
 /// What one proxy did over HTTPS.
 pub struct Measured {
@@ -55,7 +54,9 @@ pub fn measure(env: &Env, proxy: &Proxy, secs: u64, conns: usize) -> Result<Meas
     let (handshakes, handshake_cpu) = charged(proxy, || {
         wrk_url(env, &url, secs, conns, &["-H", "Connection: close"])
     })?;
-    let (h2, h2_cpu) = match charged(proxy, || h2load(env, &url, secs, conns)) {
+    // 10 streams per connection.
+    let h2 = || crate::h2::h2load(env, &url, secs, conns, 10, None);
+    let (h2, h2_cpu) = match charged(proxy, h2) {
         Ok((r, cpu)) => (Some(r), cpu),
         Err(e) => {
             eprintln!("h2load: {e:#}");
@@ -73,49 +74,8 @@ pub fn measure(env: &Env, proxy: &Proxy, secs: u64, conns: usize) -> Result<Meas
     })
 }
 
-/// h2load for `secs` over `conns` connections, 10 streams each: (req/s, failed).
-fn h2load(env: &Env, url: &str, secs: u64, conns: usize) -> Result<(f64, u64)> {
-    let mut args: Vec<String> = vec![
-        "h2load".into(),
-        "-c".into(),
-        conns.to_string(),
-        "-m".into(),
-        "10".into(),
-        "-D".into(),
-        secs.to_string(),
-        url.into(),
-    ];
-    if !env.load_cpus.is_empty() {
-        args.splice(
-            0..0,
-            ["taskset".to_string(), "-c".into(), env.load_cpus.clone()],
-        );
-    }
-    let out = Command::new(&args[0])
-        .args(&args[1..])
-        .output()
-        .context("running h2load (bench/run installs nghttp2-client)")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let rps = text
-        .lines()
-        .find_map(|l| l.strip_prefix("finished in "))
-        .and_then(|l| l.split(", ").nth(1))
-        .and_then(|v| v.trim_end_matches(" req/s").parse::<f64>().ok())
-        .with_context(|| format!("h2load printed no rate: {text}"))?;
-    // "requests: N total, N started, N done, N succeeded, N failed, N errored, N timeout"
-    let failed = text
-        .lines()
-        .find_map(|l| l.strip_prefix("requests: "))
-        .and_then(|l| l.split(", ").find(|p| p.ends_with(" failed")))
-        .and_then(|p| p.trim_end_matches(" failed").parse().ok())
-        .unwrap_or(0);
-    if !out.status.success() {
-        bail!("h2load failed: {text}");
-    }
-    Ok((rps, failed))
-}
-
-fn per_cpu(rps: f64, secs: u64, cpu: f64) -> f64 {
+/// Requests per CPU-second of a run of `secs` at `rps` that cost `cpu` seconds.
+pub(crate) fn per_cpu(rps: f64, secs: u64, cpu: f64) -> f64 {
     if cpu <= 0.0 {
         0.0
     } else {

@@ -57,28 +57,17 @@ async fn apply(
     let workdir = p.config().workdir.clone();
     match &config.runner {
         MigrationRunner::Database { .. } => {
-            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-            let forward = {
-                let p = p.clone();
-                tokio::spawn(async move {
-                    while let Some(line) = rx.recv().await {
-                        log(&p, format!("expand: {line}")).await;
-                    }
-                })
-            };
+            let lines = LineLog::start(p, "expand: ");
             let result = migrate::expand(
                 config,
                 &workdir,
                 &d.version,
                 inherits(p, d).await,
                 &handle.abort,
-                |l| {
-                    let _ = tx.send(l);
-                },
+                lines.sink(),
             )
             .await;
-            drop(tx);
-            let _ = forward.await;
+            lines.finish().await;
             let done = result?;
             mark(p, done.contract.clone()).await?;
             let contract = if done.contract.is_empty() {

@@ -51,28 +51,17 @@ impl<'a> HookCall<'a> {
             ("BLUEGREEN_UPSTREAMS".into(), upstreams),
         ];
         env.extend(self.env.iter().map(|(k, v)| (k.clone(), v.clone())));
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-        let forward = {
-            let p = p.clone();
-            tokio::spawn(async move {
-                while let Some(line) = rx.recv().await {
-                    log(&p, format!("| {line}")).await;
-                }
-            })
-        };
+        let lines = LineLog::start(p, "| ");
         let result = command::run(
             &self.argv,
             &p.config().workdir,
             &env,
             self.limit,
             cancel,
-            |l| {
-                let _ = tx.send(l);
-            },
+            lines.sink(),
         )
         .await;
-        drop(tx);
-        let _ = forward.await;
+        lines.finish().await;
         result
     }
 }

@@ -149,6 +149,39 @@ async fn log(p: &Pipeline, text: String) {
     touch(p, |d| d.log(text, now_ms())).await;
 }
 
+/// Output lines of a hook or a migration, forwarded in order into the
+/// deploy's log (with `prefix`) while the work runs.
+struct LineLog {
+    tx: tokio::sync::mpsc::UnboundedSender<String>,
+    forward: tokio::task::JoinHandle<()>,
+}
+
+impl LineLog {
+    fn start(p: &Arc<Pipeline>, prefix: &'static str) -> LineLog {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let p = p.clone();
+        let forward = tokio::spawn(async move {
+            while let Some(line) = rx.recv().await {
+                log(&p, format!("{prefix}{line}")).await;
+            }
+        });
+        LineLog { tx, forward }
+    }
+
+    /// Where the work sends its lines.
+    fn sink(&self) -> impl Fn(String) + '_ {
+        |line| {
+            let _ = self.tx.send(line);
+        }
+    }
+
+    /// Waits until every line sent is in the log.
+    async fn finish(self) {
+        drop(self.tx);
+        let _ = self.forward.await;
+    }
+}
+
 async fn note(p: &Pipeline, step: Step, text: String) {
     touch(p, |d| d.note(step, text)).await;
 }

@@ -16,29 +16,53 @@ pub struct EtcdServer {
     child: Option<Child>,
 }
 
-/// A free loopback port below the kernel's ephemeral range (32768 and up by
-/// default): a port-0 pick can become the local end of a parallel test's
-/// outgoing connection before etcd binds it. 15000..20000 is etcd's own span
-/// (the e2e support takes 20000..32000 for apps); each process starts at an
-/// offset of its own and walks on.
-fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    const FIRST: u32 = 15_000;
-    const SPAN: u32 = 5_000;
-    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
-    let _ = NEXT.compare_exchange(
-        u32::MAX,
-        std::process::id().wrapping_mul(7919) % SPAN,
-        Ordering::Relaxed,
-        Ordering::Relaxed,
-    );
-    for _ in 0..SPAN {
-        let port = (FIRST + NEXT.fetch_add(1, Ordering::Relaxed) % SPAN) as u16;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
+/// Free loopback ports from a span below the kernel's ephemeral range
+/// (32768 and up by default): a port-0 pick can become the local end of a
+/// parallel test's outgoing connection before the server meant for it binds
+/// it ("Address already in use"). Each process starts at an offset of its
+/// own (by pid) and walks on, skipping ports something holds. Spans that
+/// are used together must not overlap.
+pub struct PortSpan {
+    first: u32,
+    span: u32,
+    next: std::sync::atomic::AtomicU32,
+}
+
+impl PortSpan {
+    pub const fn new(first: u16, span: u16) -> PortSpan {
+        PortSpan {
+            first: first as u32,
+            span: span as u32,
+            next: std::sync::atomic::AtomicU32::new(u32::MAX),
         }
     }
-    panic!("no free loopback port in {FIRST}..{}", FIRST + SPAN)
+
+    /// A port nothing listens on right now.
+    pub fn take(&self) -> u16 {
+        use std::sync::atomic::Ordering::Relaxed;
+        let start = std::process::id().wrapping_mul(7919) % self.span;
+        let _ = self
+            .next
+            .compare_exchange(u32::MAX, start, Relaxed, Relaxed);
+        for _ in 0..self.span {
+            let port = (self.first + self.next.fetch_add(1, Relaxed) % self.span) as u16;
+            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+        panic!(
+            "no free loopback port in {}..{}",
+            self.first,
+            self.first + self.span
+        )
+    }
+}
+
+/// etcd's own span (the e2e support takes 20000..32000 for apps).
+static ETCD_PORTS: PortSpan = PortSpan::new(15_000, 5_000);
+
+fn free_port() -> u16 {
+    ETCD_PORTS.take()
 }
 
 impl EtcdServer {

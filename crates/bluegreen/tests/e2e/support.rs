@@ -781,31 +781,13 @@ pub async fn get(
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
-/// An address where nothing listens (bound, then closed).
-///
-/// Taken below the kernel's ephemeral range (32768 and up by default), not
-/// with port 0: a port from that range can become the local end of any
-/// parallel test's outgoing connection between now and the app's bind, which
-/// made "Address already in use" flakes. Each test binary starts at its own
-/// offset (by pid) and walks on, skipping ports something holds.
+/// An address where nothing listens (bound, then closed), for an app the
+/// router starts later: from a span below the kernel's ephemeral range (see
+/// `PortSpan`), apart from etcd's.
 pub fn closed_port() -> SocketAddr {
-    use std::sync::atomic::AtomicU32;
-    const FIRST: u32 = 20_000;
-    const SPAN: u32 = 12_000;
-    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
-    let _ = NEXT.compare_exchange(
-        u32::MAX,
-        std::process::id().wrapping_mul(7919) % SPAN,
-        Ordering::Relaxed,
-        Ordering::Relaxed,
-    );
-    for _ in 0..SPAN {
-        let port = FIRST + NEXT.fetch_add(1, Ordering::Relaxed) % SPAN;
-        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port as u16)) {
-            return l.local_addr().unwrap();
-        }
-    }
-    panic!("no free loopback port in {FIRST}..{}", FIRST + SPAN)
+    static APP_PORTS: bluegreen_store::etcd::testing::PortSpan =
+        bluegreen_store::etcd::testing::PortSpan::new(20_000, 12_000);
+    SocketAddr::from(([127, 0, 0, 1], APP_PORTS.take()))
 }
 
 /// Runs curl with args; returns (exit code, stdout).
