@@ -82,21 +82,33 @@ fn load(
                         return;
                     }
                     let body = format!("client {i} request {n}");
-                    let (req, want) = if n % 2 == 0 {
-                        let req = http::Request::post(format!("{base}/echo?c={i}&n={n}"))
-                            .header("x-test", format!("{i}-{n}"))
-                            .body(Full::new(bytes::Bytes::from(body.clone())))
-                            .unwrap();
-                        (req, format!("blue:{body}"))
-                    } else {
-                        let req = http::Request::get(format!("{base}/page/{n}?c={i}"))
-                            .body(Full::new(bytes::Bytes::new()))
-                            .unwrap();
-                        (req, "blue".to_string())
+                    let make = || {
+                        if n % 2 == 0 {
+                            let req = http::Request::post(format!("{base}/echo?c={i}&n={n}"))
+                                .header("x-test", format!("{i}-{n}"))
+                                .body(Full::new(bytes::Bytes::from(body.clone())))
+                                .unwrap();
+                            (req, format!("blue:{body}"))
+                        } else {
+                            let req = http::Request::get(format!("{base}/page/{n}?c={i}"))
+                                .body(Full::new(bytes::Bytes::new()))
+                                .unwrap();
+                            (req, "blue".to_string())
+                        }
                     };
-                    let got =
-                        match tokio::time::timeout(Duration::from_secs(10), client.request(req))
-                            .await
+                    let mut got = Err("not sent".to_string());
+                    // An HTTP/2 request refused by a GOAWAY (a draining
+                    // process's, or one that reached hyper's pool just as
+                    // the connection got it) was not processed and is
+                    // retried, as browsers do (RFC 9113 §6.8); hyper's
+                    // client cannot hand it back itself. Once only.
+                    for attempt in 0..2 {
+                        let (req, want) = make();
+                        got = match tokio::time::timeout(
+                            Duration::from_secs(10),
+                            client.request(req),
+                        )
+                        .await
                         {
                             Err(_) => Err("timed out".to_string()),
                             Ok(Err(e)) => Err(format!("{e:?}")),
@@ -109,6 +121,13 @@ fn load(
                                 }
                             }
                         };
+                        let unprocessed = matches!(&got, Err(e)
+                            if h2 && e.contains("GoAway(") && e.contains("NO_ERROR, Remote"));
+                        if attempt == 0 && unprocessed {
+                            continue;
+                        }
+                        break;
+                    }
                     outcomes.lock().unwrap().push(got);
                 }
             })
