@@ -65,6 +65,12 @@ impl HealthCounter {
         self.fall = fall.max(1);
     }
 
+    /// Consecutive failures that mark an upstream down (checks, or requests
+    /// it took and did not answer).
+    pub fn fall(&self) -> u32 {
+        self.fall
+    }
+
     /// Current belief.
     pub fn state(&self) -> Health {
         self.state

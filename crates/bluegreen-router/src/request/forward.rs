@@ -114,9 +114,19 @@ pub async fn forward(
     )
 }
 
-/// Picks an upstream and sends. A connect failure sent nothing, so the very
-/// same request (head, extensions and body untouched) goes to another
-/// upstream of the side, up to `retries` times; the dead one is marked down.
+/// Picks an upstream and sends, and sends again where that is safe:
+/// - a connect failure sent nothing, so the very same request (head,
+///   extensions and body untouched) goes to another upstream of the side, up
+///   to `retries` times; one that refused is marked down;
+/// - an idempotent request (RFC 9110 §9.2.2) whose body is in memory, sent
+///   and then met by a close or reset before any response head, goes once
+///   more: to another upstream, or the same one when it has no other (nginx's
+///   `proxy_next_upstream error`, HAProxy's `retry-on empty-response`);
+/// - nothing else is sent twice: not a request whose body was streamed, not
+///   a POST or PATCH, not after a timeout or a malformed answer.
+///
+/// Requests an upstream took and did not answer count towards marking it
+/// down (passive health).
 async fn send_with_retries(
     mut req: Request<UpstreamBody>,
     route: &Route,
@@ -130,8 +140,15 @@ async fn send_with_retries(
     let mut tried: crate::upstream::pool::Tried = 0;
     let mut attempt = 0;
     let mut last_refused = None;
+    // Taken before the first send, which consumes the request.
+    let mut replay = if settings.retries > 0 {
+        Replay::of(&req)
+    } else {
+        None
+    };
+    let mut same_again = None;
     loop {
-        let Some(idx) = pool.pick(tried, !preview) else {
+        let Some(idx) = pool.pick(tried, !preview).or(same_again.take()) else {
             return Err(last_refused.unwrap_or(ProxyError::NoUpstream {
                 side: pool.side,
                 role: if preview { "preview" } else { "live" },
@@ -145,6 +162,17 @@ async fn send_with_retries(
         }
         let guard = InFlight::begin(upstream.clone(), route.epoch.clone());
         let failed = |reason| (upstream.address.clone(), pool.side, reason);
+        let health_flipped = |h: Option<bluegreen_core::health::Health>, reason: &str| {
+            if let Some(h) = h {
+                router.events.emit(crate::events::Event::Health {
+                    side: pool.side,
+                    upstream: upstream.address.clone(),
+                    health: h,
+                    reason: upstream.last_error(),
+                });
+                tracing::warn!(side = %pool.side, upstream = %upstream.address, %reason, "upstream marked unhealthy by failed requests");
+            }
+        };
         match send(&upstream, req, limits, body_sent).await {
             Ok((resp, sender)) => {
                 upstream.answered(resp.status().as_u16());
@@ -154,24 +182,18 @@ async fn send_with_retries(
                 // Nothing was sent: the request comes back and may go to the
                 // next upstream. One that refused or could not be reached is
                 // down until its checks pass; one that took the connection
-                // and closed it (at its limit, shutting down) is not.
+                // and closed it (at its limit, shutting down) counts towards
+                // passive marking.
                 let (reason, back, refused) = match e {
                     SendError::Connect(reason, back) => (reason, back, true),
                     SendError::Closed(reason, back) => (reason, back, false),
                     _ => unreachable!("matched above"),
                 };
-                upstream.failed();
-                if let Some(h) = refused
-                    .then(|| upstream.mark_down(reason.clone()))
-                    .flatten()
-                {
-                    router.events.emit(crate::events::Event::Health {
-                        side: pool.side,
-                        upstream: upstream.address.clone(),
-                        health: h,
-                        reason: Some(reason.clone()),
-                    });
-                    tracing::warn!(side = %pool.side, upstream = %upstream.address, %reason, "upstream marked unhealthy after a failed connect");
+                if refused {
+                    upstream.failed();
+                    health_flipped(upstream.mark_down(reason.clone()), &reason);
+                } else {
+                    health_flipped(upstream.failed_request(&reason), &reason);
                 }
                 let (upstream, side, reason) = failed(reason);
                 let err = ProxyError::Connect {
@@ -187,6 +209,24 @@ async fn send_with_retries(
                 req = *back;
             }
             Err(SendError::Client(e)) => return Err(ProxyError::ClientBody(e)),
+            Err(SendError::Empty(reason)) => {
+                health_flipped(upstream.failed_request(&reason), &reason);
+                let again = replay.take().filter(|_| attempt < settings.retries);
+                let Some(again) = again else {
+                    let (upstream, side, reason) = failed(reason);
+                    return Err(ProxyError::Upstream {
+                        upstream,
+                        side,
+                        reason,
+                    });
+                };
+                tracing::debug!(side = %pool.side, upstream = %upstream.address, %reason, "an idempotent request got no answer: sent once more");
+                attempt += 1;
+                req = again.into_request();
+                if upstream.routable() {
+                    same_again = Some(idx);
+                }
+            }
             Err(SendError::Upstream(reason)) => {
                 upstream.failed();
                 let (upstream, side, reason) = failed(reason);
@@ -197,7 +237,8 @@ async fn send_with_retries(
                 });
             }
             Err(SendError::Timeout) => {
-                upstream.failed();
+                let reason = format!("no response head within {:?}", settings.upstream_timeout);
+                health_flipped(upstream.failed_request(&reason), &reason);
                 return Err(ProxyError::Timeout {
                     upstream: upstream.address.clone(),
                     side: pool.side,
@@ -205,5 +246,43 @@ async fn send_with_retries(
                 });
             }
         }
+    }
+}
+
+/// A copy of a request that may be sent again after its upstream closed
+/// without answering: idempotent, with its body in memory (empty, or read
+/// whole for a tap). A streamed body is gone once sent, so it never is.
+struct Replay {
+    method: http::Method,
+    uri: http::Uri,
+    version: http::Version,
+    headers: http::HeaderMap,
+    body: Full<Bytes>,
+}
+
+impl Replay {
+    fn of(req: &Request<UpstreamBody>) -> Option<Replay> {
+        if !req.method().is_idempotent() {
+            return None;
+        }
+        let Either::Right(body) = req.body() else {
+            return None;
+        };
+        Some(Replay {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            version: req.version(),
+            headers: req.headers().clone(),
+            body: body.clone(),
+        })
+    }
+
+    fn into_request(self) -> Request<UpstreamBody> {
+        let mut req = Request::new(Either::Right(self.body));
+        *req.method_mut() = self.method;
+        *req.uri_mut() = self.uri;
+        *req.version_mut() = self.version;
+        *req.headers_mut() = self.headers;
+        req
     }
 }

@@ -57,6 +57,11 @@ pub fn respond(
         ));
         return Ok(resp.map(|_| ResponseBody::empty()));
     }
+    // We speak our own HTTP version to the client (RFC 9110 §6.2): an
+    // upstream's HTTP/1.0 must not make a 1.1 client's answer 1.0, nor close
+    // its keep-alive connection. hyper answers a 1.0 client in 1.0 anyway,
+    // and frames a body without a length (close-delimited upstream) chunked.
+    *resp.version_mut() = http::Version::HTTP_11;
     // An upstream that sent both framings is read as chunked (RFC 9112
     // §6.3); its stale length must not reach the client.
     if resp.headers().contains_key(header::TRANSFER_ENCODING) {

@@ -27,7 +27,10 @@ pub enum SendError {
     Closed(String, Box<Request<UpstreamBody>>),
     /// The client's body broke or stalled while it was being sent.
     Client(ClientBodyError),
-    /// Sent, and then the connection failed.
+    /// Sent, and then the connection closed or was reset before a complete
+    /// response head came back: an idempotent request may go again.
+    Empty(String),
+    /// Sent, and then the connection failed otherwise (a malformed answer).
     Upstream(String),
     /// No response head within the upstream timeout of the request being sent.
     Timeout,
@@ -46,7 +49,7 @@ pub(crate) async fn send_upstream(
             SendError::Connect(r, _) => format!("connect failed: {r}"),
             SendError::Closed(r, _) => format!("connection closed before the request: {r}"),
             SendError::Client(e) => e.to_string(),
-            SendError::Upstream(r) => r,
+            SendError::Empty(r) | SendError::Upstream(r) => r,
             SendError::Timeout => "timed out".into(),
         })
 }
@@ -133,10 +136,36 @@ async fn answer<F: Future>(fut: F, body_sent: &mut BodySent, limit: Duration) ->
     tokio::time::timeout(limit, fut).await.ok()
 }
 
-/// A send that failed because of the client's body is the client's fault.
+/// A send that failed because of the client's body is the client's fault;
+/// a connection that ended (closed, reset, broken pipe) before an answer is
+/// told apart from an answer that could not be read.
 fn classify(e: &hyper::Error) -> SendError {
-    match ClientBodyError::find(e) {
-        Some(c) => SendError::Client(c),
-        None => SendError::Upstream(error_chain(e)),
+    if let Some(c) = ClientBodyError::find(e) {
+        return SendError::Client(c);
     }
+    if ended_without_answer(e) {
+        SendError::Empty(error_chain(e))
+    } else {
+        SendError::Upstream(error_chain(e))
+    }
+}
+
+/// True when the upstream's connection ended before a response head: hyper's
+/// incomplete message, or a reset, abort or broken pipe underneath.
+fn ended_without_answer(e: &hyper::Error) -> bool {
+    use std::io::ErrorKind::*;
+    if e.is_incomplete_message() {
+        return true;
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof
+            );
+        }
+        source = s.source();
+    }
+    false
 }

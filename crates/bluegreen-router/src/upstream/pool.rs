@@ -8,7 +8,7 @@ use bluegreen_core::config::Balance;
 use bluegreen_core::health::{Health, HealthCounter};
 use bluegreen_core::Side;
 use http::uri::Authority;
-use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio_util::sync::CancellationToken;
 
@@ -34,6 +34,8 @@ pub struct Upstream {
     answered: [AtomicU64; 6],
     /// Requests that got no answer: connect errors, resets, timeouts.
     failures: AtomicU64,
+    /// Requests in a row it took and did not answer (passive health).
+    failing_run: AtomicU32,
     /// Cancelled when a reload removes it: its health checks stop (the
     /// requests still using it finish).
     pub retired: CancellationToken,
@@ -63,6 +65,7 @@ impl Upstream {
             conns: ConnPool::default(),
             answered: Default::default(),
             failures: AtomicU64::new(0),
+            failing_run: AtomicU32::new(0),
             retired: CancellationToken::new(),
         }))
     }
@@ -88,6 +91,29 @@ impl Upstream {
     /// Counts an answer by its status class.
     pub(crate) fn answered(&self, status: u16) {
         self.answered[(status as usize / 100).min(5)].fetch_add(1, Ordering::Relaxed);
+        // Read first: the common case (no failures) writes nothing shared.
+        if self.failing_run.load(Ordering::Relaxed) != 0 {
+            self.failing_run.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a request it took and did not answer (closed, reset, timed
+    /// out). After `health.unhealthy_threshold` of them in a row it is down
+    /// (passive health, as nginx's `max_fails`) until its checks pass
+    /// `healthy_threshold` times. Returns the new health if it flipped.
+    pub(crate) fn failed_request(&self, error: &str) -> Option<Health> {
+        self.failed();
+        let run = self.failing_run.fetch_add(1, Ordering::Relaxed) + 1;
+        let fall = self
+            .counter
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .fall();
+        if run < fall || self.health() == Health::Unhealthy {
+            return None;
+        }
+        self.failing_run.store(0, Ordering::Relaxed);
+        self.mark_down(format!("{run} requests in a row got no answer: {error}"))
     }
 
     /// Counts a request this upstream did not answer.
@@ -103,7 +129,7 @@ impl Upstream {
         )
     }
 
-    fn routable(&self) -> bool {
+    pub(crate) fn routable(&self) -> bool {
         self.health() != Health::Unhealthy
     }
 

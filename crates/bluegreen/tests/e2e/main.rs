@@ -7,6 +7,7 @@ mod admin;
 mod browser;
 mod cluster;
 mod config;
+mod conformance;
 mod demo;
 mod deploy;
 mod fidelity;

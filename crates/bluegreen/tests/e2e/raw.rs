@@ -338,6 +338,8 @@ pub struct RawClient {
 #[derive(Debug)]
 pub struct RawResponse {
     pub status: u16,
+    /// The minor version of its status line: 0 for HTTP/1.0, 1 for 1.1.
+    pub minor: u8,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
 }
@@ -389,6 +391,7 @@ impl RawClient {
         let mut resp = httparse::Response::new(&mut headers);
         resp.parse(&self.buf[..head_len]).ok()?;
         let status = resp.code?;
+        let minor = resp.version?;
         let headers: Vec<(String, String)> = resp
             .headers
             .iter()
@@ -402,6 +405,7 @@ impl RawClient {
         self.buf.drain(..head_len);
         let mut out = RawResponse {
             status,
+            minor,
             headers,
             body: Vec::new(),
         };
