@@ -16,36 +16,80 @@ use std::time::Duration;
 /// The lock a running deploy holds.
 pub(crate) const DEPLOY_LOCK: &str = "deploy";
 
+/// The deploy lock while this process holds it, given back exactly once:
+/// by `release` where what comes next must find it free (a rollback that
+/// re-deploys), or by its drop, in a background task, on any other way out.
+/// `keep` leaves it to the node's lease instead (a handover to a new
+/// process, or a lock already lost: releasing it could delete a lock
+/// another node has taken since).
+#[must_use = "dropping it gives the lock back"]
+pub(crate) struct DeployLock(Option<Arc<dyn bluegreen_store::Cluster>>);
+
+impl DeployLock {
+    /// No lock: a single node has none to take.
+    pub(crate) fn none() -> DeployLock {
+        DeployLock(None)
+    }
+
+    /// True when a lock was taken (in a cluster).
+    pub(crate) fn held(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// Gives the lock back now.
+    pub(crate) async fn release(mut self) {
+        if let Some(cluster) = self.0.take() {
+            unlock(cluster).await;
+        }
+    }
+
+    /// Lets it go with the node's lease, without a word to the store.
+    pub(crate) fn keep(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for DeployLock {
+    fn drop(&mut self) {
+        if let Some(cluster) = self.0.take() {
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => {
+                    rt.spawn(unlock(cluster));
+                }
+                Err(_) => tracing::warn!(
+                    "the deploy lock was dropped outside the runtime; it goes with this node's lease"
+                ),
+            }
+        }
+    }
+}
+
+async fn unlock(cluster: Arc<dyn bluegreen_store::Cluster>) {
+    let released = tokio::task::spawn_blocking(move || cluster.unlock(DEPLOY_LOCK)).await;
+    if let Ok(Err(e)) = released {
+        tracing::warn!(error = %e, "could not release the deploy lock; it goes with this node's lease");
+    }
+}
+
 impl Pipeline {
-    /// Takes the deploy lock for this process: `Ok(true)` when taken now
-    /// (the caller owns it and must release it), `Ok(false)` alone (no
-    /// cluster); refused when another node, or another activity of this
-    /// one, holds it.
-    pub(crate) async fn take_lock(&self) -> Result<bool, PipelineError> {
+    /// Takes the deploy lock for this process: a guard that holds it (none
+    /// alone, without a cluster); refused when another node, or another
+    /// activity of this one, holds it.
+    pub(crate) async fn take_lock(&self) -> Result<DeployLock, PipelineError> {
         let Some(cluster) = self.cluster.clone() else {
-            return Ok(false);
+            return Ok(DeployLock(None));
         };
-        let found = tokio::task::spawn_blocking(move || cluster.try_lock(DEPLOY_LOCK))
+        let taker = cluster.clone();
+        let found = tokio::task::spawn_blocking(move || taker.try_lock(DEPLOY_LOCK))
             .await
             .expect("lock task")?;
         match found {
-            Lock::Taken => Ok(true),
+            Lock::Taken => Ok(DeployLock(Some(cluster))),
             Lock::HeldHere => Err(PipelineError::Finishing(
                 "a deploy or decommission is starting or finishing on this node; try again in a moment"
                     .into(),
             )),
             Lock::HeldBy(node) => Err(PipelineError::Elsewhere(node)),
-        }
-    }
-
-    /// Gives the deploy lock back (a finished deploy).
-    pub(crate) async fn release_lock(&self) {
-        let Some(cluster) = self.cluster.clone() else {
-            return;
-        };
-        let released = tokio::task::spawn_blocking(move || cluster.unlock(DEPLOY_LOCK)).await;
-        if let Ok(Err(e)) = released {
-            tracing::warn!(error = %e, "could not release the deploy lock; it goes with this node's lease");
         }
     }
 
@@ -103,7 +147,7 @@ impl Pipeline {
                     r = view.changed() => if r.is_err() { return },
                     _ = suspend.cancelled() => return,
                 }
-                if me.runs_here() {
+                if me.runs_here() && !me.finishing.load(std::sync::atomic::Ordering::Acquire) {
                     // A lock lost while running (its lease expired before a
                     // new session could carry it over): another node may
                     // resume the deploy now, so this one stops where it is.
@@ -177,16 +221,16 @@ impl Pipeline {
 
     /// Takes the lock, reads the book again, and resumes what is left.
     async fn take_over(self: &Arc<Self>) -> Result<(), PipelineError> {
-        if self.runs_here() || !self.take_lock().await? {
+        if self.runs_here() {
             return Ok(());
         }
-        let book = match self.fresh_book().await {
-            Ok(Some(b)) => b,
-            Ok(None) => return Ok(()),
-            Err(e) => {
-                self.release_lock().await;
-                return Err(e);
-            }
+        let lock = self.take_lock().await?;
+        if !lock.held() {
+            return Ok(());
+        }
+        let book = match self.fresh_book().await? {
+            Some(b) => b,
+            None => return Ok(()),
         };
         let node = self
             .cluster
@@ -197,7 +241,7 @@ impl Pipeline {
         if let Some(d) = book.current.as_ref().filter(|d| !d.is_finished()) {
             tracing::info!(id = d.id, version = %d.version, step = ?d.next_step(), %node, "resuming deploy #{} left by a node that is gone", d.id);
             let handle = self.new_handle(d.id, d.from);
-            self.spawn_run(handle);
+            self.spawn_run(handle, lock);
             return Ok(());
         }
         if let Some(p) = book
@@ -210,7 +254,7 @@ impl Pipeline {
                 tracing::error!(side = %p.side, error = %e, "scheduled decommission failed");
             }
         }
-        self.release_lock().await;
+        lock.release().await;
         Ok(())
     }
 }

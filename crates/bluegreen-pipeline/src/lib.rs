@@ -116,6 +116,9 @@ pub struct Pipeline {
     cluster: Option<Arc<dyn bluegreen_store::Cluster>>,
     /// Stops the running deploy where it is (suspend, or a lost lock).
     run_stop: Mutex<CancellationToken>,
+    /// The run has ended and is giving its lock back: a lock that is gone
+    /// now was released, not lost.
+    finishing: std::sync::atomic::AtomicBool,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -167,6 +170,7 @@ impl Pipeline {
             decommission_timer: Mutex::new(None),
             suspend: Mutex::new(CancellationToken::new()),
             running: Mutex::new(None),
+            finishing: Default::default(),
         }))
     }
 
@@ -188,7 +192,7 @@ impl Pipeline {
         if let Some(d) = book.current.as_ref().filter(|d| !d.is_finished()) {
             tracing::info!(id = d.id, version = %d.version, step = ?d.next_step(), "resuming the interrupted deploy");
             let handle = self.new_handle(d.id, d.from);
-            self.spawn_run(handle);
+            self.spawn_run(handle, self.no_lock());
         }
         if let Some(p) = book.pending_decommission.clone() {
             self.arm_decommission(p);
@@ -206,8 +210,15 @@ impl Pipeline {
         self.config.store(Arc::new(config));
     }
 
-    /// Runs a deploy until it ends or the pipeline is suspended.
-    fn spawn_run(self: &Arc<Self>, handle: Arc<RunHandle>) {
+    /// No deploy lock (alone, without a cluster).
+    fn no_lock(&self) -> cluster::DeployLock {
+        debug_assert!(self.cluster.is_none());
+        cluster::DeployLock::none()
+    }
+
+    /// Runs a deploy until it ends (then gives `lock` back) or the pipeline
+    /// is suspended or loses the lock (then keeps it: the lease decides).
+    fn spawn_run(self: &Arc<Self>, handle: Arc<RunHandle>, lock: cluster::DeployLock) {
         let suspend = self
             .suspend
             .lock()
@@ -217,10 +228,18 @@ impl Pipeline {
         let me = self.clone();
         let stop = suspend.child_token();
         *self.run_stop.lock().unwrap_or_else(|p| p.into_inner()) = stop.clone();
+        self.finishing
+            .store(false, std::sync::atomic::Ordering::Release);
         let task = tokio::spawn(async move {
             tokio::select! {
-                _ = run => me.release_lock().await,
-                _ = stop.cancelled() => tracing::info!("deploy stopped where it is (a handover to a new process, or the deploy lock lost)"),
+                _ = run => {
+                    me.finishing.store(true, std::sync::atomic::Ordering::Release);
+                    lock.release().await;
+                }
+                _ = stop.cancelled() => {
+                    lock.keep();
+                    tracing::info!("deploy stopped where it is (a handover to a new process, or the deploy lock lost)");
+                }
             }
         });
         *self.running.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
@@ -304,23 +323,14 @@ impl Pipeline {
                 ),
             });
         }
-        let owned = self.take_lock().await?;
+        let lock = self.take_lock().await?;
         let _fence = self.fence.lock().await;
         let mut book = self.book.lock().await;
-        match self.fresh_book().await {
-            Ok(Some(fresh)) => *book = fresh,
-            Ok(None) => {}
-            Err(e) => {
-                if owned {
-                    self.release_lock().await;
-                }
-                return Err(e);
-            }
+        // On a refusal below, the lock's drop gives it back.
+        if let Some(fresh) = self.fresh_book().await? {
+            *book = fresh;
         }
         if let Some(d) = book.current.as_ref().filter(|d| !d.is_finished()) {
-            if owned {
-                self.release_lock().await;
-            }
             return Err(busy(d));
         }
         let from = self.router.live();
@@ -338,13 +348,7 @@ impl Pipeline {
         }
         book.archive_current();
         book.current = Some(record.clone());
-        if let Err(e) = self.persist(&book).await {
-            drop(book);
-            if owned {
-                self.release_lock().await;
-            }
-            return Err(e.into());
-        }
+        self.persist(&book).await?;
         drop(book);
         tracing::info!(id, %version, target = %record.target, "deploy started");
         // Nobody may reach the target before its gate: sessions kept there
@@ -354,7 +358,7 @@ impl Pipeline {
             let _ = self.router.set_weight(record.target, 0, true).await;
         }
         let handle = self.new_handle(id, from);
-        self.spawn_run(handle);
+        self.spawn_run(handle, lock);
         Ok(record)
     }
 
@@ -441,11 +445,9 @@ impl Pipeline {
         if let Some(refused) = self.busy_here().await {
             return Err(refused);
         }
-        let owned = self.take_lock().await?;
+        let lock = self.take_lock().await?;
         let result = self.switch_locked(req).await;
-        if owned {
-            self.release_lock().await;
-        }
+        lock.release().await;
         result
     }
 
@@ -499,14 +501,9 @@ impl Pipeline {
         if let Some(refused) = self.busy_here().await {
             return Err(refused);
         }
-        let owned = self.take_lock().await?;
-        let result = self
-            .rollback_locked(forced, to_version, actor, reason, owned)
-            .await;
-        if owned {
-            self.release_lock().await;
-        }
-        result
+        let lock = self.take_lock().await?;
+        self.rollback_locked(forced, to_version, actor, reason, lock)
+            .await
     }
 
     async fn rollback_locked(
@@ -515,7 +512,7 @@ impl Pipeline {
         to_version: Option<String>,
         actor: String,
         reason: String,
-        owned: bool,
+        lock: cluster::DeployLock,
     ) -> Result<RollbackResult, PipelineError> {
         let fresh = self.fresh_book().await?;
         let fence = self.fence.lock().await;
@@ -549,9 +546,7 @@ impl Pipeline {
                 // The deploy takes the fence (and the lock) itself and
                 // checks again.
                 drop(fence);
-                if owned {
-                    self.release_lock().await;
-                }
+                lock.release().await;
                 let why = format!("rollback: {why}");
                 let record = self
                     .deploy(
@@ -582,6 +577,7 @@ impl Pipeline {
                     .await?;
                 self.cancel_decommission_of(side).await?;
                 drop(fence);
+                lock.release().await;
                 let running = version.map(|v| format!(" ({v})")).unwrap_or_default();
                 Ok(RollbackResult {
                     message: format!("{}{running}", outcome.message),
@@ -676,11 +672,9 @@ impl Pipeline {
         if let Some(refused) = self.busy_here().await {
             return Err(refused);
         }
-        let owned = self.take_lock().await?;
+        let lock = self.take_lock().await?;
         let result = runner::contract::by_hand(self, force, actor).await;
-        if owned {
-            self.release_lock().await;
-        }
+        lock.release().await;
         result
     }
 

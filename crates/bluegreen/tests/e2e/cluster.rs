@@ -817,3 +817,65 @@ async fn the_shadow_gate_judges_the_traffic_of_every_node() {
     )
     .await;
 }
+
+/// A rollback that re-deploys (the old side was stopped) hands the deploy
+/// lock to the re-deploy it starts and never deletes it afterwards: the
+/// re-deploy runs to the end on its node, and no deploy on a cluster
+/// reports a lost lock when it simply finished.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rollback_that_redeploys_keeps_the_new_deploys_lock() {
+    let etcd = EtcdServer::start();
+    let ep = [etcd.client_url.as_str()];
+    let (blue, green) = (Backend::start("blue").await, Backend::start("green").await);
+    let start = |name: &str| {
+        let toml = deploy_toml("300ms").replace(
+            "deploy = \"true\"\n",
+            "deploy = \"true\"\ndecommission = \"true\"\n",
+        );
+        RouterBuilder::new(&[&blue], &[&green])
+            .etcd(&ep, "/bluegreen/t9", name, "")
+            .extra(&toml)
+            .start()
+    };
+    let (a, b) = (start("a"), start("b"));
+    for n in [&a, &b] {
+        n.wait_all_healthy().await;
+        wait_nodes(n, 2).await;
+    }
+    for v in ["v1", "v2"] {
+        a.start_deploy(&format!("{{\"version\":\"{v}\"}}")).await;
+        let d = a.wait_deploy_end(Duration::from_secs(20)).await;
+        assert_eq!(d["outcome"], "succeeded", "{d}");
+        wait_until(Duration::from_secs(5), "the lock is released", || async {
+            a.status().await["cluster"]["deploy_lock"].is_null()
+        })
+        .await;
+    }
+    // keep_warm = 0: v1's side was stopped, so the rollback re-deploys v1.
+    let (st, v) = a
+        .api(
+            "POST",
+            "/api/v1/rollback",
+            Some("{\"reason\":\"v2 is bad\"}"),
+            Some(TOKEN),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let id = v["redeploy"]["id"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("a re-deploy: {v}"));
+    let d = a.wait_deploy_end(Duration::from_secs(20)).await;
+    assert_eq!(d["id"].as_u64(), Some(id), "{d}");
+    assert_eq!(d["version"], "v1", "{d}");
+    assert_eq!(d["outcome"], "succeeded", "{d}");
+    wait_until(Duration::from_secs(5), "b follows", || async {
+        live_of(&b).await == live_of(&a).await
+    })
+    .await;
+    wait_until(Duration::from_secs(5), "the lock is released", || async {
+        a.status().await["cluster"]["deploy_lock"].is_null()
+    })
+    .await;
+    let err = a.stderr();
+    assert!(!err.contains("lost the deploy lock"), "{err}");
+}
