@@ -21,14 +21,16 @@ impl Router {
     pub async fn reload(self: &Arc<Self>, new: Config) -> Result<Changes, String> {
         let old = self.config();
         let changes = diff(&old, &new);
-        // Every reload rotates the session key (the previous one still
-        // verifies, so nobody moves). Not a cluster's shared key: reloading
-        // every node would rotate it once per node and retire the key
-        // that signed the cookies of every client.
+        // A reload rotates the session key when it is due by age (the
+        // previous one still verifies, and outlives every link it signed:
+        // a reload that rotated every time cut 7-day links after two).
+        // Not a cluster's shared key: reloading every node would rotate it
+        // once per node and retire the key that signed every client's cookie.
         let signer = self.signer.clone();
         if self.cluster.is_none() {
-            match tokio::task::spawn_blocking(move || signer.rotate()).await {
-                Ok(Ok(())) => {}
+            match tokio::task::spawn_blocking(move || signer.rotate_if_due()).await {
+                Ok(Ok(true)) => tracing::info!("the session key was rotated (it was 8 days old)"),
+                Ok(Ok(false)) => {}
                 Ok(Err(e)) => tracing::warn!(error = %e, "the session key was not rotated"),
                 Err(e) => tracing::warn!(error = %e, "the session key was not rotated"),
             }

@@ -15,9 +15,14 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub const PREVIEW_PATH: &str = "/.bluegreen/preview";
 
 /// The signing keys: the current one (32 random bytes in
-/// `state.dir/session.key`) signs; the previous one (`session.key.previous`,
-/// after a rotation by `bluegreen reload`) still verifies, so a rotation
-/// moves nobody.
+/// `state.dir/session.key`) signs; the previous one (`session.key.previous`)
+/// still verifies, so a rotation moves nobody.
+///
+/// Rotated by time, never more often than [`ROTATE_AFTER`], which is longer
+/// than anything we sign lives (a preview link: 7 days at most). A token
+/// signed by a key while it was current therefore expires before that key
+/// is dropped (one more rotation later), however many reloads or upgrades
+/// come between.
 pub struct Signer {
     keys: arc_swap::ArcSwap<Keys>,
     dir: Option<std::path::PathBuf>,
@@ -45,7 +50,28 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The youngest a signing key may be when it is replaced: the longest a
+/// preview link lives (7 days), and a day more.
+pub const ROTATE_AFTER: std::time::Duration = std::time::Duration::from_secs(8 * 86_400);
+
 impl Signer {
+    /// Rotates when the current key has signed for [`ROTATE_AFTER`] (its
+    /// file's age); true when it did. Blocking file I/O: off the async threads.
+    pub fn rotate_if_due(&self) -> std::io::Result<bool> {
+        let Some(dir) = &self.dir else {
+            return Ok(false);
+        };
+        let age = std::fs::metadata(dir.join("session.key"))?
+            .modified()?
+            .elapsed()
+            .unwrap_or_default();
+        if age < ROTATE_AFTER {
+            return Ok(false);
+        }
+        self.rotate()?;
+        Ok(true)
+    }
+
     /// The key of `dir` (created, 0600, on first use: blocking file I/O at
     /// start).
     pub fn load_or_create(dir: &std::path::Path) -> std::io::Result<Signer> {
@@ -404,6 +430,33 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    /// A key is replaced only once it is old: every reload asks, and a young
+    /// key (whatever it signed) stays.
+    #[test]
+    fn only_an_old_key_is_rotated() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Signer::load_or_create(dir.path()).unwrap();
+        let link = s.preview_token(Side::Green, 7 * 86_400);
+        for _ in 0..5 {
+            assert!(!s.rotate_if_due().unwrap(), "a young key stays");
+        }
+        assert_eq!(s.preview_of(&link), Some(Side::Green));
+        let old = std::time::SystemTime::now() - ROTATE_AFTER - std::time::Duration::from_secs(60);
+        std::fs::File::options()
+            .write(true)
+            .open(dir.path().join("session.key"))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        assert!(s.rotate_if_due().unwrap());
+        assert!(!s.rotate_if_due().unwrap(), "the new key is young");
+        assert_eq!(
+            s.preview_of(&link),
+            Some(Side::Green),
+            "the previous key verifies"
+        );
     }
 
     #[test]

@@ -171,6 +171,56 @@ async fn only_clients_with_the_apps_session_are_pinned_and_a_preview_link_shows_
     assert_eq!(without, "green");
 }
 
+/// A preview link lives its stated lifetime whatever happens meanwhile:
+/// reloads (three, one of them changing nothing) and a restart. Two reloads
+/// used to retire the key that signed it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_preview_link_outlives_any_number_of_reloads_and_a_restart() {
+    let (b, g) = (Backend::start("blue").await, Backend::start("green").await);
+    let state = tempfile::tempdir().unwrap();
+    let builder = || {
+        RouterBuilder::new(&[&b], &[&g])
+            .state_dir(state.path())
+            .extra("\n[sessions]\nwindow = \"1m\"\n")
+    };
+    let router = builder().start();
+    router.wait_all_healthy().await;
+    let (code, out, err) = router.cli(&["preview-link", "--for", "7d"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let url = out.lines().next().unwrap().to_string();
+    let (jar_side, jar) = visit(&router, None).await;
+    assert_eq!(jar_side, "blue");
+    let jar = jar.unwrap();
+    for _ in 0..3 {
+        let (code, out, err) = router.cli(&["reload"]);
+        assert_eq!(code, 0, "{out}{err}");
+    }
+    let follow = |url: &str| {
+        let (code, landing) = curl(&["-i", url]);
+        assert_eq!(code, 0);
+        landing
+    };
+    let landing = follow(&url);
+    assert!(
+        landing.starts_with("HTTP/1.1 303"),
+        "after 3 reloads: {landing}"
+    );
+    // The session cookie from before the reloads still names its side.
+    router.switch_to("green").await;
+    assert_eq!(visit(&router, Some(&jar)).await.0, "blue");
+    drop(router);
+    let router = builder().start();
+    router.wait_all_healthy().await;
+    let landing = follow(&url.replace(
+        &url[..url.find("/.bluegreen").unwrap()],
+        router.url("").trim_end_matches('/'),
+    ));
+    assert!(
+        landing.starts_with("HTTP/1.1 303"),
+        "after a restart: {landing}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_restart_inside_the_window_keeps_the_sessions_where_they_were() {
     let (b, g) = (Backend::start("blue").await, Backend::start("green").await);
