@@ -111,7 +111,7 @@ pub fn main(path: &Path) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    rt.block_on(async move {
+    let served = rt.block_on(async move {
         // Handlers go in first: a SIGHUP while starting must not meet the
         // default action (exit); a SIGTERM then stops us once started.
         let mut signals = Signals::install()?;
@@ -190,7 +190,12 @@ pub fn main(path: &Path) -> anyhow::Result<ExitCode> {
         }
         running.shutdown(handed_over).await;
         Ok(ExitCode::SUCCESS)
-    })
+    });
+    // Everything that matters is written by now. A blocking task still
+    // running (a file read stuck on a hung file system) must not keep the
+    // process alive past its stop: dropping the runtime would wait for it.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    served
 }
 
 /// Opens the store, restores state, binds every listener and starts serving.

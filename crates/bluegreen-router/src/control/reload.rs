@@ -56,9 +56,13 @@ impl Router {
                 _ => None,
             };
             Ok::<_, String>((tls, files))
-        })
-        .await
-        .map_err(|e| e.to_string())??;
+        });
+        // A file that cannot be read in time (a hung file system) fails
+        // the reload; the admin API never waits on it for long.
+        let prepared = tokio::time::timeout(std::time::Duration::from_secs(10), prepared)
+            .await
+            .map_err(|_| "reading the TLS files took more than 10 s; nothing changed".to_string())?
+            .map_err(|e| e.to_string())??;
         let (tls, files) = prepared;
 
         // 2. One snapshot swap: pools and request settings together.

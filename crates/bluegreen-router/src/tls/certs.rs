@@ -242,6 +242,8 @@ fn stamps(pairs: &[CertificatePair]) -> Vec<Stamp> {
 
 /// How often certificate files are looked at.
 const WATCH: Duration = Duration::from_secs(1);
+/// How long one look at them may take.
+const READ_LIMIT: Duration = Duration::from_secs(10);
 
 /// Watches the certificate files until `stop`; every change is loaded and
 /// checked whole, swapped in, and announced (or kept out, with the reason).
@@ -254,6 +256,7 @@ pub fn watch(
         return;
     }
     tokio::spawn(async move {
+        let mut stuck = None;
         let mut tick = tokio::time::interval(WATCH);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
@@ -261,11 +264,27 @@ pub fn watch(
                 _ = tick.tick() => {}
                 _ = stop.cancelled() => return,
             }
-            let s = store.clone();
-            let Ok(result) = tokio::task::spawn_blocking(move || s.reload_if_changed()).await
-            else {
+            // Off the async threads, with a deadline: a file system that
+            // hangs (a dead NFS mount) is reported, not waited on, and no
+            // second read starts while one is stuck.
+            if stuck
+                .as_ref()
+                .is_some_and(|h: &tokio::task::JoinHandle<Reload>| !h.is_finished())
+            {
                 continue;
+            }
+            let s = store.clone();
+            let mut read = tokio::task::spawn_blocking(move || s.reload_if_changed());
+            let result = match tokio::time::timeout(READ_LIMIT, &mut read).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(_)) => continue,
+                Err(_) => {
+                    tracing::warn!(limit = ?READ_LIMIT, "tls: reading the certificate files takes too long; kept the certificates in use");
+                    stuck = Some(read);
+                    continue;
+                }
             };
+            stuck = None;
             match &result {
                 Reload::Unchanged => continue,
                 Reload::Loaded(names) => {
@@ -281,20 +300,80 @@ pub fn watch(
     });
 }
 
-/// One chain and key file: parsed, matched, and still valid now.
+/// One chain and key file: parsed, matched, and valid now (neither expired
+/// nor not yet valid, within `CLOCK_SKEW`).
 fn load_pair(pair: &CertificatePair) -> Result<Loaded, String> {
     let file = pair.cert.display().to_string();
-    let chain = std::fs::read(&pair.cert).map_err(|e| format!("{file}: cannot read: {e}"))?;
+    let chain = read_capped(&pair.cert)?;
     let key_file = pair.key.display().to_string();
-    let key = std::fs::read(&pair.key).map_err(|e| format!("{key_file}: cannot read: {e}"))?;
+    let key = read_capped(&pair.key)?;
     let loaded = from_pem(&chain, &key, &file, &key_file)?;
-    if loaded.info.not_after < unix_now() {
+    valid_now(&loaded.info, &file, unix_now())?;
+    Ok(loaded)
+}
+
+/// Largest certificate chain or key file read (a long chain is ~10 KiB).
+pub const MAX_FILE: u64 = 1 << 20;
+/// How far our clock may be behind the CA's for a fresh certificate.
+const CLOCK_SKEW: i64 = 300;
+
+/// Refuses a certificate outside its validity period at `now`.
+fn valid_now(info: &CertInfo, file: &str, now: i64) -> Result<(), String> {
+    let at = |t: i64| {
+        humantime::format_rfc3339_seconds(
+            SystemTime::UNIX_EPOCH + Duration::from_secs(t.max(0) as u64),
+        )
+    };
+    if info.not_after < now {
         return Err(format!(
             "{file}: the certificate expired (not after {})",
-            loaded.info.not_after
+            at(info.not_after)
         ));
     }
-    Ok(loaded)
+    if info.not_before > now + CLOCK_SKEW {
+        return Err(format!(
+            "{file}: the certificate is not valid yet (not before {})",
+            at(info.not_before)
+        ));
+    }
+    Ok(())
+}
+
+/// Reads a certificate or key file: a regular file only (a FIFO or a
+/// device would block the reader or never end), opened without blocking,
+/// and at most `MAX_FILE` bytes.
+fn read_capped(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let name = path.display();
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| format!("{name}: cannot read: {e}"))?;
+    let meta = f
+        .metadata()
+        .map_err(|e| format!("{name}: cannot read: {e}"))?;
+    if !meta.is_file() {
+        return Err(format!(
+            "{name}: not a regular file (a FIFO, socket or device cannot hold a certificate)"
+        ));
+    }
+    if meta.len() > MAX_FILE {
+        return Err(format!(
+            "{name}: {} bytes, more than the {} a certificate chain or key may have",
+            meta.len(),
+            MAX_FILE
+        ));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    f.take(MAX_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("{name}: cannot read: {e}"))?;
+    if bytes.len() as u64 > MAX_FILE {
+        return Err(format!("{name}: grew past {MAX_FILE} bytes while read"));
+    }
+    Ok(bytes)
 }
 
 /// A chain and key in PEM: parsed, matched, naming at least one host. The

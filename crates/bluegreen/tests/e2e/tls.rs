@@ -57,6 +57,34 @@ impl Pki {
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
+
+    /// A certificate for `name` that becomes valid only next year.
+    pub fn issue_future(&self, stem: &str, name: &str) -> (PathBuf, PathBuf) {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec![name.to_string()]).unwrap();
+        params.distinguished_name = dn(name);
+        params.not_before = rcgen::date_time_ymd(2099, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2100, 1, 1);
+        let cert = params.signed_by(&key, &self.ca).unwrap();
+        let (c, k) = (
+            self.path(&format!("{stem}.pem")),
+            self.path(&format!("{stem}.key")),
+        );
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (c, k)
+    }
+}
+
+/// Makes a FIFO at `path` (nothing will ever write to it).
+fn mkfifo(path: &Path) {
+    let _ = std::fs::remove_file(path);
+    let ok = std::process::Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "mkfifo {}", path.display());
 }
 
 fn dn(cn: &str) -> rcgen::DistinguishedName {
@@ -218,8 +246,22 @@ fn check_names_the_certificate_file_and_what_is_wrong() {
             vec![(pki.path("missing.pem"), shop_key.clone())],
             "cannot read",
         ),
-        (vec![(shop_key.clone(), shop_key)], "holds no certificate"),
+        (
+            vec![(shop_key.clone(), shop_key.clone())],
+            "holds no certificate",
+        ),
+        (
+            vec![pki.issue_future("later", "later.test")],
+            "not valid yet",
+        ),
+        (
+            vec![(pki.path("fifo.pem"), shop_key.clone())],
+            "fifo.pem is not a file",
+        ),
+        (vec![(pki.path("huge.pem"), shop_key)], "more than the"),
     ];
+    mkfifo(&pki.path("fifo.pem"));
+    std::fs::write(pki.path("huge.pem"), vec![b'A'; 2 << 20]).unwrap();
     for (pairs, want) in cases {
         let file = pki.path("bluegreen.toml");
         std::fs::write(&file, format!("{base}{}", tls_toml(&pairs, ""))).unwrap();
@@ -300,6 +342,60 @@ async fn changed_certificate_files_are_swapped_in_and_bad_ones_kept_out() {
             .contains("bluegreen_tls_certificate_expiry_seconds{"),
         "{metrics}"
     );
+}
+
+/// A certificate path that becomes a FIFO, then a not-yet-valid
+/// certificate, is reported and kept out, never blocking the watcher: a
+/// valid certificate written afterwards is served, and SIGTERM still ends
+/// the process at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fifo_or_a_future_certificate_is_kept_out_and_the_watcher_goes_on() {
+    let old_ca = Pki::new();
+    let new_ca = Pki::new();
+    let (cert, key) = old_ca.issue("live", &["shop.test"], false);
+    let blue = RawBackend::start("blue").await;
+    let green = RawBackend::start("green").await;
+    let mut router = RouterBuilder::addrs(vec![blue.addr], vec![green.addr])
+        .extra(&tls_toml(&[(cert.clone(), key.clone())], ""))
+        .start();
+    router.wait_until_live_healthy().await;
+    let port = router.https.unwrap().port();
+    assert_eq!(curl_https(&old_ca, port, "shop.test", "/", &[]).0, 0);
+    mkfifo(&cert);
+    wait_until(
+        std::time::Duration::from_secs(10),
+        "the FIFO reported",
+        || async { router.stderr().contains("not a regular file") },
+    )
+    .await;
+    let (future, future_key) = new_ca.issue_future("future", "shop.test");
+    replace(&future_key, &key);
+    replace(&future, &cert);
+    wait_until(
+        std::time::Duration::from_secs(10),
+        "the future certificate reported",
+        || async { router.stderr().contains("not valid yet") },
+    )
+    .await;
+    assert_eq!(
+        curl_https(&old_ca, port, "shop.test", "/", &[]).0,
+        0,
+        "the one in use stays"
+    );
+    let (new_cert, new_key) = new_ca.issue("next", &["shop.test"], false);
+    replace(&new_key, &key);
+    replace(&new_cert, &cert);
+    wait_until(
+        std::time::Duration::from_secs(10),
+        "the new certificate served",
+        || async { curl_https(&new_ca, port, "shop.test", "/", &[]).0 == 0 },
+    )
+    .await;
+    // A FIFO again, then SIGTERM: the process ends within its drain.
+    mkfifo(&cert);
+    router.signal("TERM");
+    let status = router.wait_exit(std::time::Duration::from_secs(10));
+    assert!(status.success(), "{status:?}: {}", router.stderr());
 }
 
 /// A TLS client connection to the router's HTTPS port, trusting `pki`'s CA,
