@@ -330,6 +330,32 @@ fn upstreams(s: &mut Scrape, snap: &Snapshot) {
         }
     }
     let f = s.family(
+        "bluegreen_upstream_queue",
+        "Requests waiting for a place at an upstream (proxy.upstream_max_requests)",
+        MetricType::Gauge,
+    );
+    for side in Side::ALL {
+        for u in &snap.pools[side].upstreams {
+            f.add(
+                vec![side_label(side), ("upstream", u.address.clone())],
+                Value::Gauge(u.queue().0 as i64),
+            );
+        }
+    }
+    let f = s.family(
+        "bluegreen_upstream_queue_refused",
+        "Requests answered 503 because an upstream's queue was full or too slow",
+        MetricType::Counter,
+    );
+    for side in Side::ALL {
+        for u in &snap.pools[side].upstreams {
+            f.add(
+                vec![side_label(side), ("upstream", u.address.clone())],
+                Value::Counter(u.queue().2),
+            );
+        }
+    }
+    let f = s.family(
         "bluegreen_upstream_health",
         "1 for the upstream's current health state",
         MetricType::Gauge,

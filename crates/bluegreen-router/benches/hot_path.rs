@@ -45,6 +45,8 @@ fn snapshot() -> ArcSwap<Snapshot> {
             connect_timeout: std::time::Duration::from_secs(2),
             upstream_timeout: std::time::Duration::from_secs(30),
             retries: 1,
+            max_queue: 10_000,
+            queue_timeout: std::time::Duration::from_secs(10),
             access_log: false,
             client_body_timeout: std::time::Duration::from_secs(60),
             trusted_proxies: Vec::new(),

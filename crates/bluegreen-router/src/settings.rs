@@ -12,6 +12,9 @@ pub struct ProxySettings {
     /// Counted from when the request (body included) has been sent.
     pub upstream_timeout: Duration,
     pub retries: u32,
+    /// An upstream's queue: how many may wait, and for how long.
+    pub max_queue: usize,
+    pub queue_timeout: Duration,
     pub access_log: bool,
     pub client_body_timeout: Duration,
     pub trusted_proxies: Vec<ipnet::IpNet>,
@@ -27,6 +30,8 @@ impl ProxySettings {
             connect_timeout: p.connect_timeout,
             upstream_timeout: p.upstream_timeout,
             retries: p.retries,
+            max_queue: p.upstream_max_queue,
+            queue_timeout: p.upstream_queue_timeout,
             access_log: p.access_log,
             client_body_timeout: p.client_body_timeout,
             trusted_proxies: p.trusted_proxies.clone(),
@@ -105,6 +110,8 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             upstream_timeout: Duration::from_secs(1),
             retries: 1,
+            max_queue: 10,
+            queue_timeout: Duration::from_secs(1),
             access_log: false,
             client_body_timeout: Duration::from_secs(1),
             trusted_proxies: vec!["10.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()],

@@ -74,6 +74,12 @@ pub struct UpstreamStatus {
     pub health: Health,
     pub outstanding: usize,
     pub last_error: Option<String>,
+    /// Requests waiting for a place (`proxy.upstream_max_requests`).
+    #[serde(default)]
+    pub queued: usize,
+    /// Its limit of requests served at once (0: none).
+    #[serde(default)]
+    pub max_requests: usize,
 }
 
 /// Progress of a drain.

@@ -41,6 +41,18 @@ pub fn diff(old: &Config, new: &Config) -> Changes {
     );
     live("proxy.retries", o.retries != n.retries);
     live(
+        "proxy.upstream_max_requests",
+        o.upstream_max_requests != n.upstream_max_requests,
+    );
+    live(
+        "proxy.upstream_max_queue",
+        o.upstream_max_queue != n.upstream_max_queue,
+    );
+    live(
+        "proxy.upstream_queue_timeout",
+        o.upstream_queue_timeout != n.upstream_queue_timeout,
+    );
+    live(
         "proxy.client_body_timeout",
         o.client_body_timeout != n.client_body_timeout,
     );

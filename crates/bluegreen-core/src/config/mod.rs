@@ -95,6 +95,14 @@ pub struct ProxyConfig {
     /// Extra attempts on another upstream when connecting fails. Nothing was
     /// sent then, so every request may be retried, body and all.
     pub retries: u32,
+    /// Requests one upstream serves at once (HAProxy's `maxconn`); more
+    /// wait in its queue, in arrival order. 0: no limit.
+    pub upstream_max_requests: usize,
+    /// Requests that may wait in one upstream's queue; more get 503.
+    pub upstream_max_queue: usize,
+    /// The longest a request waits in an upstream's queue (then 503 with
+    /// `Retry-After`; HAProxy's `timeout queue`).
+    pub upstream_queue_timeout: Duration,
     /// A client that sends no request body bytes for this long gets a 408.
     pub client_body_timeout: Duration,
     /// Peers whose `X-Forwarded-*`, `Forwarded` and `X-Real-IP` are believed
@@ -250,6 +258,9 @@ struct RawProxy {
     max_header_bytes: Option<i64>,
     max_connections: Option<i64>,
     retries: Option<i64>,
+    upstream_max_requests: Option<i64>,
+    upstream_max_queue: Option<i64>,
+    upstream_queue_timeout: Option<String>,
     client_body_timeout: Option<String>,
     #[serde(default)]
     trusted_proxies: Vec<String>,

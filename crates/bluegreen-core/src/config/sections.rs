@@ -62,6 +62,25 @@ pub(super) fn validate_proxy(raw: &RawProxy, c: &mut Checker) -> ProxyConfig {
             10_000_000,
         ) as usize,
         retries: c.int("proxy.retries", raw.retries, 1, 0, 10) as u32,
+        upstream_max_requests: c.int(
+            "proxy.upstream_max_requests",
+            raw.upstream_max_requests,
+            256,
+            0,
+            1_000_000,
+        ) as usize,
+        upstream_max_queue: c.int(
+            "proxy.upstream_max_queue",
+            raw.upstream_max_queue,
+            10_000,
+            0,
+            10_000_000,
+        ) as usize,
+        upstream_queue_timeout: c.duration(
+            "proxy.upstream_queue_timeout",
+            raw.upstream_queue_timeout.as_deref(),
+            Duration::from_secs(10),
+        ),
         client_body_timeout: c.duration(
             "proxy.client_body_timeout",
             raw.client_body_timeout.as_deref(),

@@ -595,9 +595,12 @@ fn pool(config: &Config, side: Side, rise: u32, fall: u32) -> Result<Arc<Pool>, 
         .map(|t| crate::upstream::tls::UpstreamTls::new(t).map(Arc::new))
         .transpose()
         .map_err(|e| RouterError::Config(format!("environments.{side}.tls: {e}")))?;
-    Pool::new(side, &env.upstreams, config.proxy.balance, rise, fall, tls)
-        .map(Arc::new)
-        .map_err(RouterError::Config)
+    let pool = Pool::new(side, &env.upstreams, config.proxy.balance, rise, fall, tls)
+        .map_err(RouterError::Config)?;
+    for u in &pool.upstreams {
+        u.set_max_requests(config.proxy.upstream_max_requests);
+    }
+    Ok(Arc::new(pool))
 }
 
 pub(crate) fn describe_health(pool: &Pool) -> String {

@@ -114,6 +114,16 @@ impl Router {
         for u in added {
             crate::upstream::health::watch(self, u);
         }
+        {
+            // Kept upstreams keep the places in use; added ones get no
+            // traffic before their checks pass, by when this is set.
+            let snap = self.snapshot();
+            for pool in [&snap.pools.blue, &snap.pools.green] {
+                for u in &pool.upstreams {
+                    u.set_max_requests(new.proxy.upstream_max_requests);
+                }
+            }
+        }
         if old.health != new.health {
             let snap = self.snapshot();
             for pool in [&snap.pools.blue, &snap.pools.green] {

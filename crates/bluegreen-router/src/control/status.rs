@@ -59,11 +59,16 @@ impl Router {
                     upstreams: pool
                         .upstreams
                         .iter()
-                        .map(|u| UpstreamStatus {
-                            address: u.address.clone(),
-                            health: u.health(),
-                            outstanding: u.outstanding(),
-                            last_error: u.last_error(),
+                        .map(|u| {
+                            let (queued, max_requests, _) = u.queue();
+                            UpstreamStatus {
+                                address: u.address.clone(),
+                                health: u.health(),
+                                outstanding: u.outstanding(),
+                                last_error: u.last_error(),
+                                queued,
+                                max_requests,
+                            }
                         })
                         .collect(),
                     in_flight: pool.upstreams.iter().map(|u| u.outstanding()).sum(),

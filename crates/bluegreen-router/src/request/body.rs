@@ -24,6 +24,8 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub struct InFlight {
     upstream: Arc<Upstream>,
     epoch: Option<Arc<Epoch>>,
+    /// It holds one of the upstream's places (`proxy.upstream_max_requests`).
+    slot: bool,
 }
 
 impl InFlight {
@@ -33,7 +35,25 @@ impl InFlight {
         if let Some(e) = &epoch {
             e.enter();
         }
-        InFlight { upstream, epoch }
+        InFlight {
+            upstream,
+            epoch,
+            slot: false,
+        }
+    }
+
+    /// It holds a place at its upstream, given back when it ends.
+    pub(crate) fn holding_slot(mut self, slot: bool) -> InFlight {
+        self.slot = slot;
+        self
+    }
+
+    /// Gives its place back now (an answer that became a tunnel: a
+    /// WebSocket's hours must not hold a place HTTP requests wait for).
+    pub(crate) fn free_slot(&mut self) {
+        if std::mem::take(&mut self.slot) {
+            self.upstream.free_slot();
+        }
     }
 
     /// The drain epoch this request belongs to, if it is live traffic.
@@ -49,6 +69,7 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
+        self.free_slot();
         self.upstream.end();
         if let Some(e) = &self.epoch {
             e.leave();

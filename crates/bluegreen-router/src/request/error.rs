@@ -31,6 +31,14 @@ pub enum ProxyError {
         side: Side,
         reason: String,
     },
+    /// Every place at the upstream was taken and its queue was full, or
+    /// the request waited its whole queue timeout.
+    #[error("upstream {upstream} ({side}) is at its limit of requests: {why}")]
+    Queue {
+        upstream: String,
+        side: Side,
+        why: crate::upstream::pool::QueueRefusal,
+    },
     #[error("request cannot be forwarded: {0}")]
     BadRequest(&'static str),
     /// The client's body broke or stalled: the client's fault, never the upstream's.
@@ -44,7 +52,9 @@ impl ProxyError {
     /// Status code for this failure.
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::NoUpstream { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoUpstream { .. } | ProxyError::Queue { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::Connect { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
@@ -58,6 +68,11 @@ impl ProxyError {
     pub fn code(&self) -> &'static str {
         match self {
             ProxyError::NoUpstream { .. } => "no_healthy_upstream",
+            ProxyError::Queue {
+                why: crate::upstream::pool::QueueRefusal::Full(_),
+                ..
+            } => "upstream_queue_full",
+            ProxyError::Queue { .. } => "upstream_queue_timeout",
             ProxyError::Connect { .. } => "upstream_connect",
             ProxyError::Timeout { .. } => "upstream_timeout",
             ProxyError::Upstream { .. } => "upstream_error",
@@ -94,6 +109,15 @@ impl ProxyError {
             ProxyError::Upstream { side, .. } => {
                 format!("{status}: the {side} side failed to answer\n")
             }
+            ProxyError::Queue { side, why, .. } => match why {
+                crate::upstream::pool::QueueRefusal::Full(n) => format!(
+                    "{status}: the {side} side is busy ({n} requests already wait); retry shortly\n"
+                ),
+                crate::upstream::pool::QueueRefusal::TimedOut(d) => format!(
+                    "{status}: the {side} side is busy; this request waited {} ms; retry shortly\n",
+                    d.as_millis()
+                ),
+            },
             ProxyError::BadRequest(why) => format!("{status}: {why}\n"),
             ProxyError::ClientBody(e) => format!("{status}: {e}\n"),
             ProxyError::MethodNotAllowed(_) => format!("{status}: {self}\n"),
@@ -101,6 +125,9 @@ impl ProxyError {
         let mut resp = ResponseBody::plain(status, text);
         let h = resp.headers_mut();
         h.insert("x-bluegreen-error", HeaderValue::from_static(self.code()));
+        if let ProxyError::Queue { .. } = self {
+            h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         if let ProxyError::MethodNotAllowed(_) = self {
             h.insert(
                 header::ALLOW,

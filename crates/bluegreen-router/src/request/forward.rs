@@ -20,15 +20,32 @@ use hyper::body::Incoming;
 use std::sync::Arc;
 use std::time::Instant;
 
+/// What `forward` hands back besides the answer, and a held request's turn.
+pub struct Out<'a> {
+    /// The record of this request, when it is being recorded.
+    pub record: &'a mut Option<Recorded>,
+    /// The client's upload, to leave its time out of the app's.
+    pub upload: &'a mut Option<Arc<Upload>>,
+    /// Time spent in upstreams' queues, also not the app's.
+    pub queued: &'a mut std::time::Duration,
+    /// A released request's turn: passed on once it has its place.
+    pub baton: Option<super::hold::Baton>,
+}
+
 /// Forwards one request to an upstream of its route's side.
 pub async fn forward(
     req: Request<Incoming>,
     conn: &ConnCtx,
     route: &Route,
     started: Instant,
-    record: &mut Option<Recorded>,
-    upload: &mut Option<Arc<Upload>>,
+    out: Out<'_>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
+    let Out {
+        record,
+        upload,
+        queued,
+        baton,
+    } = out;
     let settings = &route.settings;
     // 2. Refuse what a proxy must not forward; find the target and host.
     let (mut parts, body) = req.into_parts();
@@ -91,9 +108,9 @@ pub async fn forward(
         req,
         route,
         &conn.router,
-        preview,
-        host_from_upstream,
+        (preview, host_from_upstream),
         &mut body_sent,
+        (queued, baton),
     )
     .await?;
 
@@ -127,13 +144,17 @@ pub async fn forward(
 ///
 /// Requests an upstream took and did not answer count towards marking it
 /// down (passive health).
+///
+/// Each attempt first takes a place at its upstream (`upstream_max_requests`),
+/// waiting in its queue when all are taken; a released held request passes
+/// its turn on once its request is handed to a connection (or it failed).
 async fn send_with_retries(
     mut req: Request<UpstreamBody>,
     route: &Route,
     router: &crate::control::Router,
-    preview: bool,
-    host_from_upstream: bool,
+    (preview, host_from_upstream): (bool, bool),
     body_sent: &mut super::send::BodySent,
+    (queued, mut baton): (&mut std::time::Duration, Option<super::hold::Baton>),
 ) -> Result<(Response<Incoming>, crate::upstream::conn::Sender, InFlight), ProxyError> {
     let (pool, settings) = (&route.pool, &route.settings);
     let limits = (settings.connect_timeout, settings.upstream_timeout);
@@ -161,6 +182,22 @@ async fn send_with_retries(
                 .insert(header::HOST, authority_value(&upstream));
         }
         let guard = InFlight::begin(upstream.clone(), route.epoch.clone());
+        let slot = upstream
+            .take_slot(settings.queue_timeout, settings.max_queue)
+            .await;
+        let guard = match slot {
+            Ok((took, waited)) => {
+                *queued += waited;
+                guard.holding_slot(took)
+            }
+            Err(why) => {
+                return Err(ProxyError::Queue {
+                    upstream: upstream.address.clone(),
+                    side: pool.side,
+                    why,
+                })
+            }
+        };
         let failed = |reason| (upstream.address.clone(), pool.side, reason);
         let health_flipped = |h: Option<bluegreen_core::health::Health>, reason: &str| {
             if let Some(h) = h {
@@ -173,7 +210,7 @@ async fn send_with_retries(
                 tracing::warn!(side = %pool.side, upstream = %upstream.address, %reason, "upstream marked unhealthy by failed requests");
             }
         };
-        match send(&upstream, req, limits, body_sent).await {
+        match send(&upstream, req, limits, body_sent, &mut baton).await {
             Ok((resp, sender)) => {
                 upstream.answered(resp.status().as_u16());
                 return Ok((resp, sender, guard));

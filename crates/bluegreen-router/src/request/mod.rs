@@ -185,9 +185,11 @@ pub async fn handle(req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
     if let Some(m) = &route.maintenance {
         return hold::maintenance(&req, m);
     }
+    let mut baton = None;
     if let Some(h) = route.hold.clone() {
-        if let Err(why) = h.wait().await {
-            return hold::not_released(why, &h);
+        match h.wait().await {
+            Err(why) => return hold::not_released(why, &h),
+            Ok(b) => baton = Some(b),
         }
         // Released: routed by the snapshot of now (a switch made while
         // paused applies to the held requests; so does maintenance).
@@ -200,7 +202,20 @@ pub async fn handle(req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
     let access = route.settings.access_log.then(|| AccessLine::of(&req));
     let mut record = None;
     let mut upload = None;
-    let result = forward::forward(req, conn, &route, started, &mut record, &mut upload).await;
+    let mut queued = std::time::Duration::ZERO;
+    let result = forward::forward(
+        req,
+        conn,
+        &route,
+        started,
+        forward::Out {
+            record: &mut record,
+            upload: &mut upload,
+            queued: &mut queued,
+            baton,
+        },
+    )
+    .await;
     let client_fault = result.as_ref().is_err_and(ProxyError::is_client_fault);
     let resp = match result {
         Ok(resp) => resp,
@@ -225,8 +240,10 @@ pub async fn handle(req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
     if client_fault {
         stats.record_untimed(status);
     } else {
+        // Nor is the time it waited in an upstream's queue the app's.
         let upload_time = upload.as_deref().and_then(Upload::sent_after);
-        stats.record(status, took - upload_time.unwrap_or_default().min(took));
+        let ours = upload_time.unwrap_or_default() + queued;
+        stats.record(status, took - ours.min(took));
     }
     if let Some(a) = access {
         a.log(conn, pool.side, status, took);

@@ -25,7 +25,7 @@ pub fn authority_value(upstream: &Upstream) -> HeaderValue {
 pub fn respond(
     mut resp: Response<Incoming>,
     sender: Sender,
-    guard: InFlight,
+    mut guard: InFlight,
     upgrade: Option<(hyper::upgrade::OnUpgrade, HeaderValue)>,
     pool: Arc<Pool>,
     router: &Arc<Router>,
@@ -47,6 +47,7 @@ pub fn respond(
         };
         let upstream_side = hyper::upgrade::on(&mut resp);
         strip_hop_by_hop(resp.headers_mut(), true);
+        guard.free_slot();
         let shutdown = router.shutdown.clone();
         router.tunnels.spawn(tunnel::run(
             client_side,

@@ -43,15 +43,21 @@ pub(crate) async fn send_upstream(
     connect_timeout: Duration,
     timeout: Duration,
 ) -> Result<(Response<Incoming>, Sender), String> {
-    send(upstream, req, (connect_timeout, timeout), &mut None)
-        .await
-        .map_err(|e| match e {
-            SendError::Connect(r, _) => format!("connect failed: {r}"),
-            SendError::Closed(r, _) => format!("connection closed before the request: {r}"),
-            SendError::Client(e) => e.to_string(),
-            SendError::Empty(r) | SendError::Upstream(r) => r,
-            SendError::Timeout => "timed out".into(),
-        })
+    send(
+        upstream,
+        req,
+        (connect_timeout, timeout),
+        &mut None,
+        &mut None,
+    )
+    .await
+    .map_err(|e| match e {
+        SendError::Connect(r, _) => format!("connect failed: {r}"),
+        SendError::Closed(r, _) => format!("connection closed before the request: {r}"),
+        SendError::Client(e) => e.to_string(),
+        SendError::Empty(r) | SendError::Upstream(r) => r,
+        SendError::Timeout => "timed out".into(),
+    })
 }
 
 /// Sends on an idle pooled connection, or a new one. A pooled connection
@@ -59,11 +65,16 @@ pub(crate) async fn send_upstream(
 /// the next one is tried, so a stale keep-alive connection never fails a
 /// request. `limits` are the connect and upstream timeouts; the upstream
 /// timeout starts once `body_sent` says the body has gone out whole.
+///
+/// A released held request's `baton` is dropped once its request is handed
+/// to a connection, so the next one starts only then: held requests reach
+/// the app in the order they came.
 pub async fn send(
     upstream: &Upstream,
     mut req: Request<UpstreamBody>,
     (connect_timeout, upstream_timeout): (Duration, Duration),
     body_sent: &mut BodySent,
+    baton: &mut Option<super::hold::Baton>,
 ) -> Result<(Response<Incoming>, Sender), SendError> {
     // One call site for the send, so the request's future carries one
     // sending future, not one per kind of connection.
@@ -80,7 +91,10 @@ pub async fn send(
                     upstream.tls.as_deref(),
                 ));
                 match connecting.await {
-                    Err(e) => return Err(SendError::Connect(e.to_string(), Box::new(req))),
+                    Err(e) => {
+                        drop(baton.take());
+                        return Err(SendError::Connect(e.to_string(), Box::new(req)));
+                    }
                     Ok(s) => (s, true),
                 }
             }
@@ -91,7 +105,9 @@ pub async fn send(
                 Ok(Ok(())) => {}
             }
         }
-        match answer(sender.try_send_request(req), body_sent, upstream_timeout).await {
+        let sending = sender.try_send_request(req);
+        drop(baton.take());
+        match answer(sending, body_sent, upstream_timeout).await {
             None => return Err(SendError::Timeout),
             Some(Ok(resp)) => return Ok((resp, sender)),
             Some(Err(mut e)) => match e.take_message() {

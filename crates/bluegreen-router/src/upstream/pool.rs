@@ -36,6 +36,18 @@ pub struct Upstream {
     failures: AtomicU64,
     /// Requests in a row it took and did not answer (passive health).
     failing_run: AtomicU32,
+    /// Places for requests served at once (`proxy.upstream_max_requests`):
+    /// free permits; tokio's semaphore is fair, so waiters are served in
+    /// the order they came. Invariant: permits + places in use - `debt`
+    /// = `slot_limit` (when not 0).
+    slots: tokio::sync::Semaphore,
+    slot_limit: AtomicUsize,
+    /// Places to give back to nobody (the limit was lowered while in use).
+    debt: AtomicUsize,
+    /// Requests waiting for a place now.
+    queued: AtomicUsize,
+    /// Requests that got 503 because the queue was full or too slow.
+    queue_refused: AtomicU64,
     /// Cancelled when a reload removes it: its health checks stop (the
     /// requests still using it finish).
     pub retired: CancellationToken,
@@ -66,8 +78,108 @@ impl Upstream {
             answered: Default::default(),
             failures: AtomicU64::new(0),
             failing_run: AtomicU32::new(0),
+            slots: tokio::sync::Semaphore::new(0),
+            slot_limit: AtomicUsize::new(0),
+            debt: AtomicUsize::new(0),
+            queued: AtomicUsize::new(0),
+            queue_refused: AtomicU64::new(0),
             retired: CancellationToken::new(),
         }))
+    }
+
+    /// Sets how many requests it serves at once (0: no limit). Places in
+    /// use stay; a lower limit is reached as they are given back.
+    pub fn set_max_requests(&self, limit: usize) {
+        let old = self.slot_limit.swap(limit, Ordering::AcqRel);
+        if limit > old {
+            let mut more = limit - old;
+            // Pay the debt first: those places are in use already.
+            while more > 0 {
+                let d = self.debt.load(Ordering::Acquire);
+                if d == 0 {
+                    break;
+                }
+                let pay = d.min(more);
+                if self
+                    .debt
+                    .compare_exchange(d, d - pay, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+                {
+                    more -= pay;
+                }
+            }
+            self.slots.add_permits(more);
+        } else if limit < old {
+            let fewer = old - limit;
+            let forgotten = self.slots.forget_permits(fewer);
+            self.debt.fetch_add(fewer - forgotten, Ordering::AcqRel);
+        }
+    }
+
+    /// A place to serve one request: at once while it serves fewer than its
+    /// limit, else in its queue, in arrival order, for up to `wait`. `Ok`
+    /// with whether a place was taken (none without a limit) and the time
+    /// spent queued.
+    pub(crate) async fn take_slot(
+        &self,
+        wait: std::time::Duration,
+        max_queue: usize,
+    ) -> Result<(bool, std::time::Duration), QueueRefusal> {
+        if self.slot_limit.load(Ordering::Relaxed) == 0 {
+            return Ok((false, std::time::Duration::ZERO));
+        }
+        if let Ok(p) = self.slots.try_acquire() {
+            p.forget();
+            return Ok((true, std::time::Duration::ZERO));
+        }
+        struct Queued<'a>(&'a AtomicUsize);
+        impl Drop for Queued<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        let before = self.queued.fetch_add(1, Ordering::AcqRel);
+        let _place = Queued(&self.queued);
+        if before >= max_queue {
+            self.queue_refused.fetch_add(1, Ordering::Relaxed);
+            return Err(QueueRefusal::Full(max_queue));
+        }
+        let start = std::time::Instant::now();
+        match tokio::time::timeout(wait, self.slots.acquire()).await {
+            Ok(Ok(p)) => {
+                p.forget();
+                Ok((true, start.elapsed()))
+            }
+            _ => {
+                self.queue_refused.fetch_add(1, Ordering::Relaxed);
+                Err(QueueRefusal::TimedOut(wait))
+            }
+        }
+    }
+
+    /// Gives a place back (the response ended, or became a tunnel).
+    pub(crate) fn free_slot(&self) {
+        let mut d = self.debt.load(Ordering::Acquire);
+        while d > 0 {
+            match self
+                .debt
+                .compare_exchange(d, d - 1, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return,
+                Err(now) => d = now,
+            }
+        }
+        self.slots.add_permits(1);
+    }
+
+    /// Requests waiting in its queue now, its limit (0: none), and the
+    /// requests its queue refused so far.
+    pub fn queue(&self) -> (usize, usize, u64) {
+        (
+            self.queued.load(Ordering::Relaxed),
+            self.slot_limit.load(Ordering::Relaxed),
+            self.queue_refused.load(Ordering::Relaxed),
+        )
     }
 
     /// Health as the request path sees it.
@@ -165,6 +277,10 @@ impl Upstream {
         let flipped = counter.record(ok);
         self.health
             .store(counter.state().to_u8(), Ordering::Relaxed);
+        if flipped == Some(Health::Healthy) {
+            // Healthy again: the old error no longer describes it.
+            *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        }
         flipped
     }
 
@@ -196,6 +312,17 @@ impl Upstream {
             .store(counter.state().to_u8(), Ordering::Relaxed);
         flipped
     }
+}
+
+/// Why a request got no place at an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum QueueRefusal {
+    #[error("its queue is full ({0} waiting)")]
+    /// Its queue already held this many.
+    Full(usize),
+    /// It waited this long.
+    #[error("waited {0:?} in its queue")]
+    TimedOut(std::time::Duration),
 }
 
 /// The upstreams of one side.
@@ -379,6 +506,57 @@ mod tests {
     fn pool(n: usize, balance: Balance) -> Pool {
         let addrs: Vec<String> = (0..n).map(|i| format!("127.0.0.1:{}", 9000 + i)).collect();
         Pool::new(Side::Blue, &addrs, balance, 1, 1, None).unwrap()
+    }
+
+    /// Places: at once under the limit, then a FIFO queue bounded in length
+    /// and time; a lowered limit is reached as places come back.
+    #[tokio::test]
+    async fn places_queue_in_order_and_follow_the_limit() {
+        use std::time::Duration;
+        let p = pool(1, Balance::RoundRobin);
+        let u = p.upstreams[0].clone();
+        let long = Duration::from_secs(5);
+        assert_eq!(
+            u.take_slot(long, 10).await,
+            Ok((false, Duration::ZERO)),
+            "no limit"
+        );
+        u.set_max_requests(2);
+        assert!(u.take_slot(long, 10).await.unwrap().0);
+        assert!(u.take_slot(long, 10).await.unwrap().0);
+        // Full: a short wait times out; a full queue refuses at once.
+        let short = Duration::from_millis(20);
+        assert_eq!(
+            u.take_slot(short, 10).await,
+            Err(QueueRefusal::TimedOut(short))
+        );
+        assert_eq!(u.take_slot(long, 0).await, Err(QueueRefusal::Full(0)));
+        // Two waiters get the places in the order they came.
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut waiters = Vec::new();
+        for i in 0..2 {
+            let (w, o) = (u.clone(), order.clone());
+            waiters.push(tokio::spawn(async move {
+                w.take_slot(long, 10).await.unwrap();
+                o.lock().unwrap().push(i);
+            }));
+            while u.queue().0 <= i {
+                tokio::task::yield_now().await;
+            }
+        }
+        u.free_slot();
+        u.free_slot();
+        for w in waiters {
+            w.await.unwrap();
+        }
+        assert_eq!(*order.lock().unwrap(), vec![0, 1]);
+        assert_eq!(u.queue(), (0, 2, 2), "two refused so far");
+        // Lowered to 1 with 2 in use: both must come back before one goes.
+        u.set_max_requests(1);
+        u.free_slot();
+        assert!(u.take_slot(short, 10).await.is_err(), "still one in use");
+        u.free_slot();
+        assert!(u.take_slot(short, 10).await.unwrap().0);
     }
 
     #[test]
