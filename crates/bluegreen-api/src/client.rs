@@ -17,6 +17,8 @@ pub struct AdminClient {
     base: String,
     token: Option<String>,
     actor: String,
+    /// The longest one call may take, answer included.
+    timeout: Duration,
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
 }
 
@@ -84,8 +86,16 @@ impl AdminClient {
             base: base.trim_end_matches('/').to_string(),
             token,
             actor,
+            timeout: Duration::from_secs(60),
             client: Client::builder(TokioExecutor::new()).build(https(roots)),
         })
+    }
+
+    /// The same client, waiting up to `limit` for each answer (a call whose
+    /// server works longer than 60 s, such as an upgrade, says so).
+    pub fn with_timeout(mut self, limit: Duration) -> AdminClient {
+        self.timeout = limit;
+        self
     }
 
     /// GET a JSON document.
@@ -160,11 +170,14 @@ impl AdminClient {
                 url: url.clone(),
                 reason: e.to_string(),
             })?;
-        let resp = tokio::time::timeout(Duration::from_secs(60), self.client.request(req))
+        let resp = tokio::time::timeout(self.timeout, self.client.request(req))
             .await
             .map_err(|_| ClientError::Unreachable {
                 url: url.clone(),
-                reason: "timed out after 60s".into(),
+                reason: format!(
+                    "no answer within {}",
+                    humantime::format_duration(self.timeout)
+                ),
             })?
             .map_err(|e| ClientError::Unreachable {
                 url: url.clone(),

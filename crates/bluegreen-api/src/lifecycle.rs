@@ -12,6 +12,8 @@ pub enum Control {
     /// over to it; the answer says which process serves now, or why not.
     Upgrade {
         binary: Option<PathBuf>,
+        /// How long the new process may take to be ready (default 60 s).
+        ready_timeout: Option<std::time::Duration>,
         reply: oneshot::Sender<Result<Upgraded, String>>,
     },
     /// Read the config file again and apply what can change live.

@@ -125,12 +125,32 @@ async fn require_token(State(state): State<AppState>, req: Request, next: Next) 
         return ApiError::unauthorized().into_response();
     }
     // While the state goes to a new process, a change made here would be
-    // lost: it waits for the new process (reads still work).
-    if req.method() != axum::http::Method::GET && state.router.handing_over() {
+    // lost: it waits for the new process (reads still work). A switch or a
+    // rollback never waits on an upgrade: it calls off a handover whose new
+    // process is not ready yet, and goes ahead here. A second upgrade is
+    // refused by the one in progress (409).
+    let path = req.uri().path();
+    let urgent = path.ends_with("/switch") || path.ends_with("/rollback");
+    if urgent && state.router.handing_over() {
+        let back = state
+            .router
+            .abort_handover(std::time::Duration::from_secs(15))
+            .await;
+        if back {
+            tracing::warn!(
+                path,
+                "an upgrade in progress was called off so that this change goes ahead"
+            );
+        }
+    }
+    if req.method() != axum::http::Method::GET
+        && !path.ends_with("/upgrade")
+        && state.router.handing_over()
+    {
         let mut resp = ApiError {
             status: StatusCode::SERVICE_UNAVAILABLE,
             code: "handing_over",
-            message: "an upgrade is handing the state to a new process; retry in a moment".into(),
+            message: "an upgrade is handing the state to a new process; retry in a moment (a switch or a rollback does not wait: it calls the upgrade off)".into(),
         }
         .into_response();
         resp.headers_mut().insert(
@@ -496,9 +516,26 @@ async fn upgrade(State(state): State<AppState>, body: Bytes) -> Result<Response,
         ));
     };
     let (reply, answer) = tokio::sync::oneshot::channel();
+    let ready_timeout = match body.ready_timeout.as_deref() {
+        None => None,
+        Some(t) => match humantime::parse_duration(t) {
+            Ok(d)
+                if d >= std::time::Duration::from_secs(1)
+                    && d <= std::time::Duration::from_secs(3600) =>
+            {
+                Some(d)
+            }
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "ready_timeout {t:?}: a duration from 1s to 1h, like \"2m\""
+                )))
+            }
+        },
+    };
     control
         .send(Control::Upgrade {
             binary: body.binary.map(std::path::PathBuf::from),
+            ready_timeout,
             reply,
         })
         .await

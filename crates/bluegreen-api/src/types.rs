@@ -164,6 +164,9 @@ pub struct UpgradeBody {
     /// package upgrade has replaced).
     #[serde(default)]
     pub binary: Option<String>,
+    /// How long the new process may take to say it is ready (default 60s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_timeout: Option<String>,
 }
 
 /// `POST /api/v1/pause`.

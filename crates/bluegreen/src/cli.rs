@@ -165,6 +165,10 @@ pub enum Command {
         /// The binary to start (default: the running one's path).
         #[arg(long)]
         binary: Option<PathBuf>,
+        /// How long the new process may take to say it is ready; past it,
+        /// it is stopped and nothing changes.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
+        ready_timeout: std::time::Duration,
         /// Print the answer as one JSON document (for scripts).
         #[arg(long)]
         json: bool,
@@ -469,8 +473,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Upgrade {
             admin,
             binary,
+            ready_timeout,
             json,
-        } => client_runtime()?.block_on(commands::upgrade(&admin, binary, json)),
+        } => client_runtime()?.block_on(commands::upgrade(&admin, binary, ready_timeout, json)),
         Command::Rollback {
             admin,
             force,

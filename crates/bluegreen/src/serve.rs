@@ -158,15 +158,15 @@ pub fn main(path: &Path) -> anyhow::Result<ExitCode> {
                     // not ready yet is stopped; one already serving is
                     // told to stop too): the service stops, as asked.
                     Signal::Stop => break upgrade.finish().await,
-                    Signal::Upgrade => upgrade.start(&running, None, None).await,
+                    Signal::Upgrade => upgrade.start(&running, None, None, None).await,
                     Signal::Reload if upgrade.busy() => tracing::warn!("SIGHUP during an upgrade: not reloaded"),
                     Signal::Reload => {
                         let _ = crate::reload::reload(path, &running).await;
                     }
                 },
                 Some(req) = requests.recv() => match req {
-                    bluegreen_api::lifecycle::Control::Upgrade { binary, reply } => {
-                        upgrade.start(&running, binary, Some(reply)).await
+                    bluegreen_api::lifecycle::Control::Upgrade { binary, ready_timeout, reply } => {
+                        upgrade.start(&running, binary, ready_timeout, Some(reply)).await
                     }
                     bluegreen_api::lifecycle::Control::Reload { reply } if upgrade.busy() => {
                         let _ = reply.send(Err(refuse_reload()));

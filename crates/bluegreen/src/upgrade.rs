@@ -33,8 +33,9 @@ use tokio::sync::{mpsc, oneshot};
 /// Set for a process started by a handover: it waits for the state lock.
 pub const HANDOVER_VAR: &str = "BLUEGREEN_UPGRADE";
 
-/// How long a new process may take to become ready.
-const READY_WAIT: Duration = Duration::from_secs(60);
+/// How long a new process may take to become ready, unless the upgrade
+/// says otherwise (`--ready-timeout`).
+pub const READY_WAIT: Duration = Duration::from_secs(60);
 
 type Reply = oneshot::Sender<Result<Upgraded, String>>;
 
@@ -76,6 +77,7 @@ impl Upgrades {
         &mut self,
         running: &Running,
         binary: Option<PathBuf>,
+        ready_timeout: Option<Duration>,
         reply: Option<Reply>,
     ) {
         if self.busy {
@@ -115,6 +117,7 @@ impl Upgrades {
             notifier: self.notifier.clone(),
             token: self.token.clone(),
             abort: self.abort.clone(),
+            ready_wait: ready_timeout.unwrap_or(READY_WAIT),
         };
         self.busy = true;
         self.reply = reply;
@@ -199,6 +202,7 @@ struct Handover {
     notifier: Arc<Notifier>,
     token: (String, String),
     abort: tokio_util::sync::CancellationToken,
+    ready_wait: Duration,
 }
 
 impl Handover {
@@ -208,7 +212,9 @@ impl Handover {
         self.notifier
             .send(&format!("RELOADING=1\nMONOTONIC_USEC={}", monotonic_usec()));
         // From here the admin API refuses changes (503): the state is
-        // about to belong to the new process.
+        // about to belong to the new process. A switch or rollback calls
+        // the handover off instead (until the new process is ready).
+        self.router.set_handover_abort(Some(self.abort.clone()));
         self.router.set_handing_over(true);
         if let Some(p) = &self.pipeline {
             p.suspend().await;
@@ -220,12 +226,13 @@ impl Handover {
                     self.fds,
                     &self.notifier,
                     &self.token,
-                    &self.abort,
+                    (&self.abort, self.ready_wait),
                 )
                 .await
             }
             Err(e) => Err(format!("cannot release the state: {e}")),
         };
+        self.router.set_handover_abort(None);
         match result {
             Ok(pid) => {
                 self.notifier.send(&format!("MAINPID={pid}\nREADY=1"));
@@ -290,7 +297,7 @@ async fn spawn_and_wait(
     fds: Vec<(String, OwnedFd)>,
     notifier: &Notifier,
     token: &(String, String),
-    abort: &tokio_util::sync::CancellationToken,
+    (abort, ready_wait): (&tokio_util::sync::CancellationToken, Duration),
 ) -> Result<u32, String> {
     // The readiness socket lives in a directory only we can enter: nobody
     // else can claim the new process is ready.
@@ -329,7 +336,7 @@ async fn spawn_and_wait(
         .map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
     let pid = child.id().unwrap_or(0);
     tracing::info!(pid, binary = %exe.display(), "upgrade: new process started; handing over");
-    let deadline = tokio::time::sleep(READY_WAIT);
+    let deadline = tokio::time::sleep(ready_wait);
     tokio::pin!(deadline);
     let mut buf = [0u8; 4096];
     loop {
@@ -352,15 +359,15 @@ async fn spawn_and_wait(
                 let _ = child.start_kill();
                 let _ = child.wait().await;
                 return Err(format!(
-                    "the new process {pid} ({}) was not ready within {}s; it was stopped",
+                    "the new process {pid} ({}) was not ready within {}; it was stopped",
                     exe.display(),
-                    READY_WAIT.as_secs()
+                    humantime::format_duration(ready_wait)
                 ));
             }
             _ = abort.cancelled() => {
                 let _ = child.start_kill();
                 let _ = child.wait().await;
-                return Err(format!("the upgrade was cancelled by a stop request; the new process {pid} was stopped"));
+                return Err(format!("the upgrade was called off (a stop request, or a switch or rollback that does not wait for it); the new process {pid} was stopped"));
             }
         }
     }

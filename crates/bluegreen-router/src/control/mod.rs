@@ -76,6 +76,9 @@ pub struct Router {
     /// Set while the state is being handed to a new process: the admin API
     /// refuses changes (they would be lost).
     handing_over: std::sync::atomic::AtomicBool,
+    /// Cancels a handover whose new process is not ready yet: a switch or
+    /// rollback must never wait on an upgrade.
+    handover_abort: std::sync::Mutex<Option<CancellationToken>>,
     /// Signs session and preview cookies (key in the state dir).
     pub(crate) signer: Arc<crate::request::session::Signer>,
     /// Requests kept on the old side by their session, per side.
@@ -271,6 +274,7 @@ impl Router {
             signer,
             pinned: Default::default(),
             handing_over: std::sync::atomic::AtomicBool::new(false),
+            handover_abort: std::sync::Mutex::new(None),
             applied: std::sync::atomic::AtomicI64::new(
                 cluster
                     .as_ref()
@@ -342,6 +346,37 @@ impl Router {
     /// True while changes must wait for the new process (see above).
     pub fn handing_over(&self) -> bool {
         self.handing_over.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// How to call off the handover in progress while its new process is
+    /// not ready (`None` once it is: then the state is the new one's).
+    pub fn set_handover_abort(&self, abort: Option<CancellationToken>) {
+        *self
+            .handover_abort
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = abort;
+    }
+
+    /// Calls off a handover whose new process is not ready yet and waits up
+    /// to `limit` until this process has the state back. False when the
+    /// state stays with a new process that is serving already.
+    pub async fn abort_handover(&self, limit: std::time::Duration) -> bool {
+        if let Some(t) = self
+            .handover_abort
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            t.cancel();
+        }
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.handing_over() {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        true
     }
 
     /// A new process serves now; this one only drains.

@@ -231,6 +231,7 @@ fn fail(e: bluegreen_api::ClientError) -> anyhow::Result<ExitCode> {
 pub async fn upgrade(
     args: &AdminArgs,
     binary: Option<std::path::PathBuf>,
+    ready_timeout: std::time::Duration,
     as_json: bool,
 ) -> anyhow::Result<ExitCode> {
     // An absolute path: the router resolves it, not this shell.
@@ -238,9 +239,16 @@ pub async fn upgrade(
         Some(b) => Some(std::path::absolute(&b)?.display().to_string()),
         None => None,
     };
-    let body = bluegreen_api::types::UpgradeBody { binary };
-    let result: Result<bluegreen_api::lifecycle::Upgraded, _> =
-        client(args).post("/api/v1/upgrade", body).await;
+    let body = bluegreen_api::types::UpgradeBody {
+        binary,
+        ready_timeout: Some(humantime::format_duration(ready_timeout).to_string()),
+    };
+    // The router answers once the new process is ready or given up on:
+    // wait past its deadline, so its own reason is what gets printed.
+    let result: Result<bluegreen_api::lifecycle::Upgraded, _> = client(args)
+        .with_timeout(ready_timeout + std::time::Duration::from_secs(30))
+        .post("/api/v1/upgrade", body)
+        .await;
     match result {
         Ok(done) if as_json => {
             println!("{}", serde_json::to_string_pretty(&done)?);

@@ -432,3 +432,63 @@ async fn racing_upgrades_and_a_sigterm_during_one_leave_one_process_serving() {
     assert_ne!(code, 0, "nothing serves after the stop");
     let _ = router.child.kill();
 }
+
+/// An upgrade whose new process never says it is ready must not hold an
+/// operator back: a switch or a rollback made meanwhile calls it off and
+/// goes through at once, a second upgrade is told one is in progress
+/// (409), and the CLI prints the server's own reason.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_switch_during_an_upgrade_that_never_becomes_ready_calls_it_off() {
+    let (b, g) = (Backend::start("blue").await, Backend::start("green").await);
+    let router = RouterBuilder::new(&[&b], &[&g]).start();
+    router.wait_all_healthy().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mute = dir.path().join("bluegreen-mute");
+    // Starts, and never says READY=1.
+    std::fs::write(&mute, "#!/bin/sh\nexec sleep 600\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&mute, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let successors = Successors::default();
+    std::thread::scope(|s| {
+        let up = s.spawn(|| {
+            successors.upgrade(
+                &router,
+                &["--binary", mute.to_str().unwrap(), "--ready-timeout", "5m"],
+            )
+        });
+        // Wait until the handover runs (writes get 503 then).
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let (code, _, err) = router.cli(&["maintenance", "off"]);
+            if code != 0 && err.contains("handing the state") {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no handover seen: {err}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // A second upgrade: 409, the documented answer.
+        let (code, out, err) = successors.upgrade(&router, &[]);
+        assert_ne!(code, 0, "{out}{err}");
+        assert!(err.contains("already in progress"), "{err}");
+        // The switch goes through within seconds, not the readiness wait.
+        let started = std::time::Instant::now();
+        let (code, out, err) = router.cli(&["switch", "--to", "green"]);
+        assert_eq!(code, 0, "{out}{err}");
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "{:?}",
+            started.elapsed()
+        );
+        let (code, out, err) = up.join().unwrap();
+        assert_eq!(code, 1, "{out}{err}");
+        assert!(err.contains("called off"), "the server's reason: {err}");
+    });
+    let (code, out) = curl(&[&router.url("/")]);
+    assert_eq!((code, out.as_str()), (0, "green"));
+    // This process owns its state again: the switch was persisted.
+    let state = std::fs::read_to_string(router.state_dir.join("state.json")).unwrap();
+    assert!(state.contains("\"live\": \"green\""), "{state}");
+}
