@@ -57,8 +57,9 @@ const LINGER: Duration = Duration::from_secs(1);
 /// which matters more then than the cost of parking.
 const MAX_LINGERING: usize = 256;
 
-/// How long an idle keep-alive connection is kept open at a drain for the
-/// client's next request.
+/// How long an idle keep-alive connection is kept open at a plain stop's
+/// drain for the client's next request (after a handover: the drain time,
+/// `Router::drain_linger`).
 pub(crate) const DRAIN_LINGER: Duration = Duration::from_millis(1000);
 
 /// The protocol settings every client connection of a listener shares.
@@ -203,7 +204,7 @@ pub async fn serve(
                 // close rather than waiting out its idle timeout.
                 tokio::select! {
                     r = &mut *conn => r,
-                    _ = tokio::time::sleep(DRAIN_LINGER) => {
+                    _ = tokio::time::sleep(router.drain_linger()) => {
                         Pin::new(&mut *conn).graceful_shutdown();
                         (&mut *conn).await
                     }
@@ -247,7 +248,7 @@ pub async fn serve(
             // racing a close. A connection that stays quiet is closed. At a
             // plain shutdown it closes at once: nobody would serve a retry.
             None if router.handed_over() => {
-                tokio::time::timeout(DRAIN_LINGER.min(idle), gate.stream.readable()).await
+                tokio::time::timeout(router.drain_linger().min(idle), gate.stream.readable()).await
             }
             None => return,
         };
@@ -275,7 +276,7 @@ async fn first_bytes(
     let first = match first {
         Some(r) => r,
         None if router.handed_over() => {
-            tokio::time::timeout(DRAIN_LINGER.min(idle), gate.sniff_preface()).await
+            tokio::time::timeout(router.drain_linger().min(idle), gate.sniff_preface()).await
         }
         None => return None,
     };

@@ -379,6 +379,24 @@ impl Router {
         true
     }
 
+    /// How long an idle client connection stays open at a drain for its
+    /// next request (answered with `Connection: close`). After a handover,
+    /// the whole drain time (less a moment, so the close is ours and not
+    /// the exit's): a client that pauses a few seconds between requests
+    /// sends its next one on an open connection, never into a close (as
+    /// Envoy's gradual drain). At a plain stop, a moment: nobody would serve
+    /// its retry.
+    pub fn drain_linger(&self) -> std::time::Duration {
+        if !self.handed_over() {
+            return crate::downstream::DRAIN_LINGER;
+        }
+        self.config()
+            .switch
+            .drain_timeout
+            .saturating_sub(std::time::Duration::from_millis(500))
+            .max(crate::downstream::DRAIN_LINGER)
+    }
+
     /// A new process serves now; this one only drains.
     pub fn set_handed_over(&self) {
         self.handed_over

@@ -169,6 +169,7 @@ pub async fn serve(
         base: Instant::now(),
         last_ms: AtomicU64::new(0),
     });
+    let router = ctx.router.clone();
     // One request's future; boxed for HTTP/2 only (see `downstream::serve`).
     let answer = {
         let activity = activity.clone();
@@ -221,7 +222,7 @@ pub async fn serve(
         // At a drain the client gets a moment for the request it may be
         // sending (answered with `Connection: close`) before the close.
         if draining {
-            let linger = tokio::time::sleep(crate::downstream::DRAIN_LINGER);
+            let linger = tokio::time::sleep(router.drain_linger());
             tokio::select! {
                 _ = conn.as_mut() => return,
                 _ = linger => {}
