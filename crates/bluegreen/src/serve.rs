@@ -124,7 +124,9 @@ pub fn main(path: &Path) -> anyhow::Result<ExitCode> {
         let running = start(config, &token, process).await?;
         let or_off =
             |a: Option<SocketAddr>| a.map(|a| a.to_string()).unwrap_or_else(|| "off".into());
-        println!(
+        // Whoever reads stdout may be gone: the server goes on regardless.
+        let _ = writeln!(
+            std::io::stdout(),
             "bluegreen ready proxy={} preview={} admin={} live={} https={} https_preview={} pid={}",
             running.proxy,
             or_off(running.preview),

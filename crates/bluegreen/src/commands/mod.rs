@@ -81,7 +81,8 @@ pub fn check(path: &Path) -> ExitCode {
     match Config::load(path) {
         Ok(cfg) if certificates(&cfg, path).is_err() => ExitCode::from(EXIT_CONFIG),
         Ok(cfg) => {
-            println!(
+            // The config is valid whether or not anyone reads this.
+            let _ = outln!(
                 "{}: ok (proxy {}, preview {}, admin {}, blue {} upstream(s), green {} upstream(s))",
                 path.display(),
                 cfg.proxy.listen,
@@ -159,9 +160,9 @@ fn outcome(
     match result {
         Ok(o) => {
             if as_json {
-                println!("{}", serde_json::to_string_pretty(&o)?);
+                outln!("{}", serde_json::to_string_pretty(&o)?)?;
             } else {
-                println!("{} (generation {})", o.message, o.generation);
+                outln!("{} (generation {})", o.message, o.generation)?;
             }
             // Switched, but not every node applied it in time: the
             // operator must look (`status` names them).
@@ -243,11 +244,11 @@ pub async fn upgrade(
         client(args).post("/api/v1/upgrade", body).await;
     match result {
         Ok(done) if as_json => {
-            println!("{}", serde_json::to_string_pretty(&done)?);
+            outln!("{}", serde_json::to_string_pretty(&done)?)?;
             Ok(ExitCode::SUCCESS)
         }
         Ok(done) => {
-            println!("{}", done.message);
+            outln!("{}", done.message)?;
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => fail(e),
@@ -261,11 +262,11 @@ pub async fn reload(args: &AdminArgs, as_json: bool) -> anyhow::Result<ExitCode>
         client(args).post("/api/v1/reload", json!({})).await;
     match result {
         Ok(done) if as_json => {
-            println!("{}", serde_json::to_string_pretty(&done)?);
+            outln!("{}", serde_json::to_string_pretty(&done)?)?;
             Ok(ExitCode::SUCCESS)
         }
         Ok(done) => {
-            println!("{}", done.message);
+            outln!("{}", done.message)?;
             Ok(ExitCode::SUCCESS)
         }
         Err(bluegreen_api::ClientError::Api { code, message, .. }) if code == "invalid_config" => {
@@ -285,10 +286,10 @@ pub async fn pause(args: &AdminArgs, timeout: String, limit: usize) -> anyhow::R
     let result: Result<serde_json::Value, _> = client(args).post("/api/v1/pause", body).await;
     match result {
         Ok(v) => {
-            println!(
+            outln!(
                 "paused: new live requests wait up to {} ms (at most {} at once); `bluegreen resume` releases them",
                 v["timeout_ms"], v["limit"]
-            );
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => fail(e),
@@ -300,7 +301,7 @@ pub async fn resume(args: &AdminArgs) -> anyhow::Result<ExitCode> {
     let result: Result<serde_json::Value, _> = client(args).post("/api/v1/resume", json!({})).await;
     match result {
         Ok(v) => {
-            println!("resumed: {} held requests released", v["waiting"]);
+            outln!("resumed: {} held requests released", v["waiting"])?;
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => fail(e),
@@ -323,14 +324,14 @@ pub async fn maintenance(
     let result: Result<serde_json::Value, _> = client(args).post("/api/v1/maintenance", body).await;
     match result {
         Ok(v) if on => {
-            println!(
+            outln!(
                 "maintenance on: the live listener answers 503 ({})",
                 v["maintenance"]["message"].as_str().unwrap_or("")
-            );
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         Ok(_) => {
-            println!("maintenance off: live traffic reaches the app again");
+            outln!("maintenance off: live traffic reaches the app again")?;
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => fail(e),
@@ -353,11 +354,11 @@ pub async fn weight(
     match result {
         Ok(v) => {
             match v["split"]["basis_points"].as_u64() {
-                Some(bp) => println!(
+                Some(bp) => outln!(
                     "{}% of live clients now go to {side}, always the same ones",
                     bp as f64 / 100.0
-                ),
-                None => println!("no split: all live traffic goes to the live side"),
+                )?,
+                None => outln!("no split: all live traffic goes to the live side")?,
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -372,13 +373,13 @@ pub async fn preview_link(args: &AdminArgs, valid_for: String) -> anyhow::Result
         .await;
     match result {
         Ok(v) => {
-            println!(
+            outln!(
                 "{}\n(opens the {} side for {} s in the browser that follows it; on your own hostname use the path {})",
                 v["url"].as_str().unwrap_or(""),
                 v["side"].as_str().unwrap_or("idle"),
                 v["expires_in_secs"],
                 v["path"].as_str().unwrap_or("")
-            );
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => fail(e),

@@ -10,11 +10,11 @@ pub async fn status(args: &AdminArgs, as_json: bool) -> anyhow::Result<ExitCode>
     };
     if as_json {
         tidy(&mut raw);
-        println!("{}", serde_json::to_string_pretty(&raw)?);
+        outln!("{}", serde_json::to_string_pretty(&raw)?)?;
         return Ok(ExitCode::SUCCESS);
     }
     let view: StatusView = serde_json::from_value(raw)?;
-    print!("{}", render_view(&view));
+    out!("{}", render_view(&view))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -55,7 +55,7 @@ pub async fn watch(
                     if as_json {
                         let mut data = ev.data;
                         tidy(&mut data);
-                        println!("{}", json!({"event": ev.name, "data": data}));
+                        outln!("{}", json!({"event": ev.name, "data": data}))?;
                     } else if ev.name == "status" {
                         let Ok(view) = serde_json::from_value::<StatusView>(ev.data) else {
                             continue;
@@ -66,15 +66,15 @@ pub async fn watch(
                             continue;
                         }
                         if terminal {
-                            print!("\x1b[2J\x1b[H");
+                            out!("\x1b[2J\x1b[H")?;
                         }
-                        println!("{}", now_clock());
-                        print!("{text}");
+                        outln!("{}", now_clock())?;
+                        out!("{text}")?;
                         shown = text;
                     } else if !terminal {
                         let line = one_line(&ev.name, &ev.data);
                         if line != last_line {
-                            println!("{} {}: {line}", now_clock(), ev.name);
+                            outln!("{} {}: {line}", now_clock(), ev.name)?;
                             last_line = line;
                         }
                     }
