@@ -275,7 +275,13 @@ mod tests {
         lines
             .iter()
             .filter(|l| l.starts_with("  ") && !l.starts_with("  |"))
-            .map(|l| l.split_whitespace().take(2).collect::<Vec<_>>().join(" "))
+            .map(|l| {
+                l.split(|c: char| c.is_whitespace() || c == ':')
+                    .filter(|w| !w.is_empty())
+                    .take(2)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
             .collect()
     }
 

@@ -378,7 +378,7 @@ pub async fn start(config: Config, token: &str, process: Process) -> anyhow::Res
     let admin_tls = admin_tls.map(|(acceptor, certs)| {
         // Watched like the edge's certificates (the watcher logs changes).
         bluegreen_router::tls::watch(certs, Arc::new(|_| {}), stop.clone());
-        acceptor
+        (acceptor, router.clone())
     });
     let admin_task = tokio::spawn(crate::admin::serve(admin, app, admin_tls, stop.clone()));
     tracing::info!(proxy = %proxy_local, preview = ?preview_local, admin = %admin_local, live = %router.live(), "router started");
