@@ -100,8 +100,8 @@ fn now_clock() -> String {
     format!("{:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
 }
 
-/// An event's data in a line: a deploy's step, a shadow run's counts,
-/// else its detail or message when it has one.
+/// An event's data in a line: a deploy's step, an upstream's health, a
+/// shadow run's counts, else its detail or message when it has one.
 fn one_line(name: &str, data: &serde_json::Value) -> String {
     if name == "deploy" {
         if let Ok(d) = serde_json::from_value::<DeployRecord>(data.clone()) {
@@ -111,6 +111,20 @@ fn one_line(name: &str, data: &serde_json::Value) -> String {
                 d.id, d.version, d.target, d.outcome
             );
         }
+    }
+    if name == "health" {
+        // `green 127.0.0.1:8081 is unhealthy: connection refused`
+        return format!(
+            "{} {} is {}{}",
+            data["side"].as_str().unwrap_or("?"),
+            data["upstream"].as_str().unwrap_or("?"),
+            data["health"].as_str().unwrap_or("?"),
+            data["reason"]
+                .as_str()
+                .filter(|r| !r.is_empty())
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default()
+        );
     }
     if name == "shadow" {
         let r = data.get("shadow").unwrap_or(data);
@@ -316,4 +330,24 @@ pub(super) fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_line;
+    use serde_json::json;
+
+    #[test]
+    fn a_health_event_is_one_line_for_people() {
+        // The router's event data, with and without a reason.
+        let down = json!({"side": "green", "upstream": "127.0.0.1:8081", "health": "unhealthy",
+            "reason": "connection refused"});
+        assert_eq!(
+            one_line("health", &down),
+            "green 127.0.0.1:8081 is unhealthy: connection refused"
+        );
+        let up =
+            json!({"side": "blue", "upstream": "10.0.0.1:80", "health": "healthy", "reason": null});
+        assert_eq!(one_line("health", &up), "blue 10.0.0.1:80 is healthy");
+    }
 }
