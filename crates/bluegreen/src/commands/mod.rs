@@ -38,7 +38,9 @@ use std::time::{Duration, Instant};
 
 pub(crate) fn client(args: &AdminArgs) -> AdminClient {
     let ca = args.admin_ca.as_deref();
-    match AdminClient::with_ca(&args.admin, args.token.clone(), actor(), ca) {
+    // An empty token (`BLUEGREEN_TOKEN=`) is no token, as for `serve`.
+    let token = args.token.clone().filter(|t| !t.trim().is_empty());
+    match AdminClient::with_ca(&args.admin, token, actor(), ca) {
         Ok(c) => c,
         Err(e) => {
             // An unreadable --admin-ca: nothing can be asked of the router.
@@ -219,9 +221,14 @@ fn fail(e: bluegreen_api::ClientError) -> anyhow::Result<ExitCode> {
     eprintln!("error: {e}");
     // Say where the token comes from, on both ends.
     if matches!(&e, bluegreen_api::ClientError::Api { status, .. } if *status == 401) {
+        // Empty counts as unset: nothing is sent.
+        let env = match std::env::var_os("BLUEGREEN_TOKEN") {
+            None => "not set",
+            Some(t) if t.to_string_lossy().trim().is_empty() => "empty: no token sent",
+            Some(_) => "set",
+        };
         eprintln!(
-            "hint: the CLI sends --token or BLUEGREEN_TOKEN (set: {}); the router checks it against the variable named by admin.token_env (default BLUEGREEN_TOKEN) in the environment of `bluegreen serve`",
-            if std::env::var_os("BLUEGREEN_TOKEN").is_some() { "yes" } else { "no" }
+            "hint: the CLI sends --token or BLUEGREEN_TOKEN ({env}); the router checks it against the variable named by admin.token_env (default BLUEGREEN_TOKEN) in the environment of `bluegreen serve`"
         );
     }
     Ok(ExitCode::from(EXIT_ERROR))

@@ -178,7 +178,22 @@ async fn cli_status_switch_and_rollback() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("bearer token"));
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(err.contains("bearer token"), "{err}");
+    assert!(err.contains("BLUEGREEN_TOKEN (not set)"), "{err}");
+    // An empty BLUEGREEN_TOKEN is no token, and the hint says so.
+    let out = std::process::Command::new(bin())
+        .args(["status"])
+        .env("BLUEGREEN_ADMIN", router.admin_url())
+        .env("BLUEGREEN_TOKEN", "")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        err.contains("bearer token") && err.contains("BLUEGREEN_TOKEN (empty: no token sent)"),
+        "{err}"
+    );
 
     let out = std::process::Command::new(bin())
         .args(["status", "--admin", &format!("http://{}", closed_port())])
