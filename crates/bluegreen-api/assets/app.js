@@ -551,7 +551,10 @@
           h('i', { class: `dot ${u.health}`, title: u.health }),
           h('code', null, u.address),
           h('span', { class: 'muted' }, ` ${u.health}, ${u.outstanding} outstanding`),
-          u.last_error ? h('div', { class: 'last-error' }, 'last error: ', u.last_error) : null))));
+          // An upstream healthy again keeps its last error in the status
+          // (its pool's record); shown only while it is not healthy.
+          u.last_error && u.health !== 'healthy'
+            ? h('div', { class: 'last-error' }, 'last error: ', u.last_error) : null))));
     }
     renderNow();
   }

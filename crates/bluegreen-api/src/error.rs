@@ -69,6 +69,11 @@ impl From<PipelineError> for ApiError {
             }
             PipelineError::BadInput(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             PipelineError::NotWaiting => (StatusCode::CONFLICT, "not_waiting"),
+            // Going back past a contract migration: the side may well be
+            // running, its release expects a schema that is gone.
+            PipelineError::Stopped(why) if bluegreen_core::rollback::is_past_contract(why) => {
+                (StatusCode::CONFLICT, "past_contract")
+            }
             PipelineError::Stopped(_) => (StatusCode::CONFLICT, "side_stopped"),
             PipelineError::NoDeploy => (StatusCode::CONFLICT, "no_deploy"),
             PipelineError::TooLateToAbort(_) => (StatusCode::CONFLICT, "too_late"),

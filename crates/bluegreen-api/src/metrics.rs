@@ -125,6 +125,7 @@ pub async fn render(router: &Arc<Router>, pipeline: Option<&Arc<Pipeline>>) -> S
     traffic(&mut s, &snap);
     side_gauges(&mut s, &status);
     clients(&mut s, router);
+    tls_handshakes(&mut s, router);
     upstreams(&mut s, &snap);
     if let Some(p) = pipeline {
         deploys(&mut s, p).await;
@@ -278,6 +279,23 @@ fn clients(s: &mut Scrape, router: &Router) {
                 Value::Gauge(n as i64),
             );
         }
+    }
+}
+
+/// Client TLS handshakes that failed, by a few fixed reasons (edge and
+/// admin listeners): counted here, logged only at debug.
+fn tls_handshakes(s: &mut Scrape, router: &Router) {
+    use bluegreen_router::tls::HandshakeFailure;
+    let f = s.family(
+        "bluegreen_tls_handshake_failures",
+        "Client TLS handshakes that failed, by reason: not_tls, incompatible, client_alert, closed, timeout, other",
+        MetricType::Counter,
+    );
+    for why in HandshakeFailure::ALL {
+        f.add(
+            vec![("reason", why.as_str().into())],
+            Value::Counter(router.tls_handshake_failures.get(why)),
+        );
     }
 }
 

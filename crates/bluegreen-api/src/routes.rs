@@ -903,12 +903,14 @@ async fn shadow_accept(
             "{field:?} is not a field: a JSON pointer (\"/items/*/currency\"), \"status\", \"header:NAME\" or \"body\""
         )));
     }
+    // Both go into the deploy's log, shown in the history.
+    input::no_bidi("field", field).map_err(ApiError::bad_request)?;
+    let reason = reason(body.reason.clone(), "")?;
     let who = actor(&headers, &body.actor)?;
     if let Some(p) = &state.pipeline {
         p.accept_here()?;
     }
     let running = state.router.accept_difference(field);
-    let reason = body.reason.clone().unwrap_or_default();
     let text = format!(
         "shadow: {who} accepted {field} as an intended difference{}",
         if reason.is_empty() {

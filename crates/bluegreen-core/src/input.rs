@@ -1,7 +1,8 @@
 //! Limits on text that operators and API clients hand us: versions end up in
 //! paths and commands, reasons and actors in the persisted history, deploy
 //! environment variables in app processes. Each check names the field and
-//! what is wrong; nothing is truncated or altered silently.
+//! what is wrong; nothing is truncated or altered silently. Text shown in the
+//! history carries no bidirectional controls (see [`bidi_control`]).
 
 /// Longest accepted reason (bytes).
 pub const MAX_REASON: usize = 1024;
@@ -27,14 +28,48 @@ pub fn version(v: &str) -> Result<(), String> {
 }
 
 /// Free text kept in the history (a reason): at most 1024 bytes, no control
-/// characters but tab.
+/// characters but tab, no bidirectional controls.
 pub fn reason(field: &str, v: &str) -> Result<(), String> {
     text(field, v, MAX_REASON)
 }
 
-/// Who did it: at most 128 bytes, no control characters.
+/// Who did it: at most 128 bytes, no control characters, no bidirectional
+/// controls.
 pub fn actor(v: &str) -> Result<(), String> {
     text("actor", v, MAX_NAME)
+}
+
+/// The Unicode bidirectional controls: embeddings and overrides (U+202A to
+/// U+202E), isolates (U+2066 to U+2069) and the marks (U+200E, U+200F,
+/// U+061C). In a history line they reorder what a dashboard or a terminal
+/// shows, so that it reads differently from what it holds ("Trojan Source").
+pub fn bidi_control(c: char) -> Option<&'static str> {
+    Some(match c {
+        '\u{202A}' => "LEFT-TO-RIGHT EMBEDDING",
+        '\u{202B}' => "RIGHT-TO-LEFT EMBEDDING",
+        '\u{202C}' => "POP DIRECTIONAL FORMATTING",
+        '\u{202D}' => "LEFT-TO-RIGHT OVERRIDE",
+        '\u{202E}' => "RIGHT-TO-LEFT OVERRIDE",
+        '\u{2066}' => "LEFT-TO-RIGHT ISOLATE",
+        '\u{2067}' => "RIGHT-TO-LEFT ISOLATE",
+        '\u{2068}' => "FIRST STRONG ISOLATE",
+        '\u{2069}' => "POP DIRECTIONAL ISOLATE",
+        '\u{200E}' => "LEFT-TO-RIGHT MARK",
+        '\u{200F}' => "RIGHT-TO-LEFT MARK",
+        '\u{061C}' => "ARABIC LETTER MARK",
+        _ => return None,
+    })
+}
+
+/// Refuses bidirectional controls in `v`, naming `field` and the code point.
+pub fn no_bidi(field: &str, v: &str) -> Result<(), String> {
+    match v.chars().find_map(|c| bidi_control(c).map(|name| (c, name))) {
+        Some((c, name)) => Err(format!(
+            "{field} contains the bidirectional control U+{:04X} ({name}), which would make it display differently from what it says",
+            c as u32
+        )),
+        None => Ok(()),
+    }
 }
 
 fn text(field: &str, v: &str, max: usize) -> Result<(), String> {
@@ -47,7 +82,7 @@ fn text(field: &str, v: &str, max: usize) -> Result<(), String> {
             shorten(v)
         ));
     }
-    Ok(())
+    no_bidi(field, v)
 }
 
 /// Variables that change how every program loads: never settable per deploy.
@@ -139,6 +174,34 @@ mod tests {
         assert!(actor("alice@host").is_ok());
         assert!(actor(&"a".repeat(129)).is_err());
         assert!(actor("esc\u{1b}[31m").is_err());
+    }
+
+    #[test]
+    fn bidirectional_controls_are_refused_by_name_and_code_point() {
+        // "Trojan Source": the override makes this read "rollback: fine".
+        let e = reason("reason", "rollback: \u{202E}enif").unwrap_err();
+        assert!(
+            e.starts_with("reason ")
+                && e.contains("U+202E")
+                && e.contains("RIGHT-TO-LEFT OVERRIDE"),
+            "{e}"
+        );
+        let e = actor("alice\u{2066}").unwrap_err();
+        assert!(e.starts_with("actor ") && e.contains("U+2066"), "{e}");
+        let e = reason("message", "x\u{061C}y").unwrap_err();
+        assert!(e.starts_with("message ") && e.contains("U+061C"), "{e}");
+        for c in ('\u{202A}'..='\u{202E}')
+            .chain('\u{2066}'..='\u{2069}')
+            .chain(['\u{200E}', '\u{200F}', '\u{061C}'])
+        {
+            let text = format!("a{c}b");
+            assert!(reason("reason", &text).is_err(), "U+{:04X}", c as u32);
+            assert!(actor(&text).is_err(), "U+{:04X}", c as u32);
+        }
+        // Right-to-left text itself is fine; so are other format characters.
+        assert!(reason("reason", "שלום, مرحبا").is_ok());
+        assert!(actor("zoë\u{200D}").is_ok());
+        assert!(no_bidi("field", "/items/*/currency").is_ok());
     }
 
     #[test]

@@ -165,11 +165,21 @@ pub fn past_contract(book: &DeployBook, plan: RollbackPlan, force: bool) -> Roll
         return plan;
     }
     RollbackPlan::Nothing(format!(
-        "refusing to go back to {version}: the contract migrations of {} (deploy #{}: {}) have run, and {version} was released before them, so it expects a schema that is gone; pass --force to go back anyway (dangerous: {version} may fail on every request that touches what the contract removed)",
+        "refusing to go back to {version}: {PAST_CONTRACT} of {} (deploy #{}: {}) have run, and {version} was released before them, so it expects a schema that is gone; pass --force to go back anyway (dangerous: {version} may fail on every request that touches what the contract removed)",
         c.version,
         c.deploy_id,
         c.files.join(", ")
     ))
+}
+
+/// The words only [`past_contract`]'s refusal holds.
+const PAST_CONTRACT: &str = "the contract migrations";
+
+/// True for the refusal [`past_contract`] writes: the pipeline hands it on
+/// as a plain message (with a stopped side's), and the admin API gives it a
+/// code of its own (`past_contract`).
+pub fn is_past_contract(message: &str) -> bool {
+    message.starts_with("refusing to go back to ") && message.contains(PAST_CONTRACT)
 }
 
 #[cfg(test)]
@@ -341,6 +351,7 @@ mod tests {
                     why.contains("0002_title.contract.sql") && why.contains("--force"),
                     "{why}"
                 );
+                assert!(is_past_contract(&why), "{why}");
             }
             other => panic!("{other:?}"),
         }
@@ -348,6 +359,17 @@ mod tests {
         // A release deployed after the contract is fine to go back to.
         let v2 = plan_to(&b, Side::Blue, "v2", false);
         assert_eq!(past_contract(&b, v2.clone(), false), v2);
+    }
+
+    #[test]
+    fn only_the_contract_refusal_is_told_apart() {
+        for other in [
+            "green (v1) was decommissioned: its app is stopped; use rollback or deploy to bring it back",
+            "v2 is already live on blue",
+            "nothing to roll back to: no earlier release",
+        ] {
+            assert!(!is_past_contract(other), "{other}");
+        }
     }
 
     fn plan_forced(b: &DeployBook) -> RollbackPlan {

@@ -122,6 +122,23 @@ pub fn save_router(store: &dyn StateStore, state: &RouterState) -> Result<(), St
     save_json(store, ROUTER_KEY, state)
 }
 
+/// A PEM parse error in words. rustls-pki-types prints the marker it did
+/// not find as a list of byte values (`missing section end marker: [67,
+/// 69, ...]`); this says `missing "-----END CERTIFICATE-----"`.
+pub fn pem_error(e: &rustls::pki_types::pem::Error) -> String {
+    use rustls::pki_types::pem::Error as E;
+    let text = |b: &[u8]| String::from_utf8_lossy(b).trim_end().to_string();
+    match e {
+        E::MissingSectionEnd { end_marker } => {
+            format!("missing \"-----END {}-----\"", text(end_marker))
+        }
+        E::IllegalSectionStart { line } => {
+            format!("malformed section start {:?}", text(line))
+        }
+        other => other.to_string(),
+    }
+}
+
 /// Every certificate of a PEM file as trust roots (a private CA, a test
 /// CA's bundle); the error names the file and what is wrong.
 pub fn roots_from_pem(path: &std::path::Path) -> Result<rustls::RootCertStore, String> {
@@ -129,9 +146,9 @@ pub fn roots_from_pem(path: &std::path::Path) -> Result<rustls::RootCertStore, S
     let file = path.display();
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls::pki_types::CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("{file}: cannot read: {e}"))?
+        .map_err(|e| format!("{file}: cannot read: {}", pem_error(&e)))?
     {
-        let cert = cert.map_err(|e| format!("{file}: not PEM certificates: {e}"))?;
+        let cert = cert.map_err(|e| format!("{file}: not PEM certificates: {}", pem_error(&e)))?;
         roots
             .add(cert)
             .map_err(|e| format!("{file}: not a usable CA certificate: {e}"))?;
@@ -140,4 +157,27 @@ pub fn roots_from_pem(path: &std::path::Path) -> Result<rustls::RootCertStore, S
         return Err(format!("{file}: holds no PEM certificate"));
     }
     Ok(roots)
+}
+
+#[cfg(test)]
+mod pem_tests {
+    use super::roots_from_pem;
+
+    #[test]
+    fn a_pem_error_names_the_marker_in_words() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("ca.pem");
+        std::fs::write(&file, "-----BEGIN CERTIFICATE-----\nMIIB\n").unwrap();
+        let e = roots_from_pem(&file).unwrap_err();
+        assert!(
+            e.ends_with(r#"not PEM certificates: missing "-----END CERTIFICATE-----""#),
+            "{e}"
+        );
+        std::fs::write(&file, "-----BEGIN CERTIFICATE---\nMIIB\n").unwrap();
+        let e = roots_from_pem(&file).unwrap_err();
+        assert!(
+            e.contains(r#"malformed section start "-----BEGIN CERTIFICATE---""#),
+            "{e}"
+        );
+    }
 }

@@ -2,21 +2,25 @@
 //! it listens beyond this host, so the bearer token never crosses a
 //! network in clear unless the config says so.
 
+use bluegreen_router::tls::HandshakeFailure;
+use bluegreen_router::Router;
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
+use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 /// Serves `app` on `listener` until `stop`, then lets open requests end.
+/// Failed TLS handshakes are counted in `router`'s metrics.
 pub async fn serve(
     listener: TcpListener,
     app: axum::Router,
-    tls: Option<TlsAcceptor>,
+    tls: Option<(TlsAcceptor, Arc<Router>)>,
     stop: CancellationToken,
 ) {
-    let Some(tls) = tls else {
+    let Some((tls, router)) = tls else {
         if let Err(e) = axum::serve(listener, app)
             .with_graceful_shutdown(stop.cancelled_owned())
             .await
@@ -40,6 +44,7 @@ pub async fn serve(
             _ = stop.cancelled() => break,
         };
         let (tls, app, stop) = (tls.clone(), app.clone(), stop.clone());
+        let router = router.clone();
         conns.spawn(async move {
             let handshake =
                 tokio::time::timeout(bluegreen_router::tls::HANDSHAKE, tls.accept(sock));
@@ -47,10 +52,15 @@ pub async fn serve(
                 r = handshake => match r {
                     Ok(Ok(s)) => s,
                     Ok(Err(e)) => {
-                        tracing::debug!(error = %e, "admin API: TLS handshake failed");
+                        let why = HandshakeFailure::of(&e);
+                        router.tls_handshake_failures.count("admin", why, &e);
                         return;
                     }
-                    Err(_) => return,
+                    Err(e) => {
+                        let why = HandshakeFailure::Timeout;
+                        router.tls_handshake_failures.count("admin", why, &e);
+                        return;
+                    }
                 },
                 _ = stop.cancelled() => return,
             };

@@ -367,8 +367,14 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// Print the man page (roff) generated from this CLI.
-    Man,
+    /// Print the man page (roff) generated from this CLI; it refers to one
+    /// page per subcommand (bluegreen-deploy(1), ...), which --dir writes.
+    Man {
+        /// Write every page (bluegreen.1 and one per subcommand, e.g.
+        /// bluegreen-deploy.1) into this directory instead.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
     /// Run a self-contained demo: release v1, then v2 under live traffic, and
     /// with --broken a v3 that the bake rolls back; every response counted.
     Demo(demo::DemoArgs),
@@ -551,18 +557,33 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Replay(args) => client_runtime()?.block_on(replay::main(args)),
         Command::Completions { shell } => {
+            // Into memory first: clap_complete panics on a failed write.
             let mut cmd = <Cli as clap::CommandFactory>::command();
-            clap_complete::generate(shell, &mut cmd, "bluegreen", &mut std::io::stdout());
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "bluegreen", &mut script);
+            crate::out::bytes(&script)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Man => {
-            let cmd = <Cli as clap::CommandFactory>::command();
-            clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?;
+        Command::Man { dir: Some(dir) } => {
+            std::fs::create_dir_all(&dir)?;
+            clap_mangen::generate_to(man_command(), &dir)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man { dir: None } => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(man_command()).render(&mut page)?;
+            crate::out::bytes(&page)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo(args) => demo::main(args),
         Command::App(args) => app::main(args),
     }
+}
+
+/// The CLI as the man pages show it: without clap's `help` subcommand,
+/// which has no page (`generate_to` leaves it out too).
+fn man_command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command().disable_help_subcommand(true)
 }
 
 fn client_runtime() -> std::io::Result<tokio::runtime::Runtime> {

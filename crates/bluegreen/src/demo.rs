@@ -156,7 +156,7 @@ async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         .pipeline
         .clone()
         .context("the demo config has a pipeline")?;
-    println!(
+    let _ = outln!(
         "router: live traffic on http://{}, preview (idle side) on http://{}, admin API on http://{}\n",
         running.proxy,
         running.preview.context("demo has a preview listener")?,
@@ -172,7 +172,7 @@ async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let clients: Vec<_> = (0..args.clients.max(1))
         .map(|_| tokio::spawn(traffic(running.proxy, tally.clone(), stop.clone())))
         .collect();
-    println!(
+    let _ = outln!(
         "\nsending live traffic with {} keep-alive clients...\n",
         args.clients.max(1)
     );
@@ -182,7 +182,7 @@ async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
 
     // 5. A broken v3: passes health and smoke, then fails under real traffic.
     if args.broken {
-        println!("\nnow a broken v3: it passes health and smoke tests, then answers 500 under real traffic\n");
+        let _ = outln!("\nnow a broken v3: it passes health and smoke tests, then answers 500 under real traffic\n");
         let env = BTreeMap::from([("BLUEGREEN_APP_ERROR_AFTER".to_string(), "5".to_string())]);
         ok &= deploy(&pipeline, "v3", env).await? == Outcome::RolledBack;
     }
@@ -198,16 +198,16 @@ async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|(v, n)| format!("{v}: {n}"))
         .collect();
-    println!("\nlive requests answered by version: {}", served.join(", "));
+    let _ = outln!("\nlive requests answered by version: {}", served.join(", "));
     if args.broken {
-        println!(
+        let _ = outln!(
             "500s from the broken v3 before the bake rolled it back: {}",
             t.broken
         );
     }
-    println!("failed requests (errors, resets, 502/503): {}", t.failed);
+    let _ = outln!("failed requests (errors, resets, 502/503): {}", t.failed);
     if args.keep_running {
-        println!(
+        let _ = outln!(
             "\nThe router keeps running. Try:\n  curl http://{proxy}/\n  export BLUEGREEN_ADMIN=http://{admin} BLUEGREEN_TOKEN={token}\n  bluegreen status\n  bluegreen deploy v4\n  bluegreen history\nPress Ctrl-C to stop.",
             proxy = running.proxy,
             admin = running.admin,
@@ -216,10 +216,11 @@ async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     }
     running.shutdown(false).await;
     if !ok || t.failed > 0 {
-        println!("demo FAILED: every deploy should end as expected with zero failed requests");
+        let _ =
+            outln!("demo FAILED: every deploy should end as expected with zero failed requests");
         return Ok(ExitCode::from(1));
     }
-    println!("every release ended as expected, with zero failed requests.");
+    let _ = outln!("every release ended as expected, with zero failed requests.");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -240,10 +241,12 @@ async fn deploy(
     loop {
         let d = p.get(record.id).await?;
         if d.is_finished() {
-            progress.finish(&d);
+            // The demo runs to its end (and stops what it started) even
+            // when nobody reads its output any more.
+            let _ = progress.finish(&d);
             return Ok(d.outcome);
         }
-        progress.update(&d);
+        let _ = progress.update(&d);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -4,6 +4,9 @@
 //! `bluegreen-router` ← `bluegreen-api` ← this binary (CLI, serve, demo).
 #![forbid(unsafe_code)]
 
+#[macro_use]
+mod out;
+
 mod admin;
 mod app;
 mod cli;
@@ -29,6 +32,8 @@ fn main() -> ExitCode {
     logging::init(cli.log_format, cli.verbose, quiet);
     match cli::run(cli) {
         Ok(code) => code,
+        // The reader of our output went away (`| head`): nothing to say.
+        Err(e) if out::is_closed(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(cli::EXIT_ERROR)

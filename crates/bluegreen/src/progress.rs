@@ -35,6 +35,8 @@ pub struct Progress {
     bars: Vec<ProgressBar>,
     /// The state each bar was last drawn in.
     shown: Vec<Option<StepState>>,
+    /// Each step's state and detail as last printed (lines, JSON).
+    printed: Vec<Option<(StepState, Option<String>)>>,
 }
 
 fn secs(ms: u64) -> String {
@@ -91,79 +93,93 @@ impl Progress {
             multi: None,
             bars: Vec::new(),
             shown: Vec::new(),
+            printed: Vec::new(),
         }
     }
 
     /// Shows what changed since the previous snapshot.
-    pub fn update(&mut self, d: &DeployRecord) {
-        let prev = self.last.take();
-        let new_logs = d
-            .log
-            .len()
-            .saturating_sub(prev.as_ref().map(|p| p.log.len()).unwrap_or(0));
-        let logs = &d.log[d.log.len() - new_logs..];
-        match self.mode {
-            Mode::Terminal => self.terminal(d, logs.iter().map(|l| l.text.as_str())),
-            Mode::Lines => {
-                if prev.is_none() {
-                    println!(
-                        "deploy #{}: {} to {} (live: {})",
-                        d.id, d.version, d.target, d.from
-                    );
-                }
-                for l in logs {
-                    println!("  | {}", l.text);
-                }
-                for s in &d.steps {
-                    let before = prev.as_ref().map(|p| p.step(s.step));
-                    if before.map(|b| (b.state, &b.detail)) != Some((s.state, &s.detail))
-                        && s.state != StepState::Pending
-                    {
-                        let dur = s
-                            .duration_ms()
-                            .map(|m| format!(" ({})", secs(m)))
-                            .unwrap_or_default();
-                        println!(
-                            "  {:<12} {}{dur}{}",
-                            s.step.as_str(),
-                            state_name(s.state),
-                            s.detail
-                                .as_deref()
-                                .map(|x| format!(": {x}"))
-                                .unwrap_or_default()
-                        );
-                    }
-                }
-            }
-            Mode::Json => {
-                for s in &d.steps {
-                    let before = prev.as_ref().map(|p| p.step(s.step));
-                    if before.map(|b| (b.state, &b.detail)) != Some((s.state, &s.detail))
-                        && s.state != StepState::Pending
-                    {
-                        println!(
-                            "{}",
-                            serde_json::json!({"event": "step", "deploy": d.id, "step": s.step,
-                                "state": s.state, "duration_ms": s.duration_ms(), "detail": s.detail})
-                        );
-                    }
-                }
-                for l in logs {
-                    println!(
-                        "{}",
-                        serde_json::json!({"event": "log", "deploy": d.id, "text": l.text})
-                    );
-                }
-            }
+    pub fn update(&mut self, d: &DeployRecord) -> std::io::Result<()> {
+        if self.mode == Mode::Terminal {
+            let seen = self.last.as_ref().map_or(0, |p| p.log.len());
+            let logs = &d.log[seen.min(d.log.len())..];
+            self.terminal(d, logs.iter().map(|l| l.text.as_str()));
+            self.last = Some(d.clone());
+            return Ok(());
         }
-        self.last = Some(d.clone());
+        for line in self.lines(d) {
+            outln!("{line}")?;
+        }
+        Ok(())
+    }
+
+    /// The lines (or JSON lines) `d` adds to what was printed. Steps come
+    /// in pipeline order: one that changed ahead of its turn (the canary
+    /// step skipped when the deploy starts) waits until every step before
+    /// it has ended, so it never shows up between another step's `running`
+    /// and its end.
+    fn lines(&mut self, d: &DeployRecord) -> Vec<String> {
+        let prev = self.last.replace(d.clone());
+        let mut out = Vec::new();
+        if prev.is_none() && self.mode == Mode::Lines {
+            out.push(format!(
+                "deploy #{}: {} to {} (live: {})",
+                d.id, d.version, d.target, d.from
+            ));
+        }
+        let seen = prev.as_ref().map_or(0, |p| p.log.len());
+        let logs = &d.log[seen.min(d.log.len())..];
+        if self.mode == Mode::Lines {
+            out.extend(logs.iter().map(|l| format!("  | {}", l.text)));
+        }
+        // While the deploy runs, nothing past the step it is at.
+        let turn = if d.is_finished() {
+            d.steps.len()
+        } else {
+            d.steps
+                .iter()
+                .position(|s| matches!(s.state, StepState::Pending | StepState::Running))
+                .unwrap_or(d.steps.len())
+        };
+        if self.printed.len() < d.steps.len() {
+            self.printed.resize(d.steps.len(), None);
+        }
+        for (i, s) in d.steps.iter().enumerate().take(turn + 1) {
+            let now = Some((s.state, s.detail.clone()));
+            if s.state == StepState::Pending || self.printed[i] == now {
+                continue;
+            }
+            self.printed[i] = now;
+            out.push(match self.mode {
+                Mode::Json => serde_json::json!({"event": "step", "deploy": d.id, "step": s.step,
+                    "state": s.state, "duration_ms": s.duration_ms(), "detail": s.detail})
+                .to_string(),
+                _ => format!(
+                    "  {:<12} {}{}{}",
+                    s.step.as_str(),
+                    state_name(s.state),
+                    s.duration_ms()
+                        .map(|m| format!(" ({})", secs(m)))
+                        .unwrap_or_default(),
+                    s.detail
+                        .as_deref()
+                        .map(|x| format!(": {x}"))
+                        .unwrap_or_default()
+                ),
+            });
+        }
+        if self.mode == Mode::Json {
+            out.extend(logs.iter().map(|l| {
+                serde_json::json!({"event": "log", "deploy": d.id, "text": l.text}).to_string()
+            }));
+        }
+        out
     }
 
     /// Prints the final verdict.
-    pub fn finish(&mut self, d: &DeployRecord) {
-        self.update(d);
+    pub fn finish(&mut self, d: &DeployRecord) -> std::io::Result<()> {
+        self.update(d)?;
         match self.mode {
-            Mode::Json => println!(
+            Mode::Json => outln!(
                 "{}",
                 serde_json::json!({"event": "end", "deploy": d.id, "outcome": d.outcome,
                     "reason": d.reason, "breach": d.breach})
@@ -172,9 +188,9 @@ impl Progress {
                 for b in &self.bars {
                     b.finish();
                 }
-                println!("{}", verdict(d));
+                outln!("{}", verdict(d))
             }
-            Mode::Lines => println!("{}", verdict(d)),
+            Mode::Lines => outln!("{}", verdict(d)),
         }
     }
 
@@ -245,5 +261,95 @@ impl Progress {
             }
             self.shown[i] = Some(s.state);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bluegreen_core::deploy::{DeployOptions, Step};
+    use bluegreen_core::Side;
+
+    /// The step names of `lines`, in the order they were printed.
+    fn steps_of(lines: &[String]) -> Vec<String> {
+        lines
+            .iter()
+            .filter(|l| l.starts_with("  ") && !l.starts_with("  |"))
+            .map(|l| {
+                l.split(|c: char| c.is_whitespace() || c == ':')
+                    .filter(|w| !w.is_empty())
+                    .take(2)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .collect()
+    }
+
+    #[test]
+    fn steps_print_in_pipeline_order() {
+        // The canary step is skipped from the start (no --canary).
+        let mut d = DeployRecord::new(
+            1,
+            "v2".into(),
+            Side::Blue,
+            None,
+            DeployOptions::default(),
+            0,
+        );
+        let mut p = Progress::new(Mode::Lines);
+        let mut printed = Vec::new();
+        printed.extend(p.lines(&d));
+        d.start(Step::Expand, 1);
+        printed.extend(p.lines(&d));
+        d.skip(Step::Expand, "no [deploy.migrations]", 2);
+        d.start(Step::Deploy, 2);
+        printed.extend(p.lines(&d));
+        for (i, step) in [
+            Step::Deploy,
+            Step::Health,
+            Step::Smoke,
+            Step::Warm,
+            Step::Shadow,
+            Step::Gate,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            d.finish(step, None, 3 + i as u64);
+            printed.extend(p.lines(&d));
+        }
+        d.start(Step::Switch, 10);
+        printed.extend(p.lines(&d));
+        assert_eq!(
+            steps_of(&printed),
+            [
+                "expand running",
+                "expand skipped",
+                "deploy running",
+                "deploy done",
+                "health done",
+                "smoke done",
+                "warm done",
+                "shadow done",
+                "gate done",
+                "canary skipped",
+                "switch running",
+            ],
+            "{printed:#?}"
+        );
+        // JSON lines keep the same order.
+        let mut j = Progress::new(Mode::Json);
+        let mut d = DeployRecord::new(
+            2,
+            "v3".into(),
+            Side::Blue,
+            None,
+            DeployOptions::default(),
+            0,
+        );
+        d.start(Step::Expand, 1);
+        let first = j.lines(&d);
+        assert_eq!(first.len(), 1, "{first:?}");
+        assert!(first[0].contains("\"expand\""), "{first:?}");
     }
 }

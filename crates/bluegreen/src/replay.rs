@@ -78,7 +78,7 @@ pub async fn main(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let (sent, tally) = send_all(&args, &plan, &bases).await?;
     // 4. The summary.
     let t = tally.lock().unwrap_or_else(|p| p.into_inner());
-    summarize(&args, &t, sent, started.elapsed().as_secs_f64(), &bases);
+    summarize(&args, &t, sent, started.elapsed().as_secs_f64(), &bases)?;
     Ok(if t.errors > 0 {
         ExitCode::from(EXIT_ERROR)
     } else {
@@ -108,7 +108,8 @@ impl Plan {
                     .any(|m| m.eq_ignore_ascii_case(&r.method))
             });
             if records.len() < before {
-                println!(
+                // A notice: a closed stdout shows at the summary.
+                let _ = outln!(
                     "skipping {} recorded request(s) whose method is not in --methods {}",
                     before - records.len(),
                     args.methods.join(",")
@@ -219,7 +220,13 @@ async fn send_all(
 }
 
 /// Prints the summary: sent, statuses, errors, latency (or one JSON object).
-fn summarize(args: &ReplayArgs, t: &Tally, sent: u64, secs: f64, bases: &[String]) {
+fn summarize(
+    args: &ReplayArgs,
+    t: &Tally,
+    sent: u64,
+    secs: f64,
+    bases: &[String],
+) -> std::io::Result<()> {
     let q = |x: f64| {
         t.latency
             .quantile(x)
@@ -227,24 +234,24 @@ fn summarize(args: &ReplayArgs, t: &Tally, sent: u64, secs: f64, bases: &[String
             .unwrap_or(0.0)
     };
     if args.json {
-        println!(
+        outln!(
             "{}",
             serde_json::json!({"sent": sent, "seconds": secs, "statuses": t.statuses, "errors": t.errors,
                 "first_error": t.first_error, "p50_ms": q(0.5), "p99_ms": q(0.99), "targets": bases})
-        );
+        )?;
     } else {
-        println!(
+        outln!(
             "replayed {sent} requests to {} in {secs:.2}s (speed {}, concurrency {})",
             bases.join(", "),
             args.speed,
             args.concurrency
-        );
+        )?;
         let statuses: Vec<String> = t
             .statuses
             .iter()
             .map(|(s, n)| format!("{s} ×{n}"))
             .collect();
-        println!(
+        outln!(
             "status: {}; errors: {}",
             if statuses.is_empty() {
                 "-".into()
@@ -252,12 +259,13 @@ fn summarize(args: &ReplayArgs, t: &Tally, sent: u64, secs: f64, bases: &[String
                 statuses.join(", ")
             },
             t.errors
-        );
+        )?;
         if let Some(e) = &t.first_error {
-            println!("first error: {e}");
+            outln!("first error: {e}")?;
         }
-        println!("latency: p50 {:.1} ms, p99 {:.1} ms", q(0.5), q(0.99));
+        outln!("latency: p50 {:.1} ms, p99 {:.1} ms", q(0.5), q(0.99))?;
     }
+    Ok(())
 }
 
 /// Base URLs to send to: a side's upstreams, or the URL given.

@@ -124,7 +124,9 @@ pub fn main(path: &Path) -> anyhow::Result<ExitCode> {
         let running = start(config, &token, process).await?;
         let or_off =
             |a: Option<SocketAddr>| a.map(|a| a.to_string()).unwrap_or_else(|| "off".into());
-        println!(
+        // Whoever reads stdout may be gone: the server goes on regardless.
+        let _ = writeln!(
+            std::io::stdout(),
             "bluegreen ready proxy={} preview={} admin={} live={} https={} https_preview={} pid={}",
             running.proxy,
             or_off(running.preview),
@@ -381,7 +383,7 @@ pub async fn start(config: Config, token: &str, process: Process) -> anyhow::Res
     let admin_tls = admin_tls.map(|(acceptor, certs)| {
         // Watched like the edge's certificates (the watcher logs changes).
         bluegreen_router::tls::watch(certs, Arc::new(|_| {}), stop.clone());
-        acceptor
+        (acceptor, router.clone())
     });
     let admin_task = tokio::spawn(crate::admin::serve(admin, app, admin_tls, stop.clone()));
     tracing::info!(proxy = %proxy_local, preview = ?preview_local, admin = %admin_local, live = %router.live(), "router started");

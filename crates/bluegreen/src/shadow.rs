@@ -85,11 +85,11 @@ pub async fn main(args: &AdminArgs, action: ShadowAction) -> anyhow::Result<Exit
             let answer: Result<serde_json::Value, _> = c.post("/api/v1/shadow/accept", body).await;
             return match answer {
                 Ok(v) if json => {
-                    println!("{v}");
+                    outln!("{v}")?;
                     Ok(ExitCode::SUCCESS)
                 }
                 Ok(v) => {
-                    println!("{}", v["message"].as_str().unwrap_or_default());
+                    outln!("{}", v["message"].as_str().unwrap_or_default())?;
                     Ok(ExitCode::SUCCESS)
                 }
                 Err(e) => {
@@ -107,12 +107,12 @@ pub async fn main(args: &AdminArgs, action: ShadowAction) -> anyhow::Result<Exit
         }
     };
     if json {
-        println!("{}", v["shadow"]);
+        outln!("{}", v["shadow"])?;
         return Ok(ExitCode::SUCCESS);
     }
     match serde_json::from_value::<Option<ShadowReport>>(v["shadow"].clone())? {
-        None => println!("no shadow run yet: start one with `bluegreen shadow start`"),
-        Some(r) => print!("{}", render(&r)),
+        None => outln!("no shadow run yet: start one with `bluegreen shadow start`")?,
+        Some(r) => out!("{}", render(&r))?,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -9,17 +9,29 @@ pub(super) async fn decommission_step(p: &Arc<Pipeline>, d: &DeployRecord) -> St
     if p.router.live() == old {
         return StepEnd::Skipped(format!("{old} is live; not stopping it"));
     }
+    // A first deploy: no release of ours ran on the old side and nothing
+    // answers there. There is nothing to keep up for a rollback, nor to
+    // stop; a release's contract migrations meet no older version.
+    let release = p.book.lock().await.sides[old].version.clone();
+    if release.is_none() && p.router.side_health(old).0 == 0 {
+        let detail = format!("{old} ran nothing before this deploy: nothing to keep up or stop");
+        return match contract_if_stopped(p, old, d.id).await {
+            Some(c) => StepEnd::Done(Some(format!("{detail}; {c}"))),
+            None => StepEnd::Done(Some(detail)),
+        };
+    }
     // Sessions kept on the old side: it stays up until their window ends
     // (scheduled, so the deploy ends now and switch, rollback and new
     // deploys are not held up meanwhile).
-    let keep_until = p
+    let now = now_ms();
+    let pinned_until = p
         .router
         .pin()
         .filter(|(side, _)| *side == old)
-        .map(|(_, until)| until)
-        .unwrap_or(0)
-        .max(now_ms() + p.config().keep_warm.as_millis() as u64);
-    if keep_until > now_ms() {
+        .map(|(_, until)| until);
+    let warm_until = now + p.config().keep_warm.as_millis() as u64;
+    let keep_until = pinned_until.unwrap_or(0).max(warm_until);
+    if keep_until > now {
         let pending = PendingDecommission {
             side: old,
             deploy_id: d.id,
@@ -29,14 +41,12 @@ pub(super) async fn decommission_step(p: &Arc<Pipeline>, d: &DeployRecord) -> St
         book.pending_decommission = Some(pending.clone());
         drop(book);
         p.arm_decommission(pending);
-        let why = if p.router.pin().is_some_and(|(side, _)| side == old) {
-            "for the sessions kept there (until the window ends)"
-        } else {
-            "so rollback stays instant (keep_warm)"
-        };
-        return StepEnd::Done(Some(format!(
-            "{old} kept up {}s {why}; then stopped",
-            (keep_until - now_ms()) / 1000
+        return StepEnd::Done(Some(kept_up(
+            old,
+            (keep_until - now) / 1000,
+            pinned_until
+                .filter(|&until| until > now)
+                .map(|until| until > warm_until),
         )));
     }
     match decommission(p, old, None).await {
@@ -47,6 +57,21 @@ pub(super) async fn decommission_step(p: &Arc<Pipeline>, d: &DeployRecord) -> St
         // The release is live and good; a failed clean-up does not undo it.
         Err(e) => StepEnd::Done(Some(format!("decommission of {old} failed: {e}"))),
     }
+}
+
+/// Why `old` stays up for `secs`, naming the setting that decides it:
+/// `sessions` is `None` without sessions kept there, else whether their
+/// window (`sessions.window`) outlasts `deploy.keep_warm`.
+fn kept_up(old: Side, secs: u64, sessions: Option<bool>) -> String {
+    let why = match sessions {
+        Some(true) => "for the sessions kept there (until sessions.window ends)".to_string(),
+        Some(false) => {
+            "(deploy.keep_warm) so rollback stays instant; the sessions kept there end sooner"
+                .to_string()
+        }
+        None => "(deploy.keep_warm) so rollback stays instant".to_string(),
+    };
+    format!("{old} kept up {secs}s {why}; then stopped")
 }
 
 /// Stops a side that is not live: waits for its drain, then the supervisor
@@ -204,4 +229,26 @@ pub(crate) async fn scheduled_decommission(
     }
     p.persist(&book).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::kept_up;
+    use bluegreen_core::Side;
+
+    #[test]
+    fn the_time_kept_up_is_put_down_to_the_setting_that_decides_it() {
+        assert_eq!(
+            kept_up(Side::Green, 600, Some(false)),
+            "green kept up 600s (deploy.keep_warm) so rollback stays instant; the sessions kept there end sooner; then stopped"
+        );
+        assert_eq!(
+            kept_up(Side::Green, 3600, Some(true)),
+            "green kept up 3600s for the sessions kept there (until sessions.window ends); then stopped"
+        );
+        assert_eq!(
+            kept_up(Side::Blue, 60, None),
+            "blue kept up 60s (deploy.keep_warm) so rollback stays instant; then stopped"
+        );
+    }
 }

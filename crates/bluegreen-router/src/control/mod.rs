@@ -65,6 +65,8 @@ pub struct Router {
     switch_counts: Mutex<BTreeMap<&'static str, u64>>,
     /// Open client connections per listener (live, preview).
     pub(crate) clients: [Arc<ClientGauge>; 2],
+    /// Client TLS handshakes that failed (edge and admin listeners).
+    pub tls_handshake_failures: crate::tls::HandshakeFailures,
     /// The TLS certificates, when there is a `[tls]` table.
     certificates: std::sync::OnceLock<Arc<crate::tls::CertStore>>,
     /// The ACME loop, when there is a `[tls.acme]` table.
@@ -267,6 +269,7 @@ impl Router {
             series: Series::default(),
             switch_counts: Mutex::new(BTreeMap::new()),
             clients: Default::default(),
+            tls_handshake_failures: Default::default(),
             certificates: std::sync::OnceLock::new(),
             acme: std::sync::OnceLock::new(),
             handed_over: std::sync::atomic::AtomicBool::new(false),

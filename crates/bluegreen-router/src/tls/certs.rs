@@ -381,12 +381,21 @@ fn read_capped(path: &std::path::Path) -> Result<Vec<u8>, String> {
 pub fn from_pem(chain: &[u8], key: &[u8], file: &str, key_file: &str) -> Result<Loaded, String> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain)
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("{file}: not a PEM certificate chain: {e}"))?;
+        .map_err(|e| {
+            format!(
+                "{file}: not a PEM certificate chain: {}",
+                bluegreen_store::pem_error(&e)
+            )
+        })?;
     let leaf = chain
         .first()
         .ok_or_else(|| format!("{file}: holds no certificate"))?;
-    let key = PrivateKeyDer::from_pem_slice(key)
-        .map_err(|e| format!("{key_file}: not a PEM private key: {e}"))?;
+    let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| {
+        format!(
+            "{key_file}: not a PEM private key: {}",
+            bluegreen_store::pem_error(&e)
+        )
+    })?;
     let info = describe(leaf, file)?;
     if info.names.is_empty() {
         return Err(format!(

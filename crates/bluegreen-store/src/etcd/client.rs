@@ -87,9 +87,20 @@ impl Client {
                 use rustls::pki_types::pem::PemObject;
                 let chain = rustls::pki_types::CertificateDer::pem_file_iter(cert)
                     .and_then(|i| i.collect::<Result<Vec<_>, _>>())
-                    .map_err(|e| format!("state.etcd.tls.cert {}: {e}", cert.display()))?;
-                let key = rustls::pki_types::PrivateKeyDer::from_pem_file(key)
-                    .map_err(|e| format!("state.etcd.tls.key {}: {e}", key.display()))?;
+                    .map_err(|e| {
+                        format!(
+                            "state.etcd.tls.cert {}: {}",
+                            cert.display(),
+                            crate::pem_error(&e)
+                        )
+                    })?;
+                let key = rustls::pki_types::PrivateKeyDer::from_pem_file(key).map_err(|e| {
+                    format!(
+                        "state.etcd.tls.key {}: {}",
+                        key.display(),
+                        crate::pem_error(&e)
+                    )
+                })?;
                 client_auth = Some((chain, key));
             }
         }

@@ -39,12 +39,14 @@ pub async fn deploy(args: &AdminArgs, d: DeployArgs) -> anyhow::Result<ExitCode>
     };
     if d.detach {
         if d.json {
-            println!("{}", serde_json::to_string(&record)?);
+            outln!("{}", serde_json::to_string(&record)?)?;
         } else {
-            println!(
+            outln!(
                 "deploy #{} of {} to {} started",
-                record.id, record.version, record.target
-            );
+                record.id,
+                record.version,
+                record.target
+            )?;
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -110,12 +112,12 @@ pub async fn follow(
         };
         match record {
             Ok(d) if d.is_finished() => {
-                progress.finish(&d);
+                progress.finish(&d)?;
                 return Ok(ExitCode::from(exit_code(d.outcome)));
             }
             Ok(d) => {
                 unreachable_since = None;
-                progress.update(&d);
+                progress.update(&d)?;
                 last = Some(d);
             }
             Err(e @ ClientError::Unreachable { .. }) => {
@@ -142,10 +144,10 @@ pub async fn follow(
                         continue;
                     }
                     if d.is_finished() {
-                        progress.finish(&d);
+                        progress.finish(&d)?;
                         return Ok(ExitCode::from(exit_code(d.outcome)));
                     }
-                    progress.update(&d);
+                    progress.update(&d)?;
                     last = Some(d);
                 }
                 // Fell behind: read the record again.
@@ -190,10 +192,12 @@ pub async fn promote(args: &AdminArgs) -> anyhow::Result<ExitCode> {
         .await
     {
         Ok(d) => {
-            println!(
+            outln!(
                 "deploy #{} ({}) promoted: switching to {}",
-                d.id, d.version, d.target
-            );
+                d.id,
+                d.version,
+                d.target
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => fail(e),
@@ -213,10 +217,12 @@ pub async fn abort(args: &AdminArgs, reason: Option<String>) -> anyhow::Result<E
         .await
     {
         Ok(d) => {
-            println!(
+            outln!(
                 "aborting deploy #{} ({}); {} stays live",
-                d.id, d.version, d.from
-            );
+                d.id,
+                d.version,
+                d.from
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => fail(e),

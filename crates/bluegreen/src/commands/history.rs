@@ -16,12 +16,12 @@ pub async fn history(args: &AdminArgs, as_json: bool) -> anyhow::Result<ExitCode
         let mut all = deploys.clone();
         all["switches"] = switches["switches"].clone();
         tidy(&mut all);
-        println!("{}", serde_json::to_string_pretty(&all)?);
+        outln!("{}", serde_json::to_string_pretty(&all)?)?;
         return Ok(ExitCode::SUCCESS);
     }
     let deploys: Vec<DeployRecord> = serde_json::from_value(deploys["deploys"].clone())?;
     let switches: Vec<SwitchRecord> = serde_json::from_value(switches["switches"].clone())?;
-    print!("{}", render_history(&deploys, &switches));
+    out!("{}", render_history(&deploys, &switches))?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -33,7 +33,7 @@ pub fn lint(dir: &Path, dialect: Dialect) -> anyhow::Result<ExitCode> {
             }
             (Phase::Expand, Ok(found)) => {
                 for x in &found {
-                    println!("{x}\n");
+                    outln!("{x}\n")?;
                 }
                 findings += found.len();
             }
@@ -42,7 +42,7 @@ pub fn lint(dir: &Path, dialect: Dialect) -> anyhow::Result<ExitCode> {
         }
     }
     let expand = files.iter().filter(|f| f.phase == Phase::Expand).count();
-    println!(
+    outln!(
         "{} file(s) in {} ({expand} expand, {} contract): {}",
         files.len(),
         dir.display(),
@@ -52,7 +52,7 @@ pub fn lint(dir: &Path, dialect: Dialect) -> anyhow::Result<ExitCode> {
             (n, 0) => format!("{n} statement(s) the running version cannot live with"),
             (_, b) => format!("{b} file(s) that do not parse"),
         }
-    );
+    )?;
     Ok(ExitCode::from(match (findings, broken) {
         (_, b) if b > 0 => EXIT_CONFIG,
         (0, _) => 0,
@@ -67,41 +67,41 @@ pub async fn status(args: &AdminArgs, json: bool) -> anyhow::Result<ExitCode> {
         Err(e) => return fail(e),
     };
     if json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?)?;
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
+    outln!(
         "{} ({})",
         v["dir"].as_str().unwrap_or("?"),
         v["runner"].as_str().unwrap_or("?")
-    );
+    )?;
     let files = v["files"].as_array().cloned().unwrap_or_default();
     for phase in ["expand", "contract"] {
         let of: Vec<_> = files.iter().filter(|f| f["phase"] == phase).collect();
         let pending = of.iter().filter(|f| f["state"] == "pending").count();
-        println!("{phase}: {} file(s), {pending} pending", of.len());
+        outln!("{phase}: {} file(s), {pending} pending", of.len())?;
         for f in of {
             let by = match (f["version"].as_str(), f["applied_at"].as_str()) {
                 (Some(v), Some(at)) => format!("  by {v} at {at}"),
                 _ => String::new(),
             };
-            println!(
+            outln!(
                 "  {:<9} {}{by}",
                 f["state"].as_str().unwrap_or("?"),
                 f["file"].as_str().unwrap_or("?")
-            );
+            )?;
         }
     }
     if let Some(c) = v["contracted"].as_object() {
-        println!(
+        outln!(
             "last contract: {} (deploy #{}): rollback to a release from before it is refused",
             c.get("version").and_then(|x| x.as_str()).unwrap_or("?"),
             c.get("deploy_id").unwrap_or(&serde_json::Value::Null)
-        );
+        )?;
     }
     let changed = files.iter().filter(|f| f["state"] == "changed").count();
     if changed > 0 {
-        println!("{changed} applied file(s) changed since: the next expand refuses to run");
+        outln!("{changed} applied file(s) changed since: the next expand refuses to run")?;
         return Ok(ExitCode::from(EXIT_ERROR));
     }
     Ok(ExitCode::SUCCESS)
@@ -117,7 +117,7 @@ pub async fn contract(args: &AdminArgs, force: bool) -> anyhow::Result<ExitCode>
         client(args).post("/api/v1/migrations/contract", body).await;
     match result {
         Ok(v) => {
-            println!("{}", v["message"].as_str().unwrap_or(""));
+            outln!("{}", v["message"].as_str().unwrap_or(""))?;
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => fail(e),

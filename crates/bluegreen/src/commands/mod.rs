@@ -38,7 +38,9 @@ use std::time::{Duration, Instant};
 
 pub(crate) fn client(args: &AdminArgs) -> AdminClient {
     let ca = args.admin_ca.as_deref();
-    match AdminClient::with_ca(&args.admin, args.token.clone(), actor(), ca) {
+    // An empty token (`BLUEGREEN_TOKEN=`) is no token, as for `serve`.
+    let token = args.token.clone().filter(|t| !t.trim().is_empty());
+    match AdminClient::with_ca(&args.admin, token, actor(), ca) {
         Ok(c) => c,
         Err(e) => {
             // An unreadable --admin-ca: nothing can be asked of the router.
@@ -81,7 +83,8 @@ pub fn check(path: &Path) -> ExitCode {
     match Config::load(path) {
         Ok(cfg) if certificates(&cfg, path).is_err() => ExitCode::from(EXIT_CONFIG),
         Ok(cfg) => {
-            println!(
+            // The config is valid whether or not anyone reads this.
+            let _ = outln!(
                 "{}: ok (proxy {}, preview {}, admin {}, blue {} upstream(s), green {} upstream(s))",
                 path.display(),
                 cfg.proxy.listen,
@@ -159,9 +162,9 @@ fn outcome(
     match result {
         Ok(o) => {
             if as_json {
-                println!("{}", serde_json::to_string_pretty(&o)?);
+                outln!("{}", serde_json::to_string_pretty(&o)?)?;
             } else {
-                println!("{} (generation {})", o.message, o.generation);
+                outln!("{} (generation {})", o.message, o.generation)?;
             }
             // Switched, but not every node applied it in time: the
             // operator must look (`status` names them).
@@ -218,9 +221,14 @@ fn fail(e: bluegreen_api::ClientError) -> anyhow::Result<ExitCode> {
     eprintln!("error: {e}");
     // Say where the token comes from, on both ends.
     if matches!(&e, bluegreen_api::ClientError::Api { status, .. } if *status == 401) {
+        // Empty counts as unset: nothing is sent.
+        let env = match std::env::var_os("BLUEGREEN_TOKEN") {
+            None => "not set",
+            Some(t) if t.to_string_lossy().trim().is_empty() => "empty: no token sent",
+            Some(_) => "set",
+        };
         eprintln!(
-            "hint: the CLI sends --token or BLUEGREEN_TOKEN (set: {}); the router checks it against the variable named by admin.token_env (default BLUEGREEN_TOKEN) in the environment of `bluegreen serve`",
-            if std::env::var_os("BLUEGREEN_TOKEN").is_some() { "yes" } else { "no" }
+            "hint: the CLI sends --token or BLUEGREEN_TOKEN ({env}); the router checks it against the variable named by admin.token_env (default BLUEGREEN_TOKEN) in the environment of `bluegreen serve`"
         );
     }
     Ok(ExitCode::from(EXIT_ERROR))
@@ -251,11 +259,11 @@ pub async fn upgrade(
         .await;
     match result {
         Ok(done) if as_json => {
-            println!("{}", serde_json::to_string_pretty(&done)?);
+            outln!("{}", serde_json::to_string_pretty(&done)?)?;
             Ok(ExitCode::SUCCESS)
         }
         Ok(done) => {
-            println!("{}", done.message);
+            outln!("{}", done.message)?;
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => fail(e),
@@ -269,11 +277,11 @@ pub async fn reload(args: &AdminArgs, as_json: bool) -> anyhow::Result<ExitCode>
         client(args).post("/api/v1/reload", json!({})).await;
     match result {
         Ok(done) if as_json => {
-            println!("{}", serde_json::to_string_pretty(&done)?);
+            outln!("{}", serde_json::to_string_pretty(&done)?)?;
             Ok(ExitCode::SUCCESS)
         }
         Ok(done) => {
-            println!("{}", done.message);
+            outln!("{}", done.message)?;
             Ok(ExitCode::SUCCESS)
         }
         Err(bluegreen_api::ClientError::Api { code, message, .. }) if code == "invalid_config" => {
@@ -293,10 +301,10 @@ pub async fn pause(args: &AdminArgs, timeout: String, limit: usize) -> anyhow::R
     let result: Result<serde_json::Value, _> = client(args).post("/api/v1/pause", body).await;
     match result {
         Ok(v) => {
-            println!(
+            outln!(
                 "paused: new live requests wait up to {} ms (at most {} at once); `bluegreen resume` releases them",
                 v["timeout_ms"], v["limit"]
-            );
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => fail(e),
@@ -308,7 +316,7 @@ pub async fn resume(args: &AdminArgs) -> anyhow::Result<ExitCode> {
     let result: Result<serde_json::Value, _> = client(args).post("/api/v1/resume", json!({})).await;
     match result {
         Ok(v) => {
-            println!("resumed: {} held requests released", v["waiting"]);
+            outln!("resumed: {} held requests released", v["waiting"])?;
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => fail(e),
@@ -331,14 +339,14 @@ pub async fn maintenance(
     let result: Result<serde_json::Value, _> = client(args).post("/api/v1/maintenance", body).await;
     match result {
         Ok(v) if on => {
-            println!(
+            outln!(
                 "maintenance on: the live listener answers 503 ({})",
                 v["maintenance"]["message"].as_str().unwrap_or("")
-            );
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         Ok(_) => {
-            println!("maintenance off: live traffic reaches the app again");
+            outln!("maintenance off: live traffic reaches the app again")?;
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => fail(e),
@@ -361,11 +369,11 @@ pub async fn weight(
     match result {
         Ok(v) => {
             match v["split"]["basis_points"].as_u64() {
-                Some(bp) => println!(
+                Some(bp) => outln!(
                     "{}% of live clients now go to {side}, always the same ones",
                     bp as f64 / 100.0
-                ),
-                None => println!("no split: all live traffic goes to the live side"),
+                )?,
+                None => outln!("no split: all live traffic goes to the live side")?,
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -380,13 +388,13 @@ pub async fn preview_link(args: &AdminArgs, valid_for: String) -> anyhow::Result
         .await;
     match result {
         Ok(v) => {
-            println!(
+            outln!(
                 "{}\n(opens the {} side for {} s in the browser that follows it; on your own hostname use the path {})",
                 v["url"].as_str().unwrap_or(""),
                 v["side"].as_str().unwrap_or("idle"),
                 v["expires_in_secs"],
                 v["path"].as_str().unwrap_or("")
-            );
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => fail(e),

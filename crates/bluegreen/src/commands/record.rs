@@ -33,9 +33,9 @@ pub async fn record(
         Ok(v) => {
             let s = v.get("recording").cloned().unwrap_or(v);
             if s.is_null() {
-                println!("not recording");
+                outln!("not recording")?;
             } else {
-                println!(
+                outln!(
                     "{}: {} requests, {} bytes written, {} dropped{}",
                     s["path"].as_str().unwrap_or("?"),
                     s["written"],
@@ -46,7 +46,7 @@ pub async fn record(
                     } else {
                         ""
                     }
-                );
+                )?;
             }
             Ok(ExitCode::SUCCESS)
         }

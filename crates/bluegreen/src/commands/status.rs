@@ -10,11 +10,11 @@ pub async fn status(args: &AdminArgs, as_json: bool) -> anyhow::Result<ExitCode>
     };
     if as_json {
         tidy(&mut raw);
-        println!("{}", serde_json::to_string_pretty(&raw)?);
+        outln!("{}", serde_json::to_string_pretty(&raw)?)?;
         return Ok(ExitCode::SUCCESS);
     }
     let view: StatusView = serde_json::from_value(raw)?;
-    print!("{}", render_view(&view));
+    out!("{}", render_view(&view))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -55,7 +55,7 @@ pub async fn watch(
                     if as_json {
                         let mut data = ev.data;
                         tidy(&mut data);
-                        println!("{}", json!({"event": ev.name, "data": data}));
+                        outln!("{}", json!({"event": ev.name, "data": data}))?;
                     } else if ev.name == "status" {
                         let Ok(view) = serde_json::from_value::<StatusView>(ev.data) else {
                             continue;
@@ -66,15 +66,15 @@ pub async fn watch(
                             continue;
                         }
                         if terminal {
-                            print!("\x1b[2J\x1b[H");
+                            out!("\x1b[2J\x1b[H")?;
                         }
-                        println!("{}", now_clock());
-                        print!("{text}");
+                        outln!("{}", now_clock())?;
+                        out!("{text}")?;
                         shown = text;
                     } else if !terminal {
                         let line = one_line(&ev.name, &ev.data);
                         if line != last_line {
-                            println!("{} {}: {line}", now_clock(), ev.name);
+                            outln!("{} {}: {line}", now_clock(), ev.name)?;
                             last_line = line;
                         }
                     }
@@ -100,8 +100,8 @@ fn now_clock() -> String {
     format!("{:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
 }
 
-/// An event's data in a line: a deploy's step, a shadow run's counts,
-/// else its detail or message when it has one.
+/// An event's data in a line: a deploy's step, an upstream's health, a
+/// shadow run's counts, else its detail or message when it has one.
 fn one_line(name: &str, data: &serde_json::Value) -> String {
     if name == "deploy" {
         if let Ok(d) = serde_json::from_value::<DeployRecord>(data.clone()) {
@@ -111,6 +111,20 @@ fn one_line(name: &str, data: &serde_json::Value) -> String {
                 d.id, d.version, d.target, d.outcome
             );
         }
+    }
+    if name == "health" {
+        // `green 127.0.0.1:8081 is unhealthy: connection refused`
+        return format!(
+            "{} {} is {}{}",
+            data["side"].as_str().unwrap_or("?"),
+            data["upstream"].as_str().unwrap_or("?"),
+            data["health"].as_str().unwrap_or("?"),
+            data["reason"]
+                .as_str()
+                .filter(|r| !r.is_empty())
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default()
+        );
     }
     if name == "shadow" {
         let r = data.get("shadow").unwrap_or(data);
@@ -316,4 +330,24 @@ pub(super) fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_line;
+    use serde_json::json;
+
+    #[test]
+    fn a_health_event_is_one_line_for_people() {
+        // The router's event data, with and without a reason.
+        let down = json!({"side": "green", "upstream": "127.0.0.1:8081", "health": "unhealthy",
+            "reason": "connection refused"});
+        assert_eq!(
+            one_line("health", &down),
+            "green 127.0.0.1:8081 is unhealthy: connection refused"
+        );
+        let up =
+            json!({"side": "blue", "upstream": "10.0.0.1:80", "health": "healthy", "reason": null});
+        assert_eq!(one_line("health", &up), "blue 10.0.0.1:80 is healthy");
+    }
 }

@@ -42,7 +42,7 @@ pub async fn rollback(
     if let Some(d) = answer.get("redeploy").filter(|d| !d.is_null()) {
         let d: DeployRecord = serde_json::from_value(d.clone())?;
         if !as_json {
-            println!("{}", answer["message"].as_str().unwrap_or_default());
+            outln!("{}", answer["message"].as_str().unwrap_or_default())?;
         }
         return follow(&c, d.id, Mode::detect(as_json), None).await;
     }

@@ -178,7 +178,22 @@ async fn cli_status_switch_and_rollback() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("bearer token"));
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(err.contains("bearer token"), "{err}");
+    assert!(err.contains("BLUEGREEN_TOKEN (not set)"), "{err}");
+    // An empty BLUEGREEN_TOKEN is no token, and the hint says so.
+    let out = std::process::Command::new(bin())
+        .args(["status"])
+        .env("BLUEGREEN_ADMIN", router.admin_url())
+        .env("BLUEGREEN_TOKEN", "")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        err.contains("bearer token") && err.contains("BLUEGREEN_TOKEN (empty: no token sent)"),
+        "{err}"
+    );
 
     let out = std::process::Command::new(bin())
         .args(["status", "--admin", &format!("http://{}", closed_port())])
@@ -215,6 +230,36 @@ async fn oversized_or_hostile_admin_input_is_refused_and_changes_nothing() {
         .api("POST", "/api/v1/switch", Some(body), Some(TOKEN))
         .await;
     assert_eq!(code, 400, "{v}");
+    // Bidirectional controls would make the history read differently
+    // from what it holds: refused, naming the field and the code point.
+    for (path, body, field, point) in [
+        (
+            "/api/v1/switch",
+            r#"{"to": "green", "reason": "ok \u202egnitset"}"#,
+            "reason",
+            "U+202E",
+        ),
+        (
+            "/api/v1/switch",
+            r#"{"to": "green", "actor": "alice\u2067"}"#,
+            "actor",
+            "U+2067",
+        ),
+    ] {
+        let (code, v) = router.api("POST", path, Some(body), Some(TOKEN)).await;
+        assert_eq!(code, 400, "{path} {body}: {v}");
+        let message = v["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.starts_with(field) && message.contains(point),
+            "{path} {body}: {v}"
+        );
+    }
+    // The reason of an accepted shadow difference goes into the deploy's
+    // log too (the CLI: that endpoint takes JSON only).
+    let (code, _, err) =
+        router.cli(&["shadow", "accept", "/price", "--reason", "\u{200f}intended"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("reason") && err.contains("U+200F"), "{err}");
     assert_eq!(
         std::fs::read(&state_file).unwrap(),
         before,

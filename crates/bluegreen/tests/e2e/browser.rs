@@ -307,6 +307,42 @@ async fn the_dashboard_logs_in_shows_the_live_side_and_switches_without_a_reload
         "the token must never be in a URL: {url}"
     );
 
+    // 3b. An upstream that fails shows its last error; healthy again, it
+    // shows none (the error stays in the status, from the failure before).
+    let errors = || async {
+        c.execute(
+            "return [...document.querySelectorAll('.last-error')].map((e) => e.textContent).join('|')",
+            vec![],
+        )
+        .await
+        .unwrap()
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+    };
+    g.set_healthy(false);
+    eventually(
+        Duration::from_secs(10),
+        "green's last error shown",
+        || async { errors().await.contains("last error") },
+    )
+    .await;
+    g.set_healthy(true);
+    router.wait_all_healthy().await;
+    eventually(
+        Duration::from_secs(10),
+        "no last error under a healthy upstream",
+        || async { errors().await.is_empty() },
+    )
+    .await;
+    // The same after a full reload, from the status alone.
+    c.refresh().await.unwrap();
+    eventually(Duration::from_secs(10), "blue shown live again", || async {
+        text_of(&c, "live-side").await == "blue"
+    })
+    .await;
+    assert_eq!(errors().await, "", "after a reload");
+
     // 4. Switch through the confirmation; the page updates in place.
     c.execute("window.__sameDocument = 'yes'", vec![])
         .await

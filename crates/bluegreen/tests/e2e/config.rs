@@ -154,3 +154,87 @@ fn completions_and_the_man_page_come_from_the_cli_definition() {
     assert!(man.contains(".TH bluegreen"), "{man}");
     assert!(man.contains("reload"), "the man page lists the commands");
 }
+
+/// Runs `bluegreen ARGS` with stdout a pipe of one page (4 KiB, so the
+/// output cannot all fit before the reader goes) that is closed after its
+/// first bytes, as `| head -c 16` does: (exit code, stderr).
+fn with_stdout_closed_early(args: &[&str]) -> (Option<i32>, String) {
+    use std::io::Read;
+    // Close-on-exec: the child must not hold the read end itself.
+    let (reader, writer) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+    nix::fcntl::fcntl(&writer, nix::fcntl::FcntlArg::F_SETPIPE_SZ(4096)).unwrap();
+    let mut child = Command::new(bin())
+        .args(args)
+        .stdout(std::process::Stdio::from(writer))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut reader = std::fs::File::from(reader);
+    let mut first = [0u8; 16];
+    reader.read_exact(&mut first).unwrap();
+    drop(reader);
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let mut stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut err = String::new();
+        let _ = stderr.read_to_string(&mut err);
+        let _ = tx.send((child.wait().unwrap().code(), err));
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(30))
+        .unwrap_or_else(|_| {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            panic!("{args:?} did not end once its reader went away")
+        })
+}
+
+#[test]
+fn a_reader_that_goes_away_ends_the_cli_quietly() {
+    for args in [&["completions", "bash"][..], &["man"]] {
+        // More than the pipe holds, or nothing would meet the closed end.
+        let whole = Command::new(bin()).args(args).output().unwrap().stdout;
+        assert!(whole.len() > 4096, "{args:?}: {} bytes", whole.len());
+        let (code, err) = with_stdout_closed_early(args);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert_ne!(code, Some(101), "{args:?}: {err}");
+        assert_eq!((code, err.as_str()), (Some(0), ""), "{args:?}");
+    }
+}
+
+#[test]
+fn the_man_pages_it_refers_to_are_generated() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(bin())
+        .args(["man", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut pages = 0;
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        pages += 1;
+        // Every `bluegreen\-deploy(1)` a page names is a page here.
+        for name in text
+            .split(|c: char| c.is_whitespace() || c == '(')
+            .filter(|w| w.starts_with("bluegreen\\-"))
+        {
+            if !text.contains(&format!("{name}(1)")) {
+                continue;
+            }
+            let file = dir.path().join(format!("{}.1", name.replace("\\-", "-")));
+            assert!(
+                file.exists(),
+                "{} refers to {name}(1), not generated",
+                path.display()
+            );
+        }
+    }
+    assert!(pages > 20, "{pages} pages");
+    assert!(dir.path().join("bluegreen-deploy.1").exists());
+}

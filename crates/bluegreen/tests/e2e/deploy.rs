@@ -433,6 +433,21 @@ async fn rollback_is_instant_while_warm_and_redeploys_once_decommissioned() {
     assert_eq!(cli_deploy(&router, &["v1"]).0, 0);
     assert_eq!(cli_deploy(&router, &["v2"]).0, 0);
     assert_eq!(body(&router).await, "blue v2\n");
+    // The first deploy had nothing on blue to keep up; the second keeps
+    // green up for deploy.keep_warm, and says that is why.
+    let h: serde_json::Value = serde_json::from_str(&router.cli(&["history", "--json"]).1).unwrap();
+    let detail = |i: usize| step_of(&h["deploys"][i], "decommission")["detail"].to_string();
+    assert!(
+        detail(0).contains("blue ran nothing before this deploy: nothing to keep up or stop"),
+        "{}",
+        detail(0)
+    );
+    assert!(
+        detail(1).contains("green kept up")
+            && detail(1).contains("(deploy.keep_warm) so rollback stays instant; then stopped"),
+        "{}",
+        detail(1)
+    );
     let (code, out, _) = router.cli(&["rollback"]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("green is now live"), "{out}");

@@ -197,10 +197,12 @@ async fn expand_contract_and_rollback_past_it_on_postgres() {
         );
     }
 
-    // v1 would need the dropped column: rollback is refused and says why.
+    // v1 would need the dropped column: rollback is refused and says why,
+    // with a code of its own (not side_stopped), exit 1 as any refusal.
     let (code, out, err) = router.cli(&["rollback"]);
-    assert_ne!(code, 0, "{out}");
+    assert_eq!(code, 1, "{out}");
     assert!(err.contains("refusing to go back to v1"), "{err}");
+    assert!(err.contains("HTTP 409 Conflict, past_contract)"), "{err}");
     assert!(
         err.contains("0002_title.contract.sql") && err.contains("--force"),
         "{err}"
@@ -443,8 +445,9 @@ async fn sqlite_survives_kill_9_in_a_migration_and_contracts_after_the_bake() {
         "{body}"
     );
     let (code, _, err) = router.cli(&["rollback"]);
-    assert_ne!(code, 0);
+    assert_eq!(code, 1);
     assert!(err.contains("refusing to go back to v1"), "{err}");
+    assert!(err.contains("HTTP 409 Conflict, past_contract)"), "{err}");
     let (code, out, _) = router.cli(&["migrate", "status", "--json"]);
     assert_eq!(code, 0);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();

@@ -218,6 +218,60 @@ async fn bad_tls_clients_fail_and_everyone_else_is_served() {
     // And everyone else is served as before.
     let (code, out) = curl_https(&pki, port, "shop.test", "/ok", &[]);
     assert_eq!((code, out.as_str()), (0, "blue"));
+    // A client that does not trust our CA ends the handshake with an alert.
+    let resolve = format!("shop.test:{port}:127.0.0.1");
+    let url = format!("https://shop.test:{port}/");
+    let (code, _) = curl(&["--resolve", &resolve, &url]);
+    assert_eq!(code, 60, "peer certificate not accepted");
+    // A record of application data before any handshake, and a TLS 1.2
+    // warning alert: rustls logged both at WARN, one line per connection.
+    for bytes in [
+        &b"\x17\x03\x03\x00\x05hello"[..],
+        b"\x15\x03\x03\x00\x02\x01\x00",
+    ] {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut c = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        c.write_all(bytes).await.unwrap();
+        c.shutdown().await.unwrap();
+        let mut sink = Vec::new();
+        let _ = c.read_to_end(&mut sink).await;
+    }
+    // Each failed handshake is counted by reason, and none is a warning.
+    let count = |metrics: &str, reason: &str| -> u64 {
+        let name = format!("bluegreen_tls_handshake_failures_total{{reason=\"{reason}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name.as_str()))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let metrics = || async {
+        let (_, m) = router.api("GET", "/metrics", None, Some(TOKEN)).await;
+        m.as_str().unwrap_or_default().to_string()
+    };
+    wait_until(
+        std::time::Duration::from_secs(10),
+        "every failure counted",
+        || async {
+            let m = metrics().await;
+            count(&m, "not_tls") >= 2
+                && count(&m, "incompatible") >= 1
+                && count(&m, "client_alert") >= 1
+                && count(&m, "closed") >= 1
+        },
+    )
+    .await;
+    let metrics = metrics().await;
+    assert_eq!(count(&metrics, "timeout"), 0, "{metrics}");
+    let warnings: Vec<String> = router
+        .stderr()
+        .lines()
+        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+        .map(str::to_string)
+        .collect();
+    assert!(warnings.is_empty(), "{warnings:#?}");
 }
 
 fn check(config: &Path) -> (i32, String) {
@@ -238,6 +292,10 @@ fn check_names_the_certificate_file_and_what_is_wrong() {
     let (shop, shop_key) = pki.issue("shop", &["shop.test"], false);
     let (_, other_key) = pki.issue("other", &["other.test"], false);
     let expired = pki.issue("old", &["old.test"], true);
+    // Cut short: its END line is gone.
+    let cut = pki.path("cut.pem");
+    let text = std::fs::read_to_string(&shop).unwrap();
+    std::fs::write(&cut, text.lines().take(3).collect::<Vec<_>>().join("\n")).unwrap();
     let base = "[proxy]\nlisten = \"127.0.0.1:0\"\n[environments.blue]\nupstreams = [\"127.0.0.1:9\"]\n[environments.green]\nupstreams = [\"127.0.0.1:8\"]\n";
     let cases = [
         (vec![(shop.clone(), other_key)], "does not go with"),
@@ -258,7 +316,14 @@ fn check_names_the_certificate_file_and_what_is_wrong() {
             vec![(pki.path("fifo.pem"), shop_key.clone())],
             "fifo.pem is not a file",
         ),
-        (vec![(pki.path("huge.pem"), shop_key)], "more than the"),
+        (
+            vec![(pki.path("huge.pem"), shop_key.clone())],
+            "more than the",
+        ),
+        (
+            vec![(cut, shop_key)],
+            r#"cut.pem: not a PEM certificate chain: missing "-----END CERTIFICATE-----""#,
+        ),
     ];
     mkfifo(&pki.path("fifo.pem"));
     std::fs::write(pki.path("huge.pem"), vec![b'A'; 2 << 20]).unwrap();
