@@ -73,6 +73,13 @@ pub fn plan(book: &DeployBook, live: Side, target: Side) -> RollbackPlan {
     let rejected = last_deploy_of(book, target).filter(|d| {
         d.outcome != Outcome::Succeeded && release.version.as_deref() == Some(&d.version)
     });
+    if release.version.is_none() && live_version.is_some() {
+        // The first release went to the other side: this one never ran
+        // anything of ours. Never offered, and --force does not make it so.
+        return RollbackPlan::Nothing(format!(
+            "nothing to roll back to: {target} has never run a release (the first deploy went to {live}), so a rollback would send every request to a side with nothing on it; deploy a version, or `bluegreen switch --to {target} --force` if {target} serves the app by other means"
+        ));
+    }
     let Some(bad) = rejected else {
         return match (&release.version, release.running) {
             (Some(v), false) => RollbackPlan::Redeploy {

@@ -230,6 +230,7 @@ pub fn render_status(s: &Status, target_line: bool) -> String {
     if let Some(p) = s.previous.filter(|_| target_line) {
         out.push_str(&format!("rollback target: {p}\n"));
     }
+    out.push_str(&routing_lines(s));
     out.push('\n');
     out.push_str(&format!(
         "{:<6} {:<5} {:<8} {:>9} {:>9}  {}\n",
@@ -283,6 +284,50 @@ pub fn render_status(s: &Status, target_line: bool) -> String {
     }
     if let Some(c) = &s.cluster {
         out.push_str(&render_cluster(c));
+    }
+    out
+}
+
+/// What changes where live requests go, besides the live side: each on its
+/// own line, so text status never looks healthy while every live request
+/// gets the maintenance page.
+fn routing_lines(s: &Status) -> String {
+    let mut out = String::new();
+    let now = now_ms();
+    if let Some(m) = &s.maintenance {
+        out.push_str(&format!(
+            "MAINTENANCE: every live request is answered 503 ({:?}, Retry-After {} s) since {} s ago, by {}; `bluegreen maintenance off` ends it\n",
+            m.message,
+            m.retry_after_secs,
+            now.saturating_sub(m.since_ms) / 1000,
+            m.actor
+        ));
+    }
+    if let Some(p) = &s.paused {
+        out.push_str(&format!(
+            "PAUSED: live requests are held ({} waiting, at most {}, each up to {} ms) since {} s ago; `bluegreen resume` releases them\n",
+            p.waiting,
+            p.limit,
+            p.timeout_ms,
+            now.saturating_sub(p.since_ms) / 1000
+        ));
+    }
+    if let Some(split) = &s.split {
+        out.push_str(&format!(
+            "weight: {:.2} % of live clients go to {} (`bluegreen weight {} 0` ends it)\n",
+            split.basis_points as f64 / 100.0,
+            split.side,
+            split.side
+        ));
+    }
+    if let Some(sess) = &s.sessions {
+        if let (Some(side), Some(until)) = (sess.pinned_side, sess.until_ms) {
+            out.push_str(&format!(
+                "sessions: clients with a session stay on {side} for {} s more ({} requests kept there so far)\n",
+                until.saturating_sub(now) / 1000,
+                sess.pinned_requests[side]
+            ));
+        }
     }
     out
 }

@@ -318,10 +318,14 @@ async fn upstream_conformance_table() {
                 }
                 // A body cut short cannot be completed: the client sees the
                 // cut (curl: partial file / stream error), never a clean end.
+                // (Over HTTP/2 the stream's reset may reach curl before it
+                // showed the head: then it reports the reset alone.)
                 "/short-body" => {
-                    assert_eq!(seen.status, 200, "{what}");
                     assert_ne!(seen.code, 0, "a cut body is not a complete answer: {what}");
-                    assert_eq!(seen.body, "hello", "{what}");
+                    if !h2 || seen.status != 0 {
+                        assert_eq!(seen.status, 200, "{what}");
+                        assert!("hello".starts_with(&seen.body), "{what}");
+                    }
                 }
                 // A stall mid-body is passed on as a stall: the client's
                 // own timeout decides (curl exit 28).

@@ -431,6 +431,15 @@ async fn rollback_is_instant_while_warm_and_redeploys_once_decommissioned() {
     // keep_warm: the old side stays up, rollback is a switch.
     let router = pipeline_router("300ms", "60s").start();
     assert_eq!(cli_deploy(&router, &["v1"]).0, 0);
+    // After the first deploy, blue has never run anything: a rollback there
+    // is neither offered nor done, --force or not.
+    let (_, text, _) = router.cli(&["status"]);
+    assert!(!text.contains("rollback: an instant switch"), "{text}");
+    for args in [&["rollback"][..], &["rollback", "--force"]] {
+        let (code, out, err) = router.cli(args);
+        assert_ne!(code, 0, "{args:?}: {out}{err}");
+        assert!(err.contains("blue has never run a release"), "{args:?}: {err}");
+    }
     assert_eq!(cli_deploy(&router, &["v2"]).0, 0);
     assert_eq!(body(&router).await, "blue v2\n");
     // The first deploy had nothing on blue to keep up; the second keeps

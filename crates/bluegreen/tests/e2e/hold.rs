@@ -166,6 +166,13 @@ async fn maintenance_answers_the_live_listener_only_and_survives_a_restart() {
         "{page}"
     );
     assert!(page.ends_with("Back at 14:00 UTC\n"), "{page}");
+    // Text status says so in plain words, not only --json.
+    let (code, text, err) = router.cli(&["status"]);
+    assert_eq!(code, 0, "{text}{err}");
+    assert!(
+        text.contains("MAINTENANCE: every live request is answered 503"),
+        "{text}"
+    );
     let (_, json) = curl(&["-H", "Accept: application/json", &router.url("/api/cart")]);
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(v["message"], "Back at 14:00 UTC");
@@ -306,6 +313,9 @@ async fn a_released_pause_never_storms_a_small_app() {
         router.status().await["paused"]["waiting"].as_u64() == Some(60)
     })
     .await;
+    let (code, text, err) = router.cli(&["status"]);
+    assert_eq!(code, 0, "{text}{err}");
+    assert!(text.contains("PAUSED: live requests are held (60 waiting"), "{text}");
     let (code, out, err) = router.cli(&["resume"]);
     assert_eq!(code, 0, "{out}{err}");
     let mut seen_queue = false;

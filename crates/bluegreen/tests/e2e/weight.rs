@@ -62,6 +62,11 @@ async fn a_ten_percent_weight_sends_a_tenth_of_the_clients_always_the_same_ones(
     let (code, out, err) = router.cli(&["weight", "green", "10"]);
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(router.status().await["split"]["basis_points"], 1000);
+    let (_, text, _) = router.cli(&["status"]);
+    assert!(
+        text.contains("weight: 10.00 % of live clients go to green"),
+        "{text}"
+    );
 
     // 10,000 clients: within one percentage point of 10 %.
     let (green, _) = share(&router, 0..10_000).await;
