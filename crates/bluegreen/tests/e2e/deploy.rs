@@ -438,7 +438,10 @@ async fn rollback_is_instant_while_warm_and_redeploys_once_decommissioned() {
     for args in [&["rollback"][..], &["rollback", "--force"]] {
         let (code, out, err) = router.cli(args);
         assert_ne!(code, 0, "{args:?}: {out}{err}");
-        assert!(err.contains("blue has never run a release"), "{args:?}: {err}");
+        assert!(
+            err.contains("blue has never run a release"),
+            "{args:?}: {err}"
+        );
     }
     assert_eq!(cli_deploy(&router, &["v2"]).0, 0);
     assert_eq!(body(&router).await, "blue v2\n");

@@ -315,7 +315,10 @@ async fn a_released_pause_never_storms_a_small_app() {
     .await;
     let (code, text, err) = router.cli(&["status"]);
     assert_eq!(code, 0, "{text}{err}");
-    assert!(text.contains("PAUSED: live requests are held (60 waiting"), "{text}");
+    assert!(
+        text.contains("PAUSED: live requests are held (60 waiting"),
+        "{text}"
+    );
     let (code, out, err) = router.cli(&["resume"]);
     assert_eq!(code, 0, "{out}{err}");
     let mut seen_queue = false;

@@ -540,16 +540,19 @@ async fn clients_that_pause_and_never_retry_lose_nothing_across_upgrades() {
                         }
                     };
                     results.lock().unwrap().push(outcome);
-                    // The client's think time: 0.3 to 2.3 s.
-                    let pause = 300 + (i * 37 + n * 91) % 2000;
+                    // The client's think time: 1.2 to 2.5 s (longer than a
+                    // moment's linger, shorter than the drain).
+                    let pause = 1200 + (i * 37 + n * 91) % 1300;
                     tokio::time::sleep(Duration::from_millis(pause)).await;
                 }
             })
         })
         .collect();
-    wait_until(Duration::from_secs(20), "every client has asked", || async {
-        results.lock().unwrap().len() >= 80
-    })
+    wait_until(
+        Duration::from_secs(20),
+        "every client has asked",
+        || async { results.lock().unwrap().len() >= 80 },
+    )
     .await;
     let successors = Successors::default();
     for _ in 0..upgrades {
@@ -557,9 +560,11 @@ async fn clients_that_pause_and_never_retry_lose_nothing_across_upgrades() {
         let (code, out, err) = successors.upgrade(&router, &[]);
         assert_eq!(code, 0, "{out}{err}");
         // Until every client has asked again since the handover.
-        wait_until(Duration::from_secs(30), "requests after the upgrade", || async {
-            results.lock().unwrap().len() >= before + 80
-        })
+        wait_until(
+            Duration::from_secs(30),
+            "requests after the upgrade",
+            || async { results.lock().unwrap().len() >= before + 80 },
+        )
         .await;
     }
     stop.store(true, Ordering::SeqCst);
@@ -573,5 +578,10 @@ async fn clients_that_pause_and_never_retry_lose_nothing_across_upgrades() {
         results.len(),
         failed.len()
     );
-    assert!(failed.is_empty(), "{} of {}: {failed:?}", failed.len(), results.len());
+    assert!(
+        failed.is_empty(),
+        "{} of {}: {failed:?}",
+        failed.len(),
+        results.len()
+    );
 }
