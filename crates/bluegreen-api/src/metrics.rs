@@ -265,7 +265,7 @@ fn side_gauges(s: &mut Scrape, status: &Status) {
 fn clients(s: &mut Scrape, router: &Router) {
     let f = s.family(
         "bluegreen_client_connections",
-        "Open client connections per listener: busy, or idle keep-alive holding no buffers",
+        "Open client connections per listener: busy (a request or a TLS handshake in progress), or idle keep-alive",
         MetricType::Gauge,
     );
     for (kind, listener) in [
@@ -273,7 +273,7 @@ fn clients(s: &mut Scrape, router: &Router) {
         (ListenerKind::Preview, "preview"),
     ] {
         let c = router.client_connections(kind);
-        for (state, n) in [("busy", c.open - c.parked.min(c.open)), ("idle", c.parked)] {
+        for (state, n) in [("busy", c.open - c.idle.min(c.open)), ("idle", c.idle)] {
             f.add(
                 vec![("listener", listener.into()), ("state", state.into())],
                 Value::Gauge(n as i64),

@@ -79,6 +79,10 @@ pub struct ClientGauge {
     pub(crate) parked: AtomicUsize,
     /// Idle but still holding hyper's buffers (see [`LINGER`]).
     pub(crate) lingering: AtomicUsize,
+    /// TLS connections past their handshake, and those of them with a
+    /// response open (a TLS connection never parks: it is idle when none is).
+    pub(crate) tls_open: AtomicUsize,
+    pub(crate) tls_busy: AtomicUsize,
 }
 
 /// A reading of a [`ClientGauge`].
@@ -88,6 +92,9 @@ pub struct ClientCount {
     pub open: usize,
     /// Of those, idle keep-alive connections holding only their socket.
     pub parked: usize,
+    /// Of those, every idle keep-alive connection: parked ones, and TLS
+    /// ones with no response open.
+    pub idle: usize,
 }
 
 /// Counts one in a counter for as long as it lives.

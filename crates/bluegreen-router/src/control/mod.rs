@@ -547,9 +547,15 @@ impl Router {
 
     pub fn client_connections(&self, kind: ListenerKind) -> ClientCount {
         let g = &self.clients[kind as usize];
+        let parked = g.parked.load(Ordering::Relaxed);
+        let tls_idle = g
+            .tls_open
+            .load(Ordering::Relaxed)
+            .saturating_sub(g.tls_busy.load(Ordering::Relaxed));
         ClientCount {
             open: g.open.load(Ordering::Relaxed),
-            parked: g.parked.load(Ordering::Relaxed),
+            parked,
+            idle: parked + tls_idle,
         }
     }
 

@@ -73,7 +73,12 @@ impl Router {
                         .collect(),
                     in_flight: pool.upstreams.iter().map(|u| u.outstanding()).sum(),
                     upgraded: pool.upgraded(),
-                    draining: match (epoch.is_draining() && side != snap.live, deadlines[side]) {
+                    // A drain with nothing left in it is over, whatever
+                    // its deadline says.
+                    draining: match (
+                        epoch.is_draining() && side != snap.live && epoch.inflight() > 0,
+                        deadlines[side],
+                    ) {
                         (true, Some(d)) => Some(DrainStatus {
                             remaining: epoch.inflight(),
                             deadline_in_ms: d.saturating_duration_since(now).as_millis() as u64,

@@ -171,6 +171,8 @@ struct Activity {
     open: AtomicUsize,
     base: Instant,
     last_ms: AtomicU64,
+    /// Its listener's gauge: busy while a response is open.
+    gauge: Arc<crate::downstream::ClientGauge>,
 }
 
 impl Activity {
@@ -187,7 +189,9 @@ struct Busy(Arc<Activity>);
 
 impl Busy {
     fn new(a: &Arc<Activity>) -> Busy {
-        a.open.fetch_add(1, Ordering::Relaxed);
+        if a.open.fetch_add(1, Ordering::Relaxed) == 0 {
+            a.gauge.tls_busy.fetch_add(1, Ordering::Relaxed);
+        }
         Busy(a.clone())
     }
 }
@@ -197,7 +201,9 @@ impl Drop for Busy {
         let a = &self.0;
         a.last_ms
             .store(a.base.elapsed().as_millis() as u64, Ordering::Relaxed);
-        a.open.fetch_sub(1, Ordering::Relaxed);
+        if a.open.fetch_sub(1, Ordering::Relaxed) == 1 {
+            a.gauge.tls_busy.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -252,10 +258,12 @@ pub async fn serve(
     }
     let h2 = alpn == Some(b"h2");
     let io = TokioIo::new(tls);
+    let _tls_open = Held::new(&gauge.tls_open);
     let activity = Arc::new(Activity {
         open: AtomicUsize::new(0),
         base: Instant::now(),
         last_ms: AtomicU64::new(0),
+        gauge: gauge.clone(),
     });
     let router = ctx.router.clone();
     // One request's future; boxed for HTTP/2 only (see `downstream::serve`).

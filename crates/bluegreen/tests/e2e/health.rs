@@ -88,3 +88,59 @@ async fn live_side_with_no_reachable_upstream_answers_502() {
         "upstream addresses stay in the log: {out}"
     );
 }
+
+/// Health checks keep one connection per upstream (they opened one every
+/// check: 110+ sockets in TIME-WAIT per upstream at rest), and still see an
+/// app that died: its connection closes with it, the next check connects,
+/// is refused, and the upstream is down.
+#[tokio::test(flavor = "multi_thread")]
+async fn health_checks_reuse_one_connection_and_still_see_a_dead_app() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (conns, checks) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let (c2, k2) = (conns.clone(), checks.clone());
+    let app = tokio::spawn(async move {
+        let mut tasks = tokio::task::JoinSet::new();
+        while let Ok((mut sock, _)) = listener.accept().await {
+            c2.fetch_add(1, Ordering::SeqCst);
+            let k = k2.clone();
+            tasks.spawn(async move {
+                let mut buf = Vec::new();
+                while crate::raw::read_request(&mut sock, &mut buf)
+                    .await
+                    .is_some()
+                {
+                    k.fetch_add(1, Ordering::SeqCst);
+                    let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                    if sock.write_all(ok).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let green = Backend::start("green").await;
+    let router = RouterBuilder::addrs(vec![addr], vec![green.addr]).start();
+    router.wait_all_healthy().await;
+    wait_until(Duration::from_secs(10), "20 checks", || async {
+        checks.load(Ordering::SeqCst) >= 20
+    })
+    .await;
+    assert!(
+        conns.load(Ordering::SeqCst) <= 2,
+        "{} connections for {} checks",
+        conns.load(Ordering::SeqCst),
+        checks.load(Ordering::SeqCst)
+    );
+    // The app dies (its listener and connections with it): down.
+    app.abort();
+    wait_until(
+        Duration::from_secs(10),
+        "the dead app is unhealthy",
+        || async { router.status().await["sides"]["blue"]["healthy"] == 0 },
+    )
+    .await;
+}

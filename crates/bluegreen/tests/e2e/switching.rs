@@ -196,6 +196,13 @@ async fn in_flight_request_on_old_side_finishes_after_switch() {
         (200, "blue"),
         "old side's in-flight request completes"
     );
+    // Nothing left in it: the drain is over, whatever its deadline says.
+    wait_until(
+        Duration::from_secs(5),
+        "the drain shown as over",
+        || async { router.status().await["sides"]["blue"]["draining"].is_null() },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

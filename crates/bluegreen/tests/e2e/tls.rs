@@ -821,3 +821,57 @@ async fn a_returning_client_resumes_its_session() {
         ]
     );
 }
+
+/// Idle TLS keep-alive connections count as idle, not busy, in
+/// `bluegreen_client_connections` (they never park, so they were all busy).
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_tls_keep_alive_connections_count_as_idle() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pki = Pki::new();
+    let shop = pki.issue("shop", &["shop.test"], false);
+    let blue = RawBackend::start("blue").await;
+    let green = RawBackend::start("green").await;
+    let router = RouterBuilder::addrs(vec![blue.addr], vec![green.addr])
+        .extra(&tls_toml(&[shop], ""))
+        .start();
+    router.wait_until_live_healthy().await;
+    let port = router.https.unwrap().port();
+    let mut conns = Vec::new();
+    for _ in 0..5 {
+        let mut tls = tls_connect(&pki, port, "shop.test", &[b"http/1.1"]).await;
+        tls.write_all(b"GET /x HTTP/1.1\r\nhost: shop.test\r\n\r\n")
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !got.ends_with(b"blue") {
+            let n = tls.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+        conns.push(tls);
+    }
+    let gauge = |state: &'static str| {
+        let router = &router;
+        async move {
+            let (_, m) = router.api("GET", "/metrics", None, Some(TOKEN)).await;
+            m.as_str()
+                .unwrap_or_default()
+                .lines()
+                .find(|l| {
+                    l.starts_with("bluegreen_client_connections{")
+                        && l.contains("listener=\"live\"")
+                        && l.contains(&format!("state=\"{state}\""))
+                })
+                .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .unwrap_or(-1.0)
+        }
+    };
+    wait_until(
+        std::time::Duration::from_secs(10),
+        "5 idle TLS connections counted idle",
+        || async { gauge("idle").await >= 5.0 && gauge("busy").await == 0.0 },
+    )
+    .await;
+    drop(conns);
+}
