@@ -92,7 +92,7 @@ impl From<PipelineError> for ApiError {
         };
         let message = match &e {
             PipelineError::Store(bluegreen_store::StoreError::Etcd { .. }) => format!(
-                "{e}: this node serves the last applied state and refuses deploys until etcd is back"
+                "{e}: this node serves the last applied state and refuses changes (switches, rollbacks, deploys) until etcd is back"
             ),
             _ => e.to_string(),
         };

@@ -95,6 +95,34 @@ impl Serialize for Histogram {
     }
 }
 
+/// A histogram as its counted buckets only (`{"buckets": [[lo_us, hi_us,
+/// count], ...]}`), for documents written often: a node's report in a
+/// shared store, which every write keeps a revision of.
+pub struct Sparse<'a>(pub &'a Histogram);
+
+impl Serialize for Sparse<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Only {
+            buckets: Vec<(u64, u64, u64)>,
+        }
+        Only {
+            buckets: self
+                .0
+                .counts
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| **n > 0)
+                .map(|(i, n)| {
+                    let (lo, hi) = bounds_us(i);
+                    (lo, hi, *n)
+                })
+                .collect(),
+        }
+        .serialize(s)
+    }
+}
+
 impl<'de> Deserialize<'de> for Histogram {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         #[derive(Deserialize)]

@@ -93,6 +93,17 @@ impl Pipeline {
         }
     }
 
+    /// Gives back a deploy lock this process holds with no run of its own
+    /// (a suspended run kept it for a handover that did not happen).
+    pub(crate) async fn release_kept_lock(&self) {
+        let Some(cluster) = self.cluster.clone() else {
+            return;
+        };
+        if !self.runs_here() && cluster.holds(DEPLOY_LOCK) {
+            unlock(cluster).await;
+        }
+    }
+
     /// The book as the store has it now; the next write is conditional on
     /// it. Only with a shared store (alone, the book in memory is the truth).
     pub(crate) async fn fresh_book(&self) -> Result<Option<DeployBook>, PipelineError> {
@@ -240,6 +251,13 @@ impl Pipeline {
         *self.book.lock().await = book.clone();
         if let Some(d) = book.current.as_ref().filter(|d| !d.is_finished()) {
             tracing::info!(id = d.id, version = %d.version, step = ?d.next_step(), %node, "resuming deploy #{} left by a node that is gone", d.id);
+            // In the record too (its log, `history`, `deploy --follow`):
+            // who carries the deploy on, and from where.
+            let step = d.next_step().map(|s| s.as_str()).unwrap_or("its end");
+            self.record(format!(
+                "node {node} took the deploy over at {step}: the node running it went away (its lock lapsed with its lease)"
+            ))
+            .await;
             let handle = self.new_handle(d.id, d.from);
             self.spawn_run(handle, lock);
             return Ok(());

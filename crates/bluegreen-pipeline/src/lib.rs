@@ -121,6 +121,21 @@ pub struct Pipeline {
     finishing: std::sync::atomic::AtomicBool,
 }
 
+/// A switch or rollback that found the deploy lock taken on another node
+/// when no deploy runs there: another node's switch or rollback holds it
+/// for a moment. That is a plain conflict (409 `conflict`), not "deploys
+/// run there"; a deploy that does run there is named as such.
+fn contended(e: PipelineError) -> PipelineError {
+    match e {
+        PipelineError::Elsewhere(node) => {
+            PipelineError::Switch(bluegreen_router::SwitchError::Conflict(format!(
+                "another node ({node}) is changing the live side right now (a switch, rollback or decommission holds the cluster's lock); look at `bluegreen status` and retry if still needed"
+            )))
+        }
+        other => other,
+    }
+}
+
 /// Milliseconds since the Unix epoch.
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
@@ -281,6 +296,11 @@ impl Pipeline {
     /// adopted again and the deploy resumes from its record.
     pub async fn resume(self: &Arc<Self>) -> Result<(), PipelineError> {
         *self.suspend.lock().unwrap_or_else(|p| p.into_inner()) = CancellationToken::new();
+        // In a cluster, the suspended run kept the deploy lock for the new
+        // process: given back now, so this node's follower (or another
+        // node) takes the deploy over again, and switches are not refused
+        // as "finishing on this node".
+        self.release_kept_lock().await;
         self.start_up().await
     }
 
@@ -445,7 +465,7 @@ impl Pipeline {
         if let Some(refused) = self.busy_here().await {
             return Err(refused);
         }
-        let lock = self.take_lock().await?;
+        let lock = self.take_lock().await.map_err(contended)?;
         let result = self.switch_locked(req).await;
         lock.release().await;
         result
@@ -501,7 +521,7 @@ impl Pipeline {
         if let Some(refused) = self.busy_here().await {
             return Err(refused);
         }
-        let lock = self.take_lock().await?;
+        let lock = self.take_lock().await.map_err(contended)?;
         self.rollback_locked(forced, to_version, actor, reason, lock)
             .await
     }
@@ -641,6 +661,8 @@ impl Pipeline {
                 format!("re-deploys {version} to {side} ({why})")
             }
             RollbackPlan::AlreadyLive { version } => format!("{version} is already live"),
+            // The plan's reason already says "nothing to roll back to".
+            RollbackPlan::Nothing(why) if why.starts_with("nothing to roll back to") => why,
             RollbackPlan::Nothing(why) => format!("nothing to roll back to: {why}"),
         })
     }

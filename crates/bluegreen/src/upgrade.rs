@@ -341,6 +341,9 @@ async fn spawn_and_wait(
     let mut buf = [0u8; 4096];
     loop {
         tokio::select! {
+            // A READY=1 already there wins over an abort that came with it:
+            // a process that serves is not stopped.
+            biased;
             got = ready.recv(&mut buf) => {
                 let Ok(n) = got else { continue };
                 let msg = String::from_utf8_lossy(&buf[..n]);

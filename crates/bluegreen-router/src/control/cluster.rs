@@ -36,7 +36,76 @@ pub struct NodeReport {
     pub started_ms: u64,
     /// This node's live traffic per side since it started (the same fixed
     /// buckets on every node, so the cluster's traffic is their sum).
+    /// Written with the counted latency buckets only: the report is
+    /// rewritten often and etcd keeps every revision until compacted.
+    #[serde(serialize_with = "sparse_windows")]
     pub windows: Sides<Window>,
+}
+
+/// `windows` with each histogram as its counted buckets only (readers take
+/// `buckets` first, so every version since they were added reads it).
+fn sparse_windows<S: serde::Serializer>(w: &Sides<Window>, s: S) -> Result<S::Ok, S::Error> {
+    use bluegreen_core::latency::Sparse;
+    #[derive(Serialize)]
+    struct W<'a> {
+        requests: u64,
+        errors: u64,
+        latency: Sparse<'a>,
+    }
+    fn side(w: &Window) -> W<'_> {
+        W {
+            requests: w.requests,
+            errors: w.errors,
+            latency: Sparse(&w.latency),
+        }
+    }
+    Sides {
+        blue: side(&w.blue),
+        green: side(&w.green),
+    }
+    .serialize(s)
+}
+
+/// The longest a node's report goes unwritten (with its traffic as of then).
+const REPORT_HEARTBEAT: Duration = Duration::from_secs(15);
+
+impl NodeReport {
+    /// Equal in everything but the traffic counters.
+    fn same_but_traffic(&self, other: &NodeReport) -> bool {
+        self.node == other.node
+            && self.revision == other.revision
+            && self.generation == other.generation
+            && self.live == other.live
+            && self.healthy == other.healthy
+            && self.admin == other.admin
+            && self.started_ms == other.started_ms
+    }
+}
+
+/// Whether the shared deploy book has a deploy running, read again only
+/// when its revision changed.
+#[derive(Default)]
+struct Deploying {
+    revision: i64,
+    running: bool,
+}
+
+impl Deploying {
+    fn now(&mut self, view: &tokio::sync::watch::Receiver<View>) -> bool {
+        let v = view.borrow();
+        let Some(book) = v.values.get(bluegreen_store::DEPLOYS_KEY) else {
+            return false;
+        };
+        if book.revision != self.revision {
+            self.revision = book.revision;
+            self.running =
+                serde_json::from_slice::<bluegreen_core::deploy::DeployBook>(&book.value)
+                    .ok()
+                    .and_then(|b| b.current)
+                    .is_some_and(|d| !d.is_finished());
+        }
+        self.running
+    }
 }
 
 /// One node in `status`.
@@ -219,6 +288,7 @@ impl Router {
             let mut last: Option<NodeReport> = None;
             let mut written = std::time::Instant::now();
             let mut share_sent: Option<(std::time::Instant, bool)> = None;
+            let mut deploying = Deploying::default();
             loop {
                 tokio::select! {
                     _ = tick.tick() => {}
@@ -227,10 +297,22 @@ impl Router {
                 }
                 router.publish_share(&mut share_sent).await;
                 let report = router.node_report();
+                // What a reader needs at once (the state applied, health,
+                // where to reach it) is written when it changes; traffic
+                // alone every second only while a deploy runs somewhere
+                // (its gates judge the whole cluster's traffic), else with
+                // the heartbeat. Every write is a revision etcd keeps.
+                let changed = match &last {
+                    None => true,
+                    Some(l) => !l.same_but_traffic(&report),
+                };
+                let traffic_due = last.as_ref().is_some_and(|l| l.windows != report.windows)
+                    && written.elapsed() >= Duration::from_secs(1)
+                    && deploying.now(&cluster.view());
                 // Rewritten now and then even unchanged: a write that raced
                 // a session's end may have left it on an expired lease.
-                let stale = written.elapsed() >= Duration::from_secs(10);
-                if last.as_ref() != Some(&report) || stale {
+                let heartbeat = written.elapsed() >= REPORT_HEARTBEAT;
+                if changed || traffic_due || heartbeat {
                     written = std::time::Instant::now();
                     if let Ok(bytes) = serde_json::to_vec(&report) {
                         cluster.report(bytes);

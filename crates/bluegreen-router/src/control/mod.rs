@@ -364,13 +364,16 @@ impl Router {
     /// to `limit` until this process has the state back. False when the
     /// state stays with a new process that is serving already.
     pub async fn abort_handover(&self, limit: std::time::Duration) -> bool {
-        if let Some(t) = self
+        let abort = self
             .handover_abort
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-        {
-            t.cancel();
+            .clone();
+        match abort {
+            Some(t) => t.cancel(),
+            // The new process is ready: the state is its own.
+            None if self.handing_over() => return false,
+            None => return true,
         }
         let deadline = tokio::time::Instant::now() + limit;
         while self.handing_over() {

@@ -91,6 +91,9 @@ impl Router {
                         tls[side].clone(),
                         oe.tls != ne.tls,
                     )?;
+                    for u in &reshaped.added {
+                        u.set_max_requests(n.proxy.upstream_max_requests);
+                    }
                     pools[side] = Arc::new(reshaped.pool);
                     added.extend(reshaped.added);
                     removed.extend(reshaped.removed);

@@ -62,8 +62,11 @@ pub async fn forward(
         (Either::Left(b), Some((sent, progress)))
     };
 
-    // 4. Copies for the taps, taken as the client sent the request.
+    // 4. Copies for the taps, taken as the client sent the request. A
+    // held request's turn is not kept while its client uploads (the next
+    // held ones would wait on the client's pace).
     let shadow = route.shadow.clone().filter(|_| on_upgrade.is_none());
+    let baton = baton.filter(|_| route.recorder.is_none() && shadow.is_none());
     let Prepared {
         body,
         whole,
@@ -182,9 +185,14 @@ async fn send_with_retries(
                 .insert(header::HOST, authority_value(&upstream));
         }
         let guard = InFlight::begin(upstream.clone(), route.epoch.clone());
-        let slot = upstream
-            .take_slot(settings.queue_timeout, settings.max_queue)
-            .await;
+        let slot = match upstream.try_slot() {
+            Some(took) => Ok((took, std::time::Duration::ZERO)),
+            // Boxed: the queue is the rare path, and its future would
+            // otherwise make every request's future larger.
+            None => {
+                Box::pin(upstream.queue_for_slot(settings.queue_timeout, settings.max_queue)).await
+            }
+        };
         let guard = match slot {
             Ok((took, waited)) => {
                 *queued += waited;
@@ -258,6 +266,13 @@ async fn send_with_retries(
                     });
                 };
                 tracing::debug!(side = %pool.side, upstream = %upstream.address, %reason, "an idempotent request got no answer: sent once more");
+                // If no upstream is left to try, this is the answer.
+                let (up, side, why) = failed(reason);
+                last_refused = Some(ProxyError::Upstream {
+                    upstream: up,
+                    side,
+                    reason: why,
+                });
                 attempt += 1;
                 req = again.into_request();
                 if upstream.routable() {

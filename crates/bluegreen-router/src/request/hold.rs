@@ -73,7 +73,10 @@ impl Hold {
     /// that moment: a switch made while paused applies to these). The
     /// baton lets the next one go when dropped.
     pub async fn wait(self: &std::sync::Arc<Self>) -> Result<Baton, NotReleased> {
-        if self.open.load(Ordering::Acquire) {
+        // Resumed, and every held request through the gate: no wait. While
+        // held ones are still going, a newcomer queues behind them (it must
+        // not overtake them at a busy upstream).
+        if self.open.load(Ordering::Acquire) && self.waiting.load(Ordering::Acquire) == 0 {
             return Ok(Baton(None));
         }
         // Counted while waiting, also when the client goes away meanwhile

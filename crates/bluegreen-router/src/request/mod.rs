@@ -217,6 +217,9 @@ pub async fn handle(req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
     )
     .await;
     let client_fault = result.as_ref().is_err_and(ProxyError::is_client_fault);
+    // A request refused by an upstream's queue waited there, not in the
+    // app: counted, not timed.
+    let queue_refused = matches!(&result, Err(ProxyError::Queue { .. }));
     let resp = match result {
         Ok(resp) => resp,
         Err(err) if client_fault => {
@@ -237,7 +240,7 @@ pub async fn handle(req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
     // mistakes are counted but not timed, and an upload's own time is left out.
     let took = started.elapsed();
     let status = resp.status().as_u16();
-    if client_fault {
+    if client_fault || queue_refused {
         stats.record_untimed(status);
     } else {
         // Nor is the time it waited in an upstream's queue the app's.

@@ -318,7 +318,7 @@ pub async fn serve(
         // At a drain the client gets a moment for the request it may be
         // sending (answered with `Connection: close`) before the close.
         if draining {
-            let linger = tokio::time::sleep(router.drain_linger());
+            let linger = tokio::time::sleep(router.drain_linger().min(protocols.idle_timeout));
             tokio::select! {
                 _ = conn.as_mut() => return,
                 _ = linger => {}

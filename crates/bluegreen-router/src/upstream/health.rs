@@ -51,6 +51,7 @@ pub fn watch(router: &Arc<Router>, upstream: Arc<Upstream>) {
 async fn check_loop(router: Arc<Router>, upstream: Arc<Upstream>, stop: CancellationToken) {
     let mut first = true;
     let mut kept: Option<conn::Sender> = None;
+    let mut kept_epoch = upstream.check_epoch();
     loop {
         let config = router.config().health.clone();
         if !first {
@@ -69,6 +70,12 @@ async fn check_loop(router: Arc<Router>, upstream: Arc<Upstream>, stop: Cancella
             }
         };
         let epoch = upstream.check_epoch();
+        // A new version was put on it (or its health is in doubt): its
+        // checks speak to whatever listens now, on a new connection.
+        if epoch != kept_epoch || upstream.health() != Health::Healthy {
+            kept = None;
+            kept_epoch = epoch;
+        }
         let result = tokio::select! {
             r = check_once(&upstream, &uri, &config, &mut kept) => r,
             _ = stop.cancelled() => return,

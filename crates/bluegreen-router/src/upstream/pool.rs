@@ -48,6 +48,8 @@ pub struct Upstream {
     queued: AtomicUsize,
     /// Requests that got 503 because the queue was full or too slow.
     queue_refused: AtomicU64,
+    /// Wakes the queue when the limit is lifted (set to 0).
+    limit_lifted: tokio::sync::Notify,
     /// Cancelled when a reload removes it: its health checks stop (the
     /// requests still using it finish).
     pub retired: CancellationToken,
@@ -83,6 +85,7 @@ impl Upstream {
             debt: AtomicUsize::new(0),
             queued: AtomicUsize::new(0),
             queue_refused: AtomicU64::new(0),
+            limit_lifted: tokio::sync::Notify::new(),
             retired: CancellationToken::new(),
         }))
     }
@@ -114,24 +117,36 @@ impl Upstream {
             let forgotten = self.slots.forget_permits(fewer);
             self.debt.fetch_add(fewer - forgotten, Ordering::AcqRel);
         }
+        if limit == 0 {
+            // No limit now: whoever waits goes at once.
+            self.limit_lifted.notify_waiters();
+        }
     }
 
-    /// A place to serve one request: at once while it serves fewer than its
-    /// limit, else in its queue, in arrival order, for up to `wait`. `Ok`
-    /// with whether a place was taken (none without a limit) and the time
-    /// spent queued.
-    pub(crate) async fn take_slot(
+    /// A place to serve one request at once, when there is one free (or no
+    /// limit): `Some(took a place)`. `None`: every place is taken, wait in
+    /// the queue (`queue_for_slot`). Cheap, no lock: the request path's
+    /// common case.
+    pub(crate) fn try_slot(&self) -> Option<bool> {
+        if self.slot_limit.load(Ordering::Relaxed) == 0 {
+            return Some(false);
+        }
+        match self.slots.try_acquire() {
+            Ok(p) => {
+                p.forget();
+                Some(true)
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// Waits in the queue, in arrival order, for up to `wait`, for a place
+    /// (`true`) or the limit lifted (`false`), with the time it waited.
+    pub(crate) async fn queue_for_slot(
         &self,
         wait: std::time::Duration,
         max_queue: usize,
     ) -> Result<(bool, std::time::Duration), QueueRefusal> {
-        if self.slot_limit.load(Ordering::Relaxed) == 0 {
-            return Ok((false, std::time::Duration::ZERO));
-        }
-        if let Ok(p) = self.slots.try_acquire() {
-            p.forget();
-            return Ok((true, std::time::Duration::ZERO));
-        }
         struct Queued<'a>(&'a AtomicUsize);
         impl Drop for Queued<'_> {
             fn drop(&mut self) {
@@ -145,15 +160,41 @@ impl Upstream {
             return Err(QueueRefusal::Full(max_queue));
         }
         let start = std::time::Instant::now();
-        match tokio::time::timeout(wait, self.slots.acquire()).await {
-            Ok(Ok(p)) => {
-                p.forget();
-                Ok((true, start.elapsed()))
+        let lifted = self.limit_lifted.notified();
+        tokio::pin!(lifted);
+        lifted.as_mut().enable();
+        if self.slot_limit.load(Ordering::Acquire) == 0 {
+            return Ok((false, start.elapsed()));
+        }
+        let got = tokio::time::timeout(wait, async {
+            tokio::select! {
+                p = self.slots.acquire() => p.map(|p| {
+                    p.forget();
+                    true
+                }).map_err(|_| ()),
+                _ = &mut lifted => Ok(false),
             }
+        })
+        .await;
+        match got {
+            Ok(Ok(took)) => Ok((took, start.elapsed())),
             _ => {
                 self.queue_refused.fetch_add(1, Ordering::Relaxed);
                 Err(QueueRefusal::TimedOut(wait))
             }
+        }
+    }
+
+    /// A place, at once or after waiting in the queue.
+    #[cfg(test)]
+    pub(crate) async fn take_slot(
+        &self,
+        wait: std::time::Duration,
+        max_queue: usize,
+    ) -> Result<(bool, std::time::Duration), QueueRefusal> {
+        match self.try_slot() {
+            Some(took) => Ok((took, std::time::Duration::ZERO)),
+            None => self.queue_for_slot(wait, max_queue).await,
         }
     }
 
@@ -215,13 +256,17 @@ impl Upstream {
     /// `healthy_threshold` times. Returns the new health if it flipped.
     pub(crate) fn failed_request(&self, error: &str) -> Option<Health> {
         self.failed();
+        if self.health() == Health::Unhealthy {
+            // Already down: its checks decide when it returns.
+            return None;
+        }
         let run = self.failing_run.fetch_add(1, Ordering::Relaxed) + 1;
         let fall = self
             .counter
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .fall();
-        if run < fall || self.health() == Health::Unhealthy {
+        if run < fall {
             return None;
         }
         self.failing_run.store(0, Ordering::Relaxed);
@@ -278,8 +323,10 @@ impl Upstream {
         self.health
             .store(counter.state().to_u8(), Ordering::Relaxed);
         if flipped == Some(Health::Healthy) {
-            // Healthy again: the old error no longer describes it.
+            // Healthy again: the old error no longer describes it, and a
+            // new run of failed requests starts from nothing.
             *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            self.failing_run.store(0, Ordering::Relaxed);
         }
         flipped
     }
@@ -293,6 +340,7 @@ impl Upstream {
         self.health
             .store(Health::Unknown.to_u8(), Ordering::Relaxed);
         *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.failing_run.store(0, Ordering::Relaxed);
     }
 
     /// New health thresholds (a reload); what is known stays.
@@ -557,6 +605,27 @@ mod tests {
         assert!(u.take_slot(short, 10).await.is_err(), "still one in use");
         u.free_slot();
         assert!(u.take_slot(short, 10).await.unwrap().0);
+    }
+
+    /// Lifting the limit (a reload to 0) lets every waiter go at once.
+    #[tokio::test]
+    async fn lifting_the_limit_releases_the_queue() {
+        use std::time::Duration;
+        let p = pool(1, Balance::RoundRobin);
+        let u = p.upstreams[0].clone();
+        u.set_max_requests(1);
+        assert!(u.take_slot(Duration::from_secs(5), 10).await.unwrap().0);
+        let w = u.clone();
+        let waiter = tokio::spawn(async move { w.take_slot(Duration::from_secs(30), 10).await });
+        while u.queue().0 == 0 {
+            tokio::task::yield_now().await;
+        }
+        u.set_max_requests(0);
+        let got = tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("woken at once")
+            .unwrap();
+        assert_eq!(got.map(|(took, _)| took), Ok(false), "no place needed now");
     }
 
     #[test]

@@ -127,13 +127,30 @@ pub async fn follow(
             }
             Err(e) => return fail(e),
         }
+        let mut recheck = tokio::time::interval_at(tokio::time::Instant::now() + RECHECK, RECHECK);
         while let Some(s) = stream.as_mut() {
-            let next = match deadline {
-                Some(at) => match tokio::time::timeout_at(at, s.next()).await {
-                    Ok(n) => n,
-                    Err(_) => return Ok(gave_up(id, last.as_ref(), timeout)),
+            // The record is read again every few seconds as well: a deploy
+            // another node of a cluster finishes may send this node's
+            // stream no event for its end.
+            let next = tokio::select! {
+                n = async {
+                    match deadline {
+                        Some(at) => tokio::time::timeout_at(at, s.next()).await.ok(),
+                        None => Some(s.next().await),
+                    }
+                } => match n {
+                    Some(n) => n,
+                    None => return Ok(gave_up(id, last.as_ref(), timeout)),
                 },
-                None => s.next().await,
+                _ = recheck.tick() => {
+                    if let Ok(d) = c.get::<DeployRecord>(&path).await {
+                        if d.is_finished() {
+                            progress.finish(&d)?;
+                            return Ok(ExitCode::from(exit_code(d.outcome)));
+                        }
+                    }
+                    continue;
+                }
             };
             match next {
                 Some(Ok(ev)) if ev.name == "deploy" => {
@@ -162,6 +179,9 @@ pub async fn follow(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// How often `--follow` reads the deploy's record besides its events.
+const RECHECK: Duration = Duration::from_secs(2);
 
 /// `--timeout` ran out while the deploy goes on.
 fn gave_up(id: u64, last: Option<&DeployRecord>, timeout: Option<Duration>) -> ExitCode {

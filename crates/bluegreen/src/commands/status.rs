@@ -338,7 +338,7 @@ fn render_cluster(c: &bluegreen_router::ClusterStatus) -> String {
     let mut out = String::from("\n");
     match (&c.error, c.down_since_ms) {
         (Some(e), Some(since)) => out.push_str(&format!(
-            "cluster: {} UNREACHABLE for {} s ({e}); this node ({}) serves its last applied state and refuses switches and deploys (fail static)\n",
+            "cluster: {} UNREACHABLE for {} s ({e}); this node ({}) serves its last applied state and refuses switches and deploys (fail static)\nthe other nodes' rows are as last read: their SYNC is not known now (?)\n",
             c.store,
             now_ms().saturating_sub(since) / 1000,
             c.node
@@ -355,11 +355,19 @@ fn render_cluster(c: &bluegreen_router::ClusterStatus) -> String {
         "{:<20} {:<6} {:>10}  {:<6} {:<8} {:<8} {}\n",
         "NODE", "SYNC", "GENERATION", "LIVE", "BLUE", "GREEN", "ADMIN"
     ));
+    // With the store out of reach, other nodes' rows are what was last
+    // read: never shown as SYNCED.
+    let unreachable = c.error.is_some();
     for n in &c.nodes {
+        let sync = match (unreachable && n.node != c.node, n.synced) {
+            (true, _) => "?",
+            (false, true) => "SYNCED",
+            (false, false) => "STALE",
+        };
         out.push_str(&format!(
             "{:<20} {:<6} {:>10}  {:<6} {:<8} {:<8} {}\n",
             n.node,
-            if n.synced { "SYNCED" } else { "STALE" },
+            sync,
             n.generation,
             n.live.as_str(),
             n.healthy.blue,

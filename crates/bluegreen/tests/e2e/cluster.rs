@@ -596,6 +596,14 @@ async fn the_deploy_lock_moves_to_another_node_when_its_holder_dies_and_the_depl
         "{}",
         b.stderr()
     );
+    // The takeover is in the deploy's own record, not only b's log.
+    let d = b.current_deploy().await;
+    assert!(
+        d["log"]
+            .to_string()
+            .contains("node b took the deploy over at"),
+        "{d}"
+    );
     // Done: the lock is free again.
     wait_until(Duration::from_secs(5), "the lock is released", || async {
         b.status().await["cluster"]["deploy_lock"].is_null()
@@ -878,4 +886,39 @@ async fn a_rollback_that_redeploys_keeps_the_new_deploys_lock() {
     .await;
     let err = a.stderr();
     assert!(!err.contains("lost the deploy lock"), "{err}");
+}
+
+/// With a deploy pipeline on every node, the loser of two concurrent
+/// switches is told of a conflict (409 `conflict`, "another node"), not
+/// that "deploys run there" when no deploy ran.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_loser_of_concurrent_switches_with_a_pipeline_gets_a_plain_conflict() {
+    let etcd = EtcdServer::start();
+    let ep = [etcd.client_url.as_str()];
+    let (blue, green) = (Backend::start("blue").await, Backend::start("green").await);
+    let (a, b) = deploy_pair(&ep, "/bluegreen/t10", "", &blue, &green).await;
+    let mut lost = 0;
+    for round in 0..6 {
+        let to = if round % 2 == 0 { "green" } else { "blue" };
+        let body = format!("{{\"to\":\"{to}\",\"reason\":\"round {round}\"}}");
+        let (ra, rb) = tokio::join!(
+            a.api("POST", "/api/v1/switch", Some(&body), Some(TOKEN)),
+            b.api("POST", "/api/v1/switch", Some(&body), Some(TOKEN)),
+        );
+        for (st, v) in [&ra, &rb] {
+            if *st != 200 {
+                assert_eq!(*st, 409, "{v}");
+                assert_eq!(v["error"]["code"], "conflict", "{v}");
+                let msg = v["error"]["message"].as_str().unwrap();
+                assert!(msg.contains("another node"), "{v}");
+                assert!(!msg.contains("deploys run there"), "{v}");
+                lost += 1;
+            }
+        }
+        wait_until(Duration::from_secs(5), "both on the same side", || async {
+            live_of(&a).await == to && live_of(&b).await == to
+        })
+        .await;
+    }
+    eprintln!("{lost} of 6 rounds had a loser");
 }
