@@ -121,21 +121,6 @@ pub struct Pipeline {
     finishing: std::sync::atomic::AtomicBool,
 }
 
-/// A switch or rollback that found the deploy lock taken on another node
-/// when no deploy runs there: another node's switch or rollback holds it
-/// for a moment. That is a plain conflict (409 `conflict`), not "deploys
-/// run there"; a deploy that does run there is named as such.
-fn contended(e: PipelineError) -> PipelineError {
-    match e {
-        PipelineError::Elsewhere(node) => {
-            PipelineError::Switch(bluegreen_router::SwitchError::Conflict(format!(
-                "another node ({node}) is changing the live side right now (a switch, rollback or decommission holds the cluster's lock); look at `bluegreen status` and retry if still needed"
-            )))
-        }
-        other => other,
-    }
-}
-
 /// Milliseconds since the Unix epoch.
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
@@ -465,7 +450,10 @@ impl Pipeline {
         if let Some(refused) = self.busy_here().await {
             return Err(refused);
         }
-        let lock = self.take_lock().await.map_err(contended)?;
+        let lock = match self.take_lock().await {
+            Ok(l) => l,
+            Err(e) => return Err(self.contended(e).await),
+        };
         let result = self.switch_locked(req).await;
         lock.release().await;
         result
@@ -521,7 +509,10 @@ impl Pipeline {
         if let Some(refused) = self.busy_here().await {
             return Err(refused);
         }
-        let lock = self.take_lock().await.map_err(contended)?;
+        let lock = match self.take_lock().await {
+            Ok(l) => l,
+            Err(e) => return Err(self.contended(e).await),
+        };
         self.rollback_locked(forced, to_version, actor, reason, lock)
             .await
     }
@@ -719,6 +710,29 @@ impl Pipeline {
         if let Err(e) = self.persist(&book).await {
             tracing::warn!(error = %e, "the deploy log line was not saved");
         }
+    }
+
+    /// A switch or rollback that found the deploy lock taken on another
+    /// node when no deploy runs: that node's switch or rollback holds it for
+    /// a moment. A plain conflict (409 `conflict`), not "deploys run there";
+    /// a deploy that does run there is named as such.
+    async fn contended(&self, e: PipelineError) -> PipelineError {
+        let PipelineError::Elsewhere(node) = e else {
+            return e;
+        };
+        let deploying = self
+            .book
+            .lock()
+            .await
+            .current
+            .as_ref()
+            .is_some_and(|d| !d.is_finished());
+        if deploying {
+            return PipelineError::Elsewhere(node);
+        }
+        PipelineError::Switch(bluegreen_router::SwitchError::Conflict(format!(
+            "another node ({node}) is changing the live side right now (a switch, rollback or decommission holds the cluster's lock); look at `bluegreen status` and retry if still needed"
+        )))
     }
 
     /// A deploy running on this node owns the switch: said with its step

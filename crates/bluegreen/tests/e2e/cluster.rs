@@ -377,7 +377,7 @@ async fn etcd_lost_every_node_serves_and_refuses_then_catches_up_with_what_chang
         v["error"]["message"]
             .as_str()
             .unwrap()
-            .contains("refuses deploys"),
+            .contains("refuses changes (switches, rollbacks, deploys)"),
         "{v}"
     );
     let (_, text, _) = cli(&a, &["status"]).await;
