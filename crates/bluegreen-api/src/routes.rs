@@ -716,6 +716,7 @@ async fn deploy(
             step.as_millis() as u64
         },
         canary,
+        accept_inconclusive: body.accept_inconclusive,
     };
     let record = p.deploy(&body.version, options).await?;
     Ok((StatusCode::ACCEPTED, Json(record)).into_response())

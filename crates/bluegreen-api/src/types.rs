@@ -68,6 +68,10 @@ pub struct DeployBody {
     /// How long each share runs, e.g. `"5m"` (default 5m).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step: Option<String>,
+    /// A bake or canary share with too little traffic to judge passes
+    /// anyway, said so in the record.
+    #[serde(default)]
+    pub accept_inconclusive: bool,
 }
 
 /// `POST /api/v1/abort`.

@@ -142,6 +142,10 @@ pub struct DeployOptions {
     /// How long each canary share runs, in milliseconds.
     #[serde(default)]
     pub canary_step_ms: u64,
+    /// A bake or canary share with too little traffic to judge passes
+    /// anyway (`--accept-inconclusive`), said so in the record.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub accept_inconclusive: bool,
 }
 
 /// One line of a deploy's log (hook output, decisions).
@@ -177,6 +181,15 @@ pub struct DeployRecord {
     /// The contract files this release brings, as its expand step saw them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub migrations: Option<MigrationMark>,
+    /// The new side's live traffic (every node's) when the bake began: a
+    /// bake resumed on another node, or after a restart, judges all of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bake_start: Option<Window>,
+    /// Why the deploy waits for `bluegreen promote` outside the gate (a
+    /// bake or canary share with too little traffic, `on_inconclusive =
+    /// "hold"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<String>,
 }
 
 /// What a deploy's expand step saw of the migrations directory: the
@@ -241,6 +254,8 @@ impl DeployRecord {
             breach: None,
             log: Vec::new(),
             migrations: None,
+            bake_start: None,
+            held: None,
         };
         if skip_smoke {
             record.skip(Step::Smoke, "skipped by --skip-smoke", now_ms);

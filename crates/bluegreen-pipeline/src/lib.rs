@@ -375,7 +375,9 @@ impl Pipeline {
             .as_ref()
             .filter(|d| !d.is_finished())
             .ok_or(PipelineError::NotWaiting)?;
-        if d.step(Step::Gate).state != StepState::Running {
+        // At the manual gate, or held by a bake or canary share that saw
+        // too little traffic (`on_inconclusive = "hold"`).
+        if d.step(Step::Gate).state != StepState::Running && d.held.is_none() {
             return Err(PipelineError::NotWaiting);
         }
         let handle = match self.handle().filter(|h| h.id == d.id) {

@@ -276,7 +276,7 @@ pub enum Command {
             value_name = "ID",
             num_args = 0..=1,
             default_missing_value = "0",
-            conflicts_with_all = ["manual_promote", "skip_smoke", "skip_shadow", "canary", "env", "reason", "detach"]
+            conflicts_with_all = ["manual_promote", "skip_smoke", "skip_shadow", "accept_inconclusive", "canary", "env", "reason", "detach"]
         )]
         follow: Option<u64>,
         /// Stop following after this long (e.g. 10m); the deploy goes on
@@ -292,6 +292,11 @@ pub enum Command {
         /// Skip the shadow step (recorded in the history).
         #[arg(long)]
         skip_shadow: bool,
+        /// Let a bake or canary share that saw too little traffic to judge
+        /// pass anyway (recorded in the history); without it, it fails or
+        /// holds (deploy.bake.on_inconclusive).
+        #[arg(long)]
+        accept_inconclusive: bool,
         /// Canary shares in percent before the switch, e.g. 1,10,50: each is
         /// judged against the old side's traffic of the same minutes; a
         /// breach sends everyone back at once.
@@ -509,6 +514,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             manual_promote,
             skip_smoke,
             skip_shadow,
+            accept_inconclusive,
             canary,
             step,
             env,
@@ -525,6 +531,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 manual_promote,
                 skip_smoke,
                 skip_shadow,
+                accept_inconclusive,
                 canary,
                 step,
                 env: env.into_iter().collect(),

@@ -111,6 +111,21 @@ pub struct BakeConfig {
     /// A latency breach rolls back only after holding this many windows in a
     /// row (error-rate breaches are instant).
     pub consecutive: u32,
+    /// What a bake or canary share that saw fewer than `min_requests` does
+    /// once it has waited as long again for them: never a silent pass.
+    pub on_inconclusive: OnInconclusive,
+}
+
+/// A gate that saw too little traffic to judge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnInconclusive {
+    /// The deploy fails; traffic goes back to the old side.
+    Fail,
+    /// The deploy waits (`promote_timeout`) for `bluegreen promote` to accept
+    /// it or `bluegreen abort` to end it.
+    Hold,
+    /// It passes, saying so in the record (as `--accept-inconclusive`).
+    Accept,
 }
 
 #[derive(Debug, Deserialize)]
@@ -174,6 +189,7 @@ struct RawBake {
     error_rate_ratio: Option<f64>,
     p99_ratio: Option<f64>,
     consecutive: Option<i64>,
+    on_inconclusive: Option<String>,
 }
 
 pub(super) fn validate(
@@ -362,6 +378,18 @@ fn bake(raw: &RawDeploy, c: &mut Checker) -> BakeConfig {
             1,
             100,
         ) as u32,
+        on_inconclusive: match b.and_then(|b| b.on_inconclusive.as_deref()) {
+            None | Some("fail") => OnInconclusive::Fail,
+            Some("hold") => OnInconclusive::Hold,
+            Some("accept") => OnInconclusive::Accept,
+            Some(other) => {
+                c.issue(
+                    "deploy.bake.on_inconclusive",
+                    format!("{other:?}: one of \"fail\" (the default), \"hold\", \"accept\""),
+                );
+                OnInconclusive::Fail
+            }
+        },
     };
     if bake.interval > bake.duration {
         c.issue(

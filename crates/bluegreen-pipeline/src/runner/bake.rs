@@ -59,7 +59,17 @@ fn view(
 /// the window judged, not running totals.
 pub(super) async fn bake(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployRecord) -> StepEnd {
     let cfg = &p.config().bake;
-    let start = p.router.live_window(d.target);
+    // Where the bake began, kept in the record: resumed (a restart, an
+    // upgrade, another node taking over), it still judges all of it.
+    let start = match &d.bake_start {
+        Some(w) => w.clone(),
+        None => {
+            let w = p.router.live_window(d.target);
+            let kept = w.clone();
+            touch(p, |r| r.bake_start = Some(kept)).await;
+            w
+        }
+    };
     let mut windows = BakeWindows::new(start.clone(), cfg.consecutive);
     let mut opened = Instant::now();
     // Resumed (a crash, or a new process after `bluegreen upgrade`): the
@@ -71,7 +81,9 @@ pub(super) async fn bake(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployRecord
         .and_then(|s| s.started_at_ms)
         .unwrap_or_else(now_ms);
     let left = (started + cfg.duration.as_millis() as u64).saturating_sub(now_ms());
-    let end = Instant::now() + Duration::from_millis(left);
+    let mut end = Instant::now() + Duration::from_millis(left);
+    // Too little traffic by the end: it waits as long again for more.
+    let mut extended = false;
     let ends_at_ms = now_ms() + left;
     p.router.events.emit(Event::Bake {
         deploy_id: d.id,
@@ -165,11 +177,51 @@ pub(super) async fn bake(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployRecord
         }
         if Instant::now() >= end {
             let total = p.router.live_window(d.target).since(&start);
-            return StepEnd::Done(Some(format!(
-                "passed{}: {}",
-                windows.caveat(),
-                describe(&total)
-            )));
+            let needed = cfg.thresholds.min_requests.max(1);
+            if total.requests >= needed {
+                return StepEnd::Done(Some(format!(
+                    "passed{}: {}",
+                    windows.caveat(),
+                    describe(&total)
+                )));
+            }
+            if !extended {
+                extended = true;
+                let more = (started + 2 * cfg.duration.as_millis() as u64).saturating_sub(now_ms());
+                end = Instant::now() + Duration::from_millis(more);
+                let text = format!(
+                    "waiting for evidence: {} of the {needed} requests needed reached {}; up to {:.0} s more",
+                    total.requests,
+                    d.target,
+                    more as f64 / 1000.0
+                );
+                p.router.events.emit(Event::Bake {
+                    deploy_id: d.id,
+                    verdict: "waiting",
+                    detail: text.clone(),
+                    breach: None,
+                    view: Some(view(Some(&total), d, cfg, now_ms() + more, None)),
+                });
+                note(p, Step::Bake, text).await;
+                continue;
+            }
+            let what = format!(
+                "bake: {} of the {needed} requests needed reached {} in {:.0} s",
+                total.requests,
+                d.target,
+                (now_ms().saturating_sub(started)) as f64 / 1000.0
+            );
+            return match super::evidence::inconclusive(p, handle, d, Step::Bake, &what).await {
+                super::evidence::Decided::Accepted(text) => {
+                    StepEnd::Done(Some(format!("{text}: {}", describe(&total))))
+                }
+                super::evidence::Decided::Refused(outcome, reason) => {
+                    match p.switch_back(d, SwitchKind::Rollback, &reason).await {
+                        Ok(_) => StepEnd::End(outcome, format!("{reason}; traffic is back on {}", d.from)),
+                        Err(e) => StepEnd::End(outcome, format!("{reason}; switching back failed: {e}")),
+                    }
+                }
+            };
         }
     }
 }

@@ -37,7 +37,9 @@ pub(super) async fn canary(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployReco
         let old_start = p.router.live_window(d.from);
         let mut windows = BakeWindows::new(new_start.clone(), cfg.consecutive);
         let mut opened = Instant::now();
-        let end = Instant::now() + step;
+        let mut end = Instant::now() + step;
+        // Too little traffic on the new side by the end: as long again.
+        let mut extended = false;
         let mut tick = tokio::time::interval(Duration::from_millis(100).min(cfg.interval));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
@@ -80,11 +82,62 @@ pub(super) async fn canary(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployReco
                 }
             }
             if Instant::now() >= end {
-                break;
+                let got = p.router.live_window(d.target).since(&new_start).requests;
+                if got >= cfg.thresholds.min_requests.max(1) || extended {
+                    break;
+                }
+                extended = true;
+                end = Instant::now() + step;
+                note(
+                    p,
+                    Step::Canary,
+                    format!(
+                        "{share}%: waiting for evidence: {got} of the {} requests needed reached {}",
+                        cfg.thresholds.min_requests.max(1),
+                        d.target
+                    ),
+                )
+                .await;
             }
         }
         let total = p.router.live_window(d.target).since(&new_start);
         let old = p.router.live_window(d.from).since(&old_start);
+        let needed = cfg.thresholds.min_requests.max(1);
+        if total.requests < needed {
+            // Every client hashed to the old side: usually all of them come
+            // from one address (a load balancer not trusted, no sticky header).
+            let hint = if total.requests == 0 && old.requests >= needed {
+                format!(
+                    " (none of the old side's {} requests went to {}: every client may hash from one address; set proxy.sticky_header, or proxy.trusted_proxies for the load balancer in front)",
+                    old.requests, d.target
+                )
+            } else {
+                String::new()
+            };
+            let what = format!(
+                "canary at {share}%: {} of the {needed} requests needed reached {}{hint}",
+                total.requests, d.target
+            );
+            match super::evidence::inconclusive(p, handle, d, Step::Canary, &what).await {
+                super::evidence::Decided::Accepted(text) => {
+                    done.push(text);
+                    continue;
+                }
+                super::evidence::Decided::Refused(outcome, reason) => {
+                    let back = p.router.set_weight(d.target, 0, true).await;
+                    return match back {
+                        Ok(_) => StepEnd::End(
+                            outcome,
+                            format!("{reason}; every client is back on {}", d.from),
+                        ),
+                        Err(e) => StepEnd::End(
+                            outcome,
+                            format!("{reason}; taking the share back failed: {e}"),
+                        ),
+                    };
+                }
+            }
+        }
         done.push(format!(
             "{share}%{}: {} (old side {})",
             windows.caveat(),

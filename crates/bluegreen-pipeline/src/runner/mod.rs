@@ -25,6 +25,7 @@ mod checks;
 pub(crate) mod contract;
 mod decommission;
 mod deploy;
+mod evidence;
 mod expand;
 mod hook;
 mod shadow;

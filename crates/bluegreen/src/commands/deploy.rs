@@ -8,6 +8,7 @@ pub struct DeployArgs {
     pub manual_promote: bool,
     pub skip_smoke: bool,
     pub skip_shadow: bool,
+    pub accept_inconclusive: bool,
     /// Canary shares in percent (empty: a direct switch).
     pub canary: Vec<f64>,
     pub step: String,
@@ -32,6 +33,7 @@ pub async fn deploy(args: &AdminArgs, d: DeployArgs) -> anyhow::Result<ExitCode>
         actor: None,
         canary: (!d.canary.is_empty()).then(|| d.canary.clone()),
         step: (!d.canary.is_empty()).then(|| d.step.clone()),
+        accept_inconclusive: d.accept_inconclusive,
     };
     let record: DeployRecord = match c.post("/api/v1/deploys", body).await {
         Ok(r) => r,

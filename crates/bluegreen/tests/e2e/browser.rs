@@ -158,7 +158,7 @@ async fn a_bad_release_shows_its_breach_above_the_fold_in_colours_of_health() {
     let router = RouterBuilder::new(&[&b], &[&g])
         .extra(
             "[deploy]\ndeploy_timeout = \"5s\"\n[deploy.hooks]\ndeploy = \"true\"\n\
-             [deploy.bake]\nduration = \"20s\"\ninterval = \"500ms\"\nmin_requests = 20\nmax_error_rate = 0.05\n",
+             [deploy.bake]\nduration = \"20s\"\ninterval = \"500ms\"\nmin_requests = 20\nmax_error_rate = 0.05\non_inconclusive = \"accept\"\n",
         )
         .start();
     router.wait_all_healthy().await;

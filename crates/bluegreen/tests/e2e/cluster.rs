@@ -478,7 +478,7 @@ async fn a_watch_from_a_compacted_revision_is_told_so() {
 fn deploy_toml(bake: &str) -> String {
     format!(
         "[deploy]\ndeploy_timeout = \"5s\"\nkeep_warm = \"0s\"\n[deploy.hooks]\ndeploy = \"true\"\n\
-         [deploy.bake]\nduration = \"{bake}\"\ninterval = \"200ms\"\nmin_requests = 10\nmax_error_rate = 0.05\n"
+         [deploy.bake]\nduration = \"{bake}\"\ninterval = \"200ms\"\nmin_requests = 10\nmax_error_rate = 0.05\non_inconclusive = \"accept\"\n"
     )
 }
 

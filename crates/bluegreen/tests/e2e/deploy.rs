@@ -29,6 +29,7 @@ duration = "{bake}"
 interval = "200ms"
 min_requests = 10
 max_error_rate = 0.05
+on_inconclusive = "accept"
 "#
     )
 }
@@ -500,7 +501,7 @@ async fn hooks_get_placeholders_and_env_and_their_failures_are_reported() {
         .status()
         .unwrap();
     let toml = format!(
-        "[deploy]\n[deploy.hooks]\ndeploy = \"{} {{env}} {{version}}\"\n[deploy.bake]\nduration = \"200ms\"\ninterval = \"100ms\"\n",
+        "[deploy]\n[deploy.hooks]\ndeploy = \"{} {{env}} {{version}}\"\n[deploy.bake]\nduration = \"200ms\"\ninterval = \"100ms\"\non_inconclusive = \"accept\"\n",
         hook.display()
     );
     let router = RouterBuilder::new(&[&blue], &[&green]).extra(&toml).start();
@@ -1114,4 +1115,83 @@ async fn the_old_side_stays_up_for_its_sessions_and_the_deploy_ends_meanwhile() 
         detail.contains("green kept up") && detail.contains("for the sessions kept there"),
         "{dec}"
     );
+}
+
+/// A pipeline whose bake and canary decide on evidence only: no
+/// `on_inconclusive = "accept"` as the other tests here have.
+fn strict_router(bake: &str) -> RouterBuilder {
+    RouterBuilder::addrs(vec![closed_port()], vec![closed_port()])
+        .health("interval = \"100ms\"\ntimeout = \"500ms\"\nhealthy_threshold = 1\nunhealthy_threshold = 1")
+        .drain("1s")
+        .extra(&deploy_toml(bake, "60s").replace("on_inconclusive = \"accept\"\n", ""))
+}
+
+/// A bake that sees too little traffic is never a pass: the first release
+/// (nothing to go back to) passes saying so; the next one with no traffic
+/// fails after waiting as long again, and traffic goes back; with
+/// `--accept-inconclusive` it passes, and the record says why.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bake_without_evidence_is_never_a_pass() {
+    let router = strict_router("400ms").start();
+    let (code, out, err) = cli_deploy(&router, &["v1"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let h: serde_json::Value = serde_json::from_str(&router.cli(&["history", "--json"]).1).unwrap();
+    let bake = step_of(&h["deploys"][0], "bake")["detail"].to_string();
+    assert!(bake.contains("the first release: nothing to go back to"), "{bake}");
+    assert_eq!(body(&router).await, "green v1\n");
+
+    let (code, out, err) = cli_deploy(&router, &["v2"]);
+    assert_eq!(code, 1, "failed: {out}{err}");
+    let all = format!("{out}{err}");
+    assert!(
+        all.contains("too little traffic to judge, which is never a pass"),
+        "{all}"
+    );
+    assert_eq!(router.status().await["live"], "green", "traffic went back");
+    assert_eq!(body(&router).await, "green v1\n");
+
+    let (code, out, err) = cli_deploy(&router, &["v3", "--accept-inconclusive"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let h: serde_json::Value = serde_json::from_str(&router.cli(&["history", "--json"]).1).unwrap();
+    let d = &h["deploys"][2];
+    assert_eq!(d["options"]["accept_inconclusive"], true, "{d}");
+    let bake = step_of(d, "bake")["detail"].to_string();
+    assert!(bake.contains("passed as inconclusive (--accept-inconclusive)"), "{bake}");
+}
+
+/// Every client behind one address and no sticky header: a 10 % canary
+/// sends none of them to the new side. That never switches everyone: the
+/// step says why (one address) and the deploy fails with everyone still on
+/// the old side; with a sticky header the same canary passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_canary_that_reaches_nobody_never_switches_everyone() {
+    let router = strict_router("400ms").start();
+    assert_eq!(cli_deploy(&router, &["v1"]).0, 0);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (_seen, tasks) = user_load(&router, stop.clone());
+    let (code, out, err) = cli_deploy(&router, &["v2", "--canary", "10", "--step", "500ms"]);
+    let all = format!("{out}{err}");
+    assert_eq!(code, 1, "{all}");
+    assert!(all.contains("every client may hash from one address"), "{all}");
+    assert!(router.status().await["split"].is_null());
+    assert_eq!(router.status().await["live"], "green");
+    stop.store(true, Ordering::SeqCst);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    drop(router);
+
+    // With the users told apart (their X-User header), the share reaches them.
+    let router = strict_router("400ms")
+        .proxy("sticky_header = \"X-User\"")
+        .start();
+    assert_eq!(cli_deploy(&router, &["v1"]).0, 0);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (_seen, tasks) = user_load(&router, stop.clone());
+    let (code, out, err) = cli_deploy(&router, &["v2", "--canary", "10", "--step", "500ms"]);
+    stop.store(true, Ordering::SeqCst);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(code, 0, "{out}{err}");
 }

@@ -483,7 +483,7 @@ async fn the_warm_step_replays_recorded_traffic_to_the_idle_side_as_recorded() {
     let state = dir.path().join("state");
     let toml = format!(
         "[deploy]\n[deploy.hooks]\ndeploy = \"true\"\n\
-         [deploy.bake]\nduration = \"200ms\"\ninterval = \"100ms\"\n\
+         [deploy.bake]\nduration = \"200ms\"\ninterval = \"100ms\"\non_inconclusive = \"accept\"\n\
          [deploy.warm]\nfile = \"{}\"\nmethods = [\"GET\", \"HEAD\", \"OPTIONS\", \"POST\", \"PUT\", \"PATCH\", \"DELETE\"]\n",
         state.join("records").join("warm.jsonl").display()
     );

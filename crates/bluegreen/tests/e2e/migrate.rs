@@ -56,6 +56,7 @@ expect_status = 200
 duration = "300ms"
 interval = "100ms"
 min_requests = 1000
+on_inconclusive = "accept"
 "#,
             dir = dir.display()
         ))

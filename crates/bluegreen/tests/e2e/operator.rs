@@ -11,7 +11,7 @@ fn router(blue: &Backend, green: &Backend) -> RouterProc {
     RouterBuilder::new(&[blue], &[green])
         .extra(
             "[deploy]\ndeploy_timeout = \"5s\"\nkeep_warm = \"1m\"\n[deploy.hooks]\ndeploy = \"true\"\n\
-             [deploy.bake]\nduration = \"300ms\"\ninterval = \"100ms\"\n",
+             [deploy.bake]\nduration = \"300ms\"\ninterval = \"100ms\"\non_inconclusive = \"accept\"\n",
         )
         .start()
 }
@@ -236,7 +236,7 @@ async fn an_intended_shadow_difference_is_accepted_during_the_deploy() {
     let r = RouterBuilder::new(&[&blue], &[&green])
         .extra(
             "[deploy]\ndeploy_timeout = \"5s\"\n[deploy.hooks]\ndeploy = \"true\"\n\
-             [deploy.bake]\nduration = \"300ms\"\ninterval = \"100ms\"\n\
+             [deploy.bake]\nduration = \"300ms\"\ninterval = \"100ms\"\non_inconclusive = \"accept\"\n\
              [deploy.shadow]\nduration = \"4s\"\nrequests = 100000\nmin_requests = 5\nmax_diff_rate = 0.05\n\
              [shadow]\nignore_paths = [\"/request_id\", \"/ts\"]\n",
         )
