@@ -217,8 +217,13 @@ pub(super) async fn bake(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployRecord
                 }
                 super::evidence::Decided::Refused(outcome, reason) => {
                     match p.switch_back(d, SwitchKind::Rollback, &reason).await {
-                        Ok(_) => StepEnd::End(outcome, format!("{reason}; traffic is back on {}", d.from)),
-                        Err(e) => StepEnd::End(outcome, format!("{reason}; switching back failed: {e}")),
+                        Ok(_) => StepEnd::End(
+                            outcome,
+                            format!("{reason}; traffic is back on {}", d.from),
+                        ),
+                        Err(e) => {
+                            StepEnd::End(outcome, format!("{reason}; switching back failed: {e}"))
+                        }
                     }
                 }
             };

@@ -243,6 +243,7 @@ impl Router {
         let Some(cluster) = self.cluster.clone() else {
             return;
         };
+        self.spawn_freshness(stop.clone());
         let router = self.clone();
         let mut view = cluster.view();
         let stop_follow = stop.clone();

@@ -5,6 +5,7 @@
 
 mod cluster;
 mod drain;
+mod fresh;
 mod hold;
 mod reload;
 mod status;
@@ -89,6 +90,9 @@ pub struct Router {
     health_tasks: Mutex<Option<(TaskTracker, CancellationToken)>>,
     /// The shared side of the store, when several nodes share the state.
     cluster: Option<Arc<dyn bluegreen_store::Cluster>>,
+    /// With a shared store: whether this node may have missed a switch
+    /// while it did not run (`fresh`).
+    pub(crate) freshness: Option<Arc<fresh::Freshness>>,
     /// The store revision of the state this node applied last.
     applied: std::sync::atomic::AtomicI64,
     /// A shared state this node could not use (not retried until it changes).
@@ -283,6 +287,7 @@ impl Router {
                     .as_ref()
                     .map_or(0, |c| c.revision(bluegreen_store::ROUTER_KEY)),
             ),
+            freshness: cluster.as_ref().map(|_| Arc::new(fresh::Freshness::new())),
             cluster,
             rejected: std::sync::atomic::AtomicI64::new(0),
             peers: Mutex::new(cluster::Peers::default()),

@@ -182,6 +182,15 @@ pub async fn handle(req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
         return session::preview_landing(&conn.router, &req, conn.edge.https);
     }
     let mut route = Route::load(conn, req.headers());
+    // With several nodes: a node that did not run for a while checks the
+    // shared state before serving live traffic (it may have missed a
+    // switch). Boxed: the rare path.
+    if conn.kind == ListenerKind::Main
+        && conn.router.freshness.as_ref().is_some_and(|f| f.in_doubt())
+    {
+        Box::pin(conn.router.wait_until_fresh()).await;
+        route = Route::load(conn, req.headers());
+    }
     if let Some(m) = &route.maintenance {
         return hold::maintenance(&req, m);
     }

@@ -949,14 +949,21 @@ async fn a_node_lost_late_in_the_bake_never_lets_a_failing_release_through() {
     let fail = Arc::new(AtomicBool::new(false));
     let (base, f) = (b.url(""), fail.clone());
     let traffic = Traffic::start(move |_| {
-        let path = if f.load(Ordering::SeqCst) { "/fail" } else { "/ok" };
+        let path = if f.load(Ordering::SeqCst) {
+            "/fail"
+        } else {
+            "/ok"
+        };
         format!("{base}{path}")
     });
     a.start_deploy("{\"version\":\"v2\"}").await;
     wait_until(Duration::from_secs(15), "a bakes v2", || async {
         a.current_deploy().await["steps"]
             .as_array()
-            .is_some_and(|s| s.iter().any(|s| s["step"] == "bake" && s["state"] == "running"))
+            .is_some_and(|s| {
+                s.iter()
+                    .any(|s| s["step"] == "bake" && s["state"] == "running")
+            })
     })
     .await;
     // Late in the bake (the scenario's timing, not a synchronisation): a
@@ -969,8 +976,68 @@ async fn a_node_lost_late_in_the_bake_never_lets_a_failing_release_through() {
     traffic.stop().await;
     assert_eq!(d["outcome"], "rolled_back", "{d}");
     assert_eq!(live_of(&b).await, "blue");
-    assert!(d["log"].to_string().contains("node b took the deploy over"), "{d}");
+    assert!(
+        d["log"].to_string().contains("node b took the deploy over"),
+        "{d}"
+    );
     // The old side was kept: it serves.
     let (code, body) = curl(&[&b.url("/ok")]);
     assert_eq!((code, body.as_str()), (0, "blue"));
+}
+
+/// A node frozen past its lease misses a switch (it is no longer listed, so
+/// the switch goes on without it). When it wakes it never answers with the
+/// side from before the switch: it checks the shared state first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_that_wakes_after_missing_a_switch_never_serves_the_old_side() {
+    let etcd = EtcdServer::start();
+    let ep = [etcd.client_url.as_str()];
+    let (blue, green) = (Backend::start("blue").await, Backend::start("green").await);
+    let more = "lease_ttl = \"2s\"\nconverge_timeout = \"1s\"";
+    let a = node(&ep, "/bluegreen/t12", "a", &blue, &green, more);
+    let b = node(&ep, "/bluegreen/t12", "b", &blue, &green, more);
+    for n in [&a, &b] {
+        n.wait_all_healthy().await;
+        wait_nodes(n, 2).await;
+    }
+    let (code, body) = curl(&[&b.url("/")]);
+    assert_eq!((code, body.as_str()), (0, "blue"));
+    let pid = b.child.id().to_string();
+    let signal = |sig: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig}");
+    };
+    signal("-STOP");
+    wait_until(Duration::from_secs(15), "b's lease ended", || async {
+        a.status().await["cluster"]["nodes"]
+            .as_array()
+            .is_some_and(|n| n.len() == 1)
+    })
+    .await;
+    a.switch_to("green").await;
+    // Requests sent while b is still frozen wait in its socket buffers and
+    // are the first thing it sees when it wakes.
+    let mut waiting = Vec::new();
+    for i in 0..5 {
+        let mut c = crate::raw::RawClient::connect(b.proxy).await;
+        c.send(format!("GET /woke/{i} HTTP/1.1\r\nhost: app.test\r\n\r\n").as_bytes())
+            .await;
+        waiting.push(c);
+    }
+    signal("-CONT");
+    for mut c in waiting {
+        let r = c.response(false).await.expect("an answer");
+        assert_eq!(
+            (r.status, r.text()),
+            (200, "green".to_string()),
+            "{}",
+            b.stderr()
+        );
+    }
+    let (code, body) = curl(&[&b.url("/")]);
+    assert_eq!((code, body.as_str()), (0, "green"));
 }

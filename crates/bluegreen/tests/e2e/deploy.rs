@@ -1137,7 +1137,10 @@ async fn a_bake_without_evidence_is_never_a_pass() {
     assert_eq!(code, 0, "{out}{err}");
     let h: serde_json::Value = serde_json::from_str(&router.cli(&["history", "--json"]).1).unwrap();
     let bake = step_of(&h["deploys"][0], "bake")["detail"].to_string();
-    assert!(bake.contains("the first release: nothing to go back to"), "{bake}");
+    assert!(
+        bake.contains("the first release: nothing to go back to"),
+        "{bake}"
+    );
     assert_eq!(body(&router).await, "green v1\n");
 
     let (code, out, err) = cli_deploy(&router, &["v2"]);
@@ -1156,7 +1159,10 @@ async fn a_bake_without_evidence_is_never_a_pass() {
     let d = &h["deploys"][2];
     assert_eq!(d["options"]["accept_inconclusive"], true, "{d}");
     let bake = step_of(d, "bake")["detail"].to_string();
-    assert!(bake.contains("passed as inconclusive (--accept-inconclusive)"), "{bake}");
+    assert!(
+        bake.contains("passed as inconclusive (--accept-inconclusive)"),
+        "{bake}"
+    );
 }
 
 /// Every client behind one address and no sticky header: a 10 % canary
@@ -1172,7 +1178,10 @@ async fn a_canary_that_reaches_nobody_never_switches_everyone() {
     let (code, out, err) = cli_deploy(&router, &["v2", "--canary", "10", "--step", "500ms"]);
     let all = format!("{out}{err}");
     assert_eq!(code, 1, "{all}");
-    assert!(all.contains("every client may hash from one address"), "{all}");
+    assert!(
+        all.contains("every client may hash from one address"),
+        "{all}"
+    );
     assert!(router.status().await["split"].is_null());
     assert_eq!(router.status().await["live"], "green");
     stop.store(true, Ordering::SeqCst);

@@ -1,0 +1,158 @@
+//! A node that may have missed a switch does not serve live traffic until it
+//! has checked. With several nodes, a switch waits for the nodes that are
+//! listed; a node frozen past its lease (SIGSTOP, a VM paused, a stalled
+//! host) is no longer listed, so the switch goes on without it. When it
+//! wakes, its snapshot may be older than the last acknowledged switch.
+//!
+//! A heartbeat ticks every 100 ms. A gap of more than a second means this
+//! process did not run (or ran starved) for that long: until it has read
+//! the shared state again and applied anything newer, live requests wait
+//! (`converge_timeout` at most), then go by the fresh snapshot. A request
+//! that runs before the heartbeat noticed sees the gap itself. When etcd is
+//! out of reach the check gives up and the node serves what it has (fail
+//! static, as before).
+
+use super::Router;
+use bluegreen_core::state::RouterState;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// How long without a heartbeat before the node doubts its state.
+const GAP: Duration = Duration::from_secs(1);
+const TICK: Duration = Duration::from_millis(100);
+
+/// The node's confidence in its routing state.
+pub struct Freshness {
+    base: Instant,
+    /// Milliseconds since `base` at the last heartbeat.
+    beat_ms: AtomicU64,
+    /// Set from a detected gap until the check is done.
+    doubt: AtomicBool,
+    checked: tokio::sync::Notify,
+}
+
+impl Freshness {
+    pub(crate) fn new() -> Freshness {
+        Freshness {
+            base: Instant::now(),
+            beat_ms: AtomicU64::new(0),
+            doubt: AtomicBool::new(false),
+            checked: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.base.elapsed().as_millis() as u64
+    }
+
+    /// True when live requests must wait for the check (request path: two
+    /// atomic loads and a clock read, with a shared store only).
+    pub fn in_doubt(&self) -> bool {
+        self.doubt.load(Ordering::Acquire)
+            || self
+                .now_ms()
+                .saturating_sub(self.beat_ms.load(Ordering::Relaxed))
+                > GAP.as_millis() as u64
+    }
+}
+
+impl Router {
+    /// Starts the heartbeat (with a shared store).
+    pub(super) fn spawn_freshness(self: &Arc<Self>, stop: CancellationToken) {
+        let Some(f) = self.freshness.clone() else {
+            return;
+        };
+        f.beat_ms.store(f.now_ms(), Ordering::Relaxed);
+        let router = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(TICK);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stop.cancelled() => return,
+                }
+                let now = f.now_ms();
+                let gap = now.saturating_sub(f.beat_ms.load(Ordering::Relaxed));
+                if gap > GAP.as_millis() as u64 {
+                    tracing::warn!(gap_ms = gap, "this process did not run for a while: checking the shared state before serving live traffic");
+                    router.doubt();
+                }
+                f.beat_ms.store(now, Ordering::Relaxed);
+            }
+        });
+    }
+
+    /// Starts a check of the shared state, unless one runs.
+    fn doubt(self: &Arc<Self>) {
+        let Some(f) = self.freshness.clone() else {
+            return;
+        };
+        if f.doubt.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let router = self.clone();
+        tokio::spawn(async move {
+            let limit = router
+                .cluster
+                .as_ref()
+                .map(|c| c.converge_timeout())
+                .unwrap_or(Duration::from_secs(5));
+            let outcome = tokio::time::timeout(limit, router.catch_up()).await;
+            match outcome {
+                Ok(Ok(())) => tracing::info!("shared state checked: serving live traffic"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "could not check the shared state; serving the last applied state (fail static)"),
+                Err(_) => tracing::warn!("the shared state was not confirmed in time; serving the last applied state (fail static)"),
+            }
+            f.doubt.store(false, Ordering::Release);
+            f.beat_ms.store(f.now_ms(), Ordering::Relaxed);
+            f.checked.notify_waiters();
+        });
+    }
+
+    /// Reads the routing state from the store and waits until this node
+    /// has applied it (or something newer).
+    async fn catch_up(self: &Arc<Self>) -> Result<(), String> {
+        let Some(cluster) = self.cluster.clone() else {
+            return Ok(());
+        };
+        let read = tokio::task::spawn_blocking(move || cluster.peek(bluegreen_store::ROUTER_KEY))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        let Some(bytes) = read else {
+            return Ok(());
+        };
+        let desired: RouterState = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+        while self.snapshot.load().generation < desired.generation {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(())
+    }
+
+    /// Holds a live request while this node doubts its state (see the
+    /// module); true when it waited, so the caller routes afresh.
+    pub async fn wait_until_fresh(self: &Arc<Self>) -> bool {
+        let Some(f) = self.freshness.clone() else {
+            return false;
+        };
+        if !f.in_doubt() {
+            return false;
+        }
+        let checked = f.checked.notified();
+        tokio::pin!(checked);
+        checked.as_mut().enable();
+        self.doubt();
+        if f.doubt.load(Ordering::Acquire) {
+            let limit = self
+                .cluster
+                .as_ref()
+                .map(|c| c.converge_timeout())
+                .unwrap_or(Duration::from_secs(5));
+            let _ = tokio::time::timeout(limit + Duration::from_secs(1), checked).await;
+        }
+        true
+    }
+}
