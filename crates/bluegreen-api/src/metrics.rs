@@ -475,6 +475,10 @@ fn cluster(s: &mut Scrape, status: &Status) {
         let n = c.nodes.iter().filter(|n| n.synced == synced).count();
         f.add(vec![("state", label.into())], Value::Gauge(n as i64));
     }
+    f.add(
+        vec![("state", "lost".into())],
+        Value::Gauge(c.lost.len() as i64),
+    );
 }
 
 /// Pause and maintenance of live traffic.

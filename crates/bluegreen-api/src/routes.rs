@@ -78,6 +78,7 @@ pub fn app(
         .route("/maintenance", post(maintenance))
         .route("/weight", post(weight))
         .route("/preview-link", post(preview_link))
+        .route("/cluster/forget", post(cluster_forget))
         .route("/events", get(events))
         .route("/series", get(series))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
@@ -498,6 +499,23 @@ async fn preview_link(State(state): State<AppState>, body: Bytes) -> Result<Resp
         "expires_in_secs": d.as_secs(),
     }))
     .into_response())
+}
+
+/// `POST /api/v1/cluster/forget {"node": NAME}`: a LOST node is no longer
+/// listed (refused for a node that reports).
+async fn cluster_forget(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+    let body: serde_json::Value = parse_body(&body)?;
+    let Some(node) = body["node"].as_str() else {
+        return Err(ApiError::bad_request(
+            "field \"node\": the name of a LOST node",
+        ));
+    };
+    state
+        .router
+        .forget_node(node)
+        .await
+        .map_err(|why| ApiError::conflict("not_lost", why))?;
+    Ok(Json(serde_json::json!({ "forgotten": node })).into_response())
 }
 
 /// `POST /api/v1/upgrade {"binary": PATH?}`: a new process on our sockets;

@@ -89,6 +89,9 @@ pub trait Cluster: Send + Sync + 'static {
     /// Writes a key of this node's own, with its lease (it goes when the
     /// node does). Blocking.
     fn publish_own(&self, key: &str, value: Vec<u8>) -> Result<(), StoreError>;
+    /// Writes (or with `None` removes) a key with no lease and no lock: a
+    /// record that outlives its writer (cluster membership). Blocking.
+    fn put_record(&self, key: &str, value: Option<Vec<u8>>) -> Result<(), StoreError>;
     /// Reads a key without making it the base of this node's next
     /// conditional write of it. Blocking.
     fn peek(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;

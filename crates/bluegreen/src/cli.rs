@@ -224,6 +224,13 @@ pub enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Several nodes: stop listing a LOST node (one gone for good).
+    ClusterForget {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// The node's name, as `status` lists it.
+        node: String,
+    },
     /// Maintenance mode: the live listener answers 503 with a message (JSON
     /// for clients that ask for it); preview and health checks unaffected.
     Maintenance {
@@ -467,6 +474,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             client_runtime()?.block_on(commands::preview_link(&admin, valid_for))
         }
         Command::Resume { admin } => client_runtime()?.block_on(commands::resume(&admin)),
+        Command::ClusterForget { admin, node } => {
+            client_runtime()?.block_on(commands::cluster_forget(&admin, &node))
+        }
         Command::Maintenance {
             admin,
             state,

@@ -34,6 +34,9 @@ pub struct EtcdConfig {
     /// A node (and the deploy lock it holds) that stops renewing its lease
     /// is gone after this long.
     pub lease_ttl: Duration,
+    /// A node gone this long is no longer listed as LOST (an operator may
+    /// remove it sooner with `bluegreen cluster forget`).
+    pub forget_after: Duration,
 }
 
 /// TLS to etcd: the CA that signed its certificate, and a client
@@ -63,6 +66,7 @@ struct RawEtcd {
     tls: Option<RawEtcdTls>,
     converge_timeout: Option<String>,
     lease_ttl: Option<String>,
+    forget_after: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -196,6 +200,11 @@ fn validate_etcd(raw: &RawEtcd, base: &Path, c: &mut Checker) -> Option<EtcdConf
             "must be at least 2s (etcd's shortest lease)",
         );
     }
+    let forget_after = c.duration(
+        "state.etcd.forget_after",
+        raw.forget_after.as_deref(),
+        Duration::from_secs(24 * 3600),
+    );
     Some(EtcdConfig {
         endpoints: raw.endpoints.clone(),
         prefix,
@@ -205,6 +214,7 @@ fn validate_etcd(raw: &RawEtcd, base: &Path, c: &mut Checker) -> Option<EtcdConf
         tls,
         converge_timeout,
         lease_ttl,
+        forget_after,
     })
 }
 

@@ -137,6 +137,42 @@ pub struct ClusterStatus {
     pub nodes: Vec<NodeStatus>,
     /// The node running deploys, if one holds the lock.
     pub deploy_lock: Option<String>,
+    /// Nodes known to the cluster that report no more (their lease ended):
+    /// listed until an operator forgets them or `forget_after` passes.
+    #[serde(default)]
+    pub lost: Vec<LostNode>,
+}
+
+/// A node that was part of the cluster and reports no more.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LostNode {
+    pub node: String,
+    /// When a node last saw its report (Unix ms).
+    pub last_seen_ms: u64,
+}
+
+/// Where every node that joined is recorded, without a lease: a node that
+/// goes away stays known (LOST) instead of vanishing with its report.
+const MEMBERS_DIR: &str = "members";
+
+/// A member's record: who, and when its report was last seen.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Member {
+    node: String,
+    last_seen_ms: u64,
+}
+
+/// The members without a report (lost), with when they were last seen.
+fn lost_members(view: &View, me: &str) -> Vec<LostNode> {
+    let reporting: std::collections::BTreeSet<&str> = view.under("nodes").map(|(n, _)| n).collect();
+    view.under(MEMBERS_DIR)
+        .filter(|(n, _)| *n != me && !reporting.contains(n))
+        .filter_map(|(_, v)| serde_json::from_slice::<Member>(&v.value).ok())
+        .map(|m| LostNode {
+            node: m.node,
+            last_seen_ms: m.last_seen_ms,
+        })
+        .collect()
 }
 
 /// How far a change got: every live node, or not all within the timeout.
@@ -244,6 +280,20 @@ impl Router {
             return;
         };
         self.spawn_freshness(stop.clone());
+        // This node joins the members (a record without a lease).
+        {
+            let (c, me) = (cluster.clone(), cluster.node().to_string());
+            tokio::task::spawn_blocking(move || {
+                let record = Member {
+                    node: me.clone(),
+                    last_seen_ms: now_unix_ms(),
+                };
+                let key = format!("{MEMBERS_DIR}/{me}");
+                if let Err(e) = c.put_record(&key, serde_json::to_vec(&record).ok()) {
+                    tracing::warn!(error = %e, "could not record this node among the cluster's members");
+                }
+            });
+        }
         let router = self.clone();
         let mut view = cluster.view();
         let stop_follow = stop.clone();
@@ -290,6 +340,7 @@ impl Router {
             let mut written = std::time::Instant::now();
             let mut share_sent: Option<(std::time::Instant, bool)> = None;
             let mut deploying = Deploying::default();
+            let mut seen: BTreeMap<String, u64> = BTreeMap::new();
             loop {
                 tokio::select! {
                     _ = tick.tick() => {}
@@ -297,6 +348,7 @@ impl Router {
                     _ = stop.cancelled() => return,
                 }
                 router.publish_share(&mut share_sent).await;
+                router.keep_members(&cluster, &mut seen);
                 let report = router.node_report();
                 // What a reader needs at once (the state applied, health,
                 // where to reach it) is written when it changes; traffic
@@ -767,6 +819,14 @@ impl Router {
             let done = stale.is_empty();
             let timed_out = tokio::time::Instant::now() >= deadline;
             if done || timed_out {
+                // A LOST node has not applied it either: not waited for (it
+                // cannot answer), but never counted as done.
+                let mut stale = stale;
+                for l in lost_members(&view.borrow(), self.cluster.as_ref()?.node()) {
+                    if !stale.contains(&l.node) && !synced.contains(&l.node) {
+                        stale.push(format!("{} (LOST)", l.node));
+                    }
+                }
                 return Some(Convergence {
                     revision,
                     synced,
@@ -808,6 +868,78 @@ impl Router {
         (synced, stale)
     }
 
+    /// Members: each node seen reporting is remembered with the time; one
+    /// that stopped has its record's last-seen time brought up to date
+    /// (once), and one gone longer than `forget_after` is removed.
+    fn keep_members(&self, cluster: &Arc<dyn Cluster>, seen: &mut BTreeMap<String, u64>) {
+        let now = now_unix_ms();
+        let forget_after = self
+            .config()
+            .state
+            .etcd
+            .as_ref()
+            .map(|e| e.forget_after)
+            .unwrap_or(Duration::from_secs(24 * 3600));
+        let (lost, up) = {
+            let v = cluster.view().borrow().clone();
+            for (n, _) in v.under("nodes") {
+                seen.insert(n.to_string(), now);
+            }
+            (lost_members(&v, cluster.node()), v.link == Link::Up)
+        };
+        if !up {
+            return;
+        }
+        for l in lost {
+            let key = format!("{MEMBERS_DIR}/{}", l.node);
+            let write = match seen.get(&l.node) {
+                Some(&at) if at > l.last_seen_ms => Some(Some(Member {
+                    node: l.node.clone(),
+                    last_seen_ms: at,
+                })),
+                _ if now.saturating_sub(l.last_seen_ms) > forget_after.as_millis() as u64 => {
+                    tracing::info!(node = %l.node, "a node lost for longer than forget_after is forgotten");
+                    Some(None)
+                }
+                _ => None,
+            };
+            if let Some(record) = write {
+                seen.remove(&l.node);
+                let c = cluster.clone();
+                tokio::task::spawn_blocking(move || {
+                    let _ = c.put_record(&key, record.and_then(|r| serde_json::to_vec(&r).ok()));
+                });
+            }
+        }
+    }
+
+    /// `bluegreen cluster forget NODE`: a LOST node is no longer listed.
+    /// Refused for a node that reports (it is alive).
+    pub async fn forget_node(&self, node: &str) -> Result<(), String> {
+        let Some(cluster) = self.cluster.clone() else {
+            return Err("there is no cluster: the state is not shared (state.backend)".into());
+        };
+        let known = {
+            let view = cluster.view();
+            let v = view.borrow();
+            if v.under("nodes").any(|(n, _)| n == node) {
+                return Err(format!(
+                    "node {node} is reporting: it is part of the cluster, not lost"
+                ));
+            }
+            let known = v.under(MEMBERS_DIR).any(|(n, _)| n == node);
+            known
+        };
+        if !known {
+            return Err(format!("no node {node} is known to the cluster"));
+        }
+        let key = format!("{MEMBERS_DIR}/{node}");
+        tokio::task::spawn_blocking(move || cluster.put_record(&key, None))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())
+    }
+
     /// The cluster as this node sees it, for `status`.
     pub fn cluster_status(&self) -> Option<ClusterStatus> {
         let cluster = self.cluster.as_ref()?;
@@ -835,7 +967,9 @@ impl Router {
             Link::Down { since_ms, error } => (Some(*since_ms), Some(error.clone())),
             _ => (None, None),
         };
+        let lost = lost_members(&v, me);
         Some(ClusterStatus {
+            lost,
             node: me.to_string(),
             store: cluster.describe(),
             connected: v.link == Link::Up,
@@ -849,4 +983,12 @@ impl Router {
                 .map(|l| bluegreen_store::cluster::lock_holder(&l.value)),
         })
     }
+}
+
+/// Milliseconds since the Unix epoch.
+fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }

@@ -453,6 +453,16 @@ impl Cluster for Inner {
         self.block(async move { me.client.put(&full, &value, Some(lease)).await.map(|_| ()) })
     }
 
+    fn put_record(&self, key: &str, value: Option<Vec<u8>>) -> Result<(), StoreError> {
+        let (full, me) = (self.key(key), self.self_arc());
+        self.block(async move {
+            match value {
+                Some(v) => me.client.put(&full, &v, None).await.map(|_| ()),
+                None => me.client.delete(&full).await,
+            }
+        })
+    }
+
     fn peek(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let (full, me) = (self.key(key), self.self_arc());
         let (_, kvs) = self.block(async move { me.client.range(&full, false).await })?;

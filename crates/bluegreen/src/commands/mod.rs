@@ -323,6 +323,20 @@ pub async fn resume(args: &AdminArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// `bluegreen cluster-forget NODE`.
+pub async fn cluster_forget(args: &AdminArgs, node: &str) -> anyhow::Result<ExitCode> {
+    let result: Result<serde_json::Value, _> = client(args)
+        .post("/api/v1/cluster/forget", json!({ "node": node }))
+        .await;
+    match result {
+        Ok(_) => {
+            outln!("node {node} is no longer listed")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => fail(e),
+    }
+}
+
 /// `bluegreen maintenance on|off`.
 pub async fn maintenance(
     args: &AdminArgs,

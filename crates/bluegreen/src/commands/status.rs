@@ -375,6 +375,16 @@ fn render_cluster(c: &bluegreen_router::ClusterStatus) -> String {
             n.admin.as_deref().unwrap_or("-")
         ));
     }
+    for l in &c.lost {
+        out.push_str(&format!(
+            "{:<20} {:<6} {:>10}  last seen {} s ago; `bluegreen cluster-forget {}` once it is gone for good\n",
+            l.node,
+            "LOST",
+            "-",
+            now_ms().saturating_sub(l.last_seen_ms) / 1000,
+            l.node
+        ));
+    }
     out
 }
 

@@ -448,6 +448,7 @@ fn etcd_config(endpoint: &str, prefix: &str) -> bluegreen_core::config::EtcdConf
         tls: None,
         converge_timeout: Duration::from_secs(5),
         lease_ttl: Duration::from_secs(5),
+        forget_after: Duration::from_secs(3600),
     }
 }
 
@@ -1040,4 +1041,49 @@ async fn a_node_that_wakes_after_missing_a_switch_never_serves_the_old_side() {
     }
     let (code, body) = curl(&[&b.url("/")]);
     assert_eq!((code, body.as_str()), (0, "green"));
+}
+
+/// A node that goes away stays listed as LOST (with when it was last seen)
+/// instead of vanishing with its lease; switches count it as not applied;
+/// an operator forgets it once it is gone for good (a live node cannot be).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lost_node_stays_listed_until_it_is_forgotten() {
+    let etcd = EtcdServer::start();
+    let ep = [etcd.client_url.as_str()];
+    let (blue, green) = (Backend::start("blue").await, Backend::start("green").await);
+    let more = "lease_ttl = \"2s\"\nconverge_timeout = \"1s\"";
+    let a = node(&ep, "/bluegreen/t13", "a", &blue, &green, more);
+    let mut b = node(&ep, "/bluegreen/t13", "b", &blue, &green, more);
+    for n in [&a, &b] {
+        n.wait_all_healthy().await;
+        wait_nodes(n, 2).await;
+    }
+    b.child.kill().unwrap();
+    b.child.wait().unwrap();
+    wait_until(Duration::from_secs(15), "b listed as LOST", || async {
+        a.status().await["cluster"]["lost"]
+            .as_array()
+            .is_some_and(|l| l.len() == 1 && l[0]["node"] == "b")
+    })
+    .await;
+    let (code, text, _) = cli(&a, &["status"]).await;
+    assert_eq!(code, 0);
+    assert!(
+        text.contains("LOST") && text.contains("last seen"),
+        "{text}"
+    );
+    let v = a.switch_to("green").await;
+    let stale = v["converged"]["stale"].to_string();
+    assert!(stale.contains("b (LOST)"), "{v}");
+    // A live node cannot be forgotten; the lost one can.
+    let (code, _, err) = cli(&a, &["cluster-forget", "a"]).await;
+    assert_ne!(code, 0, "{err}");
+    let (code, out, err) = cli(&a, &["cluster-forget", "b"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    wait_until(Duration::from_secs(5), "b forgotten", || async {
+        a.status().await["cluster"]["lost"]
+            .as_array()
+            .is_some_and(|l| l.is_empty())
+    })
+    .await;
 }
