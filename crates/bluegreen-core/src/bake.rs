@@ -11,6 +11,10 @@ pub struct Window {
     pub requests: u64,
     /// 5xx answers and upstream failures (connect errors, timeouts).
     pub errors: u64,
+    /// 4xx answers: the client's, unless far more than the old side gives
+    /// the same users (sessions lost, a route gone).
+    #[serde(default)]
+    pub client_errors: u64,
     pub latency: Histogram,
 }
 
@@ -20,6 +24,7 @@ impl Window {
         Window {
             requests: self.requests.saturating_sub(earlier.requests),
             errors: self.errors.saturating_sub(earlier.errors),
+            client_errors: self.client_errors.saturating_sub(earlier.client_errors),
             latency: self.latency.since(&earlier.latency),
         }
     }
@@ -29,6 +34,7 @@ impl Window {
         Window {
             requests: self.requests + other.requests,
             errors: self.errors + other.errors,
+            client_errors: self.client_errors + other.client_errors,
             latency: self.latency.plus(&other.latency),
         }
     }
@@ -39,6 +45,15 @@ impl Window {
             0.0
         } else {
             self.errors as f64 / self.requests as f64
+        }
+    }
+
+    /// Fraction of requests answered 4xx (0 when there were none).
+    pub fn client_error_rate(&self) -> f64 {
+        if self.requests == 0 {
+            0.0
+        } else {
+            self.client_errors as f64 / self.requests as f64
         }
     }
 
@@ -61,6 +76,10 @@ pub struct Thresholds {
     pub error_rate_ratio: Option<f64>,
     /// Limit relative to the old side's p99.
     pub p99_ratio: Option<f64>,
+    /// How far the new side's 4xx rate may rise above the old side's (in
+    /// points, 0..=1) before it is a breach (and only when also above
+    /// twice the old side's); judged only against a baseline.
+    pub max_4xx_increase: Option<f64>,
 }
 
 /// A breached limit with its numbers.
@@ -143,6 +162,27 @@ pub fn judge(window: &Window, baseline: Option<&Window>, t: &Thresholds) -> Verd
                     "error rate {} > {ratio}x the old side's {} over {n} requests",
                     pct(rate),
                     pct(base)
+                ),
+            });
+        }
+    }
+    // A surge of 4xx the old side does not give (401s for every logged-in
+    // user after a lost session store): judged like latency, over whole
+    // windows, since a client's own mistakes come in bursts too.
+    if let (Some(inc), Some(b)) = (t.max_4xx_increase, baseline) {
+        let (now, base) = (window.client_error_rate(), b.client_error_rate());
+        if now > base + inc && now > base * 2.0 {
+            return Verdict::Breach(Breach {
+                metric: "4xx_rate".into(),
+                observed: now,
+                limit: base + inc,
+                baseline: Some(base),
+                requests: n,
+                summary: format!(
+                    "4xx rate {} > the old side's {} + {} over {n} requests",
+                    pct(now),
+                    pct(base),
+                    pct(inc)
                 ),
             });
         }
@@ -352,7 +392,29 @@ mod tests {
             max_p99: Some(Duration::from_secs(1)),
             error_rate_ratio: Some(2.0),
             p99_ratio: Some(1.5),
+            max_4xx_increase: Some(0.2),
         }
+    }
+
+    /// 4xx surges judged against the old side's rate: a tenth more of them
+    /// passes, every user answered 401 does not; without a baseline, never.
+    #[test]
+    fn a_4xx_surge_against_the_old_side_is_a_breach() {
+        let with = |requests, client_errors| Window {
+            client_errors,
+            ..window(requests, 0, Duration::from_millis(1))
+        };
+        let base = with(1000, 50);
+        let passes = |v: Verdict| !matches!(v, Verdict::Breach(_));
+        assert!(passes(judge(&with(100, 6), Some(&base), &limits())));
+        match judge(&with(100, 90), Some(&base), &limits()) {
+            Verdict::Breach(b) => {
+                assert_eq!(b.metric, "4xx_rate");
+                assert!(b.summary.contains("4xx rate 90.00%"), "{}", b.summary);
+            }
+            v => panic!("{v:?}"),
+        }
+        assert!(passes(judge(&with(100, 90), None, &limits())));
     }
 
     #[test]

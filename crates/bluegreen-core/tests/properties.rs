@@ -60,6 +60,7 @@ fn window(requests: u64, errors: u64, latencies_us: &[u64]) -> Window {
     Window {
         requests,
         errors,
+        client_errors: 0,
         latency,
     }
 }
@@ -71,6 +72,7 @@ fn thresholds() -> Thresholds {
         max_p99: Some(Duration::from_millis(50)),
         error_rate_ratio: Some(2.0),
         p99_ratio: Some(1.5),
+        max_4xx_increase: Some(0.2),
     }
 }
 

@@ -56,6 +56,7 @@ impl TrafficStats {
         Window {
             requests: classes.iter().sum(),
             errors: classes[5],
+            client_errors: classes[4],
             latency: Histogram {
                 counts: self
                     .buckets

@@ -52,6 +52,10 @@ pub struct AppArgs {
     /// Answer / with 500 after this many requests.
     #[arg(long, env = "BLUEGREEN_APP_ERROR_AFTER")]
     pub error_after: Option<u64>,
+    /// Answer / with 401 to logged-in users (requests with an `X-User`
+    /// header): a release that lost their sessions.
+    #[arg(long, env = "BLUEGREEN_APP_LOSE_SESSIONS", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
+    pub lose_sessions: bool,
     /// Answer / slowly after this many requests...
     #[arg(long, env = "BLUEGREEN_APP_SLOW_AFTER")]
     pub slow_after: Option<u64>,
@@ -180,6 +184,9 @@ async fn route(req: Request<Incoming>, app: &App) -> Response<AppBody> {
                 + 1;
             if app.args.error_after.is_some_and(|limit| n > limit) {
                 return status(500, "simulated failure (--error-after)\n");
+            }
+            if app.args.lose_sessions && req.headers().contains_key("x-user") {
+                return status(401, "who are you? (--lose-sessions)\n");
             }
             if app.args.slow_after.is_some_and(|limit| n > limit) {
                 tokio::time::sleep(Duration::from_millis(app.args.slow_ms)).await;

@@ -188,6 +188,7 @@ struct RawBake {
     max_p99: Option<String>,
     error_rate_ratio: Option<f64>,
     p99_ratio: Option<f64>,
+    max_4xx_increase: Option<f64>,
     consecutive: Option<i64>,
     on_inconclusive: Option<String>,
 }
@@ -370,6 +371,11 @@ fn bake(raw: &RawDeploy, c: &mut Checker) -> BakeConfig {
                 b.and_then(|b| b.error_rate_ratio),
             ),
             p99_ratio: c.ratio("deploy.bake.p99_ratio", b.and_then(|b| b.p99_ratio)),
+            max_4xx_increase: Some(c.fraction(
+                "deploy.bake.max_4xx_increase",
+                b.and_then(|b| b.max_4xx_increase),
+                0.2,
+            )),
         },
         consecutive: c.int(
             "deploy.bake.consecutive",

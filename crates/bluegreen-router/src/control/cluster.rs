@@ -50,12 +50,14 @@ fn sparse_windows<S: serde::Serializer>(w: &Sides<Window>, s: S) -> Result<S::Ok
     struct W<'a> {
         requests: u64,
         errors: u64,
+        client_errors: u64,
         latency: Sparse<'a>,
     }
     fn side(w: &Window) -> W<'_> {
         W {
             requests: w.requests,
             errors: w.errors,
+            client_errors: w.client_errors,
             latency: Sparse(&w.latency),
         }
     }

@@ -1204,3 +1204,25 @@ async fn a_canary_that_reaches_nobody_never_switches_everyone() {
     }
     assert_eq!(code, 0, "{out}{err}");
 }
+
+/// A release that answers 401 to every logged-in user (its sessions lost)
+/// is rolled back: its 4xx rate is judged against the old side's, and the
+/// reason names it. The same users on a good release pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_release_that_loses_its_users_sessions_is_rolled_back() {
+    let router = pipeline_router("2s", "60s").start();
+    assert_eq!(cli_deploy(&router, &["v1"]).0, 0);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (_seen, tasks) = user_load(&router, stop.clone());
+    let (code, out, err) = cli_deploy(&router, &["v2", "--env", "BLUEGREEN_APP_LOSE_SESSIONS=1"]);
+    let all = format!("{out}{err}");
+    assert_eq!(code, 3, "rolled back: {all}");
+    assert!(all.contains("4xx rate"), "{all}");
+    assert_eq!(router.status().await["live"], "green");
+    let (code, out, err) = cli_deploy(&router, &["v3"]);
+    stop.store(true, Ordering::SeqCst);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(code, 0, "a good release passes: {out}{err}");
+}
