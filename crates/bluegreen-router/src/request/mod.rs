@@ -4,7 +4,9 @@
 //! (`client_body`), copies prepared for the taps (`prepare`), sent with
 //! retries (`forward`, `send`) and the answer streamed back (`respond`,
 //! `body`, `tunnel`). Failures become statuses in one place (`error`).
-//! Nothing here takes a lock.
+//! Nothing here takes a lock, but for one uncontended moment: giving an
+//! upstream's place back (`proxy.upstream_max_requests`) goes through its
+//! fair semaphore's wait list.
 
 pub mod access;
 pub mod body;
