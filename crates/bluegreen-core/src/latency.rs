@@ -67,10 +67,10 @@ pub struct Histogram {
     pub counts: Vec<u64>,
 }
 
-impl Serialize for Histogram {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let buckets: Vec<(u64, u64, u64)> = self
-            .counts
+impl Histogram {
+    /// The buckets that counted something: `(lo_us, hi_us, count)`.
+    fn counted(&self) -> Vec<(u64, u64, u64)> {
+        self.counts
             .iter()
             .enumerate()
             .filter(|(_, n)| **n > 0)
@@ -78,7 +78,13 @@ impl Serialize for Histogram {
                 let (lo, hi) = bounds_us(i);
                 (lo, hi, *n)
             })
-            .collect();
+            .collect()
+    }
+}
+
+impl Serialize for Histogram {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let buckets = self.counted();
         // Both forms: `counts` for readers of earlier versions (a cluster
         // in a rolling upgrade, a downgrade), `buckets` for people and
         // newer readers. The CLI's --json shows only the second.
@@ -107,17 +113,7 @@ impl Serialize for Sparse<'_> {
             buckets: Vec<(u64, u64, u64)>,
         }
         Only {
-            buckets: self
-                .0
-                .counts
-                .iter()
-                .enumerate()
-                .filter(|(_, n)| **n > 0)
-                .map(|(i, n)| {
-                    let (lo, hi) = bounds_us(i);
-                    (lo, hi, *n)
-                })
-                .collect(),
+            buckets: self.0.counted(),
         }
         .serialize(s)
     }
