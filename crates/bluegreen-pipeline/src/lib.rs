@@ -192,7 +192,7 @@ impl Pipeline {
         if let Some(d) = book.current.as_ref().filter(|d| !d.is_finished()) {
             tracing::info!(id = d.id, version = %d.version, step = ?d.next_step(), "resuming the interrupted deploy");
             let handle = self.new_handle(d.id, d.from);
-            self.spawn_run(handle, self.no_lock());
+            self.spawn_run(handle, cluster::DeployLock::none());
         }
         if let Some(p) = book.pending_decommission.clone() {
             self.arm_decommission(p);
@@ -208,12 +208,6 @@ impl Pipeline {
     /// New deploy settings (a reload); the method stays (it needs a new process).
     pub fn set_config(&self, config: DeployConfig) {
         self.config.store(Arc::new(config));
-    }
-
-    /// No deploy lock (alone, without a cluster).
-    fn no_lock(&self) -> cluster::DeployLock {
-        debug_assert!(self.cluster.is_none());
-        cluster::DeployLock::none()
     }
 
     /// Runs a deploy until it ends (then gives `lock` back) or the pipeline

@@ -288,7 +288,7 @@ impl Router {
             tokio::task::spawn_blocking(move || {
                 let record = Member {
                     node: me.clone(),
-                    last_seen_ms: now_unix_ms(),
+                    last_seen_ms: super::now_ms(),
                 };
                 let key = format!("{MEMBERS_DIR}/{me}");
                 if let Err(e) = c.put_record(&key, serde_json::to_vec(&record).ok()) {
@@ -874,7 +874,7 @@ impl Router {
     /// that stopped has its record's last-seen time brought up to date
     /// (once), and one gone longer than `forget_after` is removed.
     fn keep_members(&self, cluster: &Arc<dyn Cluster>, seen: &mut BTreeMap<String, u64>) {
-        let now = now_unix_ms();
+        let now = super::now_ms();
         let forget_after = self
             .config()
             .state
@@ -883,7 +883,8 @@ impl Router {
             .map(|e| e.forget_after)
             .unwrap_or(Duration::from_secs(24 * 3600));
         let (lost, up) = {
-            let v = cluster.view().borrow().clone();
+            let view = cluster.view();
+            let v = view.borrow();
             for (n, _) in v.under("nodes") {
                 seen.insert(n.to_string(), now);
             }
@@ -985,12 +986,4 @@ impl Router {
                 .map(|l| bluegreen_store::cluster::lock_holder(&l.value)),
         })
     }
-}
-
-/// Milliseconds since the Unix epoch.
-fn now_unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }

@@ -95,12 +95,7 @@ impl Router {
         }
         let router = self.clone();
         tokio::spawn(async move {
-            let limit = router
-                .cluster
-                .as_ref()
-                .map(|c| c.converge_timeout())
-                .unwrap_or(Duration::from_secs(5));
-            let outcome = tokio::time::timeout(limit, router.catch_up()).await;
+            let outcome = tokio::time::timeout(router.check_limit(), router.catch_up()).await;
             match outcome {
                 Ok(Ok(())) => tracing::info!("shared state checked: serving live traffic"),
                 Ok(Err(e)) => tracing::warn!(error = %e, "could not check the shared state; serving the last applied state (fail static)"),
@@ -146,13 +141,17 @@ impl Router {
         checked.as_mut().enable();
         self.doubt();
         if f.doubt.load(Ordering::Acquire) {
-            let limit = self
-                .cluster
-                .as_ref()
-                .map(|c| c.converge_timeout())
-                .unwrap_or(Duration::from_secs(5));
-            let _ = tokio::time::timeout(limit + Duration::from_secs(1), checked).await;
+            let limit = self.check_limit() + Duration::from_secs(1);
+            let _ = tokio::time::timeout(limit, checked).await;
         }
         true
+    }
+
+    /// The longest a check of the shared state may take: a switch's wait.
+    fn check_limit(&self) -> Duration {
+        self.cluster
+            .as_ref()
+            .map(|c| c.converge_timeout())
+            .unwrap_or(Duration::from_secs(5))
     }
 }

@@ -693,11 +693,18 @@ pub(crate) fn describe_health(pool: &Pool) -> String {
 
 pub(crate) fn now() -> (String, u64) {
     let t = SystemTime::now();
-    let ms = t
-        .duration_since(UNIX_EPOCH)
+    (humantime::format_rfc3339_millis(t).to_string(), ms_of(t))
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> u64 {
+    ms_of(SystemTime::now())
+}
+
+fn ms_of(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
-    (humantime::format_rfc3339_millis(t).to_string(), ms)
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
