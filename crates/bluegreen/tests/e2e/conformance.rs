@@ -7,7 +7,7 @@
 //! framing, whether the client's connection was kept, how many times the
 //! upstream was asked (retries) and what the side's traffic counted.
 
-use crate::raw::{read_request, RawClient};
+use crate::raw::{read_request, Arrived, RawClient};
 use crate::support::{wait_until, RouterBuilder, RouterProc};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -20,8 +20,8 @@ use tokio_util::sync::CancellationToken;
 /// path's script (when `faulty`) or with `200 NAME` (when not).
 struct FaultUpstream {
     addr: SocketAddr,
-    /// `METHOD target` of every request other than health checks.
-    seen: Arc<Mutex<Vec<String>>>,
+    /// Every request other than health checks, as it arrived.
+    seen: Arc<Mutex<Vec<Arrived>>>,
     stop: CancellationToken,
 }
 
@@ -50,13 +50,25 @@ impl FaultUpstream {
         FaultUpstream { addr, seen, stop }
     }
 
-    /// How many requests for `target` (any method) arrived.
+    /// How many requests for the path `target` (any method) arrived.
     fn asked(&self, target: &str) -> usize {
         let seen = self.seen.lock().unwrap();
-        seen.iter()
-            .filter(|s| s.split_once(' ').is_some_and(|(_, t)| t == target))
-            .count()
+        seen.iter().filter(|a| path_of(&a.target) == target).count()
     }
+
+    /// The requests whose target is exactly `target`, as they arrived.
+    fn arrived(&self, target: &str) -> Vec<Arrived> {
+        let seen = self.seen.lock().unwrap();
+        seen.iter()
+            .filter(|a| a.target == target)
+            .cloned()
+            .collect()
+    }
+}
+
+/// The path of a request target (the scripts go by path).
+fn path_of(target: &str) -> &str {
+    target.split('?').next().unwrap_or(target)
 }
 
 impl Drop for FaultUpstream {
@@ -69,7 +81,7 @@ impl Drop for FaultUpstream {
 /// (`true`) or ends it (`false`).
 async fn serve(
     mut sock: TcpStream,
-    seen: Arc<Mutex<Vec<String>>>,
+    seen: Arc<Mutex<Vec<Arrived>>>,
     name: &'static str,
     faulty: bool,
 ) {
@@ -82,9 +94,8 @@ async fn serve(
             }
             continue;
         }
-        seen.lock()
-            .unwrap()
-            .push(format!("{} {}", req.method, req.target));
+        let path = path_of(&req.target).to_string();
+        seen.lock().unwrap().push(req);
         if !faulty {
             let answer = format!(
                 "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{name}",
@@ -95,7 +106,7 @@ async fn serve(
             }
             continue;
         }
-        let (bytes, keep): (&[u8], bool) = match req.target.as_str() {
+        let (bytes, keep): (&[u8], bool) = match path.as_str() {
             "/h10-length" => (b"HTTP/1.0 200 OK\r\ncontent-length: 5\r\n\r\nhello", false),
             "/h10-close" => (b"HTTP/1.0 200 OK\r\ncontent-type: text/plain\r\n\r\nno length at all", false),
             "/close" => (b"", false),
@@ -459,4 +470,46 @@ async fn a_post_the_upstream_closed_is_never_sent_twice() {
         side_traffic(&metrics(&router).await, "5xx") == 6
     })
     .await;
+}
+
+/// A request sent again after its upstream closed without answering
+/// arrives exactly as the first time: method, target with its query,
+/// every header in order (repeated ones too, the request id included),
+/// version and (empty) body. Only the upstream differs.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_sent_again_arrives_as_it_was_sent_the_first_time() {
+    let bad = FaultUpstream::start("bad", true).await;
+    let good = FaultUpstream::start("good", false).await;
+    let green = FaultUpstream::start("green", false).await;
+    let router = RouterBuilder::addrs(vec![bad.addr, good.addr], vec![green.addr])
+        .health("interval = \"60s\"\ntimeout = \"1s\"\nhealthy_threshold = 1\nunhealthy_threshold = 100")
+        .start();
+    router.wait_all_healthy().await;
+    let mut compared = 0;
+    for (i, method) in ["GET", "DELETE", "OPTIONS", "GET", "PUT", "HEAD"]
+        .into_iter()
+        .enumerate()
+    {
+        let target = format!("/close?n={i}&q=a%20b&q=%C3%A9");
+        let mut c = RawClient::connect(router.proxy).await;
+        c.send(
+            format!(
+                "{method} {target} HTTP/1.1\r\nhost: shop.test\r\nx-a: 1\r\nX-A: 2\r\ncookie: s=1; t=2\r\naccept: */*\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await;
+        let r = c.response(method == "HEAD").await.expect("an answer");
+        assert_eq!(r.status, 200, "{method} {target}: {r:?}");
+        let (first, again) = (bad.arrived(&target), good.arrived(&target));
+        if first.is_empty() {
+            continue; // round robin sent it to the good one first
+        }
+        assert_eq!((first.len(), again.len()), (1, 1), "{method} {target}");
+        assert_eq!(first[0], again[0], "{method} {target}");
+        assert_eq!(first[0].all("x-a"), vec!["1", "2"]);
+        assert!(first[0].one("x-request-id").is_some());
+        compared += 1;
+    }
+    assert!(compared >= 2, "only {compared} requests were sent again");
 }

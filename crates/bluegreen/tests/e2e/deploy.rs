@@ -1226,3 +1226,33 @@ async fn a_release_that_loses_its_users_sessions_is_rolled_back() {
     }
     assert_eq!(code, 0, "a good release passes: {out}{err}");
 }
+
+/// `on_inconclusive = "hold"`: a bake with too little traffic waits for
+/// `bluegreen promote`, which accepts it, and the record says so.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_inconclusive_bake_can_hold_for_promote() {
+    let router = RouterBuilder::addrs(vec![closed_port()], vec![closed_port()])
+        .health("interval = \"100ms\"\ntimeout = \"500ms\"\nhealthy_threshold = 1\nunhealthy_threshold = 1")
+        .drain("1s")
+        .extra(&deploy_toml("400ms", "60s").replace(
+            "on_inconclusive = \"accept\"\n",
+            "on_inconclusive = \"hold\"\n",
+        ))
+        .start();
+    assert_eq!(cli_deploy(&router, &["v1"]).0, 0);
+    router.start_deploy("{\"version\":\"v2\"}").await;
+    wait_until(Duration::from_secs(20), "the bake holds", || async {
+        router.current_deploy().await["held"].is_string()
+    })
+    .await;
+    let (code, out, err) = router.cli(&["promote"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let d = router.wait_deploy_end(Duration::from_secs(20)).await;
+    assert_eq!(d["outcome"], "succeeded", "{d}");
+    assert!(
+        d["log"]
+            .to_string()
+            .contains("accepted by `bluegreen promote`"),
+        "{d}"
+    );
+}

@@ -346,3 +346,62 @@ async fn a_released_pause_never_storms_a_small_app() {
     assert!(failed.is_empty(), "{failed:?}");
     assert!(seen_queue, "the queue held requests while the app worked");
 }
+
+/// An upstream at its limit: one more waits in its queue, past the queue's
+/// length a request gets `503 upstream_queue_full` at once, past the queue
+/// timeout `503 upstream_queue_timeout`, both with `Retry-After`; the queue
+/// and its refusals show in status and /metrics; the app never sees them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_upstream_at_its_limit_queues_then_refuses_with_retry_after() {
+    let (b, g) = (Backend::start("blue").await, Backend::start("green").await);
+    let router = RouterBuilder::new(&[&b], &[&g])
+        .proxy("upstream_max_requests = 1\nupstream_max_queue = 1\nupstream_queue_timeout = \"1s\"")
+        .start();
+    router.wait_all_healthy().await;
+    let hold_url = router.url("/hold");
+    let busy = tokio::spawn(async move { get(&h1_client(), &hold_url).await });
+    wait_until(Duration::from_secs(5), "the place taken", || async {
+        b.requests() == 1
+    })
+    .await;
+    let queued_url = router.url("/queued?n=1");
+    let queued = tokio::task::spawn_blocking(move || curl(&["-i", &queued_url]).1);
+    wait_until(Duration::from_secs(5), "one in the queue", || async {
+        router.status().await["sides"]["blue"]["upstreams"][0]["queued"] == 1
+    })
+    .await;
+    let url = router.url("/full?n=2");
+    let full = tokio::task::spawn_blocking(move || curl(&["-i", &url]).1)
+        .await
+        .unwrap();
+    let full = full.to_ascii_lowercase();
+    assert!(full.starts_with("http/1.1 503"), "{full}");
+    assert!(
+        full.contains("x-bluegreen-error: upstream_queue_full"),
+        "{full}"
+    );
+    assert!(full.contains("retry-after: 1"), "{full}");
+    let timed_out = queued.await.unwrap().to_ascii_lowercase();
+    assert!(timed_out.starts_with("http/1.1 503"), "{timed_out}");
+    assert!(
+        timed_out.contains("x-bluegreen-error: upstream_queue_timeout"),
+        "{timed_out}"
+    );
+    assert!(timed_out.contains("retry-after: 1"), "{timed_out}");
+    assert_eq!(b.requests(), 1, "the app saw neither");
+    let (_, metrics) = router.api("GET", "/metrics", None, Some(TOKEN)).await;
+    let refused = metrics
+        .as_str()
+        .unwrap_or_default()
+        .lines()
+        .find(|l| {
+            l.starts_with("bluegreen_upstream_queue_refused_total{") && l.contains("side=\"blue\"")
+        })
+        .map(|l| l.to_string());
+    assert!(
+        refused.as_deref().is_some_and(|l| l.ends_with(" 2")),
+        "{refused:?}"
+    );
+    b.release(1);
+    assert_eq!(busy.await.unwrap().unwrap().0, 200);
+}
