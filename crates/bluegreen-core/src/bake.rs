@@ -2,6 +2,7 @@
 //! functions over traffic windows, so every verdict is unit-tested.
 
 use crate::latency::Histogram;
+use crate::rank::{self, Class, ShiftRule};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -15,7 +16,19 @@ pub struct Window {
     /// the same users (sessions lost, a route gone).
     #[serde(default)]
     pub client_errors: u64,
+    /// The 4xx a surge is named by ([`NAMED_4XX`]: 401, 403, 404, 429), so a
+    /// rollback says "401s" rather than "4xx".
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub named_4xx: [u64; 4],
     pub latency: Histogram,
+}
+
+/// The client errors counted apart: lost sessions (401), a permission
+/// broken (403), a route gone (404), a limit too tight (429).
+pub const NAMED_4XX: [u16; 4] = [401, 403, 404, 429];
+
+fn is_zero(x: &[u64; 4]) -> bool {
+    x.iter().all(|n| *n == 0)
 }
 
 impl Window {
@@ -25,6 +38,9 @@ impl Window {
             requests: self.requests.saturating_sub(earlier.requests),
             errors: self.errors.saturating_sub(earlier.errors),
             client_errors: self.client_errors.saturating_sub(earlier.client_errors),
+            named_4xx: std::array::from_fn(|i| {
+                self.named_4xx[i].saturating_sub(earlier.named_4xx[i])
+            }),
             latency: self.latency.since(&earlier.latency),
         }
     }
@@ -35,6 +51,7 @@ impl Window {
             requests: self.requests + other.requests,
             errors: self.errors + other.errors,
             client_errors: self.client_errors + other.client_errors,
+            named_4xx: std::array::from_fn(|i| self.named_4xx[i] + other.named_4xx[i]),
             latency: self.latency.plus(&other.latency),
         }
     }
@@ -80,6 +97,10 @@ pub struct Thresholds {
     /// points, 0..=1) before it is a breach (and only when also above
     /// twice the old side's); judged only against a baseline.
     pub max_4xx_increase: Option<f64>,
+    /// The whole latency distribution against the baseline's with a rank
+    /// test (Mann-Whitney U) and an effect-size floor: sees an 8x slower
+    /// release in a few dozen requests, where a p99 needs 500.
+    pub latency_shift: Option<ShiftRule>,
 }
 
 /// A breached limit with its numbers.
@@ -179,19 +200,56 @@ pub fn judge(window: &Window, baseline: Option<&Window>, t: &Thresholds) -> Verd
                 baseline: Some(base),
                 requests: n,
                 summary: format!(
-                    "4xx rate {} > the old side's {} + {} over {n} requests",
+                    "4xx rate {} > the old side's {} + {} over {n} requests{}",
                     pct(now),
                     pct(base),
-                    pct(inc)
+                    pct(inc),
+                    surge_by_code(window, b)
                 ),
             });
+        }
+    }
+    // The rank test first: it needs dozens of requests, not hundreds.
+    let mut shift_unjudged = None;
+    if let (Some(rule), Some(b)) = (t.latency_shift, baseline) {
+        let (class, test) = rank::classify(
+            &rank::histogram_values(&window.latency),
+            &rank::histogram_values(&b.latency),
+            &rule,
+        );
+        match (class, test) {
+            (Class::High, Some(r)) => {
+                let median = |w: &Window| w.latency.quantile(0.5).map(ms).unwrap_or(0.0);
+                return Verdict::Breach(Breach {
+                    metric: "latency".into(),
+                    observed: r.ratio,
+                    limit: rule.min_ratio,
+                    baseline: Some(median(b)),
+                    requests: n,
+                    summary: format!(
+                        "latency {:.2}x the old side's (median {:.1} ms against {:.1} ms; Mann-Whitney p = {:.1e} over {} and {} requests) > limit {:.2}x",
+                        r.ratio,
+                        median(window),
+                        median(b),
+                        r.p_higher,
+                        r.n_new,
+                        r.n_base,
+                        rule.min_ratio
+                    ),
+                });
+            }
+            (Class::NoData(why), _) => shift_unjudged = Some(why),
+            _ => {}
         }
     }
     let Some(p99) = window.p99() else {
         return Verdict::Pass;
     };
     if t.max_p99.is_none() && t.p99_ratio.is_none() {
-        return Verdict::Pass;
+        return match shift_unjudged {
+            Some(why) => Verdict::Inconclusive(format!("latency not compared: {why}")),
+            None => Verdict::Pass,
+        };
     }
     // Only timed answers count for latency (a client's own mistakes are not timed).
     let timed = window.latency.total();
@@ -238,6 +296,31 @@ pub fn judge(window: &Window, baseline: Option<&Window>, t: &Thresholds) -> Verd
         }
     }
     Verdict::Pass
+}
+
+/// The named 4xx whose rate rose most over the baseline's, as
+/// `"; mostly 401 (88.00% against 0.10%)"` (empty when none rose).
+fn surge_by_code(w: &Window, b: &Window) -> String {
+    let rate = |x: &Window, i: usize| {
+        if x.requests == 0 {
+            0.0
+        } else {
+            x.named_4xx[i] as f64 / x.requests as f64
+        }
+    };
+    (0..NAMED_4XX.len())
+        .map(|i| (i, rate(w, i) - rate(b, i)))
+        .filter(|(_, rise)| *rise > 0.0)
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|(i, _)| {
+            format!(
+                "; mostly {} ({} against {})",
+                NAMED_4XX[i],
+                pct(rate(w, i)),
+                pct(rate(b, i))
+            )
+        })
+        .unwrap_or_default()
 }
 
 /// What one look at the bake's current window decided.
@@ -393,7 +476,55 @@ mod tests {
             error_rate_ratio: Some(2.0),
             p99_ratio: Some(1.5),
             max_4xx_increase: Some(0.2),
+            latency_shift: None,
         }
+    }
+
+    fn ranked() -> Thresholds {
+        Thresholds {
+            max_p99: None,
+            p99_ratio: None,
+            latency_shift: Some(ShiftRule {
+                alpha: 1e-3,
+                min_ratio: 1.25,
+                min_samples: 20,
+            }),
+            ..limits()
+        }
+    }
+
+    /// At 40 requests a second a window holds a few dozen: enough for the
+    /// rank test to see an 8x slower release, never for a p99.
+    #[test]
+    fn a_slow_release_is_seen_by_the_rank_test_in_dozens_of_requests() {
+        let base = window(300, 0, Duration::from_micros(1_200));
+        let mut base = base;
+        base.latency.counts[bucket(Duration::from_micros(1_500))] += 100;
+        base.requests += 100;
+        let mut slow = window(40, 0, Duration::from_micros(9_600));
+        slow.latency.counts[bucket(Duration::from_micros(11_000))] += 5;
+        slow.requests += 5;
+        match judge(&slow, Some(&base), &ranked()) {
+            Verdict::Breach(b) => {
+                assert_eq!(b.metric, "latency");
+                assert!(b.observed > 6.0, "{b:?}");
+                assert!(b.summary.contains("Mann-Whitney"), "{}", b.summary);
+            }
+            v => panic!("{v:?}"),
+        }
+        // The same traffic as the old side passes; too little is inconclusive.
+        assert_eq!(judge(&base, Some(&base), &ranked()), Verdict::Pass);
+        let few = window(25, 0, Duration::from_micros(1_200));
+        let t = Thresholds {
+            min_requests: 10,
+            ..ranked()
+        };
+        let mut tiny = window(12, 0, Duration::from_micros(9_600));
+        tiny.requests = 12;
+        assert_eq!(judge(&few, Some(&base), &t), Verdict::Pass);
+        assert!(
+            matches!(judge(&tiny, Some(&base), &t), Verdict::Inconclusive(w) if w.contains("12 new")),
+        );
     }
 
     /// 4xx surges judged against the old side's rate: a tenth more of them
@@ -402,6 +533,7 @@ mod tests {
     fn a_4xx_surge_against_the_old_side_is_a_breach() {
         let with = |requests, client_errors| Window {
             client_errors,
+            named_4xx: [client_errors - client_errors / 10, 0, client_errors / 10, 0],
             ..window(requests, 0, Duration::from_millis(1))
         };
         let base = with(1000, 50);
@@ -411,6 +543,7 @@ mod tests {
             Verdict::Breach(b) => {
                 assert_eq!(b.metric, "4xx_rate");
                 assert!(b.summary.contains("4xx rate 90.00%"), "{}", b.summary);
+                assert!(b.summary.contains("mostly 401 (81.00%"), "{}", b.summary);
             }
             v => panic!("{v:?}"),
         }

@@ -10,6 +10,7 @@ pub mod health;
 pub mod input;
 pub mod latency;
 pub mod migration;
+pub mod rank;
 pub mod record;
 pub mod rollback;
 pub mod shadow;

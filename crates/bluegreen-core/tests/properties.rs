@@ -61,6 +61,7 @@ fn window(requests: u64, errors: u64, latencies_us: &[u64]) -> Window {
         requests,
         errors,
         client_errors: 0,
+        named_4xx: [0; 4],
         latency,
     }
 }
@@ -73,6 +74,7 @@ fn thresholds() -> Thresholds {
         error_rate_ratio: Some(2.0),
         p99_ratio: Some(1.5),
         max_4xx_increase: Some(0.2),
+        latency_shift: None,
     }
 }
 

@@ -1,7 +1,7 @@
 //! Per-side traffic counters the request path updates with a few atomic adds,
 //! and the bake reads as windows.
 
-use bluegreen_core::bake::Window;
+use bluegreen_core::bake::{Window, NAMED_4XX};
 use bluegreen_core::latency::{self, Histogram, BUCKETS};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -10,6 +10,8 @@ use std::time::Duration;
 pub struct TrafficStats {
     /// Answers by status class (index = status / 100); 5xx are the errors.
     classes: [AtomicU64; 6],
+    /// 401, 403, 404 and 429 apart (`bake::NAMED_4XX`).
+    named_4xx: [AtomicU64; 4],
     /// Sum of the latencies, for the metrics histogram's `_sum`.
     sum_us: AtomicU64,
     buckets: [AtomicU64; BUCKETS],
@@ -19,6 +21,7 @@ impl Default for TrafficStats {
     fn default() -> Self {
         TrafficStats {
             classes: Default::default(),
+            named_4xx: Default::default(),
             sum_us: AtomicU64::new(0),
             buckets: std::array::from_fn(|_| AtomicU64::new(0)),
         }
@@ -28,7 +31,7 @@ impl Default for TrafficStats {
 impl TrafficStats {
     /// Records one answered request: its status and time to response headers.
     pub fn record(&self, status: u16, latency: Duration) {
-        self.classes[(status as usize / 100).min(5)].fetch_add(1, Ordering::Relaxed);
+        self.count(status);
         self.sum_us
             .fetch_add(latency.as_micros() as u64, Ordering::Relaxed);
         self.buckets[latency::bucket(latency)].fetch_add(1, Ordering::Relaxed);
@@ -37,7 +40,16 @@ impl TrafficStats {
     /// Records an answer without its time: a client's own mistake (a body
     /// that broke or stalled), whose duration says nothing about the app.
     pub fn record_untimed(&self, status: u16) {
+        self.count(status);
+    }
+
+    fn count(&self, status: u16) {
         self.classes[(status as usize / 100).min(5)].fetch_add(1, Ordering::Relaxed);
+        if (400..500).contains(&status) {
+            if let Some(i) = NAMED_4XX.iter().position(|c| *c == status) {
+                self.named_4xx[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
     }
 
     /// Answers by status class (`[_, 1xx, 2xx, 3xx, 4xx, 5xx]`).
@@ -57,6 +69,7 @@ impl TrafficStats {
             requests: classes.iter().sum(),
             errors: classes[5],
             client_errors: classes[4],
+            named_4xx: std::array::from_fn(|i| self.named_4xx[i].load(Ordering::Relaxed)),
             latency: Histogram {
                 counts: self
                     .buckets
@@ -78,8 +91,10 @@ mod tests {
         s.record(200, Duration::from_millis(3));
         s.record(503, Duration::from_millis(3));
         s.record(404, Duration::from_millis(3));
+        s.record_untimed(401);
         let w = s.window();
-        assert_eq!((w.requests, w.errors), (3, 1));
-        assert_eq!(w.latency.total(), 3);
+        assert_eq!(w.named_4xx, [1, 0, 1, 0]);
+        assert_eq!((w.requests, w.errors, w.client_errors), (4, 1, 2));
+        assert_eq!(w.latency.total(), 3, "the untimed 401 has no latency");
     }
 }

@@ -51,6 +51,7 @@ fn sparse_windows<S: serde::Serializer>(w: &Sides<Window>, s: S) -> Result<S::Ok
         requests: u64,
         errors: u64,
         client_errors: u64,
+        named_4xx: [u64; 4],
         latency: Sparse<'a>,
     }
     fn side(w: &Window) -> W<'_> {
@@ -58,6 +59,7 @@ fn sparse_windows<S: serde::Serializer>(w: &Sides<Window>, s: S) -> Result<S::Ok
             requests: w.requests,
             errors: w.errors,
             client_errors: w.client_errors,
+            named_4xx: w.named_4xx,
             latency: Sparse(&w.latency),
         }
     }
