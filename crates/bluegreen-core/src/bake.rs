@@ -487,6 +487,7 @@ mod tests {
             latency_shift: Some(ShiftRule {
                 alpha: 1e-3,
                 min_ratio: 1.25,
+                min_shift: 2_000.0,
                 min_samples: 20,
             }),
             ..limits()

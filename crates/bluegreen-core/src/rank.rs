@@ -28,6 +28,8 @@ pub struct RankTest {
     /// the ratios of every pair (one new value, one old). Values <= 0 are
     /// taken as a small positive number.
     pub ratio: f64,
+    /// Median of the new side minus median of the baseline.
+    pub shift: f64,
 }
 
 /// Mann-Whitney U over two weighted samples; `None` when either is empty.
@@ -90,6 +92,7 @@ pub fn compare(new: &[(f64, u64)], base: &[(f64, u64)]) -> Option<RankTest> {
         p_higher: p_higher.min(1.0),
         p_lower: p_lower.min(1.0),
         ratio: hodges_lehmann_ratio(&new, &base),
+        shift: median(&new) - median(&base),
     })
 }
 
@@ -214,11 +217,14 @@ pub enum Class {
 }
 
 /// When a shift counts: significant at `alpha` *and* at least
-/// `min_ratio` (e.g. 1.25: a quarter higher) in the Hodges-Lehmann sense.
+/// `min_ratio` (e.g. 1.25: a quarter higher) in the Hodges-Lehmann sense
+/// *and* the medians at least `min_shift` apart (in the values' unit): a
+/// 1 ms app that answers in 1.3 ms has moved, but nobody waits for it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ShiftRule {
     pub alpha: f64,
     pub min_ratio: f64,
+    pub min_shift: f64,
     /// Samples each side needs before anything is said.
     pub min_samples: u64,
 }
@@ -239,9 +245,12 @@ pub fn classify(new: &[(f64, u64)], base: &[(f64, u64)], rule: &ShiftRule) -> (C
     let Some(t) = compare(new, base) else {
         return (Class::NoData("no samples".into()), None);
     };
-    let class = if t.p_higher < rule.alpha && t.ratio >= rule.min_ratio {
+    let class = if t.p_higher < rule.alpha && t.ratio >= rule.min_ratio && t.shift >= rule.min_shift {
         Class::High
-    } else if t.p_lower < rule.alpha && t.ratio <= 1.0 / rule.min_ratio {
+    } else if t.p_lower < rule.alpha
+        && t.ratio <= 1.0 / rule.min_ratio
+        && -t.shift >= rule.min_shift
+    {
         Class::Low
     } else {
         Class::Pass
@@ -283,6 +292,7 @@ mod tests {
         let rule = ShiftRule {
             alpha: 1e-3,
             min_ratio: 1.25,
+            min_shift: 0.0,
             min_samples: 20,
         };
         let (class, t) = classify(&samples(&new), &samples(&base), &rule);
@@ -298,6 +308,7 @@ mod tests {
         let rule = ShiftRule {
             alpha: 1e-3,
             min_ratio: 1.25,
+            min_shift: 0.0,
             min_samples: 20,
         };
         let (class, t) = classify(&samples(&new), &samples(&base), &rule);
@@ -312,6 +323,7 @@ mod tests {
         let rule = ShiftRule {
             alpha: 1e-3,
             min_ratio: 1.25,
+            min_shift: 0.0,
             min_samples: 20,
         };
         let (class, _) = classify(&samples(&[9.0; 5]), &samples(&[1.0; 100]), &rule);
