@@ -1,6 +1,7 @@
 //! Bake analysis: is the new live side as good as the old one was? Pure
 //! functions over traffic windows, so every verdict is unit-tested.
 
+use crate::analysis::{MetricVerdict, Reading};
 use crate::latency::Histogram;
 use crate::rank::{self, Class, ShiftRule};
 use serde::{Deserialize, Serialize};
@@ -321,6 +322,100 @@ fn surge_by_code(w: &Window, b: &Window) -> String {
             )
         })
         .unwrap_or_default()
+}
+
+/// The router's side of the report: the window's numbers beside the
+/// baseline's and the limits, one row each.
+pub fn rows(window: &Window, baseline: Option<&Window>, t: &Thresholds) -> Vec<Reading> {
+    let baseline = baseline.filter(|b| b.requests >= t.min_requests.max(1));
+    let verdict_of = |v: &Verdict, metric: &str| match v {
+        Verdict::Breach(b) if b.metric == metric => MetricVerdict::High,
+        Verdict::NotEnoughTraffic => MetricVerdict::NoData,
+        _ => MetricVerdict::Pass,
+    };
+    let v = judge(window, baseline, t);
+    let pct = |x: f64| (x * 10_000.0).round() / 100.0;
+    let median = |w: &Window| w.latency.quantile(0.5).map(ms);
+    let mut out = vec![
+        Reading {
+            name: "requests".into(),
+            new: Some(window.requests as f64),
+            baseline: baseline.map(|b| b.requests as f64),
+            unit: String::new(),
+            limit: format!("≥ {}", t.min_requests),
+            verdict: if window.requests >= t.min_requests.max(1) {
+                MetricVerdict::Pass
+            } else {
+                MetricVerdict::NoData
+            },
+            detail: String::new(),
+        },
+        Reading {
+            name: "error_rate".into(),
+            new: Some(pct(window.error_rate())),
+            baseline: baseline.map(|b| pct(b.error_rate())),
+            unit: "%".into(),
+            limit: match t.error_rate_ratio {
+                Some(r) => format!("≤ {}%, ≤ {r}x baseline", pct(t.max_error_rate)),
+                None => format!("≤ {}%", pct(t.max_error_rate)),
+            },
+            verdict: verdict_of(&v, "error_rate"),
+            detail: String::new(),
+        },
+    ];
+    if let Some(inc) = t.max_4xx_increase {
+        out.push(Reading {
+            name: "4xx_rate".into(),
+            new: Some(pct(window.client_error_rate())),
+            baseline: baseline.map(|b| pct(b.client_error_rate())),
+            unit: "%".into(),
+            limit: format!("≤ baseline + {}%", pct(inc)),
+            verdict: if baseline.is_none() {
+                MetricVerdict::NoData
+            } else {
+                verdict_of(&v, "4xx_rate")
+            },
+            detail: String::new(),
+        });
+    }
+    if let Some(rule) = t.latency_shift {
+        out.push(Reading {
+            name: "latency".into(),
+            new: median(window),
+            baseline: baseline.and_then(median),
+            unit: "ms".into(),
+            limit: format!("≤ {}x baseline (median, rank test)", rule.min_ratio),
+            verdict: match &v {
+                Verdict::Breach(b) if b.metric == "latency" => MetricVerdict::High,
+                Verdict::Inconclusive(w) if w.starts_with("latency") => MetricVerdict::NoData,
+                _ if baseline.is_none() => MetricVerdict::NoData,
+                v => verdict_of(v, "latency"),
+            },
+            detail: String::new(),
+        });
+    }
+    if t.max_p99.is_some() || t.p99_ratio.is_some() {
+        let mut limit = Vec::new();
+        if let Some(m) = t.max_p99 {
+            limit.push(format!("≤ {:.1} ms", ms(m)));
+        }
+        if let Some(r) = t.p99_ratio {
+            limit.push(format!("≤ {r}x baseline"));
+        }
+        out.push(Reading {
+            name: "p99".into(),
+            new: window.p99().map(ms),
+            baseline: baseline.and_then(Window::p99).map(ms),
+            unit: "ms".into(),
+            limit: limit.join(", "),
+            verdict: match &v {
+                Verdict::Inconclusive(w) if w.starts_with("p99") => MetricVerdict::NoData,
+                v => verdict_of(v, "p99"),
+            },
+            detail: String::new(),
+        });
+    }
+    out
 }
 
 /// What one look at the bake's current window decided.

@@ -2,6 +2,7 @@
 //! a config file. Everything here is unit-tested without a network.
 #![forbid(unsafe_code)]
 
+pub mod analysis;
 pub mod bake;
 pub mod config;
 pub mod deploy;

@@ -11,6 +11,7 @@
 mod cluster;
 pub mod command;
 pub mod migrate;
+pub mod resources;
 mod runner;
 pub mod smoke;
 pub mod supervisor;
@@ -119,6 +120,9 @@ pub struct Pipeline {
     /// The run has ended and is giving its lock back: a lock that is gone
     /// now was released, not lost.
     finishing: std::sync::atomic::AtomicBool,
+    /// The supervised apps' CPU, memory, descriptors and restarts per side
+    /// (started with the supervisor).
+    resources: std::sync::OnceLock<Arc<resources::Resources>>,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -171,6 +175,7 @@ impl Pipeline {
             suspend: Mutex::new(CancellationToken::new()),
             running: Mutex::new(None),
             finishing: Default::default(),
+            resources: Default::default(),
         }))
     }
 
@@ -181,6 +186,9 @@ impl Pipeline {
             s.adopt()
                 .await
                 .map_err(|e| PipelineError::Supervisor(e.to_string()))?;
+            let _ = self
+                .resources
+                .set(resources::Resources::start(s.clone(), self.router.clone()));
         }
         if self.cluster.is_some() {
             // Deploys and decommissions run where the lock is: taken over
@@ -198,6 +206,11 @@ impl Pipeline {
             self.arm_decommission(p);
         }
         Ok(())
+    }
+
+    /// The supervised apps' resources per side, when the supervisor runs them.
+    pub fn resources(&self) -> Option<&Arc<resources::Resources>> {
+        self.resources.get()
     }
 
     /// The deploy settings in use (the last reloaded).

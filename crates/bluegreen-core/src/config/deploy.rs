@@ -35,6 +35,9 @@ pub struct DeployConfig {
     pub shadow: Option<super::shadow::ShadowStep>,
     /// Expand before the deploy, contract after the point of no return.
     pub migrations: Option<super::migrations::MigrationsConfig>,
+    /// The user's own metrics (`[[deploy.analysis]]`), judged in the bake
+    /// and canary steps.
+    pub analysis: Vec<super::analysis::AnalysisMetric>,
     /// Directory commands run in (the config file's).
     pub workdir: PathBuf,
 }
@@ -143,6 +146,8 @@ pub(super) struct RawDeploy {
     warm: Option<super::shadow::RawWarm>,
     shadow: Option<super::shadow::RawShadowStep>,
     migrations: Option<super::migrations::RawMigrations>,
+    #[serde(default)]
+    analysis: Vec<super::analysis::RawAnalysis>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -244,6 +249,7 @@ pub(super) fn validate(
             .migrations
             .as_ref()
             .and_then(|m| super::migrations::validate(m, base, c)),
+        analysis: super::analysis::validate(&raw.analysis, c),
         workdir: base.to_path_buf(),
     };
     Some(config)
