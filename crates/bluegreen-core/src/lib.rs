@@ -5,6 +5,7 @@
 pub mod analysis;
 pub mod bake;
 pub mod config;
+pub mod counts;
 pub mod deploy;
 pub mod diff;
 pub mod health;

@@ -105,7 +105,9 @@ pub(super) async fn bake(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployRecord
             new: (d.target, d.version.clone()),
             base: d.previous_version.clone().map(|v| (d.from, v)),
             new_from_ms: started,
-            base_from_ms: d.created_at_ms,
+            base_from_ms: d
+                .created_at_ms
+                .saturating_sub(cfg.baseline.as_millis() as u64),
             base_to_ms: Some(switched_ms.unwrap_or(started)),
         },
     );
