@@ -677,7 +677,22 @@
     } else if (d.reason && d.outcome !== 'running') {
       put(bakeBox, h('p', { class: d.outcome === 'succeeded' ? '' : 'bad' }, d.reason));
     }
-    if (view && (view.window || view.baseline)) {
+    // The judgment's table: the router's counters, the app's resources and
+    // the user's own metrics, each new against baseline with its verdict.
+    const report = (view && view.report && view.report.length) ? view.report : (d.report || []);
+    if (report.length) {
+      const num = (x, unit) => (x == null ? '–' : `${Math.abs(x) >= 100 ? x.toFixed(0) : Math.abs(x) >= 1 ? x.toFixed(2) : x.toFixed(3)}${unit ? ` ${unit}` : ''}`);
+      put(bakeBox, h('table', { class: 'compare report' },
+        h('thead', null, h('tr', null, h('th', null, view && view.window_number ? `window ${view.window_number}` : 'metric'),
+          h('th', null, `new: ${d.target} (${d.version})`), h('th', null, `baseline: ${d.from}`), h('th', null, 'limit'), h('th', null, 'verdict'))),
+        h('tbody', null, ...report.map((r) => h('tr', { title: r.detail || '' },
+          h('td', null, r.name),
+          h('td', { class: r.verdict === 'high' || r.verdict === 'low' ? 'over' : '' }, num(r.new, r.unit)),
+          h('td', null, num(r.baseline, r.unit)),
+          h('td', { class: 'muted' }, r.limit),
+          h('td', { class: r.verdict === 'high' || r.verdict === 'low' ? 'bad' : r.verdict === 'nodata' ? 'muted' : '' },
+            r.verdict === 'nodata' ? 'no data' : r.verdict))))));
+    } else if (view && (view.window || view.baseline)) {
       const w = view.window || {};
       const base = view.baseline || {};
       const t = view.thresholds || {};

@@ -63,8 +63,13 @@ pub(super) struct RawAnalysis {
 }
 
 /// Validates every `[[deploy.analysis]]` entry; problems are reported with
-/// the entry's index (`deploy.analysis[1].query`).
-pub(super) fn validate(raw: &[RawAnalysis], c: &mut Checker) -> Vec<AnalysisMetric> {
+/// the entry's index (`deploy.analysis[1].query`). `supervised`: the
+/// supervisor runs the apps, so `source = "app"` has processes to read.
+pub(super) fn validate(
+    raw: &[RawAnalysis],
+    c: &mut Checker,
+    supervised: bool,
+) -> Vec<AnalysisMetric> {
     let mut out: Vec<AnalysisMetric> = Vec::new();
     for (i, a) in raw.iter().enumerate() {
         let key = |k: &str| format!("deploy.analysis[{i}].{k}");
@@ -88,6 +93,13 @@ pub(super) fn validate(raw: &[RawAnalysis], c: &mut Checker) -> Vec<AnalysisMetr
             }
         }
         let source = match a.source.as_deref() {
+            Some("app") if !supervised => {
+                c.issue(
+                    key("source"),
+                    "\"app\" reads the processes [deploy.supervisor] runs; with [deploy.hooks] use \"prometheus\" or \"web\"",
+                );
+                continue;
+            }
             Some("app") => match a.metric.as_deref() {
                 Some(m) if APP_METRICS.contains(&m) => AnalysisSource::App { metric: m.into() },
                 Some(m) => {

@@ -215,6 +215,8 @@ pub(super) fn validate(
     let method = deploy_method(raw, base, c);
     let smoke = smoke_checks(raw, base, c, has_preview);
     let bake = bake(raw, c);
+    let hooks = matches!(method, Some(DeployMethod::Hooks { .. }));
+    let analysis = super::analysis::validate(&raw.analysis, c, !hooks);
     let config = DeployConfig {
         method: method?,
         deploy_timeout: c.duration(
@@ -253,7 +255,7 @@ pub(super) fn validate(
             .migrations
             .as_ref()
             .and_then(|m| super::migrations::validate(m, base, c)),
-        analysis: super::analysis::validate(&raw.analysis, c),
+        analysis,
         workdir: base.to_path_buf(),
     };
     Some(config)

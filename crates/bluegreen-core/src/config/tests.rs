@@ -369,3 +369,69 @@ fn the_etcd_backend_is_validated_key_by_key() {
     ))
     .contains("backend = \"etcd\""));
 }
+
+/// `[[deploy.analysis]]`: each entry checked with its index and key; a
+/// good one parses with its limits.
+#[test]
+fn analysis_metrics_are_validated_with_their_index() {
+    let hooks = "[deploy.hooks]\ndeploy = \"/bin/sh -c true {env} {version}\"\n";
+    let sup = "[deploy.supervisor]\nrun = \"/bin/sh -c true {address}\"\n";
+    let good = format!(
+        "{GOOD}{sup}
+[[deploy.analysis]]
+name = \"errors\"
+source = \"prometheus\"
+address = \"http://127.0.0.1:9090\"
+query = 'sum(rate(http_errors{{version=\"{{version}}\"}}[{{window}}]))'
+max = 0.5
+max_ratio = 2.0
+consecutive = 2
+
+[[deploy.analysis]]
+name = \"memory\"
+source = \"app\"
+metric = \"rss\"
+max = 512
+"
+    );
+    let c = parse(&good).unwrap();
+    let a = &c.deploy.as_ref().unwrap().analysis;
+    assert_eq!(a.len(), 2);
+    assert_eq!(a[0].consecutive, 2);
+    assert_eq!(a[0].limits.max_ratio, Some(2.0));
+    assert_eq!(a[1].limits.max, Some(512.0));
+
+    let bad = format!(
+        "{GOOD}{hooks}
+[[deploy.analysis]]
+name = \"a\"
+source = \"prometheus\"
+address = \"prom:9090\"
+query = \"up\"
+max = 1
+
+[[deploy.analysis]]
+name = \"b\"
+source = \"web\"
+url = \"http://x/{{bogus}}\"
+pointer = \"/v\"
+max = 1
+
+[[deploy.analysis]]
+name = \"c\"
+source = \"app\"
+metric = \"rss\"
+
+[[deploy.analysis]]
+name = \"d\"
+source = \"web\"
+url = \"http://x/\"
+pointer = \"/v\"
+"
+    );
+    let p = problems(&bad);
+    assert!(p.contains("deploy.analysis[0].address"), "{p}");
+    assert!(p.contains("deploy.analysis[1].url") && p.contains("{bogus}"), "{p}");
+    assert!(p.contains("deploy.analysis[2].source") && p.contains("[deploy.supervisor]"), "{p}");
+    assert!(p.contains("deploy.analysis[3].max") && p.contains("no limit"), "{p}");
+}

@@ -167,7 +167,7 @@ fn render_view(view: &StatusView) -> String {
     let mut out = render_status(&view.router, view.rollback.is_none());
     // With a pipeline: what each side runs, and the deploy in progress.
     if let Some(rel) = &view.releases {
-        out.push_str(&out_releases(rel));
+        out.push_str(&out_releases(rel, view.resources.as_ref()));
     }
     // What a rollback would do, as the router plans it (instant onto a
     // warm good side, a re-deploy, or a refusal after a rejected version).
@@ -195,12 +195,21 @@ fn render_view(view: &StatusView) -> String {
             "\ndeploy #{} of {} to {} in progress: {step}\n",
             d.id, d.version, d.target
         ));
+        if !d.report.is_empty() {
+            out.push_str(&bluegreen_core::analysis::table(&d.report));
+            out.push('\n');
+        }
     }
     out
 }
 
-fn out_releases(rel: &Sides<SideRelease>) -> String {
-    let mut out = format!("\n{:<6} {:<16} STATE\n", "SIDE", "VERSION");
+/// Each side's release, with its app's resources when the supervisor
+/// runs it (CPU in cores and per request, memory, descriptors, restarts).
+fn out_releases(
+    rel: &Sides<SideRelease>,
+    resources: Option<&Sides<Option<bluegreen_pipeline::resources::SideResources>>>,
+) -> String {
+    let mut out = format!("\n{:<6} {:<16} {:<15} APP\n", "SIDE", "VERSION", "STATE");
     for side in Side::ALL {
         let r = &rel[side];
         let state = match (&r.version, r.running) {
@@ -208,8 +217,24 @@ fn out_releases(rel: &Sides<SideRelease>) -> String {
             (Some(_), true) => "running",
             (Some(_), false) => "decommissioned",
         };
+        let app = resources
+            .and_then(|x| x[side].as_ref())
+            .map(|a| {
+                let per = a
+                    .cpu_ms_per_request
+                    .map(|m| format!(", {m:.2} ms/request"))
+                    .unwrap_or_default();
+                format!(
+                    "cpu {:.2} cores{per}, rss {:.1} MiB, {} fds, {} restarts",
+                    a.cpu_cores,
+                    a.rss_bytes as f64 / 1_048_576.0,
+                    a.fds,
+                    a.restarts
+                )
+            })
+            .unwrap_or_else(|| "-".into());
         out.push_str(&format!(
-            "{:<6} {:<16} {state}\n",
+            "{:<6} {:<16} {state:<15} {app}\n",
             side.as_str(),
             r.version.as_deref().unwrap_or("-")
         ));
