@@ -52,6 +52,7 @@ pub(super) async fn canary(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployReco
             },
         );
         let mut fetch: Option<tokio::task::JoinHandle<Vec<(usize, Reading)>>> = None;
+        let mut warned_one_address = false;
         let mut opened = Instant::now();
         let mut end = Instant::now() + step;
         // Too little traffic on the new side by the end: as long again.
@@ -72,6 +73,19 @@ pub(super) async fn canary(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployReco
                 }
             }
             let closing = opened.elapsed() >= cfg.interval;
+            // Said as soon as it shows, not only at the share's end: the
+            // old side is busy and the new one hears nothing.
+            if closing && !warned_one_address {
+                let got = p.router.live_window(d.target).since(&new_start).requests;
+                let old = p.router.live_window(d.from).since(&old_start).requests;
+                if got == 0 && old >= cfg.thresholds.min_requests.max(1) {
+                    warned_one_address = true;
+                    note(p, Step::Canary, format!(
+                        "{share}%: none of the old side's {old} requests went to {}: every client may hash from one address; set proxy.sticky_header, or proxy.trusted_proxies for the load balancer in front",
+                        d.target
+                    )).await;
+                }
+            }
             if closing && !judge.is_empty() {
                 let (app, external) = judge.look(p);
                 breached = breached.or(judge.record(app));

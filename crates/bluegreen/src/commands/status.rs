@@ -195,6 +195,11 @@ fn render_view(view: &StatusView) -> String {
             "\ndeploy #{} of {} to {} in progress: {step}\n",
             d.id, d.version, d.target
         ));
+        // What the step said last (a window judged, a canary reaching
+        // nobody, a wait for evidence).
+        if let Some(detail) = d.next_step().and_then(|s| d.step(s).detail.as_deref()) {
+            out.push_str(&format!("  {detail}\n"));
+        }
         if !d.report.is_empty() {
             out.push_str(&bluegreen_core::analysis::table(&d.report));
             out.push('\n');

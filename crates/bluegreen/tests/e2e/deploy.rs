@@ -1175,12 +1175,23 @@ async fn a_canary_that_reaches_nobody_never_switches_everyone() {
     assert_eq!(cli_deploy(&router, &["v1"]).0, 0);
     let stop = Arc::new(AtomicBool::new(false));
     let (_seen, tasks) = user_load(&router, stop.clone());
-    let (code, out, err) = cli_deploy(&router, &["v2", "--canary", "10", "--step", "500ms"]);
-    let all = format!("{out}{err}");
-    assert_eq!(code, 1, "{all}");
+    router
+        .start_deploy("{\"version\":\"v2\",\"canary\":[10],\"step\":\"2s\"}")
+        .await;
+    // Said in `status` while the share runs, not only at its end.
+    wait_until(Duration::from_secs(20), "status names the one address", || async {
+        let (_, out, _) = router.cli_with_token(&["status"], TOKEN).await;
+        out.contains("every client may hash from one address")
+    })
+    .await;
+    let d = router.wait_deploy_end(Duration::from_secs(30)).await;
+    assert_eq!(d["outcome"], "failed", "{d}");
     assert!(
-        all.contains("every client may hash from one address"),
-        "{all}"
+        d["reason"]
+            .as_str()
+            .unwrap()
+            .contains("every client may hash from one address"),
+        "{d}"
     );
     assert!(router.status().await["split"].is_null());
     assert_eq!(router.status().await["live"], "green");
