@@ -71,6 +71,11 @@ pub enum MigrateAction {
         /// The SQL the files are written in.
         #[arg(long, value_enum, default_value = "postgres")]
         dialect: Dialect,
+        /// Also compare with the database this environment variable points
+        /// to (read only), as the deploy does: an applied file that changed
+        /// is refused, applied files are not judged again.
+        #[arg(long, value_name = "ENV")]
+        database_url_env: Option<String>,
     },
     /// Every migration file of the router's [deploy.migrations]: applied
     /// (by which release, when) or pending, per phase; and the last contract.
@@ -555,8 +560,17 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             client_runtime()?.block_on(commands::abort(&admin, reason))
         }
         Command::Migrate {
-            action: MigrateAction::Lint { dir, dialect },
-        } => commands::migrate::lint(&dir, dialect),
+            action:
+                MigrateAction::Lint {
+                    dir,
+                    dialect,
+                    database_url_env,
+                },
+        } => client_runtime()?.block_on(commands::migrate::lint(
+            &dir,
+            dialect,
+            database_url_env.as_deref(),
+        )),
         Command::Migrate {
             action: MigrateAction::Status { admin, json },
         } => client_runtime()?.block_on(commands::migrate::status(&admin, json)),
