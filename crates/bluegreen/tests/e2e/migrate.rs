@@ -260,7 +260,7 @@ async fn a_destructive_expand_a_lock_wait_and_a_broken_old_version_stop_the_depl
         "0001_items.expand.sql",
         "CREATE TABLE items (id bigserial PRIMARY KEY, name text NOT NULL);",
     );
-    let router = router(m, &pg.url(), "lock_timeout = \"500ms\"").start();
+    let router = router(m, &pg.url(), "lock_timeout = \"500ms\"\ndeadline = \"2s\"").start();
     assert_eq!(router.cli(&["deploy", "v1"]).0, 0);
 
     // A statement v1 cannot live with: refused before anything of the deploy runs.
@@ -296,8 +296,9 @@ async fn a_destructive_expand_a_lock_wait_and_a_broken_old_version_stop_the_depl
         "green v1\n"
     );
 
-    // A lock held by another session: the statement gives up after
-    // lock_timeout, names the table, and the file is rolled back.
+    // A lock held by another session past the step's deadline: every
+    // attempt gives up after lock_timeout, the file is rolled back, and the
+    // error names the table and the session holding it.
     std::fs::remove_file(m.join("0002_bad.expand.sql")).unwrap();
     write(
         m,
@@ -319,6 +320,12 @@ async fn a_destructive_expand_a_lock_wait_and_a_broken_old_version_stop_the_depl
     );
     assert!(
         err.contains("nothing of 0002_qty.expand.sql was applied"),
+        "{err}"
+    );
+    assert!(
+        err.contains("attempt(s) until the step's deadline (2s)")
+            && err.contains("held by pid ")
+            && err.contains("LOCK TABLE items IN ACCESS EXCLUSIVE MODE"),
         "{err}"
     );
     holder.batch_execute("ROLLBACK").await.unwrap();
