@@ -37,7 +37,9 @@ pub enum Db {
 /// What applying one file did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Applying {
-    Applied,
+    /// Applied, after this many attempts that waited longer than
+    /// lock_timeout (each rolled back, so live traffic could drain).
+    Applied { lock_waits: u32 },
     /// Another runner applied it meanwhile (same checksum).
     AlreadyThere,
 }
@@ -433,7 +435,7 @@ fn apply_sqlite(
         )
         .map_err(|e| format!("recording {} in {TABLE}: {e}", ctx.file))?;
         super::crash_point(&ctx.file);
-        Ok(Applying::Applied)
+        Ok(Applying::Applied { lock_waits: 0 })
     })();
     let closing = conn.execute_batch(if result.is_ok() { "COMMIT" } else { "ROLLBACK" });
     match (result, closing) {

@@ -262,10 +262,16 @@ async fn apply(
         .apply(&f.file, shape, &f.checksum, version, limits)
         .await?;
     progress(match how {
-        Applying::Applied => format!(
+        Applying::Applied { lock_waits: 0 } => format!(
             "applied {} ({n} statement(s), {} ms)",
             f.file.file_name(),
             started.elapsed().as_millis()
+        ),
+        Applying::Applied { lock_waits } => format!(
+            "applied {} ({n} statement(s), {} ms; {lock_waits} attempt(s) before waited longer than lock_timeout ({}) and were rolled back so live traffic could drain)",
+            f.file.file_name(),
+            started.elapsed().as_millis(),
+            humantime::format_duration(limits.timing.lock_timeout)
         ),
         Applying::AlreadyThere => format!(
             "{} was applied meanwhile by another runner",

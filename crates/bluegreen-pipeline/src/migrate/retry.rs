@@ -45,6 +45,11 @@ pub(super) async fn apply_postgres(
     loop {
         attempts += 1;
         let failed = match attempt(c, ctx, statements).await {
+            Ok(Applying::Applied { .. }) => {
+                return Ok(Applying::Applied {
+                    lock_waits: attempts - 1,
+                })
+            }
             Ok(a) => return Ok(a),
             Err(Failed::Other(e)) => return Err(e),
             Err(Failed::Lock(st)) => st,
@@ -151,7 +156,7 @@ async fn attempt(
             ))
         })?;
         super::crash_point(&ctx.file);
-        Ok(Applying::Applied)
+        Ok(Applying::Applied { lock_waits: 0 })
     }
     .await;
     let closing = c.batch_execute(end(result.is_ok())).await;

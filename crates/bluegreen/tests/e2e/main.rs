@@ -17,6 +17,7 @@ mod hostile;
 mod keepalive;
 mod manners;
 mod migrate;
+mod migrate_live;
 mod observe;
 mod operator;
 mod pg;

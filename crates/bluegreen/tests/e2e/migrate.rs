@@ -12,7 +12,7 @@ use std::time::Duration;
 
 /// A supervisor pipeline whose apps use `/items` on `$DATABASE_URL`, with
 /// smoke tests that write and read it, and migrations from `dir`.
-fn router(dir: &Path, url: &str, more: &str) -> RouterBuilder {
+pub(crate) fn router(dir: &Path, url: &str, more: &str) -> RouterBuilder {
     pipeline(dir, url, more, (closed_port(), closed_port()))
 }
 
@@ -62,18 +62,18 @@ on_inconclusive = "accept"
         ))
 }
 
-fn write(dir: &Path, file: &str, sql: &str) {
+pub(crate) fn write(dir: &Path, file: &str, sql: &str) {
     std::fs::write(dir.join(file), sql).unwrap();
 }
 
-fn step<'a>(deploy: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+pub(crate) fn step<'a>(deploy: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
     deploy["steps"]
         .as_array()
         .and_then(|s| s.iter().find(|x| x["step"] == name))
         .unwrap_or_else(|| panic!("no step {name} in {deploy}"))
 }
 
-async fn last_deploy(router: &RouterProc) -> serde_json::Value {
+pub(crate) async fn last_deploy(router: &RouterProc) -> serde_json::Value {
     let (_, h) = router
         .api("GET", "/api/v1/deploys", None, Some(TOKEN))
         .await;
