@@ -484,3 +484,107 @@ async fn sqlite_survives_kill_9_in_a_migration_and_contracts_after_the_bake() {
     );
     assert_eq!(v["contracted"]["version"], "v2");
 }
+
+/// `bluegreen migrate lint DIR` (with `$DATABASE_URL` when `db`): exit
+/// code and stdout + stderr.
+fn lint(dir: &Path, url: &str, db: bool) -> (Option<i32>, String) {
+    let mut cmd = std::process::Command::new(bin());
+    cmd.args(["migrate", "lint"])
+        .arg(dir)
+        .env("DATABASE_URL", url);
+    if db {
+        cmd.args(["--database-url-env", "DATABASE_URL"]);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.code(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lint_refuses_first_what_the_deploy_refuses_in_the_same_words() {
+    let pg = PgServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path();
+    write(
+        m,
+        "0001_items.expand.sql",
+        "CREATE TABLE items (id bigserial PRIMARY KEY, name text NOT NULL);\n",
+    );
+    let router = router(m, &pg.url(), "").start();
+    assert_eq!(router.cli(&["deploy", "v1"]).0, 0);
+    assert_eq!(lint(m, &pg.url(), true).0, Some(0));
+
+    let cases = [
+        (
+            "0002_tx.expand.sql",
+            "BEGIN;\nALTER TABLE items ADD COLUMN a text;\nCOMMIT;\n",
+            "0002_tx.expand.sql:1: BEGIN: transaction control is not allowed",
+        ),
+        (
+            "0002_idx.expand.sql",
+            "CREATE INDEX CONCURRENTLY IF NOT EXISTS i ON items (name);\nALTER TABLE items ADD COLUMN b text;\n",
+            "0002_idx.expand.sql:1: CREATE INDEX CONCURRENTLY IF NOT EXISTS i ON items (name): cannot run inside a transaction, so it must be alone in its file",
+        ),
+        (
+            "0002_lock.expand.sql",
+            "CREATE INDEX items_name ON items (name);\n",
+            "require-concurrent-index-creation: live traffic stalls",
+        ),
+        (
+            "0002_fn.expand.sql",
+            "DROP FUNCTION IF EXISTS touch();\n",
+            "ban-drop-function: the running version breaks",
+        ),
+    ];
+    for (file, sql, words) in cases {
+        write(m, file, sql);
+        let (code, out) = lint(m, &pg.url(), false);
+        assert_eq!(code, Some(1), "{file}: {out}");
+        let line = out
+            .lines()
+            .find(|l| l.contains(words))
+            .unwrap_or_else(|| panic!("{file}: lint does not say {words:?}: {out}"))
+            .to_string();
+        let (code, dout, derr) = router.cli(&["deploy", "v2"]);
+        assert_ne!(code, 0, "{file}");
+        let said = format!("{dout}{derr}");
+        assert!(
+            said.contains(&line),
+            "{file}: the deploy does not say {line:?}: {said}"
+        );
+        assert_eq!(
+            pg.applied().await,
+            ["0001_items expand v1"],
+            "{file}: nothing ran"
+        );
+        std::fs::remove_file(m.join(file)).unwrap();
+    }
+
+    // An applied file edited since: refused by lint against the database,
+    // as by the deploy.
+    write(
+        m,
+        "0001_items.expand.sql",
+        "CREATE TABLE items (id bigserial PRIMARY KEY, name text);\n",
+    );
+    let (code, out) = lint(m, &pg.url(), true);
+    assert_eq!(code, Some(1), "{out}");
+    let line = out
+        .lines()
+        .find(|l| l.contains("must not change"))
+        .unwrap_or_else(|| panic!("{out}"))
+        .to_string();
+    let (code, dout, derr) = router.cli(&["deploy", "v2"]);
+    assert_ne!(code, 0);
+    assert!(format!("{dout}{derr}").contains(&line), "{dout}{derr}");
+    assert!(
+        lint(m, &pg.url(), false).0 == Some(0),
+        "without the database, an edit is not visible"
+    );
+}
