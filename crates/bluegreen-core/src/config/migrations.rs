@@ -136,7 +136,7 @@ pub(super) fn validate(
     ] {
         if v < Duration::from_millis(1) {
             c.issue(
-                &format!("deploy.migrations.{key}"),
+                format!("deploy.migrations.{key}"),
                 "must be at least 1ms (PostgreSQL reads 0 as no limit at all)",
             );
         }
