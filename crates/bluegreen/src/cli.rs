@@ -62,8 +62,9 @@ pub struct AdminArgs {
 /// What `bluegreen migrate` does.
 #[derive(Debug, Subcommand)]
 pub enum MigrateAction {
-    /// Check a migrations directory: exit 0 clean, 1 with findings, 2 when
-    /// a file's name or SQL cannot be read.
+    /// Check a migrations directory as the deploy's expand step would:
+    /// exit 0 clean, 1 with findings or refusals, 2 when a file's name or
+    /// SQL cannot be read.
     Lint {
         /// The directory of NNNN_name.expand.sql / .contract.sql files.
         #[arg(default_value = "migrations")]
@@ -354,10 +355,10 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Database migrations: `lint` checks that every expand file
+    /// Database migrations: `lint` runs the deploy's own check (every file
+    /// takes only locks live traffic can bear, every expand file
     /// (NNNN_name.expand.sql) holds only changes the running version can
-    /// live with, naming file, line, statement, rule and the expand/contract
-    /// way to do it.
+    /// live with), naming file, line, statement, rule and the safe way.
     Migrate {
         #[command(subcommand)]
         action: MigrateAction,
