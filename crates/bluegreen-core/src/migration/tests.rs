@@ -347,3 +347,14 @@ fn names_are_numbered_expand_or_contract_files() {
         .unwrap_err()
         .contains("2_c.expand.sql: not a migration name"));
 }
+
+#[test]
+fn squawk_ignore_waives_squawk_rules_only() {
+    let waived = "-- squawk-ignore ban-drop-column\nALTER TABLE users DROP COLUMN legacy;";
+    assert_eq!(rules(waived, Phase::Expand), vec![]);
+    let ours = "-- squawk-ignore lock-table\nLOCK TABLE users;";
+    assert_eq!(
+        rules(ours, Phase::Expand),
+        vec![("lock-table".to_string(), 2)]
+    );
+}
