@@ -62,8 +62,9 @@ pub struct AdminArgs {
 /// What `bluegreen migrate` does.
 #[derive(Debug, Subcommand)]
 pub enum MigrateAction {
-    /// Check a migrations directory: exit 0 clean, 1 with findings, 2 when
-    /// a file's name or SQL cannot be read.
+    /// Check a migrations directory as the deploy's expand step would:
+    /// exit 0 clean, 1 with findings or refusals, 2 when a file's name or
+    /// SQL cannot be read.
     Lint {
         /// The directory of NNNN_name.expand.sql / .contract.sql files.
         #[arg(default_value = "migrations")]
@@ -71,6 +72,11 @@ pub enum MigrateAction {
         /// The SQL the files are written in.
         #[arg(long, value_enum, default_value = "postgres")]
         dialect: Dialect,
+        /// Also compare with the database this environment variable points
+        /// to (read only), as the deploy does: an applied file that changed
+        /// is refused, applied files are not judged again.
+        #[arg(long, value_name = "ENV")]
+        database_url_env: Option<String>,
     },
     /// Every migration file of the router's [deploy.migrations]: applied
     /// (by which release, when) or pending, per phase; and the last contract.
@@ -349,10 +355,10 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Database migrations: `lint` checks that every expand file
+    /// Database migrations: `lint` runs the deploy's own check (every file
+    /// takes only locks live traffic can bear, every expand file
     /// (NNNN_name.expand.sql) holds only changes the running version can
-    /// live with, naming file, line, statement, rule and the expand/contract
-    /// way to do it.
+    /// live with), naming file, line, statement, rule and the safe way.
     Migrate {
         #[command(subcommand)]
         action: MigrateAction,
@@ -555,8 +561,17 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             client_runtime()?.block_on(commands::abort(&admin, reason))
         }
         Command::Migrate {
-            action: MigrateAction::Lint { dir, dialect },
-        } => commands::migrate::lint(&dir, dialect),
+            action:
+                MigrateAction::Lint {
+                    dir,
+                    dialect,
+                    database_url_env,
+                },
+        } => client_runtime()?.block_on(commands::migrate::lint(
+            &dir,
+            dialect,
+            database_url_env.as_deref(),
+        )),
         Command::Migrate {
             action: MigrateAction::Status { admin, json },
         } => client_runtime()?.block_on(commands::migrate::status(&admin, json)),

@@ -18,12 +18,36 @@ pub struct MigrationsConfig {
     /// `NNNN_name.expand.sql` and `NNNN_name.contract.sql` (absolute).
     pub dir: PathBuf,
     pub runner: MigrationRunner,
-    /// How long one statement may wait for a lock before the file fails
-    /// (live traffic waits behind a DDL statement that waits).
-    pub lock_timeout: Duration,
+    /// How long statements may wait for locks and run.
+    pub timing: Timing,
     /// The SQL the linter parses with the `command` runner (with a
     /// database URL, its scheme decides).
     pub dialect: Flavor,
+}
+
+/// Live traffic queues behind a DDL statement that waits for a lock, so a
+/// statement waits only briefly, gives up, lets the queue drain, and tries
+/// again (with backoff and jitter) until the step's deadline, as pgroll and
+/// strong_migrations do.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Timing {
+    /// How long one attempt may wait for a lock: the longest stall it can
+    /// cause to live queries of the table.
+    pub lock_timeout: Duration,
+    /// How long a step (expand or contract) keeps retrying lock waits.
+    pub deadline: Duration,
+    /// How long one statement may run once it has its locks.
+    pub statement_timeout: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Timing {
+        Timing {
+            lock_timeout: Duration::from_millis(200),
+            deadline: Duration::from_secs(60),
+            statement_timeout: Duration::from_secs(300),
+        }
+    }
 }
 
 /// What applies the files.
@@ -44,6 +68,8 @@ pub(super) struct RawMigrations {
     database_url_env: Option<String>,
     command: Option<String>,
     lock_timeout: Option<String>,
+    deadline: Option<String>,
+    statement_timeout: Option<String>,
     dialect: Option<String>,
 }
 
@@ -86,11 +112,45 @@ pub(super) fn validate(
             format!("{} is not a directory", dir.display()),
         );
     }
-    let lock_timeout = c.duration(
-        "deploy.migrations.lock_timeout",
-        raw.lock_timeout.as_deref(),
-        Duration::from_secs(5),
-    );
+    let d = Timing::default();
+    let timing = Timing {
+        lock_timeout: c.duration(
+            "deploy.migrations.lock_timeout",
+            raw.lock_timeout.as_deref(),
+            d.lock_timeout,
+        ),
+        deadline: c.duration(
+            "deploy.migrations.deadline",
+            raw.deadline.as_deref(),
+            d.deadline,
+        ),
+        statement_timeout: c.duration(
+            "deploy.migrations.statement_timeout",
+            raw.statement_timeout.as_deref(),
+            d.statement_timeout,
+        ),
+    };
+    for (key, v) in [
+        ("lock_timeout", timing.lock_timeout),
+        ("statement_timeout", timing.statement_timeout),
+    ] {
+        if v < Duration::from_millis(1) {
+            c.issue(
+                format!("deploy.migrations.{key}"),
+                "must be at least 1ms (PostgreSQL reads 0 as no limit at all)",
+            );
+        }
+    }
+    if timing.deadline < timing.lock_timeout {
+        c.issue(
+            "deploy.migrations.deadline",
+            format!(
+                "{} is shorter than lock_timeout ({}): not even one attempt would fit",
+                humantime::format_duration(timing.deadline),
+                humantime::format_duration(timing.lock_timeout)
+            ),
+        );
+    }
     let dialect = match raw.dialect.as_deref() {
         None | Some("postgres") => Flavor::Postgres,
         Some("sqlite") => Flavor::Sqlite,
@@ -105,7 +165,7 @@ pub(super) fn validate(
     Some(MigrationsConfig {
         dir,
         runner,
-        lock_timeout,
+        timing,
         dialect,
     })
 }

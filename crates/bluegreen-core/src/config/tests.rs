@@ -435,3 +435,50 @@ pointer = \"/v\"
     assert!(p.contains("deploy.analysis[2].source") && p.contains("[deploy.supervisor]"), "{p}");
     assert!(p.contains("deploy.analysis[3].max") && p.contains("no limit"), "{p}");
 }
+
+#[test]
+fn migration_timing_has_short_lock_waits_by_default_and_bad_values_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let with = |more: &str| {
+        format!(
+            "{GOOD}\n[deploy]\n[deploy.hooks]\ndeploy = \"true {{env}} {{version}}\"\n[deploy.migrations]\ndir = \"{}\"\n{more}",
+            dir.path().display()
+        )
+    };
+    let m = parse(&with(""))
+        .unwrap()
+        .deploy
+        .unwrap()
+        .migrations
+        .unwrap();
+    assert_eq!(m.timing.lock_timeout, Duration::from_millis(200));
+    assert_eq!(m.timing.deadline, Duration::from_secs(60));
+    assert_eq!(m.timing.statement_timeout, Duration::from_secs(300));
+    let m = parse(&with(
+        "lock_timeout = \"50ms\"\ndeadline = \"2m\"\nstatement_timeout = \"30s\"\n",
+    ))
+    .unwrap()
+    .deploy
+    .unwrap()
+    .migrations
+    .unwrap();
+    assert_eq!(m.timing.lock_timeout, Duration::from_millis(50));
+    assert_eq!(m.timing.deadline, Duration::from_secs(120));
+    assert_eq!(m.timing.statement_timeout, Duration::from_secs(30));
+    // Every problem at once, each with its key.
+    let msg = problems(&with(
+        "lock_timeout = \"500us\"\nstatement_timeout = \"0s\"\nlock_timeout_x = 1\n",
+    ));
+    for want in [
+        "deploy.migrations.lock_timeout: must be at least 1ms",
+        "deploy.migrations.statement_timeout: duration \"0s\" must be greater than zero",
+        "deploy.migrations.lock_timeout_x: unknown key",
+    ] {
+        assert!(msg.contains(want), "{want}: {msg}");
+    }
+    let msg = problems(&with("lock_timeout = \"2s\"\ndeadline = \"1s\"\n"));
+    assert!(
+        msg.contains("deploy.migrations.deadline: 1s is shorter than lock_timeout (2s)"),
+        "{msg}"
+    );
+}

@@ -4,8 +4,8 @@
 //! crash (even `kill -9`) leaves the file either applied and recorded or
 //! not applied at all.
 
-use bluegreen_core::config::migrations::DatabaseUrl;
-use bluegreen_core::migration::{relations, Flavor, MigrationFile, SqlStatement};
+use bluegreen_core::config::migrations::{DatabaseUrl, Timing};
+use bluegreen_core::migration::{relations, Flavor, MigrationFile, Shape, SqlStatement};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,7 +14,7 @@ pub const TABLE: &str = "bluegreen_migrations";
 
 /// Key of the PostgreSQL advisory lock held while a file is applied, so
 /// two routers (or a router and `migrate contract`) never apply one file twice.
-const ADVISORY_KEY: i64 = 0x0062_6c75_6567_726e;
+pub(super) const ADVISORY_KEY: i64 = 0x0062_6c75_6567_726e;
 
 /// A row of the tracking table.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -37,7 +37,9 @@ pub enum Db {
 /// What applying one file did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Applying {
-    Applied,
+    /// Applied, after this many attempts that waited longer than
+    /// lock_timeout (each rolled back, so live traffic could drain).
+    Applied { lock_waits: u32 },
     /// Another runner applied it meanwhile (same checksum).
     AlreadyThere,
 }
@@ -188,16 +190,17 @@ impl Db {
         }
     }
 
-    /// Applies `statements` of `file` and records it, in one transaction
-    /// (PostgreSQL: with `lock_timeout`; SQLite: waiting at most that long
-    /// for the write lock). The error names file, line, statement and why.
+    /// Applies the statements of `file` and records it, in one transaction
+    /// (PostgreSQL: each attempt with a short `lock_timeout`, retried until
+    /// `deadline`; SQLite: waiting at most `lock_timeout` for the write
+    /// lock). The error names file, line, statement and why.
     pub async fn apply(
         &self,
         file: &MigrationFile,
-        statements: Vec<SqlStatement>,
+        shape: Shape,
         checksum: &str,
         version: &str,
-        lock_timeout: Duration,
+        limits: &Limits,
     ) -> Result<Applying, String> {
         let ctx = Context {
             file: file.file_name(),
@@ -205,13 +208,14 @@ impl Db {
             phase: file.phase.as_str(),
             checksum: checksum.to_string(),
             version: version.to_string(),
-            lock_timeout,
-            in_tx: !statements
-                .iter()
-                .any(|s| bluegreen_core::migration::needs_no_transaction(&s.text)),
+            timing: limits.timing,
+            deadline: limits.deadline,
+            cancel: limits.cancel.clone(),
+            in_tx: shape.outside_transaction.is_none(),
         };
+        let statements = shape.statements;
         match self {
-            Db::Postgres(c) => apply_postgres(c, &ctx, &statements).await,
+            Db::Postgres(c) => super::retry::apply_postgres(c, &ctx, &statements).await,
             Db::Sqlite(conn) => {
                 let conn = conn.clone();
                 blocking(move || {
@@ -297,20 +301,33 @@ impl Db {
     }
 }
 
+/// How long a step's statements may wait and run, and its abort.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub timing: Timing,
+    /// The step's deadline: lock waits are retried until then.
+    pub deadline: tokio::time::Instant,
+    pub cancel: tokio_util::sync::CancellationToken,
+}
+
 /// What every message about one file needs.
-struct Context {
-    file: String,
-    name: String,
-    phase: &'static str,
-    checksum: String,
-    version: String,
-    lock_timeout: Duration,
+pub(super) struct Context {
+    pub file: String,
+    pub name: String,
+    pub phase: &'static str,
+    pub checksum: String,
+    pub version: String,
+    pub timing: Timing,
+    /// The step's deadline: lock waits are retried until then.
+    pub deadline: tokio::time::Instant,
+    /// An abort: no attempt after it.
+    pub cancel: tokio_util::sync::CancellationToken,
     /// False for a file PostgreSQL cannot run in a transaction.
-    in_tx: bool,
+    pub in_tx: bool,
 }
 
 impl Context {
-    fn failed(&self, st: &SqlStatement, why: String) -> String {
+    pub(super) fn failed(&self, st: &SqlStatement, why: String) -> String {
         let outcome = if self.in_tx {
             format!(
                 "nothing of {} was applied (its transaction was rolled back)",
@@ -330,7 +347,7 @@ impl Context {
         )
     }
 
-    fn lock_wait(&self, st: &SqlStatement, flavor: Flavor, what: &str) -> String {
+    pub(super) fn lock_wait(&self, st: &SqlStatement, flavor: Flavor, what: &str) -> String {
         let tables = relations(&st.text, flavor);
         let on = if tables.is_empty() {
             what.to_string()
@@ -341,102 +358,18 @@ impl Context {
             st,
             format!(
                 "waited longer than lock_timeout ({}) for {on}, held by another session (a long transaction or a running query); live traffic would queue behind this statement, so it gave up",
-                humantime::format_duration(self.lock_timeout)
+                humantime::format_duration(self.timing.lock_timeout)
             ),
         )
     }
 
-    fn changed(&self, old: &str) -> String {
+    pub(super) fn changed(&self, old: &str) -> String {
         format!(
             "{} was applied with checksum {} and now has {}: an applied migration must not change; undo the edit and put the change in a new file",
             self.file,
             short(old),
             short(&self.checksum)
         )
-    }
-}
-
-async fn apply_postgres(
-    c: &tokio_postgres::Client,
-    ctx: &Context,
-    statements: &[SqlStatement],
-) -> Result<Applying, String> {
-    // `CREATE INDEX CONCURRENTLY` cannot run in a transaction block: such a
-    // statement must be alone in its file, which then runs without one.
-    let in_tx = ctx.in_tx;
-    if !in_tx && statements.len() > 1 {
-        return Err(format!(
-            "{}: CREATE/DROP INDEX CONCURRENTLY cannot run inside a transaction: put it in a file of its own",
-            ctx.file
-        ));
-    }
-    let ms = ctx.lock_timeout.as_millis().max(1);
-    let setup = if in_tx {
-        format!("BEGIN; SET LOCAL lock_timeout = '{ms}ms'; SELECT pg_advisory_xact_lock({ADVISORY_KEY})")
-    } else {
-        format!("SET lock_timeout = '{ms}ms'; SELECT pg_advisory_lock({ADVISORY_KEY})")
-    };
-    let end = |ok: bool| match (in_tx, ok) {
-        (true, true) => "COMMIT",
-        (true, false) => "ROLLBACK",
-        (false, _) => "RESET lock_timeout; SELECT pg_advisory_unlock_all()",
-    };
-    if let Err(e) = c.batch_execute(&setup).await {
-        let _ = c.batch_execute(end(false)).await;
-        let lock = e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE);
-        return Err(if lock {
-            format!(
-                "{}: waited longer than lock_timeout ({}) for the migration lock: another bluegreen (or `migrate contract`) is applying migrations to this database; nothing was applied",
-                ctx.file,
-                humantime::format_duration(ctx.lock_timeout)
-            )
-        } else {
-            format!("{}: starting: {}", ctx.file, pg_error(&e))
-        });
-    }
-    let result = async {
-        let found = c
-            .query_opt(
-                &format!("SELECT checksum FROM {TABLE} WHERE name = $1 AND phase = $2"),
-                &[&ctx.name, &ctx.phase],
-            )
-            .await
-            .map_err(|e| format!("reading {TABLE}: {}", pg_error(&e)))?;
-        if let Some(row) = found {
-            let old: String = row.get(0);
-            return if old == ctx.checksum {
-                Ok(Applying::AlreadyThere)
-            } else {
-                Err(ctx.changed(&old))
-            };
-        }
-        for st in statements {
-            if let Err(e) = c.batch_execute(&st.text).await {
-                let lock = e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE);
-                return Err(if lock {
-                    ctx.lock_wait(st, Flavor::Postgres, "a lock")
-                } else {
-                    ctx.failed(st, pg_error(&e))
-                });
-            }
-        }
-        c.execute(
-            &format!(
-                "INSERT INTO {TABLE} (name, phase, checksum, version) VALUES ($1, $2, $3, $4)"
-            ),
-            &[&ctx.name, &ctx.phase, &ctx.checksum, &ctx.version],
-        )
-        .await
-        .map_err(|e| format!("recording {} in {TABLE}: {}", ctx.file, pg_error(&e)))?;
-        super::crash_point(&ctx.file);
-        Ok(Applying::Applied)
-    }
-    .await;
-    let closing = c.batch_execute(end(result.is_ok())).await;
-    match (result, closing) {
-        (Ok(a), Ok(())) => Ok(a),
-        (Ok(_), Err(e)) => Err(format!("{}: committing: {}", ctx.file, pg_error(&e))),
-        (Err(e), _) => Err(e),
     }
 }
 
@@ -451,7 +384,7 @@ fn apply_sqlite(
             Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
         )
     };
-    conn.busy_timeout(ctx.lock_timeout)
+    conn.busy_timeout(ctx.timing.lock_timeout)
         .map_err(|e| format!("{}: {e}", ctx.file))?;
     // IMMEDIATE: the write lock is taken (or waited for) here, before any
     // statement runs.
@@ -460,7 +393,7 @@ fn apply_sqlite(
             format!(
                 "{}: waited longer than lock_timeout ({}) for the database's write lock, held by another connection; nothing was applied",
                 ctx.file,
-                humantime::format_duration(ctx.lock_timeout)
+                humantime::format_duration(ctx.timing.lock_timeout)
             )
         } else {
             format!("{}: starting: {e}", ctx.file)
@@ -502,7 +435,7 @@ fn apply_sqlite(
         )
         .map_err(|e| format!("recording {} in {TABLE}: {e}", ctx.file))?;
         super::crash_point(&ctx.file);
-        Ok(Applying::Applied)
+        Ok(Applying::Applied { lock_waits: 0 })
     })();
     let closing = conn.execute_batch(if result.is_ok() { "COMMIT" } else { "ROLLBACK" });
     match (result, closing) {
@@ -528,7 +461,7 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// PostgreSQL's own words: severity, code, message, detail and hint.
-fn pg_error(e: &tokio_postgres::Error) -> String {
+pub(super) fn pg_error(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => {
             let mut s = format!("{} {}: {}", db.severity(), db.code().code(), db.message());
@@ -552,6 +485,6 @@ fn one_line(s: &str) -> String {
     }
 }
 
-fn short(checksum: &str) -> &str {
+pub(super) fn short(checksum: &str) -> &str {
     &checksum[..checksum.len().min(12)]
 }

@@ -5,10 +5,11 @@
 //! `db` applies them.
 
 pub mod db;
+mod retry;
 
 use bluegreen_core::config::migrations::{DatabaseUrl, MigrationRunner, MigrationsConfig};
 use bluegreen_core::deploy::FileMark;
-use bluegreen_core::migration::{lint_expand, scan, split, Flavor, MigrationFile, Phase};
+use bluegreen_core::migration::{check_file, scan, shape, Flavor, MigrationFile, Phase, Problem};
 use db::{Applied, Applying, Db};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -29,34 +30,37 @@ pub struct Loaded {
 /// exist holds no files.
 pub async fn load(dir: &Path) -> Result<Vec<Loaded>, String> {
     let dir = dir.to_path_buf();
-    tokio::task::spawn_blocking(move || {
-        if !dir.exists() {
-            return Ok(Vec::new());
-        }
-        scan(&dir)?
-            .into_iter()
-            .map(|file| {
-                let bytes = std::fs::read(&file.path)
-                    .map_err(|e| format!("{}: {e}", file.path.display()))?;
-                let sql = String::from_utf8(bytes)
-                    .map_err(|_| format!("{}: not UTF-8 text", file.path.display()))?;
-                // One text whatever the checkout did to it: no byte-order
-                // mark, LF line ends (so a CRLF checkout is not "changed").
-                let sql = sql
-                    .strip_prefix('\u{feff}')
-                    .unwrap_or(&sql)
-                    .replace("\r\n", "\n");
-                let checksum = checksum(sql.as_bytes());
-                Ok(Loaded {
-                    file,
-                    sql,
-                    checksum,
-                })
+    tokio::task::spawn_blocking(move || load_blocking(&dir))
+        .await
+        .map_err(|e| e.to_string())?
+}
+
+/// [`load`], on the calling thread (`migrate lint` has no router).
+pub fn load_blocking(dir: &Path) -> Result<Vec<Loaded>, String> {
+    if !dir.exists() {
+        return Ok(Vec::new());
+    }
+    scan(dir)?
+        .into_iter()
+        .map(|file| {
+            let bytes =
+                std::fs::read(&file.path).map_err(|e| format!("{}: {e}", file.path.display()))?;
+            let sql = String::from_utf8(bytes)
+                .map_err(|_| format!("{}: not UTF-8 text", file.path.display()))?;
+            // One text whatever the checkout did to it: no byte-order
+            // mark, LF line ends (so a CRLF checkout is not "changed").
+            let sql = sql
+                .strip_prefix('\u{feff}')
+                .unwrap_or(&sql)
+                .replace("\r\n", "\n");
+            let checksum = checksum(sql.as_bytes());
+            Ok(Loaded {
+                file,
+                sql,
+                checksum,
             })
-            .collect()
-    })
-    .await
-    .map_err(|e| e.to_string())?
+        })
+        .collect()
 }
 
 /// SHA-256, hex.
@@ -68,36 +72,45 @@ pub fn checksum(bytes: &[u8]) -> String {
         .collect()
 }
 
-/// Every expand file of `files` checked against what the running version
-/// can live with; the error lists every finding (file, line, statement,
-/// rule, the expand/contract way). Contract files only have to parse. No
-/// file may hold transaction control (it would end the transaction the file
-/// runs in, with its tracking row).
-pub fn lint<'a>(files: impl IntoIterator<Item = &'a Loaded>, flavor: Flavor) -> Result<(), String> {
-    let mut problems = Vec::new();
-    for f in files {
-        if let Some(st) = bluegreen_core::migration::transaction_control(&f.sql, flavor) {
-            problems.push(format!(
-                "{}:{}: {}: transaction control is not allowed: bluegreen runs each file in a transaction of its own, together with its row in bluegreen_migrations",
-                f.file.path.display(),
-                st.line,
-                st.text.split_whitespace().collect::<Vec<_>>().join(" ")
-            ));
-        }
-        match (f.file.phase, lint_expand(&f.file.path, &f.sql, flavor)) {
-            (_, Err(e)) => problems.push(e),
-            (Phase::Expand, Ok(found)) => problems.extend(found.iter().map(|x| x.to_string())),
-            (Phase::Contract, Ok(_)) => {}
-        }
+/// The one check, run by `migrate lint` and by the deploy's expand step
+/// alike: applied files whose text changed since are refused (with both
+/// checksums); every file not applied yet is checked by
+/// [`check_file`] (parse, transaction control, `CONCURRENTLY` beside other
+/// statements, lock rules, and for expand files what the running version
+/// cannot live with). Files applied before are not judged again (a newer
+/// linter must not block every deploy over a file that can no longer
+/// change).
+pub fn check(files: &[Loaded], applied: &[Applied], flavor: Flavor) -> Vec<Problem> {
+    let mut out: Vec<Problem> = changed(files, applied)
+        .into_iter()
+        .map(Problem::Refused)
+        .collect();
+    for f in files.iter().filter(|f| find(applied, &f.file).is_none()) {
+        out.extend(check_file(&f.file, &f.sql, flavor));
     }
+    out
+}
+
+/// [`check`] as the deploy reports it: one error listing every problem.
+pub fn refuse(problems: &[Problem]) -> Result<(), String> {
     if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(format!(
-            "the expand migrations were refused before anything ran:\n{}",
-            problems.join("\n")
-        ))
+        return Ok(());
     }
+    Err(format!(
+        "the migrations were refused before anything ran:\n{}",
+        problems
+            .iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    ))
+}
+
+/// Every file checked as if nothing were applied (the `command` runner's
+/// tool keeps its own record).
+pub fn lint<'a>(files: impl IntoIterator<Item = &'a Loaded>, flavor: Flavor) -> Result<(), String> {
+    let files: Vec<Loaded> = files.into_iter().cloned().collect();
+    refuse(&check(&files, &[], flavor))
 }
 
 /// The database `config` names, connected. The URL comes from the
@@ -172,17 +185,11 @@ pub async fn expand(
     let files = load(&config.dir).await?;
     let db = open(config, workdir, true).await?;
     let applied = db.applied(true).await?;
-    let changes = changed(&files, &applied);
-    if !changes.is_empty() {
-        return Err(changes.join("\n"));
-    }
-    // Files applied long ago are not judged again (a newer linter must not
-    // block every deploy over a file that can no longer change).
+    refuse(&check(&files, &applied, db.flavor()))?;
     let pending: Vec<&Loaded> = files
         .iter()
         .filter(|f| find(&applied, &f.file).is_none())
         .collect();
-    lint(pending.iter().copied(), db.flavor())?;
     let mut out = Expanded {
         before: files
             .iter()
@@ -208,13 +215,18 @@ pub async fn expand(
         },
         ..Expanded::default()
     };
+    let limits = db::Limits {
+        timing: config.timing,
+        deadline: tokio::time::Instant::now() + config.timing.deadline,
+        cancel: cancel.clone(),
+    };
     let watcher = cancel_on(cancel, &db);
     let result = async {
         for f in pending.iter().filter(|f| f.file.phase == Phase::Expand) {
             if cancel.is_cancelled() {
                 return Err("aborted before this file".to_string());
             }
-            apply(&db, config, f, version, &progress).await?;
+            apply(&db, f, version, &limits, &progress).await?;
             out.applied.push(f.file.file_name());
         }
         Ok(())
@@ -238,29 +250,28 @@ fn cancel_on(cancel: &tokio_util::sync::CancellationToken, db: &Db) -> tokio::ta
 
 async fn apply(
     db: &Db,
-    config: &MigrationsConfig,
     f: &Loaded,
     version: &str,
+    limits: &db::Limits,
     progress: &impl Fn(String),
 ) -> Result<(), String> {
-    let statements =
-        split(&f.sql, db.flavor()).map_err(|e| format!("{}: {e}", f.file.file_name()))?;
+    let shape = shape(&f.file.path, &f.sql, db.flavor())?;
     let started = std::time::Instant::now();
-    let n = statements.len();
+    let n = shape.statements.len();
     let how = db
-        .apply(
-            &f.file,
-            statements,
-            &f.checksum,
-            version,
-            config.lock_timeout,
-        )
+        .apply(&f.file, shape, &f.checksum, version, limits)
         .await?;
     progress(match how {
-        Applying::Applied => format!(
+        Applying::Applied { lock_waits: 0 } => format!(
             "applied {} ({n} statement(s), {} ms)",
             f.file.file_name(),
             started.elapsed().as_millis()
+        ),
+        Applying::Applied { lock_waits } => format!(
+            "applied {} ({n} statement(s), {} ms; {lock_waits} attempt(s) before waited longer than lock_timeout ({}) and were rolled back so live traffic could drain)",
+            f.file.file_name(),
+            started.elapsed().as_millis(),
+            humantime::format_duration(limits.timing.lock_timeout)
         ),
         Applying::AlreadyThere => format!(
             "{} was applied meanwhile by another runner",
@@ -306,6 +317,11 @@ async fn contract_into(
     let files = load(&config.dir).await?;
     let db = open(config, workdir, false).await?;
     let applied = db.applied(true).await?;
+    let limits = db::Limits {
+        timing: config.timing,
+        deadline: tokio::time::Instant::now() + config.timing.deadline,
+        cancel: tokio_util::sync::CancellationToken::new(),
+    };
     for mark in marks {
         let Some(f) = files.iter().find(|f| f.file.file_name() == mark.file) else {
             if applied
@@ -335,7 +351,7 @@ async fn contract_into(
             ));
         }
         lint([f], db.flavor())?;
-        apply(&db, config, f, version, progress).await?;
+        apply(&db, f, version, &limits, progress).await?;
         done.push(mark.file.clone());
     }
     Ok(())

@@ -5,51 +5,77 @@
 
 use super::*;
 use crate::cli::Dialect;
-use bluegreen_core::migration::{lint_expand, scan, Flavor, Phase};
+use bluegreen_core::migration::{Flavor, Phase, Problem};
+use bluegreen_pipeline::migrate;
 
-/// `bluegreen migrate lint [DIR]`: exit 0 when clean, 1 with a finding per
-/// statement an expand file must not run, 2 when a name or a statement
-/// cannot be read.
-pub fn lint(dir: &Path, dialect: Dialect) -> anyhow::Result<ExitCode> {
-    let flavor = match dialect {
+/// `bluegreen migrate lint [DIR]`: the check the deploy's expand step runs
+/// (`migrate::check`), before anything runs. Exit 0 when clean, 1 with a
+/// finding or a refusal, 2 when a name or a file cannot be read. With
+/// `database_url_env`, what that database applied counts as the deploy
+/// counts it: applied files that changed are refused, the others are not
+/// judged again.
+pub async fn lint(
+    dir: &Path,
+    dialect: Dialect,
+    database_url_env: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    let mut flavor = match dialect {
         Dialect::Postgres => Flavor::Postgres,
         Dialect::Sqlite => Flavor::Sqlite,
     };
-    let files = match scan(dir) {
+    let dir_owned = dir.to_path_buf();
+    let loaded = tokio::task::spawn_blocking(move || migrate::load_blocking(&dir_owned)).await?;
+    let files = match loaded {
         Ok(f) => f,
         Err(e) => {
             eprintln!("error: {e}");
             return Ok(ExitCode::from(EXIT_CONFIG));
         }
     };
+    let applied = match database_url_env {
+        None => Vec::new(),
+        Some(env) => match applied(env).await {
+            Ok((f, rows)) => {
+                flavor = f;
+                rows
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                return Ok(ExitCode::from(EXIT_CONFIG));
+            }
+        },
+    };
+    let problems = migrate::check(&files, &applied, flavor);
     let (mut findings, mut broken) = (0, 0);
-    for f in &files {
-        let sql = std::fs::read_to_string(&f.path)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", f.path.display()))?;
-        match (f.phase, lint_expand(&f.path, &sql, flavor)) {
-            (_, Err(e)) => {
+    for p in &problems {
+        match p {
+            Problem::Broken(e) => {
                 eprintln!("error: {e}");
                 broken += 1;
             }
-            (Phase::Expand, Ok(found)) => {
-                for x in &found {
-                    outln!("{x}\n")?;
-                }
-                findings += found.len();
+            other => {
+                outln!("{other}\n")?;
+                findings += 1;
             }
-            // A contract file may do anything: it runs once nothing old is left.
-            (Phase::Contract, Ok(_)) => {}
         }
     }
-    let expand = files.iter().filter(|f| f.phase == Phase::Expand).count();
+    let expand = files
+        .iter()
+        .filter(|f| f.file.phase == Phase::Expand)
+        .count();
     outln!(
-        "{} file(s) in {} ({expand} expand, {} contract): {}",
+        "{} file(s) in {} ({expand} expand, {} contract{}): {}",
         files.len(),
         dir.display(),
         files.len() - expand,
+        if database_url_env.is_some() {
+            format!(", {} applied", applied.len())
+        } else {
+            String::new()
+        },
         match (findings, broken) {
             (0, 0) => "ok".to_string(),
-            (n, 0) => format!("{n} statement(s) the running version cannot live with"),
+            (n, 0) => format!("{n} problem(s): the deploy would refuse these files"),
             (_, b) => format!("{b} file(s) that do not parse"),
         }
     )?;
@@ -58,6 +84,16 @@ pub fn lint(dir: &Path, dialect: Dialect) -> anyhow::Result<ExitCode> {
         (0, _) => 0,
         _ => EXIT_ERROR,
     }))
+}
+
+/// The tracking table of the database `$env` points to, read only (no
+/// table or file is created).
+async fn applied(env: &str) -> Result<(Flavor, Vec<migrate::db::Applied>), String> {
+    let url = std::env::var(env).map_err(|_| format!("${env} is not set"))?;
+    let cwd = std::env::current_dir().map_err(|e| e.to_string())?;
+    let url = bluegreen_core::config::migrations::DatabaseUrl::parse(&url, env, &cwd)?;
+    let db = migrate::db::Db::connect(&url, std::time::Duration::from_secs(10), false).await?;
+    Ok((db.flavor(), db.applied(false).await?))
 }
 
 /// `bluegreen migrate status`: a line per file, expand then contract.

@@ -18,6 +18,7 @@ mod judge;
 mod keepalive;
 mod manners;
 mod migrate;
+mod migrate_live;
 mod observe;
 mod operator;
 mod pg;

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 /// A supervisor pipeline whose apps use `/items` on `$DATABASE_URL`, with
 /// smoke tests that write and read it, and migrations from `dir`.
-fn router(dir: &Path, url: &str, more: &str) -> RouterBuilder {
+pub(crate) fn router(dir: &Path, url: &str, more: &str) -> RouterBuilder {
     pipeline(dir, url, more, (closed_port(), closed_port()))
 }
 
@@ -62,18 +62,18 @@ on_inconclusive = "accept"
         ))
 }
 
-fn write(dir: &Path, file: &str, sql: &str) {
+pub(crate) fn write(dir: &Path, file: &str, sql: &str) {
     std::fs::write(dir.join(file), sql).unwrap();
 }
 
-fn step<'a>(deploy: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+pub(crate) fn step<'a>(deploy: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
     deploy["steps"]
         .as_array()
         .and_then(|s| s.iter().find(|x| x["step"] == name))
         .unwrap_or_else(|| panic!("no step {name} in {deploy}"))
 }
 
-async fn last_deploy(router: &RouterProc) -> serde_json::Value {
+pub(crate) async fn last_deploy(router: &RouterProc) -> serde_json::Value {
     let (_, h) = router
         .api("GET", "/api/v1/deploys", None, Some(TOKEN))
         .await;
@@ -260,7 +260,7 @@ async fn a_destructive_expand_a_lock_wait_and_a_broken_old_version_stop_the_depl
         "0001_items.expand.sql",
         "CREATE TABLE items (id bigserial PRIMARY KEY, name text NOT NULL);",
     );
-    let router = router(m, &pg.url(), "lock_timeout = \"500ms\"").start();
+    let router = router(m, &pg.url(), "lock_timeout = \"500ms\"\ndeadline = \"2s\"").start();
     assert_eq!(router.cli(&["deploy", "v1"]).0, 0);
 
     // A statement v1 cannot live with: refused before anything of the deploy runs.
@@ -296,8 +296,9 @@ async fn a_destructive_expand_a_lock_wait_and_a_broken_old_version_stop_the_depl
         "green v1\n"
     );
 
-    // A lock held by another session: the statement gives up after
-    // lock_timeout, names the table, and the file is rolled back.
+    // A lock held by another session past the step's deadline: every
+    // attempt gives up after lock_timeout, the file is rolled back, and the
+    // error names the table and the session holding it.
     std::fs::remove_file(m.join("0002_bad.expand.sql")).unwrap();
     write(
         m,
@@ -319,6 +320,12 @@ async fn a_destructive_expand_a_lock_wait_and_a_broken_old_version_stop_the_depl
     );
     assert!(
         err.contains("nothing of 0002_qty.expand.sql was applied"),
+        "{err}"
+    );
+    assert!(
+        err.contains("attempt(s) until the step's deadline (2s)")
+            && err.contains("held by pid ")
+            && err.contains("LOCK TABLE items IN ACCESS EXCLUSIVE MODE"),
         "{err}"
     );
     holder.batch_execute("ROLLBACK").await.unwrap();
@@ -476,4 +483,108 @@ async fn sqlite_survives_kill_9_in_a_migration_and_contracts_after_the_bake() {
         "{v}"
     );
     assert_eq!(v["contracted"]["version"], "v2");
+}
+
+/// `bluegreen migrate lint DIR` (with `$DATABASE_URL` when `db`): exit
+/// code and stdout + stderr.
+fn lint(dir: &Path, url: &str, db: bool) -> (Option<i32>, String) {
+    let mut cmd = std::process::Command::new(bin());
+    cmd.args(["migrate", "lint"])
+        .arg(dir)
+        .env("DATABASE_URL", url);
+    if db {
+        cmd.args(["--database-url-env", "DATABASE_URL"]);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.code(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lint_refuses_first_what_the_deploy_refuses_in_the_same_words() {
+    let pg = PgServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path();
+    write(
+        m,
+        "0001_items.expand.sql",
+        "CREATE TABLE items (id bigserial PRIMARY KEY, name text NOT NULL);\n",
+    );
+    let router = router(m, &pg.url(), "").start();
+    assert_eq!(router.cli(&["deploy", "v1"]).0, 0);
+    assert_eq!(lint(m, &pg.url(), true).0, Some(0));
+
+    let cases = [
+        (
+            "0002_tx.expand.sql",
+            "BEGIN;\nALTER TABLE items ADD COLUMN a text;\nCOMMIT;\n",
+            "0002_tx.expand.sql:1: BEGIN: transaction control is not allowed",
+        ),
+        (
+            "0002_idx.expand.sql",
+            "CREATE INDEX CONCURRENTLY IF NOT EXISTS i ON items (name);\nALTER TABLE items ADD COLUMN b text;\n",
+            "0002_idx.expand.sql:1: CREATE INDEX CONCURRENTLY IF NOT EXISTS i ON items (name): cannot run inside a transaction, so it must be alone in its file",
+        ),
+        (
+            "0002_lock.expand.sql",
+            "CREATE INDEX items_name ON items (name);\n",
+            "require-concurrent-index-creation: live traffic stalls",
+        ),
+        (
+            "0002_fn.expand.sql",
+            "DROP FUNCTION IF EXISTS touch();\n",
+            "ban-drop-function: the running version breaks",
+        ),
+    ];
+    for (file, sql, words) in cases {
+        write(m, file, sql);
+        let (code, out) = lint(m, &pg.url(), false);
+        assert_eq!(code, Some(1), "{file}: {out}");
+        let line = out
+            .lines()
+            .find(|l| l.contains(words))
+            .unwrap_or_else(|| panic!("{file}: lint does not say {words:?}: {out}"))
+            .to_string();
+        let (code, dout, derr) = router.cli(&["deploy", "v2"]);
+        assert_ne!(code, 0, "{file}");
+        let said = format!("{dout}{derr}");
+        assert!(
+            said.contains(&line),
+            "{file}: the deploy does not say {line:?}: {said}"
+        );
+        assert_eq!(
+            pg.applied().await,
+            ["0001_items expand v1"],
+            "{file}: nothing ran"
+        );
+        std::fs::remove_file(m.join(file)).unwrap();
+    }
+
+    // An applied file edited since: refused by lint against the database,
+    // as by the deploy.
+    write(
+        m,
+        "0001_items.expand.sql",
+        "CREATE TABLE items (id bigserial PRIMARY KEY, name text);\n",
+    );
+    let (code, out) = lint(m, &pg.url(), true);
+    assert_eq!(code, Some(1), "{out}");
+    let line = out
+        .lines()
+        .find(|l| l.contains("must not change"))
+        .unwrap_or_else(|| panic!("{out}"))
+        .to_string();
+    let (code, dout, derr) = router.cli(&["deploy", "v2"]);
+    assert_ne!(code, 0);
+    assert!(format!("{dout}{derr}").contains(&line), "{dout}{derr}");
+    assert!(
+        lint(m, &pg.url(), false).0 == Some(0),
+        "without the database, an edit is not visible"
+    );
 }

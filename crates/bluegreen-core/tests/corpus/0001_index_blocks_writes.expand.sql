@@ -1,0 +1,2 @@
+-- expect: require-concurrent-index-creation
+CREATE INDEX ON users(email);

@@ -1,0 +1,2 @@
+-- expect: ok
+ALTER TABLE users ADD CONSTRAINT users_email_key UNIQUE USING INDEX users_email_idx;

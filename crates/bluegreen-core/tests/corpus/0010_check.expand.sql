@@ -1,0 +1,2 @@
+-- expect: constraint-missing-not-valid
+ALTER TABLE users ADD CONSTRAINT age_positive CHECK (age >= 0);

@@ -1,0 +1,2 @@
+-- expect: ok
+ALTER TABLE users ADD CONSTRAINT age_positive CHECK (age >= 0) NOT VALID;

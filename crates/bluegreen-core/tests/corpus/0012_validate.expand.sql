@@ -1,0 +1,2 @@
+-- expect: ok
+ALTER TABLE users VALIDATE CONSTRAINT age_positive;

@@ -1,0 +1,2 @@
+-- expect: adding-field-with-default
+ALTER TABLE users ADD COLUMN uid uuid DEFAULT gen_random_uuid();

@@ -1,0 +1,2 @@
+-- expect: ok
+ALTER TABLE users ADD COLUMN plan text DEFAULT 'free' NOT NULL;

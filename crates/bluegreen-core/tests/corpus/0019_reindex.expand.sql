@@ -1,0 +1,2 @@
+-- expect: require-concurrent-reindex
+REINDEX TABLE users;

@@ -1,0 +1,2 @@
+-- expect: cluster
+CLUSTER users USING users_pkey;

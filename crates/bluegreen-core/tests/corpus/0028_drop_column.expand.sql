@@ -1,0 +1,2 @@
+-- expect: ban-drop-column
+ALTER TABLE users DROP COLUMN nickname;

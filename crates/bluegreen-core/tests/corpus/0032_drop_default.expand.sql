@@ -1,0 +1,2 @@
+-- expect: ban-drop-default
+ALTER TABLE users ALTER COLUMN plan DROP DEFAULT;

@@ -1,0 +1,2 @@
+-- expect: ban-drop-table
+DROP TABLE sessions;

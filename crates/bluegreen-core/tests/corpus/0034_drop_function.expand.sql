@@ -1,0 +1,2 @@
+-- expect: ban-drop-function
+DROP FUNCTION touch_updated_at();

@@ -1,0 +1,2 @@
+-- expect: ban-drop-trigger
+DROP TRIGGER users_touch ON users;

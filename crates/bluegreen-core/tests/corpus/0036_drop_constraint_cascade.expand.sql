@@ -1,0 +1,2 @@
+-- expect: ban-drop-constraint
+ALTER TABLE users DROP CONSTRAINT users_email_key CASCADE;

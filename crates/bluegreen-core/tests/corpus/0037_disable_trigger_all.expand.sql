@@ -1,0 +1,2 @@
+-- expect: ban-disable-trigger
+ALTER TABLE users DISABLE TRIGGER ALL;

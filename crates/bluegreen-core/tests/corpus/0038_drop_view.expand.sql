@@ -1,0 +1,2 @@
+-- expect: ban-drop-view
+DROP VIEW active_users;

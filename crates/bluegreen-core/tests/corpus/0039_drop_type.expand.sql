@@ -1,0 +1,2 @@
+-- expect: ban-drop-type
+DROP TYPE mood;

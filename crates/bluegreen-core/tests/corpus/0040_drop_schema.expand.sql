@@ -1,0 +1,2 @@
+-- expect: ban-drop-schema
+DROP SCHEMA archive;

@@ -1,0 +1,2 @@
+-- expect: ban-drop-sequence
+DROP SEQUENCE invoice_numbers;

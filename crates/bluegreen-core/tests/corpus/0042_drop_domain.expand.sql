@@ -1,0 +1,2 @@
+-- expect: ban-drop-domain
+DROP DOMAIN positive;

@@ -1,0 +1,2 @@
+-- expect: ban-set-schema
+ALTER TABLE users SET SCHEMA archive;

@@ -1,0 +1,2 @@
+-- expect: ban-alter-identity
+ALTER TABLE users ALTER COLUMN id DROP IDENTITY IF EXISTS;

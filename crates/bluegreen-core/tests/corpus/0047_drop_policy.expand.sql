@@ -1,0 +1,2 @@
+-- expect: ban-drop-policy
+DROP POLICY own_rows ON users;

@@ -1,0 +1,2 @@
+-- expect: ban-revoke
+REVOKE SELECT ON users FROM app;

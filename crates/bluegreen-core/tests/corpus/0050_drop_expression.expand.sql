@@ -1,0 +1,2 @@
+-- expect: ban-drop-generated-expression
+ALTER TABLE users ALTER COLUMN search DROP EXPRESSION;

@@ -1,0 +1,2 @@
+-- expect: require-concurrent-index-creation
+CREATE INDEX users_name_idx ON users (full_name);

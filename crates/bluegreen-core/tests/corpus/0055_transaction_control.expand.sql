@@ -1,0 +1,4 @@
+-- expect: refused
+BEGIN;
+ALTER TABLE users ADD COLUMN bio text;
+COMMIT;

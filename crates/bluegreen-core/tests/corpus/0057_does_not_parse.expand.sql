@@ -1,0 +1,2 @@
+-- expect: broken
+ALTER TABEL users ADD COLUMN x int;

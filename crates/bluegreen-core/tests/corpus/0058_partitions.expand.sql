@@ -1,0 +1,3 @@
+-- expect: ok
+CREATE TABLE IF NOT EXISTS events (at timestamptz NOT NULL, body jsonb) PARTITION BY RANGE (at);
+CREATE TABLE IF NOT EXISTS events_2026 PARTITION OF events FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');

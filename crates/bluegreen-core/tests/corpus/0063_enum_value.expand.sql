@@ -1,0 +1,2 @@
+-- expect: ok
+ALTER TYPE mood ADD VALUE IF NOT EXISTS 'happy';
