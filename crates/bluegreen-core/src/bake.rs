@@ -240,6 +240,17 @@ pub fn judge(window: &Window, baseline: Option<&Window>, t: &Thresholds) -> Verd
     Verdict::Pass
 }
 
+/// The breach of an absolute limit (`max_error_rate`, `max_p99`) in a
+/// window of at least `min_requests`, if any. What one node may judge on
+/// its own traffic when nobody judges the whole bake: no baseline, and no
+/// verdict but "breached" (too little traffic, or none, decides nothing).
+pub fn absolute_breach(window: &Window, t: &Thresholds) -> Option<Breach> {
+    match judge(window, None, t) {
+        Verdict::Breach(b) => Some(b),
+        _ => None,
+    }
+}
+
 /// What one look at the bake's current window decided.
 #[derive(Debug, Clone, PartialEq)]
 pub enum WindowEnd {
@@ -415,6 +426,31 @@ mod tests {
             v => panic!("{v:?}"),
         }
         assert!(passes(judge(&with(100, 90), None, &limits())));
+    }
+
+    /// The watchdog's judge: absolute limits only, never on a small window,
+    /// and a window twice as bad as the old side but under the limits is
+    /// not its business (the whole bake judges that).
+    #[test]
+    fn absolute_breach_sees_only_absolute_limits_on_enough_traffic() {
+        let t = limits();
+        assert_eq!(
+            absolute_breach(&window(19, 19, Duration::from_millis(1)), &t),
+            None
+        );
+        let b = absolute_breach(&window(100, 30, Duration::from_millis(1)), &t).unwrap();
+        assert_eq!(
+            (b.metric.as_str(), b.observed, b.limit),
+            ("error_rate", 0.3, 0.05)
+        );
+        assert_eq!(b.baseline, None);
+        let slow = absolute_breach(&window(600, 0, Duration::from_secs(3)), &t).unwrap();
+        assert_eq!(slow.metric, "p99");
+        // 4% errors: under the limit; the ratio to a baseline is not judged.
+        assert_eq!(
+            absolute_breach(&window(100, 4, Duration::from_millis(1)), &t),
+            None
+        );
     }
 
     #[test]

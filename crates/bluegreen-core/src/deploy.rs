@@ -190,6 +190,10 @@ pub struct DeployRecord {
     /// "hold"`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub held: Option<String>,
+    /// The node whose watchdog rolled the bake back while the deploy
+    /// lock's holder was gone (the breach it saw is in `breach`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolled_back_by: Option<String>,
 }
 
 /// What a deploy's expand step saw of the migrations directory: the
@@ -256,6 +260,7 @@ impl DeployRecord {
             migrations: None,
             bake_start: None,
             held: None,
+            rolled_back_by: None,
         };
         if skip_smoke {
             record.skip(Step::Smoke, "skipped by --skip-smoke", now_ms);

@@ -14,6 +14,7 @@ pub mod migrate;
 mod runner;
 pub mod smoke;
 pub mod supervisor;
+mod watchdog;
 
 use bluegreen_core::bake::Window;
 use bluegreen_core::config::deploy::{DeployConfig, DeployMethod};
@@ -186,6 +187,14 @@ impl Pipeline {
             // Deploys and decommissions run where the lock is: taken over
             // from the shared book, not resumed on every node at once.
             self.spawn_follow();
+            if let Some(cluster) = self.cluster.clone() {
+                let stop = self
+                    .suspend
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone();
+                watchdog::spawn(self, cluster, stop);
+            }
             return Ok(());
         }
         let book = self.book.lock().await;

@@ -66,7 +66,11 @@ pub(super) async fn bake(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployRecord
         None => {
             let w = p.router.live_window(d.target);
             let kept = w.clone();
-            touch(p, |r| r.bake_start = Some(kept)).await;
+            // Written now, not with the next update (a bake has none until
+            // it ends): a node that takes over must find it.
+            if let Err(e) = update(p, |r| r.bake_start = Some(kept)).await {
+                tracing::warn!(error = %e, "the bake's start was not saved; a resumed bake judges from where it resumes");
+            }
             w
         }
     };
@@ -94,7 +98,16 @@ pub(super) async fn bake(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployRecord
     });
     let mut tick = tokio::time::interval(Duration::from_millis(100).min(cfg.interval));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    // With several nodes: the sign that this holder is there, without which
+    // every node's watchdog judges its own traffic.
+    let _beat = crate::watchdog::beat(p);
     loop {
+        // Live is not the target any more (a node's watchdog rolled back
+        // while this deploy's holder was gone, found on resuming, or just
+        // now): the deploy ends rolled back, judged no further.
+        if p.router.live() != d.target {
+            return rolled_back_elsewhere(p, d).await;
+        }
         tokio::select! {
             _ = tick.tick() => {}
             _ = handle.abort.cancelled() => {
@@ -169,6 +182,8 @@ pub(super) async fn bake(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployRecord
                         .await;
                         StepEnd::End(Outcome::RolledBack, reason)
                     }
+                    // Another node's watchdog won the same rollback.
+                    Err(_) if p.router.live() == d.from => rolled_back_elsewhere(p, d).await,
                     Err(e) => {
                         StepEnd::End(Outcome::Failed, format!("{reason}; rollback failed: {e}"))
                     }
@@ -229,4 +244,43 @@ pub(super) async fn bake(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployRecord
             };
         }
     }
+}
+
+/// The live side is not the deploy's any more, and not by this bake: the
+/// deploy ends rolled back, saying which node switched back and why (the
+/// watchdog's record; else the state's last switch record).
+async fn rolled_back_elsewhere(p: &Arc<Pipeline>, d: &DeployRecord) -> StepEnd {
+    let live = p.router.live();
+    let found = p
+        .cluster
+        .as_ref()
+        .and_then(|c| crate::watchdog::record_of(c, d.id));
+    let reason = match found {
+        Some(w) => {
+            let text = format!(
+                "node {} rolled back to {live}: {} on its own traffic ({} = {:.4}, limit {:.4}), while the deploy lock's holder ({}) was gone",
+                w.node, w.breach.summary, w.breach.metric, w.breach.observed, w.breach.limit, w.holder
+            );
+            touch(p, |r| {
+                r.breach = Some(w.breach.clone());
+                r.rolled_back_by = Some(w.node.clone());
+            })
+            .await;
+            log(p, text.clone()).await;
+            format!("bake: {text}")
+        }
+        None => {
+            let last = p.router.history().await.pop();
+            let by = last
+                .map(|s| format!(" by {}: {}", s.actor, s.reason))
+                .unwrap_or_default();
+            let text = format!(
+                "{live} was made live again{by}; {} is not judged further",
+                d.target
+            );
+            log(p, text.clone()).await;
+            format!("bake: {text}")
+        }
+    };
+    StepEnd::End(Outcome::RolledBack, reason)
 }

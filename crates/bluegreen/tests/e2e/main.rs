@@ -33,4 +33,5 @@ mod support;
 mod switching;
 mod tls;
 mod upgrade;
+mod watchdog;
 mod weight;
