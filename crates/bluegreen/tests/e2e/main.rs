@@ -6,6 +6,7 @@ mod acme;
 mod admin;
 mod browser;
 mod cluster;
+mod compaction;
 mod config;
 mod conformance;
 mod demo;
