@@ -220,7 +220,7 @@ fn validate_etcd(raw: &RawEtcd, base: &Path, c: &mut Checker) -> Option<EtcdConf
     let keep_revisions = c.int(
         "state.etcd.keep_revisions",
         raw.keep_revisions,
-        10_000,
+        1000,
         1,
         100_000_000,
     ) as u64;

@@ -349,7 +349,7 @@ fn the_etcd_backend_is_validated_key_by_key() {
     assert_eq!(e.converge_timeout, Duration::from_secs(2));
     assert_eq!(e.lease_ttl, Duration::from_secs(5));
     assert_eq!(e.compact_every, Some(Duration::from_secs(300)));
-    assert_eq!(e.keep_revisions, 10_000);
+    assert_eq!(e.keep_revisions, 1000);
     let base = "backend = \"etcd\"\n[state.etcd]\nendpoints = [\"http://127.0.0.1:2379\"]\n";
     let off = parse(&etcd(&format!(
         "{base}compact_every = \"off\"\nkeep_revisions = 50"

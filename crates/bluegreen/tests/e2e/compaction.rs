@@ -130,7 +130,7 @@ async fn check_says_whether_etcds_history_is_compacted_and_by_whom() {
         "{out}"
     );
     assert!(
-        out.contains("history compacted by the nodes every 5m, keeping 10000 revisions"),
+        out.contains("history compacted by the nodes every 5m, keeping 1000 revisions"),
         "{out}"
     );
     // Off, and nothing else compacts: a warning.
