@@ -215,10 +215,17 @@ async fn roll_back(
     holder: &str,
 ) {
     let node = cluster.node().to_string();
-    let book = match p.fresh_book().await {
-        Ok(Some(b)) => b,
-        Ok(None) => return,
-        Err(e) => {
+    // A peek, not a read this node's next write of the book would be
+    // conditional on: the book stays the holder's to write.
+    let c = cluster.clone();
+    let read = tokio::task::spawn_blocking(move || c.peek(DEPLOYS_KEY)).await;
+    let book = match read {
+        Ok(Ok(Some(bytes))) => match serde_json::from_slice::<DeployBook>(&bytes) {
+            Ok(b) => crate::cluster::normalized(b),
+            Err(_) => return,
+        },
+        Ok(Ok(None)) | Err(_) => return,
+        Ok(Err(e)) => {
             tracing::warn!(error = %e, "watchdog: cannot read the deploy book; not rolling back from here");
             return;
         }
