@@ -9,7 +9,11 @@
 //!
 //! The holder shows it is there with a beat (`deploy.beat`, written as the
 //! lock's holder every [`BEAT`] while it bakes); a lock whose beat has not
-//! moved for [`GONE_AFTER`] has no live holder.
+//! moved for [`GONE_AFTER`] has no live holder. A holder only slow to
+//! write (etcd under load) may be taken for gone; a node acts on that only
+//! with a breach of the absolute limits on its own traffic, its rollback
+//! is the same single conditional write, and the holder's bake then ends
+//! rolled back naming that node.
 
 use crate::cluster::DEPLOY_LOCK;
 use crate::{now_ms, Pipeline};
@@ -294,4 +298,40 @@ pub(crate) fn record_of(cluster: &Arc<dyn Cluster>, id: u64) -> Option<WatchdogR
         .get(RECORD_KEY)
         .and_then(|r| serde_json::from_slice::<WatchdogRecord>(&r.value).ok())
         .filter(|r| r.deploy_id == id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn requests(n: u64, errors: u64) -> Window {
+        Window {
+            requests: n,
+            errors,
+            ..Window::default()
+        }
+    }
+
+    /// The judged window is what came since the oldest sample kept, so a
+    /// node's first look judges nothing (too little traffic decides nothing).
+    #[test]
+    fn the_recent_window_is_the_traffic_since_the_oldest_sample_kept() {
+        let mut w = Watch::new(1, (Some(5), Some(6)));
+        let span = Duration::from_secs(3600);
+        assert_eq!(w.recent(requests(100, 0), span).requests, 0);
+        let r = w.recent(requests(150, 20), span);
+        assert_eq!((r.requests, r.errors), (50, 20));
+        // With no span, only the newest sample stays: nothing to judge.
+        assert_eq!(w.recent(requests(200, 40), Duration::ZERO).requests, 0);
+    }
+
+    /// No lock at all: gone. A lock or beat that just moved: there.
+    #[test]
+    fn a_holder_is_gone_without_a_lock_and_there_while_its_beat_moves() {
+        let mut w = Watch::new(1, (Some(5), Some(6)));
+        assert!(!w.holder_gone((Some(5), Some(6))));
+        assert!(!w.holder_gone((Some(5), Some(9))));
+        assert!(!w.holder_gone((Some(12), None)));
+        assert!(w.holder_gone((None, Some(9))));
+    }
 }
