@@ -227,10 +227,12 @@ async fn a_node_rolls_back_on_its_own_errors_while_the_bakes_holder_is_gone() {
         let (code, body) = curl(&[&n.url("/ok")]);
         assert_eq!((code, body.as_str()), (0, "blue"));
     }
-    // Every client error came before the switch back reached its node.
+    // The errors ended with the switch back (the other node applies it
+    // from its watch; generous for a loaded machine).
     assert!(
-        last_500 < switched_ms + 1000,
-        "500s went on after the switch back"
+        last_500 < switched_ms + 5000,
+        "500s went on {} ms after the switch back",
+        last_500.saturating_sub(switched_ms)
     );
 }
 
