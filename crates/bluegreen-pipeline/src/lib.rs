@@ -5,7 +5,9 @@
 //! `Pipeline` is the public face (start, promote, abort, rollback, history,
 //! the fence that serialises what decides a side's role); `runner/` executes
 //! the steps, one file each; `supervisor` runs app processes; `command` runs
-//! hooks; `smoke` runs HTTP checks.
+//! hooks; `smoke` runs HTTP checks; with several nodes, `cluster` holds the
+//! deploy lock and `watchdog` judges each node's own traffic while a bake's
+//! node is gone.
 #![forbid(unsafe_code)]
 
 mod cluster;

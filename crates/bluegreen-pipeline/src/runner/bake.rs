@@ -271,6 +271,16 @@ async fn rolled_back_elsewhere(p: &Arc<Pipeline>, d: &DeployRecord) -> StepEnd {
         }
         None => {
             let last = p.router.history().await.pop();
+            // A watchdog whose record was not written still named itself
+            // in the switch record.
+            let node = last.as_ref().and_then(|s| {
+                s.actor
+                    .strip_prefix("watchdog on node ")
+                    .map(str::to_string)
+            });
+            if node.is_some() {
+                touch(p, |r| r.rolled_back_by = node).await;
+            }
             let by = last
                 .map(|s| format!(" by {}: {}", s.actor, s.reason))
                 .unwrap_or_default();
