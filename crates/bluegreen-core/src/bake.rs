@@ -447,6 +447,17 @@ pub fn rows(window: &Window, baseline: Option<&Window>, t: &Thresholds) -> Vec<R
     out
 }
 
+/// The breach of an absolute limit (`max_error_rate`, `max_p99`) in a
+/// window of at least `min_requests`, if any. What one node may judge on
+/// its own traffic when nobody judges the whole bake: no baseline, and no
+/// verdict but "breached" (too little traffic, or none, decides nothing).
+pub fn absolute_breach(window: &Window, t: &Thresholds) -> Option<Breach> {
+    match judge(window, None, t) {
+        Verdict::Breach(b) => Some(b),
+        _ => None,
+    }
+}
+
 /// What one look at the bake's current window decided.
 #[derive(Debug, Clone, PartialEq)]
 pub enum WindowEnd {
@@ -688,6 +699,31 @@ mod tests {
         assert!(passes(judge(&with(100, 90), None, &limits())));
     }
 
+    /// The watchdog's judge: absolute limits only, never on a small window,
+    /// and a window twice as bad as the old side but under the limits is
+    /// not its business (the whole bake judges that).
+    #[test]
+    fn absolute_breach_sees_only_absolute_limits_on_enough_traffic() {
+        let t = limits();
+        assert_eq!(
+            absolute_breach(&window(19, 19, Duration::from_millis(1)), &t),
+            None
+        );
+        let b = absolute_breach(&window(100, 30, Duration::from_millis(1)), &t).unwrap();
+        assert_eq!(
+            (b.metric.as_str(), b.observed, b.limit),
+            ("error_rate", 0.3, 0.05)
+        );
+        assert_eq!(b.baseline, None);
+        let slow = absolute_breach(&window(600, 0, Duration::from_secs(3)), &t).unwrap();
+        assert_eq!(slow.metric, "p99");
+        // 4% errors: under the limit; the ratio to a baseline is not judged.
+        assert_eq!(
+            absolute_breach(&window(100, 4, Duration::from_millis(1)), &t),
+            None
+        );
+    }
+
     #[test]
     fn small_windows_are_not_judged() {
         let w = window(5, 5, Duration::from_secs(9));
@@ -721,7 +757,10 @@ mod tests {
         // 3 errors against 1 in equal traffic: noise, never a rollback.
         let base = window(100, 1, Duration::from_millis(10));
         let w = window(100, 3, Duration::from_millis(10));
-        assert!(!matches!(judge(&w, Some(&base), &limits()), Verdict::Breach(_)));
+        assert!(!matches!(
+            judge(&w, Some(&base), &limits()),
+            Verdict::Breach(_)
+        ));
         // 2 % against 0.5 % over thousands of requests: significant.
         let base = window(4000, 20, Duration::from_millis(10));
         let w = window(4000, 80, Duration::from_millis(10));
@@ -729,12 +768,19 @@ mod tests {
             panic!()
         };
         assert_eq!(b.baseline, Some(0.005));
-        assert!(b.summary.contains("2x the old side's 0.50%"), "{}", b.summary);
+        assert!(
+            b.summary.contains("2x the old side's 0.50%"),
+            "{}",
+            b.summary
+        );
         // Without a baseline the same window is under the absolute 5 %.
         assert!(!matches!(judge(&w, None, &limits()), Verdict::Breach(_)));
         // A zero-error baseline still compares (the rise is significant).
         let clean = window(4000, 0, Duration::from_millis(10));
-        assert!(matches!(judge(&w, Some(&clean), &limits()), Verdict::Breach(_)));
+        assert!(matches!(
+            judge(&w, Some(&clean), &limits()),
+            Verdict::Breach(_)
+        ));
         // A baseline below min_requests is ignored.
         let tiny = window(3, 0, Duration::from_millis(1));
         let slow = window(600, 0, Duration::from_millis(40));
@@ -752,7 +798,9 @@ mod tests {
         let one = window(20, 1, Duration::from_millis(5));
         assert!(!matches!(judge(&one, None, &t), Verdict::Breach(_)));
         let all = window(20, 20, Duration::from_millis(5));
-        assert!(matches!(judge(&all, None, &t), Verdict::Breach(b) if b.summary.contains("binomial p")));
+        assert!(
+            matches!(judge(&all, None, &t), Verdict::Breach(b) if b.summary.contains("binomial p"))
+        );
     }
 
     #[test]

@@ -194,6 +194,10 @@ pub struct DeployRecord {
     /// `[[deploy.analysis]]`): metric, new, baseline, limit, verdict.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub report: Vec<crate::analysis::Reading>,
+    /// The node whose watchdog rolled the bake back while the deploy
+    /// lock's holder was gone (the breach it saw is in `breach`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolled_back_by: Option<String>,
 }
 
 /// What a deploy's expand step saw of the migrations directory: the
@@ -261,6 +265,7 @@ impl DeployRecord {
             bake_start: None,
             held: None,
             report: Vec::new(),
+            rolled_back_by: None,
         };
         if skip_smoke {
             record.skip(Step::Smoke, "skipped by --skip-smoke", now_ms);

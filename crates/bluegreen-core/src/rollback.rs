@@ -117,6 +117,24 @@ pub fn plan(book: &DeployBook, live: Side, target: Side) -> RollbackPlan {
     }
 }
 
+/// Where the rollback of a deploy still in its bake goes (its own breach,
+/// or a node's watchdog while the deploy's node is gone): back to the side
+/// it switched from, which served until moments ago (on a first deploy, the
+/// app bluegreen found there), unless that side's app was stopped since.
+pub fn plan_bake(book: &DeployBook, d: &DeployRecord) -> RollbackPlan {
+    let from = &book.sides[d.from];
+    match (&from.version, from.running) {
+        (Some(v), false) => RollbackPlan::Nothing(format!(
+            "{} ({v}) was stopped since deploy #{} switched away from it; a rollback re-deploys it",
+            d.from, d.id
+        )),
+        (version, _) => RollbackPlan::Switch {
+            side: d.from,
+            version: version.clone(),
+        },
+    }
+}
+
 /// `rollback --to-version VERSION`: switch when the idle side runs it,
 /// else re-deploy it there. A rejected version needs `force`.
 pub fn plan_to(book: &DeployBook, live: Side, version: &str, force: bool) -> RollbackPlan {
@@ -216,6 +234,46 @@ mod tests {
             b.history.push(d);
         }
         b
+    }
+
+    /// A bake's rollback goes back to where the deploy came from, even on a
+    /// first deploy (whose old side ran the app bluegreen found), never onto
+    /// a side stopped since.
+    #[test]
+    fn a_bakes_rollback_goes_back_to_the_deploys_old_side_while_it_runs() {
+        let mut b = book(&[("v1", Side::Green, Outcome::Succeeded)]);
+        let d = DeployRecord::new(
+            2,
+            "v2".into(),
+            Side::Green,
+            None,
+            DeployOptions::default(),
+            0,
+        );
+        assert_eq!(
+            plan_bake(&b, &d),
+            RollbackPlan::Switch {
+                side: Side::Green,
+                version: Some("v1".into())
+            }
+        );
+        let first = DeployRecord::new(
+            1,
+            "v1".into(),
+            Side::Blue,
+            None,
+            DeployOptions::default(),
+            0,
+        );
+        assert_eq!(
+            plan_bake(&DeployBook::default(), &first),
+            RollbackPlan::Switch {
+                side: Side::Blue,
+                version: None
+            }
+        );
+        b.sides[Side::Green].running = false;
+        assert!(matches!(plan_bake(&b, &d), RollbackPlan::Nothing(why) if why.contains("stopped")));
     }
 
     #[test]

@@ -5,7 +5,9 @@
 //! `Pipeline` is the public face (start, promote, abort, rollback, history,
 //! the fence that serialises what decides a side's role); `runner/` executes
 //! the steps, one file each; `supervisor` runs app processes; `command` runs
-//! hooks; `smoke` runs HTTP checks.
+//! hooks; `smoke` runs HTTP checks; with several nodes, `cluster` holds the
+//! deploy lock and `watchdog` judges each node's own traffic while a bake's
+//! node is gone.
 #![forbid(unsafe_code)]
 
 mod cluster;
@@ -15,6 +17,7 @@ pub mod resources;
 mod runner;
 pub mod smoke;
 pub mod supervisor;
+mod watchdog;
 
 use bluegreen_core::bake::Window;
 use bluegreen_core::config::deploy::{DeployConfig, DeployMethod};
@@ -205,6 +208,14 @@ impl Pipeline {
             // Deploys and decommissions run where the lock is: taken over
             // from the shared book, not resumed on every node at once.
             self.spawn_follow();
+            if let Some(cluster) = self.cluster.clone() {
+                let stop = self
+                    .suspend
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone();
+                watchdog::spawn(self, cluster, stop);
+            }
             return Ok(());
         }
         let book = self.book.lock().await;
@@ -310,10 +321,7 @@ impl Pipeline {
     /// Keeps each side's counters every [`KEEP_EVERY`], as far back as
     /// `deploy.bake.baseline` (once per pipeline; the task ends with it).
     fn keep_recent(self: &Arc<Self>) {
-        if self
-            .keeping
-            .swap(true, std::sync::atomic::Ordering::SeqCst)
-        {
+        if self.keeping.swap(true, std::sync::atomic::Ordering::SeqCst) {
             return;
         }
         let weak = Arc::downgrade(self);

@@ -120,6 +120,8 @@ pub enum Command {
         config: PathBuf,
     },
     /// Validate a config file; exits non-zero with every problem listed.
+    /// With `[state.etcd]` it also reports etcd: reachable, its revision and
+    /// database size, and who compacts its history (a warning when nothing).
     Check {
         #[arg(
             short,

@@ -74,18 +74,27 @@ pub(super) fn validate(
     for (i, a) in raw.iter().enumerate() {
         let key = |k: &str| format!("deploy.analysis[{i}].{k}");
         let Some(name) = a.name.clone().filter(|n| !n.trim().is_empty()) else {
-            c.issue(key("name"), "missing: every metric needs a name for its reports");
+            c.issue(
+                key("name"),
+                "missing: every metric needs a name for its reports",
+            );
             continue;
         };
         if out.iter().any(|m| m.name == name) {
             c.issue(key("name"), format!("{name:?} is used twice"));
             continue;
         }
-        let timeout = c.duration(&key("timeout"), a.timeout.as_deref(), Duration::from_secs(5));
+        let timeout = c.duration(
+            &key("timeout"),
+            a.timeout.as_deref(),
+            Duration::from_secs(5),
+        );
         let limits = Limits {
             max: a.max,
             min: a.min,
-            max_ratio: a.max_ratio.and_then(|r| c.ratio(&key("max_ratio"), Some(r))),
+            max_ratio: a
+                .max_ratio
+                .and_then(|r| c.ratio(&key("max_ratio"), Some(r))),
         };
         for (k, v) in [("max", a.max), ("min", a.min)] {
             if v.is_some_and(|v| !v.is_finite()) {
@@ -112,7 +121,10 @@ pub(super) fn validate(
                 None => {
                     c.issue(
                         &key("metric"),
-                        format!("missing for source \"app\": one of {}", APP_METRICS.join(", ")),
+                        format!(
+                            "missing for source \"app\": one of {}",
+                            APP_METRICS.join(", ")
+                        ),
                     );
                     continue;
                 }
@@ -128,7 +140,10 @@ pub(super) fn validate(
                 }
                 let query = a.query.clone().unwrap_or_default();
                 if query.trim().is_empty() {
-                    c.issue(key("query"), "missing: a PromQL query ({side}, {version} and {window} are filled in)");
+                    c.issue(
+                        key("query"),
+                        "missing: a PromQL query ({side}, {version} and {window} are filled in)",
+                    );
                     continue;
                 }
                 if !placeholders_ok(&query, &key("query"), c) {
@@ -157,7 +172,9 @@ pub(super) fn validate(
                 if !pointer.starts_with('/') {
                     c.issue(
                         &key("pointer"),
-                        format!("{pointer:?}: a JSON pointer to the value, like \"/data/error_rate\""),
+                        format!(
+                            "{pointer:?}: a JSON pointer to the value, like \"/data/error_rate\""
+                        ),
                     );
                     continue;
                 }

@@ -37,6 +37,12 @@ pub struct EtcdConfig {
     /// A node gone this long is no longer listed as LOST (an operator may
     /// remove it sooner with `bluegreen cluster forget`).
     pub forget_after: Duration,
+    /// How often the node holding the `compact` lock compacts etcd's
+    /// history (all of etcd's keyspace, not only the prefix); `None`
+    /// (`"off"`) leaves it to etcd's own `--auto-compaction`.
+    pub compact_every: Option<Duration>,
+    /// Revisions kept behind the current one at each compaction.
+    pub keep_revisions: u64,
 }
 
 /// TLS to etcd: the CA that signed its certificate, and a client
@@ -67,6 +73,8 @@ struct RawEtcd {
     converge_timeout: Option<String>,
     lease_ttl: Option<String>,
     forget_after: Option<String>,
+    compact_every: Option<String>,
+    keep_revisions: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -205,6 +213,17 @@ fn validate_etcd(raw: &RawEtcd, base: &Path, c: &mut Checker) -> Option<EtcdConf
         raw.forget_after.as_deref(),
         Duration::from_secs(24 * 3600),
     );
+    let compact_every = match raw.compact_every.as_deref() {
+        Some("off") => None,
+        raw => Some(c.duration("state.etcd.compact_every", raw, Duration::from_secs(5 * 60))),
+    };
+    let keep_revisions = c.int(
+        "state.etcd.keep_revisions",
+        raw.keep_revisions,
+        1000,
+        1,
+        100_000_000,
+    ) as u64;
     Some(EtcdConfig {
         endpoints: raw.endpoints.clone(),
         prefix,
@@ -215,6 +234,8 @@ fn validate_etcd(raw: &RawEtcd, base: &Path, c: &mut Checker) -> Option<EtcdConf
         converge_timeout,
         lease_ttl,
         forget_after,
+        compact_every,
+        keep_revisions,
     })
 }
 

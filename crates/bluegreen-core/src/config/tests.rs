@@ -348,6 +348,23 @@ fn the_etcd_backend_is_validated_key_by_key() {
     assert_eq!(e.prefix, "/bluegreen/shop");
     assert_eq!(e.converge_timeout, Duration::from_secs(2));
     assert_eq!(e.lease_ttl, Duration::from_secs(5));
+    assert_eq!(e.compact_every, Some(Duration::from_secs(300)));
+    assert_eq!(e.keep_revisions, 1000);
+    let base = "backend = \"etcd\"\n[state.etcd]\nendpoints = [\"http://127.0.0.1:2379\"]\n";
+    let off = parse(&etcd(&format!(
+        "{base}compact_every = \"off\"\nkeep_revisions = 50"
+    )))
+    .unwrap()
+    .state
+    .etcd
+    .unwrap();
+    assert_eq!((off.compact_every, off.keep_revisions), (None, 50));
+    let p = problems(&etcd(&format!(
+        "{base}compact_every = \"never\"\nkeep_revisions = 0"
+    )));
+    assert!(p.contains("state.etcd.compact_every"), "{p}");
+    assert!(p.contains("state.etcd.keep_revisions"), "{p}");
+    assert!(problems(&etcd(&format!("{base}compact = true"))).contains("compact"));
     // The file store stays the default, with nothing to set.
     assert!(parse(GOOD).unwrap().state.etcd.is_none());
     let p = problems(&etcd(
@@ -431,9 +448,18 @@ pointer = \"/v\"
     );
     let p = problems(&bad);
     assert!(p.contains("deploy.analysis[0].address"), "{p}");
-    assert!(p.contains("deploy.analysis[1].url") && p.contains("{bogus}"), "{p}");
-    assert!(p.contains("deploy.analysis[2].source") && p.contains("[deploy.supervisor]"), "{p}");
-    assert!(p.contains("deploy.analysis[3].max") && p.contains("no limit"), "{p}");
+    assert!(
+        p.contains("deploy.analysis[1].url") && p.contains("{bogus}"),
+        "{p}"
+    );
+    assert!(
+        p.contains("deploy.analysis[2].source") && p.contains("[deploy.supervisor]"),
+        "{p}"
+    );
+    assert!(
+        p.contains("deploy.analysis[3].max") && p.contains("no limit"),
+        "{p}"
+    );
 }
 
 #[test]

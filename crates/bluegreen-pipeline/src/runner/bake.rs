@@ -70,7 +70,11 @@ pub(super) async fn bake(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployRecord
         None => {
             let w = p.router.live_window(d.target);
             let kept = w.clone();
-            touch(p, |r| r.bake_start = Some(kept)).await;
+            // Written now, not with the next update (a bake has none until
+            // it ends): a node that takes over must find it.
+            if let Err(e) = update(p, |r| r.bake_start = Some(kept)).await {
+                tracing::warn!(error = %e, "the bake's start was not saved; a resumed bake judges from where it resumes");
+            }
             w
         }
     };
@@ -115,7 +119,16 @@ pub(super) async fn bake(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployRecord
     let mut report: Vec<Reading> = Vec::new();
     let mut tick = tokio::time::interval(Duration::from_millis(100).min(cfg.interval));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    // With several nodes: the sign that this holder is there, without which
+    // every node's watchdog judges its own traffic.
+    let _beat = crate::watchdog::beat(p);
     loop {
+        // Live is not the target any more (a node's watchdog rolled back
+        // while this deploy's holder was gone, found on resuming, or just
+        // now): the deploy ends rolled back, judged no further.
+        if p.router.live() != d.target {
+            return rolled_back_elsewhere(p, d).await;
+        }
         let mut breached: Option<Reading> = None;
         tokio::select! {
             _ = tick.tick() => {}
@@ -140,7 +153,8 @@ pub(super) async fn bake(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployRecord
         if closing && !judge.is_empty() {
             let (app, external) = judge.look(p);
             if let Some(r) = judge.record(app) {
-                return analysis_breach(p, d, &r, &judge, &now_report(p, d, &start, cfg, &judge)).await;
+                return analysis_breach(p, d, &r, &judge, &now_report(p, d, &start, cfg, &judge))
+                    .await;
             }
             if fetch.is_none() {
                 fetch = external.map(tokio::spawn);
@@ -181,7 +195,14 @@ pub(super) async fn bake(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployRecord
                     verdict: word,
                     detail: text.clone(),
                     breach: None,
-                    view: Some(view(Some(&window), d, cfg, ends_at_ms, Some(number as u64), &report)),
+                    view: Some(view(
+                        Some(&window),
+                        d,
+                        cfg,
+                        ends_at_ms,
+                        Some(number as u64),
+                        &report,
+                    )),
                 });
                 note(p, Step::Bake, text).await;
             }
@@ -192,7 +213,14 @@ pub(super) async fn bake(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployRecord
                     verdict: "breach",
                     detail: b.summary.clone(),
                     breach: Some(b.clone()),
-                    view: Some(view(Some(&now.since(&start)), d, cfg, ends_at_ms, None, &report)),
+                    view: Some(view(
+                        Some(&now.since(&start)),
+                        d,
+                        cfg,
+                        ends_at_ms,
+                        None,
+                        &report,
+                    )),
                 });
                 // The rollback comes first; the breach is written with the outcome.
                 let kept = now_report(p, d, &start, cfg, &judge);
@@ -216,6 +244,8 @@ pub(super) async fn bake(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployRecord
                         .await;
                         StepEnd::End(Outcome::RolledBack, reason)
                     }
+                    // Another node's watchdog won the same rollback.
+                    Err(_) if p.router.live() == d.from => rolled_back_elsewhere(p, d).await,
                     Err(e) => {
                         StepEnd::End(Outcome::Failed, format!("{reason}; rollback failed: {e}"))
                     }
@@ -234,7 +264,14 @@ pub(super) async fn bake(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployRecord
                     last.extend(f.await.unwrap_or_default());
                 }
                 if let Some(r) = judge.record(last) {
-                    return analysis_breach(p, d, &r, &judge, &now_report(p, d, &start, cfg, &judge)).await;
+                    return analysis_breach(
+                        p,
+                        d,
+                        &r,
+                        &judge,
+                        &now_report(p, d, &start, cfg, &judge),
+                    )
+                    .await;
                 }
             }
             let table = now_report(p, d, &start, cfg, &judge);
@@ -366,7 +403,59 @@ pub(super) async fn analysis_breach(
     .await;
     log(p, format!("bake report:\n{}", analysis::table(table))).await;
     match p.switch_back(d, SwitchKind::Rollback, &reason).await {
-        Ok(_) => StepEnd::End(Outcome::RolledBack, format!("{reason}; traffic is back on {}", d.from)),
+        Ok(_) => StepEnd::End(
+            Outcome::RolledBack,
+            format!("{reason}; traffic is back on {}", d.from),
+        ),
         Err(e) => StepEnd::End(Outcome::Failed, format!("{reason}; rollback failed: {e}")),
     }
+}
+
+/// The live side is not the deploy's any more, and not by this bake: the
+/// deploy ends rolled back, saying which node switched back and why (the
+/// watchdog's record; else the state's last switch record).
+async fn rolled_back_elsewhere(p: &Arc<Pipeline>, d: &DeployRecord) -> StepEnd {
+    let live = p.router.live();
+    let found = p
+        .cluster
+        .as_ref()
+        .and_then(|c| crate::watchdog::record_of(c, d.id));
+    let reason = match found {
+        Some(w) => {
+            let text = format!(
+                "node {} rolled back to {live}: {} on its own traffic ({} = {:.4}, limit {:.4}), while the deploy lock's holder ({}) was gone",
+                w.node, w.breach.summary, w.breach.metric, w.breach.observed, w.breach.limit, w.holder
+            );
+            touch(p, |r| {
+                r.breach = Some(w.breach.clone());
+                r.rolled_back_by = Some(w.node.clone());
+            })
+            .await;
+            log(p, text.clone()).await;
+            format!("bake: {text}")
+        }
+        None => {
+            let last = p.router.history().await.pop();
+            // A watchdog whose record was not written still named itself
+            // in the switch record.
+            let node = last.as_ref().and_then(|s| {
+                s.actor
+                    .strip_prefix("watchdog on node ")
+                    .map(str::to_string)
+            });
+            if node.is_some() {
+                touch(p, |r| r.rolled_back_by = node).await;
+            }
+            let by = last
+                .map(|s| format!(" by {}: {}", s.actor, s.reason))
+                .unwrap_or_default();
+            let text = format!(
+                "{live} was made live again{by}; {} is not judged further",
+                d.target
+            );
+            log(p, text.clone()).await;
+            format!("bake: {text}")
+        }
+    };
+    StepEnd::End(Outcome::RolledBack, reason)
 }

@@ -65,14 +65,23 @@ impl Router {
         self: &Arc<Self>,
         req: SwitchRequest,
     ) -> Result<SwitchOutcome, SwitchError> {
-        let asked = req.clone();
-        let outcome = self
-            .route_then(
-                |state, current| plan(state, current, req),
-                |done| self.after_switch(asked, done),
-            )
-            .await?;
+        let outcome = self.switch_here(req).await?;
         Ok(self.converged(outcome).await)
+    }
+
+    /// A switch persisted (one conditional write) and applied on this node,
+    /// without waiting for the others: a watchdog's rollback is recorded at
+    /// once, not after a node that is gone held the wait to its end.
+    pub async fn switch_here(
+        self: &Arc<Self>,
+        req: SwitchRequest,
+    ) -> Result<SwitchOutcome, SwitchError> {
+        let asked = req.clone();
+        self.route_then(
+            |state, current| plan(state, current, req),
+            |done| self.after_switch(asked, done),
+        )
+        .await
     }
 
     /// With a shared store, a switch is done when every node applied it:

@@ -402,6 +402,34 @@ impl Client {
         .map(|_| ())
     }
 
+    /// The answering member's status: its version, the store's revision,
+    /// the database's size on disk and the part of it in use.
+    pub async fn status(&self) -> Result<MemberStatus, EtcdError> {
+        let v = self.call("/v3/maintenance/status", json!({})).await?;
+        let n = |k: &str| num_field(&v, k);
+        Ok(MemberStatus {
+            version: v
+                .get("version")
+                .and_then(Value::as_str)
+                .unwrap_or("?")
+                .to_string(),
+            revision: revision(&v),
+            db_size: n("dbSize"),
+            db_size_in_use: n("dbSizeInUse"),
+        })
+    }
+
+    /// Whether the history at `revision` is gone: a read there is refused
+    /// as compacted (`Ok(false)` when it is still kept).
+    pub async fn compacted_at(&self, key: &str, revision: i64) -> Result<bool, EtcdError> {
+        let body = json!({"key": B64.encode(key), "revision": revision.to_string()});
+        match self.call("/v3/kv/range", body).await {
+            Ok(_) => Ok(false),
+            Err(EtcdError::Refused { message, .. }) if message.contains("compacted") => Ok(true),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Opens a watch of every key under `prefix` from `start` on.
     pub async fn watch(&self, prefix: &str, start: i64) -> Result<Watch, EtcdError> {
         let body = json!({"create_request": {
@@ -438,6 +466,17 @@ impl Client {
         }
         Err(EtcdError::Unreachable(reasons.join("; ")))
     }
+}
+
+/// What `/v3/maintenance/status` says of the member that answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberStatus {
+    pub version: String,
+    pub revision: i64,
+    /// Bytes of the database file.
+    pub db_size: i64,
+    /// Bytes of it in use (the rest is freed by a defragmentation).
+    pub db_size_in_use: i64,
 }
 
 /// A watch stream: JSON messages one after the other.

@@ -8,6 +8,7 @@
 //! on the request path's workers.
 
 pub mod client;
+pub mod compact;
 #[cfg(feature = "testing")]
 pub mod testing;
 
@@ -38,6 +39,11 @@ struct Inner {
     node: String,
     converge_timeout: Duration,
     lease_ttl: Duration,
+    /// How often the holder of the `compact` lock compacts (`None`: never).
+    compact_every: Option<Duration>,
+    keep_revisions: u64,
+    /// The revision this process last compacted to.
+    compacted: AtomicI64,
     /// The revision each key's next write is conditional on.
     expected: Mutex<HashMap<String, i64>>,
     view: watch::Sender<View>,
@@ -86,6 +92,9 @@ impl EtcdStore {
             node: config.node.clone(),
             converge_timeout: config.converge_timeout,
             lease_ttl: config.lease_ttl,
+            compact_every: config.compact_every,
+            keep_revisions: config.keep_revisions,
+            compacted: AtomicI64::new(0),
             expected: Mutex::new(HashMap::new()),
             view,
             lease: AtomicI64::new(0),
@@ -113,6 +122,26 @@ impl EtcdStore {
     /// The shared side (views, reports, locks).
     pub fn cluster(&self) -> Arc<dyn Cluster> {
         self.inner.clone()
+    }
+
+    /// `bluegreen check`: whether etcd answers, its size, and whether its
+    /// history is compacted. Blocking (its own short-lived runtime).
+    pub fn health(config: &EtcdConfig) -> Result<compact::Health, StoreError> {
+        let failed = |reason: String| StoreError::Etcd {
+            endpoints: config.endpoints.join(", "),
+            reason,
+        };
+        let client = Client::new(config).map_err(failed)?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| failed(format!("cannot start a runtime: {e}")))?;
+        runtime
+            .block_on(async {
+                tokio::time::timeout(CALL_WAIT, compact::health(&client, &config.prefix)).await
+            })
+            .map_err(|_| failed(format!("no answer within {CALL_WAIT:?}")))?
+            .map_err(|e| failed(e.to_string()))
     }
 
     /// Forgets revisions before the current one (tests, and operators who
@@ -562,7 +591,7 @@ async fn session(inner: &Arc<Inner>) -> EtcdError {
     }
     let stop = tokio_util::sync::CancellationToken::new();
     let (failed_tx, mut failed) = tokio::sync::mpsc::channel::<EtcdError>(2);
-    let tasks = vec![
+    let mut tasks = vec![
         tokio::spawn(keep_alive(
             inner.clone(),
             lease,
@@ -571,6 +600,14 @@ async fn session(inner: &Arc<Inner>) -> EtcdError {
         )),
         tokio::spawn(write_reports(inner.clone(), lease, stop.clone(), failed_tx)),
     ];
+    if let Some(every) = inner.compact_every {
+        tasks.push(tokio::spawn(compact::compactor(
+            inner.clone(),
+            lease,
+            every,
+            stop.clone(),
+        )));
+    }
     let why = follow(inner, &mut failed).await;
     stop.cancel();
     end_session(inner, lease, tasks, why).await

@@ -4,6 +4,7 @@
 //! `record`; `shadow`, `replay`, `demo` and `app` live beside this module.
 
 mod deploy;
+mod etcd;
 mod history;
 mod record;
 mod status;
@@ -96,6 +97,9 @@ pub fn check(path: &Path) -> ExitCode {
                 cfg.environments.blue.upstreams.len(),
                 cfg.environments.green.upstreams.len()
             );
+            if let Some(e) = &cfg.state.etcd {
+                etcd::report(e);
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {

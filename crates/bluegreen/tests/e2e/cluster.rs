@@ -449,6 +449,8 @@ fn etcd_config(endpoint: &str, prefix: &str) -> bluegreen_core::config::EtcdConf
         converge_timeout: Duration::from_secs(5),
         lease_ttl: Duration::from_secs(5),
         forget_after: Duration::from_secs(3600),
+        compact_every: None,
+        keep_revisions: 1000,
     }
 }
 

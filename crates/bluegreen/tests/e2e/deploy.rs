@@ -1179,10 +1179,14 @@ async fn a_canary_that_reaches_nobody_never_switches_everyone() {
         .start_deploy("{\"version\":\"v2\",\"canary\":[10],\"step\":\"2s\"}")
         .await;
     // Said in `status` while the share runs, not only at its end.
-    wait_until(Duration::from_secs(20), "status names the one address", || async {
-        let (_, out, _) = router.cli_with_token(&["status"], TOKEN).await;
-        out.contains("every client may hash from one address")
-    })
+    wait_until(
+        Duration::from_secs(20),
+        "status names the one address",
+        || async {
+            let (_, out, _) = router.cli_with_token(&["status"], TOKEN).await;
+            out.contains("every client may hash from one address")
+        },
+    )
     .await;
     let d = router.wait_deploy_end(Duration::from_secs(30)).await;
     assert_eq!(d["outcome"], "failed", "{d}");
