@@ -184,11 +184,10 @@ impl Limits {
         }
         if let Some(r) = self.max_ratio {
             match baseline {
-                Some(b) if b > 0.0 => {
-                    if v > b * r {
-                        return (MetricVerdict::High, format!("{:.2}x baseline", v / b));
-                    }
+                Some(b) if b > 0.0 && v > b * r => {
+                    return (MetricVerdict::High, format!("{:.2}x baseline", v / b));
                 }
+                Some(b) if b > 0.0 => {}
                 // Zero before: any amount now is an infinite ratio; only
                 // the absolute limits can judge it.
                 Some(_) => {}

@@ -113,14 +113,14 @@ pub(super) fn validate(
                 Some(m) if APP_METRICS.contains(&m) => AnalysisSource::App { metric: m.into() },
                 Some(m) => {
                     c.issue(
-                        &key("metric"),
+                        key("metric"),
                         format!("{m:?}: one of {}", APP_METRICS.join(", ")),
                     );
                     continue;
                 }
                 None => {
                     c.issue(
-                        &key("metric"),
+                        key("metric"),
                         format!(
                             "missing for source \"app\": one of {}",
                             APP_METRICS.join(", ")
@@ -133,7 +133,7 @@ pub(super) fn validate(
                 let address = a.address.clone().unwrap_or_default();
                 if !address.starts_with("http://") {
                     c.issue(
-                        &key("address"),
+                        key("address"),
                         format!("{address:?}: the Prometheus server as http://host:port"),
                     );
                     continue;
@@ -160,7 +160,7 @@ pub(super) fn validate(
                 let url = a.url.clone().unwrap_or_default();
                 if !url.starts_with("http://") {
                     c.issue(
-                        &key("url"),
+                        key("url"),
                         format!("{url:?}: an http:// URL returning JSON"),
                     );
                     continue;
@@ -171,7 +171,7 @@ pub(super) fn validate(
                 let pointer = a.pointer.clone().unwrap_or_default();
                 if !pointer.starts_with('/') {
                     c.issue(
-                        &key("pointer"),
+                        key("pointer"),
                         format!(
                             "{pointer:?}: a JSON pointer to the value, like \"/data/error_rate\""
                         ),
@@ -187,7 +187,7 @@ pub(super) fn validate(
             }
             Some(other) => {
                 c.issue(
-                    &key("source"),
+                    key("source"),
                     format!("{other:?}: one of \"app\", \"prometheus\", \"web\""),
                 );
                 continue;
@@ -199,7 +199,7 @@ pub(super) fn validate(
         };
         if limits.is_empty() && !matches!(source, AnalysisSource::App { .. }) {
             c.issue(
-                &key("max"),
+                key("max"),
                 "no limit: give max, min or max_ratio (new against the baseline)",
             );
             continue;

@@ -358,10 +358,10 @@ async fn prometheus(
 /// exactly one series (several are ambiguous: the query must aggregate).
 fn prometheus_value(v: &serde_json::Value) -> Result<f64, String> {
     if v["status"] != "success" {
-        return Err(format!(
-            "{}",
-            v["error"].as_str().unwrap_or("status is not success")
-        ));
+        return Err(v["error"]
+            .as_str()
+            .unwrap_or("status is not success")
+            .to_string());
     }
     let data = &v["data"];
     let sample = match data["resultType"].as_str() {
