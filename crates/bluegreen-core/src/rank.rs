@@ -116,7 +116,11 @@ pub fn histogram_values(h: &Histogram) -> Vec<(f64, u64)> {
 
 /// Plain samples as weighted values.
 pub fn sample_values(samples: &[f64]) -> Vec<(f64, u64)> {
-    samples.iter().filter(|v| v.is_finite()).map(|v| (*v, 1)).collect()
+    samples
+        .iter()
+        .filter(|v| v.is_finite())
+        .map(|v| (*v, 1))
+        .collect()
 }
 
 /// Sorted by value, equal values merged, zero counts and NaN dropped.
@@ -187,16 +191,17 @@ pub fn upper_tail(z: f64) -> f64 {
 fn erfc(x: f64) -> f64 {
     let z = x.abs();
     let t = 1.0 / (1.0 + 0.5 * z);
-    let r = t * (-z * z - 1.265_512_23
-        + t * (1.000_023_68
-            + t * (0.374_091_96
-                + t * (0.096_784_18
-                    + t * (-0.186_288_06
-                        + t * (0.278_868_07
-                            + t * (-1.135_203_98
-                                + t * (1.488_515_87
-                                    + t * (-0.822_152_23 + t * 0.170_872_77)))))))))
-        .exp();
+    let r = t
+        * (-z * z - 1.265_512_23
+            + t * (1.000_023_68
+                + t * (0.374_091_96
+                    + t * (0.096_784_18
+                        + t * (-0.186_288_06
+                            + t * (0.278_868_07
+                                + t * (-1.135_203_98
+                                    + t * (1.488_515_87
+                                        + t * (-0.822_152_23 + t * 0.170_872_77)))))))))
+            .exp();
     if x >= 0.0 {
         r
     } else {
@@ -230,7 +235,11 @@ pub struct ShiftRule {
 }
 
 /// Classifies `new` against `base` under `rule`.
-pub fn classify(new: &[(f64, u64)], base: &[(f64, u64)], rule: &ShiftRule) -> (Class, Option<RankTest>) {
+pub fn classify(
+    new: &[(f64, u64)],
+    base: &[(f64, u64)],
+    rule: &ShiftRule,
+) -> (Class, Option<RankTest>) {
     let n1: u64 = new.iter().map(|x| x.1).sum();
     let n2: u64 = base.iter().map(|x| x.1).sum();
     if n1 < rule.min_samples || n2 < rule.min_samples {
@@ -245,7 +254,8 @@ pub fn classify(new: &[(f64, u64)], base: &[(f64, u64)], rule: &ShiftRule) -> (C
     let Some(t) = compare(new, base) else {
         return (Class::NoData("no samples".into()), None);
     };
-    let class = if t.p_higher < rule.alpha && t.ratio >= rule.min_ratio && t.shift >= rule.min_shift {
+    let class = if t.p_higher < rule.alpha && t.ratio >= rule.min_ratio && t.shift >= rule.min_shift
+    {
         Class::High
     } else if t.p_lower < rule.alpha
         && t.ratio <= 1.0 / rule.min_ratio
