@@ -26,6 +26,7 @@ type Labels = Vec<(&'static str, String)>;
 #[derive(Debug)]
 enum Value {
     Counter(u64),
+    CounterF(f64),
     Gauge(i64),
     Histogram {
         sum: f64,
@@ -100,6 +101,7 @@ impl Collector for Scrape {
 fn encode_value(v: &Value, mut e: MetricEncoder) -> Result<(), std::fmt::Error> {
     match v {
         Value::Counter(n) => ConstCounter::new(*n).encode(e),
+        Value::CounterF(n) => ConstCounter::new(*n).encode(e),
         Value::Gauge(n) => ConstGauge::new(*n).encode(e),
         Value::Histogram {
             sum,
@@ -129,6 +131,7 @@ pub async fn render(router: &Arc<Router>, pipeline: Option<&Arc<Pipeline>>) -> S
     upstreams(&mut s, &snap);
     if let Some(p) = pipeline {
         deploys(&mut s, p).await;
+        app_resources(&mut s, p);
     }
     shadowing(&mut s, router);
     certificates(&mut s, &status);
@@ -257,6 +260,57 @@ fn side_gauges(s: &mut Scrape, status: &Status) {
                 vec![side_label(side)],
                 Value::Gauge(of(&sides[side]) as i64),
             );
+        }
+    }
+}
+
+/// The supervised apps' resources per side (and version), as the bake
+/// judges them.
+fn app_resources(s: &mut Scrape, p: &Pipeline) {
+    let Some(r) = p.resources() else { return };
+    let now = r.now();
+    type Get = dyn Fn(&bluegreen_pipeline::resources::SideResources) -> Value;
+    let families: [(&'static str, &'static str, MetricType, &Get); 5] = [
+        (
+            "bluegreen_app_cpu_seconds",
+            "CPU seconds (user + system) used by a side's app processes, read from /proc",
+            MetricType::Counter,
+            &|x| Value::CounterF(x.cpu_seconds),
+        ),
+        (
+            "bluegreen_app_resident_memory_bytes",
+            "Resident memory of a side's app processes",
+            MetricType::Gauge,
+            &|x| Value::Gauge(x.rss_bytes as i64),
+        ),
+        (
+            "bluegreen_app_open_fds",
+            "Open file descriptors of a side's app processes",
+            MetricType::Gauge,
+            &|x| Value::Gauge(x.fds as i64),
+        ),
+        (
+            "bluegreen_app_restarts",
+            "Restarts of a side's app processes by the supervisor",
+            MetricType::Counter,
+            &|x| Value::Counter(x.restarts),
+        ),
+        (
+            "bluegreen_app_processes",
+            "Processes (with their children) running a side's app",
+            MetricType::Gauge,
+            &|x| Value::Gauge(x.processes as i64),
+        ),
+    ];
+    for (name, help, kind, get) in families {
+        let f = s.family(name, help, kind);
+        for side in Side::ALL {
+            if let Some(x) = &now[side] {
+                f.add(
+                    vec![side_label(side), ("version", x.version.clone())],
+                    get(x),
+                );
+            }
         }
     }
 }

@@ -206,12 +206,14 @@ async fn status_value(state: &AppState) -> StatusView {
             releases: Some(p.sides().await),
             deploy: Some(p.current().await),
             rollback: p.rollback_preview().await,
+            resources: p.resources().map(|r| r.now()),
         },
         None => StatusView {
             router,
             releases: None,
             deploy: None,
             rollback: None,
+            resources: None,
         },
     }
 }

@@ -25,6 +25,9 @@ pub struct StatusView {
     /// What `bluegreen rollback` would do now, in words (with a pipeline).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollback: Option<String>,
+    /// The supervised apps' CPU, memory, descriptors and restarts per side.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Sides<Option<bluegreen_pipeline::resources::SideResources>>>,
 }
 
 /// `POST /api/v1/switch` and `POST /api/v1/rollback`.

@@ -1,6 +1,8 @@
 //! Bake analysis: is the new live side as good as the old one was? Pure
 //! functions over traffic windows, so every verdict is unit-tested.
 
+use crate::analysis::{MetricVerdict, Reading};
+use crate::counts;
 use crate::latency::Histogram;
 use crate::rank::{self, Class, ShiftRule};
 use serde::{Deserialize, Serialize};
@@ -85,11 +87,17 @@ impl Window {
 pub struct Thresholds {
     /// Windows smaller than this are not judged.
     pub min_requests: u64,
-    /// Absolute error-rate limit (fraction, 0..=1).
+    /// Absolute error-rate limit (fraction, 0..=1): a breach once the
+    /// window's failures are significantly above it (at `significance`).
     pub max_error_rate: f64,
+    /// One-sided p-value the error tests must reach: 0.001 by default, so
+    /// one early 5xx never rolls back and a real breakage does at once.
+    pub significance: f64,
     /// Absolute p99 limit.
     pub max_p99: Option<Duration>,
-    /// Limit relative to the old side's error rate (when it was above zero).
+    /// Limit relative to the old side's error rate: a breach when the new
+    /// side's is this many times it, 0.1 points above it at least, and
+    /// significantly so.
     pub error_rate_ratio: Option<f64>,
     /// Limit relative to the old side's p99.
     pub p99_ratio: Option<f64>,
@@ -147,6 +155,57 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+/// The smallest rise over the baseline's error rate that counts (0.1
+/// points: one request in a thousand more failing).
+pub const MIN_ERROR_INCREASE: f64 = 0.001;
+
+/// The error-rate tests alone (cheap, run at every look): significantly
+/// above `max_error_rate`, or above the baseline's by `error_rate_ratio`
+/// and [`MIN_ERROR_INCREASE`], significantly. `baseline` must already be
+/// one worth comparing with.
+pub fn judge_errors(window: &Window, baseline: Option<&Window>, t: &Thresholds) -> Option<Breach> {
+    let n = window.requests;
+    if n < t.min_requests.max(1) || window.errors == 0 {
+        return None;
+    }
+    let rate = window.error_rate();
+    let p = counts::above_limit(window.errors, n, t.max_error_rate);
+    if p < t.significance {
+        return Some(Breach {
+            metric: "error_rate".into(),
+            observed: rate,
+            limit: t.max_error_rate,
+            baseline: baseline.map(Window::error_rate),
+            requests: n,
+            summary: format!(
+                "error rate {} > limit {} over {n} requests (binomial p = {p:.1e})",
+                pct(rate),
+                pct(t.max_error_rate)
+            ),
+        });
+    }
+    let (ratio, b) = (t.error_rate_ratio?, baseline?);
+    let base = b.error_rate();
+    if rate < base * ratio || rate - base < MIN_ERROR_INCREASE {
+        return None;
+    }
+    let p = counts::above_baseline(window.errors, n, b.errors, b.requests);
+    (p < t.significance).then(|| Breach {
+        metric: "error_rate".into(),
+        observed: rate,
+        limit: (base * ratio).max(base + MIN_ERROR_INCREASE),
+        baseline: Some(base),
+        requests: n,
+        summary: format!(
+            "error rate {} > {ratio}x the old side's {} over {n} requests (p = {p:.1e} against {} of {})",
+            pct(rate),
+            pct(base),
+            b.errors,
+            b.requests
+        ),
+    })
+}
+
 /// Judges the new side's window against absolute limits and the old side's
 /// baseline. The baseline is used only when it saw `min_requests` itself.
 pub fn judge(window: &Window, baseline: Option<&Window>, t: &Thresholds) -> Verdict {
@@ -154,39 +213,10 @@ pub fn judge(window: &Window, baseline: Option<&Window>, t: &Thresholds) -> Verd
         return Verdict::NotEnoughTraffic;
     }
     let baseline = baseline.filter(|b| b.requests >= t.min_requests.max(1));
-    let rate = window.error_rate();
+    if let Some(b) = judge_errors(window, baseline, t) {
+        return Verdict::Breach(b);
+    }
     let n = window.requests;
-    if rate > t.max_error_rate {
-        return Verdict::Breach(Breach {
-            metric: "error_rate".into(),
-            observed: rate,
-            limit: t.max_error_rate,
-            baseline: baseline.map(Window::error_rate),
-            requests: n,
-            summary: format!(
-                "error rate {} > limit {} over {n} requests",
-                pct(rate),
-                pct(t.max_error_rate)
-            ),
-        });
-    }
-    if let (Some(ratio), Some(b)) = (t.error_rate_ratio, baseline) {
-        let base = b.error_rate();
-        if base > 0.0 && rate > base * ratio {
-            return Verdict::Breach(Breach {
-                metric: "error_rate".into(),
-                observed: rate,
-                limit: base * ratio,
-                baseline: Some(base),
-                requests: n,
-                summary: format!(
-                    "error rate {} > {ratio}x the old side's {} over {n} requests",
-                    pct(rate),
-                    pct(base)
-                ),
-            });
-        }
-    }
     // A surge of 4xx the old side does not give (401s for every logged-in
     // user after a lost session store): judged like latency, over whole
     // windows, since a client's own mistakes come in bursts too.
@@ -323,6 +353,100 @@ fn surge_by_code(w: &Window, b: &Window) -> String {
         .unwrap_or_default()
 }
 
+/// The router's side of the report: the window's numbers beside the
+/// baseline's and the limits, one row each.
+pub fn rows(window: &Window, baseline: Option<&Window>, t: &Thresholds) -> Vec<Reading> {
+    let baseline = baseline.filter(|b| b.requests >= t.min_requests.max(1));
+    let verdict_of = |v: &Verdict, metric: &str| match v {
+        Verdict::Breach(b) if b.metric == metric => MetricVerdict::High,
+        Verdict::NotEnoughTraffic => MetricVerdict::NoData,
+        _ => MetricVerdict::Pass,
+    };
+    let v = judge(window, baseline, t);
+    let pct = |x: f64| (x * 10_000.0).round() / 100.0;
+    let median = |w: &Window| w.latency.quantile(0.5).map(ms);
+    let mut out = vec![
+        Reading {
+            name: "requests".into(),
+            new: Some(window.requests as f64),
+            baseline: baseline.map(|b| b.requests as f64),
+            unit: String::new(),
+            limit: format!("≥ {}", t.min_requests),
+            verdict: if window.requests >= t.min_requests.max(1) {
+                MetricVerdict::Pass
+            } else {
+                MetricVerdict::NoData
+            },
+            detail: String::new(),
+        },
+        Reading {
+            name: "error_rate".into(),
+            new: Some(pct(window.error_rate())),
+            baseline: baseline.map(|b| pct(b.error_rate())),
+            unit: "%".into(),
+            limit: match t.error_rate_ratio {
+                Some(r) => format!("≤ {}%, ≤ {r}x baseline", pct(t.max_error_rate)),
+                None => format!("≤ {}%", pct(t.max_error_rate)),
+            },
+            verdict: verdict_of(&v, "error_rate"),
+            detail: String::new(),
+        },
+    ];
+    if let Some(inc) = t.max_4xx_increase {
+        out.push(Reading {
+            name: "4xx_rate".into(),
+            new: Some(pct(window.client_error_rate())),
+            baseline: baseline.map(|b| pct(b.client_error_rate())),
+            unit: "%".into(),
+            limit: format!("≤ baseline + {}%", pct(inc)),
+            verdict: if baseline.is_none() {
+                MetricVerdict::NoData
+            } else {
+                verdict_of(&v, "4xx_rate")
+            },
+            detail: String::new(),
+        });
+    }
+    if let Some(rule) = t.latency_shift {
+        out.push(Reading {
+            name: "latency".into(),
+            new: median(window),
+            baseline: baseline.and_then(median),
+            unit: "ms".into(),
+            limit: format!("≤ {}x baseline (median, rank test)", rule.min_ratio),
+            verdict: match &v {
+                Verdict::Breach(b) if b.metric == "latency" => MetricVerdict::High,
+                Verdict::Inconclusive(w) if w.starts_with("latency") => MetricVerdict::NoData,
+                _ if baseline.is_none() => MetricVerdict::NoData,
+                v => verdict_of(v, "latency"),
+            },
+            detail: String::new(),
+        });
+    }
+    if t.max_p99.is_some() || t.p99_ratio.is_some() {
+        let mut limit = Vec::new();
+        if let Some(m) = t.max_p99 {
+            limit.push(format!("≤ {:.1} ms", ms(m)));
+        }
+        if let Some(r) = t.p99_ratio {
+            limit.push(format!("≤ {r}x baseline"));
+        }
+        out.push(Reading {
+            name: "p99".into(),
+            new: window.p99().map(ms),
+            baseline: baseline.and_then(Window::p99).map(ms),
+            unit: "ms".into(),
+            limit: limit.join(", "),
+            verdict: match &v {
+                Verdict::Inconclusive(w) if w.starts_with("p99") => MetricVerdict::NoData,
+                v => verdict_of(v, "p99"),
+            },
+            detail: String::new(),
+        });
+    }
+    out
+}
+
 /// What one look at the bake's current window decided.
 #[derive(Debug, Clone, PartialEq)]
 pub enum WindowEnd {
@@ -347,6 +471,8 @@ pub enum WindowEnd {
 /// `min_requests`) keeps growing rather than closing.
 #[derive(Debug, Clone)]
 pub struct BakeWindows {
+    /// Where the bake began: errors are also judged over all of it.
+    start: Window,
     opened_at: Window,
     consecutive: u32,
     strikes: u32,
@@ -359,6 +485,7 @@ impl BakeWindows {
     /// Windows starting from the counters at `start`.
     pub fn new(start: Window, consecutive: u32) -> BakeWindows {
         BakeWindows {
+            start: start.clone(),
             opened_at: start,
             consecutive: consecutive.max(1),
             strikes: 0,
@@ -378,10 +505,19 @@ impl BakeWindows {
         closing: bool,
     ) -> WindowEnd {
         let window = now.since(&self.opened_at);
+        // Errors at every look, over the window and over the whole bake (a
+        // slow trickle of failures shows only over the whole).
+        let base = baseline.filter(|b| b.requests >= t.min_requests.max(1));
+        let whole = now.since(&self.start);
+        if let Some(b) = judge_errors(&window, base, t).or_else(|| judge_errors(&whole, base, t)) {
+            return WindowEnd::Breach(b);
+        }
+        if !closing {
+            return WindowEnd::Open;
+        }
         let verdict = judge(&window, baseline, t);
         match verdict {
             Verdict::Breach(b) if b.metric == "error_rate" => WindowEnd::Breach(b),
-            _ if !closing => WindowEnd::Open,
             Verdict::Breach(mut b) => {
                 self.strikes += 1;
                 if self.strikes >= self.consecutive {
@@ -472,6 +608,7 @@ mod tests {
         Thresholds {
             min_requests: 20,
             max_error_rate: 0.05,
+            significance: 0.001,
             max_p99: Some(Duration::from_secs(1)),
             error_rate_ratio: Some(2.0),
             p99_ratio: Some(1.5),
@@ -581,22 +718,41 @@ mod tests {
 
     #[test]
     fn ratio_against_baseline() {
+        // 3 errors against 1 in equal traffic: noise, never a rollback.
         let base = window(100, 1, Duration::from_millis(10));
         let w = window(100, 3, Duration::from_millis(10));
+        assert!(!matches!(judge(&w, Some(&base), &limits()), Verdict::Breach(_)));
+        // 2 % against 0.5 % over thousands of requests: significant.
+        let base = window(4000, 20, Duration::from_millis(10));
+        let w = window(4000, 80, Duration::from_millis(10));
         let Verdict::Breach(b) = judge(&w, Some(&base), &limits()) else {
             panic!()
         };
-        assert_eq!(b.baseline, Some(0.01));
-        // A zero-error baseline leaves only the absolute limit.
-        let clean = window(100, 0, Duration::from_millis(10));
-        assert!(matches!(
-            judge(&w, Some(&clean), &limits()),
-            Verdict::Inconclusive(_)
-        ));
+        assert_eq!(b.baseline, Some(0.005));
+        assert!(b.summary.contains("2x the old side's 0.50%"), "{}", b.summary);
+        // Without a baseline the same window is under the absolute 5 %.
+        assert!(!matches!(judge(&w, None, &limits()), Verdict::Breach(_)));
+        // A zero-error baseline still compares (the rise is significant).
+        let clean = window(4000, 0, Duration::from_millis(10));
+        assert!(matches!(judge(&w, Some(&clean), &limits()), Verdict::Breach(_)));
         // A baseline below min_requests is ignored.
         let tiny = window(3, 0, Duration::from_millis(1));
         let slow = window(600, 0, Duration::from_millis(40));
         assert_eq!(judge(&slow, Some(&tiny), &limits()), Verdict::Pass);
+    }
+
+    /// One 5xx among a window's first requests is above any small limit as
+    /// a rate, and no evidence: never a rollback; all of them failing is.
+    #[test]
+    fn one_early_error_never_rolls_back() {
+        let t = Thresholds {
+            max_error_rate: 0.01,
+            ..limits()
+        };
+        let one = window(20, 1, Duration::from_millis(5));
+        assert!(!matches!(judge(&one, None, &t), Verdict::Breach(_)));
+        let all = window(20, 20, Duration::from_millis(5));
+        assert!(matches!(judge(&all, None, &t), Verdict::Breach(b) if b.summary.contains("binomial p")));
     }
 
     #[test]

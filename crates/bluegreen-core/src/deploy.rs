@@ -190,6 +190,10 @@ pub struct DeployRecord {
     /// "hold"`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub held: Option<String>,
+    /// The judgment's last table (router counters, the app's resources,
+    /// `[[deploy.analysis]]`): metric, new, baseline, limit, verdict.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub report: Vec<crate::analysis::Reading>,
 }
 
 /// What a deploy's expand step saw of the migrations directory: the
@@ -256,6 +260,7 @@ impl DeployRecord {
             migrations: None,
             bake_start: None,
             held: None,
+            report: Vec::new(),
         };
         if skip_smoke {
             record.skip(Step::Smoke, "skipped by --skip-smoke", now_ms);

@@ -2,8 +2,10 @@
 //! a config file. Everything here is unit-tested without a network.
 #![forbid(unsafe_code)]
 
+pub mod analysis;
 pub mod bake;
 pub mod config;
+pub mod counts;
 pub mod deploy;
 pub mod diff;
 pub mod health;

@@ -70,6 +70,7 @@ fn thresholds() -> Thresholds {
     Thresholds {
         min_requests: 20,
         max_error_rate: 0.05,
+        significance: 0.001,
         max_p99: Some(Duration::from_millis(50)),
         error_rate_ratio: Some(2.0),
         p99_ratio: Some(1.5),

@@ -11,6 +11,7 @@
 mod cluster;
 pub mod command;
 pub mod migrate;
+pub mod resources;
 mod runner;
 pub mod smoke;
 pub mod supervisor;
@@ -119,7 +120,18 @@ pub struct Pipeline {
     /// The run has ended and is giving its lock back: a lock that is gone
     /// now was released, not lost.
     finishing: std::sync::atomic::AtomicBool,
+    /// The supervised apps' CPU, memory, descriptors and restarts per side
+    /// (started with the supervisor).
+    resources: std::sync::OnceLock<Arc<resources::Resources>>,
+    /// Each side's counters every few seconds over the last
+    /// `deploy.bake.baseline`: a deploy's baseline reaches back that far,
+    /// not only over the seconds the deploy itself took.
+    recent: Mutex<bluegreen_core::Sides<std::collections::VecDeque<(u64, Window)>>>,
+    keeping: std::sync::atomic::AtomicBool,
 }
+
+/// How often the counters are kept for baselines.
+const KEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Milliseconds since the Unix epoch.
 pub(crate) fn now_ms() -> u64 {
@@ -171,16 +183,23 @@ impl Pipeline {
             suspend: Mutex::new(CancellationToken::new()),
             running: Mutex::new(None),
             finishing: Default::default(),
+            resources: Default::default(),
+            recent: Default::default(),
+            keeping: Default::default(),
         }))
     }
 
     /// Re-adopts app processes, resumes an interrupted deploy and re-arms a
     /// pending decommission.
     pub async fn start_up(self: &Arc<Self>) -> Result<(), PipelineError> {
+        self.keep_recent();
         if let Some(s) = &self.supervisor {
             s.adopt()
                 .await
                 .map_err(|e| PipelineError::Supervisor(e.to_string()))?;
+            let _ = self
+                .resources
+                .set(resources::Resources::start(s.clone(), self.router.clone()));
         }
         if self.cluster.is_some() {
             // Deploys and decommissions run where the lock is: taken over
@@ -198,6 +217,11 @@ impl Pipeline {
             self.arm_decommission(p);
         }
         Ok(())
+    }
+
+    /// The supervised apps' resources per side, when the supervisor runs them.
+    pub fn resources(&self) -> Option<&Arc<resources::Resources>> {
+        self.resources.get()
     }
 
     /// The deploy settings in use (the last reloaded).
@@ -283,13 +307,53 @@ impl Pipeline {
         self.start_up().await
     }
 
+    /// Keeps each side's counters every [`KEEP_EVERY`], as far back as
+    /// `deploy.bake.baseline` (once per pipeline; the task ends with it).
+    fn keep_recent(self: &Arc<Self>) {
+        if self
+            .keeping
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(KEEP_EVERY);
+            loop {
+                tick.tick().await;
+                let Some(p) = weak.upgrade() else { return };
+                let keep = p.config().bake.baseline.as_millis() as u64;
+                let now = now_ms();
+                let windows = Side::ALL.map(|s| p.router.live_window(s));
+                let mut recent = p.recent.lock().unwrap_or_else(|e| e.into_inner());
+                for (side, w) in Side::ALL.into_iter().zip(windows) {
+                    let q = &mut recent[side];
+                    q.push_back((now, w));
+                    while q.front().is_some_and(|(at, _)| at + keep < now) {
+                        q.pop_front();
+                    }
+                }
+            }
+        });
+    }
+
+    /// The counters of `side` as they were `deploy.bake.baseline` ago (or
+    /// as far back as kept): where a deploy's baseline starts.
+    fn baseline_origin(&self, side: Side) -> Window {
+        let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        recent[side]
+            .front()
+            .map(|(_, w)| w.clone())
+            .unwrap_or_else(|| self.router.live_window(side))
+    }
+
     fn new_handle(&self, id: u64, from: Side) -> Arc<RunHandle> {
         let handle = Arc::new(RunHandle {
             id,
             abort: CancellationToken::new(),
             abort_reason: Mutex::new(None),
             promote: Notify::new(),
-            baseline_start: self.router.live_window(from),
+            baseline_start: self.baseline_origin(from),
         });
         *self.run.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle.clone());
         handle

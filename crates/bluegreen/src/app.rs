@@ -1,13 +1,15 @@
 //! `bluegreen app`: a tiny upstream for demos and trials. It answers with its
 //! name and version so anyone can see which side served a request.
 //!
-//! Routes: `/` (text), `/version` and `/price` (JSON), `/healthz`, `/smoke`, `/sse` (a
+//! Routes: `/` (text), `/version` and `/price` (JSON), `/metrics` (an
+//! `app_queue_depth` gauge), `/healthz`, `/smoke`, `/sse` (a
 //! server-sent event per second), `/ws` (WebSocket echo), `/items` (a table
 //! of a real database, to try migrations: GET lists, POST adds the body;
 //! versions of a schema change use another `--items-column`). Everything else is
 //! 404. Fault flags (also settable by environment, so a deploy's `--env` can
 //! break a version on purpose) make it fail health, smoke tests, or start
-//! answering 5xx or slowly after N requests.
+//! answering 5xx or slowly after N requests; others make it burn CPU per
+//! request, leak memory, or lose sessions, for the bake's judge to catch.
 
 use bluegreen_core::config::migrations::DatabaseUrl;
 use bluegreen_core::migration::Flavor;
@@ -75,6 +77,20 @@ pub struct AppArgs {
     /// Wait this many milliseconds before listening (a slow boot).
     #[arg(long, env = "BLUEGREEN_APP_BOOT_DELAY_MS", default_value_t = 0)]
     pub boot_delay_ms: u64,
+    /// Spend this many milliseconds of CPU per request to /, on a worker
+    /// thread after answering (background work: it costs CPU, not latency).
+    #[arg(long, env = "BLUEGREEN_APP_CPU_MS", default_value_t = 0)]
+    pub cpu_ms: u64,
+    /// Grow resident memory by this many MiB a second (a leak), up to 1 GiB.
+    #[arg(long, env = "BLUEGREEN_APP_LEAK_MIB_PER_S", default_value_t = 0)]
+    pub leak_mib_per_s: u64,
+    /// Answer / after this many milliseconds (every request).
+    #[arg(long, env = "BLUEGREEN_APP_DELAY_MS", default_value_t = 0)]
+    pub delay_ms: u64,
+    /// The value `/metrics` gives `app_queue_depth` (a metric of the app's
+    /// own, for Prometheus to scrape).
+    #[arg(long, env = "BLUEGREEN_APP_QUEUE_DEPTH", default_value_t = 0)]
+    pub queue_depth: u64,
 }
 
 /// What every request handler needs.
@@ -84,6 +100,38 @@ struct App {
     served: std::sync::atomic::AtomicU64,
     /// Connected on first use, again after it broke.
     db: tokio::sync::Mutex<Option<Db>>,
+    /// `--cpu-ms` work for the burner thread (bounded: extra is dropped).
+    burn: Option<std::sync::mpsc::SyncSender<u64>>,
+}
+
+/// One thread burning CPU for as long as each request asks.
+fn burner() -> std::sync::mpsc::SyncSender<u64> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<u64>(10_000);
+    std::thread::spawn(move || {
+        for ms in rx {
+            let end = std::time::Instant::now() + Duration::from_millis(ms);
+            let mut x = 0u64;
+            while std::time::Instant::now() < end {
+                for i in 0..1000u64 {
+                    x = x.wrapping_mul(6364136223846793005).wrapping_add(i);
+                }
+                std::hint::black_box(x);
+            }
+        }
+    });
+    tx
+}
+
+/// `--leak-mib-per-s`: memory that is written (so resident) and never freed.
+async fn leak(mib_per_s: u64) {
+    let mut kept: Vec<Vec<u8>> = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let step = (mib_per_s as usize * 1024 * 1024) / 10;
+    while kept.len() * step < 1 << 30 {
+        tick.tick().await;
+        kept.push(vec![0x5a; step]);
+    }
+    std::future::pending::<()>().await
 }
 
 type AppBody = BoxBody<Bytes, Infallible>;
@@ -111,10 +159,14 @@ pub fn main(args: AppArgs) -> anyhow::Result<ExitCode> {
         std::io::stdout().flush()?;
         let app = Arc::new(App {
             ident: format!("{} {}", args.name, args.version),
-            args,
             served: std::sync::atomic::AtomicU64::new(0),
             db: tokio::sync::Mutex::new(None),
+            burn: (args.cpu_ms > 0).then(burner),
+            args,
         });
+        if app.args.leak_mib_per_s > 0 {
+            tokio::spawn(leak(app.args.leak_mib_per_s));
+        }
         let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         loop {
@@ -175,6 +227,13 @@ async fn route(req: Request<Incoming>, app: &App) -> Response<AppBody> {
             ))
             .expect("valid response"),
         "/items" => items(req, app).await,
+        "/metrics" => Response::builder()
+            .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
+            .body(full(format!(
+                "# TYPE app_queue_depth gauge\napp_queue_depth{{version=\"{}\"}} {}\n",
+                app.args.version, app.args.queue_depth
+            )))
+            .expect("valid response"),
         "/sse" => sse(ident),
         "/ws" => websocket(req, ident),
         "/" => {
@@ -190,6 +249,12 @@ async fn route(req: Request<Incoming>, app: &App) -> Response<AppBody> {
             }
             if app.args.slow_after.is_some_and(|limit| n > limit) {
                 tokio::time::sleep(Duration::from_millis(app.args.slow_ms)).await;
+            }
+            if app.args.delay_ms > 0 {
+                tokio::time::sleep(Duration::from_millis(app.args.delay_ms)).await;
+            }
+            if let Some(burn) = &app.burn {
+                let _ = burn.try_send(app.args.cpu_ms);
             }
             Response::builder()
                 .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")

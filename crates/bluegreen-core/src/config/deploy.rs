@@ -35,6 +35,9 @@ pub struct DeployConfig {
     pub shadow: Option<super::shadow::ShadowStep>,
     /// Expand before the deploy, contract after the point of no return.
     pub migrations: Option<super::migrations::MigrationsConfig>,
+    /// The user's own metrics (`[[deploy.analysis]]`), judged in the bake
+    /// and canary steps.
+    pub analysis: Vec<super::analysis::AnalysisMetric>,
     /// Directory commands run in (the config file's).
     pub workdir: PathBuf,
 }
@@ -107,6 +110,9 @@ pub struct HttpCheck {
 pub struct BakeConfig {
     pub duration: Duration,
     pub interval: Duration,
+    /// How far back before a deploy the old side's traffic (and its app's
+    /// resources) are the baseline, beside the deploy's own time.
+    pub baseline: Duration,
     pub thresholds: Thresholds,
     /// A latency breach rolls back only after holding this many windows in a
     /// row (error-rate breaches are instant).
@@ -143,6 +149,8 @@ pub(super) struct RawDeploy {
     warm: Option<super::shadow::RawWarm>,
     shadow: Option<super::shadow::RawShadowStep>,
     migrations: Option<super::migrations::RawMigrations>,
+    #[serde(default)]
+    analysis: Vec<super::analysis::RawAnalysis>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -183,6 +191,7 @@ struct RawSmoke {
 struct RawBake {
     duration: Option<String>,
     interval: Option<String>,
+    baseline: Option<String>,
     min_requests: Option<i64>,
     max_error_rate: Option<f64>,
     max_p99: Option<String>,
@@ -244,6 +253,7 @@ pub(super) fn validate(
             .migrations
             .as_ref()
             .and_then(|m| super::migrations::validate(m, base, c)),
+        analysis: super::analysis::validate(&raw.analysis, c),
         workdir: base.to_path_buf(),
     };
     Some(config)
@@ -340,13 +350,10 @@ fn smoke_checks(
     smoke
 }
 
-/// The rank test's rule (`rank_test`, `latency_ratio`, `significance`):
-/// on by default: a quarter slower, by 2 ms at least, at 99.9 % confidence.
-fn rank_rule(b: Option<&RawBake>, c: &mut Checker) -> Option<crate::rank::ShiftRule> {
-    let ratio = c
-        .ratio("deploy.bake.latency_ratio", b.and_then(|b| b.latency_ratio))
-        .unwrap_or(1.25);
-    let alpha = match b.and_then(|b| b.significance) {
+/// `deploy.bake.significance`: the p-value the error and latency tests
+/// must reach (0.001 by default).
+fn significance(b: Option<&RawBake>, c: &mut Checker) -> f64 {
+    match b.and_then(|b| b.significance) {
         None => 0.001,
         Some(a) if a > 0.0 && a <= 0.05 => a,
         Some(a) => {
@@ -356,7 +363,16 @@ fn rank_rule(b: Option<&RawBake>, c: &mut Checker) -> Option<crate::rank::ShiftR
             );
             0.001
         }
-    };
+    }
+}
+
+/// The rank test's rule (`rank_test`, `latency_ratio`, `significance`):
+/// on by default: a quarter slower, by 2 ms at least, at 99.9 % confidence.
+fn rank_rule(b: Option<&RawBake>, c: &mut Checker) -> Option<crate::rank::ShiftRule> {
+    let ratio = c
+        .ratio("deploy.bake.latency_ratio", b.and_then(|b| b.latency_ratio))
+        .unwrap_or(1.25);
+    let alpha = significance(b, c);
     b.and_then(|b| b.rank_test)
         .unwrap_or(true)
         .then_some(crate::rank::ShiftRule {
@@ -387,6 +403,11 @@ fn bake(raw: &RawDeploy, c: &mut Checker) -> BakeConfig {
             b.and_then(|b| b.interval.as_deref()),
             Duration::from_secs(5),
         ),
+        baseline: c.duration(
+            "deploy.bake.baseline",
+            b.and_then(|b| b.baseline.as_deref()),
+            Duration::from_secs(60),
+        ),
         thresholds: Thresholds {
             min_requests: c.int(
                 "deploy.bake.min_requests",
@@ -403,10 +424,13 @@ fn bake(raw: &RawDeploy, c: &mut Checker) -> BakeConfig {
             max_p99: b
                 .and_then(|b| b.max_p99.as_deref())
                 .map(|p| c.duration("deploy.bake.max_p99", Some(p), Duration::from_secs(1))),
-            error_rate_ratio: c.ratio(
-                "deploy.bake.error_rate_ratio",
-                b.and_then(|b| b.error_rate_ratio),
-            ),
+            significance: significance(b, c),
+            error_rate_ratio: c
+                .ratio(
+                    "deploy.bake.error_rate_ratio",
+                    b.and_then(|b| b.error_rate_ratio),
+                )
+                .or(Some(2.0)),
             p99_ratio: c.ratio("deploy.bake.p99_ratio", b.and_then(|b| b.p99_ratio)),
             max_4xx_increase: Some(c.fraction(
                 "deploy.bake.max_4xx_increase",

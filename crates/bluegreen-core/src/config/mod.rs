@@ -5,6 +5,7 @@
 //! `bluegreen check` shows all of them. Nothing is started from a config that
 //! did not validate whole.
 
+pub mod analysis;
 pub mod changes;
 mod checker;
 pub mod deploy;

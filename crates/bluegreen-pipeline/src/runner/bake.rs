@@ -1,6 +1,8 @@
 //! Step 8: the bake: watch the new side and roll back on a breach.
 
+use super::analysis::{Judge, Scope};
 use super::*;
+use bluegreen_core::analysis::{self, Reading};
 
 pub(super) fn describe(w: &Window) -> String {
     match w.p99() {
@@ -34,9 +36,11 @@ fn view(
     cfg: &bluegreen_core::config::deploy::BakeConfig,
     ends_at_ms: u64,
     number: Option<u64>,
+    report: &[Reading],
 ) -> serde_json::Value {
     let t = &cfg.thresholds;
     serde_json::json!({
+        "report": report,
         "window": window.map(summary),
         "window_number": number,
         "baseline": d.baseline.as_ref().map(summary),
@@ -90,13 +94,35 @@ pub(super) async fn bake(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployRecord
         verdict: "waiting",
         detail: format!("baking {} for {:.0} s more", d.target, left as f64 / 1000.0),
         breach: None,
-        view: Some(view(None, d, cfg, ends_at_ms, None)),
+        view: Some(view(None, d, cfg, ends_at_ms, None, &[])),
     });
+    // The app's resources and the user's metrics, against the old side
+    // while it was live (from the deploy's start to the switch).
+    let switched_ms = d.step(Step::Switch).started_at_ms;
+    let mut judge = Judge::new(
+        p,
+        Scope {
+            new: (d.target, d.version.clone()),
+            base: d.previous_version.clone().map(|v| (d.from, v)),
+            new_from_ms: started,
+            base_from_ms: d
+                .created_at_ms
+                .saturating_sub(cfg.baseline.as_millis() as u64),
+            base_to_ms: Some(switched_ms.unwrap_or(started)),
+        },
+    );
+    let mut fetch: Option<tokio::task::JoinHandle<Vec<(usize, Reading)>>> = None;
+    let mut report: Vec<Reading> = Vec::new();
     let mut tick = tokio::time::interval(Duration::from_millis(100).min(cfg.interval));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
+        let mut breached: Option<Reading> = None;
         tokio::select! {
             _ = tick.tick() => {}
+            done = async { fetch.as_mut().expect("guarded").await }, if fetch.is_some() => {
+                fetch = None;
+                breached = judge.record(done.unwrap_or_default());
+            }
             _ = handle.abort.cancelled() => {
                 let why = aborted(handle);
                 return match p.switch_back(d, SwitchKind::Rollback, &why).await {
@@ -105,9 +131,21 @@ pub(super) async fn bake(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployRecord
                 };
             }
         }
+        if let Some(r) = breached {
+            return analysis_breach(p, d, &r, &judge, &now_report(p, d, &start, cfg, &judge)).await;
+        }
         let closing = opened.elapsed() >= cfg.interval;
         let took = opened.elapsed();
         let now = p.router.live_window(d.target);
+        if closing && !judge.is_empty() {
+            let (app, external) = judge.look(p);
+            if let Some(r) = judge.record(app) {
+                return analysis_breach(p, d, &r, &judge, &now_report(p, d, &start, cfg, &judge)).await;
+            }
+            if fetch.is_none() {
+                fetch = external.map(tokio::spawn);
+            }
+        }
         match windows.observe(&now, d.baseline.as_ref(), &cfg.thresholds, closing) {
             WindowEnd::Open => {}
             WindowEnd::Closed {
@@ -117,6 +155,10 @@ pub(super) async fn bake(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployRecord
                 detail,
             } => {
                 opened = Instant::now();
+                report = bluegreen_core::bake::rows(&window, d.baseline.as_ref(), &cfg.thresholds);
+                report.extend(judge.rows());
+                let kept = report.clone();
+                touch(p, |r| r.report = kept).await;
                 let word = match verdict {
                     Verdict::Pass => "ok",
                     Verdict::NotEnoughTraffic => "waiting",
@@ -139,7 +181,7 @@ pub(super) async fn bake(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployRecord
                     verdict: word,
                     detail: text.clone(),
                     breach: None,
-                    view: Some(view(Some(&window), d, cfg, ends_at_ms, Some(number as u64))),
+                    view: Some(view(Some(&window), d, cfg, ends_at_ms, Some(number as u64), &report)),
                 });
                 note(p, Step::Bake, text).await;
             }
@@ -150,10 +192,15 @@ pub(super) async fn bake(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployRecord
                     verdict: "breach",
                     detail: b.summary.clone(),
                     breach: Some(b.clone()),
-                    view: Some(view(Some(&now.since(&start)), d, cfg, ends_at_ms, None)),
+                    view: Some(view(Some(&now.since(&start)), d, cfg, ends_at_ms, None, &report)),
                 });
                 // The rollback comes first; the breach is written with the outcome.
-                touch(p, |r| r.breach = Some(b.clone())).await;
+                let kept = now_report(p, d, &start, cfg, &judge);
+                touch(p, |r| {
+                    r.breach = Some(b.clone());
+                    r.report = kept;
+                })
+                .await;
                 let t = Instant::now();
                 return match p.switch_back(d, SwitchKind::Rollback, &reason).await {
                     Ok(o) => {
@@ -178,12 +225,52 @@ pub(super) async fn bake(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployRecord
         if Instant::now() >= end {
             let total = p.router.live_window(d.target).since(&start);
             let needed = cfg.thresholds.min_requests.max(1);
-            if total.requests >= needed {
+            // The last readings of every metric before a verdict.
+            if !judge.is_empty() {
+                let (app, external) = judge.look(p);
+                let mut last = app;
+                let pending = fetch.take().or_else(|| external.map(tokio::spawn));
+                if let Some(f) = pending {
+                    last.extend(f.await.unwrap_or_default());
+                }
+                if let Some(r) = judge.record(last) {
+                    return analysis_breach(p, d, &r, &judge, &now_report(p, d, &start, cfg, &judge)).await;
+                }
+            }
+            let table = now_report(p, d, &start, cfg, &judge);
+            let kept = table.clone();
+            touch(p, |r| r.report = kept).await;
+            let unjudged = judge.unjudged();
+            if total.requests >= needed && unjudged.is_empty() {
+                log(p, format!("bake report:\n{}", analysis::table(&table))).await;
                 return StepEnd::Done(Some(format!(
                     "passed{}: {}",
                     windows.caveat(),
                     describe(&total)
                 )));
+            }
+            if total.requests >= needed {
+                // Enough traffic, but a metric the user asked for could not
+                // be read: that vouches for nothing.
+                let what = format!("bake: {}", unjudged.join("; "));
+                log(p, format!("bake report:\n{}", analysis::table(&table))).await;
+                return match super::evidence::inconclusive(p, handle, d, Step::Bake, &what).await {
+                    super::evidence::Decided::Accepted(text) => {
+                        StepEnd::Done(Some(format!("{text}: {}", describe(&total))))
+                    }
+                    super::evidence::Decided::Refused(outcome, reason) => {
+                        match p.switch_back(d, SwitchKind::Rollback, &reason).await {
+                            Ok(_) => StepEnd::End(
+                                outcome,
+                                format!("{reason}; traffic is back on {}", d.from),
+                            ),
+                            Err(e) => StepEnd::End(
+                                outcome,
+                                format!("{reason}; switching back failed: {e}"),
+                            ),
+                        }
+                    }
+                };
             }
             if !extended {
                 extended = true;
@@ -200,7 +287,7 @@ pub(super) async fn bake(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployRecord
                     verdict: "waiting",
                     detail: text.clone(),
                     breach: None,
-                    view: Some(view(Some(&total), d, cfg, now_ms() + more, None)),
+                    view: Some(view(Some(&total), d, cfg, now_ms() + more, None, &report)),
                 });
                 note(p, Step::Bake, text).await;
                 continue;
@@ -228,5 +315,58 @@ pub(super) async fn bake(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployRecord
                 }
             };
         }
+    }
+}
+
+/// The whole table now: the bake's traffic so far, then every other metric.
+fn now_report(
+    p: &Arc<Pipeline>,
+    d: &DeployRecord,
+    start: &Window,
+    cfg: &bluegreen_core::config::deploy::BakeConfig,
+    judge: &Judge,
+) -> Vec<Reading> {
+    let total = p.router.live_window(d.target).since(start);
+    let mut rows = bluegreen_core::bake::rows(&total, d.baseline.as_ref(), &cfg.thresholds);
+    rows.extend(judge.rows());
+    rows
+}
+
+/// A metric beyond the router's counters breached: roll back, naming it.
+pub(super) async fn analysis_breach(
+    p: &Arc<Pipeline>,
+    d: &DeployRecord,
+    r: &Reading,
+    judge: &Judge,
+    table: &[Reading],
+) -> StepEnd {
+    let sentence = r.sentence();
+    let reason = format!("bake: {sentence}");
+    let b = bluegreen_core::bake::Breach {
+        metric: r.name.clone(),
+        // Never NaN: the record is JSON, which has none.
+        observed: r.new.unwrap_or(0.0),
+        limit: judge.limit_of(&r.name, r.baseline),
+        baseline: r.baseline,
+        requests: p.router.live_window(d.target).requests,
+        summary: sentence.clone(),
+    };
+    p.router.events.emit(Event::Bake {
+        deploy_id: d.id,
+        verdict: "breach",
+        detail: sentence,
+        breach: Some(b.clone()),
+        view: None,
+    });
+    let kept = table.to_vec();
+    touch(p, |rec| {
+        rec.breach = Some(b.clone());
+        rec.report = kept;
+    })
+    .await;
+    log(p, format!("bake report:\n{}", analysis::table(table))).await;
+    match p.switch_back(d, SwitchKind::Rollback, &reason).await {
+        Ok(_) => StepEnd::End(Outcome::RolledBack, format!("{reason}; traffic is back on {}", d.from)),
+        Err(e) => StepEnd::End(Outcome::Failed, format!("{reason}; rollback failed: {e}")),
     }
 }

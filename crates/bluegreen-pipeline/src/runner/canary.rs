@@ -5,7 +5,9 @@
 //! before/after). A breach sends everyone back to the old side at once and
 //! ends the deploy as rolled back; after the last share comes the switch.
 
+use super::analysis::{Judge, Scope};
 use super::bake::describe;
+use bluegreen_core::analysis::Reading;
 use super::checks::wait_healthy;
 use super::*;
 
@@ -36,6 +38,20 @@ pub(super) async fn canary(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployReco
         let new_start = p.router.live_window(d.target);
         let old_start = p.router.live_window(d.from);
         let mut windows = BakeWindows::new(new_start.clone(), cfg.consecutive);
+        // The app's resources and the user's metrics, both sides in the
+        // same minutes.
+        let share_start = now_ms();
+        let mut judge = Judge::new(
+            p,
+            Scope {
+                new: (d.target, d.version.clone()),
+                base: d.previous_version.clone().map(|v| (d.from, v)),
+                new_from_ms: share_start,
+                base_from_ms: share_start,
+                base_to_ms: None,
+            },
+        );
+        let mut fetch: Option<tokio::task::JoinHandle<Vec<(usize, Reading)>>> = None;
         let mut opened = Instant::now();
         let mut end = Instant::now() + step;
         // Too little traffic on the new side by the end: as long again.
@@ -43,14 +59,29 @@ pub(super) async fn canary(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployReco
         let mut tick = tokio::time::interval(Duration::from_millis(100).min(cfg.interval));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
+            let mut breached: Option<Reading> = None;
             tokio::select! {
                 _ = tick.tick() => {}
+                done = async { fetch.as_mut().expect("guarded").await }, if fetch.is_some() => {
+                    fetch = None;
+                    breached = judge.record(done.unwrap_or_default());
+                }
                 _ = handle.abort.cancelled() => {
                     let _ = p.router.set_weight(d.target, 0, true).await;
                     return StepEnd::End(Outcome::Aborted, format!("{}; every client is back on {}", aborted(handle), d.from));
                 }
             }
             let closing = opened.elapsed() >= cfg.interval;
+            if closing && !judge.is_empty() {
+                let (app, external) = judge.look(p);
+                breached = breached.or(judge.record(app));
+                if fetch.is_none() {
+                    fetch = external.map(tokio::spawn);
+                }
+            }
+            if let Some(r) = breached {
+                return share_back(p, d, share, &r, judge.rows()).await;
+            }
             // The old side's traffic of the same minutes is the yardstick.
             let same_minutes = p.router.live_window(d.from).since(&old_start);
             let now = p.router.live_window(d.target);
@@ -103,6 +134,42 @@ pub(super) async fn canary(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployReco
         let total = p.router.live_window(d.target).since(&new_start);
         let old = p.router.live_window(d.from).since(&old_start);
         let needed = cfg.thresholds.min_requests.max(1);
+        if !judge.is_empty() {
+            let (app, external) = judge.look(p);
+            let mut last = app;
+            if let Some(f) = fetch.take().or_else(|| external.map(tokio::spawn)) {
+                last.extend(f.await.unwrap_or_default());
+            }
+            if let Some(r) = judge.record(last) {
+                return share_back(p, d, share, &r, judge.rows()).await;
+            }
+            let mut rows = bluegreen_core::bake::rows(&total, Some(&old), &cfg.thresholds);
+            rows.extend(judge.rows());
+            touch(p, |r| r.report = rows).await;
+            let unjudged = judge.unjudged();
+            if !unjudged.is_empty() && total.requests >= needed {
+                let what = format!("canary at {share}%: {}", unjudged.join("; "));
+                match super::evidence::inconclusive(p, handle, d, Step::Canary, &what).await {
+                    super::evidence::Decided::Accepted(text) => {
+                        done.push(text);
+                        continue;
+                    }
+                    super::evidence::Decided::Refused(outcome, reason) => {
+                        let back = p.router.set_weight(d.target, 0, true).await;
+                        return match back {
+                            Ok(_) => StepEnd::End(
+                                outcome,
+                                format!("{reason}; every client is back on {}", d.from),
+                            ),
+                            Err(e) => StepEnd::End(
+                                outcome,
+                                format!("{reason}; taking the share back failed: {e}"),
+                            ),
+                        };
+                    }
+                }
+            }
+        }
         if total.requests < needed {
             // Every client hashed to the old side: usually all of them come
             // from one address (a load balancer not trusted, no sticky header).
@@ -146,4 +213,35 @@ pub(super) async fn canary(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployReco
         ));
     }
     StepEnd::Done(Some(done.join("; ")))
+}
+
+/// A metric beyond the router's counters breached during a share: every
+/// client back on the old side, naming the metric.
+async fn share_back(
+    p: &Arc<Pipeline>,
+    d: &DeployRecord,
+    share: f64,
+    r: &Reading,
+    rows: Vec<Reading>,
+) -> StepEnd {
+    let back = p.router.set_weight(d.target, 0, true).await;
+    let reason = format!("canary at {share}%: {}", r.sentence());
+    p.router.events.emit(Event::Bake {
+        deploy_id: d.id,
+        verdict: "breach",
+        detail: reason.clone(),
+        breach: None,
+        view: None,
+    });
+    touch(p, |rec| rec.report = rows).await;
+    match back {
+        Ok(_) => StepEnd::End(
+            Outcome::RolledBack,
+            format!("{reason}; every client is back on {}", d.from),
+        ),
+        Err(e) => StepEnd::End(
+            Outcome::Failed,
+            format!("{reason}; taking the share back failed: {e}"),
+        ),
+    }
 }

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod bake;
+mod analysis;
 mod canary;
 mod checks;
 pub(crate) mod contract;

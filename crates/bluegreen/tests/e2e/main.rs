@@ -14,6 +14,7 @@ mod fidelity;
 mod health;
 mod hold;
 mod hostile;
+mod judge;
 mod keepalive;
 mod manners;
 mod migrate;
