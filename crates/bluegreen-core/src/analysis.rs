@@ -184,13 +184,11 @@ impl Limits {
         }
         if let Some(r) = self.max_ratio {
             match baseline {
-                Some(b) if b > 0.0 => {
-                    if v > b * r {
-                        return (MetricVerdict::High, format!("{:.2}x baseline", v / b));
-                    }
+                Some(b) if b > 0.0 && v > b * r => {
+                    return (MetricVerdict::High, format!("{:.2}x baseline", v / b));
                 }
-                // Zero before: any amount now is an infinite ratio; only
-                // the absolute limits can judge it.
+                // Within the ratio; or zero before: any amount now is an
+                // infinite ratio, only the absolute limits can judge it.
                 Some(_) => {}
                 None if self.max.is_none() && self.min.is_none() => {
                     return (MetricVerdict::NoData, "no baseline to compare with".into())
@@ -300,12 +298,7 @@ fn cores(series: &[AppSample]) -> Option<f64> {
 
 /// One app metric, the new side's series (the bake so far) against the
 /// baseline's (the old side while it was live).
-pub fn judge_app(
-    metric: &str,
-    new: &[AppSample],
-    base: &[AppSample],
-    limits: &Limits,
-) -> Reading {
+pub fn judge_app(metric: &str, new: &[AppSample], base: &[AppSample], limits: &Limits) -> Reading {
     let unit = app_unit(metric).to_string();
     let mut r = Reading {
         name: metric.to_string(),
@@ -450,7 +443,12 @@ mod tests {
     fn four_times_the_cpu_per_request_is_high_and_the_same_passes() {
         let base = series(20, 40, 3.0, 0.0, true);
         let burn = series(12, 40, 12.0, 0.0, true);
-        let r = judge_app("cpu_per_request", &burn, &base, &default_limits("cpu_per_request"));
+        let r = judge_app(
+            "cpu_per_request",
+            &burn,
+            &base,
+            &default_limits("cpu_per_request"),
+        );
         assert_eq!(r.verdict, MetricVerdict::High, "{r:?}");
         assert!(
             r.sentence().starts_with("cpu_per_request 12.") && r.sentence().contains("against 3."),
@@ -458,7 +456,12 @@ mod tests {
             r.sentence()
         );
         let same = series(12, 40, 3.0, 0.0, true);
-        let r = judge_app("cpu_per_request", &same, &base, &default_limits("cpu_per_request"));
+        let r = judge_app(
+            "cpu_per_request",
+            &same,
+            &base,
+            &default_limits("cpu_per_request"),
+        );
         assert_eq!(r.verdict, MetricVerdict::Pass, "{r:?}");
     }
 
@@ -485,14 +488,23 @@ mod tests {
         new.last_mut().unwrap().restarts = 1;
         let r = judge_app("restarts", &new, &base, &default_limits("restarts"));
         assert_eq!(r.verdict, MetricVerdict::High);
-        let r = judge_app("cpu_per_request", &[], &base, &default_limits("cpu_per_request"));
+        let r = judge_app(
+            "cpu_per_request",
+            &[],
+            &base,
+            &default_limits("cpu_per_request"),
+        );
         assert_eq!(r.verdict, MetricVerdict::NoData);
         let (v, why) = Limits {
             max_ratio: Some(2.0),
             ..Limits::default()
         }
         .judge(Some(3.0), None);
-        assert_eq!(v, MetricVerdict::NoData, "a ratio without a baseline is never a pass");
+        assert_eq!(
+            v,
+            MetricVerdict::NoData,
+            "a ratio without a baseline is never a pass"
+        );
         assert!(why.contains("baseline"));
     }
 
@@ -522,7 +534,10 @@ mod tests {
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines.len(), 3);
         assert!(lines[0].starts_with("metric"));
-        assert!(lines[1].contains("12.00 ms") && lines[1].ends_with("HIGH"), "{t}");
+        assert!(
+            lines[1].contains("12.00 ms") && lines[1].ends_with("HIGH"),
+            "{t}"
+        );
         let col = lines[0].find("baseline").unwrap();
         assert_eq!(lines[2].chars().nth(col), Some('4'), "{t}");
     }

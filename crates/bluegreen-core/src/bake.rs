@@ -721,7 +721,10 @@ mod tests {
         // 3 errors against 1 in equal traffic: noise, never a rollback.
         let base = window(100, 1, Duration::from_millis(10));
         let w = window(100, 3, Duration::from_millis(10));
-        assert!(!matches!(judge(&w, Some(&base), &limits()), Verdict::Breach(_)));
+        assert!(!matches!(
+            judge(&w, Some(&base), &limits()),
+            Verdict::Breach(_)
+        ));
         // 2 % against 0.5 % over thousands of requests: significant.
         let base = window(4000, 20, Duration::from_millis(10));
         let w = window(4000, 80, Duration::from_millis(10));
@@ -729,12 +732,19 @@ mod tests {
             panic!()
         };
         assert_eq!(b.baseline, Some(0.005));
-        assert!(b.summary.contains("2x the old side's 0.50%"), "{}", b.summary);
+        assert!(
+            b.summary.contains("2x the old side's 0.50%"),
+            "{}",
+            b.summary
+        );
         // Without a baseline the same window is under the absolute 5 %.
         assert!(!matches!(judge(&w, None, &limits()), Verdict::Breach(_)));
         // A zero-error baseline still compares (the rise is significant).
         let clean = window(4000, 0, Duration::from_millis(10));
-        assert!(matches!(judge(&w, Some(&clean), &limits()), Verdict::Breach(_)));
+        assert!(matches!(
+            judge(&w, Some(&clean), &limits()),
+            Verdict::Breach(_)
+        ));
         // A baseline below min_requests is ignored.
         let tiny = window(3, 0, Duration::from_millis(1));
         let slow = window(600, 0, Duration::from_millis(40));
@@ -752,7 +762,9 @@ mod tests {
         let one = window(20, 1, Duration::from_millis(5));
         assert!(!matches!(judge(&one, None, &t), Verdict::Breach(_)));
         let all = window(20, 20, Duration::from_millis(5));
-        assert!(matches!(judge(&all, None, &t), Verdict::Breach(b) if b.summary.contains("binomial p")));
+        assert!(
+            matches!(judge(&all, None, &t), Verdict::Breach(b) if b.summary.contains("binomial p"))
+        );
     }
 
     #[test]

@@ -58,7 +58,11 @@ pub fn above_baseline(e_new: u64, n_new: u64, e_base: u64, n_base: u64) -> f64 {
     if n_new == 0 || n_base == 0 || e_new == 0 {
         return 1.0;
     }
-    binomial_at_least(e_new, e_new + e_base, n_new as f64 / (n_new + n_base) as f64)
+    binomial_at_least(
+        e_new,
+        e_new + e_base,
+        n_new as f64 / (n_new + n_base) as f64,
+    )
 }
 
 #[cfg(test)]

@@ -310,10 +310,7 @@ impl Pipeline {
     /// Keeps each side's counters every [`KEEP_EVERY`], as far back as
     /// `deploy.bake.baseline` (once per pipeline; the task ends with it).
     fn keep_recent(self: &Arc<Self>) {
-        if self
-            .keeping
-            .swap(true, std::sync::atomic::Ordering::SeqCst)
-        {
+        if self.keeping.swap(true, std::sync::atomic::Ordering::SeqCst) {
             return;
         }
         let weak = Arc::downgrade(self);

@@ -121,8 +121,7 @@ impl Resources {
                                 .flat_map(|p| group_members(p.pid))
                                 .filter_map(read_proc)
                                 .collect();
-                            let restarts: u64 =
-                                procs.procs.iter().map(|p| p.restarts as u64).sum();
+                            let restarts: u64 = procs.procs.iter().map(|p| p.restarts as u64).sum();
                             (procs.version.clone(), reads, restarts)
                         })
                     })

@@ -69,18 +69,27 @@ pub(super) fn validate(raw: &[RawAnalysis], c: &mut Checker) -> Vec<AnalysisMetr
     for (i, a) in raw.iter().enumerate() {
         let key = |k: &str| format!("deploy.analysis[{i}].{k}");
         let Some(name) = a.name.clone().filter(|n| !n.trim().is_empty()) else {
-            c.issue(key("name"), "missing: every metric needs a name for its reports");
+            c.issue(
+                key("name"),
+                "missing: every metric needs a name for its reports",
+            );
             continue;
         };
         if out.iter().any(|m| m.name == name) {
             c.issue(key("name"), format!("{name:?} is used twice"));
             continue;
         }
-        let timeout = c.duration(&key("timeout"), a.timeout.as_deref(), Duration::from_secs(5));
+        let timeout = c.duration(
+            &key("timeout"),
+            a.timeout.as_deref(),
+            Duration::from_secs(5),
+        );
         let limits = Limits {
             max: a.max,
             min: a.min,
-            max_ratio: a.max_ratio.and_then(|r| c.ratio(&key("max_ratio"), Some(r))),
+            max_ratio: a
+                .max_ratio
+                .and_then(|r| c.ratio(&key("max_ratio"), Some(r))),
         };
         for (k, v) in [("max", a.max), ("min", a.min)] {
             if v.is_some_and(|v| !v.is_finite()) {
@@ -92,15 +101,18 @@ pub(super) fn validate(raw: &[RawAnalysis], c: &mut Checker) -> Vec<AnalysisMetr
                 Some(m) if APP_METRICS.contains(&m) => AnalysisSource::App { metric: m.into() },
                 Some(m) => {
                     c.issue(
-                        &key("metric"),
+                        key("metric"),
                         format!("{m:?}: one of {}", APP_METRICS.join(", ")),
                     );
                     continue;
                 }
                 None => {
                     c.issue(
-                        &key("metric"),
-                        format!("missing for source \"app\": one of {}", APP_METRICS.join(", ")),
+                        key("metric"),
+                        format!(
+                            "missing for source \"app\": one of {}",
+                            APP_METRICS.join(", ")
+                        ),
                     );
                     continue;
                 }
@@ -109,14 +121,17 @@ pub(super) fn validate(raw: &[RawAnalysis], c: &mut Checker) -> Vec<AnalysisMetr
                 let address = a.address.clone().unwrap_or_default();
                 if !address.starts_with("http://") {
                     c.issue(
-                        &key("address"),
+                        key("address"),
                         format!("{address:?}: the Prometheus server as http://host:port"),
                     );
                     continue;
                 }
                 let query = a.query.clone().unwrap_or_default();
                 if query.trim().is_empty() {
-                    c.issue(key("query"), "missing: a PromQL query ({side}, {version} and {window} are filled in)");
+                    c.issue(
+                        key("query"),
+                        "missing: a PromQL query ({side}, {version} and {window} are filled in)",
+                    );
                     continue;
                 }
                 if !placeholders_ok(&query, &key("query"), c) {
@@ -133,7 +148,7 @@ pub(super) fn validate(raw: &[RawAnalysis], c: &mut Checker) -> Vec<AnalysisMetr
                 let url = a.url.clone().unwrap_or_default();
                 if !url.starts_with("http://") {
                     c.issue(
-                        &key("url"),
+                        key("url"),
                         format!("{url:?}: an http:// URL returning JSON"),
                     );
                     continue;
@@ -144,8 +159,10 @@ pub(super) fn validate(raw: &[RawAnalysis], c: &mut Checker) -> Vec<AnalysisMetr
                 let pointer = a.pointer.clone().unwrap_or_default();
                 if !pointer.starts_with('/') {
                     c.issue(
-                        &key("pointer"),
-                        format!("{pointer:?}: a JSON pointer to the value, like \"/data/error_rate\""),
+                        key("pointer"),
+                        format!(
+                            "{pointer:?}: a JSON pointer to the value, like \"/data/error_rate\""
+                        ),
                     );
                     continue;
                 }
@@ -158,7 +175,7 @@ pub(super) fn validate(raw: &[RawAnalysis], c: &mut Checker) -> Vec<AnalysisMetr
             }
             Some(other) => {
                 c.issue(
-                    &key("source"),
+                    key("source"),
                     format!("{other:?}: one of \"app\", \"prometheus\", \"web\""),
                 );
                 continue;
@@ -170,7 +187,7 @@ pub(super) fn validate(raw: &[RawAnalysis], c: &mut Checker) -> Vec<AnalysisMetr
         };
         if limits.is_empty() && !matches!(source, AnalysisSource::App { .. }) {
             c.issue(
-                &key("max"),
+                key("max"),
                 "no limit: give max, min or max_ratio (new against the baseline)",
             );
             continue;

@@ -118,7 +118,8 @@ impl Judge {
                     let mut r = judge::judge_app(metric, &new, &base, &t.metric.limits);
                     r.name = t.metric.name.clone();
                     if p.resources().is_none() {
-                        r.detail = "the app is not run by the supervisor: no process to read".into();
+                        r.detail =
+                            "the app is not run by the supervisor: no process to read".into();
                     }
                     app.push((i, r));
                 }
@@ -203,7 +204,11 @@ impl Judge {
                 Some(r) if r.verdict == MetricVerdict::NoData => Some(format!(
                     "{}: no data ({})",
                     t.metric.name,
-                    if r.detail.is_empty() { "no value" } else { &r.detail }
+                    if r.detail.is_empty() {
+                        "no value"
+                    } else {
+                        &r.detail
+                    }
                 )),
                 None => Some(format!("{}: never read", t.metric.name)),
                 Some(_) if !t.judged => Some(format!("{}: never judged", t.metric.name)),
@@ -294,7 +299,8 @@ async fn get_json(
     let uri: http::Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
     let mut req = http::Request::get(uri);
     if let Some(var) = token_env {
-        let token = std::env::var(var).map_err(|_| format!("${var} (the bearer token) is not set"))?;
+        let token =
+            std::env::var(var).map_err(|_| format!("${var} (the bearer token) is not set"))?;
         req = req.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
     }
     let req = req
@@ -321,9 +327,12 @@ async fn get_json(
         }
         serde_json::from_slice(&body).map_err(|e| format!("{url}: not JSON: {e}"))
     };
-    tokio::time::timeout(timeout, work)
-        .await
-        .map_err(|_| format!("{url}: no answer within {}", humantime::format_duration(timeout)))?
+    tokio::time::timeout(timeout, work).await.map_err(|_| {
+        format!(
+            "{url}: no answer within {}",
+            humantime::format_duration(timeout)
+        )
+    })?
 }
 
 /// An instant query; the value of the one series it returns (or a scalar).
@@ -349,10 +358,10 @@ async fn prometheus(
 /// exactly one series (several are ambiguous: the query must aggregate).
 fn prometheus_value(v: &serde_json::Value) -> Result<f64, String> {
     if v["status"] != "success" {
-        return Err(format!(
-            "{}",
-            v["error"].as_str().unwrap_or("status is not success")
-        ));
+        return Err(v["error"]
+            .as_str()
+            .unwrap_or("status is not success")
+            .to_string());
     }
     let data = &v["data"];
     let sample = match data["resultType"].as_str() {
@@ -370,10 +379,16 @@ fn prometheus_value(v: &serde_json::Value) -> Result<f64, String> {
                 }
             }
         }
-        other => return Err(format!("result type {other:?}: use an instant vector or scalar")),
+        other => {
+            return Err(format!(
+                "result type {other:?}: use an instant vector or scalar"
+            ))
+        }
     };
     let text = sample[1].as_str().ok_or("no value in the sample")?;
-    let x: f64 = text.parse().map_err(|_| format!("value {text:?} is not a number"))?;
+    let x: f64 = text
+        .parse()
+        .map_err(|_| format!("value {text:?} is not a number"))?;
     if x.is_finite() {
         Ok(x)
     } else {

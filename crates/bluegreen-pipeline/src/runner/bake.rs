@@ -140,7 +140,8 @@ pub(super) async fn bake(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployRecord
         if closing && !judge.is_empty() {
             let (app, external) = judge.look(p);
             if let Some(r) = judge.record(app) {
-                return analysis_breach(p, d, &r, &judge, &now_report(p, d, &start, cfg, &judge)).await;
+                return analysis_breach(p, d, &r, &judge, &now_report(p, d, &start, cfg, &judge))
+                    .await;
             }
             if fetch.is_none() {
                 fetch = external.map(tokio::spawn);
@@ -181,7 +182,14 @@ pub(super) async fn bake(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployRecord
                     verdict: word,
                     detail: text.clone(),
                     breach: None,
-                    view: Some(view(Some(&window), d, cfg, ends_at_ms, Some(number as u64), &report)),
+                    view: Some(view(
+                        Some(&window),
+                        d,
+                        cfg,
+                        ends_at_ms,
+                        Some(number as u64),
+                        &report,
+                    )),
                 });
                 note(p, Step::Bake, text).await;
             }
@@ -192,7 +200,14 @@ pub(super) async fn bake(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployRecord
                     verdict: "breach",
                     detail: b.summary.clone(),
                     breach: Some(b.clone()),
-                    view: Some(view(Some(&now.since(&start)), d, cfg, ends_at_ms, None, &report)),
+                    view: Some(view(
+                        Some(&now.since(&start)),
+                        d,
+                        cfg,
+                        ends_at_ms,
+                        None,
+                        &report,
+                    )),
                 });
                 // The rollback comes first; the breach is written with the outcome.
                 let kept = now_report(p, d, &start, cfg, &judge);
@@ -234,7 +249,14 @@ pub(super) async fn bake(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployRecord
                     last.extend(f.await.unwrap_or_default());
                 }
                 if let Some(r) = judge.record(last) {
-                    return analysis_breach(p, d, &r, &judge, &now_report(p, d, &start, cfg, &judge)).await;
+                    return analysis_breach(
+                        p,
+                        d,
+                        &r,
+                        &judge,
+                        &now_report(p, d, &start, cfg, &judge),
+                    )
+                    .await;
                 }
             }
             let table = now_report(p, d, &start, cfg, &judge);
@@ -366,7 +388,10 @@ pub(super) async fn analysis_breach(
     .await;
     log(p, format!("bake report:\n{}", analysis::table(table))).await;
     match p.switch_back(d, SwitchKind::Rollback, &reason).await {
-        Ok(_) => StepEnd::End(Outcome::RolledBack, format!("{reason}; traffic is back on {}", d.from)),
+        Ok(_) => StepEnd::End(
+            Outcome::RolledBack,
+            format!("{reason}; traffic is back on {}", d.from),
+        ),
         Err(e) => StepEnd::End(Outcome::Failed, format!("{reason}; rollback failed: {e}")),
     }
 }

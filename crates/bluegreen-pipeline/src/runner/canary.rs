@@ -7,9 +7,9 @@
 
 use super::analysis::{Judge, Scope};
 use super::bake::describe;
-use bluegreen_core::analysis::Reading;
 use super::checks::wait_healthy;
 use super::*;
+use bluegreen_core::analysis::Reading;
 
 pub(super) async fn canary(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployRecord) -> StepEnd {
     // A record from before canaries existed resumes with none to run.

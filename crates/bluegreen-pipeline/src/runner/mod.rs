@@ -19,8 +19,8 @@ use bluegreen_router::shadow::ShadowOptions;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-mod bake;
 mod analysis;
+mod bake;
 mod canary;
 mod checks;
 pub(crate) mod contract;

@@ -181,8 +181,7 @@ async fn cpu_and_memory_regressions_are_rolled_back_by_name() {
     assert!(all.contains("rss_growth"), "named: {all}");
     let (code, all) = deploy(&router, "v4", &[good]);
     assert_eq!(code, 0, "the good version again passes: {all}");
-    let h: serde_json::Value =
-        serde_json::from_str(&router.cli(&["history", "--json"]).1).unwrap();
+    let h: serde_json::Value = serde_json::from_str(&router.cli(&["history", "--json"]).1).unwrap();
     let report = h["deploys"][0]["report"].to_string();
     assert!(
         report.contains("cpu_per_request") && report.contains("rss_growth"),
@@ -219,7 +218,10 @@ impl Prometheus {
         let addr = closed_port();
         let child = Command::new(bin)
             .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
             .arg(format!("--web.listen-address={addr}"))
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.path().join("log")).unwrap())
@@ -266,7 +268,9 @@ fn which(name: &str) -> Option<std::path::PathBuf> {
 async fn a_prometheus_metric_judges_the_bake_and_its_absence_is_no_pass() {
     let (blue, green) = (closed_port(), closed_port());
     let Some(mut prom) = Prometheus::start(&[blue, green]).await else {
-        panic!("prometheus is not installed: scripts/test installs it (apt-get install prometheus)");
+        panic!(
+            "prometheus is not installed: scripts/test installs it (apt-get install prometheus)"
+        );
     };
     let analysis = format!(
         r#"
@@ -284,17 +288,25 @@ max = 50
     let load = Paced::start(&router, 40);
     let (code, all) = deploy(&router, "v2", &["BLUEGREEN_APP_QUEUE_DEPTH=100"]);
     assert_eq!(code, 3, "rolled back: {all}");
-    assert!(all.contains("queue_depth 100"), "named with its value: {all}");
+    assert!(
+        all.contains("queue_depth 100"),
+        "named with its value: {all}"
+    );
     assert_eq!(router.status().await["live"], "green", "back on v1");
 
     // Prometheus gone mid-bake: held with the reason, traffic stays.
     router.start_deploy("{\"version\":\"v3\"}").await;
-    wait_until(Duration::from_secs(30), "the bake has read the metric", || async {
-        let d = router.current_deploy().await;
-        d["report"]
-            .as_array()
-            .is_some_and(|r| r.iter().any(|x| x["name"] == "queue_depth" && x["verdict"] == "pass"))
-    })
+    wait_until(
+        Duration::from_secs(30),
+        "the bake has read the metric",
+        || async {
+            let d = router.current_deploy().await;
+            d["report"].as_array().is_some_and(|r| {
+                r.iter()
+                    .any(|x| x["name"] == "queue_depth" && x["verdict"] == "pass")
+            })
+        },
+    )
     .await;
     prom.stop();
     wait_until(Duration::from_secs(30), "the bake holds", || async {
@@ -304,7 +316,11 @@ max = 50
     let d = router.current_deploy().await;
     let why = d["held"].as_str().unwrap();
     assert!(why.contains("queue_depth: no data (prometheus:"), "{why}");
-    assert_eq!(router.status().await["live"], "blue", "no rollback: v3 stays live");
+    assert_eq!(
+        router.status().await["live"],
+        "blue",
+        "no rollback: v3 stays live"
+    );
     let (code, out, err) = router.cli(&["abort"]);
     assert_eq!(code, 0, "{out}{err}");
     let d = router.wait_deploy_end(Duration::from_secs(20)).await;
