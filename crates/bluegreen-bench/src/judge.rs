@@ -3,9 +3,10 @@
 //! process, seeded. Good releases come from the baseline's own
 //! distributions (with per-window noise and the baseline taken at another
 //! time of day); bad ones are slower, fail more, or answer 401 to a quarter
-//! of the requests. Counted for today's threshold judge, for the judge
-//! with the rank test, and for a proposed error test measured here only
-//! ([`ErrorRule`]): false rollbacks among the good, bad releases caught, and
+//! of the requests. Counted for the judge as it was before the error tests
+//! (its error-rate point check emulated here: [`PointRule`]) and for the
+//! judge as shipped (the thresholds from the real config validation):
+//! false rollbacks among the good, bad releases caught, by which check, and
 //! how many windows and requests the catch took.
 //!
 //! The model (all numbers here, stated in the report):
@@ -22,10 +23,12 @@
 //!   every 100 ms (50 looks a window, as the pipeline does) or only at each
 //!   window's end.
 
-use bluegreen_core::bake::{BakeWindows, Thresholds, Window, WindowEnd};
+use bluegreen_core::bake::{self, BakeWindows, Thresholds, Verdict, Window, WindowEnd};
+use bluegreen_core::config::Config;
 use bluegreen_core::latency::bucket;
-use bluegreen_core::rank::{upper_tail, ShiftRule};
+use bluegreen_core::rank::upper_tail;
 use std::fmt::Write;
+use std::path::Path;
 use std::time::Duration;
 
 /// splitmix64: small, seeded, good enough for a simulation.
@@ -219,36 +222,88 @@ impl Traffic {
     }
 }
 
-/// Today's threshold judge: the defaults of `config/deploy.rs` with
-/// bluegreen.toml's `p99_ratio = 1.5` and the rank test off.
-pub fn today() -> Thresholds {
-    Thresholds {
+/// The bake's thresholds and `consecutive` as shipped: the real config
+/// validation (`bluegreen_core::config::Config::parse`, which fills in
+/// `config/deploy.rs`'s defaults) of a minimal config whose `[deploy.bake]`
+/// sets only bluegreen.toml's `p99_ratio = 1.5`.
+pub fn shipped() -> (Thresholds, u32) {
+    const MINIMAL: &str = r#"
+[proxy]
+listen = "127.0.0.1:8080"
+preview_listen = "127.0.0.1:8081"
+
+[admin]
+listen = "127.0.0.1:9901"
+token_env = "BLUEGREEN_TOKEN"
+
+[state]
+dir = ".bluegreen"
+
+[environments.blue]
+upstreams = ["127.0.0.1:9001"]
+
+[environments.green]
+upstreams = ["127.0.0.1:9002"]
+
+[deploy.hooks]
+deploy = "true"
+
+[deploy.bake]
+p99_ratio = 1.5
+"#;
+    let cfg = Config::parse(MINIMAL, "bench.toml", Path::new("/tmp"))
+        .unwrap_or_else(|e| panic!("the bench's minimal config: {e}"));
+    let bake = cfg.deploy.expect("[deploy] is set").bake;
+    (bake.thresholds, bake.consecutive)
+}
+
+/// The judge before the error tests (main's bake.rs up to the commit
+/// "Error rates judged with evidence"): an error-rate *point* check
+/// ([`PointRule`], emulated here since core no longer has it) at every
+/// 100 ms look, and at window ends `p99_ratio 1.5` (bluegreen.toml) and
+/// `max_4xx_increase 0.2`; no `error_rate_ratio`, no rank test,
+/// `consecutive 2`. These are the core thresholds left to core's `judge`
+/// at window ends; its error tests are switched off (`max_error_rate 1`,
+/// no ratio: nothing is significantly above 100 %), the point rule stands
+/// in for them.
+pub fn before() -> (Thresholds, PointRule, u32) {
+    let t = Thresholds {
         min_requests: 20,
-        max_error_rate: 0.01,
+        max_error_rate: 1.0,
+        significance: 0.001,
         max_p99: None,
         error_rate_ratio: None,
         p99_ratio: Some(1.5),
         max_4xx_increase: Some(0.2),
         latency_shift: None,
-    }
+    };
+    (
+        t,
+        PointRule {
+            min_requests: 20,
+            max_error_rate: 0.01,
+        },
+        2,
+    )
 }
 
-/// The new judge: today's with the rank test at its defaults
-/// (`config/deploy.rs` `rank_rule`).
-pub fn ranked() -> Thresholds {
-    Thresholds {
-        latency_shift: Some(ShiftRule {
-            alpha: 0.001,
-            min_ratio: 1.25,
-            min_shift: 2_000.0,
-            min_samples: 20,
-        }),
-        ..today()
-    }
+/// An emulation of the old error-rate check, exactly as `bake::judge` had
+/// it before "Error rates judged with evidence" (and `BakeWindows::observe`
+/// ran `judge` at every look, acting on an error-rate breach at once): over
+/// the open window (since the last closed one), once it has
+/// `min_requests`, a breach when `errors / requests > max_error_rate`. No
+/// statistics: one 5xx among a window's first 100 requests is above 1 %.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PointRule {
+    pub min_requests: u64,
+    pub max_error_rate: f64,
 }
 
-/// `consecutive` in `[deploy.bake]` (default and bluegreen.toml).
-const CONSECUTIVE: u32 = 2;
+impl PointRule {
+    pub fn breached(&self, window: &Window) -> bool {
+        window.requests >= self.min_requests.max(1) && window.error_rate() > self.max_error_rate
+    }
+}
 
 /// A rollback: in which window (1-based), after how many bake requests, why.
 #[derive(Debug, Clone, PartialEq)]
@@ -258,152 +313,82 @@ pub struct Rollback {
     pub metric: String,
 }
 
-/// A proposed error check, measured here only (bluegreen-core does not
-/// have it): the 5xx of the bake so far against the baseline's like the
-/// rank test judges latency, significant *and* past an effect floor, at
-/// every look:
-/// - significantly above the baseline's rate (given the errors of both
-///   sides, the new side's share of them against a binomial, one-sided
-///   p < `alpha`), at least `min_ratio` times it and `min_increase` above
-///   it (point estimates); or
-/// - significantly above the absolute limit (`max_error_rate`: Poisson,
-///   one-sided p < `alpha`), so one 5xx in a small window never is.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct ErrorRule {
-    pub alpha: f64,
-    pub min_ratio: f64,
-    pub min_increase: f64,
-    pub max_error_rate: f64,
-}
-
-impl ErrorRule {
-    /// The rank test's significance (0.001), `error_rate_ratio`'s example
-    /// in bluegreen.toml and the 4xx check's "twice the old side's" (2),
-    /// one request in a thousand more failing (0.1 points), and today's
-    /// absolute limit (1 %).
-    pub fn proposed() -> ErrorRule {
-        ErrorRule {
-            alpha: 0.001,
-            min_ratio: 2.0,
-            min_increase: 0.001,
-            max_error_rate: 0.01,
-        }
-    }
-
-    /// Whether `new` (the bake so far) breaches against `base`.
-    pub fn breached(&self, new: &Window, base: &Window) -> bool {
-        let (n1, e1) = (new.requests, new.errors);
-        if n1 == 0 || e1 == 0 {
-            return false;
-        }
-        if poisson_at_least(e1, n1 as f64 * self.max_error_rate) < self.alpha {
-            return true;
-        }
-        let (n2, e2) = (base.requests, base.errors);
-        if n2 == 0 {
-            return false;
-        }
-        let (r1, r2) = (e1 as f64 / n1 as f64, e2 as f64 / n2 as f64);
-        if r1 < r2 * self.min_ratio || r1 - r2 < self.min_increase {
-            return false;
-        }
-        // Equal rates: each error is the new side's with probability n1 / (n1 + n2).
-        binomial_at_least(e1, e1 + e2, n1 as f64 / (n1 + n2) as f64) < self.alpha
-    }
-}
-
-/// ln(k!) for k up to `n`.
-fn ln_factorials(n: u64) -> Vec<f64> {
-    let mut out = Vec::with_capacity(n as usize + 1);
-    out.push(0.0);
-    for k in 1..=n {
-        out.push(out[k as usize - 1] + (k as f64).ln());
-    }
-    out
-}
-
-/// P(X >= k) for X ~ Binomial(n, p).
-fn binomial_at_least(k: u64, n: u64, p: f64) -> f64 {
-    if k == 0 {
-        return 1.0;
-    }
-    let lf = ln_factorials(n);
-    let (lp, lq) = (p.ln(), (1.0 - p).ln());
-    (k..=n)
-        .map(|i| {
-            (lf[n as usize] - lf[i as usize] - lf[(n - i) as usize]
-                + i as f64 * lp
-                + (n - i) as f64 * lq)
-                .exp()
-        })
-        .sum::<f64>()
-        .min(1.0)
-}
-
-/// P(X >= k) for X ~ Poisson(lambda).
-fn poisson_at_least(k: u64, lambda: f64) -> f64 {
-    if k == 0 {
-        return 1.0;
-    }
-    if (k as f64) <= lambda {
-        return 1.0; // not above the limit at all
-    }
-    // Terms fall from k on (k > lambda): sum until they stop counting.
-    let mut ln_term = -lambda + k as f64 * lambda.ln() - ln_factorials(k)[k as usize];
-    let mut sum = 0.0;
-    let mut i = k;
-    loop {
-        let term = ln_term.exp();
-        sum += term;
-        if term < sum * 1e-12 || i > k + 100_000 {
-            return sum.min(1.0);
-        }
-        i += 1;
-        ln_term += lambda.ln() - (i as f64).ln();
-    }
-}
-
-/// A judge: core thresholds, and the proposed error check in their place
-/// (then `max_error_rate` is left to it).
+/// A judge: core thresholds, `consecutive`, and for the old judge the
+/// emulated point check in place of core's error tests.
 #[derive(Debug, Clone)]
 pub struct Judge {
     pub name: &'static str,
     pub thresholds: Thresholds,
-    pub errors: Option<ErrorRule>,
+    pub consecutive: u32,
+    pub point: Option<PointRule>,
+    /// For the variant: core's error tests (`bake::judge_errors`) with these
+    /// thresholds over the whole bake only, at every look.
+    pub whole_only: Option<Thresholds>,
+}
+
+pub const BEFORE: &str = "before (point rules)";
+pub const NOW: &str = "now (as shipped)";
+pub const VARIANT: &str = "variant: ratio test over the whole bake only (the earlier proposal)";
+
+/// The judges compared: before the error tests, and as shipped.
+pub fn judges() -> Vec<Judge> {
+    let (thresholds, point, consecutive) = before();
+    let (now, now_consecutive) = shipped();
+    vec![
+        Judge {
+            name: BEFORE,
+            thresholds,
+            consecutive,
+            point: Some(point),
+            whole_only: None,
+        },
+        Judge {
+            name: NOW,
+            thresholds: now.clone(),
+            consecutive: now_consecutive,
+            point: None,
+            whole_only: None,
+        },
+        // Not in core: the shipped judge with its test against the
+        // baseline's rate (`error_rate_ratio`) moved from every window to
+        // the whole bake only; the test against `max_error_rate` still
+        // judges both.
+        Judge {
+            name: VARIANT,
+            thresholds: Thresholds {
+                error_rate_ratio: None,
+                ..now.clone()
+            },
+            consecutive: now_consecutive,
+            point: None,
+            whole_only: Some(now),
+        },
+    ]
 }
 
 /// One judge replaying one release.
 struct Replay {
     thresholds: Thresholds,
-    /// For looks before a window's end: only an error-rate breach acts
-    /// then (`BakeWindows::observe`), and `judge` decides it before any
-    /// latency, so the latency tests are left out (the same outcome, far
-    /// less work).
-    errors_only: Thresholds,
-    errors: Option<ErrorRule>,
+    point: Option<PointRule>,
+    whole_only: Option<Thresholds>,
     mid_window: bool,
     windows: BakeWindows,
+    /// Where `windows`' open window began (for the point rule): moved on
+    /// when a window closes (passed, or a latency strike), as `BakeWindows`
+    /// does; a window too small to judge grows on.
+    opened_at: Window,
     rollback: Option<Rollback>,
 }
 
 impl Replay {
     fn new(judge: &Judge, mid_window: bool) -> Replay {
-        let mut thresholds = judge.thresholds.clone();
-        if judge.errors.is_some() {
-            thresholds.max_error_rate = 1.0;
-        }
         Replay {
-            errors_only: Thresholds {
-                max_p99: None,
-                p99_ratio: None,
-                max_4xx_increase: None,
-                latency_shift: None,
-                ..thresholds.clone()
-            },
-            thresholds,
-            errors: judge.errors,
+            thresholds: judge.thresholds.clone(),
+            point: judge.point,
+            whole_only: judge.whole_only.clone(),
             mid_window,
-            windows: BakeWindows::new(Window::default(), CONSECUTIVE),
+            windows: BakeWindows::new(Window::default(), judge.consecutive),
+            opened_at: Window::default(),
             rollback: None,
         }
     }
@@ -414,18 +399,34 @@ impl Replay {
             return;
         }
         let mut metric = None;
-        if let Some(rule) = self.errors {
-            if rule.breached(now, baseline) {
+        if let Some(rule) = self.point {
+            let open = now.since(&self.opened_at);
+            if rule.breached(&open) {
                 metric = Some("error_rate".to_string());
+            } else if closing {
+                // Whether BakeWindows closes the window (it does on a pass
+                // or a latency breach; a too-small one grows on): core's
+                // own judge, pure, asked the same question.
+                if matches!(
+                    bake::judge(&open, Some(baseline), &self.thresholds),
+                    Verdict::Pass | Verdict::Breach(_)
+                ) {
+                    self.opened_at = now.clone();
+                }
             }
         }
-        if metric.is_none() && (closing || self.errors.is_none()) {
-            let t = if closing {
-                &self.thresholds
-            } else {
-                &self.errors_only
-            };
-            if let WindowEnd::Breach(b) = self.windows.observe(now, Some(baseline), t, closing) {
+        if let (None, Some(t)) = (&metric, &self.whole_only) {
+            if let Some(b) = bake::judge_errors(now, Some(baseline), t) {
+                metric = Some(b.metric);
+            }
+        }
+        // Core's windows: the real judge (for the old judge, its error
+        // tests are off and only window ends can breach).
+        if metric.is_none() && (closing || self.point.is_none()) {
+            if let WindowEnd::Breach(b) =
+                self.windows
+                    .observe(now, Some(baseline), &self.thresholds, closing)
+            {
                 metric = Some(b.metric);
             }
         }
@@ -437,28 +438,6 @@ impl Replay {
             });
         }
     }
-}
-
-/// The judges compared: today's, with the rank test, and with the rank
-/// test and the proposed error check.
-pub fn judges() -> Vec<Judge> {
-    vec![
-        Judge {
-            name: "today's thresholds",
-            thresholds: today(),
-            errors: None,
-        },
-        Judge {
-            name: "with the rank test",
-            thresholds: ranked(),
-            errors: None,
-        },
-        Judge {
-            name: "rank test + error test (proposal)",
-            thresholds: ranked(),
-            errors: Some(ErrorRule::proposed()),
-        },
-    ]
 }
 
 /// Replays one release (`kind`, number `i`) at `per_window` requests a
@@ -481,6 +460,12 @@ pub fn release(
     .iter()
     .position(|k| *k == kind)
     .unwrap_or(0) as u64;
+    // The most requests any judge's error check waits for (see the looks).
+    let min_requests = judges
+        .iter()
+        .map(|j| (j.thresholds.min_requests).max(j.point.map_or(0, |p| p.min_requests)))
+        .max()
+        .unwrap_or(0);
     let mut rng = Rng::new(0x5EED ^ (kind_no << 40) ^ (per_window << 20) ^ i);
     let tail = Tail::new();
     let drift =
@@ -522,20 +507,22 @@ pub fn release(
         }
         let n = traffic(&mut rng, per_window);
         let start = now.requests;
-        let mut errors_at_look = now.errors;
+        // A look is skipped when it cannot breach on errors: no new error
+        // since the last look judged, and that look's window already had
+        // `min_requests` (every window judged, the bake's whole and core's
+        // open one, holds at least this 5 s window's requests). Then each
+        // error test's evidence only fell since (a rate lower, a binomial
+        // tail heavier): the same outcomes, a fraction of the work.
+        let (mut errors_seen, mut requests_seen) = (now.errors, start);
         for look in 1..=LOOKS {
             while now.requests < start + n * look / LOOKS {
                 w.request(&mut rng, &mut now);
             }
             let closing = look == LOOKS;
-            // A look with no new error cannot breach on errors (the rate,
-            // and with it the proposed test's evidence, only fell since the
-            // last look): skipped unless closing. The same outcomes, a
-            // fraction of the work.
-            if !closing && now.errors == errors_at_look {
+            if !closing && now.errors == errors_seen && requests_seen - start >= min_requests {
                 continue;
             }
-            errors_at_look = now.errors;
+            (errors_seen, requests_seen) = (now.errors, now.requests);
             for r in replays.iter_mut().flatten() {
                 r.look(&now, &baseline, closing, window);
             }
@@ -753,10 +740,14 @@ pub fn render(o: &mut String, r: &Results) {
     let _ = writeln!(o, "- Service: latency log-normal (median 20 ms, sigma 0.5) with 2 % from a slow path (median 100 ms, sigma 0.7), 4xx answered in about 2 ms; 5xx 0.2 %, 4xx 3 % (a quarter of them 401). Every window: traffic × e^(0.1 N), latency × e^(0.05 N), 5xx rate × e^(0.3 N), 4xx rate × e^(0.15 N).");
     let _ = writeln!(o, "- Baseline: the old side's traffic before the switch, {BASELINE_WINDOWS} windows' worth, from another time of day: latency × U[0.9, 1.1], 5xx and 4xx rates × log-U[0.8, 1.25]. Good releases are the baseline's distributions without the drift.");
     let _ = writeln!(o, "- Bad releases: p99 +30 % with every latency × 1.3 (median +30 % too), p99 +30 % in the tail only (above the p90, median unchanged), 5xx +0.5 points (0.2 % → 0.7 %), 401 +25 points, CPU +40 % (a window holds no CPU: not judged by this judge, app resources are judged separately; its column counts rollbacks it got anyway, for other reasons).");
-    let _ = writeln!(o, "- Bake: {BAKE_WINDOWS} windows (the default 60 s in 5 s windows), `consecutive = {CONSECUTIVE}`. Looked at every 100 ms (50 looks a window, as the pipeline does: an error-rate breach acts at any look) or only at each window's end.");
-    let _ = writeln!(o, "- Today's thresholds: `min_requests 20, max_error_rate 0.01, p99_ratio 1.5` (bluegreen.toml), `max_4xx_increase 0.2`, no `max_p99`, no `error_rate_ratio`, no rank test. With the rank test: the same and `deploy.bake`'s rank defaults (`significance 0.001, latency_ratio 1.25, latency_min_increase 2ms`, 20 samples a side).");
-    let _ = writeln!(o, "- Rank test + error test (proposal; measured here, not in bluegreen-core): the judge with the rank test, its bare `errors / requests > max_error_rate` replaced by a test of the bake's 5xx so far at every look: a breach when they are significantly above the baseline's rate (the new side's share of both sides' errors against a binomial, one-sided p < 0.001) and at least 2 × and 0.1 points above it, or significantly above 1 % (Poisson, p < 0.001).");
-    let _ = writeln!(o, "- Each count says which check rolled back: `5xx` (`max_error_rate`), `4xx` (`max_4xx_increase`), `p99` (`p99_ratio`), `rank` (the rank test). Windows to detection: the 5 s windows begun when the rollback came; requests: the bake's requests until then; both over the caught releases of the judged bad kinds.");
+    let (now, consecutive) = shipped();
+    let _ = writeln!(o, "- Bake: {BAKE_WINDOWS} windows (the default 60 s in 5 s windows), `consecutive = {consecutive}` (both judges). Looked at every 100 ms (50 looks a window, as the pipeline does: an error-rate breach acts at any look) or only at each window's end.");
+    let _ = writeln!(o, "- {BEFORE}: the judge before \"Error rates judged with evidence\": at every look `errors / requests > max_error_rate` (0.01) over the open window once it has `min_requests` (20) — no statistics; emulated in the bench, core no longer has it — and at window ends core's `judge` with `p99_ratio 1.5` (bluegreen.toml), `max_4xx_increase 0.2`, no `max_p99`, no `error_rate_ratio`, no rank test.");
+    let _ = writeln!(o, "- {NOW}: the thresholds `Config::parse` gives a config whose `[deploy.bake]` sets only `p99_ratio = 1.5`: `min_requests {}, max_error_rate {}, significance {}, error_rate_ratio {:?}, p99_ratio {:?}, max_4xx_increase {:?}, max_p99 {:?}`, rank test {}. Errors judged by `BakeWindows::observe` at every look over the open window and the whole bake (binomial tests, p < significance); the rest at window ends.",
+        now.min_requests, now.max_error_rate, now.significance, now.error_rate_ratio, now.p99_ratio, now.max_4xx_increase, now.max_p99,
+        now.latency_shift.map(|r| format!("`alpha {}, min_ratio {}, min_shift {} µs, min_samples {}`", r.alpha, r.min_ratio, r.min_shift, r.min_samples)).unwrap_or_else(|| "off".into()));
+    let _ = writeln!(o, "- {VARIANT}: not in core, kept for what it isolates: the shipped judge with its test against the baseline's rate (`error_rate_ratio`) over the whole bake only (`bake::judge_errors` on the bake so far, at every look), not over each window; the test against `max_error_rate` still judges both.");
+    let _ = writeln!(o, "- Each count says which check rolled back: `5xx` (the error-rate check or tests), `4xx` (`max_4xx_increase`), `p99` (`p99_ratio`), `rank` (the rank test). Windows to detection: the 5 s windows begun when the rollback came (1 = within the first); requests: the bake's requests until then; both over the caught releases of the judged bad kinds.");
     for mid_window in [true, false] {
         let _ = writeln!(
             o,
@@ -767,7 +758,7 @@ pub fn render(o: &mut String, r: &Results) {
                 "Looked at only at each window's end"
             }
         );
-        let _ = writeln!(o, "| judge | requests/window | false rollbacks (of {}) | {} | caught (of {}) | {} | windows to detection: median / max | requests to detection: median | within 2 windows |", r.good, BAD.iter().filter(|k| k.judged()).map(|k| format!("{} (of {})", k.label(), r.bad_each)).collect::<Vec<_>>().join(" | "), r.bad_each * 4, Kind::Cpu.label());
+        let _ = writeln!(o, "| judge | requests/window | false rollbacks (of {}) | {} | caught (of {}) | {} | windows to detection: median / max | requests to detection: median / max | within 2 windows |", r.good, BAD.iter().filter(|k| k.judged()).map(|k| format!("{} (of {})", k.label(), r.bad_each)).collect::<Vec<_>>().join(" | "), r.bad_each * 4, Kind::Cpu.label());
         let _ = writeln!(
             o,
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
@@ -795,9 +786,13 @@ pub fn render(o: &mut String, r: &Results) {
                     (Some(m), Some(x)) => format!("{m} / {x}"),
                     _ => "-".into(),
                 },
-                median(caught.iter().map(|d| d.requests).collect())
-                    .map(thousands)
-                    .unwrap_or_else(|| "-".into()),
+                match (
+                    median(caught.iter().map(|d| d.requests).collect()),
+                    caught.iter().map(|d| d.requests).max()
+                ) {
+                    (Some(m), Some(x)) => format!("{} / {}", thousands(m), thousands(x)),
+                    _ => "-".into(),
+                },
                 if caught.is_empty() {
                     "-".into()
                 } else {
@@ -883,76 +878,92 @@ mod tests {
         );
     }
 
-    /// A small seeded set at 1,000 requests a window, judged with the rank
-    /// test: (judge with the rank test looked at every 100 ms, at window ends).
-    fn small() -> (Outcomes, Outcomes) {
-        let mut cells = run(10, 3, &[1_000])
+    /// A small seeded set at 1,000 requests a window, judged by `judge`:
+    /// (looked at every 100 ms, at window ends).
+    fn small(judge: &str) -> (Outcomes, Outcomes) {
+        set(judge, 10, 3)
+    }
+
+    fn set(judge: &str, good: u64, bad_each: u64) -> (Outcomes, Outcomes) {
+        let mut cells = run(good, bad_each, &[1_000])
             .cells
             .into_iter()
-            .filter(|c| c.judge == "with the rank test");
+            .filter(|c| c.judge == judge);
         let every_look = cells.next().unwrap();
         let window_ends = cells.next().unwrap();
         assert!(every_look.mid_window && !window_ends.mid_window);
         (every_look, window_ends)
     }
 
-    /// What holds today: the rank test and the 4xx check raise no false
-    /// alarm, and catch a release slower all over and a 401 surge.
     #[test]
-    fn no_good_release_is_rolled_back_for_latency_or_4xx_and_the_clear_cases_are_caught() {
-        let (every_look, window_ends) = small();
-        for c in [&every_look, &window_ends] {
-            for r in c.of(Kind::Good).iter().flatten() {
-                assert_eq!(r.metric, "error_rate", "{r:?}");
-            }
-            assert_eq!(c.caught(Kind::SlowAll), c.of(Kind::SlowAll).len());
-            assert_eq!(c.caught(Kind::Surge401), c.of(Kind::Surge401).len());
-        }
-        // At window ends only, nothing else comes first: each by its own check.
-        for (kind, metric) in [(Kind::SlowAll, "latency"), (Kind::Surge401, "4xx_rate")] {
-            for r in window_ends.of(kind) {
-                assert_eq!(r.as_ref().map(|r| r.metric.as_str()), Some(metric));
-            }
-        }
-        assert_eq!(window_ends.false_rollbacks(), 0);
-    }
-
-    /// Issue 26's targets for the judge with the rank test at 1,000
-    /// requests a window: no good release rolled back, every +0.5-point
-    /// 5xx release caught. Fails today (see BENCHMARKS.md): the error-rate
-    /// check is a bare `errors / requests > max_error_rate` at any look, so
-    /// one 5xx among a window's first 100 requests rolls a good release
-    /// back, while 0.7 % stays under the 1 % limit once the window is large.
-    #[test]
-    #[ignore = "fails today: the error-rate check has no statistics (see BENCHMARKS.md)"]
-    fn issue_26_targets_at_1000_requests_a_window() {
-        let (every_look, _) = small();
-        assert_eq!(every_look.false_rollbacks(), 0);
+    fn the_shipped_thresholds_come_from_the_config_defaults() {
+        let (t, consecutive) = shipped();
+        assert_eq!(consecutive, 2);
+        assert_eq!((t.min_requests, t.max_error_rate), (20, 0.01));
+        assert_eq!(t.significance, 0.001);
+        assert_eq!(t.error_rate_ratio, Some(2.0));
+        assert_eq!((t.p99_ratio, t.max_4xx_increase), (Some(1.5), Some(0.2)));
+        let rule = t.latency_shift.expect("the rank test is on by default");
         assert_eq!(
-            every_look.caught(Kind::Errors),
-            every_look.of(Kind::Errors).len()
+            (rule.alpha, rule.min_ratio, rule.min_shift),
+            (0.001, 1.25, 2_000.0)
         );
     }
 
     #[test]
-    fn the_proposed_error_test_counts_right() {
-        assert!((binomial_at_least(2, 3, 0.5) - 0.5).abs() < 1e-12);
-        assert!((binomial_at_least(1, 4, 0.1) - (1.0 - 0.9f64.powi(4))).abs() < 1e-12);
-        let p = 1.0 - (-1.0f64).exp() * 2.5;
-        assert!((poisson_at_least(3, 1.0) - p).abs() < 1e-9);
-        // One 5xx in 20 requests is not significantly above 1 %; 6 are.
+    fn the_point_rule_is_the_old_bare_rate() {
         let window = |requests, errors| Window {
             requests,
             errors,
             ..Window::default()
         };
-        let rule = ErrorRule::proposed();
-        let base = window(6_000, 12);
-        assert!(!rule.breached(&window(20, 1), &base));
-        assert!(rule.breached(&window(20, 6), &base));
-        // 0.7 % against 0.2 %: seen once there are enough errors.
-        assert!(!rule.breached(&window(1_000, 7), &base));
-        assert!(rule.breached(&window(6_000, 42), &base));
+        let (_, rule, _) = before();
+        assert!(!rule.breached(&window(19, 5)), "below min_requests");
+        assert!(rule.breached(&window(20, 1)), "one 5xx in 20 is 5 %");
+        assert!(!rule.breached(&window(1_000, 10)), "1 % is not above 1 %");
+        assert!(rule.breached(&window(1_000, 11)));
+    }
+
+    /// The old judge's false rollbacks were the point check's (one early
+    /// 5xx); at window ends, in this small set, no judge rolled back a
+    /// good release; every judge catches a 401 surge, and the shipped one
+    /// (its rank test) a release slower all over.
+    #[test]
+    fn the_clear_cases_are_caught() {
+        let (every_look, window_ends) = small(BEFORE);
+        for r in every_look.of(Kind::Good).iter().flatten() {
+            assert_eq!(r.metric, "error_rate", "{r:?}");
+        }
+        let now = small(NOW);
+        for c in [&every_look, &window_ends, &now.0, &now.1] {
+            assert_eq!(c.caught(Kind::Surge401), c.of(Kind::Surge401).len());
+        }
+        for c in [&window_ends, &now.1] {
+            assert_eq!(c.false_rollbacks(), 0);
+        }
+        for c in [&now.0, &now.1] {
+            assert_eq!(c.caught(Kind::SlowAll), c.of(Kind::SlowAll).len());
+        }
+    }
+
+    /// Issue 26's targets for the shipped judge at 1,000 requests a
+    /// window, looked at every 100 ms as the pipeline does, over the
+    /// benchmark's whole set (200 good releases, 50 of each bad kind): no
+    /// good release rolled back, every +0.5-point 5xx release caught.
+    /// Not met (BENCHMARKS.md, bench/NOTES.md): 24 of 200 good releases are
+    /// rolled back (16 by the error tests: one window's 5xx rate at twice
+    /// the baseline's, the model's window-to-window wander, is significant
+    /// to a binomial test; 8 by `p99_ratio = 1.5`), and 47 of 50 +0.5-point
+    /// releases are caught.
+    #[test]
+    #[ignore = "not met by the shipped judge: 24 of 200 false rollbacks, 47 of 50 caught (see BENCHMARKS.md)"]
+    fn issue_26_targets_at_1000_requests_a_window() {
+        let (every_look, _) = set(NOW, 200, 50);
+        assert_eq!(every_look.false_rollbacks(), 0);
+        assert_eq!(
+            every_look.caught(Kind::Errors),
+            every_look.of(Kind::Errors).len()
+        );
     }
 
     #[test]
