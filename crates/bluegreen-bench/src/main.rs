@@ -13,6 +13,7 @@
 
 mod cluster;
 mod h2;
+mod judge;
 mod load;
 mod procs;
 mod report;
@@ -61,6 +62,13 @@ pub struct Plan {
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    // The judge's error rates: pure, in process, no proxies to start.
+    if std::env::var("BENCH_PARTS").is_ok_and(|p| p == "judge") {
+        let text = judge::part(args.quick);
+        std::fs::write(&args.out, &text)?;
+        println!("{text}");
+        return Ok(());
+    }
     let mut plan = if args.quick {
         Plan {
             repeats: 1,
@@ -293,7 +301,12 @@ fn main() -> Result<()> {
         websocket_part(&env, plan.websockets, &mut report)?;
     }
 
-    // 5. The report.
+    // 5. The bake judge on synthetic releases (pure, in process).
+    if std::env::var("BENCH_PARTS").is_err() {
+        report.judge = Some(judge::part(args.quick));
+    }
+
+    // 6. The report.
     let text = report.render(&args, &env);
     std::fs::write(&args.out, &text)?;
     println!("{text}");

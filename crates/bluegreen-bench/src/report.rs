@@ -67,6 +67,8 @@ pub struct Report {
     pub cluster: Vec<crate::cluster::Convergence>,
     /// Each proxy with two workers.
     pub scaled: Vec<crate::scaling::Scaled>,
+    /// The bake judge's error rates on synthetic releases (a rendered section).
+    pub judge: Option<String>,
     quick: bool,
     cores: usize,
     proxy_cpus: String,
@@ -119,6 +121,7 @@ impl Report {
             restarts: Vec::new(),
             cluster: Vec::new(),
             scaled: Vec::new(),
+            judge: None,
             quick: *quick,
             cores,
             proxy_cpus: proxy_cpus.into(),
@@ -445,6 +448,9 @@ impl Report {
         crate::tls::render(&mut o, &self.rows);
         crate::restarts::render(&mut o, &self.restarts);
         crate::cluster::render(&mut o, &self.cluster);
+        if let Some(judge) = &self.judge {
+            o.push_str(judge);
+        }
 
         let _ = writeln!(o, "\n## Ratios (bluegreen / peer, same run)\n");
         let _ = writeln!(o, "| metric | / nginx | / HAProxy | / Caddy | / direct |");

@@ -187,9 +187,8 @@ impl Limits {
                 Some(b) if b > 0.0 && v > b * r => {
                     return (MetricVerdict::High, format!("{:.2}x baseline", v / b));
                 }
-                Some(b) if b > 0.0 => {}
-                // Zero before: any amount now is an infinite ratio; only
-                // the absolute limits can judge it.
+                // Within the ratio; or zero before: any amount now is an
+                // infinite ratio, only the absolute limits can judge it.
                 Some(_) => {}
                 None if self.max.is_none() && self.min.is_none() => {
                     return (MetricVerdict::NoData, "no baseline to compare with".into())
