@@ -25,6 +25,7 @@
 
 use bluegreen_core::bake::{self, BakeWindows, Thresholds, Verdict, Window, WindowEnd};
 use bluegreen_core::config::Config;
+use bluegreen_core::counts;
 use bluegreen_core::latency::bucket;
 use bluegreen_core::rank::upper_tail;
 use std::fmt::Write;
@@ -321,14 +322,14 @@ pub struct Judge {
     pub thresholds: Thresholds,
     pub consecutive: u32,
     pub point: Option<PointRule>,
-    /// For the variant: core's error tests (`bake::judge_errors`) with these
-    /// thresholds over the whole bake only, at every look.
-    pub whole_only: Option<Thresholds>,
+    /// Whether the test against the baseline's error rate is told the
+    /// baseline's dispersion (as the pipeline does) or assumes 1.
+    pub dispersion: bool,
 }
 
 pub const BEFORE: &str = "before (point rules)";
 pub const NOW: &str = "now (as shipped)";
-pub const VARIANT: &str = "variant: ratio test over the whole bake only (the earlier proposal)";
+pub const VARIANT: &str = "variant: now, without the dispersion correction";
 
 /// The judges compared: before the error tests, and as shipped.
 pub fn judges() -> Vec<Judge> {
@@ -340,28 +341,23 @@ pub fn judges() -> Vec<Judge> {
             thresholds,
             consecutive,
             point: Some(point),
-            whole_only: None,
+            dispersion: false,
         },
         Judge {
             name: NOW,
             thresholds: now.clone(),
             consecutive: now_consecutive,
             point: None,
-            whole_only: None,
+            dispersion: true,
         },
-        // Not in core: the shipped judge with its test against the
-        // baseline's rate (`error_rate_ratio`) moved from every window to
-        // the whole bake only; the test against `max_error_rate` still
-        // judges both.
+        // The shipped judge with the baseline's dispersion taken as 1: the
+        // test against the baseline's rate as a plain binomial.
         Judge {
             name: VARIANT,
-            thresholds: Thresholds {
-                error_rate_ratio: None,
-                ..now.clone()
-            },
+            thresholds: now,
             consecutive: now_consecutive,
             point: None,
-            whole_only: Some(now),
+            dispersion: false,
         },
     ]
 }
@@ -370,7 +366,6 @@ pub fn judges() -> Vec<Judge> {
 struct Replay {
     thresholds: Thresholds,
     point: Option<PointRule>,
-    whole_only: Option<Thresholds>,
     mid_window: bool,
     windows: BakeWindows,
     /// Where `windows`' open window began (for the point rule): moved on
@@ -381,13 +376,17 @@ struct Replay {
 }
 
 impl Replay {
-    fn new(judge: &Judge, mid_window: bool) -> Replay {
+    fn new(judge: &Judge, mid_window: bool, dispersion: f64) -> Replay {
+        let windows = BakeWindows::new(Window::default(), judge.consecutive);
         Replay {
             thresholds: judge.thresholds.clone(),
             point: judge.point,
-            whole_only: judge.whole_only.clone(),
             mid_window,
-            windows: BakeWindows::new(Window::default(), judge.consecutive),
+            windows: if judge.dispersion {
+                windows.with_dispersion(dispersion)
+            } else {
+                windows
+            },
             opened_at: Window::default(),
             rollback: None,
         }
@@ -413,11 +412,6 @@ impl Replay {
                 ) {
                     self.opened_at = now.clone();
                 }
-            }
-        }
-        if let (None, Some(t)) = (&metric, &self.whole_only) {
-            if let Some(b) = bake::judge_errors(now, Some(baseline), t) {
-                metric = Some(b.metric);
             }
         }
         // Core's windows: the real judge (for the old judge, its error
@@ -480,13 +474,20 @@ pub fn release(
         tail,
     };
     let mut baseline = Window::default();
+    // Its windows' 5xx, for its dispersion (the pipeline's: the old side's
+    // last minute in bake-window slices).
+    let mut slices = Vec::new();
     for _ in 0..BASELINE_WINDOWS {
         let w = jittered(&mut rng, &base);
         let n = traffic(&mut rng, per_window);
+        let before = baseline.clone();
         for _ in 0..n {
             w.request(&mut rng, &mut baseline);
         }
+        let slice = baseline.since(&before);
+        slices.push((slice.errors, slice.requests));
     }
+    let dispersion = counts::dispersion(&slices);
     let new = Traffic {
         latency: 1.0,
         errors: ERROR_RATE,
@@ -497,7 +498,12 @@ pub fn release(
     };
     let mut replays: Vec<[Replay; 2]> = judges
         .iter()
-        .map(|t| [Replay::new(t, true), Replay::new(t, false)])
+        .map(|t| {
+            [
+                Replay::new(t, true, dispersion),
+                Replay::new(t, false, dispersion),
+            ]
+        })
         .collect();
     let mut now = Window::default();
     for window in 1..=BAKE_WINDOWS {
@@ -743,10 +749,10 @@ pub fn render(o: &mut String, r: &Results) {
     let (now, consecutive) = shipped();
     let _ = writeln!(o, "- Bake: {BAKE_WINDOWS} windows (the default 60 s in 5 s windows), `consecutive = {consecutive}` (both judges). Looked at every 100 ms (50 looks a window, as the pipeline does: an error-rate breach acts at any look) or only at each window's end.");
     let _ = writeln!(o, "- {BEFORE}: the judge before \"Error rates judged with evidence\": at every look `errors / requests > max_error_rate` (0.01) over the open window once it has `min_requests` (20) — no statistics; emulated in the bench, core no longer has it — and at window ends core's `judge` with `p99_ratio 1.5` (bluegreen.toml), `max_4xx_increase 0.2`, no `max_p99`, no `error_rate_ratio`, no rank test.");
-    let _ = writeln!(o, "- {NOW}: the thresholds `Config::parse` gives a config whose `[deploy.bake]` sets only `p99_ratio = 1.5`: `min_requests {}, max_error_rate {}, significance {}, error_rate_ratio {:?}, p99_ratio {:?}, max_4xx_increase {:?}, max_p99 {:?}`, rank test {}. Errors judged by `BakeWindows::observe` at every look over the open window and the whole bake (binomial tests, p < significance); the rest at window ends.",
+    let _ = writeln!(o, "- {NOW}: the thresholds `Config::parse` gives a config whose `[deploy.bake]` sets only `p99_ratio = 1.5`: `min_requests {}, max_error_rate {}, significance {}, error_rate_ratio {:?}, p99_ratio {:?}, max_4xx_increase {:?}, max_p99 {:?}`, rank test {}. Errors judged by `BakeWindows::observe` at every look: against `max_error_rate` over the open window and the whole bake, against the baseline's rate over the whole bake with the counts divided by the baseline's dispersion (its 6 windows' Pearson χ² / 5, at least 1: the quasi-binomial); the rest at window ends.",
         now.min_requests, now.max_error_rate, now.significance, now.error_rate_ratio, now.p99_ratio, now.max_4xx_increase, now.max_p99,
         now.latency_shift.map(|r| format!("`alpha {}, min_ratio {}, min_shift {} µs, min_samples {}`", r.alpha, r.min_ratio, r.min_shift, r.min_samples)).unwrap_or_else(|| "off".into()));
-    let _ = writeln!(o, "- {VARIANT}: not in core, kept for what it isolates: the shipped judge with its test against the baseline's rate (`error_rate_ratio`) over the whole bake only (`bake::judge_errors` on the bake so far, at every look), not over each window; the test against `max_error_rate` still judges both.");
+    let _ = writeln!(o, "- {VARIANT}: the shipped judge with the baseline's dispersion taken as 1 (its test against the baseline's rate a plain binomial), for what the correction does.");
     let _ = writeln!(o, "- Each count says which check rolled back: `5xx` (the error-rate check or tests), `4xx` (`max_4xx_increase`), `p99` (`p99_ratio`), `rank` (the rank test). Windows to detection: the 5 s windows begun when the rollback came (1 = within the first); requests: the bake's requests until then; both over the caught releases of the judged bad kinds.");
     for mid_window in [true, false] {
         let _ = writeln!(

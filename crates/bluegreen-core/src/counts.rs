@@ -65,6 +65,59 @@ pub fn above_baseline(e_new: u64, n_new: u64, e_base: u64, n_base: u64) -> f64 {
     )
 }
 
+/// The most a baseline's dispersion is taken to be: past this the test
+/// against the baseline would be blind, and a rate that wanders that much
+/// is judged by `max_error_rate` alone.
+pub const MAX_DISPERSION: f64 = 10.0;
+
+/// How much more a baseline's failure rate varies from slice to slice
+/// (`(errors, requests)` of equal stretches of time) than one constant
+/// rate would: Pearson's chi-square over its degrees of freedom, never
+/// below one. Real error rates wander (a cache cools, a client retries, a batch
+/// runs); the binomial tests assume they do not, and at ten thousand
+/// requests a window read that wander as evidence. Dividing the counts by
+/// it before the test (the quasi-binomial) makes the test as sure as the
+/// baseline's own variation allows. 1 when there is too little to tell
+/// (fewer than 3 slices with traffic, or no failures).
+pub fn dispersion(slices: &[(u64, u64)]) -> f64 {
+    let used: Vec<(f64, f64)> = slices
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|&(e, n)| (e as f64, n as f64))
+        .collect();
+    let (e, n) = used
+        .iter()
+        .fold((0.0, 0.0), |(e, n), (ei, ni)| (e + ei, n + ni));
+    if used.len() < 3 || e == 0.0 || e >= n {
+        return 1.0;
+    }
+    let p = e / n;
+    let chi: f64 = used
+        .iter()
+        .map(|(ei, ni)| (ei - ni * p).powi(2) / (ni * p * (1.0 - p)))
+        .sum();
+    (chi / (used.len() - 1) as f64).clamp(1.0, MAX_DISPERSION)
+}
+
+/// [`above_baseline`] with every count divided by the baseline's
+/// `dispersion` (see [`dispersion`]): the quasi-binomial version.
+pub fn above_baseline_dispersed(
+    e_new: u64,
+    n_new: u64,
+    e_base: u64,
+    n_base: u64,
+    dispersion: f64,
+) -> f64 {
+    let d = dispersion.max(1.0);
+    let scale = |x: u64| (x as f64 / d).round() as u64;
+    above_baseline(
+        scale(e_new),
+        scale(n_new).max(1),
+        scale(e_base),
+        scale(n_base).max(1),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,5 +149,36 @@ mod tests {
         // 0.7 % against 0.2 % over 12,000 and 6,000 requests: real.
         assert!(above_baseline(84, 12_000, 12, 6_000) < 1e-4);
         assert_eq!(above_baseline(0, 100, 5, 100), 1.0);
+    }
+
+    #[test]
+    fn dispersion_of_a_steady_rate_is_one_of_a_wandering_rate_more() {
+        // The same 0.2 % in every slice: no more variation than counting.
+        assert_eq!(dispersion(&[(2, 1000); 12]), 1.0);
+        // 0 and 10 of 1,000 in turn around 0.5 %: chi-square about 60
+        // over 11 degrees of freedom.
+        let wander: Vec<(u64, u64)> = (0..12)
+            .map(|i| (if i % 2 == 0 { 0 } else { 10 }, 1000))
+            .collect();
+        let d = dispersion(&wander);
+        assert!(d > 4.0 && d < 7.0, "{d}");
+        // Too little to tell.
+        assert_eq!(dispersion(&[(0, 1000); 12]), 1.0);
+        assert_eq!(dispersion(&[(0, 1000), (10, 1000)]), 1.0);
+        // Capped.
+        assert_eq!(
+            dispersion(&[(0, 100_000), (5000, 100_000), (0, 100_000)]),
+            MAX_DISPERSION
+        );
+    }
+
+    #[test]
+    fn a_wandering_baseline_asks_for_more_evidence() {
+        // Twice a 0.2 % baseline over 10,000 requests: significant for a
+        // steady rate, noise for one that wanders by 2.8 (the bench's).
+        assert!(above_baseline_dispersed(40, 10_000, 120, 60_000, 1.0) < 1e-3);
+        assert!(above_baseline_dispersed(40, 10_000, 120, 60_000, 2.8) > 1e-3);
+        // A real breakage stays evident: 5 % against 0.2 %.
+        assert!(above_baseline_dispersed(500, 10_000, 120, 60_000, 2.8) < 1e-30);
     }
 }

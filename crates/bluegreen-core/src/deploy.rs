@@ -176,6 +176,12 @@ pub struct DeployRecord {
     pub reason: Option<String>,
     /// The old side's live traffic during the deploy, measured up to the switch.
     pub baseline: Option<Window>,
+    /// How much more the old side's error rate wandered over the kept
+    /// stretch before the switch than a steady rate's
+    /// (`counts::dispersion`, in bake-window slices): the bake's test
+    /// against the baseline asks for that much more evidence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline_dispersion: Option<f64>,
     pub breach: Option<Breach>,
     pub log: Vec<LogLine>,
     /// The contract files this release brings, as its expand step saw them.
@@ -259,6 +265,7 @@ impl DeployRecord {
             outcome: Outcome::Running,
             reason: None,
             baseline: None,
+            baseline_dispersion: None,
             breach: None,
             log: Vec::new(),
             migrations: None,

@@ -355,6 +355,27 @@ impl Pipeline {
             .unwrap_or_else(|| self.router.live_window(side))
     }
 
+    /// How much the old side's error rate wandered over the kept counters,
+    /// in slices of `every` (the bake's window): `counts::dispersion`.
+    pub(crate) fn baseline_dispersion(&self, side: Side, every: std::time::Duration) -> f64 {
+        let every = every.as_millis() as u64;
+        let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        let mut slices = Vec::new();
+        let mut from: Option<&(u64, Window)> = None;
+        for kept in &recent[side] {
+            match from {
+                Some(f) if kept.0 < f.0 + every => {}
+                Some(f) => {
+                    let w = kept.1.since(&f.1);
+                    slices.push((w.errors, w.requests));
+                    from = Some(kept);
+                }
+                None => from = Some(kept),
+            }
+        }
+        bluegreen_core::counts::dispersion(&slices)
+    }
+
     fn new_handle(&self, id: u64, from: Side) -> Arc<RunHandle> {
         let handle = Arc::new(RunHandle {
             id,

@@ -78,7 +78,8 @@ pub(super) async fn bake(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployRecord
             w
         }
     };
-    let mut windows = BakeWindows::new(start.clone(), cfg.consecutive);
+    let dispersion = d.baseline_dispersion.unwrap_or(1.0);
+    let mut windows = BakeWindows::new(start.clone(), cfg.consecutive).with_dispersion(dispersion);
     let mut opened = Instant::now();
     // Resumed (a crash, or a new process after `bluegreen upgrade`): the
     // bake ends at its original time, by the wall clock.
@@ -169,7 +170,12 @@ pub(super) async fn bake(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployRecord
                 detail,
             } => {
                 opened = Instant::now();
-                report = bluegreen_core::bake::rows(&window, d.baseline.as_ref(), &cfg.thresholds);
+                report = bluegreen_core::bake::rows(
+                    &window,
+                    d.baseline.as_ref(),
+                    &cfg.thresholds,
+                    dispersion,
+                );
                 report.extend(judge.rows());
                 let kept = report.clone();
                 touch(p, |r| r.report = kept).await;
@@ -364,7 +370,12 @@ fn now_report(
     judge: &Judge,
 ) -> Vec<Reading> {
     let total = p.router.live_window(d.target).since(start);
-    let mut rows = bluegreen_core::bake::rows(&total, d.baseline.as_ref(), &cfg.thresholds);
+    let mut rows = bluegreen_core::bake::rows(
+        &total,
+        d.baseline.as_ref(),
+        &cfg.thresholds,
+        d.baseline_dispersion.unwrap_or(1.0),
+    );
     rows.extend(judge.rows());
     rows
 }

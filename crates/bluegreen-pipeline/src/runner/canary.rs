@@ -157,7 +157,7 @@ pub(super) async fn canary(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployReco
             if let Some(r) = judge.record(last) {
                 return share_back(p, d, share, &r, judge.rows()).await;
             }
-            let mut rows = bluegreen_core::bake::rows(&total, Some(&old), &cfg.thresholds);
+            let mut rows = bluegreen_core::bake::rows(&total, Some(&old), &cfg.thresholds, 1.0);
             rows.extend(judge.rows());
             touch(p, |r| r.report = rows).await;
             let unjudged = judge.unjudged();

@@ -29,7 +29,13 @@ pub(super) async fn switch(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployReco
         return end;
     }
     let baseline = p.router.live_window(d.from).since(&handle.baseline_start);
-    if let Err(e) = update(p, |r| r.baseline = Some(baseline.clone())).await {
+    let dispersion = p.baseline_dispersion(d.from, p.config().bake.interval);
+    if let Err(e) = update(p, |r| {
+        r.baseline = Some(baseline.clone());
+        r.baseline_dispersion = Some(dispersion);
+    })
+    .await
+    {
         return StepEnd::End(Outcome::Failed, e);
     }
     let result = p
