@@ -54,6 +54,10 @@ pub struct AppArgs {
     /// Answer / with 500 after this many requests.
     #[arg(long, env = "BLUEGREEN_APP_ERROR_AFTER")]
     pub error_after: Option<u64>,
+    /// Answer / with 500 while this file exists: a failure that starts
+    /// when a test (or a drill) says so.
+    #[arg(long, env = "BLUEGREEN_APP_ERROR_FILE")]
+    pub error_file: Option<std::path::PathBuf>,
     /// Answer / with 401 to logged-in users (requests with an `X-User`
     /// header): a release that lost their sessions.
     #[arg(long, env = "BLUEGREEN_APP_LOSE_SESSIONS", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
@@ -243,6 +247,11 @@ async fn route(req: Request<Incoming>, app: &App) -> Response<AppBody> {
                 + 1;
             if app.args.error_after.is_some_and(|limit| n > limit) {
                 return status(500, "simulated failure (--error-after)\n");
+            }
+            if let Some(f) = &app.args.error_file {
+                if tokio::fs::try_exists(f).await.unwrap_or(false) {
+                    return status(500, "simulated failure (--error-file)\n");
+                }
             }
             if app.args.lose_sessions && req.headers().contains_key("x-user") {
                 return status(401, "who are you? (--lose-sessions)\n");

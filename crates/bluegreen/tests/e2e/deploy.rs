@@ -908,7 +908,7 @@ async fn finished(router: &RouterProc, id: u64) -> serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_upgrade_during_the_bake_keeps_its_end_and_still_rolls_back_a_breach() {
-    let router = pipeline_router("3s", "0s").start();
+    let router = pipeline_router("5s", "0s").start();
     let successors = crate::upgrade::Successors::default();
     assert_eq!(cli_deploy(&router, &["v1"]).0, 0);
     let load = Load::start(&router, 4);
@@ -933,25 +933,30 @@ async fn an_upgrade_during_the_bake_keeps_its_end_and_still_rolls_back_a_breach(
     let bake = step_of(&d, "bake");
     let took = bake["finished_at_ms"].as_u64().unwrap() - bake["started_at_ms"].as_u64().unwrap();
     assert!(
-        (3000..4500).contains(&took),
-        "the bake took {took} ms across the handover, not its 3 s: {bake}"
+        (5000..6500).contains(&took),
+        "the bake took {took} ms across the handover, not its 5 s: {bake}"
     );
 
-    // A version whose errors start after the switch: the new process's
-    // bake sees them and rolls back.
+    // A version whose errors start once the new process bakes it (a
+    // file the app checks): the new process's bake sees them and rolls
+    // back. (Failing from the switch on, it could be rolled back before
+    // the upgrade began.)
+    let flag = tempfile::tempdir().unwrap();
+    let fail = flag.path().join("fail");
+    let body_json = serde_json::json!({
+        "version": "v3",
+        "env": {"BLUEGREEN_APP_ERROR_FILE": fail.to_str().unwrap()},
+    })
+    .to_string();
     let (status, d) = router
-        .api(
-            "POST",
-            "/api/v1/deploys",
-            Some(r#"{"version": "v3", "env": {"BLUEGREEN_APP_ERROR_AFTER": "1"}}"#),
-            Some(TOKEN),
-        )
+        .api("POST", "/api/v1/deploys", Some(&body_json), Some(TOKEN))
         .await;
     assert_eq!(status, 202, "{d}");
     let id = d["id"].as_u64().unwrap();
     wait_step(&router, "bake", "running").await;
     let (code, out, err) = successors.upgrade(&router, &[]);
     assert_eq!(code, 0, "{out}{err}");
+    std::fs::write(&fail, "").unwrap();
     let d = finished(&router, id).await;
     assert_eq!(d["outcome"], "rolled_back", "{d}");
     assert!(d["breach"].is_object(), "{d}");
