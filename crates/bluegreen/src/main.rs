@@ -9,14 +9,18 @@ mod out;
 
 mod admin;
 mod app;
+mod args;
+mod certs;
 mod cli;
 mod commands;
 mod demo;
+mod exit;
 mod logging;
 mod notify;
 mod progress;
 mod reload;
 mod replay;
+mod running;
 mod serve;
 mod shadow;
 mod sockets;
@@ -36,7 +40,7 @@ fn main() -> ExitCode {
         Err(e) if out::is_closed(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(cli::EXIT_ERROR)
+            ExitCode::from(exit::EXIT_ERROR)
         }
     }
 }

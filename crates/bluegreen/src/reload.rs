@@ -4,7 +4,7 @@
 //! answer lists every change applied and every one that waits for
 //! `bluegreen upgrade`. A bad file changes nothing and says why.
 
-use crate::serve::Running;
+use crate::running::Running;
 use bluegreen_api::lifecycle::{ReloadError, Reloaded};
 use bluegreen_core::config::{changes, Config};
 use bluegreen_router::events::Event;
@@ -14,11 +14,11 @@ pub async fn reload(path: &Path, running: &Running) -> Result<Reloaded, ReloadEr
     let file: PathBuf = path.to_path_buf();
     let loaded = tokio::task::spawn_blocking(move || {
         let config = Config::load(&file).map_err(|e| e.to_string())?;
-        let problems = crate::commands::certificate_problems(&config);
+        let problems = crate::certs::certificate_problems(&config);
         if problems.is_empty() {
             Ok(config)
         } else {
-            Err(crate::commands::describe_problems(&file, &problems))
+            Err(crate::certs::describe_problems(&file, &problems))
         }
     })
     .await

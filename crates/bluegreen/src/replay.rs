@@ -2,7 +2,8 @@
 //! URL, keeping their relative timing (scaled by `--speed`) or as fast as
 //! `--concurrency` allows. For warming a new side's caches and for load tests.
 
-use crate::cli::{AdminArgs, EXIT_CONFIG, EXIT_ERROR};
+use crate::args::AdminArgs;
+use crate::exit::{EXIT_CONFIG, EXIT_ERROR};
 use anyhow::Context;
 use bluegreen_core::latency::{bucket, Histogram};
 use bluegreen_core::record::{Recorded, REDACTED};

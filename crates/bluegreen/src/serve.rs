@@ -1,11 +1,11 @@
 //! `bluegreen serve`: load config, restore state, listen, route, shut down
 //! gracefully on SIGTERM/SIGINT.
 
-use crate::cli::EXIT_CONFIG;
+use crate::exit::EXIT_CONFIG;
 use crate::notify::Notifier;
+use crate::running::Running;
 use crate::sockets::Sockets;
 use anyhow::Context;
-use bluegreen_core::config::deploy::DeployMethod;
 use bluegreen_core::config::Config;
 use bluegreen_pipeline::Pipeline;
 use bluegreen_router::events::Event;
@@ -20,29 +20,7 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Instant;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-
-/// A started router with its listeners.
-pub struct Running {
-    pub router: Arc<Router>,
-    pub pipeline: Option<Arc<Pipeline>>,
-    pub proxy: SocketAddr,
-    pub preview: Option<SocketAddr>,
-    /// HTTPS live and preview listeners, with a `[tls]` table.
-    pub https: Option<SocketAddr>,
-    pub https_preview: Option<SocketAddr>,
-    pub admin: SocketAddr,
-    stop: CancellationToken,
-    listeners: Vec<JoinHandle<()>>,
-    admin_task: JoinHandle<()>,
-    health: TaskTracker,
-    /// What a new process gets in a handover.
-    pub sockets: Sockets,
-    pub store: Arc<dyn StateStore>,
-}
 
 /// What `serve` got from whoever started it.
 pub struct Process {
@@ -77,7 +55,7 @@ pub fn main(path: &Path) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(EXIT_CONFIG));
         }
     };
-    if crate::commands::certificates(&config, path).is_err() {
+    if crate::certs::certificates(&config, path).is_err() {
         return Ok(ExitCode::from(EXIT_CONFIG));
     }
     // 2. The admin token must exist before anything listens.
@@ -402,52 +380,6 @@ pub async fn start(config: Config, token: &str, process: Process) -> anyhow::Res
         sockets,
         store: kept_store,
     })
-}
-
-impl Running {
-    /// Stops accepting, drains in-flight requests and upgraded connections
-    /// up to the drain timeout, then stops.
-    pub async fn shutdown(mut self, handed_over: bool) {
-        let started = Instant::now();
-        // Our duplicates of the listening sockets go first: once the
-        // listeners stop, nothing here may hold a socket open (a new
-        // process has its own; without one, connections must be refused,
-        // not queued where nobody accepts).
-        drop(std::mem::take(&mut self.sockets));
-        if handed_over {
-            self.router.set_handed_over();
-        }
-        // Held requests are answered now rather than left to wait out
-        // their timeout while the drain runs.
-        if self.router.paused().is_some() {
-            let _ = self.router.resume().await;
-        }
-        let grace = self.router.config().switch.drain_timeout;
-        self.stop.cancel();
-        let _ = self.router.stop_shadow().await;
-        for l in self.listeners {
-            let _ = l.await;
-        }
-        let open = self
-            .router
-            .close_tunnels(grace.saturating_sub(started.elapsed()))
-            .await;
-        self.health.wait().await;
-        // Ends event streams, so the admin API's graceful shutdown can finish.
-        self.router.shutdown_token().cancel();
-        let _ = self.admin_task.await;
-        if let Some(p) = &self.pipeline {
-            // After a handover the apps belong to the new process.
-            let stop_apps = !handed_over
-                && matches!(&self.router.config().deploy, Some(d) if matches!(&d.method, DeployMethod::Supervisor(s) if s.stop_on_exit));
-            p.shutdown(stop_apps).await;
-        }
-        tracing::info!(
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            upgraded_at_stop = open,
-            "router stopped"
-        );
-    }
 }
 
 /// The signals `serve` acts on: SIGTERM and SIGINT stop it, SIGUSR2

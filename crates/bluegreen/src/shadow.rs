@@ -1,7 +1,8 @@
 //! `bluegreen shadow start|stop|report`: mirror live traffic to the idle side
 //! and read what differs, per endpoint.
 
-use crate::cli::{AdminArgs, EXIT_ERROR};
+use crate::args::AdminArgs;
+use crate::exit::EXIT_ERROR;
 use bluegreen_router::shadow::ShadowReport;
 use serde_json::json;
 use std::process::ExitCode;

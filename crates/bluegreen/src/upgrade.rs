@@ -19,7 +19,7 @@
 //!    is the answer.
 
 use crate::notify::{monotonic_usec, Notifier, UPSTREAM_VAR};
-use crate::serve::Running;
+use crate::running::Running;
 use bluegreen_api::lifecycle::Upgraded;
 use bluegreen_pipeline::Pipeline;
 use bluegreen_store::StateStore;

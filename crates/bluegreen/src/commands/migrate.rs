@@ -4,7 +4,7 @@
 //! router, which holds the database URL and the release history.
 
 use super::*;
-use crate::cli::Dialect;
+use crate::args::Dialect;
 use bluegreen_core::migration::{Flavor, Phase, Problem};
 use bluegreen_pipeline::migrate;
 

@@ -17,9 +17,9 @@ pub use record::record;
 pub use status::{status, watch};
 pub use switch::{rollback, switch};
 
-use crate::cli::{
-    AdminArgs, EXIT_ABORTED, EXIT_CONFIG, EXIT_ERROR, EXIT_NOT_CONVERGED, EXIT_ROLLED_BACK,
-    EXIT_TIMEOUT,
+use crate::args::AdminArgs;
+use crate::exit::{
+    EXIT_ABORTED, EXIT_CONFIG, EXIT_ERROR, EXIT_NOT_CONVERGED, EXIT_ROLLED_BACK, EXIT_TIMEOUT,
 };
 use crate::progress::{Mode, Progress};
 use bluegreen_api::types::{AbortBody, DeployBody, RecordBody, StatusView, SwitchBody};
@@ -82,7 +82,7 @@ pub(crate) fn actor() -> String {
 /// `bluegreen check`: validates a config and lists every problem.
 pub fn check(path: &Path) -> ExitCode {
     match Config::load(path) {
-        Ok(cfg) if certificates(&cfg, path).is_err() => ExitCode::from(EXIT_CONFIG),
+        Ok(cfg) if crate::certs::certificates(&cfg, path).is_err() => ExitCode::from(EXIT_CONFIG),
         Ok(cfg) => {
             // The config is valid whether or not anyone reads this.
             let _ = outln!(
@@ -107,56 +107,6 @@ pub fn check(path: &Path) -> ExitCode {
             ExitCode::from(EXIT_CONFIG)
         }
     }
-}
-
-/// Loads `[tls]` certificates as `serve` will (chain, key, names, expiry);
-/// a problem is printed as a config problem naming the file.
-pub fn certificates(cfg: &Config, path: &Path) -> Result<(), ()> {
-    let problems = certificate_problems(cfg);
-    if problems.is_empty() {
-        return Ok(());
-    }
-    eprintln!("error: {}", describe_problems(path, &problems));
-    Err(())
-}
-
-/// Every certificate, key and CA file of `cfg` loaded as `serve` will
-/// (blocking file reads); each problem names its key and file.
-pub fn certificate_problems(cfg: &Config) -> Vec<String> {
-    let edge = cfg.tls.as_ref().map(|tls| {
-        bluegreen_router::tls::acceptor(tls)
-            .map(|_| ())
-            .map_err(|e| format!("tls.certificates: {e}"))
-    });
-    let admin = cfg.admin.tls.as_ref().map(|pair| {
-        bluegreen_router::tls::admin_acceptor(pair)
-            .map(|_| ())
-            .map_err(|e| format!("admin.tls: {e}"))
-    });
-    let upstreams = bluegreen_core::Side::ALL.into_iter().map(|side| {
-        cfg.environments[side].tls.as_ref().map(|t| {
-            bluegreen_router::upstream::tls::UpstreamTls::new(t)
-                .map(|_| ())
-                .map_err(|e| format!("environments.{side}.tls: {e}"))
-        })
-    });
-    [edge, admin]
-        .into_iter()
-        .chain(upstreams)
-        .flatten()
-        .filter_map(Result::err)
-        .collect()
-}
-
-/// "invalid config FILE: N problems" with one line each.
-pub fn describe_problems(path: &Path, problems: &[String]) -> String {
-    format!(
-        "invalid config {}: {} problem{}\n  - {}",
-        path.display(),
-        problems.len(),
-        if problems.len() == 1 { "" } else { "s" },
-        problems.join("\n  - ")
-    )
 }
 
 fn outcome(
@@ -290,7 +240,7 @@ pub async fn reload(args: &AdminArgs, as_json: bool) -> anyhow::Result<ExitCode>
         }
         Err(bluegreen_api::ClientError::Api { code, message, .. }) if code == "invalid_config" => {
             eprintln!("error: {message}");
-            Ok(ExitCode::from(crate::cli::EXIT_CONFIG))
+            Ok(ExitCode::from(EXIT_CONFIG))
         }
         Err(e) => fail(e),
     }

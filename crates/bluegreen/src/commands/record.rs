@@ -5,9 +5,9 @@ use super::*;
 /// `bluegreen record start|stop|status`.
 pub async fn record(
     args: &AdminArgs,
-    action: crate::cli::RecordAction,
+    action: crate::args::RecordAction,
 ) -> anyhow::Result<ExitCode> {
-    use crate::cli::RecordAction;
+    use crate::args::RecordAction;
     let c = client(args);
     let result: Result<serde_json::Value, _> = match action {
         RecordAction::Start {

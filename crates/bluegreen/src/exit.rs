@@ -1,0 +1,15 @@
+//! Exit codes, shared by every command (the README lists them).
+
+/// Exit code for a refused or failed operation.
+pub const EXIT_ERROR: u8 = 1;
+/// Exit code for invalid configuration or usage.
+pub const EXIT_CONFIG: u8 = 2;
+/// Exit code of a deploy that was rolled back.
+pub const EXIT_ROLLED_BACK: u8 = 3;
+/// Exit code of a deploy that was aborted.
+pub const EXIT_ABORTED: u8 = 4;
+/// Exit code when `--timeout` ran out: what was being followed goes on.
+pub const EXIT_TIMEOUT: u8 = 6;
+/// Exit code of a switch that every node did not apply within
+/// `state.etcd.converge_timeout` (it was made; some nodes lag).
+pub const EXIT_NOT_CONVERGED: u8 = 5;
