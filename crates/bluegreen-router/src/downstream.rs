@@ -18,6 +18,7 @@
 //! pass-through for the rest of the connection: hyper frames them itself and
 //! answers malformed ones, exactly as without the gate.
 
+use crate::plane::clients::ClientGauge;
 use crate::request::body::ResponseBody;
 use crate::request::{self, ConnCtx};
 use bytes::{Buf, Bytes, BytesMut};
@@ -57,11 +58,6 @@ const LINGER: Duration = Duration::from_secs(1);
 /// which matters more then than the cost of parking.
 const MAX_LINGERING: usize = 256;
 
-/// How long an idle keep-alive connection is kept open at a plain stop's
-/// drain for the client's next request (after a handover: the drain time,
-/// `Router::drain_linger`).
-pub(crate) const DRAIN_LINGER: Duration = Duration::from_millis(1000);
-
 /// The protocol settings every client connection of a listener shares.
 pub struct Protocols {
     pub http1: http1::Builder,
@@ -70,31 +66,6 @@ pub struct Protocols {
     pub idle_timeout: Duration,
     /// Longest request head the gate assembles before leaving it to hyper.
     pub max_head: usize,
-}
-
-/// Open client connections of one listener, as the metrics show them.
-#[derive(Debug, Default)]
-pub struct ClientGauge {
-    pub(crate) open: AtomicUsize,
-    pub(crate) parked: AtomicUsize,
-    /// Idle but still holding hyper's buffers (see [`LINGER`]).
-    pub(crate) lingering: AtomicUsize,
-    /// TLS connections past their handshake, and those of them with a
-    /// response open (a TLS connection never parks: it is idle when none is).
-    pub(crate) tls_open: AtomicUsize,
-    pub(crate) tls_busy: AtomicUsize,
-}
-
-/// A reading of a [`ClientGauge`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ClientCount {
-    /// Client connections open now.
-    pub open: usize,
-    /// Of those, idle keep-alive connections holding only their socket.
-    pub parked: usize,
-    /// Of those, every idle keep-alive connection: parked ones, and TLS
-    /// ones with no response open.
-    pub idle: usize,
 }
 
 /// Counts one in a counter for as long as it lives.
@@ -121,8 +92,8 @@ pub async fn serve(
     protocols: Arc<Protocols>,
     drain: CancellationToken,
 ) {
-    let gauge = ctx.router.clients[ctx.kind as usize].clone();
-    let router = ctx.router.clone();
+    let gauge = ctx.plane.clients[ctx.kind as usize].clone();
+    let plane = ctx.plane.clone();
     let _open = Held::new(&gauge.open);
     let open = Arc::new(AtomicUsize::new(0));
     // One request's future, for either protocol.
@@ -170,7 +141,7 @@ pub async fn serve(
 
     // Boxed: this stage's state is gone once the first bytes are known,
     // instead of being kept in the task of every idle client.
-    let Some(h2) = Box::pin(first_bytes(&mut gate, &drain, &router, idle)).await else {
+    let Some(h2) = Box::pin(first_bytes(&mut gate, &drain, &plane, idle)).await else {
         return;
     };
     if h2 {
@@ -211,7 +182,7 @@ pub async fn serve(
                 // close rather than waiting out its idle timeout.
                 tokio::select! {
                     r = &mut *conn => r,
-                    _ = tokio::time::sleep(router.drain_linger()) => {
+                    _ = tokio::time::sleep(plane.drain_linger()) => {
                         Pin::new(&mut *conn).graceful_shutdown();
                         (&mut *conn).await
                     }
@@ -254,8 +225,8 @@ pub async fn serve(
             // moments; it is answered (with `Connection: close`) instead of
             // racing a close. A connection that stays quiet is closed. At a
             // plain shutdown it closes at once: nobody would serve a retry.
-            None if router.handed_over() => {
-                tokio::time::timeout(router.drain_linger().min(idle), gate.stream.readable()).await
+            None if plane.handed_over() => {
+                tokio::time::timeout(plane.drain_linger().min(idle), gate.stream.readable()).await
             }
             None => return,
         };
@@ -272,7 +243,7 @@ pub async fn serve(
 async fn first_bytes(
     gate: &mut Gate,
     drain: &CancellationToken,
-    router: &crate::control::Router,
+    plane: &crate::plane::Plane,
     idle: Duration,
 ) -> Option<bool> {
     let first = tokio::select! {
@@ -282,8 +253,8 @@ async fn first_bytes(
     };
     let first = match first {
         Some(r) => r,
-        None if router.handed_over() => {
-            tokio::time::timeout(router.drain_linger().min(idle), gate.sniff_preface()).await
+        None if plane.handed_over() => {
+            tokio::time::timeout(plane.drain_linger().min(idle), gate.sniff_preface()).await
         }
         None => return None,
     };

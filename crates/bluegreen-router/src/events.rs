@@ -3,7 +3,6 @@
 //! listening costs nothing, and a slow listener misses events rather than
 //! slowing the router (it is told how many it missed).
 
-use crate::control::Router;
 use crate::taps::shadow::ShadowReport;
 use bluegreen_core::bake::{Breach, Window};
 use bluegreen_core::deploy::DeployRecord;
@@ -12,10 +11,9 @@ use bluegreen_core::state::SwitchRecord;
 use bluegreen_core::{Side, Sides};
 use serde::Serialize;
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 use tokio::sync::broadcast;
-use tokio_util::sync::CancellationToken;
 
 /// Events a listener may fall behind by before it starts missing some.
 const CAPACITY: usize = 1024;
@@ -216,7 +214,7 @@ impl Series {
             .collect()
     }
 
-    fn push(&self, p: Point) {
+    pub(crate) fn push(&self, p: Point) {
         let mut points = self.points.lock().unwrap_or_else(|p| p.into_inner());
         if points.len() == SERIES_POINTS {
             points.pop_front();
@@ -225,7 +223,7 @@ impl Series {
     }
 }
 
-fn point_of(now: &Window, before: &Window, secs: f64, in_flight: usize) -> SidePoint {
+pub(crate) fn point_of(now: &Window, before: &Window, secs: f64, in_flight: usize) -> SidePoint {
     let w = now.since(before);
     let ms = |d: Duration| (d.as_micros() as f64 / 10.0).round() / 100.0;
     SidePoint {
@@ -235,51 +233,4 @@ fn point_of(now: &Window, before: &Window, secs: f64, in_flight: usize) -> SideP
         p99_ms: w.latency.quantile(0.99).map(ms),
         in_flight,
     }
-}
-
-/// Samples both sides' live counters every `every`, keeps the series and
-/// emits a `tick` event per point, until `stop`.
-pub fn spawn_sampler(router: Arc<Router>, every: Duration, stop: CancellationToken) {
-    tokio::spawn(async move {
-        let mut last = Sides::from_fn(|s| router.live_window(s));
-        let mut at = tokio::time::Instant::now();
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.tick().await;
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = stop.cancelled() => return,
-            }
-            let secs = at.elapsed().as_secs_f64().max(0.001);
-            at = tokio::time::Instant::now();
-            let snap = router.snapshot();
-            let now = Sides::from_fn(|s| snap.pools[s].live_stats.window());
-            let sides = Sides::from_fn(|s| {
-                let in_flight = snap.pools[s]
-                    .upstreams
-                    .iter()
-                    .map(|u| u.outstanding())
-                    .sum();
-                point_of(&now[s], &last[s], secs, in_flight)
-            });
-            last = now;
-            let point = Point {
-                t_ms: crate::taps::shadow::now_ms(),
-                live: snap.live,
-                sides,
-            };
-            if router.events.listening() {
-                router.events.emit(Event::Tick(point.clone()));
-            }
-            if let Some(s) = &snap.shadow {
-                if s.complete() {
-                    router.stop_shadow_run(s).await;
-                } else if router.events.listening() {
-                    router.events.emit(Event::Shadow(Box::new(s.report())));
-                }
-            }
-            router.series.push(point);
-        }
-    });
 }

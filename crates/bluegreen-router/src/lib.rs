@@ -19,11 +19,14 @@
 // One audited exception: `memory::release_free_memory` (glibc's malloc_trim).
 #![deny(unsafe_code)]
 
+pub mod client_body;
 pub mod control;
+mod crypto;
 pub mod downstream;
 pub mod events;
 pub mod listener;
 pub mod memory;
+pub mod plane;
 pub mod request;
 pub mod settings;
 pub mod snapshot;
@@ -41,4 +44,5 @@ pub use upstream::{health, pool};
 pub use control::{
     ClusterStatus, Convergence, NodeReport, NodeStatus, Router, SwitchError, SwitchOutcome,
 };
-pub use listener::ListenerKind;
+pub use plane::clients::ListenerKind;
+pub use plane::Plane;

@@ -2,8 +2,9 @@
 //! graceful shutdown: stop accepting, close idle connections, let hyper
 //! finish in-flight requests, give up at the grace deadline.
 
-use crate::control::Router;
 use crate::downstream::{self, Protocols};
+use crate::plane::clients::ListenerKind;
+use crate::plane::Plane;
 use crate::request::{ConnCtx, Edge};
 use bluegreen_core::config::ProxyConfig;
 use http::HeaderValue;
@@ -16,25 +17,6 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-
-/// Which traffic a listener carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ListenerKind {
-    /// Live traffic, routed to the live side.
-    Main,
-    /// Preview traffic, routed to the idle side only.
-    Preview,
-}
-
-impl ListenerKind {
-    /// Name used in logs and status.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ListenerKind::Main => "proxy",
-            ListenerKind::Preview => "preview",
-        }
-    }
-}
 
 fn protocols(config: &ProxyConfig) -> Protocols {
     let mut http1 = http1::Builder::new();
@@ -65,16 +47,16 @@ fn protocols(config: &ProxyConfig) -> Protocols {
 /// Serves one listener until `stop` is cancelled, then drains its
 /// connections for up to `grace`.
 pub async fn serve(
-    router: Arc<Router>,
+    plane: Arc<Plane>,
     listener: TcpListener,
     kind: ListenerKind,
     tls: Option<TlsAcceptor>,
     stop: CancellationToken,
     grace: Duration,
 ) {
-    let config = router.config().proxy.clone();
+    let config = plane.config().proxy.clone();
     let protocols = Arc::new(protocols(&config));
-    let edge = Edge::of(&router, kind, tls.is_some());
+    let edge = Edge::of(&plane, kind, tls.is_some());
     let connections = TaskTracker::new();
     let drain = CancellationToken::new();
     let limit = Arc::new(Semaphore::new(config.max_connections));
@@ -97,7 +79,7 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let ctx = Arc::new(ConnCtx {
-            router: router.clone(),
+            plane: plane.clone(),
             kind,
             peer_ip: HeaderValue::from_str(&peer.ip().to_string())
                 .expect("an IP address is a valid header value"),

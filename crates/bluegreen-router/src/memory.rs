@@ -6,7 +6,7 @@
 //! The same loop closes upstream connections a burst opened and nobody
 //! uses any more (`ConnPool::purge`).
 
-use crate::control::Router;
+use crate::plane::Plane;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -33,7 +33,7 @@ pub fn release_free_memory() -> bool {
 
 /// Trims after each burst of parked connections, on a blocking thread (the
 /// walk takes a few milliseconds with 10,000 connections), until `stop`.
-pub fn spawn_trimmer(router: Arc<Router>, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+pub fn spawn_trimmer(plane: Arc<Plane>, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut trimmed_at = 0usize;
         let mut last = 0usize;
@@ -42,8 +42,8 @@ pub fn spawn_trimmer(router: Arc<Router>, stop: CancellationToken) -> tokio::tas
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(EVERY) => {}
             }
-            let closed = router.purge_upstream_conns(crate::upstream::conn::PURGE_AFTER);
-            let parked = router.parked_clients();
+            let closed = plane.purge_upstream_conns(crate::upstream::conn::PURGE_AFTER);
+            let parked = plane.parked_clients();
             // Settled (no longer growing) and well above the last trim, or
             // many upstream connections (and their buffers) just closed.
             let burst = parked >= trimmed_at + BURST && parked <= last;

@@ -282,13 +282,13 @@ pub async fn start(config: Config, token: &str, process: Process) -> anyhow::Res
 
     // 3. Health checks start before traffic so the first results come quickly.
     let stop = CancellationToken::new();
-    let health = health::spawn(&router, stop.clone());
+    let health = health::spawn(&router.plane, stop.clone());
     // Memory freed by a burst of clients going idle goes back to the system.
-    bluegreen_router::memory::spawn_trimmer(router.clone(), stop.clone());
+    bluegreen_router::memory::spawn_trimmer(router.plane.clone(), stop.clone());
     // With a shared store: follow what other nodes write, report ours.
     router.spawn_cluster(stop.clone());
     // One point of live traffic per second for charts and the event stream.
-    bluegreen_router::events::spawn_sampler(
+    bluegreen_router::control::spawn_sampler(
         router.clone(),
         std::time::Duration::from_secs(1),
         stop.clone(),
@@ -339,7 +339,7 @@ pub async fn start(config: Config, token: &str, process: Process) -> anyhow::Res
     ] {
         let Some(l) = l else { continue };
         listeners.push(tokio::spawn(listener::serve(
-            router.clone(),
+            router.plane.clone(),
             l,
             kind,
             secure,

@@ -231,8 +231,8 @@ impl SessionKeys {
 /// gracefully: its keys are read instead). Blocking: called at start.
 pub(super) fn shared_signer(
     store: &dyn bluegreen_store::StateStore,
-) -> Result<crate::request::session::Signer, super::RouterError> {
-    use crate::request::session::Signer;
+) -> Result<crate::plane::signer::Signer, super::RouterError> {
+    use crate::plane::signer::Signer;
     for _ in 0..3 {
         if let Some(bytes) = store.get(SESSION_KEYS)? {
             let (current, previous) =

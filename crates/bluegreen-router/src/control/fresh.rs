@@ -14,49 +14,15 @@
 
 use super::Router;
 use bluegreen_core::state::RouterState;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// How long without a heartbeat before the node doubts its state.
-const GAP: Duration = Duration::from_secs(1);
+pub(crate) use crate::plane::fresh::{Freshness, GAP};
+
+/// How often the heartbeat ticks.
 const TICK: Duration = Duration::from_millis(100);
-
-/// The node's confidence in its routing state.
-pub struct Freshness {
-    base: Instant,
-    /// Milliseconds since `base` at the last heartbeat.
-    beat_ms: AtomicU64,
-    /// Set from a detected gap until the check is done.
-    doubt: AtomicBool,
-    checked: tokio::sync::Notify,
-}
-
-impl Freshness {
-    pub(crate) fn new() -> Freshness {
-        Freshness {
-            base: Instant::now(),
-            beat_ms: AtomicU64::new(0),
-            doubt: AtomicBool::new(false),
-            checked: tokio::sync::Notify::new(),
-        }
-    }
-
-    fn now_ms(&self) -> u64 {
-        self.base.elapsed().as_millis() as u64
-    }
-
-    /// True when live requests must wait for the check (request path: two
-    /// atomic loads and a clock read, with a shared store only).
-    pub fn in_doubt(&self) -> bool {
-        self.doubt.load(Ordering::Acquire)
-            || self
-                .now_ms()
-                .saturating_sub(self.beat_ms.load(Ordering::Relaxed))
-                > GAP.as_millis() as u64
-    }
-}
 
 impl Router {
     /// Starts the heartbeat (with a shared store).
@@ -72,27 +38,32 @@ impl Router {
             loop {
                 tokio::select! {
                     _ = tick.tick() => {}
+                    // A request saw the gap first (see `Freshness::wait`).
+                    _ = f.asked() => {
+                        router.check();
+                        continue;
+                    }
                     _ = stop.cancelled() => return,
                 }
                 let now = f.now_ms();
                 let gap = now.saturating_sub(f.beat_ms.load(Ordering::Relaxed));
                 if gap > GAP.as_millis() as u64 {
                     tracing::warn!(gap_ms = gap, "this process did not run for a while: checking the shared state before serving live traffic");
-                    router.doubt();
+                    if f.begin_doubt() {
+                        router.check();
+                    }
                 }
                 f.beat_ms.store(now, Ordering::Relaxed);
             }
         });
     }
 
-    /// Starts a check of the shared state, unless one runs.
-    fn doubt(self: &Arc<Self>) {
+    /// Checks the shared state (a doubt was just begun), then ends the
+    /// doubt and lets the waiting requests go.
+    fn check(self: &Arc<Self>) {
         let Some(f) = self.freshness.clone() else {
             return;
         };
-        if f.doubt.swap(true, Ordering::AcqRel) {
-            return;
-        }
         let router = self.clone();
         tokio::spawn(async move {
             let outcome = tokio::time::timeout(router.check_limit(), router.catch_up()).await;
@@ -101,9 +72,7 @@ impl Router {
                 Ok(Err(e)) => tracing::warn!(error = %e, "could not check the shared state; serving the last applied state (fail static)"),
                 Err(_) => tracing::warn!("the shared state was not confirmed in time; serving the last applied state (fail static)"),
             }
-            f.doubt.store(false, Ordering::Release);
-            f.beat_ms.store(f.now_ms(), Ordering::Relaxed);
-            f.checked.notify_waiters();
+            f.end_doubt();
         });
     }
 
@@ -125,26 +94,6 @@ impl Router {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         Ok(())
-    }
-
-    /// Holds a live request while this node doubts its state (see the
-    /// module); true when it waited, so the caller routes afresh.
-    pub async fn wait_until_fresh(self: &Arc<Self>) -> bool {
-        let Some(f) = self.freshness.clone() else {
-            return false;
-        };
-        if !f.in_doubt() {
-            return false;
-        }
-        let checked = f.checked.notified();
-        tokio::pin!(checked);
-        checked.as_mut().enable();
-        self.doubt();
-        if f.doubt.load(Ordering::Acquire) {
-            let limit = self.check_limit() + Duration::from_secs(1);
-            let _ = tokio::time::timeout(limit, checked).await;
-        }
-        true
     }
 
     /// The longest a check of the shared state may take: a switch's wait.

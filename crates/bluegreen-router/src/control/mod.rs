@@ -8,91 +8,60 @@ mod drain;
 mod fresh;
 mod hold;
 mod reload;
+mod sampler;
 mod status;
 mod switch;
 mod taps;
 mod weight;
 
-use crate::downstream::{ClientCount, ClientGauge};
-use crate::events::{Events, Series};
-use crate::listener::ListenerKind;
-use crate::request::headers::RequestIds;
+use crate::events::Series;
+use crate::plane::Plane;
+
 use crate::settings::ProxySettings;
 use crate::snapshot::{Epoch, Snapshot};
 use crate::taps::recorder::RecordStatus;
 use crate::taps::shadow::Shadow;
 use crate::upstream::pool::Pool;
-use arc_swap::ArcSwap;
 use bluegreen_core::config::Config;
 use bluegreen_core::health::Health;
 use bluegreen_core::state::{RouterState, SwitchRecord};
 use bluegreen_core::{Side, Sides};
 use bluegreen_store::{load_router, save_router, StateStore, StoreError};
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::Mutex as AsyncMutex;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 pub use cluster::{ClusterStatus, Convergence, NodeReport, NodeStatus};
 pub use hold::PauseStatus;
+pub use sampler::spawn_sampler;
 pub use switch::{SwitchError, SwitchOutcome};
 
 /// The router: routing snapshot, upstream client and the persisted state.
 pub struct Router {
-    pub(crate) snapshot: ArcSwap<Snapshot>,
-    pub(crate) ids: RequestIds,
-    /// Upgraded connections, which hyper no longer tracks.
-    pub(crate) tunnels: TaskTracker,
-    /// Cancelled when the router stops; cuts what is still open.
-    pub(crate) shutdown: CancellationToken,
-    /// Swapped whole by a reload.
-    config: ArcSwap<Config>,
+    /// What requests need; the router owns it and swaps its snapshot.
+    pub plane: Arc<Plane>,
     store: Arc<dyn StateStore>,
     /// The persisted state; holding this lock is what serialises routing changes.
     state: AsyncMutex<RouterState>,
     drain_deadlines: Mutex<Sides<Option<Instant>>>,
-    listeners: Mutex<BTreeMap<String, SocketAddr>>,
     /// The running or last shadow run, kept for its report.
     last_shadow: Mutex<Option<Arc<Shadow>>>,
-    /// State changes, for the event stream.
-    pub events: Events,
     /// Per-second live traffic of both sides, for charts.
     pub series: Series,
     /// Switches since this process started, by kind (for metrics).
     switch_counts: Mutex<BTreeMap<&'static str, u64>>,
-    /// Open client connections per listener (live, preview).
-    pub(crate) clients: [Arc<ClientGauge>; 2],
-    /// Client TLS handshakes that failed (edge and admin listeners).
-    pub tls_handshake_failures: crate::tls::HandshakeFailures,
-    /// The TLS certificates, when there is a `[tls]` table.
-    certificates: std::sync::OnceLock<Arc<crate::tls::CertStore>>,
     /// The ACME loop, when there is a `[tls.acme]` table.
     acme: std::sync::OnceLock<Arc<crate::tls::acme::Acme>>,
-    /// Set when a new process has taken over: draining connections wait a
-    /// moment for their next request (answered with `Connection: close`)
-    /// instead of closing at once, since that process serves the retry.
-    handed_over: std::sync::atomic::AtomicBool,
     /// Set while the state is being handed to a new process: the admin API
     /// refuses changes (they would be lost).
     handing_over: std::sync::atomic::AtomicBool,
     /// Cancels a handover whose new process is not ready yet: a switch or
     /// rollback must never wait on an upgrade.
     handover_abort: std::sync::Mutex<Option<CancellationToken>>,
-    /// Signs session and preview cookies (key in the state dir).
-    pub(crate) signer: Arc<crate::request::session::Signer>,
-    /// Requests kept on the old side by their session, per side.
-    pub(crate) pinned: [std::sync::atomic::AtomicU64; 2],
-    /// Where health check loops run (a reload adds loops for new upstreams).
-    health_tasks: Mutex<Option<(TaskTracker, CancellationToken)>>,
     /// The shared side of the store, when several nodes share the state.
     cluster: Option<Arc<dyn bluegreen_store::Cluster>>,
-    /// With a shared store: whether this node may have missed a switch
-    /// while it did not run (`fresh`).
-    pub(crate) freshness: Option<Arc<fresh::Freshness>>,
     /// The store revision of the state this node applied last.
     applied: std::sync::atomic::AtomicI64,
     /// A shared state this node could not use (not retried until it changes).
@@ -111,6 +80,15 @@ pub struct Router {
     shadow_refused: std::sync::atomic::AtomicU64,
     /// Shadow differences accepted as intended (`bluegreen shadow accept`).
     accepted: Mutex<std::collections::BTreeSet<String>>,
+}
+
+/// The control reads and swaps the plane's fields as its own.
+impl std::ops::Deref for Router {
+    type Target = Plane;
+
+    fn deref(&self) -> &Plane {
+        &self.plane
+    }
 }
 
 /// Startup failures.
@@ -217,10 +195,10 @@ impl Router {
         // without a directory gets one for this process only).
         let signer = Arc::new(match store.cluster() {
             Some(_) => cluster::shared_signer(store.as_ref())?,
-            None => crate::request::session::Signer::load_or_create(&config.state.dir)
+            None => crate::plane::signer::Signer::load_or_create(&config.state.dir)
                 .unwrap_or_else(|e| {
                     tracing::warn!(error = %e, "session key not kept on disk; cookies signed by this process only");
-                    crate::request::session::Signer::ephemeral()
+                    crate::plane::signer::Signer::ephemeral()
                 }),
         });
 
@@ -258,28 +236,18 @@ impl Router {
         };
 
         let cluster = store.cluster();
+        let freshness = cluster
+            .as_ref()
+            .map(|c| Arc::new(fresh::Freshness::new(c.converge_timeout())));
         Ok(Arc::new(Router {
-            snapshot: ArcSwap::from_pointee(snapshot),
-            ids: RequestIds::new(),
-            tunnels: TaskTracker::new(),
-            shutdown: CancellationToken::new(),
-            config: ArcSwap::from_pointee(config),
+            plane: Arc::new(Plane::new(snapshot, config, signer, freshness)),
             store,
             state: AsyncMutex::new(state),
             drain_deadlines: Mutex::new(Sides::default()),
-            listeners: Mutex::new(BTreeMap::new()),
             last_shadow: Mutex::new(None),
-            events: Events::default(),
             series: Series::default(),
             switch_counts: Mutex::new(BTreeMap::new()),
-            clients: Default::default(),
-            tls_handshake_failures: Default::default(),
-            certificates: std::sync::OnceLock::new(),
             acme: std::sync::OnceLock::new(),
-            handed_over: std::sync::atomic::AtomicBool::new(false),
-            health_tasks: Mutex::new(None),
-            signer,
-            pinned: Default::default(),
             handing_over: std::sync::atomic::AtomicBool::new(false),
             handover_abort: std::sync::Mutex::new(None),
             applied: std::sync::atomic::AtomicI64::new(
@@ -287,7 +255,6 @@ impl Router {
                     .as_ref()
                     .map_or(0, |c| c.revision(bluegreen_store::ROUTER_KEY)),
             ),
-            freshness: cluster.as_ref().map(|_| Arc::new(fresh::Freshness::new())),
             cluster,
             rejected: std::sync::atomic::AtomicI64::new(0),
             peers: Mutex::new(cluster::Peers::default()),
@@ -297,52 +264,6 @@ impl Router {
             shadow_refused: std::sync::atomic::AtomicU64::new(0),
             accepted: Mutex::new(Default::default()),
         }))
-    }
-
-    /// The validated config the router runs with (the last reloaded).
-    pub fn config(&self) -> Arc<Config> {
-        self.config.load_full()
-    }
-
-    /// The current snapshot (for health checks and status).
-    pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.snapshot.load_full()
-    }
-
-    /// Side currently live.
-    pub fn live(&self) -> Side {
-        self.snapshot.load().live
-    }
-
-    /// Records a bound listener address for status.
-    pub fn set_listener(&self, name: &str, addr: SocketAddr) {
-        self.listeners
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(name.to_string(), addr);
-    }
-
-    /// The TLS certificates in use, shown in status and metrics.
-    pub fn set_certificates(&self, store: Arc<crate::tls::CertStore>) {
-        let _ = self.certificates.set(store);
-    }
-
-    /// The certificate store (its ACME challenges are answered by the
-    /// plain listener).
-    pub fn cert_store(&self) -> Option<Arc<crate::tls::CertStore>> {
-        self.certificates.get().cloned()
-    }
-
-    /// Where health check loops run, once they were started.
-    pub(crate) fn set_health_tasks(&self, tracker: TaskTracker, stop: CancellationToken) {
-        *self.health_tasks.lock().unwrap_or_else(|p| p.into_inner()) = Some((tracker, stop));
-    }
-
-    pub(crate) fn health_tasks(&self) -> Option<(TaskTracker, CancellationToken)> {
-        self.health_tasks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
     }
 
     /// The state is being handed to a new process (or not any more).
@@ -390,35 +311,6 @@ impl Router {
         true
     }
 
-    /// How long an idle client connection stays open at a drain for its
-    /// next request (answered with `Connection: close`). After a handover,
-    /// the whole drain time (less a moment, so the close is ours and not
-    /// the exit's): a client that pauses a few seconds between requests
-    /// sends its next one on an open connection, never into a close (as
-    /// Envoy's gradual drain). At a plain stop, a moment: nobody would serve
-    /// its retry.
-    pub fn drain_linger(&self) -> std::time::Duration {
-        if !self.handed_over() {
-            return crate::downstream::DRAIN_LINGER;
-        }
-        self.config()
-            .switch
-            .drain_timeout
-            .saturating_sub(std::time::Duration::from_millis(500))
-            .max(crate::downstream::DRAIN_LINGER)
-    }
-
-    /// A new process serves now; this one only drains.
-    pub fn set_handed_over(&self) {
-        self.handed_over
-            .store(true, std::sync::atomic::Ordering::SeqCst);
-    }
-
-    /// True once a new process serves (see [`Router::set_handed_over`]).
-    pub fn handed_over(&self) -> bool {
-        self.handed_over.load(std::sync::atomic::Ordering::SeqCst)
-    }
-
     /// The ACME loop, shown in status.
     pub fn set_acme(&self, acme: Arc<crate::tls::acme::Acme>) {
         let _ = self.acme.set(acme);
@@ -435,29 +327,6 @@ impl Router {
             .get()
             .map(|c| c.infos())
             .unwrap_or_default()
-    }
-
-    /// The port a bound listener ended up on.
-    pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
-        self.listeners
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(name)
-            .copied()
-    }
-
-    /// The port a bound listener ended up on.
-    pub fn listener_port(&self, name: &str) -> Option<u16> {
-        self.listeners
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(name)
-            .map(|a| a.port())
-    }
-
-    /// Token cancelled when the router shuts down.
-    pub fn shutdown_token(&self) -> &CancellationToken {
-        &self.shutdown
     }
 
     /// Waits for upgraded connections to finish, up to `grace`; then cuts them.
@@ -531,40 +400,6 @@ impl Router {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
-    }
-
-    /// Open client connections of a listener, and how many of them are
-    /// parked (idle keep-alive, holding no buffers).
-    /// Closes idle upstream connections unused for `age`, on both sides; how many.
-    pub fn purge_upstream_conns(&self, age: std::time::Duration) -> usize {
-        let snap = self.snapshot.load();
-        [Side::Blue, Side::Green]
-            .iter()
-            .flat_map(|&side| snap.pools[side].upstreams.iter())
-            .map(|u| u.conns.purge(age))
-            .sum()
-    }
-
-    /// Parked client connections on every listener.
-    pub fn parked_clients(&self) -> usize {
-        self.clients
-            .iter()
-            .map(|g| g.parked.load(std::sync::atomic::Ordering::Relaxed))
-            .sum()
-    }
-
-    pub fn client_connections(&self, kind: ListenerKind) -> ClientCount {
-        let g = &self.clients[kind as usize];
-        let parked = g.parked.load(Ordering::Relaxed);
-        let tls_idle = g
-            .tls_open
-            .load(Ordering::Relaxed)
-            .saturating_sub(g.tls_busy.load(Ordering::Relaxed));
-        ClientCount {
-            open: g.open.load(Ordering::Relaxed),
-            parked,
-            idle: parked + tls_idle,
-        }
     }
 
     /// The running or last shadow run, for reports.
@@ -711,7 +546,7 @@ fn ms_of(t: SystemTime) -> u64 {
 mod tests {
     use super::*;
     use bluegreen_core::state::{SwitchKind, SwitchRequest};
-    use std::sync::atomic::AtomicBool;
+    use std::sync::atomic::{AtomicBool, Ordering};
 
     /// A store in memory whose writes can be made to fail.
     #[derive(Default)]

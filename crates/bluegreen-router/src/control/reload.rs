@@ -115,7 +115,7 @@ impl Router {
             u.retired.cancel();
         }
         for u in added {
-            crate::upstream::health::watch(self, u);
+            crate::upstream::health::watch(&self.plane, u);
         }
         {
             // Kept upstreams keep the places in use; added ones get no

@@ -73,7 +73,7 @@ impl Router {
                         ));
                     }
                     let accepted = me.accepted_differences();
-                    let shadow = Shadow::start(me, options, current.live);
+                    let shadow = Shadow::start(me.plane.clone(), options, current.live);
                     for field in &accepted {
                         shadow.accept(field);
                     }

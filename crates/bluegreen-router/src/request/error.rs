@@ -2,8 +2,8 @@
 //! upstream trouble is 502/504, no usable upstream is 503, a request we cannot
 //! forward is 400, our own bugs are 500.
 
+use crate::client_body::ClientBodyError;
 use crate::request::body::ResponseBody;
-use crate::request::client_body::ClientBodyError;
 use bluegreen_core::Side;
 use http::{header, HeaderValue, Response, StatusCode};
 use std::time::Duration;

@@ -2,13 +2,13 @@
 //! answer, in numbered steps, each its own function.
 
 use super::body::{InFlight, ResponseBody};
-use super::client_body::{ClientBody, Upload};
 use super::error::ProxyError;
 use super::prepare::{prepare_taps, Prepared};
 use super::respond::{authority_value, respond};
 use super::send::{send, SendError};
 use super::{rewrite, ConnCtx, Route, UpstreamBody};
-use crate::listener::ListenerKind;
+use crate::client_body::{ClientBody, Upload};
+use crate::plane::clients::ListenerKind;
 use crate::taps::shadow::Tee;
 use bluegreen_core::record::Recorded;
 use bytes::Bytes;
@@ -110,7 +110,7 @@ pub async fn forward(
     let (resp, sender, guard) = send_with_retries(
         req,
         route,
-        &conn.router,
+        &conn.plane,
         (preview, host_from_upstream),
         &mut body_sent,
         (queued, baton),
@@ -129,7 +129,7 @@ pub async fn forward(
         guard,
         upgrade,
         route.pool.clone(),
-        &conn.router,
+        &conn.plane,
         tee,
     )
 }
@@ -154,7 +154,7 @@ pub async fn forward(
 async fn send_with_retries(
     mut req: Request<UpstreamBody>,
     route: &Route,
-    router: &crate::control::Router,
+    plane: &crate::plane::Plane,
     (preview, host_from_upstream): (bool, bool),
     body_sent: &mut super::send::BodySent,
     (queued, mut baton): (&mut std::time::Duration, Option<super::hold::Baton>),
@@ -209,7 +209,7 @@ async fn send_with_retries(
         let failed = |reason| (upstream.address.clone(), pool.side, reason);
         let health_flipped = |h: Option<bluegreen_core::health::Health>, reason: &str| {
             if let Some(h) = h {
-                router.events.emit(crate::events::Event::Health {
+                plane.events.emit(crate::events::Event::Health {
                     side: pool.side,
                     upstream: upstream.address.clone(),
                     health: h,

@@ -1,7 +1,7 @@
 //! The request path. One snapshot load decides everything about a request
 //! (the side, its pool and drain epoch, the taps, the settings); the request
 //! is then checked and rewritten (`rewrite`), its body wrapped
-//! (`client_body`), copies prepared for the taps (`prepare`), sent with
+//! (`crate::client_body`), copies prepared for the taps (`prepare`), sent with
 //! retries (`forward`, `send`) and the answer streamed back (`respond`,
 //! `body`, `tunnel`). Failures become statuses in one place (`error`).
 //! Nothing here takes a lock, but for one uncontended moment: giving an
@@ -10,7 +10,6 @@
 
 pub mod access;
 pub mod body;
-pub mod client_body;
 pub mod error;
 pub mod forward;
 pub mod headers;
@@ -23,8 +22,9 @@ pub mod send;
 pub mod session;
 pub mod tunnel;
 
-use crate::control::Router;
-use crate::listener::ListenerKind;
+use crate::client_body::Upload;
+use crate::plane::clients::ListenerKind;
+use crate::plane::Plane;
 use crate::settings::ProxySettings;
 use crate::snapshot::Epoch;
 use crate::taps::recorder::Recorder;
@@ -33,7 +33,6 @@ use crate::upstream::pool::Pool;
 use access::AccessLine;
 use bluegreen_core::config::AcmeChallenge;
 use body::ResponseBody;
-use client_body::Upload;
 use error::ProxyError;
 use http::header::HeaderValue;
 use http::{Request, Response};
@@ -46,7 +45,7 @@ pub use crate::upstream::conn::UpstreamBody;
 
 /// What a connection knows about itself, shared by its requests.
 pub struct ConnCtx {
-    pub router: Arc<Router>,
+    pub plane: Arc<Plane>,
     pub kind: ListenerKind,
     /// Client IP, formatted once per connection for `X-Forwarded-For`.
     pub peer_ip: HeaderValue,
@@ -71,8 +70,8 @@ pub struct Edge {
 
 impl Edge {
     /// The edge of a listener of `kind`, from the router's config.
-    pub fn of(router: &Router, kind: ListenerKind, https: bool) -> Arc<Edge> {
-        let config = router.config();
+    pub fn of(plane: &Plane, kind: ListenerKind, https: bool) -> Arc<Edge> {
+        let config = plane.config();
         let tls = config.tls.as_ref();
         let hsts = tls
             .filter(|_| https)
@@ -80,13 +79,13 @@ impl Edge {
             .and_then(|h| HeaderValue::from_str(h).ok());
         let redirect_to = tls
             .filter(|t| !https && kind == ListenerKind::Main && t.redirect_http)
-            .map(|_| router.listener_port("https").unwrap_or(443));
+            .map(|_| plane.listener_port("https").unwrap_or(443));
         let acme = tls
             .and_then(|t| t.acme.as_ref())
             .filter(|a| {
                 !https && kind == ListenerKind::Main && a.challenge == AcmeChallenge::Http01
             })
-            .and_then(|_| router.cert_store())
+            .and_then(|_| plane.cert_store())
             .map(|c| c.challenges.clone());
         Arc::new(Edge {
             https,
@@ -119,7 +118,7 @@ impl Route {
     /// 1. Loads one snapshot; it alone decides where this request goes.
     fn load(conn: &ConnCtx, headers: &http::HeaderMap) -> Route {
         let preview = conn.kind == ListenerKind::Preview;
-        let snap = conn.router.snapshot.load();
+        let snap = conn.plane.snapshot.load();
         let mut side = match snap.split {
             // A weighted split: the same clients (by their sticky key) go
             // to the other side every time.
@@ -135,7 +134,7 @@ impl Route {
         let mut set_cookie = None;
         if let (Some(policy), false) = (&snap.sessions, preview) {
             let (chosen, cookie) =
-                session::route(&conn.router, &snap, policy, headers, side, conn.edge.https);
+                session::route(&conn.plane, &snap, policy, headers, side, conn.edge.https);
             side = chosen;
             set_cookie = cookie;
         }
@@ -169,8 +168,8 @@ impl Route {
 /// Proxies one request; every failure becomes a response here.
 pub async fn handle(req: Request<Incoming>, conn: &ConnCtx) -> Response<ResponseBody> {
     if let Some(challenges) = &conn.edge.acme {
-        if let Some(answer) = challenges.answer(&req) {
-            return answer;
+        if let Some(key_auth) = challenges.answer(&req) {
+            return ResponseBody::plain(http::StatusCode::OK, key_auth);
         }
     }
     if let Some(port) = conn.edge.redirect_to {
@@ -181,16 +180,16 @@ pub async fn handle(req: Request<Incoming>, conn: &ConnCtx) -> Response<Response
         }
     }
     if conn.kind == ListenerKind::Main && req.uri().path() == session::PREVIEW_PATH {
-        return session::preview_landing(&conn.router, &req, conn.edge.https);
+        return session::preview_landing(&conn.plane, &req, conn.edge.https);
     }
     let mut route = Route::load(conn, req.headers());
     // With several nodes: a node that did not run for a while checks the
     // shared state before serving live traffic (it may have missed a
     // switch). Boxed: the rare path.
     if conn.kind == ListenerKind::Main
-        && conn.router.freshness.as_ref().is_some_and(|f| f.in_doubt())
+        && conn.plane.freshness.as_ref().is_some_and(|f| f.in_doubt())
     {
-        Box::pin(conn.router.wait_until_fresh()).await;
+        Box::pin(conn.plane.wait_until_fresh()).await;
         route = Route::load(conn, req.headers());
     }
     if let Some(m) = &route.maintenance {

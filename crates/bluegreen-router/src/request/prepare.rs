@@ -3,9 +3,9 @@
 //! Only bodies up to the taps' caps are read into memory, and nothing at all
 //! when no tap wants this request.
 
-use super::client_body::ClientBodyError;
 use super::error::ProxyError;
-use super::{headers, UpstreamBody};
+use super::UpstreamBody;
+use crate::client_body::ClientBodyError;
 use crate::taps::recorder::Recorder;
 use crate::taps::shadow::Shadow;
 use bluegreen_core::record::Recorded;
@@ -112,7 +112,7 @@ fn capture(
     body: Option<&Bytes>,
     r: &Recorder,
 ) -> Recorded {
-    let headers = headers::header_pairs(&parts.headers);
+    let headers = crate::taps::header_pairs(&parts.headers);
     let now_ms = crate::taps::shadow::now_ms();
     let kept = body.filter(|b| b.len() <= r.options.max_body);
     let mut rec = Recorded::new(

@@ -6,7 +6,7 @@ use super::body::{InFlight, ResponseBody, TrackedBody};
 use super::error::ProxyError;
 use super::headers::strip_hop_by_hop;
 use super::{rewrite, tunnel};
-use crate::control::Router;
+use crate::plane::Plane;
 use crate::taps::shadow::Tee;
 use crate::upstream::conn::Sender;
 use crate::upstream::pool::{Pool, Upstream};
@@ -28,7 +28,7 @@ pub fn respond(
     mut guard: InFlight,
     upgrade: Option<(hyper::upgrade::OnUpgrade, HeaderValue)>,
     pool: Arc<Pool>,
-    router: &Arc<Router>,
+    plane: &Arc<Plane>,
     tee: Option<Box<Tee>>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -48,8 +48,8 @@ pub fn respond(
         let upstream_side = hyper::upgrade::on(&mut resp);
         strip_hop_by_hop(resp.headers_mut(), true);
         guard.free_slot();
-        let shutdown = router.shutdown.clone();
-        router.tunnels.spawn(tunnel::run(
+        let shutdown = plane.shutdown.clone();
+        plane.tunnels.spawn(tunnel::run(
             client_side,
             upstream_side,
             guard,

@@ -166,7 +166,7 @@ pub fn rewrite(
         &conn.peer_ip,
         conn.edge.https,
         trusted,
-        &conn.router.ids,
+        &conn.plane.ids,
     )
 }
 

@@ -2,8 +2,8 @@
 //! response head within its deadline, and each failure told apart (nothing
 //! sent, the client's body, the upstream, a timeout).
 
-use super::client_body::{ClientBodyError, Upload};
 use super::UpstreamBody;
+use crate::client_body::{ClientBodyError, Upload};
 use crate::upstream::conn::{self, Sender};
 use crate::upstream::pool::Upstream;
 use bluegreen_core::error_chain;

@@ -4,7 +4,7 @@
 //! theirs.
 
 use super::challenge::{Challenges, ACME_TLS_ALPN};
-use super::provider;
+use crate::crypto::provider;
 use arc_swap::ArcSwap;
 use bluegreen_core::config::CertificatePair;
 use rustls::pki_types::pem::PemObject;

@@ -3,9 +3,8 @@
 //! TLS-ALPN-01 on the HTTPS listener (a self-signed certificate carrying
 //! the key authorization's digest, served only to `acme-tls/1` clients).
 
-use super::provider;
-use crate::request::body::ResponseBody;
-use http::{Method, Request, Response, StatusCode};
+use crate::crypto::provider;
+use http::{Method, Request};
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::sign::CertifiedKey;
 use std::collections::HashMap;
@@ -40,16 +39,15 @@ pub struct Challenges {
 }
 
 impl Challenges {
-    /// The answer to a CA's HTTP-01 request, when it asks for a token we
-    /// hold; any other request (an app's own challenge path included) is
-    /// not ours.
-    pub fn answer<B>(&self, req: &Request<B>) -> Option<Response<ResponseBody>> {
+    /// The key authorization that answers a CA's HTTP-01 request (a `200`
+    /// with it as the body), when it asks for a token we hold; any other
+    /// request (an app's own challenge path included) is not ours.
+    pub fn answer<B>(&self, req: &Request<B>) -> Option<String> {
         if !is_challenge(req) {
             return None;
         }
         let token = req.uri().path().strip_prefix(HTTP_PREFIX)?;
-        let key_auth = lock(&self.http).get(token).cloned()?;
-        Some(ResponseBody::plain(StatusCode::OK, key_auth))
+        lock(&self.http).get(token).cloned()
     }
 
     /// The TLS-ALPN-01 certificate for `name`, while its challenge is open.
@@ -117,11 +115,11 @@ mod tests {
         c.open_http("tok1", "tok1.thumb");
         let get = |m: Method, path: &str| {
             let req = Request::builder().method(m).uri(path).body(()).unwrap();
-            c.answer(&req).map(|r| r.status())
+            c.answer(&req)
         };
         assert_eq!(
-            get(Method::GET, "/.well-known/acme-challenge/tok1"),
-            Some(StatusCode::OK)
+            get(Method::GET, "/.well-known/acme-challenge/tok1").as_deref(),
+            Some("tok1.thumb")
         );
         assert_eq!(get(Method::GET, "/.well-known/acme-challenge/other"), None);
         assert_eq!(get(Method::POST, "/.well-known/acme-challenge/tok1"), None);

@@ -8,6 +8,7 @@
 pub mod acme;
 pub mod certs;
 pub mod challenge;
+pub mod failures;
 
 pub use certs::{watch, CertInfo, CertStore, Certificates, Reload};
 
@@ -16,7 +17,6 @@ use crate::request::{self, ConnCtx};
 use bluegreen_core::config::{AcmeChallenge, TlsConfig, TlsVersion};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use rustls::crypto::CryptoProvider;
 use rustls::ServerConfig;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -32,9 +32,8 @@ pub use bluegreen_store::pem_error;
 /// CA's bundle); the error names the file and what is wrong.
 pub use bluegreen_store::roots_from_pem;
 
-pub(crate) fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
+pub(crate) use crate::crypto::provider;
+pub use failures::{HandshakeFailure, HandshakeFailures, HANDSHAKE};
 
 /// The server side of TLS: versions, ALPN (`h2`, `http/1.1`), SNI.
 pub fn acceptor(config: &TlsConfig) -> Result<(TlsAcceptor, Arc<CertStore>), String> {
@@ -79,91 +78,6 @@ pub fn admin_acceptor(
     Ok((TlsAcceptor::from(Arc::new(server)), certs))
 }
 
-/// How long a client may take to finish its handshake.
-pub const HANDSHAKE: Duration = Duration::from_secs(10);
-
-/// Why a client's TLS handshake failed, as `/metrics` counts it: a few
-/// fixed reasons, so that scanners cannot grow the label set.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HandshakeFailure {
-    /// Not TLS, or malformed: plain HTTP, a scanner's probe.
-    NotTls,
-    /// No version, cipher suite or protocol in common.
-    Incompatible,
-    /// The client ended it with an alert (most often: it does not trust
-    /// the certificate or its name).
-    ClientAlert,
-    /// The connection closed or reset before the handshake ended.
-    Closed,
-    /// Not done within [`HANDSHAKE`].
-    Timeout,
-    /// Anything else rustls refused.
-    Other,
-}
-
-impl HandshakeFailure {
-    /// Every reason, in the order of their counters.
-    pub const ALL: [HandshakeFailure; 6] = [
-        HandshakeFailure::NotTls,
-        HandshakeFailure::Incompatible,
-        HandshakeFailure::ClientAlert,
-        HandshakeFailure::Closed,
-        HandshakeFailure::Timeout,
-        HandshakeFailure::Other,
-    ];
-
-    /// The `reason` label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            HandshakeFailure::NotTls => "not_tls",
-            HandshakeFailure::Incompatible => "incompatible",
-            HandshakeFailure::ClientAlert => "client_alert",
-            HandshakeFailure::Closed => "closed",
-            HandshakeFailure::Timeout => "timeout",
-            HandshakeFailure::Other => "other",
-        }
-    }
-
-    /// The reason of a failed `accept` (tokio-rustls wraps rustls's error
-    /// in the `io::Error`).
-    pub fn of(e: &std::io::Error) -> HandshakeFailure {
-        use rustls::Error as E;
-        match e.get_ref().and_then(|i| i.downcast_ref::<E>()) {
-            Some(
-                E::InvalidMessage(_)
-                | E::InappropriateMessage { .. }
-                | E::InappropriateHandshakeMessage { .. }
-                | E::PeerSentOversizedRecord,
-            ) => HandshakeFailure::NotTls,
-            Some(E::PeerIncompatible(_) | E::NoApplicationProtocol) => {
-                HandshakeFailure::Incompatible
-            }
-            Some(E::AlertReceived(_)) => HandshakeFailure::ClientAlert,
-            Some(_) => HandshakeFailure::Other,
-            None => HandshakeFailure::Closed,
-        }
-    }
-}
-
-/// Failed client handshakes by reason, since this process started. Counted
-/// rather than logged above debug: each is one client's doing, and a
-/// scanner would fill the log with one line per connection.
-#[derive(Debug, Default)]
-pub struct HandshakeFailures([AtomicU64; HandshakeFailure::ALL.len()]);
-
-impl HandshakeFailures {
-    /// Counts one failure (with a debug line saying why).
-    pub fn count(&self, listener: &str, why: HandshakeFailure, error: &dyn std::fmt::Display) {
-        tracing::debug!(listener, reason = why.as_str(), %error, "TLS handshake failed");
-        self.0[why as usize].fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// How many failed for `why`.
-    pub fn get(&self, why: HandshakeFailure) -> u64 {
-        self.0[why as usize].load(Ordering::Relaxed)
-    }
-}
-
 /// Open responses on one HTTPS connection and when the last one ended: an
 /// idle connection (HTTP/2 included, whose pings keep it alive otherwise) is
 /// closed after `idle_timeout`, as on the plain listeners.
@@ -172,7 +86,7 @@ struct Activity {
     base: Instant,
     last_ms: AtomicU64,
     /// Its listener's gauge: busy while a response is open.
-    gauge: Arc<crate::downstream::ClientGauge>,
+    gauge: Arc<crate::plane::clients::ClientGauge>,
 }
 
 impl Activity {
@@ -218,7 +132,7 @@ pub async fn serve(
     protocols: Arc<Protocols>,
     drain: CancellationToken,
 ) {
-    let gauge = ctx.router.clients[ctx.kind as usize].clone();
+    let gauge = ctx.plane.clients[ctx.kind as usize].clone();
     let _open = Held::new(&gauge.open);
     // Boxed, in a block of its own: the handshake's state (and its timer)
     // is freed once it is done, rather than kept in the task of every idle
@@ -230,14 +144,14 @@ pub async fn serve(
             _ = drain.cancelled() => {
                 // After a handover, a handshake in progress still completes
                 // and its request is answered (with `Connection: close`).
-                if !ctx.router.handed_over() {
+                if !ctx.plane.handed_over() {
                     return;
                 }
                 accept.await
             }
         }
     };
-    let failures = &ctx.router.tls_handshake_failures;
+    let failures = &ctx.plane.tls_handshake_failures;
     let tls = match handshake {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
@@ -265,7 +179,7 @@ pub async fn serve(
         last_ms: AtomicU64::new(0),
         gauge: gauge.clone(),
     });
-    let router = ctx.router.clone();
+    let plane = ctx.plane.clone();
     // One request's future; boxed for HTTP/2 only (see `downstream::serve`).
     let answer = {
         let activity = activity.clone();
@@ -318,7 +232,7 @@ pub async fn serve(
         // At a drain the client gets a moment for the request it may be
         // sending (answered with `Connection: close`) before the close.
         if draining {
-            let linger = tokio::time::sleep(router.drain_linger().min(protocols.idle_timeout));
+            let linger = tokio::time::sleep(plane.drain_linger().min(protocols.idle_timeout));
             tokio::select! {
                 _ = conn.as_mut() => return,
                 _ = linger => {}

@@ -7,7 +7,7 @@
 //! goes back to its list only after its response body was read to the end.
 
 use super::tls::UpstreamTls;
-use crate::request::client_body::ClientBody;
+use crate::client_body::ClientBody;
 use bytes::Bytes;
 use http_body_util::{Either, Full};
 use hyper::client::conn::http1;

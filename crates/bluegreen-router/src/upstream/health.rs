@@ -8,7 +8,7 @@
 //! (`conn::connect`), TLS included, so a bad upstream certificate shows as
 //! unhealthy before it gets traffic.
 
-use crate::control::Router;
+use crate::plane::Plane;
 use crate::upstream::conn;
 use crate::upstream::conn::UpstreamBody;
 use crate::upstream::pool::Upstream;
@@ -24,13 +24,13 @@ use tokio_util::task::TaskTracker;
 
 /// Starts a check loop for every upstream of both sides. The loops stop when
 /// `stop` is cancelled; wait on the returned tracker to see them finish.
-pub fn spawn(router: &Arc<Router>, stop: CancellationToken) -> TaskTracker {
+pub fn spawn(plane: &Arc<Plane>, stop: CancellationToken) -> TaskTracker {
     let tracker = TaskTracker::new();
-    router.set_health_tasks(tracker.clone(), stop);
-    let snap = router.snapshot();
+    plane.set_health_tasks(tracker.clone(), stop);
+    let snap = plane.snapshot();
     for pool in [&snap.pools.blue, &snap.pools.green] {
         for upstream in &pool.upstreams {
-            watch(router, upstream.clone());
+            watch(plane, upstream.clone());
         }
     }
     tracker.close();
@@ -39,21 +39,21 @@ pub fn spawn(router: &Arc<Router>, stop: CancellationToken) -> TaskTracker {
 
 /// Starts checking one upstream (one a reload added), until the router
 /// stops or a reload removes it.
-pub fn watch(router: &Arc<Router>, upstream: Arc<Upstream>) {
-    if let Some((tracker, stop)) = router.health_tasks() {
-        tracker.spawn(check_loop(router.clone(), upstream, stop));
+pub fn watch(plane: &Arc<Plane>, upstream: Arc<Upstream>) {
+    if let Some((tracker, stop)) = plane.health_tasks() {
+        tracker.spawn(check_loop(plane.clone(), upstream, stop));
     }
 }
 
 /// Checks one upstream every `health.interval`, reading `[health]` afresh
 /// each time: a reload's new path, interval and timeout apply at the next
 /// check.
-async fn check_loop(router: Arc<Router>, upstream: Arc<Upstream>, stop: CancellationToken) {
+async fn check_loop(plane: Arc<Plane>, upstream: Arc<Upstream>, stop: CancellationToken) {
     let mut first = true;
     let mut kept: Option<conn::Sender> = None;
     let mut kept_epoch = upstream.check_epoch();
     loop {
-        let config = router.config().health.clone();
+        let config = plane.config().health.clone();
         if !first {
             tokio::select! {
                 _ = tokio::time::sleep(config.interval) => {}
@@ -82,7 +82,7 @@ async fn check_loop(router: Arc<Router>, upstream: Arc<Upstream>, stop: Cancella
             _ = upstream.retired.cancelled() => return,
         };
         if let Some(flipped) = upstream.record_check_from(epoch, result) {
-            router.events.emit(crate::events::Event::Health {
+            plane.events.emit(crate::events::Event::Health {
                 side: upstream.side,
                 upstream: upstream.address.clone(),
                 health: flipped,

@@ -30,7 +30,7 @@ impl UpstreamTls {
     /// The client side for a config; the error names the file or name.
     pub fn new(config: &UpstreamTlsConfig) -> Result<UpstreamTls, String> {
         let roots = match &config.ca {
-            Some(path) => crate::tls::roots_from_pem(path)?,
+            Some(path) => bluegreen_store::roots_from_pem(path)?,
             None => {
                 let mut roots = RootCertStore::empty();
                 roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
@@ -42,7 +42,7 @@ impl UpstreamTls {
                 roots
             }
         };
-        let mut client = ClientConfig::builder_with_provider(crate::tls::provider())
+        let mut client = ClientConfig::builder_with_provider(crate::crypto::provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| format!("tls: {e}"))?
             .with_root_certificates(roots)

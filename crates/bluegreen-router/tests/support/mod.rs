@@ -145,9 +145,9 @@ impl Harness {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let proxy = listener.local_addr().unwrap();
         let stop = CancellationToken::new();
-        let _checks = health::spawn(&router, stop.clone());
+        let _checks = health::spawn(&router.plane, stop.clone());
         tokio::spawn(listener::serve(
-            router.clone(),
+            router.plane.clone(),
             listener,
             ListenerKind::Main,
             None,

@@ -1,5 +1,7 @@
 //! The routing snapshot: everything a request needs, swapped as one value.
 
+pub mod hold;
+
 use crate::settings::ProxySettings;
 use crate::taps::recorder::Recorder;
 use crate::taps::shadow::Shadow;
@@ -29,7 +31,7 @@ pub struct Snapshot {
     /// Timeouts, retries and limits of the request path, swapped with the rest.
     pub settings: Arc<ProxySettings>,
     /// A pause of live traffic, if any. Off, it costs a branch.
-    pub hold: Option<Arc<crate::request::hold::Hold>>,
+    pub hold: Option<Arc<hold::Hold>>,
     /// Maintenance mode of the live listener, if on. Off, it costs a branch.
     pub maintenance: Option<Arc<bluegreen_core::state::Maintenance>>,
     /// A weighted split of live traffic (canary), if any.
