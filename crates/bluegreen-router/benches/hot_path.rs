@@ -41,18 +41,7 @@ fn snapshot() -> ArcSwap<Snapshot> {
         split: None,
         sessions: None,
         pin: None,
-        settings: Arc::new(bluegreen_router::settings::ProxySettings {
-            connect_timeout: std::time::Duration::from_secs(2),
-            upstream_timeout: std::time::Duration::from_secs(30),
-            retries: 1,
-            max_queue: 10_000,
-            queue_timeout: std::time::Duration::from_secs(10),
-            access_log: false,
-            client_body_timeout: std::time::Duration::from_secs(60),
-            trusted_proxies: Vec::new(),
-            sticky_header: None,
-            sticky_cookie: None,
-        }),
+        settings: Arc::new(bluegreen_router::settings::ProxySettings::default()),
     })
 }
 

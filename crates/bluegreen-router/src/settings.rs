@@ -23,6 +23,25 @@ pub struct ProxySettings {
     pub sticky_cookie: Option<String>,
 }
 
+/// The defaults of an empty `[proxy]` table (benches and tests start
+/// from these and set what they look at).
+impl Default for ProxySettings {
+    fn default() -> ProxySettings {
+        ProxySettings {
+            connect_timeout: Duration::from_secs(2),
+            upstream_timeout: Duration::from_secs(30),
+            retries: 1,
+            max_queue: 10_000,
+            queue_timeout: Duration::from_secs(10),
+            access_log: false,
+            client_body_timeout: Duration::from_secs(60),
+            trusted_proxies: Vec::new(),
+            sticky_header: None,
+            sticky_cookie: None,
+        }
+    }
+}
+
 impl ProxySettings {
     /// The settings of a validated `[proxy]` table.
     pub fn from_config(p: &ProxyConfig) -> ProxySettings {
@@ -104,19 +123,27 @@ impl ProxySettings {
 mod tests {
     use super::*;
 
+    /// `Default` is what an empty `[proxy]` table gives (compared through
+    /// `Debug`: every field shows there).
+    #[test]
+    fn the_defaults_are_those_of_an_empty_proxy_table() {
+        let config = bluegreen_core::config::Config::parse(
+            "[proxy]\nlisten = \"127.0.0.1:1\"\n[environments.blue]\nupstreams = [\"127.0.0.1:2\"]\n[environments.green]\nupstreams = [\"127.0.0.1:3\"]\n",
+            "t",
+            std::path::Path::new("/"),
+        )
+        .unwrap();
+        assert_eq!(
+            format!("{:?}", ProxySettings::from_config(&config.proxy)),
+            format!("{:?}", ProxySettings::default())
+        );
+    }
+
     #[test]
     fn trusts_addresses_and_networks_including_mapped_v4() {
         let s = ProxySettings {
-            connect_timeout: Duration::from_secs(1),
-            upstream_timeout: Duration::from_secs(1),
-            retries: 1,
-            max_queue: 10,
-            queue_timeout: Duration::from_secs(1),
-            access_log: false,
-            client_body_timeout: Duration::from_secs(1),
             trusted_proxies: vec!["10.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()],
-            sticky_header: None,
-            sticky_cookie: None,
+            ..Default::default()
         };
         assert!(s.trusts("10.1.2.3".parse().unwrap()));
         assert!(s.trusts("::ffff:10.1.2.3".parse().unwrap()));
