@@ -16,6 +16,8 @@ pub struct ProxySettings {
     pub max_queue: usize,
     pub queue_timeout: Duration,
     pub access_log: bool,
+    /// Set `X-Bluegreen-Side` on answers from the app.
+    pub side_header: bool,
     pub client_body_timeout: Duration,
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// What keeps a client on one side of a weighted split.
@@ -34,6 +36,7 @@ impl Default for ProxySettings {
             max_queue: 10_000,
             queue_timeout: Duration::from_secs(10),
             access_log: false,
+            side_header: false,
             client_body_timeout: Duration::from_secs(60),
             trusted_proxies: Vec::new(),
             sticky_header: None,
@@ -52,6 +55,7 @@ impl ProxySettings {
             max_queue: p.upstream_max_queue,
             queue_timeout: p.upstream_queue_timeout,
             access_log: p.access_log,
+            side_header: p.side_header,
             client_body_timeout: p.client_body_timeout,
             trusted_proxies: p.trusted_proxies.clone(),
             sticky_header: p

@@ -61,6 +61,7 @@ pub fn diff(old: &Config, new: &Config) -> Changes {
         o.trusted_proxies != n.trusted_proxies,
     );
     live("proxy.access_log", o.access_log != n.access_log);
+    live("proxy.side_header", o.side_header != n.side_header);
     live("proxy.sticky_header", o.sticky_header != n.sticky_header);
     live("proxy.sticky_cookie", o.sticky_cookie != n.sticky_cookie);
     live("health", old.health != new.health);

@@ -111,6 +111,8 @@ pub struct ProxyConfig {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// One log line per request (target `bluegreen::access`; JSON with `--log-format json`).
     pub access_log: bool,
+    /// Answers from the app say which side served them (`X-Bluegreen-Side`).
+    pub side_header: bool,
     /// Runtime worker threads; `None` means one per CPU.
     pub workers: Option<usize>,
     /// What keeps a client on one side of a weighted split: this request
@@ -267,6 +269,7 @@ struct RawProxy {
     trusted_proxies: Vec<String>,
     workers: Option<i64>,
     access_log: Option<bool>,
+    side_header: Option<bool>,
     sticky_header: Option<String>,
     sticky_cookie: Option<String>,
 }

@@ -88,6 +88,7 @@ pub(super) fn validate_proxy(raw: &RawProxy, c: &mut Checker) -> ProxyConfig {
         ),
         trusted_proxies: trusted_proxies(&raw.trusted_proxies, c),
         access_log: raw.access_log.unwrap_or(false),
+        side_header: raw.side_header.unwrap_or(false),
         workers: raw
             .workers
             .map(|w| c.int("proxy.workers", Some(w), 1, 1, 1024) as usize),

@@ -123,7 +123,7 @@ pub async fn forward(
         .take()
         .map(|(s, m)| Tee::new(s, m, &resp, upstream, route.pool.side, started.elapsed()));
     let upgrade = on_upgrade.zip(head.upgrade);
-    respond(
+    let mut answer = respond(
         resp,
         sender,
         guard,
@@ -131,7 +131,22 @@ pub async fn forward(
         route.pool.clone(),
         &conn.plane,
         tee,
-    )
+    )?;
+    // `proxy.side_header`: which side served, for debugging (the app's own
+    // header of that name is replaced, never passed on beside ours).
+    if route.settings.side_header {
+        answer
+            .headers_mut()
+            .insert(X_BLUEGREEN_SIDE.clone(), side_value(route.pool.side));
+    }
+    Ok(answer)
+}
+
+/// The response header of `proxy.side_header`.
+pub static X_BLUEGREEN_SIDE: http::HeaderName = http::HeaderName::from_static("x-bluegreen-side");
+
+fn side_value(side: bluegreen_core::Side) -> http::HeaderValue {
+    http::HeaderValue::from_static(side.as_str())
 }
 
 /// Picks an upstream and sends, and sends again where that is safe:

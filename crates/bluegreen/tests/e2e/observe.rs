@@ -405,3 +405,77 @@ async fn the_dashboard_is_served_from_the_binary_without_a_token() {
         assert_eq!(out, "401", "{path}");
     }
 }
+
+/// `proxy.side_header`: every answer from the app names the side that
+/// served it, whatever the method, path or body; the request itself is
+/// untouched; a switch changes the name, a reload turns it off, and it is
+/// off by default.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_side_header_names_the_side_that_served_and_a_reload_turns_it_off() {
+    let (b, g) = (Backend::start("blue").await, Backend::start("green").await);
+    let router = RouterBuilder::new(&[&b], &[&g])
+        .proxy("side_header = true")
+        .start();
+    router.wait_all_healthy().await;
+    let side_of = |args: &[&str]| -> Option<String> {
+        let mut all = vec!["-s", "-D", "-", "-o", "/dev/null"];
+        all.extend_from_slice(args);
+        let (code, head) = curl(&all);
+        assert_eq!(code, 0, "{head}");
+        let mut found = head
+            .lines()
+            .filter_map(|l| {
+                l.strip_prefix("x-bluegreen-side: ")
+                    .or(l.strip_prefix("X-Bluegreen-Side: "))
+            })
+            .map(|v| v.trim().to_string());
+        let first = found.next();
+        assert!(found.next().is_none(), "one header: {head}");
+        first
+    };
+    let url = |p: &str| router.url(p);
+    assert_eq!(side_of(&[&url("/a/b?x=1&y=%20z")]).as_deref(), Some("blue"));
+    assert_eq!(
+        side_of(&[
+            "-X",
+            "POST",
+            "-H",
+            "X-Trace: 7",
+            "--data-binary",
+            "body=1&2",
+            &url("/headers?order=1")
+        ])
+        .as_deref(),
+        Some("blue")
+    );
+    // What the app received is the client's request, and no side header.
+    let seen = b.state.last_headers.lock().unwrap().clone();
+    assert_eq!(
+        seen.get("x-trace").map(String::as_str),
+        Some("7"),
+        "{seen:?}"
+    );
+    assert!(!seen.contains_key("x-bluegreen-side"), "{seen:?}");
+    assert_eq!(side_of(&["-I", &url("/head")]).as_deref(), Some("blue"));
+
+    router.switch_to("green").await;
+    assert_eq!(
+        side_of(&["-X", "DELETE", &url("/items/9")]).as_deref(),
+        Some("green")
+    );
+
+    let text = std::fs::read_to_string(&router.config).unwrap();
+    assert!(text.contains("side_header = true"));
+    std::fs::write(
+        &router.config,
+        text.replacen("side_header = true", "side_header = false", 1),
+    )
+    .unwrap();
+    let (code, out, err) = router.cli(&["reload"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(side_of(&[&url("/after-reload")]), None);
+
+    let plain = RouterBuilder::new(&[&b], &[&g]).start();
+    plain.wait_all_healthy().await;
+    assert_eq!(side_of(&[&plain.url("/default")]), None, "off by default");
+}
