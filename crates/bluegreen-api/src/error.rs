@@ -4,7 +4,7 @@
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bluegreen_pipeline::PipelineError;
-use bluegreen_router::SwitchError;
+use bluegreen_router::{ControlError, SwitchError};
 
 /// An error answer from the admin API.
 #[derive(Debug)]
@@ -51,6 +51,26 @@ impl From<SwitchError> for ApiError {
             SwitchError::Persist(_) => (StatusCode::INTERNAL_SERVER_ERROR, "persist_failed"),
             SwitchError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unreachable"),
             SwitchError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+        };
+        ApiError {
+            status,
+            code,
+            message: e.to_string(),
+        }
+    }
+}
+
+/// The one place a control refusal becomes a status: the state as it is
+/// refused the call (409 with its code), or the store did (500, or 503
+/// when a cluster's store is out of reach, or 409 when another node
+/// changed the state first).
+impl From<ControlError> for ApiError {
+    fn from(e: ControlError) -> ApiError {
+        let (status, code) = match &e {
+            ControlError::Refused { code, .. } => (StatusCode::CONFLICT, *code),
+            ControlError::Persist(_) => (StatusCode::INTERNAL_SERVER_ERROR, "persist_failed"),
+            ControlError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unreachable"),
+            ControlError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
         };
         ApiError {
             status,
@@ -134,5 +154,44 @@ impl IntoResponse for ApiError {
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store that refused a change is never reported as the request's
+    /// fault: 500 when it failed, 503 when a cluster's store is out of
+    /// reach, 409 `conflict` when another node was first.
+    #[test]
+    fn control_errors_map_to_one_status_each() {
+        for (e, status, code) in [
+            (
+                ControlError::refused("already_paused", "traffic is already paused"),
+                StatusCode::CONFLICT,
+                "already_paused",
+            ),
+            (
+                ControlError::Persist("disk full".into()),
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "persist_failed",
+            ),
+            (
+                ControlError::Unavailable("etcd: connection refused".into()),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unreachable",
+            ),
+            (
+                ControlError::Conflict("revision moved".into()),
+                StatusCode::CONFLICT,
+                "conflict",
+            ),
+        ] {
+            let message = e.to_string();
+            let api = ApiError::from(e);
+            assert_eq!((api.status, api.code), (status, code));
+            assert_eq!(api.message, message);
+        }
     }
 }

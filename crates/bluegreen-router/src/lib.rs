@@ -42,7 +42,8 @@ pub use taps::{recorder, shadow};
 pub use upstream::{health, pool};
 
 pub use control::{
-    ClusterStatus, Convergence, NodeReport, NodeStatus, Router, SwitchError, SwitchOutcome,
+    ClusterStatus, ControlError, Convergence, NodeReport, NodeStatus, Router, SwitchError,
+    SwitchOutcome,
 };
 pub use plane::clients::ListenerKind;
 pub use plane::Plane;

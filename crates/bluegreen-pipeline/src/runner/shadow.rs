@@ -39,10 +39,10 @@ pub(super) async fn shadow(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployReco
             .await;
             match p.router.start_shadow(options.clone()).await {
                 Ok(r) => r,
-                Err(e) => return StepEnd::End(Outcome::Failed, e),
+                Err(e) => return StepEnd::End(Outcome::Failed, e.to_string()),
             }
         }
-        Err(e) => return StepEnd::End(Outcome::Failed, e),
+        Err(e) => return StepEnd::End(Outcome::Failed, e.to_string()),
     };
     // In a cluster every node shadows its own share of live traffic and
     // the gate judges their sum (`report_with` the other nodes' shares).

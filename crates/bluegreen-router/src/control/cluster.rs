@@ -7,7 +7,7 @@
 //! (fail static); when it is back, the session reads everything again and
 //! the node catches up without a restart.
 
-use super::Router;
+use super::{ControlError, PersistFailed, Router};
 use crate::events::Event;
 use bluegreen_core::bake::Window;
 use bluegreen_core::state::RouterState;
@@ -920,29 +920,36 @@ impl Router {
 
     /// `bluegreen cluster forget NODE`: a LOST node is no longer listed.
     /// Refused for a node that reports (it is alive).
-    pub async fn forget_node(&self, node: &str) -> Result<(), String> {
+    pub async fn forget_node(&self, node: &str) -> Result<(), ControlError> {
         let Some(cluster) = self.cluster.clone() else {
-            return Err("there is no cluster: the state is not shared (state.backend)".into());
+            return Err(ControlError::refused(
+                "not_lost",
+                "there is no cluster: the state is not shared (state.backend)",
+            ));
         };
         let known = {
             let view = cluster.view();
             let v = view.borrow();
             if v.under("nodes").any(|(n, _)| n == node) {
-                return Err(format!(
-                    "node {node} is reporting: it is part of the cluster, not lost"
+                return Err(ControlError::refused(
+                    "not_lost",
+                    format!("node {node} is reporting: it is part of the cluster, not lost"),
                 ));
             }
             let known = v.under(MEMBERS_DIR).any(|(n, _)| n == node);
             known
         };
         if !known {
-            return Err(format!("no node {node} is known to the cluster"));
+            return Err(ControlError::refused(
+                "not_lost",
+                format!("no node {node} is known to the cluster"),
+            ));
         }
         let key = format!("{MEMBERS_DIR}/{node}");
         tokio::task::spawn_blocking(move || cluster.put_record(&key, None))
             .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())
+            .map_err(|e| ControlError::Persist(e.to_string()))?
+            .map_err(|e| PersistFailed::of(e).into())
     }
 
     /// The cluster as this node sees it, for `status`.

@@ -3,9 +3,9 @@
 //! (it outlives a restart); a pause is not (held requests die with the
 //! process anyway).
 
-use super::{Change, Router};
+use super::{Change, ControlError, Router};
 use crate::events::Event;
-use crate::request::hold::Hold;
+use crate::snapshot::hold::Hold;
 use bluegreen_core::state::Maintenance;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -46,11 +46,18 @@ impl PauseStatus {
 impl Router {
     /// Holds new live requests until `resume` (each for at most `timeout`,
     /// at most `limit` at once); in-flight ones finish.
-    pub async fn pause(&self, timeout: Duration, limit: usize) -> Result<PauseStatus, String> {
+    pub async fn pause(
+        &self,
+        timeout: Duration,
+        limit: usize,
+    ) -> Result<PauseStatus, ControlError> {
         let hold = Arc::new(Hold::new(timeout, limit, now_ms()));
         let h = hold.clone();
         self.route(move |_, current| match &current.hold {
-            Some(_) => Err("traffic is already paused; resume it first".to_string()),
+            Some(_) => Err(ControlError::refused(
+                "already_paused",
+                "traffic is already paused; resume it first",
+            )),
             None => Ok(Change::snapshot(move |s| s.hold = Some(h), ())),
         })
         .await?;
@@ -68,10 +75,10 @@ impl Router {
 
     /// Lets the held requests go, in the order they came, and new ones
     /// through; says how many were waiting.
-    pub async fn resume(&self) -> Result<PauseStatus, String> {
+    pub async fn resume(&self) -> Result<PauseStatus, ControlError> {
         let hold = self
             .route(|_, current| match current.hold.clone() {
-                None => Err("traffic is not paused".to_string()),
+                None => Err(ControlError::refused("not_paused", "traffic is not paused")),
                 Some(h) => Ok(Change::snapshot(|s| s.hold = None, h)),
             })
             .await?;
@@ -99,7 +106,7 @@ impl Router {
     pub async fn set_maintenance(
         &self,
         on: Option<(String, u32, String)>,
-    ) -> Result<Option<Maintenance>, String> {
+    ) -> Result<Option<Maintenance>, ControlError> {
         let m = on.map(|(message, retry_after_secs, actor)| Maintenance {
             message,
             retry_after_secs,
@@ -111,7 +118,7 @@ impl Router {
             let mut next = state.clone();
             next.maintenance = wanted.clone();
             let snap = wanted.map(Arc::new);
-            Ok::<_, String>(Change {
+            Ok::<_, ControlError>(Change {
                 state: Some(next),
                 edit: Some(Box::new(move |s| s.maintenance = snap)),
                 value: (),

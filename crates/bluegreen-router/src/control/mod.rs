@@ -5,6 +5,7 @@
 
 mod cluster;
 mod drain;
+mod error;
 mod fresh;
 mod hold;
 mod reload;
@@ -34,6 +35,7 @@ use tokio::sync::Mutex as AsyncMutex;
 use tokio_util::sync::CancellationToken;
 
 pub use cluster::{ClusterStatus, Convergence, NodeReport, NodeStatus};
+pub use error::ControlError;
 pub use hold::PauseStatus;
 pub use sampler::spawn_sampler;
 pub use switch::{SwitchError, SwitchOutcome};

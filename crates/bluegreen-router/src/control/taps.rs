@@ -2,14 +2,17 @@
 //! routing snapshot through the same routing change as a switch. Files are
 //! opened before the change and closed after it: no I/O under the lock.
 
-use super::{describe_health, Change, Router};
+use super::{describe_health, Change, ControlError, Router};
 use crate::taps::recorder::{RecordOptions, RecordStatus, Recorder};
 use crate::taps::shadow::{Shadow, ShadowOptions};
 use std::sync::Arc;
 use std::time::Duration;
 
-fn already_recording(r: &Recorder) -> String {
-    format!("already recording to {}; stop it first", r.path.display())
+fn already_recording(r: &Recorder) -> ControlError {
+    ControlError::refused(
+        "record_refused",
+        format!("already recording to {}; stop it first", r.path.display()),
+    )
 }
 
 impl Router {
@@ -19,11 +22,13 @@ impl Router {
         &self,
         name: &str,
         options: RecordOptions,
-    ) -> Result<RecordStatus, String> {
+    ) -> Result<RecordStatus, ControlError> {
         if let Some(r) = &self.snapshot.load().recorder {
             return Err(already_recording(r));
         }
-        let recorder = Recorder::start(&self.config().record.dir, name, options).await?;
+        let recorder = Recorder::start(&self.config().record.dir, name, options)
+            .await
+            .map_err(|why| ControlError::refused("record_refused", why))?;
         let rec = recorder.clone();
         let started = self
             .route(|_, current| match &current.recorder {
@@ -41,10 +46,13 @@ impl Router {
     }
 
     /// Stops the recording and waits until its file is flushed.
-    pub async fn stop_recording(&self) -> Result<RecordStatus, String> {
+    pub async fn stop_recording(&self) -> Result<RecordStatus, ControlError> {
         let recorder = self
             .route(|_, current| match current.recorder.clone() {
-                None => Err("no recording is running".to_string()),
+                None => Err(ControlError::refused(
+                    "not_recording",
+                    "no recording is running",
+                )),
                 Some(r) => Ok(Change::snapshot(|s| s.recorder = None, r)),
             })
             .await?;
@@ -57,19 +65,25 @@ impl Router {
     pub async fn start_shadow(
         self: &Arc<Self>,
         options: ShadowOptions,
-    ) -> Result<Arc<Shadow>, String> {
+    ) -> Result<Arc<Shadow>, ControlError> {
         let me = self.clone();
         let shadow = self
             .route_then(
                 move |_, current| {
                     if current.shadow.is_some() {
-                        return Err("shadowing is already running; stop it first".to_string());
+                        return Err(ControlError::refused(
+                            "shadow_refused",
+                            "shadowing is already running; stop it first",
+                        ));
                     }
                     let idle = current.live.other();
                     if current.pools[idle].healthy_count() == 0 {
-                        return Err(format!(
-                            "refusing to shadow to {idle}: no healthy upstream ({})",
-                            describe_health(&current.pools[idle])
+                        return Err(ControlError::refused(
+                            "shadow_refused",
+                            format!(
+                                "refusing to shadow to {idle}: no healthy upstream ({})",
+                                describe_health(&current.pools[idle])
+                            ),
                         ));
                     }
                     let accepted = me.accepted_differences();
@@ -132,10 +146,13 @@ impl Router {
     }
 
     /// Stops the running shadow; its report stays readable.
-    pub async fn stop_shadow(&self) -> Result<Arc<Shadow>, String> {
+    pub async fn stop_shadow(&self) -> Result<Arc<Shadow>, ControlError> {
         let s = self
             .route(|_, current| match current.shadow.clone() {
-                None => Err("shadowing is not running".to_string()),
+                None => Err(ControlError::refused(
+                    "not_shadowing",
+                    "shadowing is not running",
+                )),
                 Some(s) => Ok(Change::snapshot(|snap| snap.shadow = None, s)),
             })
             .await?;

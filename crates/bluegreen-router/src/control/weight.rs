@@ -3,7 +3,7 @@
 //! their sticky key), persisted and swapped in like a switch. A switch ends
 //! it; 0 ends it too.
 
-use super::{describe_health, Change, Router};
+use super::{describe_health, Change, ControlError, Router};
 use crate::events::Event;
 use bluegreen_core::state::Split;
 use bluegreen_core::Side;
@@ -16,23 +16,26 @@ impl Router {
         side: Side,
         basis_points: u16,
         forced: bool,
-    ) -> Result<Option<Split>, String> {
+    ) -> Result<Option<Split>, ControlError> {
         if basis_points >= 10_000 {
-            return Err("a weight of 100% is a switch: use `bluegreen switch`".into());
+            return Err(ControlError::refused(
+                "weight_refused",
+                "a weight of 100% is a switch: use `bluegreen switch`",
+            ));
         }
         let split = self
             .route(move |state, current| {
                 if side == state.live {
-                    return Err(format!(
+                    return Err(ControlError::refused("weight_refused", format!(
                         "{side} is live; a weight sends part of the traffic to the idle side ({})",
                         side.other()
-                    ));
+                    )));
                 }
                 if basis_points > 0 && !forced && current.pools[side].healthy_count() == 0 {
-                    return Err(format!(
+                    return Err(ControlError::refused("weight_refused", format!(
                         "{side} has no healthy upstream ({}); not weighted (pass --force, API: \"force\": true, to weight it anyway)",
                         describe_health(&current.pools[side])
-                    ));
+                    )));
                 }
                 let split = (basis_points > 0).then_some(Split { side, basis_points });
                 let mut next = state.clone();
@@ -65,10 +68,13 @@ impl Router {
     /// A preview link's path (`/.bluegreen/preview?t=TOKEN`) for the idle
     /// side, valid for `secs`: the browser that opens it on the live
     /// listener sees the idle side (its own cookies, the real hostname).
-    pub fn preview_link(&self, secs: u64) -> Result<(String, Side), String> {
+    pub fn preview_link(&self, secs: u64) -> Result<(String, Side), ControlError> {
         let snap = self.snapshot.load();
         if snap.sessions.is_none() {
-            return Err("preview links need a [sessions] table in the config".into());
+            return Err(ControlError::refused(
+                "no_sessions",
+                "preview links need a [sessions] table in the config",
+            ));
         }
         let side = snap.live.other();
         let token = self.signer.preview_token(side, secs);
