@@ -1,7 +1,9 @@
 //! Command-line interface: what each subcommand takes, and dispatch.
 
+use crate::client::{self, replay};
 use crate::logging::LogFormat;
-use crate::{app, commands, demo, replay, serve};
+use crate::server::serve;
+use crate::{app, demo};
 use bluegreen_core::Side;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -302,7 +304,7 @@ pub enum Command {
         #[command(flatten)]
         admin: AdminArgs,
         #[command(subcommand)]
-        action: crate::shadow::ShadowAction,
+        action: crate::client::shadow::ShadowAction,
     },
     /// Send recorded requests again (cache warming, load tests), keeping
     /// their timing scaled by --speed; prints a summary.
@@ -347,15 +349,15 @@ fn parse_side(s: &str) -> Result<Side, String> {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve { config } => serve::main(&config),
-        Command::Check { config } => Ok(commands::check(&config)),
+        Command::Check { config } => Ok(client::check(&config)),
         Command::Status {
             admin,
             json,
             watch: true,
             timeout,
-        } => client_runtime()?.block_on(commands::watch(&admin, json, timeout)),
+        } => client_runtime()?.block_on(client::watch(&admin, json, timeout)),
         Command::Status { admin, json, .. } => {
-            client_runtime()?.block_on(commands::status(&admin, json))
+            client_runtime()?.block_on(client::status(&admin, json))
         }
         Command::Switch {
             admin,
@@ -363,61 +365,57 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             force,
             reason,
             json,
-        } => client_runtime()?.block_on(commands::switch(&admin, to, force, reason, json)),
+        } => client_runtime()?.block_on(client::switch(&admin, to, force, reason, json)),
         Command::Pause {
             admin,
             timeout,
             limit,
-        } => client_runtime()?.block_on(commands::pause(&admin, timeout, limit)),
+        } => client_runtime()?.block_on(client::pause(&admin, timeout, limit)),
         Command::Weight {
             admin,
             side,
             percent,
             force,
-        } => client_runtime()?.block_on(commands::weight(&admin, side, percent, force)),
+        } => client_runtime()?.block_on(client::weight(&admin, side, percent, force)),
         Command::PreviewLink { admin, valid_for } => {
-            client_runtime()?.block_on(commands::preview_link(&admin, valid_for))
+            client_runtime()?.block_on(client::preview_link(&admin, valid_for))
         }
-        Command::Resume { admin } => client_runtime()?.block_on(commands::resume(&admin)),
+        Command::Resume { admin } => client_runtime()?.block_on(client::resume(&admin)),
         Command::ClusterForget { admin, node } => {
-            client_runtime()?.block_on(commands::cluster_forget(&admin, &node))
+            client_runtime()?.block_on(client::cluster_forget(&admin, &node))
         }
         Command::Maintenance {
             admin,
             state,
             message,
             retry_after,
-        } => client_runtime()?.block_on(commands::maintenance(
+        } => client_runtime()?.block_on(client::maintenance(
             &admin,
             state == "on",
             message,
             retry_after,
         )),
-        Command::Reload { admin, json } => {
-            client_runtime()?.block_on(commands::reload(&admin, json))
-        }
+        Command::Reload { admin, json } => client_runtime()?.block_on(client::reload(&admin, json)),
         Command::Upgrade {
             admin,
             binary,
             ready_timeout,
             json,
-        } => client_runtime()?.block_on(commands::upgrade(&admin, binary, ready_timeout, json)),
+        } => client_runtime()?.block_on(client::upgrade(&admin, binary, ready_timeout, json)),
         Command::Rollback {
             admin,
             force,
             to_version,
             reason,
             json,
-        } => {
-            client_runtime()?.block_on(commands::rollback(&admin, force, to_version, reason, json))
-        }
+        } => client_runtime()?.block_on(client::rollback(&admin, force, to_version, reason, json)),
         Command::Deploy {
             admin,
             json,
             follow: Some(id),
             timeout,
             ..
-        } => client_runtime()?.block_on(commands::follow_again(
+        } => client_runtime()?.block_on(client::follow_again(
             &admin,
             (id != 0).then_some(id),
             json,
@@ -438,9 +436,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             json,
             timeout,
             ..
-        } => client_runtime()?.block_on(commands::deploy(
+        } => client_runtime()?.block_on(client::deploy(
             &admin,
-            commands::DeployArgs {
+            client::DeployArgs {
                 version: version.unwrap_or_default(),
                 timeout,
                 manual_promote,
@@ -455,9 +453,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 json,
             },
         )),
-        Command::Promote { admin } => client_runtime()?.block_on(commands::promote(&admin)),
+        Command::Promote { admin } => client_runtime()?.block_on(client::promote(&admin)),
         Command::Abort { admin, reason } => {
-            client_runtime()?.block_on(commands::abort(&admin, reason))
+            client_runtime()?.block_on(client::abort(&admin, reason))
         }
         Command::Migrate {
             action:
@@ -466,25 +464,25 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     dialect,
                     database_url_env,
                 },
-        } => client_runtime()?.block_on(commands::migrate::lint(
+        } => client_runtime()?.block_on(client::migrate::lint(
             &dir,
             dialect,
             database_url_env.as_deref(),
         )),
         Command::Migrate {
             action: MigrateAction::Status { admin, json },
-        } => client_runtime()?.block_on(commands::migrate::status(&admin, json)),
+        } => client_runtime()?.block_on(client::migrate::status(&admin, json)),
         Command::Migrate {
             action: MigrateAction::Contract { admin, force },
-        } => client_runtime()?.block_on(commands::migrate::contract(&admin, force)),
+        } => client_runtime()?.block_on(client::migrate::contract(&admin, force)),
         Command::History { admin, json } => {
-            client_runtime()?.block_on(commands::history(&admin, json))
+            client_runtime()?.block_on(client::history(&admin, json))
         }
         Command::Record { admin, action } => {
-            client_runtime()?.block_on(commands::record(&admin, action))
+            client_runtime()?.block_on(client::record(&admin, action))
         }
         Command::Shadow { admin, action } => {
-            client_runtime()?.block_on(crate::shadow::main(&admin, action))
+            client_runtime()?.block_on(crate::client::shadow::main(&admin, action))
         }
         Command::Replay(args) => client_runtime()?.block_on(replay::main(args)),
         Command::Completions { shell } => {

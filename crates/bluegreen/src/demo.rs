@@ -4,8 +4,8 @@
 //! that starts failing under real traffic and is rolled back by the bake. It
 //! counts every response by the version that served it.
 
-use crate::progress::{Mode, Progress};
-use crate::serve;
+use crate::client::progress::{Mode, Progress};
+use crate::server::serve;
 use anyhow::Context;
 use bluegreen_core::config::Config;
 use bluegreen_core::deploy::{DeployOptions, Outcome};
@@ -136,7 +136,7 @@ async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     // The demo is not upgradable: nobody listens on the control channel.
     let (control, _requests) = tokio::sync::mpsc::channel(1);
     let process = serve::Process {
-        sockets: crate::sockets::Sockets::default(),
+        sockets: crate::server::sockets::Sockets::default(),
         handover: false,
         control,
     };

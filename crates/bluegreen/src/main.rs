@@ -7,24 +7,15 @@
 #[macro_use]
 mod out;
 
-mod admin;
 mod app;
 mod args;
 mod certs;
 mod cli;
-mod commands;
+mod client;
 mod demo;
 mod exit;
 mod logging;
-mod notify;
-mod progress;
-mod reload;
-mod replay;
-mod running;
-mod serve;
-mod shadow;
-mod sockets;
-mod upgrade;
+mod server;
 
 use clap::Parser;
 use std::process::ExitCode;

@@ -2,7 +2,7 @@
 //! stops. Below `serve` (which starts one), `reload` and `upgrade` (which
 //! act on one).
 
-use crate::sockets::Sockets;
+use crate::server::sockets::Sockets;
 use bluegreen_core::config::deploy::DeployMethod;
 use bluegreen_pipeline::Pipeline;
 use bluegreen_router::Router;

@@ -4,7 +4,7 @@
 //! answer lists every change applied and every one that waits for
 //! `bluegreen upgrade`. A bad file changes nothing and says why.
 
-use crate::running::Running;
+use crate::server::running::Running;
 use bluegreen_api::lifecycle::{ReloadError, Reloaded};
 use bluegreen_core::config::{changes, Config};
 use bluegreen_router::events::Event;

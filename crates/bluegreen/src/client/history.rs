@@ -68,7 +68,7 @@ pub fn render_history(deploys: &[DeployRecord], switches: &[SwitchRecord]) -> St
                 ));
             }
             Entry::Deploy(d) => {
-                out.push_str(&crate::progress::verdict(d));
+                out.push_str(&crate::client::progress::verdict(d));
                 if matches!(
                     d.outcome,
                     Outcome::RolledBack | Outcome::Failed | Outcome::Aborted

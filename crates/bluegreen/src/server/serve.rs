@@ -2,9 +2,9 @@
 //! gracefully on SIGTERM/SIGINT.
 
 use crate::exit::EXIT_CONFIG;
-use crate::notify::Notifier;
-use crate::running::Running;
-use crate::sockets::Sockets;
+use crate::server::notify::Notifier;
+use crate::server::running::Running;
+use crate::server::sockets::Sockets;
 use anyhow::Context;
 use bluegreen_core::config::Config;
 use bluegreen_pipeline::Pipeline;
@@ -42,10 +42,10 @@ pub fn main(path: &Path) -> anyhow::Result<ExitCode> {
     //    processes never inherit it.
     let sockets = Sockets::from_env()?;
     let notifier = Arc::new(Notifier::from_env());
-    let upstream_notify = std::env::var(crate::notify::UPSTREAM_VAR).ok();
-    std::env::remove_var(crate::notify::UPSTREAM_VAR);
-    let handover = std::env::var_os(crate::upgrade::HANDOVER_VAR).is_some();
-    std::env::remove_var(crate::upgrade::HANDOVER_VAR);
+    let upstream_notify = std::env::var(crate::server::notify::UPSTREAM_VAR).ok();
+    std::env::remove_var(crate::server::notify::UPSTREAM_VAR);
+    let handover = std::env::var_os(crate::server::upgrade::HANDOVER_VAR).is_some();
+    std::env::remove_var(crate::server::upgrade::HANDOVER_VAR);
     let exe = std::env::current_exe().context("cannot find the running binary")?;
     // 1. Config: refuse to start on any problem, listing them all.
     let config = match Config::load(path) {
@@ -121,7 +121,7 @@ pub fn main(path: &Path) -> anyhow::Result<ExitCode> {
         if handover {
             notifier.redirect(upstream_notify.filter(|s| !s.is_empty()));
         }
-        let mut upgrade = crate::upgrade::Upgrades::new(
+        let mut upgrade = crate::server::upgrade::Upgrades::new(
             exe,
             notifier.clone(),
             (running.router.config().admin.token_env.clone(), token.clone()),
@@ -141,7 +141,7 @@ pub fn main(path: &Path) -> anyhow::Result<ExitCode> {
                     Signal::Upgrade => upgrade.start(&running, None, None, None).await,
                     Signal::Reload if upgrade.busy() => tracing::warn!("SIGHUP during an upgrade: not reloaded"),
                     Signal::Reload => {
-                        let _ = crate::reload::reload(path, &running).await;
+                        let _ = crate::server::reload::reload(path, &running).await;
                     }
                 },
                 Some(req) = requests.recv() => match req {
@@ -152,7 +152,7 @@ pub fn main(path: &Path) -> anyhow::Result<ExitCode> {
                         let _ = reply.send(Err(refuse_reload()));
                     }
                     bluegreen_api::lifecycle::Control::Reload { reply } => {
-                        let _ = reply.send(crate::reload::reload(path, &running).await);
+                        let _ = reply.send(crate::server::reload::reload(path, &running).await);
                     }
                 },
                 done = upgrade.outcome() => {
@@ -363,7 +363,12 @@ pub async fn start(config: Config, token: &str, process: Process) -> anyhow::Res
         bluegreen_router::tls::watch(certs, Arc::new(|_| {}), stop.clone());
         (acceptor, router.clone())
     });
-    let admin_task = tokio::spawn(crate::admin::serve(admin, app, admin_tls, stop.clone()));
+    let admin_task = tokio::spawn(crate::server::admin::serve(
+        admin,
+        app,
+        admin_tls,
+        stop.clone(),
+    ));
     tracing::info!(proxy = %proxy_local, preview = ?preview_local, admin = %admin_local, live = %router.live(), "router started");
     Ok(Running {
         router,

@@ -53,7 +53,7 @@ pub enum ShadowAction {
 
 /// Entry point of `bluegreen shadow`.
 pub async fn main(args: &AdminArgs, action: ShadowAction) -> anyhow::Result<ExitCode> {
-    let c = crate::commands::client(args);
+    let c = crate::client::client(args);
     let (result, json) = match action {
         ShadowAction::Start {
             percent,

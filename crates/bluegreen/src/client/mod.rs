@@ -1,7 +1,8 @@
-//! The CLI's subcommands that talk to a router (and `check`, which reads a
-//! config): one file each for `status`, `switch`/`rollback`,
-//! `deploy`/`promote`/`abort` (and following a deploy), `history`,
-//! `record`; `shadow`, `replay`, `demo` and `app` live beside this module.
+//! The client side of the binary: the subcommands that talk to a router
+//! (and `check`, which reads a config): one file each for `status`,
+//! `switch`/`rollback`, `deploy`/`promote`/`abort` (and following a
+//! deploy), `history`, `record`, `shadow`; `replay` sends recorded traffic;
+//! `progress` draws a deploy's steps. `demo` and `app` sit at the top.
 
 mod deploy;
 mod etcd;
@@ -9,6 +10,10 @@ mod history;
 mod record;
 mod status;
 mod switch;
+
+pub mod progress;
+pub mod replay;
+pub mod shadow;
 
 pub use deploy::{abort, deploy, follow, follow_again, promote, DeployArgs};
 pub use history::history;
@@ -18,10 +23,10 @@ pub use status::{status, watch};
 pub use switch::{rollback, switch};
 
 use crate::args::AdminArgs;
+use crate::client::progress::{Mode, Progress};
 use crate::exit::{
     EXIT_ABORTED, EXIT_CONFIG, EXIT_ERROR, EXIT_NOT_CONVERGED, EXIT_ROLLED_BACK, EXIT_TIMEOUT,
 };
-use crate::progress::{Mode, Progress};
 use bluegreen_api::types::{AbortBody, DeployBody, RecordBody, StatusView, SwitchBody};
 use bluegreen_api::AdminClient;
 use bluegreen_core::config::Config;

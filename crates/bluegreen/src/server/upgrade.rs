@@ -18,8 +18,8 @@
 //!    stopped, the store and the pipeline are taken back, and the reason
 //!    is the answer.
 
-use crate::notify::{monotonic_usec, Notifier, UPSTREAM_VAR};
-use crate::running::Running;
+use crate::server::notify::{monotonic_usec, Notifier, UPSTREAM_VAR};
+use crate::server::running::Running;
 use bluegreen_api::lifecycle::Upgraded;
 use bluegreen_pipeline::Pipeline;
 use bluegreen_store::StateStore;
