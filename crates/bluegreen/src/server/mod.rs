@@ -8,4 +8,5 @@ pub mod reload;
 pub mod running;
 pub mod serve;
 pub mod sockets;
+pub mod startup;
 pub mod upgrade;

@@ -5,18 +5,11 @@ use crate::exit::EXIT_CONFIG;
 use crate::server::notify::Notifier;
 use crate::server::running::Running;
 use crate::server::sockets::Sockets;
+use crate::server::startup;
 use anyhow::Context;
 use bluegreen_core::config::Config;
-use bluegreen_pipeline::Pipeline;
-use bluegreen_router::events::Event;
-use bluegreen_router::tls::acme::Acme;
-use bluegreen_router::tls::Reload;
-use bluegreen_router::{health, listener, ListenerKind, Router};
-use bluegreen_store::StateStore;
-use bluegreen_store::{EtcdStore, FileStore};
 use std::io::Write;
 use std::net::SocketAddr;
-use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -31,9 +24,6 @@ pub struct Process {
     /// Where the admin API sends upgrade requests.
     pub control: bluegreen_api::lifecycle::ControlSender,
 }
-
-/// How long a new process waits for the old one to hand the state over.
-const HANDOVER_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Entry point of `bluegreen serve`.
 pub fn main(path: &Path) -> anyhow::Result<ExitCode> {
@@ -180,210 +170,50 @@ pub fn main(path: &Path) -> anyhow::Result<ExitCode> {
 
 /// Opens the store, restores state, binds every listener and starts serving.
 pub async fn start(config: Config, token: &str, process: Process) -> anyhow::Result<Running> {
-    // 1. State: a corrupt or locked store stops us here, before any socket opens.
-    let state_dir = config.state.dir.clone();
-    // A process taking over from another waits for it to hand the state
-    // over (it releases the lock once we are running).
-    let store: Arc<dyn StateStore> = if let Some(etcd) = config.state.etcd.clone() {
-        // Shared by every node of the service; the process table, app logs
-        // and recordings stay in the state dir of this node.
-        let dir = state_dir.clone();
-        tokio::task::spawn_blocking(move || {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(&dir)
-                .with_context(|| format!("cannot create the state dir {}", dir.display()))
-        })
-        .await??;
-        Arc::new(tokio::task::spawn_blocking(move || EtcdStore::open(&etcd)).await??)
-    } else if process.handover {
-        let dir = state_dir.clone();
-        Arc::new(
-            tokio::task::spawn_blocking(move || FileStore::open_waiting(&dir, HANDOVER_WAIT))
-                .await??,
-        )
-    } else {
-        Arc::new(FileStore::open(&state_dir)?)
-    };
-    let proxy_addr = config.proxy.listen;
-    let preview_addr = config.proxy.preview_listen;
-    let admin_addr = config.admin.listen;
-    let grace = config.switch.drain_timeout;
-    // Certificates are loaded and checked before anything listens.
-    let tls = match &config.tls {
-        Some(t) => Some((
-            t.clone(),
-            bluegreen_router::tls::acceptor(t)
-                .map_err(|e| anyhow::anyhow!("tls.certificates: {e}"))?,
-        )),
-        None => None,
-    };
-    let admin_tls = match &config.admin.tls {
-        Some(pair) => Some(
-            bluegreen_router::tls::admin_acceptor(pair)
-                .map_err(|e| anyhow::anyhow!("admin.tls: {e}"))?,
-        ),
-        None => None,
-    };
-    let deploy = config.deploy.clone();
-    let acme_store = store.clone();
-    let kept_store = store.clone();
-    let router = Router::new(config, store.clone())?;
-    let pipeline = match deploy {
-        Some(d) => Some(Pipeline::new(router.clone(), store, d, &state_dir)?),
-        None => None,
-    };
-
-    // 2. Bind everything before serving anything, so a busy port fails
-    //    cleanly; sockets handed to us (systemd, or the process we take
-    //    over from) are used as they are.
-    let mut sockets = process.sockets;
-    let proxy = sockets.listen("proxy", proxy_addr, "proxy.listen").await?;
-    let preview = match preview_addr {
-        Some(a) => Some(sockets.listen("preview", a, "proxy.preview_listen").await?),
-        None => None,
-    };
-    let admin = sockets.listen("admin", admin_addr, "admin.listen").await?;
-    let (https, https_preview) = match &tls {
-        Some((t, _)) => (
-            Some(sockets.listen("https", t.listen, "tls.listen").await?),
-            match t.preview_listen {
-                Some(a) => Some(
-                    sockets
-                        .listen("https_preview", a, "tls.preview_listen")
-                        .await?,
-                ),
-                None => None,
-            },
-        ),
-        None => (None, None),
-    };
-    let unused = sockets.close_unused();
-    if !unused.is_empty() {
-        tracing::warn!(sockets = ?unused, "inherited sockets no listener of this config uses; closed them");
-    }
-    let https_local = https.as_ref().map(|l| l.local_addr()).transpose()?;
-    let https_preview_local = https_preview.as_ref().map(|l| l.local_addr()).transpose()?;
-    if let Some(a) = https_local {
-        router.set_listener("https", a);
-    }
-    if let Some(a) = https_preview_local {
-        router.set_listener("https_preview", a);
-    }
-    let proxy_local = proxy.local_addr()?;
-    let preview_local = preview.as_ref().map(|l| l.local_addr()).transpose()?;
-    let admin_local = admin.local_addr()?;
-    router.set_listener("proxy", proxy_local);
-    if let Some(a) = preview_local {
-        router.set_listener("preview", a);
-    }
-    router.set_listener("admin", admin_local);
-
-    // 3. Health checks start before traffic so the first results come quickly.
+    // 1. State: a corrupt or locked store stops us here, before any socket
+    //    opens; certificates are loaded and checked too.
+    let store = startup::open_store(&config, process.handover).await?;
+    let tls = startup::load_tls(&config)?;
+    let (router, pipeline) = startup::router_and_pipeline(config, store.clone())?;
+    // 2. Bind everything before serving anything.
+    let (bound, sockets) = startup::bind(process.sockets, &router, tls.edge.as_ref()).await?;
+    // 3. Background work before traffic: health, memory, cluster, series.
     let stop = CancellationToken::new();
-    let health = health::spawn(&router.plane, stop.clone());
-    // Memory freed by a burst of clients going idle goes back to the system.
-    bluegreen_router::memory::spawn_trimmer(router.plane.clone(), stop.clone());
-    // With a shared store: follow what other nodes write, report ours.
-    router.spawn_cluster(stop.clone());
-    // One point of live traffic per second for charts and the event stream.
-    bluegreen_router::control::spawn_sampler(
-        router.clone(),
-        std::time::Duration::from_secs(1),
-        stop.clone(),
-    );
-
-    // 4. Serve.
-    let acceptor = tls.map(|(t, (a, certs))| {
-        // Certificate files are watched: a good new set is swapped in, a bad
-        // one is kept out, and either is announced.
-        router.set_certificates(certs.clone());
-        let r = router.clone();
-        let announce = Arc::new(move |result| {
-            let (ok, detail) = match result {
-                Reload::Loaded(names) => (true, format!("reloaded: {}", names.join(", "))),
-                Reload::Kept(why) => (false, format!("kept the previous certificates: {why}")),
-                Reload::Unchanged => return,
-            };
-            r.events.emit(Event::Tls { ok, detail });
-        });
-        bluegreen_router::tls::watch(certs.clone(), announce, stop.clone());
-        // ACME obtains and renews its certificate in the background; until
-        // the first one arrives, handshakes for its names use the files' (or fail).
-        let acme = t.acme.map(|acme| {
-            let acme = Arc::new(Acme::new(acme, acme_store, certs));
-            router.set_acme(acme.clone());
-            acme
-        });
-        (a, acme)
-    });
-    let (acceptor, acme) = match acceptor {
-        Some((a, acme)) => (Some(a), acme),
-        None => (None, None),
-    };
-    if let Some(acme) = acme {
-        // The stored certificate is in use before the first handshake.
-        let r = router.clone();
-        let announce: bluegreen_router::tls::acme::Announce =
-            Arc::new(move |ok, detail| r.events.emit(Event::Tls { ok, detail }));
-        acme.restore(&announce).await;
-        acme.spawn(announce, stop.clone());
-    }
-    let mut listeners = Vec::new();
-    for (l, kind, secure) in [
-        (Some(proxy), ListenerKind::Main, None),
-        (preview, ListenerKind::Preview, None),
-        (https, ListenerKind::Main, acceptor.clone()),
-        (https_preview, ListenerKind::Preview, acceptor.clone()),
-    ] {
-        let Some(l) = l else { continue };
-        listeners.push(tokio::spawn(listener::serve(
-            router.plane.clone(),
-            l,
-            kind,
-            secure,
-            stop.clone(),
-            grace,
-        )));
-    }
+    let health = startup::spawn_background(&router, &stop);
+    // 4. Serve: certificates watched, ACME restored, the listeners.
+    let acceptor = startup::edge_tls(&router, tls.edge, store.clone(), &stop).await;
+    let mut bound = bound;
+    let listeners = startup::spawn_listeners(&router, &mut bound, acceptor, &stop);
     // 5. The pipeline picks up where it was: app processes re-adopted, an
-    //    interrupted deploy resumed.
+    //    interrupted deploy resumed; then the admin API.
     if let Some(p) = &pipeline {
         p.start_up().await?;
     }
-    let app = bluegreen_api::app(
-        router.clone(),
+    let local = bound.local;
+    let admin_task = startup::spawn_admin(
+        &router,
         pipeline.clone(),
         token,
-        Some(process.control),
+        process.control,
+        bound.admin,
+        tls.admin,
+        &stop,
     );
-    let admin_tls = admin_tls.map(|(acceptor, certs)| {
-        // Watched like the edge's certificates (the watcher logs changes).
-        bluegreen_router::tls::watch(certs, Arc::new(|_| {}), stop.clone());
-        (acceptor, router.clone())
-    });
-    let admin_task = tokio::spawn(crate::server::admin::serve(
-        admin,
-        app,
-        admin_tls,
-        stop.clone(),
-    ));
-    tracing::info!(proxy = %proxy_local, preview = ?preview_local, admin = %admin_local, live = %router.live(), "router started");
+    tracing::info!(proxy = %local.proxy, preview = ?local.preview, admin = %local.admin, live = %router.live(), "router started");
     Ok(Running {
         router,
         pipeline,
-        proxy: proxy_local,
-        preview: preview_local,
-        https: https_local,
-        https_preview: https_preview_local,
-        admin: admin_local,
+        proxy: local.proxy,
+        preview: local.preview,
+        https: local.https,
+        https_preview: local.https_preview,
+        admin: local.admin,
         stop,
         listeners,
         admin_task,
         health,
         sockets,
-        store: kept_store,
+        store,
     })
 }
 
