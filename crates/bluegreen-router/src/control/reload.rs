@@ -7,7 +7,7 @@
 //! the certificate files. Everything that can fail is prepared first:
 //! either all of it applies, or nothing does.
 
-use super::{Change, Router};
+use super::{Change, ControlError, Router};
 use crate::settings::ProxySettings;
 use crate::upstream::tls::UpstreamTls;
 use bluegreen_core::config::changes::{diff, Changes};
@@ -18,7 +18,7 @@ use std::sync::Arc;
 impl Router {
     /// Applies `new` (validated) and returns what changed. Blocking work
     /// (CA files, certificates) runs off the async threads.
-    pub async fn reload(self: &Arc<Self>, new: Config) -> Result<Changes, String> {
+    pub async fn reload(self: &Arc<Self>, new: Config) -> Result<Changes, ControlError> {
         let old = self.config();
         let changes = diff(&old, &new);
         // A reload rotates the session key when it is due by age (the
@@ -61,8 +61,14 @@ impl Router {
         // the reload; the admin API never waits on it for long.
         let prepared = tokio::time::timeout(std::time::Duration::from_secs(10), prepared)
             .await
-            .map_err(|_| "reading the TLS files took more than 10 s; nothing changed".to_string())?
-            .map_err(|e| e.to_string())??;
+            .map_err(|_| {
+                ControlError::refused(
+                    "reload_failed",
+                    "reading the TLS files took more than 10 s; nothing changed",
+                )
+            })?
+            .map_err(|e| ControlError::refused("reload_failed", e.to_string()))?
+            .map_err(|e| ControlError::refused("reload_failed", e))?;
         let (tls, files) = prepared;
 
         // 2. One snapshot swap: pools and request settings together.
@@ -83,14 +89,16 @@ impl Router {
                     {
                         continue;
                     }
-                    let reshaped = snap.pools[side].reshaped(
-                        &ne.upstreams,
-                        n.proxy.balance,
-                        rise,
-                        fall,
-                        tls[side].clone(),
-                        oe.tls != ne.tls,
-                    )?;
+                    let reshaped = snap.pools[side]
+                        .reshaped(
+                            &ne.upstreams,
+                            n.proxy.balance,
+                            rise,
+                            fall,
+                            tls[side].clone(),
+                            oe.tls != ne.tls,
+                        )
+                        .map_err(|e| ControlError::refused("reload_failed", e))?;
                     for u in &reshaped.added {
                         u.set_max_requests(n.proxy.upstream_max_requests);
                     }
@@ -98,7 +106,7 @@ impl Router {
                     added.extend(reshaped.added);
                     removed.extend(reshaped.removed);
                 }
-                Ok::<_, String>(Change::snapshot(
+                Ok::<_, ControlError>(Change::snapshot(
                     move |s| {
                         s.pools = pools;
                         s.settings = settings;

@@ -41,7 +41,7 @@ pub async fn reload(path: &Path, running: &Running) -> Result<Reloaded, ReloadEr
                     }
                     Ok(changes)
                 }
-                Err(e) => Err(ReloadError::Failed(e)),
+                Err(e) => Err(ReloadError::Failed(e.to_string())),
             }
         }
     };
