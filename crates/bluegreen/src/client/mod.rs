@@ -190,7 +190,10 @@ fn fail(e: bluegreen_api::ClientError) -> anyhow::Result<ExitCode> {
             "hint: the CLI sends --token or BLUEGREEN_TOKEN ({env}); the router checks it against the variable named by admin.token_env (default BLUEGREEN_TOKEN) in the environment of `bluegreen serve`"
         );
     }
-    Ok(ExitCode::from(EXIT_ERROR))
+    Ok(ExitCode::from(match &e {
+        bluegreen_api::ClientError::Api { code, .. } => crate::exit::of_api_error(code),
+        _ => EXIT_ERROR,
+    }))
 }
 
 /// `bluegreen upgrade`: asks the router to hand over to a new process and
@@ -243,9 +246,10 @@ pub async fn reload(args: &AdminArgs, as_json: bool) -> anyhow::Result<ExitCode>
             outln!("{}", done.message)?;
             Ok(ExitCode::SUCCESS)
         }
+        // Every problem of the file, without the HTTP status around it.
         Err(bluegreen_api::ClientError::Api { code, message, .. }) if code == "invalid_config" => {
             eprintln!("error: {message}");
-            Ok(ExitCode::from(EXIT_CONFIG))
+            Ok(ExitCode::from(crate::exit::of_api_error(&code)))
         }
         Err(e) => fail(e),
     }

@@ -2,7 +2,6 @@
 //! and read what differs, per endpoint.
 
 use crate::args::AdminArgs;
-use crate::exit::EXIT_ERROR;
 use bluegreen_router::shadow::ShadowReport;
 use serde_json::json;
 use std::process::ExitCode;
@@ -93,19 +92,13 @@ pub async fn main(args: &AdminArgs, action: ShadowAction) -> anyhow::Result<Exit
                     outln!("{}", v["message"].as_str().unwrap_or_default())?;
                     Ok(ExitCode::SUCCESS)
                 }
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    Ok(ExitCode::from(EXIT_ERROR))
-                }
+                Err(e) => super::fail(e),
             };
         }
     };
     let v: serde_json::Value = match result {
         Ok(v) => v,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return Ok(ExitCode::from(EXIT_ERROR));
-        }
+        Err(e) => return super::fail(e),
     };
     if json {
         outln!("{}", v["shadow"])?;

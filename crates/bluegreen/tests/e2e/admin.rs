@@ -258,7 +258,7 @@ async fn oversized_or_hostile_admin_input_is_refused_and_changes_nothing() {
     // log too (the CLI: that endpoint takes JSON only).
     let (code, _, err) =
         router.cli(&["shadow", "accept", "/price", "--reason", "\u{200f}intended"]);
-    assert_eq!(code, 1, "{err}");
+    assert_eq!(code, 2, "a bad_request is a usage error: {err}");
     assert!(err.contains("reason") && err.contains("U+200F"), "{err}");
     assert_eq!(
         std::fs::read(&state_file).unwrap(),

@@ -110,6 +110,15 @@ async fn a_full_queue_or_a_long_wait_is_a_503_the_app_never_sees() {
     let (b, g) = (Backend::start("blue").await, Backend::start("green").await);
     let router = RouterBuilder::new(&[&b], &[&g]).start();
     router.wait_all_healthy().await;
+    // A timeout the API refuses is a usage error (exit 2) that names the
+    // field, and pauses nothing.
+    let (code, out, err) = router.cli(&["pause", "--timeout", "20m"]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(
+        err.contains("\"timeout\"") && err.contains("bad_request"),
+        "{err}"
+    );
+    assert!(router.status().await["paused"].is_null());
     let (code, out, err) = router.cli(&["pause", "--timeout", "400ms", "--limit", "1"]);
     assert_eq!(code, 0, "{out}{err}");
     let before = b.requests();

@@ -291,7 +291,7 @@ async fn an_intended_shadow_difference_is_accepted_during_the_deploy() {
     );
     // A field that is not one is refused with the forms it may take.
     let (code, _, err) = cli(&r, &["shadow", "accept", "price"], TOKEN).await;
-    assert_eq!(code, 1);
+    assert_eq!(code, 2, "a bad_request is a usage error: {err}");
     assert!(err.contains("JSON pointer"), "{err}");
 }
 
