@@ -418,8 +418,7 @@ impl Proxy {
     }
 
     /// Restarts the proxy the way `how` says, while it serves.
-    pub fn restart(&mut self, how: crate::restarts::How) -> Result<()> {
-        use crate::restarts::How;
+    pub fn restart(&mut self, how: How) -> Result<()> {
         use nix::sys::signal::{kill, Signal};
         use nix::unistd::Pid;
         let signal =
@@ -593,4 +592,27 @@ pub(crate) fn status_kib(pid: u32, key: &str) -> Option<u64> {
         .nth(1)?
         .parse()
         .ok()
+}
+
+/// How a proxy is restarted.
+#[derive(Debug, Clone, Copy)]
+pub enum How {
+    BluegreenUpgrade,
+    NginxBinaryUpgrade,
+    NginxReload,
+    /// Caddy's admin API: `POST /load` of the whole config (a graceful reload).
+    CaddyLoad,
+    HaproxyReload,
+}
+
+impl How {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            How::BluegreenUpgrade => "`bluegreen upgrade` (new process, same sockets)",
+            How::NginxBinaryUpgrade => "binary upgrade (USR2, WINCH, QUIT)",
+            How::NginxReload => "`nginx -s reload` (HUP)",
+            How::HaproxyReload => "master-worker reload (USR2, `expose-fd listeners`)",
+            How::CaddyLoad => "admin API `POST /load` (config reload)",
+        }
+    }
 }

@@ -5,34 +5,11 @@
 //! HAProxy's master-worker reload (`USR2`, listeners passed on through the
 //! `expose-fd listeners` socket).
 
-use crate::procs::{Env, Kind, Proxy};
+use crate::procs::{Env, How, Kind, Proxy};
 use crate::{wrk_url, Plan};
 use anyhow::Result;
 use std::fmt::Write;
 use std::time::Duration;
-
-/// How a proxy is restarted.
-#[derive(Debug, Clone, Copy)]
-pub enum How {
-    BluegreenUpgrade,
-    NginxBinaryUpgrade,
-    NginxReload,
-    /// Caddy's admin API: `POST /load` of the whole config (a graceful reload).
-    CaddyLoad,
-    HaproxyReload,
-}
-
-impl How {
-    fn name(self) -> &'static str {
-        match self {
-            How::BluegreenUpgrade => "`bluegreen upgrade` (new process, same sockets)",
-            How::NginxBinaryUpgrade => "binary upgrade (USR2, WINCH, QUIT)",
-            How::NginxReload => "`nginx -s reload` (HUP)",
-            How::HaproxyReload => "master-worker reload (USR2, `expose-fd listeners`)",
-            How::CaddyLoad => "admin API `POST /load` (config reload)",
-        }
-    }
-}
 
 /// One proxy and method: what the clients saw.
 pub struct Restarts {

@@ -13,8 +13,7 @@ use bluegreen_store::{load_json, DEPLOYS_KEY};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The lock a running deploy holds.
-pub(crate) const DEPLOY_LOCK: &str = "deploy";
+use crate::shared::{new_book, normalized, DEPLOY_LOCK};
 
 /// The deploy lock while this process holds it, given back exactly once:
 /// by `release` where what comes next must find it free (a rollback that
@@ -275,19 +274,4 @@ impl Pipeline {
         lock.release().await;
         Ok(())
     }
-}
-
-/// Records written by an older version get today's step list.
-pub(crate) fn normalized(mut book: DeployBook) -> DeployBook {
-    if book.next_id == 0 {
-        book.next_id = 1;
-    }
-    for d in book.current.iter_mut().chain(book.history.iter_mut()) {
-        d.normalize();
-    }
-    book
-}
-
-fn new_book() -> DeployBook {
-    normalized(DeployBook::default())
 }

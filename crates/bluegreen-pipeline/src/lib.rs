@@ -17,6 +17,7 @@ pub mod command;
 pub mod migrate;
 pub mod resources;
 mod runner;
+mod shared;
 pub mod smoke;
 pub mod supervisor;
 mod watchdog;

@@ -15,7 +15,7 @@
 //! is the same single conditional write, and the holder's bake then ends
 //! rolled back naming that node.
 
-use crate::cluster::DEPLOY_LOCK;
+use crate::shared::DEPLOY_LOCK;
 use crate::{now_ms, Pipeline};
 use bluegreen_core::bake::{absolute_breach, Breach, Window};
 use bluegreen_core::deploy::{DeployBook, DeployRecord, Step, StepState};
@@ -225,7 +225,7 @@ async fn roll_back(
     let read = tokio::task::spawn_blocking(move || c.peek(DEPLOYS_KEY)).await;
     let book = match read {
         Ok(Ok(Some(bytes))) => match serde_json::from_slice::<DeployBook>(&bytes) {
-            Ok(b) => crate::cluster::normalized(b),
+            Ok(b) => crate::shared::normalized(b),
             Err(_) => return,
         },
         Ok(Ok(None)) | Err(_) => return,

@@ -5,7 +5,7 @@
 //! not applied at all.
 
 use bluegreen_core::config::migrations::{DatabaseUrl, Timing};
-use bluegreen_core::migration::{relations, Flavor, MigrationFile, Shape, SqlStatement};
+use bluegreen_core::migration::{relations, Flavor, SqlStatement};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -189,43 +189,6 @@ impl Db {
             ),
         }
     }
-
-    /// Applies the statements of `file` and records it, in one transaction
-    /// (PostgreSQL: each attempt with a short `lock_timeout`, retried until
-    /// `deadline`; SQLite: waiting at most `lock_timeout` for the write
-    /// lock). The error names file, line, statement and why.
-    pub async fn apply(
-        &self,
-        file: &MigrationFile,
-        shape: Shape,
-        checksum: &str,
-        version: &str,
-        limits: &Limits,
-    ) -> Result<Applying, String> {
-        let ctx = Context {
-            file: file.file_name(),
-            name: file.id(),
-            phase: file.phase.as_str(),
-            checksum: checksum.to_string(),
-            version: version.to_string(),
-            timing: limits.timing,
-            deadline: limits.deadline,
-            cancel: limits.cancel.clone(),
-            in_tx: shape.outside_transaction.is_none(),
-        };
-        let statements = shape.statements;
-        match self {
-            Db::Postgres(c) => super::retry::apply_postgres(c, &ctx, &statements).await,
-            Db::Sqlite(conn) => {
-                let conn = conn.clone();
-                blocking(move || {
-                    let conn = conn.lock().unwrap_or_else(|x| x.into_inner());
-                    apply_sqlite(&conn, &ctx, &statements)
-                })
-                .await
-            }
-        }
-    }
 }
 
 /// Stops a running statement from another task; its file's transaction
@@ -373,7 +336,7 @@ impl Context {
     }
 }
 
-fn apply_sqlite(
+pub(super) fn apply_sqlite(
     conn: &rusqlite::Connection,
     ctx: &Context,
     statements: &[SqlStatement],
@@ -452,7 +415,7 @@ fn apply_sqlite(
     }
 }
 
-async fn blocking<T: Send + 'static>(
+pub(super) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, String> + Send + 'static,
 ) -> Result<T, String> {
     tokio::task::spawn_blocking(f)

@@ -4,8 +4,8 @@
 //! The files are read and the SQL is split by `bluegreen_core::migration`;
 //! `db` applies them.
 
+mod apply;
 pub mod db;
-mod retry;
 
 use bluegreen_core::config::migrations::{DatabaseUrl, MigrationRunner, MigrationsConfig};
 use bluegreen_core::deploy::FileMark;

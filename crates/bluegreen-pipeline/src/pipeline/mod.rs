@@ -103,7 +103,7 @@ impl Pipeline {
         state_dir: &Path,
     ) -> Result<Arc<Pipeline>, PipelineError> {
         let book: DeployBook =
-            cluster::normalized(load_json(store.as_ref(), DEPLOYS_KEY)?.unwrap_or_default());
+            crate::shared::normalized(load_json(store.as_ref(), DEPLOYS_KEY)?.unwrap_or_default());
         let supervisor = match &config.method {
             DeployMethod::Supervisor(s) => Some(
                 Supervisor::new(s.clone(), &config.workdir, state_dir, store.clone())

@@ -158,7 +158,7 @@ async fn recorded_live_traffic_replays_against_another_server() {
     // Only a plain name is taken; the file goes into the state dir's records/.
     for bad in ["/tmp/elsewhere.jsonl", "../up.jsonl", "a/b"] {
         let (code, _, err) = router.cli(&["record", "start", "--to", bad]);
-        assert_eq!(code, 1, "{bad}: {err}");
+        assert_eq!(code, 2, "a bad_request is a usage error: {bad}: {err}");
         assert!(err.contains("not a valid recording name"), "{err}");
     }
     let file = router.state_dir.join("records").join("live.jsonl");

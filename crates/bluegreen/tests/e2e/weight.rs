@@ -100,7 +100,7 @@ async fn a_ten_percent_weight_sends_a_tenth_of_the_clients_always_the_same_ones(
     assert_eq!(code, 1);
     assert!(err.contains("blue is live"), "{err}");
     let (code, _, err) = router.cli(&["weight", "green", "100"]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 2, "a bad_request is a usage error");
     assert!(err.contains("100 is a switch"), "{err}");
 
     // A switch ends the split: every client on green.

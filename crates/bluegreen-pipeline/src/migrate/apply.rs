@@ -1,4 +1,5 @@
-//! One PostgreSQL file under short lock waits. A DDL statement that waits
+//! Applying one file (`Db::apply`): SQLite under its write lock, and
+//! PostgreSQL under short lock waits. A DDL statement that waits
 //! for a lock makes every later query of the table queue behind it, so
 //! each attempt waits at most `lock_timeout`, then the file's transaction
 //! is rolled back (no lock is kept while backing off: the queue drains)
@@ -12,11 +13,52 @@
 //! conflict with reads and writes, so live queries do not queue behind it
 //! while it waits; it may wait up to the deadline.
 
-use super::db::{pg_error, Applying, Context, ADVISORY_KEY, TABLE};
-use bluegreen_core::migration::{Flavor, SqlStatement};
+use super::db::{
+    apply_sqlite, blocking, pg_error, Applying, Context, Db, Limits, ADVISORY_KEY, TABLE,
+};
+use bluegreen_core::migration::{Flavor, MigrationFile, Shape, SqlStatement};
 use std::time::Duration;
 use tokio::time::Instant;
 use tokio_postgres::error::SqlState;
+
+impl Db {
+    /// Applies the statements of `file` and records it, in one transaction
+    /// (PostgreSQL: each attempt with a short `lock_timeout`, retried until
+    /// `deadline`; SQLite: waiting at most `lock_timeout` for the write
+    /// lock). The error names file, line, statement and why.
+    pub async fn apply(
+        &self,
+        file: &MigrationFile,
+        shape: Shape,
+        checksum: &str,
+        version: &str,
+        limits: &Limits,
+    ) -> Result<Applying, String> {
+        let ctx = Context {
+            file: file.file_name(),
+            name: file.id(),
+            phase: file.phase.as_str(),
+            checksum: checksum.to_string(),
+            version: version.to_string(),
+            timing: limits.timing,
+            deadline: limits.deadline,
+            cancel: limits.cancel.clone(),
+            in_tx: shape.outside_transaction.is_none(),
+        };
+        let statements = shape.statements;
+        match self {
+            Db::Postgres(c) => apply_postgres(c, &ctx, &statements).await,
+            Db::Sqlite(conn) => {
+                let conn = conn.clone();
+                blocking(move || {
+                    let conn = conn.lock().unwrap_or_else(|x| x.into_inner());
+                    apply_sqlite(&conn, &ctx, &statements)
+                })
+                .await
+            }
+        }
+    }
+}
 
 /// The longest pause between two attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
