@@ -51,7 +51,8 @@ pub(crate) fn shared_signer(
                 })?;
             return Ok(Signer::from_keys(&current, previous.as_deref()));
         }
-        let fresh = Signer::fresh_key().map_err(|e| crate::control::RouterError::Config(e.to_string()))?;
+        let fresh =
+            Signer::fresh_key().map_err(|e| crate::control::RouterError::Config(e.to_string()))?;
         let doc = serde_json::to_vec(&SessionKeys {
             current: hex(&fresh),
             previous: None,
