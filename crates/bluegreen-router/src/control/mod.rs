@@ -7,12 +7,14 @@ mod cluster;
 mod drain;
 mod error;
 mod fresh;
+mod handover;
 mod hold;
 mod reload;
 mod sampler;
 mod status;
 mod switch;
 mod taps;
+mod views;
 mod weight;
 
 use crate::events::Series;
@@ -268,69 +270,6 @@ impl Router {
         }))
     }
 
-    /// The state is being handed to a new process (or not any more).
-    pub fn set_handing_over(&self, on: bool) {
-        self.handing_over
-            .store(on, std::sync::atomic::Ordering::SeqCst);
-    }
-
-    /// True while changes must wait for the new process (see above).
-    pub fn handing_over(&self) -> bool {
-        self.handing_over.load(std::sync::atomic::Ordering::SeqCst)
-    }
-
-    /// How to call off the handover in progress while its new process is
-    /// not ready (`None` once it is: then the state is the new one's).
-    pub fn set_handover_abort(&self, abort: Option<CancellationToken>) {
-        *self
-            .handover_abort
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = abort;
-    }
-
-    /// Calls off a handover whose new process is not ready yet and waits up
-    /// to `limit` until this process has the state back. False when the
-    /// state stays with a new process that is serving already.
-    pub async fn abort_handover(&self, limit: std::time::Duration) -> bool {
-        let abort = self
-            .handover_abort
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        match abort {
-            Some(t) => t.cancel(),
-            // The new process is ready: the state is its own.
-            None if self.handing_over() => return false,
-            None => return true,
-        }
-        let deadline = tokio::time::Instant::now() + limit;
-        while self.handing_over() {
-            if tokio::time::Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-        true
-    }
-
-    /// The ACME loop, shown in status.
-    pub fn set_acme(&self, acme: Arc<crate::tls::acme::Acme>) {
-        let _ = self.acme.set(acme);
-    }
-
-    /// Where ACME stands, when configured.
-    pub fn acme(&self) -> Option<crate::tls::acme::AcmeState> {
-        self.acme.get().map(|a| a.state())
-    }
-
-    /// What each TLS certificate in use says about itself.
-    pub fn certificates(&self) -> Vec<crate::tls::CertInfo> {
-        self.certificates
-            .get()
-            .map(|c| c.infos())
-            .unwrap_or_default()
-    }
-
     /// Waits for upgraded connections to finish, up to `grace`; then cuts them.
     pub async fn close_tunnels(&self, grace: Duration) -> usize {
         self.tunnels.close();
@@ -391,47 +330,6 @@ impl Router {
         Ok(after(change.value))
     }
 
-    /// Switch history, oldest first.
-    pub async fn history(&self) -> Vec<SwitchRecord> {
-        self.state.lock().await.history.clone()
-    }
-
-    /// Switches since this process started, by kind (`switch`, `rollback`).
-    pub fn switch_counts(&self) -> BTreeMap<&'static str, u64> {
-        self.switch_counts
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    /// The running or last shadow run, for reports.
-    pub fn shadow(&self) -> Option<Arc<Shadow>> {
-        self.last_shadow
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    /// The recording in progress, if any.
-    pub fn recording(&self) -> Option<RecordStatus> {
-        self.snapshot.load().recorder.as_ref().map(|r| r.status())
-    }
-
-    /// Live traffic the side has received: on this node since it started,
-    /// plus what the other nodes of a cluster reported (the bake and the
-    /// gates judge the whole cluster).
-    pub fn live_window(&self, side: Side) -> bluegreen_core::bake::Window {
-        match &self.cluster {
-            None => self.local_window(side),
-            Some(_) => self.local_window(side).plus(&self.peer_window(side)),
-        }
-    }
-
-    /// Live traffic of the side on this node alone.
-    pub fn local_window(&self, side: Side) -> bluegreen_core::bake::Window {
-        self.snapshot.load().pools[side].live_stats.window()
-    }
-
     /// Forgets the health of a side's upstreams (a new version was just put
     /// there), so gates wait for fresh checks.
     pub fn reset_health(&self, side: Side) {
@@ -440,26 +338,6 @@ impl Router {
         for u in &self.snapshot.load().pools[side].upstreams {
             u.reset_health(h.healthy_threshold, h.unhealthy_threshold);
         }
-    }
-
-    /// (healthy, total, one line per upstream that is not healthy).
-    pub fn side_health(&self, side: Side) -> (usize, usize, String) {
-        let snap = self.snapshot.load();
-        let pool = &snap.pools[side];
-        (
-            pool.healthy_count(),
-            pool.upstreams.len(),
-            describe_health(pool),
-        )
-    }
-
-    /// True when the live side has an upstream that is not known to be down.
-    pub fn ready(&self) -> bool {
-        let snap = self.snapshot.load();
-        snap.pools[snap.live]
-            .upstreams
-            .iter()
-            .any(|u| u.health() != Health::Unhealthy)
     }
 }
 
