@@ -68,6 +68,7 @@ impl From<ControlError> for ApiError {
     fn from(e: ControlError) -> ApiError {
         let (status, code) = match &e {
             ControlError::Refused { code, .. } => (StatusCode::CONFLICT, *code),
+            ControlError::Failed { code, .. } => (StatusCode::INTERNAL_SERVER_ERROR, *code),
             ControlError::Persist(_) => (StatusCode::INTERNAL_SERVER_ERROR, "persist_failed"),
             ControlError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unreachable"),
             ControlError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
@@ -171,6 +172,14 @@ mod tests {
                 ControlError::refused("already_paused", "traffic is already paused"),
                 StatusCode::CONFLICT,
                 "already_paused",
+            ),
+            (
+                ControlError::Failed {
+                    code: "reload_failed",
+                    message: "a CA file could not be read".into(),
+                },
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "reload_failed",
             ),
             (
                 ControlError::Persist("disk full".into()),

@@ -12,6 +12,10 @@ pub enum ControlError {
     /// case for clients (`already_paused`, `not_recording`, ...).
     #[error("{message}")]
     Refused { code: &'static str, message: String },
+    /// Something the call needed failed (a file that could not be read in
+    /// time, ...); `code` names the call (`reload_failed`). Nothing changed.
+    #[error("{message}")]
+    Failed { code: &'static str, message: String },
     /// The state could not be written (disk, or etcd mid-call).
     #[error("could not persist the router state: {0}")]
     Persist(String),

@@ -25,12 +25,26 @@ pub(crate) use crate::plane::fresh::{Freshness, GAP};
 const TICK: Duration = Duration::from_millis(100);
 
 impl Router {
-    /// Starts the heartbeat (with a shared store).
+    /// Starts the heartbeat (with a shared store), until `stop`; and the
+    /// checks live requests ask for (`Freshness::wait`), until the router
+    /// shuts down: a draining process still answers requests after `stop`,
+    /// and with no heartbeat each of them finds the node in doubt, so the
+    /// check must still run for them (else each would wait out the limit).
     pub(super) fn spawn_freshness(self: &Arc<Self>, stop: CancellationToken) {
         let Some(f) = self.freshness.clone() else {
             return;
         };
         f.beat_ms.store(f.now_ms(), Ordering::Relaxed);
+        let (router, asked) = (self.clone(), f.clone());
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = asked.asked() => router.check(),
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+        });
         let router = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(TICK);
@@ -38,11 +52,6 @@ impl Router {
             loop {
                 tokio::select! {
                     _ = tick.tick() => {}
-                    // A request saw the gap first (see `Freshness::wait`).
-                    _ = f.asked() => {
-                        router.check();
-                        continue;
-                    }
                     _ = stop.cancelled() => return,
                 }
                 let now = f.now_ms();

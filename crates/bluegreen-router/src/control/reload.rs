@@ -61,14 +61,18 @@ impl Router {
         // the reload; the admin API never waits on it for long.
         let prepared = tokio::time::timeout(std::time::Duration::from_secs(10), prepared)
             .await
-            .map_err(|_| {
-                ControlError::refused(
-                    "reload_failed",
-                    "reading the TLS files took more than 10 s; nothing changed",
-                )
+            .map_err(|_| ControlError::Failed {
+                code: "reload_failed",
+                message: "reading the TLS files took more than 10 s; nothing changed".into(),
             })?
-            .map_err(|e| ControlError::refused("reload_failed", e.to_string()))?
-            .map_err(|e| ControlError::refused("reload_failed", e))?;
+            .map_err(|e| ControlError::Failed {
+                code: "reload_failed",
+                message: e.to_string(),
+            })?
+            .map_err(|e| ControlError::Failed {
+                code: "reload_failed",
+                message: e,
+            })?;
         let (tls, files) = prepared;
 
         // 2. One snapshot swap: pools and request settings together.
@@ -98,7 +102,10 @@ impl Router {
                             tls[side].clone(),
                             oe.tls != ne.tls,
                         )
-                        .map_err(|e| ControlError::refused("reload_failed", e))?;
+                        .map_err(|e| ControlError::Failed {
+                            code: "reload_failed",
+                            message: e,
+                        })?;
                     for u in &reshaped.added {
                         u.set_max_requests(n.proxy.upstream_max_requests);
                     }

@@ -60,7 +60,8 @@ impl Freshness {
         self.checked.notify_waiters();
     }
 
-    /// Resolves when a request has begun a doubt (the heartbeat waits on it).
+    /// Resolves when a request has begun a doubt (the control's checker,
+    /// `control/fresh.rs`, waits on it until the router shuts down).
     pub(crate) async fn asked(&self) {
         self.ask.notified().await
     }

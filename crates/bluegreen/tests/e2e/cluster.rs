@@ -1089,3 +1089,52 @@ async fn a_lost_node_stays_listed_until_it_is_forgotten() {
     })
     .await;
 }
+
+/// A node that hands over to a new process (an upgrade) keeps answering
+/// the keep-alive clients it still holds through its drain, without
+/// stalling them: its heartbeat stops with it, so every later request
+/// finds the old process "in doubt" of the shared state, and the check it
+/// asks for must still run (it did not, once: each such request waited out
+/// `converge_timeout` and a second).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_draining_node_answers_its_keep_alive_clients_without_a_stall() {
+    let etcd = EtcdServer::start();
+    let ep = [etcd.client_url.as_str()];
+    let (blue, green) = (Backend::start("blue").await, Backend::start("green").await);
+    let a = RouterBuilder::new(&[&blue], &[&green])
+        .etcd(&ep, "/bluegreen/t-drain", "a", "converge_timeout = \"8s\"")
+        .drain("12s")
+        .start();
+    a.wait_all_healthy().await;
+    let mut c = crate::raw::RawClient::connect(a.proxy).await;
+    c.send(b"GET /before HTTP/1.1\r\nhost: app.test\r\n\r\n")
+        .await;
+    let r = c.response(false).await.expect("an answer");
+    assert_eq!((r.status, r.text()), (200, "blue".to_string()));
+
+    let successors = crate::upgrade::Successors::default();
+    let (code, out, err) = successors.upgrade(&a, &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    // The client thinks for a while: longer than the one-second gap that
+    // puts a node in doubt, shorter than the drain that keeps its
+    // connection (to the old process) open.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    for i in 0..3 {
+        let started = Instant::now();
+        c.send(format!("GET /during-drain/{i} HTTP/1.1\r\nhost: app.test\r\n\r\n").as_bytes())
+            .await;
+        let r = c
+            .response(false)
+            .await
+            .expect("an answer from the draining process");
+        let took = started.elapsed();
+        assert_eq!((r.status, r.text()), (200, "blue".to_string()));
+        assert!(
+            took < Duration::from_secs(4),
+            "request {i} waited {took:?} (a stall waits converge_timeout + 1 s = 9 s)"
+        );
+        if r.header("connection") == Some("close") {
+            break;
+        }
+    }
+}
