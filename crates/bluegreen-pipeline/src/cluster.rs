@@ -200,11 +200,9 @@ impl Pipeline {
                             // node runs, as it moves.
                             if b.current != mine.current {
                                 if let Some(d) = &b.current {
-                                    me.router
-                                        .events
-                                        .emit(bluegreen_router::events::Event::Deploy(Box::new(
-                                            d.clone(),
-                                        )));
+                                    me.router.emit(bluegreen_router::events::Event::Deploy(
+                                        Box::new(d.clone()),
+                                    ));
                                 }
                             }
                             *mine = b;

@@ -8,7 +8,6 @@
 use crate::supervisor::{group_members, Supervisor};
 use bluegreen_core::analysis::AppSample;
 use bluegreen_core::{Side, Sides};
-use bluegreen_router::Router;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -98,7 +97,10 @@ fn page_size() -> u64 {
 impl Resources {
     /// Starts reading the supervisor's processes once a second, for as long
     /// as the returned value lives (the task holds a weak reference).
-    pub fn start(supervisor: Arc<Supervisor>, router: Arc<Router>) -> Arc<Resources> {
+    pub fn start(
+        supervisor: Arc<Supervisor>,
+        router: Arc<dyn crate::routing::Routing>,
+    ) -> Arc<Resources> {
         let me = Arc::new(Resources {
             series: Mutex::new(Sides::default()),
         });

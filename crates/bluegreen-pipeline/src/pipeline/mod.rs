@@ -6,6 +6,7 @@
 mod deploys;
 mod switching;
 
+use crate::routing::Routing;
 use crate::supervisor::Supervisor;
 use crate::{cluster, migrate, resources, runner, watchdog, PipelineError, RollbackResult};
 use bluegreen_core::bake::Window;
@@ -36,7 +37,7 @@ pub(crate) struct RunHandle {
 
 /// The deploy pipeline of one router.
 pub struct Pipeline {
-    pub(crate) router: Arc<Router>,
+    pub(crate) router: Arc<dyn Routing>,
     pub(crate) store: Arc<dyn StateStore>,
     /// Swapped whole by a reload; a deploy in progress reads it at each step.
     pub(crate) config: arc_swap::ArcSwap<DeployConfig>,
@@ -98,6 +99,16 @@ impl Pipeline {
     /// Nothing runs until [`Pipeline::start_up`].
     pub fn new(
         router: Arc<Router>,
+        store: Arc<dyn StateStore>,
+        config: DeployConfig,
+        state_dir: &Path,
+    ) -> Result<Arc<Pipeline>, PipelineError> {
+        Pipeline::with_routing(Arc::new(router), store, config, state_dir)
+    }
+
+    /// [`Pipeline::new`] over anything that routes (the tests' fakes).
+    pub fn with_routing(
+        router: Arc<dyn Routing>,
         store: Arc<dyn StateStore>,
         config: DeployConfig,
         state_dir: &Path,

@@ -94,7 +94,7 @@ pub(super) async fn bake(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployRecord
     // Too little traffic by the end: it waits as long again for more.
     let mut extended = false;
     let ends_at_ms = now_ms() + left;
-    p.router.events.emit(Event::Bake {
+    p.router.emit(Event::Bake {
         deploy_id: d.id,
         verdict: "waiting",
         detail: format!("baking {} for {:.0} s more", d.target, left as f64 / 1000.0),
@@ -196,7 +196,7 @@ pub(super) async fn bake(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployRecord
                         detail.map(|x| format!("; {x}")).unwrap_or_default()
                     ),
                 };
-                p.router.events.emit(Event::Bake {
+                p.router.emit(Event::Bake {
                     deploy_id: d.id,
                     verdict: word,
                     detail: text.clone(),
@@ -214,7 +214,7 @@ pub(super) async fn bake(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployRecord
             }
             WindowEnd::Breach(b) => {
                 let reason = format!("bake: {}", b.summary);
-                p.router.events.emit(Event::Bake {
+                p.router.emit(Event::Bake {
                     deploy_id: d.id,
                     verdict: "breach",
                     detail: b.summary.clone(),
@@ -325,7 +325,7 @@ pub(super) async fn bake(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployRecord
                     d.target,
                     more as f64 / 1000.0
                 );
-                p.router.events.emit(Event::Bake {
+                p.router.emit(Event::Bake {
                     deploy_id: d.id,
                     verdict: "waiting",
                     detail: text.clone(),
@@ -399,7 +399,7 @@ pub(super) async fn analysis_breach(
         requests: p.router.live_window(d.target).requests,
         summary: sentence.clone(),
     };
-    p.router.events.emit(Event::Bake {
+    p.router.emit(Event::Bake {
         deploy_id: d.id,
         verdict: "breach",
         detail: sentence,

@@ -139,10 +139,5 @@ pub(super) async fn run_smoke(
 
 /// The preview listener's address, where the idle side answers.
 pub(super) async fn preview_addr(p: &Pipeline) -> Option<std::net::SocketAddr> {
-    p.router
-        .status()
-        .await
-        .listeners
-        .get("preview")
-        .and_then(|a| a.parse().ok())
+    p.router.listener_addr("preview")
 }

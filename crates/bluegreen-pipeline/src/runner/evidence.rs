@@ -58,7 +58,7 @@ pub(super) async fn inconclusive(
             );
             touch(p, |r| r.held = Some(text.clone())).await;
             note(p, step, text.clone()).await;
-            p.router.events.emit(Event::Bake {
+            p.router.emit(Event::Bake {
                 deploy_id: d.id,
                 verdict: "held",
                 detail: text,

@@ -201,13 +201,7 @@ async fn live_smoke(p: &Arc<Pipeline>, handle: &RunHandle) -> Result<Option<Stri
             "{live} has no healthy upstream: live smoke tests not run"
         )));
     }
-    let addr = p
-        .router
-        .status()
-        .await
-        .listeners
-        .get("proxy")
-        .and_then(|a| a.parse().ok());
+    let addr = p.router.listener_addr("proxy");
     let target = checks::SmokeTarget {
         addr,
         listener: "proxy.listen",

@@ -37,6 +37,7 @@ pub(crate) use decommission::scheduled_decommission;
 use hook::HookCall;
 
 /// How a step ended, when it did not simply finish.
+#[derive(Debug)]
 enum StepEnd {
     Done(Option<String>),
     Skipped(String),
@@ -141,8 +142,8 @@ async fn touch(p: &Pipeline, f: impl FnOnce(&mut DeployRecord)) {
 /// The deploy record as it is now, to whoever follows the event stream
 /// (cloned only when someone does).
 fn announce(p: &Pipeline, d: &DeployRecord) {
-    if p.router.events.listening() {
-        p.router.events.emit(Event::Deploy(Box::new(d.clone())));
+    if p.router.listening() {
+        p.router.emit(Event::Deploy(Box::new(d.clone())));
     }
 }
 
