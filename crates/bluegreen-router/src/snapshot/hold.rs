@@ -2,6 +2,7 @@
 //! order by `resume` (the answers to those not let through are the request
 //! path's: `request::hold`).
 
+use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
@@ -80,12 +81,23 @@ impl Hold {
                 self.0.fetch_sub(1, Ordering::AcqRel);
             }
         }
+        // A place in the gate's queue first (an acquire is queued when it is
+        // first polled), then counted: `waiting` counts requests that are in
+        // the queue, so a request seen waiting is ahead of every later one.
+        let acquire = self.gate.acquire();
+        tokio::pin!(acquire);
+        let first =
+            std::future::poll_fn(|cx| std::task::Poll::Ready(acquire.as_mut().poll(cx))).await;
         let before = self.waiting.fetch_add(1, Ordering::AcqRel);
         let _place = Waiting(&self.waiting);
         if before >= self.limit {
+            // Leaves the queue (and gives back a permit it got at once).
             return Err(NotReleased::Full);
         }
-        let got = tokio::time::timeout(self.timeout, self.gate.acquire()).await;
+        let got = match first {
+            std::task::Poll::Ready(r) => Ok(r),
+            std::task::Poll::Pending => tokio::time::timeout(self.timeout, acquire).await,
+        };
         match got {
             Ok(Ok(permit)) => {
                 permit.forget();
