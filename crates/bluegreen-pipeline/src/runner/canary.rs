@@ -10,6 +10,7 @@ use super::bake::describe;
 use super::checks::wait_healthy;
 use super::*;
 use bluegreen_core::analysis::Reading;
+use bluegreen_core::config::deploy::BakeConfig;
 
 pub(super) async fn canary(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployRecord) -> StepEnd {
     // A record from before canaries existed resumes with none to run.
@@ -20,7 +21,6 @@ pub(super) async fn canary(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployReco
         return end;
     }
     let config = p.config();
-    let cfg = &config.bake;
     let step = Duration::from_millis(d.options.canary_step_ms.max(500));
     let mut done = Vec::new();
     for &bp in &d.options.canary {
@@ -35,13 +35,49 @@ pub(super) async fn canary(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployReco
             format!("{share}% of clients on {}", d.target),
         )
         .await;
+        let mut s = Share::new(p, handle, d, &config.bake, share);
+        if let Err(end) = s.watch(step).await {
+            return end;
+        }
+        match s.verdict().await {
+            Ok(text) => done.push(text),
+            Err(end) => return end,
+        }
+    }
+    StepEnd::Done(Some(done.join("; ")))
+}
+
+/// One share while it runs: both sides' traffic since it began, its
+/// windows, and the other metrics' judge.
+struct Share<'a> {
+    p: &'a Arc<Pipeline>,
+    handle: &'a RunHandle,
+    d: &'a DeployRecord,
+    cfg: &'a BakeConfig,
+    /// The share in percent, for people.
+    share: f64,
+    new_start: Window,
+    old_start: Window,
+    windows: BakeWindows,
+    judge: Judge,
+    /// External readings on their way.
+    fetch: Option<tokio::task::JoinHandle<Vec<(usize, Reading)>>>,
+}
+
+impl<'a> Share<'a> {
+    fn new(
+        p: &'a Arc<Pipeline>,
+        handle: &'a RunHandle,
+        d: &'a DeployRecord,
+        cfg: &'a BakeConfig,
+        share: f64,
+    ) -> Share<'a> {
         let new_start = p.router.live_window(d.target);
         let old_start = p.router.live_window(d.from);
-        let mut windows = BakeWindows::new(new_start.clone(), cfg.consecutive);
         // The app's resources and the user's metrics, both sides in the
         // same minutes.
         let share_start = now_ms();
-        let mut judge = Judge::new(
+        let judge = Judge::new(
             p,
             Scope {
                 new: (d.target, d.version.clone()),
@@ -51,11 +87,27 @@ pub(super) async fn canary(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployReco
                 base_to_ms: None,
             },
         );
-        let mut fetch: Option<tokio::task::JoinHandle<Vec<(usize, Reading)>>> = None;
+        Share {
+            p,
+            handle,
+            d,
+            cfg,
+            share,
+            windows: BakeWindows::new(new_start.clone(), cfg.consecutive),
+            new_start,
+            old_start,
+            judge,
+            fetch: None,
+        }
+    }
+
+    /// Judges the share every 100 ms for `step` (as long again when the
+    /// new side had too little traffic); `Err` when the deploy ends here.
+    async fn watch(&mut self, step: Duration) -> Result<(), StepEnd> {
+        let (p, d, cfg, share) = (self.p, self.d, self.cfg, self.share);
         let mut warned_one_address = false;
         let mut opened = Instant::now();
         let mut end = Instant::now() + step;
-        // Too little traffic on the new side by the end: as long again.
         let mut extended = false;
         let mut tick = tokio::time::interval(Duration::from_millis(100).min(cfg.interval));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -63,21 +115,25 @@ pub(super) async fn canary(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployReco
             let mut breached: Option<Reading> = None;
             tokio::select! {
                 _ = tick.tick() => {}
-                done = async { fetch.as_mut().expect("guarded").await }, if fetch.is_some() => {
-                    fetch = None;
-                    breached = judge.record(done.unwrap_or_default());
+                done = async { self.fetch.as_mut().expect("guarded").await }, if self.fetch.is_some() => {
+                    self.fetch = None;
+                    breached = self.judge.record(done.unwrap_or_default());
                 }
-                _ = handle.abort.cancelled() => {
+                _ = self.handle.abort.cancelled() => {
                     let _ = p.router.set_weight(d.target, 0, true).await;
-                    return StepEnd::End(Outcome::Aborted, format!("{}; every client is back on {}", aborted(handle), d.from));
+                    return Err(StepEnd::End(Outcome::Aborted, format!("{}; every client is back on {}", aborted(self.handle), d.from)));
                 }
             }
             let closing = opened.elapsed() >= cfg.interval;
             // Said as soon as it shows, not only at the share's end: the
             // old side is busy and the new one hears nothing.
             if closing && !warned_one_address {
-                let got = p.router.live_window(d.target).since(&new_start).requests;
-                let old = p.router.live_window(d.from).since(&old_start).requests;
+                let got = p
+                    .router
+                    .live_window(d.target)
+                    .since(&self.new_start)
+                    .requests;
+                let old = p.router.live_window(d.from).since(&self.old_start).requests;
                 if got == 0 && old >= cfg.thresholds.min_requests.max(1) {
                     warned_one_address = true;
                     note(p, Step::Canary, format!(
@@ -86,50 +142,50 @@ pub(super) async fn canary(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployReco
                     )).await;
                 }
             }
-            if closing && !judge.is_empty() {
-                let (app, external) = judge.look(p);
-                breached = breached.or(judge.record(app));
-                if fetch.is_none() {
-                    fetch = external.map(tokio::spawn);
+            if closing && !self.judge.is_empty() {
+                let (app, external) = self.judge.look(p);
+                breached = breached.or(self.judge.record(app));
+                if self.fetch.is_none() {
+                    self.fetch = external.map(tokio::spawn);
                 }
             }
             if let Some(r) = breached {
-                return share_back(p, d, share, &r, judge.rows()).await;
+                return Err(share_back(p, d, share, &r, self.judge.rows()).await);
             }
             // The old side's traffic of the same minutes is the yardstick.
-            let same_minutes = p.router.live_window(d.from).since(&old_start);
+            let same_minutes = p.router.live_window(d.from).since(&self.old_start);
             let now = p.router.live_window(d.target);
-            match windows.observe(&now, Some(&same_minutes), &cfg.thresholds, closing) {
+            match self
+                .windows
+                .observe(&now, Some(&same_minutes), &cfg.thresholds, closing)
+            {
                 WindowEnd::Open => {}
                 WindowEnd::Closed { .. } => opened = Instant::now(),
                 WindowEnd::Breach(b) => {
-                    // Everyone back first; the breach is written with the outcome.
-                    let back = p.router.set_weight(d.target, 0, true).await;
                     let reason = format!("canary at {share}%: {}", b.summary);
+                    // Everyone back first; the breach is written with the outcome.
+                    let end =
+                        everyone_back(p, d, Outcome::RolledBack, Outcome::Failed, reason.clone())
+                            .await;
                     p.router.emit(Event::Bake {
                         deploy_id: d.id,
                         verdict: "breach",
-                        detail: reason.clone(),
+                        detail: reason,
                         breach: Some(b.clone()),
                         view: None,
                     });
-                    touch(p, |r| r.breach = Some(b.clone())).await;
-                    return match back {
-                        Ok(_) => StepEnd::End(
-                            Outcome::RolledBack,
-                            format!("{reason}; every client is back on {}", d.from),
-                        ),
-                        Err(e) => StepEnd::End(
-                            Outcome::Failed,
-                            format!("{reason}; taking the share back failed: {e}"),
-                        ),
-                    };
+                    touch(p, |r| r.breach = Some(b)).await;
+                    return Err(end);
                 }
             }
             if Instant::now() >= end {
-                let got = p.router.live_window(d.target).since(&new_start).requests;
+                let got = p
+                    .router
+                    .live_window(d.target)
+                    .since(&self.new_start)
+                    .requests;
                 if got >= cfg.thresholds.min_requests.max(1) || extended {
-                    break;
+                    return Ok(());
                 }
                 extended = true;
                 end = Instant::now() + step;
@@ -145,43 +201,31 @@ pub(super) async fn canary(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployReco
                 .await;
             }
         }
-        let total = p.router.live_window(d.target).since(&new_start);
-        let old = p.router.live_window(d.from).since(&old_start);
+    }
+
+    /// The share's end: the last readings, then a pass only with enough
+    /// traffic and every metric read. `Ok`: the sentence for the record.
+    async fn verdict(&mut self) -> Result<String, StepEnd> {
+        let (p, d, cfg, share) = (self.p, self.d, self.cfg, self.share);
+        let total = p.router.live_window(d.target).since(&self.new_start);
+        let old = p.router.live_window(d.from).since(&self.old_start);
         let needed = cfg.thresholds.min_requests.max(1);
-        if !judge.is_empty() {
-            let (app, external) = judge.look(p);
+        if !self.judge.is_empty() {
+            let (app, external) = self.judge.look(p);
             let mut last = app;
-            if let Some(f) = fetch.take().or_else(|| external.map(tokio::spawn)) {
+            if let Some(f) = self.fetch.take().or_else(|| external.map(tokio::spawn)) {
                 last.extend(f.await.unwrap_or_default());
             }
-            if let Some(r) = judge.record(last) {
-                return share_back(p, d, share, &r, judge.rows()).await;
+            if let Some(r) = self.judge.record(last) {
+                return Err(share_back(p, d, share, &r, self.judge.rows()).await);
             }
             let mut rows = bluegreen_core::bake::rows(&total, Some(&old), &cfg.thresholds, 1.0);
-            rows.extend(judge.rows());
+            rows.extend(self.judge.rows());
             touch(p, |r| r.report = rows).await;
-            let unjudged = judge.unjudged();
+            let unjudged = self.judge.unjudged();
             if !unjudged.is_empty() && total.requests >= needed {
                 let what = format!("canary at {share}%: {}", unjudged.join("; "));
-                match super::evidence::inconclusive(p, handle, d, Step::Canary, &what).await {
-                    super::evidence::Decided::Accepted(text) => {
-                        done.push(text);
-                        continue;
-                    }
-                    super::evidence::Decided::Refused(outcome, reason) => {
-                        let back = p.router.set_weight(d.target, 0, true).await;
-                        return match back {
-                            Ok(_) => StepEnd::End(
-                                outcome,
-                                format!("{reason}; every client is back on {}", d.from),
-                            ),
-                            Err(e) => StepEnd::End(
-                                outcome,
-                                format!("{reason}; taking the share back failed: {e}"),
-                            ),
-                        };
-                    }
-                }
+                return self.inconclusive(&what).await;
             }
         }
         if total.requests < needed {
@@ -199,34 +243,47 @@ pub(super) async fn canary(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployReco
                 "canary at {share}%: {} of the {needed} requests needed reached {}{hint}",
                 total.requests, d.target
             );
-            match super::evidence::inconclusive(p, handle, d, Step::Canary, &what).await {
-                super::evidence::Decided::Accepted(text) => {
-                    done.push(text);
-                    continue;
-                }
-                super::evidence::Decided::Refused(outcome, reason) => {
-                    let back = p.router.set_weight(d.target, 0, true).await;
-                    return match back {
-                        Ok(_) => StepEnd::End(
-                            outcome,
-                            format!("{reason}; every client is back on {}", d.from),
-                        ),
-                        Err(e) => StepEnd::End(
-                            outcome,
-                            format!("{reason}; taking the share back failed: {e}"),
-                        ),
-                    };
-                }
-            }
+            return self.inconclusive(&what).await;
         }
-        done.push(format!(
+        Ok(format!(
             "{share}%{}: {} (old side {})",
-            windows.caveat(),
+            self.windows.caveat(),
             describe(&total),
             describe(&old)
-        ));
+        ))
     }
-    StepEnd::Done(Some(done.join("; ")))
+
+    /// Too little to judge: what `deploy.bake.on_inconclusive` says.
+    async fn inconclusive(&self, what: &str) -> Result<String, StepEnd> {
+        let (p, d) = (self.p, self.d);
+        match super::evidence::inconclusive(p, self.handle, d, Step::Canary, what).await {
+            super::evidence::Decided::Accepted(text) => Ok(text),
+            super::evidence::Decided::Refused(outcome, reason) => {
+                Err(everyone_back(p, d, outcome, outcome, reason).await)
+            }
+        }
+    }
+}
+
+/// Every client back on the old side; the deploy ends with `outcome`, or
+/// `failed` when the share could not be taken back.
+async fn everyone_back(
+    p: &Arc<Pipeline>,
+    d: &DeployRecord,
+    outcome: Outcome,
+    failed: Outcome,
+    reason: String,
+) -> StepEnd {
+    match p.router.set_weight(d.target, 0, true).await {
+        Ok(_) => StepEnd::End(
+            outcome,
+            format!("{reason}; every client is back on {}", d.from),
+        ),
+        Err(e) => StepEnd::End(
+            failed,
+            format!("{reason}; taking the share back failed: {e}"),
+        ),
+    }
 }
 
 /// A metric beyond the router's counters breached during a share: every
@@ -238,206 +295,43 @@ async fn share_back(
     r: &Reading,
     rows: Vec<Reading>,
 ) -> StepEnd {
-    let back = p.router.set_weight(d.target, 0, true).await;
     let reason = format!("canary at {share}%: {}", r.sentence());
+    let end = everyone_back(p, d, Outcome::RolledBack, Outcome::Failed, reason.clone()).await;
     p.router.emit(Event::Bake {
         deploy_id: d.id,
         verdict: "breach",
-        detail: reason.clone(),
+        detail: reason,
         breach: None,
         view: None,
     });
     touch(p, |rec| rec.report = rows).await;
-    match back {
-        Ok(_) => StepEnd::End(
-            Outcome::RolledBack,
-            format!("{reason}; every client is back on {}", d.from),
-        ),
-        Err(e) => StepEnd::End(
-            Outcome::Failed,
-            format!("{reason}; taking the share back failed: {e}"),
-        ),
-    }
+    end
 }
 
 #[cfg(test)]
 mod tests {
-    //! The canary step in process, against a router that only counts: each
-    //! side's live traffic is what the test says it is (requests a second,
-    //! the share of them that fail), and every weight asked for is kept.
+    //! The canary step in process, against a router that only counts
+    //! (`runner::fake`): each side's traffic is scripted, every weight asked
+    //! for is kept.
 
+    use super::super::fake::{setup, Extra, Traffic, FAILING, GOOD, SILENT};
     use super::*;
-    use crate::routing::{Fut, Routing};
-    use bluegreen_core::config::Config;
     use bluegreen_core::deploy::DeployOptions;
-    use bluegreen_core::latency::{bucket, Histogram};
-    use bluegreen_core::state::{Split, SwitchRecord, SwitchRequest};
-    use bluegreen_core::Sides;
-    use bluegreen_router::shadow::{Shadow, ShadowOptions, ShadowShare};
-    use bluegreen_router::{ControlError, SwitchError, SwitchOutcome};
-    use std::net::SocketAddr;
-    use std::sync::Mutex;
-    use tokio_util::sync::CancellationToken;
-
-    /// Traffic of one side: requests a second and the share that fail.
-    #[derive(Clone, Copy)]
-    struct Traffic {
-        per_sec: f64,
-        failing: f64,
-    }
-
-    struct Fake {
-        config: Arc<Config>,
-        started: Instant,
-        traffic: Sides<Traffic>,
-        weights: Mutex<Vec<u16>>,
-    }
-
-    impl Fake {
-        fn window(&self, side: Side) -> Window {
-            let t = self.traffic[side];
-            let requests = (t.per_sec * self.started.elapsed().as_secs_f64()) as u64;
-            let mut latency = Histogram::default();
-            latency.counts[bucket(Duration::from_millis(10))] = requests;
-            Window {
-                requests,
-                errors: (requests as f64 * t.failing) as u64,
-                latency,
-                ..Default::default()
-            }
-        }
-    }
-
-    impl Routing for Fake {
-        fn config(&self) -> Arc<Config> {
-            self.config.clone()
-        }
-        fn live(&self) -> Side {
-            Side::Blue
-        }
-        fn live_window(&self, side: Side) -> Window {
-            self.window(side)
-        }
-        fn local_window(&self, side: Side) -> Window {
-            self.window(side)
-        }
-        fn side_health(&self, _: Side) -> (usize, usize, String) {
-            (1, 1, String::new())
-        }
-        fn reset_health(&self, _: Side) {}
-        fn ready(&self) -> bool {
-            true
-        }
-        fn split(&self) -> Option<Split> {
-            None
-        }
-        fn cluster(&self) -> Option<Arc<dyn bluegreen_store::Cluster>> {
-            None
-        }
-        fn listener_addr(&self, _: &str) -> Option<SocketAddr> {
-            None
-        }
-        fn pin(&self) -> Option<(Side, u64)> {
-            None
-        }
-        fn shadow_shares(&self, _: u64) -> Vec<(String, ShadowShare)> {
-            Vec::new()
-        }
-        fn emit(&self, _: Event) {}
-        fn listening(&self) -> bool {
-            false
-        }
-        fn set_weight(
-            &self,
-            side: Side,
-            basis_points: u16,
-            _forced: bool,
-        ) -> Fut<'_, Result<Option<Split>, ControlError>> {
-            self.weights.lock().unwrap().push(basis_points);
-            Box::pin(async move { Ok((basis_points > 0).then_some(Split { side, basis_points })) })
-        }
-        fn clear_pin(&self, _: Side) -> Fut<'_, ()> {
-            Box::pin(async {})
-        }
-        fn wait_drained(&self, _: Side, _: Duration) -> Fut<'_, bool> {
-            Box::pin(async { true })
-        }
-        fn switch(&self, _: SwitchRequest) -> Fut<'_, Result<SwitchOutcome, SwitchError>> {
-            unreachable!("the canary never switches")
-        }
-        fn switch_here(&self, _: SwitchRequest) -> Fut<'_, Result<SwitchOutcome, SwitchError>> {
-            unreachable!("the canary never switches")
-        }
-        fn rollback_target(&self) -> Fut<'_, Result<Side, SwitchError>> {
-            unreachable!("the canary never rolls back by a switch")
-        }
-        fn history(&self) -> Fut<'_, Vec<SwitchRecord>> {
-            Box::pin(async { Vec::new() })
-        }
-        fn start_shadow(&self, _: ShadowOptions) -> Fut<'_, Result<Arc<Shadow>, ControlError>> {
-            unreachable!("the canary does not shadow")
-        }
-        fn stop_shadow(&self) -> Fut<'_, Result<Arc<Shadow>, ControlError>> {
-            unreachable!("the canary does not shadow")
-        }
-        fn stop_shadow_run<'a>(&'a self, _: &'a Arc<Shadow>) -> Fut<'a, ()> {
-            Box::pin(async {})
-        }
-        fn share_shadow<'a>(&'a self, _: u64, _: &'a Arc<Shadow>, _: bool, _: u64) -> Fut<'a, ()> {
-            Box::pin(async {})
-        }
-        fn shadow_settled(&self, _: u64, _: Duration) -> Fut<'_, ()> {
-            Box::pin(async {})
-        }
-        fn end_shared_shadow(&self) -> Fut<'_, ()> {
-            Box::pin(async {})
-        }
-    }
 
     /// Runs the canary step of a deploy of v2 to green (blue live, v1) with
     /// these shares, each side's traffic as given; what it ended with and
     /// every weight it asked for.
     async fn run(shares: &[u16], blue: Traffic, green: Traffic) -> (StepEnd, Vec<u16>) {
-        let dir = tempfile::tempdir().unwrap();
-        let text = "[proxy]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
-             [environments.blue]\nupstreams = [\"127.0.0.1:9\"]\n\
-             [environments.green]\nupstreams = [\"127.0.0.2:9\"]\n\
-             [deploy]\ndeploy_timeout = \"5s\"\n[deploy.hooks]\ndeploy = \"true\"\n\
-             [deploy.bake]\ninterval = \"200ms\"\nmin_requests = 20\nmax_error_rate = 0.05\n\
-             consecutive = 1\non_inconclusive = \"fail\"\n";
-        let config = Config::parse(text, "canary.toml", dir.path()).unwrap();
-        let deploy = config.deploy.clone().unwrap();
-        let fake = Arc::new(Fake {
-            config: Arc::new(config),
-            started: Instant::now(),
-            traffic: Sides { blue, green },
-            weights: Mutex::new(Vec::new()),
-        });
-        let store = Arc::new(bluegreen_store::FileStore::open(&dir.path().join("state")).unwrap());
-        let p = Pipeline::with_routing(fake.clone(), store, deploy, dir.path()).unwrap();
         let options = DeployOptions {
             canary: shares.to_vec(),
             canary_step_ms: 500,
             ..Default::default()
         };
-        let d = DeployRecord::new(1, "v2".into(), Side::Blue, Some("v1".into()), options, 0);
-        p.book.lock().await.current = Some(d.clone());
-        let handle = RunHandle {
-            id: 1,
-            abort: CancellationToken::new(),
-            abort_reason: Mutex::new(None),
-            promote: tokio::sync::Notify::new(),
-            baseline_start: Window::default(),
-        };
-        let end = canary(&p, &handle, &d).await;
-        let weights = fake.weights.lock().unwrap().clone();
+        let s = setup(Side::Blue, blue, green, Extra::default(), options).await;
+        let end = canary(&s.p, &s.handle, &s.d).await;
+        let weights = s.fake.weights.lock().unwrap().clone();
         (end, weights)
     }
-
-    const GOOD: Traffic = Traffic {
-        per_sec: 400.0,
-        failing: 0.0,
-    };
 
     #[tokio::test]
     async fn a_good_canary_takes_every_share_in_turn_and_passes() {
@@ -448,11 +342,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_canary_that_fails_sends_everyone_back_at_once() {
-        let bad = Traffic {
-            per_sec: 400.0,
-            failing: 0.5,
-        };
-        let (end, weights) = run(&[1_000, 5_000], GOOD, bad).await;
+        let (end, weights) = run(&[1_000, 5_000], GOOD, FAILING).await;
         match &end {
             StepEnd::End(Outcome::RolledBack, why) => {
                 assert!(why.contains("canary at 10%"), "{why}");
@@ -467,11 +357,7 @@ mod tests {
     /// once switched everyone. Too little traffic is never a pass.
     #[tokio::test]
     async fn a_canary_that_sees_no_traffic_never_passes() {
-        let silent = Traffic {
-            per_sec: 0.0,
-            failing: 0.0,
-        };
-        let (end, weights) = run(&[1_000], GOOD, silent).await;
+        let (end, weights) = run(&[1_000], GOOD, SILENT).await;
         match &end {
             StepEnd::End(outcome, why) => {
                 assert_ne!(*outcome, Outcome::Succeeded);

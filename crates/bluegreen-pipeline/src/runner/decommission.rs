@@ -252,3 +252,156 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod step_tests {
+    //! The decommission step in process, against `runner::fake`: the
+    //! deploy took green live (v2) from blue (v1); the decommission hook
+    //! leaves a file per side it stopped.
+
+    use super::super::fake::{setup, Extra, Setup, GOOD};
+    use super::*;
+    use bluegreen_core::deploy::DeployOptions;
+
+    async fn after_switch(live: Side, keep_warm: &str) -> (Setup, tempfile::TempDir) {
+        let marks = tempfile::tempdir().unwrap();
+        let deploy = format!("keep_warm = \"{keep_warm}\"");
+        let hooks = format!(
+            "decommission = \"touch {}/stopped-{{env}}\"",
+            marks.path().display()
+        );
+        let extra = Extra {
+            deploy: &deploy,
+            hooks: &hooks,
+            ..Default::default()
+        };
+        let s = setup(live, GOOD, GOOD, extra, DeployOptions::default()).await;
+        {
+            let mut book = s.p.book.lock().await;
+            book.sides[Side::Blue] = SideRelease {
+                version: Some("v1".into()),
+                running: true,
+            };
+            book.sides[Side::Green] = SideRelease {
+                version: Some("v2".into()),
+                running: true,
+            };
+        }
+        (s, marks)
+    }
+
+    #[tokio::test]
+    async fn the_old_side_is_stopped_by_the_hook_once_nothing_keeps_it() {
+        let (s, marks) = after_switch(Side::Green, "0s").await;
+        let end = decommission_step(&s.p, &s.d).await;
+        assert!(
+            matches!(&end, StepEnd::Done(Some(t)) if t == "stopped blue (v1)"),
+            "{end:?}"
+        );
+        assert!(
+            marks.path().join("stopped-blue").exists(),
+            "the hook ran for blue"
+        );
+        assert!(!marks.path().join("stopped-green").exists());
+        assert!(!s.p.book.lock().await.sides[Side::Blue].running);
+    }
+
+    #[tokio::test]
+    async fn an_old_side_that_is_live_again_is_never_stopped() {
+        let (s, marks) = after_switch(Side::Blue, "0s").await;
+        let end = decommission_step(&s.p, &s.d).await;
+        assert!(
+            matches!(&end, StepEnd::Skipped(t) if t == "blue is live; not stopping it"),
+            "{end:?}"
+        );
+        assert!(!marks.path().join("stopped-blue").exists());
+        // Asked directly, it refuses too.
+        let refused = decommission(&s.p, Side::Blue, None).await;
+        assert_eq!(refused, Err("blue is live; refusing to stop it".into()));
+        assert!(s.p.book.lock().await.sides[Side::Blue].running);
+    }
+
+    #[tokio::test]
+    async fn keep_warm_schedules_the_stop_and_the_deploy_ends_now() {
+        let (s, marks) = after_switch(Side::Green, "60s").await;
+        let before = now_ms();
+        let end = decommission_step(&s.p, &s.d).await;
+        assert!(
+            matches!(&end, StepEnd::Done(Some(t)) if t == "blue kept up 60s (deploy.keep_warm) so rollback stays instant; then stopped"),
+            "{end:?}"
+        );
+        let pending = s.p.book.lock().await.pending_decommission.clone().unwrap();
+        assert_eq!((pending.side, pending.deploy_id), (Side::Blue, 1));
+        assert!(pending.at_ms >= before + 60_000, "{pending:?}");
+        assert!(
+            !marks.path().join("stopped-blue").exists(),
+            "not stopped yet"
+        );
+    }
+
+    #[tokio::test]
+    async fn sessions_kept_on_the_old_side_keep_it_up_longer_than_keep_warm() {
+        let (s, _marks) = after_switch(Side::Green, "60s").await;
+        *s.fake.pin.lock().unwrap() = Some((Side::Blue, now_ms() + 3_600_000));
+        let end = decommission_step(&s.p, &s.d).await;
+        match &end {
+            StepEnd::Done(Some(t)) => {
+                assert!(
+                    t.starts_with("blue kept up 3599s") || t.starts_with("blue kept up 3600s"),
+                    "{t}"
+                );
+                assert!(t.contains("for the sessions kept there"), "{t}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(*s.fake.live.lock().unwrap(), Side::Green);
+    }
+
+    /// A newer deploy took the old side over before its keep-warm time
+    /// passed: the scheduled stop leaves it running and the first deploy's
+    /// log says why.
+    #[tokio::test]
+    async fn a_scheduled_stop_leaves_a_side_a_newer_deploy_is_putting_a_release_on() {
+        let (s, marks) = after_switch(Side::Green, "60s").await;
+        assert!(matches!(
+            decommission_step(&s.p, &s.d).await,
+            StepEnd::Done(_)
+        ));
+        let pending = {
+            let mut book = s.p.book.lock().await;
+            book.archive_current();
+            let next = DeployRecord::new(
+                2,
+                "v3".into(),
+                Side::Green,
+                Some("v2".into()),
+                DeployOptions::default(),
+                0,
+            );
+            assert_eq!(next.target, Side::Blue);
+            book.current = Some(next);
+            book.pending_decommission.clone().unwrap()
+        };
+        scheduled_decommission(&s.p, &pending).await.unwrap();
+        assert!(
+            !marks.path().join("stopped-blue").exists(),
+            "blue was not stopped"
+        );
+        let book = s.p.book.lock().await;
+        assert!(book.pending_decommission.is_none());
+        let log = book
+            .history
+            .iter()
+            .find(|d| d.id == 1)
+            .unwrap()
+            .log
+            .last()
+            .unwrap()
+            .text
+            .clone();
+        assert_eq!(
+            log,
+            "after keep_warm: decommission failed: deploy #2 is putting v3 on blue; not stopping it"
+        );
+    }
+}

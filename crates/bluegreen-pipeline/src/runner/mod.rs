@@ -28,6 +28,8 @@ mod decommission;
 mod deploy;
 mod evidence;
 mod expand;
+#[cfg(test)]
+mod fake;
 mod hook;
 mod shadow;
 mod switch;

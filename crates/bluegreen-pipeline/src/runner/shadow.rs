@@ -1,6 +1,9 @@
 //! Step 5: shadow live traffic to the idle side and judge the answers.
 
 use super::*;
+use bluegreen_core::shadow::Gate as ShadowGate;
+use bluegreen_router::shadow::{Shadow, ShadowReport};
+use bluegreen_router::ControlError;
 
 /// Step 5: mirror live traffic to the idle side for a while and judge the
 /// differences; the deploy fails when an endpoint differs too often or the
@@ -29,20 +32,9 @@ pub(super) async fn shadow(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployReco
         options.percent = pc;
     }
     options.requests = step.requests;
-    let run = match p.router.start_shadow(options.clone()).await {
-        Ok(r) => r,
-        Err(_) if p.router.stop_shadow().await.is_ok() => {
-            log(
-                p,
-                "stopped a manual shadow run to start the deploy's own".into(),
-            )
-            .await;
-            match p.router.start_shadow(options.clone()).await {
-                Ok(r) => r,
-                Err(e) => return StepEnd::End(Outcome::Failed, e.to_string()),
-            }
-        }
-        Err(e) => return StepEnd::End(Outcome::Failed, e.to_string()),
+    let run = match start(p, &options).await {
+        Ok(run) => run,
+        Err(end) => return end,
     };
     // In a cluster every node shadows its own share of live traffic and
     // the gate judges their sum (`report_with` the other nodes' shares).
@@ -59,40 +51,16 @@ pub(super) async fn shadow(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployReco
             .collect()
     };
     let report = || run.report_with(&shares());
-    let started = tokio::time::Instant::now();
-    let deadline = started + step.duration;
+    let deadline = tokio::time::Instant::now() + step.duration;
     let target = step.requests.unwrap_or(u64::MAX);
-    let mut cut_short = false;
-    loop {
-        let r = report();
-        note(
-            p,
-            Step::Shadow,
-            format!(
-                "{} pairs compared, {} differing, {} dropped",
-                r.totals.compared, r.totals.differing, r.dropped
-            ),
-        )
-        .await;
-        if r.totals.compared + r.stale >= target || run.complete() {
-            break;
-        }
-        if run.stopped() {
-            // A switch or `bluegreen shadow stop` ended the run early.
-            cut_short = true;
-            break;
-        }
-        tokio::select! {
-            _ = tokio::time::sleep_until(deadline) => break,
-            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-            _ = handle.abort.cancelled() => {
-                p.router.stop_shadow_run(&run).await;
-                p.router.share_shadow(shared, &run, false, until_ms).await;
-                p.router.end_shared_shadow().await;
-                return StepEnd::End(Outcome::Aborted, aborted(handle));
-            }
-        }
+    let watched = watch(p, handle, &run, &report, deadline, target).await;
+    if matches!(watched, Watched::Aborted) {
+        p.router.stop_shadow_run(&run).await;
+        p.router.share_shadow(shared, &run, false, until_ms).await;
+        p.router.end_shared_shadow().await;
+        return StepEnd::End(Outcome::Aborted, aborted(handle));
     }
+    let cut_short = matches!(watched, Watched::CutShort);
     p.router.stop_shadow_run(&run).await;
     p.router.share_shadow(shared, &run, false, until_ms).await;
     // Copies already sent are compared before judging, here and on the
@@ -132,6 +100,35 @@ pub(super) async fn shadow(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployReco
             ),
         );
     }
+    verdict(p, &step.gate, &r, judged.unwrap_or_default()).await
+}
+
+/// Starts the deploy's shadow run; a manual run in the way is stopped first.
+async fn start(p: &Arc<Pipeline>, options: &ShadowOptions) -> Result<Arc<Shadow>, StepEnd> {
+    let failed = |e: ControlError| StepEnd::End(Outcome::Failed, e.to_string());
+    match p.router.start_shadow(options.clone()).await {
+        Ok(r) => Ok(r),
+        Err(_) if p.router.stop_shadow().await.is_ok() => {
+            log(
+                p,
+                "stopped a manual shadow run to start the deploy's own".into(),
+            )
+            .await;
+            p.router.start_shadow(options.clone()).await.map_err(failed)
+        }
+        Err(e) => Err(failed(e)),
+    }
+}
+
+/// The run's report judged: too many copies dropped (the idle side too
+/// slow), then the gate's limits; the differing endpoints go to the log.
+/// `judged` says whose traffic it was (a cluster).
+async fn verdict(
+    p: &Arc<Pipeline>,
+    gate: &ShadowGate,
+    r: &ShadowReport,
+    mut judged: String,
+) -> StepEnd {
     // A slow idle side shows as copies dropped at the full queue.
     let offered = r.mirrored + r.dropped;
     if r.dropped * 10 > offered {
@@ -166,15 +163,58 @@ pub(super) async fn shadow(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployReco
         )
         .await;
     }
-    let mut judged = judged.unwrap_or_default();
     if !r.accepted.is_empty() {
         judged.push_str(&format!(
             "; accepted as intended: {}",
             r.accepted.join(", ")
         ));
     }
-    match bluegreen_core::shadow::judge(&step.gate, &r.totals, &r.endpoints) {
+    match bluegreen_core::shadow::judge(gate, &r.totals, &r.endpoints) {
         Ok(summary) => StepEnd::Done(Some(format!("{summary}{judged}"))),
         Err(why) => StepEnd::End(Outcome::Failed, format!("{why}{judged}")),
+    }
+}
+
+/// How watching a shadow run ended.
+enum Watched {
+    /// It has its pairs, completed, or the step's time is up.
+    Done,
+    /// A switch or `bluegreen shadow stop` ended the run early.
+    CutShort,
+    Aborted,
+}
+
+/// Notes the counts every 200 ms until the run ends one of the ways of
+/// `Watched`.
+async fn watch(
+    p: &Arc<Pipeline>,
+    handle: &RunHandle,
+    run: &Shadow,
+    report: &(dyn Fn() -> ShadowReport + Sync),
+    deadline: tokio::time::Instant,
+    target: u64,
+) -> Watched {
+    loop {
+        let r = report();
+        note(
+            p,
+            Step::Shadow,
+            format!(
+                "{} pairs compared, {} differing, {} dropped",
+                r.totals.compared, r.totals.differing, r.dropped
+            ),
+        )
+        .await;
+        if r.totals.compared + r.stale >= target || run.complete() {
+            return Watched::Done;
+        }
+        if run.stopped() {
+            return Watched::CutShort;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => return Watched::Done,
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            _ = handle.abort.cancelled() => return Watched::Aborted,
+        }
     }
 }
