@@ -3,6 +3,7 @@
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use bluegreen_pipeline::migrate::MigrateError;
 use bluegreen_pipeline::PipelineError;
 use bluegreen_router::{ControlError, SwitchError};
 
@@ -100,6 +101,11 @@ impl From<PipelineError> for ApiError {
             PipelineError::TooLateToAbort(_) => (StatusCode::CONFLICT, "too_late"),
             PipelineError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             PipelineError::Elsewhere(_) => (StatusCode::CONFLICT, "deploy_elsewhere"),
+            // The migrations' database out of reach, or not set up here.
+            PipelineError::Migrate(MigrateError::Database(_) | MigrateError::Setup(_)) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "database_unavailable")
+            }
+            PipelineError::Migrate(_) => (StatusCode::CONFLICT, "migrations_refused"),
             // A cluster's store out of reach: the node fails static.
             PipelineError::Store(bluegreen_store::StoreError::Etcd { .. }) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "store_unreachable")

@@ -2,7 +2,8 @@
 //! the control comes back with its status and code from the one mapping
 //! (`error.rs`), bad input is a 400 naming the field and changes nothing,
 //! and the token and method checks hold. The router is real (its file store
-//! in a temp dir); there is no pipeline, no listener and no socket.
+//! in a temp dir); no listener and no socket, and a pipeline only where a
+//! test says so.
 
 use axum::body::Body;
 use bluegreen_core::config::Config;
@@ -255,5 +256,39 @@ async fn the_token_the_route_and_the_method_are_checked() {
         (s, code(&v)),
         (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
         "{v}"
+    );
+}
+
+/// `GET /migrations` with the database's variable not set in the router's
+/// environment: 503 `database_unavailable`, naming the variable (not a
+/// conflict: nothing about the release is wrong).
+#[tokio::test]
+async fn migration_status_without_its_database_is_unavailable_and_names_the_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("migrations")).unwrap();
+    let text = "[proxy]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+         [environments.blue]\nupstreams = [\"127.0.0.1:9\"]\n\
+         [environments.green]\nupstreams = [\"127.0.0.2:9\"]\n\
+         [deploy]\n[deploy.hooks]\ndeploy = \"true\"\n\
+         [deploy.migrations]\ndir = \"migrations\"\n\
+         database_url_env = \"BLUEGREEN_ROUTES_TEST_NEVER_SET\"\n";
+    let config = Config::parse(text, "routes.toml", dir.path()).unwrap();
+    let deploy = config.deploy.clone().unwrap();
+    let store = Arc::new(FileStore::open(&dir.path().join("state")).unwrap());
+    let router = Router::new(config, store.clone()).unwrap();
+    let pipeline =
+        bluegreen_pipeline::Pipeline::new(router.clone(), store, deploy, dir.path()).unwrap();
+    let api = Api {
+        app: bluegreen_api::app(router.clone(), Some(pipeline), TOKEN, None),
+        router,
+        _dir: dir,
+    };
+    let (s, v) = api.call("GET", "/api/v1/migrations", "").await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    assert_eq!(code(&v), "database_unavailable", "{v}");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("$BLUEGREEN_ROUTES_TEST_NEVER_SET is not set"),
+        "{message}"
     );
 }

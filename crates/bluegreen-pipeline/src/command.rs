@@ -14,6 +14,36 @@ use tokio_util::sync::CancellationToken;
 /// Lines of output kept for an error message.
 const TAIL: usize = 20;
 
+/// How a command did not succeed. `tail` is its last lines of output,
+/// ready to append ("; last output: ...", or empty).
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error("cannot run `{command}`: {source}")]
+    Spawn {
+        command: String,
+        source: std::io::Error,
+    },
+    #[error("`{command}`: {source}")]
+    Wait {
+        command: String,
+        source: std::io::Error,
+    },
+    #[error("`{command}` did not finish within {limit}{tail}", limit = humantime_secs(*.limit))]
+    Timeout {
+        command: String,
+        limit: Duration,
+        tail: String,
+    },
+    #[error("`{command}` was stopped: the deploy was aborted")]
+    Aborted { command: String },
+    #[error("`{command}` failed ({status}){tail}")]
+    Failed {
+        command: String,
+        status: std::process::ExitStatus,
+        tail: String,
+    },
+}
+
 /// Runs `argv` to completion. Each output line goes to `on_line`. Fails with a
 /// message naming the command, how it ended and the last lines it printed.
 pub async fn run(
@@ -23,7 +53,7 @@ pub async fn run(
     limit: Duration,
     cancel: &CancellationToken,
     mut on_line: impl FnMut(String),
-) -> Result<(), String> {
+) -> Result<(), CommandError> {
     let shown = argv.join(" ");
     let mut cmd = std::process::Command::new(&argv[0]);
     cmd.args(&argv[1..])
@@ -36,7 +66,10 @@ pub async fn run(
     let mut child = tokio::process::Command::from(cmd)
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| format!("cannot run `{shown}`: {e}"))?;
+        .map_err(|source| CommandError::Spawn {
+            command: shown.clone(),
+            source,
+        })?;
     let pgid = child.id().map(|p| Pid::from_raw(p as i32));
     let mut out = BufReader::new(child.stdout.take().expect("piped")).lines();
     let mut err = BufReader::new(child.stderr.take().expect("piped")).lines();
@@ -61,23 +94,27 @@ pub async fn run(
                 Ok(Some(l)) => keep(l, &mut on_line),
                 _ => err_open = false,
             },
-            s = child.wait(), if !out_open && !err_open => break s.map_err(|e| format!("`{shown}`: {e}"))?,
+            s = child.wait(), if !out_open && !err_open => break s.map_err(|source| CommandError::Wait { command: shown.clone(), source })?,
             _ = &mut deadline => {
                 kill_group(pgid);
                 let _ = child.wait().await;
-                return Err(format!("`{shown}` did not finish within {}{}", humantime_secs(limit), render_tail(&tail)));
+                return Err(CommandError::Timeout { command: shown, limit, tail: render_tail(&tail) });
             }
             _ = cancel.cancelled() => {
                 kill_group(pgid);
                 let _ = child.wait().await;
-                return Err(format!("`{shown}` was stopped: the deploy was aborted"));
+                return Err(CommandError::Aborted { command: shown });
             }
         }
     };
     if status.success() {
         Ok(())
     } else {
-        Err(format!("`{shown}` failed ({status}){}", render_tail(&tail)))
+        Err(CommandError::Failed {
+            command: shown,
+            status,
+            tail: render_tail(&tail),
+        })
     }
 }
 
@@ -121,6 +158,8 @@ mod tests {
         )
         .await;
         let err = r.unwrap_err();
+        assert!(matches!(err, CommandError::Failed { .. }), "{err:?}");
+        let err = err.to_string();
         assert!(err.contains("exit status: 3"), "{err}");
         assert!(err.contains("hi"), "{err}");
         lines.sort();
@@ -139,7 +178,12 @@ mod tests {
             |_| {},
         )
         .await;
-        assert!(r.unwrap_err().contains("did not finish"));
+        let err = r.unwrap_err();
+        assert!(matches!(err, CommandError::Timeout { .. }), "{err:?}");
+        assert!(
+            err.to_string().contains("did not finish within 0.2s"),
+            "{err}"
+        );
     }
 
     #[tokio::test]

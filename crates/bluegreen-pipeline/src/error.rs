@@ -39,8 +39,41 @@ pub enum PipelineError {
     /// Another deploy activity of this node is starting or ending.
     #[error("{0}")]
     Finishing(String),
+    /// Migrations could not be read, checked or applied.
+    #[error(transparent)]
+    Migrate(#[from] crate::migrate::MigrateError),
     #[error("the deploy lock is held by node {0}: deploys run there (use that node's admin API), or wait until it is done")]
     Elsewhere(String),
+}
+
+/// Why a piece of a step did not do its work, by kind; the step's end,
+/// the deploy's reason or the log says it.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StepError {
+    /// Unsafe now (the side is live, taken over, or another deploy is on
+    /// it): nothing changed.
+    #[error("{0}")]
+    Refused(String),
+    /// What had to be written durably was not; `what` says what it was.
+    #[error("{what}: {source}")]
+    Persist {
+        what: &'static str,
+        source: StoreError,
+    },
+    /// A hook or the app's migration command failed; `what` names it.
+    #[error("{what}: {source}")]
+    Command {
+        what: String,
+        source: crate::command::CommandError,
+    },
+    #[error(transparent)]
+    Migrate(#[from] crate::migrate::MigrateError),
+    /// It ran and failed; the message says what it left behind.
+    #[error("{0}")]
+    Failed(String),
+    /// The supervisor could not stop the app.
+    #[error(transparent)]
+    Supervisor(#[from] crate::supervisor::SupervisorError),
 }
 
 /// What `rollback` did.

@@ -13,20 +13,26 @@ use std::time::Instant;
 /// Body bytes quoted in a failure message.
 const QUOTE: usize = 300;
 
-/// Runs one HTTP check against `preview`. Ok carries a one-line summary; Err
-/// names the check, the request and what came back.
+/// A smoke test that did not pass: its name and what happened (for an
+/// HTTP check, the request and what came back).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("smoke test {check:?} failed: {what}")]
+pub struct SmokeFailure {
+    pub check: String,
+    pub what: String,
+}
+
+/// Runs one HTTP check against `preview`. Ok carries a one-line summary.
 pub async fn http_check(
     check: &HttpCheck,
     preview: SocketAddr,
     vars: &[(&str, &str)],
-) -> Result<String, String> {
+) -> Result<String, SmokeFailure> {
     let path = fill(&check.path, vars);
     let request_line = format!("{} {path}", check.method);
-    let fail = |what: String| {
-        format!(
-            "smoke test {:?} failed: {request_line} → {what}",
-            check.name
-        )
+    let fail = |what: String| SmokeFailure {
+        check: check.name.clone(),
+        what: format!("{request_line} → {what}"),
     };
 
     let method = Method::from_bytes(check.method.as_bytes()).map_err(|e| fail(e.to_string()))?;

@@ -16,6 +16,7 @@
 use super::db::{
     apply_sqlite, blocking, pg_error, Applying, Context, Db, Limits, ADVISORY_KEY, TABLE,
 };
+use super::MigrateError::{self, Failed as Final};
 use bluegreen_core::migration::{Flavor, MigrationFile, Shape, SqlStatement};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -33,7 +34,7 @@ impl Db {
         checksum: &str,
         version: &str,
         limits: &Limits,
-    ) -> Result<Applying, String> {
+    ) -> Result<Applying, MigrateError> {
         let ctx = Context {
             file: file.file_name(),
             name: file.id(),
@@ -68,19 +69,19 @@ enum Failed {
     /// A statement (or the migration lock) waited longer than lock_timeout.
     Lock(Option<SqlStatement>),
     /// Anything else: final.
-    Other(String),
+    Other(MigrateError),
 }
 
 pub(super) async fn apply_postgres(
     c: &tokio_postgres::Client,
     ctx: &Context,
     statements: &[SqlStatement],
-) -> Result<Applying, String> {
+) -> Result<Applying, MigrateError> {
     if !ctx.in_tx && statements.len() > 1 {
-        return Err(format!(
+        return Err(Final(format!(
             "{}: CREATE/DROP INDEX CONCURRENTLY cannot run inside a transaction: put it in a file of its own",
             ctx.file
-        ));
+        )));
     }
     let mut backoff = ctx.timing.lock_timeout.max(Duration::from_millis(50));
     let mut attempts = 0u32;
@@ -98,13 +99,13 @@ pub(super) async fn apply_postgres(
         };
         let pause = jitter(backoff);
         if ctx.cancel.is_cancelled() {
-            return Err(format!(
+            return Err(Final(format!(
                 "{}: aborted while waiting for a lock; nothing was applied",
                 ctx.file
-            ));
+            )));
         }
         if !ctx.in_tx || Instant::now() + pause + ctx.timing.lock_timeout > ctx.deadline {
-            return Err(gave_up(c, ctx, failed.as_ref(), attempts).await);
+            return Err(Final(gave_up(c, ctx, failed.as_ref(), attempts).await));
         }
         tracing::info!(
             file = %ctx.file,
@@ -155,7 +156,7 @@ async fn attempt(
         return Err(if is_lock(&e) {
             Failed::Lock(None)
         } else {
-            Failed::Other(format!("{}: starting: {}", ctx.file, pg_error(&e)))
+            Failed::Other(Final(format!("{}: starting: {}", ctx.file, pg_error(&e))))
         });
     }
     let result = async {
@@ -165,13 +166,18 @@ async fn attempt(
                 &[&ctx.name, &ctx.phase],
             )
             .await
-            .map_err(|e| Failed::Other(format!("reading {TABLE}: {}", pg_error(&e))))?;
+            .map_err(|e| {
+                Failed::Other(MigrateError::Database(format!(
+                    "reading {TABLE}: {}",
+                    pg_error(&e)
+                )))
+            })?;
         if let Some(row) = found {
             let old: String = row.get(0);
             return if old == ctx.checksum {
                 Ok(Applying::AlreadyThere)
             } else {
-                Err(Failed::Other(ctx.changed(&old)))
+                Err(Failed::Other(MigrateError::Changed(ctx.changed(&old))))
             };
         }
         for st in statements {
@@ -179,7 +185,7 @@ async fn attempt(
                 return Err(if is_lock(&e) {
                     Failed::Lock(Some(st.clone()))
                 } else {
-                    Failed::Other(ctx.failed(st, pg_error(&e)))
+                    Failed::Other(Final(ctx.failed(st, pg_error(&e))))
                 });
             }
         }
@@ -191,11 +197,11 @@ async fn attempt(
         )
         .await
         .map_err(|e| {
-            Failed::Other(format!(
+            Failed::Other(Final(format!(
                 "recording {} in {TABLE}: {}",
                 ctx.file,
                 pg_error(&e)
-            ))
+            )))
         })?;
         super::crash_point(&ctx.file);
         Ok(Applying::Applied { lock_waits: 0 })
@@ -204,11 +210,11 @@ async fn attempt(
     let closing = c.batch_execute(end(result.is_ok())).await;
     match (result, closing) {
         (Ok(a), Ok(())) => Ok(a),
-        (Ok(_), Err(e)) => Err(Failed::Other(format!(
+        (Ok(_), Err(e)) => Err(Failed::Other(Final(format!(
             "{}: committing: {}",
             ctx.file,
             pg_error(&e)
-        ))),
+        )))),
         (Err(e), _) => Err(e),
     }
 }

@@ -4,6 +4,7 @@
 //! crash (even `kill -9`) leaves the file either applied and recorded or
 //! not applied at all.
 
+use super::MigrateError::{self, Database, Failed};
 use bluegreen_core::config::migrations::{DatabaseUrl, Timing};
 use bluegreen_core::migration::{relations, Flavor, SqlStatement};
 use std::sync::{Arc, Mutex};
@@ -47,14 +48,20 @@ pub enum Applying {
 impl Db {
     /// Connects within `limit`. Without `create`, a SQLite file that does
     /// not exist is an error (a typo must not start an empty database).
-    pub async fn connect(url: &DatabaseUrl, limit: Duration, create: bool) -> Result<Db, String> {
+    pub async fn connect(
+        url: &DatabaseUrl,
+        limit: Duration,
+        create: bool,
+    ) -> Result<Db, MigrateError> {
         match url {
             DatabaseUrl::Postgres(u) => {
                 let connecting = tokio_postgres::connect(u, tokio_postgres::NoTls);
                 let (client, connection) = tokio::time::timeout(limit, connecting)
                     .await
-                    .map_err(|_| format!("PostgreSQL did not answer within {limit:?}"))?
-                    .map_err(|e| format!("cannot connect to PostgreSQL: {}", pg_error(&e)))?;
+                    .map_err(|_| Database(format!("PostgreSQL did not answer within {limit:?}")))?
+                    .map_err(|e| {
+                        Database(format!("cannot connect to PostgreSQL: {}", pg_error(&e)))
+                    })?;
                 tokio::spawn(async move {
                     if let Err(e) = connection.await {
                         tracing::warn!(error = %e, "PostgreSQL connection ended");
@@ -70,11 +77,15 @@ impl Db {
                     if !create {
                         flags.remove(OpenFlags::SQLITE_OPEN_CREATE);
                     }
-                    rusqlite::Connection::open_with_flags(&path, flags)
-                        .map_err(|e| format!("cannot open SQLite database {}: {e}", path.display()))
+                    rusqlite::Connection::open_with_flags(&path, flags).map_err(|e| {
+                        Database(format!(
+                            "cannot open SQLite database {}: {e}",
+                            path.display()
+                        ))
+                    })
                 })
                 .await
-                .map_err(|e| e.to_string())??;
+                .map_err(|e| Database(e.to_string()))??;
                 Ok(Db::Sqlite(Arc::new(Mutex::new(conn))))
             }
         }
@@ -90,7 +101,7 @@ impl Db {
     /// Every row of the tracking table; with `create` it is created when
     /// missing, without it a missing table has no rows (reading changes
     /// nothing, and works for a read-only user).
-    pub async fn applied(&self, create: bool) -> Result<Vec<Applied>, String> {
+    pub async fn applied(&self, create: bool) -> Result<Vec<Applied>, MigrateError> {
         if !create && !self.has_table().await? {
             return Ok(Vec::new());
         }
@@ -102,14 +113,14 @@ impl Db {
                      applied_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (name, phase))"
                 ))
                 .await
-                .map_err(|e| format!("creating {TABLE}: {}", pg_error(&e)))?;
+                .map_err(|e| Database(format!("creating {TABLE}: {}", pg_error(&e))))?;
                 let rows = c
                     .query(
                         &format!("SELECT name, phase, checksum, version, applied_at::text FROM {TABLE} ORDER BY name, phase"),
                         &[],
                     )
                     .await
-                    .map_err(|e| format!("reading {TABLE}: {}", pg_error(&e)))?;
+                    .map_err(|e| Database(format!("reading {TABLE}: {}", pg_error(&e))))?;
                 Ok(rows
                     .iter()
                     .map(|r| Applied {
@@ -131,10 +142,10 @@ impl Db {
                          applied_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')), \
                          PRIMARY KEY (name, phase))"
                     ))
-                    .map_err(|e| format!("creating {TABLE}: {e}"))?;
+                    .map_err(|e| Database(format!("creating {TABLE}: {e}")))?;
                     let mut st = conn
                         .prepare(&format!("SELECT name, phase, checksum, version, applied_at FROM {TABLE} ORDER BY name, phase"))
-                        .map_err(|e| format!("reading {TABLE}: {e}"))?;
+                        .map_err(|e| Database(format!("reading {TABLE}: {e}")))?;
                     let rows = st
                         .query_map([], |r| {
                             Ok(Applied {
@@ -145,22 +156,22 @@ impl Db {
                                 applied_at: r.get(4)?,
                             })
                         })
-                        .map_err(|e| format!("reading {TABLE}: {e}"))?;
+                        .map_err(|e| Database(format!("reading {TABLE}: {e}")))?;
                     rows.collect::<Result<Vec<_>, _>>()
-                        .map_err(|e| format!("reading {TABLE}: {e}"))
+                        .map_err(|e| Database(format!("reading {TABLE}: {e}")))
                 })
                 .await
             }
         }
     }
 
-    async fn has_table(&self) -> Result<bool, String> {
+    async fn has_table(&self) -> Result<bool, MigrateError> {
         match self {
             Db::Postgres(c) => c
                 .query_one(&format!("SELECT to_regclass('{TABLE}') IS NOT NULL"), &[])
                 .await
                 .map(|r| r.get::<_, bool>(0))
-                .map_err(|e| pg_error(&e)),
+                .map_err(|e| Database(pg_error(&e))),
             Db::Sqlite(conn) => {
                 let conn = conn.clone();
                 blocking(move || {
@@ -171,7 +182,7 @@ impl Db {
                         |r| r.get::<_, i64>(0),
                     )
                     .map(|n| n > 0)
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| Database(e.to_string()))
                 })
                 .await
             }
@@ -212,25 +223,28 @@ impl Canceller {
 /// Plain queries, for apps built on this (the demo app's `/items`).
 impl Db {
     /// The first column of every row, as text (NULL as `None`).
-    pub async fn texts(&self, sql: &str) -> Result<Vec<Option<String>>, String> {
+    pub async fn texts(&self, sql: &str) -> Result<Vec<Option<String>>, MigrateError> {
         match self {
             Db::Postgres(c) => c
                 .query(sql, &[])
                 .await
-                .map_err(|e| pg_error(&e))?
+                .map_err(|e| Database(pg_error(&e)))?
                 .iter()
-                .map(|r| r.try_get::<_, Option<String>>(0).map_err(|e| e.to_string()))
+                .map(|r| {
+                    r.try_get::<_, Option<String>>(0)
+                        .map_err(|e| Database(e.to_string()))
+                })
                 .collect(),
             Db::Sqlite(conn) => {
                 let (conn, sql) = (conn.clone(), sql.to_string());
                 blocking(move || {
                     let conn = conn.lock().unwrap_or_else(|x| x.into_inner());
-                    let mut st = conn.prepare(&sql).map_err(|e| e.to_string())?;
+                    let mut st = conn.prepare(&sql).map_err(|e| Database(e.to_string()))?;
                     let rows = st
                         .query_map([], |r| r.get::<_, Option<String>>(0))
-                        .map_err(|e| e.to_string())?;
+                        .map_err(|e| Database(e.to_string()))?;
                     rows.collect::<Result<Vec<_>, _>>()
-                        .map_err(|e| e.to_string())
+                        .map_err(|e| Database(e.to_string()))
                 })
                 .await
             }
@@ -239,16 +253,19 @@ impl Db {
 
     /// Runs `sql` with one text parameter (`$1` on PostgreSQL, `?1` on
     /// SQLite); the rows changed.
-    pub async fn execute(&self, sql: &str, param: &str) -> Result<u64, String> {
+    pub async fn execute(&self, sql: &str, param: &str) -> Result<u64, MigrateError> {
         match self {
-            Db::Postgres(c) => c.execute(sql, &[&param]).await.map_err(|e| pg_error(&e)),
+            Db::Postgres(c) => c
+                .execute(sql, &[&param])
+                .await
+                .map_err(|e| Database(pg_error(&e))),
             Db::Sqlite(conn) => {
                 let (conn, sql, param) = (conn.clone(), sql.to_string(), param.to_string());
                 blocking(move || {
                     let conn = conn.lock().unwrap_or_else(|x| x.into_inner());
                     conn.execute(&sql, [param])
                         .map(|n| n as u64)
-                        .map_err(|e| e.to_string())
+                        .map_err(|e| Database(e.to_string()))
                 })
                 .await
             }
@@ -340,7 +357,7 @@ pub(super) fn apply_sqlite(
     conn: &rusqlite::Connection,
     ctx: &Context,
     statements: &[SqlStatement],
-) -> Result<Applying, String> {
+) -> Result<Applying, MigrateError> {
     let busy = |e: &rusqlite::Error| {
         matches!(
             e.sqlite_error_code(),
@@ -348,11 +365,11 @@ pub(super) fn apply_sqlite(
         )
     };
     conn.busy_timeout(ctx.timing.lock_timeout)
-        .map_err(|e| format!("{}: {e}", ctx.file))?;
+        .map_err(|e| Failed(format!("{}: {e}", ctx.file)))?;
     // IMMEDIATE: the write lock is taken (or waited for) here, before any
     // statement runs.
     if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
-        return Err(if busy(&e) {
+        return Err(Failed(if busy(&e) {
             format!(
                 "{}: waited longer than lock_timeout ({}) for the database's write lock, held by another connection; nothing was applied",
                 ctx.file,
@@ -360,7 +377,7 @@ pub(super) fn apply_sqlite(
             )
         } else {
             format!("{}: starting: {e}", ctx.file)
-        });
+        }));
     }
     let result = (|| {
         let old: Option<String> = conn
@@ -372,22 +389,22 @@ pub(super) fn apply_sqlite(
             .map(Some)
             .or_else(|e| match e {
                 rusqlite::Error::QueryReturnedNoRows => Ok(None),
-                e => Err(format!("reading {TABLE}: {e}")),
+                e => Err(Database(format!("reading {TABLE}: {e}"))),
             })?;
         if let Some(old) = old {
             return if old == ctx.checksum {
                 Ok(Applying::AlreadyThere)
             } else {
-                Err(ctx.changed(&old))
+                Err(MigrateError::Changed(ctx.changed(&old)))
             };
         }
         for st in statements {
             if let Err(e) = conn.execute_batch(&st.text) {
-                return Err(if busy(&e) {
+                return Err(Failed(if busy(&e) {
                     ctx.lock_wait(st, Flavor::Sqlite, "the database's lock")
                 } else {
                     ctx.failed(st, e.to_string())
-                });
+                }));
             }
         }
         conn.execute(
@@ -396,7 +413,7 @@ pub(super) fn apply_sqlite(
             ),
             [&ctx.name, ctx.phase, &ctx.checksum, &ctx.version],
         )
-        .map_err(|e| format!("recording {} in {TABLE}: {e}", ctx.file))?;
+        .map_err(|e| Failed(format!("recording {} in {TABLE}: {e}", ctx.file)))?;
         super::crash_point(&ctx.file);
         Ok(Applying::Applied { lock_waits: 0 })
     })();
@@ -406,21 +423,21 @@ pub(super) fn apply_sqlite(
         (Ok(_), Err(e)) => {
             // A COMMIT that failed (busy) leaves the transaction open.
             let _ = conn.execute_batch("ROLLBACK");
-            Err(format!(
+            Err(Failed(format!(
                 "{}: committing: {e}; nothing was applied",
                 ctx.file
-            ))
+            )))
         }
         (Err(e), _) => Err(e),
     }
 }
 
 pub(super) async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, String> + Send + 'static,
-) -> Result<T, String> {
+    f: impl FnOnce() -> Result<T, MigrateError> + Send + 'static,
+) -> Result<T, MigrateError> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(|e| Database(e.to_string()))?
 }
 
 /// PostgreSQL's own words: severity, code, message, detail and hint.

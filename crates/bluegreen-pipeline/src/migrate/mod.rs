@@ -6,6 +6,10 @@
 
 mod apply;
 pub mod db;
+mod error;
+
+pub use error::MigrateError;
+use MigrateError::{Changed, Files, Setup};
 
 use bluegreen_core::config::migrations::{DatabaseUrl, MigrationRunner, MigrationsConfig};
 use bluegreen_core::deploy::FileMark;
@@ -28,25 +32,26 @@ pub struct Loaded {
 
 /// Reads the directory (off the async threads). A directory that does not
 /// exist holds no files.
-pub async fn load(dir: &Path) -> Result<Vec<Loaded>, String> {
+pub async fn load(dir: &Path) -> Result<Vec<Loaded>, MigrateError> {
     let dir = dir.to_path_buf();
     tokio::task::spawn_blocking(move || load_blocking(&dir))
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(|e| Files(e.to_string()))?
 }
 
 /// [`load`], on the calling thread (`migrate lint` has no router).
-pub fn load_blocking(dir: &Path) -> Result<Vec<Loaded>, String> {
+pub fn load_blocking(dir: &Path) -> Result<Vec<Loaded>, MigrateError> {
     if !dir.exists() {
         return Ok(Vec::new());
     }
-    scan(dir)?
+    scan(dir)
+        .map_err(Files)?
         .into_iter()
         .map(|file| {
-            let bytes =
-                std::fs::read(&file.path).map_err(|e| format!("{}: {e}", file.path.display()))?;
+            let bytes = std::fs::read(&file.path)
+                .map_err(|e| Files(format!("{}: {e}", file.path.display())))?;
             let sql = String::from_utf8(bytes)
-                .map_err(|_| format!("{}: not UTF-8 text", file.path.display()))?;
+                .map_err(|_| Files(format!("{}: not UTF-8 text", file.path.display())))?;
             // One text whatever the checkout did to it: no byte-order
             // mark, LF line ends (so a CRLF checkout is not "changed").
             let sql = sql
@@ -92,23 +97,21 @@ pub fn check(files: &[Loaded], applied: &[Applied], flavor: Flavor) -> Vec<Probl
 }
 
 /// [`check`] as the deploy reports it: one error listing every problem.
-pub fn refuse(problems: &[Problem]) -> Result<(), String> {
+pub fn refuse(problems: &[Problem]) -> Result<(), MigrateError> {
     if problems.is_empty() {
         return Ok(());
     }
-    Err(format!(
-        "the migrations were refused before anything ran:\n{}",
-        problems
-            .iter()
-            .map(|p| p.to_string())
-            .collect::<Vec<_>>()
-            .join("\n")
+    Err(MigrateError::Refused(
+        problems.iter().map(|p| p.to_string()).collect(),
     ))
 }
 
 /// Every file checked as if nothing were applied (the `command` runner's
 /// tool keeps its own record).
-pub fn lint<'a>(files: impl IntoIterator<Item = &'a Loaded>, flavor: Flavor) -> Result<(), String> {
+pub fn lint<'a>(
+    files: impl IntoIterator<Item = &'a Loaded>,
+    flavor: Flavor,
+) -> Result<(), MigrateError> {
     let files: Vec<Loaded> = files.into_iter().cloned().collect();
     refuse(&check(&files, &[], flavor))
 }
@@ -116,15 +119,21 @@ pub fn lint<'a>(files: impl IntoIterator<Item = &'a Loaded>, flavor: Flavor) -> 
 /// The database `config` names, connected. The URL comes from the
 /// environment when this runs (never from the config file); relative SQLite
 /// paths are from `workdir`.
-pub async fn open(config: &MigrationsConfig, workdir: &Path, create: bool) -> Result<Db, String> {
+pub async fn open(
+    config: &MigrationsConfig,
+    workdir: &Path,
+    create: bool,
+) -> Result<Db, MigrateError> {
     let MigrationRunner::Database { url_env } = &config.runner else {
-        return Err("deploy.migrations runs a command: there is no database to open".into());
+        return Err(Setup(
+            "deploy.migrations runs a command: there is no database to open".into(),
+        ));
     };
     let url = std::env::var(url_env).map_err(|_| {
-        format!("${url_env} is not set in the router's environment (deploy.migrations.database_url_env)")
+        Setup(format!("${url_env} is not set in the router's environment (deploy.migrations.database_url_env)"))
     })?;
     Db::connect(
-        &DatabaseUrl::parse(&url, url_env, workdir)?,
+        &DatabaseUrl::parse(&url, url_env, workdir).map_err(Setup)?,
         CONNECT_LIMIT,
         create,
     )
@@ -181,7 +190,7 @@ pub async fn expand(
     inherit: bool,
     cancel: &tokio_util::sync::CancellationToken,
     progress: impl Fn(String),
-) -> Result<Expanded, String> {
+) -> Result<Expanded, MigrateError> {
     let files = load(&config.dir).await?;
     let db = open(config, workdir, true).await?;
     let applied = db.applied(true).await?;
@@ -224,7 +233,12 @@ pub async fn expand(
     let result = async {
         for f in pending.iter().filter(|f| f.file.phase == Phase::Expand) {
             if cancel.is_cancelled() {
-                return Err("aborted before this file".to_string());
+                return Err(MigrateError::Aborted(Box::new(MigrateError::Failed(
+                    format!(
+                        "{} and the files after it were not applied",
+                        f.file.file_name()
+                    ),
+                ))));
             }
             apply(&db, f, version, &limits, &progress).await?;
             out.applied.push(f.file.file_name());
@@ -234,7 +248,7 @@ pub async fn expand(
     .await;
     watcher.abort();
     result.map(|()| out).map_err(|e| match e {
-        e if cancel.is_cancelled() => format!("aborted: {e}"),
+        e if cancel.is_cancelled() => MigrateError::Aborted(Box::new(e)),
         e => e,
     })
 }
@@ -254,8 +268,8 @@ async fn apply(
     version: &str,
     limits: &db::Limits,
     progress: &impl Fn(String),
-) -> Result<(), String> {
-    let shape = shape(&f.file.path, &f.sql, db.flavor())?;
+) -> Result<(), MigrateError> {
+    let shape = shape(&f.file.path, &f.sql, db.flavor()).map_err(Files)?;
     let started = std::time::Instant::now();
     let n = shape.statements.len();
     let how = db
@@ -285,7 +299,7 @@ async fn apply(
 #[derive(Debug)]
 pub struct ContractError {
     pub applied: Vec<String>,
-    pub why: String,
+    pub why: MigrateError,
 }
 
 /// Applies the contract files in `marks` that are still pending, each as
@@ -313,7 +327,7 @@ async fn contract_into(
     marks: &[FileMark],
     progress: &impl Fn(String),
     done: &mut Vec<String>,
-) -> Result<(), String> {
+) -> Result<(), MigrateError> {
     let files = load(&config.dir).await?;
     let db = open(config, workdir, false).await?;
     let applied = db.applied(true).await?;
@@ -330,25 +344,25 @@ async fn contract_into(
             {
                 continue;
             }
-            return Err(format!(
+            return Err(Changed(format!(
                 "{}: gone from {} (it was there when this release was expanded)",
                 mark.file,
                 config.dir.display()
-            ));
+            )));
         };
         if let Some(row) = find(&applied, &f.file) {
             if row.checksum != f.checksum {
-                return Err(changed(std::slice::from_ref(f), &applied).join(""));
+                return Err(Changed(changed(std::slice::from_ref(f), &applied).join("")));
             }
             continue;
         }
         if f.checksum != mark.checksum {
-            return Err(format!(
+            return Err(Changed(format!(
                 "{} changed since this release's expand step saw it (checksum {} then, {} now): deploy the release again to contract with the new text",
                 mark.file,
                 &mark.checksum[..12.min(mark.checksum.len())],
                 &f.checksum[..12]
-            ));
+            )));
         }
         lint([f], db.flavor())?;
         apply(&db, f, version, &limits, progress).await?;
@@ -382,7 +396,7 @@ pub struct Status {
 }
 
 /// What is applied and what is pending, per phase.
-pub async fn status(config: &MigrationsConfig, workdir: &Path) -> Result<Status, String> {
+pub async fn status(config: &MigrationsConfig, workdir: &Path) -> Result<Status, MigrateError> {
     let files = load(&config.dir).await?;
     let (runner, applied) = match &config.runner {
         MigrationRunner::Command(_) => ("command", Vec::new()),

@@ -153,9 +153,7 @@ impl Pipeline {
                 "no [deploy.migrations] in the config".into(),
             ));
         };
-        let status = migrate::status(m, &config.workdir)
-            .await
-            .map_err(PipelineError::Stopped)?;
+        let status = migrate::status(m, &config.workdir).await?;
         let contracted = self.book.lock().await.contracted.clone();
         let mut v = serde_json::to_value(status).unwrap_or_default();
         v["contracted"] = serde_json::to_value(contracted).unwrap_or_default();

@@ -274,7 +274,7 @@ async fn read_external(m: &AnalysisMetric, s: &Scope) -> Reading {
         detail: String::new(),
     };
     match (&new, &base) {
-        (Err(e), _) => r.detail = e.clone(),
+        (Err(e), _) => r.detail = e.to_string(),
         (Ok(_), Some(Err(e))) if m.limits.max.is_none() && m.limits.min.is_none() => {
             r.detail = format!("baseline: {e}")
         }
@@ -287,6 +287,36 @@ async fn read_external(m: &AnalysisMetric, s: &Scope) -> Reading {
     r
 }
 
+/// Why a metric source gave no number. The reading says so, and a metric
+/// that ends a bake without data makes it inconclusive, never a pass.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub(super) enum SourceError {
+    /// The source cannot be asked: a bad URL, a token not set.
+    #[error("{0}")]
+    Setup(String),
+    /// No answer: not reachable, or not within the timeout.
+    #[error("{0}")]
+    Unreachable(String),
+    /// An answer that is not one: an HTTP error, not JSON, a failed query.
+    #[error("{0}")]
+    Answer(String),
+    /// An answer without one number in it: no series yet, several, NaN.
+    #[error("{0}")]
+    NoNumber(String),
+}
+
+impl SourceError {
+    /// The same kind, the message put in context.
+    fn context(self, f: impl FnOnce(String) -> String) -> SourceError {
+        match self {
+            SourceError::Setup(m) => SourceError::Setup(f(m)),
+            SourceError::Unreachable(m) => SourceError::Unreachable(f(m)),
+            SourceError::Answer(m) => SourceError::Answer(f(m)),
+            SourceError::NoNumber(m) => SourceError::NoNumber(f(m)),
+        }
+    }
+}
+
 /// Largest answer read from a metric source.
 const MAX_ANSWER: usize = 1 << 20;
 
@@ -295,43 +325,49 @@ async fn get_json(
     url: &str,
     token_env: Option<&str>,
     timeout: Duration,
-) -> Result<serde_json::Value, String> {
-    let uri: http::Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
+) -> Result<serde_json::Value, SourceError> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| SourceError::Setup(format!("{url}: {e}")))?;
     let mut req = http::Request::get(uri);
     if let Some(var) = token_env {
-        let token =
-            std::env::var(var).map_err(|_| format!("${var} (the bearer token) is not set"))?;
+        let token = std::env::var(var)
+            .map_err(|_| SourceError::Setup(format!("${var} (the bearer token) is not set")))?;
         req = req.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
     }
     let req = req
         .body(Empty::<bytes::Bytes>::new())
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| SourceError::Setup(e.to_string()))?;
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http();
     let work = async {
         let res = client.request(req).await.map_err(|e| {
-            format!(
+            SourceError::Unreachable(format!(
                 "{url}: {}",
                 bluegreen_core::error_chain(&e as &(dyn std::error::Error + 'static))
-            )
+            ))
         })?;
         let status = res.status();
         let body = Limited::new(res.into_body(), MAX_ANSWER)
             .collect()
             .await
-            .map_err(|e| format!("{url}: reading the answer: {e}"))?
+            .map_err(|e| SourceError::Unreachable(format!("{url}: reading the answer: {e}")))?
             .to_bytes();
         if !status.is_success() {
             let text = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
-            return Err(format!("{url}: HTTP {status}: {}", text.trim()));
+            return Err(SourceError::Answer(format!(
+                "{url}: HTTP {status}: {}",
+                text.trim()
+            )));
         }
-        serde_json::from_slice(&body).map_err(|e| format!("{url}: not JSON: {e}"))
+        serde_json::from_slice(&body)
+            .map_err(|e| SourceError::Answer(format!("{url}: not JSON: {e}")))
     };
     tokio::time::timeout(timeout, work).await.map_err(|_| {
-        format!(
+        SourceError::Unreachable(format!(
             "{url}: no answer within {}",
             humantime::format_duration(timeout)
-        )
+        ))
     })?
 }
 
@@ -342,7 +378,7 @@ async fn prometheus(
     at_ms: u64,
     token_env: Option<String>,
     timeout: Duration,
-) -> Result<f64, String> {
+) -> Result<f64, SourceError> {
     let qs = form_urlencoded::Serializer::new(String::new())
         .append_pair("query", &query)
         .append_pair("time", &format!("{:.3}", at_ms as f64 / 1000.0))
@@ -350,18 +386,21 @@ async fn prometheus(
     let url = format!("{address}/api/v1/query?{qs}");
     let v = get_json(&url, token_env.as_deref(), timeout)
         .await
-        .map_err(|e| format!("prometheus: {e}"))?;
-    prometheus_value(&v).map_err(|e| format!("prometheus query {query:?}: {e}"))
+        .map_err(|e| e.context(|m| format!("prometheus: {m}")))?;
+    prometheus_value(&v).map_err(|e| e.context(|m| format!("prometheus query {query:?}: {m}")))
 }
 
 /// The number in an instant query's answer: a scalar, or a vector of
 /// exactly one series (several are ambiguous: the query must aggregate).
-fn prometheus_value(v: &serde_json::Value) -> Result<f64, String> {
+fn prometheus_value(v: &serde_json::Value) -> Result<f64, SourceError> {
+    use SourceError::{Answer, NoNumber};
     if v["status"] != "success" {
-        return Err(v["error"]
-            .as_str()
-            .unwrap_or("status is not success")
-            .to_string());
+        return Err(Answer(
+            v["error"]
+                .as_str()
+                .unwrap_or("status is not success")
+                .to_string(),
+        ));
     }
     let data = &v["data"];
     let sample = match data["resultType"].as_str() {
@@ -369,30 +408,38 @@ fn prometheus_value(v: &serde_json::Value) -> Result<f64, String> {
         Some("vector") => {
             let series = data["result"].as_array().map(Vec::as_slice).unwrap_or(&[]);
             match series {
-                [] => return Err("no series (no data yet, or a label that matches nothing)".into()),
+                [] => {
+                    return Err(NoNumber(
+                        "no series (no data yet, or a label that matches nothing)".into(),
+                    ))
+                }
                 [one] => &one["value"],
                 many => {
-                    return Err(format!(
+                    return Err(NoNumber(format!(
                         "{} series: aggregate them (sum, avg, max) to one",
                         many.len()
-                    ))
+                    )))
                 }
             }
         }
         other => {
-            return Err(format!(
+            return Err(Answer(format!(
                 "result type {other:?}: use an instant vector or scalar"
-            ))
+            )))
         }
     };
-    let text = sample[1].as_str().ok_or("no value in the sample")?;
+    let text = sample[1]
+        .as_str()
+        .ok_or_else(|| NoNumber("no value in the sample".into()))?;
     let x: f64 = text
         .parse()
-        .map_err(|_| format!("value {text:?} is not a number"))?;
+        .map_err(|_| NoNumber(format!("value {text:?} is not a number")))?;
     if x.is_finite() {
         Ok(x)
     } else {
-        Err(format!("value is {text} (a division by zero: no traffic?)"))
+        Err(NoNumber(format!(
+            "value is {text} (a division by zero: no traffic?)"
+        )))
     }
 }
 
@@ -402,19 +449,24 @@ async fn web(
     pointer: String,
     token_env: Option<String>,
     timeout: Duration,
-) -> Result<f64, String> {
+) -> Result<f64, SourceError> {
+    use SourceError::NoNumber;
     let v = get_json(&url, token_env.as_deref(), timeout).await?;
     let at = v
         .pointer(&pointer)
-        .ok_or_else(|| format!("{url}: nothing at {pointer}"))?;
+        .ok_or_else(|| NoNumber(format!("{url}: nothing at {pointer}")))?;
     match at {
-        serde_json::Value::Number(n) => n.as_f64().ok_or_else(|| "not a number".into()),
+        serde_json::Value::Number(n) => n
+            .as_f64()
+            .ok_or_else(|| NoNumber(format!("{url}: {pointer} is not a number"))),
         serde_json::Value::String(s) => s
             .trim()
             .parse()
-            .map_err(|_| format!("{url}: {pointer} is {s:?}, not a number")),
+            .map_err(|_| NoNumber(format!("{url}: {pointer} is {s:?}, not a number"))),
         serde_json::Value::Bool(b) => Ok(if *b { 1.0 } else { 0.0 }),
-        other => Err(format!("{url}: {pointer} is {other}, not a number")),
+        other => Err(NoNumber(format!(
+            "{url}: {pointer} is {other}, not a number"
+        ))),
     }
 }
 
@@ -431,14 +483,22 @@ mod tests {
             "result": [1.0, "3"]}});
         assert_eq!(prometheus_value(&scalar), Ok(3.0));
         let none = serde_json::json!({"status": "success", "data": {"resultType": "vector", "result": []}});
-        assert!(prometheus_value(&none).unwrap_err().contains("no series"));
+        assert!(
+            matches!(prometheus_value(&none), Err(SourceError::NoNumber(m)) if m.contains("no series"))
+        );
         let nan = serde_json::json!({"status": "success", "data": {"resultType": "vector",
             "result": [{"value": [1.0, "NaN"]}]}});
-        assert!(prometheus_value(&nan).unwrap_err().contains("NaN"));
+        assert!(
+            matches!(prometheus_value(&nan), Err(SourceError::NoNumber(m)) if m.contains("NaN"))
+        );
         let two = serde_json::json!({"status": "success", "data": {"resultType": "vector",
             "result": [{"value": [1.0, "1"]}, {"value": [1.0, "2"]}]}});
-        assert!(prometheus_value(&two).unwrap_err().contains("aggregate"));
+        assert!(
+            matches!(prometheus_value(&two), Err(SourceError::NoNumber(m)) if m.contains("aggregate"))
+        );
         let bad = serde_json::json!({"status": "error", "error": "parse error at char 3"});
-        assert!(prometheus_value(&bad).unwrap_err().contains("parse error"));
+        assert!(
+            matches!(prometheus_value(&bad), Err(SourceError::Answer(m)) if m.contains("parse error"))
+        );
     }
 }

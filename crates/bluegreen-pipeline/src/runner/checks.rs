@@ -120,7 +120,10 @@ pub(super) async fn run_smoke(
                     .run(p, &handle.abort)
                     .await
                     .map(|()| format!("{name:?}: command passed"))
-                    .map_err(|e| format!("smoke test {name:?} failed: {e}"))
+                    .map_err(|e| smoke::SmokeFailure {
+                        check: name.clone(),
+                        what: e.to_string(),
+                    })
             }
         };
         match result {
@@ -131,7 +134,7 @@ pub(super) async fn run_smoke(
                     format!("{} ({e})", aborted(handle)),
                 ))
             }
-            Err(e) => return Err(StepEnd::End(Outcome::Failed, e)),
+            Err(e) => return Err(StepEnd::End(Outcome::Failed, e.to_string())),
         }
     }
     Ok(p.config().smoke.len())

@@ -64,7 +64,7 @@ pub(crate) async fn by_hand(
         };
     contract_release(p, id, actor, force)
         .await
-        .map_err(PipelineError::Stopped)
+        .map_err(|e| PipelineError::Stopped(e.to_string()))
 }
 
 /// Runs deploy `id`'s contract files (those its expand step saw) under the
@@ -78,12 +78,13 @@ async fn contract_release(
     id: u64,
     actor: String,
     force: bool,
-) -> Result<String, String> {
+) -> Result<String, StepError> {
+    use StepError::Refused;
     let config = p
         .config()
         .migrations
         .clone()
-        .ok_or("no [deploy.migrations] in the config")?;
+        .ok_or_else(|| Refused("no [deploy.migrations] in the config".into()))?;
     let _fence = p.fence.lock().await;
     let (version, marks, previous) = {
         let mut book = p.book.lock().await;
@@ -92,27 +93,27 @@ async fn contract_release(
             .as_ref()
             .filter(|c| !c.is_finished() && c.id != id)
         {
-            return Err(format!(
+            return Err(Refused(format!(
                 "deploy #{} ({}) is running; contract after it",
                 other.id, other.version
-            ));
+            )));
         }
         let d = book
             .find(id)
-            .ok_or(format!("deploy #{id} is not recorded"))?
+            .ok_or_else(|| Refused(format!("deploy #{id} is not recorded")))?
             .clone();
         if p.router.live() != d.target {
-            return Err(format!(
+            return Err(Refused(format!(
                 "{} is no longer live; run `bluegreen migrate contract` when it is",
                 d.version
-            ));
+            )));
         }
         let old = &book.sides[d.from];
         if let (Some(v), true, false) = (&old.version, old.running, force) {
-            return Err(format!(
+            return Err(Refused(format!(
                 "{} still runs {v}, so rollback to it stays possible and the contract would break it; it runs until its decommission (keep_warm, or the decommission hook; without a hook bluegreen never stops it): stop it, or pass --force",
                 d.from
-            ));
+            )));
         }
         let marks = d.migrations.clone().map(|m| m.contract).unwrap_or_default();
         let command = matches!(config.runner, MigrationRunner::Command(_));
@@ -131,7 +132,10 @@ async fn contract_release(
             });
             p.persist(&book)
                 .await
-                .map_err(|e| format!("could not record the contract, so it did not run: {e}"))?;
+                .map_err(|source| StepError::Persist {
+                    what: "could not record the contract, so it did not run",
+                    source,
+                })?;
         }
         (d.version, marks, previous)
     };
@@ -139,7 +143,9 @@ async fn contract_release(
     let say = |line: String| tracing::info!(target: "deploy", "contract: {line}");
     let result = match &config.runner {
         MigrationRunner::Database { .. } => {
-            migrate::contract(&config, &workdir, &version, &marks, say).await
+            migrate::contract(&config, &workdir, &version, &marks, say)
+                .await
+                .map_err(|e| (e.applied, StepError::from(e.why)))
         }
         MigrationRunner::Command(cmd) => {
             let never = tokio_util::sync::CancellationToken::new();
@@ -156,11 +162,8 @@ async fn contract_release(
             )
             .await
             .map(|()| marks.iter().map(|m| m.file.clone()).collect())
-            .map_err(|why| migrate::ContractError {
-                // The app's tool may have done part of it.
-                applied: vec!["(unknown: the command's own record says)".into()],
-                why,
-            })
+            // The app's tool may have done part of it.
+            .map_err(|why| (vec!["(unknown: the command's own record says)".into()], why))
         }
     };
     let mut book = p.book.lock().await;
@@ -170,17 +173,16 @@ async fn contract_release(
             "contract by {actor}: applied {}; rollback to a release from before {version} is refused from now on",
             applied.join(", ")
         ),
-        Err(e) if e.applied.is_empty() => {
+        Err((applied, why)) if applied.is_empty() => {
             // Nothing changed: rollback stays as open as it was.
             if book.contracted.as_ref().is_some_and(|c| c.deploy_id == id) {
                 book.contracted = previous;
             }
-            format!("contract of {version} failed before applying anything: {}", e.why)
+            format!("contract of {version} failed before applying anything: {why}")
         }
-        Err(e) => format!(
-            "contract of {version} failed after applying {}: {}; rollback to a release from before {version} is refused (part of the schema it needs is gone)",
-            e.applied.join(", "),
-            e.why
+        Err((applied, why)) => format!(
+            "contract of {version} failed after applying {}: {why}; rollback to a release from before {version} is refused (part of the schema it needs is gone)",
+            applied.join(", ")
         ),
     };
     let book_ref = &mut *book;
@@ -195,7 +197,9 @@ async fn contract_release(
     tracing::info!(target: "deploy", "{line}");
     match (result, saved) {
         (Ok(_), Ok(())) => Ok(line),
-        (Ok(_), Err(e)) => Err(format!("{line}; but recording it failed: {e}")),
-        (Err(_), _) => Err(line),
+        (Ok(_), Err(e)) => Err(StepError::Failed(format!(
+            "{line}; but recording it failed: {e}"
+        ))),
+        (Err(_), _) => Err(StepError::Failed(line)),
     }
 }

@@ -81,14 +81,15 @@ pub(super) async fn decommission(
     p: &Arc<Pipeline>,
     side: Side,
     expect: Option<&PendingDecommission>,
-) -> Result<String, String> {
+) -> Result<String, StepError> {
+    use StepError::Refused;
     let drain = p.router.config().switch.drain_timeout;
     p.router.wait_drained(side, drain).await;
     // Held until the side is stopped: no switch can make it live, and no
     // deploy can start on it, meanwhile. Everything is checked again here.
     let _fence = p.fence.lock().await;
     if p.router.live() == side {
-        return Err(format!("{side} is live; refusing to stop it"));
+        return Err(Refused(format!("{side} is live; refusing to stop it")));
     }
     // In a cluster another node may have switched a moment ago (its switch
     // needs the deploy lock this node holds, so none can come after this
@@ -98,29 +99,39 @@ pub(super) async fn decommission(
         // what it applied, not on what this read saw.
         let stored = tokio::task::spawn_blocking(move || cluster.peek(bluegreen_store::ROUTER_KEY))
             .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| format!("cannot read the shared state, not stopping {side}: {e}"))?
+            .map_err(|e| {
+                Refused(format!(
+                    "cannot read the shared state, not stopping {side}: {e}"
+                ))
+            })?
+            .map_err(|e| {
+                Refused(format!(
+                    "cannot read the shared state, not stopping {side}: {e}"
+                ))
+            })?
             .and_then(|b| serde_json::from_slice::<bluegreen_core::state::RouterState>(&b).ok());
         if stored.is_some_and(|s| s.live == side) {
-            return Err(format!(
+            return Err(Refused(format!(
                 "{side} is live (switched on another node); refusing to stop it"
-            ));
+            )));
         }
     }
     {
         let book = p.book.lock().await;
         if expect.is_some_and(|e| book.pending_decommission.as_ref() != Some(e)) {
-            return Err(format!("{side} was taken over since; not stopping it"));
+            return Err(Refused(format!(
+                "{side} was taken over since; not stopping it"
+            )));
         }
         if let Some(d) = book
             .current
             .as_ref()
             .filter(|d| !d.is_finished() && d.target == side)
         {
-            return Err(format!(
+            return Err(Refused(format!(
                 "deploy #{} is putting {} on {side}; not stopping it",
                 d.id, d.version
-            ));
+            )));
         }
     }
     let version = p.book.lock().await.sides[side]
@@ -129,7 +140,7 @@ pub(super) async fn decommission(
         .unwrap_or_default();
     let stopped = match (&p.config().method, &p.supervisor) {
         (DeployMethod::Supervisor(_), Some(sup)) => {
-            sup.stop(side).await.map_err(|e| e.to_string())?;
+            sup.stop(side).await?;
             true
         }
         (
@@ -153,7 +164,10 @@ pub(super) async fn decommission(
             HookCall::new(p, argv, side, &version, &no_env)
                 .run(p, &never)
                 .await
-                .map_err(|e| format!("decommission hook: {e}"))?;
+                .map_err(|source| StepError::Command {
+                    what: "decommission hook".into(),
+                    source,
+                })?;
             true
         }
         _ => false,
@@ -165,7 +179,12 @@ pub(super) async fn decommission(
     }
     let mut book = p.book.lock().await;
     book.sides[side].running = false;
-    p.persist(&book).await.map_err(|e| e.to_string())?;
+    p.persist(&book)
+        .await
+        .map_err(|source| StepError::Persist {
+            what: "stopped, but could not record it",
+            source,
+        })?;
     Ok(format!(
         "stopped {side}{}",
         if version.is_empty() {
@@ -317,7 +336,10 @@ mod step_tests {
         assert!(!marks.path().join("stopped-blue").exists());
         // Asked directly, it refuses too.
         let refused = decommission(&s.p, Side::Blue, None).await;
-        assert_eq!(refused, Err("blue is live; refusing to stop it".into()));
+        assert!(
+            matches!(&refused, Err(StepError::Refused(why)) if why == "blue is live; refusing to stop it"),
+            "{refused:?}"
+        );
         assert!(s.p.book.lock().await.sides[Side::Blue].running);
     }
 

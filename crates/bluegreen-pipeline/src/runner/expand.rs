@@ -53,7 +53,7 @@ async fn apply(
     handle: &RunHandle,
     d: &DeployRecord,
     config: &MigrationsConfig,
-) -> Result<String, String> {
+) -> Result<String, StepError> {
     let workdir = p.config().workdir.clone();
     match &config.runner {
         MigrationRunner::Database { .. } => {
@@ -151,7 +151,7 @@ async fn inherits(p: &Pipeline, d: &DeployRecord) -> bool {
 async fn mark(
     p: &Arc<Pipeline>,
     contract: Vec<bluegreen_core::deploy::FileMark>,
-) -> Result<(), String> {
+) -> Result<(), StepError> {
     update(p, |d| d.migrations = Some(MigrationMark { contract })).await
 }
 
@@ -166,7 +166,7 @@ pub(super) async fn run_command(
     side: Side,
     env: &std::collections::BTreeMap<String, String>,
     cancel: &tokio_util::sync::CancellationToken,
-) -> Result<(), String> {
+) -> Result<(), StepError> {
     let dir = config.dir.display().to_string();
     let argv = cmd.render(&[
         ("phase", phase),
@@ -178,7 +178,10 @@ pub(super) async fn run_command(
     HookCall::new(p, argv, side, version, env)
         .run(p, cancel)
         .await
-        .map_err(|e| format!("migration command ({phase}): {e}"))
+        .map_err(|source| StepError::Command {
+            what: format!("migration command ({phase})"),
+            source,
+        })
 }
 
 /// The smoke tests against the live side, through the live listener: the

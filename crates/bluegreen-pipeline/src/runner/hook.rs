@@ -41,7 +41,11 @@ impl<'a> HookCall<'a> {
     }
 
     /// Runs it to the end, or until `cancel`; the error says why it failed.
-    pub async fn run(self, p: &Arc<Pipeline>, cancel: &CancellationToken) -> Result<(), String> {
+    pub async fn run(
+        self,
+        p: &Arc<Pipeline>,
+        cancel: &CancellationToken,
+    ) -> Result<(), command::CommandError> {
         let upstreams = p.router.config().environments[self.side]
             .upstreams
             .join(",");

@@ -6,6 +6,7 @@
 //! the runner re-runs the step that was running, and every step is written
 //! so that running it twice is safe.
 
+use crate::error::StepError;
 use crate::{command, now_ms, smoke, Pipeline, PipelineError, RunHandle};
 use bluegreen_core::bake::{BakeWindows, Verdict, Window, WindowEnd};
 use bluegreen_core::config::deploy::{DeployMethod, SmokeCheck};
@@ -121,15 +122,16 @@ fn failpoint(step: Step, point: &str) {
 
 /// Applies `f` to the current record and writes the book: resuming after a
 /// crash depends on this record, so a failed write is the step's failure.
-async fn update(p: &Pipeline, f: impl FnOnce(&mut DeployRecord)) -> Result<(), String> {
+async fn update(p: &Pipeline, f: impl FnOnce(&mut DeployRecord)) -> Result<(), StepError> {
     let mut book = p.book.lock().await;
     if let Some(d) = book.current.as_mut() {
         f(d);
         announce(p, d);
     }
-    p.persist(&book)
-        .await
-        .map_err(|e| format!("could not persist the deploy record: {e}"))
+    p.persist(&book).await.map_err(|source| StepError::Persist {
+        what: "could not persist the deploy record",
+        source,
+    })
 }
 
 /// Applies `f` in memory only (log lines, notes): the next durable update writes it.

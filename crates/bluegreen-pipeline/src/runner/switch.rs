@@ -36,7 +36,7 @@ pub(super) async fn switch(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployReco
     })
     .await
     {
-        return StepEnd::End(Outcome::Failed, e);
+        return StepEnd::End(Outcome::Failed, e.to_string());
     }
     let result = p
         .router

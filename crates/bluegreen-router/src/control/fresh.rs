@@ -14,6 +14,7 @@
 
 use super::Router;
 use bluegreen_core::state::RouterState;
+use bluegreen_store::StoreError;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -87,18 +88,25 @@ impl Router {
 
     /// Reads the routing state from the store and waits until this node
     /// has applied it (or something newer).
-    async fn catch_up(self: &Arc<Self>) -> Result<(), String> {
+    async fn catch_up(self: &Arc<Self>) -> Result<(), StoreError> {
         let Some(cluster) = self.cluster.clone() else {
             return Ok(());
         };
-        let read = tokio::task::spawn_blocking(move || cluster.peek(bluegreen_store::ROUTER_KEY))
+        let key = bluegreen_store::ROUTER_KEY;
+        let read = tokio::task::spawn_blocking(move || cluster.peek(key))
             .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| StoreError::Corrupt {
+                path: key.into(),
+                reason: format!("the read did not finish: {e}"),
+            })??;
         let Some(bytes) = read else {
             return Ok(());
         };
-        let desired: RouterState = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+        let desired: RouterState =
+            serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+                path: key.into(),
+                reason: e.to_string(),
+            })?;
         while self.snapshot.load().generation < desired.generation {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }

@@ -51,11 +51,11 @@ impl Router {
             let files = match (&certs, &cfg.tls) {
                 (Some(_), Some(t)) if certs_changed => Some(
                     crate::tls::Certificates::load(&t.certificates)
-                        .map_err(|e| format!("tls.certificates: {e}"))?,
+                        .map_err(|e| reload_failed(format!("tls.certificates: {e}")))?,
                 ),
                 _ => None,
             };
-            Ok::<_, String>((tls, files))
+            Ok::<_, ControlError>((tls, files))
         });
         // A file that cannot be read in time (a hung file system) fails
         // the reload; the admin API never waits on it for long.
@@ -65,14 +65,7 @@ impl Router {
                 code: "reload_failed",
                 message: "reading the TLS files took more than 10 s; nothing changed".into(),
             })?
-            .map_err(|e| ControlError::Failed {
-                code: "reload_failed",
-                message: e.to_string(),
-            })?
-            .map_err(|e| ControlError::Failed {
-                code: "reload_failed",
-                message: e,
-            })?;
+            .map_err(|e| reload_failed(e.to_string()))??;
         let (tls, files) = prepared;
 
         // 2. One snapshot swap: pools and request settings together.
@@ -158,11 +151,19 @@ impl Router {
 }
 
 /// The TLS client of a side's upstreams under `config` (reads CA files).
-fn upstream_tls(config: &Config, side: Side) -> Result<Option<Arc<UpstreamTls>>, String> {
+fn upstream_tls(config: &Config, side: Side) -> Result<Option<Arc<UpstreamTls>>, ControlError> {
     config.environments[side]
         .tls
         .as_ref()
         .map(|t| UpstreamTls::new(t).map(Arc::new))
         .transpose()
-        .map_err(|e| format!("environments.{side}.tls: {e}"))
+        .map_err(|e| reload_failed(format!("environments.{side}.tls: {e}")))
+}
+
+/// A reload that failed; nothing changed.
+fn reload_failed(message: String) -> ControlError {
+    ControlError::Failed {
+        code: "reload_failed",
+        message,
+    }
 }

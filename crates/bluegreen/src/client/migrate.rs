@@ -6,7 +6,7 @@
 use super::*;
 use crate::args::Dialect;
 use bluegreen_core::migration::{Flavor, Phase, Problem};
-use bluegreen_pipeline::migrate;
+use bluegreen_pipeline::migrate::{self, MigrateError};
 
 /// `bluegreen migrate lint [DIR]`: the check the deploy's expand step runs
 /// (`migrate::check`), before anything runs. Exit 0 when clean, 1 with a
@@ -88,10 +88,11 @@ pub async fn lint(
 
 /// The tracking table of the database `$env` points to, read only (no
 /// table or file is created).
-async fn applied(env: &str) -> Result<(Flavor, Vec<migrate::db::Applied>), String> {
-    let url = std::env::var(env).map_err(|_| format!("${env} is not set"))?;
-    let cwd = std::env::current_dir().map_err(|e| e.to_string())?;
-    let url = bluegreen_core::config::migrations::DatabaseUrl::parse(&url, env, &cwd)?;
+async fn applied(env: &str) -> Result<(Flavor, Vec<migrate::db::Applied>), MigrateError> {
+    let url = std::env::var(env).map_err(|_| MigrateError::Setup(format!("${env} is not set")))?;
+    let cwd = std::env::current_dir().map_err(|e| MigrateError::Setup(e.to_string()))?;
+    let url = bluegreen_core::config::migrations::DatabaseUrl::parse(&url, env, &cwd)
+        .map_err(MigrateError::Setup)?;
     let db = migrate::db::Db::connect(&url, std::time::Duration::from_secs(10), false).await?;
     Ok((db.flavor(), db.applied(false).await?))
 }
