@@ -52,6 +52,8 @@ impl From<SwitchError> for ApiError {
             SwitchError::Persist(_) => (StatusCode::INTERNAL_SERVER_ERROR, "persist_failed"),
             SwitchError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unreachable"),
             SwitchError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            // The router the user runs (nginx) refused it and was put back.
+            SwitchError::Router(_) => (StatusCode::BAD_GATEWAY, "router_refused"),
         };
         ApiError {
             status,
@@ -69,6 +71,10 @@ impl From<ControlError> for ApiError {
     fn from(e: ControlError) -> ApiError {
         let (status, code) = match &e {
             ControlError::Refused { code, .. } => (StatusCode::CONFLICT, *code),
+            ControlError::Failed {
+                code: "router_refused",
+                ..
+            } => (StatusCode::BAD_GATEWAY, "router_refused"),
             ControlError::Failed { code, .. } => (StatusCode::INTERNAL_SERVER_ERROR, *code),
             ControlError::Persist(_) => (StatusCode::INTERNAL_SERVER_ERROR, "persist_failed"),
             ControlError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unreachable"),

@@ -23,6 +23,7 @@ pub mod client_body;
 pub mod control;
 mod crypto;
 pub mod downstream;
+pub mod drivers;
 pub mod events;
 pub mod listener;
 pub mod memory;

@@ -132,6 +132,7 @@ pub fn diff(old: &Config, new: &Config) -> Changes {
     upgrade("admin", old.admin != new.admin);
     upgrade("state", old.state != new.state);
     upgrade("record.dir", old.record != new.record);
+    upgrade("router", old.router != new.router);
     upgrade(
         "deploy (added or removed)",
         old.deploy.is_some() != new.deploy.is_some(),

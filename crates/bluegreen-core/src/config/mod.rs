@@ -10,7 +10,10 @@ pub mod changes;
 mod checker;
 pub mod deploy;
 mod environments;
+#[cfg(test)]
+pub(crate) mod keys;
 pub mod migrations;
+pub mod router;
 mod sections;
 pub mod shadow;
 mod state;
@@ -55,6 +58,8 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     /// Sessions kept on the old side after a switch, when `[sessions]` is set.
     pub sessions: Option<SessionsConfig>,
+    /// The router that carries live traffic (`[router]`).
+    pub router: router::RouterKind,
 }
 
 /// `[sessions]`: after a switch, clients with a session on the old side
@@ -236,6 +241,8 @@ struct RawConfig {
     record: RawRecord,
     tls: Option<tls::RawTls>,
     sessions: Option<RawSessions>,
+    #[serde(default)]
+    router: router::RawRouter,
 }
 
 #[derive(Debug, Deserialize)]
@@ -425,6 +432,7 @@ fn validate(raw: RawConfig, base: &Path, c: &mut Checker) -> Config {
         }
     }
     let environments = validate_environments(&raw.environments, &ours, base, c);
+    let router = router::validate(&raw.router, base, &ours, c);
 
     for (key, addr) in [
         ("proxy.preview_listen", proxy.preview_listen),
@@ -487,6 +495,12 @@ fn validate(raw: RawConfig, base: &Path, c: &mut Checker) -> Config {
             );
         }
     }
+    if state.etcd.is_some() && router != router::RouterKind::Builtin {
+        c.issue(
+            "router.kind",
+            "a driven router is switched by one node; with state.backend = \"etcd\" the other nodes would not switch theirs: use one node, or the builtin router",
+        );
+    }
     let shadow = shadow::validate(raw.shadow.as_ref(), c);
     let sessions = raw.sessions.as_ref().map(|r| {
         let window = c.duration(
@@ -522,6 +536,7 @@ fn validate(raw: RawConfig, base: &Path, c: &mut Checker) -> Config {
     });
     Config {
         sessions,
+        router,
         source: None,
         deploy,
         shadow,

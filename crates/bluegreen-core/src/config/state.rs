@@ -35,7 +35,7 @@ pub struct EtcdConfig {
     /// is gone after this long.
     pub lease_ttl: Duration,
     /// A node gone this long is no longer listed as LOST (an operator may
-    /// remove it sooner with `bluegreen cluster forget`).
+    /// remove it sooner with `bluegreen cluster-forget`).
     pub forget_after: Duration,
     /// How often the node holding the `compact` lock compacts etcd's
     /// history (all of etcd's keyspace, not only the prefix); `None`

@@ -508,3 +508,56 @@ fn migration_timing_has_short_lock_waits_by_default_and_bad_values_are_named() {
         "{msg}"
     );
 }
+
+/// `[router]`: builtin by default; nginx needs its main file, the include's
+/// directory, an upstream name and a loopback probe; kinds this version
+/// does not drive are refused by name.
+#[test]
+fn a_driven_router_is_checked_key_by_key() {
+    assert_eq!(parse(GOOD).unwrap().router, router::RouterKind::Builtin);
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("nginx.conf"), "events {}\n").unwrap();
+    let base = dir.path().to_path_buf();
+    let with =
+        |table: &str| Config::parse(&format!("{GOOD}\n[router]\n{table}"), "test.toml", &base);
+    let good = with(
+        "kind = \"nginx\"\n[router.nginx]\nconfig = \"nginx.conf\"\ninclude = \"bluegreen.conf\"\n\
+         upstream = \"app\"\nprobe_listen = \"127.0.0.1:9911\"\n",
+    )
+    .unwrap();
+    match &good.router {
+        router::RouterKind::Nginx(n) => {
+            assert_eq!(n.config, base.join("nginx.conf"));
+            assert_eq!(n.include, base.join("bluegreen.conf"));
+            assert_eq!(n.binary, "nginx");
+            assert_eq!(n.reload_timeout, Duration::from_secs(10));
+        }
+        other => panic!("{other:?}"),
+    }
+
+    let msg = with(
+        "kind = \"nginx\"\n[router.nginx]\nconfig = \"missing.conf\"\ninclude = \"no/such/dir/b.conf\"\n\
+         upstream = \"my-app\"\nprobe_listen = \"10.0.0.1:9911\"\n",
+    )
+    .unwrap_err()
+    .to_string();
+    for expected in [
+        "router.nginx.config: cannot read",
+        "router.nginx.include: ",
+        "its directory does not exist",
+        "router.nginx.upstream: \"my-app\" is not an nginx upstream name",
+        "router.nginx.probe_listen: 10.0.0.1:9911 is not a loopback address",
+    ] {
+        assert!(msg.contains(expected), "{expected}: {msg}");
+    }
+    let msg = with("kind = \"nginx\"\n").unwrap_err().to_string();
+    assert!(msg.contains("router.nginx: is required"), "{msg}");
+    let msg = with("kind = \"haproxy\"\n").unwrap_err().to_string();
+    assert!(
+        msg.contains("router.kind: \"haproxy\" is not supported by this version yet"),
+        "{msg}"
+    );
+    let msg = with("kind = \"traefik\"\n").unwrap_err().to_string();
+    assert!(msg.contains("unknown router \"traefik\""), "{msg}");
+}

@@ -685,6 +685,23 @@ mod tests {
         assert!(s.fake.switched_to().is_empty());
     }
 
+    /// The first release has nothing to go back to: too little traffic
+    /// passes, and says why.
+    #[tokio::test]
+    async fn the_first_release_passes_without_traffic_saying_there_is_nothing_to_go_back_to() {
+        let mut s = baking(Side::Green, SILENT, DeployOptions::default()).await;
+        s.d.previous_version = None;
+        let end = bake(&s.p, &s.handle, &s.d).await;
+        match &end {
+            StepEnd::Done(Some(text)) => assert!(
+                text.contains("passed as inconclusive (the first release: nothing to go back to)"),
+                "{text}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert!(s.fake.switched_to().is_empty());
+    }
+
     /// Another node's watchdog rolled back while this deploy's holder was
     /// away: the bake ends rolled back, naming who, and switches nothing.
     #[tokio::test]

@@ -43,6 +43,10 @@ impl From<PersistFailed> for ControlError {
             Refusal::Failed => ControlError::Persist(e.0),
             Refusal::Unreachable => ControlError::Unavailable(e.0),
             Refusal::Conflict => ControlError::Conflict(e.0),
+            Refusal::Router => ControlError::Failed {
+                code: "router_refused",
+                message: e.0,
+            },
         }
     }
 }

@@ -84,6 +84,9 @@ pub struct Router {
     shadow_refused: std::sync::atomic::AtomicU64,
     /// Shadow differences accepted as intended (`bluegreen shadow accept`).
     accepted: Mutex<std::collections::BTreeSet<String>>,
+    /// The router the user runs, when bluegreen drives it (`[router]`):
+    /// a switch is applied there before it is persisted here.
+    driver: Option<Arc<dyn crate::drivers::Driver>>,
 }
 
 /// The control reads and swaps the plane's fields as its own.
@@ -117,6 +120,8 @@ pub enum Refusal {
     Unreachable,
     /// Another node changed the state first.
     Conflict,
+    /// The driven router (nginx) did not take the change.
+    Router,
 }
 
 impl PersistFailed {
@@ -132,7 +137,10 @@ impl PersistFailed {
 
 impl From<PersistFailed> for String {
     fn from(e: PersistFailed) -> String {
-        format!("could not persist the router state: {}", e.0)
+        match e.1 {
+            Refusal::Router => format!("the router refused the change: {}", e.0),
+            _ => format!("could not persist the router state: {}", e.0),
+        }
     }
 }
 
@@ -243,7 +251,9 @@ impl Router {
         let freshness = cluster
             .as_ref()
             .map(|c| Arc::new(fresh::Freshness::new(c.converge_timeout())));
+        let driver = crate::drivers::of(&config);
         Ok(Arc::new(Router {
+            driver,
             plane: Arc::new(Plane::new(snapshot, config, signer, freshness)),
             store,
             state: AsyncMutex::new(state),
@@ -313,12 +323,21 @@ impl Router {
             if let Some(refusal) = self.fail_static() {
                 return Err(PersistFailed(refusal, Refusal::Unreachable).into());
             }
+            // A driven router takes the new live side first: refused
+            // there, nothing changes here.
+            let driven = self.drive(state.live, next.live).await?;
             let store = self.store.clone();
             let to_save = next.clone();
-            tokio::task::spawn_blocking(move || save_router(store.as_ref(), &to_save))
+            let saved = tokio::task::spawn_blocking(move || save_router(store.as_ref(), &to_save))
                 .await
-                .map_err(|e| PersistFailed(e.to_string(), Refusal::Failed))?
-                .map_err(PersistFailed::of)?;
+                .map_err(|e| PersistFailed(e.to_string(), Refusal::Failed))
+                .and_then(|r| r.map_err(PersistFailed::of));
+            if let Err(e) = saved {
+                if driven {
+                    self.undrive(state.live).await;
+                }
+                return Err(e.into());
+            }
             *state = next;
             self.wrote_state();
         }
@@ -328,6 +347,47 @@ impl Router {
             self.snapshot.store(Arc::new(next));
         }
         Ok(after(change.value))
+    }
+
+    /// The driven router, when the live side changes from `from` to `to`:
+    /// true when it took the change (there is one to undo).
+    async fn drive(&self, from: Side, to: Side) -> Result<bool, PersistFailed> {
+        let Some(driver) = self.driver.as_ref().filter(|_| from != to) else {
+            return Ok(false);
+        };
+        let config = self.config();
+        match driver.apply(&config, to).await {
+            Ok(done) => {
+                tracing::info!(router = driver.name(), "{done}");
+                Ok(true)
+            }
+            Err(e) => Err(PersistFailed(e.to_string(), Refusal::Router)),
+        }
+    }
+
+    /// The driven router back on `live` (the state could not be written).
+    async fn undrive(&self, live: Side) {
+        if let Some(driver) = &self.driver {
+            let config = self.config();
+            if let Err(e) = driver.apply(&config, live).await {
+                tracing::error!(error = %e, "the switch was not recorded and {} could not be put back on {live}: it may serve the other side; check it", driver.name());
+            }
+        }
+    }
+
+    /// At start: the driven router is given the live side of the state,
+    /// under the state lock (a switch waits for it). A sentence for the
+    /// log; `None` without a driven router.
+    pub async fn start_driver(&self) -> Option<Result<String, crate::drivers::DriverError>> {
+        let driver = self.driver.as_ref()?;
+        let state = self.state.lock().await;
+        let config = self.config();
+        Some(driver.start(&config, state.live).await)
+    }
+
+    /// The driven router's name, when bluegreen drives one.
+    pub fn driven(&self) -> Option<&'static str> {
+        self.driver.as_ref().map(|d| d.name())
     }
 
     /// Forgets the health of a side's upstreams (a new version was just put

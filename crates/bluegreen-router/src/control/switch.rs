@@ -21,6 +21,9 @@ pub enum SwitchError {
     Unavailable(String),
     #[error("switch refused, live side unchanged: {0}")]
     Conflict(String),
+    /// The driven router (nginx) did not take the switch; it was put back.
+    #[error("switch refused, live side unchanged: {0}")]
+    Router(String),
 }
 
 impl From<PersistFailed> for SwitchError {
@@ -29,6 +32,7 @@ impl From<PersistFailed> for SwitchError {
             super::Refusal::Failed => SwitchError::Persist(e.0),
             super::Refusal::Unreachable => SwitchError::Unavailable(e.0),
             super::Refusal::Conflict => SwitchError::Conflict(e.0),
+            super::Refusal::Router => SwitchError::Router(e.0),
         }
     }
 }

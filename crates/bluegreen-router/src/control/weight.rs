@@ -17,6 +17,12 @@ impl Router {
         basis_points: u16,
         forced: bool,
     ) -> Result<Option<Split>, ControlError> {
+        if let Some(router) = self.driven().filter(|_| basis_points > 0) {
+            return Err(ControlError::refused(
+                "weight_refused",
+                format!("weights are bluegreen's own proxy's: {router} (router.kind) carries live traffic, and bluegreen switches it whole"),
+            ));
+        }
         if basis_points >= 10_000 {
             return Err(ControlError::refused(
                 "weight_refused",

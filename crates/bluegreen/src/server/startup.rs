@@ -191,6 +191,18 @@ pub fn spawn_background(router: &Arc<Router>, stop: &CancellationToken) -> TaskT
         std::time::Duration::from_secs(1),
         stop.clone(),
     );
+    // The router the user runs (nginx) is given the live side of the state;
+    // a switch waits for it, the start does not.
+    let r = router.clone();
+    tokio::spawn(async move {
+        match r.start_driver().await {
+            Some(Ok(done)) => tracing::info!("{done}"),
+            Some(Err(e)) => {
+                tracing::error!(error = %e, "the driven router was not given the live side; the next switch writes its file again")
+            }
+            None => {}
+        }
+    });
     health
 }
 

@@ -1131,10 +1131,10 @@ fn strict_router(bake: &str) -> RouterBuilder {
         .extra(&deploy_toml(bake, "60s").replace("on_inconclusive = \"accept\"\n", ""))
 }
 
-/// A bake that sees too little traffic is never a pass: the first release
-/// (nothing to go back to) passes saying so; the next one with no traffic
-/// fails after waiting as long again, and traffic goes back; with
-/// `--accept-inconclusive` it passes, and the record says why.
+/// A bake that sees too little traffic is never a pass (the pipeline's
+/// in-process tests hold the rule: `runner/bake.rs`); here, through the
+/// real CLI, that the first release passes saying why, and that
+/// `--accept-inconclusive` reaches the record and passes a silent bake.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_bake_without_evidence_is_never_a_pass() {
     let router = strict_router("400ms").start();
@@ -1148,20 +1148,10 @@ async fn a_bake_without_evidence_is_never_a_pass() {
     );
     assert_eq!(body(&router).await, "green v1\n");
 
-    let (code, out, err) = cli_deploy(&router, &["v2"]);
-    assert_eq!(code, 1, "failed: {out}{err}");
-    let all = format!("{out}{err}");
-    assert!(
-        all.contains("too little traffic to judge, which is never a pass"),
-        "{all}"
-    );
-    assert_eq!(router.status().await["live"], "green", "traffic went back");
-    assert_eq!(body(&router).await, "green v1\n");
-
-    let (code, out, err) = cli_deploy(&router, &["v3", "--accept-inconclusive"]);
+    let (code, out, err) = cli_deploy(&router, &["v2", "--accept-inconclusive"]);
     assert_eq!(code, 0, "{out}{err}");
     let h: serde_json::Value = serde_json::from_str(&router.cli(&["history", "--json"]).1).unwrap();
-    let d = &h["deploys"][2];
+    let d = &h["deploys"][1];
     assert_eq!(d["options"]["accept_inconclusive"], true, "{d}");
     let bake = step_of(d, "bake")["detail"].to_string();
     assert!(

@@ -11,6 +11,7 @@ mod config;
 mod conformance;
 mod demo;
 mod deploy;
+mod drivers;
 mod fidelity;
 mod health;
 mod hold;

@@ -1,0 +1,49 @@
+//! Routers other than our own, behind one interface. At a switch the
+//! control asks the driver to make the new side live in the router the user
+//! runs before it persists and swaps its own state; a driver that cannot
+//! (the router's own check fails, it does not reload, it does not confirm
+//! the new side in time) puts back what it changed, and the switch is
+//! refused with the router's own words. bluegreen's proxy (`builtin`)
+//! needs no driver: its snapshot swap is the switch.
+
+pub mod nginx;
+
+use bluegreen_core::config::router::RouterKind;
+use bluegreen_core::config::Config;
+use bluegreen_core::Side;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+/// A future a driver returns (boxed: drivers are used as `dyn`).
+pub type Fut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Why a driven router did not take a change. It was left as it was
+/// (what was written is put back), unless `message` says otherwise.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{router}: {message}")]
+pub struct DriverError {
+    pub router: &'static str,
+    pub message: String,
+}
+
+/// A router bluegreen drives.
+pub trait Driver: Send + Sync {
+    /// `nginx`, ...
+    fn name(&self) -> &'static str;
+    /// Makes `live` the side the router sends live traffic to (and the
+    /// other side the preview's), confirmed; a sentence for the record.
+    fn apply<'a>(&'a self, config: &'a Config, live: Side) -> Fut<'a, Result<String, DriverError>>;
+    /// At start: the router is given the side the state says is live. A
+    /// router that is not running yet is not an error (it reads the file
+    /// when it starts); one that refuses the file is.
+    fn start<'a>(&'a self, config: &'a Config, live: Side) -> Fut<'a, Result<String, DriverError>>;
+}
+
+/// The driver `config` asks for; `None` for bluegreen's own proxy.
+pub fn of(config: &Config) -> Option<Arc<dyn Driver>> {
+    match &config.router {
+        RouterKind::Builtin => None,
+        RouterKind::Nginx(n) => Some(Arc::new(nginx::Nginx::new(n.clone()))),
+    }
+}

@@ -1,0 +1,213 @@
+//! bluegreen driving the user's nginx (`router.kind = "nginx"`): real nginx
+//! from Debian, started by the test with a config that includes the file
+//! bluegreen writes. A switch through the CLI returns once nginx serves the
+//! new side, and from then on every fresh request through nginx answers from
+//! it; a config someone else broke refuses the switch and changes nothing
+//! (the file, the live side, what nginx serves); an nginx that is gone
+//! refuses it too and the file is put back.
+
+use crate::support::*;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// nginx from Debian (in /usr/sbin, which a user's PATH may lack).
+fn nginx_bin() -> &'static str {
+    if Path::new("/usr/sbin/nginx").exists() {
+        "/usr/sbin/nginx"
+    } else {
+        "nginx"
+    }
+}
+
+/// The user's nginx: its main config (listening on `listen`, passing to the
+/// upstream `app` of the file bluegreen writes), run in the foreground.
+struct Nginx {
+    conf: PathBuf,
+    include: PathBuf,
+    listen: std::net::SocketAddr,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Nginx {
+    fn new(dir: &Path) -> Nginx {
+        let nginx = Nginx {
+            conf: dir.join("nginx.conf"),
+            include: dir.join("bluegreen.conf"),
+            listen: closed_port(),
+            dir: dir.to_path_buf(),
+            child: None,
+        };
+        nginx.write_conf("");
+        nginx
+    }
+
+    /// The main config, with `more` inside `http {}` (a later edit).
+    fn write_conf(&self, more: &str) {
+        let d = self.dir.display();
+        std::fs::write(
+            &self.conf,
+            format!(
+                "daemon off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+                 events {{ worker_connections 256; }}\n\
+                 http {{\n    access_log off;\n    client_body_temp_path {d}/body;\n    proxy_temp_path {d}/proxy;\n\
+                 fastcgi_temp_path {d}/fastcgi;\n    uwsgi_temp_path {d}/uwsgi;\n    scgi_temp_path {d}/scgi;\n\
+                 include {};\n{more}\n\
+                 server {{\n        listen {};\n        location / {{\n            proxy_pass http://app;\n\
+                 proxy_http_version 1.1;\n            proxy_set_header Connection \"\";\n        }}\n    }}\n}}\n",
+                self.include.display(),
+                self.listen,
+            ),
+        )
+        .unwrap();
+    }
+
+    async fn start(&mut self) {
+        let child = Command::new(nginx_bin())
+            .args(["-c", self.conf.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("nginx (scripts/test installs it)");
+        self.child = Some(child);
+        let url = format!("http://{}/", self.listen);
+        wait_until(Duration::from_secs(10), "nginx answers", || async {
+            get(&h1_client(), &url).await.is_ok()
+        })
+        .await;
+    }
+
+    /// SIGTERM, so the master stops its workers too (a SIGKILLed master
+    /// leaves them serving, holding every file the test inherited).
+    fn stop(&mut self) {
+        let Some(mut c) = self.child.take() else {
+            return;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = c.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+
+    /// One request on a fresh connection through nginx: the body.
+    async fn body(&self, path: &str) -> String {
+        let (status, body) = get(&h1_client(), &format!("http://{}{path}", self.listen))
+            .await
+            .unwrap();
+        assert_eq!(status, 200, "{path}: {body}");
+        body
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Fresh requests through nginx, on varied paths: every one from `side`.
+async fn all_from(nginx: &Nginx, side: &str) {
+    for i in 0..20 {
+        let path = match i % 3 {
+            0 => "/".to_string(),
+            1 => format!("/items/{i}?q=%20x&n={i}"),
+            _ => format!("/a/b%2Fc/{i}"),
+        };
+        let body = nginx.body(&path).await;
+        assert_eq!(body, side, "request {i} ({path}) after the switch returned");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn switches_drive_nginx_and_a_broken_nginx_refuses_them_changing_nothing() {
+    let blue = Backend::start("blue").await;
+    let green = Backend::start("green").await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut nginx = Nginx::new(dir.path());
+    let router = RouterBuilder::new(&[&blue], &[&green])
+        .health("interval = \"100ms\"\nhealthy_threshold = 1")
+        .extra(&format!(
+            "[router]\nkind = \"nginx\"\n[router.nginx]\nconfig = \"{}\"\ninclude = \"{}\"\n\
+             upstream = \"app\"\nprobe_listen = \"{}\"\nbinary = \"{}\"\n",
+            nginx.conf.display(),
+            nginx.include.display(),
+            closed_port(),
+            nginx_bin(),
+        ))
+        .start();
+    // bluegreen writes the file for the live side at start; nginx, not
+    // running yet, reads it when it starts.
+    wait_until(
+        Duration::from_secs(10),
+        "the include is written",
+        || async {
+            std::fs::read_to_string(&nginx.include).is_ok_and(|t| t.contains("# live: blue"))
+        },
+    )
+    .await;
+    nginx.start().await;
+    all_from(&nginx, "blue").await;
+    router.wait_all_healthy().await;
+
+    // A switch returns once nginx serves green: no fresh request after it
+    // reaches blue.
+    let (code, out, err) = router.cli(&["switch", "--to", "green"]);
+    assert_eq!(code, 0, "{out}{err}");
+    all_from(&nginx, "green").await;
+    let text = std::fs::read_to_string(&nginx.include).unwrap();
+    assert!(text.contains("# live: green"), "{text}");
+    assert!(text.contains(&format!("server {};", green.addr)), "{text}");
+    assert!(!text.contains(&blue.addr.to_string()), "{text}");
+
+    // A weight cannot be given to nginx's traffic: refused by name.
+    let (code, _, err) = router.cli(&["weight", "blue", "10"]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("nginx (router.kind) carries live traffic"),
+        "{err}"
+    );
+
+    // Someone else breaks nginx's config: the switch is refused in nginx's
+    // own words, and nothing changed.
+    nginx.write_conf("    bogus_directive on;");
+    let before = std::fs::read_to_string(&nginx.include).unwrap();
+    let (code, out, err) = router.cli(&["switch", "--to", "blue"]);
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        err.contains("unknown directive \"bogus_directive\""),
+        "{err}"
+    );
+    assert!(err.contains("nothing was written"), "{err}");
+    assert_eq!(std::fs::read_to_string(&nginx.include).unwrap(), before);
+    assert_eq!(router.status().await["live"], "green");
+    all_from(&nginx, "green").await;
+
+    // Fixed, the switch goes through; a rollback too.
+    nginx.write_conf("");
+    let (code, out, err) = router.cli(&["switch", "--to", "blue"]);
+    assert_eq!(code, 0, "{out}{err}");
+    all_from(&nginx, "blue").await;
+    let (code, out, err) = router.cli(&["rollback"]);
+    assert_eq!(code, 0, "{out}{err}");
+    all_from(&nginx, "green").await;
+    assert_eq!(router.status().await["live"], "green");
+
+    // nginx gone: the reload fails, the file is put back, live unchanged.
+    nginx.stop();
+    let before = std::fs::read_to_string(&nginx.include).unwrap();
+    let (code, _, err) = router.cli(&["switch", "--to", "blue"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("`nginx -s reload` failed"), "{err}");
+    assert!(err.contains("the previous file is back"), "{err}");
+    assert_eq!(std::fs::read_to_string(&nginx.include).unwrap(), before);
+    assert_eq!(router.status().await["live"], "green");
+}
