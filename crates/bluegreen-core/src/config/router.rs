@@ -118,13 +118,24 @@ fn nginx(
     let include = required(c, "router.nginx.include", &n.include).map(|f| base.join(f));
     if let Some(i) = &include {
         match i.parent() {
+            Some(_) if i.is_dir() => c.issue(
+                "router.nginx.include",
+                format!(
+                    "{} is a directory: name the file bluegreen writes",
+                    i.display()
+                ),
+            ),
             Some(dir) if dir.is_dir() => {}
             _ => c.issue(
                 "router.nginx.include",
                 format!("{}: its directory does not exist", i.display()),
             ),
         }
-        if config.as_ref() == Some(i) {
+        let same = |a: &Path, b: &Path| {
+            a == b
+                || matches!((std::fs::canonicalize(a), std::fs::canonicalize(b)), (Ok(x), Ok(y)) if x == y)
+        };
+        if config.as_deref().is_some_and(|f| same(f, i)) {
             c.issue(
                 "router.nginx.include",
                 "must not be the main config: bluegreen rewrites it at each switch",
@@ -140,25 +151,40 @@ fn nginx(
             );
         }
     }
+    // nginx listens there: not a port of bluegreen's own, not port 0.
     let listen = |c: &mut Checker, key: &str, raw: &str| -> Option<SocketAddr> {
         let addr = c.addr(key, raw)?;
-        if !addr.ip().is_loopback() {
+        if addr.port() == 0 {
             c.issue(
                 key,
-                format!("{addr} is not a loopback address: it is for bluegreen's own probes"),
+                format!("{addr}: nginx needs a port of its own here, not 0"),
             );
         }
-        if let Some((other, _)) = ours.iter().find(|(_, l)| *l == addr && addr.port() != 0) {
+        if let Some((other, _)) = ours.iter().find(|(_, l)| *l == addr) {
             c.issue(key, format!("{addr} is already used by {other}"));
         }
         Some(addr)
     };
     let probe_listen = required(c, "router.nginx.probe_listen", &n.probe_listen)
         .and_then(|a| listen(c, "router.nginx.probe_listen", &a));
+    if let Some(addr) = probe_listen.filter(|a| !a.ip().is_loopback()) {
+        c.issue(
+            "router.nginx.probe_listen",
+            format!("{addr} is not a loopback address: it is for bluegreen's own probes"),
+        );
+    }
     let preview_listen = n
         .preview_listen
         .as_deref()
-        .and_then(|a| c.addr("router.nginx.preview_listen", a));
+        .and_then(|a| listen(c, "router.nginx.preview_listen", a));
+    if let (Some(a), Some(b)) = (probe_listen, preview_listen) {
+        if a == b {
+            c.issue(
+                "router.nginx.preview_listen",
+                format!("{a} is already used by router.nginx.probe_listen"),
+            );
+        }
+    }
     let reload_timeout = c.duration(
         "router.nginx.reload_timeout",
         n.reload_timeout.as_deref(),

@@ -551,6 +551,20 @@ fn a_driven_router_is_checked_key_by_key() {
     ] {
         assert!(msg.contains(expected), "{expected}: {msg}");
     }
+    std::fs::create_dir(base.join("conf.d")).unwrap();
+    let msg = with(
+        "kind = \"nginx\"\n[router.nginx]\nconfig = \"nginx.conf\"\ninclude = \"conf.d\"\n\
+         upstream = \"app\"\nprobe_listen = \"127.0.0.1:0\"\npreview_listen = \"127.0.0.1:8080\"\n",
+    )
+    .unwrap_err()
+    .to_string();
+    for expected in [
+        "conf.d is a directory",
+        "router.nginx.probe_listen: 127.0.0.1:0: nginx needs a port of its own here",
+        "router.nginx.preview_listen: 127.0.0.1:8080 is already used by proxy.listen",
+    ] {
+        assert!(msg.contains(expected), "{expected}: {msg}");
+    }
     let msg = with("kind = \"nginx\"\n").unwrap_err().to_string();
     assert!(msg.contains("router.nginx: is required"), "{msg}");
     let msg = with("kind = \"haproxy\"\n").unwrap_err().to_string();

@@ -233,12 +233,11 @@ pub async fn expand(
     let result = async {
         for f in pending.iter().filter(|f| f.file.phase == Phase::Expand) {
             if cancel.is_cancelled() {
-                return Err(MigrateError::Aborted(Box::new(MigrateError::Failed(
-                    format!(
-                        "{} and the files after it were not applied",
-                        f.file.file_name()
-                    ),
-                ))));
+                // The abort is said once, below.
+                return Err(MigrateError::Failed(format!(
+                    "{} and the files after it were not applied",
+                    f.file.file_name()
+                )));
             }
             apply(&db, f, version, &limits, &progress).await?;
             out.applied.push(f.file.file_name());

@@ -88,25 +88,18 @@ impl Router {
 
     /// Reads the routing state from the store and waits until this node
     /// has applied it (or something newer).
-    async fn catch_up(self: &Arc<Self>) -> Result<(), StoreError> {
+    async fn catch_up(self: &Arc<Self>) -> Result<(), CatchUpError> {
         let Some(cluster) = self.cluster.clone() else {
             return Ok(());
         };
-        let key = bluegreen_store::ROUTER_KEY;
-        let read = tokio::task::spawn_blocking(move || cluster.peek(key))
+        let read = tokio::task::spawn_blocking(move || cluster.peek(bluegreen_store::ROUTER_KEY))
             .await
-            .map_err(|e| StoreError::Corrupt {
-                path: key.into(),
-                reason: format!("the read did not finish: {e}"),
-            })??;
+            .map_err(|e| CatchUpError::Task(e.to_string()))??;
         let Some(bytes) = read else {
             return Ok(());
         };
         let desired: RouterState =
-            serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
-                path: key.into(),
-                reason: e.to_string(),
-            })?;
+            serde_json::from_slice(&bytes).map_err(|e| CatchUpError::Unusable(e.to_string()))?;
         while self.snapshot.load().generation < desired.generation {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -120,4 +113,16 @@ impl Router {
             .map(|c| c.converge_timeout())
             .unwrap_or(Duration::from_secs(5))
     }
+}
+
+/// Why the shared state could not be checked (the node then serves its
+/// last applied state).
+#[derive(Debug, thiserror::Error)]
+enum CatchUpError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the read did not finish: {0}")]
+    Task(String),
+    #[error("the shared routing state is not usable: {0}")]
+    Unusable(String),
 }

@@ -375,6 +375,26 @@ impl Router {
         }
     }
 
+    /// The driven router's file written again for the live side under
+    /// `config` (a reload changed the upstreams), under the state lock so
+    /// it is ordered with switches; the side it was written for.
+    pub(crate) async fn redrive(&self, config: &Config) -> Result<Side, ControlError> {
+        let state = self.state.lock().await;
+        let Some(driver) = &self.driver else {
+            return Ok(state.live);
+        };
+        match driver.apply(config, state.live).await {
+            Ok(done) => {
+                tracing::info!(router = driver.name(), "{done}");
+                Ok(state.live)
+            }
+            Err(e) => Err(ControlError::Failed {
+                code: "router_refused",
+                message: format!("the reload changes nothing: {e}"),
+            }),
+        }
+    }
+
     /// At start: the driven router is given the live side of the state,
     /// under the state lock (a switch waits for it). A sentence for the
     /// log; `None` without a driven router.

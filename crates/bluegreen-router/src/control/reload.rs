@@ -68,6 +68,16 @@ impl Router {
             .map_err(|e| reload_failed(e.to_string()))??;
         let (tls, files) = prepared;
 
+        // A driven router (nginx) gets the new upstreams first: refused
+        // there, the reload changes nothing.
+        let redriven = if self.driver.is_some()
+            && (old.environments != new.environments || old.health.path != new.health.path)
+        {
+            Some(self.redrive(&new).await?)
+        } else {
+            None
+        };
+
         // 2. One snapshot swap: pools and request settings together.
         let settings = Arc::new(ProxySettings::from_config(&new.proxy));
         let sessions = super::session_policy(&new);
@@ -117,6 +127,13 @@ impl Router {
             })
             .await?;
         self.config.store(new.clone());
+        // A switch that came between wrote the driven router's file with
+        // the config it had: written again with this one.
+        if redriven.is_some_and(|live| live != self.live()) {
+            if let Err(e) = self.redrive(&new).await {
+                tracing::error!(error = %e, "the driven router did not take the reloaded upstreams after a switch; the next switch writes them again");
+            }
+        }
 
         // 3. What follows from it: health checks, thresholds, certificates.
         for u in &removed {

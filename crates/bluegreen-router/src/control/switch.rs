@@ -80,6 +80,14 @@ impl Router {
         self: &Arc<Self>,
         req: SwitchRequest,
     ) -> Result<SwitchOutcome, SwitchError> {
+        let me = self.clone();
+        detached(async move { me.switch_now(req).await }).await
+    }
+
+    async fn switch_now(
+        self: &Arc<Self>,
+        req: SwitchRequest,
+    ) -> Result<SwitchOutcome, SwitchError> {
         let asked = req.clone();
         self.route_then(
             |state, current| plan(state, current, req),
@@ -122,30 +130,39 @@ impl Router {
         actor: String,
         reason: String,
     ) -> Result<SwitchOutcome, SwitchError> {
-        let outcome = self
-            .route_then(
-                |state, current| {
-                    let to = state
-                        .rollback_target()
-                        .map_err(|_| SwitchError::NoHistory)?;
-                    let req = SwitchRequest {
-                        to,
-                        kind: SwitchKind::Rollback,
-                        forced,
-                        actor,
-                        reason,
-                    };
-                    let Change { state, edit, value } = plan(state, current, req.clone())?;
-                    Ok::<_, SwitchError>(Change {
-                        state,
-                        edit,
-                        value: (req, value),
-                    })
-                },
-                |(asked, done)| self.after_switch(asked, done),
-            )
-            .await?;
+        let me = self.clone();
+        let outcome = detached(async move { me.rollback_now(forced, actor, reason).await }).await?;
         Ok(self.converged(outcome).await)
+    }
+
+    async fn rollback_now(
+        self: &Arc<Self>,
+        forced: bool,
+        actor: String,
+        reason: String,
+    ) -> Result<SwitchOutcome, SwitchError> {
+        self.route_then(
+            |state, current| {
+                let to = state
+                    .rollback_target()
+                    .map_err(|_| SwitchError::NoHistory)?;
+                let req = SwitchRequest {
+                    to,
+                    kind: SwitchKind::Rollback,
+                    forced,
+                    actor,
+                    reason,
+                };
+                let Change { state, edit, value } = plan(state, current, req.clone())?;
+                Ok::<_, SwitchError>(Change {
+                    state,
+                    edit,
+                    value: (req, value),
+                })
+            },
+            |(asked, done)| self.after_switch(asked, done),
+        )
+        .await
     }
 
     /// The side a rollback would go to.
@@ -294,5 +311,18 @@ fn plan(
             stopped_shadow,
             record,
         }),
+    })
+}
+
+/// Runs a switch to its end even when its caller goes away (a client that
+/// hangs up, a timeout): dropped halfway, the persisted state, the
+/// snapshot and a driven router could disagree.
+async fn detached(
+    work: impl std::future::Future<Output = Result<SwitchOutcome, SwitchError>> + Send + 'static,
+) -> Result<SwitchOutcome, SwitchError> {
+    tokio::spawn(work).await.unwrap_or_else(|e| {
+        Err(SwitchError::Persist(format!(
+            "the switch's task ended: {e}"
+        )))
     })
 }

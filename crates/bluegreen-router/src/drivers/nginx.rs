@@ -57,7 +57,7 @@ impl Nginx {
     /// failure puts the previous file back.
     async fn switch(&self, config: &Config, live: Side) -> Result<String, DriverError> {
         let started = Instant::now();
-        let before = tokio::fs::read_to_string(&self.cfg.include).await.ok();
+        let before = self.current().await.map_err(|e| self.error(e))?;
         // A config that already fails is someone else's change: nothing of
         // ours is written over it.
         if before.is_some() {
@@ -70,6 +70,9 @@ impl Nginx {
         self.write(&self.render(config, live))
             .await
             .map_err(|e| self.error(e))?;
+        // No file before (deleted since the start): the way back is the
+        // file for the side that was live.
+        let before = before.or_else(|| Some(self.render(config, live.other())));
         if let Err(e) = self.test().await {
             let back = self.put_back(before.as_deref(), false).await;
             return Err(self.error(format!(
@@ -81,10 +84,15 @@ impl Nginx {
             let back = self.put_back(before.as_deref(), true).await;
             return Err(self.error(format!("`nginx -s reload` failed: {e}; {back}")));
         }
-        match self.confirm(config, live, &old).await {
+        match self.confirm(config, live, old.as_deref()).await {
             Ok(()) => Ok(format!(
-                "nginx serves {live} (reloaded and confirmed by {CONFIRMATIONS} probes in {} ms)",
-                started.elapsed().as_millis()
+                "nginx serves {live} (reloaded and confirmed by {CONFIRMATIONS} probes in {} ms{})",
+                started.elapsed().as_millis(),
+                if old.is_none() {
+                    "; its old workers could not be found, so only the probes confirm it"
+                } else {
+                    ""
+                }
             )),
             Err(e) => {
                 let back = self.put_back(before.as_deref(), true).await;
@@ -96,7 +104,7 @@ impl Nginx {
     /// At start: nginx is given the live side of the state. Not running
     /// yet is fine (it reads the file when it starts).
     async fn begin(&self, config: &Config, live: Side) -> Result<String, DriverError> {
-        let before = tokio::fs::read_to_string(&self.cfg.include).await.ok();
+        let before = self.current().await.map_err(|e| self.error(e))?;
         let text = self.render(config, live);
         if before.as_deref() != Some(text.as_str()) {
             self.write(&text).await.map_err(|e| self.error(e))?;
@@ -109,12 +117,17 @@ impl Nginx {
         }
         let old = self.workers().await;
         if let Err(e) = self.reload().await {
+            // Not running: it reads the file when it starts. Running and
+            // not reloaded: it serves what it served.
+            if old.is_some() {
+                return Err(self.error(format!("nginx runs, and `nginx -s reload` failed: {e}")));
+            }
             return Ok(format!(
                 "{} written for {live}; nginx was not reloaded ({e}): it reads the file when it starts",
                 self.cfg.include.display()
             ));
         }
-        self.confirm(config, live, &old)
+        self.confirm(config, live, old.as_deref())
             .await
             .map_err(|e| self.error(e))?;
         Ok(format!("nginx serves {live} (confirmed at start)"))
@@ -187,6 +200,19 @@ impl Nginx {
         Err(nginx_words(&String::from_utf8_lossy(&out.stderr)))
     }
 
+    /// The include file as it is; `None` when there is none (any other
+    /// read error refuses: a file we cannot read is not ours to replace).
+    async fn current(&self) -> Result<Option<String>, String> {
+        match tokio::fs::read_to_string(&self.cfg.include).await {
+            Ok(text) => Ok(Some(text)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(format!(
+                "cannot read {}, so nothing was written: {e}",
+                self.cfg.include.display()
+            )),
+        }
+    }
+
     /// Writes the include file atomically (temp file, fsync, rename).
     async fn write(&self, text: &str) -> Result<(), String> {
         let path = self.cfg.include.clone();
@@ -219,21 +245,21 @@ impl Nginx {
         }
     }
 
-    /// The master's worker processes now (the `pid` file the config names,
-    /// found with `nginx -T`); empty when they cannot be found.
-    async fn workers(&self) -> Vec<u32> {
-        let Some(pid_file) = self.pid_file().await else {
-            return Vec::new();
-        };
-        let Ok(text) = tokio::fs::read_to_string(&pid_file).await else {
-            return Vec::new();
-        };
-        let Ok(master) = text.trim().parse::<u32>() else {
-            return Vec::new();
-        };
-        tokio::task::spawn_blocking(move || children(master))
-            .await
-            .unwrap_or_default()
+    /// The running master's worker processes (its pid from the `pid` file
+    /// the config names, found with `nginx -T`); `None` when no running
+    /// master can be found.
+    async fn workers(&self) -> Option<Vec<u32>> {
+        let pid_file = self.pid_file().await?;
+        let text = tokio::fs::read_to_string(&pid_file).await.ok()?;
+        let master = text.trim().parse::<u32>().ok()?;
+        tokio::task::spawn_blocking(move || {
+            Path::new(&format!("/proc/{master}"))
+                .exists()
+                .then(|| children(master))
+        })
+        .await
+        .ok()
+        .flatten()
     }
 
     /// The `pid` directive of the whole config (`nginx -T`), else nginx's
@@ -265,24 +291,41 @@ impl Nginx {
             .and_then(Result::ok)
             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
             .unwrap_or_default();
-        if let Some(p) = pid_directive(&dump) {
-            return Some(p);
+        let version = out(&["-V"]).await.unwrap_or_default();
+        let built = |key: &str| {
+            version
+                .split_whitespace()
+                .find_map(|a| a.strip_prefix(key))
+                .map(str::to_string)
+        };
+        let path = pid_directive(&dump).or_else(|| built("--pid-path="))?;
+        // A relative path is from nginx's prefix, not from here.
+        if Path::new(&path).is_absolute() {
+            return Some(path);
         }
-        let version = out(&["-V"]).await?;
-        version
-            .split_whitespace()
-            .find_map(|a| a.strip_prefix("--pid-path="))
-            .map(str::to_string)
+        let prefix = built("--prefix=").unwrap_or_else(|| "/usr/local/nginx".into());
+        Some(Path::new(&prefix).join(path).display().to_string())
     }
 
     /// Probes until `CONFIRMATIONS` answers in a row came from `live`'s
     /// upstreams and every worker of the old config (`old`) is gone or
-    /// shutting down, up to `reload_timeout`.
-    async fn confirm(&self, config: &Config, live: Side, old: &[u32]) -> Result<(), String> {
+    /// shutting down, up to `reload_timeout`. Without `old` (no running
+    /// master found), only the probes confirm it, which the log says.
+    async fn confirm(
+        &self,
+        config: &Config,
+        live: Side,
+        old: Option<&[u32]>,
+    ) -> Result<(), String> {
         let wanted = resolve(&config.environments[live].upstreams).await;
         let deadline = Instant::now() + self.cfg.reload_timeout;
+        if old.is_none() {
+            tracing::warn!(
+                "nginx's master was not found (its pid file, from `nginx -T`): a switch is confirmed by probes only, and an old worker may still take a connection for a moment"
+            );
+        }
         loop {
-            let old = old.to_vec();
+            let old = old.unwrap_or_default().to_vec();
             let serving = tokio::task::spawn_blocking(move || still_accepting(&old))
                 .await
                 .unwrap_or_default();
@@ -324,10 +367,13 @@ impl Nginx {
 /// The path of a `pid` directive in `nginx -T`'s dump.
 fn pid_directive(dump: &str) -> Option<String> {
     dump.lines().find_map(|l| {
-        let l = l.trim();
+        let l = l.split('#').next().unwrap_or("").trim();
         let rest = l.strip_prefix("pid")?;
-        rest.starts_with(char::is_whitespace)
-            .then(|| rest.trim().trim_end_matches(';').trim().to_string())
+        if !rest.starts_with(char::is_whitespace) {
+            return None;
+        }
+        let value = rest.trim().trim_end_matches(';').trim();
+        Some(value.trim_matches(|c| c == '"' || c == '\'').to_string())
     })
 }
 
@@ -482,6 +528,8 @@ mod tests {
         let dump = "# configuration file /etc/nginx/nginx.conf:\nuser www-data;\npid /run/nginx.pid;\nevents {}\n";
         assert_eq!(pid_directive(dump).as_deref(), Some("/run/nginx.pid"));
         assert_eq!(pid_directive("pidfoo x;\nevents {}\n"), None);
+        let quoted = "pid \"/run/my nginx.pid\"; # where the master writes it\n";
+        assert_eq!(pid_directive(quoted).as_deref(), Some("/run/my nginx.pid"));
     }
 
     #[test]

@@ -201,6 +201,23 @@ async fn switches_drive_nginx_and_a_broken_nginx_refuses_them_changing_nothing()
     all_from(&nginx, "green").await;
     assert_eq!(router.status().await["live"], "green");
 
+    // A reload that moves green (live) to another upstream: nginx gets it
+    // before the reload is done.
+    let green2 = Backend::start("green2").await;
+    let text = std::fs::read_to_string(&router.config).unwrap();
+    let moved = text.replacen(
+        &format!("\"{}\"", green.addr),
+        &format!("\"{}\"", green2.addr),
+        1,
+    );
+    assert_ne!(text, moved);
+    std::fs::write(&router.config, moved).unwrap();
+    let (code, out, err) = router.cli(&["reload"]);
+    assert_eq!(code, 0, "{out}{err}");
+    all_from(&nginx, "green2").await;
+    let text = std::fs::read_to_string(&nginx.include).unwrap();
+    assert!(text.contains(&format!("server {};", green2.addr)), "{text}");
+
     // nginx gone: the reload fails, the file is put back, live unchanged.
     nginx.stop();
     let before = std::fs::read_to_string(&nginx.include).unwrap();
