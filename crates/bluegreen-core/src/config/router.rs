@@ -37,6 +37,9 @@ pub struct NginxConfig {
     pub binary: String,
     /// How long a switch waits for nginx to serve the new side.
     pub reload_timeout: Duration,
+    /// nginx's JSON access log (`log_format bluegreen`), followed so the
+    /// bake and the canary judge nginx's traffic.
+    pub access_log: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -54,6 +57,7 @@ struct RawNginx {
     preview_listen: Option<String>,
     binary: Option<String>,
     reload_timeout: Option<String>,
+    access_log: Option<String>,
 }
 
 /// `[router]`, with the addresses bluegreen already listens on (`ours`).
@@ -190,7 +194,17 @@ fn nginx(
         n.reload_timeout.as_deref(),
         Duration::from_secs(10),
     );
+    let access_log = n.access_log.as_deref().map(|f| base.join(f));
+    if let Some(a) = &access_log {
+        if !a.parent().is_some_and(Path::is_dir) {
+            c.issue(
+                "router.nginx.access_log",
+                format!("{}: its directory does not exist", a.display()),
+            );
+        }
+    }
     Some(NginxConfig {
+        access_log,
         config: config?,
         include: include?,
         upstream: upstream?,

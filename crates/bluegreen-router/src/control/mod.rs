@@ -405,6 +405,17 @@ impl Router {
         Some(driver.start(&config, state.live).await)
     }
 
+    /// Follows the driven router's access log (nginx's, when
+    /// `router.nginx.access_log` is set) into each side's traffic, so the
+    /// judge sees the requests it carried.
+    pub fn spawn_driver_log(&self, stop: CancellationToken) {
+        if let bluegreen_core::config::router::RouterKind::Nginx(n) = &self.config().router {
+            if let Some(path) = &n.access_log {
+                crate::drivers::nginx_log::spawn(self.plane.clone(), path.clone(), stop);
+            }
+        }
+    }
+
     /// The driven router's name, when bluegreen drives one.
     pub fn driven(&self) -> Option<&'static str> {
         self.driver.as_ref().map(|d| d.name())

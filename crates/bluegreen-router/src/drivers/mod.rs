@@ -7,6 +7,7 @@
 //! needs no driver: its snapshot swap is the switch.
 
 pub mod nginx;
+pub mod nginx_log;
 
 use bluegreen_core::config::router::RouterKind;
 use bluegreen_core::config::Config;

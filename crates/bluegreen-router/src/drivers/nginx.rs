@@ -148,9 +148,12 @@ impl Nginx {
         let mut out = format!(
             "# Written by bluegreen at each switch (router.nginx.include); edits are overwritten.\n\
              # live: {live}\n\
+             # For the judge: `access_log PATH bluegreen;` in your server, PATH = router.nginx.access_log.\n\
+             {}\n\n\
              upstream {name} {{\n{}    keepalive 16;\n}}\n\n\
              # bluegreen's probe: the upstream that answered, to confirm a switch.\n\
              server {{\n    listen {};\n    access_log off;\n    location / {{\n        proxy_pass http://{name};\n{pass}        add_header X-Bluegreen-Upstream $upstream_addr always;\n    }}\n}}\n",
+            super::nginx_log::LOG_FORMAT,
             servers(live),
             self.cfg.probe_listen,
         );

@@ -186,6 +186,7 @@ pub fn spawn_background(router: &Arc<Router>, stop: &CancellationToken) -> TaskT
     let health = health::spawn(&router.plane, stop.clone());
     bluegreen_router::memory::spawn_trimmer(router.plane.clone(), stop.clone());
     router.spawn_cluster(stop.clone());
+    router.spawn_driver_log(stop.clone());
     bluegreen_router::control::spawn_sampler(
         router.clone(),
         std::time::Duration::from_secs(1),

@@ -9,6 +9,8 @@
 use crate::support::*;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// nginx from Debian (in /usr/sbin, which a user's PATH may lack).
@@ -54,7 +56,7 @@ impl Nginx {
                  http {{\n    access_log off;\n    client_body_temp_path {d}/body;\n    proxy_temp_path {d}/proxy;\n\
                  fastcgi_temp_path {d}/fastcgi;\n    uwsgi_temp_path {d}/uwsgi;\n    scgi_temp_path {d}/scgi;\n\
                  include {};\n{more}\n\
-                 server {{\n        listen {};\n        location / {{\n            proxy_pass http://app;\n\
+                 server {{\n        listen {};\n        access_log {d}/access.json bluegreen;\n        location / {{\n            proxy_pass http://app;\n\
                  proxy_http_version 1.1;\n            proxy_set_header Connection \"\";\n        }}\n    }}\n}}\n",
                 self.include.display(),
                 self.listen,
@@ -227,4 +229,98 @@ async fn switches_drive_nginx_and_a_broken_nginx_refuses_them_changing_nothing()
     assert!(err.contains("the previous file is back"), "{err}");
     assert_eq!(std::fs::read_to_string(&nginx.include).unwrap(), before);
     assert_eq!(router.status().await["live"], "green");
+}
+
+/// Requests through nginx on `path` until `stop` (bounded: 20,000 requests
+/// or 60 s): how many were answered.
+fn load(
+    nginx: &Nginx,
+    path: &str,
+    stop: Arc<AtomicBool>,
+) -> (Arc<AtomicU64>, tokio::task::JoinHandle<()>) {
+    let sent = Arc::new(AtomicU64::new(0));
+    let (url, n) = (format!("http://{}{path}", nginx.listen), sent.clone());
+    let task = tokio::spawn(async move {
+        let client = h1_client();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !stop.load(Ordering::SeqCst)
+            && n.load(Ordering::SeqCst) < 20_000
+            && std::time::Instant::now() < deadline
+        {
+            if get(&client, &url).await.is_ok() {
+                n.fetch_add(1, Ordering::SeqCst);
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    });
+    (sent, task)
+}
+
+/// The bake judges nginx's own traffic (its access log, followed): a
+/// release whose answers through nginx fail is rolled back and nginx is
+/// back on the old side; a good one passes on the requests nginx carried
+/// (without them it would be inconclusive, which fails).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_bake_judges_the_traffic_nginx_carried() {
+    let blue = Backend::start("blue").await;
+    let green = Backend::start("green").await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut nginx = Nginx::new(dir.path());
+    let router = RouterBuilder::new(&[&blue], &[&green])
+        .health("interval = \"100ms\"\nhealthy_threshold = 1")
+        .drain("1s")
+        .extra(&format!(
+            "[router]\nkind = \"nginx\"\n[router.nginx]\nconfig = \"{}\"\ninclude = \"{}\"\n\
+             upstream = \"app\"\nprobe_listen = \"{}\"\nbinary = \"{}\"\naccess_log = \"{}\"\n\
+             [deploy]\ndeploy_timeout = \"5s\"\n[deploy.hooks]\ndeploy = \"true\"\n\
+             [deploy.bake]\nduration = \"2s\"\ninterval = \"500ms\"\nconsecutive = 1\nmin_requests = 20\n\
+             max_error_rate = 0.05\non_inconclusive = \"fail\"\n",
+            nginx.conf.display(),
+            nginx.include.display(),
+            closed_port(),
+            nginx_bin(),
+            dir.path().join("access.json").display(),
+        ))
+        .start();
+    wait_until(
+        Duration::from_secs(10),
+        "the include is written",
+        || async {
+            std::fs::read_to_string(&nginx.include).is_ok_and(|t| t.contains("# live: blue"))
+        },
+    )
+    .await;
+    nginx.start().await;
+    router.wait_all_healthy().await;
+
+    // Green answers /fail with 500: through nginx, the bake sees it.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (sent, task) = load(&nginx, "/fail", stop.clone());
+    let (code, out, err) = router.cli(&["deploy", "v1"]);
+    stop.store(true, Ordering::SeqCst);
+    task.await.unwrap();
+    assert_eq!(code, 3, "rolled back: {out}{err}");
+    assert!(format!("{out}{err}").contains("error rate"), "{out}{err}");
+    assert!(sent.load(Ordering::SeqCst) > 0);
+    assert_eq!(router.status().await["live"], "blue");
+    all_from(&nginx, "blue").await;
+
+    // A good release passes on nginx's traffic alone.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (_, task) = load(&nginx, "/", stop.clone());
+    let (code, out, err) = router.cli(&["deploy", "v2"]);
+    stop.store(true, Ordering::SeqCst);
+    task.await.unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    let h: serde_json::Value = serde_json::from_str(&router.cli(&["history", "--json"]).1).unwrap();
+    let bake = h["deploys"][1]["steps"]
+        .as_array()
+        .and_then(|s| s.iter().find(|x| x["step"] == "bake"))
+        .map(|s| s["detail"].to_string())
+        .unwrap_or_default();
+    // Judged on what nginx carried, not passed for want of it.
+    assert!(bake.contains("passed: "), "{bake}");
+    assert!(!bake.contains("inconclusive"), "{bake}");
+    assert_eq!(router.status().await["live"], "green");
+    all_from(&nginx, "green").await;
 }
