@@ -411,7 +411,12 @@ impl Router {
     pub fn spawn_driver_log(&self, stop: CancellationToken) {
         if let bluegreen_core::config::router::RouterKind::Nginx(n) = &self.config().router {
             if let Some(path) = &n.access_log {
-                crate::drivers::nginx_log::spawn(self.plane.clone(), path.clone(), stop);
+                crate::drivers::nginx_log::spawn(
+                    self.plane.clone(),
+                    path.clone(),
+                    n.upstream.clone(),
+                    stop,
+                );
             }
         }
     }

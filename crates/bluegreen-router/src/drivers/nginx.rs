@@ -161,7 +161,7 @@ impl Nginx {
             out.push_str(&format!(
                 "\n# The idle side ({}), for smoke tests and previews.\n\
                  upstream {name}_idle {{\n{}    keepalive 16;\n}}\n\
-                 server {{\n    listen {preview};\n    location / {{\n        proxy_pass http://{name}_idle;\n{pass}        proxy_set_header Host $host;\n    }}\n}}\n",
+                 server {{\n    listen {preview};\n    access_log off;\n    location / {{\n        proxy_pass http://{name}_idle;\n{pass}        proxy_set_header Host $host;\n    }}\n}}\n",
                 live.other(),
                 servers(live.other()),
             ));

@@ -2,8 +2,8 @@
 //! server writes with bluegreen's `log_format` (defined in the include),
 //! followed as it grows (rotation-safe: a new file, or one truncated, is
 //! read from its start), each line counted for the side whose upstream
-//! answered it. The bake and the canary then judge nginx's traffic exactly
-//! as they judge bluegreen's own.
+//! answered it. The bake then judges nginx's traffic exactly as it judges
+//! bluegreen's own.
 
 use crate::plane::Plane;
 use bluegreen_core::Side;
@@ -31,19 +31,23 @@ struct Line {
 }
 
 /// Follows `path` on a thread of its own (file reads and name lookups
-/// block) until `stop`.
-pub fn spawn(plane: Arc<Plane>, path: PathBuf, stop: CancellationToken) {
+/// block) until `stop`. `upstream` is the name of the live side's upstream
+/// block (`NAME_idle` the idle side's).
+pub fn spawn(plane: Arc<Plane>, path: PathBuf, upstream: String, stop: CancellationToken) {
     let spawned = std::thread::Builder::new()
         .name("nginx-log".into())
-        .spawn(move || follow(&plane, &path, &stop));
+        .spawn(move || follow(&plane, &path, &upstream, &stop));
     if let Err(e) = spawned {
         tracing::error!(error = %e, "nginx's access log is not followed: its traffic is not judged");
     }
 }
 
-fn follow(plane: &Plane, path: &Path, stop: &CancellationToken) {
+fn follow(plane: &Plane, path: &Path, upstream: &str, stop: &CancellationToken) {
     let mut tail = Tail::at_end(path);
-    let mut sides = Sides::default();
+    let mut sides = Sides {
+        upstream: upstream.to_string(),
+        ..Sides::default()
+    };
     let mut warned = false;
     while !stop.is_cancelled() {
         sides.refresh(plane);
@@ -65,18 +69,19 @@ fn follow(plane: &Plane, path: &Path, stop: &CancellationToken) {
 }
 
 /// Counts one line for the side whose upstream answered it (the last one
-/// named, after nginx's own retries).
+/// named, after nginx's own retries). A client that hung up (nginx's 499)
+/// is not counted, as bluegreen's own proxy counts nothing then.
 fn count(plane: &Plane, sides: &Sides, text: &str) {
     let Ok(line) = serde_json::from_str::<Line>(text) else {
         return;
     };
-    let Some(addr) = last(&line.upstream_addr).and_then(|a| a.parse::<SocketAddr>().ok()) else {
-        return;
-    };
-    let Some(side) = sides.of(addr) else {
-        return;
-    };
     let Ok(status) = line.status.parse::<u16>() else {
+        return;
+    };
+    if status == 499 {
+        return;
+    }
+    let Some(side) = last(&line.upstream_addr).and_then(|a| sides.of(a, plane.live())) else {
         return;
     };
     let snap = plane.snapshot.load();
@@ -103,6 +108,9 @@ fn last(list: &str) -> Option<&str> {
 struct Sides {
     by_addr: HashMap<SocketAddr, Side>,
     at: Option<Instant>,
+    /// The live side's upstream block: nginx names the block, not an
+    /// address, when every server of it is marked failed (its 502s count).
+    upstream: String,
 }
 
 impl Sides {
@@ -126,8 +134,15 @@ impl Sides {
         self.at = Some(Instant::now());
     }
 
-    fn of(&self, addr: SocketAddr) -> Option<Side> {
-        self.by_addr.get(&addr).copied()
+    /// The side `name` (an address, or an upstream block's name) is of.
+    fn of(&self, name: &str, live: Side) -> Option<Side> {
+        if name == self.upstream {
+            return Some(live);
+        }
+        if name.strip_suffix("_idle") == Some(self.upstream.as_str()) {
+            return Some(live.other());
+        }
+        self.by_addr.get(&name.parse::<SocketAddr>().ok()?).copied()
     }
 }
 
@@ -166,18 +181,32 @@ impl Tail {
             Ok(m) => m,
             // Rotated away and not created again yet.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && self.file.is_some() => {
-                return Ok(Vec::new())
+                return self.read_more()
             }
             Err(e) => return Err(e),
         };
-        // A new file (rotated) or one cut short (copytruncate): from its start.
+        let mut out = Vec::new();
+        // A new file (rotated) or one cut short (copytruncate): from its
+        // start, once what the old one still had is read.
         if self.file.is_none() || meta.ino() != self.inode || meta.len() < self.pos {
-            self.file = Some(std::fs::File::open(&self.path)?);
-            self.inode = meta.ino();
+            if self.file.is_some() && meta.ino() != self.inode {
+                out = self.read_more()?;
+            }
+            let f = std::fs::File::open(&self.path)?;
+            self.inode = f.metadata()?.ino();
+            self.file = Some(f);
             self.pos = 0;
             self.partial.clear();
         }
-        let f = self.file.as_mut().expect("opened");
+        out.extend(self.read_more()?);
+        Ok(out)
+    }
+
+    /// The whole lines the open file has beyond `pos`.
+    fn read_more(&mut self) -> std::io::Result<Vec<String>> {
+        let Some(f) = self.file.as_mut() else {
+            return Ok(Vec::new());
+        };
         f.seek(SeekFrom::Start(self.pos))?;
         let mut buf = Vec::new();
         // At most 16 MiB a poll: a huge backlog is read over several.
@@ -204,6 +233,29 @@ impl Tail {
 mod tests {
     use super::*;
     use std::io::Write;
+
+    #[test]
+    fn a_request_is_the_side_of_its_upstream_or_of_its_block() {
+        let mut sides = Sides {
+            upstream: "app".into(),
+            ..Sides::default()
+        };
+        sides
+            .by_addr
+            .insert("127.0.0.1:9001".parse().unwrap(), Side::Blue);
+        sides
+            .by_addr
+            .insert("127.0.0.1:9002".parse().unwrap(), Side::Green);
+        assert_eq!(sides.of("127.0.0.1:9002", Side::Blue), Some(Side::Green));
+        assert_eq!(
+            sides.of("app", Side::Green),
+            Some(Side::Green),
+            "every server failed: the live side's 502"
+        );
+        assert_eq!(sides.of("app_idle", Side::Green), Some(Side::Blue));
+        assert_eq!(sides.of("127.0.0.1:9999", Side::Blue), None);
+        assert_eq!(sides.of("other", Side::Blue), None);
+    }
 
     #[test]
     fn the_last_upstream_and_time_are_read_and_a_dash_is_none() {
@@ -239,11 +291,12 @@ mod tests {
             ["{\"b\":2}"],
             "a line written in two parts is one line"
         );
-        // Rotated: moved away, a new file in its place.
+        // Rotated: moved away (nginx still writes there until it reopens),
+        // a new file in its place: the old one's last lines, then the new.
         std::fs::rename(&path, dir.path().join("access.json.1")).unwrap();
-        assert!(tail.lines().unwrap().is_empty());
+        f.write_all(b"{\"late\":1}\n").unwrap();
         std::fs::write(&path, "{\"c\":3}\n").unwrap();
-        assert_eq!(tail.lines().unwrap(), ["{\"c\":3}"]);
+        assert_eq!(tail.lines().unwrap(), ["{\"late\":1}", "{\"c\":3}"]);
         // Truncated in place (copytruncate), then written again.
         std::fs::write(&path, "").unwrap();
         assert!(tail.lines().unwrap().is_empty());
