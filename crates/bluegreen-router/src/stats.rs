@@ -37,6 +37,21 @@ impl TrafficStats {
         self.buckets[latency::bucket(latency)].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Records `n` answers of one status and one time at once: a router
+    /// that reports counters (HAProxy's `show stat`), not requests.
+    pub fn record_many(&self, status: u16, latency: Duration, n: u64) {
+        if n == 0 {
+            return;
+        }
+        self.classes[(status as usize / 100).min(5)].fetch_add(n, Ordering::Relaxed);
+        if let Some(i) = NAMED_4XX.iter().position(|c| *c == status) {
+            self.named_4xx[i].fetch_add(n, Ordering::Relaxed);
+        }
+        self.sum_us
+            .fetch_add(latency.as_micros() as u64 * n, Ordering::Relaxed);
+        self.buckets[latency::bucket(latency)].fetch_add(n, Ordering::Relaxed);
+    }
+
     /// Records an answer without its time: a client's own mistake (a body
     /// that broke or stalled), whose duration says nothing about the app.
     pub fn record_untimed(&self, status: u16) {
@@ -96,5 +111,12 @@ mod tests {
         assert_eq!(w.named_4xx, [1, 0, 1, 0]);
         assert_eq!((w.requests, w.errors, w.client_errors), (4, 1, 2));
         assert_eq!(w.latency.total(), 3, "the untimed 401 has no latency");
+
+        s.record_many(500, Duration::from_millis(40), 5);
+        s.record_many(200, Duration::from_millis(3), 0);
+        let w = s.window();
+        assert_eq!((w.requests, w.errors), (9, 6));
+        assert_eq!(w.latency.total(), 8);
+        assert_eq!(s.sum_us(), 3 * 3_000 + 5 * 40_000);
     }
 }

@@ -1,7 +1,9 @@
 //! `[router]`: which router carries live traffic. bluegreen's own proxy
 //! (`builtin`, the default), or one the user already runs that bluegreen
 //! drives at each switch (`nginx`: an include file it writes, checked with
-//! `nginx -t`, reloaded, and confirmed before the switch counts).
+//! `nginx -t`, reloaded, and confirmed before the switch counts; `haproxy`:
+//! a map file whose entry picks the backend, changed through the runtime
+//! API in one atomic commit and written to disk so a reload keeps it).
 
 use super::Checker;
 use serde::Deserialize;
@@ -15,6 +17,34 @@ pub enum RouterKind {
     #[default]
     Builtin,
     Nginx(NginxConfig),
+    Haproxy(HaproxyConfig),
+}
+
+/// `[router.haproxy]`: the user's HAProxy, driven through one map file
+/// whose `live` entry names the backend its frontend uses
+/// (`use_backend %[str(live),map(MAP)]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HaproxyConfig {
+    /// The runtime API (`stats socket PATH level admin`).
+    pub socket: PathBuf,
+    /// The main config file, checked with `haproxy -c -f`.
+    pub config: PathBuf,
+    /// The map file bluegreen writes (`live NAME_green`, `idle NAME_blue`),
+    /// as the user's config names it: the runtime API knows it by that name.
+    pub map: PathBuf,
+    /// The backends are `BACKEND_blue` and `BACKEND_green`.
+    pub backend: String,
+    /// The haproxy program.
+    pub binary: String,
+    /// How long one runtime API command or `haproxy -c` may take.
+    pub timeout: Duration,
+}
+
+impl HaproxyConfig {
+    /// The backend that carries `side`.
+    pub fn backend_of(&self, side: crate::Side) -> String {
+        format!("{}_{side}", self.backend)
+    }
 }
 
 /// `[router.nginx]`: the user's nginx, driven through one include file.
@@ -46,6 +76,17 @@ pub struct NginxConfig {
 pub(super) struct RawRouter {
     kind: Option<String>,
     nginx: Option<RawNginx>,
+    haproxy: Option<RawHaproxy>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawHaproxy {
+    socket: Option<String>,
+    config: Option<String>,
+    map: Option<String>,
+    backend: Option<String>,
+    binary: Option<String>,
+    timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -67,16 +108,20 @@ pub(super) fn validate(
     ours: &[(&str, SocketAddr)],
     c: &mut Checker,
 ) -> RouterKind {
-    match raw.kind.as_deref().unwrap_or("builtin") {
-        "builtin" => {
-            if raw.nginx.is_some() {
-                c.issue(
-                    "router.nginx",
-                    "is used only with router.kind = \"nginx\" (the kind is \"builtin\")",
-                );
-            }
-            RouterKind::Builtin
+    let kind = raw.kind.as_deref().unwrap_or("builtin");
+    for (table, name, given) in [
+        ("router.nginx", "nginx", raw.nginx.is_some()),
+        ("router.haproxy", "haproxy", raw.haproxy.is_some()),
+    ] {
+        if given && kind != name {
+            c.issue(
+                table,
+                format!("is used only with router.kind = \"{name}\" (the kind is {kind:?})"),
+            );
         }
+    }
+    match kind {
+        "builtin" => RouterKind::Builtin,
         "nginx" => match &raw.nginx {
             Some(n) => nginx(n, base, ours, c).map_or(RouterKind::Builtin, RouterKind::Nginx),
             None => {
@@ -87,21 +132,92 @@ pub(super) fn validate(
                 RouterKind::Builtin
             }
         },
-        k @ ("haproxy" | "kubernetes" | "alb") => {
+        "haproxy" => match &raw.haproxy {
+            Some(h) => haproxy(h, base, c).map_or(RouterKind::Builtin, RouterKind::Haproxy),
+            None => {
+                c.issue(
+                    "router.haproxy",
+                    "is required with router.kind = \"haproxy\" (socket, config, map, backend)",
+                );
+                RouterKind::Builtin
+            }
+        },
+        k @ ("kubernetes" | "alb") => {
             c.issue(
                 "router.kind",
-                format!("{k:?} is not supported by this version yet: \"builtin\" or \"nginx\""),
+                format!("{k:?} is not supported by this version yet: \"builtin\", \"nginx\" or \"haproxy\""),
             );
             RouterKind::Builtin
         }
         other => {
             c.issue(
                 "router.kind",
-                format!("unknown router {other:?}: \"builtin\" or \"nginx\""),
+                format!("unknown router {other:?}: \"builtin\", \"nginx\" or \"haproxy\""),
             );
             RouterKind::Builtin
         }
     }
+}
+
+fn haproxy(h: &RawHaproxy, base: &Path, c: &mut Checker) -> Option<HaproxyConfig> {
+    let required = |c: &mut Checker, key: &str, v: &Option<String>| match v {
+        Some(v) if !v.is_empty() => Some(v.clone()),
+        _ => {
+            c.issue(key, "is required with router.kind = \"haproxy\"");
+            None
+        }
+    };
+    let socket = required(c, "router.haproxy.socket", &h.socket).map(|f| base.join(f));
+    let config = required(c, "router.haproxy.config", &h.config)
+        .and_then(|f| c.file("router.haproxy.config", base, &f));
+    let map = required(c, "router.haproxy.map", &h.map).map(|f| base.join(f));
+    if let Some(m) = &map {
+        if m.is_dir() {
+            c.issue(
+                "router.haproxy.map",
+                format!(
+                    "{} is a directory: name the file bluegreen writes",
+                    m.display()
+                ),
+            );
+        } else if !m.parent().is_some_and(Path::is_dir) {
+            c.issue(
+                "router.haproxy.map",
+                format!("{}: its directory does not exist", m.display()),
+            );
+        }
+        if config.as_deref() == Some(m.as_path()) {
+            c.issue(
+                "router.haproxy.map",
+                "must not be the main config: bluegreen rewrites it at each switch",
+            );
+        }
+    }
+    let backend = required(c, "router.haproxy.backend", &h.backend);
+    if let Some(b) = &backend {
+        if !b
+            .bytes()
+            .all(|x| x.is_ascii_alphanumeric() || matches!(x, b'_' | b'-' | b'.' | b':'))
+        {
+            c.issue(
+                "router.haproxy.backend",
+                format!("{b:?} is not a HAProxy backend name (letters, digits, _ - . :)"),
+            );
+        }
+    }
+    let timeout = c.duration(
+        "router.haproxy.timeout",
+        h.timeout.as_deref(),
+        Duration::from_secs(5),
+    );
+    Some(HaproxyConfig {
+        socket: socket?,
+        config: config?,
+        map: map?,
+        backend: backend?,
+        binary: h.binary.clone().unwrap_or_else(|| "haproxy".into()),
+        timeout,
+    })
 }
 
 fn nginx(

@@ -567,11 +567,47 @@ fn a_driven_router_is_checked_key_by_key() {
     }
     let msg = with("kind = \"nginx\"\n").unwrap_err().to_string();
     assert!(msg.contains("router.nginx: is required"), "{msg}");
-    let msg = with("kind = \"haproxy\"\n").unwrap_err().to_string();
+    let msg = with("kind = \"alb\"\n").unwrap_err().to_string();
     assert!(
-        msg.contains("router.kind: \"haproxy\" is not supported by this version yet"),
+        msg.contains("router.kind: \"alb\" is not supported by this version yet"),
         "{msg}"
     );
+
+    // HAProxy: its runtime API, its main file, the map bluegreen writes,
+    // and the backends' common name.
+    std::fs::write(dir.path().join("haproxy.cfg"), "global\n").unwrap();
+    let good = with(
+        "kind = \"haproxy\"\n[router.haproxy]\nsocket = \"admin.sock\"\nconfig = \"haproxy.cfg\"\n\
+         map = \"bluegreen.map\"\nbackend = \"app\"\n",
+    )
+    .unwrap();
+    match &good.router {
+        router::RouterKind::Haproxy(h) => {
+            assert_eq!(h.socket, base.join("admin.sock"));
+            assert_eq!(h.map, base.join("bluegreen.map"));
+            assert_eq!(h.backend_of(crate::Side::Green), "app_green");
+            assert_eq!(h.binary, "haproxy");
+            assert_eq!(h.timeout, Duration::from_secs(5));
+        }
+        other => panic!("{other:?}"),
+    }
+    let msg = with(
+        "kind = \"haproxy\"\n[router.haproxy]\nconfig = \"nope.cfg\"\nmap = \"no/dir/b.map\"\n\
+         backend = \"my app\"\n[router.nginx]\nconfig = \"nginx.conf\"\n",
+    )
+    .unwrap_err()
+    .to_string();
+    for expected in [
+        "router.haproxy.socket: is required",
+        "router.haproxy.config: cannot read",
+        "router.haproxy.map: ",
+        "router.haproxy.backend: \"my app\" is not a HAProxy backend name",
+        "router.nginx: is used only with router.kind = \"nginx\" (the kind is \"haproxy\")",
+    ] {
+        assert!(msg.contains(expected), "{expected}: {msg}");
+    }
+    let msg = with("kind = \"haproxy\"\n").unwrap_err().to_string();
+    assert!(msg.contains("router.haproxy: is required"), "{msg}");
     let msg = with("kind = \"traefik\"\n").unwrap_err().to_string();
     assert!(msg.contains("unknown router \"traefik\""), "{msg}");
 }

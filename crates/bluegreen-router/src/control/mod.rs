@@ -405,19 +405,12 @@ impl Router {
         Some(driver.start(&config, state.live).await)
     }
 
-    /// Follows the driven router's access log (nginx's, when
-    /// `router.nginx.access_log` is set) into each side's traffic, so the
-    /// judge sees the requests it carried.
+    /// Follows the driven router's own traffic into each side's counters,
+    /// so the judge sees the requests it carried (nginx's access log,
+    /// HAProxy's `show stat`).
     pub fn spawn_driver_log(&self, stop: CancellationToken) {
-        if let bluegreen_core::config::router::RouterKind::Nginx(n) = &self.config().router {
-            if let Some(path) = &n.access_log {
-                crate::drivers::nginx_log::spawn(
-                    self.plane.clone(),
-                    path.clone(),
-                    n.upstream.clone(),
-                    stop,
-                );
-            }
+        if let Some(driver) = &self.driver {
+            driver.follow(self.plane.clone(), stop);
         }
     }
 

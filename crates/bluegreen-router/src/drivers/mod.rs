@@ -6,15 +6,23 @@
 //! refused with the router's own words. bluegreen's proxy (`builtin`)
 //! needs no driver: its snapshot swap is the switch.
 
+pub mod haproxy;
+pub mod haproxy_api;
+pub mod haproxy_stats;
 pub mod nginx;
 pub mod nginx_log;
 
+use crate::plane::Plane;
 use bluegreen_core::config::router::RouterKind;
 use bluegreen_core::config::Config;
 use bluegreen_core::Side;
+use std::collections::BTreeSet;
 use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
 
 /// A future a driver returns (boxed: drivers are used as `dyn`).
 pub type Fut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -39,6 +47,9 @@ pub trait Driver: Send + Sync {
     /// router that is not running yet is not an error (it reads the file
     /// when it starts); one that refuses the file is.
     fn start<'a>(&'a self, config: &'a Config, live: Side) -> Fut<'a, Result<String, DriverError>>;
+    /// Follows the router's own traffic into each side's counters until
+    /// `stop`, so the judge sees the requests it carried.
+    fn follow(&self, plane: Arc<Plane>, stop: CancellationToken);
 }
 
 /// The driver `config` asks for; `None` for bluegreen's own proxy.
@@ -46,5 +57,34 @@ pub fn of(config: &Config) -> Option<Arc<dyn Driver>> {
     match &config.router {
         RouterKind::Builtin => None,
         RouterKind::Nginx(n) => Some(Arc::new(nginx::Nginx::new(n.clone()))),
+        RouterKind::Haproxy(h) => Some(Arc::new(haproxy::Haproxy::new(h.clone()))),
     }
+}
+
+/// Writes a file a router reads atomically (temp file, fsync, rename,
+/// directory fsync): the router never reads half of it, and it survives
+/// a crash.
+pub(crate) fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("bluegreen-tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// The socket addresses of `upstreams` (`HOST:PORT`), as routers name
+/// them.
+pub(crate) async fn resolve(upstreams: &[String]) -> BTreeSet<SocketAddr> {
+    let mut out = BTreeSet::new();
+    for u in upstreams {
+        if let Ok(addrs) = tokio::net::lookup_host(u.as_str()).await {
+            out.extend(addrs);
+        }
+    }
+    out
 }

@@ -6,15 +6,17 @@
 //! a row came from the new side's upstreams (`$upstream_addr`, echoed in a
 //! header). Any failure puts the previous file back and reloads again.
 
-use super::{Driver, DriverError, Fut};
+use super::{resolve, write_atomic, Driver, DriverError, Fut};
+use crate::plane::Plane;
 use bluegreen_core::config::router::NginxConfig;
 use bluegreen_core::config::Config;
 use bluegreen_core::Side;
-use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
 
 /// Answers in a row from the new side that confirm a switch.
 const CONFIRMATIONS: usize = 3;
@@ -38,6 +40,13 @@ impl Driver for Nginx {
 
     fn start<'a>(&'a self, config: &'a Config, live: Side) -> Fut<'a, Result<String, DriverError>> {
         Box::pin(self.begin(config, live))
+    }
+
+    /// nginx's JSON access log, when `router.nginx.access_log` names it.
+    fn follow(&self, plane: Arc<Plane>, stop: CancellationToken) {
+        if let Some(path) = &self.cfg.access_log {
+            super::nginx_log::spawn(plane, path.clone(), self.cfg.upstream.clone(), stop);
+        }
     }
 }
 
@@ -428,31 +437,6 @@ fn nginx_words(stderr: &str) -> String {
     } else {
         lines.join("; ")
     }
-}
-
-fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("bluegreen-tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
-}
-
-/// The socket addresses of `upstreams` (`HOST:PORT`), as nginx names them
-/// in `$upstream_addr`.
-async fn resolve(upstreams: &[String]) -> BTreeSet<SocketAddr> {
-    let mut out = BTreeSet::new();
-    for u in upstreams {
-        if let Ok(addrs) = tokio::net::lookup_host(u.as_str()).await {
-            out.extend(addrs);
-        }
-    }
-    out
 }
 
 /// One request through the probe server: the upstream that answered.

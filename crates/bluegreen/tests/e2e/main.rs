@@ -13,6 +13,7 @@ mod demo;
 mod deploy;
 mod drivers;
 mod fidelity;
+mod haproxy;
 mod health;
 mod hold;
 mod hostile;
