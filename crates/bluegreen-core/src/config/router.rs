@@ -18,6 +18,34 @@ pub enum RouterKind {
     Builtin,
     Nginx(NginxConfig),
     Haproxy(HaproxyConfig),
+    Kubernetes(KubernetesConfig),
+    Alb(AlbConfig),
+}
+
+/// `[router.kubernetes]`: a Service whose `spec.selector` names the live
+/// side (`LABEL: blue|green`). This version only prints the requests it
+/// would send (`dry_run = true`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct KubernetesConfig {
+    /// The API server's base URL.
+    pub api: String,
+    pub namespace: String,
+    pub service: String,
+    /// The selector's key whose value is the side's name.
+    pub label: String,
+    /// The bearer token's file (never printed).
+    pub token_file: PathBuf,
+}
+
+/// `[router.alb]`: an AWS Application Load Balancer listener whose default
+/// action forwards to the live side's target group. This version only
+/// prints the requests it would send (`dry_run = true`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlbConfig {
+    pub region: String,
+    pub listener_arn: String,
+    pub blue_target_group: String,
+    pub green_target_group: String,
 }
 
 /// `[router.haproxy]`: the user's HAProxy, driven through one map file
@@ -77,6 +105,27 @@ pub(super) struct RawRouter {
     kind: Option<String>,
     nginx: Option<RawNginx>,
     haproxy: Option<RawHaproxy>,
+    kubernetes: Option<RawKubernetes>,
+    alb: Option<RawAlb>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawKubernetes {
+    api: Option<String>,
+    namespace: Option<String>,
+    service: Option<String>,
+    label: Option<String>,
+    token_file: Option<String>,
+    dry_run: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawAlb {
+    region: Option<String>,
+    listener_arn: Option<String>,
+    blue_target_group: Option<String>,
+    green_target_group: Option<String>,
+    dry_run: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -112,6 +161,8 @@ pub(super) fn validate(
     for (table, name, given) in [
         ("router.nginx", "nginx", raw.nginx.is_some()),
         ("router.haproxy", "haproxy", raw.haproxy.is_some()),
+        ("router.kubernetes", "kubernetes", raw.kubernetes.is_some()),
+        ("router.alb", "alb", raw.alb.is_some()),
     ] {
         if given && kind != name {
             c.issue(
@@ -142,21 +193,173 @@ pub(super) fn validate(
                 RouterKind::Builtin
             }
         },
-        k @ ("kubernetes" | "alb") => {
-            c.issue(
-                "router.kind",
-                format!("{k:?} is not supported by this version yet: \"builtin\", \"nginx\" or \"haproxy\""),
-            );
-            RouterKind::Builtin
-        }
+        "kubernetes" => match &raw.kubernetes {
+            Some(k) => kubernetes(k, base, c).map_or(RouterKind::Builtin, RouterKind::Kubernetes),
+            None => {
+                c.issue(
+                    "router.kubernetes",
+                    "is required with router.kind = \"kubernetes\" (service, dry_run = true)",
+                );
+                RouterKind::Builtin
+            }
+        },
+        "alb" => match &raw.alb {
+            Some(a) => alb(a, c).map_or(RouterKind::Builtin, RouterKind::Alb),
+            None => {
+                c.issue(
+                    "router.alb",
+                    "is required with router.kind = \"alb\" (region, listener_arn, blue_target_group, green_target_group, dry_run = true)",
+                );
+                RouterKind::Builtin
+            }
+        },
         other => {
             c.issue(
                 "router.kind",
-                format!("unknown router {other:?}: \"builtin\", \"nginx\" or \"haproxy\""),
+                format!("unknown router {other:?}: \"builtin\", \"nginx\", \"haproxy\", \"kubernetes\" or \"alb\""),
             );
             RouterKind::Builtin
         }
     }
+}
+
+/// `dry_run` must be said, and true: this version sends nothing.
+fn dry_run(c: &mut Checker, table: &str, given: Option<bool>) {
+    if given != Some(true) {
+        c.issue(
+            format!("{table}.dry_run"),
+            "must be true: this version prints the requests it would send at each switch and sends nothing (bluegreen's own proxy switches)",
+        );
+    }
+}
+
+/// A DNS-1123 label (namespaces, label values) or name.
+fn k8s_name(c: &mut Checker, key: &str, v: &str) {
+    let ok = !v.is_empty()
+        && v.len() <= 253
+        && v.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && !v.starts_with(['-', '.'])
+        && !v.ends_with(['-', '.']);
+    if !ok {
+        c.issue(
+            key,
+            format!("{v:?} is not a Kubernetes name (lowercase letters, digits, - and .)"),
+        );
+    }
+}
+
+fn kubernetes(k: &RawKubernetes, base: &Path, c: &mut Checker) -> Option<KubernetesConfig> {
+    dry_run(c, "router.kubernetes", k.dry_run);
+    let api = k
+        .api
+        .clone()
+        .unwrap_or_else(|| "https://kubernetes.default.svc".into());
+    if !api.starts_with("https://") && !api.starts_with("http://") {
+        c.issue(
+            "router.kubernetes.api",
+            format!("{api:?} is not a URL (https://HOST[:PORT])"),
+        );
+    }
+    let namespace = k.namespace.clone().unwrap_or_else(|| "default".into());
+    k8s_name(c, "router.kubernetes.namespace", &namespace);
+    let service = match &k.service {
+        Some(s) => {
+            k8s_name(c, "router.kubernetes.service", s);
+            Some(s.clone())
+        }
+        None => {
+            c.issue(
+                "router.kubernetes.service",
+                "is required with router.kind = \"kubernetes\"",
+            );
+            None
+        }
+    };
+    let label = k.label.clone().unwrap_or_else(|| "slot".into());
+    let label_ok = !label.is_empty()
+        && label.len() <= 316
+        && label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/'));
+    if !label_ok {
+        c.issue(
+            "router.kubernetes.label",
+            format!("{label:?} is not a label key ([prefix/]name)"),
+        );
+    }
+    Some(KubernetesConfig {
+        api: api.trim_end_matches('/').to_string(),
+        namespace,
+        service: service?,
+        label,
+        token_file: base.join(
+            k.token_file
+                .as_deref()
+                .unwrap_or("/var/run/secrets/kubernetes.io/serviceaccount/token"),
+        ),
+    })
+}
+
+fn alb(a: &RawAlb, c: &mut Checker) -> Option<AlbConfig> {
+    dry_run(c, "router.alb", a.dry_run);
+    let region = match &a.region {
+        Some(r)
+            if !r.is_empty()
+                && r.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') =>
+        {
+            Some(r.clone())
+        }
+        Some(r) => {
+            c.issue(
+                "router.alb.region",
+                format!("{r:?} is not an AWS region (e.g. \"eu-west-1\")"),
+            );
+            None
+        }
+        None => {
+            c.issue(
+                "router.alb.region",
+                "is required with router.kind = \"alb\"",
+            );
+            None
+        }
+    };
+    let mut arn = |key: &str, v: &Option<String>, kind: &str| match v {
+        Some(v)
+            if v.starts_with("arn:")
+                && v.contains(":elasticloadbalancing:")
+                && v.contains(&format!(":{kind}/")) =>
+        {
+            Some(v.clone())
+        }
+        Some(v) => {
+            c.issue(key, format!("{v:?} is not an ELB {kind} ARN (arn:aws:elasticloadbalancing:REGION:ACCOUNT:{kind}/...)"));
+            None
+        }
+        None => {
+            c.issue(key, "is required with router.kind = \"alb\"");
+            None
+        }
+    };
+    let listener_arn = arn("router.alb.listener_arn", &a.listener_arn, "listener");
+    let blue = arn(
+        "router.alb.blue_target_group",
+        &a.blue_target_group,
+        "targetgroup",
+    );
+    let green = arn(
+        "router.alb.green_target_group",
+        &a.green_target_group,
+        "targetgroup",
+    );
+    Some(AlbConfig {
+        region: region?,
+        listener_arn: listener_arn?,
+        blue_target_group: blue?,
+        green_target_group: green?,
+    })
 }
 
 fn haproxy(h: &RawHaproxy, base: &Path, c: &mut Checker) -> Option<HaproxyConfig> {

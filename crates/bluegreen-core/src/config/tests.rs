@@ -567,11 +567,59 @@ fn a_driven_router_is_checked_key_by_key() {
     }
     let msg = with("kind = \"nginx\"\n").unwrap_err().to_string();
     assert!(msg.contains("router.nginx: is required"), "{msg}");
-    let msg = with("kind = \"alb\"\n").unwrap_err().to_string();
-    assert!(
-        msg.contains("router.kind: \"alb\" is not supported by this version yet"),
-        "{msg}"
-    );
+    // Kubernetes and ALB: dry runs only, said in so many words.
+    let good = with(
+        "kind = \"kubernetes\"\n[router.kubernetes]\nnamespace = \"shop\"\nservice = \"web\"\ndry_run = true\n",
+    )
+    .unwrap();
+    match &good.router {
+        router::RouterKind::Kubernetes(k) => {
+            assert_eq!(k.api, "https://kubernetes.default.svc");
+            assert_eq!(
+                (k.namespace.as_str(), k.service.as_str(), k.label.as_str()),
+                ("shop", "web", "slot")
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    let msg = with(
+        "kind = \"kubernetes\"\n[router.kubernetes]\nservice = \"Web_1\"\napi = \"kubernetes\"\n",
+    )
+    .unwrap_err()
+    .to_string();
+    for expected in [
+        "router.kubernetes.dry_run: must be true",
+        "router.kubernetes.service: \"Web_1\" is not a Kubernetes name",
+        "router.kubernetes.api: \"kubernetes\" is not a URL",
+    ] {
+        assert!(msg.contains(expected), "{expected}: {msg}");
+    }
+    let arn = |kind: &str, name: &str| {
+        format!("arn:aws:elasticloadbalancing:eu-west-1:123456789012:{kind}/{name}/0123")
+    };
+    let good = with(&format!(
+        "kind = \"alb\"\n[router.alb]\nregion = \"eu-west-1\"\nlistener_arn = \"{}\"\n\
+         blue_target_group = \"{}\"\ngreen_target_group = \"{}\"\ndry_run = true\n",
+        arn("listener", "app/web"),
+        arn("targetgroup", "blue"),
+        arn("targetgroup", "green"),
+    ))
+    .unwrap();
+    assert!(matches!(good.router, router::RouterKind::Alb(_)));
+    let msg = with(&format!(
+        "kind = \"alb\"\n[router.alb]\nregion = \"EU\"\nlistener_arn = \"{}\"\ndry_run = false\n",
+        arn("targetgroup", "blue"),
+    ))
+    .unwrap_err()
+    .to_string();
+    for expected in [
+        "router.alb.dry_run: must be true",
+        "router.alb.region: \"EU\" is not an AWS region",
+        "router.alb.listener_arn: \"arn:aws:elasticloadbalancing:eu-west-1:123456789012:targetgroup/blue/0123\" is not an ELB listener ARN",
+        "router.alb.blue_target_group: is required",
+    ] {
+        assert!(msg.contains(expected), "{expected}: {msg}");
+    }
 
     // HAProxy: its runtime API, its main file, the map bluegreen writes,
     // and the backends' common name.

@@ -6,9 +6,12 @@
 //! refused with the router's own words. bluegreen's proxy (`builtin`)
 //! needs no driver: its snapshot swap is the switch.
 
+pub mod alb;
+pub mod dry_run;
 pub mod haproxy;
 pub mod haproxy_api;
 pub mod haproxy_stats;
+pub mod kubernetes;
 pub mod nginx;
 pub mod nginx_log;
 
@@ -58,6 +61,10 @@ pub fn of(config: &Config) -> Option<Arc<dyn Driver>> {
         RouterKind::Builtin => None,
         RouterKind::Nginx(n) => Some(Arc::new(nginx::Nginx::new(n.clone()))),
         RouterKind::Haproxy(h) => Some(Arc::new(haproxy::Haproxy::new(h.clone()))),
+        RouterKind::Kubernetes(k) => {
+            Some(Arc::new(dry_run::DryRun(kubernetes::Kubernetes(k.clone()))))
+        }
+        RouterKind::Alb(a) => Some(Arc::new(dry_run::DryRun(alb::Alb(a.clone())))),
     }
 }
 

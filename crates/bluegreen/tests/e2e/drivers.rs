@@ -324,3 +324,42 @@ async fn the_bake_judges_the_traffic_nginx_carried() {
     assert_eq!(router.status().await["live"], "green");
     all_from(&nginx, "green").await;
 }
+
+/// Kubernetes in dry run: a switch goes through bluegreen's own proxy and
+/// bluegreen's log holds the exact requests the driver would have sent
+/// (the Service patch with its precondition), the token never printed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dry_run_driver_switches_our_proxy_and_prints_the_requests() {
+    let blue = Backend::start("blue").await;
+    let green = Backend::start("green").await;
+    let router = RouterBuilder::new(&[&blue], &[&green])
+        .health("interval = \"100ms\"\nhealthy_threshold = 1")
+        .extra(
+            "[router]\nkind = \"kubernetes\"\n[router.kubernetes]\ndry_run = true\n\
+             namespace = \"shop\"\nservice = \"web\"\ntoken_file = \"/secret/token\"\n",
+        )
+        .start();
+    router.wait_all_healthy().await;
+    let (code, out, err) = router.cli(&["switch", "--to", "green"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (status, body) = get(&h1_client(), &router.url("/x?y=1")).await.unwrap();
+    assert_eq!((status, body.as_str()), (200, "green"));
+    wait_until(
+        Duration::from_secs(10),
+        "the plan is in the log",
+        || async {
+            router
+                .stderr()
+                .contains("PATCH /api/v1/namespaces/shop/services/web HTTP/1.1")
+        },
+    )
+    .await;
+    let log = router.stderr();
+    assert!(log.contains("nothing was sent"), "{log}");
+    assert!(
+        log.contains(r#"\"selector\":{\"slot\":\"green\"}"#)
+            || log.contains(r#""selector":{"slot":"green"}"#),
+        "{log}"
+    );
+    assert!(log.contains("Bearer <redacted: /secret/token>"), "{log}");
+}
