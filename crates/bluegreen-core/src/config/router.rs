@@ -58,7 +58,8 @@ pub struct HaproxyConfig {
     /// The main config file, checked with `haproxy -c -f`.
     pub config: PathBuf,
     /// The map file bluegreen writes (`live NAME_green`, `idle NAME_blue`),
-    /// as the user's config names it: the runtime API knows it by that name.
+    /// an absolute path, as the user's config names it: the runtime API
+    /// knows it by that name.
     pub map: PathBuf,
     /// The backends are `BACKEND_blue` and `BACKEND_green`.
     pub backend: String,
@@ -373,9 +374,22 @@ fn haproxy(h: &RawHaproxy, base: &Path, c: &mut Checker) -> Option<HaproxyConfig
     let socket = required(c, "router.haproxy.socket", &h.socket).map(|f| base.join(f));
     let config = required(c, "router.haproxy.config", &h.config)
         .and_then(|f| c.file("router.haproxy.config", base, &f));
-    let map = required(c, "router.haproxy.map", &h.map).map(|f| base.join(f));
+    let map = required(c, "router.haproxy.map", &h.map).map(PathBuf::from);
     if let Some(m) = &map {
-        if m.is_dir() {
+        let text = m.display().to_string();
+        if !m.is_absolute() {
+            c.issue(
+                "router.haproxy.map",
+                format!("{text:?} is relative: give the absolute path, the one your haproxy.cfg names (HAProxy opens a relative one from its own directory)"),
+            );
+        } else if text.contains(|ch: char| ch.is_whitespace() || ch == ';') {
+            c.issue(
+                "router.haproxy.map",
+                format!(
+                    "{text:?}: a path with spaces or ';' cannot be named to HAProxy's runtime API"
+                ),
+            );
+        } else if m.is_dir() {
             c.issue(
                 "router.haproxy.map",
                 format!(

@@ -624,10 +624,11 @@ fn a_driven_router_is_checked_key_by_key() {
     // HAProxy: its runtime API, its main file, the map bluegreen writes,
     // and the backends' common name.
     std::fs::write(dir.path().join("haproxy.cfg"), "global\n").unwrap();
-    let good = with(
+    let good = with(&format!(
         "kind = \"haproxy\"\n[router.haproxy]\nsocket = \"admin.sock\"\nconfig = \"haproxy.cfg\"\n\
-         map = \"bluegreen.map\"\nbackend = \"app\"\n",
-    )
+         map = \"{}\"\nbackend = \"app\"\n",
+        base.join("bluegreen.map").display()
+    ))
     .unwrap();
     match &good.router {
         router::RouterKind::Haproxy(h) => {
@@ -648,7 +649,7 @@ fn a_driven_router_is_checked_key_by_key() {
     for expected in [
         "router.haproxy.socket: is required",
         "router.haproxy.config: cannot read",
-        "router.haproxy.map: ",
+        "router.haproxy.map: \"no/dir/b.map\" is relative: give the absolute path",
         "router.haproxy.backend: \"my app\" is not a HAProxy backend name",
         "router.nginx: is used only with router.kind = \"nginx\" (the kind is \"haproxy\")",
     ] {
@@ -656,6 +657,16 @@ fn a_driven_router_is_checked_key_by_key() {
     }
     let msg = with("kind = \"haproxy\"\n").unwrap_err().to_string();
     assert!(msg.contains("router.haproxy: is required"), "{msg}");
+    let msg = with(
+        "kind = \"haproxy\"\n[router.haproxy]\nsocket = \"a.sock\"\nconfig = \"haproxy.cfg\"\n\
+         map = \"/etc/haproxy/blue green.map\"\nbackend = \"app\"\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        msg.contains("a path with spaces or ';' cannot be named"),
+        "{msg}"
+    );
     let msg = with("kind = \"traefik\"\n").unwrap_err().to_string();
     assert!(msg.contains("unknown router \"traefik\""), "{msg}");
 }

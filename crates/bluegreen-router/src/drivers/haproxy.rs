@@ -95,16 +95,36 @@ impl Haproxy {
         self.same_servers(config)
             .await
             .map_err(|e| format!("{e}; nothing was written"))?;
+        let worker = self.worker().await;
         let before = self.current().await?;
-        self.write(&self.render(live)).await?;
-        if let Err(e) = self.commit(&map, live).await {
+        if let Err(e) = self.write(&self.render(live)).await {
             let back = self.put_back(before.as_deref(), None).await;
             return Err(format!("{e}; {back}"));
         }
+        if let Err(e) = self.commit(&map, live).await {
+            // A commit that timed out may have been applied all the same.
+            let applied = matches!(self.live_entry(&map).await, Ok(Some(b)) if b == self.cfg.backend_of(live));
+            let back = self
+                .put_back(
+                    before.as_deref(),
+                    applied.then_some((map.as_str(), live.other())),
+                )
+                .await;
+            return Err(format!("{e}; {back}"));
+        }
         // What each side answered up to now is counted before the bake's
-        // baseline (best effort: the poller reads again within a second).
+        // baseline (best effort: a failed read leaves it to the poller).
         let _ = self.counters.poll().await;
-        match self.confirm(&map, live).await {
+        let mut confirmed = self.confirm(&map, live).await;
+        // Someone else's reload in between: its new worker may have read
+        // the file before our write; it is given the map again.
+        if confirmed.is_ok() && self.worker().await != worker {
+            confirmed = match self.commit(&map, live).await {
+                Ok(()) => self.confirm(&map, live).await,
+                Err(e) => Err(e),
+            };
+        }
+        match confirmed {
             Ok(()) => Ok(format!(
                 "haproxy serves {live} (map {map} committed and read back in {} ms)",
                 started.elapsed().as_millis()
@@ -118,26 +138,43 @@ impl Haproxy {
         }
     }
 
+    /// The pid of the worker serving the runtime API (`show info`).
+    async fn worker(&self) -> Option<u32> {
+        let info = self.api.run("show info").await.ok()?;
+        haproxy_api::pid(&info)
+    }
+
     /// At start: the map file says the live side of the state; a running
-    /// HAProxy is given it too. One not running yet is fine (it reads the
-    /// file when it starts).
+    /// HAProxy, once its backends are checked, is given it too. One not
+    /// running yet is fine (it reads the file when it starts).
     async fn begin(&self, config: &Config, live: Side) -> Result<String, String> {
         let text = self.render(live);
-        if self.current().await?.as_deref() != Some(text.as_str()) {
-            self.write(&text).await?;
-        }
+        let write = || async {
+            if self.current().await?.as_deref() != Some(text.as_str()) {
+                self.write(&text).await?;
+            }
+            Ok::<(), String>(())
+        };
         let listing = match self.api.run("show map").await {
             Ok(l) => l,
             Err(e) => {
+                write().await?;
                 return Ok(format!(
                     "{} written for {live}; HAProxy was not reached ({e}): it reads the file when it starts",
                     self.cfg.map.display()
-                ))
+                ));
             }
         };
         let map = self.known(&listing)?;
         self.same_servers(config).await?;
-        if self.live_entry(&map).await?.as_deref() != Some(self.cfg.backend_of(live).as_str()) {
+        write().await?;
+        let shown = self.api.run(&format!("show map {map}")).await?;
+        let wanted: std::collections::BTreeMap<String, String> = [
+            ("live".to_string(), self.cfg.backend_of(live)),
+            ("idle".to_string(), self.cfg.backend_of(live.other())),
+        ]
+        .into();
+        if haproxy_api::entries(&shown) != wanted {
             self.commit(&map, live).await?;
         }
         self.confirm(&map, live).await?;
@@ -220,14 +257,31 @@ impl Haproxy {
                     self.cfg.backend_of(Side::Green),
                 ));
             }
-            let theirs: BTreeSet<SocketAddr> = haproxy_api::servers(&state)?
+            let theirs: Vec<SocketAddr> = haproxy_api::servers(&state)?
                 .into_iter()
                 .map(|(_, a)| a)
                 .collect();
-            let ours = resolve(&config.environments[side].upstreams).await;
-            if theirs != ours {
+            // Each upstream is one server (a name may resolve to several
+            // addresses; HAProxy keeps one of them).
+            let ups = &config.environments[side].upstreams;
+            let mut resolved = Vec::new();
+            for u in ups {
+                resolved.push(resolve(std::slice::from_ref(u)).await);
+            }
+            let mut left: Vec<SocketAddr> = theirs.clone();
+            let matched = resolved
+                .iter()
+                .all(|r| match left.iter().position(|a| r.contains(a)) {
+                    Some(i) => {
+                        left.remove(i);
+                        true
+                    }
+                    None => false,
+                });
+            if !matched || !left.is_empty() {
+                let ours: BTreeSet<SocketAddr> = resolved.into_iter().flatten().collect();
                 return Err(format!(
-                    "HAProxy's backend {backend} has the servers {theirs:?}, but environments.{side}.upstreams are {ours:?}: make them the same (bluegreen checks the one, HAProxy would serve the other)"
+                    "HAProxy's backend {backend} has the servers {theirs:?}, but environments.{side}.upstreams are {ups:?} ({ours:?}): make them the same (bluegreen checks the one, HAProxy would serve the other)"
                 ));
             }
         }

@@ -70,6 +70,13 @@ pub fn one_line(words: &str) -> String {
         .join("; ")
 }
 
+/// The process's pid in `show info`.
+pub fn pid(info: &str) -> Option<u32> {
+    info.lines()
+        .find_map(|l| l.strip_prefix("Pid:"))
+        .and_then(|p| p.trim().parse().ok())
+}
+
 /// The map files `show map` lists, by the name HAProxy knows them.
 pub fn maps(listing: &str) -> Vec<String> {
     listing
@@ -147,7 +154,7 @@ pub struct BackendStat {
 
 /// The `BACKEND` rows of `show stat` (CSV), by backend name.
 pub fn stats(csv: &str) -> BTreeMap<String, BackendStat> {
-    let mut lines = csv.lines();
+    let mut lines = csv.lines().skip_while(|l| !l.starts_with("# pxname,"));
     let Some(header) = lines.next().and_then(|h| h.strip_prefix("# ")) else {
         return BTreeMap::new();
     };
@@ -227,5 +234,9 @@ mod tests {
         assert_eq!(s["app_blue"].rtime_ms, 12);
         assert_eq!(s["app_green"], BackendStat::default());
         assert!(stats("Permission denied\n").is_empty());
+        // After `show info` on the same connection.
+        let both = format!("Name: HAProxy\nPid: 4242\nUptime_sec: 9\n\n{csv}");
+        assert_eq!(pid(&both), Some(4242));
+        assert_eq!(stats(&both).len(), 2);
     }
 }

@@ -4,8 +4,10 @@
 //! it judges bluegreen's own proxy. HAProxy gives no per-request times
 //! there: each new answer is counted with the backend's `rtime` (the mean
 //! of its last 1024 responses), so a latency threshold sees that mean, not
-//! a tail. Counters that go down (a reload: a new process counts from 0)
-//! are taken from 0.
+//! a tail. Counters are kept per HAProxy process (`show info`'s pid, read
+//! on the same connection): after a reload the new worker counts from 0,
+//! and while the old and the new one take turns on the socket each is
+//! compared with itself.
 
 use super::haproxy_api::{self, Api, BackendStat};
 use crate::plane::Plane;
@@ -24,8 +26,13 @@ pub struct Counters {
     api: Api,
     cfg: HaproxyConfig,
     plane: std::sync::OnceLock<Arc<Plane>>,
-    last: tokio::sync::Mutex<Option<BTreeMap<String, BackendStat>>>,
+    /// The last counters read, by process; `None` before the first read
+    /// (a baseline: what HAProxy answered before bluegreen is not counted).
+    last: tokio::sync::Mutex<Option<Seen>>,
 }
+
+/// Counters by HAProxy process, the newest last (a few kept).
+type Seen = Vec<(u32, BTreeMap<String, BackendStat>)>;
 
 impl Counters {
     pub fn new(cfg: HaproxyConfig) -> Counters {
@@ -48,19 +55,28 @@ impl Counters {
         let Some(plane) = self.plane.get() else {
             return Ok(());
         };
-        let csv = self.api.run("show stat").await?;
-        let now = haproxy_api::stats(&csv);
-        if now.is_empty() {
-            return Err(format!(
-                "`show stat` gave no backend: {}",
-                haproxy_api::one_line(&csv)
-            ));
-        }
+        // One read at a time: the switch's and the poller's never cross.
         let mut last = self.last.lock().await;
-        if let Some(before) = last.as_ref() {
-            count(plane, &self.cfg, before, &now);
+        let out = self.api.run("show info;show stat").await?;
+        let now = haproxy_api::stats(&out);
+        let Some(pid) = haproxy_api::pid(&out).filter(|_| !now.is_empty()) else {
+            return Err(format!(
+                "`show info;show stat` gave no backend: {}",
+                haproxy_api::one_line(&out)
+            ));
+        };
+        let seen = last.get_or_insert_with(|| vec![(pid, now.clone())]);
+        let empty = BTreeMap::new();
+        let before = match seen.iter().position(|(p, _)| *p == pid) {
+            Some(i) => seen.remove(i).1,
+            // A new process (reloaded): everything it counted is new.
+            None => empty,
+        };
+        count(plane, &self.cfg, &before, &now);
+        seen.push((pid, now));
+        if seen.len() > 4 {
+            seen.remove(0);
         }
-        *last = Some(now);
         Ok(())
     }
 
@@ -113,18 +129,14 @@ fn count(
     }
 }
 
-/// New answers per status class; a counter that went down started again
-/// from 0 (a reloaded HAProxy).
+/// New answers per status class, the same process's counters before and
+/// now (a counter cleared by `clear counters` counts from 0).
 fn deltas(before: &BackendStat, now: &BackendStat) -> [u64; 6] {
-    let restarted = (1..6).any(|k| now.classes[k] < before.classes[k]);
-    std::array::from_fn(|k| {
-        if k == 0 {
-            0
-        } else if restarted {
-            now.classes[k]
-        } else {
-            now.classes[k] - before.classes[k]
-        }
+    let cleared = (1..6).any(|k| now.classes[k] < before.classes[k]);
+    std::array::from_fn(|k| match k {
+        0 => 0,
+        _ if cleared => now.classes[k],
+        _ => now.classes[k] - before.classes[k],
     })
 }
 
@@ -142,7 +154,7 @@ mod tests {
             deltas(&at([0, 0, 10, 0, 2, 1]), &at([0, 0, 15, 0, 2, 4])),
             [0, 0, 5, 0, 0, 3]
         );
-        // Reloaded: the new process counts from 0.
+        // Cleared: counted from 0.
         assert_eq!(
             deltas(&at([0, 0, 100, 0, 2, 1]), &at([0, 0, 7, 0, 0, 1])),
             [0, 0, 7, 0, 0, 1]
