@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 mod cluster;
+mod drivers;
 mod h2;
 mod judge;
 mod load;
@@ -168,8 +169,9 @@ fn main() -> Result<()> {
         Kind::Caddy,
     ] {
         if only.as_deref().is_some_and(|o| o != kind.name())
-            || std::env::var("BENCH_PARTS")
-                .is_ok_and(|p| ["tls", "restarts", "cluster", "workers"].contains(&p.as_str()))
+            || std::env::var("BENCH_PARTS").is_ok_and(|p| {
+                ["tls", "restarts", "cluster", "workers", "drivers"].contains(&p.as_str())
+            })
         {
             continue;
         }
@@ -287,6 +289,12 @@ fn main() -> Result<()> {
         || std::env::var("BENCH_PARTS").is_ok_and(|p| p == "restarts")
     {
         report.restarts = restarts::part(&env, &plan, upstream.blue, upstream.green)?;
+    }
+    // Switching through each driver: builtin, nginx, HAProxy.
+    if std::env::var("BENCH_PARTS").is_err()
+        || std::env::var("BENCH_PARTS").is_ok_and(|p| p == "drivers")
+    {
+        report.drivers = drivers::part(&env, args.quick, upstream.blue, upstream.green)?;
     }
     // Several nodes on etcd: switch convergence under load.
     if std::env::var("BENCH_PARTS").is_err()
@@ -534,7 +542,7 @@ fn switching(proxy: &mut Proxy, duration: Duration) -> Result<Switching> {
 /// switch made live while the request was still running (the proxy may have
 /// read it after that switch); a request that started while a switch was in
 /// progress may get either side.
-fn right_side(
+pub(crate) fn right_side(
     marks: &[(Instant, Instant, bool)],
     start: Instant,
     end: Instant,

@@ -64,7 +64,7 @@ fn render(env: &Env, template: &str, out: &str, vars: &[(&str, String)]) -> Resu
     Ok(path)
 }
 
-fn pinned(cpus: &str, program: &str) -> Command {
+pub(crate) fn pinned(cpus: &str, program: &str) -> Command {
     // By absolute path: nginx re-executes its own argv[0] for a binary
     // upgrade, without a PATH search.
     let found = std::env::var_os("PATH").and_then(|paths| {
@@ -87,7 +87,7 @@ fn pinned(cpus: &str, program: &str) -> Command {
     }
 }
 
-fn log_file(env: &Env, name: &str) -> Result<Stdio> {
+pub(crate) fn log_file(env: &Env, name: &str) -> Result<Stdio> {
     Ok(Stdio::from(std::fs::File::create(
         env.dir.join(format!("{name}.stderr")),
     )?))

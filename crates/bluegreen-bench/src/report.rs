@@ -63,6 +63,8 @@ pub struct Report {
     pub rows: Vec<Row>,
     /// Restarts under load, one row per proxy and method.
     pub restarts: Vec<crate::restarts::Restarts>,
+    /// Switching through each driver.
+    pub drivers: Vec<crate::drivers::DriverRun>,
     /// Several nodes on etcd, one row per cluster size.
     pub cluster: Vec<crate::cluster::Convergence>,
     /// Each proxy with two workers.
@@ -119,6 +121,7 @@ impl Report {
         Report {
             rows: Vec::new(),
             restarts: Vec::new(),
+            drivers: Vec::new(),
             cluster: Vec::new(),
             scaled: Vec::new(),
             judge: None,
@@ -447,6 +450,7 @@ impl Report {
         crate::h2::render(&mut o, &self.rows);
         crate::tls::render(&mut o, &self.rows);
         crate::restarts::render(&mut o, &self.restarts);
+        crate::drivers::render(&mut o, &self.drivers);
         crate::cluster::render(&mut o, &self.cluster);
         if let Some(judge) = &self.judge {
             o.push_str(judge);

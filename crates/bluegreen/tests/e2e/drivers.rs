@@ -259,7 +259,8 @@ fn load(
 /// The bake judges nginx's own traffic (its access log, followed): a
 /// release whose answers through nginx fail is rolled back and nginx is
 /// back on the old side; a good one passes on the requests nginx carried
-/// (without them it would be inconclusive, which fails).
+/// (without them it would be inconclusive, which fails); one that fails
+/// its health gate never reaches nginx.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_bake_judges_the_traffic_nginx_carried() {
     let blue = Backend::start("blue").await;
@@ -267,7 +268,7 @@ async fn the_bake_judges_the_traffic_nginx_carried() {
     let dir = tempfile::tempdir().unwrap();
     let mut nginx = Nginx::new(dir.path());
     let router = RouterBuilder::new(&[&blue], &[&green])
-        .health("interval = \"100ms\"\nhealthy_threshold = 1")
+        .health("interval = \"100ms\"\nhealthy_threshold = 1\nunhealthy_threshold = 1")
         .drain("1s")
         .extra(&format!(
             "[router]\nkind = \"nginx\"\n[router.nginx]\nconfig = \"{}\"\ninclude = \"{}\"\n\
@@ -322,6 +323,17 @@ async fn the_bake_judges_the_traffic_nginx_carried() {
     assert!(bake.contains("passed: "), "{bake}");
     assert!(!bake.contains("inconclusive"), "{bake}");
     assert_eq!(router.status().await["live"], "green");
+    all_from(&nginx, "green").await;
+
+    // The idle side (blue) goes unhealthy: the next release stops at the
+    // health gate, and nginx's file and traffic stay on green.
+    let include = std::fs::read_to_string(&nginx.include).unwrap();
+    blue.set_healthy(false);
+    let (code, out, err) = router.cli(&["deploy", "v3"]);
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(format!("{out}{err}").contains("health"), "{out}{err}");
+    assert_eq!(router.status().await["live"], "green");
+    assert_eq!(std::fs::read_to_string(&nginx.include).unwrap(), include);
     all_from(&nginx, "green").await;
 }
 
