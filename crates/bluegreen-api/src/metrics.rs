@@ -128,6 +128,7 @@ pub async fn render(router: &Arc<Router>, pipeline: Option<&Arc<Pipeline>>) -> S
     side_gauges(&mut s, &status);
     clients(&mut s, router);
     tls_handshakes(&mut s, router);
+    notify(&mut s, router);
     upstreams(&mut s, &snap);
     if let Some(p) = pipeline {
         deploys(&mut s, p).await;
@@ -331,6 +332,65 @@ fn clients(s: &mut Scrape, router: &Router) {
             f.add(
                 vec![("listener", listener.into()), ("state", state.into())],
                 Value::Gauge(n as i64),
+            );
+        }
+    }
+}
+
+/// `[[notify]]` hooks: notices delivered, attempts failed (retried),
+/// notices given up, and what waits now.
+fn notify(s: &mut Scrape, router: &Router) {
+    let Some(n) = router.notifier() else {
+        return;
+    };
+    let counts = n.counts();
+    if counts.is_empty() {
+        return;
+    }
+    type Pick = fn(&bluegreen_router::notify::HookCounts) -> u64;
+    // (name, help, a gauge, the count)
+    let families: [(&'static str, &'static str, bool, Pick); 4] = [
+        (
+            "bluegreen_notify_delivered",
+            "Notices a hook accepted (2xx)",
+            false,
+            |c| c.delivered,
+        ),
+        (
+            "bluegreen_notify_failed_attempts",
+            "Delivery attempts that failed (each is retried until retry_for)",
+            false,
+            |c| c.failed,
+        ),
+        (
+            "bluegreen_notify_lost",
+            "Notices given up after retry_for",
+            false,
+            |c| c.lost,
+        ),
+        (
+            "bluegreen_notify_pending",
+            "Notices waiting in the outbox for a hook",
+            true,
+            |c| c.pending,
+        ),
+    ];
+    for (name, help, gauge, pick) in families {
+        let kind = if gauge {
+            MetricType::Gauge
+        } else {
+            MetricType::Counter
+        };
+        let f = s.family(name, help, kind);
+        for (hook, c) in &counts {
+            let v = pick(c);
+            f.add(
+                vec![("hook", hook.clone())],
+                if gauge {
+                    Value::Gauge(v as i64)
+                } else {
+                    Value::Counter(v)
+                },
             );
         }
     }

@@ -27,6 +27,7 @@ pub mod drivers;
 pub mod events;
 pub mod listener;
 pub mod memory;
+pub mod notify;
 pub mod plane;
 pub mod request;
 pub mod settings;

@@ -166,6 +166,17 @@ pub enum Command {
         /// The node's name, as `status` lists it.
         node: String,
     },
+    /// `[[notify]]` hooks: `notify test NAME` sends a sample notice to one
+    /// hook now and prints what it answered.
+    Notify {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// `test`.
+        #[arg(value_parser = ["test"])]
+        action: String,
+        /// The hook's name (`[[notify]] name`).
+        hook: String,
+    },
     /// Maintenance mode: the live listener answers 503 with a message (JSON
     /// for clients that ask for it); preview and health checks unaffected.
     Maintenance {
@@ -383,6 +394,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Resume { admin } => client_runtime()?.block_on(client::resume(&admin)),
         Command::ClusterForget { admin, node } => {
             client_runtime()?.block_on(client::cluster_forget(&admin, &node))
+        }
+        Command::Notify { admin, hook, .. } => {
+            client_runtime()?.block_on(client::notify_test(&admin, &hook))
         }
         Command::Maintenance {
             admin,

@@ -181,7 +181,10 @@ const ROUTER_LAYERS: &[(&str, &[&str])] = &[
     ("checks", &["upstream::health"]),
     ("request", &["request", "taps::shadow::compare"]),
     ("edge", &["downstream", "listener", "tls", "memory"]),
-    ("control", &["control", "drivers", "status", "lib"]),
+    (
+        "control",
+        &["control", "drivers", "notify", "status", "lib"],
+    ),
 ];
 
 /// The router module a source file is (`request/mod.rs` is `request`).

@@ -3,6 +3,7 @@
 
 mod cluster;
 mod deploys;
+mod notify;
 mod process;
 mod status;
 mod switch;
@@ -94,6 +95,7 @@ pub fn app(
         .route("/weight", post(weight))
         .route("/preview-link", post(preview_link))
         .route("/cluster/forget", post(cluster_forget))
+        .route("/notify/test", post(notify::notify_test))
         .route("/events", get(events))
         .route("/series", get(series))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));

@@ -71,6 +71,7 @@ pub fn diff(old: &Config, new: &Config) -> Changes {
     );
     live("shadow", old.shadow != new.shadow);
     live("sessions", old.sessions != new.sessions);
+    live("notify", old.notify != new.notify);
     // Deploy settings other than the method (which needs an upgrade).
     let deploy_changed = match (&old.deploy, &new.deploy) {
         (Some(o), Some(n)) => {

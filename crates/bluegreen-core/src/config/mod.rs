@@ -13,6 +13,7 @@ mod environments;
 #[cfg(test)]
 pub(crate) mod keys;
 pub mod migrations;
+pub mod notify;
 pub mod router;
 mod sections;
 pub mod shadow;
@@ -60,6 +61,8 @@ pub struct Config {
     pub sessions: Option<SessionsConfig>,
     /// The router that carries live traffic (`[router]`).
     pub router: router::RouterKind,
+    /// Where notices go (`[[notify]]`).
+    pub notify: Vec<notify::Hook>,
 }
 
 /// `[sessions]`: after a switch, clients with a session on the old side
@@ -243,6 +246,8 @@ struct RawConfig {
     sessions: Option<RawSessions>,
     #[serde(default)]
     router: router::RawRouter,
+    #[serde(default)]
+    notify: Vec<notify::RawHook>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -534,7 +539,15 @@ fn validate(raw: RawConfig, base: &Path, c: &mut Checker) -> Config {
             app_cookie: r.app_cookie.clone(),
         }
     });
+    let notify = notify::validate(&raw.notify, c);
+    if state.etcd.is_some() && !notify.is_empty() {
+        c.issue(
+            "notify",
+            "is not supported with state.backend = \"etcd\" yet (every node would deliver each notice): use it on one node, or without etcd",
+        );
+    }
     Config {
+        notify,
         sessions,
         router,
         source: None,

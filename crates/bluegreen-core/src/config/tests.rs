@@ -670,3 +670,37 @@ fn a_driven_router_is_checked_key_by_key() {
     let msg = with("kind = \"traefik\"\n").unwrap_err().to_string();
     assert!(msg.contains("unknown router \"traefik\""), "{msg}");
 }
+
+/// `[[notify]]`: each hook named once, a URL, known kinds and format, a
+/// variable name for the secret; every kind by default.
+#[test]
+fn notify_hooks_are_checked_entry_by_entry() {
+    let good = parse(&format!(
+        "{GOOD}\n[[notify]]\nname = \"ops\"\nurl = \"https://hooks.example.com/x\"\n\
+         [[notify]]\nname = \"chat\"\nurl = \"http://127.0.0.1:9/in\"\nformat = \"slack\"\n\
+         events = [\"rolled_back\"]\nsecret_env = \"HOOK_SECRET\"\nretry_for = \"1h\"\n"
+    ))
+    .unwrap();
+    assert_eq!(good.notify.len(), 2);
+    assert_eq!(good.notify[0].events.len(), notify::KINDS.len());
+    assert_eq!(good.notify[0].format, notify::Format::CloudEvents);
+    assert_eq!(good.notify[0].retry_for, Duration::from_secs(24 * 3600));
+    assert_eq!(good.notify[1].format, notify::Format::Slack);
+    assert_eq!(good.notify[1].events, vec!["rolled_back".to_string()]);
+    assert_eq!(good.notify[1].retry_for, Duration::from_secs(3600));
+
+    let msg = problems(&format!(
+        "{GOOD}\n[[notify]]\nname = \"ops\"\nurl = \"ftp://x\"\nformat = \"teams\"\nevents = [\"deployed\"]\n\
+         secret_env = \"MY-SECRET\"\n[[notify]]\nname = \"ops\"\nurl = \"https://x.example\"\n[[notify]]\nurl = \"https://y.example\"\n"
+    ));
+    for expected in [
+        "notify[0].url: \"ftp://x\" is not an http:// or https:// URL",
+        "notify[0].format: unknown format \"teams\"",
+        "notify[0].events: unknown event \"deployed\"",
+        "notify[0].secret_env: \"MY-SECRET\" is not a variable name",
+        "notify[1].name: \"ops\" is used by another [[notify]] entry",
+        "notify[2].name: missing",
+    ] {
+        assert!(msg.contains(expected), "{expected}: {msg}");
+    }
+}

@@ -58,6 +58,8 @@ pub struct Router {
     switch_counts: Mutex<BTreeMap<&'static str, u64>>,
     /// The ACME loop, when there is a `[tls.acme]` table.
     acme: std::sync::OnceLock<Arc<crate::tls::acme::Acme>>,
+    /// `[[notify]]`'s outbox and sender, once started.
+    notifier: std::sync::OnceLock<Arc<crate::notify::Notifier>>,
     /// Set while the state is being handed to a new process: the admin API
     /// refuses changes (they would be lost).
     handing_over: std::sync::atomic::AtomicBool,
@@ -262,6 +264,7 @@ impl Router {
             series: Series::default(),
             switch_counts: Mutex::new(BTreeMap::new()),
             acme: std::sync::OnceLock::new(),
+            notifier: std::sync::OnceLock::new(),
             handing_over: std::sync::atomic::AtomicBool::new(false),
             handover_abort: std::sync::Mutex::new(None),
             applied: std::sync::atomic::AtomicI64::new(

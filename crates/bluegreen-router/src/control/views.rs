@@ -9,6 +9,32 @@ impl Router {
         let _ = self.acme.set(acme);
     }
 
+    /// Opens the notify outbox (what a previous run left waits there) and
+    /// starts listening and delivering, until `stop`.
+    pub async fn start_notifier(
+        &self,
+        stop: CancellationToken,
+        rx: Option<tokio::sync::broadcast::Receiver<crate::events::Event>>,
+    ) -> Result<(), String> {
+        let config = self.config();
+        let node = match &config.state.etcd {
+            Some(e) => e.node.clone(),
+            None => tokio::fs::read_to_string("/proc/sys/kernel/hostname")
+                .await
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| "bluegreen".into()),
+        };
+        let n = crate::notify::Notifier::open(self.plane.clone(), self.store.clone(), node).await?;
+        n.spawn(stop, rx);
+        let _ = self.notifier.set(n);
+        Ok(())
+    }
+
+    /// The notifier, once started.
+    pub fn notifier(&self) -> Option<&Arc<crate::notify::Notifier>> {
+        self.notifier.get()
+    }
+
     /// Where ACME stands, when configured.
     pub fn acme(&self) -> Option<crate::tls::acme::AcmeState> {
         self.acme.get().map(|a| a.state())

@@ -300,6 +300,28 @@ pub async fn cluster_forget(args: &AdminArgs, node: &str) -> anyhow::Result<Exit
     }
 }
 
+/// `bluegreen notify test NAME`: exit 0 when the hook answered 2xx.
+pub async fn notify_test(args: &AdminArgs, hook: &str) -> anyhow::Result<ExitCode> {
+    let result: Result<serde_json::Value, _> = client(args)
+        .post("/api/v1/notify/test", json!({ "hook": hook }))
+        .await;
+    match result {
+        Ok(v) => {
+            let status = v["status"].as_u64().unwrap_or(0);
+            outln!(
+                "{hook} answered {status}: {}",
+                v["body"].as_str().unwrap_or("").trim()
+            )?;
+            Ok(if (200..300).contains(&status) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Err(e) => fail(e),
+    }
+}
+
 /// `bluegreen maintenance on|off`.
 pub async fn maintenance(
     args: &AdminArgs,

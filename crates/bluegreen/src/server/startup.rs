@@ -187,6 +187,15 @@ pub fn spawn_background(router: &Arc<Router>, stop: &CancellationToken) -> TaskT
     bluegreen_router::memory::spawn_trimmer(router.plane.clone(), stop.clone());
     router.spawn_cluster(stop.clone());
     router.spawn_driver_log(stop.clone());
+    // `[[notify]]`: what waits in the outbox is delivered first; the
+    // event stream is listened to from now, before any traffic or switch.
+    let (r, s) = (router.clone(), stop.clone());
+    let rx = (!router.config().notify.is_empty()).then(|| router.plane.events.subscribe());
+    tokio::spawn(async move {
+        if let Err(e) = r.start_notifier(s, rx).await {
+            tracing::error!(error = %e, "notices are not delivered");
+        }
+    });
     bluegreen_router::control::spawn_sampler(
         router.clone(),
         std::time::Duration::from_secs(1),

@@ -22,6 +22,7 @@ mod keepalive;
 mod manners;
 mod migrate;
 mod migrate_live;
+mod notify;
 mod observe;
 mod operator;
 mod pg;

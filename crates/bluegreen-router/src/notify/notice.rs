@@ -1,0 +1,166 @@
+//! What people and systems are told: the events that matter to them
+//! (a switch, a rollback, how a deploy ended, maintenance, certificates),
+//! picked from the event stream and given a kind, a sentence and facts.
+
+use crate::events::Event;
+use bluegreen_core::deploy::{DeployRecord, Outcome, StepState};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+
+/// One notice, as it waits in the outbox and goes to every hook that asks
+/// for its kind. Its `id` stays the same across retries: a receiver
+/// de-duplicates by it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Notice {
+    pub id: String,
+    /// One of `config::notify::KINDS`.
+    pub kind: String,
+    pub at_unix_ms: u64,
+    /// The deploy it is about (`deploy #7`), when it is about one.
+    pub subject: Option<String>,
+    /// One line for people.
+    pub summary: String,
+    /// The facts, for systems.
+    pub data: serde_json::Value,
+}
+
+/// A notice before it has an id: the kind, subject, summary and facts.
+pub type Draft = (&'static str, Option<String>, String, serde_json::Value);
+
+/// Remembers what was already said of each deploy (a deploy record is
+/// announced at every step).
+#[derive(Default)]
+pub struct Said {
+    started: BTreeSet<u64>,
+    ended: BTreeSet<u64>,
+}
+
+impl Said {
+    /// The notices `event` makes.
+    pub fn drafts(&mut self, event: &Event) -> Vec<Draft> {
+        match event {
+            Event::Switch(s) => {
+                let kind = if s.kind == "rollback" {
+                    "rolled_back"
+                } else {
+                    "switched"
+                };
+                let why = if s.reason.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", s.reason)
+                };
+                vec![(
+                    kind,
+                    None,
+                    format!(
+                        "{} is live (was {}), {} by {}{why}",
+                        s.to,
+                        s.from,
+                        if kind == "rolled_back" {
+                            "rolled back"
+                        } else {
+                            "switched"
+                        },
+                        s.actor
+                    ),
+                    serde_json::json!({
+                        "from": s.from, "to": s.to, "generation": s.generation,
+                        "actor": s.actor, "reason": s.reason, "forced": s.forced,
+                    }),
+                )]
+            }
+            Event::Deploy(d) => self.deploy(d),
+            Event::Maintenance { on, detail } => vec![(
+                if *on {
+                    "maintenance_on"
+                } else {
+                    "maintenance_off"
+                },
+                None,
+                format!("maintenance {}: {detail}", if *on { "on" } else { "off" }),
+                serde_json::json!({ "on": on, "detail": detail }),
+            )],
+            Event::Tls { ok, detail } => vec![(
+                if *ok {
+                    "certificate_renewed"
+                } else {
+                    "certificate_failing"
+                },
+                None,
+                detail.clone(),
+                serde_json::json!({ "ok": ok, "detail": detail }),
+            )],
+            _ => Vec::new(),
+        }
+    }
+
+    fn deploy(&mut self, d: &DeployRecord) -> Vec<Draft> {
+        let mut out = Vec::new();
+        let subject = Some(format!("deploy #{}", d.id));
+        let facts = || {
+            let failed = d
+                .steps
+                .iter()
+                .find(|s| s.state == StepState::Failed)
+                .map(|s| serde_json::json!({ "step": s.step, "detail": s.detail }));
+            serde_json::json!({
+                "deploy_id": d.id,
+                "version": d.version,
+                "previous_version": d.previous_version,
+                "target": d.target,
+                "from": d.from,
+                "outcome": d.outcome,
+                "reason": d.reason,
+                "actor": d.options.actor,
+                "failed_step": failed,
+                "breach": d.breach,
+                "started_at_ms": d.created_at_ms,
+                "finished_at_ms": d.finished_at_ms,
+            })
+        };
+        if self.started.insert(d.id) && d.outcome == Outcome::Running {
+            out.push((
+                "deploy_started",
+                subject.clone(),
+                format!(
+                    "deploy #{} of {} to {} started by {}",
+                    d.id, d.version, d.target, d.options.actor
+                ),
+                facts(),
+            ));
+        }
+        let ended = match d.outcome {
+            Outcome::Running => None,
+            Outcome::Succeeded => Some(("deploy_succeeded", "succeeded")),
+            Outcome::RolledBack => Some(("deploy_rolled_back", "was ROLLED BACK")),
+            Outcome::Aborted => Some(("deploy_aborted", "was aborted")),
+            Outcome::Failed => Some(("deploy_failed", "FAILED")),
+        };
+        if let Some((kind, verb)) = ended {
+            if self.ended.insert(d.id) {
+                let why = d
+                    .reason
+                    .as_deref()
+                    .map(|r| format!(": {r}"))
+                    .unwrap_or_default();
+                out.push((
+                    kind,
+                    subject,
+                    format!(
+                        "deploy #{} of {} to {} {verb}{why}",
+                        d.id, d.version, d.target
+                    ),
+                    facts(),
+                ));
+            }
+        }
+        // Bounded: the oldest deploys are forgotten.
+        for set in [&mut self.started, &mut self.ended] {
+            while set.len() > 1000 {
+                set.pop_first();
+            }
+        }
+        out
+    }
+}

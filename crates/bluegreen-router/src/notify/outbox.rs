@@ -1,0 +1,101 @@
+//! The outbox: every notice waiting for a hook, in the state store (key
+//! `notify`), written before delivery starts and after each delivery, so a
+//! `kill -9` or an upgrade loses nothing written (what was delivered but
+//! not yet written off is delivered again: receivers de-duplicate by id).
+
+use super::notice::Notice;
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// The store key.
+pub const KEY: &str = "notify";
+
+/// One notice waiting for one hook.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pending {
+    pub hook: String,
+    pub notice: Notice,
+    pub attempts: u32,
+    /// Not tried again before this.
+    pub next_at_ms: u64,
+    pub last_error: Option<String>,
+}
+
+/// What the store holds.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Outbox {
+    /// The next notice's number (ids stay unique across restarts).
+    pub next_seq: u64,
+    /// Oldest first; each hook's in the order they happened.
+    pub pending: Vec<Pending>,
+}
+
+impl Outbox {
+    /// The first waiting notice of each hook (a hook gets its notices in
+    /// order: a later one waits for the one before).
+    pub fn heads(&self) -> Vec<usize> {
+        let mut seen = std::collections::BTreeSet::new();
+        self.pending
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| seen.insert(p.hook.clone()))
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    /// How many wait for `hook`.
+    pub fn waiting(&self, hook: &str) -> usize {
+        self.pending.iter().filter(|p| p.hook == hook).count()
+    }
+}
+
+/// The wait before attempt `attempts + 1`: 1 s doubled each time, at most
+/// 5 minutes, with up to a fifth more at random so that many waiting
+/// deliveries do not all come back at once.
+pub fn backoff(attempts: u32, jitter: f64) -> Duration {
+    let base = Duration::from_secs(1)
+        .saturating_mul(1u32 << attempts.saturating_sub(1).min(16))
+        .min(Duration::from_secs(300));
+    base.mul_f64(1.0 + jitter.clamp(0.0, 1.0) * 0.2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(hook: &str, n: u64) -> Pending {
+        Pending {
+            hook: hook.into(),
+            notice: Notice {
+                id: format!("n-{n}"),
+                kind: "switched".into(),
+                at_unix_ms: n,
+                subject: None,
+                summary: String::new(),
+                data: serde_json::Value::Null,
+            },
+            attempts: 0,
+            next_at_ms: 0,
+            last_error: None,
+        }
+    }
+
+    #[test]
+    fn each_hook_gets_its_oldest_first() {
+        let o = Outbox {
+            next_seq: 4,
+            pending: vec![p("a", 1), p("b", 2), p("a", 3), p("c", 4)],
+        };
+        assert_eq!(o.heads(), vec![0, 1, 3]);
+        assert_eq!(o.waiting("a"), 2);
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_five_minutes_with_a_fifth_of_jitter() {
+        assert_eq!(backoff(1, 0.0), Duration::from_secs(1));
+        assert_eq!(backoff(2, 0.0), Duration::from_secs(2));
+        assert_eq!(backoff(4, 0.0), Duration::from_secs(8));
+        assert_eq!(backoff(30, 0.0), Duration::from_secs(300));
+        assert_eq!(backoff(1, 1.0), Duration::from_millis(1200));
+    }
+}
