@@ -40,6 +40,22 @@ pub struct DeployConfig {
     pub analysis: Vec<super::analysis::AnalysisMetric>,
     /// Directory commands run in (the config file's).
     pub workdir: PathBuf,
+    /// An approval webhook the gate asks before the switch (`[deploy.gate]`).
+    pub gate: Option<GateConfig>,
+}
+
+/// `[deploy.gate]`: the gate asks `webhook` (a POST with the release's
+/// facts) until it answers 200 (promote) or 403 (abort, its body the
+/// reason), or `promote_timeout` (1 h by default) passes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GateConfig {
+    pub webhook: String,
+    /// The variable holding a signing secret (as `[[notify]]`'s).
+    pub secret_env: Option<String>,
+    /// Between two questions.
+    pub interval: Duration,
+    /// The limit of one question.
+    pub timeout: Duration,
 }
 
 /// How a version is put on a side.
@@ -151,6 +167,64 @@ pub(super) struct RawDeploy {
     migrations: Option<super::migrations::RawMigrations>,
     #[serde(default)]
     analysis: Vec<super::analysis::RawAnalysis>,
+    gate: Option<RawGate>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawGate {
+    webhook: Option<String>,
+    secret_env: Option<String>,
+    interval: Option<String>,
+    timeout: Option<String>,
+}
+
+fn gate(raw: &RawGate, c: &mut Checker) -> Option<GateConfig> {
+    let webhook = match raw.webhook.as_deref() {
+        Some(u)
+            if (u.starts_with("http://") || u.starts_with("https://"))
+                && !u.contains(char::is_whitespace) =>
+        {
+            Some(u.to_string())
+        }
+        Some(u) => {
+            c.issue(
+                "deploy.gate.webhook",
+                format!("{u:?} is not an http:// or https:// URL"),
+            );
+            None
+        }
+        None => {
+            c.issue(
+                "deploy.gate.webhook",
+                "missing: the URL the gate asks for approval",
+            );
+            None
+        }
+    };
+    if let Some(v) = &raw.secret_env {
+        if v.is_empty() || !v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            c.issue(
+                "deploy.gate.secret_env",
+                format!("{v:?} is not a variable name"),
+            );
+        }
+    }
+    let interval = c.duration(
+        "deploy.gate.interval",
+        raw.interval.as_deref(),
+        Duration::from_secs(10),
+    );
+    let timeout = c.duration(
+        "deploy.gate.timeout",
+        raw.timeout.as_deref(),
+        Duration::from_secs(10),
+    );
+    Some(GateConfig {
+        webhook: webhook?,
+        secret_env: raw.secret_env.clone(),
+        interval,
+        timeout,
+    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -257,6 +331,7 @@ pub(super) fn validate(
             .and_then(|m| super::migrations::validate(m, base, c)),
         analysis,
         workdir: base.to_path_buf(),
+        gate: raw.gate.as_ref().and_then(|g| gate(g, c)),
     };
     Some(config)
 }

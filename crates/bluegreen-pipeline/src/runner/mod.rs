@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod analysis;
+mod approval;
 mod bake;
 mod canary;
 mod checks;

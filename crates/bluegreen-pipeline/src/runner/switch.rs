@@ -6,6 +6,9 @@ use super::*;
 
 /// Step 6: automatic, or wait for `promote`.
 pub(super) async fn gate(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployRecord) -> StepEnd {
+    if let Some(gate) = p.config().gate.clone() {
+        return super::approval::ask_until_answered(p, handle, d, &gate).await;
+    }
     if !d.options.manual_promote {
         return StepEnd::Done(Some("automatic".into()));
     }

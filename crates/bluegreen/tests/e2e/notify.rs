@@ -2,7 +2,8 @@
 //! records every delivery attempt, and can refuse connections or answer
 //! 500): every notice of a deploy and a rollback arrives once, in order,
 //! signed, after the receiver was down; a notice waiting in the outbox when
-//! bluegreen is killed with SIGKILL is delivered by the next process.
+//! bluegreen is killed with SIGKILL is delivered by the next process. The
+//! gate's approval webhook: not yet, then yes; a refusal; no answer in time.
 
 use crate::support::*;
 use bytes::Bytes;
@@ -11,7 +12,6 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -30,11 +30,12 @@ impl Delivery {
     }
 }
 
-/// A receiver: answers 500 while `failing`, else 200; records everything.
+/// A receiver: answers with `reply` (200 "noted" at first); records
+/// everything.
 struct Receiver {
     addr: SocketAddr,
     seen: Arc<Mutex<Vec<Delivery>>>,
-    failing: Arc<AtomicBool>,
+    reply: Arc<Mutex<(u16, String)>>,
     stop: CancellationToken,
 }
 
@@ -44,20 +45,20 @@ impl Receiver {
         let r = Receiver {
             addr,
             seen: Arc::default(),
-            failing: Arc::default(),
+            reply: Arc::new(Mutex::new((200, "noted".into()))),
             stop: CancellationToken::new(),
         };
-        let (seen, failing, stop) = (r.seen.clone(), r.failing.clone(), r.stop.clone());
+        let (seen, reply, stop) = (r.seen.clone(), r.reply.clone(), r.stop.clone());
         tokio::spawn(async move {
             loop {
                 let stream = tokio::select! {
                     _ = stop.cancelled() => return,
                     s = listener.accept() => match s { Ok((s, _)) => s, Err(_) => continue },
                 };
-                let (seen, failing) = (seen.clone(), failing.clone());
+                let (seen, reply) = (seen.clone(), reply.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                        let (seen, failing) = (seen.clone(), failing.clone());
+                        let (seen, reply) = (seen.clone(), reply.clone());
                         async move {
                             let headers = req
                                 .headers()
@@ -67,11 +68,7 @@ impl Receiver {
                                 })
                                 .collect();
                             let body = req.into_body().collect().await.unwrap().to_bytes();
-                            let answered = if failing.load(Ordering::SeqCst) {
-                                500
-                            } else {
-                                200
-                            };
+                            let (answered, text) = reply.lock().unwrap().clone();
                             seen.lock().unwrap().push(Delivery {
                                 headers,
                                 body: String::from_utf8_lossy(&body).into_owned(),
@@ -80,7 +77,7 @@ impl Receiver {
                             Ok::<_, Infallible>(
                                 hyper::Response::builder()
                                     .status(answered)
-                                    .body(Full::new(Bytes::from_static(b"noted")))
+                                    .body(Full::new(Bytes::from(text)))
                                     .unwrap(),
                             )
                         }
@@ -92,6 +89,10 @@ impl Receiver {
             }
         });
         r
+    }
+
+    fn set(&self, status: u16, body: &str) {
+        *self.reply.lock().unwrap() = (status, body.to_string());
     }
 
     /// The accepted deliveries (2xx), in the order they arrived.
@@ -262,7 +263,7 @@ async fn a_notice_waiting_when_bluegreen_is_killed_is_delivered_by_the_next_proc
     let blue = Backend::start("blue").await;
     let green = Backend::start("green").await;
     let receiver = Receiver::start_on(closed_port()).await;
-    receiver.failing.store(true, Ordering::SeqCst);
+    receiver.set(500, "down for maintenance");
     let url = format!("http://{}/in", receiver.addr);
     let state = tempfile::tempdir().unwrap();
     let builder = || {
@@ -285,7 +286,7 @@ async fn a_notice_waiting_when_bluegreen_is_killed_is_delivered_by_the_next_proc
     let _ = router.child.wait();
     drop(router);
 
-    receiver.failing.store(false, Ordering::SeqCst);
+    receiver.set(200, "noted");
     let router = builder().start();
     wait_until(
         Duration::from_secs(20),
@@ -300,5 +301,74 @@ async fn a_notice_waiting_when_bluegreen_is_killed_is_delivered_by_the_next_proc
     );
     assert_eq!(accepted[0].json()["data"]["kind"], "switched");
     assert!(signature_ok(&accepted[0]));
+    assert_eq!(router.status().await["live"], "green");
+}
+
+/// `[deploy.gate] webhook`: asked until it says 200 (promote), 403 aborts
+/// with its body as the reason, and nothing in time aborts too; the live
+/// side never moves without a yes.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_approval_webhook_promotes_refuses_or_times_out() {
+    let blue = Backend::start("blue").await;
+    let green = Backend::start("green").await;
+    let receiver = Receiver::start_on(closed_port()).await;
+    receiver.set(202, "the change board meets at noon");
+    let router = RouterBuilder::new(&[&blue], &[&green])
+        .health("interval = \"100ms\"\nhealthy_threshold = 1")
+        .env("HOOK_SECRET", SECRET)
+        .extra(&format!(
+            "[deploy]\ndeploy_timeout = \"5s\"\npromote_timeout = \"4s\"\n[deploy.hooks]\ndeploy = \"true\"\n\
+             [deploy.bake]\nduration = \"200ms\"\ninterval = \"100ms\"\non_inconclusive = \"accept\"\n\
+             [deploy.gate]\nwebhook = \"http://{}/approve?app=shop\"\nsecret_env = \"HOOK_SECRET\"\ninterval = \"100ms\"\n",
+            receiver.addr
+        ))
+        .start();
+    router.wait_all_healthy().await;
+
+    // Not yet, then yes: promoted, and the question was the release's.
+    let r = receiver.reply.clone();
+    let seen = receiver.seen.clone();
+    let approve = tokio::spawn(async move {
+        wait_until(Duration::from_secs(20), "asked twice", || async {
+            seen.lock().unwrap().len() >= 2
+        })
+        .await;
+        *r.lock().unwrap() = (200, "approved by the change board".into());
+    });
+    let (code, out, err) = router.cli(&["deploy", "v1"]);
+    approve.await.unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        format!("{out}{err}").contains("approved by http://"),
+        "{out}{err}"
+    );
+    assert_eq!(router.status().await["live"], "green");
+    let asked = receiver.seen.lock().unwrap().clone();
+    assert!(asked.len() >= 3);
+    for d in &asked {
+        assert_eq!(d.json()["version"], "v1", "{}", d.body);
+        assert_eq!(d.json()["target"], "green");
+        assert_eq!(d.headers["x-bluegreen-event"], "approval");
+        assert!(signature_ok(d), "{}", d.body);
+    }
+
+    // A refusal aborts, with the receiver's words; nothing switches.
+    receiver.set(403, "change freeze until Monday");
+    let (code, out, err) = router.cli(&["deploy", "v2"]);
+    assert_eq!(code, 4, "aborted: {out}{err}");
+    assert!(
+        format!("{out}{err}").contains("change freeze until Monday"),
+        "{out}{err}"
+    );
+    assert_eq!(router.status().await["live"], "green");
+
+    // Only "later" until promote_timeout: aborted, nothing switches.
+    receiver.set(503, "busy");
+    let (code, out, err) = router.cli(&["deploy", "v3"]);
+    assert_eq!(code, 4, "aborted: {out}{err}");
+    assert!(
+        format!("{out}{err}").contains("no approval from"),
+        "{out}{err}"
+    );
     assert_eq!(router.status().await["live"], "green");
 }
