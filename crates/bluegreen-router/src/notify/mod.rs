@@ -20,6 +20,13 @@ use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
+/// One attempt: the hook as configured then and what it answered (`None`:
+/// the hook is no longer configured).
+type Tried = Option<(Hook, Result<send::Answer, String>)>;
+
+/// Notices one hook may have waiting; past it the oldest are given up.
+const MAX_PENDING: usize = 10_000;
+
 /// One hook's counts, for `/metrics`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct HookCounts {
@@ -127,26 +134,36 @@ impl Notifier {
     }
 
     /// Queues `drafts` for every hook that asks for their kind, written to
-    /// the store before any is sent.
+    /// the store before any is sent. A hook holds at most `MAX_PENDING`:
+    /// past that its oldest are given up (counted as lost).
     async fn enqueue(&self, drafts: Vec<notice::Draft>) {
         let hooks = self.plane.config().notify.clone();
-        if drafts.is_empty() || hooks.is_empty() {
+        let wanted = |kind: &str| hooks.iter().any(|h| h.events.iter().any(|e| e == kind));
+        if !drafts.iter().any(|d| wanted(d.kind)) {
             return;
         }
         let mut outbox = self.outbox.lock().await;
         let at = now_ms();
-        for (kind, subject, summary, data) in drafts {
+        for d in drafts {
             let seq = outbox.next_seq;
             outbox.next_seq += 1;
             let notice = Notice {
-                id: format!("{}-{at}-{seq}", self.node),
-                kind: kind.to_string(),
+                // A stable key (a deploy's start or end) gives the same id
+                // when a restarted process says it again.
+                id: match &d.key {
+                    Some(k) => format!("{}-{k}", self.node),
+                    None => format!("{}-{at}-{seq}", self.node),
+                },
+                kind: d.kind.to_string(),
                 at_unix_ms: at,
-                subject,
-                summary,
-                data,
+                subject: d.subject,
+                summary: d.summary,
+                data: d.data,
             };
-            for h in hooks.iter().filter(|h| h.events.iter().any(|e| e == kind)) {
+            for h in hooks
+                .iter()
+                .filter(|h| h.events.iter().any(|e| e == d.kind))
+            {
                 outbox.pending.push(Pending {
                     hook: h.name.clone(),
                     notice: notice.clone(),
@@ -154,6 +171,13 @@ impl Notifier {
                     next_at_ms: 0,
                     last_error: None,
                 });
+                if outbox.waiting(&h.name) > MAX_PENDING {
+                    if let Some(i) = outbox.pending.iter().position(|p| p.hook == h.name) {
+                        let old = outbox.pending.remove(i);
+                        tracing::error!(hook = %h.name, id = %old.notice.id, "more than {MAX_PENDING} notices wait for this hook: the oldest was given up");
+                        self.bump(&h.name, |c| c.lost += 1);
+                    }
+                }
             }
         }
         self.persist(&outbox).await;
@@ -170,9 +194,13 @@ impl Notifier {
         stop: CancellationToken,
         rx: Option<tokio::sync::broadcast::Receiver<Event>>,
     ) {
-        let me = self.clone();
-        let stop2 = stop.clone();
-        tokio::spawn(async move { me.listen(stop2, rx).await });
+        // The listener only picks notices out (no I/O): it keeps up with
+        // the event stream; the writer puts them in the outbox.
+        let (tx, drafts) = tokio::sync::mpsc::unbounded_channel();
+        let (me, s) = (self.clone(), stop.clone());
+        tokio::spawn(async move { me.listen(s, rx, tx).await });
+        let (me, s) = (self.clone(), stop.clone());
+        tokio::spawn(async move { me.write(s, drafts).await });
         let me = self.clone();
         tokio::spawn(async move { me.deliver(stop).await });
     }
@@ -181,6 +209,7 @@ impl Notifier {
         &self,
         stop: CancellationToken,
         mut rx: Option<tokio::sync::broadcast::Receiver<Event>>,
+        tx: tokio::sync::mpsc::UnboundedSender<Vec<notice::Draft>>,
     ) {
         let mut said = Said::default();
         loop {
@@ -199,7 +228,12 @@ impl Notifier {
                 _ = tokio::time::sleep(Duration::from_secs(5)) => continue,
             };
             match event {
-                Ok(e) => self.enqueue(said.drafts(&e)).await,
+                Ok(e) => {
+                    let drafts = said.drafts(&e);
+                    if !drafts.is_empty() && tx.send(drafts).is_err() {
+                        return;
+                    }
+                }
                 Err(RecvError::Lagged(n)) => {
                     tracing::error!(
                         missed = n,
@@ -211,93 +245,138 @@ impl Notifier {
         }
     }
 
-    /// Sends the first waiting notice of each hook that is due, all hooks
-    /// at once; again when woken or every half second.
-    async fn deliver(&self, stop: CancellationToken) {
+    /// Puts what the listener picked in the outbox, in batches.
+    async fn write(
+        &self,
+        stop: CancellationToken,
+        mut drafts: tokio::sync::mpsc::UnboundedReceiver<Vec<notice::Draft>>,
+    ) {
         loop {
-            self.round().await;
+            let first = tokio::select! {
+                _ = stop.cancelled() => return,
+                d = drafts.recv() => match d { Some(d) => d, None => return },
+            };
+            let mut batch = first;
+            while let Ok(more) = drafts.try_recv() {
+                batch.extend(more);
+            }
+            self.enqueue(batch).await;
+        }
+    }
+
+    /// Sends each hook's first waiting notice when it is due, each hook on
+    /// its own (one that stalls holds up only its own notices).
+    async fn deliver(&self, stop: CancellationToken) {
+        let mut flying = tokio::task::JoinSet::new();
+        let mut busy = std::collections::BTreeSet::new();
+        loop {
+            self.start_due(&mut flying, &mut busy).await;
             tokio::select! {
                 _ = stop.cancelled() => return,
+                Some(done) = flying.join_next(), if !flying.is_empty() => {
+                    if let Ok((p, tried)) = done {
+                        busy.remove(&p.hook);
+                        self.settle(p, tried).await;
+                    }
+                }
                 _ = self.wake.notified() => {}
-                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
             }
         }
     }
 
-    async fn round(&self) {
-        let hooks: BTreeMap<String, Hook> = self
-            .plane
-            .config()
-            .notify
-            .iter()
-            .map(|h| (h.name.clone(), h.clone()))
-            .collect();
+    /// Starts an attempt for every hook with a due head and none in flight.
+    async fn start_due(
+        &self,
+        flying: &mut tokio::task::JoinSet<(Pending, Tried)>,
+        busy: &mut std::collections::BTreeSet<String>,
+    ) {
+        let config = self.plane.config();
         let due: Vec<Pending> = {
             let outbox = self.outbox.lock().await;
             let now = now_ms();
             outbox
                 .heads()
                 .into_iter()
-                .map(|i| outbox.pending[i].clone())
-                .filter(|p| p.next_at_ms <= now)
+                .map(|i| &outbox.pending[i])
+                .filter(|p| p.next_at_ms <= now && !busy.contains(&p.hook))
+                .cloned()
                 .collect()
         };
-        if due.is_empty() {
-            return;
-        }
-        let mut tries = tokio::task::JoinSet::new();
         for p in due {
-            let Some(hook) = hooks.get(&p.hook).cloned() else {
+            busy.insert(p.hook.clone());
+            let Some(hook) = config.notify.iter().find(|h| h.name == p.hook).cloned() else {
                 // A hook removed from the config: what waits for it goes.
-                tries.spawn(async move { (p, None) });
+                flying.spawn(async move { (p, None) });
                 continue;
             };
             let (client, node) = (self.client.clone(), self.node.clone());
-            tries.spawn(async move {
+            flying.spawn(async move {
                 let r = send::attempt(&client, &hook, &p.notice, &node).await;
                 (p, Some((hook, r)))
             });
         }
-        let mut results = Vec::new();
-        while let Some(done) = tries.join_next().await {
-            if let Ok(r) = done {
-                results.push(r);
-            }
-        }
+    }
+
+    /// Writes one attempt's result into the outbox: delivered, retried
+    /// later, or given up (past `retry_for`, or refused for good: a 4xx
+    /// other than 408, 425 and 429, or a redirect).
+    async fn settle(&self, p: Pending, tried: Tried) {
         let mut outbox = self.outbox.lock().await;
-        for (p, tried) in results {
-            let Some(i) = outbox
-                .pending
-                .iter()
-                .position(|q| q.hook == p.hook && q.notice.id == p.notice.id)
-            else {
-                continue;
-            };
-            match tried {
-                None => {
-                    tracing::warn!(hook = %p.hook, id = %p.notice.id, "a notice for a hook no longer configured was dropped");
-                    outbox.pending.remove(i);
-                }
-                Some((_, Ok(a))) if (200..300).contains(&a.status) => {
-                    outbox.pending.remove(i);
-                    self.bump(&p.hook, |c| c.delivered += 1);
-                }
-                Some((hook, r)) => {
-                    let why = match r {
-                        Ok(a) => format!("answered {}: {}", a.status, a.body.trim()),
-                        Err(e) => e,
+        let Some(i) = outbox
+            .pending
+            .iter()
+            .position(|q| q.hook == p.hook && q.notice.id == p.notice.id)
+        else {
+            return;
+        };
+        match tried {
+            None => {
+                tracing::warn!(hook = %p.hook, id = %p.notice.id, "a notice for a hook no longer configured was dropped");
+                outbox.pending.remove(i);
+                self.bump(&p.hook, |c| c.lost += 1);
+            }
+            Some((_, Ok(a))) if (200..300).contains(&a.status) => {
+                outbox.pending.remove(i);
+                self.bump(&p.hook, |c| c.delivered += 1);
+            }
+            Some((hook, r)) => {
+                let permanent = matches!(&r, Ok(a) if (300..500).contains(&a.status) && ![408, 425, 429].contains(&a.status));
+                let why = match r {
+                    Ok(a) => format!("answered {}: {}", a.status, a.body.trim()),
+                    Err(e) => e,
+                };
+                self.bump(&p.hook, |c| c.failed += 1);
+                let now = now_ms();
+                let window = hook.retry_for.as_millis() as u64;
+                if permanent || now.saturating_sub(p.notice.at_unix_ms) >= window {
+                    let reason = if permanent {
+                        "refused for good (a redirect or a 4xx other than 408, 425, 429)"
+                            .to_string()
+                    } else {
+                        format!(
+                            "given up after notify.retry_for ({})",
+                            humantime::format_duration(hook.retry_for)
+                        )
                     };
-                    self.bump(&p.hook, |c| c.failed += 1);
-                    let waited = now_ms().saturating_sub(p.notice.at_unix_ms);
-                    if waited >= hook.retry_for.as_millis() as u64 {
-                        tracing::error!(hook = %p.hook, id = %p.notice.id, kind = %p.notice.kind, attempts = p.attempts + 1, "a notice was given up after notify.retry_for ({}): {why}", humantime::format_duration(hook.retry_for));
-                        outbox.pending.remove(i);
-                        self.bump(&p.hook, |c| c.lost += 1);
-                        continue;
+                    tracing::error!(hook = %p.hook, id = %p.notice.id, kind = %p.notice.kind, attempts = p.attempts + 1, "a notice was {reason}: {why}");
+                    outbox.pending.remove(i);
+                    self.bump(&p.hook, |c| c.lost += 1);
+                    // Those behind it that are past the window too go
+                    // without an attempt each.
+                    let before = outbox.pending.len();
+                    outbox.pending.retain(|q| {
+                        q.hook != p.hook || now.saturating_sub(q.notice.at_unix_ms) < window
+                    });
+                    let expired = (before - outbox.pending.len()) as u64;
+                    if expired > 0 {
+                        tracing::error!(hook = %p.hook, "{expired} more notices were past notify.retry_for and given up");
+                        self.bump(&p.hook, |c| c.lost += expired);
                     }
+                } else {
                     let q = &mut outbox.pending[i];
                     q.attempts += 1;
-                    q.next_at_ms = now_ms() + backoff(q.attempts, jitter()).as_millis() as u64;
+                    q.next_at_ms = now + backoff(q.attempts, jitter()).as_millis() as u64;
                     if q.attempts == 1 || q.attempts % 10 == 0 {
                         tracing::warn!(hook = %p.hook, id = %p.notice.id, attempts = q.attempts, "a notice could not be delivered yet (retried): {why}");
                     }
@@ -306,6 +385,8 @@ impl Notifier {
             }
         }
         self.persist(&outbox).await;
+        drop(outbox);
+        self.wake.notify_one();
     }
 
     /// Sends a sample notice to `hook` now (not through the outbox): what
@@ -321,7 +402,7 @@ impl Notifier {
         let at = now_ms();
         let notice = Notice {
             id: format!("{}-{at}-test", self.node),
-            kind: "switched".into(),
+            kind: "test".into(),
             at_unix_ms: at,
             subject: None,
             summary: format!(

@@ -24,8 +24,32 @@ pub struct Notice {
     pub data: serde_json::Value,
 }
 
-/// A notice before it has an id: the kind, subject, summary and facts.
-pub type Draft = (&'static str, Option<String>, String, serde_json::Value);
+/// A notice before it has an id.
+#[derive(Debug, Clone)]
+pub struct Draft {
+    pub kind: &'static str,
+    pub subject: Option<String>,
+    pub summary: String,
+    pub data: serde_json::Value,
+    /// A key that makes the id the same when the notice is made again
+    /// (a restarted process sees a running deploy anew).
+    pub key: Option<String>,
+}
+
+fn draft(
+    kind: &'static str,
+    subject: Option<String>,
+    summary: String,
+    data: serde_json::Value,
+) -> Draft {
+    Draft {
+        kind,
+        subject,
+        summary,
+        data,
+        key: None,
+    }
+}
 
 /// Remembers what was already said of each deploy (a deploy record is
 /// announced at every step).
@@ -50,7 +74,7 @@ impl Said {
                 } else {
                     format!(": {}", s.reason)
                 };
-                vec![(
+                vec![draft(
                     kind,
                     None,
                     format!(
@@ -71,7 +95,7 @@ impl Said {
                 )]
             }
             Event::Deploy(d) => self.deploy(d),
-            Event::Maintenance { on, detail } => vec![(
+            Event::Maintenance { on, detail } => vec![draft(
                 if *on {
                     "maintenance_on"
                 } else {
@@ -81,7 +105,7 @@ impl Said {
                 format!("maintenance {}: {detail}", if *on { "on" } else { "off" }),
                 serde_json::json!({ "on": on, "detail": detail }),
             )],
-            Event::Tls { ok, detail } => vec![(
+            Event::Tls { ok, detail } => vec![draft(
                 if *ok {
                     "certificate_renewed"
                 } else {
@@ -120,15 +144,18 @@ impl Said {
             })
         };
         if self.started.insert(d.id) && d.outcome == Outcome::Running {
-            out.push((
-                "deploy_started",
-                subject.clone(),
-                format!(
-                    "deploy #{} of {} to {} started by {}",
-                    d.id, d.version, d.target, d.options.actor
-                ),
-                facts(),
-            ));
+            out.push(Draft {
+                key: Some(format!("deploy-{}-{}-started", d.id, d.created_at_ms)),
+                ..draft(
+                    "deploy_started",
+                    subject.clone(),
+                    format!(
+                        "deploy #{} of {} to {} started by {}",
+                        d.id, d.version, d.target, d.options.actor
+                    ),
+                    facts(),
+                )
+            });
         }
         let ended = match d.outcome {
             Outcome::Running => None,
@@ -144,15 +171,18 @@ impl Said {
                     .as_deref()
                     .map(|r| format!(": {r}"))
                     .unwrap_or_default();
-                out.push((
-                    kind,
-                    subject,
-                    format!(
-                        "deploy #{} of {} to {} {verb}{why}",
-                        d.id, d.version, d.target
-                    ),
-                    facts(),
-                ));
+                out.push(Draft {
+                    key: Some(format!("deploy-{}-{}-ended", d.id, d.created_at_ms)),
+                    ..draft(
+                        kind,
+                        subject,
+                        format!(
+                            "deploy #{} of {} to {} {verb}{why}",
+                            d.id, d.version, d.target
+                        ),
+                        facts(),
+                    )
+                });
             }
         }
         // Bounded: the oldest deploys are forgotten.

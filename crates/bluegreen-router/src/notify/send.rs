@@ -65,7 +65,14 @@ pub fn body(hook: &Hook, notice: &Notice, node: &str) -> (String, &'static str) 
                 "deploy_started" | "maintenance_on" => ":large_blue_circle:",
                 _ => ":red_circle:",
             };
-            let text = format!("{icon} *bluegreen* ({node}): {}", notice.summary);
+            // Slack's control characters: `<!channel>` in a reason must
+            // not ping anyone.
+            let escaped = notice
+                .summary
+                .replace('&', "&amp;")
+                .replace('<', "&lt;")
+                .replace('>', "&gt;");
+            let text = format!("{icon} *bluegreen* ({node}): {escaped}");
             (
                 serde_json::json!({ "text": text }).to_string(),
                 "application/json",
@@ -138,8 +145,8 @@ pub async fn attempt(
             msg
         })?;
         let status = resp.status().as_u16();
-        let bytes = resp
-            .into_body()
+        // At most 64 KiB of an answer is read.
+        let bytes = http_body_util::Limited::new(resp.into_body(), 64 * 1024)
             .collect()
             .await
             .map(|b| b.to_bytes())

@@ -146,7 +146,7 @@ fn signature_ok(d: &Delivery) -> bool {
 
 fn notify_toml(url: &str) -> String {
     format!(
-        "[[notify]]\nname = \"ops\"\nurl = \"{url}\"\nsecret_env = \"HOOK_SECRET\"\ntimeout = \"2s\"\n\
+        "[[notify]]\nname = \"ops\"\nurl = \"{url}\"\nsecret_env = \"HOOK_SECRET\"\ntimeout = \"10s\"\n\
          events = [\"deploy_started\", \"deploy_succeeded\", \"deploy_rolled_back\", \"deploy_failed\", \"switched\", \"rolled_back\"]\n"
     )
 }
@@ -199,8 +199,10 @@ async fn every_notice_of_a_deploy_and_a_rollback_arrives_once_in_order_signed() 
 
     // Up: everything arrives.
     let receiver = Receiver::start_on(addr).await;
+    // Up to two minutes: the head's next attempt may be a minute away
+    // (its backoff grew while the receiver was down).
     wait_until(
-        Duration::from_secs(30),
+        Duration::from_secs(120),
         "every notice delivered",
         || async { receiver.kinds().contains(&"rolled_back".to_string()) },
     )
@@ -371,4 +373,48 @@ async fn the_approval_webhook_promotes_refuses_or_times_out() {
         "{out}{err}"
     );
     assert_eq!(router.status().await["live"], "green");
+}
+
+/// A hook whose receiver takes connections and never answers holds up
+/// only its own notices: the other hook gets every notice of a deploy
+/// while the stalled one still waits, and the deploy is not held up.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_receiver_holds_up_no_other_hook_and_no_deploy() {
+    let blue = Backend::start("blue").await;
+    let green = Backend::start("green").await;
+    let good = Receiver::start_on(closed_port()).await;
+    // Accepts, reads nothing, answers nothing.
+    let stalled = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let stalled_addr = stalled.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut conns = Vec::new();
+        while let Ok((s, _)) = stalled.accept().await {
+            conns.push(s);
+        }
+    });
+    let router = RouterBuilder::new(&[&blue], &[&green])
+        .health("interval = \"100ms\"\nhealthy_threshold = 1")
+        .extra(&format!(
+            "[deploy]\ndeploy_timeout = \"5s\"\n[deploy.hooks]\ndeploy = \"true\"\n\
+             [deploy.bake]\nduration = \"200ms\"\ninterval = \"100ms\"\non_inconclusive = \"accept\"\n\n\
+             [[notify]]\nname = \"stalled\"\nurl = \"http://{stalled_addr}/\"\ntimeout = \"60s\"\n\
+             [[notify]]\nname = \"ops\"\nurl = \"http://{}/\"\n",
+            good.addr
+        ))
+        .start();
+    router.wait_all_healthy().await;
+    let (code, out, err) = router.cli(&["deploy", "v1"]);
+    assert_eq!(code, 0, "{out}{err}");
+    wait_until(Duration::from_secs(30), "the other hook has every notice", || async {
+        good.kinds() == ["deploy_started", "switched", "deploy_succeeded"]
+    })
+    .await;
+    let (_, body) = router.api("GET", "/metrics", None, Some(TOKEN)).await;
+    let text = body.as_str().unwrap_or("").to_string();
+    assert!(
+        text.contains("bluegreen_notify_pending{hook=\"stalled\"} 3"),
+        "the stalled hook still waits: {text}"
+    );
+    assert!(text.contains("bluegreen_notify_delivered_total{hook=\"ops\"} 3"), "{text}");
+    held.abort();
 }
