@@ -405,9 +405,11 @@ async fn a_stalled_receiver_holds_up_no_other_hook_and_no_deploy() {
     router.wait_all_healthy().await;
     let (code, out, err) = router.cli(&["deploy", "v1"]);
     assert_eq!(code, 0, "{out}{err}");
-    wait_until(Duration::from_secs(30), "the other hook has every notice", || async {
-        good.kinds() == ["deploy_started", "switched", "deploy_succeeded"]
-    })
+    wait_until(
+        Duration::from_secs(30),
+        "the other hook has every notice",
+        || async { good.kinds() == ["deploy_started", "switched", "deploy_succeeded"] },
+    )
     .await;
     let (_, body) = router.api("GET", "/metrics", None, Some(TOKEN)).await;
     let text = body.as_str().unwrap_or("").to_string();
@@ -415,6 +417,9 @@ async fn a_stalled_receiver_holds_up_no_other_hook_and_no_deploy() {
         text.contains("bluegreen_notify_pending{hook=\"stalled\"} 3"),
         "the stalled hook still waits: {text}"
     );
-    assert!(text.contains("bluegreen_notify_delivered_total{hook=\"ops\"} 3"), "{text}");
+    assert!(
+        text.contains("bluegreen_notify_delivered_total{hook=\"ops\"} 3"),
+        "{text}"
+    );
     held.abort();
 }
