@@ -16,7 +16,7 @@
 
 use super::haproxy_api::{self, Api};
 use super::haproxy_stats::Counters;
-use super::{resolve, write_atomic, Driver, DriverError, Fut};
+use super::{resolve, Driver, DriverError, Fut};
 use crate::plane::Plane;
 use bluegreen_core::config::router::HaproxyConfig;
 use bluegreen_core::config::Config;
@@ -337,23 +337,12 @@ impl Haproxy {
 
     /// The map file as it is; `None` when there is none.
     async fn current(&self) -> Result<Option<String>, String> {
-        match tokio::fs::read_to_string(&self.cfg.map).await {
-            Ok(text) => Ok(Some(text)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(format!(
-                "cannot read {}, so nothing was written: {e}",
-                self.cfg.map.display()
-            )),
-        }
+        super::read_ours(&self.cfg.map).await
     }
 
+    /// Writes the map file atomically.
     async fn write(&self, text: &str) -> Result<(), String> {
-        let path = self.cfg.map.clone();
-        let text = text.to_string();
-        tokio::task::spawn_blocking(move || write_atomic(&path, &text))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| format!("cannot write {}: {e}", self.cfg.map.display()))
+        super::write_ours(&self.cfg.map, text).await
     }
 
     /// The previous file back, and the running map back on `runtime`'s

@@ -68,6 +68,29 @@ pub fn of(config: &Config) -> Option<Arc<dyn Driver>> {
     }
 }
 
+/// The file bluegreen keeps for a router (nginx's include, HAProxy's map)
+/// as it is; `None` when there is none (any other read error refuses: a
+/// file we cannot read is not ours to replace).
+pub(crate) async fn read_ours(path: &Path) -> Result<Option<String>, String> {
+    match tokio::fs::read_to_string(path).await {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!(
+            "cannot read {}, so nothing was written: {e}",
+            path.display()
+        )),
+    }
+}
+
+/// `write_atomic` off the async threads.
+pub(crate) async fn write_ours(path: &Path, text: &str) -> Result<(), String> {
+    let (p, t) = (path.to_path_buf(), text.to_string());
+    tokio::task::spawn_blocking(move || write_atomic(&p, &t))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
 /// Writes a file a router reads atomically (temp file, fsync, rename,
 /// directory fsync): the router never reads half of it, and it survives
 /// a crash.

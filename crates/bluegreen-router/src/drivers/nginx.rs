@@ -6,7 +6,7 @@
 //! a row came from the new side's upstreams (`$upstream_addr`, echoed in a
 //! header). Any failure puts the previous file back and reloads again.
 
-use super::{resolve, write_atomic, Driver, DriverError, Fut};
+use super::{resolve, Driver, DriverError, Fut};
 use crate::plane::Plane;
 use bluegreen_core::config::router::NginxConfig;
 use bluegreen_core::config::Config;
@@ -212,27 +212,14 @@ impl Nginx {
         Err(nginx_words(&String::from_utf8_lossy(&out.stderr)))
     }
 
-    /// The include file as it is; `None` when there is none (any other
-    /// read error refuses: a file we cannot read is not ours to replace).
+    /// The include file as it is; `None` when there is none.
     async fn current(&self) -> Result<Option<String>, String> {
-        match tokio::fs::read_to_string(&self.cfg.include).await {
-            Ok(text) => Ok(Some(text)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(format!(
-                "cannot read {}, so nothing was written: {e}",
-                self.cfg.include.display()
-            )),
-        }
+        super::read_ours(&self.cfg.include).await
     }
 
-    /// Writes the include file atomically (temp file, fsync, rename).
+    /// Writes the include file atomically.
     async fn write(&self, text: &str) -> Result<(), String> {
-        let path = self.cfg.include.clone();
-        let text = text.to_string();
-        tokio::task::spawn_blocking(move || write_atomic(&path, &text))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| format!("cannot write {}: {e}", self.cfg.include.display()))
+        super::write_ours(&self.cfg.include, text).await
     }
 
     /// The previous file back (none: removed), reloaded when nginx had

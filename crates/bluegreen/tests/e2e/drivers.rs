@@ -13,13 +13,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// nginx from Debian (in /usr/sbin, which a user's PATH may lack).
-fn nginx_bin() -> &'static str {
-    if Path::new("/usr/sbin/nginx").exists() {
-        "/usr/sbin/nginx"
-    } else {
-        "nginx"
-    }
+/// nginx from Debian.
+fn nginx_bin() -> String {
+    sbin("nginx")
 }
 
 /// The user's nginx: its main config (listening on `listen`, passing to the
@@ -83,21 +79,9 @@ impl Nginx {
     /// SIGTERM, so the master stops its workers too (a SIGKILLed master
     /// leaves them serving, holding every file the test inherited).
     fn stop(&mut self) {
-        let Some(mut c) = self.child.take() else {
-            return;
-        };
-        let _ = Command::new("kill")
-            .args(["-TERM", &c.id().to_string()])
-            .status();
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::time::Instant::now() < deadline {
-            if let Ok(Some(_)) = c.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if let Some(c) = self.child.take() {
+            stop_gracefully(c);
         }
-        let _ = c.kill();
-        let _ = c.wait();
     }
 
     /// One request on a fresh connection through nginx: the body.

@@ -15,13 +15,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// HAProxy from Debian (in /usr/sbin, which a user's PATH may lack).
-fn haproxy_bin() -> &'static str {
-    if Path::new("/usr/sbin/haproxy").exists() {
-        "/usr/sbin/haproxy"
-    } else {
-        "haproxy"
-    }
+/// haproxy from Debian.
+fn haproxy_bin() -> String {
+    sbin("haproxy")
 }
 
 /// The user's HAProxy: a frontend on `listen` whose backend is the map's
@@ -115,21 +111,9 @@ impl Haproxy {
 
     /// SIGTERM to the master, which stops its workers too.
     fn stop(&mut self) {
-        let Some(mut c) = self.child.take() else {
-            return;
-        };
-        let _ = Command::new("kill")
-            .args(["-TERM", &c.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = c.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if let Some(c) = self.child.take() {
+            stop_gracefully(c);
         }
-        let _ = c.kill();
-        let _ = c.wait();
     }
 
     /// Fresh requests on varied paths: every one answered by `side`.

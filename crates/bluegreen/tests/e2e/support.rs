@@ -889,3 +889,32 @@ impl RouterProc {
         .unwrap()
     }
 }
+
+/// A Debian program from /usr/sbin (which a user's PATH may lack), else
+/// by name.
+pub fn sbin(name: &'static str) -> String {
+    let path = format!("/usr/sbin/{name}");
+    if Path::new(&path).exists() {
+        path
+    } else {
+        name.to_string()
+    }
+}
+
+/// SIGTERM to a router's master (which stops its workers too; a SIGKILLed
+/// master leaves them serving, holding every file the test inherited),
+/// SIGKILL after 10 s.
+pub fn stop_gracefully(mut c: Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &c.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = c.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = c.kill();
+    let _ = c.wait();
+}
