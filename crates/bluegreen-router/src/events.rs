@@ -47,7 +47,13 @@ pub enum Event {
     /// Live traffic paused or resumed.
     Pause { on: bool, detail: String },
     /// Maintenance mode on or off.
-    Maintenance { on: bool, detail: String },
+    Maintenance {
+        on: bool,
+        detail: String,
+        /// When the maintenance that went on (or ended) began (Unix ms):
+        /// the same on every node, so a cluster tells of it once.
+        since_ms: Option<u64>,
+    },
     /// A weighted split set or ended.
     Weight { detail: String },
     /// The link to the shared store (etcd) was lost or is back.
@@ -114,7 +120,7 @@ impl Event {
             Event::Tls { ok, detail }
             | Event::Reload { ok, detail }
             | Event::Cluster { ok, detail } => Ok(serde_json::json!({"ok": ok, "detail": detail})),
-            Event::Pause { on, detail } | Event::Maintenance { on, detail } => {
+            Event::Pause { on, detail } | Event::Maintenance { on, detail, .. } => {
                 Ok(serde_json::json!({"on": on, "detail": detail}))
             }
             Event::Weight { detail } => Ok(serde_json::json!({"detail": detail})),

@@ -40,6 +40,10 @@ pub struct Status {
     /// Every router node sharing the state, with a shared store (etcd).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<crate::control::ClusterStatus>,
+    /// `[[notify]]` hooks whose oldest notice could not be delivered yet
+    /// (on the node that delivers).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notify: Vec<crate::notify::HookTrouble>,
 }
 
 /// `[sessions]` at work.

@@ -540,12 +540,6 @@ fn validate(raw: RawConfig, base: &Path, c: &mut Checker) -> Config {
         }
     });
     let notify = notify::validate(&raw.notify, c);
-    if state.etcd.is_some() && !notify.is_empty() {
-        c.issue(
-            "notify",
-            "is not supported with state.backend = \"etcd\" yet (every node would deliver each notice): use it on one node, or without etcd",
-        );
-    }
     Config {
         notify,
         sessions,

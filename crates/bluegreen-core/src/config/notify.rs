@@ -20,6 +20,7 @@ pub const KINDS: &[&str] = &[
     "maintenance_off",
     "certificate_renewed",
     "certificate_failing",
+    "node_lost",
 ];
 
 /// The body a receiver gets.
@@ -30,6 +31,10 @@ pub enum Format {
     /// Slack's incoming webhook (`{"text": ...}`), which Mattermost and
     /// Rocket.Chat take too.
     Slack,
+    /// A Microsoft Teams message with an Adaptive Card, as a Teams
+    /// Workflows ("Post to a channel when a webhook request is received")
+    /// URL takes it.
+    Teams,
 }
 
 /// One `[[notify]]` entry.
@@ -125,10 +130,11 @@ pub(super) fn validate(raw: &[RawHook], c: &mut Checker) -> Vec<Hook> {
         let format = match h.format.as_deref().unwrap_or("cloudevents") {
             "cloudevents" => Format::CloudEvents,
             "slack" => Format::Slack,
+            "teams" => Format::Teams,
             other => {
                 c.issue(
                     key("format"),
-                    format!("unknown format {other:?}: \"cloudevents\" or \"slack\""),
+                    format!("unknown format {other:?}: \"cloudevents\", \"slack\" or \"teams\""),
                 );
                 Format::CloudEvents
             }

@@ -688,14 +688,19 @@ fn notify_hooks_are_checked_entry_by_entry() {
     assert_eq!(good.notify[1].format, notify::Format::Slack);
     assert_eq!(good.notify[1].events, vec!["rolled_back".to_string()]);
     assert_eq!(good.notify[1].retry_for, Duration::from_secs(3600));
+    let teams = parse(&format!(
+        "{GOOD}\n[[notify]]\nname = \"t\"\nurl = \"https://x.example/w\"\nformat = \"teams\"\n"
+    ))
+    .unwrap();
+    assert_eq!(teams.notify[0].format, notify::Format::Teams);
 
     let msg = problems(&format!(
-        "{GOOD}\n[[notify]]\nname = \"ops\"\nurl = \"ftp://x\"\nformat = \"teams\"\nevents = [\"deployed\"]\n\
+        "{GOOD}\n[[notify]]\nname = \"ops\"\nurl = \"ftp://x\"\nformat = \"msteams\"\nevents = [\"deployed\"]\n\
          secret_env = \"MY-SECRET\"\n[[notify]]\nname = \"ops\"\nurl = \"https://x.example\"\n[[notify]]\nurl = \"https://y.example\"\n"
     ));
     for expected in [
         "notify[0].url: \"ftp://x\" is not an http:// or https:// URL",
-        "notify[0].format: unknown format \"teams\"",
+        "notify[0].format: unknown format \"msteams\"",
         "notify[0].events: unknown event \"deployed\"",
         "notify[0].secret_env: \"MY-SECRET\" is not a variable name",
         "notify[1].name: \"ops\" is used by another [[notify]] entry",

@@ -10,6 +10,11 @@ impl Router {
     pub fn set_handing_over(&self, on: bool) {
         self.handing_over
             .store(on, std::sync::atomic::Ordering::SeqCst);
+        // The outbox goes to the new process with the state: this one
+        // neither delivers nor writes it meanwhile.
+        if let Some(n) = self.notifier.get() {
+            n.pause(on);
+        }
     }
 
     /// True while changes must wait for the new process (see above).

@@ -107,6 +107,7 @@ impl Router {
         &self,
         on: Option<(String, u32, String)>,
     ) -> Result<Option<Maintenance>, ControlError> {
+        let before = self.maintenance().map(|m| m.since_ms);
         let m = on.map(|(message, retry_after_secs, actor)| Maintenance {
             message,
             retry_after_secs,
@@ -133,6 +134,7 @@ impl Router {
         self.events.emit(Event::Maintenance {
             on: m.is_some(),
             detail,
+            since_ms: m.as_ref().map(|m| m.since_ms).or(before),
         });
         Ok(m)
     }

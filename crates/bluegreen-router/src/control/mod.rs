@@ -36,6 +36,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::Mutex as AsyncMutex;
 use tokio_util::sync::CancellationToken;
 
+pub(crate) use cluster::lost_members;
 pub use cluster::{ClusterStatus, Convergence, NodeReport, NodeStatus};
 pub use error::ControlError;
 pub use hold::PauseStatus;

@@ -50,6 +50,7 @@ impl Router {
                 }
             }),
             cluster,
+            notify: self.notifier().map(|n| n.troubles()).unwrap_or_default(),
             sides: Sides::from_fn(|side| {
                 let pool = &snap.pools[side];
                 let epoch = &snap.epochs[side];

@@ -3,18 +3,25 @@
 //! (`outbox`) and delivered to each hook in order, off the request path and
 //! off the pipeline's, retried with backoff until the hook's `retry_for`
 //! (`send`). At-least-once: a receiver de-duplicates by the notice's id.
+//! With several nodes on etcd every node puts what it saw in a shared inbox
+//! and one node, the holder of a lock, keeps the outbox and delivers
+//! (`shared`).
 
 pub mod notice;
 pub mod outbox;
 pub mod send;
+mod shared;
 
 use crate::events::Event;
 use crate::plane::Plane;
 use bluegreen_core::config::notify::Hook;
+use bluegreen_store::cluster::Cluster;
 use bluegreen_store::StateStore;
 use notice::{Notice, Said};
 use outbox::{backoff, Outbox, Pending, KEY as OUTBOX_KEY};
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
@@ -38,15 +45,42 @@ pub struct HookCounts {
     pub pending: u64,
 }
 
+/// A hook whose oldest waiting notice failed at least once: what `status`
+/// shows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HookTrouble {
+    pub hook: String,
+    /// Notices waiting for it.
+    pub pending: u64,
+    /// Attempts made at the oldest.
+    pub attempts: u32,
+    /// When the oldest happened (Unix ms): it waits since then.
+    pub oldest_ms: u64,
+    pub last_error: String,
+}
+
 /// The notifier: its outbox, its counts, and what wakes its sender.
 pub struct Notifier {
     plane: Arc<Plane>,
     store: Arc<dyn StateStore>,
+    /// With several nodes: the shared store, where one node delivers.
+    cluster: Option<Arc<dyn Cluster>>,
     node: String,
+    /// What a notice's stable id starts with: this node, or with etcd the
+    /// service's prefix (every node names one event alike).
+    origin: String,
     outbox: tokio::sync::Mutex<Outbox>,
     counts: Mutex<BTreeMap<String, HookCounts>>,
+    troubles: Mutex<Vec<HookTrouble>>,
     wake: tokio::sync::Notify,
     client: send::HookClient,
+    /// This process delivers: always alone; with etcd while it holds the
+    /// lock and has read the shared outbox; never while an upgrade hands
+    /// the state to a new process (which delivers what waits).
+    delivering: AtomicBool,
+    paused: AtomicBool,
+    /// Numbers notices without a stable key that this process makes.
+    seq: AtomicU64,
 }
 
 fn now_ms() -> u64 {
@@ -64,8 +98,15 @@ impl Notifier {
         node: String,
     ) -> Result<Arc<Notifier>, String> {
         let s = store.clone();
+        let cluster = store.cluster();
+        // With etcd the outbox is read by the node that takes the lock.
+        let alone = cluster.is_none();
         let outbox = tokio::task::spawn_blocking(move || {
-            let outbox = bluegreen_store::load_json::<Outbox>(&*s, OUTBOX_KEY);
+            let outbox = if alone {
+                bluegreen_store::load_json::<Outbox>(&*s, OUTBOX_KEY)
+            } else {
+                Ok(None)
+            };
             // The system's CA roots are files: read here, off the async threads.
             (outbox, send::client())
         })
@@ -75,14 +116,24 @@ impl Notifier {
         let outbox = outbox
             .map_err(|e| format!("the notify outbox in the state store: {e}"))?
             .unwrap_or_default();
+        let origin = match &plane.config().state.etcd {
+            Some(e) => e.prefix.trim_matches('/').replace('/', "-"),
+            None => node.clone(),
+        };
         let n = Arc::new(Notifier {
             plane,
             store,
+            cluster,
             node,
+            origin,
             outbox: tokio::sync::Mutex::new(outbox),
             counts: Mutex::new(BTreeMap::new()),
+            troubles: Mutex::new(Vec::new()),
             wake: tokio::sync::Notify::new(),
             client,
+            delivering: AtomicBool::new(alone),
+            paused: AtomicBool::new(false),
+            seq: AtomicU64::new(0),
         });
         n.recount(&*n.outbox.lock().await);
         Ok(n)
@@ -99,6 +150,25 @@ impl Notifier {
         }
     }
 
+    /// Hooks whose oldest notice failed (what `status` lists).
+    pub fn troubles(&self) -> Vec<HookTrouble> {
+        self.troubles.lock().map(|t| t.clone()).unwrap_or_default()
+    }
+
+    /// Stops (`true`) or resumes delivery and outbox writes: an upgrade
+    /// hands the outbox to the new process.
+    pub fn pause(&self, on: bool) {
+        self.paused.store(on, Ordering::SeqCst);
+        if !on {
+            self.wake.notify_one();
+        }
+    }
+
+    /// True while this process delivers (see `delivering`).
+    pub fn delivers(&self) -> bool {
+        self.delivering.load(Ordering::SeqCst) && !self.paused.load(Ordering::SeqCst)
+    }
+
     /// The `pending` count of every hook, from the outbox.
     fn recount(&self, outbox: &Outbox) {
         let hooks: Vec<String> = self
@@ -113,57 +183,102 @@ impl Notifier {
                 c.entry(h.clone()).or_default().pending = outbox.waiting(h) as u64;
             }
         }
+        let troubles = outbox
+            .heads()
+            .into_iter()
+            .map(|i| &outbox.pending[i])
+            .filter(|p| p.attempts > 0)
+            .map(|p| HookTrouble {
+                hook: p.hook.clone(),
+                pending: outbox.waiting(&p.hook) as u64,
+                attempts: p.attempts,
+                oldest_ms: p.notice.at_unix_ms,
+                last_error: p.last_error.clone().unwrap_or_default(),
+            })
+            .collect();
+        if let Ok(mut t) = self.troubles.lock() {
+            *t = troubles;
+        }
     }
 
     /// Writes the outbox (off the async threads); a failed write is logged
-    /// and tried again at the next change.
-    async fn persist(&self, outbox: &Outbox) {
-        let (store, copy) = (self.store.clone(), outbox.clone());
-        let written = tokio::task::spawn_blocking(move || {
-            bluegreen_store::save_json(&*store, OUTBOX_KEY, &copy)
-        })
-        .await;
-        match written {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "the notify outbox could not be written: a crash now would lose what waits")
-            }
-            Err(e) => tracing::error!(error = %e, "the notify outbox could not be written"),
+    /// and tried again at the next change. With etcd only the lock's holder
+    /// writes it (false: the lock was lost, this node stops delivering),
+    /// and it stays under `shared::MAX_BYTES` (the oldest go first).
+    async fn persist(&self, outbox: &mut Outbox) -> bool {
+        if self.paused.load(Ordering::SeqCst) {
+            return false;
         }
+        let written = match &self.cluster {
+            None => {
+                let (store, copy) = (self.store.clone(), outbox.clone());
+                tokio::task::spawn_blocking(move || {
+                    bluegreen_store::save_json(&*store, OUTBOX_KEY, &copy).map(|()| true)
+                })
+                .await
+            }
+            Some(c) => {
+                let bytes = shared::fit(outbox, |hook| self.bump(hook, |c| c.lost += 1));
+                let c = c.clone();
+                tokio::task::spawn_blocking(move || {
+                    c.publish_as(shared::LOCK, OUTBOX_KEY, Some(bytes))
+                })
+                .await
+            }
+        };
         self.recount(outbox);
+        match written {
+            Ok(Ok(true)) => true,
+            Ok(Ok(false)) => {
+                tracing::warn!(
+                    "this node lost the notify lock: another node delivers the cluster's notices"
+                );
+                self.delivering.store(false, Ordering::SeqCst);
+                false
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "the notify outbox could not be written: a crash now would lose what waits");
+                false
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the notify outbox could not be written");
+                false
+            }
+        }
     }
 
-    /// Queues `drafts` for every hook that asks for their kind, written to
-    /// the store before any is sent. A hook holds at most `MAX_PENDING`:
-    /// past that its oldest are given up (counted as lost).
-    async fn enqueue(&self, drafts: Vec<notice::Draft>) {
-        let hooks = self.plane.config().notify.clone();
-        let wanted = |kind: &str| hooks.iter().any(|h| h.events.iter().any(|e| e == kind));
-        if !drafts.iter().any(|d| wanted(d.kind)) {
-            return;
+    /// A notice for `d`, with its id: from its stable key when it has one,
+    /// else from this node, the time and a number.
+    fn notice(&self, d: notice::Draft, at: u64) -> Notice {
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        Notice {
+            // A stable key (a deploy's start or end, a switch's
+            // generation) gives the same id when a restarted process, or
+            // another node, says it again.
+            id: match &d.key {
+                Some(k) => format!("{}-{k}", self.origin),
+                None => format!("{}-{at}-{seq}", self.node),
+            },
+            kind: d.kind.to_string(),
+            at_unix_ms: at,
+            subject: d.subject,
+            summary: d.summary,
+            data: d.data,
         }
-        let mut outbox = self.outbox.lock().await;
-        let at = now_ms();
-        for d in drafts {
-            let seq = outbox.next_seq;
-            outbox.next_seq += 1;
-            let notice = Notice {
-                // A stable key (a deploy's start or end) gives the same id
-                // when a restarted process says it again.
-                id: match &d.key {
-                    Some(k) => format!("{}-{k}", self.node),
-                    None => format!("{}-{at}-{seq}", self.node),
-                },
-                kind: d.kind.to_string(),
-                at_unix_ms: at,
-                subject: d.subject,
-                summary: d.summary,
-                data: d.data,
-            };
-            for h in hooks
-                .iter()
-                .filter(|h| h.events.iter().any(|e| e == d.kind))
-            {
+    }
+
+    /// Puts `notices` in `outbox` for every hook that asks for their kind,
+    /// except those it already took (by id). A hook holds at most
+    /// `MAX_PENDING`: past that its oldest are given up (counted as lost).
+    fn take_in(&self, outbox: &mut Outbox, notices: Vec<Notice>) -> usize {
+        let hooks = self.plane.config().notify.clone();
+        let mut taken = 0;
+        for notice in notices {
+            if !outbox.remember(&notice.id) {
+                continue;
+            }
+            taken += 1;
+            for h in hooks.iter().filter(|h| h.events.contains(&notice.kind)) {
                 outbox.pending.push(Pending {
                     hook: h.name.clone(),
                     notice: notice.clone(),
@@ -180,8 +295,32 @@ impl Notifier {
                 }
             }
         }
-        self.persist(&outbox).await;
-        drop(outbox);
+        taken
+    }
+
+    /// Queues `drafts` for every hook that asks for their kind: alone,
+    /// written to the outbox before any is sent; with etcd, written to the
+    /// shared inbox, for the delivering node to take in.
+    async fn enqueue(&self, stop: &CancellationToken, drafts: Vec<notice::Draft>) {
+        let hooks = self.plane.config().notify.clone();
+        let wanted = |kind: &str| hooks.iter().any(|h| h.events.iter().any(|e| e == kind));
+        let at = now_ms();
+        let notices: Vec<Notice> = drafts
+            .into_iter()
+            .filter(|d| wanted(d.kind))
+            .map(|d| self.notice(d, at))
+            .collect();
+        if notices.is_empty() {
+            return;
+        }
+        if let Some(c) = &self.cluster {
+            shared::post(c, stop, notices).await;
+        } else {
+            let mut outbox = self.outbox.lock().await;
+            if self.take_in(&mut outbox, notices) > 0 {
+                self.persist(&mut outbox).await;
+            }
+        }
         self.wake.notify_one();
     }
 
@@ -260,7 +399,7 @@ impl Notifier {
             while let Ok(more) = drafts.try_recv() {
                 batch.extend(more);
             }
-            self.enqueue(batch).await;
+            self.enqueue(&stop, batch).await;
         }
     }
 
@@ -269,10 +408,19 @@ impl Notifier {
     async fn deliver(&self, stop: CancellationToken) {
         let mut flying = tokio::task::JoinSet::new();
         let mut busy = std::collections::BTreeSet::new();
+        let mut lead = shared::Lead::default();
         loop {
-            self.start_due(&mut flying, &mut busy).await;
+            if self.cluster.is_some() {
+                self.lead(&mut lead).await;
+            }
+            if self.delivers() {
+                self.start_due(&mut flying, &mut busy).await;
+            }
             tokio::select! {
-                _ = stop.cancelled() => return,
+                _ = stop.cancelled() => {
+                    self.step_down().await;
+                    return;
+                }
                 Some(done) = flying.join_next(), if !flying.is_empty() => {
                     if let Ok((p, tried)) = done {
                         busy.remove(&p.hook);
@@ -384,7 +532,7 @@ impl Notifier {
                 }
             }
         }
-        self.persist(&outbox).await;
+        self.persist(&mut outbox).await;
         drop(outbox);
         self.wake.notify_one();
     }

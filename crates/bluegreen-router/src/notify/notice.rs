@@ -74,37 +74,51 @@ impl Said {
                 } else {
                     format!(": {}", s.reason)
                 };
-                vec![draft(
-                    kind,
-                    None,
-                    format!(
-                        "{} is live (was {}), {} by {}{why}",
-                        s.to,
-                        s.from,
-                        if kind == "rolled_back" {
-                            "rolled back"
-                        } else {
-                            "switched"
-                        },
-                        s.actor
-                    ),
-                    serde_json::json!({
-                        "from": s.from, "to": s.to, "generation": s.generation,
-                        "actor": s.actor, "reason": s.reason, "forced": s.forced,
-                    }),
-                )]
+                vec![Draft {
+                    // The generation is the state's: the same on every node.
+                    key: Some(format!("switch-{}", s.generation)),
+                    ..draft(
+                        kind,
+                        None,
+                        format!(
+                            "{} is live (was {}), {} by {}{why}",
+                            s.to,
+                            s.from,
+                            if kind == "rolled_back" {
+                                "rolled back"
+                            } else {
+                                "switched"
+                            },
+                            s.actor
+                        ),
+                        serde_json::json!({
+                            "from": s.from, "to": s.to, "generation": s.generation,
+                            "actor": s.actor, "reason": s.reason, "forced": s.forced,
+                        }),
+                    )
+                }]
             }
             Event::Deploy(d) => self.deploy(d),
-            Event::Maintenance { on, detail } => vec![draft(
-                if *on {
+            Event::Maintenance {
+                on,
+                detail,
+                since_ms,
+            } => {
+                let kind = if *on {
                     "maintenance_on"
                 } else {
                     "maintenance_off"
-                },
-                None,
-                format!("maintenance {}: {detail}", if *on { "on" } else { "off" }),
-                serde_json::json!({ "on": on, "detail": detail }),
-            )],
+                };
+                vec![Draft {
+                    key: since_ms.map(|t| format!("{kind}-{t}")),
+                    ..draft(
+                        kind,
+                        None,
+                        detail.clone(),
+                        serde_json::json!({ "on": on, "detail": detail, "since_ms": since_ms }),
+                    )
+                }]
+            }
             Event::Tls { ok, detail } => vec![draft(
                 if *ok {
                     "certificate_renewed"
@@ -192,5 +206,22 @@ impl Said {
             }
         }
         out
+    }
+}
+
+/// A node of the cluster stopped reporting (seen by the node that
+/// delivers): the same key for as long as it stays away.
+pub fn node_lost(node: &str, last_seen_ms: u64, now_ms: u64) -> Draft {
+    let secs = now_ms.saturating_sub(last_seen_ms) / 1000;
+    Draft {
+        key: Some(format!("node-lost-{node}-{last_seen_ms}")),
+        ..draft(
+            "node_lost",
+            None,
+            format!(
+                "router node {node} is LOST: no report for {secs} s (it serves the last state it applied, or is down); `bluegreen cluster-forget {node}` once it is gone for good"
+            ),
+            serde_json::json!({ "node": node, "last_seen_ms": last_seen_ms }),
+        )
     }
 }

@@ -21,13 +21,19 @@ pub struct Pending {
     pub last_error: Option<String>,
 }
 
+/// How many ids taken in lately an outbox remembers.
+const SEEN: usize = 1000;
+
 /// What the store holds.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Outbox {
-    /// The next notice's number (ids stay unique across restarts).
-    pub next_seq: u64,
     /// Oldest first; each hook's in the order they happened.
     pub pending: Vec<Pending>,
+    /// The ids of the last `SEEN` notices taken in (oldest first): one said
+    /// again (by a restarted process, by every node of a cluster) is not
+    /// queued twice.
+    #[serde(default)]
+    pub seen: std::collections::VecDeque<String>,
 }
 
 impl Outbox {
@@ -41,6 +47,18 @@ impl Outbox {
             .filter(|(_, p)| seen.insert(p.hook.clone()))
             .map(|(i, _)| i)
             .collect()
+    }
+
+    /// Remembers `id`; false when it was taken in already.
+    pub fn remember(&mut self, id: &str) -> bool {
+        if self.seen.iter().any(|s| s == id) {
+            return false;
+        }
+        self.seen.push_back(id.to_string());
+        while self.seen.len() > SEEN {
+            self.seen.pop_front();
+        }
+        true
     }
 
     /// How many wait for `hook`.
@@ -83,11 +101,23 @@ mod tests {
     #[test]
     fn each_hook_gets_its_oldest_first() {
         let o = Outbox {
-            next_seq: 4,
             pending: vec![p("a", 1), p("b", 2), p("a", 3), p("c", 4)],
+            seen: Default::default(),
         };
         assert_eq!(o.heads(), vec![0, 1, 3]);
         assert_eq!(o.waiting("a"), 2);
+    }
+
+    #[test]
+    fn an_id_is_taken_in_once_and_the_oldest_are_forgotten() {
+        let mut o = Outbox::default();
+        assert!(o.remember("a"));
+        assert!(!o.remember("a"));
+        for i in 0..SEEN {
+            assert!(o.remember(&i.to_string()));
+        }
+        assert_eq!(o.seen.len(), SEEN);
+        assert!(o.remember("a"), "forgotten after {SEEN} newer ones");
     }
 
     #[test]

@@ -58,12 +58,10 @@ pub fn body(hook: &Hook, notice: &Notice, node: &str) -> (String, &'static str) 
             (v.to_string(), "application/cloudevents+json")
         }
         Format::Slack => {
-            let icon = match notice.kind.as_str() {
-                "deploy_succeeded" | "switched" | "certificate_renewed" | "maintenance_off" => {
-                    ":large_green_circle:"
-                }
-                "deploy_started" | "maintenance_on" => ":large_blue_circle:",
-                _ => ":red_circle:",
+            let icon = match tone(&notice.kind) {
+                Tone::Good => ":large_green_circle:",
+                Tone::Info => ":large_blue_circle:",
+                Tone::Bad => ":red_circle:",
             };
             // Slack's control characters: `<!channel>` in a reason must
             // not ping anyone.
@@ -78,7 +76,70 @@ pub fn body(hook: &Hook, notice: &Notice, node: &str) -> (String, &'static str) 
                 "application/json",
             )
         }
+        Format::Teams => (teams(notice, node).to_string(), "application/json"),
     }
+}
+
+/// How a notice reads at a glance.
+enum Tone {
+    Good,
+    Info,
+    Bad,
+}
+
+fn tone(kind: &str) -> Tone {
+    match kind {
+        "deploy_succeeded" | "switched" | "certificate_renewed" | "maintenance_off" => Tone::Good,
+        "deploy_started" | "maintenance_on" | "test" => Tone::Info,
+        _ => Tone::Bad,
+    }
+}
+
+/// A Teams message: an Adaptive Card with the sentence and the facts that
+/// are plain values (version, side, actor, reason, ...).
+fn teams(notice: &Notice, node: &str) -> serde_json::Value {
+    let color = match tone(&notice.kind) {
+        Tone::Good => "Good",
+        Tone::Info => "Accent",
+        Tone::Bad => "Attention",
+    };
+    let facts: Vec<serde_json::Value> = notice
+        .data
+        .as_object()
+        .map(|o| {
+            o.iter()
+                .filter_map(|(k, v)| {
+                    let value = match v {
+                        serde_json::Value::String(s) if !s.is_empty() => s.clone(),
+                        serde_json::Value::Number(n) => n.to_string(),
+                        serde_json::Value::Bool(b) => b.to_string(),
+                        _ => return None,
+                    };
+                    Some(serde_json::json!({ "title": k, "value": value }))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut body = vec![
+        serde_json::json!({ "type": "TextBlock", "text": format!("bluegreen ({node})"), "weight": "Bolder", "size": "Medium" }),
+        serde_json::json!({ "type": "TextBlock", "text": notice.summary, "wrap": true, "color": color }),
+    ];
+    if !facts.is_empty() {
+        body.push(serde_json::json!({ "type": "FactSet", "facts": facts }));
+    }
+    serde_json::json!({
+        "type": "message",
+        "attachments": [{
+            "contentType": "application/vnd.microsoft.card.adaptive",
+            "contentUrl": null,
+            "content": {
+                "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
+                "type": "AdaptiveCard",
+                "version": "1.4",
+                "body": body,
+            },
+        }],
+    })
 }
 
 /// `sha256=HEX(HMAC-SHA256(secret, "TIMESTAMP.BODY"))`: the timestamp is
@@ -213,6 +274,32 @@ mod tests {
         assert_eq!(
             v["text"],
             ":red_circle: *bluegreen* (node1): deploy #7 of v2 to green was ROLLED BACK: error rate"
+        );
+    }
+
+    #[test]
+    fn teams_gets_an_adaptive_card_with_the_plain_facts() {
+        let mut n = notice();
+        n.data = serde_json::json!({"deploy_id": 7, "version": "v2", "reason": null, "failed_step": {"step": "bake"}});
+        let (body, ct) = body(&hook(Format::Teams), &n, "node1");
+        assert_eq!(ct, "application/json");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["type"], "message");
+        let card = &v["attachments"][0];
+        assert_eq!(
+            card["contentType"],
+            "application/vnd.microsoft.card.adaptive"
+        );
+        let items = card["content"]["body"].as_array().unwrap();
+        assert_eq!(items[1]["text"], n.summary);
+        assert_eq!(items[1]["color"], "Attention");
+        let facts = items[2]["facts"].as_array().unwrap();
+        assert_eq!(
+            facts,
+            &vec![
+                serde_json::json!({"title": "deploy_id", "value": "7"}),
+                serde_json::json!({"title": "version", "value": "v2"}),
+            ]
         );
     }
 

@@ -350,6 +350,19 @@ fn routing_lines(s: &Status) -> String {
             split.side
         ));
     }
+    for t in &s.notify {
+        let last = t.last_error.chars().take(200).collect::<String>();
+        out.push_str(&format!(
+            "NOTIFY: hook {} is failing: {} notice{} waiting, the oldest for {} s, {} attempt{} ({last}); `bluegreen notify test {}` tries it now\n",
+            t.hook,
+            t.pending,
+            if t.pending == 1 { "" } else { "s" },
+            now.saturating_sub(t.oldest_ms) / 1000,
+            t.attempts,
+            if t.attempts == 1 { "" } else { "s" },
+            t.hook
+        ));
+    }
     if let Some(sess) = &s.sessions {
         if let (Some(side), Some(until)) = (sess.pinned_side, sess.until_ms) {
             out.push_str(&format!(

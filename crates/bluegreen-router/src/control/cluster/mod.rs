@@ -9,6 +9,7 @@
 
 mod keys;
 mod members;
+pub(crate) use members::lost_members;
 mod shadow;
 
 use super::{ControlError, PersistFailed, Router};
@@ -360,6 +361,7 @@ impl Router {
         let pin = super::pin_of(&next, &config);
         let (maintenance, split) = (next.maintenance.clone(), next.split);
         let maintenance_changed = state.maintenance != next.maintenance;
+        let ended_since = state.maintenance.as_ref().map(|m| m.since_ms);
         let split_changed = state.split != next.split;
         let mut snap = (*current).clone();
         snap.generation = generation;
@@ -391,10 +393,15 @@ impl Router {
             let on = state.maintenance.is_some();
             self.events.emit(Event::Maintenance {
                 on,
-                detail: format!(
-                    "maintenance {} (shared state)",
-                    if on { "on" } else { "off" }
-                ),
+                detail: match &state.maintenance {
+                    Some(m) => format!("maintenance on: {} (shared state)", m.message),
+                    None => "maintenance off (shared state)".to_string(),
+                },
+                since_ms: state
+                    .maintenance
+                    .as_ref()
+                    .map(|m| m.since_ms)
+                    .or(ended_since),
             });
         }
         if split_changed {
