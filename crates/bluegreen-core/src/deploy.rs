@@ -204,6 +204,59 @@ pub struct DeployRecord {
     /// lock's holder was gone (the breach it saw is in `breach`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rolled_back_by: Option<String>,
+    /// How long both environments ran at once for this release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub side_by_side: Option<SideBySide>,
+}
+
+/// Both environments up at once for a release: from its deploy step (the
+/// new version starting next to the live one) until one side was stopped
+/// or taken over. The doubled-infrastructure cost that `deploy.keep_warm`
+/// (and `keep_failed`) trade against an instant rollback.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SideBySide {
+    pub since_ms: u64,
+    /// When it ended; `None` while both run.
+    pub until_ms: Option<u64>,
+    /// While both run: when a scheduled stop (`keep_warm`, `keep_failed`)
+    /// will end it; `None` when no stop is planned.
+    pub planned_until_ms: Option<u64>,
+    /// How it ended, or why both still run.
+    pub detail: String,
+}
+
+impl SideBySide {
+    /// The time both ran, up to `now` while they still do (or up to the
+    /// planned stop when `planned` is asked for).
+    pub fn ms(&self, now_ms: u64, planned: bool) -> u64 {
+        let end = self
+            .until_ms
+            .or(self.planned_until_ms.filter(|_| planned))
+            .unwrap_or(now_ms);
+        end.saturating_sub(self.since_ms)
+    }
+
+    /// For people: how long, and whether it is over.
+    pub fn sentence(&self, now_ms: u64) -> String {
+        let d = |ms: u64| humantime::format_duration(std::time::Duration::from_secs(ms / 1000));
+        match (self.until_ms, self.planned_until_ms) {
+            (Some(_), _) => format!(
+                "both environments ran side by side for {} ({})",
+                d(self.ms(now_ms, false)),
+                self.detail
+            ),
+            (None, Some(_)) => format!(
+                "both environments run side by side for {} in all ({})",
+                d(self.ms(now_ms, true)),
+                self.detail
+            ),
+            (None, None) => format!(
+                "both environments up for {} so far ({})",
+                d(self.ms(now_ms, false)),
+                self.detail
+            ),
+        }
+    }
 }
 
 /// What a deploy's expand step saw of the migrations directory: the
@@ -273,6 +326,7 @@ impl DeployRecord {
             held: None,
             report: Vec::new(),
             rolled_back_by: None,
+            side_by_side: None,
         };
         if skip_smoke {
             record.skip(Step::Smoke, "skipped by --skip-smoke", now_ms);
@@ -458,6 +512,24 @@ impl DeployBook {
                 self.history.remove(0);
             }
             self.history.push(d);
+        }
+    }
+
+    /// Ends (or re-opens, with `until` `None`) the side-by-side time of
+    /// deploy `id`: its planned stop happened, was called off, or its side
+    /// was taken over.
+    pub fn settle_side_by_side(&mut self, id: u64, until: Option<u64>, detail: String) {
+        let found = self
+            .current
+            .iter_mut()
+            .chain(self.history.iter_mut().rev())
+            .find(|d| d.id == id);
+        if let Some(s) = found.and_then(|d| d.side_by_side.as_mut()) {
+            if s.until_ms.is_none() {
+                s.until_ms = until;
+                s.planned_until_ms = None;
+                s.detail = detail;
+            }
         }
     }
 

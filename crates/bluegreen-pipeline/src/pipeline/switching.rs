@@ -166,12 +166,13 @@ impl Pipeline {
     /// The side is live again: a decommission scheduled for it must not happen.
     pub(crate) async fn cancel_decommission_of(&self, side: Side) -> Result<(), PipelineError> {
         let mut book = self.book.lock().await;
-        if book
-            .pending_decommission
-            .as_ref()
-            .is_some_and(|p| p.side == side)
-        {
+        if let Some(p) = book.pending_decommission.clone().filter(|p| p.side == side) {
             book.pending_decommission = None;
+            book.settle_side_by_side(
+                p.deploy_id,
+                None,
+                format!("{side} is live again: its scheduled stop was called off, both stay up"),
+            );
             self.persist(&book).await?;
             tracing::info!(%side, "scheduled decommission cancelled: the side is live again");
         }

@@ -232,6 +232,22 @@ pub(crate) async fn scheduled_decommission(
     if book.pending_decommission.as_ref() == Some(pending) {
         book.pending_decommission = None;
     }
+    match &result {
+        Ok(s) if s.starts_with("stopped") => book.settle_side_by_side(
+            pending.deploy_id,
+            Some(now_ms()),
+            format!("{} was stopped after its keep-up time", pending.side),
+        ),
+        Ok(_) => {}
+        Err(e) => book.settle_side_by_side(
+            pending.deploy_id,
+            None,
+            format!(
+                "the scheduled stop of {} did not happen ({e}): both stay up",
+                pending.side
+            ),
+        ),
+    }
     let text = match (&result, contract) {
         (Ok(s), Some(c)) => format!("after keep_warm: {s}; {c}"),
         (Ok(s), None) => format!("after keep_warm: {s}"),
@@ -358,6 +374,42 @@ mod step_tests {
         assert!(
             !marks.path().join("stopped-blue").exists(),
             "not stopped yet"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_side_by_side_time_ends_when_the_scheduled_stop_happens() {
+        let (s, marks) = after_switch(Side::Green, "60s").await;
+        decommission_step(&s.p, &s.d).await;
+        let pending = s.p.book.lock().await.pending_decommission.clone().unwrap();
+        let since = now_ms() - 5_000;
+        {
+            let mut book = s.p.book.lock().await;
+            let mut d = s.d.clone();
+            d.side_by_side = Some(bluegreen_core::deploy::SideBySide {
+                since_ms: since,
+                until_ms: None,
+                planned_until_ms: Some(pending.at_ms),
+                detail: "blue is kept up until its scheduled stop (deploy.keep_warm)".into(),
+            });
+            book.current = None;
+            book.history.push(d);
+        }
+        scheduled_decommission(&s.p, &pending).await.unwrap();
+        assert!(marks.path().join("stopped-blue").exists());
+        let book = s.p.book.lock().await;
+        let both = book.find(s.d.id).unwrap().side_by_side.clone().unwrap();
+        assert!(
+            both.until_ms.is_some_and(|u| u >= since + 5_000),
+            "{both:?}"
+        );
+        assert_eq!(both.planned_until_ms, None);
+        assert_eq!(both.detail, "blue was stopped after its keep-up time");
+        assert!(
+            both.sentence(now_ms())
+                .starts_with("both environments ran side by side for "),
+            "{}",
+            both.sentence(now_ms())
         );
     }
 

@@ -146,6 +146,56 @@ async fn touch(p: &Pipeline, f: impl FnOnce(&mut DeployRecord)) {
 
 /// The deploy record as it is now, to whoever follows the event stream
 /// (cloned only when someone does).
+/// Both sides up at once for `d`, as its end sees it: from its deploy step
+/// (when the old side ran a release: a first deploy doubles nothing) until
+/// the old side was stopped, or planned until a scheduled stop (`pending`),
+/// or open while both stay up.
+fn side_by_side(
+    d: &DeployRecord,
+    pending: Option<&PendingDecommission>,
+    sides: &bluegreen_core::Sides<bluegreen_core::deploy::SideRelease>,
+    live: Side,
+    now: u64,
+) -> Option<bluegreen_core::deploy::SideBySide> {
+    let deploy = d.step(Step::Deploy);
+    let since = deploy
+        .started_at_ms
+        .filter(|_| deploy.state != StepState::Pending)?;
+    // A first deploy: the old side ran no release of ours.
+    sides[d.from].version.as_ref()?;
+    // The side that is not live is the one that goes.
+    let other = if live == d.target { d.from } else { d.target };
+    let (until, planned, detail) = match pending {
+        Some(p) if p.side == other => (
+            None,
+            Some(p.at_ms),
+            format!(
+                "{other} is kept up until its scheduled stop ({})",
+                if other == d.target {
+                    "deploy.keep_failed"
+                } else {
+                    "deploy.keep_warm"
+                }
+            ),
+        ),
+        _ if !sides[other].running => {
+            let stopped = d.step(Step::Decommission).finished_at_ms.unwrap_or(now);
+            (Some(stopped), None, format!("{other} was stopped"))
+        }
+        _ => (
+            None,
+            None,
+            format!("{other} is left running (no stop is configured or it failed): both stay up"),
+        ),
+    };
+    Some(bluegreen_core::deploy::SideBySide {
+        since_ms: since,
+        until_ms: until,
+        planned_until_ms: planned,
+        detail,
+    })
+}
+
 fn announce(p: &Pipeline, d: &DeployRecord) {
     if p.router.listening() {
         p.router.emit(Event::Deploy(Box::new(d.clone())));
@@ -209,13 +259,13 @@ async fn finish(p: &Arc<Pipeline>, outcome: Outcome, reason: Option<String>) {
         }
     }
     let mut book = p.book.lock().await;
+    let (book_pending, book_sides) = (book.pending_decommission.clone(), book.sides.clone());
     let Some(d) = book.current.as_mut() else {
         return;
     };
     if outcome == Outcome::Succeeded {
         d.succeed(now_ms());
     }
-    announce(p, d);
     let id = d.id;
     // What failed stays up for a look, then stops: never forever on the idle side.
     // Only when the deploy step began: before it, the target still runs the
@@ -229,6 +279,14 @@ async fn finish(p: &Arc<Pipeline>, outcome: Outcome, reason: Option<String>) {
                 at_ms: now_ms() + p.config().keep_failed.as_millis() as u64,
             }
         });
+    let (pending, sides) = (
+        leftover
+            .clone()
+            .or(book_pending.filter(|p| p.deploy_id == id)),
+        book_sides,
+    );
+    d.side_by_side = side_by_side(d, pending.as_ref(), &sides, p.router.live(), now_ms());
+    announce(p, d);
     if let Some(pending) = &leftover {
         d.log(
             format!(

@@ -79,6 +79,13 @@ pub struct Notifier {
     /// the state to a new process (which delivers what waits).
     delivering: AtomicBool,
     paused: AtomicBool,
+    /// The outbox in memory differs from the stored one (a write failed, or
+    /// deliveries were written off since): written again at most once a
+    /// second, and before new notices are sent.
+    dirty: AtomicBool,
+    /// An upgrade's handover failed: the new process may have written the
+    /// outbox, which is read again before delivering on.
+    reload: AtomicBool,
     /// Numbers notices without a stable key that this process makes.
     seq: AtomicU64,
 }
@@ -133,6 +140,8 @@ impl Notifier {
             client,
             delivering: AtomicBool::new(alone),
             paused: AtomicBool::new(false),
+            dirty: AtomicBool::new(false),
+            reload: AtomicBool::new(false),
             seq: AtomicU64::new(0),
         });
         n.recount(&*n.outbox.lock().await);
@@ -158,9 +167,26 @@ impl Notifier {
     /// Stops (`true`) or resumes delivery and outbox writes: an upgrade
     /// hands the outbox to the new process.
     pub fn pause(&self, on: bool) {
+        if !on && self.paused.load(Ordering::SeqCst) && self.cluster.is_none() {
+            self.reload.store(true, Ordering::SeqCst);
+        }
         self.paused.store(on, Ordering::SeqCst);
         if !on {
             self.wake.notify_one();
+        }
+    }
+
+    /// This node no longer delivers: what it counted as waiting is another
+    /// node's now.
+    fn stand_down(&self) {
+        self.delivering.store(false, Ordering::SeqCst);
+        if let Ok(mut c) = self.counts.lock() {
+            for v in c.values_mut() {
+                v.pending = 0;
+            }
+        }
+        if let Ok(mut t) = self.troubles.lock() {
+            t.clear();
         }
     }
 
@@ -227,13 +253,13 @@ impl Notifier {
             }
         };
         self.recount(outbox);
-        match written {
+        let ok = match written {
             Ok(Ok(true)) => true,
             Ok(Ok(false)) => {
                 tracing::warn!(
                     "this node lost the notify lock: another node delivers the cluster's notices"
                 );
-                self.delivering.store(false, Ordering::SeqCst);
+                self.stand_down();
                 false
             }
             Ok(Err(e)) => {
@@ -244,6 +270,39 @@ impl Notifier {
                 tracing::error!(error = %e, "the notify outbox could not be written");
                 false
             }
+        };
+        self.dirty.store(!ok, Ordering::SeqCst);
+        ok
+    }
+
+    /// Writes the outbox if it changed since it was last written.
+    async fn flush(&self) {
+        if self.dirty.load(Ordering::SeqCst) && self.delivers() {
+            let mut outbox = self.outbox.lock().await;
+            self.persist(&mut outbox).await;
+        }
+    }
+
+    /// Reads the outbox again after a failed handover (alone only).
+    async fn reread(&self) {
+        if !self.reload.swap(false, Ordering::SeqCst) {
+            return;
+        }
+        let s = self.store.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            bluegreen_store::load_json::<Outbox>(&*s, OUTBOX_KEY)
+        })
+        .await;
+        match read {
+            Ok(Ok(stored)) => {
+                let mut outbox = self.outbox.lock().await;
+                *outbox = stored.unwrap_or_default();
+                self.recount(&outbox);
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "the notify outbox could not be read again after the handover: delivering from memory")
+            }
+            Err(e) => tracing::error!(error = %e, "the notify outbox could not be read again"),
         }
     }
 
@@ -260,7 +319,9 @@ impl Notifier {
                 None => format!("{}-{at}-{seq}", self.node),
             },
             kind: d.kind.to_string(),
-            at_unix_ms: at,
+            // The event's own time when it has one (the same on every
+            // node: a cluster's notices are put in that order).
+            at_unix_ms: d.at.unwrap_or(at),
             subject: d.subject,
             summary: d.summary,
             data: d.data,
@@ -275,6 +336,7 @@ impl Notifier {
         let mut taken = 0;
         for notice in notices {
             if !outbox.remember(&notice.id) {
+                tracing::debug!(id = %notice.id, "a notice said again was not queued twice");
                 continue;
             }
             taken += 1;
@@ -409,15 +471,26 @@ impl Notifier {
         let mut flying = tokio::task::JoinSet::new();
         let mut busy = std::collections::BTreeSet::new();
         let mut lead = shared::Lead::default();
+        let mut flushed = std::time::Instant::now();
         loop {
             if self.cluster.is_some() {
                 self.lead(&mut lead).await;
+            } else {
+                self.reread().await;
+            }
+            // Deliveries are written off at most once a second (a backlog
+            // drained is not the whole outbox written per notice): a
+            // `kill -9` meanwhile sends those again, with their ids.
+            if flushed.elapsed() >= Duration::from_secs(1) {
+                self.flush().await;
+                flushed = std::time::Instant::now();
             }
             if self.delivers() {
                 self.start_due(&mut flying, &mut busy).await;
             }
             tokio::select! {
                 _ = stop.cancelled() => {
+                    self.flush().await;
                     self.step_down().await;
                     return;
                 }
@@ -532,7 +605,8 @@ impl Notifier {
                 }
             }
         }
-        self.persist(&mut outbox).await;
+        self.dirty.store(true, Ordering::SeqCst);
+        self.recount(&outbox);
         drop(outbox);
         self.wake.notify_one();
     }

@@ -34,6 +34,9 @@ pub struct Draft {
     /// A key that makes the id the same when the notice is made again
     /// (a restarted process sees a running deploy anew).
     pub key: Option<String>,
+    /// When the event happened, when it says (a switch's record, a
+    /// deploy's start and end): the same on every node.
+    pub at: Option<u64>,
 }
 
 fn draft(
@@ -48,6 +51,7 @@ fn draft(
         summary,
         data,
         key: None,
+        at: None,
     }
 }
 
@@ -76,7 +80,8 @@ impl Said {
                 };
                 vec![Draft {
                     // The generation is the state's: the same on every node.
-                    key: Some(format!("switch-{}", s.generation)),
+                    key: Some(format!("switch-{}-{}", s.generation, s.at_unix_ms)),
+                    at: Some(s.at_unix_ms),
                     ..draft(
                         kind,
                         None,
@@ -136,6 +141,10 @@ impl Said {
     fn deploy(&mut self, d: &DeployRecord) -> Vec<Draft> {
         let mut out = Vec::new();
         let subject = Some(format!("deploy #{}", d.id));
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis() as u64;
         let facts = || {
             let failed = d
                 .steps
@@ -155,11 +164,16 @@ impl Said {
                 "breach": d.breach,
                 "started_at_ms": d.created_at_ms,
                 "finished_at_ms": d.finished_at_ms,
+                // The doubled-infrastructure time (planned in all when a
+                // stop is scheduled), to tune `deploy.keep_warm` against.
+                "side_by_side": d.side_by_side,
+                "side_by_side_secs": d.side_by_side.as_ref().map(|s| s.ms(now, true) / 1000),
             })
         };
         if self.started.insert(d.id) && d.outcome == Outcome::Running {
             out.push(Draft {
                 key: Some(format!("deploy-{}-{}-started", d.id, d.created_at_ms)),
+                at: Some(d.created_at_ms),
                 ..draft(
                     "deploy_started",
                     subject.clone(),
@@ -185,13 +199,19 @@ impl Said {
                     .as_deref()
                     .map(|r| format!(": {r}"))
                     .unwrap_or_default();
+                let both = d
+                    .side_by_side
+                    .as_ref()
+                    .map(|s| format!("; {}", s.sentence(now)))
+                    .unwrap_or_default();
                 out.push(Draft {
                     key: Some(format!("deploy-{}-{}-ended", d.id, d.created_at_ms)),
+                    at: d.finished_at_ms,
                     ..draft(
                         kind,
                         subject,
                         format!(
-                            "deploy #{} of {} to {} {verb}{why}",
+                            "deploy #{} of {} to {} {verb}{why}{both}",
                             d.id, d.version, d.target
                         ),
                         facts(),
@@ -210,18 +230,18 @@ impl Said {
 }
 
 /// A node of the cluster stopped reporting (seen by the node that
-/// delivers): the same key for as long as it stays away.
-pub fn node_lost(node: &str, last_seen_ms: u64, now_ms: u64) -> Draft {
-    let secs = now_ms.saturating_sub(last_seen_ms) / 1000;
+/// delivers, once it stayed away longer than the lease).
+pub fn node_lost(node: &str, last_seen_ms: u64, away: std::time::Duration, now_ms: u64) -> Draft {
     Draft {
-        key: Some(format!("node-lost-{node}-{last_seen_ms}")),
+        key: Some(format!("node-lost-{node}-{now_ms}")),
         ..draft(
             "node_lost",
             None,
             format!(
-                "router node {node} is LOST: no report for {secs} s (it serves the last state it applied, or is down); `bluegreen cluster-forget {node}` once it is gone for good"
+                "router node {node} is LOST: no report for {} s (it serves the last state it applied, or is down); `bluegreen cluster-forget {node}` once it is gone for good",
+                away.as_secs()
             ),
-            serde_json::json!({ "node": node, "last_seen_ms": last_seen_ms }),
+            serde_json::json!({ "node": node, "last_seen_ms": last_seen_ms, "away_secs": away.as_secs() }),
         )
     }
 }

@@ -34,6 +34,9 @@ pub struct Outbox {
     /// queued twice.
     #[serde(default)]
     pub seen: std::collections::VecDeque<String>,
+    /// Cluster nodes told lost and not back since (told once per absence).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
+    pub told_lost: std::collections::BTreeSet<String>,
 }
 
 impl Outbox {
@@ -102,7 +105,7 @@ mod tests {
     fn each_hook_gets_its_oldest_first() {
         let o = Outbox {
             pending: vec![p("a", 1), p("b", 2), p("a", 3), p("c", 4)],
-            seen: Default::default(),
+            ..Default::default()
         };
         assert_eq!(o.heads(), vec![0, 1, 3]);
         assert_eq!(o.waiting("a"), 2);

@@ -12,7 +12,7 @@ use super::notice::{self, Notice};
 use super::outbox::{Outbox, KEY as OUTBOX_KEY};
 use super::Notifier;
 use bluegreen_store::cluster::{Cluster, Lock};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -76,10 +76,11 @@ pub(super) async fn post(c: &Arc<dyn Cluster>, stop: &CancellationToken, notices
 #[derive(Default)]
 pub(super) struct Lead {
     last_try: Option<Instant>,
-    /// Inbox keys taken in and being removed (until the view drops them).
-    gone: BTreeSet<String>,
-    /// Lost nodes already told of by this holder.
-    lost: BTreeSet<String>,
+    /// Inbox entries (key, revision) taken in and removed, until the view
+    /// drops them.
+    gone: BTreeSet<(String, i64)>,
+    /// Nodes without a report, since when this node noticed.
+    missing: BTreeMap<String, Instant>,
 }
 
 impl Notifier {
@@ -97,55 +98,109 @@ impl Notifier {
             tracing::warn!(
                 "this node lost the notify lock: another node delivers the cluster's notices"
             );
-            self.delivering.store(false, Ordering::SeqCst);
+            self.stand_down();
         }
         if !self.delivering.load(Ordering::SeqCst) && !self.take_lock(&c, lead).await {
             return;
         }
-        let (inbox, lost) = {
+        // The values are shared (`Arc`): copied out, parsed after the view
+        // is let go (its writer waits on it).
+        let (entries, lost, reporting) = {
             let view = c.view();
             let v = view.borrow();
-            let inbox: Vec<(String, Option<Notice>)> = v
+            let entries: Vec<(String, i64, Arc<Vec<u8>>)> = v
                 .under(INBOX)
-                .map(|(k, val)| (k.to_string(), serde_json::from_slice(&val.value).ok()))
+                .map(|(k, val)| (k.to_string(), val.revision, val.value.clone()))
                 .collect();
-            (inbox, crate::control::lost_members(&v, c.node()))
+            let reporting: BTreeSet<String> =
+                v.under("nodes").map(|(n, _)| n.to_string()).collect();
+            (
+                entries,
+                crate::control::lost_members(&v, c.node()),
+                reporting,
+            )
         };
-        lead.gone.retain(|k| inbox.iter().any(|(i, _)| i == k));
-        let inbox: Vec<(String, Option<Notice>)> = inbox
+        lead.gone
+            .retain(|(k, r)| entries.iter().any(|(i, ir, _)| i == k && ir == r));
+        let inbox: Vec<(String, i64, Option<Notice>)> = entries
             .into_iter()
-            .filter(|(k, _)| !lead.gone.contains(k))
+            .filter(|(k, r, _)| !lead.gone.contains(&(k.clone(), *r)))
+            .map(|(k, r, v)| (k, r, serde_json::from_slice(&v).ok()))
             .collect();
+        // A node is told lost once it stayed away longer than a lease (a
+        // session being renewed drops its report a moment), and once per
+        // absence (the outbox remembers it until it reports again).
+        let grace = self
+            .plane
+            .config()
+            .state
+            .etcd
+            .as_ref()
+            .map(|e| e.lease_ttl)
+            .unwrap_or(Duration::from_secs(5));
+        lead.missing
+            .retain(|n, _| lost.iter().any(|l| l.node == *n));
         let now = super::now_ms();
-        let lost: Vec<Notice> = lost
-            .into_iter()
-            .filter(|l| lead.lost.insert(format!("{}-{}", l.node, l.last_seen_ms)))
-            .map(|l| self.notice(notice::node_lost(&l.node, l.last_seen_ms, now), now))
+        let mut outbox = self.outbox.lock().await;
+        let back: Vec<String> = outbox
+            .told_lost
+            .iter()
+            .filter(|n| reporting.contains(*n))
+            .cloned()
             .collect();
-        if inbox.is_empty() && lost.is_empty() {
+        let mut changed = !back.is_empty();
+        for n in back {
+            tracing::info!(node = %n, "a node told lost reports again");
+            outbox.told_lost.remove(&n);
+        }
+        let mut notices: Vec<Notice> = inbox.iter().filter_map(|(_, _, n)| n.clone()).collect();
+        for l in &lost {
+            if outbox.told_lost.contains(&l.node) {
+                continue;
+            }
+            let since = *lead
+                .missing
+                .entry(l.node.clone())
+                .or_insert_with(Instant::now);
+            if since.elapsed() >= grace {
+                let away = since.elapsed();
+                notices
+                    .push(self.notice(notice::node_lost(&l.node, l.last_seen_ms, away, now), now));
+                outbox.told_lost.insert(l.node.clone());
+                changed = true;
+            }
+        }
+        if inbox.is_empty() && !changed && !self.dirty.load(Ordering::SeqCst) {
             return;
         }
-        let mut notices: Vec<Notice> = inbox.iter().filter_map(|(_, n)| n.clone()).collect();
-        notices.extend(lost);
         notices.sort_by_key(|n| n.at_unix_ms);
-        let mut outbox = self.outbox.lock().await;
-        if self.take_in(&mut outbox, notices) > 0 && !self.persist(&mut outbox).await {
+        self.take_in(&mut outbox, notices);
+        // Written before the inbox entries go: a failed write keeps them
+        // (and the outbox is written again at the next turn).
+        if !self.persist(&mut outbox).await {
             return;
         }
         drop(outbox);
-        // Written to the outbox: the inbox entries (and any that could
-        // not be read) can go.
-        let keys: Vec<String> = inbox.into_iter().map(|(k, _)| k).collect();
-        lead.gone.extend(keys.iter().cloned());
+        let keys: Vec<(String, i64)> = inbox.into_iter().map(|(k, r, _)| (k, r)).collect();
+        if keys.is_empty() {
+            return;
+        }
         let removed = tokio::task::spawn_blocking(move || {
-            for k in keys {
-                c.publish_as(LOCK, &format!("{INBOX}/{k}"), None)?;
+            let mut removed = Vec::new();
+            for (k, r) in keys {
+                match c.publish_as(LOCK, &format!("{INBOX}/{k}"), None) {
+                    Ok(true) => removed.push((k, r)),
+                    Ok(false) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, key = %k, "a taken-in notice could not be removed from the shared inbox yet (it is not queued twice)")
+                    }
+                }
             }
-            Ok::<_, bluegreen_store::StoreError>(())
+            removed
         })
         .await;
-        if let Ok(Err(e)) = removed {
-            tracing::warn!(error = %e, "taken-in notices could not be removed from the shared inbox (they are not queued twice)");
+        if let Ok(removed) = removed {
+            lead.gone.extend(removed);
         }
         self.wake.notify_one();
     }
@@ -169,9 +224,17 @@ impl Notifier {
             }
             match c.peek(OUTBOX_KEY).map_err(|e| e.to_string())? {
                 None => Ok(Some(Outbox::default())),
-                Some(b) => serde_json::from_slice(&b)
-                    .map(Some)
-                    .map_err(|e| format!("the shared notify outbox: {e}")),
+                Some(b) => match serde_json::from_slice(&b) {
+                    Ok(o) => Ok(Some(o)),
+                    // Unreadable (a newer release wrote it?): set aside for
+                    // a look, and delivery goes on from an empty outbox
+                    // rather than stop for the whole cluster.
+                    Err(e) => {
+                        tracing::error!(error = %e, "the shared notify outbox cannot be read: it is kept as notify-unreadable and the notices in it are not sent");
+                        let _ = c.publish_as(LOCK, "notify-unreadable", Some(b));
+                        Ok(Some(Outbox::default()))
+                    }
+                },
             }
         })
         .await;
@@ -181,7 +244,9 @@ impl Notifier {
                 *mine = outbox;
                 self.recount(&mine);
                 self.delivering.store(true, Ordering::SeqCst);
-                lead.lost.clear();
+                self.dirty.store(false, Ordering::SeqCst);
+                lead.gone.clear();
+                lead.missing.clear();
                 tracing::info!(
                     waiting = mine.pending.len(),
                     "this node delivers the cluster's notices (it holds the notify lock)"

@@ -698,10 +698,12 @@ async fn keep_alive(
         };
         let (stuck, now_ahead) = {
             let v = inner.view.borrow();
-            let behind = |rel: &str, revision: i64| {
-                v.values
-                    .get(rel)
-                    .is_none_or(|seen| seen.revision < revision)
+            // A key the view lacks is behind only if the view has not
+            // reached its revision (it may have been deleted since: a
+            // notice's inbox entry lives a moment).
+            let behind = |rel: &str, revision: i64| match v.values.get(rel) {
+                Some(seen) => seen.revision < revision,
+                None => v.revision < revision,
             };
             let stuck = ahead.iter().any(|(rel, revision)| behind(rel, *revision));
             let now_ahead: Vec<(String, i64)> = kvs

@@ -87,6 +87,12 @@ pub fn render_history(deploys: &[DeployRecord], switches: &[SwitchRecord]) -> St
                     })
                     .collect();
                 out.push_str(&format!("    {}\n", steps.join(" · ")));
+                if let Some(s) = &d.side_by_side {
+                    out.push_str(&format!(
+                        "    {}\n",
+                        s.sentence(crate::client::status::now_ms())
+                    ));
+                }
                 out.push_str(&format!(
                     "    by {}{}\n",
                     d.options.actor,

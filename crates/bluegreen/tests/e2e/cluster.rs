@@ -438,7 +438,7 @@ async fn etcd_lost_every_node_serves_and_refuses_then_catches_up_with_what_chang
     assert!(a.stderr().contains("shared state store is back"));
 }
 
-fn etcd_config(endpoint: &str, prefix: &str) -> bluegreen_core::config::EtcdConfig {
+pub(crate) fn etcd_config(endpoint: &str, prefix: &str) -> bluegreen_core::config::EtcdConfig {
     bluegreen_core::config::EtcdConfig {
         endpoints: vec![endpoint.to_string()],
         prefix: prefix.to_string(),

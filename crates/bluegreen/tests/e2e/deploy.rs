@@ -461,16 +461,70 @@ async fn rollback_is_instant_while_warm_and_redeploys_once_decommissioned() {
         "{}",
         detail(1)
     );
+    // Both environments run side by side from v2's deploy step until the
+    // stop keep_warm schedules: the record, `history` and its notice say so.
+    assert!(
+        h["deploys"][0]["side_by_side"].is_null(),
+        "a first deploy doubles nothing"
+    );
+    let both = &h["deploys"][1]["side_by_side"];
+    assert!(both["until_ms"].is_null(), "{both}");
+    let (since, planned) = (
+        both["since_ms"].as_u64().unwrap(),
+        both["planned_until_ms"].as_u64().unwrap(),
+    );
+    // keep_warm plus the steps from the deploy step to the decommission.
+    assert!((60_000..90_000).contains(&(planned - since)), "{both}");
+    assert!(
+        both["detail"]
+            .as_str()
+            .unwrap()
+            .contains("deploy.keep_warm"),
+        "{both}"
+    );
+    let text = router.cli(&["history"]).1;
+    assert!(
+        text.contains("both environments run side by side for 1m")
+            && text
+                .contains("in all (green is kept up until its scheduled stop (deploy.keep_warm))"),
+        "{text}"
+    );
     let (code, out, _) = router.cli(&["rollback"]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("green is now live"), "{out}");
     assert_eq!(body(&router).await, "green v1\n");
+    // Live again: the stop is called off and both stay up.
+    let h: serde_json::Value = serde_json::from_str(&router.cli(&["history", "--json"]).1).unwrap();
+    let both = &h["deploys"][1]["side_by_side"];
+    assert!(
+        both["planned_until_ms"].is_null() && both["until_ms"].is_null(),
+        "{both}"
+    );
+    assert!(
+        both["detail"]
+            .as_str()
+            .unwrap()
+            .contains("green is live again"),
+        "{both}"
+    );
     drop(router);
 
     // Decommissioned: rollback re-deploys the previous version and says so.
     let router = pipeline_router("300ms", "0s").start();
     assert_eq!(cli_deploy(&router, &["v1"]).0, 0);
     assert_eq!(cli_deploy(&router, &["v2"]).0, 0);
+    // keep_warm = 0: stopped at once, the time is over.
+    let h: serde_json::Value = serde_json::from_str(&router.cli(&["history", "--json"]).1).unwrap();
+    let both = &h["deploys"][1]["side_by_side"];
+    assert!(
+        both["until_ms"].as_u64().unwrap() >= both["since_ms"].as_u64().unwrap(),
+        "{both}"
+    );
+    assert_eq!(both["detail"], "green was stopped", "{both}");
+    assert!(router
+        .cli(&["history"])
+        .1
+        .contains("both environments ran side by side for"),);
     let (code, out, err) = router.cli(&["rollback"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(

@@ -556,13 +556,23 @@ async fn in_a_cluster_each_notice_is_delivered_once_by_one_node() {
         receiver.kinds().len() >= 4
     })
     .await;
-    // Every node saw every change: a notice said twice would come now.
+    // Every node saw every change and wrote it to the shared inbox: once
+    // the inbox in etcd is empty, everything was taken in (once).
+    let etcd_client = bluegreen_store::etcd::client::Client::new(&crate::cluster::etcd_config(
+        ep[0],
+        "/bluegreen/notify",
+    ))
+    .unwrap();
     wait_until(Duration::from_secs(10), "the inbox is empty", || async {
-        let mut empty = true;
+        let inbox = etcd_client
+            .range("/bluegreen/notify/notify-inbox/", true)
+            .await
+            .map(|(_, kvs)| kvs.len());
+        let mut pending = 0.0;
         for n in &nodes {
-            empty &= metric(n, "bluegreen_notify_pending").await == 0.0;
+            pending += metric(n, "bluegreen_notify_pending").await;
         }
-        empty
+        matches!(inbox, Ok(0)) && pending == 0.0
     })
     .await;
     assert_eq!(receiver.kinds(), expected, "once each, in order");
