@@ -58,6 +58,15 @@ pub enum Event {
     Weight { detail: String },
     /// The link to the shared store (etcd) was lost or is back.
     Cluster { ok: bool, detail: String },
+    /// Migration files were applied (`expand` before a deploy, `contract`
+    /// once the old side is stopped or by hand), or a contract failed.
+    Migration {
+        phase: &'static str,
+        deploy_id: u64,
+        version: String,
+        ok: bool,
+        detail: String,
+    },
     /// A bake verdict: `ok`, `waiting`, `inconclusive` or `breach`.
     Bake {
         deploy_id: u64,
@@ -100,6 +109,7 @@ impl Event {
             Event::Maintenance { .. } => "maintenance",
             Event::Weight { .. } => "weight",
             Event::Cluster { .. } => "cluster",
+            Event::Migration { .. } => "migration",
         }
     }
 
@@ -124,6 +134,15 @@ impl Event {
                 Ok(serde_json::json!({"on": on, "detail": detail}))
             }
             Event::Weight { detail } => Ok(serde_json::json!({"detail": detail})),
+            Event::Migration {
+                phase,
+                deploy_id,
+                version,
+                ok,
+                detail,
+            } => Ok(
+                serde_json::json!({"phase": phase, "deploy_id": deploy_id, "version": version, "ok": ok, "detail": detail}),
+            ),
             Event::Deploy(d) => serde_json::to_value(d),
             Event::Bake {
                 deploy_id,

@@ -92,6 +92,10 @@ pub trait Cluster: Send + Sync + 'static {
     /// Writes (or with `None` removes) a key with no lease and no lock: a
     /// record that outlives its writer (cluster membership). Blocking.
     fn put_record(&self, key: &str, value: Option<Vec<u8>>) -> Result<(), StoreError>;
+    /// Writes a record only if `key` does not exist (true: written): the
+    /// first of several nodes saying the same thing keeps its revision,
+    /// which orders it among others. Blocking.
+    fn create_record(&self, key: &str, value: Vec<u8>) -> Result<bool, StoreError>;
     /// Reads a key without making it the base of this node's next
     /// conditional write of it. Blocking.
     fn peek(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;

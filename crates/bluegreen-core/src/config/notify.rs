@@ -21,6 +21,8 @@ pub const KINDS: &[&str] = &[
     "certificate_renewed",
     "certificate_failing",
     "node_lost",
+    "migration_applied",
+    "migration_failed",
 ];
 
 /// The body a receiver gets.

@@ -192,6 +192,13 @@ async fn contract_release(
         .chain(book_ref.history.iter_mut().rev());
     if let Some(d) = records.find(|d| d.id == id) {
         d.log(line.clone(), now_ms());
+        match &result {
+            Ok(applied) if !applied.is_empty() => {
+                super::expand::migrated(p, "contract", d, true, &line)
+            }
+            Ok(_) => {}
+            Err(_) => super::expand::migrated(p, "contract", d, false, &line),
+        }
     }
     let saved = p.persist(&book).await;
     tracing::info!(target: "deploy", "{line}");

@@ -87,10 +87,14 @@ async fn apply(
                     "schema up to date ({} expand file(s) applied before){contract}",
                     done.before
                 ),
-                n => format!(
-                    "applied {n} expand file(s): {}{contract}",
-                    done.applied.join(", ")
-                ),
+                n => {
+                    let line = format!(
+                        "applied {n} expand file(s): {}{contract}",
+                        done.applied.join(", ")
+                    );
+                    migrated(p, "expand", d, true, &line);
+                    line
+                }
             })
         }
         MigrationRunner::Command(cmd) => {
@@ -122,14 +126,27 @@ async fn apply(
                 &handle.abort,
             )
             .await?;
-            Ok(format!(
+            let line = format!(
                 "{} ran (expand); {} file(s) linted",
                 cmd.render(&[("phase", "expand"), ("version", &d.version)])
                     .join(" "),
                 files.len()
-            ))
+            );
+            migrated(p, "expand", d, true, &line);
+            Ok(line)
         }
     }
+}
+
+/// Tells the event stream (and so `[[notify]]`) that migrations ran.
+pub(super) fn migrated(p: &Pipeline, phase: &'static str, d: &DeployRecord, ok: bool, line: &str) {
+    p.router.emit(Event::Migration {
+        phase,
+        deploy_id: d.id,
+        version: d.version.clone(),
+        ok,
+        detail: line.to_string(),
+    });
 }
 
 /// Whether this deploy's release owns the pending contract files: not when

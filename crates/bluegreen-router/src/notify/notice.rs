@@ -134,6 +134,22 @@ impl Said {
                 detail.clone(),
                 serde_json::json!({ "ok": ok, "detail": detail }),
             )],
+            Event::Migration {
+                phase,
+                deploy_id,
+                version,
+                ok,
+                detail,
+            } => vec![draft(
+                if *ok {
+                    "migration_applied"
+                } else {
+                    "migration_failed"
+                },
+                Some(format!("deploy #{deploy_id}")),
+                format!("{phase} migrations of {version} (deploy #{deploy_id}): {detail}"),
+                serde_json::json!({ "phase": phase, "deploy_id": deploy_id, "version": version, "ok": ok, "detail": detail }),
+            )],
             _ => Vec::new(),
         }
     }

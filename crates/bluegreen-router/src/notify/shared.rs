@@ -56,8 +56,10 @@ pub(super) async fn post(c: &Arc<dyn Cluster>, stop: &CancellationToken, notices
         let mut said = false;
         loop {
             let (c, k, v) = (c.clone(), key.clone(), value.clone());
-            match tokio::task::spawn_blocking(move || c.put_record(&k, Some(v))).await {
-                Ok(Ok(())) => break,
+            // Only the first node to say it writes it: its revision is the
+            // order the holder takes notices in.
+            match tokio::task::spawn_blocking(move || c.create_record(&k, v)).await {
+                Ok(Ok(_)) => break,
                 Ok(Err(e)) if !said => {
                     said = true;
                     tracing::error!(error = %e, id = %n.id, "a notice could not be written to the shared inbox yet (tried again every second)");
@@ -153,7 +155,11 @@ impl Notifier {
             tracing::info!(node = %n, "a node told lost reports again");
             outbox.told_lost.remove(&n);
         }
-        let mut notices: Vec<Notice> = inbox.iter().filter_map(|(_, _, n)| n.clone()).collect();
+        // In the order they were first written to etcd (its revisions are
+        // one order for every node; their clocks are not).
+        let mut ordered: Vec<&(String, i64, Option<Notice>)> = inbox.iter().collect();
+        ordered.sort_by_key(|(_, r, _)| *r);
+        let mut notices: Vec<Notice> = ordered.iter().filter_map(|(_, _, n)| n.clone()).collect();
         for l in &lost {
             if outbox.told_lost.contains(&l.node) {
                 continue;
@@ -173,7 +179,6 @@ impl Notifier {
         if inbox.is_empty() && !changed && !self.dirty.load(Ordering::SeqCst) {
             return;
         }
-        notices.sort_by_key(|n| n.at_unix_ms);
         self.take_in(&mut outbox, notices);
         // Written before the inbox entries go: a failed write keeps them
         // (and the outbox is written again at the next turn).

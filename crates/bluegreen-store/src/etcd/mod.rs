@@ -492,6 +492,16 @@ impl Cluster for Inner {
         })
     }
 
+    fn create_record(&self, key: &str, value: Vec<u8>) -> Result<bool, StoreError> {
+        let (full, me) = (self.key(key), self.self_arc());
+        self.block(async move {
+            me.client
+                .put_if(&full, &value, 0, None)
+                .await
+                .map(|r| r.is_some())
+        })
+    }
+
     fn peek(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let (full, me) = (self.key(key), self.self_arc());
         let (_, kvs) = self.block(async move { me.client.range(&full, false).await })?;

@@ -371,7 +371,13 @@ async fn sqlite_survives_kill_9_in_a_migration_and_contracts_after_the_bake() {
     write(&m, "0001_items.expand.sql", "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT);\nINSERT INTO items (name) VALUES ('seed');\n");
     let state = dir.path().join("state");
     let ports = (closed_port(), closed_port());
-    let build = || pipeline(&m, &url, "", ports).state_dir(&state);
+    // Migrations applied (and a contract that failed) are told.
+    let receiver = crate::notify::Receiver::start().await;
+    let hook = format!(
+        "\n[[notify]]\nname = \"dba\"\nurl = \"http://{}/m\"\nevents = [\"migration_applied\", \"migration_failed\"]\n",
+        receiver.addr
+    );
+    let build = || pipeline(&m, &url, "", ports).state_dir(&state).extra(&hook);
 
     // Killed after the file's statements ran, before its commit.
     let mut crashing = build()
@@ -451,6 +457,47 @@ async fn sqlite_survives_kill_9_in_a_migration_and_contracts_after_the_bake() {
     assert!(
         body.contains("\"seed\"") && body.contains("smoke v1"),
         "{body}"
+    );
+    wait_until(
+        Duration::from_secs(20),
+        "three migration notices",
+        || async { receiver.kinds().len() >= 3 },
+    )
+    .await;
+    assert_eq!(
+        receiver.kinds(),
+        ["migration_applied", "migration_applied", "migration_failed"]
+    );
+    let told: Vec<serde_json::Value> = receiver.accepted().iter().map(|d| d.json()).collect();
+    let facts = |i: usize| told[i]["data"]["facts"].clone();
+    assert_eq!(
+        (facts(0)["phase"].as_str(), facts(0)["version"].as_str()),
+        (Some("expand"), Some("v1"))
+    );
+    assert!(
+        facts(0)["detail"]
+            .as_str()
+            .unwrap()
+            .contains("0001_items.expand.sql"),
+        "{}",
+        told[0]
+    );
+    assert!(
+        facts(1)["detail"]
+            .as_str()
+            .unwrap()
+            .contains("0002_title.expand.sql"),
+        "{}",
+        told[1]
+    );
+    assert_eq!(facts(2)["phase"], "contract");
+    assert!(
+        told[2]["data"]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("contract of v2 failed after applying 0002_title.contract.sql"),
+        "{}",
+        told[2]
     );
     let (code, _, err) = router.cli(&["rollback"]);
     assert_eq!(code, 1);
