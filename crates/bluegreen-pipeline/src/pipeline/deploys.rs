@@ -50,25 +50,6 @@ impl Pipeline {
         {
             book.pending_decommission = None;
         }
-        // An earlier release's time with both sides up ends here: this
-        // deploy's record counts from its own deploy step.
-        let open: Vec<u64> = book
-            .history
-            .iter()
-            .filter(|d| {
-                d.side_by_side
-                    .as_ref()
-                    .is_some_and(|s| s.until_ms.is_none())
-            })
-            .map(|d| d.id)
-            .collect();
-        for d in open {
-            book.settle_side_by_side(
-                d,
-                Some(now_ms()),
-                format!("{} was taken over by deploy #{id}", record.target),
-            );
-        }
         book.archive_current();
         book.current = Some(record.clone());
         self.persist(&book).await?;

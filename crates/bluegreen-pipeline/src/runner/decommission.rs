@@ -238,7 +238,11 @@ pub(crate) async fn scheduled_decommission(
             Some(now_ms()),
             format!("{} was stopped after its keep-up time", pending.side),
         ),
-        Ok(_) => {}
+        Ok(s) => book.settle_side_by_side(
+            pending.deploy_id,
+            None,
+            format!("{}: both stay up", s.trim_end_matches('.')),
+        ),
         Err(e) => book.settle_side_by_side(
             pending.deploy_id,
             None,

@@ -144,8 +144,6 @@ async fn touch(p: &Pipeline, f: impl FnOnce(&mut DeployRecord)) {
     }
 }
 
-/// The deploy record as it is now, to whoever follows the event stream
-/// (cloned only when someone does).
 /// Both sides up at once for `d`, as its end sees it: from its deploy step
 /// (when the old side ran a release: a first deploy doubles nothing) until
 /// the old side was stopped, or planned until a scheduled stop (`pending`),
@@ -161,8 +159,16 @@ fn side_by_side(
     let since = deploy
         .started_at_ms
         .filter(|_| deploy.state != StepState::Pending)?;
-    // A first deploy: the old side ran no release of ours.
-    sides[d.from].version.as_ref()?;
+    // A first deploy onto an empty cluster: nothing ran on the old side
+    // (the decommission step's own test), nothing was doubled.
+    let empty = sides[d.from].version.is_none()
+        && d.step(Step::Decommission)
+            .detail
+            .as_deref()
+            .is_some_and(|t| t.contains("ran nothing before this deploy"));
+    if empty {
+        return None;
+    }
     // The side that is not live is the one that goes.
     let other = if live == d.target { d.from } else { d.target };
     let (until, planned, detail) = match pending {
@@ -174,7 +180,7 @@ fn side_by_side(
                 if other == d.target {
                     "deploy.keep_failed"
                 } else {
-                    "deploy.keep_warm"
+                    "deploy.keep_warm, or the sessions kept there"
                 }
             ),
         ),
@@ -196,6 +202,8 @@ fn side_by_side(
     })
 }
 
+/// The deploy record as it is now, to whoever follows the event stream
+/// (cloned only when someone does).
 fn announce(p: &Pipeline, d: &DeployRecord) {
     if p.router.listening() {
         p.router.emit(Event::Deploy(Box::new(d.clone())));

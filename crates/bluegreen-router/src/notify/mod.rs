@@ -233,6 +233,7 @@ impl Notifier {
     /// and it stays under `shared::MAX_BYTES` (the oldest go first).
     async fn persist(&self, outbox: &mut Outbox) -> bool {
         if self.paused.load(Ordering::SeqCst) {
+            self.dirty.store(true, Ordering::SeqCst);
             return false;
         }
         let written = match &self.cluster {
@@ -295,9 +296,20 @@ impl Notifier {
         .await;
         match read {
             Ok(Ok(stored)) => {
+                // What the new process wrote, and what this one queued
+                // meanwhile that the stored outbox never took in.
                 let mut outbox = self.outbox.lock().await;
-                *outbox = stored.unwrap_or_default();
-                self.recount(&outbox);
+                let mine = std::mem::replace(&mut *outbox, stored.unwrap_or_default());
+                let mut extra: Vec<Notice> = Vec::new();
+                for p in mine.pending {
+                    if !outbox.seen.contains(&p.notice.id)
+                        && !extra.iter().any(|n| n.id == p.notice.id)
+                    {
+                        extra.push(p.notice);
+                    }
+                }
+                self.take_in(&mut outbox, extra);
+                self.persist(&mut outbox).await;
             }
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "the notify outbox could not be read again after the handover: delivering from memory")
@@ -488,6 +500,13 @@ impl Notifier {
             if self.delivers() {
                 self.start_due(&mut flying, &mut busy).await;
             }
+            // Nothing waits (alone): no reason to look five times a second;
+            // a new notice wakes the loop.
+            let idle = self.cluster.is_none()
+                && flying.is_empty()
+                && !self.dirty.load(Ordering::SeqCst)
+                && self.outbox.lock().await.pending.is_empty();
+            let tick = Duration::from_millis(if idle { 5_000 } else { 200 });
             tokio::select! {
                 _ = stop.cancelled() => {
                     self.flush().await;
@@ -501,7 +520,7 @@ impl Notifier {
                     }
                 }
                 _ = self.wake.notified() => {}
-                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                _ = tokio::time::sleep(tick) => {}
             }
         }
     }
@@ -543,6 +562,11 @@ impl Notifier {
     /// later, or given up (past `retry_for`, or refused for good: a 4xx
     /// other than 408, 425 and 429, or a redirect).
     async fn settle(&self, p: Pending, tried: Tried) {
+        // Stood down (the lock lost) or handing over: the answer is
+        // another process's to write; the notice is sent again (same id).
+        if !self.delivers() {
+            return;
+        }
         let mut outbox = self.outbox.lock().await;
         let Some(i) = outbox
             .pending

@@ -140,16 +140,24 @@ impl Said {
                 version,
                 ok,
                 detail,
-            } => vec![draft(
-                if *ok {
+            } => {
+                let kind = if *ok {
                     "migration_applied"
                 } else {
                     "migration_failed"
-                },
-                Some(format!("deploy #{deploy_id}")),
-                format!("{phase} migrations of {version} (deploy #{deploy_id}): {detail}"),
-                serde_json::json!({ "phase": phase, "deploy_id": deploy_id, "version": version, "ok": ok, "detail": detail }),
-            )],
+                };
+                vec![Draft {
+                    // A resumed deploy running its expand again (nothing
+                    // left to apply) is not told twice.
+                    key: Some(format!("migration-{deploy_id}-{phase}-{kind}")),
+                    ..draft(
+                        kind,
+                        Some(format!("deploy #{deploy_id}")),
+                        format!("{phase} migrations of {version} (deploy #{deploy_id}): {detail}"),
+                        serde_json::json!({ "phase": phase, "deploy_id": deploy_id, "version": version, "ok": ok, "detail": detail }),
+                    )
+                }]
+            }
             _ => Vec::new(),
         }
     }
@@ -254,7 +262,7 @@ pub fn node_lost(node: &str, last_seen_ms: u64, away: std::time::Duration, now_m
             "node_lost",
             None,
             format!(
-                "router node {node} is LOST: no report for {} s (it serves the last state it applied, or is down); `bluegreen cluster-forget {node}` once it is gone for good",
+                "router node {node} is LOST: no report for at least {} s (it serves the last state it applied, or is down); `bluegreen cluster-forget {node}` once it is gone for good",
                 away.as_secs()
             ),
             serde_json::json!({ "node": node, "last_seen_ms": last_seen_ms, "away_secs": away.as_secs() }),

@@ -144,15 +144,17 @@ impl Notifier {
             .retain(|n, _| lost.iter().any(|l| l.node == *n));
         let now = super::now_ms();
         let mut outbox = self.outbox.lock().await;
+        // Back (reporting again) or forgotten (`cluster-forget`): a later
+        // absence is told again.
         let back: Vec<String> = outbox
             .told_lost
             .iter()
-            .filter(|n| reporting.contains(*n))
+            .filter(|n| reporting.contains(*n) || !lost.iter().any(|l| l.node == **n))
             .cloned()
             .collect();
         let mut changed = !back.is_empty();
         for n in back {
-            tracing::info!(node = %n, "a node told lost reports again");
+            tracing::info!(node = %n, "a node told lost reports again (or was forgotten)");
             outbox.told_lost.remove(&n);
         }
         // In the order they were first written to etcd (its revisions are
@@ -176,13 +178,17 @@ impl Notifier {
                 changed = true;
             }
         }
-        if inbox.is_empty() && !changed && !self.dirty.load(Ordering::SeqCst) {
+        // Write-offs alone wait for `flush` (once a second).
+        if inbox.is_empty() && !changed {
             return;
         }
-        self.take_in(&mut outbox, notices);
+        let taken = self.take_in(&mut outbox, notices);
         // Written before the inbox entries go: a failed write keeps them
-        // (and the outbox is written again at the next turn).
-        if !self.persist(&mut outbox).await {
+        // (and they are taken in again at the next turn). `dirty`: an
+        // earlier write failed, so what `seen` remembers may not be stored.
+        if (taken > 0 || changed || self.dirty.load(Ordering::SeqCst))
+            && !self.persist(&mut outbox).await
+        {
             return;
         }
         drop(outbox);
@@ -235,8 +241,15 @@ impl Notifier {
                     // a look, and delivery goes on from an empty outbox
                     // rather than stop for the whole cluster.
                     Err(e) => {
-                        tracing::error!(error = %e, "the shared notify outbox cannot be read: it is kept as notify-unreadable and the notices in it are not sent");
-                        let _ = c.publish_as(LOCK, "notify-unreadable", Some(b));
+                        let aside = format!(
+                            "notify-unreadable-{}",
+                            super::now_ms()
+                        );
+                        if !c.publish_as(LOCK, &aside, Some(b)).unwrap_or(false) {
+                            let _ = c.unlock(LOCK);
+                            return Err(format!("the shared notify outbox cannot be read ({e}) nor set aside: not delivering"));
+                        }
+                        tracing::error!(error = %e, "the shared notify outbox cannot be read: it is kept as {aside} and the notices in it are not sent");
                         Ok(Some(Outbox::default()))
                     }
                 },

@@ -486,7 +486,7 @@ async fn rollback_is_instant_while_warm_and_redeploys_once_decommissioned() {
     assert!(
         text.contains("both environments run side by side for 1m")
             && text
-                .contains("in all (green is kept up until its scheduled stop (deploy.keep_warm))"),
+                .contains("in all (green is kept up until its scheduled stop (deploy.keep_warm, or the sessions kept there))"),
         "{text}"
     );
     let (code, out, _) = router.cli(&["rollback"]);
