@@ -256,7 +256,15 @@ async fn failing_smoke_test_names_the_check_and_what_came_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn error_spike_after_the_switch_rolls_back_by_itself() {
-    let router = pipeline_router("5s", "0s").start();
+    // Every notice of the good deploy and of the automatic rollback is told.
+    let receiver = crate::notify::Receiver::start().await;
+    let router = pipeline_router("5s", "0s")
+        .env("HOOK_SECRET", crate::notify::SECRET)
+        .extra(&format!(
+            "\n[[notify]]\nname = \"ops\"\nurl = \"http://{}/in\"\nsecret_env = \"HOOK_SECRET\"\n",
+            receiver.addr
+        ))
+        .start();
     assert_eq!(cli_deploy(&router, &["v1"]).0, 0);
     let load = Load::start(&router, 4);
     let (code, out, _) = std::thread::scope(|s| {
@@ -297,6 +305,35 @@ async fn error_spike_after_the_switch_rolls_back_by_itself() {
     assert_eq!(d["breach"]["metric"], "error_rate");
     assert!(d["breach"]["observed"].as_f64().unwrap() > 0.05, "{d}");
     assert_eq!(router.status().await["last_switch"]["kind"], "rollback");
+    let told = [
+        "deploy_started",
+        "switched",
+        "deploy_succeeded",
+        "deploy_started",
+        "switched",
+        "rolled_back",
+        "deploy_rolled_back",
+    ];
+    wait_until(Duration::from_secs(20), "every notice", || async {
+        receiver.kinds().len() >= told.len()
+    })
+    .await;
+    assert_eq!(receiver.kinds(), told, "once each, in order");
+    let accepted = receiver.accepted();
+    for d in &accepted {
+        assert!(crate::notify::signature_ok(d), "{}", d.body);
+    }
+    let end = accepted[6].json();
+    assert_eq!(end["data"]["facts"]["version"], "v2");
+    assert_eq!(end["data"]["facts"]["breach"]["metric"], "error_rate");
+    assert!(
+        end["data"]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("ROLLED BACK"),
+        "{end}"
+    );
+    assert_eq!(accepted[5].json()["data"]["facts"]["actor"], "deploy #2");
 
     // A rollback now must not go back onto the version the bake rejected.
     let (code, out, err) = router.cli(&["rollback"]);

@@ -21,8 +21,8 @@ use tokio_util::sync::CancellationToken;
 /// One delivery attempt as it arrived, and what the receiver answered.
 #[derive(Debug, Clone)]
 pub(crate) struct Delivery {
-    headers: std::collections::BTreeMap<String, String>,
-    body: String,
+    pub(crate) headers: std::collections::BTreeMap<String, String>,
+    pub(crate) body: String,
     answered: u16,
 }
 
@@ -129,10 +129,10 @@ impl Drop for Receiver {
     }
 }
 
-const SECRET: &str = "s3cret-for-the-test";
+pub(crate) const SECRET: &str = "s3cret-for-the-test";
 
 /// The check the guide gives receivers, run with openssl.
-fn signature_ok(d: &Delivery) -> bool {
+pub(crate) fn signature_ok(d: &Delivery) -> bool {
     let ts = &d.headers["x-bluegreen-timestamp"];
     let out = std::process::Command::new("openssl")
         .args(["dgst", "-sha256", "-hmac", SECRET])
