@@ -178,6 +178,13 @@ fn main() -> Result<()> {
         eprintln!("== {}", kind.name());
         let mut proxy = Proxy::start(kind, &env, upstream.blue, upstream.green)?;
         let mut row = Row::new(kind.name());
+        if std::env::var("BENCH_PARTS").is_ok_and(|p| p == "rates") {
+            if kind != Kind::Direct {
+                row.at_rates = cpu_at_rates(&proxy, &plan);
+            }
+            report.rows.push(row);
+            continue;
+        }
         if std::env::var("BENCH_PARTS").is_ok_and(|p| p == "fixed") {
             row.fixed = Some(fixed_rate(&proxy, &plan));
             row.shadowed = shadowed(&proxy, &plan)?;
@@ -236,6 +243,9 @@ fn main() -> Result<()> {
         row.large = Some(large);
         row.fixed = Some(fixed_rate(&proxy, &plan));
         row.shadowed = shadowed(&proxy, &plan)?;
+        if kind != Kind::Direct {
+            row.at_rates = cpu_at_rates(&proxy, &plan);
+        }
         if kind != Kind::Direct {
             row.h2 = Some(h2::measure(&env, &proxy, plan.wrk_secs));
         }
@@ -438,6 +448,31 @@ fn fixed_rate(proxy: &Proxy, plan: &Plan) -> (u64, u64, u64, u64) {
         h.value_at_quantile(0.999),
         errors,
     )
+}
+
+/// The proxy's CPU per request at 1,000 and 4,000 req/s over 16
+/// keep-alive connections: below saturation, where wake-ups, timers and
+/// cold caches weigh more than at full load.
+fn cpu_at_rates(proxy: &Proxy, plan: &Plan) -> Vec<report::AtRate> {
+    [1_000u64, 4_000]
+        .into_iter()
+        .map(|rate| {
+            let (u0, s0) = proxy.cpu_ticks_split();
+            let (h, errors) =
+                load::fixed_rate(proxy.addr(), rate, 16, Duration::from_secs(plan.rate_secs));
+            let (u1, s1) = proxy.cpu_ticks_split();
+            let requests = h.len();
+            // Ticks are 1/100 s.
+            let per = |t: u64| t as f64 * 10_000.0 / requests.max(1) as f64;
+            report::AtRate {
+                rate,
+                requests,
+                user_us: per(u1 - u0),
+                sys_us: per(s1 - s0),
+                errors,
+            }
+        })
+        .collect()
 }
 
 /// For bluegreen: the fixed-rate run again with every request mirrored to

@@ -12,6 +12,18 @@ pub type Fixed = (u64, u64, u64, u64);
 /// Fixed-rate latency with shadowing on, copies mirrored, copies dropped.
 pub type Shadowed = (Fixed, u64, u64);
 
+/// The proxy's CPU at a fixed request rate below saturation.
+#[derive(Debug, Clone, Copy)]
+pub struct AtRate {
+    pub rate: u64,
+    /// Requests answered in the run.
+    pub requests: u64,
+    /// Per request, µs: user space and kernel.
+    pub user_us: f64,
+    pub sys_us: f64,
+    pub errors: u64,
+}
+
 /// Everything measured for one proxy.
 pub struct Row {
     pub name: &'static str,
@@ -36,6 +48,8 @@ pub struct Row {
     pub cpu_us_large: Option<(f64, f64)>,
     /// HTTP/2 clients: h2c and over TLS.
     pub h2: Option<crate::h2::H2>,
+    /// CPU per request at fixed rates below saturation.
+    pub at_rates: Vec<AtRate>,
 }
 
 impl Row {
@@ -55,6 +69,7 @@ impl Row {
             tls: None,
             cpu_us_large: None,
             h2: None,
+            at_rates: Vec::new(),
         }
     }
 }
@@ -202,6 +217,24 @@ impl Report {
                 ms(-mine as u64),
                 check(mine >= best)
             );
+        }
+        for rate in bg.at_rates.iter().map(|a| a.rate) {
+            let total = |r: &Row| {
+                r.at_rates
+                    .iter()
+                    .find(|a| a.rate == rate && a.requests > 0)
+                    .map(|a| -(a.user_us + a.sys_us))
+            };
+            if let (Some(mine), Some((peer, best))) = (total(bg), self.best_peer(total)) {
+                let _ = writeln!(
+                    o,
+                    "- CPU per request at a fixed {rate} req/s ≤ the better peer's ({peer}, {:.1} µs): {:.1} µs, {:.2}× — {}",
+                    -best,
+                    -mine,
+                    mine / best,
+                    check(mine >= best)
+                );
+            }
         }
         if let (Some((kib, n)), Some((nginx, _))) =
             (bg.rss_conns, self.row("nginx").and_then(|r| r.rss_conns))
@@ -380,6 +413,30 @@ impl Report {
                     ratio(off.1, on.1),
                     ratio(off.2, on.2)
                 );
+            }
+        }
+        if self.rows.iter().any(|r| !r.at_rates.is_empty()) {
+            let _ = writeln!(o, "\n## CPU per request below saturation (fixed rates, 16 keep-alive connections, from /proc)\n");
+            let _ = writeln!(o, "Where proxies spend most of their time: the same requests at a steady rate, the proxy's CPU divided by the requests answered. Ticks are 1/100 s: about ±1 % at 1,000 req/s over 10 s.\n");
+            let _ = writeln!(
+                o,
+                "| proxy | req/s | requests | user µs | kernel µs | total µs | errors |"
+            );
+            let _ = writeln!(o, "|---|---:|---:|---:|---:|---:|---:|");
+            for r in &self.rows {
+                for a in &r.at_rates {
+                    let _ = writeln!(
+                        o,
+                        "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {} |",
+                        r.name,
+                        a.rate,
+                        a.requests,
+                        a.user_us,
+                        a.sys_us,
+                        a.user_us + a.sys_us,
+                        a.errors
+                    );
+                }
             }
         }
         let _ = writeln!(o, "\n## Latency at a fixed {} req/s (below saturation; measured from when each request was due)\n", self.rate);
