@@ -226,6 +226,16 @@ pub struct SideBySide {
 }
 
 impl SideBySide {
+    /// Ends it at `until` (or, with `None`, leaves it open with no stop
+    /// planned), saying how; a time already ended stays as it was.
+    pub fn settle(&mut self, until: Option<u64>, detail: String) {
+        if self.until_ms.is_none() {
+            self.until_ms = until;
+            self.planned_until_ms = None;
+            self.detail = detail;
+        }
+    }
+
     /// The time both ran, up to `now` while they still do (or up to the
     /// planned stop when `planned` is asked for).
     pub fn ms(&self, now_ms: u64, planned: bool) -> u64 {
@@ -525,11 +535,7 @@ impl DeployBook {
             .chain(self.history.iter_mut().rev())
             .find(|d| d.id == id);
         if let Some(s) = found.and_then(|d| d.side_by_side.as_mut()) {
-            if s.until_ms.is_none() {
-                s.until_ms = until;
-                s.planned_until_ms = None;
-                s.detail = detail;
-            }
+            s.settle(until, detail);
         }
     }
 

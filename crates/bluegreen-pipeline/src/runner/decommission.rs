@@ -232,8 +232,9 @@ pub(crate) async fn scheduled_decommission(
     if book.pending_decommission.as_ref() == Some(pending) {
         book.pending_decommission = None;
     }
+    // `decommission` marks a side it stopped as not running.
     match &result {
-        Ok(s) if s.starts_with("stopped") => book.settle_side_by_side(
+        Ok(_) if !book.sides[pending.side].running => book.settle_side_by_side(
             pending.deploy_id,
             Some(now_ms()),
             format!("{} was stopped after its keep-up time", pending.side),

@@ -22,25 +22,18 @@ pub(super) async fn deploy(p: &Arc<Pipeline>, handle: &RunHandle, d: &DeployReco
     }
     // An earlier release's time with both sides up ends here (its side is
     // replaced now): this deploy's record counts from this step.
+    for s in p
+        .book
+        .lock()
+        .await
+        .history
+        .iter_mut()
+        .filter_map(|r| r.side_by_side.as_mut())
     {
-        let mut book = p.book.lock().await;
-        let open: Vec<u64> = book
-            .history
-            .iter()
-            .filter(|r| {
-                r.side_by_side
-                    .as_ref()
-                    .is_some_and(|s| s.until_ms.is_none())
-            })
-            .map(|r| r.id)
-            .collect();
-        for id in open {
-            book.settle_side_by_side(
-                id,
-                Some(now_ms()),
-                format!("{side} was taken over by deploy #{}", d.id),
-            );
-        }
+        s.settle(
+            Some(now_ms()),
+            format!("{side} was taken over by deploy #{}", d.id),
+        );
     }
     let upstreams = p.router.config().environments[side].upstreams.clone();
     let detail = match (&p.config().method, &p.supervisor) {

@@ -154,7 +154,7 @@ impl Said {
                         kind,
                         Some(format!("deploy #{deploy_id}")),
                         format!("{phase} migrations of {version} (deploy #{deploy_id}): {detail}"),
-                        serde_json::json!({ "phase": phase, "deploy_id": deploy_id, "version": version, "ok": ok, "detail": detail }),
+                        event.data(),
                     )
                 }]
             }
